@@ -1,0 +1,2421 @@
+/* nla.c - Natural Language Autoencoders on Gemma 3, on the CPU, in one C file.
+
+   Build as a library:  cc -O2 -c nla.c
+   Build the CLI:       cc -O2 -DNLA_MAIN -o nla nla.c -lm   (add -fopenmp for threads)
+   The public contract is nla.h; everything here that nla.h does not declare is
+   static.
+
+   Contents (grep -n '^/\* =' nla.c prints this map with line numbers)
+     1  Portability and compile-time options
+     2  Utilities: errors, allocation, float formats
+     3  JSON reader
+     4  Safetensors: files, headers, validation, shards
+     5  Gemma 3 config: config.json, defaults, layer pattern, RoPE
+     6  Kernels: conversion, matmul, RMSNorm, RoPE, attention, GELU
+     7  Model: binding tensors to the architecture, open/close
+     8  Session: KV cache and scratch
+     9  Forward pass
+    10  Decoding: sampling and the generate loop
+    11  CLI (only with -DNLA_MAIN)
+
+   Conventions. Matrices are row-major; a weight W of shape [out, in] (as HF
+   stores nn.Linear) maps x [in] to y [out] = W x. Shapes in comments are
+   [rows, cols]. Symbols: h = hidden size (d_model), H = query heads, KV =
+   key/value heads, hd = head dim, I = MLP width, L = layers, V = vocabulary
+   rows, W = sliding window, T = tokens in a batch. Compute is float32; weights
+   stay in their stored dtype (f32, f16, bf16) and are converted in the
+   kernels. The source of truth for every formula is Hugging Face
+   transformers' modeling_gemma3.py. */
+
+/* ========================================================================== */
+/* = 1 Portability and compile-time options                                 = */
+/* ========================================================================== */
+
+/* NLA_NO_MMAP: read weights with stdio instead of mmap (non-POSIX systems).
+   NLA_MAX_HEADER: the largest safetensors JSON header accepted (bytes), as in
+   the reference implementation. NLA_JSON_MAX_DEPTH: nesting limit for every
+   JSON document read (hostile input cannot exhaust the stack). */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
+#define _POSIX_C_SOURCE 200809L
+#endif
+#ifndef NLA_MAX_HEADER
+#define NLA_MAX_HEADER 100000000u
+#endif
+#ifndef NLA_JSON_MAX_DEPTH
+#define NLA_JSON_MAX_DEPTH 64
+#endif
+#if NLA_JSON_MAX_DEPTH < 4 || NLA_JSON_MAX_DEPTH > 1000
+#error "NLA_JSON_MAX_DEPTH must be in 4..1000"
+#endif
+#if defined(_WIN32) && !defined(NLA_NO_MMAP)
+#define NLA_NO_MMAP
+#endif
+
+#include "nla.h"
+
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef NLA_NO_MMAP
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Session counting on a shared model is the one thing that changes on an
+   nla_model after open; it uses atomic increments where the compiler has
+   them. */
+#if defined(__GNUC__) || defined(__clang__)
+#define ATOMIC_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
+#define ATOMIC_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#else
+#define ATOMIC_ADD(p, v) (*(p) += (v))
+#define ATOMIC_LOAD(p) (*(p))
+#endif
+
+/* ========================================================================== */
+/* = 2 Utilities: errors, allocation, float formats                          = */
+/* ========================================================================== */
+
+const char *nla_version(void) { return "0.1.0"; }
+
+const char *nla_strerror(nla_status st) {
+    switch (st) {
+    case NLA_OK: return "ok";
+    case NLA_ERR_IO: return "i/o error";
+    case NLA_ERR_NOMEM: return "out of memory";
+    case NLA_ERR_FORMAT: return "malformed input";
+    case NLA_ERR_UNSUPPORTED: return "unsupported";
+    case NLA_ERR_ARG: return "invalid argument";
+    case NLA_ERR_RANGE: return "value out of range";
+    case NLA_ERR_BUFFER_TOO_SMALL: return "buffer too small";
+    case NLA_ERR_BUSY: return "model still has live sessions";
+    case NLA_ERR_CANCELLED: return "cancelled by a callback";
+    }
+    return "unknown status";
+}
+
+/* Every detailed error message is written into a fixed buffer owned by the
+   handle (or by the caller for constructors) through this one helper, which
+   returns the status so that `return fail(...)` reads naturally. */
+#define ERR_CAP 512
+typedef struct {
+    char msg[ERR_CAP];
+} errbuf;
+
+static nla_status fail(errbuf *e, nla_status st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static nla_status fail(errbuf *e, nla_status st, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+static void copy_err(char *dst, size_t cap, const char *msg) {
+    if (dst && cap) {
+        size_t n = strlen(msg);
+        if (n >= cap) n = cap - 1;
+        memcpy(dst, msg, n);
+        dst[n] = 0;
+    }
+}
+
+/* Allocation with overflow-checked sizes; everything large goes through
+   here so a hostile shape cannot wrap a size_t. */
+static void *xcalloc(size_t n, size_t size) {
+    if (size && n > SIZE_MAX / size) return NULL;
+    return calloc(n ? n : 1, size ? size : 1);
+}
+
+static void *xmalloc(size_t n, size_t size) {
+    if (size && n > SIZE_MAX / size) return NULL;
+    return malloc(n && size ? n * size : 1);
+}
+
+static char *xstrndup(const char *s, size_t n) {
+    char *d = (char *)malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = 0;
+    }
+    return d;
+}
+
+/* Multiplication of u64 with overflow detection: returns 0 on overflow. */
+static int mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
+    if (a && b > UINT64_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+/* bf16 -> f32 is the upper half of the float's bits. */
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* f32 -> bf16 with round-to-nearest-even (NaN kept a NaN). */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* IEEE half -> f32, including subnormals, infinities and NaN. */
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            u = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* f32 -> IEEE half, round-to-nearest-even (used only to round a scalar). */
+static uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    int exp = (int)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t man = u & 0x7fffff;
+    if (((u >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (exp >= 0x1f) return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        int shift = 14 - exp;
+        uint32_t half = 1u << (shift - 1), rest = man & ((1u << shift) - 1), q = man >> shift;
+        if (rest > half || (rest == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = (uint32_t)(exp << 10) | (man >> 13), rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+}
+
+static uint16_t rd_u16(const void *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+/* True if s[0..n) is well-formed UTF-8 (no overlongs, no surrogates). */
+static int utf8_valid(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t k;
+        uint32_t cp;
+        if (c < 0x80) { i++; continue; }
+        if (c >= 0xc2 && c <= 0xdf) { k = 1; cp = c & 0x1f; }
+        else if (c >= 0xe0 && c <= 0xef) { k = 2; cp = c & 0x0f; }
+        else if (c >= 0xf0 && c <= 0xf4) { k = 3; cp = c & 0x07; }
+        else return 0;
+        if (n - i <= k) return 0; /* truncated sequence */
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + j] & 0x3f);
+        }
+        if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* ========================================================================== */
+/* = 3 JSON reader                                                           = */
+/* ========================================================================== */
+
+/* A strict RFC 8259 reader into a flat array of nodes, enough for
+   safetensors headers, config.json and index files. Strings and numbers stay
+   as spans of the source text and are decoded on demand. Each node knows
+   where its subtree ends, so children are walked with `i = node[i].end`.
+   Object children alternate key, value. Depth is capped by
+   NLA_JSON_MAX_DEPTH; the source must outlive the document. */
+
+enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ };
+
+typedef struct {
+    unsigned char type;
+    unsigned char escaped; /* string holds a backslash escape */
+    uint32_t n;            /* children (array) or members (object) */
+    size_t off, len;       /* source span: string content or number text */
+    uint32_t end;          /* index of the first node after this subtree */
+} jnode;
+
+typedef struct {
+    const char *src;
+    size_t len, pos;
+    jnode *node;
+    uint32_t n_node, cap_node;
+} jdoc;
+
+static void json_free(jdoc *d) {
+    free(d->node);
+    d->node = NULL;
+    d->n_node = d->cap_node = 0;
+}
+
+/* Line and column (1-based) of a byte offset, for error messages. */
+static void json_where(const jdoc *d, size_t off, int *line, int *col) {
+    int l = 1, c = 1;
+    for (size_t i = 0; i < off && i < d->len; i++) {
+        if (d->src[i] == '\n') { l++; c = 1; } else c++;
+    }
+    *line = l;
+    *col = c;
+}
+
+static void json_ws(jdoc *d) {
+    while (d->pos < d->len) {
+        char c = d->src[d->pos];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+        d->pos++;
+    }
+}
+
+static int json_new(jdoc *d, int type) {
+    if (d->n_node == d->cap_node) {
+        uint32_t cap = d->cap_node ? d->cap_node * 2 : 64;
+        if (cap < d->cap_node || cap > (uint32_t)INT_MAX) return -1;
+        jnode *nn = (jnode *)realloc(d->node, (size_t)cap * sizeof(jnode));
+        if (!nn) return -1;
+        d->node = nn;
+        d->cap_node = cap;
+    }
+    jnode *n = &d->node[d->n_node];
+    memset(n, 0, sizeof *n);
+    n->type = (unsigned char)type;
+    n->off = d->pos;
+    return (int)d->n_node++;
+}
+
+static int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Parses one value at d->pos. Returns 0 or a message (static text). */
+static const char *json_value(jdoc *d, int depth) {
+    json_ws(d);
+    if (d->pos >= d->len) return "unexpected end of input";
+    if (depth > NLA_JSON_MAX_DEPTH) return "nesting too deep";
+    char c = d->src[d->pos];
+    int idx;
+    if (c == '{' || c == '[') {
+        int obj = c == '{';
+        if ((idx = json_new(d, obj ? J_OBJ : J_ARR)) < 0) return "out of memory";
+        d->pos++;
+        json_ws(d);
+        if (d->pos < d->len && d->src[d->pos] == (obj ? '}' : ']')) {
+            d->pos++;
+        } else {
+            for (;;) {
+                if (obj) {
+                    json_ws(d);
+                    if (d->pos >= d->len || d->src[d->pos] != '"') return "expected a string key";
+                    const char *m = json_value(d, depth + 1);
+                    if (m) return m;
+                    json_ws(d);
+                    if (d->pos >= d->len || d->src[d->pos] != ':') return "expected ':'";
+                    d->pos++;
+                }
+                const char *m = json_value(d, depth + 1);
+                if (m) return m;
+                d->node[idx].n++;
+                json_ws(d);
+                if (d->pos >= d->len) return "unexpected end of input";
+                if (d->src[d->pos] == ',') { d->pos++; continue; }
+                if (d->src[d->pos] == (obj ? '}' : ']')) { d->pos++; break; }
+                return obj ? "expected ',' or '}'" : "expected ',' or ']'";
+            }
+        }
+    } else if (c == '"') {
+        if ((idx = json_new(d, J_STR)) < 0) return "out of memory";
+        size_t start = ++d->pos;
+        for (;;) {
+            if (d->pos >= d->len) return "unterminated string";
+            unsigned char ch = (unsigned char)d->src[d->pos];
+            if (ch == '"') break;
+            if (ch < 0x20) return "control character in string";
+            if (ch == '\\') {
+                d->node[idx].escaped = 1;
+                if (++d->pos >= d->len) return "unterminated string";
+                ch = (unsigned char)d->src[d->pos];
+                if (ch == 'u') {
+                    for (int k = 1; k <= 4; k++)
+                        if (d->pos + k >= d->len || hexval(d->src[d->pos + k]) < 0)
+                            return "bad \\u escape";
+                    d->pos += 4;
+                } else if (!strchr("\"\\/bfnrt", ch)) {
+                    return "bad escape";
+                }
+            }
+            d->pos++;
+        }
+        d->node[idx].off = start;
+        d->node[idx].len = d->pos - start;
+        d->pos++;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+        if ((idx = json_new(d, J_NUM)) < 0) return "out of memory";
+        size_t p = d->pos;
+        const char *s = d->src;
+#define DIG(i) ((i) < d->len && s[i] >= '0' && s[i] <= '9')
+        if (s[p] == '-') p++;
+        if (!DIG(p)) return "bad number";
+        if (s[p] == '0') p++;
+        else while (DIG(p)) p++;
+        if (p < d->len && s[p] == '.') {
+            p++;
+            if (!DIG(p)) return "bad number";
+            while (DIG(p)) p++;
+        }
+        if (p < d->len && (s[p] == 'e' || s[p] == 'E')) {
+            p++;
+            if (p < d->len && (s[p] == '+' || s[p] == '-')) p++;
+            if (!DIG(p)) return "bad number";
+            while (DIG(p)) p++;
+        }
+#undef DIG
+        d->node[idx].len = p - d->pos;
+        d->pos = p;
+    } else {
+        static const char *const lit[] = {"null", "false", "true"};
+        int t;
+        for (t = 0; t < 3; t++) {
+            size_t n = strlen(lit[t]);
+            if (d->len - d->pos >= n && !memcmp(d->src + d->pos, lit[t], n)) break;
+        }
+        if (t == 3) return "unexpected character";
+        if ((idx = json_new(d, J_NULL + t)) < 0) return "out of memory";
+        d->pos += strlen(lit[t]);
+    }
+    d->node[idx].end = d->n_node;
+    return NULL;
+}
+
+/* Parses src[0..len) as one JSON value followed only by whitespace. `what`
+   names the source in the error message (a file name). */
+static nla_status json_parse(jdoc *d, const char *src, size_t len, errbuf *e, const char *what) {
+    memset(d, 0, sizeof *d);
+    d->src = src;
+    d->len = len;
+    const char *m = json_value(d, 0);
+    if (!m) {
+        json_ws(d);
+        if (d->pos != d->len) m = "trailing characters after the JSON value";
+    }
+    if (m) {
+        int line, col;
+        json_where(d, d->pos, &line, &col);
+        nla_status st = strcmp(m, "out of memory") ? NLA_ERR_FORMAT : NLA_ERR_NOMEM;
+        json_free(d);
+        return fail(e, st, "%s: invalid JSON at line %d, column %d: %s", what, line, col, m);
+    }
+    return NLA_OK;
+}
+
+/* Decodes string node i into dst (capacity cap, always NUL-terminated when
+   cap > 0). Returns the decoded length, which may exceed cap - 1 (then dst is
+   truncated). \u escapes, including surrogate pairs, become UTF-8. */
+static size_t json_str(const jdoc *d, int i, char *dst, size_t cap) {
+    const char *s = d->src + d->node[i].off;
+    size_t n = d->node[i].len, o = 0;
+#define PUT(ch) do { if (o + 1 < cap) dst[o] = (char)(ch); o++; } while (0)
+    for (size_t k = 0; k < n; k++) {
+        if (s[k] != '\\') { PUT(s[k]); continue; }
+        char c = s[++k];
+        if (c == 'u') {
+            uint32_t cp = 0;
+            for (int j = 1; j <= 4; j++) cp = cp * 16 + (uint32_t)hexval(s[k + j]);
+            k += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && k + 6 < n && s[k + 1] == '\\' && s[k + 2] == 'u') {
+                uint32_t lo = 0;
+                for (int j = 3; j <= 6; j++) lo = lo * 16 + (uint32_t)hexval(s[k + j]);
+                if (lo >= 0xdc00 && lo < 0xe000) {
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                    k += 6;
+                }
+            }
+            if (cp >= 0xd800 && cp < 0xe000) cp = 0xfffd; /* lone surrogate */
+            if (cp < 0x80) PUT(cp);
+            else if (cp < 0x800) { PUT(0xc0 | (cp >> 6)); PUT(0x80 | (cp & 0x3f)); }
+            else if (cp < 0x10000) {
+                PUT(0xe0 | (cp >> 12)); PUT(0x80 | ((cp >> 6) & 0x3f)); PUT(0x80 | (cp & 0x3f));
+            } else {
+                PUT(0xf0 | (cp >> 18)); PUT(0x80 | ((cp >> 12) & 0x3f));
+                PUT(0x80 | ((cp >> 6) & 0x3f)); PUT(0x80 | (cp & 0x3f));
+            }
+        } else {
+            PUT(c == 'b' ? '\b' : c == 'f' ? '\f' : c == 'n' ? '\n' : c == 'r' ? '\r' : c == 't' ? '\t' : c);
+        }
+    }
+#undef PUT
+    if (cap) dst[o < cap ? o : cap - 1] = 0;
+    return o;
+}
+
+/* Decoded string node i as a fresh heap string (NULL when out of memory). */
+static char *json_strdup(const jdoc *d, int i) {
+    size_t n = json_str(d, i, NULL, 0);
+    char *s = (char *)malloc(n + 1);
+    if (s) json_str(d, i, s, n + 1);
+    return s;
+}
+
+/* Does string node i decode to exactly `lit`? */
+static int json_eq(const jdoc *d, int i, const char *lit) {
+    size_t n = strlen(lit);
+    if (d->node[i].type != J_STR) return 0;
+    if (!d->node[i].escaped) return d->node[i].len == n && !memcmp(d->src + d->node[i].off, lit, n);
+    char buf[256];
+    if (n >= sizeof buf) return 0;
+    size_t m = json_str(d, i, buf, sizeof buf);
+    return m == n && !memcmp(buf, lit, n);
+}
+
+/* Value node of `key` in object node obj, or -1 (also when obj is not an
+   object or obj < 0). The last occurrence wins, as in Python's json. */
+static int json_get(const jdoc *d, int obj, const char *key) {
+    if (obj < 0 || d->node[obj].type != J_OBJ) return -1;
+    int found = -1;
+    uint32_t i = (uint32_t)obj + 1;
+    for (uint32_t m = 0; m < d->node[obj].n; m++) {
+        if (json_eq(d, (int)i, key)) found = (int)i + 1;
+        i = d->node[i + 1].end;
+    }
+    return found;
+}
+
+/* Number node as a double, parsed without the C locale: digits are gathered
+   into an integer and scaled by an exact power of ten when both fit (the
+   common case, exact), else by powl. Returns 0 if i is not a number. */
+static int json_num(const jdoc *d, int i, double *out) {
+    static const double p10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                 1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    if (i < 0 || d->node[i].type != J_NUM) return 0;
+    const char *s = d->src + d->node[i].off, *end = s + d->node[i].len;
+    int neg = *s == '-';
+    s += neg;
+    uint64_t m = 0;
+    long e10 = 0;
+    int digits = 0;
+    for (; s < end && *s >= '0' && *s <= '9'; s++) {
+        if (digits < 19) { m = m * 10 + (uint64_t)(*s - '0'); if (m) digits++; }
+        else e10++;
+    }
+    if (s < end && *s == '.') {
+        for (s++; s < end && *s >= '0' && *s <= '9'; s++)
+            if (digits < 19) { m = m * 10 + (uint64_t)(*s - '0'); e10--; if (m) digits++; }
+    }
+    if (s < end && (*s == 'e' || *s == 'E')) {
+        s++;
+        int eneg = *s == '-';
+        if (*s == '+' || *s == '-') s++;
+        long x = 0;
+        for (; s < end; s++) if (x < 100000) x = x * 10 + (*s - '0');
+        e10 += eneg ? -x : x;
+    }
+    double v;
+    if (m < (1ull << 53) && e10 >= -22 && e10 <= 22)
+        v = e10 < 0 ? (double)m / p10[-e10] : (double)m * p10[e10];
+    else if (m == 0)
+        v = 0;
+    else
+        v = (double)((long double)m * powl(10.0L, (long double)e10));
+    *out = neg ? -v : v;
+    return 1;
+}
+
+/* Number node as a non-negative integer: digits only (no sign, fraction or
+   exponent) and no overflow. Returns 0 otherwise. */
+static int json_u64(const jdoc *d, int i, uint64_t *out) {
+    if (i < 0 || d->node[i].type != J_NUM) return 0;
+    const char *s = d->src + d->node[i].off;
+    size_t n = d->node[i].len;
+    uint64_t v = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (s[k] < '0' || s[k] > '9') return 0;
+        uint64_t dgt = (uint64_t)(s[k] - '0');
+        if (v > (UINT64_MAX - dgt) / 10) return 0;
+        v = v * 10 + dgt;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Integer-valued number node (e.g. 6 or 6.0) that fits an int. */
+static int json_int(const jdoc *d, int i, int *out) {
+    double v;
+    if (!json_num(d, i, &v) || v != floor(v) || v < INT_MIN || v > INT_MAX) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+/* ========================================================================== */
+/* = 4 Safetensors: files, headers, validation, shards                       = */
+/* ========================================================================== */
+
+/* Format (huggingface/safetensors): u64 little-endian header length N, N
+   bytes of UTF-8 JSON {name: {dtype, shape, data_offsets: [begin, end]},
+   "__metadata__": {str: str}}, then the byte buffer; offsets are relative to
+   the buffer, which the tensors must cover exactly with no gap or overlap.
+   Files are mapped read-only (or read whole with NLA_NO_MMAP / no_mmap) and
+   never written. A folder with model.safetensors.index.json is a sharded
+   checkpoint: its weight_map names a shard per tensor. */
+
+typedef struct {
+    const char *name;
+    int bits; /* bits per element */
+} st_dtype_info;
+
+/* Every dtype of the format, so that any valid file parses; which dtypes a
+   model accepts is decided at binding (section 7). */
+static const st_dtype_info st_dtypes[] = {
+    {"F32", 32},     {"F16", 16},         {"BF16", 16},        {"F64", 64},      {"I8", 8},
+    {"U8", 8},       {"I16", 16},         {"U16", 16},         {"I32", 32},      {"U32", 32},
+    {"I64", 64},     {"U64", 64},         {"BOOL", 8},         {"C64", 64},      {"F8_E5M2", 8},
+    {"F8_E4M3", 8},  {"F8_E8M0", 8},      {"F8_E4M3FNUZ", 8},  {"F8_E5M2FNUZ", 8}, {"F4", 4},
+    {"F6_E2M3", 6},  {"F6_E3M2", 6},
+};
+#define ST_N_DTYPES ((int)(sizeof st_dtypes / sizeof st_dtypes[0]))
+#define ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    int dtype; /* index into st_dtypes */
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    uint64_t begin, end; /* relative to the file's byte buffer */
+    const unsigned char *data;
+    int file; /* index into nla_st.files */
+} st_tensor;
+
+typedef struct {
+    char *path;       /* full path */
+    const char *base; /* file name within path */
+    unsigned char *map;
+    size_t size;
+    int mapped;       /* 1: munmap, 0: free */
+    char **meta;      /* __metadata__ as key, value, key, value, ... */
+    int n_meta;
+} st_file;
+
+struct nla_st {
+    st_file *files;
+    int n_files;
+    st_tensor *t; /* sorted by name */
+    int n;
+};
+
+static const char *path_base(const char *p) {
+    const char *b = strrchr(p, '/');
+#ifdef _WIN32
+    const char *b2 = strrchr(p, '\\');
+    if (b2 > b) b = b2;
+#endif
+    return b ? b + 1 : p;
+}
+
+/* Reads a whole small file (config.json, index files) into a NUL-terminated
+   heap buffer. */
+static nla_status read_file(const char *path, char **out, size_t *n_out, size_t max, errbuf *e) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(e, NLA_ERR_IO, "%s: cannot open", path);
+    size_t cap = 4096, n = 0;
+    char *buf = (char *)malloc(cap + 1);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n < cap) break;
+        if (cap >= max) { fclose(f); free(buf); return fail(e, NLA_ERR_FORMAT, "%s: larger than %zu bytes", path, max); }
+        char *nb = (char *)realloc(buf, cap * 2 + 1);
+        if (!nb) { free(buf); buf = NULL; break; }
+        buf = nb;
+        cap *= 2;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf) return fail(e, NLA_ERR_NOMEM, "%s: out of memory reading it", path);
+    if (bad) { free(buf); return fail(e, NLA_ERR_IO, "%s: read error", path); }
+    buf[n] = 0;
+    *out = buf;
+    if (n_out) *n_out = n;
+    return NLA_OK;
+}
+
+static void st_file_free(st_file *f) {
+    if (f->map) {
+#ifndef NLA_NO_MMAP
+        if (f->mapped) munmap(f->map, f->size);
+        else
+#endif
+            free(f->map);
+    }
+    for (int i = 0; i < f->n_meta * 2; i++) free(f->meta[i]);
+    free(f->meta);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+/* Maps (or reads) the whole file. */
+static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
+#ifndef NLA_NO_MMAP
+    if (!no_mmap) {
+        int fd = open(f->path, O_RDONLY);
+        if (fd < 0) return fail(e, NLA_ERR_IO, "%s: cannot open", f->path);
+        struct stat sb;
+        if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            close(fd);
+            return fail(e, NLA_ERR_IO, "%s: not a regular file", f->path);
+        }
+        if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
+            close(fd);
+            return fail(e, NLA_ERR_IO, "%s: too large to map", f->path);
+        }
+        f->size = (size_t)sb.st_size;
+        if (f->size == 0) {
+            close(fd);
+            return fail(e, NLA_ERR_FORMAT, "%s: empty file, not safetensors", f->path);
+        }
+        void *p = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (p == MAP_FAILED) return fail(e, NLA_ERR_IO, "%s: mmap failed", f->path);
+        f->map = (unsigned char *)p;
+        f->mapped = 1;
+        return NLA_OK;
+    }
+#endif
+    (void)no_mmap;
+    char *buf;
+    size_t n;
+    nla_status st = read_file(f->path, &buf, &n, SIZE_MAX / 4, e);
+    if (st) return st;
+    f->map = (unsigned char *)buf;
+    f->size = n;
+    f->mapped = 0;
+    return NLA_OK;
+}
+
+static int st_cmp_begin(const void *a, const void *b) {
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
+}
+
+static int st_cmp_name(const void *a, const void *b) {
+    return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
+}
+
+/* Parses and validates the header of file `fi`, appending its tensors to
+   t[*n] (grown as needed). Every rule of the format is checked here. */
+static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
+    st_file *f = &st->files[fi];
+    const char *fn = f->path;
+    if (f->size < 8) return fail(e, NLA_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors header", fn, f->size);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | f->map[i];
+    if (hlen > NLA_MAX_HEADER)
+        return fail(e, NLA_ERR_FORMAT, "%s: header length %llu exceeds the %u-byte limit", fn,
+                    (unsigned long long)hlen, NLA_MAX_HEADER);
+    if (hlen > f->size - 8)
+        return fail(e, NLA_ERR_FORMAT, "%s: header length %llu runs past the end of the %zu-byte file",
+                    fn, (unsigned long long)hlen, f->size);
+    const char *h = (const char *)f->map + 8;
+    if (hlen == 0 || h[0] != '{') return fail(e, NLA_ERR_FORMAT, "%s: header does not start with '{'", fn);
+    if (!utf8_valid((const unsigned char *)h, (size_t)hlen))
+        return fail(e, NLA_ERR_FORMAT, "%s: header is not valid UTF-8", fn);
+    jdoc d;
+    nla_status rc = json_parse(&d, h, (size_t)hlen, e, fn);
+    if (rc) return rc;
+    if (d.node[0].type != J_OBJ) {
+        json_free(&d);
+        return fail(e, NLA_ERR_FORMAT, "%s: header is not a JSON object", fn);
+    }
+    const uint64_t data_len = f->size - 8 - hlen;
+    const unsigned char *data = f->map + 8 + hlen;
+    int first = st->n;
+    st_tensor *nt = (st_tensor *)realloc(st->t, ((size_t)st->n + d.node[0].n + 1) * sizeof *nt);
+    if (!nt) { json_free(&d); return fail(e, NLA_ERR_NOMEM, "%s: out of memory for the tensor table", fn); }
+    st->t = nt;
+    uint32_t k = 1;
+    char key[160];
+    for (uint32_t m = 0; m < d.node[0].n; m++, k = d.node[k + 1].end) {
+        int v = (int)k + 1;
+        json_str(&d, (int)k, key, sizeof key);
+        if (json_eq(&d, (int)k, "__metadata__")) {
+            if (d.node[v].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: __metadata__ is not an object", fn); goto out; }
+            if (f->meta) { rc = fail(e, NLA_ERR_FORMAT, "%s: duplicate __metadata__", fn); goto out; }
+            f->meta = (char **)xcalloc((size_t)d.node[v].n * 2 + 1, sizeof(char *));
+            if (!f->meta) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); goto out; }
+            uint32_t q = (uint32_t)v + 1;
+            for (uint32_t j = 0; j < d.node[v].n; j++, q = d.node[q + 1].end) {
+                if (d.node[q + 1].type != J_STR) {
+                    rc = fail(e, NLA_ERR_FORMAT, "%s: __metadata__ value is not a string", fn);
+                    goto out;
+                }
+                f->meta[2 * j] = json_strdup(&d, (int)q);
+                f->meta[2 * j + 1] = json_strdup(&d, (int)q + 1);
+                f->n_meta++;
+                if (!f->meta[2 * j] || !f->meta[2 * j + 1]) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); goto out; }
+            }
+            continue;
+        }
+        if (d.node[v].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is not an object", fn, key); goto out; }
+        int jd = json_get(&d, v, "dtype"), js = json_get(&d, v, "shape"), jo = json_get(&d, v, "data_offsets");
+        if (jd < 0 || js < 0 || jo < 0 || d.node[jd].type != J_STR || d.node[js].type != J_ARR ||
+            d.node[jo].type != J_ARR) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' needs string dtype, array shape and array data_offsets", fn, key);
+            goto out;
+        }
+        if (d.node[v].n != 3) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has unexpected fields", fn, key); goto out; }
+        st_tensor *t = &st->t[st->n];
+        memset(t, 0, sizeof *t);
+        t->file = fi;
+        t->dtype = -1;
+        for (int q = 0; q < ST_N_DTYPES; q++)
+            if (json_eq(&d, jd, st_dtypes[q].name)) t->dtype = q;
+        if (t->dtype < 0) {
+            char dt[32];
+            json_str(&d, jd, dt, sizeof dt);
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has unknown dtype '%s'", fn, key, dt);
+            goto out;
+        }
+        if (d.node[js].n > ST_MAX_DIMS) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (at most %d)", fn, key, d.node[js].n, ST_MAX_DIMS);
+            goto out;
+        }
+        uint64_t count = 1, bits;
+        uint32_t q = (uint32_t)js + 1;
+        for (uint32_t j = 0; j < d.node[js].n; j++, q = d.node[q].end) {
+            uint64_t dim;
+            if (!json_u64(&d, (int)q, &dim) || dim > (uint64_t)INT64_MAX) {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': shape entries must be non-negative integers", fn, key);
+                goto out;
+            }
+            t->shape[j] = (int64_t)dim;
+            if (!mul_u64(count, dim, &count)) {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': shape overflows", fn, key);
+                goto out;
+            }
+        }
+        t->ndim = (int)d.node[js].n;
+        if (d.node[jo].n != 2 || !json_u64(&d, jo + 1, &t->begin) || !json_u64(&d, jo + 2, &t->end)) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': data_offsets must be two non-negative integers", fn, key);
+            goto out;
+        }
+        if (!mul_u64(count, (uint64_t)st_dtypes[t->dtype].bits, &bits)) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': shape overflows", fn, key);
+            goto out;
+        }
+        if (bits % 8) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': size is not a whole number of bytes", fn, key); goto out; }
+        if (t->end < t->begin || t->end - t->begin != bits / 8) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] do not hold %llu bytes (%s, %llu elements)",
+                      fn, key, (unsigned long long)t->begin, (unsigned long long)t->end,
+                      (unsigned long long)(bits / 8), st_dtypes[t->dtype].name, (unsigned long long)count);
+            goto out;
+        }
+        if (t->end > data_len) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': data_offsets end %llu is past the end of the data (%llu bytes)",
+                      fn, key, (unsigned long long)t->end, (unsigned long long)data_len);
+            goto out;
+        }
+        t->data = data + t->begin;
+        if (!(t->name = json_strdup(&d, (int)k))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); goto out; }
+        st->n++;
+    }
+    /* coverage: sorted by offset, the tensors must tile [0, data_len) */
+    {
+        int nt_file = st->n - first;
+        const st_tensor **ord = (const st_tensor **)xmalloc((size_t)nt_file + 1, sizeof *ord);
+        if (!ord) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); goto out; }
+        for (int i = 0; i < nt_file; i++) ord[i] = &st->t[first + i];
+        qsort(ord, (size_t)nt_file, sizeof *ord, st_cmp_begin);
+        uint64_t at = 0;
+        for (int i = 0; i < nt_file && !rc; i++) {
+            if (ord[i]->begin != at)
+                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' starts at %llu but the previous data ends at %llu (%s)", fn,
+                          ord[i]->name, (unsigned long long)ord[i]->begin, (unsigned long long)at,
+                          ord[i]->begin < at ? "overlap" : "gap");
+            at = ord[i]->end;
+        }
+        free(ord);
+        if (!rc && at != data_len)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensors cover %llu bytes of the %llu-byte data section", fn,
+                      (unsigned long long)at, (unsigned long long)data_len);
+    }
+out:
+    json_free(&d);
+    return rc;
+}
+
+static nla_status st_add_file(nla_st *st, const char *path, int no_mmap, errbuf *e) {
+    st_file *nf = (st_file *)realloc(st->files, ((size_t)st->n_files + 1) * sizeof *nf);
+    if (!nf) return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
+    st->files = nf;
+    st_file *f = &st->files[st->n_files++];
+    memset(f, 0, sizeof *f);
+    if (!(f->path = xstrndup(path, strlen(path)))) return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
+    f->base = path_base(f->path);
+    nla_status rc = st_map(f, no_mmap, e);
+    return rc ? rc : st_parse(st, st->n_files - 1, e);
+}
+
+static int file_exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != NULL;
+}
+
+/* dir + "/" + name into a fresh string. */
+static char *path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = (char *)malloc(a + b + 2);
+    if (p) {
+        memcpy(p, dir, a);
+        p[a] = '/';
+        memcpy(p + a + 1, name, b + 1);
+    }
+    return p;
+}
+
+/* A shard name from an index file must be a plain file name. */
+static int plain_file_name(const char *s) {
+    return *s && strcmp(s, ".") && strcmp(s, "..") && !strchr(s, '/') && !strchr(s, '\\') && !strchr(s, ':');
+}
+
+/* Opens the shards named by an index file and checks that each tensor in
+   its weight_map sits in the shard named for it. */
+static nla_status st_open_index(nla_st *st, const char *dir, const char *index, int no_mmap, errbuf *e) {
+    char *txt;
+    size_t n;
+    nla_status rc = read_file(index, &txt, &n, (size_t)1 << 30, e);
+    if (rc) return rc;
+    jdoc d;
+    char **shards = NULL;
+    int n_shards = 0;
+    if ((rc = json_parse(&d, txt, n, e, index))) { free(txt); return rc; }
+    int wm = json_get(&d, 0, "weight_map");
+    if (wm < 0 || d.node[wm].type != J_OBJ || d.node[wm].n == 0) {
+        rc = fail(e, NLA_ERR_FORMAT, "%s: no weight_map object", index);
+        goto out;
+    }
+    shards = (char **)xcalloc(d.node[wm].n, sizeof(char *));
+    if (!shards) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
+    uint32_t k = (uint32_t)wm + 1;
+    for (uint32_t m = 0; m < d.node[wm].n; m++, k = d.node[k + 1].end) {
+        if (d.node[k + 1].type != J_STR) { rc = fail(e, NLA_ERR_FORMAT, "%s: weight_map values must be file names", index); goto out; }
+        char name[256];
+        if (json_str(&d, (int)k + 1, name, sizeof name) >= sizeof name || !plain_file_name(name)) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: shard '%s' is not a plain file name", index, name);
+            goto out;
+        }
+        int seen = 0;
+        for (int i = 0; i < n_shards && !seen; i++) seen = !strcmp(shards[i], name);
+        if (!seen) {
+            if (!(shards[n_shards] = xstrndup(name, strlen(name)))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
+            char *p = path_join(dir, name);
+            if (!p) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
+            rc = st_add_file(st, p, no_mmap, e);
+            free(p);
+            n_shards++;
+            if (rc) goto out;
+        }
+    }
+    qsort(st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
+    k = (uint32_t)wm + 1;
+    for (uint32_t m = 0; m < d.node[wm].n; m++, k = d.node[k + 1].end) {
+        char name[256], shard[256];
+        json_str(&d, (int)k, name, sizeof name);
+        json_str(&d, (int)k + 1, shard, sizeof shard);
+        st_tensor key;
+        key.name = name;
+        st_tensor *t = (st_tensor *)bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
+        if (!t || strcmp(st->files[t->file].base, shard)) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is mapped to %s but is not in that file", index, name, shard);
+            goto out;
+        }
+    }
+out:
+    if (shards)
+        for (int i = 0; i < n_shards; i++) free(shards[i]);
+    free(shards);
+    json_free(&d);
+    free(txt);
+    return rc;
+}
+
+void nla_st_close(nla_st *st) {
+    if (!st) return;
+    for (int i = 0; i < st->n_files; i++) st_file_free(&st->files[i]);
+    for (int i = 0; i < st->n; i++) free(st->t[i].name);
+    free(st->files);
+    free(st->t);
+    free(st);
+}
+
+static int is_dir(const char *path) {
+#ifndef NLA_NO_MMAP
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+#else
+    char *p = path_join(path, "config.json");
+    int r = p && file_exists(p);
+    free(p);
+    return r;
+#endif
+}
+
+static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e) {
+    *out = NULL;
+    nla_st *st = (nla_st *)calloc(1, sizeof *st);
+    if (!st) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    nla_status rc;
+    if (is_dir(path)) {
+        char *idx = path_join(path, "model.safetensors.index.json"), *one = path_join(path, "model.safetensors");
+        if (!idx || !one) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+        else if (file_exists(idx)) rc = st_open_index(st, path, idx, no_mmap, e);
+        else if (file_exists(one)) rc = st_add_file(st, one, no_mmap, e);
+        else rc = fail(e, NLA_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json in this folder", path);
+        free(idx);
+        free(one);
+    } else {
+        rc = st_add_file(st, path, no_mmap, e);
+    }
+    if (!rc) {
+        qsort(st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
+        for (int i = 1; i < st->n && !rc; i++)
+            if (!strcmp(st->t[i].name, st->t[i - 1].name))
+                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is defined twice (%s and %s)", path, st->t[i].name,
+                          st->files[st->t[i - 1].file].base, st->files[st->t[i].file].base);
+    }
+    if (rc) {
+        nla_st_close(st);
+        return rc;
+    }
+    *out = st;
+    return NLA_OK;
+}
+
+nla_status nla_st_open(const char *path, int no_mmap, nla_st **out, char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    e.msg[0] = 0;
+    if (!out) return NLA_ERR_ARG;
+    if (!path) {
+        *out = NULL;
+        copy_err(errbuf_out, errbuf_size, "path is NULL");
+        return NLA_ERR_ARG;
+    }
+    nla_status rc = st_open(path, no_mmap, out, &e);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+int nla_st_count(const nla_st *st) { return st ? st->n : 0; }
+
+int nla_st_find(const nla_st *st, const char *name) {
+    if (!st || !name) return -1;
+    st_tensor key;
+    key.name = (char *)(uintptr_t)name;
+    const st_tensor *t = (const st_tensor *)bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
+    return t ? (int)(t - st->t) : -1;
+}
+
+nla_status nla_st_get(const nla_st *st, int i, nla_tensor *out) {
+    if (!st || !out || i < 0 || i >= st->n) return NLA_ERR_ARG;
+    const st_tensor *t = &st->t[i];
+    memset(out, 0, sizeof *out);
+    out->name = t->name;
+    out->dtype = st_dtypes[t->dtype].name;
+    out->ndim = t->ndim;
+    memcpy(out->shape, t->shape, sizeof t->shape);
+    out->data = t->data;
+    out->nbytes = t->end - t->begin;
+    out->file = st->files[t->file].base;
+    return NLA_OK;
+}
+
+const char *nla_st_metadata(const nla_st *st, const char *key) {
+    if (!st || !key) return NULL;
+    for (int f = 0; f < st->n_files; f++)
+        for (int i = 0; i < st->files[f].n_meta; i++)
+            if (!strcmp(st->files[f].meta[2 * i], key)) return st->files[f].meta[2 * i + 1];
+    return NULL;
+}
+
+/* ========================================================================== */
+/* = 5 Gemma 3 config: config.json, defaults, layer pattern, RoPE            = */
+/* ========================================================================== */
+
+/* config.json is flat for Gemma3ForCausalLM (model_type gemma3_text) and
+   nests the language model under text_config for
+   Gemma3ForConditionalGeneration (model_type gemma3). Omitted keys take
+   Gemma3TextConfig's defaults (HF configuration_gemma3.py); every dimension
+   is later cross-checked against the tensor shapes (section 7). Layer i is
+   global (full attention) per `layer_types`, else iff (i + 1) % pattern == 0.
+   RoPE comes in two spellings: rope_theta + rope_local_base_freq +
+   rope_scaling (linear factor for global layers only), or rope_parameters,
+   per layer type or flat. */
+
+#define NLA_MAX_LAYERS 512
+#define NLA_TOKENIZER_VOCAB 262144 /* ids at or past this are image/padding rows */
+
+typedef struct {
+    char arch[64];
+    int n_layers, d, n_heads, n_kv, hd, d_ff, vocab, window, max_pos;
+    float qpas;              /* query_pre_attn_scalar */
+    float eps;
+    float theta[2], factor[2]; /* [0] local (sliding), [1] global (full) */
+    float final_softcap, attn_softcap; /* 0 = none */
+    int tie;
+    int bos, n_eos, eos[8];
+    unsigned char is_global[NLA_MAX_LAYERS];
+} gemma_cfg;
+
+/* Reads key from object o (or the fallback object o2 when absent there):
+   absent or null leaves *out at its default; anything but a number is an
+   error naming the key. */
+static nla_status cfg_num(const jdoc *d, int o, int o2, const char *key, double *out, errbuf *e, const char *fn) {
+    int v = json_get(d, o, key);
+    if (v < 0 && o2 >= 0 && o2 != o) v = json_get(d, o2, key);
+    if (v < 0 || d->node[v].type == J_NULL) return NLA_OK;
+    if (!json_num(d, v, out)) return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be a number", fn, key);
+    return NLA_OK;
+}
+
+static nla_status cfg_int(const jdoc *d, int o, const char *key, int *out, int lo, int hi, errbuf *e, const char *fn) {
+    int v = json_get(d, o, key);
+    if (v < 0 || d->node[v].type == J_NULL) return NLA_OK;
+    if (!json_int(d, v, out)) return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be an integer", fn, key);
+    if (*out < lo || *out > hi) return fail(e, NLA_ERR_RANGE, "%s: '%s' = %d is outside %d..%d", fn, key, *out, lo, hi);
+    return NLA_OK;
+}
+
+/* One RoPE parameter object {rope_type|type, rope_theta, factor}: only
+   "default" and "linear" exist in Gemma 3; anything else is refused rather
+   than silently run wrong. */
+static nla_status cfg_rope(const jdoc *d, int o, float *theta, float *factor, errbuf *e, const char *fn, const char *what) {
+    if (o < 0 || d->node[o].type == J_NULL) return NLA_OK;
+    if (d->node[o].type != J_OBJ) return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be an object or null", fn, what);
+    int t = json_get(d, o, "rope_type");
+    if (t < 0) t = json_get(d, o, "type");
+    char type[32] = "default";
+    if (t >= 0 && d->node[t].type == J_STR) json_str(d, t, type, sizeof type);
+    double v = *theta, f = 1.0;
+    nla_status rc;
+    if ((rc = cfg_num(d, o, -1, "rope_theta", &v, e, fn))) return rc;
+    *theta = (float)v;
+    if (!strcmp(type, "linear")) {
+        if ((rc = cfg_num(d, o, -1, "factor", &f, e, fn))) return rc;
+        if (!(f > 0)) return fail(e, NLA_ERR_RANGE, "%s: %s factor must be positive", fn, what);
+        *factor = (float)f;
+    } else if (strcmp(type, "default")) {
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: %s rope_type '%s' is not supported (Gemma 3 uses default and linear)", fn, what, type);
+    }
+    return NLA_OK;
+}
+
+/* Reads an id or a list of ids (eos_token_id) into c->eos. */
+static void cfg_eos(const jdoc *d, int v, gemma_cfg *c) {
+    int x;
+    if (v < 0) return;
+    if (json_int(d, v, &x)) {
+        c->eos[0] = x;
+        c->n_eos = 1;
+    } else if (d->node[v].type == J_ARR) {
+        c->n_eos = 0;
+        for (uint32_t i = (uint32_t)v + 1, k = 0; k < d->node[v].n; k++, i = d->node[i].end)
+            if (c->n_eos < 8 && json_int(d, (int)i, &x)) c->eos[c->n_eos++] = x;
+    }
+}
+
+static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
+    char *fn = path_join(dir, "config.json"), *txt = NULL;
+    size_t n;
+    jdoc d;
+    memset(&d, 0, sizeof d);
+    if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    nla_status rc = read_file(fn, &txt, &n, (size_t)1 << 24, e);
+    if (rc || (rc = json_parse(&d, txt, n, e, fn))) goto out;
+    if (d.node[0].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: not a JSON object", fn); goto out; }
+
+    /* Gemma3TextConfig defaults */
+    memset(c, 0, sizeof *c);
+    c->vocab = 262208; c->d = 2304; c->d_ff = 9216; c->n_layers = 26; c->n_heads = 8; c->n_kv = 4;
+    c->hd = 256; c->max_pos = 131072; c->window = 4096; c->tie = 1; c->bos = 2;
+    c->n_eos = 1; c->eos[0] = 1;
+    double eps = 1e-6, qpas = 256, th_g = 1e6, th_l = 1e4, fcap = 0, acap = 0;
+
+    int root = 0, tc = json_get(&d, root, "text_config");
+    if (tc >= 0 && d.node[tc].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: text_config is not an object", fn); goto out; }
+    if (tc < 0) tc = root;
+    int ar = json_get(&d, root, "architectures"), mt = json_get(&d, root, "model_type");
+    if (ar >= 0 && d.node[ar].type == J_ARR && d.node[ar].n > 0 && d.node[ar + 1].type == J_STR)
+        json_str(&d, ar + 1, c->arch, sizeof c->arch);
+    char mtype[64] = "";
+    if (mt >= 0 && d.node[mt].type == J_STR) json_str(&d, mt, mtype, sizeof mtype);
+    int ok = !strcmp(c->arch, "Gemma3ForCausalLM") || !strcmp(c->arch, "Gemma3ForConditionalGeneration") ||
+             (!c->arch[0] && (!strcmp(mtype, "gemma3") || !strcmp(mtype, "gemma3_text")));
+    if (!ok) {
+        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: architecture '%s' (model_type '%s') is not Gemma 3", fn, c->arch, mtype);
+        goto out;
+    }
+    if (!c->arch[0]) snprintf(c->arch, sizeof c->arch, "%s", strcmp(mtype, "gemma3") ? "Gemma3ForCausalLM" : "Gemma3ForConditionalGeneration");
+
+    if ((rc = cfg_int(&d, tc, "vocab_size", &c->vocab, 1, 1 << 24, e, fn)) ||
+        (rc = cfg_int(&d, tc, "hidden_size", &c->d, 1, 1 << 16, e, fn)) ||
+        (rc = cfg_int(&d, tc, "intermediate_size", &c->d_ff, 1, 1 << 20, e, fn)) ||
+        (rc = cfg_int(&d, tc, "num_hidden_layers", &c->n_layers, 1, NLA_MAX_LAYERS, e, fn)) ||
+        (rc = cfg_int(&d, tc, "num_attention_heads", &c->n_heads, 1, 1024, e, fn)) ||
+        (rc = cfg_int(&d, tc, "num_key_value_heads", &c->n_kv, 1, 1024, e, fn)) ||
+        (rc = cfg_int(&d, tc, "head_dim", &c->hd, 2, 4096, e, fn)) ||
+        (rc = cfg_int(&d, tc, "max_position_embeddings", &c->max_pos, 1, 1 << 24, e, fn)) ||
+        (rc = cfg_int(&d, tc, "sliding_window", &c->window, 1, 1 << 24, e, fn)) ||
+        (rc = cfg_int(&d, tc, "bos_token_id", &c->bos, 0, 1 << 24, e, fn)) ||
+        (rc = cfg_num(&d, tc, -1, "rms_norm_eps", &eps, e, fn)) ||
+        (rc = cfg_num(&d, tc, -1, "query_pre_attn_scalar", &qpas, e, fn)) ||
+        (rc = cfg_num(&d, tc, -1, "rope_theta", &th_g, e, fn)) ||
+        (rc = cfg_num(&d, tc, -1, "rope_local_base_freq", &th_l, e, fn)) ||
+        (rc = cfg_num(&d, tc, root, "final_logit_softcapping", &fcap, e, fn)) ||
+        (rc = cfg_num(&d, tc, root, "attn_logit_softcapping", &acap, e, fn)))
+        goto out;
+    if (c->n_heads % c->n_kv) {
+        rc = fail(e, NLA_ERR_FORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", fn, c->n_heads, c->n_kv);
+        goto out;
+    }
+    if (c->hd % 2) { rc = fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd); goto out; }
+    if (!(eps > 0 && eps < 1) || !(qpas > 0) || !(th_g > 1) || !(th_l > 1) || fcap < 0 || acap < 0) {
+        rc = fail(e, NLA_ERR_RANGE, "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range", fn);
+        goto out;
+    }
+    c->eps = (float)eps; c->qpas = (float)qpas; c->final_softcap = (float)fcap; c->attn_softcap = (float)acap;
+    c->theta[0] = (float)th_l; c->theta[1] = (float)th_g; c->factor[0] = c->factor[1] = 1;
+
+    int v;
+    if ((v = json_get(&d, tc, "use_bidirectional_attention")) >= 0 && d.node[v].type == J_TRUE) {
+        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: use_bidirectional_attention (EmbeddingGemma) is not supported", fn);
+        goto out;
+    }
+    if ((v = json_get(&d, tc, "attention_bias")) >= 0 && d.node[v].type == J_TRUE) {
+        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: attention_bias true is not Gemma 3", fn);
+        goto out;
+    }
+    if ((v = json_get(&d, tc, "tie_word_embeddings")) < 0) v = json_get(&d, root, "tie_word_embeddings");
+    if (v >= 0 && d.node[v].type == J_FALSE) c->tie = 0;
+    if ((v = json_get(&d, tc, "hidden_activation")) < 0) v = json_get(&d, tc, "hidden_act");
+    if (v >= 0 && d.node[v].type != J_NULL && !json_eq(&d, v, "gelu_pytorch_tanh") && !json_eq(&d, v, "gelu_new") &&
+        !json_eq(&d, v, "gelu_tanh")) {
+        char act[64] = "?";
+        if (d.node[v].type == J_STR) json_str(&d, v, act, sizeof act);
+        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: hidden_activation '%s' is not supported (Gemma 3 uses gelu_pytorch_tanh)", fn, act);
+        goto out;
+    }
+    cfg_eos(&d, json_get(&d, root, "eos_token_id"), c);
+    if (tc != root) cfg_eos(&d, json_get(&d, tc, "eos_token_id"), c);
+
+    /* RoPE: old spelling first, then rope_parameters overrides */
+    if ((rc = cfg_rope(&d, json_get(&d, tc, "rope_scaling"), &c->theta[1], &c->factor[1], e, fn, "rope_scaling")))
+        goto out;
+    int rp = json_get(&d, tc, "rope_parameters");
+    if (rp >= 0 && d.node[rp].type == J_OBJ) {
+        int fa = json_get(&d, rp, "full_attention"), sa = json_get(&d, rp, "sliding_attention");
+        if (fa >= 0 || sa >= 0) {
+            if ((rc = cfg_rope(&d, fa, &c->theta[1], &c->factor[1], e, fn, "rope_parameters.full_attention")) ||
+                (rc = cfg_rope(&d, sa, &c->theta[0], &c->factor[0], e, fn, "rope_parameters.sliding_attention")))
+                goto out;
+        } else if ((rc = cfg_rope(&d, rp, &c->theta[1], &c->factor[1], e, fn, "rope_parameters"))) {
+            goto out;
+        }
+    } else if (rp >= 0 && d.node[rp].type != J_NULL) {
+        rc = fail(e, NLA_ERR_FORMAT, "%s: rope_parameters must be an object", fn);
+        goto out;
+    }
+
+    /* layer pattern */
+    int lt = json_get(&d, tc, "layer_types");
+    if (lt >= 0 && d.node[lt].type != J_NULL) {
+        if (d.node[lt].type != J_ARR || (int)d.node[lt].n != c->n_layers) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: layer_types must list %d entries (num_hidden_layers)", fn, c->n_layers);
+            goto out;
+        }
+        uint32_t i = (uint32_t)lt + 1;
+        for (int l = 0; l < c->n_layers; l++, i = d.node[i].end) {
+            if (json_eq(&d, (int)i, "full_attention")) c->is_global[l] = 1;
+            else if (json_eq(&d, (int)i, "sliding_attention")) c->is_global[l] = 0;
+            else {
+                rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: layer_types[%d] is neither sliding_attention nor full_attention", fn, l);
+                goto out;
+            }
+        }
+    } else {
+        int pat = 6;
+        if ((rc = cfg_int(&d, tc, "sliding_window_pattern", &pat, 1, NLA_MAX_LAYERS, e, fn)) ||
+            (rc = cfg_int(&d, tc, "_sliding_window_pattern", &pat, 1, NLA_MAX_LAYERS, e, fn)))
+            goto out;
+        for (int l = 0; l < c->n_layers; l++) c->is_global[l] = (l + 1) % pat == 0;
+    }
+
+    /* generation_config.json, when present, names the stop ids */
+    {
+        char *gfn = path_join(dir, "generation_config.json"), *gtxt;
+        size_t gn;
+        errbuf ignore;
+        if (gfn && file_exists(gfn) && read_file(gfn, &gtxt, &gn, (size_t)1 << 20, &ignore) == NLA_OK) {
+            jdoc g;
+            if ((rc = json_parse(&g, gtxt, gn, e, gfn)) == NLA_OK) {
+                cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c);
+                json_free(&g);
+            }
+            free(gtxt);
+        }
+        free(gfn);
+    }
+out:
+    json_free(&d);
+    free(txt);
+    free(fn);
+    return rc;
+}
+
+/* ========================================================================== */
+/* = 6 Kernels: conversion, matmul, RMSNorm, RoPE, attention, GELU           = */
+/* ========================================================================== */
+
+/* The kernels know nothing of Gemma. Every weight matrix is a wmat viewing
+   the stored bytes; a row is converted to float32 in a per-thread buffer and
+   then reused for all T tokens of the batch, so a weight is read once per
+   batch, not once per token. Loops over output rows are split across threads
+   with OpenMP when the build has it. */
+
+typedef struct {
+    const unsigned char *p; /* stored bytes, row-major [rows, cols] */
+    nla_dtype dt;
+    int rows, cols;
+} wmat;
+
+static size_t dtype_size(nla_dtype dt) { return dt == NLA_DTYPE_F32 ? 4 : 2; }
+
+/* dst[0..n) = elements [0..n) of a stored f32/f16/bf16 array (any alignment). */
+static void to_f32(float *dst, const unsigned char *src, nla_dtype dt, int n) {
+    switch (dt) {
+    case NLA_DTYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case NLA_DTYPE_BF16: for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
+    case NLA_DTYPE_F16: for (int i = 0; i < n; i++) dst[i] = f16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
+    }
+}
+
+static void wmat_row(const wmat *w, int r, float *dst) {
+    to_f32(dst, w->p + (size_t)r * (size_t)w->cols * dtype_size(w->dt), w->dt, w->cols);
+}
+
+/* Eight independent partial sums: vectorizes without -ffast-math. */
+static float dot(const float *a, const float *b, int n) {
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, r = 0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) s[k] += a[i + k] * b[i + k];
+    for (; i < n; i++) r += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])) + r;
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* y [n, w.rows] = x [n, w.cols] . W^T. rowbuf holds nt rows of w.cols floats. */
+static void matmul(float *y, const float *x, int n, const wmat *w, float *rowbuf, int nt) {
+    const int rows = w->rows, cols = w->cols;
+    (void)nt;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static)
+#endif
+    for (int r = 0; r < rows; r++) {
+        float *wr = rowbuf + (size_t)thread_id() * (size_t)cols;
+        wmat_row(w, r, wr);
+        for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, wr, cols);
+    }
+}
+
+/* out = x / sqrt(mean(x^2) + eps) * g, where g = 1 + w was precomputed in
+   float32 (Gemma stores the gain zero-centred). Sum of squares in double. */
+static void rmsnorm(float *out, const float *x, const float *g, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * r * g[i];
+}
+
+/* Rotate-half RoPE on one head: pairs (i, i + hd/2) by angle i, with
+   cs = [cos 0..hd/2-1, sin 0..hd/2-1] for this position. */
+static void rope(float *x, const float *cs, int hd) {
+    const int h2 = hd / 2;
+    for (int i = 0; i < h2; i++) {
+        float c = cs[i], s = cs[h2 + i], a = x[i], b = x[i + h2];
+        x[i] = a * c - b * s;
+        x[i + h2] = b * c + a * s;
+    }
+}
+
+/* gelu_pytorch_tanh */
+static float gelu(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+/* Softmax attention of one query head over keys lo..p of a cache laid out
+   [cap, kv_width] (position j in slot j % cap): out [hd]. sc holds p-lo+1
+   floats. */
+static void attend(float *out, const float *q, const float *kc, const float *vc, int cap, int kv_width, int off,
+                   int lo, int p, int hd, float scale, float softcap, float *sc) {
+    float mx = -INFINITY;
+    for (int j = lo; j <= p; j++) {
+        float s = dot(q, kc + (size_t)(j % cap) * kv_width + off, hd) * scale;
+        if (softcap > 0) s = softcap * tanhf(s / softcap);
+        sc[j - lo] = s;
+        if (s > mx) mx = s;
+    }
+    float sum = 0;
+    for (int j = lo; j <= p; j++) sum += sc[j - lo] = expf(sc[j - lo] - mx);
+    for (int i = 0; i < hd; i++) out[i] = 0;
+    for (int j = lo; j <= p; j++) {
+        const float pj = sc[j - lo] / sum, *v = vc + (size_t)(j % cap) * kv_width + off;
+        for (int i = 0; i < hd; i++) out[i] += pj * v[i];
+    }
+}
+
+/* ========================================================================== */
+/* = 7 Model: binding tensors to the architecture, open/close                = */
+/* ========================================================================== */
+
+/* Tensor names: the language model sits under one of three prefixes
+   (model., language_model.model., model.language_model.); vision-tower and
+   projector tensors are ignored; lm_head.weight is used only when the
+   embeddings are untied. Every expected tensor must exist exactly once with
+   the shape the config implies; norms are small and are converted to float32
+   gains (1 + w) here, the matrices stay mapped in their stored dtype. */
+
+enum { W_IN_NORM, W_Q, W_K, W_V, W_O, W_QN, W_KN, W_POST_ATTN, W_PRE_FFW, W_GATE, W_UP, W_DOWN, W_POST_FFW, W_PER_LAYER };
+
+static const char *const layer_tensor_names[W_PER_LAYER] = {
+    "input_layernorm.weight",           "self_attn.q_proj.weight",  "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight",          "self_attn.o_proj.weight",  "self_attn.q_norm.weight",
+    "self_attn.k_norm.weight",          "post_attention_layernorm.weight",
+    "pre_feedforward_layernorm.weight", "mlp.gate_proj.weight",     "mlp.up_proj.weight",
+    "mlp.down_proj.weight",             "post_feedforward_layernorm.weight",
+};
+
+typedef struct {
+    wmat q, k, v, o, gate, up, down;
+    const float *in_norm, *post_attn, *pre_ffw, *post_ffw, *q_norm, *k_norm; /* 1 + w */
+} layer_w;
+
+struct nla_model {
+    gemma_cfg cfg;
+    nla_st *st;
+    char *dir;
+    layer_w *layer;           /* [L] */
+    wmat embed, head;         /* head == embed when tied */
+    const float *final_norm;  /* [h] 1 + w, or NULL (NLA AR backbone) */
+    float *gains;             /* storage of all 1 + w vectors */
+    float *inv_freq;          /* [2][hd/2]: local, global (factor applied) */
+    float embed_scale;
+    uint64_t n_params, weight_bytes;
+    int live_sessions;        /* atomic; the only field written after open */
+};
+
+static const char *const lm_prefixes[] = {"model.language_model.", "language_model.model.", "model."};
+static const char *const ignored_prefixes[] = {"vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                                               "model.multi_modal_projector."};
+
+static int starts_with(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
+
+static nla_status bind_dtype(const nla_st *st, const st_tensor *t, nla_dtype *dt, errbuf *e) {
+    const char *n = st_dtypes[t->dtype].name;
+    if (!strcmp(n, "F32")) *dt = NLA_DTYPE_F32;
+    else if (!strcmp(n, "F16")) *dt = NLA_DTYPE_F16;
+    else if (!strcmp(n, "BF16")) *dt = NLA_DTYPE_BF16;
+    else return fail(e, NLA_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 are supported",
+                     st->files[t->file].path, t->name, n);
+    return NLA_OK;
+}
+
+/* Checks tensor t has shape [rows, cols] (cols = 0: a vector of rows). */
+static nla_status bind_shape(const nla_st *st, const st_tensor *t, int64_t rows, int64_t cols, const char *why, errbuf *e) {
+    int ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols) : (t->ndim == 1 && t->shape[0] == rows);
+    if (ok) return NLA_OK;
+    char got[96] = "[", *p = got + 1;
+    for (int i = 0; i < t->ndim && p < got + sizeof got - 24; i++)
+        p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    snprintf(p, (size_t)(got + sizeof got - p), "]");
+    if (cols)
+        return fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has shape %s but config.json implies [%lld, %lld] (%s)",
+                    st->files[t->file].path, t->name, got, (long long)rows, (long long)cols, why);
+    return fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has shape %s but config.json implies [%lld] (%s)",
+                st->files[t->file].path, t->name, got, (long long)rows, why);
+}
+
+static nla_status bind_mat(nla_model *m, const st_tensor *t, wmat *w, int64_t rows, int64_t cols, const char *why, errbuf *e) {
+    nla_status rc = bind_shape(m->st, t, rows, cols, why, e);
+    if (!rc) rc = bind_dtype(m->st, t, &w->dt, e);
+    if (rc) return rc;
+    w->p = t->data;
+    w->rows = (int)rows;
+    w->cols = (int)cols;
+    m->n_params += (uint64_t)rows * (uint64_t)cols;
+    m->weight_bytes += t->end - t->begin;
+    return NLA_OK;
+}
+
+/* gain[i] = 1 + w[i] in float32, as HF's Gemma3RMSNorm computes it. */
+static nla_status bind_gain(nla_model *m, const st_tensor *t, float *gain, int64_t n, const char *why, errbuf *e) {
+    nla_dtype dt;
+    nla_status rc = bind_shape(m->st, t, n, 0, why, e);
+    if (!rc) rc = bind_dtype(m->st, t, &dt, e);
+    if (rc) return rc;
+    to_f32(gain, t->data, dt, (int)n);
+    for (int64_t i = 0; i < n; i++) gain[i] = 1.0f + gain[i];
+    m->n_params += (uint64_t)n;
+    m->weight_bytes += t->end - t->begin;
+    return NLA_OK;
+}
+
+/* Finds each tensor's role by name; see the section comment. */
+static nla_status bind_model(nla_model *m, errbuf *e) {
+    const gemma_cfg *c = &m->cfg;
+    const int L = c->n_layers, h = c->d, qw = c->n_heads * c->hd, kvw = c->n_kv * c->hd;
+    const nla_st *st = m->st;
+    const st_tensor **slot = (const st_tensor **)xcalloc((size_t)L * W_PER_LAYER + 3, sizeof *slot);
+    const st_tensor **emb = slot + (size_t)L * W_PER_LAYER, **norm = emb + 1, **head = emb + 2;
+    nla_status rc = NLA_OK;
+    if (!slot) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < st->n && !rc; i++) {
+        const st_tensor *t = &st->t[i];
+        const char *rest = NULL, *where = st->files[t->file].path;
+        const st_tensor **dst = NULL;
+        int skip = 0;
+        for (size_t k = 0; k < sizeof ignored_prefixes / sizeof *ignored_prefixes; k++) skip |= starts_with(t->name, ignored_prefixes[k]);
+        if (skip) continue;
+        if (!strcmp(t->name, "lm_head.weight") || !strcmp(t->name, "language_model.lm_head.weight")) {
+            dst = head;
+        } else {
+            for (size_t k = 0; k < sizeof lm_prefixes / sizeof *lm_prefixes && !rest; k++)
+                if (starts_with(t->name, lm_prefixes[k])) rest = t->name + strlen(lm_prefixes[k]);
+            if (!rest) continue; /* not part of the language model */
+            if (!strcmp(rest, "embed_tokens.weight")) dst = emb;
+            else if (!strcmp(rest, "norm.weight")) dst = norm;
+            else if (starts_with(rest, "layers.") && rest[7] >= '0' && rest[7] <= '9') {
+                char *endp;
+                long li = strtol(rest + 7, &endp, 10);
+                if (*endp != '.' || li >= L || endp - (rest + 7) > 6) {
+                    rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': layer index out of range (num_hidden_layers = %d in config.json)", where, t->name, L);
+                    break;
+                }
+                for (int k = 0; k < W_PER_LAYER; k++)
+                    if (!strcmp(endp + 1, layer_tensor_names[k])) dst = &slot[li * W_PER_LAYER + k];
+            }
+            if (!dst) { rc = fail(e, NLA_ERR_FORMAT, "%s: unexpected tensor '%s' in a Gemma 3 checkpoint", where, t->name); break; }
+        }
+        if (*dst) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensors '%s' and '%s' both claim the same role", where, (*dst)->name, t->name); break; }
+        *dst = t;
+    }
+    /* every expected tensor present */
+    if (!rc && !*emb) rc = fail(e, NLA_ERR_FORMAT, "%s: no embedding tensor (model.embed_tokens.weight)", m->dir);
+    if (!rc && !c->tie && !*head) rc = fail(e, NLA_ERR_FORMAT, "%s: tie_word_embeddings is false but there is no lm_head.weight", m->dir);
+    for (int i = 0; i < L * W_PER_LAYER && !rc; i++)
+        if (!slot[i]) rc = fail(e, NLA_ERR_FORMAT, "%s: missing tensor model.layers.%d.%s", m->dir, i / W_PER_LAYER, layer_tensor_names[i % W_PER_LAYER]);
+    /* shapes against config.json; gains converted */
+    size_t n_gain = (size_t)L * (4 * (size_t)h + 2 * (size_t)c->hd) + (size_t)h;
+    if (!rc && !(m->gains = (float *)xmalloc(n_gain, sizeof(float)))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc && !(m->layer = (layer_w *)xcalloc((size_t)L, sizeof *m->layer))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc) rc = bind_mat(m, *emb, &m->embed, c->vocab, h, "vocab_size x hidden_size", e);
+    m->head = m->embed;
+    if (!rc && !c->tie) rc = bind_mat(m, *head, &m->head, c->vocab, h, "vocab_size x hidden_size", e);
+    float *g = m->gains;
+    for (int l = 0; l < L && !rc; l++) {
+        const st_tensor **s = &slot[l * W_PER_LAYER];
+        layer_w *lw = &m->layer[l];
+        float *gi = g, *gpa = gi + h, *gpf = gpa + h, *gpo = gpf + h, *gq = gpo + h, *gk = gq + c->hd;
+        g = gk + c->hd;
+        if ((rc = bind_gain(m, s[W_IN_NORM], gi, h, "hidden_size", e)) ||
+            (rc = bind_mat(m, s[W_Q], &lw->q, qw, h, "num_attention_heads*head_dim x hidden_size", e)) ||
+            (rc = bind_mat(m, s[W_K], &lw->k, kvw, h, "num_key_value_heads*head_dim x hidden_size", e)) ||
+            (rc = bind_mat(m, s[W_V], &lw->v, kvw, h, "num_key_value_heads*head_dim x hidden_size", e)) ||
+            (rc = bind_mat(m, s[W_O], &lw->o, h, qw, "hidden_size x num_attention_heads*head_dim", e)) ||
+            (rc = bind_gain(m, s[W_QN], gq, c->hd, "head_dim", e)) ||
+            (rc = bind_gain(m, s[W_KN], gk, c->hd, "head_dim", e)) ||
+            (rc = bind_gain(m, s[W_POST_ATTN], gpa, h, "hidden_size", e)) ||
+            (rc = bind_gain(m, s[W_PRE_FFW], gpf, h, "hidden_size", e)) ||
+            (rc = bind_mat(m, s[W_GATE], &lw->gate, c->d_ff, h, "intermediate_size x hidden_size", e)) ||
+            (rc = bind_mat(m, s[W_UP], &lw->up, c->d_ff, h, "intermediate_size x hidden_size", e)) ||
+            (rc = bind_mat(m, s[W_DOWN], &lw->down, h, c->d_ff, "hidden_size x intermediate_size", e)) ||
+            (rc = bind_gain(m, s[W_POST_FFW], gpo, h, "hidden_size", e)))
+            break;
+        lw->in_norm = gi; lw->post_attn = gpa; lw->pre_ffw = gpf; lw->post_ffw = gpo; lw->q_norm = gq; lw->k_norm = gk;
+    }
+    if (!rc && *norm) {
+        rc = bind_gain(m, *norm, g, h, "hidden_size", e);
+        m->final_norm = g;
+    }
+    free(slot);
+    return rc;
+}
+
+void nla_model_get_info(const nla_model *m, nla_model_info *info) {
+    if (!m || !info) return;
+    const gemma_cfg *c = &m->cfg;
+    memset(info, 0, sizeof *info);
+    snprintf(info->architecture, sizeof info->architecture, "%s", c->arch);
+    info->n_layers = c->n_layers; info->d_model = c->d; info->n_heads = c->n_heads; info->n_kv_heads = c->n_kv;
+    info->head_dim = c->hd; info->d_ff = c->d_ff; info->vocab_size = c->vocab; info->sliding_window = c->window;
+    info->max_position_embeddings = c->max_pos;
+    for (int l = 0; l < c->n_layers; l++) info->n_global_layers += c->is_global[l];
+    info->query_pre_attn_scalar = c->qpas;
+    info->rope_theta_local = c->theta[0]; info->rope_theta_global = c->theta[1];
+    info->rope_factor_global = c->factor[1];
+    info->rms_norm_eps = c->eps; info->embed_scale = m->embed_scale; info->final_logit_softcap = c->final_softcap;
+    info->tied_embeddings = c->tie; info->has_final_norm = m->final_norm != NULL;
+    info->bos_id = c->bos; info->n_eos = c->n_eos;
+    memcpy(info->eos_ids, c->eos, sizeof c->eos);
+    info->dtype = m->embed.dt; info->n_params = m->n_params; info->weight_bytes = m->weight_bytes;
+    info->n_files = m->st->n_files;
+}
+
+int nla_model_layer_is_global(const nla_model *m, int layer) {
+    if (!m || layer < 0 || layer >= m->cfg.n_layers) return -1;
+    return m->cfg.is_global[layer];
+}
+
+nla_status nla_model_close(nla_model *m) {
+    if (!m) return NLA_OK;
+    if (ATOMIC_LOAD(&m->live_sessions) > 0) return NLA_ERR_BUSY;
+    nla_st_close(m->st);
+    free(m->layer);
+    free(m->gains);
+    free(m->inv_freq);
+    free(m->dir);
+    free(m);
+    return NLA_OK;
+}
+
+nla_status nla_model_open(const char *path, const nla_model_params *params, nla_model **out, char *errbuf_out,
+                          size_t errbuf_size) {
+    errbuf e;
+    nla_model_params p;
+    memset(&p, 0, sizeof p);
+    if (params) p = *params;
+    e.msg[0] = 0;
+    if (!out) return NLA_ERR_ARG;
+    *out = NULL;
+    if (!path) {
+        copy_err(errbuf_out, errbuf_size, "path is NULL");
+        return NLA_ERR_ARG;
+    }
+    if ((unsigned)p.embed_scale > NLA_EMBED_SCALE_EXACT) {
+        copy_err(errbuf_out, errbuf_size, "nla_model_params.embed_scale is not an nla_embed_scale value");
+        return NLA_ERR_ARG;
+    }
+    nla_model *m = (nla_model *)calloc(1, sizeof *m);
+    nla_status rc = NLA_OK;
+    if (!m) { copy_err(errbuf_out, errbuf_size, "out of memory"); return NLA_ERR_NOMEM; }
+    /* the folder holding config.json: path itself, or the folder of a .safetensors file */
+    const char *base = path_base(path);
+    if (is_dir(path)) m->dir = xstrndup(path, strlen(path));
+    else if (base == path) m->dir = xstrndup(".", 1);
+    else if (base == path + 1) m->dir = xstrndup("/", 1);
+    else m->dir = xstrndup(path, (size_t)(base - path - 1));
+    if (!m->dir) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc) rc = cfg_parse(m->dir, &m->cfg, &e);
+    if (!rc) rc = st_open(path, p.no_mmap, &m->st, &e);
+    if (!rc) rc = bind_model(m, &e);
+    if (!rc) {
+        const gemma_cfg *c = &m->cfg;
+        float s = (float)sqrt((double)c->d);
+        nla_dtype dt = m->embed.dt;
+        if (p.embed_scale == NLA_EMBED_SCALE_BF16 || (p.embed_scale == NLA_EMBED_SCALE_STORED && dt == NLA_DTYPE_BF16))
+            s = bf16_to_f32(f32_to_bf16(s));
+        else if (p.embed_scale == NLA_EMBED_SCALE_STORED && dt == NLA_DTYPE_F16)
+            s = f16_to_f32(f32_to_f16(s));
+        m->embed_scale = s;
+        /* HF: inv_freq[i] = 1 / theta^(2i/hd) in float32, divided by the linear factor */
+        int h2 = c->hd / 2;
+        if (!(m->inv_freq = (float *)xmalloc(2 * (size_t)h2, sizeof(float)))) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+        for (int t = 0; t < 2 && !rc; t++)
+            for (int i = 0; i < h2; i++)
+                m->inv_freq[t * h2 + i] = (1.0f / powf(c->theta[t], (float)(2 * i) / (float)c->hd)) / c->factor[t];
+    }
+    if (rc) {
+        copy_err(errbuf_out, errbuf_size, e.msg);
+        nla_model_close(m);
+        return rc;
+    }
+    *out = m;
+    copy_err(errbuf_out, errbuf_size, "");
+    return NLA_OK;
+}
+
+nla_status nla_embed_tokens(const nla_model *m, const int32_t *ids, int n, float *out) {
+    if (!m || (!ids && n) || (!out && n) || n < 0) return NLA_ERR_ARG;
+    const int h = m->cfg.d;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= m->cfg.vocab) return NLA_ERR_RANGE;
+        float *row = out + (size_t)i * h;
+        wmat_row(&m->embed, ids[i], row);
+        for (int k = 0; k < h; k++) row[k] *= m->embed_scale;
+    }
+    return NLA_OK;
+}
+
+/* ========================================================================== */
+/* = 8 Session: KV cache and scratch                                         = */
+/* ========================================================================== */
+
+/* A session owns everything a forward pass writes: the KV cache and the
+   activations. Global layers keep n_ctx positions; sliding-window layers
+   keep a ring of min(n_ctx, W + n_batch - 1) positions (position j in slot
+   j % cap), which is exactly enough for a chunk of n_batch queries whose
+   first still needs the W - 1 keys before it. All memory is allocated here. */
+
+#define NLA_DEFAULT_CTX 4096
+#define NLA_DEFAULT_BATCH 256
+
+typedef struct {
+    float logit; /* logit / temperature, then its softmax weight */
+    int32_t id;
+} smp_cand;
+
+struct nla_session {
+    nla_model *m;
+    int n_ctx, n_batch, nt;
+    int n_past;           /* positions held in the cache */
+    int kv_layers;        /* layers whose cache holds all n_past positions */
+    int *cap;             /* [L] ring capacity per layer */
+    float **kc, **vc;     /* [L] -> [cap, KV*hd] keys (normed, rotated) and values */
+    /* activations for one chunk of B = n_batch rows */
+    float *x;             /* [B, h] residual stream */
+    float *xb;            /* [B, max(h, H*hd)] normed input / attention output */
+    float *y;             /* [B, h] block branch output */
+    float *q, *k, *v;     /* [B, H*hd], [B, KV*hd], [B, KV*hd] */
+    float *g, *u;         /* [B, I] MLP gate and up */
+    float *cs;            /* [B, 2, hd] cos/sin for local and global RoPE */
+    float *rowbuf;        /* [nt, max cols] converted weight rows */
+    float *sc;            /* [nt, n_ctx] attention scores */
+    float *logits;        /* [V] last logits in generate */
+    smp_cand *cand;       /* [V] sampling candidates */
+    uint64_t rng;
+    errbuf err;
+};
+
+static void session_free_bufs(nla_session *s) {
+    if (s->kc)
+        for (int l = 0; l < s->m->cfg.n_layers; l++) { free(s->kc[l]); free(s->vc[l]); }
+    free(s->kc); free(s->vc); free(s->cap);
+    free(s->x); free(s->xb); free(s->y); free(s->q); free(s->k); free(s->v); free(s->g); free(s->u);
+    free(s->cs); free(s->rowbuf); free(s->sc); free(s->logits); free(s->cand);
+}
+
+void nla_session_free(nla_session *s) {
+    if (!s) return;
+    session_free_bufs(s);
+    ATOMIC_ADD(&s->m->live_sessions, -1);
+    free(s);
+}
+
+/* splitmix64 scrambles any seed (0 included) into a non-zero xorshift state */
+void nla_session_seed(nla_session *s, uint64_t seed) {
+    if (!s) return;
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    s->rng = z ? z : 1;
+}
+
+void nla_session_reset(nla_session *s) {
+    if (!s) return;
+    s->n_past = 0;
+    s->kv_layers = s->m->cfg.n_layers;
+}
+
+int nla_session_n_past(const nla_session *s) { return s ? s->n_past : 0; }
+
+const char *nla_session_errmsg(const nla_session *s) { return s ? s->err.msg : "session is NULL"; }
+
+nla_status nla_session_new(const nla_model *model, const nla_session_params *params, nla_session **out) {
+    nla_session_params p;
+    memset(&p, 0, sizeof p);
+    if (params) p = *params;
+    if (!out) return NLA_ERR_ARG;
+    *out = NULL;
+    if (!model || p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0) return NLA_ERR_ARG;
+    nla_model *m = (nla_model *)(uintptr_t)model; /* only live_sessions is written */
+    const gemma_cfg *c = &m->cfg;
+    nla_session *s = (nla_session *)calloc(1, sizeof *s);
+    if (!s) return NLA_ERR_NOMEM;
+    s->m = m;
+    ATOMIC_ADD(&m->live_sessions, 1);
+    s->n_ctx = p.n_ctx ? p.n_ctx : (c->max_pos < NLA_DEFAULT_CTX ? c->max_pos : NLA_DEFAULT_CTX);
+    if (s->n_ctx > c->max_pos) s->n_ctx = c->max_pos;
+    s->n_batch = p.n_batch ? p.n_batch : NLA_DEFAULT_BATCH;
+    if (s->n_batch > s->n_ctx) s->n_batch = s->n_ctx;
+#ifdef _OPENMP
+    s->nt = p.n_threads ? p.n_threads : omp_get_max_threads();
+#else
+    s->nt = 1;
+#endif
+    nla_session_seed(s, p.seed);
+    nla_session_reset(s);
+    const size_t B = (size_t)s->n_batch, h = (size_t)c->d, qw = (size_t)c->n_heads * c->hd,
+                 kvw = (size_t)c->n_kv * c->hd, I = (size_t)c->d_ff, V = (size_t)c->vocab;
+    size_t maxcols = h > qw ? h : qw;
+    if (I > maxcols) maxcols = I;
+    int ok = (s->cap = (int *)xcalloc((size_t)c->n_layers, sizeof(int))) && (s->kc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *))) &&
+             (s->vc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *)));
+    for (int l = 0; ok && l < c->n_layers; l++) {
+        int cap = s->n_ctx;
+        if (!c->is_global[l] && (int64_t)c->window + s->n_batch - 1 < cap) cap = c->window + s->n_batch - 1;
+        s->cap[l] = cap;
+        ok = (s->kc[l] = (float *)xmalloc((size_t)cap * kvw, sizeof(float))) && (s->vc[l] = (float *)xmalloc((size_t)cap * kvw, sizeof(float)));
+    }
+    ok = ok && (s->x = (float *)xmalloc(B * h, sizeof(float))) && (s->xb = (float *)xmalloc(B * (h > qw ? h : qw), sizeof(float))) &&
+         (s->y = (float *)xmalloc(B * h, sizeof(float))) && (s->q = (float *)xmalloc(B * qw, sizeof(float))) &&
+         (s->k = (float *)xmalloc(B * kvw, sizeof(float))) && (s->v = (float *)xmalloc(B * kvw, sizeof(float))) &&
+         (s->g = (float *)xmalloc(B * I, sizeof(float))) && (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
+         (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
+         (s->rowbuf = (float *)xmalloc((size_t)s->nt * maxcols, sizeof(float))) &&
+         (s->sc = (float *)xmalloc((size_t)s->nt * (size_t)s->n_ctx, sizeof(float))) &&
+         (s->logits = (float *)xmalloc(V, sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand)));
+    if (!ok) {
+        nla_session_free(s);
+        return NLA_ERR_NOMEM;
+    }
+    *out = s;
+    return NLA_OK;
+}
+
+/* ========================================================================== */
+/* = 9 Forward pass                                                          = */
+/* ========================================================================== */
+
+/* One Gemma 3 decoder block on a chunk of n rows at positions pos0.. (HF
+   Gemma3DecoderLayer):
+     a = RMSNorm_in(x); q,k,v = a Wq^T, a Wk^T, a Wv^T; q,k per head
+     RMSNorm'd then RoPE'd (local or global table); k,v appended to the cache;
+     o = softmax(q k^T / sqrt(query_pre_attn_scalar)) v over the visible keys
+     (causal; on sliding layers only q - k < W); x += RMSNorm_post_attn(o Wo^T)
+     b = RMSNorm_pre_ffw(x); x += RMSNorm_post_ffw((gelu(b Wg^T) * b Wu^T) Wd^T) */
+static void block_forward(nla_session *s, int l, int pos0, int n) {
+    const nla_model *m = s->m;
+    const gemma_cfg *c = &m->cfg;
+    const layer_w *w = &m->layer[l];
+    const int h = c->d, hd = c->hd, H = c->n_heads, KV = c->n_kv, qw = H * hd, kvw = KV * hd, I = c->d_ff;
+    const int glob = c->is_global[l], cap = s->cap[l], nt = s->nt;
+    const float scale = (float)(1.0 / sqrt((double)c->qpas));
+
+    for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);
+    matmul(s->q, s->xb, n, &w->q, s->rowbuf, nt);
+    matmul(s->k, s->xb, n, &w->k, s->rowbuf, nt);
+    matmul(s->v, s->xb, n, &w->v, s->rowbuf, nt);
+    for (int t = 0; t < n; t++) {
+        const float *cs = s->cs + ((size_t)t * 2 + glob) * hd;
+        for (int hh = 0; hh < H; hh++) {
+            float *q = s->q + (size_t)t * qw + (size_t)hh * hd;
+            rmsnorm(q, q, w->q_norm, hd, c->eps);
+            rope(q, cs, hd);
+        }
+        for (int hh = 0; hh < KV; hh++) {
+            float *k = s->k + (size_t)t * kvw + (size_t)hh * hd;
+            rmsnorm(k, k, w->k_norm, hd, c->eps);
+            rope(k, cs, hd);
+        }
+        const size_t slot = (size_t)((pos0 + t) % cap);
+        memcpy(s->kc[l] + slot * kvw, s->k + (size_t)t * kvw, (size_t)kvw * sizeof(float));
+        memcpy(s->vc[l] + slot * kvw, s->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
+    }
+    /* attention: every (row, head) pair is independent; xb receives [n, H*hd] */
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) schedule(static)
+#endif
+    for (int th = 0; th < n * H; th++) {
+        const int t = th / H, hh = th % H, p = pos0 + t;
+        const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
+        attend(s->xb + (size_t)t * qw + (size_t)hh * hd, s->q + (size_t)t * qw + (size_t)hh * hd, s->kc[l], s->vc[l], cap,
+               kvw, (hh / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap, s->sc + (size_t)thread_id() * s->n_ctx);
+    }
+    matmul(s->y, s->xb, n, &w->o, s->rowbuf, nt);
+    for (int t = 0; t < n; t++) {
+        float *x = s->x + (size_t)t * h, *y = s->y + (size_t)t * h;
+        rmsnorm(y, y, w->post_attn, h, c->eps);
+        for (int i = 0; i < h; i++) x[i] += y[i];
+        rmsnorm(s->xb + (size_t)t * h, x, w->pre_ffw, h, c->eps);
+    }
+    matmul(s->g, s->xb, n, &w->gate, s->rowbuf, nt);
+    matmul(s->u, s->xb, n, &w->up, s->rowbuf, nt);
+    for (size_t i = 0; i < (size_t)n * I; i++) s->g[i] = gelu(s->g[i]) * s->u[i];
+    matmul(s->y, s->g, n, &w->down, s->rowbuf, nt);
+    for (int t = 0; t < n; t++) {
+        float *x = s->x + (size_t)t * h, *y = s->y + (size_t)t * h;
+        rmsnorm(y, y, w->post_ffw, h, c->eps);
+        for (int i = 0; i < h; i++) x[i] += y[i];
+    }
+}
+
+/* RoPE tables for the rows of a chunk: cos and sin of position * inv_freq,
+   the angle computed in float32 as HF does. */
+static void rope_tables(nla_session *s, int pos0, int n) {
+    const int hd = s->m->cfg.hd, h2 = hd / 2;
+    for (int t = 0; t < n; t++)
+        for (int g = 0; g < 2; g++) {
+            float *cs = s->cs + ((size_t)t * 2 + g) * hd;
+            for (int i = 0; i < h2; i++) {
+                float a = (float)(pos0 + t) * s->m->inv_freq[g * h2 + i];
+                cs[i] = cosf(a);
+                cs[h2 + i] = sinf(a);
+            }
+        }
+}
+
+/* Logits for chunk rows [r0, r0+n) that the batch asks for (logit rows are
+   increasing, so they form one run of the output). */
+static void chunk_logits(nla_session *s, const nla_batch *b, int r0, int n, int *next_sel) {
+    const nla_model *m = s->m;
+    const int h = m->cfg.d, V = m->cfg.vocab;
+    int first = *next_sel, cnt = 0;
+    for (;;) {
+        int want = *next_sel;
+        int row = b->all_logits ? want : b->logit_rows ? (want < b->n_logit_rows ? b->logit_rows[want] : INT_MAX)
+                                                       : (want == 0 ? b->n_tokens - 1 : INT_MAX);
+        if (b->all_logits && want >= b->n_tokens) row = INT_MAX;
+        if (row >= r0 + n) break;
+        rmsnorm(s->xb + (size_t)cnt * h, s->x + (size_t)(row - r0) * h, m->final_norm, h, m->cfg.eps);
+        cnt++;
+        (*next_sel)++;
+    }
+    if (!cnt) return;
+    float *out = b->logits + (size_t)first * V;
+    matmul(out, s->xb, cnt, &m->head, s->rowbuf, s->nt);
+    if (m->cfg.final_softcap > 0) {
+        const float cap = m->cfg.final_softcap;
+        for (size_t i = 0; i < (size_t)cnt * V; i++) out[i] = cap * tanhf(out[i] / cap);
+    }
+}
+
+nla_status nla_forward(nla_session *s, const nla_batch *b) {
+    if (!s) return NLA_ERR_ARG;
+    const nla_model *m = s->m;
+    const gemma_cfg *c = &m->cfg;
+    const int h = c->d, T = b ? b->n_tokens : 0;
+    if (!b) return fail(&s->err, NLA_ERR_ARG, "nla_forward: batch is NULL");
+    const int nb = b->n_blocks ? b->n_blocks : c->n_layers;
+    const int want_logits = b->logits != NULL;
+    if (T < 1) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_tokens must be at least 1");
+    if (!b->ids && !b->embeds) return fail(&s->err, NLA_ERR_ARG, "nla_forward: neither ids nor embeds given");
+    if (nb < 1 || nb > c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_blocks %d is outside 1..%d", b->n_blocks, c->n_layers);
+    if (T > s->n_ctx - s->n_past)
+        return fail(&s->err, NLA_ERR_RANGE, "nla_forward: %d cached + %d new tokens exceed the context of %d", s->n_past, T, s->n_ctx);
+    if (s->n_past > 0 && nb > s->kv_layers)
+        return fail(&s->err, NLA_ERR_ARG, "nla_forward: the cache holds only %d blocks (an earlier call stopped early); reset the session", s->kv_layers);
+    if (want_logits && nb < c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_forward: logits need all %d blocks", c->n_layers);
+    if (want_logits && !m->final_norm) return fail(&s->err, NLA_ERR_UNSUPPORTED, "nla_forward: this model has no final norm (norm.weight), so no logits");
+    if (b->logit_rows) {
+        if (b->n_logit_rows < 1) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_logit_rows must be at least 1");
+        for (int i = 0; i < b->n_logit_rows; i++)
+            if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T || (i && b->logit_rows[i] <= b->logit_rows[i - 1]))
+                return fail(&s->err, NLA_ERR_ARG, "nla_forward: logit_rows must be increasing rows in 0..%d", T - 1);
+    }
+    if (!b->embeds)
+        for (int i = 0; i < T; i++)
+            if (b->ids[i] < 0 || b->ids[i] >= c->vocab)
+                return fail(&s->err, NLA_ERR_RANGE, "nla_forward: token id %d at row %d is outside 0..%d", b->ids[i], i, c->vocab - 1);
+
+    int next_sel = 0;
+    for (int r0 = 0; r0 < T; r0 += s->n_batch) {
+        const int n = T - r0 < s->n_batch ? T - r0 : s->n_batch, pos0 = s->n_past + r0;
+        if (b->embeds) memcpy(s->x, b->embeds + (size_t)r0 * h, (size_t)n * h * sizeof(float));
+        else nla_embed_tokens(m, b->ids + r0, n, s->x);
+        rope_tables(s, pos0, n);
+        for (int l = 0; l < nb; l++) {
+            block_forward(s, l, pos0, n);
+            if (b->hook && b->hook(b->hook_user, l, pos0, n, h, s->x)) {
+                nla_session_reset(s); /* ring slots of earlier positions may be overwritten */
+                return fail(&s->err, NLA_ERR_CANCELLED, "nla_forward: the residual hook stopped the pass at block %d; the session was reset", l);
+            }
+            if (b->hidden)
+                for (int t = 0; t < n; t++)
+                    memcpy(b->hidden + ((size_t)l * T + r0 + t) * h, s->x + (size_t)t * h, (size_t)h * sizeof(float));
+        }
+        if (want_logits) chunk_logits(s, b, r0, n, &next_sel);
+    }
+    if (s->n_past == 0 || nb < s->kv_layers) s->kv_layers = nb;
+    s->n_past += T;
+    s->err.msg[0] = 0;
+    return NLA_OK;
+}
+
+/* ========================================================================== */
+/* = 10 Decoding: sampling and the generate loop                             = */
+/* ========================================================================== */
+
+/* Greedy is the argmax (lowest id on ties, like torch.argmax). Sampling:
+   logits / temperature, optional top-k, then optional top-p (the smallest
+   prefix of the sorted distribution whose mass reaches p), then one draw
+   from the session's xorshift64* stream. Rows >= 262144 (image and padding
+   rows of multimodal checkpoints) are never candidates. */
+
+static uint64_t rng_next(uint64_t *st) {
+    uint64_t x = *st;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *st = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+static double rng_uniform(uint64_t *st) { return (double)(rng_next(st) >> 11) * (1.0 / 9007199254740992.0); }
+
+static int cand_cmp(const void *a, const void *b) {
+    const smp_cand *x = (const smp_cand *)a, *y = (const smp_cand *)b;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int32_t sample(nla_session *s, const float *logits, const nla_generate_params *p) {
+    const int V = s->m->cfg.vocab < NLA_TOKENIZER_VOCAB ? s->m->cfg.vocab : NLA_TOKENIZER_VOCAB;
+    int32_t best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    if (p->temperature <= 0) return best;
+    smp_cand *cd = s->cand;
+    for (int i = 0; i < V; i++) { cd[i].logit = logits[i] / p->temperature; cd[i].id = i; }
+    const int k = p->top_k > 0 && p->top_k < V ? p->top_k : V;
+    const float top_p = p->top_p > 0 && p->top_p < 1 ? p->top_p : 1;
+    int n = V;
+    if (k < V || top_p < 1) { qsort(cd, (size_t)V, sizeof *cd, cand_cmp); n = k; }
+    const float mx = logits[best] / p->temperature;
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += cd[i].logit = expf(cd[i].logit - mx); /* now a weight */
+    if (top_p < 1) {
+        double acc = 0;
+        for (int i = 0; i < n; i++) {
+            acc += cd[i].logit;
+            if (acc >= top_p * sum) { n = i + 1; break; }
+        }
+        sum = acc;
+    }
+    double r = rng_uniform(&s->rng) * sum, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += cd[i].logit;
+        if (r < acc) return cd[i].id;
+    }
+    return cd[n - 1].id;
+}
+
+nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, const nla_generate_params *p, int32_t *out,
+                        int *n_out) {
+    if (!s) return NLA_ERR_ARG;
+    if (n_out) *n_out = 0;
+    if (!p || !out || !n_out) return fail(&s->err, NLA_ERR_ARG, "nla_generate: params, out and n_out are required");
+    if (p->max_new < 1) return fail(&s->err, NLA_ERR_ARG, "nla_generate: max_new must be at least 1");
+    if (n_prompt < 1 || (!prompt && !p->prompt_embeds)) return fail(&s->err, NLA_ERR_ARG, "nla_generate: the prompt is empty");
+    if (!(p->temperature >= 0) || !(p->top_p >= 0 && p->top_p <= 1) || p->top_k < 0 || p->n_stop_ids < 0 ||
+        (p->n_stop_ids && !p->stop_ids))
+        return fail(&s->err, NLA_ERR_ARG, "nla_generate: temperature >= 0, top_p in [0, 1], top_k >= 0 and stop ids required");
+    if ((int64_t)s->n_past + n_prompt + p->max_new - 1 > s->n_ctx)
+        return fail(&s->err, NLA_ERR_RANGE, "nla_generate: %d cached + %d prompt + %d new tokens exceed the context of %d",
+                    s->n_past, n_prompt, p->max_new, s->n_ctx);
+    const int32_t *stop = p->stop_ids ? p->stop_ids : s->m->cfg.eos;
+    const int n_stop = p->no_stop ? 0 : p->stop_ids ? p->n_stop_ids : s->m->cfg.n_eos;
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = n_prompt;
+    b.ids = prompt;
+    b.embeds = p->prompt_embeds;
+    b.logits = s->logits;
+    nla_status rc = nla_forward(s, &b);
+    for (int i = 0; !rc; i++) {
+        int32_t tok = sample(s, s->logits, p);
+        out[(*n_out)++] = tok;
+        int stop_now = (p->on_token && p->on_token(p->user, tok)) || *n_out == p->max_new;
+        for (int k = 0; k < n_stop; k++) stop_now |= tok == stop[k];
+        if (stop_now) break;
+        memset(&b, 0, sizeof b);
+        b.n_tokens = 1;
+        b.ids = &tok;
+        b.logits = s->logits;
+        rc = nla_forward(s, &b);
+    }
+    return rc;
+}
+
+/* ========================================================================== */
+/* = 11 CLI (only with -DNLA_MAIN)                                           = */
+/* ========================================================================== */
+
+/* The command-line tool uses only the public API above, so it doubles as
+   the worked example of it. Output that other tools parse (ids, .npy files)
+   goes to stdout or files; messages go to stderr. */
+#ifdef NLA_MAIN
+
+static const char *const usage_main =
+    "usage: nla <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  info DIR                      architecture, layer pattern, dims, dtypes, sizes\n"
+    "  forward DIR --ids I,J,...     run the model on token ids, write logits / hidden states\n"
+    "  generate DIR --ids I,J,... -n N   generate N tokens (greedy or sampled)\n"
+    "\n"
+    "DIR is a Hugging Face Gemma 3 folder (config.json + safetensors), as downloaded.\n"
+    "Run 'nla <command> --help' for the options of a command.\n";
+
+static const char *const usage_forward =
+    "usage: nla forward DIR --ids 2,818,5279 [--logits L.npy] [--hidden H.npy] [--layer K]\n"
+    "\n"
+    "  --ids I,J,...   token ids (include the BOS id 2 yourself)\n"
+    "  --logits FILE   write float32 [T, vocab] logits at every position (.npy)\n"
+    "  --hidden FILE   write float32 [L, T, d] block outputs before the final norm (.npy);\n"
+    "                  with --layer K: [T, d], the output of block K alone\n"
+    "  --layer K       stop after block K (0-based; = HF hidden_states[K+1])\n"
+    "  --threads N     threads (default: all)\n"
+    "  --embed-scale bf16|stored|exact   rounding of sqrt(hidden) (default bf16)\n"
+    "Without --logits or --hidden, prints the top 5 next tokens after the last position.\n";
+
+static const char *const usage_generate =
+    "usage: nla generate DIR --ids 2,818,5279 -n N [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
+    "\n"
+    "  --ids I,J,...   prompt token ids (include the BOS id 2 yourself)\n"
+    "  -n N            tokens to generate at most\n"
+    "  --temp T        temperature; 0 (default) is greedy\n"
+    "  --top-k K       keep the K most likely tokens (default: all)\n"
+    "  --top-p P       nucleus sampling mass (default 1: off)\n"
+    "  --seed S        RNG seed (default 0)\n"
+    "  --stop I,J,...  stop ids (default: eos ids of generation_config.json)\n"
+    "  --threads N     threads (default: all)\n"
+    "Prints the generated ids, comma-separated, as they are produced.\n";
+
+static const char *const usage_info = "usage: nla info DIR\n\nPrints the architecture, layer pattern, dimensions, dtype, parameter count and bytes.\n";
+
+static int cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("nla: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+/* "2,818,5279" -> ids (malloc'd). Returns the count, or -1. */
+static int parse_ids(const char *s, int32_t **out) {
+    int n = 1;
+    for (const char *p = s; *p; p++) n += *p == ',';
+    int32_t *ids = (int32_t *)malloc((size_t)n * sizeof *ids);
+    if (!ids) return -1;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > INT32_MAX || (*end != ',' && *end != 0)) { free(ids); return -1; }
+        ids[i] = (int32_t)v;
+        s = end + (*end == ',');
+    }
+    *out = ids;
+    return n;
+}
+
+static int parse_int(const char *s, int *out) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || v < INT_MIN || v > INT_MAX) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+static int parse_float(const char *s, float *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end) return 0;
+    *out = (float)v;
+    return 1;
+}
+
+/* Writes a float32 little-endian C-order .npy (format 1.0). */
+static int npy_write(const char *path, const float *data, int ndim, const int64_t *shape) {
+    char hdr[256], dims[128] = "";
+    size_t count = 1, k = 0;
+    for (int i = 0; i < ndim; i++) {
+        k += (size_t)snprintf(dims + k, sizeof dims - k, "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+        count *= (size_t)shape[i];
+    }
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
+    int total = 10 + n + 1, pad = (64 - total % 64) % 64;
+    FILE *f = fopen(path, "wb");
+    if (!f) return cli_error("%s: cannot create", path);
+    uint16_t hl = (uint16_t)(n + pad + 1);
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xff), (unsigned char)(hl >> 8)};
+    fwrite(pre, 1, 10, f);
+    fwrite(hdr, 1, (size_t)n, f);
+    for (int i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    fwrite(data, sizeof(float), count, f);
+    if (fclose(f) != 0) return cli_error("%s: write failed", path);
+    return 0;
+}
+
+static int open_model(const char *dir, nla_embed_scale es, nla_model **m) {
+    char err[512];
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.embed_scale = es;
+    nla_status rc = nla_model_open(dir, &mp, m, err, sizeof err);
+    if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+    return 0;
+}
+
+static const char *dtype_name(nla_dtype dt) { return dt == NLA_DTYPE_F32 ? "f32" : dt == NLA_DTYPE_F16 ? "f16" : "bf16"; }
+
+static int cmd_info(int argc, char **argv) {
+    if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) { fputs(usage_info, argc < 1 ? stderr : stdout); return argc < 1; }
+    nla_model *m;
+    if (open_model(argv[0], NLA_EMBED_SCALE_BF16, &m)) return 1;
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    printf("architecture     %s\n", in.architecture);
+    printf("layers           %d (%d global)\n", in.n_layers, in.n_global_layers);
+    printf("layer pattern    ");
+    for (int l = 0; l < in.n_layers; l++) putchar(nla_model_layer_is_global(m, l) ? 'G' : 's');
+    printf("   (s = sliding window %d, G = global)\n", in.sliding_window);
+    printf("hidden           %d\nintermediate     %d\n", in.d_model, in.d_ff);
+    printf("heads            %d query, %d key/value, head_dim %d\n", in.n_heads, in.n_kv_heads, in.head_dim);
+    printf("query scale      1/sqrt(%g)\n", (double)in.query_pre_attn_scalar);
+    printf("rope             local theta %g; global theta %g, linear factor %g\n", (double)in.rope_theta_local,
+           (double)in.rope_theta_global, (double)in.rope_factor_global);
+    printf("vocab            %d rows%s\n", in.vocab_size, in.tied_embeddings ? " (tied LM head)" : " (separate lm_head)");
+    printf("embed scale      %.6g\n", (double)in.embed_scale);
+    printf("final norm       %s\n", in.has_final_norm ? "yes" : "no (hidden states only)");
+    printf("max positions    %d\n", in.max_position_embeddings);
+    printf("eos ids          ");
+    for (int i = 0; i < in.n_eos; i++) printf("%s%d", i ? "," : "", in.eos_ids[i]);
+    printf("\ndtype            %s\n", dtype_name(in.dtype));
+    printf("parameters       %llu\n", (unsigned long long)in.n_params);
+    printf("weight bytes     %llu (%.3f GB) in %d file%s\n", (unsigned long long)in.weight_bytes, (double)in.weight_bytes / 1e9,
+           in.n_files, in.n_files == 1 ? "" : "s");
+    nla_model_close(m);
+    return 0;
+}
+
+typedef struct {
+    const char *dir, *logits, *hidden, *ids_arg, *stop_arg;
+    int layer, n, top_k, threads, seed;
+    float temp, top_p;
+    nla_embed_scale es;
+} cli_opts;
+
+/* Shared option parser of forward and generate; returns 0, or 1 after
+   printing an error, or 2 after printing help. */
+static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->layer = -1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); return 2; }
+        if (a[0] != '-') {
+            if (o->dir) return cli_error("unexpected argument '%s'", a);
+            o->dir = a;
+            continue;
+        }
+        if (!v) return cli_error("%s needs a value", a);
+        i++;
+        int ok = 1;
+        if (!strcmp(a, "--ids")) o->ids_arg = v;
+        else if (!strcmp(a, "--logits")) o->logits = v;
+        else if (!strcmp(a, "--hidden")) o->hidden = v;
+        else if (!strcmp(a, "--stop")) o->stop_arg = v;
+        else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
+        else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
+        else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->top_k) && o->top_k >= 0;
+        else if (!strcmp(a, "--threads")) ok = parse_int(v, &o->threads) && o->threads >= 0;
+        else if (!strcmp(a, "--seed")) ok = parse_int(v, &o->seed);
+        else if (!strcmp(a, "--temp")) ok = parse_float(v, &o->temp) && o->temp >= 0;
+        else if (!strcmp(a, "--top-p")) ok = parse_float(v, &o->top_p) && o->top_p >= 0 && o->top_p <= 1;
+        else if (!strcmp(a, "--embed-scale")) {
+            if (!strcmp(v, "bf16")) o->es = NLA_EMBED_SCALE_BF16;
+            else if (!strcmp(v, "stored")) o->es = NLA_EMBED_SCALE_STORED;
+            else if (!strcmp(v, "exact")) o->es = NLA_EMBED_SCALE_EXACT;
+            else ok = 0;
+        } else return cli_error("unknown option '%s' (see --help)", a);
+        if (!ok) return cli_error("bad value '%s' for %s", v, a);
+    }
+    if (!o->dir) { fputs(usage, stderr); return 1; }
+    if (!o->ids_arg) return cli_error("--ids is required");
+    return 0;
+}
+
+static int cmd_forward(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_forward, &o);
+    if (r) return r == 2 ? 0 : 1;
+    int32_t *ids;
+    int T = parse_ids(o.ids_arg, &ids);
+    if (T < 1) return cli_error("--ids: expected comma-separated non-negative integers");
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    float *logits = NULL, *hidden = NULL;
+    int ret = 1;
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = o.threads;
+    sp.n_ctx = T;
+    if (open_model(o.dir, o.es, &m)) goto out;
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    if (o.layer >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", o.layer, in.n_layers - 1); goto out; }
+    if (o.layer >= 0 && o.logits) { cli_error("--layer stops before the last block, so --logits is not available"); goto out; }
+    if (T > in.max_position_embeddings) { cli_error("%d ids exceed max_position_embeddings %d", T, in.max_position_embeddings); goto out; }
+    nla_status rc = nla_session_new(m, &sp, &s);
+    if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }
+    const int nb = o.layer >= 0 ? o.layer + 1 : in.n_layers;
+    const size_t V = (size_t)in.vocab_size, d = (size_t)in.d_model;
+    int show_top = !o.logits && !o.hidden;
+    logits = (float *)malloc((o.logits ? (size_t)T : 1) * V * sizeof(float));
+    hidden = o.hidden ? (float *)malloc((size_t)nb * (size_t)T * d * sizeof(float)) : NULL;
+    if (!logits || (o.hidden && !hidden)) { cli_error("out of memory"); goto out; }
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = T;
+    b.ids = ids;
+    b.n_blocks = nb;
+    b.logits = (o.logits || (show_top && o.layer < 0)) ? logits : NULL;
+    b.all_logits = o.logits != NULL;
+    b.hidden = hidden;
+    if ((rc = nla_forward(s, &b))) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    if (o.logits) {
+        int64_t sh[2] = {T, (int64_t)V};
+        if (npy_write(o.logits, logits, 2, sh)) goto out;
+    }
+    if (o.hidden) {
+        int64_t sh3[3] = {nb, T, (int64_t)d};
+        if (o.layer >= 0) {
+            if (npy_write(o.hidden, hidden + (size_t)o.layer * T * d, 2, sh3 + 1)) goto out;
+        } else if (npy_write(o.hidden, hidden, 3, sh3)) goto out;
+    }
+    if (show_top && o.layer < 0) {
+        printf("top 5 after position %d:\n", T - 1);
+        for (int k = 0; k < 5 && k < (int)V; k++) {
+            size_t best = 0;
+            for (size_t i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
+            printf("  %zu  %.6f\n", best, (double)logits[best]);
+            logits[best] = -INFINITY;
+        }
+    } else if (show_top) {
+        printf("ran blocks 0..%d on %d tokens (use --hidden to save them)\n", o.layer, T);
+    }
+    ret = 0;
+out:
+    free(ids); free(logits); free(hidden);
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+static int print_token(void *user, int32_t tok) {
+    int *count = (int *)user;
+    printf("%s%d", (*count)++ ? "," : "", tok);
+    fflush(stdout);
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_generate, &o);
+    if (r) return r == 2 ? 0 : 1;
+    if (o.n < 1) return cli_error("-n N is required");
+    int32_t *ids = NULL, *stop = NULL, *out = NULL;
+    int T = parse_ids(o.ids_arg, &ids), n_stop = 0, ret = 1, count = 0, n_out = 0;
+    if (T < 1) return cli_error("--ids: expected comma-separated non-negative integers");
+    if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) { free(ids); return cli_error("--stop: expected comma-separated ids"); }
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    if (open_model(o.dir, o.es, &m)) goto out;
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = o.threads;
+    sp.seed = (uint64_t)(int64_t)o.seed;
+    sp.n_ctx = T + o.n > in.max_position_embeddings ? in.max_position_embeddings : T + o.n;
+    nla_status rc = nla_session_new(m, &sp, &s);
+    if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }
+    if (!(out = (int32_t *)malloc((size_t)o.n * sizeof *out))) { cli_error("out of memory"); goto out; }
+    nla_generate_params gp;
+    memset(&gp, 0, sizeof gp);
+    gp.max_new = o.n;
+    gp.temperature = o.temp;
+    gp.top_k = o.top_k;
+    gp.top_p = o.top_p;
+    gp.stop_ids = stop;
+    gp.n_stop_ids = n_stop;
+    gp.on_token = print_token;
+    gp.user = &count;
+    rc = nla_generate(s, ids, T, &gp, out, &n_out);
+    putchar('\n');
+    if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    ret = 0;
+out:
+    free(ids); free(stop); free(out);
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(usage_main, argc < 2 ? stderr : stdout);
+        return argc < 2;
+    }
+    if (!strcmp(argv[1], "--version")) { printf("nla %s\n", nla_version()); return 0; }
+    if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "forward")) return cmd_forward(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
+    return cli_error("unknown command '%s' (try nla --help)", argv[1]);
+}
+#endif /* NLA_MAIN */

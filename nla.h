@@ -1,0 +1,272 @@
+/* nla.h - Natural Language Autoencoders on Gemma 3, on the CPU, in one C file.
+
+   An NLA is a pair of fine-tuned Gemma 3 models: the AV (activation verbalizer)
+   reads a residual-stream vector of a target model and writes an explanation;
+   the AR (activation reconstructor) reads the explanation and predicts the
+   vector back. nla.c loads Hugging Face Gemma 3 checkpoints as downloaded
+   (safetensors, config.json) and runs the exact forward pass on the CPU.
+
+   Usage (error checks elided):
+
+       nla_model *m; nla_session *s;
+       nla_model_open("gemma-3-1b-it", NULL, &m, err, sizeof err);
+       nla_session_new(m, NULL, &s);
+       int32_t ids[] = {2, 818, 5279}, out[16]; int n_out;
+       nla_generate_params g = {0};            // zero = greedy, stop on eos
+       g.max_new = 16;
+       nla_generate(s, ids, 3, &g, out, &n_out);
+       nla_session_free(s); nla_model_close(m);
+
+   Rules.
+   - Ownership: anything made by nla_X_open/new is released by nla_X_close/
+     free; every close/free accepts NULL. Free all sessions before closing
+     their model. The library never frees caller memory and returns no heap
+     memory: outputs go to caller buffers.
+   - Errors: every fallible call returns nla_status (NLA_OK = 0).
+     nla_strerror() names the code; nla_session_errmsg() (or the errbuf of
+     nla_model_open) says what exactly was wrong: file, tensor, line.
+     The library never exits, aborts or prints.
+   - Threads: an nla_model is immutable after open and may be shared by any
+     number of threads; an nla_session belongs to one thread at a time.
+     No global mutable state.
+   - Params structs: zero means default; pass NULL for all defaults.
+
+   Version 0.1.0. MIT licence (see LICENSE). */
+#ifndef NLA_H
+#define NLA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NLA_VERSION_MAJOR 0 /* bumped on breaking API changes */
+#define NLA_VERSION_MINOR 1 /* bumped on compatible additions */
+#define NLA_VERSION_PATCH 0 /* bumped on fixes */
+#define NLA_VERSION_NUMBER (NLA_VERSION_MAJOR * 10000 + NLA_VERSION_MINOR * 100 + NLA_VERSION_PATCH)
+
+/* Runtime version string, e.g. "0.1.0": lets a caller catch a mismatched build. */
+const char *nla_version(void);
+
+/* ---- Errors ------------------------------------------------------------- */
+
+typedef enum {
+    NLA_OK = 0,
+    NLA_ERR_IO = 1,               /* a file could not be opened or read */
+    NLA_ERR_NOMEM = 2,            /* an allocation failed */
+    NLA_ERR_FORMAT = 3,           /* malformed file: safetensors, JSON, shapes */
+    NLA_ERR_UNSUPPORTED = 4,      /* well-formed but not supported (dtype, rope type) */
+    NLA_ERR_ARG = 5,              /* invalid argument from the caller */
+    NLA_ERR_RANGE = 6,            /* a value is out of range (token id, context) */
+    NLA_ERR_BUFFER_TOO_SMALL = 7, /* caller buffer too small; required size written */
+    NLA_ERR_BUSY = 8,             /* the model still has live sessions */
+    NLA_ERR_CANCELLED = 9         /* a callback asked to stop */
+} nla_status;
+
+/* Static text for a status code; never NULL. */
+const char *nla_strerror(nla_status status);
+
+/* ---- Safetensors -------------------------------------------------------- */
+
+/* A read-only view of a safetensors checkpoint: one file, or a folder whose
+   model.safetensors.index.json names its shards (or that holds one
+   model.safetensors). Every header is validated as the format demands
+   (lengths, offsets, overlaps, shapes, dtypes) before anything is used. */
+typedef struct nla_st nla_st;
+
+typedef struct {
+    const char *name;   /* tensor name, borrowed from the nla_st */
+    const char *dtype;  /* "BF16", "F32", ... as written in the header */
+    int ndim;
+    int64_t shape[8];
+    const void *data;   /* nbytes bytes, not necessarily aligned */
+    uint64_t nbytes;
+    const char *file;   /* file name (without folder) holding it */
+} nla_tensor;
+
+nla_status nla_st_open(const char *path, int no_mmap, nla_st **out, char *errbuf,
+                       size_t errbuf_size);
+void nla_st_close(nla_st *st);
+int nla_st_count(const nla_st *st);
+/* Tensor i (0 <= i < count), in name order. */
+nla_status nla_st_get(const nla_st *st, int i, nla_tensor *out);
+/* Index of the tensor with this exact name, or -1. */
+int nla_st_find(const nla_st *st, const char *name);
+/* Value of a __metadata__ key of the first file holding one, or NULL. */
+const char *nla_st_metadata(const nla_st *st, const char *key);
+
+/* ---- Model -------------------------------------------------------------- */
+
+typedef struct nla_model nla_model;
+typedef struct nla_session nla_session;
+
+typedef enum { NLA_DTYPE_F32 = 0, NLA_DTYPE_F16 = 1, NLA_DTYPE_BF16 = 2 } nla_dtype;
+
+/* How the embedding scale sqrt(hidden_size) is rounded before it multiplies
+   the embedding rows. */
+typedef enum {
+    NLA_EMBED_SCALE_BF16 = 0,   /* default: rounded to bf16 (Google's reference,
+                                   HF on bf16 weights, what the NLAs trained with) */
+    NLA_EMBED_SCALE_STORED = 1, /* rounded to the stored dtype (HF's rule) */
+    NLA_EMBED_SCALE_EXACT = 2   /* unrounded float */
+} nla_embed_scale;
+
+typedef struct {
+    nla_embed_scale embed_scale; /* default NLA_EMBED_SCALE_BF16 */
+    int no_mmap;                 /* nonzero: read() the weights into memory
+                                    instead of mapping them. Default 0. */
+} nla_model_params;
+
+/* Opens a Gemma 3 checkpoint: a folder as downloaded from Hugging Face
+   (config.json and model.safetensors, or model.safetensors.index.json and its
+   shards), or the path of one .safetensors file with config.json beside it.
+   Weights stay in their stored dtype (f32, f16 or bf16) and are mapped, not
+   copied. On failure *out is NULL and errbuf (may be NULL) holds a message
+   naming the file and the problem. */
+nla_status nla_model_open(const char *path, const nla_model_params *params,
+                          nla_model **out, char *errbuf, size_t errbuf_size);
+
+/* Releases the model. Returns NLA_ERR_BUSY (and frees nothing) while sessions
+   made from it are alive. NULL is a no-op returning NLA_OK. */
+nla_status nla_model_close(nla_model *model);
+
+/* What nla_model_get_info copies out. */
+typedef struct {
+    char architecture[64];      /* "Gemma3ForCausalLM", ... */
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff;
+    int vocab_size;             /* embedding rows */
+    int sliding_window;
+    int max_position_embeddings;
+    int n_global_layers;        /* full-attention layers */
+    float query_pre_attn_scalar;
+    float rope_theta_local, rope_theta_global;
+    float rope_factor_global;   /* linear scaling factor, 1 = none */
+    float rms_norm_eps;
+    float embed_scale;          /* the value in use, after rounding */
+    float final_logit_softcap;  /* 0 = none */
+    int tied_embeddings;        /* 1: logits use the embedding matrix */
+    int has_final_norm;         /* 0 for an NLA AR backbone: no logits */
+    int bos_id;
+    int n_eos;  int eos_ids[8]; /* generation stop ids */
+    nla_dtype dtype;            /* dtype of the matrices */
+    uint64_t n_params;          /* parameters of the text model */
+    uint64_t weight_bytes;      /* bytes of those parameters as stored */
+    int n_files;                /* safetensors files */
+} nla_model_info;
+
+void nla_model_get_info(const nla_model *model, nla_model_info *info);
+
+/* 1 if layer i uses full (global) attention, 0 if sliding-window, -1 if i is
+   out of range. */
+int nla_model_layer_is_global(const nla_model *model, int layer);
+
+/* Writes the input-embedding rows of n token ids into out [n, d_model]:
+   embedding row * embed scale, in float. These are the rows nla_forward starts
+   from; a caller may overwrite any of them (NLA injection) and pass them back
+   in nla_batch.embeds. */
+nla_status nla_embed_tokens(const nla_model *model, const int32_t *ids, int n, float *out);
+
+/* ---- Session ------------------------------------------------------------ */
+
+typedef struct {
+    int n_ctx;     /* context length in tokens; default min(4096,
+                      max_position_embeddings) */
+    int n_batch;   /* rows per internal forward chunk; default 256 */
+    int n_threads; /* threads for matmuls and attention (OpenMP builds);
+                      default: OpenMP's default, 1 without OpenMP */
+    uint64_t seed; /* sampling RNG seed; default 0 is a fixed seed */
+} nla_session_params;
+
+/* A session holds the KV cache, scratch buffers, the RNG and the last error.
+   Its memory is allocated here, once. */
+nla_status nla_session_new(const nla_model *model, const nla_session_params *params,
+                           nla_session **out);
+void nla_session_free(nla_session *s);
+
+/* Empties the KV cache (n_past = 0). The RNG is not touched. */
+void nla_session_reset(nla_session *s);
+
+/* Reseeds the sampling RNG. */
+void nla_session_seed(nla_session *s, uint64_t seed);
+
+/* Tokens held in the KV cache. */
+int nla_session_n_past(const nla_session *s);
+
+/* The detailed message of the last failed call on s ("" if none). Borrowed;
+   valid until the next call on s. */
+const char *nla_session_errmsg(const nla_session *s);
+
+/* ---- Forward pass ------------------------------------------------------- */
+
+/* Called after block `layer` (0-based) with the residual stream of the rows
+   being processed: resid [n_rows, d_model], rows at absolute positions
+   pos0 .. pos0+n_rows-1. It may read or overwrite resid; what it leaves there
+   is what the next block reads. Long batches are processed in chunks of
+   n_batch rows, so the hook may be called several times per layer (in order
+   of position). A nonzero return cancels the forward (NLA_ERR_CANCELLED; the
+   KV cache is left as it was before the call). */
+typedef int (*nla_residual_fn)(void *user, int layer, int pos0, int n_rows, int d_model,
+                               float *resid);
+
+typedef struct {
+    int n_tokens;          /* rows to append after the n_past cached ones */
+    const int32_t *ids;    /* [n_tokens] token ids, or NULL if embeds is set */
+    const float *embeds;   /* [n_tokens, d_model] input rows (already scaled,
+                              see nla_embed_tokens); overrides ids */
+    int n_blocks;          /* run blocks 0..n_blocks-1 only (stop after
+                              block n_blocks-1); default 0 = all. With fewer
+                              than all blocks no logits can be asked for, and
+                              later calls may not run more blocks than this
+                              until nla_session_reset. */
+    float *logits;         /* out [n_logit_rows, vocab] or NULL */
+    const int32_t *logit_rows; /* rows (0..n_tokens-1) that get logits;
+                              NULL = the last row only */
+    int n_logit_rows;      /* entries in logit_rows */
+    int all_logits;        /* nonzero: logits for every row ([n_tokens, vocab]) */
+    float *hidden;         /* out [n_blocks, n_tokens, d_model] or NULL: the
+                              residual after each block, before the final norm
+                              (block i = HF hidden_states[i+1]) */
+    nla_residual_fn hook;  /* optional, see above */
+    void *hook_user;
+} nla_batch;
+
+/* Runs the batch through the model, appending its keys and values to the
+   session's KV cache. Batched prefill and one-token decode are the same call. */
+nla_status nla_forward(nla_session *s, const nla_batch *batch);
+
+/* ---- Decoding ----------------------------------------------------------- */
+
+/* Called with each generated token; nonzero stops generation (the token is
+   kept in the output). */
+typedef int (*nla_token_fn)(void *user, int32_t token);
+
+typedef struct {
+    int max_new;           /* tokens to generate at most; required (> 0) */
+    float temperature;     /* 0 (default) = greedy */
+    int top_k;             /* 0 = no top-k cut */
+    float top_p;           /* 0 or 1 = no nucleus cut */
+    const int32_t *stop_ids; /* generation stops after one of these; NULL =
+                              the model's eos ids (generation_config.json) */
+    int n_stop_ids;
+    int no_stop;           /* nonzero: ignore every stop id */
+    const float *prompt_embeds; /* optional [n_prompt, d_model] rows used
+                              instead of the prompt ids' embeddings */
+    nla_token_fn on_token; /* optional streaming callback */
+    void *user;
+} nla_generate_params;
+
+/* Appends the prompt (n_prompt >= 1 ids; the session's cache may already hold
+   earlier tokens) and generates up to max_new tokens into out (capacity
+   max_new), writing the count to *n_out. The stop token, when reached, is the
+   last token written. Sampling draws from the session RNG. Vocabulary rows at
+   or past 262144 (image/padding rows of multimodal checkpoints) are never
+   chosen. */
+nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt,
+                        const nla_generate_params *params, int32_t *out, int *n_out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NLA_H */

@@ -1,0 +1,30 @@
+/* test.h - the whole test framework: CHECK macros, a pass/fail tally, and
+   the closing line "N passed, N failed". Include once per test program. */
+#ifndef TEST_H
+#define TEST_H
+#undef NDEBUG
+#include <math.h>
+#include <stdio.h>
+
+static int test_passed, test_failed;
+
+#define CHECK(cond) CHECK_MSG(cond, "%s", #cond)
+#define CHECK_MSG(cond, ...)                                          \
+    do {                                                              \
+        if (cond) test_passed++;                                      \
+        else {                                                        \
+            test_failed++;                                            \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
+            fprintf(stderr, __VA_ARGS__);                             \
+            fputc('\n', stderr);                                      \
+        }                                                             \
+    } while (0)
+#define CHECK_EQ(a, b) CHECK_MSG((a) == (b), "%s == %s (%lld vs %lld)", #a, #b, (long long)(a), (long long)(b))
+#define CHECK_NEAR(a, b, tol) \
+    CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%s ~ %s (%g vs %g, tol %g)", #a, #b, (double)(a), (double)(b), (double)(tol))
+
+static int test_report(void) {
+    printf("%d passed, %d failed\n", test_passed, test_failed);
+    return test_failed != 0;
+}
+#endif

@@ -1,0 +1,134 @@
+/* util.h - test-side helpers: read .npy and small text files, write
+   safetensors files and model folders. Not part of the library. */
+#ifndef TEST_UTIL_H
+#define TEST_UTIL_H
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Whole file into a NUL-terminated heap buffer (NULL if missing). */
+static inline char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = (char *)malloc((size_t)len + 1);
+    if (b && fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); b = NULL; }
+    fclose(f);
+    if (b) b[len] = 0;
+    if (n) *n = (size_t)len;
+    return b;
+}
+
+static inline int spit(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, n, f);
+    return fclose(f) == 0 && w == n ? 0 : -1;
+}
+
+/* float32 .npy (format 1.0, C order): data and up to 4 dims. */
+static inline float *npy_load(const char *path, int *ndim, long long shape[4]) {
+    size_t n;
+    char *b = slurp(path, &n);
+    if (!b || n < 10 || memcmp(b, "\x93NUMPY", 6)) { free(b); return NULL; }
+    size_t hl = (size_t)(unsigned char)b[8] | (size_t)(unsigned char)b[9] << 8;
+    char *sh = strstr(b + 10, "'shape': (");
+    if (!sh || !strstr(b + 10, "'<f4'")) { free(b); return NULL; }
+    sh += 10;
+    *ndim = 0;
+    while (*sh != ')' && *ndim < 4) {
+        shape[(*ndim)++] = strtoll(sh, &sh, 10);
+        while (*sh == ',' || *sh == ' ') sh++;
+    }
+    size_t count = 1;
+    for (int i = 0; i < *ndim; i++) count *= (size_t)shape[i];
+    float *out = (float *)malloc(count * sizeof(float));
+    if (out) memcpy(out, b + 10 + hl, count * sizeof(float));
+    free(b);
+    return out;
+}
+
+/* The ints of the JSON array that follows `key` in text (a tiny reader for
+   the golden prompts.json / greedy.json files). Returns the count. */
+static inline int json_ints_after(const char *text, const char *key, long long *out, int cap) {
+    const char *p = strstr(text, key);
+    if (!p || !(p = strchr(p, '['))) return 0;
+    int n = 0;
+    p++;
+    while (*p && *p != ']' && n < cap) {
+        char *end;
+        out[n++] = strtoll(p, &end, 10);
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    return n;
+}
+
+static inline int json_floats_after(const char *text, const char *key, double *out, int cap) {
+    const char *p = strstr(text, key);
+    if (!p || !(p = strchr(p, '['))) return 0;
+    int n = 0;
+    p++;
+    while (*p && *p != ']' && n < cap) {
+        char *end;
+        out[n++] = strtod(p, &end);
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    return n;
+}
+
+/* A safetensors writer for hand-made files: tensors laid out in order. */
+typedef struct {
+    const char *name, *dtype;
+    int ndim;
+    long long shape[4];
+    const void *data;
+    size_t nbytes;
+} wtensor;
+
+static inline int st_write(const char *path, const wtensor *t, int n, const char *metadata_json) {
+    size_t cap = 4096 + (size_t)n * 256, len = 0, off = 0, total = 0;
+    char *h = (char *)malloc(cap);
+    len += (size_t)snprintf(h + len, cap - len, "{");
+    if (metadata_json) len += (size_t)snprintf(h + len, cap - len, "\"__metadata__\":%s%s", metadata_json, n ? "," : "");
+    for (int i = 0; i < n; i++) {
+        len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", t[i].name, t[i].dtype);
+        for (int k = 0; k < t[i].ndim; k++) len += (size_t)snprintf(h + len, cap - len, "%s%lld", k ? "," : "", t[i].shape[k]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%zu,%zu]}", off, off + t[i].nbytes);
+        off += t[i].nbytes;
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    while (len % 8) h[len++] = ' ';
+    total = 8 + len + off;
+    unsigned char *buf = (unsigned char *)malloc(total);
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)len >> (8 * i));
+    memcpy(buf + 8, h, len);
+    off = 8 + len;
+    for (int i = 0; i < n; i++) { memcpy(buf + off, t[i].data, t[i].nbytes); off += t[i].nbytes; }
+    int rc = spit(path, buf, total);
+    free(h);
+    free(buf);
+    return rc;
+}
+
+/* A fresh empty folder under tests/tmp/. */
+static inline void tmp_dir(char *out, size_t cap, const char *name) {
+    mkdir("tests/tmp", 0755);
+    snprintf(out, cap, "tests/tmp/%s", name);
+    mkdir(out, 0755);
+}
+
+static inline int copy_file(const char *from, const char *to) {
+    size_t n;
+    char *b = slurp(from, &n);
+    int rc = b ? spit(to, b, n) : -1;
+    free(b);
+    return rc;
+}
+#endif
