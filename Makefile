@@ -21,9 +21,13 @@ TESTS = tests/test_safetensors tests/test_forward tests/test_api
 tests/%: tests/%.c tests/test.h nla.o
 	$(CC) $(CFLAGS) $(WARN) -Werror $(OMP) -o $@ $< nla.o $(LDLIBS) -lpthread
 
-# Unit and golden tests; prints "N passed, N failed" per file. Seconds.
+# Unit and golden tests: each program prints "N passed, N failed"; the last
+# line is the sum over all of them. Takes seconds.
 test: $(TESTS)
-	@for t in $(TESTS); do echo "== $$t"; ./$$t || exit 1; done
+	@p=0; f=0; for t in $(TESTS); do echo "== $$t"; ./$$t > tests/tmp.out 2>&1; rc=$$?; cat tests/tmp.out; \
+	  set -- $$(tail -n 1 tests/tmp.out); if [ "$$2" = passed, ]; then p=$$((p + $$1)); f=$$((f + $$3)); else f=$$((f + 1)); fi; \
+	  if [ $$rc -ne 0 ] && [ "$$2" != passed, ]; then echo "$$t exited with $$rc"; fi; done; \
+	  rm -f tests/tmp.out; echo "total: $$p passed, $$f failed"; [ $$f -eq 0 ]
 
 # The same tests under AddressSanitizer + UBSan, built without OpenMP.
 sanitize:

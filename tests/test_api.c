@@ -1,0 +1,251 @@
+/* test_api.c - the API contract: NULL-tolerant frees, status strings,
+   model/session lifetime, two threads sharing one model, and decoding
+   (greedy, seeded sampling, top-k/top-p, stop ids, the streaming callback). */
+#include <pthread.h>
+
+#include "../nla.h"
+#include "test.h"
+#include "util.h"
+
+#define MODEL "tests/data/forward/gqa-bf16/model"
+static const int32_t ids40[] = {2, 107, 461, 409, 554, 430, 352, 1006, 444, 1010, 87, 530, 299, 34, 679, 379, 942, 502, 710, 688,
+                                872, 5, 912, 867, 523, 256, 764, 159, 268, 521, 978, 621, 935, 14, 1001, 750, 360, 143, 87, 628};
+
+static void test_contract(void) {
+    CHECK_EQ(nla_model_close(NULL), NLA_OK);
+    nla_session_free(NULL);
+    nla_session_reset(NULL);
+    nla_st_close(NULL);
+    CHECK_EQ(nla_session_n_past(NULL), 0);
+    CHECK(nla_session_errmsg(NULL) != NULL);
+    for (int st = 0; st <= 10; st++) CHECK(nla_strerror((nla_status)st) != NULL && nla_strerror((nla_status)st)[0]);
+    CHECK(strcmp(nla_version(), "0.1.0") == 0);
+    CHECK_EQ(NLA_VERSION_NUMBER, 100);
+
+    char err[512] = "junk";
+    nla_model *m = (nla_model *)&err; /* must be overwritten with NULL */
+    CHECK_EQ(nla_model_open(NULL, NULL, &m, err, sizeof err), NLA_ERR_ARG);
+    CHECK(m == NULL);
+    CHECK_EQ(nla_model_open(MODEL, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    CHECK_EQ(nla_model_open("tests/no/such/dir", NULL, &m, NULL, 0), NLA_ERR_IO); /* errbuf optional */
+    char tiny[8];
+    CHECK_EQ(nla_model_open("tests/no/such/dir", NULL, &m, tiny, sizeof tiny), NLA_ERR_IO);
+    CHECK_EQ(strlen(tiny), 7u); /* truncated, terminated */
+
+    CHECK_EQ(nla_model_open(MODEL, NULL, &m, err, sizeof err), NLA_OK);
+    CHECK_EQ(err[0], 0);
+    nla_session *s = NULL, *s2 = NULL;
+    CHECK_EQ(nla_session_new(NULL, NULL, &s), NLA_ERR_ARG);
+    nla_session_params bad;
+    memset(&bad, 0, sizeof bad);
+    bad.n_ctx = -1;
+    CHECK_EQ(nla_session_new(m, &bad, &s), NLA_ERR_ARG);
+    CHECK_EQ(nla_session_new(m, NULL, &s), NLA_OK);
+    CHECK_EQ(nla_session_new(m, NULL, &s2), NLA_OK);
+    CHECK_EQ(nla_model_close(m), NLA_ERR_BUSY); /* sessions alive: refuse, free nothing */
+    nla_session_free(s2);
+
+    /* argument errors carry a message on the session */
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    CHECK_EQ(nla_forward(s, &b), NLA_ERR_ARG);
+    CHECK(strstr(nla_session_errmsg(s), "n_tokens") != NULL);
+    CHECK_EQ(nla_forward(s, NULL), NLA_ERR_ARG);
+    int32_t bad_id = 5000;
+    b.n_tokens = 1;
+    b.ids = &bad_id;
+    CHECK_EQ(nla_forward(s, &b), NLA_ERR_RANGE);
+    CHECK(strstr(nla_session_errmsg(s), "5000") != NULL);
+    b.ids = ids40;
+    b.n_blocks = 8;
+    CHECK_EQ(nla_forward(s, &b), NLA_ERR_ARG);
+    b.n_blocks = 0;
+    CHECK_EQ(nla_forward(s, &b), NLA_OK);
+    CHECK_EQ(nla_session_errmsg(s)[0], 0);
+    CHECK_EQ(nla_session_n_past(s), 1);
+    nla_session_reset(s);
+    CHECK_EQ(nla_session_n_past(s), 0);
+    nla_session_free(s);
+    CHECK_EQ(nla_model_close(m), NLA_OK);
+}
+
+/* ---- two threads, two sessions, one model ------------------------------- */
+
+typedef struct {
+    const nla_model *m;
+    float *logits; /* [40, 1024] */
+    int32_t gen[16];
+    int n_gen, rc;
+} job;
+
+static void *worker(void *arg) {
+    job *j = (job *)arg;
+    nla_session *s;
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = 1;
+    if ((j->rc = nla_session_new(j->m, &sp, &s))) return NULL;
+    for (int rep = 0; rep < 3 && !j->rc; rep++) {
+        nla_session_reset(s);
+        nla_batch b;
+        memset(&b, 0, sizeof b);
+        b.n_tokens = 40;
+        b.ids = ids40;
+        b.logits = j->logits;
+        b.all_logits = 1;
+        j->rc = nla_forward(s, &b);
+    }
+    nla_session_reset(s);
+    nla_session_seed(s, 7);
+    nla_generate_params g;
+    memset(&g, 0, sizeof g);
+    g.max_new = 16;
+    g.temperature = 0.8f;
+    g.no_stop = 1;
+    if (!j->rc) j->rc = nla_generate(s, ids40, 10, &g, j->gen, &j->n_gen);
+    nla_session_free(s);
+    return NULL;
+}
+
+static void test_threads(void) {
+    char err[512];
+    nla_model *m;
+    CHECK_EQ(nla_model_open(MODEL, NULL, &m, err, sizeof err), NLA_OK);
+    job serial = {m, (float *)malloc(40 * 1024 * sizeof(float)), {0}, 0, 0}, par[2];
+    worker(&serial);
+    CHECK_EQ(serial.rc, NLA_OK);
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        par[i] = serial;
+        par[i].logits = (float *)malloc(40 * 1024 * sizeof(float));
+        pthread_create(&th[i], NULL, worker, &par[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ(par[i].rc, NLA_OK);
+        CHECK(memcmp(par[i].logits, serial.logits, 40 * 1024 * sizeof(float)) == 0);
+        CHECK(par[i].n_gen == 16 && memcmp(par[i].gen, serial.gen, sizeof serial.gen) == 0);
+        free(par[i].logits);
+    }
+    free(serial.logits);
+    CHECK_EQ(nla_model_close(m), NLA_OK);
+}
+
+/* ---- decoding ----------------------------------------------------------- */
+
+typedef struct {
+    int seen, stop_at;
+} cb_state;
+
+static int on_tok(void *user, int32_t tok) {
+    cb_state *c = (cb_state *)user;
+    (void)tok;
+    return ++c->seen == c->stop_at;
+}
+
+static int gen(nla_session *s, const nla_generate_params *g, int32_t *out) {
+    int n = 0;
+    nla_session_reset(s);
+    nla_status rc = nla_generate(s, ids40, 8, g, out, &n);
+    return rc ? -(int)rc : n;
+}
+
+static void test_decoding(void) {
+    char err[512];
+    nla_model *m;
+    CHECK_EQ(nla_model_open(MODEL, NULL, &m, err, sizeof err), NLA_OK);
+    nla_session *s;
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_ctx = 64;
+    CHECK_EQ(nla_session_new(m, &sp, &s), NLA_OK);
+    nla_generate_params g;
+    memset(&g, 0, sizeof g);
+    int32_t a[40], b[40];
+    g.max_new = 20;
+    g.no_stop = 1;
+    CHECK_EQ(gen(s, &g, a), 20);
+    CHECK_EQ(gen(s, &g, b), 20);
+    CHECK(memcmp(a, b, sizeof(int32_t) * 20) == 0); /* greedy is deterministic */
+    g.temperature = 1.0f;
+    g.top_k = 1; /* top-1 sampling is greedy */
+    CHECK_EQ(gen(s, &g, b), 20);
+    CHECK(memcmp(a, b, sizeof(int32_t) * 20) == 0);
+    g.top_k = 0;
+    g.top_p = 1e-6f; /* a vanishing nucleus keeps only the top token */
+    CHECK_EQ(gen(s, &g, b), 20);
+    CHECK(memcmp(a, b, sizeof(int32_t) * 20) == 0);
+    g.top_p = 0;
+    g.temperature = 5.0f; /* hot sampling: seeds decide */
+    nla_session_seed(s, 1);
+    CHECK_EQ(gen(s, &g, a), 20);
+    nla_session_seed(s, 1);
+    CHECK_EQ(gen(s, &g, b), 20);
+    CHECK(memcmp(a, b, sizeof(int32_t) * 20) == 0);
+    nla_session_seed(s, 2);
+    CHECK_EQ(gen(s, &g, b), 20);
+    CHECK(memcmp(a, b, sizeof(int32_t) * 20) != 0);
+    for (int i = 0; i < 20; i++) CHECK(a[i] >= 0 && a[i] < 1024);
+    g.top_k = 3;
+    g.top_p = 0.9f;
+    CHECK_EQ(gen(s, &g, b), 20);
+
+    /* stop ids: the stop token ends the output */
+    memset(&g, 0, sizeof g);
+    g.max_new = 20;
+    g.no_stop = 1;
+    CHECK_EQ(gen(s, &g, a), 20);
+    int32_t stop = a[3];
+    int first = 0;
+    while (a[first] != stop) first++;
+    g.no_stop = 0;
+    g.stop_ids = &stop;
+    g.n_stop_ids = 1;
+    CHECK_EQ(gen(s, &g, b), first + 1);
+    CHECK_EQ(b[first], stop);
+    /* the callback stops generation; its token is kept */
+    cb_state cb = {0, 5};
+    memset(&g, 0, sizeof g);
+    g.max_new = 20;
+    g.no_stop = 1;
+    g.on_token = on_tok;
+    g.user = &cb;
+    CHECK_EQ(gen(s, &g, b), 5);
+    CHECK_EQ(cb.seen, 5);
+    /* bad parameters and a context overflow are errors, not crashes */
+    g.on_token = NULL;
+    g.max_new = 0;
+    CHECK_EQ(gen(s, &g, b), -NLA_ERR_ARG);
+    g.max_new = 20;
+    g.temperature = -1;
+    CHECK_EQ(gen(s, &g, b), -NLA_ERR_ARG);
+    g.temperature = 0;
+    g.top_p = 2;
+    CHECK_EQ(gen(s, &g, b), -NLA_ERR_ARG);
+    g.top_p = 0;
+    g.max_new = 60; /* 8 + 60 - 1 > 64 */
+    CHECK_EQ(gen(s, &g, b), -NLA_ERR_RANGE);
+    CHECK(strstr(nla_session_errmsg(s), "context") != NULL);
+    int n = 0;
+    CHECK_EQ(nla_generate(s, NULL, 0, &g, b, &n), NLA_ERR_ARG);
+    /* prompt rows as embeddings give the same continuation as the ids */
+    float *e = (float *)malloc(8 * 64 * sizeof(float));
+    CHECK_EQ(nla_embed_tokens(m, ids40, 8, e), NLA_OK);
+    memset(&g, 0, sizeof g);
+    g.max_new = 10;
+    g.no_stop = 1;
+    CHECK_EQ(gen(s, &g, a), 10);
+    g.prompt_embeds = e;
+    CHECK_EQ(gen(s, &g, b), 10);
+    CHECK(memcmp(a, b, 10 * sizeof(int32_t)) == 0);
+    free(e);
+    nla_session_free(s);
+    CHECK_EQ(nla_model_close(m), NLA_OK);
+}
+
+int main(void) {
+    test_contract();
+    test_threads();
+    test_decoding();
+    return test_report();
+}
