@@ -1,6 +1,6 @@
 # nla.c - build, test and check. Every target says why it exists.
 CC      ?= cc
-CFLAGS  ?= -O2 -g
+CFLAGS  ?= -O3 -g
 WARN     = -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wcast-align -Wformat=2 -Wundef
 OMP     ?= -fopenmp

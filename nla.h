@@ -70,9 +70,9 @@ const char *nla_strerror(nla_status status);
 
 /* ---- Safetensors -------------------------------------------------------- */
 
-/* A read-only view of a safetensors checkpoint: one file, or a folder whose
-   model.safetensors.index.json names its shards (or that holds one
-   model.safetensors). Every header is validated as the format demands
+/* A read-only view of a safetensors checkpoint: one file, an index file
+   (*.index.json) naming its shards, or a folder holding
+   model.safetensors.index.json or model.safetensors. Every header is validated as the format demands
    (lengths, offsets, overlaps, shapes, dtypes) before anything is used. */
 typedef struct nla_st nla_st;
 
@@ -121,7 +121,8 @@ typedef struct {
 
 /* Opens a Gemma 3 checkpoint: a folder as downloaded from Hugging Face
    (config.json and model.safetensors, or model.safetensors.index.json and its
-   shards), or the path of one .safetensors file with config.json beside it.
+   shards), or the path of a .safetensors or index file with config.json
+   beside it.
    Weights stay in their stored dtype (f32, f16 or bf16) and are mapped, not
    copied. On failure *out is NULL and errbuf (may be NULL) holds a message
    naming the file and the problem. */
@@ -205,8 +206,9 @@ const char *nla_session_errmsg(const nla_session *s);
    pos0 .. pos0+n_rows-1. It may read or overwrite resid; what it leaves there
    is what the next block reads. Long batches are processed in chunks of
    n_batch rows, so the hook may be called several times per layer (in order
-   of position). A nonzero return cancels the forward (NLA_ERR_CANCELLED; the
-   KV cache is left as it was before the call). */
+   of position). A nonzero return cancels the forward: nla_forward returns
+   NLA_ERR_CANCELLED and the session is reset (its cache emptied), since a
+   partly run batch may have overwritten sliding-window cache slots. */
 typedef int (*nla_residual_fn)(void *user, int layer, int pos0, int n_rows, int d_model,
                                float *resid);
 

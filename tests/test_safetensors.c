@@ -443,6 +443,8 @@ static void test_layouts(void) {
 
     /* 3. one .safetensors file path instead of the folder */
     CHECK_NEAR(logits_err("tests/data/forward/gqa-bf16/model/model.safetensors", NLA_EMBED_SCALE_BF16), 0, 1e-4);
+    CHECK_EQ(model_try("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json"), NLA_OK);
+    CHECK_EQ(st_try("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json", 0), NLA_OK);
     /* 4. the embed scale of mqa-f32 (h = 48): bf16 6.9375 vs exact 6.9282 */
     memset(&mp, 0, sizeof mp);
     CHECK_EQ(nla_model_open("tests/data/forward/mqa-f32/model", &mp, &m, err, sizeof err), NLA_OK);
