@@ -160,18 +160,24 @@ static int mul_u64(uint64_t a, uint64_t b, uint64_t *out) {
     return 1;
 }
 
-/* bf16 -> f32 is the upper half of the float's bits. */
-static float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
+static float f32_from_bits(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
-/* f32 -> bf16 with round-to-nearest-even (NaN kept a NaN). */
-static uint16_t f32_to_bf16(float f) {
+static uint32_t f32_bits(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
+    return u;
+}
+
+/* bf16 -> f32 is the upper half of the float's bits. */
+static float bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+
+/* f32 -> bf16 with round-to-nearest-even (NaN kept a NaN). */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u = f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     u += 0x7fffu + ((u >> 16) & 1);
     return (uint16_t)(u >> 16);
@@ -196,15 +202,12 @@ static float f16_to_f32(uint16_t h) {
     } else {
         u = sign | ((exp + 127 - 15) << 23) | (man << 13);
     }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return f32_from_bits(u);
 }
 
 /* f32 -> IEEE half, round-to-nearest-even (used only to round a scalar). */
 static uint16_t f32_to_f16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
+    uint32_t u = f32_bits(f);
     uint32_t sign = (u >> 16) & 0x8000;
     int exp = (int)((u >> 23) & 0xff) - 127 + 15;
     uint32_t man = u & 0x7fffff;
@@ -912,8 +915,8 @@ static char *path_join(const char *dir, const char *name) {
     char *p = (char *)malloc(a + b + 2);
     if (p) {
         memcpy(p, dir, a);
-        p[a] = '/';
-        memcpy(p + a + 1, name, b + 1);
+        if (a && dir[a - 1] != '/') p[a++] = '/';
+        memcpy(p + a, name, b + 1);
     }
     return p;
 }
@@ -1662,6 +1665,12 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
     nla_status rc = NLA_OK;
     if (!m) { copy_err(errbuf_out, errbuf_size, "out of memory"); return NLA_ERR_NOMEM; }
     /* the folder holding config.json: path itself, or the folder of the file named */
+    if (!is_dir(path) && !file_exists(path)) {
+        snprintf(e.msg, sizeof e.msg, "%s: no such file or folder", path);
+        copy_err(errbuf_out, errbuf_size, e.msg);
+        free(m);
+        return NLA_ERR_IO;
+    }
     m->dir = is_dir(path) ? xstrndup(path, strlen(path)) : dir_of(path);
     if (!m->dir) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) rc = cfg_parse(m->dir, &m->cfg, &e);

@@ -53,23 +53,9 @@ static inline float *npy_load(const char *path, int *ndim, long long shape[4]) {
     return out;
 }
 
-/* The ints of the JSON array that follows `key` in text (a tiny reader for
-   the golden prompts.json / greedy.json files). Returns the count. */
-static inline int json_ints_after(const char *text, const char *key, long long *out, int cap) {
-    const char *p = strstr(text, key);
-    if (!p || !(p = strchr(p, '['))) return 0;
-    int n = 0;
-    p++;
-    while (*p && *p != ']' && n < cap) {
-        char *end;
-        out[n++] = strtoll(p, &end, 10);
-        p = end;
-        while (*p == ',' || *p == ' ') p++;
-    }
-    return n;
-}
-
-static inline int json_floats_after(const char *text, const char *key, double *out, int cap) {
+/* The numbers of the JSON array that follows `key` in text (a tiny reader
+   for the golden prompts.json / greedy.json files). Returns the count. */
+static inline int json_nums_after(const char *text, const char *key, double *out, int cap) {
     const char *p = strstr(text, key);
     if (!p || !(p = strchr(p, '['))) return 0;
     int n = 0;
