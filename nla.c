@@ -15,8 +15,9 @@
      7  Model: binding tensors to the architecture, open/close
      8  Session: KV cache and scratch
      9  Forward pass
-    10  Decoding: sampling and the generate loop
-    11  CLI (only with -DNLA_MAIN)
+    10  Tokenizer: tokenizer.json BPE, added tokens, chat template
+    11  Decoding: sampling and the generate loop
+    12  CLI (only with -DNLA_MAIN)
 
    Conventions. Matrices are row-major; a weight W of shape [out, in] (as HF
    stores nn.Linear) maps x [in] to y [out] = W x. Shapes in comments are
@@ -1467,6 +1468,7 @@ struct nla_model {
     float *inv_freq;          /* [2][hd/2]: local, global (factor applied) */
     float embed_scale;
     uint64_t n_params, weight_bytes;
+    nla_tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     int live_sessions;        /* atomic; the only field written after open */
 };
 
@@ -1627,6 +1629,8 @@ void nla_model_get_info(const nla_model *m, nla_model_info *info) {
     info->n_files = m->st->n_files;
 }
 
+const nla_tokenizer *nla_model_tokenizer(const nla_model *m) { return m ? m->tok : NULL; }
+
 int nla_model_layer_is_global(const nla_model *m, int layer) {
     if (!m || layer < 0 || layer >= m->cfg.n_layers) return -1;
     return m->cfg.is_global[layer];
@@ -1636,6 +1640,7 @@ nla_status nla_model_close(nla_model *m) {
     if (!m) return NLA_OK;
     if (ATOMIC_LOAD(&m->live_sessions) > 0) return NLA_ERR_BUSY;
     nla_st_close(m->st);
+    nla_tokenizer_close(m->tok);
     free(m->layer);
     free(m->gains);
     free(m->inv_freq);
@@ -1691,6 +1696,12 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
         for (int t = 0; t < 2 && !rc; t++)
             for (int i = 0; i < h2; i++)
                 m->inv_freq[t * h2 + i] = (1.0f / powf(c->theta[t], (float)(2 * i) / (float)c->hd)) / c->factor[t];
+    }
+    if (!rc) { /* the tokenizer named in params, else the folder's, if any */
+        char *tp = p.tokenizer ? xstrndup(p.tokenizer, strlen(p.tokenizer)) : path_join(m->dir, "tokenizer.json");
+        if (!tp) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+        else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->tok, e.msg, sizeof e.msg);
+        free(tp);
     }
     if (rc) {
         copy_err(errbuf_out, errbuf_size, e.msg);
@@ -1996,7 +2007,679 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
     return NLA_OK;
 }
 
-/* ==== 10 Decoding: sampling and the generate loop ======================= */
+/* ==== 10 Tokenizer: tokenizer.json BPE, added tokens, chat template ===== */
+
+/* Gemma 3's tokenizer.json declares: normalizer Replace(" " -> U+2581), a
+   pre-tokenizer that never splits (spaces are gone by then), BPE with byte
+   fallback, the post-processor "<bos> $A" and the decoder Replace(U+2581 ->
+   " ") + ByteFallback + Fuse. Encoding: (1) added tokens (6,415, all
+   unnormalized) are found on the raw text, leftmost-longest, with a byte
+   trie; (2) each stretch between them is one BPE word: its characters become
+   vocabulary ids (a space is U+2581; a character outside the vocabulary, or
+   a byte that is not valid UTF-8, becomes its <0xNN> byte tokens); (3) the
+   adjacent pair with the lowest rank in the merge list merges first (ties:
+   leftmost), found with a min-heap and a linked list of symbols: O(n log n)
+   per word, like HF's Word::merge_all. Priority is the merge-list position,
+   never the token id. */
+
+typedef struct {
+    uint32_t off, len; /* piece bytes in the arena */
+} tok_piece;
+
+typedef struct {
+    uint64_t key;          /* (left id << 32 | right id) + 1; 0 = empty slot */
+    uint32_t rank, result;
+} tok_merge;
+
+typedef struct {
+    int32_t child, sibling; /* first child, next sibling (trie node indices) */
+    int32_t id;             /* added token ending here, or -1 */
+    unsigned char byte;
+} tok_trie;
+
+#define TOK_BYTE 1    /* flags: a <0xNN> byte-fallback token */
+#define TOK_ADDED 2   /* an added token */
+
+struct nla_tokenizer {
+    char *arena;            /* all pieces, back to back */
+    tok_piece *piece;       /* [n_ids] */
+    unsigned char *flags;   /* [n_ids] TOK_* */
+    int n_ids;
+    int32_t *hash;          /* piece -> id, open addressing, -1 empty */
+    uint32_t hash_mask;
+    tok_merge *merge;
+    uint32_t merge_mask;
+    tok_trie *trie;         /* node 0 is the root */
+    int n_trie;
+    int32_t byte_id[256];   /* byte -> <0xNN> id */
+    int32_t space_id;       /* U+2581 */
+    int32_t bos;
+};
+
+static uint64_t hash_bytes(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h ^ (h >> 29);
+}
+
+static uint64_t hash_u64(uint64_t x) { /* splitmix64 finaliser */
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static int32_t tok_lookup(const nla_tokenizer *t, const char *s, size_t n) {
+    for (uint32_t h = (uint32_t)hash_bytes(s, n) & t->hash_mask;; h = (h + 1) & t->hash_mask) {
+        int32_t id = t->hash[h];
+        if (id < 0) return -1;
+        if (t->piece[id].len == n && !memcmp(t->arena + t->piece[id].off, s, n)) return id;
+    }
+}
+
+/* The merge of (a, b), or NULL. */
+static const tok_merge *tok_merge_find(const nla_tokenizer *t, int32_t a, int32_t b) {
+    uint64_t key = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;
+    for (uint32_t h = (uint32_t)hash_u64(key) & t->merge_mask;; h = (h + 1) & t->merge_mask) {
+        if (t->merge[h].key == key) return &t->merge[h];
+        if (!t->merge[h].key) return NULL;
+    }
+}
+
+void nla_tokenizer_close(nla_tokenizer *t) {
+    if (!t) return;
+    free(t->arena); free(t->piece); free(t->flags); free(t->hash); free(t->merge); free(t->trie);
+    free(t);
+}
+
+static uint32_t pow2_at_least(uint64_t n) {
+    uint32_t p = 1024;
+    while (p < n && p < (1u << 31)) p *= 2;
+    return p;
+}
+
+/* Adds an added token's bytes to the trie. */
+static int tok_trie_add(nla_tokenizer *t, const char *s, size_t n, int32_t id, int *cap) {
+    int node = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = t->trie[node].child;
+        while (c >= 0 && t->trie[c].byte != (unsigned char)s[i]) c = t->trie[c].sibling;
+        if (c < 0) {
+            if (t->n_trie == *cap) {
+                tok_trie *nt = (tok_trie *)realloc(t->trie, (size_t)*cap * 2 * sizeof *nt);
+                if (!nt) return -1;
+                t->trie = nt;
+                *cap *= 2;
+            }
+            c = t->n_trie++;
+            t->trie[c].child = -1;
+            t->trie[c].id = -1;
+            t->trie[c].byte = (unsigned char)s[i];
+            t->trie[c].sibling = t->trie[node].child;
+            t->trie[node].child = c;
+        }
+        node = c;
+    }
+    t->trie[node].id = id;
+    return 0;
+}
+
+/* Checks that a tokenizer.json stage is absent or exactly what Gemma 3 uses;
+   anything else would silently tokenize differently. */
+static nla_status tok_check_stage(const jdoc *d, int root, const char *key, const char *type, const char *fn, errbuf *e) {
+    int v = json_get(d, root, key);
+    if (v < 0 || d->node[v].type == J_NULL) return NLA_OK;
+    int ty = json_get(d, v, "type");
+    if (ty >= 0 && json_eq(d, ty, type)) return NLA_OK;
+    char got[64] = "?";
+    if (ty >= 0 && d->node[ty].type == J_STR) json_str(d, ty, got, sizeof got);
+    return fail(e, NLA_ERR_UNSUPPORTED, "%s: %s of type '%s' is not supported (Gemma 3 uses %s)", fn, key, got, type);
+}
+
+/* Registers piece text s (decoded) for id; duplicates keep the first id. */
+static nla_status tok_set_piece(nla_tokenizer *t, int32_t id, const jdoc *d, int node, size_t *arena_len, const char *fn, errbuf *e) {
+    size_t n = json_str(d, node, NULL, 0);
+    if (id < 0 || id >= t->n_ids) return fail(e, NLA_ERR_FORMAT, "%s: token id %d out of range", fn, id);
+    if (n > 1024) return fail(e, NLA_ERR_FORMAT, "%s: a piece of token %d is longer than 1024 bytes", fn, id);
+    json_str(d, node, t->arena + *arena_len, n + 1);
+    if (t->piece[id].len && (t->piece[id].len != n || memcmp(t->arena + t->piece[id].off, t->arena + *arena_len, n)))
+        return fail(e, NLA_ERR_FORMAT, "%s: token id %d is given two different pieces", fn, id);
+    t->piece[id].off = (uint32_t)*arena_len;
+    t->piece[id].len = (uint32_t)n;
+    *arena_len += n;
+    if (n == 0) return fail(e, NLA_ERR_FORMAT, "%s: token %d has an empty piece", fn, id);
+    return NLA_OK;
+}
+
+static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
+    char *txt = NULL;
+    size_t n;
+    jdoc d;
+    memset(&d, 0, sizeof d);
+    nla_status rc = read_file(fn, &txt, &n, (size_t)1 << 30, e);
+    if (rc || (rc = json_parse(&d, txt, n, e, fn))) goto out;
+    int model = json_get(&d, 0, "model"), vocab = json_get(&d, model, "vocab"), merges = json_get(&d, model, "merges");
+    int added = json_get(&d, 0, "added_tokens"), v;
+    if (model < 0 || d.node[model].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: no \"model\" object", fn); goto out; }
+    if ((v = json_get(&d, model, "type")) >= 0 && !json_eq(&d, v, "BPE")) {
+        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: model type is not BPE", fn);
+        goto out;
+    }
+    if (vocab < 0 || d.node[vocab].type != J_OBJ || merges < 0 || d.node[merges].type != J_ARR) {
+        rc = fail(e, NLA_ERR_FORMAT, "%s: model.vocab must be an object and model.merges a list", fn);
+        goto out;
+    }
+    if ((v = json_get(&d, model, "byte_fallback")) >= 0 && d.node[v].type != J_TRUE) {
+        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: BPE without byte_fallback is not supported", fn);
+        goto out;
+    }
+    if ((rc = tok_check_stage(&d, 0, "normalizer", "Replace", fn, e)) ||
+        (rc = tok_check_stage(&d, 0, "pre_tokenizer", "Split", fn, e)))
+        goto out;
+    if (added >= 0 && d.node[added].type != J_ARR) { rc = fail(e, NLA_ERR_FORMAT, "%s: added_tokens is not a list", fn); goto out; }
+
+    /* ids: the largest in vocab or added_tokens, plus one */
+    int64_t max_id = -1;
+    size_t arena_cap = 0;
+    uint32_t k = (uint32_t)vocab + 1;
+    for (uint32_t m = 0; m < d.node[vocab].n; m++, k = d.node[k + 1].end) {
+        int id;
+        if (!json_int(&d, (int)k + 1, &id) || id < 0 || id > (1 << 24)) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: vocab values must be token ids in 0..16777216", fn);
+            goto out;
+        }
+        if (id > max_id) max_id = id;
+        arena_cap += json_str(&d, (int)k, NULL, 0);
+    }
+    int n_added = added >= 0 ? (int)d.node[added].n : 0;
+    k = (uint32_t)added + 1;
+    for (int a = 0; a < n_added; a++, k = d.node[k].end) {
+        int id, c = json_get(&d, (int)k, "content");
+        if (!json_int(&d, json_get(&d, (int)k, "id"), &id) || id < 0 || id > (1 << 24) || c < 0 || d.node[c].type != J_STR) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: added_tokens[%d] needs an id and a content string", fn, a);
+            goto out;
+        }
+        static const char *const flags_false[] = {"lstrip", "rstrip", "single_word", "normalized"};
+        for (int f = 0; f < 4; f++)
+            if ((v = json_get(&d, (int)k, flags_false[f])) >= 0 && d.node[v].type == J_TRUE) {
+                rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: added_tokens[%d] sets %s, which Gemma 3 never does", fn, a, flags_false[f]);
+                goto out;
+            }
+        if (id > max_id) max_id = id;
+        arena_cap += json_str(&d, c, NULL, 0);
+    }
+    if (max_id < 0) { rc = fail(e, NLA_ERR_FORMAT, "%s: empty vocabulary", fn); goto out; }
+    t->n_ids = (int)max_id + 1;
+    t->hash_mask = pow2_at_least(2 * (uint64_t)t->n_ids) - 1;
+    t->merge_mask = pow2_at_least(2 * (uint64_t)d.node[merges].n) - 1;
+    int trie_cap = 1024;
+    if (!(t->arena = (char *)malloc(arena_cap + 1)) || !(t->piece = (tok_piece *)xcalloc((size_t)t->n_ids, sizeof *t->piece)) ||
+        !(t->flags = (unsigned char *)xcalloc((size_t)t->n_ids, 1)) ||
+        !(t->hash = (int32_t *)xmalloc((size_t)t->hash_mask + 1, sizeof *t->hash)) ||
+        !(t->merge = (tok_merge *)xcalloc((size_t)t->merge_mask + 1, sizeof *t->merge)) ||
+        !(t->trie = (tok_trie *)xmalloc((size_t)trie_cap, sizeof *t->trie))) {
+        rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
+        goto out;
+    }
+    memset(t->hash, 0xff, ((size_t)t->hash_mask + 1) * sizeof *t->hash);
+    t->trie[0].child = t->trie[0].sibling = t->trie[0].id = -1;
+    t->n_trie = 1;
+
+    size_t arena_len = 0;
+    k = (uint32_t)vocab + 1;
+    for (uint32_t m = 0; m < d.node[vocab].n && !rc; m++, k = d.node[k + 1].end) {
+        int id;
+        json_int(&d, (int)k + 1, &id);
+        rc = tok_set_piece(t, id, &d, (int)k, &arena_len, fn, e);
+    }
+    k = (uint32_t)added + 1;
+    for (int a = 0; a < n_added && !rc; a++, k = d.node[k].end) {
+        int id, c = json_get(&d, (int)k, "content");
+        json_int(&d, json_get(&d, (int)k, "id"), &id);
+        if (!(rc = tok_set_piece(t, id, &d, c, &arena_len, fn, e))) {
+            t->flags[id] |= TOK_ADDED;
+            if (tok_trie_add(t, t->arena + t->piece[id].off, t->piece[id].len, id, &trie_cap))
+                rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
+        }
+    }
+    /* piece -> id; the first id of a duplicated piece wins */
+    for (int32_t id = 0; id < t->n_ids && !rc; id++) {
+        const tok_piece *p = &t->piece[id];
+        if (!p->len || tok_lookup(t, t->arena + p->off, p->len) >= 0) continue;
+        uint32_t h = (uint32_t)hash_bytes(t->arena + p->off, p->len) & t->hash_mask;
+        while (t->hash[h] >= 0) h = (h + 1) & t->hash_mask;
+        t->hash[h] = id;
+    }
+    for (int b = 0; b < 256 && !rc; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        if ((t->byte_id[b] = tok_lookup(t, name, 6)) < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no byte-fallback token %s", fn, name);
+        else t->flags[t->byte_id[b]] |= TOK_BYTE;
+    }
+    if (!rc && (t->space_id = tok_lookup(t, "\xe2\x96\x81", 3)) < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no U+2581 token", fn);
+    t->bos = rc ? -1 : tok_lookup(t, "<bos>", 5);
+    if (!rc && t->bos < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no <bos> token", fn);
+    /* merges: [["a", "b"], ...] or ["a b", ...]; rank = position */
+    k = (uint32_t)merges + 1;
+    for (uint32_t r = 0; r < d.node[merges].n && !rc; r++, k = d.node[k].end) {
+        char buf[2 * 1024 + 2];
+        int32_t a = -1, b = -1;
+        if (d.node[k].type == J_ARR && d.node[k].n == 2 && d.node[k + 1].type == J_STR && d.node[k + 2].type == J_STR) {
+            size_t la = json_str(&d, (int)k + 1, buf, sizeof buf), lb = la < sizeof buf ? json_str(&d, (int)k + 2, buf + la, sizeof buf - la) : 0;
+            if (la + lb < sizeof buf - 1) {
+                a = tok_lookup(t, buf, la);
+                b = tok_lookup(t, buf + la, lb);
+            }
+        } else if (d.node[k].type == J_STR) {
+            size_t l = json_str(&d, (int)k, buf, sizeof buf);
+            char *sp = l < sizeof buf - 1 ? (char *)memchr(buf, ' ', l) : NULL;
+            if (sp) {
+                a = tok_lookup(t, buf, (size_t)(sp - buf));
+                b = tok_lookup(t, sp + 1, l - (size_t)(sp - buf) - 1);
+            }
+        }
+        if (a < 0 || b < 0) { rc = fail(e, NLA_ERR_FORMAT, "%s: merges[%u] is not a pair of known pieces", fn, r); break; }
+        size_t la = t->piece[a].len, lb = t->piece[b].len;
+        memcpy(buf, t->arena + t->piece[a].off, la);
+        memcpy(buf + la, t->arena + t->piece[b].off, lb);
+        int32_t res = tok_lookup(t, buf, la + lb);
+        if (res < 0) { rc = fail(e, NLA_ERR_FORMAT, "%s: merges[%u] makes a piece that is not in the vocabulary", fn, r); break; }
+        uint64_t key = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;
+        uint32_t h = (uint32_t)hash_u64(key) & t->merge_mask;
+        while (t->merge[h].key && t->merge[h].key != key) h = (h + 1) & t->merge_mask;
+        if (!t->merge[h].key) { /* a repeated pair keeps its first (lowest) rank */
+            t->merge[h].key = key;
+            t->merge[h].rank = r;
+            t->merge[h].result = (uint32_t)res;
+        }
+    }
+out:
+    json_free(&d);
+    free(txt);
+    return rc;
+}
+
+nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    e.msg[0] = 0;
+    if (!out) return NLA_ERR_ARG;
+    *out = NULL;
+    if (!path) { copy_err(errbuf_out, errbuf_size, "path is NULL"); return NLA_ERR_ARG; }
+    nla_tokenizer *t = (nla_tokenizer *)calloc(1, sizeof *t);
+    char *fn = is_dir(path) ? path_join(path, "tokenizer.json") : xstrndup(path, strlen(path));
+    nla_status rc = !t || !fn ? fail(&e, NLA_ERR_NOMEM, "out of memory") : tok_load(t, fn, &e);
+    free(fn);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    if (rc) { nla_tokenizer_close(t); return rc; }
+    *out = t;
+    return NLA_OK;
+}
+
+int nla_tokenizer_n_ids(const nla_tokenizer *t) { return t ? t->n_ids : 0; }
+
+int32_t nla_tokenizer_find(const nla_tokenizer *t, const char *piece) {
+    return t && piece ? tok_lookup(t, piece, strlen(piece)) : -1;
+}
+
+const char *nla_tokenizer_piece(const nla_tokenizer *t, int32_t id, size_t *len) {
+    if (!t || id < 0 || id >= t->n_ids || !t->piece[id].len) return NULL;
+    if (len) *len = t->piece[id].len;
+    return t->arena + t->piece[id].off;
+}
+
+/* Length of the UTF-8 character at s[0..n) if it is well formed, else 0. */
+static int utf8_char_len(const unsigned char *s, size_t n) {
+    int k = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3 : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    if (!k || (size_t)k > n) return 0;
+    return utf8_valid(s, (size_t)k) ? k : 0;
+}
+
+/* BPE scratch for one encode call: symbols in a linked list, a min-heap of
+   candidate merges ordered by (rank, position). */
+typedef struct {
+    uint32_t rank, pos, result;
+} tok_cand;
+
+typedef struct {
+    int32_t *id, *prev, *next;
+    tok_cand *heap;
+    int n_heap;
+} tok_work;
+
+static int cand_less(const tok_cand *a, const tok_cand *b) { return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos; }
+
+static void heap_push(tok_work *w, const tok_merge *m, int pos) {
+    int i = w->n_heap++;
+    tok_cand c = {m->rank, (uint32_t)pos, m->result};
+    while (i > 0 && cand_less(&c, &w->heap[(i - 1) / 2])) {
+        w->heap[i] = w->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    w->heap[i] = c;
+}
+
+static tok_cand heap_pop(tok_work *w) {
+    tok_cand top = w->heap[0], last = w->heap[--w->n_heap];
+    int i = 0;
+    for (;;) {
+        int c = 2 * i + 1;
+        if (c >= w->n_heap) break;
+        if (c + 1 < w->n_heap && cand_less(&w->heap[c + 1], &w->heap[c])) c++;
+        if (!cand_less(&w->heap[c], &last)) break;
+        w->heap[i] = w->heap[c];
+        i = c;
+    }
+    if (w->n_heap) w->heap[i] = last;
+    return top;
+}
+
+/* BPE on one word s[0..n); appends ids through *count (written when < cap). */
+static void tok_bpe(const nla_tokenizer *t, tok_work *w, const char *s, size_t n, int32_t *ids, int cap, int *count) {
+    int ns = 0;
+    for (size_t i = 0; i < n;) {
+        int k = utf8_char_len((const unsigned char *)s + i, n - i);
+        int32_t id = s[i] == ' ' ? t->space_id : k ? tok_lookup(t, s + i, (size_t)k) : -1;
+        if (id >= 0) {
+            w->id[ns++] = id;
+        } else {
+            for (int j = 0; j < (k ? k : 1); j++) w->id[ns++] = t->byte_id[(unsigned char)s[i + j]];
+        }
+        i += k ? (size_t)k : 1;
+    }
+    w->n_heap = 0;
+    for (int i = 0; i < ns; i++) {
+        w->prev[i] = i - 1;
+        w->next[i] = i + 1 < ns ? i + 1 : -1;
+        const tok_merge *m = i + 1 < ns ? tok_merge_find(t, w->id[i], w->id[i + 1]) : NULL;
+        if (m) heap_push(w, m, i);
+    }
+    while (w->n_heap) {
+        tok_cand c = heap_pop(w);
+        int p = (int)c.pos, nx = w->next[p];
+        if (w->id[p] < 0 || nx < 0) continue;
+        const tok_merge *m = tok_merge_find(t, w->id[p], w->id[nx]);
+        if (!m || m->result != c.result) continue; /* stale: the pair changed */
+        w->id[p] = (int32_t)c.result;
+        w->id[nx] = -1;
+        w->next[p] = w->next[nx];
+        if (w->next[p] >= 0) w->prev[w->next[p]] = p;
+        if (w->prev[p] >= 0 && (m = tok_merge_find(t, w->id[w->prev[p]], w->id[p]))) heap_push(w, m, w->prev[p]);
+        if (w->next[p] >= 0 && (m = tok_merge_find(t, w->id[p], w->id[w->next[p]]))) heap_push(w, m, p);
+    }
+    for (int i = 0; i < ns; i++)
+        if (w->id[i] >= 0) {
+            if (*count < cap) ids[*count] = w->id[i];
+            (*count)++;
+        }
+}
+
+/* Longest added token starting at s[0..n): its id and length, or -1. */
+static int32_t tok_added_match(const nla_tokenizer *t, const char *s, size_t n, size_t *len) {
+    int node = 0;
+    int32_t best = -1;
+    for (size_t i = 0; i < n; i++) {
+        int c = t->trie[node].child;
+        while (c >= 0 && t->trie[c].byte != (unsigned char)s[i]) c = t->trie[c].sibling;
+        if (c < 0) break;
+        node = c;
+        if (t->trie[node].id >= 0) { best = t->trie[node].id; *len = i + 1; }
+    }
+    return best;
+}
+
+nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags, int32_t *ids, int cap, int *n_ids) {
+    if (n_ids) *n_ids = 0;
+    if (!t || (!text && len) || !n_ids || cap < 0 || (cap && !ids) || len > (size_t)INT_MAX - 1) return NLA_ERR_ARG;
+    int count = 0;
+    if (flags & NLA_TOKENIZE_BOS) {
+        if (count < cap) ids[count] = t->bos;
+        count++;
+    }
+    /* scratch sized for the whole text: a word has at most one symbol per byte
+       and its heap at most three entries per symbol */
+    tok_work w;
+    size_t ns = len + 1;
+    w.id = (int32_t *)xmalloc(ns, 3 * sizeof(int32_t));
+    w.heap = (tok_cand *)xmalloc(ns, 3 * sizeof(tok_cand));
+    if (!w.id || !w.heap) { free(w.id); free(w.heap); return NLA_ERR_NOMEM; }
+    w.prev = w.id + ns;
+    w.next = w.prev + ns;
+    size_t start = 0;
+    for (size_t i = 0; i < len;) {
+        size_t mlen = 0;
+        int32_t id = (flags & NLA_TOKENIZE_NO_SPECIAL) ? -1 : tok_added_match(t, text + i, len - i, &mlen);
+        if (id < 0) { i++; continue; }
+        tok_bpe(t, &w, text + start, i - start, ids, cap, &count);
+        if (count < cap) ids[count] = id;
+        count++;
+        i += mlen;
+        start = i;
+    }
+    tok_bpe(t, &w, text + start, len - start, ids, cap, &count);
+    free(w.id);
+    free(w.heap);
+    *n_ids = count;
+    return count > cap ? NLA_ERR_BUFFER_TOO_SMALL : NLA_OK;
+}
+
+/* Decoded bytes of one id into out (room for the piece length): U+2581 ->
+   space, <0xNN> -> the byte. Returns the length, or -1 for an unknown id. */
+static int tok_decode_one(const nla_tokenizer *t, int32_t id, char *out) {
+    if (id < 0 || id >= t->n_ids || !t->piece[id].len) return -1;
+    const char *p = t->arena + t->piece[id].off;
+    const size_t n = t->piece[id].len;
+    if (t->flags[id] & TOK_BYTE) {
+        out[0] = (char)(hexval(p[3]) * 16 + hexval(p[4]));
+        return 1;
+    }
+    int o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i + 2 < n && !memcmp(p + i, "\xe2\x96\x81", 3)) { out[o++] = ' '; i += 2; }
+        else out[o++] = p[i];
+    }
+    return o;
+}
+
+nla_status nla_detokenize(const nla_tokenizer *t, const int32_t *ids, int n, char *out, size_t cap, size_t *len) {
+    if (len) *len = 0;
+    if (!t || !len || n < 0 || (n && !ids) || (cap && !out)) return NLA_ERR_ARG;
+    char buf[1024 + 8];
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        int k = tok_decode_one(t, ids[i], buf);
+        if (k < 0) return NLA_ERR_RANGE;
+        if (o + (size_t)k < cap) memcpy(out + o, buf, (size_t)k);
+        o += (size_t)k;
+    }
+    *len = o;
+    if (o < cap) { out[o] = 0; return NLA_OK; }
+    return NLA_ERR_BUFFER_TOO_SMALL;
+}
+
+nla_status nla_detokenize_next(const nla_tokenizer *t, nla_detok_state *st, int32_t id, char *out, size_t cap, size_t *len) {
+    if (len) *len = 0;
+    if (!t || !st || !len || !out || st->n_held < 0 || st->n_held > 3) return NLA_ERR_ARG;
+    unsigned char buf[1024 + 8];
+    int n = st->n_held;
+    memcpy(buf, st->held, (size_t)n);
+    if (id >= 0) {
+        int k = tok_decode_one(t, id, (char *)buf + n);
+        if (k < 0) return NLA_ERR_RANGE;
+        n += k;
+    }
+    /* hold back a trailing lead byte (plus continuations) still short of its
+       full length, unless flushing */
+    int keep = 0;
+    for (int back = 1; id >= 0 && back <= 3 && back <= n; back++) {
+        unsigned char c = buf[n - back];
+        if ((c & 0xc0) == 0x80) continue;
+        int need = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c <= 0xdf ? 2 : 1;
+        if (c < 0xc2 || c > 0xf4) need = 1;
+        if (need > back) keep = back;
+        break;
+    }
+    if ((size_t)(n - keep) + 1 > cap) { *len = (size_t)(n - keep); return NLA_ERR_BUFFER_TOO_SMALL; }
+    memcpy(out, buf, (size_t)(n - keep));
+    out[n - keep] = 0;
+    memcpy(st->held, buf + n - keep, (size_t)keep);
+    st->n_held = keep;
+    *len = (size_t)(n - keep);
+    return NLA_OK;
+}
+
+/* Python's str.isspace() for one code point, as Jinja's trim uses it. */
+static int py_space(uint32_t c) {
+    return (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+}
+
+/* Code point of the valid UTF-8 character at s (k bytes). */
+static uint32_t utf8_cp(const unsigned char *s, int k) {
+    uint32_t c = k == 1 ? s[0] : k == 2 ? s[0] & 0x1fu : k == 3 ? s[0] & 0x0fu : s[0] & 0x07u;
+    for (int i = 1; i < k; i++) c = c << 6 | (s[i] & 0x3fu);
+    return c;
+}
+
+/* [*b, *e) trimmed of leading and trailing whitespace. */
+static void py_trim(const char **b, const char **e) {
+    while (*b < *e) {
+        int k = utf8_char_len((const unsigned char *)*b, (size_t)(*e - *b));
+        if (!k || !py_space(utf8_cp((const unsigned char *)*b, k))) break;
+        *b += k;
+    }
+    while (*e > *b) {
+        const char *p = *e - 1;
+        while (p > *b && ((unsigned char)*p & 0xc0) == 0x80 && *e - p < 4) p--;
+        int k = utf8_char_len((const unsigned char *)p, (size_t)(*e - p));
+        if (k != *e - p || !py_space(utf8_cp((const unsigned char *)p, k))) break;
+        *e = p;
+    }
+}
+
+typedef struct {
+    char *out;
+    size_t cap, len;
+} sbuf;
+
+static void sb_put(sbuf *s, const char *p, size_t n) {
+    if (s->len + n < s->cap) memcpy(s->out + s->len, p, n);
+    s->len += n;
+}
+
+static void sb_str(sbuf *s, const char *p) { sb_put(s, p, strlen(p)); }
+
+/* Renders messages given as (role, content) spans: the shared core of
+   nla_chat_render and nla_chat_render_json. */
+typedef struct {
+    const char *role, *content;
+    size_t role_len, content_len;
+} chat_span;
+
+static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out, size_t cap, size_t *len, errbuf *e) {
+    sbuf s = {out, cap, 0};
+    int first = n > 0 && m[0].role_len == 6 && !memcmp(m[0].role, "system", 6);
+    sb_str(&s, "<bos>");
+    for (int i = first; i < n; i++) {
+        const int k = i - first, is_user = m[i].role_len == 4 && !memcmp(m[i].role, "user", 4);
+        if (is_user != (k % 2 == 0))
+            return fail(e, NLA_ERR_ARG, "chat: roles must alternate user/assistant starting with user; message %d has role '%.*s'",
+                        i, (int)(m[i].role_len > 32 ? 32 : m[i].role_len), m[i].role);
+        const int is_asst = m[i].role_len == 9 && !memcmp(m[i].role, "assistant", 9);
+        sb_str(&s, "<start_of_turn>");
+        if (is_asst) sb_str(&s, "model");
+        else sb_put(&s, m[i].role, m[i].role_len);
+        sb_str(&s, "\n");
+        if (k == 0 && first) {
+            sb_put(&s, m[0].content, m[0].content_len);
+            sb_str(&s, "\n\n");
+        }
+        const char *b = m[i].content, *en = m[i].content + m[i].content_len;
+        py_trim(&b, &en);
+        sb_put(&s, b, (size_t)(en - b));
+        sb_str(&s, "<end_of_turn>\n");
+    }
+    if (add_gen) sb_str(&s, "<start_of_turn>model\n");
+    if (len) *len = s.len;
+    if (s.len < cap) { out[s.len] = 0; return NLA_OK; }
+    return fail(e, NLA_ERR_BUFFER_TOO_SMALL, "chat: the rendered text needs %zu bytes", s.len + 1);
+}
+
+nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generation_prompt, char *out, size_t cap, size_t *len,
+                           char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    e.msg[0] = 0;
+    if (len) *len = 0;
+    if (n < 0 || (n && !msgs) || (cap && !out)) return NLA_ERR_ARG;
+    chat_span *sp = (chat_span *)xcalloc((size_t)n, sizeof *sp);
+    if (!sp) return NLA_ERR_NOMEM;
+    nla_status rc = NLA_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!msgs[i].role || !msgs[i].content) rc = fail(&e, NLA_ERR_ARG, "chat: message %d has a NULL role or content", i);
+        else {
+            sp[i].role = msgs[i].role; sp[i].role_len = strlen(msgs[i].role);
+            sp[i].content = msgs[i].content; sp[i].content_len = strlen(msgs[i].content);
+        }
+    }
+    if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, &e);
+    free(sp);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+static void chat_spans_free(chat_span *sp, int n) {
+    for (int i = 0; i < n; i++) { free((char *)(uintptr_t)sp[i].role); free((char *)(uintptr_t)sp[i].content); }
+    free(sp);
+}
+
+/* JSON conversation -> heap strings; freed with chat_spans_free. */
+static nla_status chat_from_json(const jdoc *d, int list, chat_span **out, int *n_out, errbuf *e) {
+    *out = NULL;
+    *n_out = 0;
+    if (list < 0 || d->node[list].type != J_ARR) return fail(e, NLA_ERR_FORMAT, "chat: expected a JSON list of messages");
+    int n = (int)d->node[list].n;
+    chat_span *sp = (chat_span *)xcalloc((size_t)n, sizeof *sp);
+    if (!sp) return fail(e, NLA_ERR_NOMEM, "chat: out of memory");
+    uint32_t k = (uint32_t)list + 1;
+    for (int i = 0; i < n; i++, k = d->node[k].end) {
+        int r = json_get(d, (int)k, "role"), c = json_get(d, (int)k, "content");
+        if (r < 0 || c < 0 || d->node[r].type != J_STR || d->node[c].type != J_STR) {
+            chat_spans_free(sp, i);
+            return fail(e, NLA_ERR_FORMAT, "chat: message %d needs string \"role\" and \"content\"", i);
+        }
+        sp[i].role_len = json_str(d, r, NULL, 0);
+        sp[i].content_len = json_str(d, c, NULL, 0);
+        sp[i].role = json_strdup(d, r);
+        sp[i].content = json_strdup(d, c);
+        if (!sp[i].role || !sp[i].content) {
+            chat_spans_free(sp, i + 1);
+            return fail(e, NLA_ERR_NOMEM, "chat: out of memory");
+        }
+    }
+    *out = sp;
+    *n_out = n;
+    return NLA_OK;
+}
+
+nla_status nla_chat_render_json(const char *json, size_t json_len, int add_generation_prompt, char *out, size_t cap, size_t *len,
+                                char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    e.msg[0] = 0;
+    if (len) *len = 0;
+    if (!json || (cap && !out)) return NLA_ERR_ARG;
+    jdoc d;
+    chat_span *sp = NULL;
+    int n = 0;
+    nla_status rc = json_parse(&d, json, json_len, &e, "chat");
+    if (!rc) {
+        rc = chat_from_json(&d, 0, &sp, &n, &e);
+        if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, &e);
+        chat_spans_free(sp, n);
+        json_free(&d);
+    }
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* ==== 11 Decoding: sampling and the generate loop ======================= */
 
 /* Greedy is the argmax (lowest id on ties, like torch.argmax). Sampling:
    logits / temperature, optional top-k, then optional top-p (the smallest
@@ -2089,7 +2772,7 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
     return rc;
 }
 
-/* ==== 11 CLI (only with -DNLA_MAIN) ===================================== */
+/* ==== 12 CLI (only with -DNLA_MAIN) ===================================== */
 
 /* The command-line tool uses only the public API above, so it doubles as
    the worked example of it. Output that other tools parse (ids, .npy files)

@@ -117,6 +117,10 @@ typedef struct {
     nla_embed_scale embed_scale; /* default NLA_EMBED_SCALE_BF16 */
     int no_mmap;                 /* nonzero: read() the weights into memory
                                     instead of mapping them. Default 0. */
+    const char *tokenizer;       /* tokenizer.json (or a folder holding one) to
+                                    load with the model; default NULL: the
+                                    model folder's tokenizer.json if there is
+                                    one, else the model has no tokenizer */
 } nla_model_params;
 
 /* Opens a Gemma 3 checkpoint: a folder as downloaded from Hugging Face
@@ -237,6 +241,87 @@ typedef struct {
 /* Runs the batch through the model, appending its keys and values to the
    session's KV cache. Batched prefill and one-token decode are the same call. */
 nla_status nla_forward(nla_session *s, const nla_batch *batch);
+
+/* ---- Tokenizer ---------------------------------------------------------- */
+
+/* The Gemma 3 tokenizer, read from the tokenizer.json that ships with every
+   checkpoint: BPE over the merge list with byte fallback, spaces as U+2581,
+   added tokens matched on the raw text first (longest match wins). Immutable
+   after open; share it freely between threads. */
+typedef struct nla_tokenizer nla_tokenizer;
+
+/* path: a tokenizer.json file or a folder holding one. */
+nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbuf, size_t errbuf_size);
+void nla_tokenizer_close(nla_tokenizer *t);
+
+/* The tokenizer loaded with a model, or NULL when its folder had none.
+   Borrowed: valid until the model is closed. */
+const nla_tokenizer *nla_model_tokenizer(const nla_model *model);
+
+/* Number of ids (262145 for Gemma 3: 262144 + <image_soft_token>). */
+int nla_tokenizer_n_ids(const nla_tokenizer *t);
+
+/* Id of an exact piece or added token ("<end_of_turn>", "\u2581the"), or -1. */
+int32_t nla_tokenizer_find(const nla_tokenizer *t, const char *piece);
+
+/* The stored piece of an id (U+2581 for spaces, "<0x0A>" for byte tokens),
+   borrowed, not NUL-terminated: *len bytes. NULL for an unknown id. */
+const char *nla_tokenizer_piece(const nla_tokenizer *t, int32_t id, size_t *len);
+
+#define NLA_TOKENIZE_BOS 1        /* prepend <bos> (2), as HF's post-processor */
+#define NLA_TOKENIZE_NO_SPECIAL 2 /* added tokens in the text stay text: "<bos>"
+                                     is 3 ordinary tokens, not id 2 */
+
+/* Largest number of ids nla_tokenize can write for len bytes of text. */
+#define nla_tokenize_bound(len) ((len) + 1)
+
+/* Encodes len bytes of UTF-8 text into ids (capacity cap) and writes the
+   count to *n_ids. Bytes that are not valid UTF-8 become their byte tokens
+   <0xNN>, so any input encodes and decodes back byte for byte. Returns
+   NLA_ERR_BUFFER_TOO_SMALL (with the needed count in *n_ids) if cap is too
+   small. flags: NLA_TOKENIZE_*. */
+nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags, int32_t *ids,
+                        int cap, int *n_ids);
+
+/* Decodes ids into text: U+2581 -> space, byte tokens -> their bytes, added
+   and special tokens as written. Writes *len bytes and a NUL when it fits;
+   NLA_ERR_BUFFER_TOO_SMALL (with the needed length in *len) otherwise.
+   NLA_ERR_RANGE for an id outside the vocabulary. */
+nla_status nla_detokenize(const nla_tokenizer *t, const int32_t *ids, int n, char *out, size_t cap,
+                          size_t *len);
+
+/* Streaming decode, one token at a time: holds back the bytes of a UTF-8
+   character that later tokens complete, so every call outputs whole
+   characters. Zero-initialise the state; call with id -1 to flush what is
+   held back at the end. out needs at most 100 bytes per call. */
+typedef struct {
+    unsigned char held[4];
+    int n_held;
+} nla_detok_state;
+
+nla_status nla_detokenize_next(const nla_tokenizer *t, nla_detok_state *st, int32_t id, char *out,
+                               size_t cap, size_t *len);
+
+/* ---- Chat template ------------------------------------------------------ */
+
+typedef struct {
+    const char *role;    /* "system" (first only), "user", "assistant" */
+    const char *content;
+} nla_chat_message;
+
+/* Renders a conversation exactly as Gemma 3's chat template does:
+   "<bos><start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n...",
+   a leading system message folded into the first user turn, contents
+   trimmed, assistant renamed model, roles alternating user/assistant
+   (NLA_ERR_ARG otherwise, explained in errbuf). add_generation_prompt
+   appends "<start_of_turn>model\n". Output as nla_detokenize's. Tokenize the
+   result without NLA_TOKENIZE_BOS: it already starts with <bos>. */
+nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generation_prompt, char *out,
+                           size_t cap, size_t *len, char *errbuf, size_t errbuf_size);
+
+/* The same from JSON text: a list of {"role": ..., "content": ...}. */
+nla_status nla_chat_render_json(const char *json, size_t json_len, int add_generation_prompt, char *out,
+                                size_t cap, size_t *len, char *errbuf, size_t errbuf_size);
 
 /* ---- Decoding ----------------------------------------------------------- */
 

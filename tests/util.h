@@ -69,6 +69,46 @@ static inline int json_nums_after(const char *text, const char *key, double *out
     return n;
 }
 
+/* The JSON string value that follows `"key":` in text, decoded (escapes,
+   \u with surrogate pairs) into a heap buffer; *len gets its length. */
+static inline char *json_string_after(const char *text, const char *key, size_t *len) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(text, pat);
+    if (!p) return NULL;
+    p += strlen(pat);
+    while (*p == ' ') p++;
+    if (*p++ != '"') return NULL;
+    char *out = (char *)malloc(strlen(p) + 1);
+    size_t o = 0;
+    for (; *p && *p != '"'; p++) {
+        if (*p != '\\') { out[o++] = *p; continue; }
+        char c = *++p;
+        if (c == 'u') {
+            unsigned cp = (unsigned)strtoul((char[]){p[1], p[2], p[3], p[4], 0}, NULL, 16);
+            p += 4;
+            if (cp >= 0xd800 && cp < 0xdc00 && p[1] == '\\' && p[2] == 'u') {
+                unsigned lo = (unsigned)strtoul((char[]){p[3], p[4], p[5], p[6], 0}, NULL, 16);
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                p += 6;
+            }
+            if (cp < 0x80) out[o++] = (char)cp;
+            else if (cp < 0x800) { out[o++] = (char)(0xc0 | cp >> 6); out[o++] = (char)(0x80 | (cp & 0x3f)); }
+            else if (cp < 0x10000) {
+                out[o++] = (char)(0xe0 | cp >> 12); out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[o++] = (char)(0x80 | (cp & 0x3f));
+            } else {
+                out[o++] = (char)(0xf0 | cp >> 18); out[o++] = (char)(0x80 | ((cp >> 12) & 0x3f));
+                out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[o++] = (char)(0x80 | (cp & 0x3f));
+            }
+        } else {
+            out[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c == 'b' ? '\b' : c == 'f' ? '\f' : c;
+        }
+    }
+    out[o] = 0;
+    if (len) *len = o;
+    return out;
+}
+
 /* A safetensors writer for hand-made files: tensors laid out in order. */
 typedef struct {
     const char *name, *dtype;
