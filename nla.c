@@ -2785,7 +2785,11 @@ static const char *const usage_main =
     "commands:\n"
     "  info DIR                      architecture, layer pattern, dims, dtypes, sizes\n"
     "  forward DIR --ids I,J,...     run the model on token ids, write logits / hidden states\n"
-    "  generate DIR --ids I,J,... -n N   generate N tokens (greedy or sampled)\n"
+    "  generate DIR (--ids I,J,... | --prompt TEXT | --chat FILE) -n N\n"
+    "                                generate up to N tokens (greedy or sampled)\n"
+    "  tokenize DIR|tokenizer.json [--bos] [--pieces] TEXT   text -> token ids\n"
+    "  tokenize DIR|tokenizer.json --jsonl [--bos]   one JSON string per stdin line -> ids\n"
+    "  detokenize DIR|tokenizer.json I,J,...          token ids -> text\n"
     "\n"
     "DIR is a Hugging Face Gemma 3 folder (config.json + safetensors), as downloaded.\n"
     "Run 'nla <command> --help' for the options of a command.\n";
@@ -2803,17 +2807,35 @@ static const char *const usage_forward =
     "Without --logits or --hidden, prints the top 5 next tokens after the last position.\n";
 
 static const char *const usage_generate =
-    "usage: nla generate DIR --ids 2,818,5279 -n N [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
+    "usage: nla generate DIR (--ids 2,818,5279 | --prompt TEXT | --chat FILE) -n N [options]\n"
     "\n"
-    "  --ids I,J,...   prompt token ids (include the BOS id 2 yourself)\n"
+    "  --ids I,J,...   prompt token ids (include the BOS id 2 yourself); prints ids\n"
+    "  --prompt TEXT   prompt text, tokenized with BOS; prints text\n"
+    "  --chat FILE     a JSON list of {\"role\", \"content\"} rendered with the Gemma 3 chat\n"
+    "                  template and a generation prompt; prints text\n"
     "  -n N            tokens to generate at most\n"
     "  --temp T        temperature; 0 (default) is greedy\n"
     "  --top-k K       keep the K most likely tokens (default: all)\n"
     "  --top-p P       nucleus sampling mass (default 1: off)\n"
     "  --seed S        RNG seed (default 0)\n"
     "  --stop I,J,...  stop ids (default: eos ids of generation_config.json)\n"
+    "  --tokenizer F   tokenizer.json to use (default: DIR/tokenizer.json)\n"
     "  --threads N     threads (default: all)\n"
-    "Prints the generated ids, comma-separated, as they are produced.\n";
+    "Output is streamed as it is produced: ids comma-separated, or text.\n";
+
+static const char *const usage_tokenize =
+    "usage: nla tokenize DIR|tokenizer.json [--bos] [--pieces] [--no-special] TEXT\n"
+    "       nla tokenize DIR|tokenizer.json --jsonl [--bos] [--no-special] < lines\n"
+    "\n"
+    "  --bos          prepend <bos> (2), as Hugging Face does with add_special_tokens\n"
+    "  --pieces       print one 'id piece' line per token instead of the id list\n"
+    "  --no-special   treat added tokens written in the text (<bos>, <start_of_turn>) as text\n"
+    "  --jsonl        read one JSON string per line on stdin, write one JSON array of ids per\n"
+    "                 line (null, with a message on stderr, for a line that is not a string)\n"
+    "Prints the ids comma-separated, ready for --ids.\n";
+
+static const char *const usage_detokenize =
+    "usage: nla detokenize DIR|tokenizer.json 2,818,5279\n\nPrints the text of the ids.\n";
 
 static const char *const usage_info = "usage: nla info DIR\n\nPrints the architecture, layer pattern, dimensions, dtype, parameter count and bytes.\n";
 
@@ -2883,11 +2905,12 @@ static int npy_write(const char *path, const float *data, int ndim, const int64_
     return 0;
 }
 
-static int open_model(const char *dir, nla_embed_scale es, nla_model **m) {
+static int open_model(const char *dir, nla_embed_scale es, const char *tokenizer, nla_model **m) {
     char err[512];
     nla_model_params mp;
     memset(&mp, 0, sizeof mp);
     mp.embed_scale = es;
+    mp.tokenizer = tokenizer;
     nla_status rc = nla_model_open(dir, &mp, m, err, sizeof err);
     if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
     return 0;
@@ -2898,7 +2921,7 @@ static const char *dtype_name(nla_dtype dt) { return dt == NLA_DTYPE_F32 ? "f32"
 static int cmd_info(int argc, char **argv) {
     if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) { fputs(usage_info, argc < 1 ? stderr : stdout); return argc < 1; }
     nla_model *m;
-    if (open_model(argv[0], NLA_EMBED_SCALE_BF16, &m)) return 1;
+    if (open_model(argv[0], NLA_EMBED_SCALE_BF16, NULL, &m)) return 1;
     nla_model_info in;
     nla_model_get_info(m, &in);
     printf("architecture     %s\n", in.architecture);
@@ -2926,8 +2949,8 @@ static int cmd_info(int argc, char **argv) {
 }
 
 typedef struct {
-    const char *dir, *logits, *hidden, *ids_arg, *stop_arg;
-    int layer, n, top_k, threads, seed;
+    const char *dir, *logits, *hidden, *ids_arg, *stop_arg, *prompt, *chat, *tokenizer, *text;
+    int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
     nla_embed_scale es;
 } cli_opts;
@@ -2940,9 +2963,14 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); return 2; }
-        if (a[0] != '-') {
-            if (o->dir) return cli_error("unexpected argument '%s'", a);
-            o->dir = a;
+        if (!strcmp(a, "--bos")) { o->bos = 1; continue; }
+        if (!strcmp(a, "--pieces")) { o->pieces = 1; continue; }
+        if (!strcmp(a, "--jsonl")) { o->jsonl = 1; continue; }
+        if (!strcmp(a, "--no-special")) { o->no_special = 1; continue; }
+        if (a[0] != '-' || !a[1]) {
+            if (o->text) return cli_error("unexpected argument '%s'", a);
+            if (o->dir) o->text = a;
+            else o->dir = a;
             continue;
         }
         if (!v) return cli_error("%s needs a value", a);
@@ -2952,6 +2980,9 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--logits")) o->logits = v;
         else if (!strcmp(a, "--hidden")) o->hidden = v;
         else if (!strcmp(a, "--stop")) o->stop_arg = v;
+        else if (!strcmp(a, "--prompt")) o->prompt = v;
+        else if (!strcmp(a, "--chat")) o->chat = v;
+        else if (!strcmp(a, "--tokenizer")) o->tokenizer = v;
         else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
         else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->top_k) && o->top_k >= 0;
@@ -2968,7 +2999,6 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         if (!ok) return cli_error("bad value '%s' for %s", v, a);
     }
     if (!o->dir) { fputs(usage, stderr); return 1; }
-    if (!o->ids_arg) return cli_error("--ids is required");
     return 0;
 }
 
@@ -2976,6 +3006,8 @@ static int cmd_forward(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_forward, &o);
     if (r) return r == 2 ? 0 : 1;
+    if (o.text) return cli_error("unexpected argument '%s'", o.text);
+    if (!o.ids_arg) return cli_error("--ids is required");
     int32_t *ids;
     int T = parse_ids(o.ids_arg, &ids);
     if (T < 1) return cli_error("--ids: expected comma-separated non-negative integers");
@@ -2987,7 +3019,7 @@ static int cmd_forward(int argc, char **argv) {
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o.threads;
     sp.n_ctx = T;
-    if (open_model(o.dir, o.es, &m)) goto out;
+    if (open_model(o.dir, o.es, NULL, &m)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (o.layer >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", o.layer, in.n_layers - 1); goto out; }
@@ -3039,25 +3071,93 @@ out:
     return ret;
 }
 
+/* Streaming output of nla generate: ids, or text when a tokenizer is given. */
+typedef struct {
+    const nla_tokenizer *tok;
+    nla_detok_state st;
+    int count;
+} gen_out;
+
 static int print_token(void *user, int32_t tok) {
-    int *count = (int *)user;
-    printf("%s%d", (*count)++ ? "," : "", tok);
+    gen_out *g = (gen_out *)user;
+    if (g->tok) {
+        char buf[256];
+        size_t n;
+        if (nla_detokenize_next(g->tok, &g->st, tok, buf, sizeof buf, &n) == NLA_OK) fwrite(buf, 1, n, stdout);
+    } else {
+        printf("%s%d", g->count ? "," : "", tok);
+    }
+    g->count++;
     fflush(stdout);
     return 0;
+}
+
+/* Reads a whole file for --chat. */
+static char *cli_slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, len = 0, got;
+    char *b = (char *)malloc(cap + 1);
+    while (b && (got = fread(b + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len == cap) {
+            char *nb = (char *)realloc(b, cap * 2 + 1);
+            if (!nb) { free(b); b = NULL; break; }
+            b = nb;
+            cap *= 2;
+        }
+    }
+    fclose(f);
+    if (b) b[len] = 0;
+    *n = len;
+    return b;
+}
+
+/* The prompt of nla generate as ids: --ids as given, --prompt tokenized with
+   BOS, --chat rendered with the chat template. */
+static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids) {
+    if (!!o->ids_arg + !!o->prompt + !!o->chat != 1) return cli_error("give exactly one of --ids, --prompt, --chat");
+    if (o->ids_arg) {
+        int n = parse_ids(o->ids_arg, ids);
+        return n < 1 ? cli_error("--ids: expected comma-separated non-negative integers"), -1 : n;
+    }
+    if (!tok) return cli_error("%s has no tokenizer.json: pass --tokenizer FILE or use --ids", o->dir), -1;
+    char *text = NULL, err[512];
+    size_t len = 0;
+    if (o->chat) {
+        size_t jl;
+        char *json = cli_slurp(o->chat, &jl);
+        if (!json) return cli_error("%s: cannot read", o->chat), -1;
+        nla_status rc = nla_chat_render_json(json, jl, 1, NULL, 0, &len, err, sizeof err);
+        if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)malloc(len + 1)))
+            rc = nla_chat_render_json(json, jl, 1, text, len + 1, &len, err, sizeof err);
+        free(json);
+        if (rc) { free(text); return cli_error("%s: %s", o->chat, err), -1; }
+    } else {
+        len = strlen(o->prompt);
+        text = (char *)malloc(len + 1);
+        if (text) memcpy(text, o->prompt, len + 1);
+    }
+    int n = 0;
+    *ids = text ? (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(len)) : NULL;
+    if (!*ids || nla_tokenize(tok, text, len, o->chat ? 0 : NLA_TOKENIZE_BOS, *ids, (int)nla_tokenize_bound(len), &n)) n = -1;
+    free(text);
+    return n < 0 ? cli_error("cannot tokenize the prompt"), -1 : n;
 }
 
 static int cmd_generate(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_generate, &o);
     if (r) return r == 2 ? 0 : 1;
+    if (o.text) return cli_error("unexpected argument '%s'", o.text);
     if (o.n < 1) return cli_error("-n N is required");
     int32_t *ids = NULL, *stop = NULL, *out = NULL;
-    int T = parse_ids(o.ids_arg, &ids), n_stop = 0, ret = 1, count = 0, n_out = 0;
-    if (T < 1) return cli_error("--ids: expected comma-separated non-negative integers");
-    if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) { free(ids); return cli_error("--stop: expected comma-separated ids"); }
+    int T = 0, n_stop = 0, ret = 1, n_out = 0;
     nla_model *m = NULL;
     nla_session *s = NULL;
-    if (open_model(o.dir, o.es, &m)) goto out;
+    if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) return cli_error("--stop: expected comma-separated ids");
+    if (open_model(o.dir, o.es, o.tokenizer, &m)) goto out;
+    if ((T = prompt_ids(&o, nla_model_tokenizer(m), &ids)) < 1) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     nla_session_params sp;
@@ -3068,6 +3168,9 @@ static int cmd_generate(int argc, char **argv) {
     nla_status rc = nla_session_new(m, &sp, &s);
     if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }
     if (!(out = (int32_t *)malloc((size_t)o.n * sizeof *out))) { cli_error("out of memory"); goto out; }
+    gen_out go;
+    memset(&go, 0, sizeof go);
+    go.tok = o.ids_arg ? NULL : nla_model_tokenizer(m);
     nla_generate_params gp;
     memset(&gp, 0, sizeof gp);
     gp.max_new = o.n;
@@ -3077,8 +3180,9 @@ static int cmd_generate(int argc, char **argv) {
     gp.stop_ids = stop;
     gp.n_stop_ids = n_stop;
     gp.on_token = print_token;
-    gp.user = &count;
+    gp.user = &go;
     rc = nla_generate(s, ids, T, &gp, out, &n_out);
+    if (go.tok) print_token(&go, -1); /* flush a held-back partial character */
     putchar('\n');
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     ret = 0;
@@ -3087,6 +3191,115 @@ out:
     nla_session_free(s);
     nla_model_close(m);
     return ret;
+}
+
+static int open_tokenizer(const char *path, nla_tokenizer **t) {
+    char err[512];
+    nla_status rc = nla_tokenizer_open(path, t, err, sizeof err);
+    return rc ? cli_error("%s (%s)", err, nla_strerror(rc)) : 0;
+}
+
+/* Prints ids as "2,818,5279" or as a JSON array. */
+static void print_ids(const int32_t *ids, int n, int json) {
+    if (json) putchar('[');
+    for (int i = 0; i < n; i++) printf("%s%d", i ? "," : "", ids[i]);
+    puts(json ? "]" : "");
+}
+
+/* One --jsonl line: a JSON string -> its ids, or null. The JSON reader is
+   the library's own (this file), not part of the public API. */
+static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t len, int flags, long lineno) {
+    jdoc d;
+    errbuf e;
+    if (json_parse(&d, line, len, &e, "stdin") || d.node[0].type != J_STR) {
+        if (d.node) json_free(&d);
+        puts("null");
+        return cli_error("stdin line %ld: not a JSON string", lineno), 1;
+    }
+    size_t n = json_str(&d, 0, NULL, 0);
+    char *text = (char *)malloc(n + 1);
+    int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(n));
+    int n_ids = 0, bad = !text || !ids;
+    if (!bad) {
+        json_str(&d, 0, text, n + 1);
+        bad = nla_tokenize(t, text, n, flags, ids, (int)nla_tokenize_bound(n), &n_ids) != NLA_OK;
+    }
+    if (bad) puts("null");
+    else print_ids(ids, n_ids, 1);
+    free(text); free(ids);
+    json_free(&d);
+    return bad;
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_tokenize, &o);
+    if (r) return r == 2 ? 0 : 1;
+    if (!o.jsonl && !o.text) return cli_error("nothing to tokenize (give TEXT or --jsonl)");
+    if (o.jsonl && o.text) return cli_error("--jsonl reads stdin; drop '%s'", o.text);
+    nla_tokenizer *t;
+    if (open_tokenizer(o.dir, &t)) return 1;
+    const int flags = (o.bos ? NLA_TOKENIZE_BOS : 0) | (o.no_special ? NLA_TOKENIZE_NO_SPECIAL : 0);
+    int ret = 0;
+    if (o.jsonl) {
+        size_t cap = 1 << 16, len = 0;
+        char *line = (char *)malloc(cap);
+        long lineno = 0;
+        int c;
+        while (line) {
+            c = getchar();
+            if (c == EOF || c == '\n') {
+                if (len || c == '\n') ret |= tokenize_json_line(t, line, len, flags, ++lineno);
+                fflush(stdout);
+                len = 0;
+                if (c == EOF) break;
+                continue;
+            }
+            if (len + 1 == cap) {
+                char *nl = (char *)realloc(line, cap * 2);
+                if (!nl) { free(line); line = NULL; ret = cli_error("out of memory"); break; }
+                line = nl;
+                cap *= 2;
+            }
+            line[len++] = (char)c;
+        }
+        free(line);
+    } else {
+        size_t n = strlen(o.text);
+        int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(n));
+        int n_ids = 0;
+        if (!ids || nla_tokenize(t, o.text, n, flags, ids, (int)nla_tokenize_bound(n), &n_ids)) ret = cli_error("cannot tokenize");
+        else if (!o.pieces) print_ids(ids, n_ids, 0);
+        else
+            for (int i = 0; i < n_ids; i++) {
+                size_t pl = 0;
+                const char *p = nla_tokenizer_piece(t, ids[i], &pl);
+                printf("%d\t%.*s\n", ids[i], (int)pl, p);
+            }
+        free(ids);
+    }
+    nla_tokenizer_close(t);
+    return ret;
+}
+
+static int cmd_detokenize(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_detokenize, &o);
+    if (r) return r == 2 ? 0 : 1;
+    int32_t *ids;
+    int n = o.text ? parse_ids(o.text, &ids) : -1;
+    if (n < 1) return cli_error("expected comma-separated token ids");
+    nla_tokenizer *t;
+    if (open_tokenizer(o.dir, &t)) { free(ids); return 1; }
+    size_t len = 0;
+    char *text = NULL;
+    nla_status rc = nla_detokenize(t, ids, n, NULL, 0, &len);
+    if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)malloc(len + 1))) rc = nla_detokenize(t, ids, n, text, len + 1, &len);
+    if (!rc) fwrite(text, 1, len, stdout), putchar('\n');
+    else cli_error("%s", rc == NLA_ERR_RANGE ? "an id is outside the vocabulary" : nla_strerror(rc));
+    free(text); free(ids);
+    nla_tokenizer_close(t);
+    return rc != NLA_OK;
 }
 
 int main(int argc, char **argv) {
@@ -3098,6 +3311,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(argv[1], "forward")) return cmd_forward(argc - 2, argv + 2);
     if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "detokenize")) return cmd_detokenize(argc - 2, argv + 2);
     return cli_error("unknown command '%s' (try nla --help)", argv[1]);
 }
 #endif /* NLA_MAIN */

@@ -4,6 +4,7 @@
    them), the AR prompt example, and the hard inputs: invalid UTF-8, empty
    text, long runs, a 1 MB text, streaming decode. Needs weights/tokenizer.json
    (make fetches it). */
+#define _POSIX_C_SOURCE 200809L
 #include <time.h>
 
 #include "../nla.h"
