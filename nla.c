@@ -17,7 +17,8 @@
      9  Forward pass
     10  Tokenizer: tokenizer.json BPE, added tokens, chat template
     11  Decoding: sampling and the generate loop
-    12  CLI (only with -DNLA_MAIN)
+    12  NLA: sidecar, extract, verbalize, reconstruct, score
+    13  CLI (only with -DNLA_MAIN)
 
    Conventions. Matrices are row-major; a weight W of shape [out, in] (as HF
    stores nn.Linear) maps x [in] to y [out] = W x. Shapes in comments are
@@ -523,17 +524,18 @@ static int json_get(const jdoc *d, int obj, const char *key) {
     return found;
 }
 
-/* Number node as a double, parsed without the C locale: digits are gathered
-   into an integer and scaled by an exact power of ten when both fit (the
-   common case, exact), else by powl. Returns 0 if i is not a number. */
-static int json_num(const jdoc *d, int i, double *out) {
+/* s[0..n) as a double if it is exactly a JSON number (also the number
+   syntax of the sidecar reader), parsed without the C locale: digits are
+   gathered into an integer and scaled by an exact power of ten when both
+   fit (the common case, exact), else by powl. Returns 0 on bad syntax. */
+static int dec_parse(const char *s, size_t n, double *out) {
     static const double p10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                  1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                  1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
-    if (i < 0 || d->node[i].type != J_NUM) return 0;
-    const char *s = d->src + d->node[i].off, *end = s + d->node[i].len;
-    int neg = *s == '-';
+    const char *end = s + n;
+    int neg = s < end && *s == '-';
     s += neg;
+    if (s == end || *s < '0' || *s > '9' || (*s == '0' && s + 1 < end && s[1] >= '0' && s[1] <= '9')) return 0;
     uint64_t m = 0;
     long e10 = 0;
     int digits = 0;
@@ -542,17 +544,19 @@ static int json_num(const jdoc *d, int i, double *out) {
         else e10++;
     }
     if (s < end && *s == '.') {
-        for (s++; s < end && *s >= '0' && *s <= '9'; s++)
+        if (++s == end || *s < '0' || *s > '9') return 0;
+        for (; s < end && *s >= '0' && *s <= '9'; s++)
             if (digits < 19) { m = m * 10 + (uint64_t)(*s - '0'); e10--; if (m) digits++; }
     }
     if (s < end && (*s == 'e' || *s == 'E')) {
-        s++;
-        int eneg = *s == '-';
-        if (*s == '+' || *s == '-') s++;
+        int eneg = ++s < end && *s == '-';
+        if (s < end && (*s == '+' || *s == '-')) s++;
+        if (s == end || *s < '0' || *s > '9') return 0;
         long x = 0;
-        for (; s < end; s++) if (x < 100000) x = x * 10 + (*s - '0');
+        for (; s < end && *s >= '0' && *s <= '9'; s++) if (x < 100000) x = x * 10 + (*s - '0');
         e10 += eneg ? -x : x;
     }
+    if (s != end) return 0;
     double v;
     if (m < (1ull << 53) && e10 >= -22 && e10 <= 22)
         v = e10 < 0 ? (double)m / p10[-e10] : (double)m * p10[e10];
@@ -562,6 +566,11 @@ static int json_num(const jdoc *d, int i, double *out) {
         v = (double)((long double)m * powl(10.0L, (long double)e10));
     *out = neg ? -v : v;
     return 1;
+}
+
+/* Number node as a double; 0 if i is not a number. */
+static int json_num(const jdoc *d, int i, double *out) {
+    return i >= 0 && d->node[i].type == J_NUM && dec_parse(d->src + d->node[i].off, d->node[i].len, out);
 }
 
 /* Number node as a non-negative integer: digits only (no sign, fraction or
@@ -1469,8 +1478,15 @@ struct nla_model {
     float embed_scale;
     uint64_t n_params, weight_bytes;
     nla_tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
+    struct nla_sidecar *nla;  /* NULL when the folder has no nla_meta.yaml */
     int live_sessions;        /* atomic; the only field written after open */
 };
+
+/* The NLA sidecar (nla_meta.yaml + value head) is read at open; its code is
+   in section 12. */
+struct nla_sidecar;
+static nla_status sidecar_load(nla_model *m, errbuf *e);
+static void sidecar_free(struct nla_sidecar *sc);
 
 static const char *const lm_prefixes[] = {"model.language_model.", "language_model.model.", "model."};
 static const char *const ignored_prefixes[] = {"vision_tower.", "multi_modal_projector.", "model.vision_tower.",
@@ -1641,6 +1657,7 @@ nla_status nla_model_close(nla_model *m) {
     if (ATOMIC_LOAD(&m->live_sessions) > 0) return NLA_ERR_BUSY;
     nla_st_close(m->st);
     nla_tokenizer_close(m->tok);
+    sidecar_free(m->nla);
     free(m->layer);
     free(m->gains);
     free(m->inv_freq);
@@ -1703,6 +1720,7 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
         else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->tok, e.msg, sizeof e.msg);
         free(tp);
     }
+    if (!rc) rc = sidecar_load(m, &e);
     if (rc) {
         copy_err(errbuf_out, errbuf_size, e.msg);
         nla_model_close(m);
@@ -1746,6 +1764,8 @@ struct nla_session {
     int n_ctx, n_batch, nt;
     int n_past;           /* positions held in the cache */
     int kv_layers;        /* layers whose cache holds all n_past positions */
+    int hi;               /* highest position written since the reset, or -1 */
+    int av_prefix;        /* NLA: rows of the AV prompt prefix held in the cache */
     int *cap;             /* [L] ring capacity per layer */
     float **kc, **vc;     /* [L] -> [cap, KV*hd] keys (normed, rotated) and values */
     /* activations for one chunk of B = n_batch rows */
@@ -1791,7 +1811,22 @@ void nla_session_seed(nla_session *s, uint64_t seed) {
 void nla_session_reset(nla_session *s) {
     if (!s) return;
     s->n_past = 0;
+    s->hi = -1;
+    s->av_prefix = 0;
     s->kv_layers = s->m->cfg.n_layers;
+}
+
+/* Drops the cached positions >= n, keeping the rest. A sliding layer's ring
+   still holds position q iff q > hi - cap, and the next query (at n) needs
+   q >= n - W + 1, so the cut is possible iff hi - cap <= n - W on every
+   layer. Returns 1 if cut, 0 if not possible (the cache is unchanged). */
+static int session_truncate(nla_session *s, int n) {
+    const gemma_cfg *c = &s->m->cfg;
+    if (n < 0 || n > s->n_past) return 0;
+    for (int l = 0; l < c->n_layers; l++)
+        if (!c->is_global[l] && s->hi - s->cap[l] > n - c->window) return 0;
+    s->n_past = n;
+    return 1;
 }
 
 int nla_session_n_past(const nla_session *s) { return s ? s->n_past : 0; }
@@ -1984,6 +2019,7 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
                 return fail(&s->err, NLA_ERR_RANGE, "nla_forward: token id %d at row %d is outside 0..%d", b->ids[i], i, c->vocab - 1);
 
     int next_sel = 0;
+    s->av_prefix = 0; /* the cache now holds what the caller put there */
     for (int r0 = 0; r0 < T; r0 += s->n_batch) {
         const int n = T - r0 < s->n_batch ? T - r0 : s->n_batch, pos0 = s->n_past + r0;
         if (b->embeds) memcpy(s->x, b->embeds + (size_t)r0 * h, (size_t)n * h * sizeof(float));
@@ -2003,6 +2039,7 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
     }
     if (s->n_past == 0 || nb < s->kv_layers) s->kv_layers = nb;
     s->n_past += T;
+    if (s->n_past - 1 > s->hi) s->hi = s->n_past - 1;
     s->err.msg[0] = 0;
     return NLA_OK;
 }
@@ -2735,34 +2772,29 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
     return cd[n - 1].id;
 }
 
-nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, const nla_generate_params *p, int32_t *out,
-                        int *n_out) {
-    if (!s) return NLA_ERR_ARG;
-    if (n_out) *n_out = 0;
-    if (!p || !out || !n_out) return fail(&s->err, NLA_ERR_ARG, "nla_generate: params, out and n_out are required");
-    if (p->max_new < 1) return fail(&s->err, NLA_ERR_ARG, "nla_generate: max_new must be at least 1");
-    if (n_prompt < 1 || (!prompt && !p->prompt_embeds)) return fail(&s->err, NLA_ERR_ARG, "nla_generate: the prompt is empty");
+static nla_status check_generate_params(nla_session *s, const nla_generate_params *p, int32_t *out, int *n_out) {
+    if (!p || !out || !n_out) return fail(&s->err, NLA_ERR_ARG, "generate: params, out and n_out are required");
+    if (p->max_new < 1) return fail(&s->err, NLA_ERR_ARG, "generate: max_new must be at least 1");
     if (!(p->temperature >= 0) || !(p->top_p >= 0 && p->top_p <= 1) || p->top_k < 0 || p->n_stop_ids < 0 ||
         (p->n_stop_ids && !p->stop_ids))
-        return fail(&s->err, NLA_ERR_ARG, "nla_generate: temperature >= 0, top_p in [0, 1], top_k >= 0 and stop ids required");
-    if ((int64_t)s->n_past + n_prompt + p->max_new - 1 > s->n_ctx)
-        return fail(&s->err, NLA_ERR_RANGE, "nla_generate: %d cached + %d prompt + %d new tokens exceed the context of %d",
-                    s->n_past, n_prompt, p->max_new, s->n_ctx);
+        return fail(&s->err, NLA_ERR_ARG, "generate: temperature >= 0, top_p in [0, 1], top_k >= 0 and stop ids required");
+    return NLA_OK;
+}
+
+/* The decode loop after a forward left the next-token logits in s->logits:
+   sample, stream, stop, feed the token back. */
+static nla_status generate_from_logits(nla_session *s, const nla_generate_params *p, int32_t *out, int *n_out) {
     const int32_t *stop = p->stop_ids ? p->stop_ids : s->m->cfg.eos;
     const int n_stop = p->no_stop ? 0 : p->stop_ids ? p->n_stop_ids : s->m->cfg.n_eos;
-    nla_batch b;
-    memset(&b, 0, sizeof b);
-    b.n_tokens = n_prompt;
-    b.ids = prompt;
-    b.embeds = p->prompt_embeds;
-    b.logits = s->logits;
-    nla_status rc = nla_forward(s, &b);
+    nla_status rc = check_generate_params(s, p, out, n_out);
+    *n_out = 0;
     for (int i = 0; !rc; i++) {
         int32_t tok = sample(s, s->logits, p);
         out[(*n_out)++] = tok;
         int stop_now = (p->on_token && p->on_token(p->user, tok)) || *n_out == p->max_new;
         for (int k = 0; k < n_stop; k++) stop_now |= tok == stop[k];
         if (stop_now) break;
+        nla_batch b;
         memset(&b, 0, sizeof b);
         b.n_tokens = 1;
         b.ids = &tok;
@@ -2772,7 +2804,748 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
     return rc;
 }
 
-/* ==== 12 CLI (only with -DNLA_MAIN) ===================================== */
+nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, const nla_generate_params *p, int32_t *out,
+                        int *n_out) {
+    if (!s) return NLA_ERR_ARG;
+    if (n_out) *n_out = 0;
+    nla_status rc = check_generate_params(s, p, out, n_out);
+    if (rc) return rc;
+    if (n_prompt < 1 || (!prompt && !p->prompt_embeds)) return fail(&s->err, NLA_ERR_ARG, "nla_generate: the prompt is empty");
+    if ((int64_t)s->n_past + n_prompt + p->max_new - 1 > s->n_ctx)
+        return fail(&s->err, NLA_ERR_RANGE, "nla_generate: %d cached + %d prompt + %d new tokens exceed the context of %d",
+                    s->n_past, n_prompt, p->max_new, s->n_ctx);
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = n_prompt;
+    b.ids = prompt;
+    b.embeds = p->prompt_embeds;
+    b.logits = s->logits;
+    rc = nla_forward(s, &b);
+    return rc ? rc : generate_from_logits(s, p, out, n_out);
+}
+
+/* ==== 12 NLA: sidecar, extract, verbalize, reconstruct, score ========== */
+
+/* The recipe of the released NLAs (Fraser-Taliente et al. 2026), as the
+   reference client runs it:
+     extract     the target's residual after block K (HF hidden_states[K+1]),
+                 raw float32, at chosen positions; the forward stops at K;
+     verbalize   the AV reads a fixed chat prompt whose marker row (the one
+                 token 246566 between 236813 and 954) is replaced by
+                 v * injection_scale / |v| (no sqrt(d): it replaces a row that
+                 is already scaled), then decodes (greedy by default, at most
+                 200 tokens, stop on 1 or 106); the explanation is the text
+                 inside <explanation>...</explanation>, trimmed;
+     reconstruct the AR reads <bos> + "Summary of the following text:
+                 <text>{explanation}</text> <summary>", runs its K+1 blocks
+                 without a final norm, and maps the last row through the d x d
+                 value head (y = W h, no bias);
+     score       both vectors rescaled to L2 = mse_scale (sqrt(d)): mse_nrm =
+                 mean squared difference = 2 (1 - cos); fve_nrm = 1 - mse_nrm/B
+                 with B the variance of normalised vectors (training set:
+                 0.0302 for 12B, 0.0579 for 27B; or a set of the user's).
+   Every constant comes from the model's nla_meta.yaml sidecar, read here by
+   a small YAML reader (the subset the released sidecars use); missing
+   values fall back to the released 12B/27B pairs when the width matches. */
+
+/* --- the sidecar's YAML subset: nested maps, plain and quoted scalars,
+   |- block scalars, flow lists, null. Entries are flattened to dotted
+   paths ("extraction.injection_scale"). */
+
+enum { Y_MAP, Y_SCALAR, Y_NULL, Y_LIST };
+
+typedef struct {
+    char *path, *val;
+    int kind, line;
+} yaml_ent;
+
+typedef struct {
+    yaml_ent *e;
+    int n;
+} yaml_doc;
+
+static void yaml_free(yaml_doc *y) {
+    for (int i = 0; i < y->n; i++) { free(y->e[i].path); free(y->e[i].val); }
+    free(y->e);
+    y->e = NULL;
+    y->n = 0;
+}
+
+static const yaml_ent *yaml_find(const yaml_doc *y, const char *path) {
+    for (int i = 0; i < y->n; i++)
+        if (!strcmp(y->e[i].path, path)) return &y->e[i];
+    return NULL;
+}
+
+/* One line of src: [*b, *e) without the newline (and a trailing \r). */
+static const char *next_line(const char *p, const char *end, const char **b, const char **e) {
+    *b = p;
+    while (p < end && *p != '\n') p++;
+    *e = p;
+    if (*e > *b && (*e)[-1] == '\r') (*e)--;
+    return p < end ? p + 1 : p;
+}
+
+static int blank_or_comment(const char *b, const char *e) {
+    while (b < e && *b == ' ') b++;
+    return b == e || *b == '#';
+}
+
+/* Decodes a quoted scalar starting at *p (the quote) into a fresh string
+   and advances *p past the closing quote. Double quotes know the escapes
+   \n \t \" \\ \/ and \uXXXX; single quotes double a quote (''). NULL on
+   a missing quote, or on an unknown escape (*p then points at it). */
+static char *yaml_quoted(const char **p, const char *e) {
+    const char q = **p, *s = *p + 1;
+    char *out = (char *)malloc((size_t)(e - s) + 1);
+    size_t o = 0;
+    for (; out && s < e; s++) {
+        if (*s == q && q == '\'' && s + 1 < e && s[1] == '\'') { out[o++] = q; s++; continue; }
+        if (*s == q) { out[o] = 0; *p = s + 1; return out; }
+        if (q == '"' && *s == '\\') {
+            const char c = s + 1 < e ? s[1] : 0;
+            uint32_t cp = 0;
+            int k = 2;
+            if (c == 'u')
+                for (; k < 6 && s + k < e && hexval(s[k]) >= 0; k++) cp = cp << 4 | (uint32_t)hexval(s[k]);
+            if (c == 'u' ? k != 6 || cp == 0 || (cp >= 0xd800 && cp < 0xe000) : !c || !strchr("nt\"\\/", c)) { *p = s; break; }
+            if (c != 'u') { out[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c; s++; continue; }
+            if (cp < 0x80) out[o++] = (char)cp;
+            else if (cp < 0x800) { out[o++] = (char)(0xc0 | cp >> 6); out[o++] = (char)(0x80 | (cp & 0x3f)); }
+            else { out[o++] = (char)(0xe0 | cp >> 12); out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[o++] = (char)(0x80 | (cp & 0x3f)); }
+            s += 5;
+            continue;
+        }
+        out[o++] = *s;
+    }
+    free(out);
+    return NULL;
+}
+
+static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc *y, errbuf *e) {
+    enum { MAXD = 16 };
+    int ind[MAXD + 1] = {-1}, depth = 0, line = 0; /* ind[i]: indent of the keys at depth i, -1 until seen */
+    char *key[MAXD];
+    const char *p = src, *end = src + n, *b, *le;
+    nla_status rc = NLA_OK;
+    int cap = 0;
+    memset(y, 0, sizeof *y);
+    if (!utf8_valid((const unsigned char *)src, n)) return fail(e, NLA_ERR_FORMAT, "%s: not valid UTF-8", fn);
+    while (p < end && !rc) {
+        p = next_line(p, end, &b, &le);
+        line++;
+        if (blank_or_comment(b, le)) continue;
+        int in = 0;
+        while (b + in < le && b[in] == ' ') in++;
+        const char *c = b + in;
+        if (*c == '\t') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: tab in indentation", fn, line); break; }
+        if (line == 1 && le - b == 3 && !memcmp(b, "---", 3)) continue;
+        if (*c == '-' && (c + 1 == le || c[1] == ' ')) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: block lists are not supported (write [a, b])", fn, line); break; }
+        while (depth > 0 && (ind[depth] >= 0 ? in < ind[depth] : in <= ind[depth - 1])) free(key[--depth]); /* maps that ended */
+        if (ind[depth] < 0) ind[depth] = in; /* the first key of this map sets its indent */
+        if (in != ind[depth]) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unexpected indentation", fn, line); break; }
+        const char *colon = c;
+        while (colon < le && *colon != ':' && *colon != ' ' && *colon != '#' && *colon != '"' && *colon != '\'') colon++;
+        if (colon == c || colon >= le || *colon != ':' || (colon + 1 < le && colon[1] != ' ')) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: expected 'key: value'", fn, line);
+            break;
+        }
+        if (cap == y->n) {
+            cap = cap ? cap * 2 : 32;
+            yaml_ent *ne = (yaml_ent *)realloc(y->e, (size_t)cap * sizeof *ne);
+            if (!ne) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
+            y->e = ne;
+        }
+        /* dotted path */
+        size_t plen = (size_t)(colon - c) + 1;
+        for (int i = 0; i < depth; i++) plen += strlen(key[i]) + 1;
+        char *path = (char *)malloc(plen + 1);
+        if (!path) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
+        path[0] = 0;
+        for (int i = 0; i < depth; i++) { strcat(path, key[i]); strcat(path, "."); }
+        strncat(path, c, (size_t)(colon - c));
+        if (yaml_find(y, path)) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: duplicate key '%s'", fn, line, path); free(path); break; }
+        yaml_ent *ent = &y->e[y->n];
+        ent->path = path;
+        ent->val = NULL;
+        ent->line = line;
+        const char *v = colon + 1;
+        while (v < le && *v == ' ') v++;
+        if (v == le || *v == '#') { /* a map opens: its keys come more indented */
+            ent->kind = Y_MAP;
+            y->n++;
+            if (depth == MAXD) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: nesting deeper than %d", fn, line, MAXD); break; }
+            if (!(key[depth] = xstrndup(c, (size_t)(colon - c)))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
+            ind[++depth] = -1;
+            continue;
+        }
+        y->n++;
+        if (*v == '|') { /* block scalar: the more-indented lines that follow */
+            const char *mod = v + 1;
+            int chomp = mod < le && *mod == '-' ? -1 : mod < le && *mod == '+' ? 1 : 0;
+            if (chomp) mod++;
+            while (mod < le && *mod == ' ') mod++;
+            if (mod < le && *mod != '#') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unsupported block scalar header", fn, line); break; }
+            sbuf sb = {NULL, 0, 0};
+            int bind = -1, pass;
+            const char *start = p;
+            for (pass = 0; pass < 2; pass++) { /* measure, then copy */
+                const char *q = start, *qb, *qe;
+                int blank_run = 0, ln = line;
+                sb.len = 0;
+                while (q < end) {
+                    const char *nq = next_line(q, end, &qb, &qe);
+                    int qi = 0;
+                    while (qb + qi < qe && qb[qi] == ' ') qi++;
+                    if (qb + qi == qe) { blank_run++; q = nq; ln++; continue; }
+                    if (qi <= in) break;
+                    if (bind < 0) bind = qi;
+                    if (qi < bind) break;
+                    for (; blank_run; blank_run--) sb_put(&sb, "\n", 1);
+                    if (sb.len) sb_put(&sb, "\n", 1);
+                    sb_put(&sb, qb + bind, (size_t)(qe - qb - bind));
+                    q = nq;
+                    ln++;
+                    if (pass == 1) { p = q; line = ln; }
+                }
+                if (pass == 1 && chomp >= 0) sb_put(&sb, "\n", 1);
+                if (pass == 1 && chomp > 0) for (; blank_run; blank_run--) sb_put(&sb, "\n", 1);
+                if (pass == 0) {
+                    sb.cap = sb.len + 2 + (size_t)blank_run;
+                    if (!(sb.out = (char *)malloc(sb.cap))) break;
+                }
+            }
+            if (!sb.out) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
+            sb.out[sb.len] = 0;
+            ent->val = sb.out;
+            ent->kind = Y_SCALAR;
+            continue;
+        }
+        if (*v == '"' || *v == '\'') {
+            const char *q = v;
+            if (!(ent->val = yaml_quoted(&q, le))) {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: %s", fn, line, *q == '\\' ? "bad escape in a quoted string" : "unterminated quoted string");
+                break;
+            }
+            while (q < le && *q == ' ') q++;
+            if (q < le && *q != '#') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: text after a quoted string", fn, line); break; }
+            ent->kind = Y_SCALAR;
+            continue;
+        }
+        if (*v == '{' || *v == '&' || *v == '*' || *v == '!' || *v == '>') {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: flow maps, anchors, aliases, tags and folded scalars are not supported", fn, line);
+            break;
+        }
+        const char *ve = le;
+        for (const char *h = v; h < le; h++)
+            if (*h == '#' && h[-1] == ' ') { ve = h; break; }
+        while (ve > v && ve[-1] == ' ') ve--;
+        if (!(ent->val = xstrndup(v, (size_t)(ve - v)))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
+        if (*v == '[') {
+            if (ve[-1] != ']') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unterminated flow list", fn, line); break; }
+            ent->kind = Y_LIST;
+        } else {
+            ent->kind = !strcmp(ent->val, "null") || !strcmp(ent->val, "~") || !strcmp(ent->val, "Null") || !strcmp(ent->val, "NULL") ? Y_NULL : Y_SCALAR;
+        }
+    }
+    while (depth > 0) free(key[--depth]);
+    if (rc) yaml_free(y);
+    return rc;
+}
+
+/* A flow list of ints "[1, 2, 3]" into out (capacity cap): the count, or -1. */
+static int yaml_int_list(const char *s, int32_t *out, int cap) {
+    int n = 0;
+    s++;
+    for (;;) {
+        while (*s == ' ') s++;
+        if (*s == ']' && n == 0) return s[1] ? -1 : 0;
+        const char *b = s;
+        while (*s && *s != ',' && *s != ']') s++;
+        const char *e = s;
+        while (e > b && e[-1] == ' ') e--;
+        double v;
+        if (n == cap || !dec_parse(b, (size_t)(e - b), &v) || v != floor(v) || v < 0 || v > INT32_MAX) return -1;
+        out[n++] = (int32_t)v;
+        if (*s == ']') return s[1] ? -1 : n;
+        if (*s != ',') return -1;
+        s++;
+    }
+}
+
+/* --- the sidecar's meaning, with the released pairs' defaults */
+
+static const char nla_default_av_template[] =
+    "You are a meticulous AI researcher conducting an important investigation into activation vectors from a "
+    "language model. Your overall task is to describe the semantic content of that activation vector.\n\n"
+    "We will pass the vector enclosed in <concept> tags into your context. You must then produce an explanation for "
+    "the vector, enclosed within <explanation> tags. The explanation consists of 2-3 text snippets describing that "
+    "vector.\n\nHere is the vector:\n\n<concept>{injection_char}</concept>\n\nPlease provide an explanation.";
+static const char nla_default_ar_template[] = "Summary of the following text: <text>{explanation}</text> <summary>";
+
+typedef struct {
+    int d, layer;
+    double injection_scale, mse_scale, baseline;
+} nla_release;
+
+static const nla_release nla_releases[] = {
+    {3840, 32, 80000.0, 61.96773353931867, 0.0302}, /* kitft/nla-gemma3-12b-L32-{av,ar} */
+    {5376, 41, 60000.0, 73.32121111929344, 0.0579}, /* kitft/nla-gemma3-27b-L41-{av,ar} */
+};
+
+struct nla_sidecar {
+    nla_meta pub;        /* what nla_model_get_meta copies out */
+    char *injection_char, *av_template, *ar_template;
+    int32_t *av_prompt;  /* [av_prompt_len] AV prompt ids */
+    wmat value_head;     /* AR: [d, d] */
+    nla_st *vh_st;
+};
+
+static void sidecar_free(struct nla_sidecar *sc) {
+    if (!sc) return;
+    free(sc->injection_char); free(sc->av_template); free(sc->ar_template); free(sc->av_prompt);
+    nla_st_close(sc->vh_st);
+    free(sc);
+}
+
+static void note_default(nla_meta *m, const char *what) {
+    size_t n = strlen(m->defaulted);
+    snprintf(m->defaulted + n, sizeof m->defaulted - n, "%s%s", n ? "," : "", what);
+}
+
+/* A numeric field (absent or null: *out untouched, returns 0; 1 if set). */
+static nla_status meta_num(const yaml_doc *y, const char *path, double *out, int *set, const char *fn, errbuf *e) {
+    const yaml_ent *v = yaml_find(y, path);
+    *set = 0;
+    if (!v || v->kind == Y_NULL) return NLA_OK;
+    if (v->kind != Y_SCALAR || !dec_parse(v->val, strlen(v->val), out))
+        return fail(e, NLA_ERR_FORMAT, "%s: line %d: %s must be a number", fn, v->line, path);
+    *set = 1;
+    return NLA_OK;
+}
+
+static nla_status meta_int(const yaml_doc *y, const char *path, int32_t *out, int *set, const char *fn, errbuf *e) {
+    double v = 0;
+    nla_status rc = meta_num(y, path, &v, set, fn, e);
+    if (!rc && *set && (v != floor(v) || v < 0 || v > INT32_MAX)) {
+        return fail(e, NLA_ERR_FORMAT, "%s: line %d: %s must be a non-negative integer", fn, yaml_find(y, path)->line, path);
+    }
+    if (*set) *out = (int32_t)v;
+    return rc;
+}
+
+static char *meta_str(const yaml_doc *y, const char *path, const char *alt) {
+    const yaml_ent *v = yaml_find(y, path);
+    if ((!v || v->kind != Y_SCALAR) && alt) v = yaml_find(y, alt);
+    return v && v->kind == Y_SCALAR ? xstrndup(v->val, strlen(v->val)) : NULL;
+}
+
+/* tmpl with every "{name}" replaced by val[0..val_len), as Python's
+   str.replace does, in a fresh string; NULL if the placeholder is missing
+   (*missing set) or memory runs out. */
+static char *fill_template(const char *tmpl, const char *name, const char *val, size_t val_len, int *missing) {
+    const size_t nl = strlen(name);
+    size_t count = 0;
+    for (const char *at = strstr(tmpl, name); at; at = strstr(at + nl, name)) count++;
+    *missing = !count;
+    if (!count) return NULL;
+    char *out = (char *)malloc(strlen(tmpl) + count * val_len + 1), *o = out;
+    if (!out) return NULL;
+    for (const char *p = tmpl, *at; p; p = at ? at + nl : NULL) {
+        at = strstr(p, name);
+        size_t keep = at ? (size_t)(at - p) : strlen(p);
+        memcpy(o, p, keep);
+        o += keep;
+        if (at) { memcpy(o, val, val_len); o += val_len; }
+    }
+    *o = 0;
+    return out;
+}
+
+/* Builds and checks the AV prompt: the chat template around the AV template
+   with the marker character, tokenized without an extra BOS; exactly one
+   BOS, and exactly one marker with the pinned neighbours. */
+static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer *tok, const char *fn, errbuf *e) {
+    nla_meta *m = &sc->pub;
+    int missing, n_ids = 0;
+    int32_t one[4];
+    size_t cl = strlen(sc->injection_char), len = 0;
+    if (nla_tokenize(tok, sc->injection_char, cl, 0, one, 4, &n_ids) != NLA_OK || n_ids != 1)
+        return fail(e, NLA_ERR_FORMAT, "%s: injection_char '%s' tokenizes to %d ids, not one", fn, sc->injection_char, n_ids);
+    if (one[0] != m->marker_id)
+        return fail(e, NLA_ERR_FORMAT, "%s: injection_char '%s' is token %d, but injection_token_id is %d", fn, sc->injection_char, one[0], m->marker_id);
+    char *content = fill_template(sc->av_template, "{injection_char}", sc->injection_char, cl, &missing);
+    if (!content) return missing ? fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av has no {injection_char}", fn) : fail(e, NLA_ERR_NOMEM, "out of memory");
+    nla_chat_message msg = {"user", content};
+    nla_status rc = nla_chat_render(&msg, 1, 1, NULL, 0, &len, NULL, 0);
+    char *text = rc == NLA_ERR_BUFFER_TOO_SMALL ? (char *)malloc(len + 1) : NULL;
+    if (text) rc = nla_chat_render(&msg, 1, 1, text, len + 1, &len, NULL, 0);
+    free(content);
+    if (!text || rc) { free(text); return fail(e, NLA_ERR_NOMEM, "out of memory"); }
+    sc->av_prompt = (int32_t *)xmalloc(nla_tokenize_bound(len), sizeof(int32_t));
+    if (!sc->av_prompt || nla_tokenize(tok, text, len, 0, sc->av_prompt, (int)nla_tokenize_bound(len), &n_ids)) {
+        free(text);
+        return fail(e, NLA_ERR_NOMEM, "out of memory");
+    }
+    free(text);
+    int n_bos = 0, site = -1, n_sites = 0;
+    for (int i = 0; i < n_ids; i++) {
+        n_bos += sc->av_prompt[i] == 2;
+        if (sc->av_prompt[i] == m->marker_id && i > 0 && i + 1 < n_ids && sc->av_prompt[i - 1] == m->marker_left_id &&
+            sc->av_prompt[i + 1] == m->marker_right_id) { site = i; n_sites++; }
+    }
+    if (n_bos != 1 || sc->av_prompt[0] != 2) return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt must hold exactly one <bos>, first (it has %d)", fn, n_bos);
+    if (n_sites != 1)
+        return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt must hold exactly one marker %d between %d and %d (it has %d)", fn, m->marker_id,
+                    m->marker_left_id, m->marker_right_id, n_sites);
+    m->av_prompt_len = n_ids;
+    m->av_marker_index = site;
+    return NLA_OK;
+}
+
+/* Reads dir/nla_meta.yaml (and for an AR dir/value_head.safetensors) into
+   m->nla; a folder without a sidecar is a plain model (m->nla == NULL). */
+static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
+    char *fn = path_join(mdl->dir, "nla_meta.yaml"), *txt = NULL;
+    size_t n;
+    yaml_doc y;
+    memset(&y, 0, sizeof y);
+    if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!file_exists(fn)) { free(fn); return NLA_OK; }
+    struct nla_sidecar *sc = (struct nla_sidecar *)calloc(1, sizeof *sc);
+    nla_status rc = sc ? read_file(fn, &txt, &n, (size_t)1 << 20, e) : fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc) rc = yaml_parse(txt, n, fn, &y, e);
+    if (rc) goto out;
+    nla_meta *m = &sc->pub;
+    const int d = mdl->cfg.d;
+    const nla_release *rel = NULL;
+    for (size_t i = 0; i < sizeof nla_releases / sizeof *nla_releases; i++)
+        if (nla_releases[i].d == d) rel = &nla_releases[i];
+    m->present = 1;
+    char *role = meta_str(&y, "role", NULL);
+    if (role && (!strcmp(role, "av") || !strcmp(role, "actor"))) snprintf(m->role, sizeof m->role, "av");
+    else if (role && (!strcmp(role, "ar") || !strcmp(role, "critic"))) snprintf(m->role, sizeof m->role, "ar");
+    else rc = fail(e, NLA_ERR_FORMAT, "%s: role must be av or ar (found '%s')", fn, role ? role : "none");
+    free(role);
+    int set;
+    m->d_model = d;
+    if (!rc && !(rc = meta_int(&y, "d_model", &m->d_model, &set, fn, e)) && m->d_model != d)
+        rc = fail(e, NLA_ERR_FORMAT, "%s: d_model %d, but the model's hidden_size is %d", fn, m->d_model, d);
+    if (!rc && !(rc = meta_int(&y, "extraction_layer_index", &m->layer, &set, fn, e)) && !set) {
+        rc = meta_int(&y, "critic.extraction_layer_index", &m->layer, &set, fn, e);
+        if (!rc && !set) {
+            if (rel) { m->layer = rel->layer; note_default(m, "extraction_layer_index"); }
+            else if (!strcmp(m->role, "ar")) { m->layer = mdl->cfg.n_layers - 1; note_default(m, "extraction_layer_index"); }
+            else rc = fail(e, NLA_ERR_FORMAT, "%s: extraction_layer_index is missing", fn);
+        }
+    }
+    if (!rc && !(rc = meta_num(&y, "extraction.injection_scale", &m->injection_scale, &set, fn, e)) && !set && rel) {
+        m->injection_scale = rel->injection_scale;
+        note_default(m, "injection_scale");
+    }
+    if (!rc && !(rc = meta_num(&y, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && !set) {
+        if (rel) { m->mse_scale = rel->mse_scale; note_default(m, "mse_scale"); }
+        else if (!strcmp(m->role, "ar")) rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a number for an AR", fn);
+    }
+    m->fve_baseline = rel ? rel->baseline : 0.0302;
+    note_default(m, "fve_baseline");
+    m->marker_id = 246566; m->marker_left_id = 236813; m->marker_right_id = 954;
+    static const char *const tok_keys[3] = {"tokens.injection_token_id", "tokens.injection_left_neighbor_id", "tokens.injection_right_neighbor_id"};
+    int32_t *tok_dst[3] = {&m->marker_id, &m->marker_left_id, &m->marker_right_id};
+    for (int i = 0; i < 3 && !rc; i++)
+        if (!(rc = meta_int(&y, tok_keys[i], tok_dst[i], &set, fn, e)) && !set) note_default(m, tok_keys[i] + 7);
+    const yaml_ent *suf = yaml_find(&y, "tokens.critic_suffix_ids");
+    static const int32_t default_suffix[5] = {1005, 236813, 655, 6011, 236813};
+    if (!rc && suf && suf->kind == Y_LIST) {
+        if ((m->n_critic_suffix = yaml_int_list(suf->val, m->critic_suffix_ids, 8)) < 0)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: critic_suffix_ids must be a list of at most 8 ids", fn, suf->line);
+    } else if (!rc && suf && suf->kind != Y_NULL) {
+        rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: critic_suffix_ids must be a list or null", fn, suf->line);
+    } else if (!rc && !strcmp(m->role, "ar")) {
+        memcpy(m->critic_suffix_ids, default_suffix, sizeof default_suffix);
+        m->n_critic_suffix = 5;
+        note_default(m, "critic_suffix_ids");
+    }
+    if (!rc) {
+        sc->injection_char = meta_str(&y, "tokens.injection_char", NULL);
+        sc->av_template = meta_str(&y, "prompt_templates.av", "prompt_templates.actor");
+        sc->ar_template = meta_str(&y, "prompt_templates.ar", "prompt_templates.critic");
+        if (!sc->injection_char) { sc->injection_char = xstrndup("\xe3\x88\x9c", 3); note_default(m, "injection_char"); }
+        if (!sc->av_template && rel) { sc->av_template = xstrndup(nla_default_av_template, sizeof nla_default_av_template - 1); note_default(m, "prompt_templates.av"); }
+        if (!sc->ar_template && rel) { sc->ar_template = xstrndup(nla_default_ar_template, sizeof nla_default_ar_template - 1); note_default(m, "prompt_templates.ar"); }
+        const int av = !strcmp(m->role, "av");
+        if (!sc->injection_char) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+        else if (av && !sc->av_template) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av is missing", fn);
+        else if (!av && !sc->ar_template) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar is missing", fn);
+        else if (!av && !strstr(sc->ar_template, "{explanation}")) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar has no {explanation}", fn);
+        else if (av && !(m->injection_scale > 0)) rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.injection_scale must be a positive number for an AV", fn);
+    }
+    if (!rc && m->layer >= mdl->cfg.n_layers && !strcmp(m->role, "ar"))
+        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction layer %d needs %d AR blocks, the model has %d", fn, m->layer, m->layer + 1, mdl->cfg.n_layers);
+    if (!rc && !strcmp(m->role, "av") && mdl->tok) rc = sidecar_av_prompt(sc, mdl->tok, fn, e);
+    if (!rc && !strcmp(m->role, "ar")) { /* the value head: tensor "weight" [d, d] */
+        char *vh = path_join(mdl->dir, "value_head.safetensors");
+        if (!vh) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+        else if (!file_exists(vh)) rc = fail(e, NLA_ERR_IO, "%s: missing (an AR needs its value head)", vh);
+        else if (!(rc = st_open(vh, 0, &sc->vh_st, e))) {
+            int i = nla_st_find(sc->vh_st, "weight");
+            if (i < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no tensor 'weight'", vh);
+            else if (!(rc = bind_shape(sc->vh_st, &sc->vh_st->t[i], d, d, "hidden_size x hidden_size", e)) &&
+                     !(rc = bind_dtype(sc->vh_st, &sc->vh_st->t[i], &sc->value_head.dt, e))) {
+                sc->value_head.p = sc->vh_st->t[i].data;
+                sc->value_head.rows = sc->value_head.cols = d;
+                m->has_value_head = 1;
+            }
+        }
+        free(vh);
+    }
+out:
+    yaml_free(&y);
+    free(txt);
+    free(fn);
+    if (rc) sidecar_free(sc);
+    else mdl->nla = sc;
+    return rc;
+}
+
+void nla_model_get_meta(const nla_model *mdl, nla_meta *out) {
+    if (!out) return;
+    memset(out, 0, sizeof *out);
+    if (!mdl || !mdl->nla) return;
+    *out = mdl->nla->pub;
+    out->injection_char = mdl->nla->injection_char;
+    out->av_template = mdl->nla->av_template;
+    out->ar_template = mdl->nla->ar_template;
+    out->av_prompt = mdl->nla->av_prompt;
+}
+
+/* --- extract */
+
+typedef struct {
+    int layer, n_pos, d;
+    const int32_t *pos; /* NULL: every row */
+    float *out;
+} extract_ctx;
+
+static int extract_hook(void *user, int layer, int pos0, int n_rows, int d, float *resid) {
+    extract_ctx *x = (extract_ctx *)user;
+    if (layer != x->layer) return 0;
+    for (int i = 0; i < x->n_pos; i++) {
+        int p = x->pos ? x->pos[i] : i;
+        if (p >= pos0 && p < pos0 + n_rows) memcpy(x->out + (size_t)i * d, resid + (size_t)(p - pos0) * d, (size_t)d * sizeof(float));
+    }
+    return 0;
+}
+
+nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer, const int32_t *positions, int n_pos, float *out) {
+    if (!s) return NLA_ERR_ARG;
+    const gemma_cfg *c = &s->m->cfg;
+    if (layer < 0 || layer >= c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_extract: layer %d is outside 0..%d", layer, c->n_layers - 1);
+    if (!ids || n < 1 || !out || (positions && n_pos < 1)) return fail(&s->err, NLA_ERR_ARG, "nla_extract: ids, positions and out are required");
+    for (int i = 0; positions && i < n_pos; i++)
+        if (positions[i] < 0 || positions[i] >= n) return fail(&s->err, NLA_ERR_RANGE, "nla_extract: position %d is outside 0..%d", positions[i], n - 1);
+    extract_ctx x = {layer, positions ? n_pos : n, c->d, positions, out};
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = n;
+    b.ids = ids;
+    b.n_blocks = layer + 1; /* nothing after block K is computed */
+    b.hook = extract_hook;
+    b.hook_user = &x;
+    nla_session_reset(s);
+    nla_status rc = nla_forward(s, &b);
+    nla_session_reset(s);
+    return rc;
+}
+
+/* --- verbalize */
+
+nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params, int32_t *ids, int cap, int *n_ids) {
+    nla_verbalize_params p;
+    memset(&p, 0, sizeof p);
+    if (params) p = *params;
+    if (!s) return NLA_ERR_ARG;
+    if (n_ids) *n_ids = 0;
+    const nla_model *m = s->m;
+    const struct nla_sidecar *sc = m->nla;
+    if (!sc || strcmp(sc->pub.role, "av")) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %s is not an AV (no nla_meta.yaml with role av)", m->dir);
+    if (!sc->av_prompt) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %s has no tokenizer.json to build the AV prompt", m->dir);
+    if (!p.max_new) p.max_new = 200;
+    if (!v || !ids || !n_ids || cap < p.max_new || p.max_new < 0)
+        return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: v, ids (capacity >= max_new) and n_ids are required");
+    const int d = m->cfg.d, P = sc->pub.av_marker_index, T = sc->pub.av_prompt_len;
+    if (T + p.max_new - 1 > s->n_ctx) return fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: %d prompt + %d new tokens exceed the context of %d", T, p.max_new, s->n_ctx);
+    /* the injected row: v * injection_scale / |v| (norm in double; zero stays zero) */
+    double nrm = 0;
+    for (int i = 0; i < d; i++) nrm += (double)v[i] * v[i];
+    nrm = sqrt(nrm);
+    const double k = sc->pub.injection_scale / (nrm > 1e-12 ? nrm : 1e-12);
+    float *rows = (float *)xmalloc((size_t)(T - P), (size_t)d * sizeof(float));
+    if (!rows) return fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
+    nla_embed_tokens(m, sc->av_prompt + P, T - P, rows);
+    for (int i = 0; i < d; i++) rows[i] = (float)(v[i] * k);
+    /* rows 0..P-1 are the same for every vector: prefill them once per session */
+    nla_status rc = NLA_OK;
+    if (!(s->av_prefix == P && session_truncate(s, P))) {
+        nla_session_reset(s);
+        nla_batch b;
+        memset(&b, 0, sizeof b);
+        b.n_tokens = P;
+        b.ids = sc->av_prompt;
+        rc = P ? nla_forward(s, &b) : NLA_OK;
+    }
+    if (!rc) {
+        nla_batch b;
+        memset(&b, 0, sizeof b);
+        b.n_tokens = T - P;
+        b.embeds = rows;
+        b.logits = s->logits;
+        rc = nla_forward(s, &b);
+    }
+    free(rows);
+    if (!rc && p.first_logits) memcpy(p.first_logits, s->logits, (size_t)m->cfg.vocab * sizeof(float));
+    if (!rc) {
+        static const int32_t stop[2] = {1, 106};
+        nla_generate_params g;
+        memset(&g, 0, sizeof g);
+        g.max_new = p.max_new;
+        g.temperature = p.temperature;
+        g.top_k = p.top_k;
+        g.top_p = p.top_p;
+        g.stop_ids = stop;
+        g.n_stop_ids = 2;
+        g.on_token = p.on_token;
+        g.user = p.user;
+        rc = generate_from_logits(s, &g, ids, n_ids);
+    }
+    s->av_prefix = rc ? 0 : P; /* nla_forward cleared it; the prefix stays cached */
+    return rc;
+}
+
+int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n) {
+    static const char open[] = "<explanation>", close[] = "</explanation>";
+    const char *end = raw + len, *a = NULL, *b = NULL;
+    for (const char *p = raw; p + sizeof open - 1 <= end && !a; p++)
+        if (!memcmp(p, open, sizeof open - 1)) a = p + sizeof open - 1;
+    for (const char *p = a; p && p + sizeof close - 1 <= end && !b; p++)
+        if (!memcmp(p, close, sizeof close - 1)) b = p;
+    const int parsed = a && b;
+    if (!parsed) { a = raw; b = end; } /* unparsed: the whole text, trimmed */
+    py_trim(&a, &b);
+    *start = (size_t)(a - raw);
+    *n = (size_t)(b - a);
+    return parsed;
+}
+
+/* --- reconstruct */
+
+typedef struct {
+    int layer, row, d;
+    float *h;
+} last_row_ctx;
+
+static int last_row_hook(void *user, int layer, int pos0, int n_rows, int d, float *resid) {
+    last_row_ctx *x = (last_row_ctx *)user;
+    if (layer == x->layer && x->row >= pos0 && x->row < pos0 + n_rows) memcpy(x->h, resid + (size_t)(x->row - pos0) * d, (size_t)d * sizeof(float));
+    return 0;
+}
+
+nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int n, float *out) {
+    if (!s) return NLA_ERR_ARG;
+    const nla_model *m = s->m;
+    const struct nla_sidecar *sc = m->nla;
+    if (!sc || strcmp(sc->pub.role, "ar") || !sc->pub.has_value_head)
+        return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: %s is not an AR (nla_meta.yaml with role ar and value_head.safetensors)", m->dir);
+    if (!m->tok) return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: %s has no tokenizer.json", m->dir);
+    if (n < 1 || !explanations || !out) return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: explanations and out are required");
+    const int d = m->cfg.d, K = sc->pub.layer;
+    float *h = (float *)xmalloc((size_t)d, sizeof(float));
+    nla_status rc = h ? NLA_OK : fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
+    for (int i = 0; i < n && !rc; i++) {
+        if (!explanations[i]) { rc = fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: explanation %d is NULL", i); break; }
+        const char *b = explanations[i], *e = b + strlen(b);
+        py_trim(&b, &e); /* as training did: <text>foo</text>, never <text> foo </text> */
+        int missing, n_ids = 0;
+        char *text = fill_template(sc->ar_template, "{explanation}", b, (size_t)(e - b), &missing);
+        size_t tl = text ? strlen(text) : 0;
+        int32_t *ids = text ? (int32_t *)xmalloc(nla_tokenize_bound(tl), sizeof(int32_t)) : NULL;
+        if (!ids || nla_tokenize(m->tok, text, tl, NLA_TOKENIZE_BOS, ids, (int)nla_tokenize_bound(tl), &n_ids)) {
+            rc = fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
+        } else if (n_ids > s->n_ctx) {
+            rc = fail(&s->err, NLA_ERR_RANGE, "nla_reconstruct: explanation %d is %d tokens, the context is %d", i, n_ids, s->n_ctx);
+        } else if (n_ids < sc->pub.n_critic_suffix ||
+                   memcmp(ids + n_ids - sc->pub.n_critic_suffix, sc->pub.critic_suffix_ids, sizeof(int32_t) * (size_t)sc->pub.n_critic_suffix)) {
+            rc = fail(&s->err, NLA_ERR_FORMAT, "nla_reconstruct: explanation %d does not end in the critic suffix ids after tokenizing", i);
+        } else {
+            last_row_ctx x = {K, n_ids - 1, d, h};
+            nla_batch bt;
+            memset(&bt, 0, sizeof bt);
+            bt.n_tokens = n_ids;
+            bt.ids = ids;
+            bt.n_blocks = K + 1; /* no final norm: the raw residual after block K */
+            bt.hook = last_row_hook;
+            bt.hook_user = &x;
+            nla_session_reset(s);
+            if (!(rc = nla_forward(s, &bt))) matmul(out + (size_t)i * d, h, 1, &sc->value_head, s->rowbuf, s->nt);
+            nla_session_reset(s);
+        }
+        free(ids);
+        free(text);
+    }
+    free(h);
+    return rc;
+}
+
+/* --- score */
+
+/* x / max(|x|, 1e-12) * scale into y (double). */
+static void normalise(const float *x, int d, double scale, double *y) {
+    double n = 0;
+    for (int i = 0; i < d; i++) n += (double)x[i] * x[i];
+    n = sqrt(n);
+    const double k = scale / (n > 1e-12 ? n : 1e-12);
+    for (int i = 0; i < d; i++) y[i] = x[i] * k;
+}
+
+nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline, nla_scores *out) {
+    if (!v || !r || !out || d < 1 || !(mse_scale > 0)) return NLA_ERR_ARG;
+    double *a = (double *)xmalloc((size_t)d, 2 * sizeof(double));
+    if (!a) return NLA_ERR_NOMEM;
+    double *b = a + d, mse = 0, dot = 0, na = 0, nb = 0;
+    normalise(r, d, mse_scale, a);
+    normalise(v, d, mse_scale, b);
+    for (int i = 0; i < d; i++) {
+        mse += (a[i] - b[i]) * (a[i] - b[i]);
+        dot += (double)v[i] * r[i];
+        na += (double)r[i] * r[i];
+        nb += (double)v[i] * v[i];
+    }
+    free(a);
+    out->mse_nrm = mse / d;
+    out->cos = na > 0 && nb > 0 ? dot / sqrt(na * nb) : 0;
+    out->fve_nrm = baseline > 0 ? 1 - out->mse_nrm / baseline : NAN;
+    return NLA_OK;
+}
+
+nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out) {
+    if (!v || !out || n < 1 || d < 1 || !(mse_scale > 0)) return NLA_ERR_ARG;
+    double *mu = (double *)xcalloc((size_t)d, 2 * sizeof(double));
+    if (!mu) return NLA_ERR_NOMEM;
+    double *x = mu + d, acc = 0;
+    for (int k = 0; k < n; k++) {
+        normalise(v + (size_t)k * d, d, mse_scale, x);
+        for (int i = 0; i < d; i++) mu[i] += x[i] / n;
+    }
+    for (int k = 0; k < n; k++) {
+        normalise(v + (size_t)k * d, d, mse_scale, x);
+        for (int i = 0; i < d; i++) acc += (x[i] - mu[i]) * (x[i] - mu[i]);
+    }
+    free(mu);
+    *out = acc / ((double)n * d);
+    return NLA_OK;
+}
+
+/* ==== 13 CLI (only with -DNLA_MAIN) ===================================== */
 
 /* The command-line tool uses only the public API above, so it doubles as
    the worked example of it. Output that other tools parse (ids, .npy files)

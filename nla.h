@@ -353,6 +353,81 @@ typedef struct {
 nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt,
                         const nla_generate_params *params, int32_t *out, int *n_out);
 
+/* ---- NLA: extract, verbalize, reconstruct, score ---------------------- */
+
+/* The NLA constants of an AV or AR model, from its nla_meta.yaml sidecar
+   (built-in values of the released 12B/27B pairs fill what is missing; the
+   names of those fields are listed in `defaulted`). */
+typedef struct {
+    int present;               /* 1: the folder had nla_meta.yaml */
+    char role[8];              /* "av" or "ar" */
+    int d_model;
+    int layer;                 /* extraction layer K: the target's block K output */
+    double injection_scale;    /* AV: L2 norm given to the injected vector */
+    double mse_scale;          /* L2 norm both vectors get before the MSE (sqrt(d)) */
+    double fve_baseline;       /* training-set Var(v_nrm): 0.0302 (12B), 0.0579 (27B) */
+    int32_t marker_id, marker_left_id, marker_right_id; /* 246566 between 236813 and 954 */
+    int n_critic_suffix;
+    int32_t critic_suffix_ids[8]; /* AR: ids every AR input ends with */
+    const char *injection_char, *av_template, *ar_template; /* borrowed; NULL if absent */
+    const int32_t *av_prompt;  /* AV: the prompt ids (borrowed), NULL without tokenizer */
+    int av_prompt_len, av_marker_index;
+    int has_value_head;        /* AR: value_head.safetensors loaded */
+    char defaulted[192];       /* comma-separated fields taken from built-in defaults */
+} nla_meta;
+
+/* Copies the model's NLA constants out (all zero when it has no sidecar). */
+void nla_model_get_meta(const nla_model *model, nla_meta *meta);
+
+/* Runs the target model on ids (BOS included; see nla_tokenize and
+   nla_chat_render) and writes the raw residual after block `layer` (HF
+   hidden_states[layer+1]) at each of n_pos positions into out [n_pos,
+   d_model]; positions NULL means every row (out [n, d_model]). The forward
+   stops after that block. The session's cache is emptied before and after. */
+nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer, const int32_t *positions, int n_pos,
+                       float *out);
+
+typedef struct {
+    int max_new;         /* default 200 */
+    float temperature;   /* default 0: greedy */
+    int top_k;           /* default 0: no cut */
+    float top_p;         /* default 0: no cut */
+    float *first_logits; /* optional out [vocab]: the logits after the prompt */
+    nla_token_fn on_token; /* optional streaming callback */
+    void *user;
+} nla_verbalize_params;
+
+/* AV: the explanation of vector v [d_model] as token ids (capacity cap >=
+   max_new), stopping on <eos> or <end_of_turn> (kept as the last id). The
+   session must belong to an AV model with a tokenizer. The prompt rows
+   before the marker are computed once per session and reused. Decode the
+   ids with nla_detokenize, then nla_parse_explanation. */
+nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params, int32_t *ids, int cap,
+                         int *n_ids);
+
+/* Finds <explanation>...</explanation> in raw[0..len): *start and *n give
+   the trimmed text inside. Returns 1 if both tags were found; otherwise 0,
+   and *start / *n give the whole raw text, trimmed. */
+int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n);
+
+/* AR: reconstructs n vectors (out [n, d_model]) from n NUL-terminated
+   explanations: <bos> + the AR template around the trimmed explanation,
+   the AR's blocks without a final norm, the last row, times the value head. */
+nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int n, float *out);
+
+typedef struct {
+    double mse_nrm;  /* mean squared difference after rescaling both to L2 = mse_scale */
+    double cos;      /* cosine of the raw vectors; mse_nrm = 2 (1 - cos) when mse_scale = sqrt(d) */
+    double fve_nrm;  /* 1 - mse_nrm / baseline; NaN when baseline <= 0 */
+} nla_scores;
+
+/* Scores reconstruction r against the original v, both [d]. */
+nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline, nla_scores *out);
+
+/* The variance baseline of a set of n vectors [n, d]: each rescaled to L2 =
+   mse_scale, B = sum |v_n - mean|^2 / (n d). */
+nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -60,24 +60,22 @@ static inline int json_nums_after(const char *text, const char *key, double *out
     if (!p || !(p = strchr(p, '['))) return 0;
     int n = 0;
     p++;
-    while (*p && *p != ']' && n < cap) {
+    for (;;) {
+        while (*p == ',' || *p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') p++;
+        if (*p == ']' || n == cap) break;
         char *end;
-        out[n++] = strtod(p, &end);
+        double v = strtod(p, &end);
+        if (end == p) break;
+        out[n++] = v;
         p = end;
-        while (*p == ',' || *p == ' ') p++;
     }
     return n;
 }
 
-/* The JSON string value that follows `"key":` in text, decoded (escapes,
-   \u with surrogate pairs) into a heap buffer; *len gets its length. */
-static inline char *json_string_after(const char *text, const char *key, size_t *len) {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(text, pat);
-    if (!p) return NULL;
-    p += strlen(pat);
-    while (*p == ' ') p++;
+/* Decodes the JSON string whose opening quote is at p (escapes, \u with
+   surrogate pairs) into a heap buffer; *len gets its length and *after (if
+   not NULL) the position past the closing quote. */
+static inline char *json_decode_string(const char *p, size_t *len, const char **after) {
     if (*p++ != '"') return NULL;
     char *out = (char *)malloc(strlen(p) + 1);
     size_t o = 0;
@@ -106,7 +104,33 @@ static inline char *json_string_after(const char *text, const char *key, size_t 
     }
     out[o] = 0;
     if (len) *len = o;
+    if (after) *after = *p ? p + 1 : p;
     return out;
+}
+
+/* The JSON string value that follows `"key":` in text, decoded. */
+static inline char *json_string_after(const char *text, const char *key, size_t *len) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(text, pat);
+    if (!p) return NULL;
+    p += strlen(pat);
+    while (*p == ' ') p++;
+    return json_decode_string(p, len, NULL);
+}
+
+/* The strings of the JSON list that follows `key` in text. Returns the count. */
+static inline int json_strings_after(const char *text, const char *key, char **out, size_t *lens, int cap) {
+    const char *p = strstr(text, key);
+    if (!p || !(p = strchr(p, '['))) return 0;
+    int n = 0;
+    for (p++; n < cap;) {
+        while (*p == ' ' || *p == ',' || *p == '\n') p++;
+        if (*p != '"') break;
+        out[n] = json_decode_string(p, &lens[n], &p);
+        n++;
+    }
+    return n;
 }
 
 /* A safetensors writer for hand-made files: tensors laid out in order. */

@@ -1,0 +1,370 @@
+/* test_nla.c - the NLA pipeline against ../shared/golden/nla (a tiny random
+   target/AV/AR trio, d_model 16, K = 2, injection_scale 17, mse_scale 4, with
+   the real tokenizer): extracted vectors, the AV's first logits after the
+   injection and its greedy continuation, the AR's reconstructions, the
+   metrics and the own-set baseline; the sidecar reader; and the failure
+   smells of NLA_SPEC 3.6, each shown to be caught. */
+#define _POSIX_C_SOURCE 200809L
+#include "../nla.h"
+#include "test.h"
+#include "util.h"
+
+#define G "tests/data/nla/"
+#define TOKJSON "weights/tokenizer.json"
+#define D 16
+#define V 262144
+
+static char err[512];
+static char *golden;
+
+static nla_model *open_nla(const char *dir) {
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.tokenizer = TOKJSON;
+    nla_model *m = NULL;
+    nla_status rc = nla_model_open(dir, &mp, &m, err, sizeof err);
+    CHECK_MSG(rc == NLA_OK, "open %s: %s", dir, err);
+    return m;
+}
+
+static double rel_err(const float *a, const float *b, size_t n) {
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fabs((double)a[i] - b[i]) > e) e = fabs((double)a[i] - b[i]);
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return m > 0 ? e / m : e;
+}
+
+static float *load(const char *path, long long *rows) {
+    int nd;
+    long long sh[4];
+    float *x = npy_load(path, &nd, sh);
+    if (rows) *rows = sh[0];
+    CHECK_MSG(x != NULL, "cannot read %s", path);
+    return x;
+}
+
+/* ---- sidecar ----------------------------------------------------------- */
+
+static void test_meta(nla_model *av, nla_model *ar) {
+    nla_meta m;
+    nla_model_get_meta(av, &m);
+    CHECK(m.present && !strcmp(m.role, "av") && m.d_model == D && m.layer == 2);
+    CHECK(m.injection_scale == 17.0 && m.mse_scale == 4.0);
+    CHECK(m.marker_id == 246566 && m.marker_left_id == 236813 && m.marker_right_id == 954);
+    CHECK(m.injection_char && !strcmp(m.injection_char, "\xe3\x88\x9c"));
+    CHECK(m.av_template && strstr(m.av_template, "<concept>{injection_char}</concept>\n\nPlease provide an explanation.") &&
+          m.av_template[strlen(m.av_template) - 1] == '.'); /* |- strips the final newline */
+    CHECK(m.ar_template && !strcmp(m.ar_template, "Summary of the following text: <text>{explanation}</text> <summary>"));
+    CHECK_EQ(m.n_critic_suffix, 0); /* null in the AV sidecar */
+    double want[128];
+    int nw = json_nums_after(golden, "\"av_prompt_ids\"", want, 128);
+    CHECK(nw == 108 && m.av_prompt_len == 108 && m.av_marker_index == 93);
+    int same = m.av_prompt != NULL;
+    for (int i = 0; same && i < nw; i++) same = m.av_prompt[i] == (int32_t)want[i];
+    CHECK_MSG(same, "the AV prompt ids differ from the golden 108");
+    CHECK(strstr(m.defaulted, "fve_baseline") != NULL && strstr(m.defaulted, "injection_scale") == NULL);
+    nla_model_get_meta(ar, &m);
+    CHECK(m.present && !strcmp(m.role, "ar") && m.layer == 2 && m.mse_scale == 4.0 && m.has_value_head);
+    static const int32_t suffix[5] = {1005, 236813, 655, 6011, 236813};
+    CHECK(m.n_critic_suffix == 5 && !memcmp(m.critic_suffix_ids, suffix, sizeof suffix));
+    nla_model_info in;
+    nla_model_get_info(ar, &in);
+    CHECK(in.n_layers == 3 && !in.has_final_norm);
+}
+
+/* A copy of the AV folder (weights linked) with its sidecar rewritten:
+   `find` replaced by `repl`. Returns the open status. */
+static nla_status av_variant(const char *find, const char *repl) {
+    char dir[256] = "tests/tmp/avx", p[512];
+    mkdir("tests/tmp", 0755);
+    mkdir(dir, 0755);
+    static const char *const files[] = {"config.json", "generation_config.json", "model.safetensors"};
+    for (int i = 0; i < 3; i++) {
+        char src[512];
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        snprintf(src, sizeof src, "../../data/nla/av/%s", files[i]);
+        remove(p);
+        CHECK(symlink(src, p) == 0);
+    }
+    size_t n;
+    char *y = slurp(G "av/nla_meta.yaml", &n), *at = strstr(y, find);
+    CHECK_MSG(at != NULL, "sidecar has no '%s'", find);
+    snprintf(p, sizeof p, "%s/nla_meta.yaml", dir);
+    FILE *f = fopen(p, "wb");
+    if (at) {
+        fwrite(y, 1, (size_t)(at - y), f);
+        fputs(repl, f);
+        fputs(at + strlen(find), f);
+    }
+    fclose(f);
+    free(y);
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.tokenizer = TOKJSON;
+    nla_model *m = NULL;
+    nla_status rc = nla_model_open(dir, &mp, &m, err, sizeof err);
+    nla_model_close(m);
+    return rc;
+}
+
+static void expect_variant(const char *find, const char *repl, const char *mention) {
+    nla_status rc = av_variant(find, repl);
+    CHECK_MSG(rc != NLA_OK && strstr(err, mention), "sidecar '%s' -> '%s': %s (%s)", find, repl, nla_strerror(rc), err);
+}
+
+static void test_sidecar_errors(void) {
+    CHECK_EQ(av_variant("role: av", "role: av"), NLA_OK); /* the unchanged copy opens */
+    expect_variant("d_model: 16", "d_model: 32", "d_model 32");
+    expect_variant("d_model: 16", "\td_model: 16", "line 4: tab");                 /* tab */
+    expect_variant("d_model: 16", "d_model 16", "line 4: expected 'key: value'");
+    expect_variant("  injection_scale: 17.0", "  injection_scale: seventeen", "injection_scale must be a number");
+    expect_variant("injection_char: \xe3\x88\x9c", "injection_char: \xe3\x88\x9c!", "tokenizes to 2 ids");
+    expect_variant("injection_token_id: 246566", "injection_token_id: 246567", "injection_token_id is 246567");
+    expect_variant("injection_left_neighbor_id: 236813", "injection_left_neighbor_id: 5", "exactly one marker");
+    expect_variant("<concept>{injection_char}</concept>", "<concept>{injection_char}</concept> <concept>{injection_char}</concept>",
+                   "exactly one marker");
+    expect_variant("<concept>{injection_char}</concept>", "<concept></concept>", "no {injection_char}");
+    expect_variant("  av: |-\n    You are", "  avx: |-\n    You are", "prompt_templates.av is missing");
+    expect_variant("You are a meticulous", "<bos>You are a meticulous", "exactly one <bos>");
+    expect_variant("role: av", "role: judge", "role must be av or ar");
+    expect_variant("role: av", "role: av\nrole: ar", "duplicate key");
+    expect_variant("kind: nla_model", "kind: [nla_model", "unterminated flow list");
+    expect_variant("kind: nla_model", "kind: &a nla_model", "anchors");
+    expect_variant("kind: nla_model", "- kind", "block lists");
+    expect_variant("  ar: \"Summary", "  ar: \"Summary\\u00", "bad escape");
+    expect_variant("<summary>\"", "<summary>", "unterminated quoted string");
+}
+
+/* ---- the pipeline ------------------------------------------------------- */
+
+static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
+    /* tokenize the target text (BOS added) */
+    size_t tl = 0;
+    char *text = json_string_after(golden, "target_text", &tl);
+    double want[64];
+    int nt = json_nums_after(golden, "\"target_ids\"", want, 64), n = 0;
+    int32_t ids[64];
+    CHECK_EQ(nla_tokenize(nla_model_tokenizer(target), text, tl, NLA_TOKENIZE_BOS, ids, 64, &n), NLA_OK);
+    int same = n == nt;
+    for (int i = 0; same && i < n; i++) same = ids[i] == (int32_t)want[i];
+    CHECK_MSG(same, "target ids differ");
+    free(text);
+
+    /* extract: block K at every position */
+    long long rows;
+    float *gk = load(G "target_blockK.npy", &rows), vk[64 * D];
+    CHECK_EQ(rows, n);
+    nla_session *s;
+    CHECK_EQ(nla_session_new(target, NULL, &s), NLA_OK);
+    CHECK_EQ(nla_extract(s, ids, n, 2, NULL, 0, vk), NLA_OK);
+    double e_ext = rel_err(vk, gk, (size_t)n * D);
+    CHECK_MSG(e_ext <= 1e-4, "extract: rel err %.3g", e_ext);
+    int32_t pos[3] = {1, 7, 14};
+    float v3[3 * D];
+    CHECK_EQ(nla_extract(s, ids, n, 2, pos, 3, v3), NLA_OK);
+    CHECK(!memcmp(v3, vk + 1 * D, D * sizeof(float)) && !memcmp(v3 + 2 * D, vk + 14 * D, D * sizeof(float)));
+    /* smell: an off-by-one layer is caught by the same comparison */
+    float off[64 * D];
+    CHECK_EQ(nla_extract(s, ids, n, 1, NULL, 0, off), NLA_OK);
+    CHECK_MSG(rel_err(off, gk, (size_t)n * D) > 1e-2, "block K-1 must not pass for block K");
+    CHECK_EQ(nla_extract(s, ids, n, 3, NULL, 0, off), NLA_OK);
+    CHECK_MSG(rel_err(off, gk, (size_t)n * D) > 1e-2, "block K+1 must not pass for block K");
+    int32_t bad_pos = 15;
+    CHECK_EQ(nla_extract(s, ids, n, 2, &bad_pos, 1, off), NLA_ERR_RANGE);
+    nla_session_free(s);
+    printf("  extract: block K at %d positions, max rel err %.2e\n", n, e_ext);
+
+    /* verbalize: first logits after the injection + greedy continuation */
+    nla_session *sa, *sb;
+    CHECK_EQ(nla_session_new(av, NULL, &sa), NLA_OK);
+    CHECK_EQ(nla_session_new(av, NULL, &sb), NLA_OK);
+    float *logits = (float *)malloc(sizeof(float) * V), *again = (float *)malloc(sizeof(float) * V);
+    const char *gav = strstr(golden, "\"av\": [");
+    double worst = 0;
+    for (int k = 0; k < 3; k++) {
+        char path[128];
+        snprintf(path, sizeof path, G "av_first_logits_pos%d.npy", pos[k]);
+        float *gl = load(path, NULL);
+        nla_verbalize_params vp;
+        memset(&vp, 0, sizeof vp);
+        vp.max_new = 10;
+        vp.first_logits = logits;
+        int32_t out[10], out2[10];
+        int n_out = 0, n_out2 = 0;
+        CHECK_EQ(nla_verbalize(sa, vk + (size_t)pos[k] * D, &vp, out, 10, &n_out), NLA_OK);
+        double el = rel_err(logits, gl, V);
+        if (el > worst) worst = el;
+        CHECK_MSG(el <= 1e-4, "AV first logits at position %d: rel err %.3g", pos[k], el);
+        /* the golden greedy ids and margins for this position */
+        const char *blk = gav;
+        for (int j = 0; j <= k; j++) blk = strstr(blk + 1, "\"greedy\"");
+        double g[10], mg[10];
+        json_nums_after(blk, "\"greedy\"", g, 10);
+        json_nums_after(blk, "\"top1_top2_margin\"", mg, 10);
+        CHECK_EQ(n_out, 10);
+        for (int i = 0; i < n_out; i++) {
+            if (out[i] != (int32_t)g[i] && mg[i] <= 1e-3) break;
+            CHECK_MSG(out[i] == (int32_t)g[i], "AV greedy pos %d step %d: %d vs %.0f", pos[k], i, out[i], g[i]);
+            if (out[i] != (int32_t)g[i]) break;
+        }
+        /* a fresh session (no cached prefix) gives the same */
+        vp.first_logits = again;
+        nla_session_reset(sb);
+        CHECK_EQ(nla_verbalize(sb, vk + (size_t)pos[k] * D, &vp, out2, 10, &n_out2), NLA_OK);
+        CHECK(n_out2 == n_out && !memcmp(out, out2, sizeof(int32_t) * (size_t)n_out) && !memcmp(logits, again, sizeof(float) * V));
+
+        if (k == 0) { /* smells, each caught by the golden logits check */
+            nla_meta m;
+            nla_model_get_meta(av, &m);
+            float *e = (float *)malloc(sizeof(float) * 109 * D);
+            nla_model_info in;
+            nla_model_get_info(av, &in);
+            const float *v = vk + (size_t)pos[k] * D;
+            double nv = 0;
+            for (int i = 0; i < D; i++) nv += (double)v[i] * v[i];
+            nv = sqrt(nv);
+            for (int variant = 0; variant < 3; variant++) {
+                int32_t pr[109];
+                int T = m.av_prompt_len, mk = m.av_marker_index;
+                if (variant == 2) { pr[0] = 2; memcpy(pr + 1, m.av_prompt, sizeof(int32_t) * (size_t)T); T++; mk++; } /* second BOS */
+                else memcpy(pr, m.av_prompt, sizeof(int32_t) * (size_t)T);
+                nla_embed_tokens(av, pr, T, e);
+                if (variant == 1) /* sqrt(d) not applied to the token rows */
+                    for (int i = 0; i < T * D; i++) e[i] /= in.embed_scale;
+                for (int i = 0; i < D; i++)
+                    e[(size_t)mk * D + i] = (float)(v[i] * m.injection_scale / nv) * (variant == 0 ? in.embed_scale : 1.0f); /* 0: sqrt(d) twice */
+                nla_session *w;
+                nla_session_new(av, NULL, &w);
+                nla_batch b;
+                memset(&b, 0, sizeof b);
+                b.n_tokens = T;
+                b.embeds = e;
+                b.logits = again;
+                CHECK_EQ(nla_forward(w, &b), NLA_OK);
+                CHECK_MSG(rel_err(again, gl, V) > 1e-2, "smell %d would pass the golden check", variant);
+                nla_session_free(w);
+            }
+            free(e);
+        }
+        free(gl);
+    }
+    printf("  verbalize: 3 vectors, first logits max rel err %.2e, greedy ids identical\n", worst);
+    /* the streaming callback stops the decode */
+    nla_verbalize_params vp;
+    memset(&vp, 0, sizeof vp);
+    int32_t out[200];
+    int n_out;
+    CHECK_EQ(nla_verbalize(sa, vk + D, &vp, out, 200, &n_out), NLA_OK); /* default max_new 200 */
+    CHECK(n_out >= 1 && n_out <= 200);
+    CHECK_EQ(nla_verbalize(sa, vk + D, &vp, out, 10, &n_out), NLA_ERR_ARG); /* cap < max_new */
+    CHECK_EQ(nla_verbalize(sa, NULL, &vp, out, 200, &n_out), NLA_ERR_ARG);
+    nla_session_free(sa);
+    nla_session_free(sb);
+    free(logits); free(again);
+
+    /* reconstruct the three golden AR texts */
+    float *gr = load(G "ar_recon.npy", NULL), rec[3 * D], rec2[3 * D];
+    char *ar_text[3], *ex[3], *padded[3];
+    size_t al[3];
+    CHECK_EQ(json_strings_after(golden, "\"ar_texts\"", ar_text, al, 3), 3);
+    const char *ar_ids_at = strchr(strstr(golden, "\"ar_ids\""), '['); /* the outer list */
+    for (int i = 0; i < 3; i++) {
+        char *a = strstr(ar_text[i], "<text>") + 6, *b = strstr(a, "</text>");
+        ex[i] = (char *)malloc((size_t)(b - a) + 1);
+        memcpy(ex[i], a, (size_t)(b - a));
+        ex[i][b - a] = 0;
+        padded[i] = (char *)malloc(strlen(ex[i]) + 8);
+        sprintf(padded[i], " \n %s\n ", ex[i]);
+        /* the AR input tokenizes to the golden ids */
+        double w[128];
+        ar_ids_at = strchr(ar_ids_at + 1, '['); /* the i-th inner list */
+        int nw = json_nums_after(ar_ids_at, "[", w, 128), nx = 0;
+        int32_t x[128];
+        CHECK_EQ(nla_tokenize(nla_model_tokenizer(ar), ar_text[i], al[i], NLA_TOKENIZE_BOS, x, 128, &nx), NLA_OK);
+        int ok = nx == nw;
+        for (int j = 0; ok && j < nx; j++) ok = x[j] == (int32_t)w[j];
+        CHECK_MSG(ok, "AR text %d tokenizes differently (%d vs %d ids)", i, nx, nw);
+    }
+    nla_session *sr;
+    CHECK_EQ(nla_session_new(ar, NULL, &sr), NLA_OK);
+    CHECK_EQ(nla_reconstruct(sr, (const char *const *)ex, 3, rec), NLA_OK);
+    double er = rel_err(rec, gr, 3 * D);
+    CHECK_MSG(er <= 1e-4, "reconstruct: rel err %.3g", er);
+    CHECK_EQ(nla_reconstruct(sr, (const char *const *)padded, 3, rec2), NLA_OK); /* trimmed like training */
+    CHECK(!memcmp(rec, rec2, sizeof rec));
+    nla_session *st;
+    CHECK_EQ(nla_session_new(target, NULL, &st), NLA_OK);
+    CHECK_EQ(nla_reconstruct(st, (const char *const *)ex, 1, rec2), NLA_ERR_ARG); /* not an AR */
+    CHECK(strstr(nla_session_errmsg(st), "not an AR") != NULL);
+    nla_session_free(st);
+    nla_session_free(sr);
+    printf("  reconstruct: 3 explanations, max rel err %.2e\n", er);
+
+    /* metrics against the golden, and the identity mse_nrm = 2 (1 - cos) */
+    const char *mt = strstr(golden, "\"metrics\"");
+    double worst_m = 0;
+    for (int k = 0; k < 3; k++) {
+        double p_, i_, mse, cs, fve;
+        mt = strstr(mt, "\"position\": ");
+        p_ = strtod(mt + 12, NULL);
+        i_ = strtod(strstr(mt, "\"explanation_index\": ") + 21, NULL);
+        mse = strtod(strstr(mt, "\"mse_nrm\": ") + 11, NULL);
+        cs = strtod(strstr(mt, "\"cos\": ") + 7, NULL);
+        fve = strtod(strstr(mt, "\"fve_nrm_B0.0302\": ") + 19, NULL);
+        mt++;
+        nla_scores sc;
+        CHECK_EQ(nla_score(vk + (size_t)p_ * D, rec + (size_t)i_ * D, D, 4.0, 0.0302, &sc), NLA_OK);
+        double e1 = fabs(sc.mse_nrm - mse) / fabs(mse), e2 = fabs(sc.cos - cs) / fabs(cs), e3 = fabs(sc.fve_nrm - fve) / fabs(fve);
+        double e = e1 > e2 ? e1 : e2;
+        e = e > e3 ? e : e3;
+        if (e > worst_m) worst_m = e;
+        CHECK_MSG(e <= 1e-4, "metrics %d: mse %.6f/%.6f cos %.6f/%.6f fve %.4f/%.4f", k, sc.mse_nrm, mse, sc.cos, cs, sc.fve_nrm, fve);
+        CHECK_NEAR(sc.mse_nrm, 2 * (1 - sc.cos), 1e-9);
+    }
+    double B, gB = strtod(strstr(golden, "\"own_set_baseline_B_over_all_target_positions\": ") + 48, NULL);
+    CHECK_EQ(nla_baseline(vk, n, D, 4.0, &B), NLA_OK);
+    CHECK_MSG(fabs(B - gB) / gB <= 1e-4, "own-set baseline %.7f vs %.7f", B, gB);
+    nla_scores sc;
+    CHECK_EQ(nla_score(vk, vk, D, 4.0, 0, &sc), NLA_OK);
+    CHECK(sc.mse_nrm < 1e-12 && fabs(sc.cos - 1) < 1e-9 && isnan(sc.fve_nrm));
+    CHECK_EQ(nla_score(vk, vk, D, 0, 0, &sc), NLA_ERR_ARG);
+    printf("  metrics: 3 pairs, max rel err %.2e; own-set baseline %.7f (golden %.7f)\n", worst_m, B, gB);
+    for (int i = 0; i < 3; i++) { free(ar_text[i]); free(ex[i]); free(padded[i]); }
+    free(gr);
+    free(gk);
+}
+
+/* Explanation parsing: the first <explanation>...</explanation>, trimmed. */
+static void test_parse(void) {
+    size_t a, n;
+    const char *r1 = "<explanation>\nTopic: x.\n\nFinal token.\n</explanation><end_of_turn>";
+    CHECK_EQ(nla_parse_explanation(r1, strlen(r1), &a, &n), 1);
+    CHECK(n == 23 && !memcmp(r1 + a, "Topic: x.\n\nFinal token.", 23));
+    const char *r2 = "  no tags here \n";
+    CHECK_EQ(nla_parse_explanation(r2, strlen(r2), &a, &n), 0);
+    CHECK(n == 12 && !memcmp(r2 + a, "no tags here", 12));
+    const char *r3 = "<explanation> truncated";
+    CHECK_EQ(nla_parse_explanation(r3, strlen(r3), &a, &n), 0);
+    const char *r4 = "x<explanation>a</explanation><explanation>b</explanation>";
+    CHECK_EQ(nla_parse_explanation(r4, strlen(r4), &a, &n), 1);
+    CHECK(n == 1 && r4[a] == 'a');
+}
+
+int main(void) {
+    FILE *f = fopen(TOKJSON, "rb");
+    if (!f) { printf("%s is missing: run 'make weights/tokenizer.json'\n0 passed, 1 failed\n", TOKJSON); return 1; }
+    fclose(f);
+    golden = slurp(G "golden.json", NULL);
+    nla_model *target = open_nla(G "target"), *av = open_nla(G "av"), *ar = open_nla(G "ar");
+    if (target && av && ar) {
+        test_meta(av, ar);
+        test_sidecar_errors();
+        test_pipeline(target, av, ar);
+        test_parse();
+    }
+    nla_model_close(target); nla_model_close(av); nla_model_close(ar);
+    free(golden);
+    return test_report();
+}
