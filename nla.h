@@ -97,6 +97,13 @@ int nla_st_find(const nla_st *st, const char *name);
 /* Value of a __metadata__ key of the first file holding one, or NULL. */
 const char *nla_st_metadata(const nla_st *st, const char *key);
 
+/* Writes tensors t[0..n) (name, dtype, ndim, shape, data, nbytes; file is
+   ignored) as one safetensors file, laid out in the order given, with
+   __metadata__ from n_meta (key, value) string pairs in meta. The file
+   appears whole or not at all (written to path.tmp, then renamed). */
+nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta, int n_meta,
+                        char *errbuf, size_t errbuf_size);
+
 /* ---- Model -------------------------------------------------------------- */
 
 typedef struct nla_model nla_model;
@@ -370,6 +377,7 @@ typedef struct {
     int n_critic_suffix;
     int32_t critic_suffix_ids[8]; /* AR: ids every AR input ends with */
     const char *injection_char, *av_template, *ar_template; /* borrowed; NULL if absent */
+    const char *base_checkpoint; /* borrowed; NULL if absent */
     const int32_t *av_prompt;  /* AV: the prompt ids (borrowed), NULL without tokenizer */
     int av_prompt_len, av_marker_index;
     int has_value_head;        /* AR: value_head.safetensors loaded */
@@ -420,6 +428,15 @@ typedef struct {
     double cos;      /* cosine of the raw vectors; mse_nrm = 2 (1 - cos) when mse_scale = sqrt(d) */
     double fve_nrm;  /* 1 - mse_nrm / baseline; NaN when baseline <= 0 */
 } nla_scores;
+
+/* Vectors on disk: float32 little-endian C-order NumPy .npy, shape [n] or
+   [n, d]. nla_npy_read writes the shape and, when cap (floats) suffices,
+   the data; NLA_ERR_BUFFER_TOO_SMALL otherwise (call again with a bigger
+   buffer). Other dtypes, Fortran order or other ranks are refused. */
+nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim, char *errbuf,
+                        size_t errbuf_size);
+nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *errbuf,
+                         size_t errbuf_size);
 
 /* Scores reconstruction r against the original v, both [d]. */
 nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline, nla_scores *out);
