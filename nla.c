@@ -3937,6 +3937,29 @@ static int cmd_info(int argc, char **argv) {
     printf("parameters       %llu\n", (unsigned long long)in.n_params);
     printf("weight bytes     %llu (%.3f GB) in %d file%s\n", (unsigned long long)in.weight_bytes, (double)in.weight_bytes / 1e9,
            in.n_files, in.n_files == 1 ? "" : "s");
+    const nla_tokenizer *tok = nla_model_tokenizer(m);
+    if (tok) printf("tokenizer        %d ids\n", nla_tokenizer_n_ids(tok));
+    else printf("tokenizer        none (no tokenizer.json: token ids only)\n");
+    nla_meta meta;
+    nla_model_get_meta(m, &meta);
+    if (meta.present) {
+        printf("NLA role         %s (nla_meta.yaml)\n", meta.role);
+        printf("NLA layer K      %d (the target's block %d output = HF hidden_states[%d])\n", meta.layer, meta.layer, meta.layer + 1);
+        if (!strcmp(meta.role, "av")) {
+            printf("injection scale  %.9g\n", meta.injection_scale);
+            printf("marker           %d between %d and %d", meta.marker_id, meta.marker_left_id, meta.marker_right_id);
+            if (meta.av_prompt) printf("; AV prompt %d ids, marker at %d", meta.av_prompt_len, meta.av_marker_index);
+            printf("\n");
+        } else {
+            printf("value head       %s\n", meta.has_value_head ? "value_head.safetensors" : "missing");
+            printf("suffix ids       ");
+            for (int i = 0; i < meta.n_critic_suffix; i++) printf("%s%d", i ? "," : "", meta.critic_suffix_ids[i]);
+            printf("\n");
+        }
+        printf("mse scale        %.17g\nfve baseline     %.4g\n", meta.mse_scale, meta.fve_baseline);
+        if (meta.base_checkpoint) printf("base checkpoint  %s\n", meta.base_checkpoint);
+        if (meta.defaulted[0]) printf("from defaults    %s\n", meta.defaulted);
+    }
     nla_model_close(m);
     return 0;
 }
