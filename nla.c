@@ -38,6 +38,9 @@
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
+#if defined(__linux__) && !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* madvise */
+#endif
 #ifndef NLA_MAX_HEADER
 #define NLA_MAX_HEADER 100000000u
 #endif
@@ -69,6 +72,9 @@
 #endif
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__AVX2__) && !defined(NLA_NO_SIMD)
+#include <immintrin.h>
 #endif
 
 /* Session counting on a shared model is the one thing that changes on an
@@ -1284,10 +1290,11 @@ static nla_status cfg_rope(const jdoc *d, int o, float *theta, float *factor, er
     double v = *theta, f = 1.0;
     nla_status rc;
     if ((rc = cfg_num(d, o, -1, "rope_theta", &v, e, fn))) return rc;
+    if (!(v > 1 && isfinite(v))) return fail(e, NLA_ERR_RANGE, "%s: %s rope_theta must be a finite number above 1", fn, what);
     *theta = (float)v;
     if (!strcmp(type, "linear")) {
         if ((rc = cfg_num(d, o, -1, "factor", &f, e, fn))) return rc;
-        if (!(f > 0)) return fail(e, NLA_ERR_RANGE, "%s: %s factor must be positive", fn, what);
+        if (!(f > 0 && isfinite(f))) return fail(e, NLA_ERR_RANGE, "%s: %s factor must be a finite positive number", fn, what);
         *factor = (float)f;
     } else if (strcmp(type, "default")) {
         return fail(e, NLA_ERR_UNSUPPORTED, "%s: %s rope_type '%s' is not supported (Gemma 3 uses default and linear)", fn, what, type);
@@ -1364,7 +1371,8 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
         goto out;
     }
     if (c->hd % 2) { rc = fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd); goto out; }
-    if (!(eps > 0 && eps < 1) || !(qpas > 0) || !(th_g > 1) || !(th_l > 1) || fcap < 0 || acap < 0) {
+    if (!(eps > 0 && eps < 1) || !(qpas > 0 && isfinite(qpas)) || !(th_g > 1 && isfinite(th_g)) || !(th_l > 1 && isfinite(th_l)) ||
+        !(fcap >= 0 && isfinite(fcap)) || !(acap >= 0 && isfinite(acap))) {
         rc = fail(e, NLA_ERR_RANGE, "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range", fn);
         goto out;
     }
@@ -1457,7 +1465,112 @@ out:
     return rc;
 }
 
-/* ==== 6 Kernels: conversion, matmul, RMSNorm, RoPE, attention, GELU ===== */
+/* ==== 6 Quantization: Q8_0 and Q4_0 blocks ============================== */
+
+/* Two block formats for matrix weights, in llama.cpp's byte layout so the
+   numbers compare: a row of `cols` weights (cols % 32 == 0) is cols/32
+   blocks of 32.
+     Q8_0  34 bytes: f16 scale d, 32 int8 q; w = d q, d = max|w| / 127
+     Q4_0  18 bytes: f16 scale d, 16 bytes of nibbles; w = d (q - 8), where
+           d = m / -8 for the value m of largest magnitude; byte j holds
+           element j in its low nibble and element j + 16 in its high one
+   Activations are quantized on the fly to A8 blocks (f32 scale, 32 int8),
+   once per matmul input row, so every weight block meets an int8 x int8 dot
+   with an exact int32 sum. Norms, the embedding rows read by lookup and the
+   NLA value head stay in their stored precision. Scalar code is the
+   reference; AVX2 kernels (section 7) must agree with it. */
+
+#define QK 32
+#define Q8_0_BYTES 34
+#define Q4_0_BYTES 18
+
+typedef struct {
+    float d;
+    int8_t q[QK];
+} blk_a8;
+
+/* Bytes of one stored row of `cols` elements. */
+static size_t row_bytes(nla_dtype dt, int cols) {
+    switch (dt) {
+    case NLA_DTYPE_F32: return (size_t)cols * 4;
+    case NLA_DTYPE_F16: case NLA_DTYPE_BF16: return (size_t)cols * 2;
+    case NLA_DTYPE_Q8_0: return (size_t)cols / QK * Q8_0_BYTES;
+    case NLA_DTYPE_Q4_0: return (size_t)cols / QK * Q4_0_BYTES;
+    }
+    return 0;
+}
+
+static int is_quant(nla_dtype dt) { return dt == NLA_DTYPE_Q8_0 || dt == NLA_DTYPE_Q4_0; }
+
+static void q8_0_quantize(const float *x, unsigned char *y, int n) {
+    for (int b = 0; b < n / QK; b++, x += QK, y += Q8_0_BYTES) {
+        float amax = 0;
+        for (int j = 0; j < QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        const float d = amax / 127, id = d ? 1 / d : 0;
+        uint16_t h = f32_to_f16(d);
+        memcpy(y, &h, 2);
+        for (int j = 0; j < QK; j++) y[2 + j] = (unsigned char)(int8_t)roundf(x[j] * id);
+    }
+}
+
+static void q4_0_quantize(const float *x, unsigned char *y, int n) {
+    for (int b = 0; b < n / QK; b++, x += QK, y += Q4_0_BYTES) {
+        float amax = 0, m = 0;
+        for (int j = 0; j < QK; j++)
+            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); m = x[j]; }
+        const float d = m / -8, id = d ? 1 / d : 0;
+        uint16_t h = f32_to_f16(d);
+        memcpy(y, &h, 2);
+        for (int j = 0; j < QK / 2; j++) {
+            int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + QK / 2] * id + 8.5f);
+            lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;
+            hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
+            y[2 + j] = (unsigned char)(lo | hi << 4);
+        }
+    }
+}
+
+/* Activations: per block d = max|x| / 127 in f32, q = round(x / d). */
+static void a8_quantize(const float *x, blk_a8 *y, int n) {
+    for (int b = 0; b < n / QK; b++, x += QK) {
+        float amax = 0;
+        for (int j = 0; j < QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        const float d = amax / 127, id = d ? 1 / d : 0;
+        y[b].d = d;
+        for (int j = 0; j < QK; j++) y[b].q[j] = (int8_t)roundf(x[j] * id);
+    }
+}
+
+static void q_dequantize(const unsigned char *w, nla_dtype dt, float *out, int n) {
+    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    for (int b = 0; b < n / QK; b++, w += bs, out += QK) {
+        const float d = f16_to_f32(rd_u16(w));
+        for (int j = 0; j < QK; j++)
+            out[j] = dt == NLA_DTYPE_Q8_0 ? d * (float)(int8_t)w[2 + j]
+                                          : d * (float)(((j < QK / 2 ? w[2 + j] : w[2 + j - QK / 2] >> 4) & 15) - 8);
+    }
+}
+
+/* Scalar reference: sum over nb blocks of d_w d_x (sum of q_w q_x). */
+static float q_dot_ref(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
+    float s = 0;
+    for (int b = 0; b < nb; b++) {
+        int isum = 0;
+        if (dt == NLA_DTYPE_Q8_0) {
+            const unsigned char *wb = w + (size_t)b * Q8_0_BYTES;
+            for (int j = 0; j < QK; j++) isum += (int8_t)wb[2 + j] * x[b].q[j];
+            s += f16_to_f32(rd_u16(wb)) * x[b].d * (float)isum;
+        } else {
+            const unsigned char *wb = w + (size_t)b * Q4_0_BYTES;
+            for (int j = 0; j < QK / 2; j++)
+                isum += ((wb[2 + j] & 15) - 8) * x[b].q[j] + ((wb[2 + j] >> 4) - 8) * x[b].q[j + QK / 2];
+            s += f16_to_f32(rd_u16(wb)) * x[b].d * (float)isum;
+        }
+    }
+    return s;
+}
+
+/* ==== 7 Kernels: conversion, matmul, RMSNorm, RoPE, attention, GELU ===== */
 
 /* The kernels know nothing of Gemma. Every weight matrix is a wmat viewing
    the stored bytes; a row is converted to float32 in a per-thread buffer and
@@ -1471,20 +1584,17 @@ typedef struct {
     int rows, cols;
 } wmat;
 
-static size_t dtype_size(nla_dtype dt) { return dt == NLA_DTYPE_F32 ? 4 : 2; }
-
-/* dst[0..n) = elements [0..n) of a stored f32/f16/bf16 array (any alignment). */
+/* dst[0..n) = elements [0..n) of a stored array of any dtype (any alignment). */
 static void to_f32(float *dst, const unsigned char *src, nla_dtype dt, int n) {
     switch (dt) {
     case NLA_DTYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
     case NLA_DTYPE_BF16: for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
     case NLA_DTYPE_F16: for (int i = 0; i < n; i++) dst[i] = f16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
+    case NLA_DTYPE_Q8_0: case NLA_DTYPE_Q4_0: q_dequantize(src, dt, dst, n); break;
     }
 }
 
-static void wmat_row(const wmat *w, int r, float *dst) {
-    to_f32(dst, w->p + (size_t)r * (size_t)w->cols * dtype_size(w->dt), w->dt, w->cols);
-}
+static void wmat_row(const wmat *w, int r, float *dst) { to_f32(dst, w->p + (size_t)r * row_bytes(w->dt, w->cols), w->dt, w->cols); }
 
 /* 32 independent partial sums: the compiler keeps them in vector registers
    (no -ffast-math needed) and the adds do not wait on each other. */
@@ -1500,6 +1610,49 @@ static float dot(const float *a, const float *b, int n) {
     return s[0] + r;
 }
 
+/* The quantized dot product: the AVX2 kernel where the build targets it
+   (make does, for the machine it runs on), else the scalar reference. Both
+   sum the same exact int32 block products; only the float accumulation
+   order differs. */
+#if defined(__AVX2__) && !defined(NLA_NO_SIMD)
+#define NLA_SIMD_NAME "avx2"
+static float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
+    const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    __m256 acc = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += bs) {
+        __m256i qw;
+        if (dt == NLA_DTYPE_Q8_0) {
+            qw = _mm256_loadu_si256((const __m256i *)(const void *)(w + 2));
+        } else { /* nibbles: low -> elements 0..15, high -> 16..31, minus 8 */
+            const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
+            qw = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), lo4), eight);
+        }
+        const __m256i qx = _mm256_loadu_si256((const __m256i *)(const void *)x[b].q);
+        /* |w| (unsigned) times x with w's sign, pairwise to int16, then to int32 */
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw)), ones);
+        const __m256 d = _mm256_set1_ps(f16_to_f32(rd_u16(w)) * x[b].d);
+#ifdef __FMA__
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+#else
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(p)));
+#endif
+    }
+    return hsum8(acc);
+}
+#define q_dot q_dot_simd
+#else
+#define NLA_SIMD_NAME "none"
+#define q_dot q_dot_ref
+#endif
+
 static int thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -1508,17 +1661,33 @@ static int thread_id(void) {
 #endif
 }
 
-/* y [n, w.rows] = x [n, w.cols] . W^T. rowbuf holds nt rows of w.cols floats. */
-static void matmul(float *y, const float *x, int n, const wmat *w, float *rowbuf, int nt) {
-    const int rows = w->rows, cols = w->cols;
-    (void)nt;
+/* Scratch of a matmul: converted weight rows and quantized activations. */
+typedef struct {
+    float *rowbuf;  /* [nt, max cols] */
+    blk_a8 *xq;     /* [n_batch, max cols / 32] */
+    int nt;
+} mm_scratch;
+
+/* y [n, w.rows] = x [n, w.cols] . W^T. A float weight row is converted
+   once and met by all n inputs; a quantized one meets the n inputs
+   quantized once to A8. Rows are split across threads. */
+static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scratch *sc) {
+    const int rows = w->rows, cols = w->cols, nb = cols / QK;
+    const size_t rb = row_bytes(w->dt, cols);
+    if (is_quant(w->dt))
+        for (int t = 0; t < n; t++) a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * nb, cols);
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(sc->nt) schedule(static)
 #endif
     for (int r = 0; r < rows; r++) {
-        float *wr = rowbuf + (size_t)thread_id() * (size_t)cols;
-        wmat_row(w, r, wr);
-        for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, wr, cols);
+        const unsigned char *wr = w->p + (size_t)r * rb;
+        if (is_quant(w->dt)) {
+            for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = q_dot(wr, w->dt, sc->xq + (size_t)t * nb, nb);
+        } else {
+            float *f = sc->rowbuf + (size_t)thread_id() * (size_t)cols;
+            to_f32(f, wr, w->dt, cols);
+            for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, f, cols);
+        }
     }
 }
 
@@ -1603,6 +1772,8 @@ struct nla_model {
     float *inv_freq;          /* [2][hd/2]: local, global (factor applied) */
     float embed_scale;
     uint64_t n_params, weight_bytes;
+    unsigned char *qmem;      /* quantized copies of the matrices (quantize on load) */
+    uint64_t quant_bytes;
     nla_tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
     struct nla_sidecar *nla;  /* NULL when the folder has no nla_meta.yaml */
     int live_sessions;        /* atomic; the only field written after open */
@@ -1751,6 +1922,75 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
     return rc;
 }
 
+/* Drops the pages of a mapped range from memory (they are re-read from the
+   file if touched again): after a matrix is quantized its stored copy is
+   not needed, and should not count against the machine's RAM. */
+static void release_pages(const void *p, size_t n) {
+#if !defined(NLA_NO_MMAP) && defined(MADV_DONTNEED)
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + pg - 1) & ~(pg - 1), b = ((uintptr_t)p + n) & ~(pg - 1);
+    if (pg && b > a) madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+/* Quantizes every matrix whose rows split into 32-blocks (the layers' seven
+   and the LM head) into one allocation. The embedding rows read by lookup
+   keep their stored form. Rows are converted in parallel. */
+static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf *e) {
+    const int L = m->cfg.n_layers, n_mats = 7 * L + 1;
+    wmat **mats = (wmat **)xmalloc((size_t)n_mats, sizeof *mats);
+    if (!mats) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    int maxcols = 0;
+    for (int l = 0; l < L; l++) {
+        layer_w *lw = &m->layer[l];
+        wmat *w7[7] = {&lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down};
+        memcpy(mats + 7 * l, w7, sizeof w7);
+    }
+    mats[n_mats - 1] = &m->head;
+    uint64_t total = 0;
+    for (int i = 0; i < n_mats; i++)
+        if (mats[i]->cols % QK == 0 && !is_quant(mats[i]->dt)) {
+            total += (uint64_t)mats[i]->rows * row_bytes(dt, mats[i]->cols);
+            if (mats[i]->cols > maxcols) maxcols = mats[i]->cols;
+        }
+#ifdef _OPENMP
+    const int nt = omp_get_max_threads();
+#else
+    const int nt = 1;
+#endif
+    float *buf = (float *)xmalloc((size_t)nt * (size_t)maxcols + 1, sizeof(float));
+    if (total > SIZE_MAX || !buf || !(m->qmem = (unsigned char *)malloc(total ? (size_t)total : 1))) {
+        free(mats);
+        free(buf);
+        return fail(e, NLA_ERR_NOMEM, "out of memory for %.2f GB of quantized weights", (double)total / 1e9);
+    }
+    unsigned char *dst = m->qmem;
+    for (int i = 0; i < n_mats; i++) {
+        wmat *w = mats[i];
+        if (w->cols % QK || is_quant(w->dt)) continue;
+        const size_t in_rb = row_bytes(w->dt, w->cols), out_rb = row_bytes(dt, w->cols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (int r = 0; r < w->rows; r++) {
+            float *f = buf + (size_t)thread_id() * (size_t)maxcols;
+            to_f32(f, w->p + (size_t)r * in_rb, w->dt, w->cols);
+            if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(f, dst + (size_t)r * out_rb, w->cols);
+            else q4_0_quantize(f, dst + (size_t)r * out_rb, w->cols);
+        }
+        if (mapped) release_pages(w->p, (size_t)w->rows * in_rb);
+        w->p = dst;
+        w->dt = dt;
+        dst += (size_t)w->rows * out_rb;
+    }
+    m->quant_bytes = total;
+    free(mats);
+    free(buf);
+    return NLA_OK;
+}
+
 void nla_model_get_info(const nla_model *m, nla_model_info *info) {
     if (!m || !info) return;
     const gemma_cfg *c = &m->cfg;
@@ -1767,7 +2007,8 @@ void nla_model_get_info(const nla_model *m, nla_model_info *info) {
     info->tied_embeddings = c->tie; info->has_final_norm = m->final_norm != NULL;
     info->bos_id = c->bos; info->n_eos = c->n_eos;
     memcpy(info->eos_ids, c->eos, sizeof c->eos);
-    info->dtype = m->embed.dt; info->n_params = m->n_params; info->weight_bytes = m->weight_bytes;
+    info->dtype = m->layer[0].q.dt; info->n_params = m->n_params; info->weight_bytes = m->weight_bytes;
+    info->quant_bytes = m->quant_bytes;
     info->n_files = m->st->n_files;
 }
 
@@ -1784,6 +2025,7 @@ nla_status nla_model_close(nla_model *m) {
     nla_st_close(m->st);
     nla_tokenizer_close(m->tok);
     sidecar_free(m->nla);
+    free(m->qmem);
     free(m->layer);
     free(m->gains);
     free(m->inv_freq);
@@ -1805,6 +2047,10 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
         copy_err(errbuf_out, errbuf_size, "path is NULL");
         return NLA_ERR_ARG;
     }
+    if ((unsigned)p.quant > NLA_QUANT_Q4_0) {
+        copy_err(errbuf_out, errbuf_size, "nla_model_params.quant is not an nla_quant value");
+        return NLA_ERR_ARG;
+    }
     if ((unsigned)p.embed_scale > NLA_EMBED_SCALE_EXACT) {
         copy_err(errbuf_out, errbuf_size, "nla_model_params.embed_scale is not an nla_embed_scale value");
         return NLA_ERR_ARG;
@@ -1824,6 +2070,14 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
     if (!rc) rc = cfg_parse(m->dir, &m->cfg, &e);
     if (!rc) rc = st_open(path, p.no_mmap, &m->st, &e);
     if (!rc) rc = bind_model(m, &e);
+    if (!rc && p.quant) {
+#ifdef NLA_NO_MMAP
+        const int mapped = 0;
+#else
+        const int mapped = !p.no_mmap;
+#endif
+        rc = quantize_model(m, p.quant == NLA_QUANT_Q8_0 ? NLA_DTYPE_Q8_0 : NLA_DTYPE_Q4_0, mapped, &e);
+    }
     if (!rc) {
         const gemma_cfg *c = &m->cfg;
         float s = (float)sqrt((double)c->d);
@@ -1901,7 +2155,7 @@ struct nla_session {
     float *q, *k, *v;     /* [B, H*hd], [B, KV*hd], [B, KV*hd] */
     float *g, *u;         /* [B, I] MLP gate and up */
     float *cs;            /* [B, 2, hd] cos/sin for local and global RoPE */
-    float *rowbuf;        /* [nt, max cols] converted weight rows */
+    mm_scratch mm;        /* converted weight rows, quantized activations */
     float *sc;            /* [nt, n_ctx] attention scores */
     float *logits;        /* [V] last logits in generate */
     smp_cand *cand;       /* [V] sampling candidates */
@@ -1914,7 +2168,7 @@ static void session_free_bufs(nla_session *s) {
         for (int l = 0; l < s->m->cfg.n_layers; l++) { free(s->kc[l]); free(s->vc[l]); }
     free(s->kc); free(s->vc); free(s->cap);
     free(s->x); free(s->xb); free(s->y); free(s->q); free(s->k); free(s->v); free(s->g); free(s->u);
-    free(s->cs); free(s->rowbuf); free(s->sc); free(s->logits); free(s->cand);
+    free(s->cs); free(s->mm.rowbuf); free(s->mm.xq); free(s->sc); free(s->logits); free(s->cand);
 }
 
 void nla_session_free(nla_session *s) {
@@ -1981,6 +2235,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
 #else
     s->nt = 1;
 #endif
+    s->mm.nt = s->nt;
     nla_session_seed(s, p.seed);
     nla_session_reset(s);
     const size_t B = (size_t)s->n_batch, h = (size_t)c->d, qw = (size_t)c->n_heads * c->hd,
@@ -2000,7 +2255,8 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
          (s->k = (float *)xmalloc(B * kvw, sizeof(float))) && (s->v = (float *)xmalloc(B * kvw, sizeof(float))) &&
          (s->g = (float *)xmalloc(B * I, sizeof(float))) && (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
          (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
-         (s->rowbuf = (float *)xmalloc((size_t)s->nt * maxcols, sizeof(float))) &&
+         (s->mm.rowbuf = (float *)xmalloc((size_t)s->nt * maxcols, sizeof(float))) &&
+         (s->mm.xq = (blk_a8 *)xmalloc(B * (maxcols / QK + 1), sizeof(blk_a8))) &&
          (s->sc = (float *)xmalloc((size_t)s->nt * (size_t)s->n_ctx, sizeof(float))) &&
          (s->logits = (float *)xmalloc(V, sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand)));
     if (!ok) {
@@ -2029,9 +2285,9 @@ static void block_forward(nla_session *s, int l, int pos0, int n) {
     const float scale = (float)(1.0 / sqrt((double)c->qpas));
 
     for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);
-    matmul(s->q, s->xb, n, &w->q, s->rowbuf, nt);
-    matmul(s->k, s->xb, n, &w->k, s->rowbuf, nt);
-    matmul(s->v, s->xb, n, &w->v, s->rowbuf, nt);
+    matmul(s->q, s->xb, n, &w->q, &s->mm);
+    matmul(s->k, s->xb, n, &w->k, &s->mm);
+    matmul(s->v, s->xb, n, &w->v, &s->mm);
     for (int t = 0; t < n; t++) {
         const float *cs = s->cs + ((size_t)t * 2 + glob) * hd;
         for (int hh = 0; hh < H; hh++) {
@@ -2058,17 +2314,17 @@ static void block_forward(nla_session *s, int l, int pos0, int n) {
         attend(s->xb + (size_t)t * qw + (size_t)hh * hd, s->q + (size_t)t * qw + (size_t)hh * hd, s->kc[l], s->vc[l], cap,
                kvw, (hh / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap, s->sc + (size_t)thread_id() * s->n_ctx);
     }
-    matmul(s->y, s->xb, n, &w->o, s->rowbuf, nt);
+    matmul(s->y, s->xb, n, &w->o, &s->mm);
     for (int t = 0; t < n; t++) {
         float *x = s->x + (size_t)t * h, *y = s->y + (size_t)t * h;
         rmsnorm(y, y, w->post_attn, h, c->eps);
         for (int i = 0; i < h; i++) x[i] += y[i];
         rmsnorm(s->xb + (size_t)t * h, x, w->pre_ffw, h, c->eps);
     }
-    matmul(s->g, s->xb, n, &w->gate, s->rowbuf, nt);
-    matmul(s->u, s->xb, n, &w->up, s->rowbuf, nt);
+    matmul(s->g, s->xb, n, &w->gate, &s->mm);
+    matmul(s->u, s->xb, n, &w->up, &s->mm);
     for (size_t i = 0; i < (size_t)n * I; i++) s->g[i] = gelu(s->g[i]) * s->u[i];
-    matmul(s->y, s->g, n, &w->down, s->rowbuf, nt);
+    matmul(s->y, s->g, n, &w->down, &s->mm);
     for (int t = 0; t < n; t++) {
         float *x = s->x + (size_t)t * h, *y = s->y + (size_t)t * h;
         rmsnorm(y, y, w->post_ffw, h, c->eps);
@@ -2109,7 +2365,7 @@ static void chunk_logits(nla_session *s, const nla_batch *b, int r0, int n, int 
     }
     if (!cnt) return;
     float *out = b->logits + (size_t)first * V;
-    matmul(out, s->xb, cnt, &m->head, s->rowbuf, s->nt);
+    matmul(out, s->xb, cnt, &m->head, &s->mm);
     if (m->cfg.final_softcap > 0) {
         const float cap = m->cfg.final_softcap;
         for (size_t i = 0; i < (size_t)cnt * V; i++) out[i] = cap * tanhf(out[i] / cap);
@@ -3693,7 +3949,7 @@ nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int 
             bt.hook = last_row_hook;
             bt.hook_user = &x;
             nla_session_reset(s);
-            if (!(rc = nla_forward(s, &bt))) matmul(out + (size_t)i * d, h, 1, &sc->value_head, s->rowbuf, s->nt);
+            if (!(rc = nla_forward(s, &bt))) matmul(out + (size_t)i * d, h, 1, &sc->value_head, &s->mm);
             nla_session_reset(s);
         }
         free(ids);

@@ -109,7 +109,12 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
 typedef struct nla_model nla_model;
 typedef struct nla_session nla_session;
 
-typedef enum { NLA_DTYPE_F32 = 0, NLA_DTYPE_F16 = 1, NLA_DTYPE_BF16 = 2 } nla_dtype;
+/* Weight formats: as stored (f32, f16, bf16), or quantized in blocks of 32
+   (Q8_0: int8 + f16 scale, 8.5 bits; Q4_0: 4-bit + f16 scale, 4.5 bits). */
+typedef enum { NLA_DTYPE_F32 = 0, NLA_DTYPE_F16 = 1, NLA_DTYPE_BF16 = 2, NLA_DTYPE_Q8_0 = 3, NLA_DTYPE_Q4_0 = 4 } nla_dtype;
+
+/* Quantization of the matrices at load time. */
+typedef enum { NLA_QUANT_NONE = 0, NLA_QUANT_Q8_0 = 1, NLA_QUANT_Q4_0 = 2 } nla_quant;
 
 /* How the embedding scale sqrt(hidden_size) is rounded before it multiplies
    the embedding rows. */
@@ -124,6 +129,9 @@ typedef struct {
     nla_embed_scale embed_scale; /* default NLA_EMBED_SCALE_BF16 */
     int no_mmap;                 /* nonzero: read() the weights into memory
                                     instead of mapping them. Default 0. */
+    nla_quant quant;             /* quantize the matrices at load (those
+                                    whose width is a multiple of 32);
+                                    default NLA_QUANT_NONE: run as stored */
     const char *tokenizer;       /* tokenizer.json (or a folder holding one) to
                                     load with the model; default NULL: the
                                     model folder's tokenizer.json if there is
@@ -162,9 +170,10 @@ typedef struct {
     int has_final_norm;         /* 0 for an NLA AR backbone: no logits */
     int bos_id;
     int n_eos;  int eos_ids[8]; /* generation stop ids */
-    nla_dtype dtype;            /* dtype of the matrices */
+    nla_dtype dtype;            /* dtype of the matrices (after quantization) */
     uint64_t n_params;          /* parameters of the text model */
     uint64_t weight_bytes;      /* bytes of those parameters as stored */
+    uint64_t quant_bytes;       /* bytes of the quantized matrices (0: none) */
     int n_files;                /* safetensors files */
 } nla_model_info;
 

@@ -215,6 +215,9 @@ static void test_config_and_binding(void) {
     expect_config("\"Gemma3ForCausalLM\"", "\"LlamaForCausalLM\"", NLA_ERR_UNSUPPORTED, "LlamaForCausalLM");
     expect_config("\"hidden_size\": 64,", "\"hidden_size\": 64", NLA_ERR_FORMAT, "config.json: invalid JSON at line");
     expect_config("\"hidden_size\": 64", "\"hidden_size\": \"64\"", NLA_ERR_FORMAT, "hidden_size");
+    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 1e400", NLA_ERR_RANGE, "softcaps");
+    expect_config("\"factor\": 8.0", "\"factor\": 1e999", NLA_ERR_RANGE, "factor");
+    expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e309", NLA_ERR_RANGE, "rope");
     expect_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"silu\"", NLA_ERR_UNSUPPORTED, "silu");
     expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": true", NLA_ERR_UNSUPPORTED, "bidirectional");
     expect_config("\"full_attention\",", "\"chunked_attention\",", NLA_ERR_UNSUPPORTED, "layer_types[5]");
