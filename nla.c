@@ -54,6 +54,7 @@
 #define NLA_NO_MMAP
 #endif
 
+#define NLA_EXPERIMENTAL /* the kernel-check declarations of nla.h */
 #include "nla.h"
 
 #include <float.h>
@@ -1551,7 +1552,13 @@ static void q_dequantize(const unsigned char *w, nla_dtype dt, float *out, int n
     }
 }
 
-/* Scalar reference: sum over nb blocks of d_w d_x (sum of q_w q_x). */
+/* Scalar reference: sum over nb blocks of d_w d_x (sum of q_w q_x). GCC 12
+   compiles this signed int8 loop for AVX512-VNNI into vpdpbusd, which
+   multiplies unsigned by signed bytes, and returns wrong sums (seen with
+   -O2 -march=native on Zen 5); so GCC does not vectorize it. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-vectorize")))
+#endif
 static float q_dot_ref(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
     float s = 0;
     for (int b = 0; b < nb; b++) {
@@ -1652,6 +1659,22 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
 #define NLA_SIMD_NAME "none"
 #define q_dot q_dot_ref
 #endif
+
+nla_status nla_kernel_dot(nla_dtype dt, const float *w, const float *x, int n, int simd, float *out) {
+    if (!is_quant(dt) || !w || !x || !out || n < QK || n % QK) return NLA_ERR_ARG;
+    unsigned char *qw = (unsigned char *)malloc(row_bytes(dt, n));
+    blk_a8 *qx = (blk_a8 *)xmalloc((size_t)n / QK, sizeof(blk_a8));
+    if (!qw || !qx) { free(qw); free(qx); return NLA_ERR_NOMEM; }
+    if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(w, qw, n);
+    else q4_0_quantize(w, qw, n);
+    a8_quantize(x, qx, n);
+    *out = simd ? q_dot(qw, dt, qx, n / QK) : q_dot_ref(qw, dt, qx, n / QK);
+    free(qw);
+    free(qx);
+    return NLA_OK;
+}
+
+const char *nla_kernel_simd(void) { return NLA_SIMD_NAME; }
 
 static int thread_id(void) {
 #ifdef _OPENMP

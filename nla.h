@@ -454,6 +454,19 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
    mse_scale, B = sum |v_n - mean|^2 / (n d). */
 nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out);
 
+/* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
+
+#ifdef NLA_EXPERIMENTAL
+/* Quantizes w [n] to dt (NLA_DTYPE_Q8_0 or Q4_0) and x [n] to the int8
+   activation blocks, and writes their dot product computed by the scalar
+   reference (simd 0) or by this build's SIMD kernel (simd 1; the reference
+   when there is none). n a multiple of 32. For tests of the kernels. */
+nla_status nla_kernel_dot(nla_dtype dt, const float *w, const float *x, int n, int simd, float *out);
+
+/* The SIMD kernel this build uses: "avx2" or "none". */
+const char *nla_kernel_simd(void);
+#endif
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,175 @@
+/* test_quant.c - Q8_0 and Q4_0: the SIMD kernel against the scalar
+   reference on random and adversarial blocks, and whole models quantized on
+   load against the golden f32 results: top-1 agreement of the logits and
+   the mse_nrm of block-K vectors. */
+#define NLA_EXPERIMENTAL
+#include "../nla.h"
+#include "test.h"
+#include "util.h"
+
+static uint64_t rng = 88172645463325252ull;
+static double urand(void) {
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (double)(rng >> 11) / 9007199254740992.0;
+}
+
+/* |simd - ref| relative to the sum of |w_i x_i| (the scale of rounding) */
+static void check_kernels(const float *w, const float *x, int n, const char *what) {
+    for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++) {
+        float ref, simd;
+        CHECK_EQ(nla_kernel_dot((nla_dtype)dt, w, x, n, 0, &ref), NLA_OK);
+        CHECK_EQ(nla_kernel_dot((nla_dtype)dt, w, x, n, 1, &simd), NLA_OK);
+        double mag = 0;
+        for (int i = 0; i < n; i++) mag += fabs((double)w[i] * x[i]);
+        CHECK_MSG(isfinite(ref) && isfinite(simd) && fabs(simd - ref) <= 1e-5 * mag + 1e-30,
+                  "%s %s: simd %g vs ref %g", what, dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", simd, ref);
+    }
+}
+
+static void test_kernels(void) {
+    enum { N = 4096 };
+    static float w[N], x[N];
+    printf("  SIMD kernel: %s\n", nla_kernel_simd());
+    for (int rep = 0; rep < 20; rep++) {
+        for (int i = 0; i < N; i++) { w[i] = (float)(urand() * 2 - 1); x[i] = (float)((urand() * 2 - 1) * 50); }
+        check_kernels(w, x, N, "random");
+    }
+    memset(w, 0, sizeof w);
+    check_kernels(w, x, N, "all-zero weights");
+    memset(x, 0, sizeof x);
+    check_kernels(w, x, N, "all-zero");
+    for (int i = 0; i < N; i++) { w[i] = (i % 7 ? 1e-40f : -3e-39f); x[i] = (float)(urand() - 0.5); } /* denormals */
+    check_kernels(w, x, N, "denormals");
+    for (int i = 0; i < N; i++) { w[i] = (float)(urand() - 0.5) * 6e4f; x[i] = (float)(urand() - 0.5) * 1e30f; } /* f16 range edge, huge x */
+    check_kernels(w, x, N, "huge values");
+    for (int i = 0; i < N; i++) { w[i] = i % 32 == 5 ? 100.0f : 0.01f; x[i] = i % 32 == 9 ? -1e4f : 1.0f; } /* outliers */
+    check_kernels(w, x, N, "outliers");
+    float out;
+    CHECK_EQ(nla_kernel_dot(NLA_DTYPE_Q8_0, w, x, 33, 0, &out), NLA_ERR_ARG);
+    CHECK_EQ(nla_kernel_dot(NLA_DTYPE_BF16, w, x, 32, 0, &out), NLA_ERR_ARG);
+    /* exactness of the integer core: a block of small integers */
+    for (int i = 0; i < 32; i++) { w[i] = (float)(i % 15 - 7); x[i] = (float)(127 - i); }
+    double exact = 0;
+    for (int i = 0; i < 32; i++) exact += (double)w[i] * x[i];
+    float q8;
+    CHECK_EQ(nla_kernel_dot(NLA_DTYPE_Q8_0, w, x, 32, 1, &q8), NLA_OK);
+    CHECK_NEAR(q8, exact, 1e-3 * fabs(exact) + 1);
+}
+
+static float *logits_of(const char *dir, nla_quant q, const int32_t *ids, int T, int V, float *hidden) {
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.quant = q;
+    nla_model *m;
+    char err[512];
+    if (nla_model_open(dir, &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return NULL; }
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    CHECK_EQ(in.dtype, q == NLA_QUANT_Q8_0 ? NLA_DTYPE_Q8_0 : q == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0 : NLA_DTYPE_BF16);
+    CHECK(q == NLA_QUANT_NONE ? in.quant_bytes == 0 : in.quant_bytes > 0);
+    nla_session *s;
+    nla_session_new(m, NULL, &s);
+    float *lg = (float *)malloc(sizeof(float) * (size_t)T * V);
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = T;
+    b.ids = ids;
+    b.logits = lg;
+    b.all_logits = 1;
+    b.hidden = hidden;
+    CHECK_EQ(nla_forward(s, &b), NLA_OK);
+    nla_session_free(s);
+    nla_model_close(m);
+    return lg;
+}
+
+static int argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* mean over rows of mse_nrm(a_row, b_row) */
+static double mean_mse_nrm(const float *a, const float *b, int rows, int d) {
+    double tot = 0;
+    for (int r = 0; r < rows; r++) {
+        double na = 0, nb = 0, dt = 0;
+        for (int i = 0; i < d; i++) { na += (double)a[r * d + i] * a[r * d + i]; nb += (double)b[r * d + i] * b[r * d + i]; dt += (double)a[r * d + i] * b[r * d + i]; }
+        tot += 2 * (1 - dt / sqrt(na * nb));
+    }
+    return tot / rows;
+}
+
+/* gqa-bf16: every matrix width is a multiple of 32, so everything quantizes. */
+static void test_models(void) {
+    static const char *const names[3] = {"t3", "t8", "t40"};
+    const char *dir = "tests/data/forward/gqa-bf16/model";
+    const int V = 1024, L = 7, d = 64, K = 2;
+    for (int q = NLA_QUANT_Q8_0; q <= NLA_QUANT_Q4_0; q++) {
+        int agree = 0, total = 0;
+        double worst_mse = 0, worst_logit = 0;
+        for (int p = 0; p < 3; p++) {
+            char path[256];
+            snprintf(path, sizeof path, "tests/data/forward/gqa-bf16/%s.logits.npy", names[p]);
+            int nd;
+            long long sh[4];
+            float *gl = npy_load(path, &nd, sh);
+            snprintf(path, sizeof path, "tests/data/forward/gqa-bf16/%s.hidden.npy", names[p]);
+            float *gh = npy_load(path, &nd, sh);
+            const int T = (int)sh[1];
+            char *pj = slurp("tests/data/forward/gqa-bf16/prompts.json", NULL);
+            char key[16];
+            snprintf(key, sizeof key, "\"%s\"", names[p]);
+            double idd[64];
+            int nt = json_nums_after(strstr(pj, key), "\"ids\"", idd, 64);
+            int32_t ids[64];
+            for (int i = 0; i < nt; i++) ids[i] = (int32_t)idd[i];
+            float *hid = (float *)malloc(sizeof(float) * (size_t)L * T * d);
+            float *lg = logits_of(dir, (nla_quant)q, ids, T, V, hid);
+            CHECK(lg != NULL && nt == T);
+            if (!lg) { free(gl); free(gh); free(pj); free(hid); continue; }
+            double mx = 0, e = 0;
+            for (int t = 0; t < T; t++) {
+                agree += argmax(lg + (size_t)t * V, V) == argmax(gl + (size_t)t * V, V);
+                total++;
+            }
+            for (int i = 0; i < T * V; i++) { if (fabs(gl[i]) > mx) mx = fabs(gl[i]); if (fabs(lg[i] - gl[i]) > e) e = fabs(lg[i] - gl[i]); }
+            if (e / mx > worst_logit) worst_logit = e / mx;
+            double mse = mean_mse_nrm(hid + (size_t)K * T * d, gh + (size_t)K * T * d, T, d);
+            if (mse > worst_mse) worst_mse = mse;
+            free(gl); free(gh); free(pj); free(hid); free(lg);
+        }
+        printf("  %s on gqa-bf16: top-1 agreement %d/%d (%.1f %%), block-%d mse_nrm vs f32 %.2e, max logit err %.2e of max |logit|\n",
+               q == NLA_QUANT_Q8_0 ? "Q8_0" : "Q4_0", agree, total, 100.0 * agree / total, K, worst_mse, worst_logit);
+        /* Bounds measured on this model (random weights, rms 0.13 in 64-wide
+           rows: every block moves the residual a lot, so errors compound):
+           Q8_0 48/51 and 4.0e-4 (its weights alone, with float activations,
+           give 50/51 and 1.9e-4; the per-weight error is 0.54 %, as expected
+           for 8-bit blocks). They guard against regressions; they are not
+           the accuracy a trained Gemma 3 gets. */
+        if (q == NLA_QUANT_Q8_0) {
+            CHECK_MSG(agree * 100 >= 90 * total, "Q8_0 top-1 agreement %d/%d below 90 %%", agree, total);
+            CHECK_MSG(worst_mse <= 6e-4, "Q8_0 block-K mse_nrm %.3g above 6e-4", worst_mse);
+        } else {
+            CHECK_MSG(agree * 100 >= 65 * total, "Q4_0 top-1 agreement %d/%d below 65 %%", agree, total);
+            CHECK_MSG(worst_mse <= 6e-2, "Q4_0 block-K mse_nrm %.3g above 6e-2", worst_mse);
+        }
+    }
+    /* a model whose widths are not multiples of 32 (h = 48) still loads: those
+       matrices stay as stored */
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.quant = NLA_QUANT_Q8_0;
+    nla_model *m;
+    char err[512];
+    CHECK_EQ(nla_model_open("tests/data/forward/mqa-f32/model", &mp, &m, err, sizeof err), NLA_OK);
+    nla_model_close(m);
+    mp.quant = (nla_quant)9;
+    CHECK_EQ(nla_model_open(dir, &mp, &m, err, sizeof err), NLA_ERR_ARG);
+}
+
+int main(void) {
+    test_kernels();
+    test_models();
+    return test_report();
+}
