@@ -1485,6 +1485,10 @@ out:
 #define Q8_0_BYTES 34
 #define Q4_0_BYTES 18
 
+/* Rounds |v| <= 127.5 to the nearest integer, halves away from zero (as
+   roundf, without its libm call in the innermost loop). */
+static int8_t round_i8(float v) { return (int8_t)(int)(v + (v >= 0 ? 0.5f : -0.5f)); }
+
 typedef struct {
     float d;
     int8_t q[QK];
@@ -1510,7 +1514,7 @@ static void q8_0_quantize(const float *x, unsigned char *y, int n) {
         const float d = amax / 127, id = d ? 1 / d : 0;
         uint16_t h = f32_to_f16(d);
         memcpy(y, &h, 2);
-        for (int j = 0; j < QK; j++) y[2 + j] = (unsigned char)(int8_t)roundf(x[j] * id);
+        for (int j = 0; j < QK; j++) y[2 + j] = (unsigned char)round_i8(x[j] * id);
     }
 }
 
@@ -1538,7 +1542,7 @@ static void a8_quantize(const float *x, blk_a8 *y, int n) {
         for (int j = 0; j < QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
         const float d = amax / 127, id = d ? 1 / d : 0;
         y[b].d = d;
-        for (int j = 0; j < QK; j++) y[b].q[j] = (int8_t)roundf(x[j] * id);
+        for (int j = 0; j < QK; j++) y[b].q[j] = round_i8(x[j] * id);
     }
 }
 
@@ -4075,6 +4079,7 @@ static const char *const usage_forward =
     "                  with --layer K: [T, d], the output of block K alone\n"
     "  --layer K       stop after block K (0-based; = HF hidden_states[K+1])\n"
     "  --threads N     threads (default: all)\n"
+    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "  --embed-scale bf16|stored|exact   rounding of sqrt(hidden) (default bf16)\n"
     "Without --logits or --hidden, prints the top 5 next tokens after the last position.\n";
 
@@ -4093,6 +4098,7 @@ static const char *const usage_generate =
     "  --stop I,J,...  stop ids (default: eos ids of generation_config.json)\n"
     "  --tokenizer F   tokenizer.json to use (default: DIR/tokenizer.json)\n"
     "  --threads N     threads (default: all)\n"
+    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "Output is streamed as it is produced: ids comma-separated, or text.\n";
 
 static const char *const usage_tokenize =
@@ -4177,11 +4183,12 @@ static int npy_write(const char *path, const float *data, int ndim, const int64_
     return 0;
 }
 
-static int open_model(const char *dir, nla_embed_scale es, const char *tokenizer, nla_model **m) {
+static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, const char *tokenizer, nla_model **m) {
     char err[512];
     nla_model_params mp;
     memset(&mp, 0, sizeof mp);
     mp.embed_scale = es;
+    mp.quant = quant;
     mp.tokenizer = tokenizer;
     nla_status rc = nla_model_open(dir, &mp, m, err, sizeof err);
     if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
@@ -4193,7 +4200,7 @@ static const char *dtype_name(nla_dtype dt) { return dt == NLA_DTYPE_F32 ? "f32"
 static int cmd_info(int argc, char **argv) {
     if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) { fputs(usage_info, argc < 1 ? stderr : stdout); return argc < 1; }
     nla_model *m;
-    if (open_model(argv[0], NLA_EMBED_SCALE_BF16, NULL, &m)) return 1;
+    if (open_model(argv[0], NLA_EMBED_SCALE_BF16, NLA_QUANT_NONE, NULL, &m)) return 1;
     nla_model_info in;
     nla_model_get_info(m, &in);
     printf("architecture     %s\n", in.architecture);
@@ -4252,6 +4259,7 @@ typedef struct {
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
     nla_embed_scale es;
+    nla_quant quant;
 } cli_opts;
 
 /* Shared option parser of forward and generate; returns 0, or 1 after
@@ -4297,7 +4305,12 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--seed")) ok = parse_int(v, &o->seed);
         else if (!strcmp(a, "--temp")) ok = parse_float(v, &o->temp) && o->temp >= 0;
         else if (!strcmp(a, "--top-p")) ok = parse_float(v, &o->top_p) && o->top_p >= 0 && o->top_p <= 1;
-        else if (!strcmp(a, "--embed-scale")) {
+        else if (!strcmp(a, "--quant")) {
+            if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) o->quant = NLA_QUANT_Q8_0;
+            else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) o->quant = NLA_QUANT_Q4_0;
+            else if (!strcmp(v, "none")) o->quant = NLA_QUANT_NONE;
+            else ok = 0;
+        } else if (!strcmp(a, "--embed-scale")) {
             if (!strcmp(v, "bf16")) o->es = NLA_EMBED_SCALE_BF16;
             else if (!strcmp(v, "stored")) o->es = NLA_EMBED_SCALE_STORED;
             else if (!strcmp(v, "exact")) o->es = NLA_EMBED_SCALE_EXACT;
@@ -4326,7 +4339,7 @@ static int cmd_forward(int argc, char **argv) {
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o.threads;
     sp.n_ctx = T;
-    if (open_model(o.dir, o.es, NULL, &m)) goto out;
+    if (open_model(o.dir, o.es, o.quant, NULL, &m)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (o.layer >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", o.layer, in.n_layers - 1); goto out; }
@@ -4463,7 +4476,7 @@ static int cmd_generate(int argc, char **argv) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) return cli_error("--stop: expected comma-separated ids");
-    if (open_model(o.dir, o.es, o.tokenizer, &m)) goto out;
+    if (open_model(o.dir, o.es, o.quant, o.tokenizer, &m)) goto out;
     if ((T = prompt_ids(&o, nla_model_tokenizer(m), &ids)) < 1) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
@@ -4624,6 +4637,7 @@ static const char *const usage_extract =
 
 static const char *const usage_verbalize =
     "usage: nla verbalize AV v.npy [--max-new N] [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
+    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "Explains every row of v.npy ([n, d] float32) with the AV model. Greedy by default.\n"
     "Writes one JSON object per row: {\"row\", \"explanation\", \"raw\", \"parsed\", \"ids\"}.\n"
@@ -4633,6 +4647,7 @@ static const char *const usage_verbalize =
 
 static const char *const usage_reconstruct =
     "usage: nla reconstruct AR (--text EXPLANATION | --jsonl FILE) --out r.npy\n"
+    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "  --text TEXT     one explanation\n"
     "  --jsonl FILE    one JSON object per line with an \"explanation\" field (what nla verbalize\n"
@@ -4643,6 +4658,7 @@ static const char *const usage_reconstruct =
 
 static const char *const usage_score =
     "usage: nla score v.npy r.npy [--baseline B | --baseline own]\n"
+    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "Scores each reconstruction (row of r.npy) against its original (row of v.npy): one JSON\n"
     "object per row {\"row\", \"mse_nrm\", \"cos\", \"fve_nrm\"}, then a summary object.\n"
@@ -4664,6 +4680,7 @@ static const char *const usage_explain =
 
 static const char *const usage_random =
     "usage: nla random-model DIR [--role trio|target|av|ar] [--seed S] [--tokenizer FILE]\n"
+    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "Writes a tiny Gemma 3 checkpoint with RANDOM weights (d_model 16, 4 layers, the real\n"
     "262,144-token vocabulary) for trying the pipeline: its outputs are meaningless. --role trio\n"
@@ -4700,7 +4717,7 @@ static float *cli_vectors(const char *path, int *n, int *d) {
 
 static int cli_open(const char *dir, const cli_opts *o, nla_model **m, nla_session **s) {
     *s = NULL;
-    if (open_model(dir, o->es, o->tokenizer, m)) return 1;
+    if (open_model(dir, o->es, o->quant, o->tokenizer, m)) return 1;
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o->threads;
@@ -4980,7 +4997,7 @@ static int cmd_explain(int argc, char **argv) {
     nla_meta av_meta, ar_meta;
     int d = 0, K = 0, random_weights = 0, *parsed = NULL;
     /* 1. the AV's sidecar says which layer; peek at the AR's too */
-    if (!x || open_model(o.arg[1], o.es, o.tokenizer, &m)) goto out;
+    if (!x || open_model(o.arg[1], o.es, o.quant, o.tokenizer, &m)) goto out;
     nla_model_get_meta(m, &av_meta);
     random_weights |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
     nla_model_close(m);
