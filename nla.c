@@ -1799,6 +1799,9 @@ struct nla_model {
     float *inv_freq;          /* [2][hd/2]: local, global (factor applied) */
     float embed_scale;
     uint64_t n_params, weight_bytes;
+    const st_tensor **src;    /* [L * W_PER_LAYER + 3] the stored tensor of each role
+                                 (layer slots, then embedding, final norm, head) */
+    int file_quant;           /* the files' block format (nla.quant metadata), or -1 */
     unsigned char *qmem;      /* quantized copies of the matrices (quantize on load) */
     uint64_t quant_bytes;
     nla_tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
@@ -1823,9 +1826,23 @@ static nla_status bind_dtype(const nla_st *st, const st_tensor *t, nla_dtype *dt
     if (!strcmp(n, "F32")) *dt = NLA_DTYPE_F32;
     else if (!strcmp(n, "F16")) *dt = NLA_DTYPE_F16;
     else if (!strcmp(n, "BF16")) *dt = NLA_DTYPE_BF16;
-    else return fail(e, NLA_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 are supported",
-                     st->files[t->file].path, t->name, n);
+    else return fail(e, NLA_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 are supported%s",
+                     st->files[t->file].path, t->name, n, strcmp(n, "U8") ? "" : " (U8 only in files nla quantize wrote)");
     return NLA_OK;
+}
+
+/* The matrix of a layer slot, or NULL for a norm slot. */
+static wmat *layer_mat(layer_w *lw, int k) {
+    switch (k) {
+    case W_Q: return &lw->q;
+    case W_K: return &lw->k;
+    case W_V: return &lw->v;
+    case W_O: return &lw->o;
+    case W_GATE: return &lw->gate;
+    case W_UP: return &lw->up;
+    case W_DOWN: return &lw->down;
+    }
+    return NULL;
 }
 
 /* Checks tensor t has shape [rows, cols] (cols = 0: a vector of rows). */
@@ -1844,8 +1861,16 @@ static nla_status bind_shape(const nla_st *st, const st_tensor *t, int64_t rows,
 }
 
 static nla_status bind_mat(nla_model *m, const st_tensor *t, wmat *w, int64_t rows, int64_t cols, const char *why, errbuf *e) {
-    nla_status rc = bind_shape(m->st, t, rows, cols, why, e);
-    if (!rc) rc = bind_dtype(m->st, t, &w->dt, e);
+    nla_status rc;
+    if (m->file_quant >= 0 && !strcmp(st_dtypes[t->dtype].name, "U8")) { /* blocks written by nla quantize */
+        w->dt = (nla_dtype)m->file_quant;
+        rc = cols % QK ? fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is quantized but %lld columns are not whole blocks",
+                              m->st->files[t->file].path, t->name, (long long)cols)
+                       : bind_shape(m->st, t, rows, (int64_t)row_bytes(w->dt, (int)cols), why, e);
+    } else {
+        rc = bind_shape(m->st, t, rows, cols, why, e);
+        if (!rc) rc = bind_dtype(m->st, t, &w->dt, e);
+    }
     if (rc) return rc;
     w->p = t->data;
     w->rows = (int)rows;
@@ -1877,6 +1902,10 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
     const st_tensor **emb = slot + (size_t)L * W_PER_LAYER, **norm = emb + 1, **head = emb + 2;
     nla_status rc = NLA_OK;
     if (!slot) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    m->src = slot;
+    const char *fq = nla_st_metadata(st, "nla.quant");
+    m->file_quant = !fq ? -1 : !strcmp(fq, "q8_0") ? NLA_DTYPE_Q8_0 : !strcmp(fq, "q4_0") ? NLA_DTYPE_Q4_0 : -2;
+    if (m->file_quant == -2) return fail(e, NLA_ERR_UNSUPPORTED, "%s: unknown nla.quant format '%s'", m->dir, fq);
     for (int i = 0; i < st->n && !rc; i++) {
         const st_tensor *t = &st->t[i];
         const char *rest = NULL, *where = st->files[t->file].path;
@@ -1918,7 +1947,8 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
     if (!rc && !(m->layer = (layer_w *)xcalloc((size_t)L, sizeof *m->layer))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) rc = bind_mat(m, *emb, &m->embed, c->vocab, h, "vocab_size x hidden_size", e);
     m->head = m->embed;
-    if (!rc && !c->tie) rc = bind_mat(m, *head, &m->head, c->vocab, h, "vocab_size x hidden_size", e);
+    const int q_head = *head && m->file_quant >= 0 && !strcmp(st_dtypes[(*head)->dtype].name, "U8");
+    if (!rc && (!c->tie || q_head)) rc = bind_mat(m, *head, &m->head, c->vocab, h, "vocab_size x hidden_size", e);
     float *g = m->gains;
     for (int l = 0; l < L && !rc; l++) {
         const st_tensor **s = &slot[l * W_PER_LAYER];
@@ -1945,7 +1975,6 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
         rc = bind_gain(m, *norm, g, h, "hidden_size", e);
         m->final_norm = g;
     }
-    free(slot);
     return rc;
 }
 
@@ -1970,11 +1999,9 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
     wmat **mats = (wmat **)xmalloc((size_t)n_mats, sizeof *mats);
     if (!mats) return fail(e, NLA_ERR_NOMEM, "out of memory");
     int maxcols = 0;
-    for (int l = 0; l < L; l++) {
-        layer_w *lw = &m->layer[l];
-        wmat *w7[7] = {&lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down};
-        memcpy(mats + 7 * l, w7, sizeof w7);
-    }
+    for (int l = 0, i = 0; l < L; l++)
+        for (int k = 0; k < W_PER_LAYER; k++)
+            if (layer_mat(&m->layer[l], k)) mats[i++] = layer_mat(&m->layer[l], k);
     mats[n_mats - 1] = &m->head;
     uint64_t total = 0;
     for (int i = 0; i < n_mats; i++)
@@ -2018,6 +2045,75 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
     return NLA_OK;
 }
 
+/* One tensor to save: a matrix as the model holds it (quantized blocks are
+   U8 [rows, row bytes]) or a stored tensor as it is. */
+static void save_tensor(nla_tensor *o, const char *name, const wmat *w, const st_tensor *t) {
+    memset(o, 0, sizeof *o);
+    o->name = name;
+    if (w && is_quant(w->dt)) {
+        o->dtype = "U8";
+        o->ndim = 2;
+        o->shape[0] = w->rows;
+        o->shape[1] = (int64_t)row_bytes(w->dt, w->cols);
+        o->data = w->p;
+        o->nbytes = (uint64_t)w->rows * row_bytes(w->dt, w->cols);
+    } else {
+        o->dtype = st_dtypes[t->dtype].name;
+        o->ndim = t->ndim;
+        memcpy(o->shape, t->shape, sizeof t->shape);
+        o->data = t->data;
+        o->nbytes = t->end - t->begin;
+    }
+}
+
+static nla_status copy_side_file(const char *from_dir, const char *to_dir, const char *name, errbuf *e) {
+    char *a = path_join(from_dir, name), *b = path_join(to_dir, name), *buf = NULL;
+    size_t n = 0;
+    nla_status rc = !a || !b ? fail(e, NLA_ERR_NOMEM, "out of memory") : NLA_OK;
+    if (!rc && file_exists(a) && !(rc = read_file(a, &buf, &n, SIZE_MAX / 2, e))) {
+        FILE *f = fopen(b, "wb");
+        int ok = f && fwrite(buf, 1, n, f) == n;
+        if ((f && fclose(f) != 0) || !ok) rc = fail(e, NLA_ERR_IO, "%s: cannot write", b);
+    }
+    free(a); free(b); free(buf);
+    return rc;
+}
+
+nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out, size_t errbuf_size) {
+    static const char *const side[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                                       "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "nla_meta.yaml",
+                                       "value_head.safetensors"};
+    errbuf e;
+    e.msg[0] = 0;
+    if (!m || !dir) return NLA_ERR_ARG;
+    const int L = m->cfg.n_layers, n_max = L * W_PER_LAYER + 3;
+    nla_tensor *t = (nla_tensor *)xcalloc((size_t)n_max, sizeof *t);
+    char (*names)[96] = (char (*)[96])xcalloc((size_t)n_max, 96);
+    char *path = path_join(dir, "model.safetensors");
+    nla_status rc = t && names && path ? NLA_OK : fail(&e, NLA_ERR_NOMEM, "out of memory");
+    int n = 0;
+    for (int l = 0; l < L && !rc; l++)
+        for (int k = 0; k < W_PER_LAYER; k++, n++) {
+            snprintf(names[n], 96, "model.layers.%d.%s", l, layer_tensor_names[k]);
+            save_tensor(&t[n], names[n], layer_mat(&m->layer[l], k), m->src[l * W_PER_LAYER + k]);
+        }
+    const st_tensor *const *extra = m->src + (size_t)L * W_PER_LAYER; /* embedding, final norm, head */
+    if (!rc) save_tensor(&t[n++], "model.embed_tokens.weight", NULL, extra[0]);
+    if (!rc && extra[1]) save_tensor(&t[n++], "model.norm.weight", NULL, extra[1]);
+    if (!rc && m->head.p != m->embed.p) save_tensor(&t[n++], "lm_head.weight", &m->head, extra[2]);
+    nla_dtype qdt = is_quant(m->head.dt) ? m->head.dt : NLA_DTYPE_F32;
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < W_PER_LAYER; k++)
+            if (layer_mat(&m->layer[l], k) && is_quant(layer_mat(&m->layer[l], k)->dt)) qdt = layer_mat(&m->layer[l], k)->dt;
+    const char *meta[4] = {"format", "pt", "nla.quant", qdt == NLA_DTYPE_Q4_0 ? "q4_0" : "q8_0"};
+    const int quantized = is_quant(qdt);
+    if (!rc) rc = nla_st_write(path, t, n, meta, quantized ? 2 : 1, e.msg, sizeof e.msg);
+    for (size_t i = 0; i < sizeof side / sizeof *side && !rc; i++) rc = copy_side_file(m->dir, dir, side[i], &e);
+    free(t); free(names); free(path);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
 void nla_model_get_info(const nla_model *m, nla_model_info *info) {
     if (!m || !info) return;
     const gemma_cfg *c = &m->cfg;
@@ -2053,6 +2149,7 @@ nla_status nla_model_close(nla_model *m) {
     nla_tokenizer_close(m->tok);
     sidecar_free(m->nla);
     free(m->qmem);
+    free((void *)(uintptr_t)m->src);
     free(m->layer);
     free(m->gains);
     free(m->inv_freq);
@@ -4066,6 +4163,7 @@ static const char *const usage_main =
     "  reconstruct AR (--text E | --jsonl FILE) --out r.npy\n"
     "  score v.npy r.npy [--baseline B | --baseline own]\n"
     "  random-model DIR              a tiny NLA trio with random weights, for trying it out\n"
+    "  quantize IN_DIR OUT_DIR --quant q8_0|q4   save a quantized copy that loads by mapping\n"
     "\n"
     "DIR is a Hugging Face Gemma 3 folder (config.json + safetensors), as downloaded.\n"
     "Run 'nla <command> --help' for the options of a command.\n";
@@ -4195,7 +4293,10 @@ static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, cons
     return 0;
 }
 
-static const char *dtype_name(nla_dtype dt) { return dt == NLA_DTYPE_F32 ? "f32" : dt == NLA_DTYPE_F16 ? "f16" : "bf16"; }
+static const char *dtype_name(nla_dtype dt) {
+    static const char *const names[] = {"f32", "f16", "bf16", "q8_0", "q4_0"};
+    return (unsigned)dt < 5 ? names[dt] : "?";
+}
 
 static int cmd_info(int argc, char **argv) {
     if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) { fputs(usage_info, argc < 1 ? stderr : stdout); return argc < 1; }
@@ -4219,7 +4320,7 @@ static int cmd_info(int argc, char **argv) {
     printf("max positions    %d\n", in.max_position_embeddings);
     printf("eos ids          ");
     for (int i = 0; i < in.n_eos; i++) printf("%s%d", i ? "," : "", in.eos_ids[i]);
-    printf("\ndtype            %s\n", dtype_name(in.dtype));
+    printf("\ndtype            %s%s\n", dtype_name(in.dtype), in.quant_bytes ? " (quantized at load)" : "");
     printf("parameters       %llu\n", (unsigned long long)in.n_params);
     printf("weight bytes     %llu (%.3f GB) in %d file%s\n", (unsigned long long)in.weight_bytes, (double)in.weight_bytes / 1e9,
            in.n_files, in.n_files == 1 ? "" : "s");
@@ -5087,6 +5188,35 @@ out:
     return ret;
 }
 
+static const char *const usage_quantize =
+    "usage: nla quantize IN_DIR OUT_DIR --quant q8_0|q4\n"
+    "\n"
+    "Writes a copy of the checkpoint with its matrices quantized (Q8_0: 8.5 bits per weight,\n"
+    "Q4_0: 4.5; widths that are not a multiple of 32 stay as stored) as a safetensors file,\n"
+    "with config, tokenizer and NLA files copied. It loads by mapping, with no conversion.\n";
+
+static int cmd_quantize(int argc, char **argv) {
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_quantize, &o);
+    if (r) return r == 2 ? 0 : 1;
+    if (!o.text) return cli_error("give the output folder: nla quantize IN_DIR OUT_DIR --quant q8_0|q4");
+    if (!o.quant) return cli_error("--quant q8_0|q4 is required");
+    nla_model *m;
+    char err[512];
+    if (open_model(o.dir, o.es, o.quant, NULL, &m)) return 1;
+#ifndef _WIN32
+    mkdir(o.text, 0755);
+#endif
+    nla_status rc = nla_model_save(m, o.text, err, sizeof err);
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    nla_model_close(m);
+    if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+    fprintf(stderr, "nla: wrote %s: %.3f GB of quantized matrices (from %.3f GB stored)\n", o.text, (double)in.quant_bytes / 1e9,
+            (double)in.weight_bytes / 1e9);
+    return 0;
+}
+
 /* ---- nla random-model: a tiny checkpoint with random weights ---- */
 
 static float rand_normal(uint64_t *st, float sd) { /* Box-Muller */
@@ -5296,6 +5426,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "score")) return cmd_score(argc - 2, argv + 2);
     if (!strcmp(argv[1], "explain")) return cmd_explain(argc - 2, argv + 2);
     if (!strcmp(argv[1], "random-model")) return cmd_random_model(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     return cli_error("unknown command '%s' (try nla --help)", argv[1]);
 }
 #endif /* NLA_MAIN */

@@ -152,6 +152,15 @@ nla_status nla_model_open(const char *path, const nla_model_params *params,
    made from it are alive. NULL is a no-op returning NLA_OK. */
 nla_status nla_model_close(nla_model *model);
 
+/* Writes the model as it is held into folder dir (which must exist):
+   model.safetensors with the matrices in their current form (quantized
+   blocks as U8 tensors, the format in __metadata__ "nla.quant"), the other
+   tensors as stored, and copies of config.json, generation_config.json,
+   the tokenizer files, nla_meta.yaml and value_head.safetensors. A
+   quantized save loads by mapping, with no conversion, and computes
+   exactly what quantizing on load computes. */
+nla_status nla_model_save(const nla_model *model, const char *dir, char *errbuf, size_t errbuf_size);
+
 /* What nla_model_get_info copies out. */
 typedef struct {
     char architecture[64];      /* "Gemma3ForCausalLM", ... */

@@ -168,8 +168,62 @@ static void test_models(void) {
     CHECK_EQ(nla_model_open(dir, &mp, &m, err, sizeof err), NLA_ERR_ARG);
 }
 
+/* quantize on load -> nla_model_save -> open the saved folder: the same
+   bits, so the same logits, with no conversion at load. */
+static void test_save(void) {
+    static const int32_t ids[8] = {2, 84, 578, 476, 220, 642, 86, 284};
+    const char *srcs[2] = {"tests/data/forward/gqa-bf16/model", "tests/data/forward/multimodal-sharded-bf16/model"};
+    char err[512];
+    mkdir("tests/tmp", 0755);
+    for (int k = 0; k < 2; k++)
+        for (int q = NLA_QUANT_Q8_0; q <= NLA_QUANT_Q4_0; q++) {
+            nla_model_params mp;
+            memset(&mp, 0, sizeof mp);
+            mp.quant = (nla_quant)q;
+            nla_model *a, *b;
+            CHECK_EQ(nla_model_open(srcs[k], &mp, &a, err, sizeof err), NLA_OK);
+            mkdir("tests/tmp/saved", 0755);
+            CHECK_EQ(nla_model_save(a, "tests/tmp/saved", err, sizeof err), NLA_OK);
+            CHECK_EQ(nla_model_open("tests/tmp/saved", NULL, &b, err, sizeof err), NLA_OK);
+            if (!b) { nla_model_close(a); continue; }
+            nla_model_info ia, ib;
+            nla_model_get_info(a, &ia);
+            nla_model_get_info(b, &ib);
+            CHECK(ib.dtype == ia.dtype && ib.quant_bytes == 0 && ib.n_layers == ia.n_layers);
+            float la[8 * 1024], lb[8 * 1024];
+            nla_session *sa, *sb;
+            nla_session_new(a, NULL, &sa);
+            nla_session_new(b, NULL, &sb);
+            nla_batch bt;
+            memset(&bt, 0, sizeof bt);
+            bt.n_tokens = 8;
+            bt.ids = ids;
+            bt.all_logits = 1;
+            bt.logits = la;
+            CHECK_EQ(nla_forward(sa, &bt), NLA_OK);
+            bt.logits = lb;
+            CHECK_EQ(nla_forward(sb, &bt), NLA_OK);
+            CHECK_MSG(!memcmp(la, lb, sizeof la), "%s %s: saved model differs from quantize-on-load", srcs[k], q == 1 ? "q8_0" : "q4_0");
+            nla_session_free(sa); nla_session_free(sb);
+            nla_model_close(a); nla_model_close(b);
+        }
+    /* a format the loader does not know is refused, naming it */
+    size_t n;
+    char *raw = slurp("tests/tmp/saved/model.safetensors", &n), *at = raw ? strstr(raw + 8, "q4_0") : NULL;
+    CHECK(at != NULL);
+    if (at) {
+        memcpy(at, "q5_1", 4);
+        spit("tests/tmp/saved/model.safetensors", raw, n);
+        nla_model *m;
+        CHECK_EQ(nla_model_open("tests/tmp/saved", NULL, &m, err, sizeof err), NLA_ERR_UNSUPPORTED);
+        CHECK(strstr(err, "q5_1") != NULL);
+    }
+    free(raw);
+}
+
 int main(void) {
     test_kernels();
     test_models();
+    test_save();
     return test_report();
 }
