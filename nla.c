@@ -1649,7 +1649,11 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
         const __m256i qx = _mm256_loadu_si256((const __m256i *)(const void *)x[b].q);
         /* |w| (unsigned) times x with w's sign, pairwise to int16, then to int32 */
         const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw)), ones);
+#ifdef __F16C__
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(rd_u16(w)) * x[b].d);
+#else
         const __m256 d = _mm256_set1_ps(f16_to_f32(rd_u16(w)) * x[b].d);
+#endif
 #ifdef __FMA__
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
 #else
