@@ -1182,8 +1182,22 @@ static void st_header(sbuf *b, const nla_tensor *t, int n, const char *const *me
     while (b->len % 8) sb_put(b, " ", 1);
 }
 
-nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta, int n_meta, char *errbuf_out,
-                        size_t errbuf_size) {
+/* Writes tensor i's bytes: from t->data, or chunk by chunk from fill. */
+static int st_write_data(FILE *f, const nla_tensor *t, int i, nla_fill_fn fill, void *user) {
+    if (t->data || !t->nbytes) return !t->nbytes || fwrite(t->data, 1, (size_t)t->nbytes, f) == t->nbytes;
+    const size_t chunk = (size_t)1 << 26;
+    unsigned char *buf = fill ? (unsigned char *)malloc(t->nbytes < chunk ? (size_t)t->nbytes : chunk) : NULL;
+    int ok = buf != NULL;
+    for (uint64_t off = 0; ok && off < t->nbytes; off += chunk) {
+        size_t len = t->nbytes - off < chunk ? (size_t)(t->nbytes - off) : chunk;
+        ok = fill(user, i, off, buf, len) == 0 && fwrite(buf, 1, len, f) == len;
+    }
+    free(buf);
+    return ok;
+}
+
+nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta, int n_meta, nla_fill_fn fill,
+                        void *user, char *errbuf_out, size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     nla_status rc = NLA_OK;
@@ -1195,7 +1209,7 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
             if (!strcmp(t[i].dtype, st_dtypes[q].name)) dt = q;
         for (int k = 0; k < t[i].ndim && k < ST_MAX_DIMS && count; k++) count = t[i].shape[k] >= 0 && mul_u64(count, (uint64_t)t[i].shape[k], &count) ? count : 0;
         if (!t[i].name || !t[i].name[0] || dt < 0 || t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS ||
-            !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) || bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data))
+            !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) || bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data && !fill))
             rc = fail(&e, NLA_ERR_ARG, "%s: tensor %d ('%s') has a bad name, dtype, shape or size", path, i, t[i].name ? t[i].name : "");
         for (int j = 0; j < i && !rc; j++)
             if (!strcmp(t[i].name, t[j].name)) rc = fail(&e, NLA_ERR_ARG, "%s: tensor '%s' given twice", path, t[i].name);
@@ -1220,7 +1234,7 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
         unsigned char len8[8];
         for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
         int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.out, 1, h.len, f) == h.len;
-        for (int i = 0; i < n && ok; i++) ok = !t[i].nbytes || fwrite(t[i].data, 1, (size_t)t[i].nbytes, f) == t[i].nbytes;
+        for (int i = 0; i < n && ok; i++) ok = st_write_data(f, &t[i], i, fill, user);
         if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
             remove(tmp);
             rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
@@ -2111,7 +2125,7 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
             if (layer_mat(&m->layer[l], k) && is_quant(layer_mat(&m->layer[l], k)->dt)) qdt = layer_mat(&m->layer[l], k)->dt;
     const char *meta[4] = {"format", "pt", "nla.quant", qdt == NLA_DTYPE_Q4_0 ? "q4_0" : "q8_0"};
     const int quantized = is_quant(qdt);
-    if (!rc) rc = nla_st_write(path, t, n, meta, quantized ? 2 : 1, e.msg, sizeof e.msg);
+    if (!rc) rc = nla_st_write(path, t, n, meta, quantized ? 2 : 1, NULL, NULL, e.msg, sizeof e.msg);
     for (size_t i = 0; i < sizeof side / sizeof *side && !rc; i++) rc = copy_side_file(m->dir, dir, side[i], &e);
     free(t); free(names); free(path);
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -4359,7 +4373,7 @@ typedef struct {
     const char *dir, *logits, *hidden, *ids_arg, *stop_arg, *prompt, *chat, *tokenizer, *text;
     const char *arg[3];      /* positional arguments (dir = arg[0], text = arg[1]) */
     int n_arg;
-    const char *out, *positions, *text_opt, *jsonl_file, *baseline, *role;
+    const char *out, *positions, *text_opt, *jsonl_file, *baseline, *role, *shape;
     int all, max_new;
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
@@ -4402,6 +4416,7 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--text")) o->text_opt = v;
         else if (!strcmp(a, "--baseline")) o->baseline = v;
         else if (!strcmp(a, "--role")) o->role = v;
+        else if (!strcmp(a, "--shape")) o->shape = v;
         else if (!strcmp(a, "--max-new")) ok = parse_int(v, &o->max_new) && o->max_new > 0;
         else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
         else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
@@ -4783,14 +4798,6 @@ static const char *const usage_explain =
     "  --tokenizer F     tokenizer.json for all three (default: each folder's)\n"
     "  --threads N       threads (default: all)\n";
 
-static const char *const usage_random =
-    "usage: nla random-model DIR [--role trio|target|av|ar] [--seed S] [--tokenizer FILE]\n"
-    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
-    "\n"
-    "Writes a tiny Gemma 3 checkpoint with RANDOM weights (d_model 16, 4 layers, the real\n"
-    "262,144-token vocabulary) for trying the pipeline: its outputs are meaningless. --role trio\n"
-    "(default) writes DIR/target, DIR/av and DIR/ar: an NLA trio with sidecars (K = 2) and a\n"
-    "value head. --tokenizer links that tokenizer.json into each folder.\n";
 
 /* Prints s[0..n) as a JSON string literal on stdout. */
 static void cli_json(const char *s, size_t n) {
@@ -5221,23 +5228,70 @@ static int cmd_quantize(int argc, char **argv) {
     return 0;
 }
 
-/* ---- nla random-model: a tiny checkpoint with random weights ---- */
+/* ---- nla random-model: checkpoints with random weights ---- */
 
-static float rand_normal(uint64_t *st, float sd) { /* Box-Muller */
-    double u = rng_uniform(st), w = rng_uniform(st);
-    return (float)(sqrt(-2.0 * log(u > 1e-300 ? u : 1e-300)) * cos(6.283185307179586 * w)) * sd;
-}
+static const char *const usage_random =
+    "usage: nla random-model DIR [--role trio|target|av|ar] [--shape tiny|1b|12b|27b] [--quant q8_0|q4]\n"
+    "                        [--seed S] [--tokenizer FILE]\n"
+    "\n"
+    "Writes Gemma 3 checkpoints with RANDOM weights, for trying the pipeline and for benchmarks:\n"
+    "their outputs are meaningless. --shape tiny (default: d_model 16, 4 layers) or the real\n"
+    "shapes of Gemma 3 1B, 12B, 27B, all with the real 262k vocabulary. --quant writes the\n"
+    "matrices as quantized blocks directly (a 12B-shaped bf16 trio would not fit most disks).\n"
+    "--role trio (default) writes DIR/target, DIR/av and DIR/ar: an NLA trio with sidecars and\n"
+    "the AR's value head. --tokenizer links that tokenizer.json into each folder.\n";
 
-/* A bf16 tensor of n random values (mean `mean`, sd `sd`), or the identity
-   plus noise when eye is set ([rows, rows]). */
-static uint16_t *rand_bf16(uint64_t *st, size_t n, float mean, float sd, int eye_rows) {
-    uint16_t *x = (uint16_t *)malloc(n * 2 + 2);
-    for (size_t i = 0; x && i < n; i++) {
-        float v = mean + rand_normal(st, sd);
-        if (eye_rows && i / (size_t)eye_rows == i % (size_t)eye_rows) v += 1.0f;
-        x[i] = f32_to_bf16(v);
+typedef struct {
+    const char *name;
+    int d, ff, layers, heads, kv, hd, vocab, window, qpas, pattern, K;
+    float rope_factor;
+    double injection_scale;
+} rshape;
+
+static const rshape rshapes[] = {
+    {"tiny", 16, 32, 4, 2, 1, 8, 262144, 32, 8, 2, 2, 8.0f, 40.0},
+    {"1b", 1152, 6912, 26, 4, 1, 256, 262144, 512, 256, 6, 17, 1.0f, 1000.0},
+    {"12b", 3840, 15360, 48, 16, 8, 256, 262208, 1024, 256, 6, 32, 8.0f, 80000.0},
+    {"27b", 5376, 21504, 62, 32, 16, 128, 262208, 1024, 168, 6, 41, 8.0f, 60000.0},
+};
+
+/* One tensor to invent: bf16 values uniform with standard deviation sd (an
+   identity added when eye), or quantized blocks with random codes. */
+typedef struct {
+    float sd;
+    int eye, cols;     /* eye: rows == cols, add 1 on the diagonal */
+    nla_dtype dt;      /* BF16, Q8_0 or Q4_0 */
+    uint64_t seed;
+} rtensor;
+
+static int random_fill(void *user, int index, uint64_t offset, void *buf, size_t n) {
+    const rtensor *rt = (const rtensor *)user + index;
+    unsigned char *p = (unsigned char *)buf;
+    uint64_t st = rt->seed ^ (offset * 0x9e3779b97f4a7c15ull);
+    st = st ? st : 1;
+    if (rt->dt == NLA_DTYPE_BF16) {
+        for (size_t i = 0; i < n / 2; i++) {
+            uint64_t idx = offset / 2 + i;
+            float v = (float)((rng_uniform(&st) * 2 - 1) * 1.7320508 * rt->sd);
+            if (rt->eye && idx / (uint64_t)rt->cols == idx % (uint64_t)rt->cols) v += 1.0f;
+            uint16_t h = f32_to_bf16(v);
+            memcpy(p + 2 * i, &h, 2);
+        }
+        return 0;
     }
-    return x;
+    /* blocks: a scale giving values of about sd, then random codes */
+    const size_t bs = rt->dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    const uint16_t d = f32_to_f16(rt->sd * 1.7320508f / (rt->dt == NLA_DTYPE_Q8_0 ? 127.0f : 8.0f));
+    uint64_t r = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = (size_t)((offset + i) % bs);
+        if (k < 2) { p[i] = (unsigned char)(d >> (8 * k)); continue; }
+        if ((i & 7) == 0 || !r) r = rng_next(&st);
+        unsigned char c = (unsigned char)r;
+        r >>= 8;
+        p[i] = rt->dt == NLA_DTYPE_Q8_0 && c == 0x80 ? 0x81 : c; /* codes in -127..127 */
+    }
+    return 0;
 }
 
 static int write_text(const char *dir, const char *name, const char *text) {
@@ -5250,79 +5304,70 @@ static int write_text(const char *dir, const char *name, const char *text) {
     return !ok;
 }
 
-#define TINY_D 16
-#define TINY_H 2
-#define TINY_KV 1
-#define TINY_HD 8
-#define TINY_FF 32
-#define TINY_V 262144
-#define TINY_K 2
+/* A tensor of the checkpoint being invented. */
+static void rt_add(nla_tensor *t, rtensor *rt, char (*nm)[64], int *n, const char *name, int64_t rows, int64_t cols, float sd,
+                   nla_dtype q, uint64_t seed) {
+    const int quant = q != NLA_DTYPE_BF16 && cols && cols % QK == 0;
+    snprintf(nm[*n], 64, "%s", name);
+    memset(&t[*n], 0, sizeof t[*n]);
+    t[*n].name = nm[*n];
+    t[*n].dtype = quant ? "U8" : "BF16";
+    t[*n].ndim = cols ? 2 : 1;
+    t[*n].shape[0] = rows;
+    t[*n].shape[1] = quant ? (int64_t)row_bytes(q, (int)cols) : cols;
+    t[*n].nbytes = (uint64_t)rows * (quant ? row_bytes(q, (int)cols) : (uint64_t)(cols ? cols : 1) * 2);
+    rt[*n].sd = sd;
+    rt[*n].eye = 0;
+    rt[*n].cols = (int)cols;
+    rt[*n].dt = quant ? q : NLA_DTYPE_BF16;
+    rt[*n].seed = seed * 1000003u + (uint64_t)*n + 1;
+    (*n)++;
+}
 
-/* One tiny model: `layers` blocks (global every second), optional final
-   norm; role "av"/"ar" adds the sidecar (and the AR's value head). */
-static int write_random_model(const char *dir, int layers, const char *role, uint64_t seed, const char *tokenizer) {
-    static const char *const names[W_PER_LAYER] = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight", "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight",
-        "post_attention_layernorm.weight", "pre_feedforward_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
-        "mlp.down_proj.weight", "post_feedforward_layernorm.weight"};
-    const int64_t shapes[W_PER_LAYER][2] = {{TINY_D, 0}, {TINY_H * TINY_HD, TINY_D}, {TINY_KV * TINY_HD, TINY_D},
-        {TINY_KV * TINY_HD, TINY_D}, {TINY_D, TINY_H * TINY_HD}, {TINY_HD, 0}, {TINY_HD, 0}, {TINY_D, 0}, {TINY_D, 0},
-        {TINY_FF, TINY_D}, {TINY_FF, TINY_D}, {TINY_D, TINY_FF}, {TINY_D, 0}};
-    const int is_ar = role && !strcmp(role, "ar"), n_t = 2 + layers * W_PER_LAYER;
-    uint64_t st;
-    nla_tensor *t = (nla_tensor *)calloc((size_t)n_t, sizeof *t);
-    char (*nm)[64] = (char (*)[64])calloc((size_t)n_t, 64);
+/* One random model: `layers` blocks, a final norm unless it is an AR;
+   role "av"/"ar" adds the sidecar (and the AR's value head). */
+static int write_random_model(const char *dir, const rshape *sh, int layers, const char *role, nla_dtype q, uint64_t seed,
+                              const char *tokenizer) {
+    const int is_ar = role && !strcmp(role, "ar"), n_t = 2 + layers * W_PER_LAYER, h = sh->d;
+    const int64_t shapes[W_PER_LAYER][2] = {{h, 0}, {sh->heads * sh->hd, h}, {sh->kv * sh->hd, h}, {sh->kv * sh->hd, h},
+        {h, sh->heads * sh->hd}, {sh->hd, 0}, {sh->hd, 0}, {h, 0}, {h, 0}, {sh->ff, h}, {sh->ff, h}, {h, sh->ff}, {h, 0}};
+    nla_tensor *t = (nla_tensor *)calloc((size_t)n_t + 1, sizeof *t);
+    rtensor *rt = (rtensor *)calloc((size_t)n_t + 1, sizeof *rt);
+    char (*nm)[64] = (char (*)[64])calloc((size_t)n_t + 1, 64), err[512], name[64];
     int ret = 1, n = 0;
-    char err[512];
-    uint64_t z = seed * 0x9e3779b97f4a7c15ull + 12345;
-    st = z ? z : 1;
-    if (!t || !nm) { cli_error("out of memory"); goto out; }
+    const float msd = sh->d == 16 ? 0.25f : 0.02f; /* matrices: larger in the tiny model, so that it is not flat */
+    if (!t || !rt || !nm) { cli_error("out of memory"); goto out; }
 #ifndef _WIN32
     mkdir(dir, 0755);
 #endif
-    snprintf(nm[n], 64, "model.embed_tokens.weight");
-    t[n].ndim = 2; t[n].shape[0] = TINY_V; t[n].shape[1] = TINY_D;
-    t[n].data = rand_bf16(&st, (size_t)TINY_V * TINY_D, 0, 0.5f, 0);
-    n++;
+    rt_add(t, rt, nm, &n, "model.embed_tokens.weight", sh->vocab, h, sh->d == 16 ? 0.5f : 0.05f, NLA_DTYPE_BF16, seed);
     for (int l = 0; l < layers; l++)
-        for (int k = 0; k < W_PER_LAYER; k++, n++) {
-            snprintf(nm[n], 64, "model.layers.%d.%s", l, names[k]);
-            t[n].ndim = shapes[k][1] ? 2 : 1;
-            t[n].shape[0] = shapes[k][0];
-            t[n].shape[1] = shapes[k][1];
-            size_t cnt = (size_t)shapes[k][0] * (size_t)(shapes[k][1] ? shapes[k][1] : 1);
-            t[n].data = rand_bf16(&st, cnt, 0, shapes[k][1] ? 0.25f : 0.1f, 0);
+        for (int k = 0; k < W_PER_LAYER; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, layer_tensor_names[k]);
+            rt_add(t, rt, nm, &n, name, shapes[k][0], shapes[k][1], shapes[k][1] ? msd : 0.1f, q, seed);
         }
-    if (!is_ar) {
-        snprintf(nm[n], 64, "model.norm.weight");
-        t[n].ndim = 1; t[n].shape[0] = TINY_D;
-        t[n].data = rand_bf16(&st, TINY_D, 0, 0.1f, 0);
-        n++;
-    }
-    for (int i = 0; i < n; i++) {
-        if (!t[i].data) { cli_error("out of memory"); goto out; }
-        t[i].name = nm[i];
-        t[i].dtype = "BF16";
-        t[i].nbytes = (uint64_t)t[i].shape[0] * (uint64_t)(t[i].ndim == 2 ? t[i].shape[1] : 1) * 2;
-    }
+    if (!is_ar) rt_add(t, rt, nm, &n, "model.norm.weight", h, 0, 0.1f, NLA_DTYPE_BF16, seed);
+    if (q != NLA_DTYPE_BF16) rt_add(t, rt, nm, &n, "lm_head.weight", sh->vocab, h, 0.05f, q, seed); /* the tied head, quantized */
     char *path = path_join(dir, "model.safetensors");
-    static const char *const meta[2] = {"format", "pt"};
-    nla_status rc = path ? nla_st_write(path, t, n, meta, 1, err, sizeof err) : NLA_ERR_NOMEM;
+    const char *meta[4] = {"format", "pt", "nla.quant", q == NLA_DTYPE_Q4_0 ? "q4_0" : "q8_0"};
+    nla_status rc = path ? nla_st_write(path, t, n, meta, q != NLA_DTYPE_BF16 ? 2 : 1, random_fill, rt, err, sizeof err) : NLA_ERR_NOMEM;
     free(path);
-    if (rc) { cli_error("%s", err); goto out; }
-    /* config.json: Gemma3ForCausalLM, global attention every second layer */
-    char cfg[2048], types[512] = "";
+    if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
+    char cfg[4096], types[4096] = "";
     for (int l = 0; l < layers; l++)
-        snprintf(types + strlen(types), sizeof types - strlen(types), "%s\"%s\"", l ? ", " : "", l % 2 ? "full_attention" : "sliding_attention");
+        snprintf(types + strlen(types), sizeof types - strlen(types), "%s\"%s\"", l ? ", " : "",
+                 (l + 1) % sh->pattern ? "sliding_attention" : "full_attention");
+    char rope[96] = "null";
+    if (sh->rope_factor != 1.0f) snprintf(rope, sizeof rope, "{\"rope_type\": \"linear\", \"factor\": %.1f}", (double)sh->rope_factor);
     snprintf(cfg, sizeof cfg,
              "{\n  \"architectures\": [\"Gemma3ForCausalLM\"],\n  \"model_type\": \"gemma3_text\",\n  \"hidden_size\": %d,\n"
              "  \"intermediate_size\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
-             "  \"num_hidden_layers\": %d,\n  \"layer_types\": [%s],\n  \"vocab_size\": %d,\n  \"sliding_window\": 32,\n"
+             "  \"num_hidden_layers\": %d,\n  \"layer_types\": [%s],\n  \"vocab_size\": %d,\n  \"sliding_window\": %d,\n"
              "  \"query_pre_attn_scalar\": %d,\n  \"rope_theta\": 1000000.0,\n  \"rope_local_base_freq\": 10000.0,\n"
-             "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 8.0},\n  \"rms_norm_eps\": 1e-06,\n"
-             "  \"max_position_embeddings\": 32768,\n  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n"
-             "  \"eos_token_id\": [1, 106],\n  \"pad_token_id\": 0,\n  \"tie_word_embeddings\": true,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
-             TINY_D, TINY_FF, TINY_H, TINY_KV, TINY_HD, layers, types, TINY_V, TINY_HD);
+             "  \"rope_scaling\": %s,\n  \"rms_norm_eps\": 1e-06,\n  \"max_position_embeddings\": 32768,\n"
+             "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 106],\n"
+             "  \"pad_token_id\": 0,\n  \"tie_word_embeddings\": true,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
+             h, sh->ff, sh->heads, sh->kv, sh->hd, layers, types, sh->vocab, sh->window, sh->qpas, rope);
     if (write_text(dir, "config.json", cfg) ||
         write_text(dir, "generation_config.json", "{\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 106],\n  \"pad_token_id\": 0\n}\n"))
         goto out;
@@ -5332,11 +5377,12 @@ static int write_random_model(const char *dir, int layers, const char *role, uin
             char head[1024];
             snprintf(head, sizeof head,
                      "kind: nla_model\nschema_version: 2\nrole: %s\nd_model: %d\nextraction_layer_index: %d\n"
-                     "base_checkpoint: nla random-model (random weights, meaningless output)\nextraction:\n"
-                     "  injection_scale: 40.0\n  mse_scale: 4.0\ntokens:\n  injection_char: \xe3\x88\x9c\n"
+                     "base_checkpoint: nla random-model %s (random weights, meaningless output)\nextraction:\n"
+                     "  injection_scale: %.1f\n  mse_scale: %.17g\ntokens:\n  injection_char: \xe3\x88\x9c\n"
                      "  injection_token_id: 246566\n  injection_left_neighbor_id: 236813\n  injection_right_neighbor_id: 954\n"
                      "  critic_suffix_ids: %s\nprompt_templates:\n  av: |-\n",
-                     role, TINY_D, TINY_K, is_ar ? "[1005, 236813, 655, 6011, 236813]" : "null");
+                     role, h, sh->K, sh->name, sh->injection_scale, sqrt((double)h),
+                     is_ar ? "[1005, 236813, 655, 6011, 236813]" : "null");
             y.len = 0;
             sb_str(&y, head);
             for (const char *p = nla_default_av_template; *p;) { /* block scalar lines, indented 4 */
@@ -5348,7 +5394,10 @@ static int write_random_model(const char *dir, int layers, const char *role, uin
                 p += len + (e != NULL);
             }
             sb_str(&y, "  ar: \"Summary of the following text: <text>{explanation}</text> <summary>\"\n");
-            if (is_ar) sb_str(&y, "critic:\n  extraction_layer_index: 2\n");
+            if (is_ar) {
+                snprintf(head, sizeof head, "critic:\n  extraction_layer_index: %d\n", sh->K);
+                sb_str(&y, head);
+            }
             if (pass == 0 && !(y.out = (char *)malloc(y.cap = y.len + 1))) break;
         }
         if (y.out) y.out[y.len] = 0;
@@ -5356,16 +5405,13 @@ static int write_random_model(const char *dir, int layers, const char *role, uin
         free(y.out);
         if (bad) goto out;
     }
-    if (is_ar) { /* value head: identity plus noise */
-        nla_tensor vh;
-        memset(&vh, 0, sizeof vh);
-        vh.name = "weight"; vh.dtype = "BF16"; vh.ndim = 2; vh.shape[0] = vh.shape[1] = TINY_D;
-        vh.nbytes = TINY_D * TINY_D * 2;
-        vh.data = rand_bf16(&st, TINY_D * TINY_D, 0, 0.05f, TINY_D);
+    if (is_ar) { /* value head: identity plus noise, bf16 */
+        int m = 0;
+        rt_add(t, rt, nm, &m, "weight", h, h, 0.02f, NLA_DTYPE_BF16, seed + 7);
+        rt[0].eye = 1;
         path = path_join(dir, "value_head.safetensors");
-        rc = path && vh.data ? nla_st_write(path, &vh, 1, meta, 1, err, sizeof err) : NLA_ERR_NOMEM;
+        rc = path ? nla_st_write(path, t, 1, meta, 1, random_fill, rt, err, sizeof err) : NLA_ERR_NOMEM;
         free(path);
-        free((void *)(uintptr_t)vh.data);
         if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
     }
     if (tokenizer) { /* a copy of the tokenizer, hard-linked where the system allows */
@@ -5386,8 +5432,7 @@ static int write_random_model(const char *dir, int layers, const char *role, uin
     }
     ret = 0;
 out:
-    for (int i = 0; t && i < n_t; i++) free((void *)(uintptr_t)t[i].data);
-    free(t); free(nm);
+    free(t); free(rt); free(nm);
     return ret;
 }
 
@@ -5396,19 +5441,25 @@ static int cmd_random_model(int argc, char **argv) {
     int r = parse_opts(argc, argv, usage_random, &o);
     if (r) return r == 2 ? 0 : 1;
     if (o.text) return cli_error("unexpected argument '%s'", o.text);
-    const char *role = o.role ? o.role : "trio";
-    uint64_t seed = (uint64_t)(int64_t)o.seed;
-    if (!strcmp(role, "target")) return write_random_model(o.dir, 4, NULL, seed, o.tokenizer);
-    if (!strcmp(role, "av")) return write_random_model(o.dir, 4, "av", seed + 1, o.tokenizer);
-    if (!strcmp(role, "ar")) return write_random_model(o.dir, TINY_K + 1, "ar", seed + 2, o.tokenizer);
+    const char *role = o.role ? o.role : "trio", *shape = o.shape ? o.shape : "tiny";
+    const rshape *sh = NULL;
+    for (size_t i = 0; i < sizeof rshapes / sizeof *rshapes; i++)
+        if (!strcmp(shape, rshapes[i].name)) sh = &rshapes[i];
+    if (!sh) return cli_error("--shape: tiny, 1b, 12b or 27b");
+    const nla_dtype q = o.quant == NLA_QUANT_Q8_0 ? NLA_DTYPE_Q8_0 : o.quant == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0 : NLA_DTYPE_BF16;
+    const uint64_t seed = (uint64_t)(int64_t)o.seed;
+    if (!strcmp(role, "target")) return write_random_model(o.dir, sh, sh->layers, NULL, q, seed, o.tokenizer);
+    if (!strcmp(role, "av")) return write_random_model(o.dir, sh, sh->layers, "av", q, seed + 1, o.tokenizer);
+    if (!strcmp(role, "ar")) return write_random_model(o.dir, sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);
     if (strcmp(role, "trio")) return cli_error("--role: trio, target, av or ar");
     char *sub[3] = {path_join(o.dir, "target"), path_join(o.dir, "av"), path_join(o.dir, "ar")};
 #ifndef _WIN32
     mkdir(o.dir, 0755);
 #endif
-    int ret = !sub[0] || !sub[1] || !sub[2] || write_random_model(sub[0], 4, NULL, seed, o.tokenizer) ||
-              write_random_model(sub[1], 4, "av", seed + 1, o.tokenizer) || write_random_model(sub[2], TINY_K + 1, "ar", seed + 2, o.tokenizer);
-    if (!ret) fprintf(stderr, "nla: wrote a random-weight NLA trio (target, av, ar) under %s: for trying the pipeline, meaningless output\n", o.dir);
+    int ret = !sub[0] || !sub[1] || !sub[2] || write_random_model(sub[0], sh, sh->layers, NULL, q, seed, o.tokenizer) ||
+              write_random_model(sub[1], sh, sh->layers, "av", q, seed + 1, o.tokenizer) ||
+              write_random_model(sub[2], sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);
+    if (!ret) fprintf(stderr, "nla: wrote a random-weight %s NLA trio (target, av, ar) under %s: for trying the pipeline, meaningless output\n", sh->name, o.dir);
     for (int i = 0; i < 3; i++) free(sub[i]);
     return ret;
 }

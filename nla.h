@@ -97,12 +97,17 @@ int nla_st_find(const nla_st *st, const char *name);
 /* Value of a __metadata__ key of the first file holding one, or NULL. */
 const char *nla_st_metadata(const nla_st *st, const char *key);
 
+/* Fills n bytes of tensor `index` starting at byte `offset`; nonzero
+   return aborts the write. */
+typedef int (*nla_fill_fn)(void *user, int index, uint64_t offset, void *buf, size_t n);
+
 /* Writes tensors t[0..n) (name, dtype, ndim, shape, data, nbytes; file is
    ignored) as one safetensors file, laid out in the order given, with
-   __metadata__ from n_meta (key, value) string pairs in meta. The file
-   appears whole or not at all (written to path.tmp, then renamed). */
+   __metadata__ from n_meta (key, value) string pairs in meta. A tensor with
+   data NULL is produced in chunks by fill (for files larger than memory).
+   The file appears whole or not at all (written to path.tmp, renamed). */
 nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta, int n_meta,
-                        char *errbuf, size_t errbuf_size);
+                        nla_fill_fn fill, void *user, char *errbuf, size_t errbuf_size);
 
 /* ---- Model -------------------------------------------------------------- */
 
