@@ -55,8 +55,19 @@ sanitize:
 	$(MAKE) test OMP= CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 	$(MAKE) clean
 
+# Speed and memory (never a test): bandwidth probe, tokenizer, and the
+# 1B-shaped random Q8_0 and Q4_0 models it writes under weights/ (2.9 GB of
+# disk). BENCH_MODELS=... to measure other folders.
+BENCH_MODELS ?= weights/bench-1b-q8_0 weights/bench-1b-q4_0
+weights/bench-1b-%: nla
+	./nla random-model $@ --role target --shape 1b --quant $*
+tests/bench: tests/bench.c tests/util.h nla.o
+	$(CC) $(CFLAGS) $(WARN) $(OMP) -o $@ $< nla.o $(LDLIBS)
+bench: tests/bench weights/tokenizer.json $(BENCH_MODELS)
+	./tests/bench $(BENCH_MODELS)
+
 clean:
-	rm -f nla nla.o $(TESTS)
+	rm -f nla nla.o $(TESTS) tests/bench
 	rm -rf tests/tmp
 
-.PHONY: all test sanitize clean
+.PHONY: all test sanitize bench clean

@@ -84,6 +84,10 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define ATOMIC_ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 #define ATOMIC_LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#elif defined(_MSC_VER)
+#include <intrin.h>
+#define ATOMIC_ADD(p, v) (_InterlockedExchangeAdd((long volatile *)(p), (v)) + (v))
+#define ATOMIC_LOAD(p) _InterlockedOr((long volatile *)(p), 0)
 #else
 #define ATOMIC_ADD(p, v) (*(p) += (v))
 #define ATOMIC_LOAD(p) (*(p))
@@ -1015,11 +1019,11 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
         for (int i = 0; i < n_shards && !seen; i++) seen = !strcmp(shards[i], name);
         if (!seen) {
             if (!(shards[n_shards] = xstrndup(name, strlen(name)))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
+            n_shards++;
             char *p = path_join(dir, name);
             if (!p) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
             rc = st_add_file(st, p, no_mmap, e);
             free(p);
-            n_shards++;
             if (rc) goto out;
         }
     }
@@ -1201,14 +1205,18 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
     errbuf e;
     e.msg[0] = 0;
     nla_status rc = NLA_OK;
-    if (!path || n < 0 || (n && !t) || n_meta < 0 || (n_meta && !meta)) return NLA_ERR_ARG;
+    if (!path || n < 0 || (n && !t) || n_meta < 0 || (n_meta && !meta)) {
+        copy_err(errbuf_out, errbuf_size, "nla_st_write: path, tensors and metadata pairs are required");
+        return NLA_ERR_ARG;
+    }
     for (int i = 0; i < n && !rc; i++) { /* each tensor must be what it says */
         int dt = -1;
         uint64_t count = 1, bits;
         for (int q = 0; q < ST_N_DTYPES && t[i].dtype; q++)
             if (!strcmp(t[i].dtype, st_dtypes[q].name)) dt = q;
-        for (int k = 0; k < t[i].ndim && k < ST_MAX_DIMS && count; k++) count = t[i].shape[k] >= 0 && mul_u64(count, (uint64_t)t[i].shape[k], &count) ? count : 0;
-        if (!t[i].name || !t[i].name[0] || dt < 0 || t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS ||
+        int shape_ok = 1;
+        for (int k = 0; k < t[i].ndim && k < ST_MAX_DIMS; k++) shape_ok &= t[i].shape[k] >= 0 && mul_u64(count, (uint64_t)t[i].shape[k], &count);
+        if (!t[i].name || !t[i].name[0] || dt < 0 || t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS || !shape_ok ||
             !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) || bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data && !fill))
             rc = fail(&e, NLA_ERR_ARG, "%s: tensor %d ('%s') has a bad name, dtype, shape or size", path, i, t[i].name ? t[i].name : "");
         for (int j = 0; j < i && !rc; j++)
@@ -1462,8 +1470,7 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
     {
         char *gfn = path_join(dir, "generation_config.json"), *gtxt;
         size_t gn;
-        errbuf ignore;
-        if (gfn && file_exists(gfn) && read_file(gfn, &gtxt, &gn, (size_t)1 << 20, &ignore) == NLA_OK) {
+        if (gfn && file_exists(gfn) && (rc = read_file(gfn, &gtxt, &gn, (size_t)1 << 20, e)) == NLA_OK) {
             jdoc g;
             if ((rc = json_parse(&g, gtxt, gn, e, gfn)) == NLA_OK) {
                 cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c);
@@ -1820,6 +1827,7 @@ struct nla_model {
     const st_tensor **src;    /* [L * W_PER_LAYER + 3] the stored tensor of each role
                                  (layer slots, then embedding, final norm, head) */
     int file_quant;           /* the files' block format (nla.quant metadata), or -1 */
+    int no_mmap;              /* nla_model_params.no_mmap, for files opened later */
     unsigned char *qmem;      /* quantized copies of the matrices (quantize on load) */
     uint64_t quant_bytes;
     nla_tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
@@ -2103,7 +2111,10 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
                                        "value_head.safetensors"};
     errbuf e;
     e.msg[0] = 0;
-    if (!m || !dir) return NLA_ERR_ARG;
+    if (!m || !dir || !strcmp(dir, m->dir)) {
+        copy_err(errbuf_out, errbuf_size, "nla_model_save: a model and a folder other than its own are required");
+        return NLA_ERR_ARG;
+    }
     const int L = m->cfg.n_layers, n_max = L * W_PER_LAYER + 3;
     nla_tensor *t = (nla_tensor *)xcalloc((size_t)n_max, sizeof *t);
     char (*names)[96] = (char (*)[96])xcalloc((size_t)n_max, 96);
@@ -2150,6 +2161,12 @@ void nla_model_get_info(const nla_model *m, nla_model_info *info) {
     memcpy(info->eos_ids, c->eos, sizeof c->eos);
     info->dtype = m->layer[0].q.dt; info->n_params = m->n_params; info->weight_bytes = m->weight_bytes;
     info->quant_bytes = m->quant_bytes;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < W_PER_LAYER; k++) {
+            const wmat *w = layer_mat((layer_w *)(uintptr_t)&m->layer[l], k);
+            if (w) info->read_bytes += (uint64_t)w->rows * row_bytes(w->dt, w->cols);
+        }
+    info->read_bytes += (uint64_t)m->head.rows * row_bytes(m->head.dt, m->head.cols);
     info->n_files = m->st->n_files;
 }
 
@@ -2209,6 +2226,7 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
     }
     m->dir = is_dir(path) ? xstrndup(path, strlen(path)) : dir_of(path);
     if (!m->dir) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+    m->no_mmap = p.no_mmap;
     if (!rc) rc = cfg_parse(m->dir, &m->cfg, &e);
     if (!rc) rc = st_open(path, p.no_mmap, &m->st, &e);
     if (!rc) rc = bind_model(m, &e);
@@ -2306,8 +2324,10 @@ struct nla_session {
 };
 
 static void session_free_bufs(nla_session *s) {
-    if (s->kc)
-        for (int l = 0; l < s->m->cfg.n_layers; l++) { free(s->kc[l]); free(s->vc[l]); }
+    for (int l = 0; l < s->m->cfg.n_layers; l++) {
+        if (s->kc) free(s->kc[l]);
+        if (s->vc) free(s->vc[l]);
+    }
     free(s->kc); free(s->vc); free(s->cap);
     free(s->x); free(s->xb); free(s->y); free(s->q); free(s->k); free(s->v); free(s->g); free(s->u);
     free(s->cs); free(s->mm.rowbuf); free(s->mm.xq); free(s->sc); free(s->logits); free(s->cand);
@@ -2361,7 +2381,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
     if (params) p = *params;
     if (!out) return NLA_ERR_ARG;
     *out = NULL;
-    if (!model || p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0) return NLA_ERR_ARG;
+    if (!model || p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0 || p.n_threads > 1024) return NLA_ERR_ARG;
     nla_model *m = (nla_model *)(uintptr_t)model; /* only live_sessions is written */
     const gemma_cfg *c = &m->cfg;
     nla_session *s = (nla_session *)calloc(1, sizeof *s);
@@ -3247,9 +3267,12 @@ static uint64_t rng_next(uint64_t *st) {
 
 static double rng_uniform(uint64_t *st) { return (double)(rng_next(st) >> 11) * (1.0 / 9007199254740992.0); }
 
+/* Descending logit, then ascending id; NaN sorts last. */
 static int cand_cmp(const void *a, const void *b) {
     const smp_cand *x = (const smp_cand *)a, *y = (const smp_cand *)b;
-    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    const int xn = isnan(x->logit), yn = isnan(y->logit);
+    if (xn != yn) return xn - yn;
+    if (!xn && x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
     return (x->id > y->id) - (x->id < y->id);
 }
 
@@ -3258,7 +3281,7 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
     int32_t best = 0;
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
-    if (p->temperature <= 0) return best;
+    if (p->temperature <= 0 || !isfinite(logits[best] / p->temperature)) return best; /* T -> 0 is greedy */
     smp_cand *cd = s->cand;
     for (int i = 0; i < V; i++) { cd[i].logit = logits[i] / p->temperature; cd[i].id = i; }
     const int k = p->top_k > 0 && p->top_k < V ? p->top_k : V;
@@ -3276,6 +3299,7 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
         }
         sum = acc;
     }
+    if (!(sum > 0) || !isfinite(sum)) return best;
     double r = rng_uniform(&s->rng) * sum, acc = 0;
     for (int i = 0; i < n; i++) {
         acc += cd[i].logit;
@@ -3366,7 +3390,10 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
                          size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
-    if (!path || !data || !shape || ndim < 1 || ndim > 2 || shape[0] < 0 || (ndim == 2 && shape[1] < 0)) return NLA_ERR_ARG;
+    if (!path || !data || !shape || ndim < 1 || ndim > 2 || shape[0] < 0 || (ndim == 2 && shape[1] < 0)) {
+        copy_err(errbuf_out, errbuf_size, "nla_npy_write: path, data and a 1-D or 2-D shape are required");
+        return NLA_ERR_ARG;
+    }
     char hdr[160];
     int n = ndim == 1 ? snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld,), }", (long long)shape[0])
                       : snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
@@ -3403,7 +3430,10 @@ nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[
                         size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
-    if (!path || !shape || !ndim || (cap && !out)) return NLA_ERR_ARG;
+    if (!path || !shape || !ndim || (cap && !out)) {
+        copy_err(errbuf_out, errbuf_size, "nla_npy_read: path, shape and ndim are required");
+        return NLA_ERR_ARG;
+    }
     shape[0] = shape[1] = 0;
     *ndim = 0;
     char *buf = NULL;
@@ -3438,13 +3468,14 @@ nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[
         if (p < h + hl && *p == ',') p++;
     }
     if (*ndim == 0) { rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: a 0-D array is not a vector", path); goto out; }
-    uint64_t count = (uint64_t)shape[0] * (uint64_t)(*ndim == 2 ? shape[1] : 1);
-    if (count > (n - off - hl) / 4 || (n - off - hl) != count * 4) {
+    uint64_t count = 0;
+    if (!mul_u64((uint64_t)shape[0], (uint64_t)(*ndim == 2 ? shape[1] : 1), &count) || count > (n - off - hl) / 4 ||
+        (n - off - hl) != count * 4) {
         rc = fail(&e, NLA_ERR_FORMAT, "%s: %zu data bytes, the shape needs %llu", path, n - off - hl, (unsigned long long)count * 4);
         goto out;
     }
     if (count > cap) { rc = NLA_ERR_BUFFER_TOO_SMALL; goto out; }
-    memcpy(out, buf + off + hl, (size_t)count * 4);
+    if (count) memcpy(out, buf + off + hl, (size_t)count * 4);
 out:
     free(buf);
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -3768,7 +3799,7 @@ static char *fill_template(const char *tmpl, const char *name, const char *val, 
 /* Builds and checks the AV prompt: the chat template around the AV template
    with the marker character, tokenized without an extra BOS; exactly one
    BOS, and exactly one marker with the pinned neighbours. */
-static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer *tok, const char *fn, errbuf *e) {
+static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer *tok, int vocab, const char *fn, errbuf *e) {
     nla_meta *m = &sc->pub;
     int missing, n_ids = 0;
     int32_t one[4];
@@ -3793,11 +3824,13 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
     free(text);
     int n_bos = 0, site = -1, n_sites = 0;
     for (int i = 0; i < n_ids; i++) {
-        n_bos += sc->av_prompt[i] == 2;
+        if (sc->av_prompt[i] >= vocab)
+            return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt holds token %d, outside the model's %d embedding rows", fn, sc->av_prompt[i], vocab);
+        n_bos += sc->av_prompt[i] == tok->bos;
         if (sc->av_prompt[i] == m->marker_id && i > 0 && i + 1 < n_ids && sc->av_prompt[i - 1] == m->marker_left_id &&
             sc->av_prompt[i + 1] == m->marker_right_id) { site = i; n_sites++; }
     }
-    if (n_bos != 1 || sc->av_prompt[0] != 2) return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt must hold exactly one <bos>, first (it has %d)", fn, n_bos);
+    if (n_bos != 1 || sc->av_prompt[0] != tok->bos) return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt must hold exactly one <bos>, first (it has %d)", fn, n_bos);
     if (n_sites != 1)
         return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt must hold exactly one marker %d between %d and %d (it has %d)", fn, m->marker_id,
                     m->marker_left_id, m->marker_right_id, n_sites);
@@ -3816,7 +3849,7 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
     if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!file_exists(fn)) { free(fn); return NLA_OK; }
     struct nla_sidecar *sc = (struct nla_sidecar *)calloc(1, sizeof *sc);
-    nla_status rc = sc ? read_file(fn, &txt, &n, (size_t)1 << 20, e) : fail(e, NLA_ERR_NOMEM, "out of memory");
+    nla_status rc = sc ? read_file(fn, &txt, &n, (size_t)1 << 16, e) : fail(e, NLA_ERR_NOMEM, "out of memory"); /* real ones: 3 KB */
     if (!rc) rc = yaml_parse(txt, n, fn, &y, e);
     if (rc) goto out;
     nla_meta *m = &sc->pub;
@@ -3846,7 +3879,11 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
         m->injection_scale = rel->injection_scale;
         note_default(m, "injection_scale");
     }
-    if (!rc && !(rc = meta_num(&y, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && !set) {
+    if (!rc && !(m->injection_scale >= 0 && isfinite(m->injection_scale)))
+        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.injection_scale must be a finite positive number", fn);
+    if (!rc && !(rc = meta_num(&y, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && set && !(m->mse_scale > 0 && isfinite(m->mse_scale)))
+        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a finite positive number", fn);
+    else if (!rc && !set) {
         if (rel) { m->mse_scale = rel->mse_scale; note_default(m, "mse_scale"); }
         else if (!strcmp(m->role, "ar")) rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a number for an AR", fn);
     }
@@ -3886,12 +3923,12 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
     }
     if (!rc && m->layer >= mdl->cfg.n_layers && !strcmp(m->role, "ar"))
         rc = fail(e, NLA_ERR_FORMAT, "%s: extraction layer %d needs %d AR blocks, the model has %d", fn, m->layer, m->layer + 1, mdl->cfg.n_layers);
-    if (!rc && !strcmp(m->role, "av") && mdl->tok) rc = sidecar_av_prompt(sc, mdl->tok, fn, e);
+    if (!rc && !strcmp(m->role, "av") && mdl->tok) rc = sidecar_av_prompt(sc, mdl->tok, mdl->cfg.vocab, fn, e);
     if (!rc && !strcmp(m->role, "ar")) { /* the value head: tensor "weight" [d, d] */
         char *vh = path_join(mdl->dir, "value_head.safetensors");
         if (!vh) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
         else if (!file_exists(vh)) rc = fail(e, NLA_ERR_IO, "%s: missing (an AR needs its value head)", vh);
-        else if (!(rc = st_open(vh, 0, &sc->vh_st, e))) {
+        else if (!(rc = st_open(vh, mdl->no_mmap, &sc->vh_st, e))) {
             int i = nla_st_find(sc->vh_st, "weight");
             if (i < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no tensor 'weight'", vh);
             else if (!(rc = bind_shape(sc->vh_st, &sc->vh_st->t[i], d, d, "hidden_size x hidden_size", e)) &&
@@ -3987,7 +4024,10 @@ nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_par
     const double k = sc->pub.injection_scale / (nrm > 1e-12 ? nrm : 1e-12);
     float *rows = (float *)xmalloc((size_t)(T - P), (size_t)d * sizeof(float));
     if (!rows) return fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
-    nla_embed_tokens(m, sc->av_prompt + P, T - P, rows);
+    if (nla_embed_tokens(m, sc->av_prompt + P, T - P, rows)) {
+        free(rows);
+        return fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: the AV prompt holds ids outside the model's vocabulary");
+    }
     for (int i = 0; i < d; i++) rows[i] = (float)(v[i] * k);
     /* rows 0..P-1 are the same for every vector: prefill them once per session */
     nla_status rc = NLA_OK;
@@ -5162,7 +5202,7 @@ static int cmd_explain(int argc, char **argv) {
         nla_scores sc;
         double nv = 0;
         for (int k = 0; k < d; k++) nv += (double)v[(size_t)i * d + k] * v[(size_t)i * d + k];
-        nla_score(v + (size_t)i * d, rec + (size_t)i * d, d, ar_meta.mse_scale, B, &sc);
+        if (nla_score(v + (size_t)i * d, rec + (size_t)i * d, d, ar_meta.mse_scale, B, &sc)) { cli_error("cannot score position %d", pos[i]); goto out; }
         const char *tk = tok_str[i] ? tok_str[i] : "";
         if (o.jsonl) {
             printf("{\"position\": %d, \"token_id\": %d, \"token\": ", pos[i], ids[pos[i]]);

@@ -187,7 +187,9 @@ typedef struct {
     nla_dtype dtype;            /* dtype of the matrices (after quantization) */
     uint64_t n_params;          /* parameters of the text model */
     uint64_t weight_bytes;      /* bytes of those parameters as stored */
-    uint64_t quant_bytes;       /* bytes of the quantized matrices (0: none) */
+    uint64_t quant_bytes;       /* bytes of the matrices quantized at load (0: none) */
+    uint64_t read_bytes;        /* bytes one decoded token reads: every matrix and
+                                   the LM head as held (the bandwidth bound) */
     int n_files;                /* safetensors files */
 } nla_model_info;
 
@@ -307,7 +309,8 @@ const char *nla_tokenizer_piece(const nla_tokenizer *t, int32_t id, size_t *len)
 
 /* Encodes len bytes of UTF-8 text into ids (capacity cap) and writes the
    count to *n_ids. Bytes that are not valid UTF-8 become their byte tokens
-   <0xNN>, so any input encodes and decodes back byte for byte. Returns
+   <0xNN>, so any input decodes back byte for byte, except a typed U+2581,
+   which decodes as a space (as in Hugging Face). Returns
    NLA_ERR_BUFFER_TOO_SMALL (with the needed count in *n_ids) if cap is too
    small. flags: NLA_TOKENIZE_*. */
 nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags, int32_t *ids,
@@ -323,7 +326,8 @@ nla_status nla_detokenize(const nla_tokenizer *t, const int32_t *ids, int n, cha
 /* Streaming decode, one token at a time: holds back the bytes of a UTF-8
    character that later tokens complete, so every call outputs whole
    characters. Zero-initialise the state; call with id -1 to flush what is
-   held back at the end. out needs at most 100 bytes per call. */
+   held back at the end. out needs 3 bytes more than the longest decoded
+   piece: 100 bytes for Gemma 3's vocabulary. */
 typedef struct {
     unsigned char held[4];
     int n_held;
@@ -342,8 +346,10 @@ typedef struct {
 /* Renders a conversation exactly as Gemma 3's chat template does:
    "<bos><start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n...",
    a leading system message folded into the first user turn, contents
-   trimmed, assistant renamed model, roles alternating user/assistant
-   (NLA_ERR_ARG otherwise, explained in errbuf). add_generation_prompt
+   trimmed, assistant renamed model. As the template checks, every
+   even-numbered message (after the system one) must be "user" and no odd
+   one may be (NLA_ERR_ARG otherwise, explained in errbuf); other roles at
+   odd positions are written as given. add_generation_prompt
    appends "<start_of_turn>model\n". Output as nla_detokenize's. Tokenize the
    result without NLA_TOKENIZE_BOS: it already starts with <bos>. */
 nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generation_prompt, char *out,

@@ -40,6 +40,9 @@ static void test_contract(void) {
     memset(&bad, 0, sizeof bad);
     bad.n_ctx = -1;
     CHECK_EQ(nla_session_new(m, &bad, &s), NLA_ERR_ARG);
+    bad.n_ctx = 0;
+    bad.n_threads = 200000; /* bounded, not a crash inside OpenMP */
+    CHECK_EQ(nla_session_new(m, &bad, &s), NLA_ERR_ARG);
     CHECK_EQ(nla_session_new(m, NULL, &s), NLA_OK);
     CHECK_EQ(nla_session_new(m, NULL, &s2), NLA_OK);
     CHECK_EQ(nla_model_close(m), NLA_ERR_BUSY); /* sessions alive: refuse, free nothing */
@@ -176,6 +179,9 @@ static void test_decoding(void) {
     CHECK_EQ(gen(s, &g, b), 20);
     CHECK(memcmp(a, b, sizeof(int32_t) * 20) == 0);
     g.top_p = 0;
+    g.temperature = 1e-38f; /* logits / T overflow: the limit T -> 0 is greedy */
+    CHECK_EQ(gen(s, &g, b), 20);
+    CHECK(memcmp(a, b, sizeof(int32_t) * 20) == 0);
     g.temperature = 5.0f; /* hot sampling: seeds decide */
     nla_session_seed(s, 1);
     CHECK_EQ(gen(s, &g, a), 20);

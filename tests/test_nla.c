@@ -135,6 +135,15 @@ static void test_sidecar_errors(void) {
     expect_variant("kind: nla_model", "- kind", "block lists");
     expect_variant("  ar: \"Summary", "  ar: \"Summary\\u00", "bad escape");
     expect_variant("<summary>\"", "<summary>", "unterminated quoted string");
+    /* regressions from review: ids past the embedding rows, a zero mse_scale,
+       a sidecar far larger than any real one */
+    expect_variant("Please provide an explanation.", "Please provide an explanation.<image_soft_token>", "outside the model's");
+    expect_variant("  mse_scale: 4.0", "  mse_scale: 0", "mse_scale must be a finite positive number");
+    char *big = (char *)malloc(200000);
+    strcpy(big, "kind: nla_model\n");
+    for (int i = 0; i < 10000; i++) sprintf(big + strlen(big), "k%d: 1\n", i);
+    expect_variant("kind: nla_model\n", big, "larger than");
+    free(big);
 }
 
 /* ---- the pipeline ------------------------------------------------------- */
@@ -336,6 +345,30 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     free(gk);
 }
 
+/* .npy reading: a shape whose element count overflows is refused. */
+static void test_npy(void) {
+    const char hdr[] = "{'descr': '<f4', 'fortran_order': False, 'shape': (549755813888, 33554432), }";
+    char buf[128] = "\x93NUMPY\x01\x00";
+    size_t hl = sizeof hdr - 1;
+    buf[8] = (char)(hl + 1);
+    buf[9] = 0;
+    memcpy(buf + 10, hdr, hl);
+    buf[10 + hl] = '\n';
+    spit("tests/tmp/ovf.npy", buf, 11 + hl);
+    int64_t sh[2];
+    int nd;
+    CHECK_EQ(nla_npy_read("tests/tmp/ovf.npy", NULL, 0, sh, &nd, err, sizeof err), NLA_ERR_FORMAT);
+    strcpy(err, "untouched");
+    CHECK_EQ(nla_npy_read(NULL, NULL, 0, sh, &nd, err, sizeof err), NLA_ERR_ARG);
+    CHECK(strcmp(err, "untouched") != 0);
+    float v[6] = {1, 2, 3, 4, 5, 6}, r[6];
+    int64_t s2[2] = {2, 3};
+    CHECK_EQ(nla_npy_write("tests/tmp/v23.npy", v, 2, s2, err, sizeof err), NLA_OK);
+    CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 6, sh, &nd, err, sizeof err), NLA_OK);
+    CHECK(nd == 2 && sh[0] == 2 && sh[1] == 3 && !memcmp(v, r, sizeof v));
+    CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 5, sh, &nd, err, sizeof err), NLA_ERR_BUFFER_TOO_SMALL);
+}
+
 /* Explanation parsing: the first <explanation>...</explanation>, trimmed. */
 static void test_parse(void) {
     size_t a, n;
@@ -363,6 +396,7 @@ int main(void) {
         test_sidecar_errors();
         test_pipeline(target, av, ar);
         test_parse();
+        test_npy();
     }
     nla_model_close(target); nla_model_close(av); nla_model_close(ar);
     free(golden);

@@ -70,6 +70,16 @@ static void test_valid_and_rules(void) {
         nla_st_close(st);
     }
     nla_st_close(NULL);
+    /* the writer refuses a tensor that is not what it says */
+    nla_tensor bad;
+    memset(&bad, 0, sizeof bad);
+    bad.name = "x"; bad.dtype = "F32"; bad.ndim = 2; bad.shape[0] = -1; bad.shape[1] = 4;
+    CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    bad.shape[0] = (int64_t)1 << 62;
+    CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    bad.shape[0] = 2; bad.data = a; bad.nbytes = 32;
+    CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_OK);
+    CHECK_EQ(st_try("tests/tmp/bad.safetensors", 0), NLA_OK);
 
     /* truncation at every length: all fail, cleanly */
     size_t n;
