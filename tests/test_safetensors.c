@@ -77,7 +77,7 @@ static void test_valid_and_rules(void) {
     CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
     bad.shape[0] = (int64_t)1 << 62;
     CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
-    bad.shape[0] = 2; bad.data = a; bad.nbytes = 32;
+    bad.shape[0] = 2; bad.shape[1] = 3; bad.data = a; bad.nbytes = 24;
     CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_OK);
     CHECK_EQ(st_try("tests/tmp/bad.safetensors", 0), NLA_OK);
 
