@@ -11,14 +11,15 @@
      3  JSON reader
      4  Safetensors: files, headers, validation, shards
      5  Gemma 3 config: config.json, defaults, layer pattern, RoPE
-     6  Kernels: conversion, matmul, RMSNorm, RoPE, attention, GELU
-     7  Model: binding tensors to the architecture, open/close
-     8  Session: KV cache and scratch
-     9  Forward pass
-    10  Tokenizer: tokenizer.json BPE, added tokens, chat template
-    11  Decoding: sampling and the generate loop
-    12  NLA: sidecar, extract, verbalize, reconstruct, score
-    13  CLI (only with -DNLA_MAIN)
+     6  Quantization: Q8_0 and Q4_0 blocks
+     7  Kernels: conversion, matmul, RMSNorm, RoPE, attention, GELU
+     8. Model: binding tensors, open/close, quantize, save
+     9  Session: KV cache and scratch
+    10  Forward pass
+    11  Tokenizer: tokenizer.json BPE, added tokens, chat template
+    12  Decoding: sampling and the generate loop
+    13  NLA: sidecar, extract, verbalize, reconstruct, score
+    14  CLI (only with -DNLA_MAIN)
 
    Conventions. Matrices are row-major; a weight W of shape [out, in] (as HF
    stores nn.Linear) maps x [in] to y [out] = W x. Shapes in comments are
@@ -667,7 +668,7 @@ typedef struct {
 } st_dtype_info;
 
 /* Every dtype of the format, so that any valid file parses; which dtypes a
-   model accepts is decided at binding (section 7). */
+   model accepts is decided at binding (section 8). */
 static const st_dtype_info st_dtypes[] = {
     {"F32", 32},     {"F16", 16},         {"BF16", 16},        {"F64", 64},      {"I8", 8},
     {"U8", 8},       {"I16", 16},         {"U16", 16},         {"I32", 32},      {"U32", 32},
@@ -1260,7 +1261,7 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
    nests the language model under text_config for
    Gemma3ForConditionalGeneration (model_type gemma3). Omitted keys take
    Gemma3TextConfig's defaults (HF configuration_gemma3.py); every dimension
-   is later cross-checked against the tensor shapes (section 7). Layer i is
+   is later cross-checked against the tensor shapes (section 8). Layer i is
    global (full attention) per `layer_types`, else iff (i + 1) % pattern == 0.
    RoPE comes in two spellings: rope_theta + rope_local_base_freq +
    rope_scaling (linear factor for global layers only), or rope_parameters,
@@ -1789,7 +1790,7 @@ static void attend(float *out, const float *q, const float *kc, const float *vc,
     }
 }
 
-/* ==== 7 Model: binding tensors to the architecture, open/close ========== */
+/* ==== 8 Model: binding tensors, open/close, quantize, save ============== */
 
 /* Tensor names: the language model sits under one of three prefixes
    (model., language_model.model., model.language_model.); vision-tower and
@@ -1836,7 +1837,7 @@ struct nla_model {
 };
 
 /* The NLA sidecar (nla_meta.yaml + value head) is read at open; its code is
-   in section 12. */
+   in section 13. */
 struct nla_sidecar;
 static nla_status sidecar_load(nla_model *m, errbuf *e);
 static void sidecar_free(struct nla_sidecar *sc);
@@ -2283,7 +2284,7 @@ nla_status nla_embed_tokens(const nla_model *m, const int32_t *ids, int n, float
     return NLA_OK;
 }
 
-/* ==== 8 Session: KV cache and scratch =================================== */
+/* ==== 9 Session: KV cache and scratch =================================== */
 
 /* A session owns everything a forward pass writes: the KV cache and the
    activations. Global layers keep n_ctx positions; sliding-window layers
@@ -2429,7 +2430,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
     return NLA_OK;
 }
 
-/* ==== 9 Forward pass ==================================================== */
+/* ==== 10 Forward pass =================================================== */
 
 /* One Gemma 3 decoder block on a chunk of n rows at positions pos0.. (HF
    Gemma3DecoderLayer):
@@ -2588,7 +2589,7 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
     return NLA_OK;
 }
 
-/* ==== 10 Tokenizer: tokenizer.json BPE, added tokens, chat template ===== */
+/* ==== 11 Tokenizer: tokenizer.json BPE, added tokens, chat template ===== */
 
 /* Gemma 3's tokenizer.json declares: normalizer Replace(" " -> U+2581), a
    pre-tokenizer that never splits (spaces are gone by then), BPE with byte
@@ -3248,7 +3249,7 @@ nla_status nla_chat_render_json(const char *json, size_t json_len, int add_gener
     return rc;
 }
 
-/* ==== 11 Decoding: sampling and the generate loop ======================= */
+/* ==== 12 Decoding: sampling and the generate loop ======================= */
 
 /* Greedy is the argmax (lowest id on ties, like torch.argmax). Sampling:
    logits / temperature, optional top-k, then optional top-p (the smallest
@@ -3360,7 +3361,7 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
     return rc ? rc : generate_from_logits(s, p, out, n_out);
 }
 
-/* ==== 12 NLA: sidecar, extract, verbalize, reconstruct, score ========== */
+/* ==== 13 NLA: sidecar, extract, verbalize, reconstruct, score =========== */
 
 /* The recipe of the released NLAs (Fraser-Taliente et al. 2026), as the
    reference client runs it:
@@ -4190,7 +4191,7 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
     return NLA_OK;
 }
 
-/* ==== 13 CLI (only with -DNLA_MAIN) ===================================== */
+/* ==== 14 CLI (only with -DNLA_MAIN) ===================================== */
 
 /* The command-line tool uses only the public API above, so it doubles as
    the worked example of it. Output that other tools parse (ids, .npy files)
