@@ -13,7 +13,7 @@
      5  Gemma 3 config: config.json, defaults, layer pattern, RoPE
      6  Quantization: Q8_0 and Q4_0 blocks
      7  Kernels: conversion, matmul, RMSNorm, RoPE, attention, GELU
-     8. Model: binding tensors, open/close, quantize, save
+     8  Model: binding tensors, open/close, quantize, save
      9  Session: KV cache and scratch
     10  Forward pass
     11  Tokenizer: tokenizer.json BPE, added tokens, chat template
