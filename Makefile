@@ -71,3 +71,56 @@ clean:
 	rm -rf tests/tmp
 
 .PHONY: all test sanitize bench clean
+
+# Fuzzing (issue 8): one libFuzzer target per parser, tests/fuzz_<name>.c,
+# built with clang under ASan + UBSan (no OpenMP) into tests/fuzz_bin/ and
+# run FUZZ_SECONDS each on a scratch copy (tests/fuzz_bin/corpus/<name>) of
+# its seeds in tests/fuzz/<name>/. Fails if any target crashes; the
+# reproducer is tests/fuzz_bin/<name>-crash-*, rerun it with
+# ./tests/fuzz_bin/fuzz_<name> FILE. fuzz-smoke: 10 s each, for CI.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_TARGETS  = safetensors index config tokenizer_json encode sidecar npy chat
+FUZZ_LEN_safetensors = 16384
+FUZZ_LEN_index = 16384
+FUZZ_LEN_config = 4096
+FUZZ_LEN_tokenizer_json = 8192
+FUZZ_LEN_encode = 4096
+FUZZ_LEN_sidecar = 4096
+FUZZ_LEN_npy = 4096
+FUZZ_LEN_chat = 4096
+FUZZ_DICT_yaml = -dict=tests/fuzz/yaml.dict
+FUZZ_DICT_json = -dict=tests/fuzz/json.dict
+FUZZ_DICT_safetensors = $(FUZZ_DICT_json)
+FUZZ_DICT_index = $(FUZZ_DICT_json)
+FUZZ_DICT_config = $(FUZZ_DICT_json)
+FUZZ_DICT_tokenizer_json = $(FUZZ_DICT_json)
+FUZZ_DICT_chat = $(FUZZ_DICT_json)
+FUZZ_DICT_sidecar = $(FUZZ_DICT_yaml)
+tests/fuzz_bin/nla.o: nla.c nla.h
+	@mkdir -p tests/fuzz_bin
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -c -o $@ nla.c
+tests/fuzz_bin/fuzz_%: tests/fuzz_%.c tests/fuzz.h tests/fuzz_bin/nla.o
+	$(FUZZ_CC) $(FUZZ_FLAGS) $(WARN) -DFUZZ_ROOT='"$(CURDIR)"' -o $@ $< tests/fuzz_bin/nla.o $(LDLIBS)
+# $(call fuzz_run,name): one target; on a crash, its log's tail, and name added to $fail
+fuzz_run = mkdir -p tests/fuzz_bin/corpus/$(1) && cp tests/fuzz/$(1)/* tests/fuzz_bin/corpus/$(1)/ && \
+	echo "== fuzz_$(1): $(FUZZ_SECONDS) s, -max_len=$(FUZZ_LEN_$(1))" && \
+	if ./tests/fuzz_bin/fuzz_$(1) -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_LEN_$(1)) $(FUZZ_DICT_$(1)) -timeout=30 \
+	  -print_final_stats=1 -artifact_prefix=tests/fuzz_bin/$(1)- tests/fuzz_bin/corpus/$(1) > tests/fuzz_bin/$(1).log 2>&1; \
+	then grep -E '^(Done|stat::(average_exec_per_sec|new_units_added|peak_rss_mb))' tests/fuzz_bin/$(1).log; \
+	else tail -n 60 tests/fuzz_bin/$(1).log; fail="$$fail $(1)"; fi
+fuzz: $(FUZZ_TARGETS:%=tests/fuzz_bin/fuzz_%) weights/tokenizer.json
+	@fail=""; $(foreach t,$(FUZZ_TARGETS),$(call fuzz_run,$(t));) \
+	if [ -n "$$fail" ]; then echo "fuzz: crashed:$$fail (logs and reproducers in tests/fuzz_bin/)"; exit 1; fi; \
+	echo "fuzz: $(words $(FUZZ_TARGETS)) targets, no crash"
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=10
+
+# The library exports nothing but nla_* names: every other global is static.
+symbols: nla.o
+	@bad=$$(nm -g --defined-only nla.o | awk '$$3 !~ /^nla_/ { print $$3 }'); \
+	if [ -n "$$bad" ]; then echo "symbols: nla.o exports names without the nla_ prefix:"; echo "$$bad"; exit 1; fi; \
+	echo "symbols: the $$(nm -g --defined-only nla.o | wc -l) names nla.o exports all start with nla_"
+
+.PHONY: fuzz fuzz-smoke symbols

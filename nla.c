@@ -1656,33 +1656,61 @@ static float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
-    const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
-    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
-    __m256 acc = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++, w += bs) {
-        __m256i qw;
-        if (dt == NLA_DTYPE_Q8_0) {
-            qw = _mm256_loadu_si256((const __m256i *)(const void *)(w + 2));
-        } else { /* nibbles: low -> elements 0..15, high -> 16..31, minus 8 */
-            const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
-            qw = _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), lo4), eight);
-        }
-        const __m256i qx = _mm256_loadu_si256((const __m256i *)(const void *)x[b].q);
-        /* |w| (unsigned) times x with w's sign, pairwise to int16, then to int32 */
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qw, qw), _mm256_sign_epi8(qx, qw)), ones);
+/* The 32 codes of a weight block as signed bytes. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline __m256i q_codes(const unsigned char *w, nla_dtype dt) {
+    if (dt == NLA_DTYPE_Q8_0) return _mm256_loadu_si256((const __m256i *)(const void *)(w + 2));
+    /* nibbles: low -> elements 0..15, high -> 16..31, minus 8 */
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
+    return _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15)),
+                           _mm256_set1_epi8(8));
+}
+
+/* One block: d_w d_x (sum of q_w q_x) as 8 float lanes. The int8 product
+   takes |w| (unsigned) times x with w's sign: VNNI does it in one
+   instruction, plain AVX2 in two (pairs to int16, then to int32). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline __m256 q_block(const unsigned char *w, nla_dtype dt, const blk_a8 *x) {
+    const __m256i qw = q_codes(w, dt), qx = _mm256_loadu_si256((const __m256i *)(const void *)x->q);
+    const __m256i uw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), uw, sx);
+#elif defined(__AVXVNNI__)
+    const __m256i p = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), uw, sx);
+#else
+    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(uw, sx), _mm256_set1_epi16(1));
+#endif
 #ifdef __F16C__
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(rd_u16(w)) * x[b].d);
+    const float dw = _cvtsh_ss(rd_u16(w));
 #else
-        const __m256 d = _mm256_set1_ps(f16_to_f32(rd_u16(w)) * x[b].d);
+    const float dw = f16_to_f32(rd_u16(w));
 #endif
-#ifdef __FMA__
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
-#else
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(p)));
+    return _mm256_mul_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p));
+}
+
+/* Two accumulators, so consecutive blocks do not wait on each other. Always
+   inlined with a constant dt (below), so each format gets its own loop. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
 #endif
+static inline float q_dot_loop(const unsigned char *w, const nla_dtype dt, const blk_a8 *x, int nb) {
+    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 1 < nb; b += 2) {
+        acc0 = _mm256_add_ps(acc0, q_block(w + (size_t)b * bs, dt, x + b));
+        acc1 = _mm256_add_ps(acc1, q_block(w + (size_t)(b + 1) * bs, dt, x + b + 1));
     }
-    return hsum8(acc);
+    if (b < nb) acc0 = _mm256_add_ps(acc0, q_block(w + (size_t)b * bs, dt, x + b));
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
+    return dt == NLA_DTYPE_Q8_0 ? q_dot_loop(w, NLA_DTYPE_Q8_0, x, nb) : q_dot_loop(w, NLA_DTYPE_Q4_0, x, nb);
 }
 #define q_dot q_dot_simd
 #else
