@@ -17,15 +17,6 @@ static int run(const char *cmd) {
     return rc == -1 ? -1 : WEXITSTATUS(rc);
 }
 
-static double rel_err(const float *a, const float *b, size_t n) {
-    double e = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (fabs((double)a[i] - b[i]) > e) e = fabs((double)a[i] - b[i]);
-        if (fabs(b[i]) > m) m = fabs(b[i]);
-    }
-    return m > 0 ? e / m : e;
-}
-
 int main(void) {
     mkdir("tests/tmp", 0755);
     char *golden = slurp(G "golden.json", NULL);

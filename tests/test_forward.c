@@ -36,17 +36,6 @@ static int load_prompts(const char *cs, prompt *p) {
     return n;
 }
 
-/* max |a - b| / max |b| over n values */
-static double rel_err(const float *a, const float *b, size_t n) {
-    double e = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > e) e = d;
-        if (fabs(b[i]) > m) m = fabs(b[i]);
-    }
-    return m > 0 ? e / m : e;
-}
-
 static nla_model *open_or_fail(const char *path) {
     char err[512];
     nla_model *m = NULL;

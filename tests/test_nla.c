@@ -27,15 +27,6 @@ static nla_model *open_nla(const char *dir) {
     return m;
 }
 
-static double rel_err(const float *a, const float *b, size_t n) {
-    double e = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (fabs((double)a[i] - b[i]) > e) e = fabs((double)a[i] - b[i]);
-        if (fabs(b[i]) > m) m = fabs(b[i]);
-    }
-    return m > 0 ? e / m : e;
-}
-
 static float *load(const char *path, long long *rows) {
     int nd;
     long long sh[4];

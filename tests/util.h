@@ -133,6 +133,17 @@ static inline int json_strings_after(const char *text, const char *key, char **o
     return n;
 }
 
+/* max |a - b| / max |b| over n values */
+static inline double rel_err(const float *a, const float *b, size_t n) {
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = a[i] > b[i] ? (double)a[i] - b[i] : (double)b[i] - a[i], g = b[i] < 0 ? -(double)b[i] : b[i];
+        if (d > e) e = d;
+        if (g > m) m = g;
+    }
+    return m > 0 ? e / m : e;
+}
+
 /* A safetensors writer for hand-made files: tensors laid out in order. */
 typedef struct {
     const char *name, *dtype;
