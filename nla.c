@@ -3305,6 +3305,21 @@ static int cand_cmp(const void *a, const void *b) {
     return (x->id > y->id) - (x->id < y->id);
 }
 
+/* Restores the heap order below i in h[0..n): every parent ranks after
+   (is worse than) its children, so h[0] is the worst of the kept. */
+static void cand_sift(smp_cand *h, int n, int i) {
+    for (;;) {
+        int w = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && cand_cmp(&h[l], &h[w]) > 0) w = l;
+        if (r < n && cand_cmp(&h[r], &h[w]) > 0) w = r;
+        if (w == i) return;
+        smp_cand t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
 static int32_t sample(nla_session *s, const float *logits, const nla_generate_params *p) {
     const int V = s->m->cfg.vocab < NLA_TOKENIZER_VOCAB ? s->m->cfg.vocab : NLA_TOKENIZER_VOCAB;
     int32_t best = 0;
@@ -3316,7 +3331,18 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
     const int k = p->top_k > 0 && p->top_k < V ? p->top_k : V;
     const float top_p = p->top_p > 0 && p->top_p < 1 ? p->top_p : 1;
     int n = V;
-    if (k < V || top_p < 1) { qsort(cd, (size_t)V, sizeof *cd, cand_cmp); n = k; }
+    if (k < V) { /* the k best in one pass (a heap whose root is the worst kept), then sorted */
+        for (int i = k / 2 - 1; i >= 0; i--) cand_sift(cd, k, i);
+        for (int i = k; i < V; i++)
+            if (cand_cmp(&cd[i], &cd[0]) < 0) {
+                cd[0] = cd[i];
+                cand_sift(cd, k, 0);
+            }
+        qsort(cd, (size_t)k, sizeof *cd, cand_cmp);
+        n = k;
+    } else if (top_p < 1) {
+        qsort(cd, (size_t)V, sizeof *cd, cand_cmp);
+    }
     const float mx = logits[best] / p->temperature;
     double sum = 0;
     for (int i = 0; i < n; i++) sum += cd[i].logit = expf(cd[i].logit - mx); /* now a weight */

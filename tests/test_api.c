@@ -195,6 +195,39 @@ static void test_decoding(void) {
     g.top_k = 3;
     g.top_p = 0.9f;
     CHECK_EQ(gen(s, &g, b), 20);
+    /* top-k draws only from the k most likely: sample one token many times */
+    {
+        float lg[1024];
+        nla_batch fb;
+        memset(&fb, 0, sizeof fb);
+        fb.n_tokens = 8;
+        fb.ids = ids40;
+        fb.logits = lg;
+        nla_session_reset(s);
+        CHECK_EQ(nla_forward(s, &fb), NLA_OK);
+        int top[2] = {0, 1};
+        if (lg[1] > lg[0]) { top[0] = 1; top[1] = 0; }
+        for (int i = 2; i < 1024; i++) {
+            if (lg[i] > lg[top[0]]) { top[1] = top[0]; top[0] = i; }
+            else if (lg[i] > lg[top[1]]) top[1] = i;
+        }
+        nla_generate_params one;
+        memset(&one, 0, sizeof one);
+        one.max_new = 1;
+        one.temperature = 50.0f; /* nearly flat: without the cut, anything goes */
+        one.top_k = 2;
+        int in_top = 1, seen[2] = {0, 0};
+        for (int rep = 0; rep < 200; rep++) {
+            int32_t t1;
+            int n1;
+            nla_session_reset(s);
+            nla_generate(s, ids40, 8, &one, &t1, &n1);
+            in_top &= t1 == top[0] || t1 == top[1];
+            seen[t1 == top[1]]++;
+        }
+        CHECK_MSG(in_top, "top-k 2 drew a token outside the two most likely");
+        CHECK(seen[0] > 0 && seen[1] > 0);
+    }
 
     /* stop ids: the stop token ends the output */
     memset(&g, 0, sizeof g);
