@@ -2330,13 +2330,15 @@ typedef struct {
 
 struct nla_session {
     nla_model *m;
-    int n_ctx, n_batch, nt;
-    int n_past;           /* positions held in the cache */
-    int kv_layers;        /* layers whose cache holds all n_past positions */
-    int hi;               /* highest position written since the reset, or -1 */
-    int av_prefix;        /* NLA: rows of the AV prompt prefix held in the cache */
+    int n_ctx, n_batch, nt, n_seq;
+    int *past;            /* [n_seq] positions each sequence holds in the cache */
+    int *hi;              /* [n_seq] highest position written since the reset, or -1 */
+    int kv_layers;        /* layers whose cache holds all past positions */
+    int av_prefix;        /* NLA: rows of the AV prompt prefix held by sequence 0 */
     int *cap;             /* [L] ring capacity per layer */
-    float **kc, **vc;     /* [L] -> [cap, KV*hd] keys (normed, rotated) and values */
+    float **kc, **vc;     /* [L] -> [n_seq, cap, KV*hd] keys (normed, rotated) and values */
+    int *pos, *seq;       /* [B] position and sequence of each row of the chunk */
+    int *next;            /* [n_seq] next position of each sequence in a batch */
     /* activations for one chunk of B = n_batch rows */
     float *x;             /* [B, h] residual stream */
     float *xb;            /* [B, max(h, H*hd)] normed input / attention output */
@@ -2357,7 +2359,7 @@ static void session_free_bufs(nla_session *s) {
         if (s->kc) free(s->kc[l]);
         if (s->vc) free(s->vc[l]);
     }
-    free(s->kc); free(s->vc); free(s->cap);
+    free(s->kc); free(s->vc); free(s->cap); free(s->past); free(s->hi); free(s->pos); free(s->seq); free(s->next);
     free(s->x); free(s->xb); free(s->y); free(s->q); free(s->k); free(s->v); free(s->g); free(s->u);
     free(s->cs); free(s->mm.rowbuf); free(s->mm.xq); free(s->sc); free(s->logits); free(s->cand);
 }
@@ -2381,26 +2383,40 @@ void nla_session_seed(nla_session *s, uint64_t seed) {
 
 void nla_session_reset(nla_session *s) {
     if (!s) return;
-    s->n_past = 0;
-    s->hi = -1;
+    for (int q = 0; q < s->n_seq; q++) {
+        s->past[q] = 0;
+        s->hi[q] = -1;
+    }
     s->av_prefix = 0;
     s->kv_layers = s->m->cfg.n_layers;
 }
 
-/* Drops the cached positions >= n, keeping the rest. A sliding layer's ring
-   still holds position q iff q > hi - cap, and the next query (at n) needs
-   q >= n - W + 1, so the cut is possible iff hi - cap <= n - W on every
-   layer. Returns 1 if cut, 0 if not possible (the cache is unchanged). */
-static int session_truncate(nla_session *s, int n) {
+/* Drops sequence q's cached positions >= n, keeping the rest. A sliding
+   layer's ring still holds position p iff p > hi - cap, and the next query
+   (at n) needs p >= n - W + 1, so the cut is possible iff hi - cap <= n - W
+   on every layer. Returns 1 if cut, 0 if not possible (nothing changes). */
+static int session_truncate(nla_session *s, int q, int n) {
     const gemma_cfg *c = &s->m->cfg;
-    if (n < 0 || n > s->n_past) return 0;
+    if (n < 0 || n > s->past[q]) return 0;
     for (int l = 0; l < c->n_layers; l++)
-        if (!c->is_global[l] && s->hi - s->cap[l] > n - c->window) return 0;
-    s->n_past = n;
+        if (!c->is_global[l] && s->hi[q] - s->cap[l] > n - c->window) return 0;
+    s->past[q] = n;
     return 1;
 }
 
-int nla_session_n_past(const nla_session *s) { return s ? s->n_past : 0; }
+/* Makes sequence dst a copy of sequence src (its cache rows and length). */
+static void session_copy_seq(nla_session *s, int src, int dst) {
+    const size_t kvw = (size_t)s->m->cfg.n_kv * s->m->cfg.hd;
+    for (int l = 0; l < s->m->cfg.n_layers; l++) {
+        const size_t cap = (size_t)s->cap[l], used = (size_t)(s->hi[src] + 1) < cap ? (size_t)(s->hi[src] + 1) : cap;
+        memcpy(s->kc[l] + (size_t)dst * cap * kvw, s->kc[l] + (size_t)src * cap * kvw, used * kvw * sizeof(float));
+        memcpy(s->vc[l] + (size_t)dst * cap * kvw, s->vc[l] + (size_t)src * cap * kvw, used * kvw * sizeof(float));
+    }
+    s->past[dst] = s->past[src];
+    s->hi[dst] = s->hi[src];
+}
+
+int nla_session_n_past(const nla_session *s) { return s ? s->past[0] : 0; }
 
 const char *nla_session_errmsg(const nla_session *s) { return s ? s->err.msg : "session is NULL"; }
 
@@ -2410,7 +2426,8 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
     if (params) p = *params;
     if (!out) return NLA_ERR_ARG;
     *out = NULL;
-    if (!model || p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0 || p.n_threads > 1024) return NLA_ERR_ARG;
+    if (!model || p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0 || p.n_threads > 1024 || p.n_seq < 0 || p.n_seq > 256)
+        return NLA_ERR_ARG;
     nla_model *m = (nla_model *)(uintptr_t)model; /* only live_sessions is written */
     const gemma_cfg *c = &m->cfg;
     nla_session *s = (nla_session *)calloc(1, sizeof *s);
@@ -2419,8 +2436,9 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
     ATOMIC_ADD(&m->live_sessions, 1);
     s->n_ctx = p.n_ctx ? p.n_ctx : (c->max_pos < NLA_DEFAULT_CTX ? c->max_pos : NLA_DEFAULT_CTX);
     if (s->n_ctx > c->max_pos) s->n_ctx = c->max_pos;
+    s->n_seq = p.n_seq ? p.n_seq : 1;
     s->n_batch = p.n_batch ? p.n_batch : NLA_DEFAULT_BATCH;
-    if (s->n_batch > s->n_ctx) s->n_batch = s->n_ctx;
+    if (s->n_batch > s->n_ctx * s->n_seq) s->n_batch = s->n_ctx * s->n_seq;
 #ifdef _OPENMP
     s->nt = p.n_threads ? p.n_threads : omp_get_max_threads();
 #else
@@ -2428,6 +2446,11 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
 #endif
     s->mm.nt = s->nt;
     nla_session_seed(s, p.seed);
+    if (!(s->past = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) || !(s->hi = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
+        !(s->next = (int *)xcalloc((size_t)s->n_seq, sizeof(int)))) {
+        nla_session_free(s);
+        return NLA_ERR_NOMEM;
+    }
     nla_session_reset(s);
     const size_t B = (size_t)s->n_batch, h = (size_t)c->d, qw = (size_t)c->n_heads * c->hd,
                  kvw = (size_t)c->n_kv * c->hd, I = (size_t)c->d_ff, V = (size_t)c->vocab;
@@ -2439,7 +2462,8 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
         int cap = s->n_ctx;
         if (!c->is_global[l] && (int64_t)c->window + s->n_batch - 1 < cap) cap = c->window + s->n_batch - 1;
         s->cap[l] = cap;
-        ok = (s->kc[l] = (float *)xmalloc((size_t)cap * kvw, sizeof(float))) && (s->vc[l] = (float *)xmalloc((size_t)cap * kvw, sizeof(float)));
+        ok = (s->kc[l] = (float *)xmalloc((size_t)s->n_seq * cap * kvw, sizeof(float))) &&
+             (s->vc[l] = (float *)xmalloc((size_t)s->n_seq * cap * kvw, sizeof(float)));
     }
     ok = ok && (s->x = (float *)xmalloc(B * h, sizeof(float))) && (s->xb = (float *)xmalloc(B * (h > qw ? h : qw), sizeof(float))) &&
          (s->y = (float *)xmalloc(B * h, sizeof(float))) && (s->q = (float *)xmalloc(B * qw, sizeof(float))) &&
@@ -2449,7 +2473,8 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
          (s->mm.rowbuf = (float *)xmalloc((size_t)s->nt * maxcols, sizeof(float))) &&
          (s->mm.xq = (blk_a8 *)xmalloc(B * (maxcols / QK + 1), sizeof(blk_a8))) &&
          (s->sc = (float *)xmalloc((size_t)s->nt * (size_t)s->n_ctx, sizeof(float))) &&
-         (s->logits = (float *)xmalloc(V, sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand)));
+         (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
+         (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));
     if (!ok) {
         nla_session_free(s);
         return NLA_ERR_NOMEM;
@@ -2467,7 +2492,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
      o = softmax(q k^T / sqrt(query_pre_attn_scalar)) v over the visible keys
      (causal; on sliding layers only q - k < W); x += RMSNorm_post_attn(o Wo^T)
      b = RMSNorm_pre_ffw(x); x += RMSNorm_post_ffw((gelu(b Wg^T) * b Wu^T) Wd^T) */
-static void block_forward(nla_session *s, int l, int pos0, int n) {
+static void block_forward(nla_session *s, int l, int n) {
     const nla_model *m = s->m;
     const gemma_cfg *c = &m->cfg;
     const layer_w *w = &m->layer[l];
@@ -2491,7 +2516,7 @@ static void block_forward(nla_session *s, int l, int pos0, int n) {
             rmsnorm(k, k, w->k_norm, hd, c->eps);
             rope(k, cs, hd);
         }
-        const size_t slot = (size_t)((pos0 + t) % cap);
+        const size_t slot = (size_t)s->seq[t] * cap + (size_t)(s->pos[t] % cap); /* the row's sequence, ring slot */
         memcpy(s->kc[l] + slot * kvw, s->k + (size_t)t * kvw, (size_t)kvw * sizeof(float));
         memcpy(s->vc[l] + slot * kvw, s->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
     }
@@ -2500,10 +2525,11 @@ static void block_forward(nla_session *s, int l, int pos0, int n) {
 #pragma omp parallel for num_threads(nt) schedule(static)
 #endif
     for (int th = 0; th < n * H; th++) {
-        const int t = th / H, hh = th % H, p = pos0 + t;
+        const int t = th / H, hh = th % H, p = s->pos[t];
         const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
-        attend(s->xb + (size_t)t * qw + (size_t)hh * hd, s->q + (size_t)t * qw + (size_t)hh * hd, s->kc[l], s->vc[l], cap,
-               kvw, (hh / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap, s->sc + (size_t)thread_id() * s->n_ctx);
+        const size_t base = (size_t)s->seq[t] * cap * kvw;
+        attend(s->xb + (size_t)t * qw + (size_t)hh * hd, s->q + (size_t)t * qw + (size_t)hh * hd, s->kc[l] + base, s->vc[l] + base,
+               cap, kvw, (hh / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap, s->sc + (size_t)thread_id() * s->n_ctx);
     }
     matmul(s->y, s->xb, n, &w->o, &s->mm);
     for (int t = 0; t < n; t++) {
@@ -2525,13 +2551,13 @@ static void block_forward(nla_session *s, int l, int pos0, int n) {
 
 /* RoPE tables for the rows of a chunk: cos and sin of position * inv_freq,
    the angle computed in float32 as HF does. */
-static void rope_tables(nla_session *s, int pos0, int n) {
+static void rope_tables(nla_session *s, int n) {
     const int hd = s->m->cfg.hd, h2 = hd / 2;
     for (int t = 0; t < n; t++)
         for (int g = 0; g < 2; g++) {
             float *cs = s->cs + ((size_t)t * 2 + g) * hd;
             for (int i = 0; i < h2; i++) {
-                float a = (float)(pos0 + t) * s->m->inv_freq[g * h2 + i];
+                float a = (float)s->pos[t] * s->m->inv_freq[g * h2 + i];
                 cs[i] = cosf(a);
                 cs[h2 + i] = sinf(a);
             }
@@ -2574,9 +2600,22 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
     if (T < 1) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_tokens must be at least 1");
     if (!b->ids && !b->embeds) return fail(&s->err, NLA_ERR_ARG, "nla_forward: neither ids nor embeds given");
     if (nb < 1 || nb > c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_blocks %d is outside 1..%d", b->n_blocks, c->n_layers);
-    if (T > s->n_ctx - s->n_past)
-        return fail(&s->err, NLA_ERR_RANGE, "nla_forward: %d cached + %d new tokens exceed the context of %d", s->n_past, T, s->n_ctx);
-    if (s->n_past > 0 && nb > s->kv_layers)
+    /* each row's sequence and position: after what its sequence holds, in order */
+    int cached = 0;
+    for (int q = 0; q < s->n_seq; q++) {
+        s->next[q] = s->past[q];
+        cached |= s->past[q] > 0;
+    }
+    for (int i = 0; i < T; i++) {
+        const int q = b->seq ? b->seq[i] : 0;
+        if (q < 0 || q >= s->n_seq) return fail(&s->err, NLA_ERR_ARG, "nla_forward: row %d names sequence %d; the session has %d", i, q, s->n_seq);
+        if (s->next[q]++ >= s->n_ctx)
+            return fail(&s->err, NLA_ERR_RANGE, "nla_forward: %d cached + %d new tokens of sequence %d exceed the context of %d", s->past[q],
+                        s->next[q] - s->past[q], q, s->n_ctx);
+    }
+    if (b->seq && (b->hook || nb < c->n_layers))
+        return fail(&s->err, NLA_ERR_ARG, "nla_forward: rows of several sequences run all blocks, without a hook");
+    if (cached && nb > s->kv_layers)
         return fail(&s->err, NLA_ERR_ARG, "nla_forward: the cache holds only %d blocks (an earlier call stopped early); reset the session", s->kv_layers);
     if (want_logits && nb < c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_forward: logits need all %d blocks", c->n_layers);
     if (want_logits && !m->final_norm) return fail(&s->err, NLA_ERR_UNSUPPORTED, "nla_forward: this model has no final norm (norm.weight), so no logits");
@@ -2593,14 +2632,19 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
 
     int next_sel = 0;
     s->av_prefix = 0; /* the cache now holds what the caller put there */
+    for (int q = 0; q < s->n_seq; q++) s->next[q] = s->past[q];
     for (int r0 = 0; r0 < T; r0 += s->n_batch) {
-        const int n = T - r0 < s->n_batch ? T - r0 : s->n_batch, pos0 = s->n_past + r0;
+        const int n = T - r0 < s->n_batch ? T - r0 : s->n_batch;
+        for (int t = 0; t < n; t++) {
+            s->seq[t] = b->seq ? b->seq[r0 + t] : 0;
+            s->pos[t] = s->next[s->seq[t]]++;
+        }
         if (b->embeds) memcpy(s->x, b->embeds + (size_t)r0 * h, (size_t)n * h * sizeof(float));
         else nla_embed_tokens(m, b->ids + r0, n, s->x);
-        rope_tables(s, pos0, n);
+        rope_tables(s, n);
         for (int l = 0; l < nb; l++) {
-            block_forward(s, l, pos0, n);
-            if (b->hook && b->hook(b->hook_user, l, pos0, n, h, s->x)) {
+            block_forward(s, l, n);
+            if (b->hook && b->hook(b->hook_user, l, s->pos[0], n, h, s->x)) {
                 nla_session_reset(s); /* ring slots of earlier positions may be overwritten */
                 return fail(&s->err, NLA_ERR_CANCELLED, "nla_forward: the residual hook stopped the pass at block %d; the session was reset", l);
             }
@@ -2610,9 +2654,11 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
         }
         if (want_logits) chunk_logits(s, b, r0, n, &next_sel);
     }
-    if (s->n_past == 0 || nb < s->kv_layers) s->kv_layers = nb;
-    s->n_past += T;
-    if (s->n_past - 1 > s->hi) s->hi = s->n_past - 1;
+    if (!cached || nb < s->kv_layers) s->kv_layers = nb;
+    for (int q = 0; q < s->n_seq; q++) {
+        s->past[q] = s->next[q];
+        if (s->past[q] - 1 > s->hi[q]) s->hi[q] = s->past[q] - 1;
+    }
     s->err.msg[0] = 0;
     return NLA_OK;
 }
@@ -3402,9 +3448,9 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
     nla_status rc = check_generate_params(s, p, out, n_out);
     if (rc) return rc;
     if (n_prompt < 1 || (!prompt && !p->prompt_embeds)) return fail(&s->err, NLA_ERR_ARG, "nla_generate: the prompt is empty");
-    if ((int64_t)s->n_past + n_prompt + p->max_new - 1 > s->n_ctx)
+    if ((int64_t)s->past[0] + n_prompt + p->max_new - 1 > s->n_ctx)
         return fail(&s->err, NLA_ERR_RANGE, "nla_generate: %d cached + %d prompt + %d new tokens exceed the context of %d",
-                    s->n_past, n_prompt, p->max_new, s->n_ctx);
+                    s->past[0], n_prompt, p->max_new, s->n_ctx);
     nla_batch b;
     memset(&b, 0, sizeof b);
     b.n_tokens = n_prompt;
@@ -4057,12 +4103,12 @@ nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer, con
 
 /* --- verbalize */
 
-nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params, int32_t *ids, int cap, int *n_ids) {
+nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_verbalize_params *params, int32_t *ids, int cap,
+                               int *n_ids) {
     nla_verbalize_params p;
     memset(&p, 0, sizeof p);
     if (params) p = *params;
     if (!s) return NLA_ERR_ARG;
-    if (n_ids) *n_ids = 0;
     const nla_model *m = s->m;
     const struct nla_sidecar *sc = m->nla;
     if (!sc || strcmp(sc->pub.role, "av")) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %s is not an AV (no nla_meta.yaml with role av)", m->dir);
@@ -4070,56 +4116,92 @@ nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_par
     if (!p.max_new) p.max_new = 200;
     if (!v || !ids || !n_ids || cap < p.max_new || p.max_new < 0)
         return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: v, ids (capacity >= max_new) and n_ids are required");
-    const int d = m->cfg.d, P = sc->pub.av_marker_index, T = sc->pub.av_prompt_len;
+    if (B < 1 || B > s->n_seq) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %d vectors, but the session holds %d sequences (n_seq)", B, s->n_seq);
+    const int d = m->cfg.d, P = sc->pub.av_marker_index, T = sc->pub.av_prompt_len, R = T - P, V = m->cfg.vocab;
     if (T + p.max_new - 1 > s->n_ctx) return fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: %d prompt + %d new tokens exceed the context of %d", T, p.max_new, s->n_ctx);
-    /* the injected row: v * injection_scale / |v| (norm in double; zero stays zero) */
-    double nrm = 0;
-    for (int i = 0; i < d; i++) nrm += (double)v[i] * v[i];
-    nrm = sqrt(nrm);
-    const double k = sc->pub.injection_scale / (nrm > 1e-12 ? nrm : 1e-12);
-    float *rows = (float *)xmalloc((size_t)(T - P), (size_t)d * sizeof(float));
-    if (!rows) return fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
-    if (nla_embed_tokens(m, sc->av_prompt + P, T - P, rows)) {
-        free(rows);
-        return fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: the AV prompt holds ids outside the model's vocabulary");
+    for (int q = 0; q < B; q++) n_ids[q] = 0;
+    /* the rows from the marker on, per vector: the injected row v * injection_scale / |v|
+       (norm in double; zero stays zero), then the prompt's last rows */
+    float *rows = (float *)xmalloc((size_t)B * R, (size_t)d * sizeof(float));
+    int32_t *seq = (int32_t *)xmalloc((size_t)B * R + (size_t)B, sizeof(int32_t)), *sel = seq ? seq + (size_t)B * R : NULL;
+    nla_status rc = rows && seq ? NLA_OK : fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
+    for (int q = 0; q < B && !rc; q++) {
+        float *r = rows + (size_t)q * R * d;
+        const float *vq = v + (size_t)q * d;
+        double nrm = 0;
+        for (int i = 0; i < d; i++) nrm += (double)vq[i] * vq[i];
+        nrm = sqrt(nrm);
+        const double k = sc->pub.injection_scale / (nrm > 1e-12 ? nrm : 1e-12);
+        if (nla_embed_tokens(m, sc->av_prompt + P, R, r))
+            rc = fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: the AV prompt holds ids outside the model's vocabulary");
+        for (int i = 0; i < d; i++) r[i] = (float)(vq[i] * k);
+        for (int i = 0; i < R; i++) seq[(size_t)q * R + i] = q;
+        sel[q] = (q + 1) * R - 1; /* logits at each vector's last prompt row */
     }
-    for (int i = 0; i < d; i++) rows[i] = (float)(v[i] * k);
-    /* rows 0..P-1 are the same for every vector: prefill them once per session */
-    nla_status rc = NLA_OK;
-    if (!(s->av_prefix == P && session_truncate(s, P))) {
+    /* rows 0..P-1 are the same for every vector: prefill them once per session
+       (sequence 0), and copy them to the other sequences */
+    if (!rc && !(s->av_prefix == P && session_truncate(s, 0, P))) {
         nla_session_reset(s);
-        nla_batch b;
-        memset(&b, 0, sizeof b);
-        b.n_tokens = P;
-        b.ids = sc->av_prompt;
-        rc = P ? nla_forward(s, &b) : NLA_OK;
+        nla_batch bt;
+        memset(&bt, 0, sizeof bt);
+        bt.n_tokens = P;
+        bt.ids = sc->av_prompt;
+        rc = P ? nla_forward(s, &bt) : NLA_OK;
     }
+    for (int q = 1; q < B && !rc; q++) session_copy_seq(s, 0, q);
     if (!rc) {
-        nla_batch b;
-        memset(&b, 0, sizeof b);
-        b.n_tokens = T - P;
-        b.embeds = rows;
-        b.logits = s->logits;
-        rc = nla_forward(s, &b);
+        nla_batch bt;
+        memset(&bt, 0, sizeof bt);
+        bt.n_tokens = B * R;
+        bt.embeds = rows;
+        bt.seq = seq;
+        bt.logits = s->logits;
+        bt.logit_rows = sel;
+        bt.n_logit_rows = B;
+        rc = nla_forward(s, &bt);
     }
+    if (!rc && p.first_logits) memcpy(p.first_logits, s->logits, (size_t)B * V * sizeof(float));
+    /* decode every vector together: one row per unfinished sequence, so each
+       weight read serves all of them; s->logits holds sequence q's at q * V */
+    nla_generate_params g;
+    memset(&g, 0, sizeof g);
+    g.max_new = p.max_new;
+    g.temperature = p.temperature;
+    g.top_k = p.top_k;
+    g.top_p = p.top_p;
+    if (!rc) rc = check_generate_params(s, &g, ids, n_ids);
+    for (int live = B; !rc && live > 0;) {
+        int n = 0;
+        for (int q = 0; q < B; q++) {
+            if (n_ids[q] < 0) continue; /* finished (marked negative) */
+            int32_t tok = sample(s, s->logits + (size_t)q * V, &g);
+            ids[(size_t)q * cap + n_ids[q]++] = tok;
+            int stop = tok == 1 || tok == 106 || n_ids[q] == p.max_new || (B == 1 && p.on_token && p.on_token(p.user, tok));
+            if (stop) { n_ids[q] = -n_ids[q]; live--; continue; }
+            seq[n] = q; /* the next batch: one row per unfinished vector */
+            sel[n++] = tok;
+        }
+        if (!n) break;
+        nla_batch bt;
+        memset(&bt, 0, sizeof bt);
+        bt.n_tokens = n;
+        bt.ids = sel;
+        bt.seq = B > 1 ? seq : NULL;
+        bt.logits = s->logits;
+        bt.all_logits = 1;
+        rc = nla_forward(s, &bt);
+        for (int i = n - 1; i >= 0 && !rc; i--) /* compact rows -> each sequence's place */
+            if (seq[i] != i) memmove(s->logits + (size_t)seq[i] * V, s->logits + (size_t)i * V, (size_t)V * sizeof(float));
+    }
+    for (int q = 0; q < B; q++) n_ids[q] = n_ids[q] < 0 ? -n_ids[q] : n_ids[q];
     free(rows);
-    if (!rc && p.first_logits) memcpy(p.first_logits, s->logits, (size_t)m->cfg.vocab * sizeof(float));
-    if (!rc) {
-        static const int32_t stop[2] = {1, 106};
-        nla_generate_params g;
-        memset(&g, 0, sizeof g);
-        g.max_new = p.max_new;
-        g.temperature = p.temperature;
-        g.top_k = p.top_k;
-        g.top_p = p.top_p;
-        g.stop_ids = stop;
-        g.n_stop_ids = 2;
-        g.on_token = p.on_token;
-        g.user = p.user;
-        rc = generate_from_logits(s, &g, ids, n_ids);
-    }
-    s->av_prefix = rc ? 0 : P; /* nla_forward cleared it; the prefix stays cached */
+    free(seq);
+    s->av_prefix = rc ? 0 : P; /* nla_forward cleared it; sequence 0 still starts with the prefix */
     return rc;
+}
+
+nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params, int32_t *ids, int cap, int *n_ids) {
+    return nla_verbalize_batch(s, v, 1, params, ids, cap, n_ids);
 }
 
 int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n) {

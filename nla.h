@@ -214,6 +214,8 @@ typedef struct {
     int n_threads; /* threads for matmuls and attention (OpenMP builds);
                       default: OpenMP's default, 1 without OpenMP */
     uint64_t seed; /* sampling RNG seed; default 0 is a fixed seed */
+    int n_seq;     /* independent sequences the cache holds (each n_ctx
+                      long), for batched decoding; default 1 */
 } nla_session_params;
 
 /* A session holds the KV cache, scratch buffers, the RNG and the last error.
@@ -228,7 +230,7 @@ void nla_session_reset(nla_session *s);
 /* Reseeds the sampling RNG. */
 void nla_session_seed(nla_session *s, uint64_t seed);
 
-/* Tokens held in the KV cache. */
+/* Tokens held in the KV cache (of sequence 0). */
 int nla_session_n_past(const nla_session *s);
 
 /* The detailed message of the last failed call on s ("" if none). Borrowed;
@@ -268,6 +270,12 @@ typedef struct {
                               (block i = HF hidden_states[i+1]) */
     nla_residual_fn hook;  /* optional, see above */
     void *hook_user;
+    const int32_t *seq;    /* [n_tokens] sequence of each row (0..n_seq-1),
+                              or NULL: all sequence 0. Each row goes after
+                              what its sequence holds, rows of one sequence
+                              in order; several sequences share every weight
+                              read (batched decoding). With seq, all blocks
+                              run and there is no hook. */
 } nla_batch;
 
 /* Runs the batch through the model, appending its keys and values to the
@@ -441,6 +449,15 @@ typedef struct {
    ids with nla_detokenize, then nla_parse_explanation. */
 nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params, int32_t *ids, int cap,
                          int *n_ids);
+
+/* The same for B vectors v [B, d_model] decoded together (the session needs
+   n_seq >= B): each decode step reads the weights once for all B, so B
+   explanations cost little more than one while decoding is bound by memory
+   bandwidth. Vector q's ids go to ids[q * cap ...], their count to n_ids[q];
+   first_logits, if set, receives [B, vocab]; on_token is called only when
+   B is 1. Greedy results are identical to B calls of nla_verbalize. */
+nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_verbalize_params *params, int32_t *ids,
+                               int cap, int *n_ids);
 
 /* Finds <explanation>...</explanation> in raw[0..len): *start and *n give
    the trimmed text inside. Returns 1 if both tags were found; otherwise 0,

@@ -251,6 +251,36 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
         free(gl);
     }
     printf("  verbalize: 3 vectors, first logits max rel err %.2e, greedy ids identical\n", worst);
+
+    /* batched: the three vectors decoded together give what one at a time gives */
+    {
+        nla_session_params bp;
+        memset(&bp, 0, sizeof bp);
+        bp.n_seq = 3;
+        bp.n_ctx = 320;
+        nla_session *sbat;
+        CHECK_EQ(nla_session_new(av, &bp, &sbat), NLA_OK);
+        float v3r[3 * D];
+        for (int k = 0; k < 3; k++) memcpy(v3r + k * D, vk + (size_t)pos[k] * D, D * sizeof(float));
+        static int32_t bids[3 * 200], one[200];
+        static float blog[3 * V];
+        int bn[3], n1;
+        for (int rep = 0; rep < 2; rep++) { /* rep 1 reuses the cached prefix */
+            nla_verbalize_params vp;
+            memset(&vp, 0, sizeof vp);
+            vp.first_logits = blog;
+            CHECK_EQ(nla_verbalize_batch(sbat, v3r, 3, &vp, bids, 200, bn), NLA_OK);
+            for (int k = 0; k < 3; k++) {
+                vp.first_logits = again;
+                nla_session_reset(sb);
+                CHECK_EQ(nla_verbalize(sb, v3r + k * D, &vp, one, 200, &n1), NLA_OK);
+                CHECK_MSG(bn[k] == n1 && !memcmp(bids + k * 200, one, sizeof(int32_t) * (size_t)n1), "batched vector %d differs (%d vs %d ids)", k, bn[k], n1);
+                CHECK_MSG(!memcmp(blog + (size_t)k * V, again, sizeof(float) * V), "batched first logits of vector %d differ", k);
+            }
+        }
+        CHECK_EQ(nla_verbalize_batch(sbat, v3r, 4, NULL, bids, 200, bn), NLA_ERR_ARG); /* more vectors than sequences */
+        nla_session_free(sbat);
+    }
     /* the streaming callback stops the decode */
     nla_verbalize_params vp;
     memset(&vp, 0, sizeof vp);
