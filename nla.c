@@ -4551,7 +4551,7 @@ typedef struct {
     const char *arg[3];      /* positional arguments (dir = arg[0], text = arg[1]) */
     int n_arg;
     const char *out, *positions, *text_opt, *jsonl_file, *baseline, *role, *shape;
-    int all, max_new;
+    int all, max_new, batch;
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
     nla_embed_scale es;
@@ -4595,6 +4595,7 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--role")) o->role = v;
         else if (!strcmp(a, "--shape")) o->shape = v;
         else if (!strcmp(a, "--max-new")) ok = parse_int(v, &o->max_new) && o->max_new > 0;
+        else if (!strcmp(a, "--batch")) ok = parse_int(v, &o->batch) && o->batch > 0 && o->batch <= 256;
         else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
         else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->top_k) && o->top_k >= 0;
@@ -4939,6 +4940,7 @@ static const char *const usage_verbalize =
     "Explains every row of v.npy ([n, d] float32) with the AV model. Greedy by default.\n"
     "Writes one JSON object per row: {\"row\", \"explanation\", \"raw\", \"parsed\", \"ids\"}.\n"
     "  --max-new N     tokens per explanation at most (default 200)\n"
+    "  --batch B       vectors decoded together, sharing each weight read (default 8)\n"
     "  --tokenizer F   tokenizer.json (default: AV/tokenizer.json)\n"
     "  --threads N     threads (default: all)\n";
 
@@ -4971,6 +4973,7 @@ static const char *const usage_explain =
     "  --positions I,J   token positions (default: every position after <bos>)\n"
     "  --jsonl           one JSON object per position instead of the table\n"
     "  --max-new N       tokens per explanation at most (default 200)\n"
+    "  --batch B         vectors the AV decodes together (default 8)\n"
     "  --temp T --top-k K --top-p P --seed S   sampling (default greedy)\n"
     "  --tokenizer F     tokenizer.json for all three (default: each folder's)\n"
     "  --threads N       threads (default: all)\n";
@@ -5087,7 +5090,8 @@ typedef struct {
     int32_t ids[4096];
 } cli_expl;
 
-static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v, const cli_opts *o, cli_expl *x) {
+/* Explains B vectors together (the session holds B sequences). */
+static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v, int B, const cli_opts *o, cli_expl *x) {
     nla_verbalize_params vp;
     memset(&vp, 0, sizeof vp);
     vp.max_new = o->max_new ? o->max_new : 200;
@@ -5095,16 +5099,40 @@ static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *
     vp.top_k = o->top_k;
     vp.top_p = o->top_p;
     if (vp.max_new > 4096) return cli_error("--max-new is at most 4096");
-    nla_status rc = nla_verbalize(s, v, &vp, x->ids, 4096, &x->n_ids);
-    if (rc) return cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
-    /* the text without the final stop token */
-    int n = x->n_ids > 0 && (x->ids[x->n_ids - 1] == 1 || x->ids[x->n_ids - 1] == 106) ? x->n_ids - 1 : x->n_ids;
-    nla_detokenize(tok, x->ids, n, NULL, 0, &x->raw_len);
-    free(x->raw);
-    if (!(x->raw = (char *)malloc(x->raw_len + 1))) return cli_error("out of memory");
-    nla_detokenize(tok, x->ids, n, x->raw, x->raw_len + 1, &x->raw_len);
-    x->parsed = nla_parse_explanation(x->raw, x->raw_len, &x->ex_start, &x->ex_len);
+    int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)B * (size_t)vp.max_new);
+    int *n_ids = (int *)malloc(sizeof(int) * (size_t)B);
+    nla_status rc = ids && n_ids ? nla_verbalize_batch(s, v, B, &vp, ids, vp.max_new, n_ids) : NLA_ERR_NOMEM;
+    for (int q = 0; q < B && !rc; q++) {
+        cli_expl *e = &x[q];
+        e->n_ids = n_ids[q];
+        memcpy(e->ids, ids + (size_t)q * vp.max_new, sizeof(int32_t) * (size_t)e->n_ids);
+        /* the text without the final stop token */
+        int n = e->n_ids > 0 && (e->ids[e->n_ids - 1] == 1 || e->ids[e->n_ids - 1] == 106) ? e->n_ids - 1 : e->n_ids;
+        nla_detokenize(tok, e->ids, n, NULL, 0, &e->raw_len);
+        free(e->raw);
+        if (!(e->raw = (char *)malloc(e->raw_len + 1))) rc = NLA_ERR_NOMEM;
+        else nla_detokenize(tok, e->ids, n, e->raw, e->raw_len + 1, &e->raw_len);
+        if (!rc) e->parsed = nla_parse_explanation(e->raw, e->raw_len, &e->ex_start, &e->ex_len);
+    }
+    free(ids);
+    free(n_ids);
+    if (rc) return cli_error("%s (%s)", rc == NLA_ERR_NOMEM ? "out of memory" : nla_session_errmsg(s), nla_strerror(rc));
     return 0;
+}
+
+/* An AV session for batches of up to B vectors: B sequences, each as long
+   as the AV prompt plus the tokens to generate. */
+static int cli_av_session(nla_model *m, const cli_opts *o, int B, nla_session **s) {
+    nla_meta meta;
+    nla_model_get_meta(m, &meta);
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = o->threads;
+    sp.seed = (uint64_t)(int64_t)o->seed;
+    sp.n_seq = B;
+    sp.n_ctx = meta.av_prompt_len + (o->max_new ? o->max_new : 200);
+    nla_status rc = nla_session_new(m, &sp, s);
+    return rc ? cli_error("cannot create a session: %s", nla_strerror(rc)) : 0;
 }
 
 static void print_expl_fields(const cli_expl *x) {
@@ -5124,23 +5152,28 @@ static int cmd_verbalize(int argc, char **argv) {
     if (!o.text) return cli_error("give the vectors: nla verbalize AV v.npy");
     nla_model *m = NULL;
     nla_session *s = NULL;
-    cli_expl *x = (cli_expl *)calloc(1, sizeof *x);
+    const int B = o.batch ? o.batch : 8;
+    cli_expl *x = (cli_expl *)calloc((size_t)B, sizeof *x);
     float *v = cli_vectors(o.text, &n, &d);
-    if (!v || !x || cli_open(o.dir, &o, &m, &s)) goto out;
+    if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, &m)) goto out;
     nla_meta meta;
     nla_model_get_meta(m, &meta);
     if (strcmp(meta.role, "av")) { cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.dir); goto out; }
     if (d != meta.d_model) { cli_error("%s holds %d-wide vectors, the AV reads %d", o.text, d, meta.d_model); goto out; }
-    for (int i = 0; i < n; i++) {
-        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, &o, x)) goto out;
-        printf("{\"row\": %d, ", i);
-        print_expl_fields(x);
-        printf("}\n");
+    if (cli_av_session(m, &o, n < B ? n : B, &s)) goto out;
+    for (int i = 0; i < n; i += B) {
+        const int nb = n - i < B ? n - i : B;
+        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, &o, x)) goto out;
+        for (int q = 0; q < nb; q++) {
+            printf("{\"row\": %d, ", i + q);
+            print_expl_fields(&x[q]);
+            printf("}\n");
+        }
         fflush(stdout);
     }
     ret = 0;
 out:
-    if (x) free(x->raw);
+    for (int q = 0; x && q < B; q++) free(x[q].raw);
     free(x); free(v);
     nla_session_free(s);
     nla_model_close(m);
@@ -5282,7 +5315,8 @@ static int cmd_explain(int argc, char **argv) {
     int32_t *ids = NULL, *pos = NULL;
     float *v = NULL, *rec = NULL;
     char **ex = NULL, **tok_str = NULL;
-    cli_expl *x = (cli_expl *)calloc(1, sizeof *x);
+    const int nbatch = o.batch ? o.batch : 8;
+    cli_expl *x = (cli_expl *)calloc((size_t)nbatch, sizeof *x);
     nla_meta av_meta, ar_meta;
     int d = 0, K = 0, random_weights = 0, *parsed = NULL;
     /* 1. the AV's sidecar says which layer; peek at the AR's too */
@@ -5314,13 +5348,16 @@ static int cmd_explain(int argc, char **argv) {
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
     fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos, n_pos == 1 ? "" : "s", T, K);
-    /* 3. AV: one explanation per vector */
-    if (cli_open(o.arg[1], &o, &m, &s)) goto out;
-    for (int i = 0; i < n_pos; i++) {
-        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, &o, x)) goto out;
-        ex[i] = xstrndup(x->raw + x->ex_start, x->ex_len);
-        parsed[i] = x->parsed;
-        if (!ex[i]) { cli_error("out of memory"); goto out; }
+    /* 3. AV: one explanation per vector, B vectors decoded together */
+    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, &m) || cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s)) goto out;
+    for (int i = 0; i < n_pos; i += nbatch) {
+        const int nb = n_pos - i < nbatch ? n_pos - i : nbatch;
+        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, &o, x)) goto out;
+        for (int q = 0; q < nb; q++) {
+            ex[i + q] = xstrndup(x[q].raw + x[q].ex_start, x[q].ex_len);
+            parsed[i + q] = x[q].parsed;
+            if (!ex[i + q]) { cli_error("out of memory"); goto out; }
+        }
     }
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
@@ -5369,7 +5406,7 @@ static int cmd_explain(int argc, char **argv) {
     ret = 0;
 out:
     for (int i = 0; i < n_pos; i++) { if (ex) free(ex[i]); if (tok_str) free(tok_str[i]); }
-    if (x) free(x->raw);
+    for (int q = 0; x && q < nbatch; q++) free(x[q].raw);
     free(x); free(ex); free(tok_str); free(parsed); free(ids); free(pos); free(v); free(rec);
     nla_session_free(s);
     nla_model_close(m);
