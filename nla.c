@@ -2393,13 +2393,15 @@ void nla_session_reset(nla_session *s) {
 
 /* Drops sequence q's cached positions >= n, keeping the rest. A sliding
    layer's ring still holds position p iff p > hi - cap, and the next query
-   (at n) needs p >= n - W + 1, so the cut is possible iff hi - cap <= n - W
-   on every layer. Returns 1 if cut, 0 if not possible (nothing changes). */
+   (at n) needs p >= max(0, n - W + 1), so the cut is possible iff hi - cap
+   is below that on every layer. Returns 1 if cut, 0 if not possible
+   (nothing changes). */
 static int session_truncate(nla_session *s, int q, int n) {
     const gemma_cfg *c = &s->m->cfg;
+    const int lo = n - c->window + 1 > 0 ? n - c->window + 1 : 0; /* oldest key the next query sees */
     if (n < 0 || n > s->past[q]) return 0;
     for (int l = 0; l < c->n_layers; l++)
-        if (!c->is_global[l] && s->hi[q] - s->cap[l] > n - c->window) return 0;
+        if (!c->is_global[l] && s->hi[q] - s->cap[l] >= lo) return 0;
     s->past[q] = n;
     return 1;
 }
