@@ -2420,6 +2420,15 @@ static void session_copy_seq(nla_session *s, int src, int dst) {
 
 int nla_session_n_past(const nla_session *s) { return s ? s->past[0] : 0; }
 
+nla_status nla_session_rewind(nla_session *s, int n) {
+    if (!s) return NLA_ERR_ARG;
+    if (!session_truncate(s, 0, n))
+        return fail(&s->err, NLA_ERR_RANGE, "nla_session_rewind: cannot go back to %d of %d positions (the sliding-window ring no longer holds the keys before it)",
+                    n, s->past[0]);
+    s->av_prefix = 0;
+    return NLA_OK;
+}
+
 const char *nla_session_errmsg(const nla_session *s) { return s ? s->err.msg : "session is NULL"; }
 
 nla_status nla_session_new(const nla_model *model, const nla_session_params *params, nla_session **out) {

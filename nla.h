@@ -233,6 +233,12 @@ void nla_session_seed(nla_session *s, uint64_t seed);
 /* Tokens held in the KV cache (of sequence 0). */
 int nla_session_n_past(const nla_session *s);
 
+/* Forgets the cached positions n.. of sequence 0, so the next forward
+   continues from position n (to try another continuation of a prompt).
+   NLA_ERR_RANGE when a sliding-window layer's ring has already dropped keys
+   that position n needs (then reset and prefill again). */
+nla_status nla_session_rewind(nla_session *s, int n);
+
 /* The detailed message of the last failed call on s ("" if none). Borrowed;
    valid until the next call on s. */
 const char *nla_session_errmsg(const nla_session *s);
