@@ -4130,12 +4130,20 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
     if (B < 1 || B > s->n_seq) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %d vectors, but the session holds %d sequences (n_seq)", B, s->n_seq);
     const int d = m->cfg.d, P = sc->pub.av_marker_index, T = sc->pub.av_prompt_len, R = T - P, V = m->cfg.vocab;
     if (T + p.max_new - 1 > s->n_ctx) return fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: %d prompt + %d new tokens exceed the context of %d", T, p.max_new, s->n_ctx);
+    nla_generate_params g;
+    memset(&g, 0, sizeof g);
+    g.max_new = p.max_new;
+    g.temperature = p.temperature;
+    g.top_k = p.top_k;
+    g.top_p = p.top_p;
+    nla_status rc = check_generate_params(s, &g, ids, n_ids);
+    if (rc) return rc;
     for (int q = 0; q < B; q++) n_ids[q] = 0;
     /* the rows from the marker on, per vector: the injected row v * injection_scale / |v|
        (norm in double; zero stays zero), then the prompt's last rows */
     float *rows = (float *)xmalloc((size_t)B * R, (size_t)d * sizeof(float));
     int32_t *seq = (int32_t *)xmalloc((size_t)B * R + (size_t)B, sizeof(int32_t)), *sel = seq ? seq + (size_t)B * R : NULL;
-    nla_status rc = rows && seq ? NLA_OK : fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
+    if (!rows || !seq) rc = fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
     for (int q = 0; q < B && !rc; q++) {
         float *r = rows + (size_t)q * R * d;
         const float *vq = v + (size_t)q * d;
@@ -4174,13 +4182,6 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
     if (!rc && p.first_logits) memcpy(p.first_logits, s->logits, (size_t)B * V * sizeof(float));
     /* decode every vector together: one row per unfinished sequence, so each
        weight read serves all of them; s->logits holds sequence q's at q * V */
-    nla_generate_params g;
-    memset(&g, 0, sizeof g);
-    g.max_new = p.max_new;
-    g.temperature = p.temperature;
-    g.top_k = p.top_k;
-    g.top_p = p.top_p;
-    if (!rc) rc = check_generate_params(s, &g, ids, n_ids);
     for (int live = B; !rc && live > 0;) {
         int n = 0;
         for (int q = 0; q < B; q++) {
