@@ -6,16 +6,16 @@
    vector back. nla.c loads Hugging Face Gemma 3 checkpoints as downloaded
    (safetensors, config.json) and runs the exact forward pass on the CPU.
 
-   Usage (error checks elided):
+   Usage (error checks and frees elided; t, av, ar opened with
+   nla_model_open and a session made for each with nla_session_new):
 
-       nla_model *m; nla_session *s;
-       nla_model_open("gemma-3-1b-it", NULL, &m, err, sizeof err);
-       nla_session_new(m, NULL, &s);
-       int32_t ids[] = {2, 818, 5279}, out[16]; int n_out;
-       nla_generate_params g = {0};            // zero = greedy, stop on eos
-       g.max_new = 16;
-       nla_generate(s, ids, 3, &g, out, &n_out);
-       nla_session_free(s); nla_model_close(m);
+       int32_t ids[64], out[200]; int n, n_out; float v[3840], r[3840];
+       nla_tokenize(nla_model_tokenizer(t), text, len, NLA_TOKENIZE_BOS, ids, 64, &n);
+       nla_extract(st, ids, n, 32, &pos, 1, v);       // block 32 at `pos`
+       nla_verbalize(sav, v, NULL, out, 200, &n_out);  // AV: ids of the text
+       ... nla_detokenize, nla_parse_explanation -> expl ...
+       nla_reconstruct(sar, &expl, 1, r);              // AR: back to a vector
+       nla_scores sc; nla_score(v, r, 3840, sqrt(3840.0), 0.0302, &sc);
 
    Rules.
    - Ownership: anything made by nla_X_open/new is released by nla_X_close/
