@@ -66,11 +66,20 @@ tests/bench: tests/bench.c tests/util.h nla.o
 bench: tests/bench weights/tokenizer.json $(BENCH_MODELS)
 	./tests/bench $(BENCH_MODELS)
 
+# The tests again on the portable fallbacks: stdio instead of mmap, and the
+# scalar kernels instead of the SIMD ones.
+variants:
+	$(MAKE) clean
+	$(MAKE) test CFLAGS="-O2 -g -DNLA_NO_MMAP"
+	$(MAKE) clean
+	$(MAKE) test CFLAGS="-O2 -g $(NATIVE) -DNLA_NO_SIMD"
+	$(MAKE) clean
+
 clean:
 	rm -f nla nla.o $(TESTS) tests/bench
 	rm -rf tests/tmp
 
-.PHONY: all test sanitize bench clean
+.PHONY: all test sanitize variants bench clean
 
 # Fuzzing (issue 8): one libFuzzer target per parser, tests/fuzz_<name>.c,
 # built with clang under ASan + UBSan (no OpenMP) into tests/fuzz_bin/ and

@@ -21,7 +21,7 @@ int main(void) {
     mkdir("tests/tmp", 0755);
     char *golden = slurp(G "golden.json", NULL);
     int nd;
-    long long sh[4];
+    long long sh[4] = {0, 0, 0, 0};
     /* extract: the three golden positions */
     CHECK_EQ(run("./nla extract " G "target --text 'The quick brown fox jumps over the lazy dog because it was bored.' "
                  "--positions 1,7,14 --out tests/tmp/v.npy" TOK " 2> tests/tmp/err.txt"), 0);

@@ -256,7 +256,7 @@ static void test_hook(void) {
     const prompt *lp = &p[2];
     const int T = lp->T, K = 2, L = 7, d = 64, V = 1024;
     int nd;
-    long long sh[4];
+    long long sh[4] = {0, 0, 0, 0};
     float *gh = npy_load(DATA "gqa-bf16/t40.hidden.npy", &nd, sh);
     float *hid = (float *)malloc(sizeof(float) * (size_t)L * T * d), *lg = (float *)malloc(sizeof(float) * (size_t)T * V);
     float *thid = (float *)malloc(sizeof(float) * 4 * (size_t)T * d), *tlg = (float *)malloc(sizeof(float) * (size_t)T * V);

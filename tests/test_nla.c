@@ -29,7 +29,7 @@ static nla_model *open_nla(const char *dir) {
 
 static float *load(const char *path, long long *rows) {
     int nd;
-    long long sh[4];
+    long long sh[4] = {0, 0, 0, 0};
     float *x = npy_load(path, &nd, sh);
     if (rows) *rows = sh[0];
     CHECK_MSG(x != NULL, "cannot read %s", path);

@@ -347,7 +347,7 @@ static double logits_err(const char *dir, nla_embed_scale es) {
     b.n_tokens = 8; b.ids = ids; b.logits = lg; b.all_logits = 1;
     nla_status rc = nla_forward(s, &b);
     int nd;
-    long long sh[4];
+    long long sh[4] = {0, 0, 0, 0};
     float *g = npy_load("tests/data/forward/gqa-bf16/t8.logits.npy", &nd, sh);
     double e = 0, mx = 0;
     for (int i = 0; i < 8 * 1024; i++) {
