@@ -4562,7 +4562,7 @@ typedef struct {
     const char *dir, *logits, *hidden, *ids_arg, *stop_arg, *prompt, *chat, *tokenizer, *text;
     const char *arg[3];      /* positional arguments (dir = arg[0], text = arg[1]) */
     int n_arg;
-    const char *out, *positions, *text_opt, *jsonl_file, *baseline, *role, *shape;
+    const char *out, *positions, *text_opt, *baseline, *role, *shape;
     int all, max_new, batch;
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
