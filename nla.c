@@ -2121,16 +2121,26 @@ static void save_tensor(nla_tensor *o, const char *name, const wmat *w, const st
     }
 }
 
-static nla_status copy_side_file(const char *from_dir, const char *to_dir, const char *name, errbuf *e) {
-    char *a = path_join(from_dir, name), *b = path_join(to_dir, name), *buf = NULL;
+/* Copies file `from` to `to` (whole, through memory). */
+static nla_status copy_file(const char *from, const char *to, errbuf *e) {
+    char *buf = NULL;
     size_t n = 0;
-    nla_status rc = !a || !b ? fail(e, NLA_ERR_NOMEM, "out of memory") : NLA_OK;
-    if (!rc && file_exists(a) && !(rc = read_file(a, &buf, &n, SIZE_MAX / 2, e))) {
-        FILE *f = fopen(b, "wb");
+    nla_status rc = read_file(from, &buf, &n, SIZE_MAX / 2, e);
+    if (!rc) {
+        FILE *f = fopen(to, "wb");
         int ok = f && fwrite(buf, 1, n, f) == n;
-        if ((f && fclose(f) != 0) || !ok) rc = fail(e, NLA_ERR_IO, "%s: cannot write", b);
+        if ((f && fclose(f) != 0) || !ok) rc = fail(e, NLA_ERR_IO, "%s: cannot write", to);
     }
-    free(a); free(b); free(buf);
+    free(buf);
+    return rc;
+}
+
+/* from_dir/name to to_dir/name, if it exists. */
+static nla_status copy_side_file(const char *from_dir, const char *to_dir, const char *name, errbuf *e) {
+    char *a = path_join(from_dir, name), *b = path_join(to_dir, name);
+    nla_status rc = !a || !b ? fail(e, NLA_ERR_NOMEM, "out of memory") : file_exists(a) ? copy_file(a, b, e) : NLA_OK;
+    free(a);
+    free(b);
     return rc;
 }
 
@@ -3502,16 +3512,18 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
                          size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
-    if (!path || !data || !shape || ndim < 1 || ndim > 2 || shape[0] < 0 || (ndim == 2 && shape[1] < 0)) {
-        copy_err(errbuf_out, errbuf_size, "nla_npy_write: path, data and a 1-D or 2-D shape are required");
+    uint64_t count = 1;
+    int ok_shape = path && data && shape && ndim >= 1 && ndim <= 3;
+    for (int i = 0; ok_shape && i < ndim; i++) ok_shape = shape[i] >= 0 && mul_u64(count, (uint64_t)shape[i], &count);
+    if (!ok_shape || count > SIZE_MAX / sizeof(float)) {
+        copy_err(errbuf_out, errbuf_size, "nla_npy_write: path, data and a 1-D to 3-D shape are required");
         return NLA_ERR_ARG;
     }
-    char hdr[160];
-    int n = ndim == 1 ? snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld,), }", (long long)shape[0])
-                      : snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }",
-                                 (long long)shape[0], (long long)shape[1]);
+    char dims[96] = "", hdr[160];
+    for (int i = 0; i < ndim; i++)
+        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
     int pad = (64 - (10 + n + 1) % 64) % 64;
-    const size_t count = (size_t)shape[0] * (size_t)(ndim == 2 ? shape[1] : 1);
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((n + pad + 1) & 0xff), (unsigned char)((n + pad + 1) >> 8)};
     FILE *f = fopen(path, "wb");
     nla_status rc = NLA_OK;
@@ -3519,7 +3531,7 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
     else {
         int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
         for (int i = 0; i < pad; i++) ok = ok && fputc(' ', f) != EOF;
-        ok = ok && fputc('\n', f) != EOF && fwrite(data, sizeof(float), count, f) == count;
+        ok = ok && fputc('\n', f) != EOF && fwrite(data, sizeof(float), (size_t)count, f) == count;
         if (fclose(f) != 0 || !ok) rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
     }
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -4465,27 +4477,9 @@ static int parse_float(const char *s, float *out) {
     return 1;
 }
 
-/* Writes a float32 little-endian C-order .npy (format 1.0). */
-static int npy_write(const char *path, const float *data, int ndim, const int64_t *shape) {
-    char hdr[256], dims[128] = "";
-    size_t count = 1, k = 0;
-    for (int i = 0; i < ndim; i++) {
-        k += (size_t)snprintf(dims + k, sizeof dims - k, "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
-        count *= (size_t)shape[i];
-    }
-    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
-    int total = 10 + n + 1, pad = (64 - total % 64) % 64;
-    FILE *f = fopen(path, "wb");
-    if (!f) return cli_error("%s: cannot create", path);
-    uint16_t hl = (uint16_t)(n + pad + 1);
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hl & 0xff), (unsigned char)(hl >> 8)};
-    fwrite(pre, 1, 10, f);
-    fwrite(hdr, 1, (size_t)n, f);
-    for (int i = 0; i < pad; i++) fputc(' ', f);
-    fputc('\n', f);
-    fwrite(data, sizeof(float), count, f);
-    if (fclose(f) != 0) return cli_error("%s: write failed", path);
-    return 0;
+static int cli_npy_write(const char *path, const float *data, int ndim, const int64_t *shape) {
+    char err[512];
+    return nla_npy_write(path, data, ndim, shape, err, sizeof err) ? cli_error("%s", err) : 0;
 }
 
 static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, const char *tokenizer, nla_model **m) {
@@ -4674,13 +4668,13 @@ static int cmd_forward(int argc, char **argv) {
     if ((rc = nla_forward(s, &b))) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     if (o.logits) {
         int64_t sh[2] = {T, (int64_t)V};
-        if (npy_write(o.logits, logits, 2, sh)) goto out;
+        if (cli_npy_write(o.logits, logits, 2, sh)) goto out;
     }
     if (o.hidden) {
         int64_t sh3[3] = {nb, T, (int64_t)d};
         if (o.layer >= 0) {
-            if (npy_write(o.hidden, hidden + (size_t)o.layer * T * d, 2, sh3 + 1)) goto out;
-        } else if (npy_write(o.hidden, hidden, 3, sh3)) goto out;
+            if (cli_npy_write(o.hidden, hidden + (size_t)o.layer * T * d, 2, sh3 + 1)) goto out;
+        } else if (cli_npy_write(o.hidden, hidden, 3, sh3)) goto out;
     }
     if (show_top && o.layer < 0) {
         printf("top 5 after position %d:\n", T - 1);
@@ -4722,25 +4716,12 @@ static int print_token(void *user, int32_t tok) {
     return 0;
 }
 
-/* Reads a whole file for --chat. */
+/* A whole file (the library's reader), or NULL after printing why. */
 static char *cli_slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, len = 0, got;
-    char *b = (char *)malloc(cap + 1);
-    while (b && (got = fread(b + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            char *nb = (char *)realloc(b, cap * 2 + 1);
-            if (!nb) { free(b); b = NULL; break; }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (b) b[len] = 0;
-    *n = len;
-    return b;
+    char *buf;
+    errbuf e;
+    if (read_file(path, &buf, n, SIZE_MAX / 2, &e)) return cli_error("%s", e.msg), NULL;
+    return buf;
 }
 
 /* The prompt of nla generate as ids: --ids as given, --prompt tokenized with
@@ -4757,7 +4738,7 @@ static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids
     if (o->chat) {
         size_t jl;
         char *json = cli_slurp(o->chat, &jl);
-        if (!json) return cli_error("%s: cannot read", o->chat), -1;
+        if (!json) return -1;
         nla_status rc = nla_chat_render_json(json, jl, 1, NULL, 0, &len, err, sizeof err);
         if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)malloc(len + 1)))
             rc = nla_chat_render_json(json, jl, 1, text, len + 1, &len, err, sizeof err);
@@ -5081,9 +5062,8 @@ static int cmd_extract(int argc, char **argv) {
     if (!(v = (float *)malloc(sizeof(float) * (size_t)n_pos * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
     nla_status rc = nla_extract(s, ids, T, K, pos, n_pos, v);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
-    char err[512];
     int64_t sh[2] = {n_pos, in.d_model};
-    if (nla_npy_write(o.out, v, 2, sh, err, sizeof err)) { cli_error("%s", err); goto out; }
+    if (cli_npy_write(o.out, v, 2, sh)) goto out;
     fprintf(stderr, "nla: wrote %d vectors (block %d output, d = %d) of %d tokens to %s\n", n_pos, K, in.d_model, T, o.out);
     ret = 0;
 out:
@@ -5223,7 +5203,6 @@ static char **cli_explanations(const cli_opts *o, int *n) {
         if (ok) json_free(&d);
         line += ll + 1;
     }
-    if (!all) cli_error("%s: cannot read", o->text);
     free(all);
     return out;
 }
@@ -5243,9 +5222,8 @@ static int cmd_reconstruct(int argc, char **argv) {
     if (!(rec = (float *)malloc(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
     nla_status rc = nla_reconstruct(s, (const char *const *)ex, n, rec);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
-    char err[512];
     int64_t sh[2] = {n, in.d_model};
-    if (nla_npy_write(o.out, rec, 2, sh, err, sizeof err)) { cli_error("%s", err); goto out; }
+    if (cli_npy_write(o.out, rec, 2, sh)) goto out;
     fprintf(stderr, "nla: wrote %d reconstructions (d = %d) to %s\n", n, in.d_model, o.out);
     ret = 0;
 out:
@@ -5647,12 +5625,8 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
 #ifndef _WIN32
         linked = p && link(tokenizer, p) == 0;
 #endif
-        size_t len = 0;
-        char *txt = linked ? NULL : cli_slurp(tokenizer, &len);
-        FILE *f = !linked && txt ? fopen(p, "wb") : NULL;
-        int ok = linked || (f && fwrite(txt, 1, len, f) == len);
-        if (f && fclose(f) != 0) ok = 0;
-        free(txt);
+        errbuf e;
+        int ok = linked || (p && copy_file(tokenizer, p, &e) == NLA_OK);
         free(p);
         if (!ok) { cli_error("%s: cannot copy it into %s", tokenizer, dir); goto out; }
     }

@@ -484,7 +484,8 @@ typedef struct {
 /* Vectors on disk: float32 little-endian C-order NumPy .npy, shape [n] or
    [n, d]. nla_npy_read writes the shape and, when cap (floats) suffices,
    the data; NLA_ERR_BUFFER_TOO_SMALL otherwise (call again with a bigger
-   buffer). Other dtypes, Fortran order or other ranks are refused. */
+   buffer). Other dtypes, Fortran order or other ranks are refused.
+   nla_npy_write also writes 3-D arrays (hidden states [L, T, d]). */
 nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim, char *errbuf,
                         size_t errbuf_size);
 nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *errbuf,
