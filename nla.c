@@ -5309,8 +5309,9 @@ static int cmd_explain(int argc, char **argv) {
     cli_expl *x = (cli_expl *)calloc((size_t)nbatch, sizeof *x);
     nla_meta av_meta, ar_meta;
     int d = 0, K = 0, random_weights = 0, *parsed = NULL;
-    /* 1. the AV's sidecar says which layer; peek at the AR's too */
-    if (!x || open_model(o.arg[1], o.es, o.quant, o.tokenizer, &m)) goto out;
+    /* 1. the AV's sidecar says which layer (opened as stored: mapping is
+       cheap, quantizing twice would not be) */
+    if (!x || open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, &m)) goto out;
     nla_model_get_meta(m, &av_meta);
     random_weights |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
     nla_model_close(m);
