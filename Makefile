@@ -8,12 +8,14 @@ OMP     ?= -fopenmp
 NATIVE  ?= $(shell $(CC) -march=native -x c -c /dev/null -o /dev/null 2>/dev/null && echo -march=native)
 CFLAGS  += $(NATIVE)
 LDLIBS   = -lm
+# How nla.c itself is compiled (`make cxx` swaps in a C++ compiler).
+CC_LIB   = $(CC) $(CFLAGS) $(WARN)
 
 all: nla weights/tiny/ar/nla_meta.yaml
 
 # The CLI: nla.c with its main(), threaded with OpenMP.
 nla: nla.c nla.h
-	$(CC) $(CFLAGS) $(WARN) $(OMP) -DNLA_MAIN -o $@ nla.c $(LDLIBS)
+	$(CC_LIB) $(OMP) -DNLA_MAIN -o $@ nla.c $(LDLIBS)
 
 # The embedded default: a tiny NLA trio with RANDOM weights (made by nla
 # itself) and the real tokenizer, so that `nla explain` runs anywhere.
@@ -22,7 +24,7 @@ weights/tiny/ar/nla_meta.yaml: nla weights/tokenizer.json
 
 # The library object that tests and embedders link.
 nla.o: nla.c nla.h
-	$(CC) $(CFLAGS) $(WARN) $(OMP) -c -o $@ nla.c
+	$(CC_LIB) $(OMP) -c -o $@ nla.c
 
 TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant
 
@@ -79,7 +81,24 @@ clean:
 	rm -f nla nla.o $(TESTS) tests/bench
 	rm -rf tests/tmp
 
-.PHONY: all test sanitize variants bench clean
+# nla.c is also C++ (for projects that compile everything as C++): the
+# library and the CLI built by a C++ compiler, warnings as errors, and the
+# tests run against that object.
+CXX     ?= c++
+CXXWARN  = -Wall -Wextra -Wpedantic -Wshadow -Wcast-align -Wformat=2 -Wundef -Werror
+cxx:
+	$(MAKE) clean
+	$(MAKE) test CC_LIB="$(CXX) -x c++ -std=c++11 $(CFLAGS) $(CXXWARN)"
+	$(MAKE) clean
+
+# No warning on gcc or clang, with or without OpenMP (each build is the CLI,
+# which is all of nla.c).
+WERROR_CCS ?= gcc clang
+werror:
+	@for cc in $(WERROR_CCS); do for omp in -fopenmp ""; do \
+	  echo "$$cc $$omp -Werror"; $$cc $(CFLAGS) $(WARN) -Werror $$omp -DNLA_MAIN -o /dev/null nla.c $(LDLIBS) || exit 1; done; done
+
+.PHONY: all test sanitize variants bench clean cxx werror
 
 # Fuzzing (issue 8): one libFuzzer target per parser, tests/fuzz_<name>.c,
 # built with clang under ASan + UBSan (no OpenMP) into tests/fuzz_bin/ and

@@ -54,6 +54,15 @@
 #if defined(_WIN32) && !defined(NLA_NO_MMAP)
 #define NLA_NO_MMAP
 #endif
+/* NLA_MALLOC, NLA_CALLOC, NLA_REALLOC, NLA_FREE: every allocation goes
+   through these. Define all four before compiling nla.c to use another
+   allocator (the allocation-failure test fails the k-th one). */
+#ifndef NLA_MALLOC
+#define NLA_MALLOC(n) malloc(n)
+#define NLA_CALLOC(n, size) calloc(n, size)
+#define NLA_REALLOC(p, n) realloc(p, n)
+#define NLA_FREE(p) free(p)
+#endif
 
 #define NLA_EXPERIMENTAL /* the kernel-check declarations of nla.h */
 #include "nla.h"
@@ -77,6 +86,13 @@
 #endif
 #if defined(__AVX2__) && !defined(NLA_NO_SIMD)
 #include <immintrin.h>
+#endif
+
+/* Lets the compiler check the format strings of printf-like helpers. */
+#if defined(__GNUC__) || defined(__clang__)
+#define PRINTF_LIKE(fmt, first) __attribute__((format(printf, fmt, first)))
+#else
+#define PRINTF_LIKE(fmt, first)
 #endif
 
 /* Session counting on a shared model is the one thing that changes on an
@@ -122,11 +138,7 @@ typedef struct {
     char msg[ERR_CAP];
 } errbuf;
 
-static nla_status fail(errbuf *e, nla_status st, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
+static nla_status fail(errbuf *e, nla_status st, const char *fmt, ...) PRINTF_LIKE(3, 4);
 static nla_status fail(errbuf *e, nla_status st, const char *fmt, ...) {
     if (e) {
         va_list ap;
@@ -150,16 +162,16 @@ static void copy_err(char *dst, size_t cap, const char *msg) {
    here so a hostile shape cannot wrap a size_t. */
 static void *xcalloc(size_t n, size_t size) {
     if (size && n > SIZE_MAX / size) return NULL;
-    return calloc(n ? n : 1, size ? size : 1);
+    return NLA_CALLOC(n ? n : 1, size ? size : 1);
 }
 
 static void *xmalloc(size_t n, size_t size) {
     if (size && n > SIZE_MAX / size) return NULL;
-    return malloc(n && size ? n * size : 1);
+    return NLA_MALLOC(n && size ? n * size : 1);
 }
 
 static char *xstrndup(const char *s, size_t n) {
-    char *d = (char *)malloc(n + 1);
+    char *d = (char *)NLA_MALLOC(n + 1);
     if (d) {
         memcpy(d, s, n);
         d[n] = 0;
@@ -313,7 +325,7 @@ typedef struct {
 } jdoc;
 
 static void json_free(jdoc *d) {
-    free(d->node);
+    NLA_FREE(d->node);
     d->node = NULL;
     d->n_node = d->cap_node = 0;
 }
@@ -340,7 +352,7 @@ static int json_new(jdoc *d, int type) {
     if (d->n_node == d->cap_node) {
         uint32_t cap = d->cap_node ? d->cap_node * 2 : 64;
         if (cap < d->cap_node || cap > (uint32_t)INT_MAX) return -1;
-        jnode *nn = (jnode *)realloc(d->node, (size_t)cap * sizeof(jnode));
+        jnode *nn = (jnode *)NLA_REALLOC(d->node, (size_t)cap * sizeof(jnode));
         if (!nn) return -1;
         d->node = nn;
         d->cap_node = cap;
@@ -549,7 +561,7 @@ static void json_put_string(sbuf *b, const char *s, size_t n) {
 /* Decoded string node i as a fresh heap string (NULL when out of memory). */
 static char *json_strdup(const jdoc *d, int i) {
     size_t n = json_str(d, i, NULL, 0);
-    char *s = (char *)malloc(n + 1);
+    char *s = (char *)NLA_MALLOC(n + 1);
     if (s) json_str(d, i, s, n + 1);
     return s;
 }
@@ -730,21 +742,21 @@ static nla_status read_file(const char *path, char **out, size_t *n_out, size_t 
     FILE *f = fopen(path, "rb");
     if (!f) return fail(e, NLA_ERR_IO, "%s: cannot open", path);
     size_t cap = 4096, n = 0;
-    char *buf = (char *)malloc(cap + 1);
+    char *buf = (char *)NLA_MALLOC(cap + 1);
     while (buf) {
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
         if (n < cap) break;
-        if (cap >= max) { fclose(f); free(buf); return fail(e, NLA_ERR_FORMAT, "%s: larger than %zu bytes", path, max); }
-        char *nb = (char *)realloc(buf, cap * 2 + 1);
-        if (!nb) { free(buf); buf = NULL; break; }
+        if (cap >= max) { fclose(f); NLA_FREE(buf); return fail(e, NLA_ERR_FORMAT, "%s: larger than %zu bytes", path, max); }
+        char *nb = (char *)NLA_REALLOC(buf, cap * 2 + 1);
+        if (!nb) { NLA_FREE(buf); buf = NULL; break; }
         buf = nb;
         cap *= 2;
     }
     int bad = ferror(f);
     fclose(f);
     if (!buf) return fail(e, NLA_ERR_NOMEM, "%s: out of memory reading it", path);
-    if (bad) { free(buf); return fail(e, NLA_ERR_IO, "%s: read error", path); }
+    if (bad) { NLA_FREE(buf); return fail(e, NLA_ERR_IO, "%s: read error", path); }
     buf[n] = 0;
     *out = buf;
     if (n_out) *n_out = n;
@@ -757,11 +769,11 @@ static void st_file_free(st_file *f) {
         if (f->mapped) munmap(f->map, f->size);
         else
 #endif
-            free(f->map);
+            NLA_FREE(f->map);
     }
-    for (int i = 0; i < f->n_meta * 2; i++) free(f->meta[i]);
-    free(f->meta);
-    free(f->path);
+    for (int i = 0; i < f->n_meta * 2; i++) NLA_FREE(f->meta[i]);
+    NLA_FREE(f->meta);
+    NLA_FREE(f->path);
     memset(f, 0, sizeof *f);
 }
 
@@ -841,7 +853,7 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
     const uint64_t data_len = f->size - 8 - hlen;
     const unsigned char *data = f->map + 8 + hlen;
     int first = st->n;
-    st_tensor *nt = (st_tensor *)realloc(st->t, ((size_t)st->n + d.node[0].n + 1) * sizeof *nt);
+    st_tensor *nt = (st_tensor *)NLA_REALLOC(st->t, ((size_t)st->n + d.node[0].n + 1) * sizeof *nt);
     if (!nt) { json_free(&d); return fail(e, NLA_ERR_NOMEM, "%s: out of memory for the tensor table", fn); }
     st->t = nt;
     uint32_t k = 1;
@@ -945,7 +957,7 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
                           ord[i]->begin < at ? "overlap" : "gap");
             at = ord[i]->end;
         }
-        free(ord);
+        NLA_FREE(ord);
         if (!rc && at != data_len)
             rc = fail(e, NLA_ERR_FORMAT, "%s: tensors cover %llu bytes of the %llu-byte data section", fn,
                       (unsigned long long)at, (unsigned long long)data_len);
@@ -956,7 +968,7 @@ out:
 }
 
 static nla_status st_add_file(nla_st *st, const char *path, int no_mmap, errbuf *e) {
-    st_file *nf = (st_file *)realloc(st->files, ((size_t)st->n_files + 1) * sizeof *nf);
+    st_file *nf = (st_file *)NLA_REALLOC(st->files, ((size_t)st->n_files + 1) * sizeof *nf);
     if (!nf) return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
     st->files = nf;
     st_file *f = &st->files[st->n_files++];
@@ -976,7 +988,7 @@ static int file_exists(const char *path) {
 /* dir + "/" + name into a fresh string. */
 static char *path_join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
-    char *p = (char *)malloc(a + b + 2);
+    char *p = (char *)NLA_MALLOC(a + b + 2);
     if (p) {
         memcpy(p, dir, a);
         if (a && dir[a - 1] != '/') p[a++] = '/';
@@ -1000,7 +1012,8 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
     jdoc d;
     char **shards = NULL;
     int n_shards = 0;
-    if ((rc = json_parse(&d, txt, n, e, index))) { free(txt); return rc; }
+    uint32_t k;
+    if ((rc = json_parse(&d, txt, n, e, index))) { NLA_FREE(txt); return rc; }
     int wm = json_get(&d, 0, "weight_map");
     if (wm < 0 || d.node[wm].type != J_OBJ || d.node[wm].n == 0) {
         rc = fail(e, NLA_ERR_FORMAT, "%s: no weight_map object", index);
@@ -1008,7 +1021,7 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
     }
     shards = (char **)xcalloc(d.node[wm].n, sizeof(char *));
     if (!shards) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
-    uint32_t k = (uint32_t)wm + 1;
+    k = (uint32_t)wm + 1;
     for (uint32_t m = 0; m < d.node[wm].n; m++, k = d.node[k + 1].end) {
         if (d.node[k + 1].type != J_STR) { rc = fail(e, NLA_ERR_FORMAT, "%s: weight_map values must be file names", index); goto out; }
         char name[256];
@@ -1024,7 +1037,7 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
             char *p = path_join(dir, name);
             if (!p) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
             rc = st_add_file(st, p, no_mmap, e);
-            free(p);
+            NLA_FREE(p);
             if (rc) goto out;
         }
     }
@@ -1044,20 +1057,20 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
     }
 out:
     if (shards)
-        for (int i = 0; i < n_shards; i++) free(shards[i]);
-    free(shards);
+        for (int i = 0; i < n_shards; i++) NLA_FREE(shards[i]);
+    NLA_FREE(shards);
     json_free(&d);
-    free(txt);
+    NLA_FREE(txt);
     return rc;
 }
 
 void nla_st_close(nla_st *st) {
     if (!st) return;
     for (int i = 0; i < st->n_files; i++) st_file_free(&st->files[i]);
-    for (int i = 0; i < st->n; i++) free(st->t[i].name);
-    free(st->files);
-    free(st->t);
-    free(st);
+    for (int i = 0; i < st->n; i++) NLA_FREE(st->t[i].name);
+    NLA_FREE(st->files);
+    NLA_FREE(st->t);
+    NLA_FREE(st);
 }
 
 static int is_dir(const char *path) {
@@ -1067,14 +1080,14 @@ static int is_dir(const char *path) {
 #else
     char *p = path_join(path, "config.json");
     int r = p && file_exists(p);
-    free(p);
+    NLA_FREE(p);
     return r;
 #endif
 }
 
 static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e) {
     *out = NULL;
-    nla_st *st = (nla_st *)calloc(1, sizeof *st);
+    nla_st *st = (nla_st *)NLA_CALLOC(1, sizeof *st);
     if (!st) return fail(e, NLA_ERR_NOMEM, "out of memory");
     nla_status rc;
     if (is_dir(path)) {
@@ -1083,12 +1096,12 @@ static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e
         else if (file_exists(idx)) rc = st_open_index(st, path, idx, no_mmap, e);
         else if (file_exists(one)) rc = st_add_file(st, one, no_mmap, e);
         else rc = fail(e, NLA_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json in this folder", path);
-        free(idx);
-        free(one);
+        NLA_FREE(idx);
+        NLA_FREE(one);
     } else if (strlen(path) > 11 && !strcmp(path + strlen(path) - 11, ".index.json")) {
         char *dir = dir_of(path);
         rc = dir ? st_open_index(st, dir, path, no_mmap, e) : fail(e, NLA_ERR_NOMEM, "out of memory");
-        free(dir);
+        NLA_FREE(dir);
     } else {
         rc = st_add_file(st, path, no_mmap, e);
     }
@@ -1191,13 +1204,13 @@ static void st_header(sbuf *b, const nla_tensor *t, int n, const char *const *me
 static int st_write_data(FILE *f, const nla_tensor *t, int i, nla_fill_fn fill, void *user) {
     if (t->data || !t->nbytes) return !t->nbytes || fwrite(t->data, 1, (size_t)t->nbytes, f) == t->nbytes;
     const size_t chunk = (size_t)1 << 26;
-    unsigned char *buf = fill ? (unsigned char *)malloc(t->nbytes < chunk ? (size_t)t->nbytes : chunk) : NULL;
+    unsigned char *buf = fill ? (unsigned char *)NLA_MALLOC(t->nbytes < chunk ? (size_t)t->nbytes : chunk) : NULL;
     int ok = buf != NULL;
     for (uint64_t off = 0; ok && off < t->nbytes; off += chunk) {
         size_t len = t->nbytes - off < chunk ? (size_t)(t->nbytes - off) : chunk;
         ok = fill(user, i, off, buf, len) == 0 && fwrite(buf, 1, len, f) == len;
     }
-    free(buf);
+    NLA_FREE(buf);
     return ok;
 }
 
@@ -1228,11 +1241,11 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
         st_header(&h, t, n, meta, n_meta); /* measure */
         h.cap = h.len + 1;
         h.len = 0;
-        if (!(h.out = (char *)malloc(h.cap))) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+        if (!(h.out = (char *)NLA_MALLOC(h.cap))) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
         else st_header(&h, t, n, meta, n_meta);
     }
     /* written beside the target and renamed, so a crash leaves no half file */
-    char *tmp = rc ? NULL : (char *)malloc(strlen(path) + 5);
+    char *tmp = rc ? NULL : (char *)NLA_MALLOC(strlen(path) + 5);
     FILE *f = NULL;
     if (!rc && tmp) {
         snprintf(tmp, strlen(path) + 5, "%s.tmp", path);
@@ -1249,8 +1262,8 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
             rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
         }
     }
-    free(tmp);
-    free(h.out);
+    NLA_FREE(tmp);
+    NLA_FREE(h.out);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
@@ -1340,6 +1353,120 @@ static void cfg_eos(const jdoc *d, int v, gemma_cfg *c) {
     }
 }
 
+/* The fields of a parsed config.json (HF defaults for those absent),
+   checked against each other. */
+static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, errbuf *e) {
+    nla_status rc;
+    /* Gemma3TextConfig defaults */
+    memset(c, 0, sizeof *c);
+    c->vocab = 262208; c->d = 2304; c->d_ff = 9216; c->n_layers = 26; c->n_heads = 8; c->n_kv = 4;
+    c->hd = 256; c->max_pos = 131072; c->window = 4096; c->tie = 1; c->bos = 2;
+    c->n_eos = 1; c->eos[0] = 1;
+    double eps = 1e-6, qpas = 256, th_g = 1e6, th_l = 1e4, fcap = 0, acap = 0;
+
+    int root = 0, tc = json_get(d, root, "text_config");
+    if (tc >= 0 && d->node[tc].type != J_OBJ) return fail(e, NLA_ERR_FORMAT, "%s: text_config is not an object", fn);
+    if (tc < 0) tc = root;
+    int ar = json_get(d, root, "architectures"), mt = json_get(d, root, "model_type");
+    if (ar >= 0 && d->node[ar].type == J_ARR && d->node[ar].n > 0 && d->node[ar + 1].type == J_STR)
+        json_str(d, ar + 1, c->arch, sizeof c->arch);
+    char mtype[64] = "";
+    if (mt >= 0 && d->node[mt].type == J_STR) json_str(d, mt, mtype, sizeof mtype);
+    int ok = !strcmp(c->arch, "Gemma3ForCausalLM") || !strcmp(c->arch, "Gemma3ForConditionalGeneration") ||
+             (!c->arch[0] && (!strcmp(mtype, "gemma3") || !strcmp(mtype, "gemma3_text")));
+    if (!ok) {
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: architecture '%s' (model_type '%s') is not Gemma 3", fn, c->arch, mtype);
+    }
+    if (!c->arch[0]) snprintf(c->arch, sizeof c->arch, "%s", strcmp(mtype, "gemma3") ? "Gemma3ForCausalLM" : "Gemma3ForConditionalGeneration");
+
+    if ((rc = cfg_int(d, tc, "vocab_size", &c->vocab, 1, 1 << 24, e, fn)) ||
+        (rc = cfg_int(d, tc, "hidden_size", &c->d, 1, 1 << 16, e, fn)) ||
+        (rc = cfg_int(d, tc, "intermediate_size", &c->d_ff, 1, 1 << 20, e, fn)) ||
+        (rc = cfg_int(d, tc, "num_hidden_layers", &c->n_layers, 1, NLA_MAX_LAYERS, e, fn)) ||
+        (rc = cfg_int(d, tc, "num_attention_heads", &c->n_heads, 1, 1024, e, fn)) ||
+        (rc = cfg_int(d, tc, "num_key_value_heads", &c->n_kv, 1, 1024, e, fn)) ||
+        (rc = cfg_int(d, tc, "head_dim", &c->hd, 2, 4096, e, fn)) ||
+        (rc = cfg_int(d, tc, "max_position_embeddings", &c->max_pos, 1, 1 << 24, e, fn)) ||
+        (rc = cfg_int(d, tc, "sliding_window", &c->window, 1, 1 << 24, e, fn)) ||
+        (rc = cfg_int(d, tc, "bos_token_id", &c->bos, 0, 1 << 24, e, fn)) ||
+        (rc = cfg_num(d, tc, -1, "rms_norm_eps", &eps, e, fn)) ||
+        (rc = cfg_num(d, tc, -1, "query_pre_attn_scalar", &qpas, e, fn)) ||
+        (rc = cfg_num(d, tc, -1, "rope_theta", &th_g, e, fn)) ||
+        (rc = cfg_num(d, tc, -1, "rope_local_base_freq", &th_l, e, fn)) ||
+        (rc = cfg_num(d, tc, root, "final_logit_softcapping", &fcap, e, fn)) ||
+        (rc = cfg_num(d, tc, root, "attn_logit_softcapping", &acap, e, fn)))
+        return rc;
+    if (c->n_heads % c->n_kv) {
+        return fail(e, NLA_ERR_FORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", fn, c->n_heads, c->n_kv);
+    }
+    if (c->hd % 2) return fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd);
+    if (!(eps > 0 && eps < 1) || !(qpas > 0 && isfinite(qpas)) || !(th_g > 1 && isfinite(th_g)) || !(th_l > 1 && isfinite(th_l)) ||
+        !(fcap >= 0 && isfinite(fcap)) || !(acap >= 0 && isfinite(acap))) {
+        return fail(e, NLA_ERR_RANGE, "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range", fn);
+    }
+    c->eps = (float)eps; c->qpas = (float)qpas; c->final_softcap = (float)fcap; c->attn_softcap = (float)acap;
+    c->theta[0] = (float)th_l; c->theta[1] = (float)th_g; c->factor[0] = c->factor[1] = 1;
+
+    int v;
+    if ((v = json_get(d, tc, "use_bidirectional_attention")) >= 0 && d->node[v].type == J_TRUE) {
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: use_bidirectional_attention (EmbeddingGemma) is not supported", fn);
+    }
+    if ((v = json_get(d, tc, "attention_bias")) >= 0 && d->node[v].type == J_TRUE) {
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: attention_bias true is not Gemma 3", fn);
+    }
+    if ((v = json_get(d, tc, "tie_word_embeddings")) < 0) v = json_get(d, root, "tie_word_embeddings");
+    if (v >= 0 && d->node[v].type == J_FALSE) c->tie = 0;
+    if ((v = json_get(d, tc, "hidden_activation")) < 0) v = json_get(d, tc, "hidden_act");
+    if (v >= 0 && d->node[v].type != J_NULL && !json_eq(d, v, "gelu_pytorch_tanh") && !json_eq(d, v, "gelu_new") &&
+        !json_eq(d, v, "gelu_tanh")) {
+        char act[64] = "?";
+        if (d->node[v].type == J_STR) json_str(d, v, act, sizeof act);
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: hidden_activation '%s' is not supported (Gemma 3 uses gelu_pytorch_tanh)", fn, act);
+    }
+    cfg_eos(d, json_get(d, root, "eos_token_id"), c);
+    if (tc != root) cfg_eos(d, json_get(d, tc, "eos_token_id"), c);
+
+    /* RoPE: old spelling first, then rope_parameters overrides */
+    if ((rc = cfg_rope(d, json_get(d, tc, "rope_scaling"), &c->theta[1], &c->factor[1], e, fn, "rope_scaling")))
+        return rc;
+    int rp = json_get(d, tc, "rope_parameters");
+    if (rp >= 0 && d->node[rp].type == J_OBJ) {
+        int fa = json_get(d, rp, "full_attention"), sa = json_get(d, rp, "sliding_attention");
+        if (fa >= 0 || sa >= 0) {
+            if ((rc = cfg_rope(d, fa, &c->theta[1], &c->factor[1], e, fn, "rope_parameters.full_attention")) ||
+                (rc = cfg_rope(d, sa, &c->theta[0], &c->factor[0], e, fn, "rope_parameters.sliding_attention")))
+                return rc;
+        } else if ((rc = cfg_rope(d, rp, &c->theta[1], &c->factor[1], e, fn, "rope_parameters"))) {
+            return rc;
+        }
+    } else if (rp >= 0 && d->node[rp].type != J_NULL) {
+        return fail(e, NLA_ERR_FORMAT, "%s: rope_parameters must be an object", fn);
+    }
+
+    /* layer pattern */
+    int lt = json_get(d, tc, "layer_types");
+    if (lt >= 0 && d->node[lt].type != J_NULL) {
+        if (d->node[lt].type != J_ARR || (int)d->node[lt].n != c->n_layers) {
+            return fail(e, NLA_ERR_FORMAT, "%s: layer_types must list %d entries (num_hidden_layers)", fn, c->n_layers);
+        }
+        uint32_t i = (uint32_t)lt + 1;
+        for (int l = 0; l < c->n_layers; l++, i = d->node[i].end) {
+            if (json_eq(d, (int)i, "full_attention")) c->is_global[l] = 1;
+            else if (json_eq(d, (int)i, "sliding_attention")) c->is_global[l] = 0;
+            else {
+                return fail(e, NLA_ERR_UNSUPPORTED, "%s: layer_types[%d] is neither sliding_attention nor full_attention", fn, l);
+            }
+        }
+    } else {
+        int pat = 6;
+        if ((rc = cfg_int(d, tc, "sliding_window_pattern", &pat, 1, NLA_MAX_LAYERS, e, fn)) ||
+            (rc = cfg_int(d, tc, "_sliding_window_pattern", &pat, 1, NLA_MAX_LAYERS, e, fn)))
+            return rc;
+        for (int l = 0; l < c->n_layers; l++) c->is_global[l] = (l + 1) % pat == 0;
+    }
+    return NLA_OK;
+}
+
 static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
     char *fn = path_join(dir, "config.json"), *txt = NULL;
     size_t n;
@@ -1350,122 +1477,7 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
     if (rc || (rc = json_parse(&d, txt, n, e, fn))) goto out;
     if (d.node[0].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: not a JSON object", fn); goto out; }
 
-    /* Gemma3TextConfig defaults */
-    memset(c, 0, sizeof *c);
-    c->vocab = 262208; c->d = 2304; c->d_ff = 9216; c->n_layers = 26; c->n_heads = 8; c->n_kv = 4;
-    c->hd = 256; c->max_pos = 131072; c->window = 4096; c->tie = 1; c->bos = 2;
-    c->n_eos = 1; c->eos[0] = 1;
-    double eps = 1e-6, qpas = 256, th_g = 1e6, th_l = 1e4, fcap = 0, acap = 0;
-
-    int root = 0, tc = json_get(&d, root, "text_config");
-    if (tc >= 0 && d.node[tc].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: text_config is not an object", fn); goto out; }
-    if (tc < 0) tc = root;
-    int ar = json_get(&d, root, "architectures"), mt = json_get(&d, root, "model_type");
-    if (ar >= 0 && d.node[ar].type == J_ARR && d.node[ar].n > 0 && d.node[ar + 1].type == J_STR)
-        json_str(&d, ar + 1, c->arch, sizeof c->arch);
-    char mtype[64] = "";
-    if (mt >= 0 && d.node[mt].type == J_STR) json_str(&d, mt, mtype, sizeof mtype);
-    int ok = !strcmp(c->arch, "Gemma3ForCausalLM") || !strcmp(c->arch, "Gemma3ForConditionalGeneration") ||
-             (!c->arch[0] && (!strcmp(mtype, "gemma3") || !strcmp(mtype, "gemma3_text")));
-    if (!ok) {
-        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: architecture '%s' (model_type '%s') is not Gemma 3", fn, c->arch, mtype);
-        goto out;
-    }
-    if (!c->arch[0]) snprintf(c->arch, sizeof c->arch, "%s", strcmp(mtype, "gemma3") ? "Gemma3ForCausalLM" : "Gemma3ForConditionalGeneration");
-
-    if ((rc = cfg_int(&d, tc, "vocab_size", &c->vocab, 1, 1 << 24, e, fn)) ||
-        (rc = cfg_int(&d, tc, "hidden_size", &c->d, 1, 1 << 16, e, fn)) ||
-        (rc = cfg_int(&d, tc, "intermediate_size", &c->d_ff, 1, 1 << 20, e, fn)) ||
-        (rc = cfg_int(&d, tc, "num_hidden_layers", &c->n_layers, 1, NLA_MAX_LAYERS, e, fn)) ||
-        (rc = cfg_int(&d, tc, "num_attention_heads", &c->n_heads, 1, 1024, e, fn)) ||
-        (rc = cfg_int(&d, tc, "num_key_value_heads", &c->n_kv, 1, 1024, e, fn)) ||
-        (rc = cfg_int(&d, tc, "head_dim", &c->hd, 2, 4096, e, fn)) ||
-        (rc = cfg_int(&d, tc, "max_position_embeddings", &c->max_pos, 1, 1 << 24, e, fn)) ||
-        (rc = cfg_int(&d, tc, "sliding_window", &c->window, 1, 1 << 24, e, fn)) ||
-        (rc = cfg_int(&d, tc, "bos_token_id", &c->bos, 0, 1 << 24, e, fn)) ||
-        (rc = cfg_num(&d, tc, -1, "rms_norm_eps", &eps, e, fn)) ||
-        (rc = cfg_num(&d, tc, -1, "query_pre_attn_scalar", &qpas, e, fn)) ||
-        (rc = cfg_num(&d, tc, -1, "rope_theta", &th_g, e, fn)) ||
-        (rc = cfg_num(&d, tc, -1, "rope_local_base_freq", &th_l, e, fn)) ||
-        (rc = cfg_num(&d, tc, root, "final_logit_softcapping", &fcap, e, fn)) ||
-        (rc = cfg_num(&d, tc, root, "attn_logit_softcapping", &acap, e, fn)))
-        goto out;
-    if (c->n_heads % c->n_kv) {
-        rc = fail(e, NLA_ERR_FORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", fn, c->n_heads, c->n_kv);
-        goto out;
-    }
-    if (c->hd % 2) { rc = fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd); goto out; }
-    if (!(eps > 0 && eps < 1) || !(qpas > 0 && isfinite(qpas)) || !(th_g > 1 && isfinite(th_g)) || !(th_l > 1 && isfinite(th_l)) ||
-        !(fcap >= 0 && isfinite(fcap)) || !(acap >= 0 && isfinite(acap))) {
-        rc = fail(e, NLA_ERR_RANGE, "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range", fn);
-        goto out;
-    }
-    c->eps = (float)eps; c->qpas = (float)qpas; c->final_softcap = (float)fcap; c->attn_softcap = (float)acap;
-    c->theta[0] = (float)th_l; c->theta[1] = (float)th_g; c->factor[0] = c->factor[1] = 1;
-
-    int v;
-    if ((v = json_get(&d, tc, "use_bidirectional_attention")) >= 0 && d.node[v].type == J_TRUE) {
-        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: use_bidirectional_attention (EmbeddingGemma) is not supported", fn);
-        goto out;
-    }
-    if ((v = json_get(&d, tc, "attention_bias")) >= 0 && d.node[v].type == J_TRUE) {
-        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: attention_bias true is not Gemma 3", fn);
-        goto out;
-    }
-    if ((v = json_get(&d, tc, "tie_word_embeddings")) < 0) v = json_get(&d, root, "tie_word_embeddings");
-    if (v >= 0 && d.node[v].type == J_FALSE) c->tie = 0;
-    if ((v = json_get(&d, tc, "hidden_activation")) < 0) v = json_get(&d, tc, "hidden_act");
-    if (v >= 0 && d.node[v].type != J_NULL && !json_eq(&d, v, "gelu_pytorch_tanh") && !json_eq(&d, v, "gelu_new") &&
-        !json_eq(&d, v, "gelu_tanh")) {
-        char act[64] = "?";
-        if (d.node[v].type == J_STR) json_str(&d, v, act, sizeof act);
-        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: hidden_activation '%s' is not supported (Gemma 3 uses gelu_pytorch_tanh)", fn, act);
-        goto out;
-    }
-    cfg_eos(&d, json_get(&d, root, "eos_token_id"), c);
-    if (tc != root) cfg_eos(&d, json_get(&d, tc, "eos_token_id"), c);
-
-    /* RoPE: old spelling first, then rope_parameters overrides */
-    if ((rc = cfg_rope(&d, json_get(&d, tc, "rope_scaling"), &c->theta[1], &c->factor[1], e, fn, "rope_scaling")))
-        goto out;
-    int rp = json_get(&d, tc, "rope_parameters");
-    if (rp >= 0 && d.node[rp].type == J_OBJ) {
-        int fa = json_get(&d, rp, "full_attention"), sa = json_get(&d, rp, "sliding_attention");
-        if (fa >= 0 || sa >= 0) {
-            if ((rc = cfg_rope(&d, fa, &c->theta[1], &c->factor[1], e, fn, "rope_parameters.full_attention")) ||
-                (rc = cfg_rope(&d, sa, &c->theta[0], &c->factor[0], e, fn, "rope_parameters.sliding_attention")))
-                goto out;
-        } else if ((rc = cfg_rope(&d, rp, &c->theta[1], &c->factor[1], e, fn, "rope_parameters"))) {
-            goto out;
-        }
-    } else if (rp >= 0 && d.node[rp].type != J_NULL) {
-        rc = fail(e, NLA_ERR_FORMAT, "%s: rope_parameters must be an object", fn);
-        goto out;
-    }
-
-    /* layer pattern */
-    int lt = json_get(&d, tc, "layer_types");
-    if (lt >= 0 && d.node[lt].type != J_NULL) {
-        if (d.node[lt].type != J_ARR || (int)d.node[lt].n != c->n_layers) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: layer_types must list %d entries (num_hidden_layers)", fn, c->n_layers);
-            goto out;
-        }
-        uint32_t i = (uint32_t)lt + 1;
-        for (int l = 0; l < c->n_layers; l++, i = d.node[i].end) {
-            if (json_eq(&d, (int)i, "full_attention")) c->is_global[l] = 1;
-            else if (json_eq(&d, (int)i, "sliding_attention")) c->is_global[l] = 0;
-            else {
-                rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: layer_types[%d] is neither sliding_attention nor full_attention", fn, l);
-                goto out;
-            }
-        }
-    } else {
-        int pat = 6;
-        if ((rc = cfg_int(&d, tc, "sliding_window_pattern", &pat, 1, NLA_MAX_LAYERS, e, fn)) ||
-            (rc = cfg_int(&d, tc, "_sliding_window_pattern", &pat, 1, NLA_MAX_LAYERS, e, fn)))
-            goto out;
-        for (int l = 0; l < c->n_layers; l++) c->is_global[l] = (l + 1) % pat == 0;
-    }
+    if ((rc = cfg_from_json(&d, fn, c, e))) goto out;
 
     /* generation_config.json, when present, names the stop ids */
     {
@@ -1477,14 +1489,14 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
                 cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c);
                 json_free(&g);
             }
-            free(gtxt);
+            NLA_FREE(gtxt);
         }
-        free(gfn);
+        NLA_FREE(gfn);
     }
 out:
     json_free(&d);
-    free(txt);
-    free(fn);
+    NLA_FREE(txt);
+    NLA_FREE(fn);
     return rc;
 }
 
@@ -1720,15 +1732,15 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
 
 nla_status nla_kernel_dot(nla_dtype dt, const float *w, const float *x, int n, int simd, float *out) {
     if (!is_quant(dt) || !w || !x || !out || n < QK || n % QK) return NLA_ERR_ARG;
-    unsigned char *qw = (unsigned char *)malloc(row_bytes(dt, n));
+    unsigned char *qw = (unsigned char *)NLA_MALLOC(row_bytes(dt, n));
     blk_a8 *qx = (blk_a8 *)xmalloc((size_t)n / QK, sizeof(blk_a8));
-    if (!qw || !qx) { free(qw); free(qx); return NLA_ERR_NOMEM; }
+    if (!qw || !qx) { NLA_FREE(qw); NLA_FREE(qx); return NLA_ERR_NOMEM; }
     if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(w, qw, n);
     else q4_0_quantize(w, qw, n);
     a8_quantize(x, qx, n);
     *out = simd ? q_dot(qw, dt, qx, n / QK) : q_dot_ref(qw, dt, qx, n / QK);
-    free(qw);
-    free(qx);
+    NLA_FREE(qw);
+    NLA_FREE(qx);
     return NLA_OK;
 }
 
@@ -2070,9 +2082,9 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
     const int nt = 1;
 #endif
     float *buf = (float *)xmalloc((size_t)nt * (size_t)maxcols + 1, sizeof(float));
-    if (total > SIZE_MAX || !buf || !(m->qmem = (unsigned char *)malloc(total ? (size_t)total : 1))) {
-        free(mats);
-        free(buf);
+    if (total > SIZE_MAX || !buf || !(m->qmem = (unsigned char *)NLA_MALLOC(total ? (size_t)total : 1))) {
+        NLA_FREE(mats);
+        NLA_FREE(buf);
         return fail(e, NLA_ERR_NOMEM, "out of memory for %.2f GB of quantized weights", (double)total / 1e9);
     }
     unsigned char *dst = m->qmem;
@@ -2095,8 +2107,8 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
         dst += (size_t)w->rows * out_rb;
     }
     m->quant_bytes = total;
-    free(mats);
-    free(buf);
+    NLA_FREE(mats);
+    NLA_FREE(buf);
     return NLA_OK;
 }
 
@@ -2131,7 +2143,7 @@ static nla_status copy_file(const char *from, const char *to, errbuf *e) {
         int ok = f && fwrite(buf, 1, n, f) == n;
         if ((f && fclose(f) != 0) || !ok) rc = fail(e, NLA_ERR_IO, "%s: cannot write", to);
     }
-    free(buf);
+    NLA_FREE(buf);
     return rc;
 }
 
@@ -2139,8 +2151,8 @@ static nla_status copy_file(const char *from, const char *to, errbuf *e) {
 static nla_status copy_side_file(const char *from_dir, const char *to_dir, const char *name, errbuf *e) {
     char *a = path_join(from_dir, name), *b = path_join(to_dir, name);
     nla_status rc = !a || !b ? fail(e, NLA_ERR_NOMEM, "out of memory") : file_exists(a) ? copy_file(a, b, e) : NLA_OK;
-    free(a);
-    free(b);
+    NLA_FREE(a);
+    NLA_FREE(b);
     return rc;
 }
 
@@ -2177,7 +2189,7 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
     const int quantized = is_quant(qdt);
     if (!rc) rc = nla_st_write(path, t, n, meta, quantized ? 2 : 1, NULL, NULL, e.msg, sizeof e.msg);
     for (size_t i = 0; i < sizeof side / sizeof *side && !rc; i++) rc = copy_side_file(m->dir, dir, side[i], &e);
-    free(t); free(names); free(path);
+    NLA_FREE(t); NLA_FREE(names); NLA_FREE(path);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
@@ -2222,13 +2234,13 @@ nla_status nla_model_close(nla_model *m) {
     nla_st_close(m->st);
     nla_tokenizer_close(m->tok);
     sidecar_free(m->nla);
-    free(m->qmem);
-    free((void *)(uintptr_t)m->src);
-    free(m->layer);
-    free(m->gains);
-    free(m->inv_freq);
-    free(m->dir);
-    free(m);
+    NLA_FREE(m->qmem);
+    NLA_FREE((void *)(uintptr_t)m->src);
+    NLA_FREE(m->layer);
+    NLA_FREE(m->gains);
+    NLA_FREE(m->inv_freq);
+    NLA_FREE(m->dir);
+    NLA_FREE(m);
     return NLA_OK;
 }
 
@@ -2253,14 +2265,14 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
         copy_err(errbuf_out, errbuf_size, "nla_model_params.embed_scale is not an nla_embed_scale value");
         return NLA_ERR_ARG;
     }
-    nla_model *m = (nla_model *)calloc(1, sizeof *m);
+    nla_model *m = (nla_model *)NLA_CALLOC(1, sizeof *m);
     nla_status rc = NLA_OK;
     if (!m) { copy_err(errbuf_out, errbuf_size, "out of memory"); return NLA_ERR_NOMEM; }
     /* the folder holding config.json: path itself, or the folder of the file named */
     if (!is_dir(path) && !file_exists(path)) {
         snprintf(e.msg, sizeof e.msg, "%s: no such file or folder", path);
         copy_err(errbuf_out, errbuf_size, e.msg);
-        free(m);
+        NLA_FREE(m);
         return NLA_ERR_IO;
     }
     m->dir = is_dir(path) ? xstrndup(path, strlen(path)) : dir_of(path);
@@ -2297,7 +2309,7 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
         char *tp = p.tokenizer ? xstrndup(p.tokenizer, strlen(p.tokenizer)) : path_join(m->dir, "tokenizer.json");
         if (!tp) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
         else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->tok, e.msg, sizeof e.msg);
-        free(tp);
+        NLA_FREE(tp);
     }
     if (!rc) rc = sidecar_load(m, &e);
     if (rc) {
@@ -2366,19 +2378,19 @@ struct nla_session {
 
 static void session_free_bufs(nla_session *s) {
     for (int l = 0; l < s->m->cfg.n_layers; l++) {
-        if (s->kc) free(s->kc[l]);
-        if (s->vc) free(s->vc[l]);
+        if (s->kc) NLA_FREE(s->kc[l]);
+        if (s->vc) NLA_FREE(s->vc[l]);
     }
-    free(s->kc); free(s->vc); free(s->cap); free(s->past); free(s->hi); free(s->pos); free(s->seq); free(s->next);
-    free(s->x); free(s->xb); free(s->y); free(s->q); free(s->k); free(s->v); free(s->g); free(s->u);
-    free(s->cs); free(s->mm.rowbuf); free(s->mm.xq); free(s->sc); free(s->logits); free(s->cand);
+    NLA_FREE(s->kc); NLA_FREE(s->vc); NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi); NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->next);
+    NLA_FREE(s->x); NLA_FREE(s->xb); NLA_FREE(s->y); NLA_FREE(s->q); NLA_FREE(s->k); NLA_FREE(s->v); NLA_FREE(s->g); NLA_FREE(s->u);
+    NLA_FREE(s->cs); NLA_FREE(s->mm.rowbuf); NLA_FREE(s->mm.xq); NLA_FREE(s->sc); NLA_FREE(s->logits); NLA_FREE(s->cand);
 }
 
 void nla_session_free(nla_session *s) {
     if (!s) return;
     session_free_bufs(s);
     ATOMIC_ADD(&s->m->live_sessions, -1);
-    free(s);
+    NLA_FREE(s);
 }
 
 /* splitmix64 scrambles any seed (0 included) into a non-zero xorshift state */
@@ -2451,7 +2463,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
         return NLA_ERR_ARG;
     nla_model *m = (nla_model *)(uintptr_t)model; /* only live_sessions is written */
     const gemma_cfg *c = &m->cfg;
-    nla_session *s = (nla_session *)calloc(1, sizeof *s);
+    nla_session *s = (nla_session *)NLA_CALLOC(1, sizeof *s);
     if (!s) return NLA_ERR_NOMEM;
     s->m = m;
     ATOMIC_ADD(&m->live_sessions, 1);
@@ -2518,7 +2530,7 @@ static void block_forward(nla_session *s, int l, int n) {
     const gemma_cfg *c = &m->cfg;
     const layer_w *w = &m->layer[l];
     const int h = c->d, hd = c->hd, H = c->n_heads, KV = c->n_kv, qw = H * hd, kvw = KV * hd, I = c->d_ff;
-    const int glob = c->is_global[l], cap = s->cap[l], nt = s->nt;
+    const int glob = c->is_global[l], cap = s->cap[l];
     const float scale = (float)(1.0 / sqrt((double)c->qpas));
 
     for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);
@@ -2543,7 +2555,7 @@ static void block_forward(nla_session *s, int l, int n) {
     }
     /* attention: every (row, head) pair is independent; xb receives [n, H*hd] */
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(s->nt) schedule(static)
 #endif
     for (int th = 0; th < n * H; th++) {
         const int t = th / H, hh = th % H, p = s->pos[t];
@@ -2764,8 +2776,8 @@ static const tok_merge *tok_merge_find(const nla_tokenizer *t, int32_t a, int32_
 
 void nla_tokenizer_close(nla_tokenizer *t) {
     if (!t) return;
-    free(t->arena); free(t->piece); free(t->flags); free(t->hash); free(t->merge); free(t->trie);
-    free(t);
+    NLA_FREE(t->arena); NLA_FREE(t->piece); NLA_FREE(t->flags); NLA_FREE(t->hash); NLA_FREE(t->merge); NLA_FREE(t->trie);
+    NLA_FREE(t);
 }
 
 static uint32_t pow2_at_least(uint64_t n) {
@@ -2782,7 +2794,7 @@ static int tok_trie_add(nla_tokenizer *t, const char *s, size_t n, int32_t id, i
         while (c >= 0 && t->trie[c].byte != (unsigned char)s[i]) c = t->trie[c].sibling;
         if (c < 0) {
             if (t->n_trie == *cap) {
-                tok_trie *nt = (tok_trie *)realloc(t->trie, (size_t)*cap * 2 * sizeof *nt);
+                tok_trie *nt = (tok_trie *)NLA_REALLOC(t->trie, (size_t)*cap * 2 * sizeof *nt);
                 if (!nt) return -1;
                 t->trie = nt;
                 *cap *= 2;
@@ -2827,75 +2839,65 @@ static nla_status tok_set_piece(nla_tokenizer *t, int32_t id, const jdoc *d, int
     return NLA_OK;
 }
 
-static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
-    char *txt = NULL;
-    size_t n;
-    jdoc d;
-    memset(&d, 0, sizeof d);
-    nla_status rc = read_file(fn, &txt, &n, (size_t)1 << 30, e);
-    if (rc || (rc = json_parse(&d, txt, n, e, fn))) goto out;
-    int model = json_get(&d, 0, "model"), vocab = json_get(&d, model, "vocab"), merges = json_get(&d, model, "merges");
-    int added = json_get(&d, 0, "added_tokens"), v;
-    if (model < 0 || d.node[model].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: no \"model\" object", fn); goto out; }
-    if ((v = json_get(&d, model, "type")) >= 0 && !json_eq(&d, v, "BPE")) {
-        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: model type is not BPE", fn);
-        goto out;
+/* The tokenizer of a parsed tokenizer.json: ids, pieces, added tokens, the
+   byte fallback and the merge ranks. */
+static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn, errbuf *e) {
+    nla_status rc = NLA_OK;
+    int model = json_get(d, 0, "model"), vocab = json_get(d, model, "vocab"), merges = json_get(d, model, "merges");
+    int added = json_get(d, 0, "added_tokens"), v;
+    if (model < 0 || d->node[model].type != J_OBJ) return fail(e, NLA_ERR_FORMAT, "%s: no \"model\" object", fn);
+    if ((v = json_get(d, model, "type")) >= 0 && !json_eq(d, v, "BPE")) {
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: model type is not BPE", fn);
     }
-    if (vocab < 0 || d.node[vocab].type != J_OBJ || merges < 0 || d.node[merges].type != J_ARR) {
-        rc = fail(e, NLA_ERR_FORMAT, "%s: model.vocab must be an object and model.merges a list", fn);
-        goto out;
+    if (vocab < 0 || d->node[vocab].type != J_OBJ || merges < 0 || d->node[merges].type != J_ARR) {
+        return fail(e, NLA_ERR_FORMAT, "%s: model.vocab must be an object and model.merges a list", fn);
     }
-    if ((v = json_get(&d, model, "byte_fallback")) >= 0 && d.node[v].type != J_TRUE) {
-        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: BPE without byte_fallback is not supported", fn);
-        goto out;
+    if ((v = json_get(d, model, "byte_fallback")) >= 0 && d->node[v].type != J_TRUE) {
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: BPE without byte_fallback is not supported", fn);
     }
-    if ((rc = tok_check_stage(&d, 0, "normalizer", "Replace", fn, e)) ||
-        (rc = tok_check_stage(&d, 0, "pre_tokenizer", "Split", fn, e)))
-        goto out;
-    if (added >= 0 && d.node[added].type != J_ARR) { rc = fail(e, NLA_ERR_FORMAT, "%s: added_tokens is not a list", fn); goto out; }
+    if ((rc = tok_check_stage(d, 0, "normalizer", "Replace", fn, e)) ||
+        (rc = tok_check_stage(d, 0, "pre_tokenizer", "Split", fn, e)))
+        return rc;
+    if (added >= 0 && d->node[added].type != J_ARR) return fail(e, NLA_ERR_FORMAT, "%s: added_tokens is not a list", fn);
 
     /* ids: the largest in vocab or added_tokens, plus one */
     int64_t max_id = -1;
     size_t arena_cap = 0;
     uint32_t k = (uint32_t)vocab + 1;
-    for (uint32_t m = 0; m < d.node[vocab].n; m++, k = d.node[k + 1].end) {
+    for (uint32_t m = 0; m < d->node[vocab].n; m++, k = d->node[k + 1].end) {
         int id;
-        if (!json_int(&d, (int)k + 1, &id) || id < 0 || id > (1 << 24)) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: vocab values must be token ids in 0..16777216", fn);
-            goto out;
+        if (!json_int(d, (int)k + 1, &id) || id < 0 || id > (1 << 24)) {
+            return fail(e, NLA_ERR_FORMAT, "%s: vocab values must be token ids in 0..16777216", fn);
         }
         if (id > max_id) max_id = id;
-        arena_cap += json_str(&d, (int)k, NULL, 0);
+        arena_cap += json_str(d, (int)k, NULL, 0);
     }
-    int n_added = added >= 0 ? (int)d.node[added].n : 0;
+    int n_added = added >= 0 ? (int)d->node[added].n : 0;
     k = (uint32_t)added + 1;
-    for (int a = 0; a < n_added; a++, k = d.node[k].end) {
-        int id, c = json_get(&d, (int)k, "content");
-        if (!json_int(&d, json_get(&d, (int)k, "id"), &id) || id < 0 || id > (1 << 24) || c < 0 || d.node[c].type != J_STR) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: added_tokens[%d] needs an id and a content string", fn, a);
-            goto out;
+    for (int a = 0; a < n_added; a++, k = d->node[k].end) {
+        int id, c = json_get(d, (int)k, "content");
+        if (!json_int(d, json_get(d, (int)k, "id"), &id) || id < 0 || id > (1 << 24) || c < 0 || d->node[c].type != J_STR) {
+            return fail(e, NLA_ERR_FORMAT, "%s: added_tokens[%d] needs an id and a content string", fn, a);
         }
         static const char *const flags_false[] = {"lstrip", "rstrip", "single_word", "normalized"};
         for (int f = 0; f < 4; f++)
-            if ((v = json_get(&d, (int)k, flags_false[f])) >= 0 && d.node[v].type == J_TRUE) {
-                rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: added_tokens[%d] sets %s, which Gemma 3 never does", fn, a, flags_false[f]);
-                goto out;
+            if ((v = json_get(d, (int)k, flags_false[f])) >= 0 && d->node[v].type == J_TRUE) {
+                return fail(e, NLA_ERR_UNSUPPORTED, "%s: added_tokens[%d] sets %s, which Gemma 3 never does", fn, a, flags_false[f]);
             }
         if (id > max_id) max_id = id;
-        arena_cap += json_str(&d, c, NULL, 0);
+        arena_cap += json_str(d, c, NULL, 0);
     }
-    if (max_id < 0) { rc = fail(e, NLA_ERR_FORMAT, "%s: empty vocabulary", fn); goto out; }
+    if (max_id < 0) return fail(e, NLA_ERR_FORMAT, "%s: empty vocabulary", fn);
     t->n_ids = (int)max_id + 1;
     t->hash_mask = pow2_at_least(2 * (uint64_t)t->n_ids) - 1;
-    t->merge_mask = pow2_at_least(2 * (uint64_t)d.node[merges].n) - 1;
+    t->merge_mask = pow2_at_least(2 * (uint64_t)d->node[merges].n) - 1;
     int trie_cap = 1024;
-    if (!(t->arena = (char *)malloc(arena_cap + 1)) || !(t->piece = (tok_piece *)xcalloc((size_t)t->n_ids, sizeof *t->piece)) ||
+    if (!(t->arena = (char *)NLA_MALLOC(arena_cap + 1)) || !(t->piece = (tok_piece *)xcalloc((size_t)t->n_ids, sizeof *t->piece)) ||
         !(t->flags = (unsigned char *)xcalloc((size_t)t->n_ids, 1)) ||
         !(t->hash = (int32_t *)xmalloc((size_t)t->hash_mask + 1, sizeof *t->hash)) ||
         !(t->merge = (tok_merge *)xcalloc((size_t)t->merge_mask + 1, sizeof *t->merge)) ||
         !(t->trie = (tok_trie *)xmalloc((size_t)trie_cap, sizeof *t->trie))) {
-        rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
-        goto out;
+        return fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
     }
     memset(t->hash, 0xff, ((size_t)t->hash_mask + 1) * sizeof *t->hash);
     t->trie[0].child = t->trie[0].sibling = t->trie[0].id = -1;
@@ -2903,16 +2905,16 @@ static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
 
     size_t arena_len = 0;
     k = (uint32_t)vocab + 1;
-    for (uint32_t m = 0; m < d.node[vocab].n && !rc; m++, k = d.node[k + 1].end) {
+    for (uint32_t m = 0; m < d->node[vocab].n && !rc; m++, k = d->node[k + 1].end) {
         int id;
-        json_int(&d, (int)k + 1, &id);
-        rc = tok_set_piece(t, id, &d, (int)k, &arena_len, fn, e);
+        json_int(d, (int)k + 1, &id);
+        rc = tok_set_piece(t, id, d, (int)k, &arena_len, fn, e);
     }
     k = (uint32_t)added + 1;
-    for (int a = 0; a < n_added && !rc; a++, k = d.node[k].end) {
-        int id, c = json_get(&d, (int)k, "content");
-        json_int(&d, json_get(&d, (int)k, "id"), &id);
-        if (!(rc = tok_set_piece(t, id, &d, c, &arena_len, fn, e))) {
+    for (int a = 0; a < n_added && !rc; a++, k = d->node[k].end) {
+        int id, c = json_get(d, (int)k, "content");
+        json_int(d, json_get(d, (int)k, "id"), &id);
+        if (!(rc = tok_set_piece(t, id, d, c, &arena_len, fn, e))) {
             t->flags[id] |= TOK_ADDED;
             if (tok_trie_add(t, t->arena + t->piece[id].off, t->piece[id].len, id, &trie_cap))
                 rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
@@ -2937,17 +2939,17 @@ static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
     if (!rc && t->bos < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no <bos> token", fn);
     /* merges: [["a", "b"], ...] or ["a b", ...]; rank = position */
     k = (uint32_t)merges + 1;
-    for (uint32_t r = 0; r < d.node[merges].n && !rc; r++, k = d.node[k].end) {
+    for (uint32_t r = 0; r < d->node[merges].n && !rc; r++, k = d->node[k].end) {
         char buf[2 * 1024 + 2];
         int32_t a = -1, b = -1;
-        if (d.node[k].type == J_ARR && d.node[k].n == 2 && d.node[k + 1].type == J_STR && d.node[k + 2].type == J_STR) {
-            size_t la = json_str(&d, (int)k + 1, buf, sizeof buf), lb = la < sizeof buf ? json_str(&d, (int)k + 2, buf + la, sizeof buf - la) : 0;
+        if (d->node[k].type == J_ARR && d->node[k].n == 2 && d->node[k + 1].type == J_STR && d->node[k + 2].type == J_STR) {
+            size_t la = json_str(d, (int)k + 1, buf, sizeof buf), lb = la < sizeof buf ? json_str(d, (int)k + 2, buf + la, sizeof buf - la) : 0;
             if (la + lb < sizeof buf - 1) {
                 a = tok_lookup(t, buf, la);
                 b = tok_lookup(t, buf + la, lb);
             }
-        } else if (d.node[k].type == J_STR) {
-            size_t l = json_str(&d, (int)k, buf, sizeof buf);
+        } else if (d->node[k].type == J_STR) {
+            size_t l = json_str(d, (int)k, buf, sizeof buf);
             char *sp = l < sizeof buf - 1 ? (char *)memchr(buf, ' ', l) : NULL;
             if (sp) {
                 a = tok_lookup(t, buf, (size_t)(sp - buf));
@@ -2969,9 +2971,18 @@ static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
             t->merge[h].result = (uint32_t)res;
         }
     }
-out:
+    return rc;
+}
+
+static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
+    char *txt = NULL;
+    size_t n;
+    jdoc d;
+    memset(&d, 0, sizeof d);
+    nla_status rc = read_file(fn, &txt, &n, (size_t)1 << 30, e);
+    if (!rc && !(rc = json_parse(&d, txt, n, e, fn))) rc = tok_from_json(t, &d, fn, e);
     json_free(&d);
-    free(txt);
+    NLA_FREE(txt);
     return rc;
 }
 
@@ -2981,10 +2992,10 @@ nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbu
     if (!out) return NLA_ERR_ARG;
     *out = NULL;
     if (!path) { copy_err(errbuf_out, errbuf_size, "path is NULL"); return NLA_ERR_ARG; }
-    nla_tokenizer *t = (nla_tokenizer *)calloc(1, sizeof *t);
+    nla_tokenizer *t = (nla_tokenizer *)NLA_CALLOC(1, sizeof *t);
     char *fn = is_dir(path) ? path_join(path, "tokenizer.json") : xstrndup(path, strlen(path));
     nla_status rc = !t || !fn ? fail(&e, NLA_ERR_NOMEM, "out of memory") : tok_load(t, fn, &e);
-    free(fn);
+    NLA_FREE(fn);
     copy_err(errbuf_out, errbuf_size, e.msg);
     if (rc) { nla_tokenizer_close(t); return rc; }
     *out = t;
@@ -3117,7 +3128,7 @@ nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, in
     size_t ns = len + 1;
     w.id = (int32_t *)xmalloc(ns, 3 * sizeof(int32_t));
     w.heap = (tok_cand *)xmalloc(ns, 3 * sizeof(tok_cand));
-    if (!w.id || !w.heap) { free(w.id); free(w.heap); return NLA_ERR_NOMEM; }
+    if (!w.id || !w.heap) { NLA_FREE(w.id); NLA_FREE(w.heap); return NLA_ERR_NOMEM; }
     w.prev = w.id + ns;
     w.next = w.prev + ns;
     size_t start = 0;
@@ -3132,8 +3143,8 @@ nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, in
         start = i;
     }
     tok_bpe(t, &w, text + start, len - start, ids, cap, &count);
-    free(w.id);
-    free(w.heap);
+    NLA_FREE(w.id);
+    NLA_FREE(w.heap);
     *n_ids = count;
     return count > cap ? NLA_ERR_BUFFER_TOO_SMALL : NLA_OK;
 }
@@ -3285,14 +3296,14 @@ nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generati
         }
     }
     if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, &e);
-    free(sp);
+    NLA_FREE(sp);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
 
 static void chat_spans_free(chat_span *sp, int n) {
-    for (int i = 0; i < n; i++) { free((char *)(uintptr_t)sp[i].role); free((char *)(uintptr_t)sp[i].content); }
-    free(sp);
+    for (int i = 0; i < n; i++) { NLA_FREE((char *)(uintptr_t)sp[i].role); NLA_FREE((char *)(uintptr_t)sp[i].content); }
+    NLA_FREE(sp);
 }
 
 /* JSON conversation -> heap strings; freed with chat_spans_free. */
@@ -3550,6 +3561,48 @@ static const char *npy_field(const char *h, size_t n, const char *key) {
     return NULL;
 }
 
+/* The array in a .npy file's bytes buf[0..n) (float32, C order, 1-D or
+   2-D) into out[0..cap). */
+static nla_status npy_parse(const char *path, const char *buf, size_t n, float *out, size_t cap, int64_t shape[2], int *ndim,
+                            errbuf *e) {
+    if (n < 10 || memcmp(buf, "\x93NUMPY", 6) || (buf[6] != 1 && buf[6] != 2))
+        return fail(e, NLA_ERR_FORMAT, "%s: not a .npy file (version 1 or 2)", path);
+    size_t hl = (unsigned char)buf[8] | (size_t)(unsigned char)buf[9] << 8, off = 10;
+    if (buf[6] == 2) {
+        if (n < 12) return fail(e, NLA_ERR_FORMAT, "%s: truncated header", path);
+        hl |= (size_t)(unsigned char)buf[10] << 16 | (size_t)(unsigned char)buf[11] << 24;
+        off = 12;
+    }
+    if (hl > n - off) return fail(e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path);
+    const char *h = buf + off, *d = npy_field(h, hl, "descr"), *fo = npy_field(h, hl, "fortran_order"), *sh = npy_field(h, hl, "shape");
+    if (!d || h + hl - d < 5 || (memcmp(d, "'<f4'", 5) && memcmp(d, "\"<f4\"", 5))) {
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: dtype must be little-endian float32 ('<f4')", path);
+    }
+    if (!fo || h + hl - fo < 5 || memcmp(fo, "False", 5)) return fail(e, NLA_ERR_UNSUPPORTED, "%s: Fortran order is not supported", path);
+    if (!sh || *sh != '(') return fail(e, NLA_ERR_FORMAT, "%s: no shape in the header", path);
+    for (const char *p = sh + 1;;) {
+        while (p < h + hl && *p == ' ') p++;
+        if (p < h + hl && *p == ')') break;
+        uint64_t v = 0;
+        const char *q = p;
+        while (q < h + hl && *q >= '0' && *q <= '9' && v < ((uint64_t)1 << 40)) v = v * 10 + (uint64_t)(*q++ - '0');
+        if (q == p || *ndim == 2 || v >= ((uint64_t)1 << 40)) return fail(e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path);
+        shape[(*ndim)++] = (int64_t)v;
+        p = q;
+        while (p < h + hl && *p == ' ') p++;
+        if (p < h + hl && *p == ',') p++;
+    }
+    if (*ndim == 0) return fail(e, NLA_ERR_UNSUPPORTED, "%s: a 0-D array is not a vector", path);
+    uint64_t count = 0;
+    if (!mul_u64((uint64_t)shape[0], (uint64_t)(*ndim == 2 ? shape[1] : 1), &count) || count > (n - off - hl) / 4 ||
+        (n - off - hl) != count * 4) {
+        return fail(e, NLA_ERR_FORMAT, "%s: %zu data bytes, the shape needs %llu", path, n - off - hl, (unsigned long long)count * 4);
+    }
+    if (count > cap) return NLA_ERR_BUFFER_TOO_SMALL;
+    if (count) memcpy(out, buf + off + hl, (size_t)count * 4);
+    return NLA_OK;
+}
+
 nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim, char *errbuf_out,
                         size_t errbuf_size) {
     errbuf e;
@@ -3563,45 +3616,8 @@ nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[
     char *buf = NULL;
     size_t n = 0;
     nla_status rc = read_file(path, &buf, &n, SIZE_MAX / 2, &e);
-    if (rc) goto out;
-    if (n < 10 || memcmp(buf, "\x93NUMPY", 6) || (buf[6] != 1 && buf[6] != 2)) { rc = fail(&e, NLA_ERR_FORMAT, "%s: not a .npy file (version 1 or 2)", path); goto out; }
-    size_t hl = (unsigned char)buf[8] | (size_t)(unsigned char)buf[9] << 8, off = 10;
-    if (buf[6] == 2) {
-        if (n < 12) { rc = fail(&e, NLA_ERR_FORMAT, "%s: truncated header", path); goto out; }
-        hl |= (size_t)(unsigned char)buf[10] << 16 | (size_t)(unsigned char)buf[11] << 24;
-        off = 12;
-    }
-    if (hl > n - off) { rc = fail(&e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path); goto out; }
-    const char *h = buf + off, *d = npy_field(h, hl, "descr"), *fo = npy_field(h, hl, "fortran_order"), *sh = npy_field(h, hl, "shape");
-    if (!d || h + hl - d < 5 || (memcmp(d, "'<f4'", 5) && memcmp(d, "\"<f4\"", 5))) {
-        rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: dtype must be little-endian float32 ('<f4')", path);
-        goto out;
-    }
-    if (!fo || h + hl - fo < 5 || memcmp(fo, "False", 5)) { rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: Fortran order is not supported", path); goto out; }
-    if (!sh || *sh != '(') { rc = fail(&e, NLA_ERR_FORMAT, "%s: no shape in the header", path); goto out; }
-    for (const char *p = sh + 1;;) {
-        while (p < h + hl && *p == ' ') p++;
-        if (p < h + hl && *p == ')') break;
-        uint64_t v = 0;
-        const char *q = p;
-        while (q < h + hl && *q >= '0' && *q <= '9' && v < ((uint64_t)1 << 40)) v = v * 10 + (uint64_t)(*q++ - '0');
-        if (q == p || *ndim == 2 || v >= ((uint64_t)1 << 40)) { rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path); goto out; }
-        shape[(*ndim)++] = (int64_t)v;
-        p = q;
-        while (p < h + hl && *p == ' ') p++;
-        if (p < h + hl && *p == ',') p++;
-    }
-    if (*ndim == 0) { rc = fail(&e, NLA_ERR_UNSUPPORTED, "%s: a 0-D array is not a vector", path); goto out; }
-    uint64_t count = 0;
-    if (!mul_u64((uint64_t)shape[0], (uint64_t)(*ndim == 2 ? shape[1] : 1), &count) || count > (n - off - hl) / 4 ||
-        (n - off - hl) != count * 4) {
-        rc = fail(&e, NLA_ERR_FORMAT, "%s: %zu data bytes, the shape needs %llu", path, n - off - hl, (unsigned long long)count * 4);
-        goto out;
-    }
-    if (count > cap) { rc = NLA_ERR_BUFFER_TOO_SMALL; goto out; }
-    if (count) memcpy(out, buf + off + hl, (size_t)count * 4);
-out:
-    free(buf);
+    if (!rc) rc = npy_parse(path, buf, n, out, cap, shape, ndim, &e);
+    NLA_FREE(buf);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
@@ -3623,8 +3639,8 @@ typedef struct {
 } yaml_doc;
 
 static void yaml_free(yaml_doc *y) {
-    for (int i = 0; i < y->n; i++) { free(y->e[i].path); free(y->e[i].val); }
-    free(y->e);
+    for (int i = 0; i < y->n; i++) { NLA_FREE(y->e[i].path); NLA_FREE(y->e[i].val); }
+    NLA_FREE(y->e);
     y->e = NULL;
     y->n = 0;
 }
@@ -3655,7 +3671,7 @@ static int blank_or_comment(const char *b, const char *e) {
    a missing quote, or on an unknown escape (*p then points at it). */
 static char *yaml_quoted(const char **p, const char *e) {
     const char q = **p, *s = *p + 1;
-    char *out = (char *)malloc((size_t)(e - s) + 1);
+    char *out = (char *)NLA_MALLOC((size_t)(e - s) + 1);
     size_t o = 0;
     for (; out && s < e; s++) {
         if (*s == q && q == '\'' && s + 1 < e && s[1] == '\'') { out[o++] = q; s++; continue; }
@@ -3676,7 +3692,7 @@ static char *yaml_quoted(const char **p, const char *e) {
         }
         out[o++] = *s;
     }
-    free(out);
+    NLA_FREE(out);
     return NULL;
 }
 
@@ -3699,7 +3715,7 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
         if (*c == '\t') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: tab in indentation", fn, line); break; }
         if (line == 1 && le - b == 3 && !memcmp(b, "---", 3)) continue;
         if (*c == '-' && (c + 1 == le || c[1] == ' ')) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: block lists are not supported (write [a, b])", fn, line); break; }
-        while (depth > 0 && (ind[depth] >= 0 ? in < ind[depth] : in <= ind[depth - 1])) free(key[--depth]); /* maps that ended */
+        while (depth > 0 && (ind[depth] >= 0 ? in < ind[depth] : in <= ind[depth - 1])) NLA_FREE(key[--depth]); /* maps that ended */
         if (ind[depth] < 0) ind[depth] = in; /* the first key of this map sets its indent */
         if (in != ind[depth]) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unexpected indentation", fn, line); break; }
         const char *colon = c;
@@ -3710,19 +3726,19 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
         }
         if (cap == y->n) {
             cap = cap ? cap * 2 : 32;
-            yaml_ent *ne = (yaml_ent *)realloc(y->e, (size_t)cap * sizeof *ne);
+            yaml_ent *ne = (yaml_ent *)NLA_REALLOC(y->e, (size_t)cap * sizeof *ne);
             if (!ne) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
             y->e = ne;
         }
         /* dotted path */
         size_t plen = (size_t)(colon - c) + 1;
         for (int i = 0; i < depth; i++) plen += strlen(key[i]) + 1;
-        char *path = (char *)malloc(plen + 1);
+        char *path = (char *)NLA_MALLOC(plen + 1);
         if (!path) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
         path[0] = 0;
         for (int i = 0; i < depth; i++) { strcat(path, key[i]); strcat(path, "."); }
         strncat(path, c, (size_t)(colon - c));
-        if (yaml_find(y, path)) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: duplicate key '%s'", fn, line, path); free(path); break; }
+        if (yaml_find(y, path)) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: duplicate key '%s'", fn, line, path); NLA_FREE(path); break; }
         yaml_ent *ent = &y->e[y->n];
         ent->path = path;
         ent->val = NULL;
@@ -3770,7 +3786,7 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
                 if (pass == 1 && chomp > 0) for (; blank_run; blank_run--) sb_put(&sb, "\n", 1);
                 if (pass == 0) {
                     sb.cap = sb.len + 2 + (size_t)blank_run;
-                    if (!(sb.out = (char *)malloc(sb.cap))) break;
+                    if (!(sb.out = (char *)NLA_MALLOC(sb.cap))) break;
                 }
             }
             if (!sb.out) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
@@ -3806,7 +3822,7 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
             ent->kind = !strcmp(ent->val, "null") || !strcmp(ent->val, "~") || !strcmp(ent->val, "Null") || !strcmp(ent->val, "NULL") ? Y_NULL : Y_SCALAR;
         }
     }
-    while (depth > 0) free(key[--depth]);
+    while (depth > 0) NLA_FREE(key[--depth]);
     if (rc) yaml_free(y);
     return rc;
 }
@@ -3861,9 +3877,9 @@ struct nla_sidecar {
 
 static void sidecar_free(struct nla_sidecar *sc) {
     if (!sc) return;
-    free(sc->injection_char); free(sc->av_template); free(sc->ar_template); free(sc->base_checkpoint); free(sc->av_prompt);
+    NLA_FREE(sc->injection_char); NLA_FREE(sc->av_template); NLA_FREE(sc->ar_template); NLA_FREE(sc->base_checkpoint); NLA_FREE(sc->av_prompt);
     nla_st_close(sc->vh_st);
-    free(sc);
+    NLA_FREE(sc);
 }
 
 static void note_default(nla_meta *m, const char *what) {
@@ -3907,7 +3923,7 @@ static char *fill_template(const char *tmpl, const char *name, const char *val, 
     for (const char *at = strstr(tmpl, name); at; at = strstr(at + nl, name)) count++;
     *missing = !count;
     if (!count) return NULL;
-    char *out = (char *)malloc(strlen(tmpl) + count * val_len + 1), *o = out;
+    char *out = (char *)NLA_MALLOC(strlen(tmpl) + count * val_len + 1), *o = out;
     if (!out) return NULL;
     for (const char *p = tmpl, *at; p; p = at ? at + nl : NULL) {
         at = strstr(p, name);
@@ -3936,16 +3952,16 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
     if (!content) return missing ? fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av has no {injection_char}", fn) : fail(e, NLA_ERR_NOMEM, "out of memory");
     nla_chat_message msg = {"user", content};
     nla_status rc = nla_chat_render(&msg, 1, 1, NULL, 0, &len, NULL, 0);
-    char *text = rc == NLA_ERR_BUFFER_TOO_SMALL ? (char *)malloc(len + 1) : NULL;
+    char *text = rc == NLA_ERR_BUFFER_TOO_SMALL ? (char *)NLA_MALLOC(len + 1) : NULL;
     if (text) rc = nla_chat_render(&msg, 1, 1, text, len + 1, &len, NULL, 0);
-    free(content);
-    if (!text || rc) { free(text); return fail(e, NLA_ERR_NOMEM, "out of memory"); }
+    NLA_FREE(content);
+    if (!text || rc) { NLA_FREE(text); return fail(e, NLA_ERR_NOMEM, "out of memory"); }
     sc->av_prompt = (int32_t *)xmalloc(nla_tokenize_bound(len), sizeof(int32_t));
     if (!sc->av_prompt || nla_tokenize(tok, text, len, 0, sc->av_prompt, (int)nla_tokenize_bound(len), &n_ids)) {
-        free(text);
+        NLA_FREE(text);
         return fail(e, NLA_ERR_NOMEM, "out of memory");
     }
-    free(text);
+    NLA_FREE(text);
     int n_bos = 0, site = -1, n_sites = 0;
     for (int i = 0; i < n_ids; i++) {
         if (sc->av_prompt[i] >= vocab)
@@ -3965,47 +3981,41 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
 
 /* Reads dir/nla_meta.yaml (and for an AR dir/value_head.safetensors) into
    m->nla; a folder without a sidecar is a plain model (m->nla == NULL). */
-static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
-    char *fn = path_join(mdl->dir, "nla_meta.yaml"), *txt = NULL;
-    size_t n;
-    yaml_doc y;
-    memset(&y, 0, sizeof y);
-    if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
-    if (!file_exists(fn)) { free(fn); return NLA_OK; }
-    struct nla_sidecar *sc = (struct nla_sidecar *)calloc(1, sizeof *sc);
-    nla_status rc = sc ? read_file(fn, &txt, &n, (size_t)1 << 16, e) : fail(e, NLA_ERR_NOMEM, "out of memory"); /* real ones: 3 KB */
-    if (!rc) rc = yaml_parse(txt, n, fn, &y, e);
-    if (rc) goto out;
+/* The fields of a parsed nla_meta.yaml into sc, with the release defaults
+   for those absent, checked against the model; an AR's value head is
+   opened here. */
+static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const yaml_doc *yd, const char *fn, errbuf *e) {
+    nla_status rc = NLA_OK;
     nla_meta *m = &sc->pub;
     const int d = mdl->cfg.d;
     const nla_release *rel = NULL;
     for (size_t i = 0; i < sizeof nla_releases / sizeof *nla_releases; i++)
         if (nla_releases[i].d == d) rel = &nla_releases[i];
     m->present = 1;
-    char *role = meta_str(&y, "role", NULL);
+    char *role = meta_str(yd, "role", NULL);
     if (role && (!strcmp(role, "av") || !strcmp(role, "actor"))) snprintf(m->role, sizeof m->role, "av");
     else if (role && (!strcmp(role, "ar") || !strcmp(role, "critic"))) snprintf(m->role, sizeof m->role, "ar");
     else rc = fail(e, NLA_ERR_FORMAT, "%s: role must be av or ar (found '%s')", fn, role ? role : "none");
-    free(role);
+    NLA_FREE(role);
     int set;
     m->d_model = d;
-    if (!rc && !(rc = meta_int(&y, "d_model", &m->d_model, &set, fn, e)) && m->d_model != d)
+    if (!rc && !(rc = meta_int(yd, "d_model", &m->d_model, &set, fn, e)) && m->d_model != d)
         rc = fail(e, NLA_ERR_FORMAT, "%s: d_model %d, but the model's hidden_size is %d", fn, m->d_model, d);
-    if (!rc && !(rc = meta_int(&y, "extraction_layer_index", &m->layer, &set, fn, e)) && !set) {
-        rc = meta_int(&y, "critic.extraction_layer_index", &m->layer, &set, fn, e);
+    if (!rc && !(rc = meta_int(yd, "extraction_layer_index", &m->layer, &set, fn, e)) && !set) {
+        rc = meta_int(yd, "critic.extraction_layer_index", &m->layer, &set, fn, e);
         if (!rc && !set) {
             if (rel) { m->layer = rel->layer; note_default(m, "extraction_layer_index"); }
             else if (!strcmp(m->role, "ar")) { m->layer = mdl->cfg.n_layers - 1; note_default(m, "extraction_layer_index"); }
             else rc = fail(e, NLA_ERR_FORMAT, "%s: extraction_layer_index is missing", fn);
         }
     }
-    if (!rc && !(rc = meta_num(&y, "extraction.injection_scale", &m->injection_scale, &set, fn, e)) && !set && rel) {
+    if (!rc && !(rc = meta_num(yd, "extraction.injection_scale", &m->injection_scale, &set, fn, e)) && !set && rel) {
         m->injection_scale = rel->injection_scale;
         note_default(m, "injection_scale");
     }
     if (!rc && !(m->injection_scale >= 0 && isfinite(m->injection_scale)))
         rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.injection_scale must be a finite positive number", fn);
-    if (!rc && !(rc = meta_num(&y, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && set && !(m->mse_scale > 0 && isfinite(m->mse_scale)))
+    if (!rc && !(rc = meta_num(yd, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && set && !(m->mse_scale > 0 && isfinite(m->mse_scale)))
         rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a finite positive number", fn);
     else if (!rc && !set) {
         if (rel) { m->mse_scale = rel->mse_scale; note_default(m, "mse_scale"); }
@@ -4017,8 +4027,8 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
     static const char *const tok_keys[3] = {"tokens.injection_token_id", "tokens.injection_left_neighbor_id", "tokens.injection_right_neighbor_id"};
     int32_t *tok_dst[3] = {&m->marker_id, &m->marker_left_id, &m->marker_right_id};
     for (int i = 0; i < 3 && !rc; i++)
-        if (!(rc = meta_int(&y, tok_keys[i], tok_dst[i], &set, fn, e)) && !set) note_default(m, tok_keys[i] + 7);
-    const yaml_ent *suf = yaml_find(&y, "tokens.critic_suffix_ids");
+        if (!(rc = meta_int(yd, tok_keys[i], tok_dst[i], &set, fn, e)) && !set) note_default(m, tok_keys[i] + 7);
+    const yaml_ent *suf = yaml_find(yd, "tokens.critic_suffix_ids");
     static const int32_t default_suffix[5] = {1005, 236813, 655, 6011, 236813};
     if (!rc && suf && suf->kind == Y_LIST) {
         if ((m->n_critic_suffix = yaml_int_list(suf->val, m->critic_suffix_ids, 8)) < 0)
@@ -4031,10 +4041,10 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
         note_default(m, "critic_suffix_ids");
     }
     if (!rc) {
-        sc->injection_char = meta_str(&y, "tokens.injection_char", NULL);
-        sc->base_checkpoint = meta_str(&y, "base_checkpoint", NULL);
-        sc->av_template = meta_str(&y, "prompt_templates.av", "prompt_templates.actor");
-        sc->ar_template = meta_str(&y, "prompt_templates.ar", "prompt_templates.critic");
+        sc->injection_char = meta_str(yd, "tokens.injection_char", NULL);
+        sc->base_checkpoint = meta_str(yd, "base_checkpoint", NULL);
+        sc->av_template = meta_str(yd, "prompt_templates.av", "prompt_templates.actor");
+        sc->ar_template = meta_str(yd, "prompt_templates.ar", "prompt_templates.critic");
         if (!sc->injection_char) { sc->injection_char = xstrndup("\xe3\x88\x9c", 3); note_default(m, "injection_char"); }
         if (!sc->av_template && rel) { sc->av_template = xstrndup(nla_default_av_template, sizeof nla_default_av_template - 1); note_default(m, "prompt_templates.av"); }
         if (!sc->ar_template && rel) { sc->ar_template = xstrndup(nla_default_ar_template, sizeof nla_default_ar_template - 1); note_default(m, "prompt_templates.ar"); }
@@ -4062,12 +4072,25 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
                 m->has_value_head = 1;
             }
         }
-        free(vh);
+        NLA_FREE(vh);
     }
-out:
+    return rc;
+}
+
+static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
+    char *fn = path_join(mdl->dir, "nla_meta.yaml"), *txt = NULL;
+    size_t n;
+    yaml_doc y;
+    memset(&y, 0, sizeof y);
+    if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!file_exists(fn)) { NLA_FREE(fn); return NLA_OK; }
+    struct nla_sidecar *sc = (struct nla_sidecar *)NLA_CALLOC(1, sizeof *sc);
+    nla_status rc = sc ? read_file(fn, &txt, &n, (size_t)1 << 16, e) : fail(e, NLA_ERR_NOMEM, "out of memory"); /* real ones: 3 KB */
+    if (!rc) rc = yaml_parse(txt, n, fn, &y, e);
+    if (!rc) rc = sidecar_fields(mdl, sc, &y, fn, e);
     yaml_free(&y);
-    free(txt);
-    free(fn);
+    NLA_FREE(txt);
+    NLA_FREE(fn);
     if (rc) sidecar_free(sc);
     else mdl->nla = sc;
     return rc;
@@ -4218,8 +4241,8 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
             if (seq[i] != i) memmove(s->logits + (size_t)seq[i] * V, s->logits + (size_t)i * V, (size_t)V * sizeof(float));
     }
     for (int q = 0; q < B; q++) n_ids[q] = n_ids[q] < 0 ? -n_ids[q] : n_ids[q];
-    free(rows);
-    free(seq);
+    NLA_FREE(rows);
+    NLA_FREE(seq);
     s->av_prefix = rc ? 0 : P; /* nla_forward cleared it; sequence 0 still starts with the prefix */
     return rc;
 }
@@ -4295,10 +4318,10 @@ nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int 
             if (!(rc = nla_forward(s, &bt))) matmul(out + (size_t)i * d, h, 1, &sc->value_head, &s->mm);
             nla_session_reset(s);
         }
-        free(ids);
-        free(text);
+        NLA_FREE(ids);
+        NLA_FREE(text);
     }
-    free(h);
+    NLA_FREE(h);
     return rc;
 }
 
@@ -4326,7 +4349,7 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
         na += (double)r[i] * r[i];
         nb += (double)v[i] * v[i];
     }
-    free(a);
+    NLA_FREE(a);
     out->mse_nrm = mse / d;
     out->cos = na > 0 && nb > 0 ? dot / sqrt(na * nb) : 0;
     out->fve_nrm = baseline > 0 ? 1 - out->mse_nrm / baseline : NAN;
@@ -4346,7 +4369,7 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
         normalise(v + (size_t)k * d, d, mse_scale, x);
         for (int i = 0; i < d; i++) acc += (x[i] - mu[i]) * (x[i] - mu[i]);
     }
-    free(mu);
+    NLA_FREE(mu);
     *out = acc / ((double)n * d);
     return NLA_OK;
 }
@@ -4434,6 +4457,7 @@ static const char *const usage_detokenize =
 
 static const char *const usage_info = "usage: nla info DIR\n\nPrints the architecture, layer pattern, dimensions, dtype, parameter count and bytes.\n";
 
+static int cli_error(const char *fmt, ...) PRINTF_LIKE(1, 2);
 static int cli_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -4448,12 +4472,12 @@ static int cli_error(const char *fmt, ...) {
 static int parse_ids(const char *s, int32_t **out) {
     int n = 1;
     for (const char *p = s; *p; p++) n += *p == ',';
-    int32_t *ids = (int32_t *)malloc((size_t)n * sizeof *ids);
+    int32_t *ids = (int32_t *)NLA_MALLOC((size_t)n * sizeof *ids);
     if (!ids) return -1;
     for (int i = 0; i < n; i++) {
         char *end;
         long v = strtol(s, &end, 10);
-        if (end == s || v < 0 || v > INT32_MAX || (*end != ',' && *end != 0)) { free(ids); return -1; }
+        if (end == s || v < 0 || v > INT32_MAX || (*end != ',' && *end != 0)) { NLA_FREE(ids); return -1; }
         ids[i] = (int32_t)v;
         s = end + (*end == ',');
     }
@@ -4638,7 +4662,9 @@ static int cmd_forward(int argc, char **argv) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     float *logits = NULL, *hidden = NULL;
-    int ret = 1;
+    int ret = 1, nb, show_top = !o.logits && !o.hidden;
+    size_t V, d;
+    nla_status rc;
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o.threads;
@@ -4649,13 +4675,13 @@ static int cmd_forward(int argc, char **argv) {
     if (o.layer >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", o.layer, in.n_layers - 1); goto out; }
     if (o.layer >= 0 && o.logits) { cli_error("--layer stops before the last block, so --logits is not available"); goto out; }
     if (T > in.max_position_embeddings) { cli_error("%d ids exceed max_position_embeddings %d", T, in.max_position_embeddings); goto out; }
-    nla_status rc = nla_session_new(m, &sp, &s);
+    rc = nla_session_new(m, &sp, &s);
     if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }
-    const int nb = o.layer >= 0 ? o.layer + 1 : in.n_layers;
-    const size_t V = (size_t)in.vocab_size, d = (size_t)in.d_model;
-    int show_top = !o.logits && !o.hidden;
-    logits = (float *)malloc((o.logits ? (size_t)T : 1) * V * sizeof(float));
-    hidden = o.hidden ? (float *)malloc((size_t)nb * (size_t)T * d * sizeof(float)) : NULL;
+    nb = o.layer >= 0 ? o.layer + 1 : in.n_layers;
+    V = (size_t)in.vocab_size;
+    d = (size_t)in.d_model;
+    logits = (float *)NLA_MALLOC((o.logits ? (size_t)T : 1) * V * sizeof(float));
+    hidden = o.hidden ? (float *)NLA_MALLOC((size_t)nb * (size_t)T * d * sizeof(float)) : NULL;
     if (!logits || (o.hidden && !hidden)) { cli_error("out of memory"); goto out; }
     nla_batch b;
     memset(&b, 0, sizeof b);
@@ -4689,7 +4715,7 @@ static int cmd_forward(int argc, char **argv) {
     }
     ret = 0;
 out:
-    free(ids); free(logits); free(hidden);
+    NLA_FREE(ids); NLA_FREE(logits); NLA_FREE(hidden);
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -4720,7 +4746,7 @@ static int print_token(void *user, int32_t tok) {
 static char *cli_slurp(const char *path, size_t *n) {
     char *buf;
     errbuf e;
-    if (read_file(path, &buf, n, SIZE_MAX / 2, &e)) return cli_error("%s", e.msg), NULL;
+    if (read_file(path, &buf, n, SIZE_MAX / 2, &e)) { cli_error("%s", e.msg); return NULL; }
     return buf;
 }
 
@@ -4740,19 +4766,19 @@ static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids
         char *json = cli_slurp(o->chat, &jl);
         if (!json) return -1;
         nla_status rc = nla_chat_render_json(json, jl, 1, NULL, 0, &len, err, sizeof err);
-        if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)malloc(len + 1)))
+        if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)NLA_MALLOC(len + 1)))
             rc = nla_chat_render_json(json, jl, 1, text, len + 1, &len, err, sizeof err);
-        free(json);
-        if (rc) { free(text); return cli_error("%s: %s", o->chat, err), -1; }
+        NLA_FREE(json);
+        if (rc) { NLA_FREE(text); return cli_error("%s: %s", o->chat, err), -1; }
     } else {
         len = strlen(o->prompt);
-        text = (char *)malloc(len + 1);
+        text = (char *)NLA_MALLOC(len + 1);
         if (text) memcpy(text, o->prompt, len + 1);
     }
     int n = 0;
-    *ids = text ? (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(len)) : NULL;
+    *ids = text ? (int32_t *)NLA_MALLOC(sizeof(int32_t) * nla_tokenize_bound(len)) : NULL;
     if (!*ids || nla_tokenize(tok, text, len, o->chat ? 0 : NLA_TOKENIZE_BOS, *ids, (int)nla_tokenize_bound(len), &n)) n = -1;
-    free(text);
+    NLA_FREE(text);
     return n < 0 ? cli_error("cannot tokenize the prompt"), -1 : n;
 }
 
@@ -4766,6 +4792,7 @@ static int cmd_generate(int argc, char **argv) {
     int T = 0, n_stop = 0, ret = 1, n_out = 0;
     nla_model *m = NULL;
     nla_session *s = NULL;
+    nla_status rc;
     if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) return cli_error("--stop: expected comma-separated ids");
     if (open_model(o.dir, o.es, o.quant, o.tokenizer, &m)) goto out;
     if ((T = prompt_ids(&o, nla_model_tokenizer(m), &ids)) < 1) goto out;
@@ -4776,9 +4803,9 @@ static int cmd_generate(int argc, char **argv) {
     sp.n_threads = o.threads;
     sp.seed = (uint64_t)(int64_t)o.seed;
     sp.n_ctx = T + o.n > in.max_position_embeddings ? in.max_position_embeddings : T + o.n;
-    nla_status rc = nla_session_new(m, &sp, &s);
+    rc = nla_session_new(m, &sp, &s);
     if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }
-    if (!(out = (int32_t *)malloc((size_t)o.n * sizeof *out))) { cli_error("out of memory"); goto out; }
+    if (!(out = (int32_t *)NLA_MALLOC((size_t)o.n * sizeof *out))) { cli_error("out of memory"); goto out; }
     gen_out go;
     memset(&go, 0, sizeof go);
     go.tok = o.ids_arg ? NULL : nla_model_tokenizer(m);
@@ -4798,7 +4825,7 @@ static int cmd_generate(int argc, char **argv) {
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     ret = 0;
 out:
-    free(ids); free(stop); free(out);
+    NLA_FREE(ids); NLA_FREE(stop); NLA_FREE(out);
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -4828,8 +4855,8 @@ static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t l
         return cli_error("stdin line %ld: not a JSON string", lineno), 1;
     }
     size_t n = json_str(&d, 0, NULL, 0);
-    char *text = (char *)malloc(n + 1);
-    int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(n));
+    char *text = (char *)NLA_MALLOC(n + 1);
+    int32_t *ids = (int32_t *)NLA_MALLOC(sizeof(int32_t) * nla_tokenize_bound(n));
     int n_ids = 0, bad = !text || !ids;
     if (!bad) {
         json_str(&d, 0, text, n + 1);
@@ -4837,7 +4864,7 @@ static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t l
     }
     if (bad) puts("null");
     else print_ids(ids, n_ids, 1);
-    free(text); free(ids);
+    NLA_FREE(text); NLA_FREE(ids);
     json_free(&d);
     return bad;
 }
@@ -4854,7 +4881,7 @@ static int cmd_tokenize(int argc, char **argv) {
     int ret = 0;
     if (o.jsonl) {
         size_t cap = 1 << 16, len = 0;
-        char *line = (char *)malloc(cap);
+        char *line = (char *)NLA_MALLOC(cap);
         long lineno = 0;
         int c;
         while (line) {
@@ -4867,17 +4894,17 @@ static int cmd_tokenize(int argc, char **argv) {
                 continue;
             }
             if (len + 1 == cap) {
-                char *nl = (char *)realloc(line, cap * 2);
-                if (!nl) { free(line); line = NULL; ret = cli_error("out of memory"); break; }
+                char *nl = (char *)NLA_REALLOC(line, cap * 2);
+                if (!nl) { NLA_FREE(line); line = NULL; ret = cli_error("out of memory"); break; }
                 line = nl;
                 cap *= 2;
             }
             line[len++] = (char)c;
         }
-        free(line);
+        NLA_FREE(line);
     } else {
         size_t n = strlen(o.text);
-        int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(n));
+        int32_t *ids = (int32_t *)NLA_MALLOC(sizeof(int32_t) * nla_tokenize_bound(n));
         int n_ids = 0;
         if (!ids || nla_tokenize(t, o.text, n, flags, ids, (int)nla_tokenize_bound(n), &n_ids)) ret = cli_error("cannot tokenize");
         else if (!o.pieces) print_ids(ids, n_ids, 0);
@@ -4887,7 +4914,7 @@ static int cmd_tokenize(int argc, char **argv) {
                 const char *p = nla_tokenizer_piece(t, ids[i], &pl);
                 printf("%d\t%.*s\n", ids[i], (int)pl, p);
             }
-        free(ids);
+        NLA_FREE(ids);
     }
     nla_tokenizer_close(t);
     return ret;
@@ -4901,14 +4928,14 @@ static int cmd_detokenize(int argc, char **argv) {
     int n = o.text ? parse_ids(o.text, &ids) : -1;
     if (n < 1) return cli_error("expected comma-separated token ids");
     nla_tokenizer *t;
-    if (open_tokenizer(o.dir, &t)) { free(ids); return 1; }
+    if (open_tokenizer(o.dir, &t)) { NLA_FREE(ids); return 1; }
     size_t len = 0;
     char *text = NULL;
     nla_status rc = nla_detokenize(t, ids, n, NULL, 0, &len);
-    if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)malloc(len + 1))) rc = nla_detokenize(t, ids, n, text, len + 1, &len);
+    if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)NLA_MALLOC(len + 1))) rc = nla_detokenize(t, ids, n, text, len + 1, &len);
     if (!rc) fwrite(text, 1, len, stdout), putchar('\n');
     else cli_error("%s", rc == NLA_ERR_RANGE ? "an id is outside the vocabulary" : nla_strerror(rc));
-    free(text); free(ids);
+    NLA_FREE(text); NLA_FREE(ids);
     nla_tokenizer_close(t);
     return rc != NLA_OK;
 }
@@ -4976,13 +5003,13 @@ static const char *const usage_explain =
 static void cli_json(const char *s, size_t n) {
     sbuf b = {NULL, 0, 0};
     json_put_string(&b, s, n);
-    if ((b.out = (char *)malloc(b.len + 1)) != NULL) {
+    if ((b.out = (char *)NLA_MALLOC(b.len + 1)) != NULL) {
         b.cap = b.len + 1;
         b.len = 0;
         json_put_string(&b, s, n);
         fwrite(b.out, 1, b.len, stdout);
     }
-    free(b.out);
+    NLA_FREE(b.out);
 }
 
 /* A .npy of vectors [n, d] (a 1-D file is one vector) into a heap buffer. */
@@ -4991,12 +5018,12 @@ static float *cli_vectors(const char *path, int *n, int *d) {
     int nd;
     char err[512];
     nla_status rc = nla_npy_read(path, NULL, 0, sh, &nd, err, sizeof err);
-    if (rc != NLA_ERR_BUFFER_TOO_SMALL && rc != NLA_OK) return cli_error("%s", err), NULL;
+    if (rc != NLA_ERR_BUFFER_TOO_SMALL && rc != NLA_OK) { cli_error("%s", err); return NULL; }
     *n = nd == 2 ? (int)sh[0] : 1;
     *d = (int)sh[nd - 1];
-    float *v = (float *)malloc(sizeof(float) * ((size_t)*n * (size_t)*d + 1));
-    if (!v || nla_npy_read(path, v, (size_t)*n * (size_t)*d, sh, &nd, err, sizeof err)) { free(v); return cli_error("%s", v ? err : "out of memory"), NULL; }
-    if (*n < 1 || *d < 1) { free(v); return cli_error("%s: no vectors", path), NULL; }
+    float *v = (float *)NLA_MALLOC(sizeof(float) * ((size_t)*n * (size_t)*d + 1));
+    if (!v || nla_npy_read(path, v, (size_t)*n * (size_t)*d, sh, &nd, err, sizeof err)) { NLA_FREE(v); cli_error("%s", v ? err : "out of memory"); return NULL; }
+    if (*n < 1 || *d < 1) { NLA_FREE(v); cli_error("%s: no vectors", path); return NULL; }
     return v;
 }
 
@@ -5029,14 +5056,14 @@ static int cli_positions(const cli_opts *o, int T, int first, int32_t **pos) {
         for (int i = 0; i < n; i++)
             if ((*pos)[i] >= T) {
                 cli_error("--positions: %d is past the last token (%d)", (*pos)[i], T - 1);
-                free(*pos);
+                NLA_FREE(*pos);
                 *pos = NULL;
                 return -1;
             }
         return n;
     }
     n = T - first;
-    if (n < 1 || !(*pos = (int32_t *)malloc(sizeof(int32_t) * (size_t)n))) return cli_error("no positions to take"), -1;
+    if (n < 1 || !(*pos = (int32_t *)NLA_MALLOC(sizeof(int32_t) * (size_t)n))) return cli_error("no positions to take"), -1;
     for (int i = 0; i < n; i++) (*pos)[i] = first + i;
     return n;
 }
@@ -5052,22 +5079,27 @@ static int cmd_extract(int argc, char **argv) {
     nla_session *s = NULL;
     int32_t *ids = NULL, *pos = NULL;
     float *v = NULL;
+    int T, K;
+    nla_status rc;
+    int64_t sh[2];
     if (cli_open(o.dir, &o, &m, &s)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
-    int T = cli_target_ids(&o, nla_model_tokenizer(m), &ids), K = o.layer >= 0 ? o.layer : 2 * in.n_layers / 3;
+    T = cli_target_ids(&o, nla_model_tokenizer(m), &ids);
+    K = o.layer >= 0 ? o.layer : 2 * in.n_layers / 3;
     if (T < 1) goto out;
     if (K >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", K, in.n_layers - 1); goto out; }
     if ((n_pos = cli_positions(&o, T, 0, &pos)) < 1) goto out;
-    if (!(v = (float *)malloc(sizeof(float) * (size_t)n_pos * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
-    nla_status rc = nla_extract(s, ids, T, K, pos, n_pos, v);
+    if (!(v = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
+    rc = nla_extract(s, ids, T, K, pos, n_pos, v);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
-    int64_t sh[2] = {n_pos, in.d_model};
+    sh[0] = n_pos;
+    sh[1] = in.d_model;
     if (cli_npy_write(o.out, v, 2, sh)) goto out;
     fprintf(stderr, "nla: wrote %d vectors (block %d output, d = %d) of %d tokens to %s\n", n_pos, K, in.d_model, T, o.out);
     ret = 0;
 out:
-    free(ids); free(pos); free(v);
+    NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v);
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -5091,8 +5123,8 @@ static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *
     vp.top_k = o->top_k;
     vp.top_p = o->top_p;
     if (vp.max_new > 4096) return cli_error("--max-new is at most 4096");
-    int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)B * (size_t)vp.max_new);
-    int *n_ids = (int *)malloc(sizeof(int) * (size_t)B);
+    int32_t *ids = (int32_t *)NLA_MALLOC(sizeof(int32_t) * (size_t)B * (size_t)vp.max_new);
+    int *n_ids = (int *)NLA_MALLOC(sizeof(int) * (size_t)B);
     nla_status rc = ids && n_ids ? nla_verbalize_batch(s, v, B, &vp, ids, vp.max_new, n_ids) : NLA_ERR_NOMEM;
     for (int q = 0; q < B && !rc; q++) {
         cli_expl *e = &x[q];
@@ -5101,13 +5133,13 @@ static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *
         /* the text without the final stop token */
         int n = e->n_ids > 0 && (e->ids[e->n_ids - 1] == 1 || e->ids[e->n_ids - 1] == 106) ? e->n_ids - 1 : e->n_ids;
         nla_detokenize(tok, e->ids, n, NULL, 0, &e->raw_len);
-        free(e->raw);
-        if (!(e->raw = (char *)malloc(e->raw_len + 1))) rc = NLA_ERR_NOMEM;
+        NLA_FREE(e->raw);
+        if (!(e->raw = (char *)NLA_MALLOC(e->raw_len + 1))) rc = NLA_ERR_NOMEM;
         else nla_detokenize(tok, e->ids, n, e->raw, e->raw_len + 1, &e->raw_len);
         if (!rc) e->parsed = nla_parse_explanation(e->raw, e->raw_len, &e->ex_start, &e->ex_len);
     }
-    free(ids);
-    free(n_ids);
+    NLA_FREE(ids);
+    NLA_FREE(n_ids);
     if (rc) return cli_error("%s (%s)", rc == NLA_ERR_NOMEM ? "out of memory" : nla_session_errmsg(s), nla_strerror(rc));
     return 0;
 }
@@ -5145,7 +5177,7 @@ static int cmd_verbalize(int argc, char **argv) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     const int B = o.batch ? o.batch : 8;
-    cli_expl *x = (cli_expl *)calloc((size_t)B, sizeof *x);
+    cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)B, sizeof *x);
     float *v = cli_vectors(o.text, &n, &d);
     if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, &m)) goto out;
     nla_meta meta;
@@ -5165,8 +5197,8 @@ static int cmd_verbalize(int argc, char **argv) {
     }
     ret = 0;
 out:
-    for (int q = 0; x && q < B; q++) free(x[q].raw);
-    free(x); free(v);
+    for (int q = 0; x && q < B; q++) NLA_FREE(x[q].raw);
+    NLA_FREE(x); NLA_FREE(v);
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -5176,18 +5208,18 @@ out:
    "explanation" string, or a string. Heap strings, count in *n. */
 static char **cli_explanations(const cli_opts *o, int *n) {
     *n = 0;
-    if (!!o->text_opt + !!o->jsonl != 1) return cli_error("give --text EXPLANATION or --jsonl FILE"), NULL;
-    char **out = (char **)calloc(1, sizeof(char *));
+    if (!!o->text_opt + !!o->jsonl != 1) { cli_error("give --text EXPLANATION or --jsonl FILE"); return NULL; }
+    char **out = (char **)NLA_CALLOC(1, sizeof(char *));
     if (o->text_opt) {
         if (out && (out[0] = xstrndup(o->text_opt, strlen(o->text_opt)))) *n = 1;
         return out;
     }
-    if (!o->text) { free(out); return cli_error("--jsonl needs a file"), NULL; }
+    if (!o->text) { NLA_FREE(out); cli_error("--jsonl needs a file"); return NULL; }
     size_t len;
     char *all = cli_slurp(o->text, &len), *line = all;
     long lineno = 0;
     while (all && out && line < all + len) {
-        char *nl = memchr(line, '\n', (size_t)(all + len - line));
+        char *nl = (char *)memchr(line, '\n', (size_t)(all + len - line));
         size_t ll = nl ? (size_t)(nl - line) : (size_t)(all + len - line);
         lineno++;
         jdoc d;
@@ -5195,7 +5227,7 @@ static char **cli_explanations(const cli_opts *o, int *n) {
         int ok = ll && json_parse(&d, line, ll, &e, o->text) == NLA_OK;
         int node = !ok ? -1 : d.node[0].type == J_STR ? 0 : json_get(&d, 0, "explanation");
         if (ok && node >= 0 && d.node[node].type == J_STR) {
-            char **grown = (char **)realloc(out, sizeof(char *) * (size_t)(*n + 1));
+            char **grown = (char **)NLA_REALLOC(out, sizeof(char *) * (size_t)(*n + 1));
             if (grown) { out = grown; out[(*n)++] = json_strdup(&d, node); }
         } else if (ll) {
             cli_error("%s: line %ld has no \"explanation\" string; skipped", o->text, lineno);
@@ -5203,7 +5235,7 @@ static char **cli_explanations(const cli_opts *o, int *n) {
         if (ok) json_free(&d);
         line += ll + 1;
     }
-    free(all);
+    NLA_FREE(all);
     return out;
 }
 
@@ -5216,19 +5248,22 @@ static int cmd_reconstruct(int argc, char **argv) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     float *rec = NULL;
+    nla_status rc;
+    int64_t sh[2];
     if (!ex || n < 1 || cli_open(o.dir, &o, &m, &s)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
-    if (!(rec = (float *)malloc(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
-    nla_status rc = nla_reconstruct(s, (const char *const *)ex, n, rec);
+    if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
+    rc = nla_reconstruct(s, (const char *const *)ex, n, rec);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
-    int64_t sh[2] = {n, in.d_model};
+    sh[0] = n;
+    sh[1] = in.d_model;
     if (cli_npy_write(o.out, rec, 2, sh)) goto out;
     fprintf(stderr, "nla: wrote %d reconstructions (d = %d) to %s\n", n, in.d_model, o.out);
     ret = 0;
 out:
-    for (int i = 0; ex && i < n; i++) free(ex[i]);
-    free(ex); free(rec);
+    for (int i = 0; ex && i < n; i++) NLA_FREE(ex[i]);
+    NLA_FREE(ex); NLA_FREE(rec);
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -5291,7 +5326,7 @@ static int cmd_score(int argc, char **argv) {
     printf(", \"baseline\": %.9g, \"baseline_kind\": \"%s\"}\n", B, kind);
     ret = 0;
 out:
-    free(v); free(rv);
+    NLA_FREE(v); NLA_FREE(rv);
     return ret;
 }
 
@@ -5306,9 +5341,11 @@ static int cmd_explain(int argc, char **argv) {
     float *v = NULL, *rec = NULL;
     char **ex = NULL, **tok_str = NULL;
     const int nbatch = o.batch ? o.batch : 8;
-    cli_expl *x = (cli_expl *)calloc((size_t)nbatch, sizeof *x);
+    cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)nbatch, sizeof *x);
     nla_meta av_meta, ar_meta;
     int d = 0, K = 0, random_weights = 0, *parsed = NULL;
+    nla_status rc;
+    double B;
     /* 1. the AV's sidecar says which layer (opened as stored: mapping is
        cheap, quantizing twice would not be) */
     if (!x || open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, &m)) goto out;
@@ -5325,16 +5362,16 @@ static int cmd_explain(int argc, char **argv) {
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (in.d_model != d || K >= in.n_layers) { cli_error("the target (d %d, %d blocks) does not fit the AV (d %d, layer %d)", in.d_model, in.n_layers, d, K); goto out; }
-    if (!(v = (float *)malloc(sizeof(float) * (size_t)n_pos * d)) || !(rec = (float *)malloc(sizeof(float) * (size_t)n_pos * d)) ||
-        !(ex = (char **)calloc((size_t)n_pos, sizeof *ex)) || !(tok_str = (char **)calloc((size_t)n_pos, sizeof *tok_str)) ||
-        !(parsed = (int *)calloc((size_t)n_pos, sizeof *parsed))) { cli_error("out of memory"); goto out; }
-    nla_status rc = nla_extract(s, ids, T, K, pos, n_pos, v);
+    if (!(v = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) || !(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) ||
+        !(ex = (char **)NLA_CALLOC((size_t)n_pos, sizeof *ex)) || !(tok_str = (char **)NLA_CALLOC((size_t)n_pos, sizeof *tok_str)) ||
+        !(parsed = (int *)NLA_CALLOC((size_t)n_pos, sizeof *parsed))) { cli_error("out of memory"); goto out; }
+    rc = nla_extract(s, ids, T, K, pos, n_pos, v);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     for (int i = 0; i < n_pos; i++) {
         size_t len = 0;
         int32_t id = ids[pos[i]];
         nla_detokenize(nla_model_tokenizer(m), &id, 1, NULL, 0, &len);
-        if ((tok_str[i] = (char *)malloc(len + 1))) nla_detokenize(nla_model_tokenizer(m), &id, 1, tok_str[i], len + 1, &len);
+        if ((tok_str[i] = (char *)NLA_MALLOC(len + 1))) nla_detokenize(nla_model_tokenizer(m), &id, 1, tok_str[i], len + 1, &len);
     }
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
@@ -5359,7 +5396,7 @@ static int cmd_explain(int argc, char **argv) {
     if (ar_meta.d_model != d || ar_meta.layer != K) { cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)", ar_meta.d_model, ar_meta.layer, d, K); goto out; }
     if ((rc = nla_reconstruct(s, (const char *const *)ex, n_pos, rec))) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     /* 5. score and report */
-    double B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
+    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
     if (random_weights)
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations are meaningless\n");
     if (!o.jsonl) printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos", "fve_nrm", "explanation");
@@ -5396,9 +5433,9 @@ static int cmd_explain(int argc, char **argv) {
     if (!o.jsonl) printf("fve_nrm against the training-set baseline %.4g; mse_nrm = 2 (1 - cos)\n", B);
     ret = 0;
 out:
-    for (int i = 0; i < n_pos; i++) { if (ex) free(ex[i]); if (tok_str) free(tok_str[i]); }
-    for (int q = 0; x && q < nbatch; q++) free(x[q].raw);
-    free(x); free(ex); free(tok_str); free(parsed); free(ids); free(pos); free(v); free(rec);
+    for (int i = 0; i < n_pos; i++) { if (ex) NLA_FREE(ex[i]); if (tok_str) NLA_FREE(tok_str[i]); }
+    for (int q = 0; x && q < nbatch; q++) NLA_FREE(x[q].raw);
+    NLA_FREE(x); NLA_FREE(ex); NLA_FREE(tok_str); NLA_FREE(parsed); NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v); NLA_FREE(rec);
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -5505,7 +5542,7 @@ static int write_text(const char *dir, const char *name, const char *text) {
     int ok = f && fputs(text, f) >= 0;
     if (f && fclose(f) != 0) ok = 0;
     if (!ok) cli_error("%s: cannot write", p ? p : name);
-    free(p);
+    NLA_FREE(p);
     return !ok;
 }
 
@@ -5536,11 +5573,14 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
     const int is_ar = role && !strcmp(role, "ar"), n_t = 2 + layers * W_PER_LAYER, h = sh->d;
     const int64_t shapes[W_PER_LAYER][2] = {{h, 0}, {sh->heads * sh->hd, h}, {sh->kv * sh->hd, h}, {sh->kv * sh->hd, h},
         {h, sh->heads * sh->hd}, {sh->hd, 0}, {sh->hd, 0}, {h, 0}, {h, 0}, {sh->ff, h}, {sh->ff, h}, {h, sh->ff}, {h, 0}};
-    nla_tensor *t = (nla_tensor *)calloc((size_t)n_t + 1, sizeof *t);
-    rtensor *rt = (rtensor *)calloc((size_t)n_t + 1, sizeof *rt);
-    char (*nm)[64] = (char (*)[64])calloc((size_t)n_t + 1, 64), err[512], name[64];
+    nla_tensor *t = (nla_tensor *)NLA_CALLOC((size_t)n_t + 1, sizeof *t);
+    rtensor *rt = (rtensor *)NLA_CALLOC((size_t)n_t + 1, sizeof *rt);
+    char (*nm)[64] = (char (*)[64])NLA_CALLOC((size_t)n_t + 1, 64), err[512], name[64];
     int ret = 1, n = 0;
     const float msd = sh->d == 16 ? 0.25f : 0.02f; /* matrices: larger in the tiny model, so that it is not flat */
+    char *path, cfg[8192], types[4096] = "", rope[96] = "null";
+    const char *meta[4] = {"format", "pt", "nla.quant", q == NLA_DTYPE_Q4_0 ? "q4_0" : "q8_0"};
+    nla_status rc;
     if (!t || !rt || !nm) { cli_error("out of memory"); goto out; }
 #ifndef _WIN32
     mkdir(dir, 0755);
@@ -5553,16 +5593,13 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
         }
     if (!is_ar) rt_add(t, rt, nm, &n, "model.norm.weight", h, 0, 0.1f, NLA_DTYPE_BF16, seed);
     if (q != NLA_DTYPE_BF16) rt_add(t, rt, nm, &n, "lm_head.weight", sh->vocab, h, 0.05f, q, seed); /* the tied head, quantized */
-    char *path = path_join(dir, "model.safetensors");
-    const char *meta[4] = {"format", "pt", "nla.quant", q == NLA_DTYPE_Q4_0 ? "q4_0" : "q8_0"};
-    nla_status rc = path ? nla_st_write(path, t, n, meta, q != NLA_DTYPE_BF16 ? 2 : 1, random_fill, rt, err, sizeof err) : NLA_ERR_NOMEM;
-    free(path);
+    path = path_join(dir, "model.safetensors");
+    rc = path ? nla_st_write(path, t, n, meta, q != NLA_DTYPE_BF16 ? 2 : 1, random_fill, rt, err, sizeof err) : NLA_ERR_NOMEM;
+    NLA_FREE(path);
     if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
-    char cfg[4096], types[4096] = "";
     for (int l = 0; l < layers; l++)
         snprintf(types + strlen(types), sizeof types - strlen(types), "%s\"%s\"", l ? ", " : "",
                  (l + 1) % sh->pattern ? "sliding_attention" : "full_attention");
-    char rope[96] = "null";
     if (sh->rope_factor != 1.0f) snprintf(rope, sizeof rope, "{\"rope_type\": \"linear\", \"factor\": %.1f}", (double)sh->rope_factor);
     snprintf(cfg, sizeof cfg,
              "{\n  \"architectures\": [\"Gemma3ForCausalLM\"],\n  \"model_type\": \"gemma3_text\",\n  \"hidden_size\": %d,\n"
@@ -5603,11 +5640,11 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
                 snprintf(head, sizeof head, "critic:\n  extraction_layer_index: %d\n", sh->K);
                 sb_str(&y, head);
             }
-            if (pass == 0 && !(y.out = (char *)malloc(y.cap = y.len + 1))) break;
+            if (pass == 0 && !(y.out = (char *)NLA_MALLOC(y.cap = y.len + 1))) break;
         }
         if (y.out) y.out[y.len] = 0;
         int bad = !y.out || write_text(dir, "nla_meta.yaml", y.out);
-        free(y.out);
+        NLA_FREE(y.out);
         if (bad) goto out;
     }
     if (is_ar) { /* value head: identity plus noise, bf16 */
@@ -5616,7 +5653,7 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
         rt[0].eye = 1;
         path = path_join(dir, "value_head.safetensors");
         rc = path ? nla_st_write(path, t, 1, meta, 1, random_fill, rt, err, sizeof err) : NLA_ERR_NOMEM;
-        free(path);
+        NLA_FREE(path);
         if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
     }
     if (tokenizer) { /* a copy of the tokenizer, hard-linked where the system allows */
@@ -5628,12 +5665,12 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
 #endif
         errbuf e;
         int ok = linked || (p && copy_file(tokenizer, p, &e) == NLA_OK);
-        free(p);
+        NLA_FREE(p);
         if (!ok) { cli_error("%s: cannot copy it into %s", tokenizer, dir); goto out; }
     }
     ret = 0;
 out:
-    free(t); free(rt); free(nm);
+    NLA_FREE(t); NLA_FREE(rt); NLA_FREE(nm);
     return ret;
 }
 
@@ -5661,7 +5698,7 @@ static int cmd_random_model(int argc, char **argv) {
               write_random_model(sub[1], sh, sh->layers, "av", q, seed + 1, o.tokenizer) ||
               write_random_model(sub[2], sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);
     if (!ret) fprintf(stderr, "nla: wrote a random-weight %s NLA trio (target, av, ar) under %s: for trying the pipeline, meaningless output\n", sh->name, o.dir);
-    for (int i = 0; i < 3; i++) free(sub[i]);
+    for (int i = 0; i < 3; i++) NLA_FREE(sub[i]);
     return ret;
 }
 
