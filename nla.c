@@ -1247,11 +1247,11 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
     /* written beside the target and renamed, so a crash leaves no half file */
     char *tmp = rc ? NULL : (char *)NLA_MALLOC(strlen(path) + 5);
     FILE *f = NULL;
-    if (!rc && tmp) {
+    if (!rc && !tmp) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc) {
         snprintf(tmp, strlen(path) + 5, "%s.tmp", path);
-        f = fopen(tmp, "wb");
+        if (!(f = fopen(tmp, "wb"))) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", tmp);
     }
-    if (!rc && !f) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", tmp ? tmp : path);
     if (!rc) {
         unsigned char len8[8];
         for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
@@ -1483,7 +1483,8 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
     {
         char *gfn = path_join(dir, "generation_config.json"), *gtxt;
         size_t gn;
-        if (gfn && file_exists(gfn) && (rc = read_file(gfn, &gtxt, &gn, (size_t)1 << 20, e)) == NLA_OK) {
+        if (!gfn) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+        else if (file_exists(gfn) && (rc = read_file(gfn, &gtxt, &gn, (size_t)1 << 20, e)) == NLA_OK) {
             jdoc g;
             if ((rc = json_parse(&g, gtxt, gn, e, gfn)) == NLA_OK) {
                 cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c);
@@ -3668,7 +3669,8 @@ static int blank_or_comment(const char *b, const char *e) {
 /* Decodes a quoted scalar starting at *p (the quote) into a fresh string
    and advances *p past the closing quote. Double quotes know the escapes
    \n \t \" \\ \/ and \uXXXX; single quotes double a quote (''). NULL on
-   a missing quote, or on an unknown escape (*p then points at it). */
+   an unknown escape (*p then points at it), a missing quote (*p = e) or
+   when memory runs out (*p unchanged). */
 static char *yaml_quoted(const char **p, const char *e) {
     const char q = **p, *s = *p + 1;
     char *out = (char *)NLA_MALLOC((size_t)(e - s) + 1);
@@ -3692,6 +3694,7 @@ static char *yaml_quoted(const char **p, const char *e) {
         }
         out[o++] = *s;
     }
+    if (out && s == e) *p = e;
     NLA_FREE(out);
     return NULL;
 }
@@ -3798,7 +3801,8 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
         if (*v == '"' || *v == '\'') {
             const char *q = v;
             if (!(ent->val = yaml_quoted(&q, le))) {
-                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: %s", fn, line, *q == '\\' ? "bad escape in a quoted string" : "unterminated quoted string");
+                rc = q == v ? fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn)
+                            : fail(e, NLA_ERR_FORMAT, "%s: line %d: %s", fn, line, q < le ? "bad escape in a quoted string" : "unterminated quoted string");
                 break;
             }
             while (q < le && *q == ' ') q++;
@@ -3908,10 +3912,13 @@ static nla_status meta_int(const yaml_doc *y, const char *path, int32_t *out, in
     return rc;
 }
 
-static char *meta_str(const yaml_doc *y, const char *path, const char *alt) {
+/* The string at path (or at alt) as a fresh copy in *out, NULL if absent;
+   0 when memory runs out. */
+static int meta_str(const yaml_doc *y, const char *path, const char *alt, char **out) {
     const yaml_ent *v = yaml_find(y, path);
     if ((!v || v->kind != Y_SCALAR) && alt) v = yaml_find(y, alt);
-    return v && v->kind == Y_SCALAR ? xstrndup(v->val, strlen(v->val)) : NULL;
+    *out = v && v->kind == Y_SCALAR ? xstrndup(v->val, strlen(v->val)) : NULL;
+    return !v || v->kind != Y_SCALAR || *out;
 }
 
 /* tmpl with every "{name}" replaced by val[0..val_len), as Python's
@@ -3944,14 +3951,16 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
     int missing, n_ids = 0;
     int32_t one[4];
     size_t cl = strlen(sc->injection_char), len = 0;
-    if (nla_tokenize(tok, sc->injection_char, cl, 0, one, 4, &n_ids) != NLA_OK || n_ids != 1)
+    nla_status rc = nla_tokenize(tok, sc->injection_char, cl, 0, one, 4, &n_ids);
+    if (rc == NLA_ERR_NOMEM) return fail(e, rc, "out of memory");
+    if (rc || n_ids != 1)
         return fail(e, NLA_ERR_FORMAT, "%s: injection_char '%s' tokenizes to %d ids, not one", fn, sc->injection_char, n_ids);
     if (one[0] != m->marker_id)
         return fail(e, NLA_ERR_FORMAT, "%s: injection_char '%s' is token %d, but injection_token_id is %d", fn, sc->injection_char, one[0], m->marker_id);
     char *content = fill_template(sc->av_template, "{injection_char}", sc->injection_char, cl, &missing);
     if (!content) return missing ? fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av has no {injection_char}", fn) : fail(e, NLA_ERR_NOMEM, "out of memory");
     nla_chat_message msg = {"user", content};
-    nla_status rc = nla_chat_render(&msg, 1, 1, NULL, 0, &len, NULL, 0);
+    rc = nla_chat_render(&msg, 1, 1, NULL, 0, &len, NULL, 0);
     char *text = rc == NLA_ERR_BUFFER_TOO_SMALL ? (char *)NLA_MALLOC(len + 1) : NULL;
     if (text) rc = nla_chat_render(&msg, 1, 1, text, len + 1, &len, NULL, 0);
     NLA_FREE(content);
@@ -3992,7 +4001,8 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
     for (size_t i = 0; i < sizeof nla_releases / sizeof *nla_releases; i++)
         if (nla_releases[i].d == d) rel = &nla_releases[i];
     m->present = 1;
-    char *role = meta_str(yd, "role", NULL);
+    char *role;
+    if (!meta_str(yd, "role", NULL, &role)) return fail(e, NLA_ERR_NOMEM, "out of memory");
     if (role && (!strcmp(role, "av") || !strcmp(role, "actor"))) snprintf(m->role, sizeof m->role, "av");
     else if (role && (!strcmp(role, "ar") || !strcmp(role, "critic"))) snprintf(m->role, sizeof m->role, "ar");
     else rc = fail(e, NLA_ERR_FORMAT, "%s: role must be av or ar (found '%s')", fn, role ? role : "none");
@@ -4040,16 +4050,17 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
         m->n_critic_suffix = 5;
         note_default(m, "critic_suffix_ids");
     }
+    if (!rc && (!meta_str(yd, "tokens.injection_char", NULL, &sc->injection_char) ||
+                !meta_str(yd, "base_checkpoint", NULL, &sc->base_checkpoint) ||
+                !meta_str(yd, "prompt_templates.av", "prompt_templates.actor", &sc->av_template) ||
+                !meta_str(yd, "prompt_templates.ar", "prompt_templates.critic", &sc->ar_template)))
+        rc = fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) {
-        sc->injection_char = meta_str(yd, "tokens.injection_char", NULL);
-        sc->base_checkpoint = meta_str(yd, "base_checkpoint", NULL);
-        sc->av_template = meta_str(yd, "prompt_templates.av", "prompt_templates.actor");
-        sc->ar_template = meta_str(yd, "prompt_templates.ar", "prompt_templates.critic");
         if (!sc->injection_char) { sc->injection_char = xstrndup("\xe3\x88\x9c", 3); note_default(m, "injection_char"); }
         if (!sc->av_template && rel) { sc->av_template = xstrndup(nla_default_av_template, sizeof nla_default_av_template - 1); note_default(m, "prompt_templates.av"); }
         if (!sc->ar_template && rel) { sc->ar_template = xstrndup(nla_default_ar_template, sizeof nla_default_ar_template - 1); note_default(m, "prompt_templates.ar"); }
         const int av = !strcmp(m->role, "av");
-        if (!sc->injection_char) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+        if (!sc->injection_char || (rel && (!sc->av_template || !sc->ar_template))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
         else if (av && !sc->av_template) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av is missing", fn);
         else if (!av && !sc->ar_template) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar is missing", fn);
         else if (!av && !strstr(sc->ar_template, "{explanation}")) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar has no {explanation}", fn);

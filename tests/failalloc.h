@@ -1,0 +1,16 @@
+/* failalloc.h - the allocator that tests/test_alloc.c gives nla.c: the
+   Makefile compiles nla.c with -include tests/failalloc.h into
+   tests/nla_failalloc.o. The functions live in test_alloc.c; they count
+   allocations, fail the k-th, and count blocks still live. */
+#ifndef FAILALLOC_H
+#define FAILALLOC_H
+#include <stddef.h>
+void *fa_malloc(size_t n);
+void *fa_calloc(size_t n, size_t size);
+void *fa_realloc(void *p, size_t n);
+void fa_free(void *p);
+#define NLA_MALLOC(n) fa_malloc(n)
+#define NLA_CALLOC(n, size) fa_calloc(n, size)
+#define NLA_REALLOC(p, n) fa_realloc(p, n)
+#define NLA_FREE(p) fa_free(p)
+#endif

@@ -1,0 +1,247 @@
+/* test_alloc.c - allocation failure: each scenario below (tokenizer, chat,
+   safetensors and .npy files, model open as stored and quantized, forward and
+   generate, the NLA round trip) first runs once to count its allocations, N;
+   then it runs again N times, the k-th allocation failing on run k. Every
+   such run must end in NLA_ERR_NOMEM (never a success that swallowed the
+   failure, never another error), with no crash and no block left live. nla.c is
+   compiled with tests/failalloc.h for this program (see the Makefile); under
+   `make sanitize` ASan checks the same runs for leaks and bad accesses. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "../nla.h"
+#include "failalloc.h"
+#include "test.h"
+#include "util.h"
+
+/* ---- the allocator: counts, fails the k-th, tracks live blocks ---- */
+
+static long fa_count, fa_fail_at, fa_live; /* fa_fail_at 0: never fail */
+
+static int fa_should_fail(void) { return ++fa_count == fa_fail_at; }
+
+void *fa_malloc(size_t n) {
+    void *p = fa_should_fail() ? NULL : malloc(n);
+    fa_live += p != NULL;
+    return p;
+}
+
+void *fa_calloc(size_t n, size_t size) {
+    void *p = fa_should_fail() ? NULL : calloc(n, size);
+    fa_live += p != NULL;
+    return p;
+}
+
+void *fa_realloc(void *p, size_t n) {
+    void *q = fa_should_fail() ? NULL : realloc(p, n);
+    fa_live += !p && q; /* a failed realloc leaves p live */
+    return q;
+}
+
+void fa_free(void *p) {
+    fa_live -= p != NULL;
+    free(p);
+}
+
+/* ---- scenarios: each frees everything it made and returns the first
+   failure (NLA_OK when all went well) ---- */
+
+static char tmp[256]; /* tests/tmp/alloc */
+
+#define TOK "tests/fuzz/sidecar_tokenizer.json" /* the real one cut down: 10 ms to load */
+#define GQA "tests/data/forward/gqa-bf16/model"
+static int fail_line; /* the TRY that failed last */
+#define TRY(x) do { if ((rc = (x)) != NLA_OK) { fail_line = __LINE__; goto out; } } while (0)
+
+static nla_status sc_tokenizer(void) {
+    nla_tokenizer *t = NULL;
+    int32_t ids[64];
+    int n = 0;
+    char text[256], err[256];
+    size_t len = 0;
+    nla_chat_message msgs[2] = {{"user", "Explain a fox."}, {"assistant", "A fox is quick."}};
+    nla_detok_state st;
+    const char *json = "[{\"role\": \"user\", \"content\": \"hi\"}]";
+    nla_status rc;
+    TRY(nla_tokenizer_open(TOK, &t, err, sizeof err));
+    TRY(nla_tokenize(t, "The quick brown fox", 19, NLA_TOKENIZE_BOS, ids, 64, &n));
+    TRY(nla_detokenize(t, ids, n, text, sizeof text, &len));
+    memset(&st, 0, sizeof st);
+    TRY(nla_detokenize_next(t, &st, ids[1], text, sizeof text, &len));
+    TRY(nla_chat_render(msgs, 2, 1, text, sizeof text, &len, err, sizeof err));
+    TRY(nla_chat_render_json(json, strlen(json), 1, text, sizeof text, &len, err, sizeof err));
+out:
+    nla_tokenizer_close(t);
+    return rc;
+}
+
+static nla_status sc_files(void) {
+    char err[256], path[512];
+    float v[6] = {1, 2, 3, 4, 5, 6}, r[6];
+    int64_t sh[2] = {2, 3};
+    int nd = 0;
+    nla_st *st = NULL;
+    nla_tensor t;
+    nla_status rc;
+    snprintf(path, sizeof path, "%s/alloc.npy", tmp);
+    TRY(nla_npy_write(path, v, 2, sh, err, sizeof err));
+    TRY(nla_npy_read(path, r, 6, sh, &nd, err, sizeof err));
+    memset(&t, 0, sizeof t);
+    t.name = "w";
+    t.dtype = "F32";
+    t.ndim = 2;
+    t.shape[0] = 2;
+    t.shape[1] = 3;
+    t.data = v;
+    t.nbytes = sizeof v;
+    snprintf(path, sizeof path, "%s/alloc.safetensors", tmp);
+    TRY(nla_st_write(path, &t, 1, NULL, 0, NULL, NULL, err, sizeof err));
+    TRY(nla_st_open(path, 0, &st, err, sizeof err));
+    nla_st_close(st);
+    st = NULL;
+    TRY(nla_st_open("tests/data/forward/multimodal-sharded-bf16/model", 1, &st, err, sizeof err)); /* sharded, read */
+out:
+    nla_st_close(st);
+    return rc;
+}
+
+/* Opens GQA (quantized or not), prefills, generates 3 tokens on 2
+   sequences; a quantized model is also saved and opened again. */
+static nla_status model_run(nla_quant q) {
+    nla_model_params mp;
+    nla_session_params sp;
+    nla_generate_params gp;
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    const int32_t ids[6] = {2, 107, 461, 409, 554, 430};
+    int32_t out[3];
+    int n_out = 0;
+    char err[256];
+    nla_status rc;
+    memset(&mp, 0, sizeof mp);
+    mp.quant = q;
+    TRY(nla_model_open(GQA, &mp, &m, err, sizeof err));
+    memset(&sp, 0, sizeof sp);
+    sp.n_ctx = 16;
+    sp.n_batch = 4;
+    sp.n_threads = 1;
+    sp.n_seq = 2;
+    TRY(nla_session_new(m, &sp, &s));
+    memset(&gp, 0, sizeof gp);
+    gp.max_new = 3;
+    gp.temperature = 0.8f;
+    gp.top_k = 5;
+    gp.no_stop = 1;
+    TRY(nla_generate(s, ids, 6, &gp, out, &n_out));
+    if (q != NLA_QUANT_NONE) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/q", tmp);
+        TRY(nla_model_save(m, dir, err, sizeof err));
+        nla_session_free(s);
+        nla_model_close(m);
+        s = NULL;
+        m = NULL;
+        TRY(nla_model_open(dir, NULL, &m, err, sizeof err));
+    }
+out:
+    nla_session_free(s);
+    nla_model_close(m);
+    return rc;
+}
+
+static nla_status sc_model(void) { return model_run(NLA_QUANT_NONE); }
+static nla_status sc_model_q8(void) { return model_run(NLA_QUANT_Q8_0); }
+
+static nla_status nla_open(const char *dir, nla_model **m, nla_session **s, int n_seq) {
+    nla_model_params mp;
+    nla_session_params sp;
+    char err[256];
+    nla_status rc;
+    memset(&mp, 0, sizeof mp);
+    mp.tokenizer = TOK;
+    if ((rc = nla_model_open(dir, &mp, m, err, sizeof err))) return rc;
+    memset(&sp, 0, sizeof sp);
+    sp.n_ctx = 160;
+    sp.n_threads = 1;
+    sp.n_seq = n_seq;
+    return nla_session_new(*m, &sp, s);
+}
+
+/* extract 2 vectors, verbalize them as a batch, reconstruct two texts, score */
+static nla_status sc_nla(void) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    float v[2 * 16], r[2 * 16];
+    int32_t ids[32], out[2 * 4], pos[2];
+    int n = 0, n_out[2];
+    const char *ex[2] = {"a fox", "<explanation>a dog</explanation>"}; /* the cut-down tokenizer cannot
+                                   detokenize what the random AV writes */
+    nla_scores sc;
+    nla_verbalize_params vp;
+    nla_status rc;
+    TRY(nla_open("tests/data/nla/target", &m, &s, 1));
+    TRY(nla_tokenize(nla_model_tokenizer(m), "The quick brown fox jumps", 25, NLA_TOKENIZE_BOS, ids, 32, &n));
+    pos[0] = n - 2;
+    pos[1] = n - 1;
+    TRY(nla_extract(s, ids, n, 2, pos, 2, v));
+    nla_session_free(s);
+    nla_model_close(m);
+    s = NULL;
+    m = NULL;
+    TRY(nla_open("tests/data/nla/av", &m, &s, 2));
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = 4;
+    TRY(nla_verbalize_batch(s, v, 2, &vp, out, 4, n_out));
+    nla_session_free(s);
+    nla_model_close(m);
+    s = NULL;
+    m = NULL;
+    TRY(nla_open("tests/data/nla/ar", &m, &s, 1));
+    TRY(nla_reconstruct(s, ex, 2, r));
+    TRY(nla_score(v, r, 16, 4.0, 0.03, &sc));
+out:
+    nla_session_free(s);
+    nla_model_close(m);
+    return rc;
+}
+
+/* ---- the sweep ---- */
+
+static void sweep(const char *name, nla_status (*fn)(void)) {
+    fa_fail_at = 0;
+    fa_count = 0;
+    fa_live = 0;
+    nla_status rc = fn();
+    long n = fa_count;
+    CHECK_MSG(rc == NLA_OK, "%s: %s without failures (line %d)", name, nla_strerror(rc), fail_line);
+    CHECK_MSG(fa_live == 0, "%s: %ld blocks live after a clean run", name, fa_live);
+    int nomem = 0, leaks = 0;
+    for (long k = 1; k <= n; k++) {
+        fa_fail_at = k;
+        fa_count = 0;
+        fa_live = 0;
+        rc = fn();
+        if (rc != NLA_ERR_NOMEM && nomem == k - 1) /* the first such run */
+            fprintf(stderr, "%s: allocation %ld failing gives %s (line %d)\n", name, k, nla_strerror(rc), fail_line);
+        nomem += rc == NLA_ERR_NOMEM;
+        if (fa_live && !leaks++) fprintf(stderr, "%s: allocation %ld failing leaves %ld blocks live\n", name, k, fa_live);
+    }
+    fa_fail_at = 0;
+    CHECK_MSG(nomem == n, "%s: %ld of %ld failing allocations were not reported as out of memory", name, n - nomem, n);
+    CHECK_MSG(leaks == 0, "%s: %d of %ld runs leak", name, leaks, n);
+    printf("  %-10s %4ld allocations; failing each one gives NLA_ERR_NOMEM %d times, leaks %d times\n", name, n, nomem, leaks);
+}
+
+int main(void) {
+    char q[300];
+    tmp_dir(tmp, sizeof tmp, "alloc");
+    snprintf(q, sizeof q, "%s/q", tmp);
+    mkdir(q, 0755); /* where model-q8 saves */
+    sweep("tokenizer", sc_tokenizer);
+    sweep("files", sc_files);
+    sweep("model", sc_model);
+    sweep("model-q8", sc_model_q8);
+    sweep("nla", sc_nla);
+    return test_report();
+}
