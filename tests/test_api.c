@@ -1,8 +1,6 @@
 /* test_api.c - the API contract: NULL-tolerant frees, status strings,
-   model/session lifetime, two threads sharing one model, and decoding
-   (greedy, seeded sampling, top-k/top-p, stop ids, the streaming callback). */
-#include <pthread.h>
-
+   model/session lifetime, and decoding (greedy, seeded sampling,
+   top-k/top-p, stop ids, the streaming callback). Threads: test_threads.c. */
 #include "../nla.h"
 #include "test.h"
 #include "util.h"
@@ -69,68 +67,6 @@ static void test_contract(void) {
     nla_session_reset(s);
     CHECK_EQ(nla_session_n_past(s), 0);
     nla_session_free(s);
-    CHECK_EQ(nla_model_close(m), NLA_OK);
-}
-
-/* ---- two threads, two sessions, one model ------------------------------- */
-
-typedef struct {
-    const nla_model *m;
-    float *logits; /* [40, 1024] */
-    int32_t gen[16];
-    int n_gen, rc;
-} job;
-
-static void *worker(void *arg) {
-    job *j = (job *)arg;
-    nla_session *s;
-    nla_session_params sp;
-    memset(&sp, 0, sizeof sp);
-    sp.n_threads = 1;
-    if ((j->rc = nla_session_new(j->m, &sp, &s))) return NULL;
-    for (int rep = 0; rep < 3 && !j->rc; rep++) {
-        nla_session_reset(s);
-        nla_batch b;
-        memset(&b, 0, sizeof b);
-        b.n_tokens = 40;
-        b.ids = ids40;
-        b.logits = j->logits;
-        b.all_logits = 1;
-        j->rc = nla_forward(s, &b);
-    }
-    nla_session_reset(s);
-    nla_session_seed(s, 7);
-    nla_generate_params g;
-    memset(&g, 0, sizeof g);
-    g.max_new = 16;
-    g.temperature = 0.8f;
-    g.no_stop = 1;
-    if (!j->rc) j->rc = nla_generate(s, ids40, 10, &g, j->gen, &j->n_gen);
-    nla_session_free(s);
-    return NULL;
-}
-
-static void test_threads(void) {
-    char err[512];
-    nla_model *m;
-    CHECK_EQ(nla_model_open(MODEL, NULL, &m, err, sizeof err), NLA_OK);
-    job serial = {m, (float *)malloc(40 * 1024 * sizeof(float)), {0}, 0, 0}, par[2];
-    worker(&serial);
-    CHECK_EQ(serial.rc, NLA_OK);
-    pthread_t th[2];
-    for (int i = 0; i < 2; i++) {
-        par[i] = serial;
-        par[i].logits = (float *)malloc(40 * 1024 * sizeof(float));
-        pthread_create(&th[i], NULL, worker, &par[i]);
-    }
-    for (int i = 0; i < 2; i++) {
-        pthread_join(th[i], NULL);
-        CHECK_EQ(par[i].rc, NLA_OK);
-        CHECK(memcmp(par[i].logits, serial.logits, 40 * 1024 * sizeof(float)) == 0);
-        CHECK(par[i].n_gen == 16 && memcmp(par[i].gen, serial.gen, sizeof serial.gen) == 0);
-        free(par[i].logits);
-    }
-    free(serial.logits);
     CHECK_EQ(nla_model_close(m), NLA_OK);
 }
 
@@ -284,7 +220,6 @@ static void test_decoding(void) {
 
 int main(void) {
     test_contract();
-    test_threads();
     test_decoding();
     return test_report();
 }
