@@ -33,23 +33,58 @@
 /* ==== 1 Portability and compile-time options ============================ */
 
 /* NLA_NO_MMAP: read weights with stdio instead of mmap (non-POSIX systems).
-   NLA_MAX_HEADER: the largest safetensors JSON header accepted (bytes), as in
-   the reference implementation. NLA_JSON_MAX_DEPTH: nesting limit for every
-   JSON document read (hostile input cannot exhaust the stack). */
+   NLA_NO_SIMD: the scalar kernels only. */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
 #if defined(__linux__) && !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE /* madvise */
 #endif
+
+/* Input limits. Everything read from outside is bounded; past a bound the
+   call fails with a message naming the file and the limit. Each bound is
+   far above what the real Gemma 3 and NLA files need (in brackets), and
+   each may be set at compile time.
+     NLA_MAX_HEADER      safetensors JSON header, bytes [~70 KB]; 100 MB is
+                         the reference implementation's limit
+     NLA_MAX_JSON_FILE   config.json, generation_config.json, the shard
+                         index, bytes [< 100 KB]
+     NLA_MAX_TOKENIZER   tokenizer.json, bytes [33 MB]
+     NLA_MAX_SIDECAR     nla_meta.yaml, bytes [3 KB]
+     NLA_JSON_MAX_DEPTH  nesting of every JSON document [4]; bounds the
+                         parser's recursion, so hostile input cannot exhaust
+                         the stack
+     NLA_YAML_MAX_DEPTH  nesting of nla_meta.yaml [3]
+     NLA_MAX_LAYERS      num_hidden_layers [62]
+     NLA_MAX_VOCAB       vocab_size, and every token id in tokenizer.json
+                         [262208]
+   The config's other sizes have fixed sanity bounds (cfg_from_json). */
 #ifndef NLA_MAX_HEADER
 #define NLA_MAX_HEADER 100000000u
+#endif
+#ifndef NLA_MAX_JSON_FILE
+#define NLA_MAX_JSON_FILE ((size_t)1 << 24)
+#endif
+#ifndef NLA_MAX_TOKENIZER
+#define NLA_MAX_TOKENIZER ((size_t)1 << 28)
+#endif
+#ifndef NLA_MAX_SIDECAR
+#define NLA_MAX_SIDECAR ((size_t)1 << 16)
 #endif
 #ifndef NLA_JSON_MAX_DEPTH
 #define NLA_JSON_MAX_DEPTH 64
 #endif
 #if NLA_JSON_MAX_DEPTH < 4 || NLA_JSON_MAX_DEPTH > 1000
 #error "NLA_JSON_MAX_DEPTH must be in 4..1000"
+#endif
+#ifndef NLA_YAML_MAX_DEPTH
+#define NLA_YAML_MAX_DEPTH 16
+#endif
+#ifndef NLA_MAX_LAYERS
+#define NLA_MAX_LAYERS 512
+#endif
+#ifndef NLA_MAX_VOCAB
+#define NLA_MAX_VOCAB (1 << 24)
 #endif
 #if defined(_WIN32) && !defined(NLA_NO_MMAP)
 #define NLA_NO_MMAP
@@ -1007,7 +1042,7 @@ static int plain_file_name(const char *s) {
 static nla_status st_open_index(nla_st *st, const char *dir, const char *index, int no_mmap, errbuf *e) {
     char *txt;
     size_t n;
-    nla_status rc = read_file(index, &txt, &n, (size_t)1 << 30, e);
+    nla_status rc = read_file(index, &txt, &n, NLA_MAX_JSON_FILE, e);
     if (rc) return rc;
     jdoc d;
     char **shards = NULL;
@@ -1280,7 +1315,6 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
    rope_scaling (linear factor for global layers only), or rope_parameters,
    per layer type or flat. */
 
-#define NLA_MAX_LAYERS 512
 #define NLA_TOKENIZER_VOCAB 262144 /* ids at or past this are image/padding rows */
 
 typedef struct {
@@ -1379,7 +1413,7 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
     }
     if (!c->arch[0]) snprintf(c->arch, sizeof c->arch, "%s", strcmp(mtype, "gemma3") ? "Gemma3ForCausalLM" : "Gemma3ForConditionalGeneration");
 
-    if ((rc = cfg_int(d, tc, "vocab_size", &c->vocab, 1, 1 << 24, e, fn)) ||
+    if ((rc = cfg_int(d, tc, "vocab_size", &c->vocab, 1, NLA_MAX_VOCAB, e, fn)) ||
         (rc = cfg_int(d, tc, "hidden_size", &c->d, 1, 1 << 16, e, fn)) ||
         (rc = cfg_int(d, tc, "intermediate_size", &c->d_ff, 1, 1 << 20, e, fn)) ||
         (rc = cfg_int(d, tc, "num_hidden_layers", &c->n_layers, 1, NLA_MAX_LAYERS, e, fn)) ||
@@ -1388,7 +1422,7 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
         (rc = cfg_int(d, tc, "head_dim", &c->hd, 2, 4096, e, fn)) ||
         (rc = cfg_int(d, tc, "max_position_embeddings", &c->max_pos, 1, 1 << 24, e, fn)) ||
         (rc = cfg_int(d, tc, "sliding_window", &c->window, 1, 1 << 24, e, fn)) ||
-        (rc = cfg_int(d, tc, "bos_token_id", &c->bos, 0, 1 << 24, e, fn)) ||
+        (rc = cfg_int(d, tc, "bos_token_id", &c->bos, 0, NLA_MAX_VOCAB - 1, e, fn)) ||
         (rc = cfg_num(d, tc, -1, "rms_norm_eps", &eps, e, fn)) ||
         (rc = cfg_num(d, tc, -1, "query_pre_attn_scalar", &qpas, e, fn)) ||
         (rc = cfg_num(d, tc, -1, "rope_theta", &th_g, e, fn)) ||
@@ -1473,7 +1507,7 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
     jdoc d;
     memset(&d, 0, sizeof d);
     if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
-    nla_status rc = read_file(fn, &txt, &n, (size_t)1 << 24, e);
+    nla_status rc = read_file(fn, &txt, &n, NLA_MAX_JSON_FILE, e);
     if (rc || (rc = json_parse(&d, txt, n, e, fn))) goto out;
     if (d.node[0].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: not a JSON object", fn); goto out; }
 
@@ -1484,7 +1518,7 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
         char *gfn = path_join(dir, "generation_config.json"), *gtxt;
         size_t gn;
         if (!gfn) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
-        else if (file_exists(gfn) && (rc = read_file(gfn, &gtxt, &gn, (size_t)1 << 20, e)) == NLA_OK) {
+        else if (file_exists(gfn) && (rc = read_file(gfn, &gtxt, &gn, NLA_MAX_JSON_FILE, e)) == NLA_OK) {
             jdoc g;
             if ((rc = json_parse(&g, gtxt, gn, e, gfn)) == NLA_OK) {
                 cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c);
@@ -2867,8 +2901,8 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     uint32_t k = (uint32_t)vocab + 1;
     for (uint32_t m = 0; m < d->node[vocab].n; m++, k = d->node[k + 1].end) {
         int id;
-        if (!json_int(d, (int)k + 1, &id) || id < 0 || id > (1 << 24)) {
-            return fail(e, NLA_ERR_FORMAT, "%s: vocab values must be token ids in 0..16777216", fn);
+        if (!json_int(d, (int)k + 1, &id) || id < 0 || id >= NLA_MAX_VOCAB) {
+            return fail(e, NLA_ERR_FORMAT, "%s: vocab values must be token ids in 0..%d", fn, NLA_MAX_VOCAB - 1);
         }
         if (id > max_id) max_id = id;
         arena_cap += json_str(d, (int)k, NULL, 0);
@@ -2877,7 +2911,7 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     k = (uint32_t)added + 1;
     for (int a = 0; a < n_added; a++, k = d->node[k].end) {
         int id, c = json_get(d, (int)k, "content");
-        if (!json_int(d, json_get(d, (int)k, "id"), &id) || id < 0 || id > (1 << 24) || c < 0 || d->node[c].type != J_STR) {
+        if (!json_int(d, json_get(d, (int)k, "id"), &id) || id < 0 || id >= NLA_MAX_VOCAB || c < 0 || d->node[c].type != J_STR) {
             return fail(e, NLA_ERR_FORMAT, "%s: added_tokens[%d] needs an id and a content string", fn, a);
         }
         static const char *const flags_false[] = {"lstrip", "rstrip", "single_word", "normalized"};
@@ -2980,7 +3014,7 @@ static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
     size_t n;
     jdoc d;
     memset(&d, 0, sizeof d);
-    nla_status rc = read_file(fn, &txt, &n, (size_t)1 << 30, e);
+    nla_status rc = read_file(fn, &txt, &n, NLA_MAX_TOKENIZER, e);
     if (!rc && !(rc = json_parse(&d, txt, n, e, fn))) rc = tok_from_json(t, &d, fn, e);
     json_free(&d);
     NLA_FREE(txt);
@@ -3700,7 +3734,7 @@ static char *yaml_quoted(const char **p, const char *e) {
 }
 
 static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc *y, errbuf *e) {
-    enum { MAXD = 16 };
+    enum { MAXD = NLA_YAML_MAX_DEPTH };
     int ind[MAXD + 1] = {-1}, depth = 0, line = 0; /* ind[i]: indent of the keys at depth i, -1 until seen */
     char *key[MAXD];
     const char *p = src, *end = src + n, *b, *le;
@@ -4096,7 +4130,7 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
     if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!file_exists(fn)) { NLA_FREE(fn); return NLA_OK; }
     struct nla_sidecar *sc = (struct nla_sidecar *)NLA_CALLOC(1, sizeof *sc);
-    nla_status rc = sc ? read_file(fn, &txt, &n, (size_t)1 << 16, e) : fail(e, NLA_ERR_NOMEM, "out of memory"); /* real ones: 3 KB */
+    nla_status rc = sc ? read_file(fn, &txt, &n, NLA_MAX_SIDECAR, e) : fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) rc = yaml_parse(txt, n, fn, &y, e);
     if (!rc) rc = sidecar_fields(mdl, sc, &y, fn, e);
     yaml_free(&y);

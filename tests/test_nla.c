@@ -110,6 +110,12 @@ static void test_sidecar_errors(void) {
     expect_variant("d_model: 16", "d_model: 32", "d_model 32");
     expect_variant("d_model: 16", "\td_model: 16", "line 4: tab");                 /* tab */
     expect_variant("d_model: 16", "d_model 16", "line 4: expected 'key: value'");
+    { /* 17 nested maps: one past NLA_YAML_MAX_DEPTH */
+        char deep[1024] = "d_model: 16\n";
+        for (int i = 0; i < 17; i++) snprintf(deep + strlen(deep), sizeof deep - strlen(deep), "%*sk%d:\n", 2 * i, "", i);
+        snprintf(deep + strlen(deep), sizeof deep - strlen(deep), "%*sv: 1", 34, "");
+        expect_variant("d_model: 16", deep, "nesting deeper than 16");
+    }
     expect_variant("  injection_scale: 17.0", "  injection_scale: seventeen", "injection_scale must be a number");
     expect_variant("injection_char: \xe3\x88\x9c", "injection_char: \xe3\x88\x9c!", "tokenizes to 2 ids");
     expect_variant("injection_token_id: 246566", "injection_token_id: 246567", "injection_token_id is 246567");

@@ -149,6 +149,11 @@ static void test_valid_and_rules(void) {
     deep[205] = 0;
     expect_header(deep, 0, NLA_ERR_FORMAT, "nesting bomb");
 
+    /* header longer than NLA_MAX_HEADER (100 MB) */
+    write_raw("tests/tmp/h.safetensors", "{}", 100000001, 0);
+    CHECK_EQ(st_try("tests/tmp/h.safetensors", 0), NLA_ERR_FORMAT);
+    CHECK(strstr(err, "exceeds the 100000000-byte limit") != NULL);
+
     /* header length lies */
     write_raw("tests/tmp/h.safetensors", "{}", 1000, 0);
     CHECK_EQ(st_try("tests/tmp/h.safetensors", 0), NLA_ERR_FORMAT);
@@ -231,6 +236,18 @@ static void test_config_and_binding(void) {
     expect_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"silu\"", NLA_ERR_UNSUPPORTED, "silu");
     expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": true", NLA_ERR_UNSUPPORTED, "bidirectional");
     expect_config("\"full_attention\",", "\"chunked_attention\",", NLA_ERR_UNSUPPORTED, "layer_types[5]");
+    /* the input limits (nla.c section 1) */
+    expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 513", NLA_ERR_RANGE, "'num_hidden_layers' = 513 is outside 1..512");
+    expect_config("\"vocab_size\": 1024", "\"vocab_size\": 16777217", NLA_ERR_RANGE, "'vocab_size' = 16777217 is outside");
+    {
+        size_t big = ((size_t)1 << 24) + 1; /* NLA_MAX_JSON_FILE + 1 */
+        char *pad = (char *)malloc(big + 32);
+        memset(pad, ' ', big + 32);
+        memcpy(pad, "{\"hidden_size\": 64", 18);
+        pad[big + 31] = 0;
+        expect_config("{", pad, NLA_ERR_FORMAT, "config.json: larger than");
+        free(pad);
+    }
 
     char dir[512], p[1024];
     /* missing config.json, missing weights */
