@@ -3233,15 +3233,32 @@ static void py_trim(const char **b, const char **e) {
 }
 
 /* Renders messages given as (role, content) spans: the shared core of
-   nla_chat_render and nla_chat_render_json. */
+   nla_chat_render and nla_chat_render_json. With parts non-NULL (room for
+   4 n + 2) it also records where each part of the text starts, so that nla
+   eval can label every token with its chat role as the blog study did. */
 typedef struct {
     const char *role, *content;
     size_t role_len, content_len;
 } chat_span;
 
-static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out, size_t cap, size_t *len, errbuf *e) {
+enum { CHAT_BOS, CHAT_MARKER, CHAT_USER, CHAT_ASST, CHAT_EOT }; /* what a part of a rendered chat is */
+
+typedef struct {
+    size_t off; /* the part starts at this byte; it ends where the next starts */
+    int kind;   /* CHAT_* */
+} chat_part;
+
+static void chat_mark(chat_part *parts, int *n_parts, size_t off, int kind) {
+    if (!parts) return;
+    parts[*n_parts].off = off;
+    parts[(*n_parts)++].kind = kind;
+}
+
+static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out, size_t cap, size_t *len, chat_part *parts,
+                              int *n_parts, errbuf *e) {
     sbuf s = {out, cap, 0};
-    int first = n > 0 && m[0].role_len == 6 && !memcmp(m[0].role, "system", 6);
+    int first = n > 0 && m[0].role_len == 6 && !memcmp(m[0].role, "system", 6), np = 0;
+    chat_mark(parts, &np, 0, CHAT_BOS);
     sb_str(&s, "<bos>");
     for (int i = first; i < n; i++) {
         const int k = i - first, is_user = m[i].role_len == 4 && !memcmp(m[i].role, "user", 4);
@@ -3249,10 +3266,12 @@ static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out,
             return fail(e, NLA_ERR_ARG, "chat: roles must alternate user/assistant starting with user; message %d has role '%.*s'",
                         i, (int)(m[i].role_len > 32 ? 32 : m[i].role_len), m[i].role);
         const int is_asst = m[i].role_len == 9 && !memcmp(m[i].role, "assistant", 9);
+        chat_mark(parts, &np, s.len, CHAT_MARKER);
         sb_str(&s, "<start_of_turn>");
         if (is_asst) sb_str(&s, "model");
         else sb_put(&s, m[i].role, m[i].role_len);
         sb_str(&s, "\n");
+        chat_mark(parts, &np, s.len, is_user ? CHAT_USER : CHAT_ASST);
         if (k == 0 && first) {
             sb_put(&s, m[0].content, m[0].content_len);
             sb_str(&s, "\n\n");
@@ -3260,9 +3279,16 @@ static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out,
         const char *b = m[i].content, *en = m[i].content + m[i].content_len;
         py_trim(&b, &en);
         sb_put(&s, b, (size_t)(en - b));
-        sb_str(&s, "<end_of_turn>\n");
+        chat_mark(parts, &np, s.len, CHAT_EOT);
+        sb_str(&s, "<end_of_turn>");
+        chat_mark(parts, &np, s.len, CHAT_MARKER);
+        sb_str(&s, "\n");
     }
-    if (add_gen) sb_str(&s, "<start_of_turn>model\n");
+    if (add_gen) {
+        chat_mark(parts, &np, s.len, CHAT_MARKER);
+        sb_str(&s, "<start_of_turn>model\n");
+    }
+    if (n_parts) *n_parts = np;
     if (len) *len = s.len;
     if (s.len < cap) { out[s.len] = 0; return NLA_OK; }
     return fail(e, NLA_ERR_BUFFER_TOO_SMALL, "chat: the rendered text needs %zu bytes", s.len + 1);
@@ -3284,7 +3310,7 @@ nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generati
             sp[i].content = msgs[i].content; sp[i].content_len = strlen(msgs[i].content);
         }
     }
-    if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, &e);
+    if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, NULL, NULL, &e);
     free(sp);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
@@ -3336,7 +3362,7 @@ nla_status nla_chat_render_json(const char *json, size_t json_len, int add_gener
     nla_status rc = json_parse(&d, json, json_len, &e, "chat");
     if (!rc) {
         rc = chat_from_json(&d, 0, &sp, &n, &e);
-        if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, &e);
+        if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, NULL, NULL, &e);
         chat_spans_free(sp, n);
         json_free(&d);
     }
@@ -3508,6 +3534,23 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
 
 /* --- vectors on disk: NumPy .npy, float32, 1-D or 2-D, C order */
 
+/* The .npy (version 1.0) header of a float32 C-order array: magic, length,
+   dict, padding to a multiple of 64 bytes. Writes it into hdr (room for
+   256 bytes) and returns its length. ndim 1..3. */
+static size_t npy_header(char *hdr, int ndim, const int64_t *shape) {
+    char dims[96] = "";
+    for (int i = 0; i < ndim; i++)
+        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+    int n = snprintf(hdr + 10, 160, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
+    int pad = (64 - (10 + n + 1) % 64) % 64;
+    memcpy(hdr, "\x93NUMPY\x01\x00", 8);
+    hdr[8] = (char)((n + pad + 1) & 0xff);
+    hdr[9] = (char)((n + pad + 1) >> 8);
+    memset(hdr + 10 + n, ' ', (size_t)pad);
+    hdr[10 + n + pad] = '\n';
+    return (size_t)(10 + n + pad + 1);
+}
+
 nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *errbuf_out,
                          size_t errbuf_size) {
     errbuf e;
@@ -3519,19 +3562,13 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
         copy_err(errbuf_out, errbuf_size, "nla_npy_write: path, data and a 1-D to 3-D shape are required");
         return NLA_ERR_ARG;
     }
-    char dims[96] = "", hdr[160];
-    for (int i = 0; i < ndim; i++)
-        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
-    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
-    int pad = (64 - (10 + n + 1) % 64) % 64;
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((n + pad + 1) & 0xff), (unsigned char)((n + pad + 1) >> 8)};
+    char hdr[256];
+    size_t hl = npy_header(hdr, ndim, shape);
     FILE *f = fopen(path, "wb");
     nla_status rc = NLA_OK;
     if (!f) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", path);
     else {
-        int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
-        for (int i = 0; i < pad; i++) ok = ok && fputc(' ', f) != EOF;
-        ok = ok && fputc('\n', f) != EOF && fwrite(data, sizeof(float), (size_t)count, f) == count;
+        int ok = fwrite(hdr, 1, hl, f) == hl && fwrite(data, sizeof(float), (size_t)count, f) == count;
         if (fclose(f) != 0 || !ok) rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
     }
     copy_err(errbuf_out, errbuf_size, e.msg);
