@@ -90,7 +90,7 @@ clean:
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_TARGETS  = safetensors index config tokenizer_json encode sidecar npy chat
+FUZZ_TARGETS  = safetensors index config tokenizer_json encode sidecar npy chat eval
 FUZZ_LEN_safetensors = 16384
 FUZZ_LEN_index = 16384
 FUZZ_LEN_config = 4096
@@ -99,6 +99,7 @@ FUZZ_LEN_encode = 4096
 FUZZ_LEN_sidecar = 4096
 FUZZ_LEN_npy = 4096
 FUZZ_LEN_chat = 4096
+FUZZ_LEN_eval = 4096
 FUZZ_DICT_yaml = -dict=tests/fuzz/yaml.dict
 FUZZ_DICT_json = -dict=tests/fuzz/json.dict
 FUZZ_DICT_safetensors = $(FUZZ_DICT_json)
@@ -106,6 +107,7 @@ FUZZ_DICT_index = $(FUZZ_DICT_json)
 FUZZ_DICT_config = $(FUZZ_DICT_json)
 FUZZ_DICT_tokenizer_json = $(FUZZ_DICT_json)
 FUZZ_DICT_chat = $(FUZZ_DICT_json)
+FUZZ_DICT_eval = -dict=tests/fuzz/eval.dict
 FUZZ_DICT_sidecar = $(FUZZ_DICT_yaml)
 tests/fuzz_bin/nla.o: nla.c nla.h
 	@mkdir -p tests/fuzz_bin
