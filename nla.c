@@ -19,7 +19,8 @@
     11  Tokenizer: tokenizer.json BPE, added tokens, chat template
     12  Decoding: sampling and the generate loop
     13  NLA: sidecar, extract, verbalize, reconstruct, score
-    14  CLI (only with -DNLA_MAIN)
+    14  Evaluation: the pretraining-vs-chat study
+    15  CLI (only with -DNLA_MAIN)
 
    Conventions. Matrices are row-major; a weight W of shape [out, in] (as HF
    stores nn.Linear) maps x [in] to y [out] = W x. Shapes in comments are
@@ -115,6 +116,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#endif
+#ifndef _WIN32
+#include <unistd.h> /* fsync: nla eval's commit records */
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -3279,15 +3283,32 @@ static void py_trim(const char **b, const char **e) {
 }
 
 /* Renders messages given as (role, content) spans: the shared core of
-   nla_chat_render and nla_chat_render_json. */
+   nla_chat_render and nla_chat_render_json. With parts non-NULL (room for
+   4 n + 2) it also records where each part of the text starts, so that nla
+   eval can label every token with its chat role as the blog study did. */
 typedef struct {
     const char *role, *content;
     size_t role_len, content_len;
 } chat_span;
 
-static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out, size_t cap, size_t *len, errbuf *e) {
+enum { CHAT_BOS, CHAT_MARKER, CHAT_USER, CHAT_ASST, CHAT_EOT }; /* what a part of a rendered chat is */
+
+typedef struct {
+    size_t off; /* the part starts at this byte; it ends where the next starts */
+    int kind;   /* CHAT_* */
+} chat_part;
+
+static void chat_mark(chat_part *parts, int *n_parts, size_t off, int kind) {
+    if (!parts) return;
+    parts[*n_parts].off = off;
+    parts[(*n_parts)++].kind = kind;
+}
+
+static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out, size_t cap, size_t *len, chat_part *parts,
+                              int *n_parts, errbuf *e) {
     sbuf s = {out, cap, 0};
-    int first = n > 0 && m[0].role_len == 6 && !memcmp(m[0].role, "system", 6);
+    int first = n > 0 && m[0].role_len == 6 && !memcmp(m[0].role, "system", 6), np = 0;
+    chat_mark(parts, &np, 0, CHAT_BOS);
     sb_str(&s, "<bos>");
     for (int i = first; i < n; i++) {
         const int k = i - first, is_user = m[i].role_len == 4 && !memcmp(m[i].role, "user", 4);
@@ -3295,10 +3316,12 @@ static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out,
             return fail(e, NLA_ERR_ARG, "chat: roles must alternate user/assistant starting with user; message %d has role '%.*s'",
                         i, (int)(m[i].role_len > 32 ? 32 : m[i].role_len), m[i].role);
         const int is_asst = m[i].role_len == 9 && !memcmp(m[i].role, "assistant", 9);
+        chat_mark(parts, &np, s.len, CHAT_MARKER);
         sb_str(&s, "<start_of_turn>");
         if (is_asst) sb_str(&s, "model");
         else sb_put(&s, m[i].role, m[i].role_len);
         sb_str(&s, "\n");
+        chat_mark(parts, &np, s.len, is_user ? CHAT_USER : CHAT_ASST);
         if (k == 0 && first) {
             sb_put(&s, m[0].content, m[0].content_len);
             sb_str(&s, "\n\n");
@@ -3306,9 +3329,16 @@ static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out,
         const char *b = m[i].content, *en = m[i].content + m[i].content_len;
         py_trim(&b, &en);
         sb_put(&s, b, (size_t)(en - b));
-        sb_str(&s, "<end_of_turn>\n");
+        chat_mark(parts, &np, s.len, CHAT_EOT);
+        sb_str(&s, "<end_of_turn>");
+        chat_mark(parts, &np, s.len, CHAT_MARKER);
+        sb_str(&s, "\n");
     }
-    if (add_gen) sb_str(&s, "<start_of_turn>model\n");
+    if (add_gen) {
+        chat_mark(parts, &np, s.len, CHAT_MARKER);
+        sb_str(&s, "<start_of_turn>model\n");
+    }
+    if (n_parts) *n_parts = np;
     if (len) *len = s.len;
     if (s.len < cap) { out[s.len] = 0; return NLA_OK; }
     return fail(e, NLA_ERR_BUFFER_TOO_SMALL, "chat: the rendered text needs %zu bytes", s.len + 1);
@@ -3330,7 +3360,7 @@ nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generati
             sp[i].content = msgs[i].content; sp[i].content_len = strlen(msgs[i].content);
         }
     }
-    if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, &e);
+    if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, NULL, NULL, &e);
     NLA_FREE(sp);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
@@ -3382,7 +3412,7 @@ nla_status nla_chat_render_json(const char *json, size_t json_len, int add_gener
     nla_status rc = json_parse(&d, json, json_len, &e, "chat");
     if (!rc) {
         rc = chat_from_json(&d, 0, &sp, &n, &e);
-        if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, &e);
+        if (!rc) rc = chat_render(sp, n, add_generation_prompt, out, cap, len, NULL, NULL, &e);
         chat_spans_free(sp, n);
         json_free(&d);
     }
@@ -3554,6 +3584,23 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
 
 /* --- vectors on disk: NumPy .npy, float32, 1-D or 2-D, C order */
 
+/* The .npy (version 1.0) header of a float32 C-order array: magic, length,
+   dict, padding to a multiple of 64 bytes. Writes it into hdr (room for
+   256 bytes) and returns its length. ndim 1..3. */
+static size_t npy_header(char *hdr, int ndim, const int64_t *shape) {
+    char dims[96] = "";
+    for (int i = 0; i < ndim; i++)
+        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+    int n = snprintf(hdr + 10, 160, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
+    int pad = (64 - (10 + n + 1) % 64) % 64;
+    memcpy(hdr, "\x93NUMPY\x01\x00", 8);
+    hdr[8] = (char)((n + pad + 1) & 0xff);
+    hdr[9] = (char)((n + pad + 1) >> 8);
+    memset(hdr + 10 + n, ' ', (size_t)pad);
+    hdr[10 + n + pad] = '\n';
+    return (size_t)(10 + n + pad + 1);
+}
+
 nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *errbuf_out,
                          size_t errbuf_size) {
     errbuf e;
@@ -3565,19 +3612,13 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
         copy_err(errbuf_out, errbuf_size, "nla_npy_write: path, data and a 1-D to 3-D shape are required");
         return NLA_ERR_ARG;
     }
-    char dims[96] = "", hdr[160];
-    for (int i = 0; i < ndim; i++)
-        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
-    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
-    int pad = (64 - (10 + n + 1) % 64) % 64;
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((n + pad + 1) & 0xff), (unsigned char)((n + pad + 1) >> 8)};
+    char hdr[256];
+    size_t hl = npy_header(hdr, ndim, shape);
     FILE *f = fopen(path, "wb");
     nla_status rc = NLA_OK;
     if (!f) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", path);
     else {
-        int ok = fwrite(pre, 1, 10, f) == 10 && fwrite(hdr, 1, (size_t)n, f) == (size_t)n;
-        for (int i = 0; i < pad; i++) ok = ok && fputc(' ', f) != EOF;
-        ok = ok && fputc('\n', f) != EOF && fwrite(data, sizeof(float), (size_t)count, f) == count;
+        int ok = fwrite(hdr, 1, hl, f) == hl && fwrite(data, sizeof(float), (size_t)count, f) == count;
         if (fclose(f) != 0 || !ok) rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
     }
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -4419,7 +4460,1745 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
     return NLA_OK;
 }
 
-/* ==== 14 CLI (only with -DNLA_MAIN) ===================================== */
+/* ==== 14 Evaluation: the pretraining-vs-chat study ====================== */
+
+/* nla eval (NLA_SPEC.md §6): explanations and reconstruction errors of
+   tokens drawn from documents and chat conversations, then summaries of the
+   errors by source, chat role and token kind, of the explanations'
+   three-part structure, and of the known degenerate templates (§3.6).
+   The plan is a pure function of the inputs and the parameters: records in
+   file order (documents, then chats), each tokenized (chats through the
+   chat template, every token labelled with its role), cut to max_tokens,
+   and up to N positions drawn from the seed and the record's number.
+   Samples are numbered 0..S-1 in that order (sample_idx), whatever the
+   shard and wherever a run was stopped. The results folder holds
+     params.json          what decides the results; a rerun must match it
+     tokens.jsonl         each record's tokens and sampled positions (report)
+     results.jsonl        one row per sample, in sample_idx order
+     activations.npy      float32 [S, d]: row sample_idx = the target's vector
+     reconstructions.npy  float32 [S, d]: the AR's reconstruction of it
+   A row's vectors are written and flushed before its JSONL line, and that
+   line, flushed and synced, is the commit record: on resume a torn last
+   line is cut off, and vectors without a line count as absent. Shard i/n
+   takes the records whose number is i-1 modulo n; its .npy files have all
+   S rows (others stay zero), so merging shards is copying rows. */
+
+#define EV_PREVIEW 200 /* characters of text_preview, as the published data */
+
+/* A warning to the caller's callback (a skipped record, named by file and line). */
+static void ev_warn(const nla_eval_params *p, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void ev_warn(const nla_eval_params *p, const char *fmt, ...) {
+    char msg[ERR_CAP];
+    va_list ap;
+    if (!p->warn) return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    p->warn(p->user, msg);
+}
+
+/* s[0..n) as a heap JSON string literal (json_put_string, measured first). */
+static char *ev_json_string(const char *s, size_t n) {
+    sbuf b = {NULL, 0, 0};
+    json_put_string(&b, s, n);
+    b.cap = b.len + 1;
+    b.out = (char *)NLA_MALLOC(b.cap);
+    if (!b.out) return NULL;
+    b.len = 0;
+    json_put_string(&b, s, n);
+    b.out[b.len] = 0;
+    return b.out;
+}
+
+/* 64-bit FNV-1a of a buffer: the fingerprint of an input file in params.json. */
+static uint64_t ev_fnv(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* --- the plan: records, tokens, sampled positions */
+
+typedef struct {
+    char *id;            /* the record's "id" as JSON text: a string literal or a number */
+    char *source;        /* "source"; default "document" or "chat" */
+    char *preview;       /* the first EV_PREVIEW characters of its text (chats rendered) */
+    int chat, line;      /* chat: from the chats file; line: 1-based line there */
+    int32_t *ids;        /* [n_ids] tokens, cut to max_tokens */
+    unsigned char *role; /* [n_ids] CHAT_* of each token (chats), else NULL */
+    int n_ids;
+    int32_t *pos;        /* [n_pos] sampled positions, ascending */
+    int n_pos;
+    long first;          /* sample_idx of pos[0] */
+} ev_record;
+
+typedef struct {
+    ev_record *rec;
+    int n_rec, n_bad;
+    long n_samples;
+    int *sample_rec; /* [n_samples] record of each sample */
+} ev_plan;
+
+static void ev_record_free(ev_record *r) {
+    NLA_FREE(r->id); NLA_FREE(r->source); NLA_FREE(r->preview); NLA_FREE(r->ids); NLA_FREE(r->role); NLA_FREE(r->pos);
+    memset(r, 0, sizeof *r);
+}
+
+static void ev_plan_free(ev_plan *pl) {
+    for (int i = 0; i < pl->n_rec; i++) ev_record_free(&pl->rec[i]);
+    NLA_FREE(pl->rec);
+    NLA_FREE(pl->sample_rec);
+    memset(pl, 0, sizeof *pl);
+}
+
+static const char *const ev_role_name[] = {"bos", "role_marker", "user_content", "asst_content", "end_of_turn"};
+
+/* Special tokens (never sampled with skip_special): added tokens written
+   <...> (<bos>, <start_of_turn>, <unused0>), not the added newline runs. */
+static int ev_special(const nla_tokenizer *t, int32_t id) {
+    if (id < 0 || id >= t->n_ids || !(t->flags[id] & TOK_ADDED)) return 0;
+    const char *p = t->arena + t->piece[id].off;
+    const uint32_t n = t->piece[id].len;
+    return n >= 3 && p[0] == '<' && p[n - 1] == '>';
+}
+
+static int ev_cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Labels each token of a rendered chat with the part its first byte is in;
+   token offsets are the running sum of decoded lengths. */
+static void ev_label_roles(const nla_tokenizer *t, const int32_t *ids, int n, const chat_part *parts, int n_parts,
+                           unsigned char *role) {
+    size_t off = 0;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len = 0;
+        while (k + 1 < n_parts && parts[k + 1].off <= off) k++;
+        role[i] = (unsigned char)parts[k].kind;
+        nla_detokenize(t, &ids[i], 1, NULL, 0, &len);
+        off += len;
+    }
+}
+
+/* Parses one input line into r (record number r_no seeds its sampling).
+   NLA_ERR_FORMAT: a bad record, why says what is wrong; NLA_ERR_NOMEM is
+   fatal. */
+static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_no, const nla_tokenizer *tok,
+                                  const nla_eval_params *p, ev_record *r, errbuf *why) {
+    jdoc d;
+    chat_span *sp = NULL;
+    chat_part *parts = NULL;
+    char *text = NULL;
+    size_t tl = 0;
+    int n_msg = 0, n_parts = 0, n_all = 0, node;
+    nla_status rc;
+    memset(r, 0, sizeof *r);
+    r->chat = chat;
+    if ((rc = json_parse(&d, line, len, why, "record")) != NLA_OK) { /* say where on the line, not "line 1" */
+        const char *m = strstr(why->msg, ", column ");
+        char what[128];
+        snprintf(what, sizeof what, "%s", m && (m = strstr(m, ": ")) ? m + 2 : "");
+        return rc == NLA_ERR_NOMEM ? rc : fail(why, NLA_ERR_FORMAT, "invalid JSON at column %zu: %s", d.pos + 1, what);
+    }
+    if (d.node[0].type != J_OBJ) rc = fail(why, NLA_ERR_FORMAT, "not a JSON object");
+    node = json_get(&d, 0, "id");
+    if (!rc && (node < 0 || (d.node[node].type != J_STR && d.node[node].type != J_NUM)))
+        rc = fail(why, NLA_ERR_FORMAT, "missing \"id\" (a string or a number)");
+    if (!rc) {
+        if (d.node[node].type == J_NUM) r->id = xstrndup(d.src + d.node[node].off, d.node[node].len);
+        else {
+            char *s = json_strdup(&d, node);
+            r->id = s ? ev_json_string(s, strlen(s)) : NULL;
+            NLA_FREE(s);
+        }
+        node = json_get(&d, 0, "source");
+        if (node >= 0 && d.node[node].type != J_STR) rc = fail(why, NLA_ERR_FORMAT, "\"source\" must be a string");
+        else r->source = node >= 0 ? json_strdup(&d, node) : xstrndup(chat ? "chat" : "document", chat ? 4 : 8);
+        if (!rc && (!r->id || !r->source)) rc = NLA_ERR_NOMEM;
+    }
+    if (!rc && !chat) { /* a document: {"id", "text", "source"} */
+        node = json_get(&d, 0, "text");
+        if (node < 0 || d.node[node].type != J_STR) rc = fail(why, NLA_ERR_FORMAT, "missing \"text\" (a string)");
+        else if (!(text = json_strdup(&d, node))) rc = NLA_ERR_NOMEM;
+        else if (!(tl = strlen(text))) rc = fail(why, NLA_ERR_FORMAT, "empty \"text\"");
+    } else if (!rc) { /* a conversation: {"id", "messages": [{"role", "content"}...]} */
+        node = json_get(&d, 0, "messages");
+        if (node < 0) rc = fail(why, NLA_ERR_FORMAT, "missing \"messages\" (a list of {\"role\", \"content\"})");
+        else if ((rc = chat_from_json(&d, node, &sp, &n_msg, why)) == NLA_OK && !n_msg)
+            rc = fail(why, NLA_ERR_FORMAT, "\"messages\" is empty");
+        if (!rc && !(parts = (chat_part *)xmalloc((size_t)n_msg * 4 + 2, sizeof *parts))) rc = NLA_ERR_NOMEM;
+        if (!rc && (rc = chat_render(sp, n_msg, 0, NULL, 0, &tl, NULL, NULL, why)) == NLA_ERR_BUFFER_TOO_SMALL) {
+            text = (char *)NLA_MALLOC(tl + 1);
+            rc = text ? chat_render(sp, n_msg, 0, text, tl + 1, &tl, parts, &n_parts, why) : NLA_ERR_NOMEM;
+        }
+        if (rc && rc != NLA_ERR_NOMEM) rc = NLA_ERR_FORMAT;
+    }
+    if (!rc) { /* tokens (documents get <bos>; a rendered chat starts with it) */
+        r->ids = (int32_t *)xmalloc(nla_tokenize_bound(tl), sizeof(int32_t));
+        if (!r->ids || nla_tokenize(tok, text, tl, chat ? 0 : NLA_TOKENIZE_BOS, r->ids, (int)nla_tokenize_bound(tl), &n_all))
+            rc = NLA_ERR_NOMEM;
+        r->n_ids = n_all < p->max_tokens ? n_all : p->max_tokens;
+    }
+    if (!rc && chat) {
+        if (!(r->role = (unsigned char *)NLA_MALLOC((size_t)r->n_ids))) rc = NLA_ERR_NOMEM;
+        else ev_label_roles(tok, r->ids, r->n_ids, parts, n_parts, r->role);
+    }
+    if (!rc) { /* the preview: the first EV_PREVIEW characters */
+        size_t b = 0;
+        for (int c = 0; b < tl && c < EV_PREVIEW; c++) {
+            int k = utf8_char_len((const unsigned char *)text + b, tl - b);
+            b += k > 0 ? (size_t)k : 1;
+        }
+        if (!(r->preview = xstrndup(text, b))) rc = NLA_ERR_NOMEM;
+    }
+    node = rc ? -1 : json_get(&d, 0, "positions");
+    if (!rc && node >= 0) { /* explicit positions */
+        int n = d.node[node].type == J_ARR ? (int)d.node[node].n : -1, k = node + 1;
+        if (n < 1) rc = fail(why, NLA_ERR_FORMAT, "\"positions\" must be a non-empty list of token positions");
+        else if (!(r->pos = (int32_t *)xmalloc((size_t)n, sizeof(int32_t)))) rc = NLA_ERR_NOMEM;
+        for (int i = 0; !rc && i < n; i++, k = (int)d.node[k].end) {
+            int v;
+            if (!json_int(&d, k, &v) || v < 0 || v >= r->n_ids)
+                rc = fail(why, NLA_ERR_FORMAT, "position %d is not one of the record's %d tokens (0..%d after max_tokens)", i, r->n_ids,
+                          r->n_ids - 1);
+            else r->pos[i] = v;
+        }
+        if (!rc) {
+            qsort(r->pos, (size_t)n, sizeof(int32_t), ev_cmp_i32);
+            for (int i = 0; i < n; i++)
+                if (!r->n_pos || r->pos[r->n_pos - 1] != r->pos[i]) r->pos[r->n_pos++] = r->pos[i];
+        }
+    } else if (!rc) { /* up to N positions >= min_position, drawn without replacement */
+        const int lo = p->min_position < 0 ? 0 : p->min_position;
+        int n = 0;
+        uint64_t st = (p->seed + 1) * 0x9e3779b97f4a7c15ull ^ ((uint64_t)r_no + 1) * 0xbf58476d1ce4e5b9ull;
+        if (!(r->pos = (int32_t *)xmalloc((size_t)r->n_ids, sizeof(int32_t)))) rc = NLA_ERR_NOMEM;
+        for (int i = lo; !rc && i < r->n_ids; i++)
+            if (!p->skip_special || !ev_special(tok, r->ids[i])) r->pos[n++] = i;
+        if (!rc && !n)
+            rc = fail(why, NLA_ERR_FORMAT, "too short: %d tokens%s, none to sample at position >= %d%s", n_all,
+                      n_all > r->n_ids ? " (cut to max_tokens)" : "", lo, p->skip_special ? " that is not special" : "");
+        if (!st) st = 1;
+        for (int i = 0; !rc && i < n && i < p->positions_per_record; i++) { /* partial Fisher-Yates */
+            int j = i + (int)(rng_next(&st) % (uint64_t)(n - i));
+            int32_t t = r->pos[i];
+            r->pos[i] = r->pos[j];
+            r->pos[j] = t;
+        }
+        if (!rc) {
+            r->n_pos = n < p->positions_per_record ? n : p->positions_per_record;
+            qsort(r->pos, (size_t)r->n_pos, sizeof(int32_t), ev_cmp_i32);
+        }
+    }
+    if (rc) ev_record_free(r);
+    json_free(&d);
+    chat_spans_free(sp, n_msg);
+    NLA_FREE(parts);
+    NLA_FREE(text);
+    return rc;
+}
+
+/* Reads both inputs into the plan; bad records are reported and skipped. */
+static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *tok, ev_plan *pl, uint64_t fnv[2], errbuf *e) {
+    const char *files[2] = {p->docs, p->chats};
+    nla_status rc = NLA_OK;
+    int cap = 0;
+    memset(pl, 0, sizeof *pl);
+    for (int f = 0; f < 2 && !rc; f++) {
+        char *buf = NULL;
+        size_t n = 0;
+        int line = 0;
+        fnv[f] = 0;
+        if (!files[f]) continue;
+        if ((rc = read_file(files[f], &buf, &n, SIZE_MAX / 2, e)) != NLA_OK) break;
+        fnv[f] = ev_fnv(buf, n);
+        for (size_t at = 0; at < n && !rc;) {
+            const char *s = buf + at, *nl = (const char *)memchr(s, '\n', n - at);
+            size_t len = nl ? (size_t)(nl - s) : n - at, k;
+            errbuf why;
+            at += len + 1;
+            line++;
+            for (k = 0; k < len && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'); k++) {}
+            if (k == len) continue; /* a blank line is no record */
+            if (pl->n_rec == cap) {
+                ev_record *g = (ev_record *)NLA_REALLOC(pl->rec, sizeof(ev_record) * (size_t)(cap = cap ? 2 * cap : 64));
+                if (!g) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory reading %s", files[f]); break; }
+                pl->rec = g;
+            }
+            ev_record *r = &pl->rec[pl->n_rec];
+            why.msg[0] = 0;
+            rc = ev_parse_record(s, len, f, pl->n_rec, tok, p, r, &why);
+            if (rc == NLA_ERR_FORMAT) {
+                ev_warn(p, "%s:%d: skipped: %s", files[f], line, why.msg);
+                pl->n_bad++;
+                rc = NLA_OK;
+                continue;
+            }
+            if (rc) { rc = fail(e, rc, "eval: out of memory reading %s", files[f]); break; }
+            r->line = line;
+            r->first = pl->n_samples;
+            pl->n_samples += r->n_pos;
+            pl->n_rec++;
+            if (p->progress) {
+                nla_eval_progress pr;
+                memset(&pr, 0, sizeof pr);
+                pr.phase = "plan";
+                pr.done = pl->n_rec;
+                if (p->progress(p->user, &pr)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+            }
+        }
+        NLA_FREE(buf);
+    }
+    if (!rc && !(pl->sample_rec = (int *)xmalloc((size_t)pl->n_samples, sizeof(int)))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    for (int i = 0; !rc && i < pl->n_rec; i++)
+        for (int j = 0; j < pl->rec[i].n_pos; j++) pl->sample_rec[pl->rec[i].first + j] = i;
+    if (rc) ev_plan_free(pl);
+    return rc;
+}
+
+/* The parameters with defaults filled in, checked. */
+static nla_status ev_defaults(const nla_eval_params *in, nla_eval_params *p, errbuf *e) {
+    memset(p, 0, sizeof *p);
+    if (in) *p = *in;
+    if (!p->docs && !p->chats) return fail(e, NLA_ERR_ARG, "eval: give documents, chats or both");
+    if (!p->positions_per_record) p->positions_per_record = 1;
+    if (!p->min_position) p->min_position = 50;
+    if (!p->max_tokens) p->max_tokens = 512;
+    if (!p->max_new) p->max_new = 200;
+    if (!p->batch) p->batch = 8;
+    if (!p->chunk) p->chunk = 256;
+    if (!p->shard_count) p->shard_count = 1;
+    if (!p->shard_index) p->shard_index = 1;
+    if (p->positions_per_record < 1 || p->max_tokens < 1 || p->max_new < 1 || p->batch < 1 || p->chunk < 1 || p->temperature < 0)
+        return fail(e, NLA_ERR_ARG, "eval: positions_per_record, max_tokens, max_new, batch and chunk must be positive");
+    if (p->shard_count < 1 || p->shard_index < 1 || p->shard_index > p->shard_count)
+        return fail(e, NLA_ERR_ARG, "eval: shard %d/%d: the index must be in 1..%d", p->shard_index, p->shard_count, p->shard_count);
+    return NLA_OK;
+}
+
+/* Does shard i/n (1-based) own record r? */
+static int ev_owns(const nla_eval_params *p, int r) { return r % p->shard_count == p->shard_index - 1; }
+
+static long ev_shard_samples(const nla_eval_params *p, const ev_plan *pl) {
+    long n = 0;
+    for (int r = 0; r < pl->n_rec; r++) n += ev_owns(p, r) ? pl->rec[r].n_pos : 0;
+    return n;
+}
+
+nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok, nla_eval_counts *out, char *errbuf_out,
+                         size_t errbuf_size) {
+    errbuf e;
+    nla_eval_params p;
+    ev_plan pl;
+    uint64_t fnv[2];
+    nla_status rc;
+    e.msg[0] = 0;
+    if (out) memset(out, 0, sizeof *out);
+    rc = tok && out ? ev_defaults(params, &p, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_plan: a tokenizer and out are required");
+    if (!rc) rc = ev_plan_build(&p, tok, &pl, fnv, &e);
+    if (!rc) {
+        out->records = pl.n_rec;
+        out->bad_records = pl.n_bad;
+        out->samples = pl.n_samples;
+        out->shard_samples = ev_shard_samples(&p, &pl);
+        ev_plan_free(&pl);
+    }
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* --- the results folder */
+
+static char *ev_path(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *s = (char *)NLA_MALLOC(a + b + 2);
+    if (s) {
+        memcpy(s, dir, a);
+        s[a] = '/';
+        memcpy(s + a + 1, name, b + 1);
+    }
+    return s;
+}
+
+/* Writes n bytes to path atomically (path.tmp, then renamed over it). */
+static nla_status ev_write_file(const char *path, const char *data, size_t n, errbuf *e) {
+    char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
+    FILE *f;
+    int ok;
+    if (!tmp) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    sprintf(tmp, "%s.tmp", path);
+    f = fopen(tmp, "wb");
+    ok = f && fwrite(data, 1, n, f) == n;
+    if (f && fclose(f) != 0) ok = 0;
+    ok = ok && rename(tmp, path) == 0;
+    if (!ok) remove(tmp);
+    NLA_FREE(tmp);
+    return ok ? NLA_OK : fail(e, NLA_ERR_IO, "%s: cannot write", path);
+}
+
+/* What decides the results, one key per line with "shard" last, so that a
+   rerun, a resume and the shards of one study can be compared line by line. */
+typedef struct {
+    const nla_eval_params *p;
+    const ev_plan *pl;
+    const uint64_t *fnv;
+    int d, layer;
+    double mse_scale, baseline;
+} ev_params_ctx;
+
+static void ev_put_path(sbuf *b, const char *key, const char *v) {
+    sb_str(b, "\"");
+    sb_str(b, key);
+    sb_str(b, "\": ");
+    if (v) json_put_string(b, v, strlen(v));
+    else sb_str(b, "null");
+    sb_str(b, ",\n");
+}
+
+static void ev_params_render(sbuf *b, const ev_params_ctx *x) {
+    static const char *const quant[] = {"none", "q8_0", "q4_0"};
+    const nla_eval_params *p = x->p;
+    char t[1024];
+    sb_str(b, "{\"nla_eval\": 1,\n");
+    ev_put_path(b, "target", p->target);
+    ev_put_path(b, "av", p->av);
+    ev_put_path(b, "ar", p->ar);
+    ev_put_path(b, "tokenizer", p->tokenizer);
+    ev_put_path(b, "docs", p->docs);
+    ev_put_path(b, "chats", p->chats);
+    snprintf(t, sizeof t,
+             "\"inputs_fnv1a64\": [\"%016llx\", \"%016llx\"],\n\"records\": %d,\n\"bad_records\": %d,\n\"samples\": %ld,\n"
+             "\"positions_per_record\": %d,\n\"min_position\": %d,\n\"max_tokens\": %d,\n\"skip_special\": %s,\n\"seed\": %llu,\n"
+             "\"max_new\": %d,\n\"temperature\": %.9g,\n\"top_k\": %d,\n\"top_p\": %.9g,\n\"quant\": \"%s\",\n"
+             "\"d_model\": %d,\n\"layer\": %d,\n\"mse_scale\": %.17g,\n\"fve_baseline\": %.17g,\n\"shard\": \"%d/%d\"}\n",
+             (unsigned long long)x->fnv[0], (unsigned long long)x->fnv[1], x->pl->n_rec, x->pl->n_bad, x->pl->n_samples,
+             p->positions_per_record, p->min_position < 0 ? 0 : p->min_position, p->max_tokens, p->skip_special ? "true" : "false",
+             (unsigned long long)p->seed, p->max_new, (double)p->temperature, p->top_k, (double)p->top_p,
+             (unsigned)p->quant < 3 ? quant[p->quant] : "?", x->d, x->layer, x->mse_scale, x->baseline, p->shard_index, p->shard_count);
+    sb_str(b, t);
+}
+
+/* The first line where a and b differ, into e. */
+static nla_status ev_params_differ(const char *path, const char *have, const char *want, errbuf *e) {
+    while (*have && *have == *want) {
+        const char *na = strchr(have, '\n'), *nb = strchr(want, '\n');
+        if (!na || !nb || na - have != nb - want || memcmp(have, want, (size_t)(na - have))) break;
+        have = na + 1;
+        want = nb + 1;
+    }
+    return fail(e, NLA_ERR_ARG, "%s: this folder holds a run with other arguments (it has %.*s; this run has %.*s): use the same arguments to resume, or another folder",
+                path, (int)strcspn(have, "\n"), have, (int)strcspn(want, "\n"), want);
+}
+
+/* tokens.jsonl: one line per record, for the report. */
+static nla_status ev_write_tokens(const char *path, const ev_plan *pl, const nla_tokenizer *tok, errbuf *e) {
+    sbuf b = {NULL, 0, 0};
+    nla_status rc = NLA_OK;
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        if (pass && !(b.out = (char *)NLA_MALLOC(b.cap = b.len + 1))) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        b.len = 0;
+        for (int i = 0; i < pl->n_rec; i++) {
+            const ev_record *r = &pl->rec[i];
+            char t[64];
+            sb_str(&b, "{\"record_id\": ");
+            sb_str(&b, r->id);
+            sb_str(&b, ", \"source\": ");
+            json_put_string(&b, r->source, strlen(r->source));
+            snprintf(t, sizeof t, ", \"chat\": %s, \"first_sample\": %ld, \"positions\": [", r->chat ? "true" : "false", r->first);
+            sb_str(&b, t);
+            for (int j = 0; j < r->n_pos; j++) {
+                snprintf(t, sizeof t, "%s%d", j ? ", " : "", r->pos[j]);
+                sb_str(&b, t);
+            }
+            sb_str(&b, "], \"tokens\": [");
+            for (int j = 0; j < r->n_ids; j++) {
+                char piece[512];
+                size_t len = 0;
+                if (nla_detokenize(tok, &r->ids[j], 1, piece, sizeof piece, &len)) len = 0;
+                if (j) sb_str(&b, ", ");
+                json_put_string(&b, piece, len);
+            }
+            sb_str(&b, "]");
+            if (r->role) {
+                sb_str(&b, ", \"roles\": [");
+                for (int j = 0; j < r->n_ids; j++) {
+                    snprintf(t, sizeof t, "%s\"%s\"", j ? ", " : "", ev_role_name[r->role[j]]);
+                    sb_str(&b, t);
+                }
+                sb_str(&b, "]");
+            }
+            sb_str(&b, "}\n");
+        }
+    }
+    rc = ev_write_file(path, b.out, b.len, e);
+    NLA_FREE(b.out);
+    return rc;
+}
+
+/* Reads results.jsonl: marks the rows done, cuts a torn last line (a kill
+   mid-write) off the file, and refuses rows that cannot be there. */
+static nla_status ev_load_done(const char *path, const nla_eval_params *p, const ev_plan *pl, unsigned char *done, long *n_done,
+                               errbuf *e) {
+    char *buf = NULL;
+    size_t n = 0, at = 0;
+    long prev = -1;
+    int line = 0;
+    nla_status rc = NLA_OK;
+    FILE *f = fopen(path, "rb");
+    *n_done = 0;
+    if (!f) return NLA_OK; /* a fresh run */
+    fclose(f);
+    if ((rc = read_file(path, &buf, &n, SIZE_MAX / 2, e)) != NLA_OK) return rc;
+    while (at < n && !rc) {
+        const char *s = buf + at, *nl = (const char *)memchr(s, '\n', n - at);
+        jdoc d;
+        uint64_t idx = 0;
+        if (!nl) break; /* torn: cut below */
+        line++;
+        if (json_parse(&d, s, (size_t)(nl - s), e, path) != NLA_OK)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d is not JSON (the file was changed by hand?)", path, line);
+        else {
+            if (!json_u64(&d, json_get(&d, 0, "sample_idx"), &idx) || idx >= (uint64_t)pl->n_samples)
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d has no sample_idx below %ld", path, line, pl->n_samples);
+            else if ((long)idx <= prev || !ev_owns(p, pl->sample_rec[idx]))
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: sample %ld is out of order or not of shard %d/%d", path, line, (long)idx,
+                          p->shard_index, p->shard_count);
+            json_free(&d);
+        }
+        if (!rc) {
+            done[idx] = 1;
+            prev = (long)idx;
+            (*n_done)++;
+            at = (size_t)(nl - buf) + 1;
+        }
+    }
+    if (!rc && at < n) rc = ev_write_file(path, buf, at, e);
+    NLA_FREE(buf);
+    return rc;
+}
+
+/* A float32 [S, d] .npy written a row at a time: the header is fixed, so
+   row i lives at hdr + i d 4 whatever was written before. */
+typedef struct {
+    FILE *f;
+    long hdr;
+    int d;
+} ev_npy;
+
+static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, errbuf *e) {
+    char want[256], have[256];
+    const int64_t shape[2] = {S, d};
+    size_t hl = npy_header(want, 2, shape);
+    long end;
+    v->d = d;
+    v->hdr = (long)hl;
+    if ((double)S * d * 4 + (double)hl > (double)LONG_MAX) return fail(e, NLA_ERR_RANGE, "%s: too large for this platform's file offsets", path);
+    end = (long)hl + S * d * 4;
+    if (!(v->f = fopen(path, "r+b"))) { /* made whole under another name, then renamed: a kill leaves no half file */
+        char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
+        FILE *f = tmp ? fopen(strcat(strcpy(tmp, path), ".tmp"), "wb") : NULL;
+        int ok = f && fwrite(want, 1, hl, f) == hl && (!S || (!fseek(f, end - 1, SEEK_SET) && fputc(0, f) != EOF));
+        if (f && fclose(f)) ok = 0;
+        ok = ok && !rename(tmp, path);
+        NLA_FREE(tmp);
+        if (!ok || !(v->f = fopen(path, "r+b"))) return fail(e, NLA_ERR_IO, "%s: cannot create", path);
+    }
+    if (fread(have, 1, hl, v->f) != hl || memcmp(have, want, hl))
+        return fail(e, NLA_ERR_FORMAT, "%s: not the float32 [%ld, %d] array of this run", path, S, d);
+    if (fseek(v->f, 0, SEEK_END) || ftell(v->f) != end) return fail(e, NLA_ERR_FORMAT, "%s: not %ld bytes long", path, end);
+    return NLA_OK;
+}
+
+static int ev_npy_put(ev_npy *v, long row, const float *x) {
+    return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) && fwrite(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d &&
+           !fflush(v->f);
+}
+
+/* One row of results.jsonl (the published field names, then ours). */
+typedef struct {
+    long sample_idx;
+    const ev_record *r;
+    int pos;
+    const char *token_str, *raw;
+    size_t raw_len, ex_start, ex_len;
+    int parsed;
+    double vec_norm;
+    nla_scores sc;
+} ev_row_out;
+
+static void ev_put_num(sbuf *b, const char *key, double v) {
+    char t[64];
+    if (isnan(v) || isinf(v)) snprintf(t, sizeof t, ", \"%s\": null", key);
+    else snprintf(t, sizeof t, ", \"%s\": %.9g", key, v);
+    sb_str(b, t);
+}
+
+static void ev_row_render(sbuf *b, const ev_row_out *x) {
+    const ev_record *r = x->r;
+    char t[160];
+    snprintf(t, sizeof t, "{\"sample_idx\": %ld, \"record_id\": ", x->sample_idx);
+    sb_str(b, t);
+    sb_str(b, r->id);
+    sb_str(b, ", \"source\": ");
+    json_put_string(b, r->source, strlen(r->source));
+    snprintf(t, sizeof t, ", \"role\": %s%s%s, \"token_id\": %d, \"token_str\": ", r->role ? "\"" : "",
+             r->role ? ev_role_name[r->role[x->pos]] : "null", r->role ? "\"" : "", r->ids[x->pos]);
+    sb_str(b, t);
+    json_put_string(b, x->token_str, strlen(x->token_str));
+    snprintf(t, sizeof t, ", \"position\": %d, \"seq_len\": %d", x->pos, r->n_ids);
+    sb_str(b, t);
+    ev_put_num(b, "vec_norm", x->vec_norm);
+    sb_str(b, ", \"text_preview\": ");
+    json_put_string(b, r->preview, strlen(r->preview));
+    sb_str(b, ", \"explanation\": ");
+    json_put_string(b, x->raw + x->ex_start, x->ex_len);
+    sb_str(b, ", \"raw_av_text\": ");
+    json_put_string(b, x->raw, x->raw_len);
+    sb_str(b, x->parsed ? ", \"av_parsed\": true" : ", \"av_parsed\": false");
+    ev_put_num(b, "mse_nrm", x->sc.mse_nrm);
+    ev_put_num(b, "cos", x->sc.cos);
+    ev_put_num(b, "fve_nrm", x->sc.fve_nrm);
+    sb_str(b, "}\n");
+}
+
+/* Opens a model and a session for the eval (n_ctx 0: the default). */
+static nla_status ev_open(const char *dir, const nla_eval_params *p, nla_quant q, int n_seq, int n_ctx, nla_model **m, nla_session **s,
+                          errbuf *e) {
+    nla_model_params mp;
+    nla_session_params sp;
+    nla_status rc;
+    memset(&mp, 0, sizeof mp);
+    memset(&sp, 0, sizeof sp);
+    mp.quant = q;
+    mp.tokenizer = p->tokenizer;
+    *s = NULL;
+    if ((rc = nla_model_open(dir, &mp, m, e->msg, sizeof e->msg)) != NLA_OK || !n_seq) return rc;
+    sp.n_threads = p->n_threads;
+    sp.n_seq = n_seq;
+    sp.n_ctx = n_ctx;
+    if ((rc = nla_session_new(*m, &sp, s)) != NLA_OK) rc = fail(e, rc, "%s: cannot make a session (%s)", dir, nla_strerror(rc));
+    return rc;
+}
+
+static void ev_close(nla_model **m, nla_session **s) {
+    nla_session_free(*s);
+    nla_model_close(*m);
+    *s = NULL;
+    *m = NULL;
+}
+
+/* Reports progress; nonzero when the caller asks to stop. */
+static int ev_progress(const nla_eval_params *p, const char *phase, int done, int total, long rows_done, long rows_total, long resumed) {
+    nla_eval_progress pr;
+    if (!p->progress) return 0;
+    pr.phase = phase;
+    pr.done = done;
+    pr.total = total;
+    pr.rows_done = rows_done;
+    pr.rows_total = rows_total;
+    pr.rows_resumed = resumed;
+    return p->progress(p->user, &pr);
+}
+
+/* The run's state between phases. */
+typedef struct {
+    nla_eval_params p;
+    ev_plan pl;
+    nla_meta av, ar;
+    double baseline;
+    unsigned char *done; /* [S] 1 = committed */
+    long *todo, n_todo, n_shard, n_done, resumed;
+    float *v, *rec;      /* [chunk, d] activations; [d] one reconstruction */
+    char **raw;          /* [chunk] AV text */
+    size_t *ex_start, *ex_len;
+    int *parsed;
+    int32_t *ids, *pos;  /* [batch, max_new] AV ids; [chunk] positions */
+    int *n_ids;
+    ev_npy act, recon;
+    FILE *res;
+    const nla_tokenizer *tok;
+} ev_run;
+
+/* Extracts the target's vectors of todo[0..nc), record by record. */
+static nla_status ev_phase_extract(ev_run *x, const long *todo, int nc, errbuf *e) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    const int d = x->av.d_model;
+    nla_status rc = ev_open(x->p.target, &x->p, x->p.quant, 1, x->p.max_tokens, &m, &s, e);
+    for (int i = 0, j; i < nc && !rc; i = j) {
+        const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
+        for (j = i; j < nc && &x->pl.rec[x->pl.sample_rec[todo[j]]] == r; j++) x->pos[j - i] = r->pos[todo[j] - r->first];
+        if ((rc = nla_extract(s, r->ids, r->n_ids, x->av.layer, x->pos, j - i, x->v + (size_t)i * d)) != NLA_OK)
+            rc = fail(e, rc, "eval: record %s: %s", r->id, nla_session_errmsg(s));
+        else if (ev_progress(&x->p, "extract", j, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+    }
+    ev_close(&m, &s);
+    return rc;
+}
+
+/* Explains the vectors: greedy in batches; sampled one at a time with the
+   RNG seeded from the seed and the sample_idx (resumes and shards agree). */
+static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf *e) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    nla_verbalize_params vp;
+    const int d = x->av.d_model, B = x->p.temperature > 0 ? 1 : x->p.batch < nc ? x->p.batch : nc;
+    nla_status rc = ev_open(x->p.av, &x->p, x->p.quant, B, x->av.av_prompt_len + x->p.max_new, &m, &s, e);
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = x->p.max_new;
+    vp.temperature = x->p.temperature;
+    vp.top_k = x->p.top_k;
+    vp.top_p = x->p.top_p;
+    for (int i = 0; i < nc && !rc; i += B) {
+        const int nb = nc - i < B ? nc - i : B;
+        if (x->p.temperature > 0) nla_session_seed(s, (x->p.seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)todo[i]);
+        if ((rc = nla_verbalize_batch(s, x->v + (size_t)i * d, nb, &vp, x->ids, x->p.max_new, x->n_ids)) != NLA_OK) {
+            rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
+            break;
+        }
+        for (int q = 0; q < nb && !rc; q++) {
+            const int32_t *id = x->ids + (size_t)q * x->p.max_new;
+            int n = x->n_ids[q];
+            size_t len = 0;
+            if (n > 0 && (id[n - 1] == 1 || id[n - 1] == 106)) n--; /* the text without the stop token */
+            nla_detokenize(x->tok, id, n, NULL, 0, &len);
+            NLA_FREE(x->raw[i + q]);
+            if (!(x->raw[i + q] = (char *)NLA_MALLOC(len + 1))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+            else if (nla_detokenize(x->tok, id, n, x->raw[i + q], len + 1, &len)) rc = fail(e, NLA_ERR_RANGE, "eval: the AV wrote an id outside the vocabulary");
+            else x->parsed[i + q] = nla_parse_explanation(x->raw[i + q], len, &x->ex_start[i + q], &x->ex_len[i + q]);
+        }
+        if (!rc && ev_progress(&x->p, "verbalize", i + nb, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+    }
+    ev_close(&m, &s);
+    return rc;
+}
+
+/* Reconstructs, scores and commits each row: its vectors first, then its
+   JSONL line, flushed and synced. */
+static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errbuf *e) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    const int d = x->av.d_model;
+    nla_status rc = ev_open(x->p.ar, &x->p, x->p.quant, 1, 0, &m, &s, e);
+    for (int i = 0; i < nc && !rc; i++) {
+        const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
+        char *ex = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i]), tok_str[512];
+        const float *v = x->v + (size_t)i * d;
+        ev_row_out row;
+        sbuf b = {NULL, 0, 0};
+        double nv = 0;
+        size_t tl = 0;
+        memset(&row, 0, sizeof row);
+        row.sample_idx = todo[i];
+        row.r = r;
+        row.pos = r->pos[todo[i] - r->first];
+        if (!ex) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        else if ((rc = nla_reconstruct(s, (const char *const *)&ex, 1, x->rec)) != NLA_OK) rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
+        NLA_FREE(ex);
+        if (rc) break;
+        for (int k = 0; k < d; k++) nv += (double)v[k] * v[k];
+        if (nla_detokenize(x->tok, &r->ids[row.pos], 1, tok_str, sizeof tok_str, &tl)) tok_str[0] = 0;
+        row.token_str = tok_str;
+        row.raw = x->raw[i];
+        row.raw_len = strlen(x->raw[i]);
+        row.ex_start = x->ex_start[i];
+        row.ex_len = x->ex_len[i];
+        row.parsed = x->parsed[i];
+        row.vec_norm = sqrt(nv);
+        nla_score(v, x->rec, d, x->ar.mse_scale, x->baseline, &row.sc);
+        ev_row_render(&b, &row);
+        b.cap = b.len + 1;
+        if (!(b.out = (char *)NLA_MALLOC(b.cap))) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+        b.len = 0;
+        ev_row_render(&b, &row);
+        if (!ev_npy_put(&x->act, todo[i], v) || !ev_npy_put(&x->recon, todo[i], x->rec) || fwrite(b.out, 1, b.len, x->res) != b.len ||
+            fflush(x->res))
+            rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
+#ifndef _WIN32
+        if (!rc) fsync(fileno(x->res));
+#endif
+        NLA_FREE(b.out);
+        if (!rc) x->n_done++;
+        if (!rc && ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+    }
+    ev_close(&m, &s);
+    return rc;
+}
+
+/* Reads the AV's and AR's sidecars (opened as stored: mapping is cheap). */
+static nla_status ev_metas(ev_run *x, errbuf *e) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    nla_model_info in;
+    nla_status rc = ev_open(x->p.av, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e);
+    if (!rc) nla_model_get_meta(m, &x->av);
+    ev_close(&m, &s);
+    if (!rc && (rc = ev_open(x->p.ar, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_meta(m, &x->ar);
+    ev_close(&m, &s);
+    if (!rc && (rc = ev_open(x->p.target, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_info(m, &in);
+    ev_close(&m, &s);
+    if (rc) return rc;
+    if (strcmp(x->av.role, "av") || !x->av.av_prompt) return fail(e, NLA_ERR_ARG, "eval: %s is not an AV with a tokenizer (nla_meta.yaml role: av)", x->p.av);
+    if (strcmp(x->ar.role, "ar") || x->ar.d_model != x->av.d_model || x->ar.layer != x->av.layer)
+        return fail(e, NLA_ERR_ARG, "eval: %s is not the AR of %s (role ar, d %d, layer %d)", x->p.ar, x->p.av, x->av.d_model, x->av.layer);
+    if (in.d_model != x->av.d_model || x->av.layer >= in.n_layers)
+        return fail(e, NLA_ERR_ARG, "eval: the target %s (d %d, %d blocks) does not fit the AV (d %d, layer %d)", x->p.target, in.d_model,
+                    in.n_layers, x->av.d_model, x->av.layer);
+    x->baseline = x->av.fve_baseline > 0 ? x->av.fve_baseline : 0.0302;
+    return NLA_OK;
+}
+
+/* params.json, tokens.jsonl, the rows done, the .npy files, the work list. */
+static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
+    const char *dir = x->p.out_dir;
+    char *pp = ev_path(dir, "params.json"), *tp = ev_path(dir, "tokens.jsonl"), *rp = ev_path(dir, "results.jsonl");
+    char *ap = ev_path(dir, "activations.npy"), *cp = ev_path(dir, "reconstructions.npy"), *have = NULL;
+    ev_params_ctx pc;
+    sbuf b = {NULL, 0, 0};
+    nla_status rc = pp && tp && rp && ap && cp ? NLA_OK : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    pc.p = &x->p;
+    pc.pl = &x->pl;
+    pc.fnv = fnv;
+    pc.d = x->av.d_model;
+    pc.layer = x->av.layer;
+    pc.mse_scale = x->ar.mse_scale;
+    pc.baseline = x->baseline;
+    ev_params_render(&b, &pc);
+    b.cap = b.len + 1;
+    if (!rc && !(b.out = (char *)NLA_MALLOC(b.cap))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc) {
+        FILE *f = fopen(pp, "rb");
+        b.len = 0;
+        ev_params_render(&b, &pc);
+        b.out[b.len] = 0;
+        if (f) {
+            fclose(f);
+            if ((rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK && strcmp(have, b.out)) rc = ev_params_differ(pp, have, b.out, e);
+        } else {
+            rc = ev_write_file(pp, b.out, b.len, e);
+        }
+    }
+    if (!rc) rc = ev_write_tokens(tp, &x->pl, x->tok, e);
+    if (!rc && !(x->done = (unsigned char *)xcalloc((size_t)x->pl.n_samples, 1))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc) rc = ev_load_done(rp, &x->p, &x->pl, x->done, &x->resumed, e);
+    if (!rc) rc = ev_npy_open(&x->act, ap, x->pl.n_samples, x->av.d_model, e);
+    if (!rc) rc = ev_npy_open(&x->recon, cp, x->pl.n_samples, x->av.d_model, e);
+    if (!rc && !(x->res = fopen(rp, "ab"))) rc = fail(e, NLA_ERR_IO, "%s: cannot open for appending", rp);
+    if (!rc && !(x->todo = (long *)xmalloc((size_t)x->pl.n_samples, sizeof(long)))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    for (long i = 0; !rc && i < x->pl.n_samples; i++) {
+        if (!ev_owns(&x->p, x->pl.sample_rec[i])) continue;
+        x->n_shard++;
+        if (!x->done[i]) x->todo[x->n_todo++] = i;
+    }
+    x->n_done = x->resumed;
+    NLA_FREE(pp); NLA_FREE(tp); NLA_FREE(rp); NLA_FREE(ap); NLA_FREE(cp); NLA_FREE(have); NLA_FREE(b.out);
+    return rc;
+}
+
+nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    ev_run x;
+    nla_tokenizer *tok = NULL;
+    uint64_t fnv[2] = {0, 0};
+    int C = 0, d = 0;
+    nla_status rc;
+    e.msg[0] = 0;
+    memset(&x, 0, sizeof x);
+    if (counts) memset(counts, 0, sizeof *counts);
+    rc = ev_defaults(params, &x.p, &e);
+    if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir)) rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
+    if (!rc) rc = ev_metas(&x, &e);
+    if (!rc) rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg, sizeof e.msg);
+    x.tok = tok;
+    if (!rc) rc = ev_plan_build(&x.p, tok, &x.pl, fnv, &e);
+    if (!rc) rc = ev_prepare(&x, fnv, &e);
+    if (!rc) {
+        d = x.av.d_model;
+        C = x.n_todo < x.p.chunk ? (int)x.n_todo : x.p.chunk;
+        x.v = (float *)xmalloc((size_t)C + 1, (size_t)d * sizeof(float));
+        x.rec = (float *)xmalloc((size_t)d, sizeof(float));
+        x.raw = (char **)xcalloc((size_t)C + 1, sizeof(char *));
+        x.ex_start = (size_t *)xcalloc((size_t)C + 1, 2 * sizeof(size_t));
+        x.parsed = (int *)xcalloc((size_t)C + 1, sizeof(int));
+        x.pos = (int32_t *)xcalloc((size_t)C + 1, sizeof(int32_t));
+        x.ids = (int32_t *)xmalloc((size_t)x.p.batch, (size_t)x.p.max_new * sizeof(int32_t));
+        x.n_ids = (int *)xcalloc((size_t)x.p.batch, sizeof(int));
+        if (!x.v || !x.rec || !x.raw || !x.ex_start || !x.parsed || !x.pos || !x.ids || !x.n_ids) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+        else x.ex_len = x.ex_start + C + 1;
+    }
+    /* chunk by chunk, one model in memory at a time */
+    for (long c0 = 0; !rc && c0 < x.n_todo; c0 += C) {
+        const int nc = x.n_todo - c0 < C ? (int)(x.n_todo - c0) : C;
+        rc = ev_phase_extract(&x, x.todo + c0, nc, &e);
+        if (!rc) rc = ev_phase_verbalize(&x, x.todo + c0, nc, &e);
+        if (!rc) rc = ev_phase_reconstruct(&x, x.todo + c0, nc, &e);
+    }
+    if (counts) {
+        counts->records = x.pl.n_rec;
+        counts->bad_records = x.pl.n_bad;
+        counts->samples = x.pl.n_samples;
+        counts->shard_samples = x.n_shard;
+        counts->resumed = x.resumed;
+        counts->done = x.n_done;
+    }
+    for (int i = 0; x.raw && i < C; i++) NLA_FREE(x.raw[i]);
+    if (x.act.f) fclose(x.act.f);
+    if (x.recon.f) fclose(x.recon.f);
+    if (x.res && fclose(x.res) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: cannot close results.jsonl", x.p.out_dir);
+    NLA_FREE(x.v); NLA_FREE(x.rec); NLA_FREE(x.raw); NLA_FREE(x.ex_start); NLA_FREE(x.parsed); NLA_FREE(x.pos); NLA_FREE(x.ids); NLA_FREE(x.n_ids);
+    NLA_FREE(x.done); NLA_FREE(x.todo);
+    ev_plan_free(&x.pl);
+    nla_tokenizer_close(tok);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* --- merging shards */
+
+/* The text of params.json before its "shard" line, and the shard i/n. */
+static const char *ev_shard_line(const char *params, int *i, int *n) {
+    const char *s = strstr(params, "\n\"shard\": \"");
+    return s && sscanf(s, "\n\"shard\": \"%d/%d\"", i, n) == 2 ? s : NULL;
+}
+
+/* A folder's file, read whole (NUL-terminated). */
+static nla_status ev_read(const char *dir, const char *name, char **buf, size_t *n, errbuf *e) {
+    char *path = ev_path(dir, name);
+    nla_status rc = path ? read_file(path, buf, n, SIZE_MAX / 2, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    NLA_FREE(path);
+    return rc;
+}
+
+nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    char **params = NULL, **res = NULL, *tokens = NULL, *other = NULL, *path = NULL;
+    const char **line = NULL, *cut0 = NULL;
+    size_t *len = NULL, tn = 0, on = 0;
+    int *owner = NULL, d = 0, si, sn;
+    long S = 0;
+    float *act = NULL, *rec = NULL, *sv = NULL;
+    jdoc doc;
+    nla_status rc = NLA_OK;
+    e.msg[0] = 0;
+    if (!out_dir || !dirs || n < 1) rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
+    if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) || !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
+        rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+    /* the same study: params.json equal up to the shard line, shards 1..n once each */
+    for (int k = 0; k < n && !rc; k++) {
+        const char *cut;
+        if ((rc = ev_read(dirs[k], "params.json", &params[k], NULL, &e)) != NLA_OK) break;
+        if (!(cut = ev_shard_line(params[k], &si, &sn))) rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no shard line", dirs[k]);
+        else if (sn != n) rc = fail(&e, NLA_ERR_ARG, "%s is shard %d/%d, but %d folders were given", dirs[k], si, sn, n);
+        else if (!k) cut0 = cut;
+        else if (cut - params[k] != cut0 - params[0] || memcmp(params[k], params[0], (size_t)(cut0 - params[0])))
+            rc = ev_params_differ(dirs[k], params[k], params[0], &e);
+        for (int j = 0; j < k && !rc; j++) {
+            int sj, nj;
+            ev_shard_line(params[j], &sj, &nj);
+            if (sj == si) rc = fail(&e, NLA_ERR_ARG, "%s and %s are both shard %d/%d", dirs[j], dirs[k], si, n);
+        }
+    }
+    if (!rc) {
+        double dd = 0, ds = 0;
+        if ((rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) != NLA_OK) {}
+        else {
+            if (!json_num(&doc, json_get(&doc, 0, "samples"), &ds) || !json_num(&doc, json_get(&doc, 0, "d_model"), &dd) || ds < 0 || dd < 1)
+                rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no samples or d_model", dirs[0]);
+            json_free(&doc);
+            S = (long)ds;
+            d = (int)dd;
+        }
+    }
+    if (!rc && (!(line = (const char **)xcalloc((size_t)S + 1, sizeof(char *))) || !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
+                !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) || !(act = (float *)xcalloc((size_t)S * d + 1, sizeof(float))) ||
+                !(rec = (float *)xcalloc((size_t)S * d + 1, sizeof(float))) || !(sv = (float *)xmalloc((size_t)S * d + 1, sizeof(float)))))
+        rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+    /* rows: each sample exactly once; tokens.jsonl the same in every shard */
+    for (int k = 0; k < n && !rc; k++) {
+        size_t rn = 0;
+        if ((rc = ev_read(dirs[k], "tokens.jsonl", k ? &other : &tokens, k ? &on : &tn, &e)) != NLA_OK) break;
+        if (k && (on != tn || memcmp(other, tokens, tn))) rc = fail(&e, NLA_ERR_FORMAT, "%s/tokens.jsonl differs from %s's", dirs[k], dirs[0]);
+        NLA_FREE(other);
+        other = NULL;
+        if (rc || (rc = ev_read(dirs[k], "results.jsonl", &res[k], &rn, &e)) != NLA_OK) break;
+        for (const char *s = res[k]; s < res[k] + rn && !rc;) {
+            const char *nl = (const char *)memchr(s, '\n', (size_t)(res[k] + rn - s));
+            uint64_t idx = 0;
+            if (!nl) { rc = fail(&e, NLA_ERR_FORMAT, "%s: the last row is torn: rerun the shard to finish it", dirs[k]); break; }
+            if (json_parse(&doc, s, (size_t)(nl - s), &e, dirs[k]) != NLA_OK) break;
+            if (!json_u64(&doc, json_get(&doc, 0, "sample_idx"), &idx) || idx >= (uint64_t)S || line[idx])
+                rc = fail(&e, NLA_ERR_FORMAT, "%s/results.jsonl: a row without a new sample_idx below %ld", dirs[k], S);
+            else {
+                line[idx] = s;
+                len[idx] = (size_t)(nl - s) + 1;
+                owner[idx] = k;
+            }
+            json_free(&doc);
+            s = nl + 1;
+        }
+    }
+    for (long i = 0; !rc && i < S; i++)
+        if (!line[i]) rc = fail(&e, NLA_ERR_ARG, "eval merge: sample %ld is in no shard's results: finish every shard first", i);
+    /* the vectors: each shard's own rows */
+    for (int k = 0; k < n && !rc; k++)
+        for (int f = 0; f < 2 && !rc; f++) {
+            int64_t sh[2];
+            int nd;
+            if (!(path = ev_path(dirs[k], f ? "reconstructions.npy" : "activations.npy"))) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+            else if ((rc = nla_npy_read(path, sv, (size_t)S * d, sh, &nd, e.msg, sizeof e.msg)) == NLA_OK && (nd != 2 || sh[0] != S || sh[1] != d))
+                rc = fail(&e, NLA_ERR_FORMAT, "%s: not [%ld, %d]", path, S, d);
+            for (long i = 0; !rc && i < S; i++)
+                if (owner[i] == k) memcpy((f ? rec : act) + (size_t)i * d, sv + (size_t)i * d, sizeof(float) * (size_t)d);
+            NLA_FREE(path);
+            path = NULL;
+        }
+    /* the merged folder: as one unsharded run writes it */
+    if (!rc) {
+        sbuf b = {NULL, 0, 0};
+        const int64_t shape[2] = {S, d};
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass && !(b.out = (char *)NLA_MALLOC(b.cap = b.len + 1))) break;
+            b.len = 0;
+            for (long i = 0; i < S; i++) sb_put(&b, line[i], len[i]);
+        }
+        if (!b.out) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+        if (!rc && (path = ev_path(out_dir, "results.jsonl")) != NULL) rc = ev_write_file(path, b.out ? b.out : "", b.len, &e);
+        NLA_FREE(path);
+        NLA_FREE(b.out);
+        if (!rc && (path = ev_path(out_dir, "tokens.jsonl")) != NULL) rc = ev_write_file(path, tokens, tn, &e);
+        NLA_FREE(path);
+        if (!rc && (path = ev_path(out_dir, "activations.npy")) != NULL) rc = nla_npy_write(path, act, 2, shape, e.msg, sizeof e.msg);
+        NLA_FREE(path);
+        if (!rc && (path = ev_path(out_dir, "reconstructions.npy")) != NULL) rc = nla_npy_write(path, rec, 2, shape, e.msg, sizeof e.msg);
+        NLA_FREE(path);
+        if (!rc && (path = ev_path(out_dir, "params.json")) != NULL) {
+            size_t k = (size_t)(cut0 - params[0]);
+            char *t = (char *)NLA_MALLOC(k + 32);
+            if (!t) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+            else {
+                memcpy(t, params[0], k);
+                k += (size_t)sprintf(t + k, "\n\"shard\": \"1/1\"}\n");
+                rc = ev_write_file(path, t, k, &e);
+            }
+            NLA_FREE(t);
+        }
+        NLA_FREE(path);
+        path = NULL;
+    }
+    for (int k = 0; k < n; k++) {
+        if (params) NLA_FREE(params[k]);
+        if (res) NLA_FREE(res[k]);
+    }
+    NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len); NLA_FREE(owner); NLA_FREE(act); NLA_FREE(rec); NLA_FREE(sv);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* --- summary: statistics, token kinds, structure, degenerate templates */
+
+/* Token kinds of the blog's analysis, from the token's text. */
+enum { K_CAP_NO_SPACE, K_WHITESPACE, K_DIGITS, K_SINGLE, K_PUNCT, K_SUBWORD, K_CAP_WORD, K_LOWER_WORD, K_SPECIAL, K_OTHER, K_COUNT };
+static const char *const ev_kind_name[K_COUNT] = {"cap_no_space", "whitespace", "digits", "single_letter", "punctuation",
+                                                  "subword", "cap_word", "lower_word", "special", "other"};
+
+static int ev_token_kind(const char *s) {
+    const size_t n = strlen(s);
+    size_t i, m;
+    int lead;
+    if (n >= 3 && s[0] == '<' && s[n - 1] == '>' && !strpbrk(s, " \n")) return K_SPECIAL;
+    for (i = 0; i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'); i++) {}
+    if (!n) return K_OTHER;
+    if (i == n) return K_WHITESPACE;
+    lead = s[0] == ' ';
+    s += lead;
+    m = n - (size_t)lead;
+    for (i = 0; i < m && s[i] >= '0' && s[i] <= '9'; i++) {}
+    if (i == m) return K_DIGITS;
+    for (i = 0; i < m && s[i] > ' ' && s[i] < 0x7f && !((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z') && !(s[i] >= '0' && s[i] <= '9'); i++) {}
+    if (i == m) return K_PUNCT;
+    if (m == 1 && (s[0] | 0x20) >= 'a' && (s[0] | 0x20) <= 'z') return K_SINGLE;
+    if (s[0] >= 'A' && s[0] <= 'Z') return lead ? K_CAP_WORD : K_CAP_NO_SPACE;
+    if (s[0] >= 'a' && s[0] <= 'z') return lead ? K_LOWER_WORD : K_SUBWORD;
+    return K_OTHER;
+}
+
+/* The three-part shape of an explanation (NLA_SPEC.md §3.5, §6). */
+typedef struct {
+    int paras;      /* paragraphs (separated by blank lines) */
+    int kind_topic; /* the first is "kind: topic" */
+    int structured; /* its first word is "Structured" */
+    int quoted;     /* a paragraph other than the final-token one quotes context */
+    int final_tok;  /* the last is about the final token */
+} ev_shape;
+
+static int ev_has_quote(const char *b, const char *e) {
+    for (const char *p = b; p < e; p++) {
+        const char *q = NULL;
+        if (*p == '"') q = (const char *)memchr(p + 1, '"', (size_t)(e - p - 1));
+        else if (e - p >= 3 && !memcmp(p, "\xe2\x80\x9c", 3)) {
+            for (const char *r = p + 3; r + 3 <= e && !q; r++)
+                if (!memcmp(r, "\xe2\x80\x9d", 3)) q = r;
+            if (q && q == p + 3) q = NULL;
+        }
+        if (q && q > p + 1) return 1;
+    }
+    return 0;
+}
+
+static void ev_structure(const char *ex, ev_shape *sh) {
+    const char *pb[16], *pe[16], *p = ex, *end = ex + strlen(ex);
+    int n = 0;
+    memset(sh, 0, sizeof *sh);
+    while (p < end) { /* paragraphs: runs of lines that are not blank */
+        const char *b = p, *e;
+        while (b < end && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) b++;
+        if (b == end) break;
+        for (e = b; e < end; e++) {
+            const char *q = e;
+            if (*e != '\n') continue;
+            for (q = e + 1; q < end && (*q == ' ' || *q == '\t' || *q == '\r'); q++) {}
+            if (q == end || *q == '\n') break;
+        }
+        if (n < 16) { pb[n] = b; pe[n] = e; }
+        n++;
+        p = e;
+    }
+    sh->paras = n;
+    if (!n) return;
+    {
+        const char *c = (const char *)memchr(pb[0], ':', (size_t)(pe[0] - pb[0])), *q;
+        int words = 1;
+        for (q = pb[0]; c && q < c; q++) {
+            if (*q == '.' || *q == '"' || *q == '\n') break;
+            words += *q == ' ';
+        }
+        sh->kind_topic = c && q == c && c - pb[0] < 80 && words <= 8 && c + 2 < pe[0] && c[1] == ' ';
+        sh->structured = pe[0] - pb[0] >= 10 && !memcmp(pb[0], "Structured", 10) &&
+                         (pe[0] - pb[0] == 10 || !((pb[0][10] | 0x20) >= 'a' && (pb[0][10] | 0x20) <= 'z'));
+    }
+    {
+        const int last = (n < 16 ? n : 16) - 1;
+        const char *b = pb[last];
+        char head[16];
+        size_t k;
+        if (pe[last] - b >= 4 && (b[0] | 0x20) == 't' && (b[1] | 0x20) == 'h' && (b[2] | 0x20) == 'e' && b[3] == ' ') b += 4;
+        for (k = 0; k < 11 && b + k < pe[last]; k++) head[k] = (char)(b[k] | 0x20);
+        sh->final_tok = n > 1 && k == 11 && !memcmp(head, "final token", 11);
+        for (int i = 0; i < last + 1 && !sh->quoted; i++)
+            if (!(sh->final_tok && i == last)) sh->quoted = ev_has_quote(pb[i], pe[i]);
+    }
+}
+
+/* The degenerate templates and failures of NLA_SPEC.md §3.6. */
+enum { T_SINK, T_FALLBACK, T_CJK, T_NEWLINES, T_UNPARSED, T_COUNT };
+static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic", "fallback_research_paper", "cjk_output",
+                                                  "newline_repetition", "unparsed"};
+static const char *const ev_tmpl_what[T_COUNT] = {
+    "\"Fragmented, incoherent academic text pattern\" (high-norm sink)",
+    "\"research paper\" / Fibonacci / Kalman fallback (low-norm title repeat)",
+    "mostly CJK text (injection missed or wrong scale)",
+    "\\n\\n\\n repetition (injected rows dropped)",
+    "no <explanation>...</explanation> (truncated or drifted)"};
+
+static int ev_is_cjk(uint32_t c) {
+    return (c >= 0x2e80 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) || (c >= 0xf900 && c <= 0xfaff) || (c >= 0xff00 && c <= 0xffef);
+}
+
+static void ev_templates(const char *ex, const char *raw, int parsed, int *flag) {
+    const char *t = *ex ? ex : raw;
+    size_t n = strlen(t);
+    int cjk = 0, other = 0;
+    for (size_t i = 0; i < n;) {
+        int k = utf8_char_len((const unsigned char *)t + i, n - i);
+        if (k < 1) { i++; other++; continue; }
+        if (ev_is_cjk(utf8_cp((const unsigned char *)t + i, k))) cjk++;
+        else if (!py_space(utf8_cp((const unsigned char *)t + i, k))) other++;
+        i += (size_t)k;
+    }
+    flag[T_SINK] = strstr(ex, "Fragmented, incoherent academic text") != NULL;
+    flag[T_FALLBACK] = strstr(ex, "research paper") || strstr(ex, "Fibonacci") || strstr(ex, "Kalman");
+    flag[T_CJK] = cjk > 0 && cjk >= other;
+    flag[T_NEWLINES] = strstr(raw, "\n\n\n") != NULL;
+    flag[T_UNPARSED] = !parsed;
+}
+
+/* One results row, as the summary reads it. */
+typedef struct {
+    long sample_idx; /* -1: absent (then no vector) */
+    double mse, cos;
+    char *source, *role, *expl, *raw, *token, *preview, *record_id;
+    int parsed, position, kind;
+} ev_srow;
+
+typedef struct {
+    ev_srow *row;
+    int n;
+    float *act;      /* [S, d] activations, or NULL */
+    long n_act;
+    int d;
+    double baseline;
+    const char *baseline_kind;
+    char *dir;       /* the results folder, or NULL for a bare JSONL file */
+} ev_set;
+
+static void ev_set_free(ev_set *s) {
+    for (int i = 0; i < s->n; i++) {
+        ev_srow *r = &s->row[i];
+        NLA_FREE(r->source); NLA_FREE(r->role); NLA_FREE(r->expl); NLA_FREE(r->raw); NLA_FREE(r->token); NLA_FREE(r->preview); NLA_FREE(r->record_id);
+    }
+    NLA_FREE(s->row);
+    NLA_FREE(s->act);
+    NLA_FREE(s->dir);
+    memset(s, 0, sizeof *s);
+}
+
+/* A string field as a heap copy (def when absent or not a string). */
+static char *ev_field(const jdoc *d, const char *key, const char *def) {
+    int k = json_get(d, 0, key);
+    if (k >= 0 && d->node[k].type == J_STR) return json_strdup(d, k);
+    return def ? xstrndup(def, strlen(def)) : NULL;
+}
+
+/* Reads a results folder or JSONL file. */
+static nla_status ev_set_load(const char *results, const nla_eval_report_params *p, ev_set *s, errbuf *e) {
+    char *path = ev_path(results, "results.jsonl"), *buf = NULL, *pj = NULL;
+    errbuf ign;
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    size_t n = 0;
+    int line = 0, cap = 0;
+    nla_status rc;
+    memset(s, 0, sizeof *s);
+    if (f) { fclose(f); s->dir = xstrndup(results, strlen(results)); }
+    rc = read_file(f ? path : results, &buf, &n, SIZE_MAX / 2, e);
+    for (size_t at = 0; !rc && at < n;) {
+        const char *b = buf + at, *nl = (const char *)memchr(b, '\n', n - at);
+        size_t len = nl ? (size_t)(nl - b) : n - at;
+        jdoc d;
+        double mse, cos;
+        uint64_t u;
+        int has_mse, has_cos, k;
+        at += len + 1;
+        line++;
+        if (!len) continue;
+        if (json_parse(&d, b, len, NULL, "row") != NLA_OK) {
+            if (p->warn) { char m[128]; snprintf(m, sizeof m, "%s: line %d is not JSON; skipped", results, line); p->warn(p->user, m); }
+            continue;
+        }
+        has_mse = json_num(&d, json_get(&d, 0, "mse_nrm"), &mse);
+        has_cos = json_num(&d, json_get(&d, 0, "cos"), &cos);
+        if (d.node[0].type != J_OBJ || (!has_mse && !has_cos)) {
+            if (p->warn) { char m[128]; snprintf(m, sizeof m, "%s: line %d has no mse_nrm or cos; skipped", results, line); p->warn(p->user, m); }
+            json_free(&d);
+            continue;
+        }
+        if (s->n == cap) {
+            ev_srow *g = (ev_srow *)NLA_REALLOC(s->row, sizeof(ev_srow) * (size_t)(cap = cap ? 2 * cap : 256));
+            if (!g) { json_free(&d); rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+            s->row = g;
+        }
+        ev_srow *r = &s->row[s->n++];
+        memset(r, 0, sizeof *r);
+        r->mse = has_mse ? mse : 2 * (1 - cos); /* the chat parquet has no mse_nrm: mse_nrm = 2 (1 - cos) */
+        r->cos = has_cos ? cos : 1 - mse / 2;
+        r->sample_idx = json_u64(&d, json_get(&d, 0, "sample_idx"), &u) ? (long)u : -1;
+        r->position = json_int(&d, json_get(&d, 0, "position"), &r->position) ? r->position : -1;
+        k = json_get(&d, 0, "av_parsed");
+        r->parsed = k < 0 || d.node[k].type != J_FALSE;
+        k = json_get(&d, 0, "record_id");
+        r->record_id = k < 0 ? NULL : d.node[k].type == J_NUM ? xstrndup(d.src + d.node[k].off, d.node[k].len) : ev_field(&d, "record_id", NULL);
+        r->source = ev_field(&d, "source", "(none)");
+        r->role = ev_field(&d, "role", NULL);
+        r->expl = ev_field(&d, "explanation", "");
+        r->raw = ev_field(&d, "raw_av_text", "");
+        r->token = ev_field(&d, "token_str", "");
+        r->preview = ev_field(&d, "text_preview", "");
+        json_free(&d);
+        if (!r->source || !r->expl || !r->raw || !r->token || !r->preview) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+        r->kind = ev_token_kind(r->token);
+    }
+    s->baseline = p->baseline;
+    s->baseline_kind = "given";
+    if (!rc && s->dir && !(p->baseline > 0) && ev_read(s->dir, "params.json", &pj, NULL, &ign) == NLA_OK) {
+        jdoc d;
+        if (json_parse(&d, pj, strlen(pj), NULL, "params") == NLA_OK) {
+            if (json_num(&d, json_get(&d, 0, "fve_baseline"), &s->baseline)) s->baseline_kind = "training set (params.json)";
+            json_free(&d);
+        }
+    }
+    if (!(s->baseline > 0)) { s->baseline = 0.0302; s->baseline_kind = "training set (12B default)"; }
+    if (!rc && s->dir) { /* the vectors, for fve against each group's own mean */
+        char *ap = ev_path(s->dir, "activations.npy");
+        int64_t sh[2];
+        int nd;
+        if (ap && nla_npy_read(ap, NULL, 0, sh, &nd, NULL, 0) == NLA_ERR_BUFFER_TOO_SMALL && nd == 2 &&
+            (s->act = (float *)xmalloc((size_t)(sh[0] * sh[1]), sizeof(float))) != NULL &&
+            nla_npy_read(ap, s->act, (size_t)(sh[0] * sh[1]), sh, &nd, NULL, 0) == NLA_OK) {
+            s->n_act = (long)sh[0];
+            s->d = (int)sh[1];
+        } else {
+            NLA_FREE(s->act);
+            s->act = NULL;
+        }
+        NLA_FREE(ap);
+    }
+    NLA_FREE(path); NLA_FREE(buf); NLA_FREE(pj);
+    if (rc) ev_set_free(s);
+    return rc;
+}
+
+typedef struct {
+    int n;
+    double mean, median, p10, p90, p99, cos, fve, fve_own, cata;
+} ev_stats;
+
+static int ev_cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Linear interpolation between order statistics at q (n-1), as numpy's default. */
+static double ev_quantile(const double *sorted, int n, double q) {
+    double at = q * (n - 1);
+    int i = (int)floor(at);
+    return i + 1 < n ? sorted[i] + (at - i) * (sorted[i + 1] - sorted[i]) : sorted[n - 1];
+}
+
+/* Statistics of the rows sel[0..n). */
+static void ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *st) {
+    double *m = (double *)xmalloc((size_t)n, sizeof(double));
+    float *v = NULL;
+    int nv = 0;
+    memset(st, 0, sizeof *st);
+    st->n = n;
+    st->fve_own = NAN;
+    if (!m || !n) { NLA_FREE(m); st->mean = st->median = st->p10 = st->p90 = st->p99 = st->cos = st->fve = st->cata = NAN; return; }
+    if (s->act) v = (float *)xmalloc((size_t)n, (size_t)s->d * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        const ev_srow *r = &s->row[sel[i]];
+        m[i] = r->mse;
+        st->mean += r->mse / n;
+        st->cos += r->cos / n;
+        st->cata += (r->cos < 0.5) / (double)n;
+        if (v && r->sample_idx >= 0 && r->sample_idx < s->n_act)
+            memcpy(v + (size_t)nv++ * s->d, s->act + (size_t)r->sample_idx * s->d, sizeof(float) * (size_t)s->d);
+    }
+    qsort(m, (size_t)n, sizeof(double), ev_cmp_dbl);
+    st->median = ev_quantile(m, n, 0.5);
+    st->p10 = ev_quantile(m, n, 0.1);
+    st->p90 = ev_quantile(m, n, 0.9);
+    st->p99 = ev_quantile(m, n, 0.99);
+    st->fve = 1 - st->mean / s->baseline;
+    {
+        double B = 0;
+        if (v && nv == n && nla_baseline(v, n, s->d, sqrt((double)s->d), &B) == NLA_OK && B > 0) st->fve_own = 1 - st->mean / B;
+    }
+    NLA_FREE(m);
+    NLA_FREE(v);
+}
+
+/* Output through the caller's write function. */
+typedef struct {
+    nla_write_fn write;
+    void *user;
+} ev_out;
+
+static void ev_printf(ev_out *o, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+static void ev_printf(ev_out *o, const char *fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n > 0) o->write(o->user, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+}
+
+static void ev_json_num(ev_out *o, const char *key, double v, int last) {
+    if (isnan(v) || isinf(v)) ev_printf(o, "\"%s\": null%s", key, last ? "" : ", ");
+    else ev_printf(o, "\"%s\": %.9g%s", key, v, last ? "" : ", ");
+}
+
+static void ev_put_stats(ev_out *o, int json, const char *group, const char *name, const ev_stats *st, int first) {
+    if (json) {
+        char *q = ev_json_string(name, strlen(name));
+        ev_printf(o, "%s\n  {\"group\": \"%s\", \"name\": %s, \"n\": %d, ", first ? "" : ",", group, q ? q : "\"\"", st->n);
+        NLA_FREE(q);
+        ev_json_num(o, "mse_mean", st->mean, 0);
+        ev_json_num(o, "mse_median", st->median, 0);
+        ev_json_num(o, "mse_p10", st->p10, 0);
+        ev_json_num(o, "mse_p90", st->p90, 0);
+        ev_json_num(o, "mse_p99", st->p99, 0);
+        ev_json_num(o, "cos_mean", st->cos, 0);
+        ev_json_num(o, "fve_nrm", st->fve, 0);
+        ev_json_num(o, "fve_own_mean", st->fve_own, 0);
+        ev_json_num(o, "catastrophic", st->cata, 1);
+        ev_printf(o, "}");
+    } else {
+        char label[40], own[16];
+        snprintf(label, sizeof label, "%s%s%.*s", group, *group ? "=" : "", 30, name);
+        if (isnan(st->fve_own)) snprintf(own, sizeof own, "%9s", "-");
+        else snprintf(own, sizeof own, "%9.4f", st->fve_own);
+        ev_printf(o, "%-32s %6d %9.5f %9.5f %9.5f %9.5f %9.5f %8.5f %9.4f %s %6.2f%%\n", label, st->n, st->mean, st->median, st->p10,
+                  st->p90, st->p99, st->cos, st->fve, own, 100 * st->cata);
+    }
+}
+
+/* The distinct values of a string field, sorted (roles in the blog's order). */
+static int ev_cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+static void ev_summary_write(const ev_set *s, int json, ev_out *o, nla_status *rc, errbuf *e) {
+    int *sel = (int *)xmalloc((size_t)s->n + 1, sizeof(int)), first = 1, n_ex = 0, n_chat = 0, n_non = 0;
+    const char **names = (const char **)xmalloc((size_t)s->n + 1, sizeof(char *));
+    int sh_count[5] = {0, 0, 0, 0, 0}, str_chat = 0, str_non = 0, tmpl[T_COUNT] = {0, 0, 0, 0, 0};
+    double tmpl_cos[T_COUNT] = {0, 0, 0, 0, 0};
+    ev_stats st;
+    if (!sel || !names) { *rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); NLA_FREE(sel); NLA_FREE(names); return; }
+    if (json) ev_printf(o, "{\"rows\": %d, \"baseline\": %.9g, \"baseline_kind\": \"%s\", \"vectors\": %s, \"groups\": [", s->n, s->baseline,
+                        s->baseline_kind, s->act ? "true" : "false");
+    else {
+        ev_printf(o, "nla eval summary: %d rows; fve_nrm against the %s baseline %.4g%s\n\n", s->n, s->baseline_kind, s->baseline,
+                  s->act ? ", fve_own against each group's own mean" : " (no activations.npy: no fve_own)");
+        ev_printf(o, "%-32s %6s %9s %9s %9s %9s %9s %8s %9s %9s %7s\n", "group", "n", "mse_mean", "median", "p10", "p90", "p99", "cos",
+                  "fve_nrm", "fve_own", "cos<0.5");
+    }
+    for (int i = 0; i < s->n; i++) sel[i] = i;
+    ev_stats_of(s, sel, s->n, &st);
+    ev_put_stats(o, json, "", "all", &st, first);
+    first = 0;
+    for (int g = 0; g < 3; g++) { /* by source, by role, by token kind */
+        int n_names = 0;
+        if (g < 2) {
+            for (int i = 0; i < s->n; i++) {
+                const char *v = g ? s->row[i].role : s->row[i].source;
+                int k;
+                if (!v) continue;
+                for (k = 0; k < n_names && strcmp(names[k], v); k++) {}
+                if (k == n_names) names[n_names++] = v;
+            }
+            if (g == 0) qsort(names, (size_t)n_names, sizeof(char *), ev_cmp_str);
+            else { /* roles in the blog's order, others after */
+                int w = 0;
+                for (int r = 0; r < 5; r++)
+                    for (int k = w; k < n_names; k++)
+                        if (!strcmp(names[k], ev_role_name[r])) { const char *t = names[w]; names[w++] = names[k]; names[k] = t; }
+            }
+        } else {
+            for (int k = 0; k < K_COUNT; k++) names[n_names++] = ev_kind_name[k];
+        }
+        for (int k = 0; k < n_names; k++) {
+            int n = 0;
+            for (int i = 0; i < s->n; i++) {
+                const ev_srow *r = &s->row[i];
+                if (g == 0 ? !strcmp(r->source, names[k]) : g == 1 ? r->role && !strcmp(r->role, names[k]) : r->kind == k) sel[n++] = i;
+            }
+            if (!n) continue;
+            ev_stats_of(s, sel, n, &st);
+            ev_put_stats(o, json, g == 0 ? "source" : g == 1 ? "role" : "token_kind", names[k], &st, 0);
+        }
+    }
+    for (int i = 0; i < s->n; i++) {
+        const ev_srow *r = &s->row[i];
+        ev_shape sh;
+        int flag[T_COUNT];
+        ev_templates(r->expl, r->raw, r->parsed, flag);
+        for (int t = 0; t < T_COUNT; t++) { tmpl[t] += flag[t]; tmpl_cos[t] += flag[t] ? r->cos : 0; }
+        if (!*r->expl) continue;
+        ev_structure(r->expl, &sh);
+        n_ex++;
+        sh_count[0] += sh.paras >= 2 && sh.paras <= 3;
+        sh_count[1] += sh.kind_topic;
+        sh_count[2] += sh.structured;
+        sh_count[3] += sh.quoted;
+        sh_count[4] += sh.final_tok;
+        if (r->role) { n_chat++; str_chat += sh.structured; }
+        else { n_non++; str_non += sh.structured; }
+    }
+    {
+        static const char *const shape_key[5] = {"two_or_three_paragraphs", "first_kind_colon_topic", "first_word_structured", "quoted_context",
+                                                 "final_token_paragraph"};
+        static const char *const shape_what[5] = {"2-3 paragraphs", "first paragraph \"kind: topic\"", "first word \"Structured\"",
+                                                  "a quoted context span", "a final-token paragraph"};
+#define SHARE(a, b) ((b) ? (double)(a) / (b) : NAN)
+        if (json) {
+            ev_printf(o, "],\n \"structure\": {\"explanations\": %d, ", n_ex);
+            for (int k = 0; k < 5; k++) ev_json_num(o, shape_key[k], SHARE(sh_count[k], n_ex), 0);
+            ev_printf(o, "\"chat_explanations\": %d, \"nonchat_explanations\": %d, ", n_chat, n_non);
+            ev_json_num(o, "structured_chat", SHARE(str_chat, n_chat), 0);
+            ev_json_num(o, "structured_nonchat", SHARE(str_non, n_non), 1);
+            ev_printf(o, "},\n \"templates\": {");
+            for (int t = 0; t < T_COUNT; t++) {
+                ev_printf(o, "\"%s\": {\"n\": %d, ", ev_tmpl_name[t], tmpl[t]);
+                ev_json_num(o, "share", SHARE(tmpl[t], s->n), 0);
+                ev_json_num(o, "cos_mean", SHARE(tmpl_cos[t], tmpl[t]), 1);
+                ev_printf(o, "}%s", t + 1 < T_COUNT ? ", " : "");
+            }
+            ev_printf(o, "}}\n");
+        } else {
+            ev_printf(o, "\nstructure of the %d non-empty explanations (NLA_SPEC.md 3.5, 6):\n", n_ex);
+            for (int k = 0; k < 5; k++)
+                ev_printf(o, "  %-34s %6d  %6.1f%%\n", shape_what[k], sh_count[k], 100 * SHARE(sh_count[k], n_ex));
+            ev_printf(o, "  %-34s %6.1f%% of %d chat, %.1f%% of %d non-chat (blog: 80%% vs 7%%)\n", "\"Structured\" by kind",
+                      100 * SHARE(str_chat, n_chat), n_chat, 100 * SHARE(str_non, n_non), n_non);
+            ev_printf(o, "\ndegenerate templates and failures (NLA_SPEC.md 3.6):\n");
+            for (int t = 0; t < T_COUNT; t++)
+                ev_printf(o, "  %-72s %6d  %6.2f%%  mean cos %.4f\n", ev_tmpl_what[t], tmpl[t], 100 * SHARE(tmpl[t], s->n),
+                          tmpl[t] ? tmpl_cos[t] / tmpl[t] : 0.0);
+        }
+#undef SHARE
+    }
+    NLA_FREE(sel);
+    NLA_FREE(names);
+}
+
+nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params, nla_write_fn write, void *user, char *errbuf_out,
+                            size_t errbuf_size) {
+    errbuf e;
+    ev_set s;
+    nla_eval_report_params p;
+    ev_out o;
+    nla_status rc;
+    e.msg[0] = 0;
+    memset(&p, 0, sizeof p);
+    if (params) p = *params;
+    o.write = write;
+    o.user = user;
+    rc = results && write ? ev_set_load(results, &p, &s, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_summary: results and write are required");
+    if (!rc) {
+        ev_summary_write(&s, p.json, &o, &rc, &e);
+        ev_set_free(&s);
+    }
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* --- the HTML report: one file, inline style and script, no network */
+
+/* Collects written text in a growing heap buffer (the summary tables). */
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int oom;
+} ev_text;
+
+static void ev_text_write(void *user, const char *s, size_t n) {
+    ev_text *t = (ev_text *)user;
+    if (t->oom) return;
+    if (t->n + n + 1 > t->cap) {
+        size_t cap = (t->n + n + 1) * 2;
+        char *g = (char *)NLA_REALLOC(t->p, cap);
+        if (!g) { t->oom = 1; return; }
+        t->p = g;
+        t->cap = cap;
+    }
+    memcpy(t->p + t->n, s, n);
+    t->n += n;
+    t->p[t->n] = 0;
+}
+
+/* Text escaped for HTML content and attribute values. */
+static void ev_html(FILE *f, const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const char c = s[i];
+        if (c == '&') fputs("&amp;", f);
+        else if (c == '<') fputs("&lt;", f);
+        else if (c == '>') fputs("&gt;", f);
+        else if (c == '"') fputs("&quot;", f);
+        else if (c == '\'') fputs("&#39;", f);
+        else fputc(c, f);
+    }
+}
+
+/* Colour of an error: green (low) to red (high) on a log scale [lo, hi]. */
+static void ev_colour(char *out, size_t cap, double mse, double lo, double hi) {
+    double t = hi > lo ? (log10(mse > 1e-12 ? mse : 1e-12) - lo) / (hi - lo) : 0.5;
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    snprintf(out, cap, "hsl(%d,75%%,72%%)", (int)(120 * (1 - t)));
+}
+
+/* A sampled token: coloured, the explanation in its title, details on click. */
+static void ev_html_token(FILE *f, const ev_srow *r, const char *text, size_t n, double lo, double hi) {
+    char col[32];
+    ev_colour(col, sizeof col, r->mse, lo, hi);
+    fprintf(f, "<span class=\"s\" style=\"background:%s\" data-m=\"%.6g\" data-c=\"%.6f\" data-p=\"%d\" title=\"", col, r->mse, r->cos,
+            r->position);
+    ev_html(f, r->expl, strlen(r->expl));
+    fputs("\">", f);
+    ev_html(f, text, n);
+    fputs("</span>", f);
+}
+
+/* Histogram of log10 mse_nrm of the rows of one group, as inline SVG. */
+static void ev_html_hist(FILE *f, const ev_set *s, int g, const char *name) {
+    enum { NB = 24 };
+    const double lo = -4, hi = 0.7; /* log10 mse_nrm: 1e-4 .. 5 */
+    int bin[NB] = {0}, n = 0, mx = 1;
+    for (int i = 0; i < s->n; i++) {
+        const ev_srow *r = &s->row[i];
+        const char *v = g ? r->role : r->source;
+        int b;
+        if (!v || strcmp(v, name)) continue;
+        b = (int)((log10(r->mse > 1e-12 ? r->mse : 1e-12) - lo) / (hi - lo) * NB);
+        bin[b < 0 ? 0 : b >= NB ? NB - 1 : b]++;
+        n++;
+    }
+    for (int b = 0; b < NB; b++) mx = bin[b] > mx ? bin[b] : mx;
+    fputs("<figure><svg width=\"260\" height=\"110\" viewBox=\"0 0 260 110\">", f);
+    for (int b = 0; b < NB; b++)
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"9\" height=\"%d\" fill=\"#4a7ab8\"><title>%d</title></rect>", 10 + b * 10,
+                90 - 80 * bin[b] / mx, 80 * bin[b] / mx, bin[b]);
+    fputs("<line x1=\"10\" y1=\"90\" x2=\"250\" y2=\"90\" stroke=\"#333\"/><text x=\"10\" y=\"105\">1e-4</text>"
+          "<text x=\"120\" y=\"105\">0.01</text><text x=\"225\" y=\"105\">5</text></svg><figcaption>",
+          f);
+    fputs(g ? "role " : "source ", f);
+    ev_html(f, name, strlen(name));
+    fprintf(f, " (n %d)</figcaption></figure>\n", n);
+}
+
+nla_status nla_eval_report_html(const char *results, const char *html_path, const nla_eval_report_params *params, char *errbuf_out,
+                                size_t errbuf_size) {
+    errbuf e;
+    ev_set s;
+    ev_text sum;
+    nla_eval_report_params p;
+    ev_out o;
+    FILE *f = NULL;
+    char *tokens = NULL;
+    size_t tn = 0;
+    double lo = 0, hi = 0;
+    int shown = 0, *by_idx = NULL;
+    long max_idx = -1;
+    nla_status rc;
+    e.msg[0] = 0;
+    memset(&p, 0, sizeof p);
+    memset(&sum, 0, sizeof sum);
+    if (params) p = *params;
+    if (!p.max_texts) p.max_texts = 200;
+    o.write = ev_text_write;
+    o.user = &sum;
+    rc = results && html_path ? ev_set_load(results, &p, &s, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_report_html: results and html_path are required");
+    if (rc) { copy_err(errbuf_out, errbuf_size, e.msg); return rc; }
+    ev_summary_write(&s, 0, &o, &rc, &e);
+    if (!rc && sum.oom) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+    for (int i = 0; i < s.n; i++) {
+        const double l = log10(s.row[i].mse > 1e-12 ? s.row[i].mse : 1e-12);
+        if (!i || l < lo) lo = l;
+        if (!i || l > hi) hi = l;
+        if (s.row[i].sample_idx > max_idx) max_idx = s.row[i].sample_idx;
+    }
+    if (!rc && !(by_idx = (int *)xmalloc((size_t)max_idx + 2, sizeof(int)))) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+    for (long i = 0; !rc && i <= max_idx; i++) by_idx[i] = -1;
+    for (int i = 0; !rc && i < s.n; i++)
+        if (s.row[i].sample_idx >= 0) by_idx[s.row[i].sample_idx] = i;
+    if (!rc && !(f = fopen(html_path, "wb"))) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", html_path);
+    if (!rc) {
+        fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nla eval report</title>\n<style>\n"
+              "body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;color:#222}pre{font-size:12px;background:#f6f6f6;padding:.8em;overflow-x:auto}\n"
+              "figure{display:inline-block;margin:.3em}figcaption{font-size:12px;text-align:center}svg text{font-size:9px}\n"
+              ".text{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px;border:1px solid #ddd;padding:.5em;margin:.4em 0}\n"
+              ".s{cursor:pointer;border-radius:2px;outline:1px solid #888}.meta{font-size:12px;color:#555}\n"
+              "#detail{position:sticky;top:0;background:#fffbe6;border:1px solid #e0c96b;padding:.5em;white-space:pre-wrap;min-height:1.5em}\n"
+              "</style></head><body>\n<h1>nla eval report</h1>\n<p id=\"status\">(the script did not run)</p>\n<h2>Summary</h2>\n<pre>",
+              f);
+        ev_html(f, sum.p ? sum.p : "", sum.n);
+        fputs("</pre>\n<h2>mse_nrm by source</h2>\n", f);
+        for (int g = 0; g < 2; g++) {
+            const char *seen[64];
+            int n_seen = 0;
+            if (g) fputs("<h2>mse_nrm by chat role</h2>\n", f);
+            for (int i = 0; i < s.n && n_seen < 64; i++) {
+                const char *v = g ? s.row[i].role : s.row[i].source;
+                int k;
+                if (!v) continue;
+                for (k = 0; k < n_seen && strcmp(seen[k], v); k++) {}
+                if (k == n_seen) { seen[n_seen++] = v; ev_html_hist(f, &s, g, v); }
+            }
+        }
+        fputs("<h2>Texts</h2>\n<p class=\"meta\">Sampled tokens are outlined and coloured by mse_nrm (green low, red high, log scale); "
+              "hover for the explanation, click for details.</p>\n<div id=\"detail\">click a coloured token</div>\n",
+              f);
+    }
+    if (!rc && s.dir && ev_read(s.dir, "tokens.jsonl", &tokens, &tn, &e) == NLA_OK) { /* whole texts, token by token */
+        for (size_t at = 0; at < tn && shown < p.max_texts;) {
+            const char *b = tokens + at, *nl = (const char *)memchr(b, '\n', tn - at);
+            size_t len = nl ? (size_t)(nl - b) : tn - at;
+            jdoc d;
+            int tk, ps, n_ps, fs;
+            uint64_t first = 0;
+            at += len + 1;
+            if (json_parse(&d, b, len, NULL, "tokens") != NLA_OK) continue;
+            tk = json_get(&d, 0, "tokens");
+            ps = json_get(&d, 0, "positions");
+            fs = json_get(&d, 0, "first_sample");
+            if (tk >= 0 && ps >= 0 && d.node[tk].type == J_ARR && d.node[ps].type == J_ARR && json_u64(&d, fs, &first)) {
+                int k = tk + 1, pk = ps + 1, j = 0, pos = -1;
+                char *src = ev_field(&d, "source", "");
+                n_ps = (int)d.node[ps].n;
+                fputs("<div class=\"text\"><div class=\"meta\">", f);
+                ev_html(f, src ? src : "", src ? strlen(src) : 0);
+                fputs(" &middot; ", f);
+                NLA_FREE(src);
+                k = json_get(&d, 0, "record_id");
+                if (k >= 0) ev_html(f, d.src + d.node[k].off, d.node[k].len);
+                fputs("</div>", f);
+                k = tk + 1;
+                if (n_ps > 0) json_int(&d, pk, &pos);
+                for (uint32_t t = 0; t < d.node[tk].n; t++, k = (int)d.node[k].end) {
+                    char piece[512];
+                    size_t pl = json_str(&d, k, piece, sizeof piece);
+                    if (pl >= sizeof piece) pl = sizeof piece - 1;
+                    if ((int)t == pos && (long)first + j <= max_idx && by_idx[first + j] >= 0) {
+                        ev_html_token(f, &s.row[by_idx[first + j]], piece, pl, lo, hi);
+                    } else {
+                        ev_html(f, piece, pl);
+                    }
+                    if ((int)t == pos && ++j < n_ps) { pk = (int)d.node[pk].end; json_int(&d, pk, &pos); }
+                }
+                fputs("</div>\n", f);
+                shown++;
+            }
+            json_free(&d);
+        }
+    } else if (!rc) { /* a bare JSONL file: each row's preview and token */
+        for (int i = 0; i < s.n && shown < p.max_texts; i++, shown++) {
+            const ev_srow *r = &s.row[i];
+            fputs("<div class=\"text\"><div class=\"meta\">", f);
+            ev_html(f, r->source, strlen(r->source));
+            fputs("</div>", f);
+            ev_html(f, r->preview, strlen(r->preview));
+            fputs(" &rarr; ", f);
+            ev_html_token(f, r, r->token, strlen(r->token), lo, hi);
+            fputs("</div>\n", f);
+        }
+    }
+    if (f) {
+        fprintf(f, "<script>\n(function(){\n"
+                   "var sp=document.querySelectorAll('span.s'),d=document.getElementById('detail');\n"
+                   "document.getElementById('status').textContent='report ready: %d rows, '+sp.length+' tokens shown in %d texts';\n"
+                   "for(var i=0;i<sp.length;i++)sp[i].addEventListener('click',function(){var s=this;\n"
+                   "d.textContent='token '+JSON.stringify(s.textContent)+' at position '+s.dataset.p+': mse_nrm '+s.dataset.m+', cos '+s.dataset.c+'\\n\\n'+s.title;});\n"
+                   "})();\n</script>\n</body></html>\n",
+                s.n, shown);
+        if (fclose(f) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: write failed", html_path);
+    }
+    NLA_FREE(tokens);
+    NLA_FREE(by_idx);
+    NLA_FREE(sum.p);
+    ev_set_free(&s);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* ==== 15 CLI (only with -DNLA_MAIN) ===================================== */
 
 /* The command-line tool uses only the public API above, so it doubles as
    the worked example of it. Output that other tools parse (ids, .npy files)
@@ -4427,8 +6206,9 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
 #ifdef NLA_MAIN
 #ifndef _WIN32
 #include <sys/stat.h> /* mkdir */
-#include <unistd.h>   /* link */
+#include <unistd.h>   /* link, isatty */
 #endif
+#include <errno.h>
 
 static const char *const usage_main =
     "usage: nla <command> [options]\n"
@@ -4449,6 +6229,8 @@ static const char *const usage_main =
     "  verbalize AV v.npy            one explanation per vector\n"
     "  reconstruct AR (--text E | --jsonl FILE) --out r.npy\n"
     "  score v.npy r.npy [--baseline B | --baseline own]\n"
+    "  eval TARGET AV AR [--docs FILE] [--chats FILE] --out DIR   the pretraining-vs-chat study,\n"
+    "                                resumable and shardable; eval --merge / --summary / --html\n"
     "  random-model DIR              a tiny NLA trio with random weights, for trying it out\n"
     "  quantize IN_DIR OUT_DIR --quant q8_0|q4   save a quantized copy that loads by mapping\n"
     "\n"
@@ -5486,6 +7268,208 @@ out:
     return ret;
 }
 
+static const char *const usage_eval =
+    "usage: nla eval TARGET AV AR [--docs FILE] [--chats FILE] --out DIR [options]\n"
+    "       nla eval --merge OUT_DIR SHARD_DIR...\n"
+    "       nla eval --summary RESULTS [--json] [--baseline B]\n"
+    "       nla eval --html report.html RESULTS [--max-texts N]\n"
+    "\n"
+    "The pretraining-vs-chat reconstruction study (NLA_SPEC.md section 6) as one resumable,\n"
+    "shardable command. Inputs are JSONL: documents {\"id\", \"text\", \"source\"} and chats\n"
+    "{\"id\", \"messages\": [{\"role\", \"content\"}, ...]} (Gemma 3 chat template); either may add\n"
+    "\"positions\": [...] to choose the tokens. Bad records are reported and skipped.\n"
+    "OUT_DIR gets results.jsonl (a row per token), activations.npy and reconstructions.npy\n"
+    "(float32 [S, d], row = sample_idx), tokens.jsonl and params.json. Rerun the same command to\n"
+    "resume after a kill; other arguments on the same folder are refused.\n"
+    "  --docs FILE            documents, one JSON object per line\n"
+    "  --chats FILE           conversations, one JSON object per line\n"
+    "  --out DIR              the results folder (created if missing)\n"
+    "  --positions-per-record N   tokens drawn per record (default 1)\n"
+    "  --min-position P       draw positions >= P (default 50, as in training; the blog used 10)\n"
+    "  --max-tokens N         cut records to N tokens (default 512)\n"
+    "  --skip-special         never draw special tokens (<bos>, <start_of_turn>, ...)\n"
+    "  --seed S               drawing seed (default 0)\n"
+    "  --shard I/N            take part I of N (1-based) of the records, for N machines\n"
+    "  --chunk C              samples per extract/verbalize/reconstruct round (default 256)\n"
+    "  --max-new N            AV tokens per explanation (default 200)\n"
+    "  --batch B              vectors the AV decodes together (default 8)\n"
+    "  --temp T --top-k K --top-p P   AV sampling (default greedy; seeded per sample)\n"
+    "  --tokenizer F          tokenizer.json for all three (default: each folder's)\n"
+    "  --threads N            threads (default: all)\n"
+    "  --quant q8_0|q4        quantize the models at load\n"
+    "  --plan                 only read the inputs and count records and rows\n"
+    "  --quiet                no progress on stderr\n"
+    "--merge combines complete shard folders into OUT_DIR, identical to an unsharded run.\n"
+    "--summary prints error statistics by source, chat role and token kind, the explanations'\n"
+    "structure and degenerate templates, for a results folder or a JSONL file with the\n"
+    "published field names; --json for JSON; --baseline B sets the training-set baseline.\n"
+    "--html writes a self-contained report (tables, histograms, coloured texts).\n";
+
+#ifndef _WIN32
+#include <time.h>
+static double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+#else
+#include <time.h>
+static double cli_now(void) { return (double)clock() / CLOCKS_PER_SEC; }
+#endif
+
+/* Progress on stderr: a bar redrawn in place on a terminal, else a line
+   per finished phase and at most one every 10 s. */
+typedef struct {
+    int quiet, tty;
+    double t0, last;
+} cli_eval_ui;
+
+static int cli_eval_progress(void *user, const nla_eval_progress *p) {
+    cli_eval_ui *u = (cli_eval_ui *)user;
+    const double t = cli_now(), el = t - u->t0;
+    const long fresh = p->rows_done - p->rows_resumed;
+    const int end = p->total && p->done == p->total;
+    char eta[32] = "?";
+    if (u->quiet || !p->total) return 0;
+    if (!u->tty && !end && t - u->last < 10) return 0;
+    u->last = t;
+    if (fresh > 0) snprintf(eta, sizeof eta, "%.0f s", (double)(p->rows_total - p->rows_done) * el / (double)fresh);
+    if (u->tty) {
+        char bar[21];
+        const int k = (int)(20L * p->done / p->total);
+        for (int i = 0; i < 20; i++) bar[i] = i < k ? '#' : '.';
+        bar[20] = 0;
+        fprintf(stderr, "\r%-11s [%s] %d/%d | rows %ld/%ld, %.2f rows/s, ETA %s   ", p->phase, bar, p->done, p->total, p->rows_done,
+                p->rows_total, el > 0 ? (double)fresh / el : 0.0, eta);
+        if (end && !strcmp(p->phase, "reconstruct")) fputc('\n', stderr);
+    } else {
+        fprintf(stderr, "nla: %s %d/%d; rows %ld/%ld, %.2f rows/s, ETA %s\n", p->phase, p->done, p->total, p->rows_done, p->rows_total,
+                el > 0 ? (double)fresh / el : 0.0, eta);
+    }
+    return 0;
+}
+
+static void cli_eval_warn(void *user, const char *msg) {
+    (void)user;
+    fprintf(stderr, "nla: %s\n", msg);
+}
+
+static void cli_write(void *user, const char *s, size_t n) { fwrite(s, 1, n, (FILE *)user); }
+
+static int cli_mkdir(const char *dir) {
+#ifndef _WIN32
+    if (mkdir(dir, 0777) && errno != EEXIST) return cli_error("%s: cannot create the folder", dir);
+#endif
+    return 0;
+}
+
+static int cmd_eval(int argc, char **argv) {
+    nla_eval_params p;
+    nla_eval_report_params rp;
+    nla_eval_counts c;
+    cli_eval_ui ui;
+    const char *arg[3] = {NULL, NULL, NULL}, *merge = NULL, *summary = NULL, *html = NULL;
+    int n_arg = 0, plan = 0, first_dir = -1;
+    char err[512];
+    nla_status rc;
+    memset(&p, 0, sizeof p);
+    memset(&rp, 0, sizeof rp);
+    memset(&ui, 0, sizeof ui);
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int ok = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage_eval, stdout); return 0; }
+        if (!strcmp(a, "--skip-special")) { p.skip_special = 1; continue; }
+        if (!strcmp(a, "--quiet")) { ui.quiet = 1; continue; }
+        if (!strcmp(a, "--plan")) { plan = 1; continue; }
+        if (!strcmp(a, "--json")) { rp.json = 1; continue; }
+        if (merge) { if (first_dir < 0) first_dir = i; continue; } /* the shard folders */
+        if (a[0] != '-' || !a[1]) {
+            if (n_arg == 3) return cli_error("unexpected argument '%s'", a);
+            arg[n_arg++] = a;
+            continue;
+        }
+        if (!v) return cli_error("%s needs a value", a);
+        i++;
+        if (!strcmp(a, "--docs")) p.docs = v;
+        else if (!strcmp(a, "--chats")) p.chats = v;
+        else if (!strcmp(a, "--out")) p.out_dir = v;
+        else if (!strcmp(a, "--merge")) merge = v;
+        else if (!strcmp(a, "--summary")) summary = v;
+        else if (!strcmp(a, "--html")) html = v;
+        else if (!strcmp(a, "--tokenizer")) p.tokenizer = v;
+        else if (!strcmp(a, "--positions-per-record")) ok = parse_int(v, &p.positions_per_record) && p.positions_per_record > 0;
+        else if (!strcmp(a, "--min-position")) ok = parse_int(v, &p.min_position) && p.min_position >= 0 && ((p.min_position = p.min_position ? p.min_position : NLA_EVAL_FROM_BOS), 1);
+        else if (!strcmp(a, "--max-tokens")) ok = parse_int(v, &p.max_tokens) && p.max_tokens > 0;
+        else if (!strcmp(a, "--seed")) { long long s; char *end; s = strtoll(v, &end, 10); ok = end != v && !*end && s >= 0; p.seed = (uint64_t)s; }
+        else if (!strcmp(a, "--chunk")) ok = parse_int(v, &p.chunk) && p.chunk > 0;
+        else if (!strcmp(a, "--max-new")) ok = parse_int(v, &p.max_new) && p.max_new > 0;
+        else if (!strcmp(a, "--batch")) ok = parse_int(v, &p.batch) && p.batch > 0 && p.batch <= 256;
+        else if (!strcmp(a, "--threads")) ok = parse_int(v, &p.n_threads) && p.n_threads >= 0;
+        else if (!strcmp(a, "--temp")) ok = parse_float(v, &p.temperature) && p.temperature >= 0;
+        else if (!strcmp(a, "--top-k")) ok = parse_int(v, &p.top_k) && p.top_k >= 0;
+        else if (!strcmp(a, "--top-p")) ok = parse_float(v, &p.top_p) && p.top_p >= 0 && p.top_p <= 1;
+        else if (!strcmp(a, "--max-texts")) ok = parse_int(v, &rp.max_texts) && rp.max_texts > 0;
+        else if (!strcmp(a, "--baseline")) { float b; ok = parse_float(v, &b) && b > 0; rp.baseline = b; }
+        else if (!strcmp(a, "--shard")) ok = sscanf(v, "%d/%d", &p.shard_index, &p.shard_count) == 2 && p.shard_count > 0 && p.shard_index >= 1 && p.shard_index <= p.shard_count;
+        else if (!strcmp(a, "--quant")) {
+            if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) p.quant = NLA_QUANT_Q8_0;
+            else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) p.quant = NLA_QUANT_Q4_0;
+            else ok = !strcmp(v, "none");
+        } else return cli_error("unknown option '%s' (see nla eval --help)", a);
+        if (!ok) return cli_error("bad value '%s' for %s", v, a);
+    }
+    rp.warn = cli_eval_warn;
+    if (merge) {
+        if (first_dir < 0) return cli_error("--merge OUT_DIR needs the shard folders after it");
+        if (cli_mkdir(merge)) return 1;
+        if ((rc = nla_eval_merge(merge, (const char *const *)(argv + first_dir), argc - first_dir, err, sizeof err)) != NLA_OK)
+            return cli_error("%s (%s)", err, nla_strerror(rc));
+        fprintf(stderr, "nla: merged %d shards into %s\n", argc - first_dir, merge);
+        return 0;
+    }
+    if (summary) {
+        rc = nla_eval_summary(summary, &rp, cli_write, stdout, err, sizeof err);
+        return rc ? cli_error("%s (%s)", err, nla_strerror(rc)) : 0;
+    }
+    if (html) {
+        if (n_arg != 1) return cli_error("give the results: nla eval --html report.html RESULTS");
+        rc = nla_eval_report_html(arg[0], html, &rp, err, sizeof err);
+        if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+        fprintf(stderr, "nla: wrote %s\n", html);
+        return 0;
+    }
+    if (n_arg != 3) { fputs(usage_eval, stderr); return 1; }
+    p.target = arg[0];
+    p.av = arg[1];
+    p.ar = arg[2];
+    p.warn = cli_eval_warn;
+    p.progress = cli_eval_progress;
+    p.user = &ui;
+#ifndef _WIN32
+    ui.tty = isatty(2);
+#endif
+    ui.t0 = ui.last = cli_now();
+    if (plan) {
+        nla_tokenizer *tok = NULL;
+        if (open_tokenizer(p.tokenizer ? p.tokenizer : p.target, &tok)) return 1;
+        rc = nla_eval_plan(&p, tok, &c, err, sizeof err);
+        nla_tokenizer_close(tok);
+        if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+        printf("records %d, bad records %d, rows %ld, rows of shard %d/%d: %ld\n", c.records, c.bad_records, c.samples,
+               p.shard_index ? p.shard_index : 1, p.shard_count ? p.shard_count : 1, c.shard_samples);
+        return 0;
+    }
+    if (!p.out_dir) return cli_error("--out DIR is required");
+    if (cli_mkdir(p.out_dir)) return 1;
+    rc = nla_eval_run(&p, &c, err, sizeof err);
+    if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+    if (!ui.quiet)
+        fprintf(stderr, "nla: %ld rows in %s (%ld resumed, %ld new in %.1f s); %d records, %d skipped\n", c.done, p.out_dir, c.resumed,
+                c.done - c.resumed, cli_now() - ui.t0, c.records, c.bad_records);
+    return 0;
+}
+
 static const char *const usage_quantize =
     "usage: nla quantize IN_DIR OUT_DIR --quant q8_0|q4\n"
     "\n"
@@ -5763,6 +7747,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "reconstruct")) return cmd_reconstruct(argc - 2, argv + 2);
     if (!strcmp(argv[1], "score")) return cmd_score(argc - 2, argv + 2);
     if (!strcmp(argv[1], "explain")) return cmd_explain(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(argv[1], "random-model")) return cmd_random_model(argc - 2, argv + 2);
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     return cli_error("unknown command '%s' (try nla --help)", argv[1]);

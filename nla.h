@@ -498,6 +498,136 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
    mse_scale, B = sum |v_n - mean|^2 / (n d). */
 nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out);
 
+/* ---- Evaluation: the pretraining-vs-chat study (nla eval) -------------- */
+
+/* Explanations and reconstruction errors of tokens drawn from documents and
+   chat conversations (NLA_SPEC.md §6), written as a results folder that a
+   rerun resumes and that shards merge into:
+     params.json          the arguments that decide the results
+     tokens.jsonl         each record's tokens, roles and sampled positions
+     results.jsonl        one row per sampled token, in sample_idx order:
+                          sample_idx, record_id, source, role, token_id,
+                          token_str, position, seq_len, vec_norm,
+                          text_preview, explanation, raw_av_text, av_parsed,
+                          mse_nrm, cos, fve_nrm
+     activations.npy      float32 [S, d]: row sample_idx = the target's vector
+     reconstructions.npy  float32 [S, d]: the AR's reconstruction of it
+   Chat roles: bos, user_content, asst_content, role_marker (<start_of_turn>,
+   user/model and the newlines), end_of_turn; documents have role null. */
+
+#define NLA_EVAL_FROM_BOS (-1) /* min_position: sample from position 0 on */
+
+typedef struct {
+    const char *phase;  /* "plan", "extract", "verbalize" or "reconstruct" */
+    int done, total;    /* items of this phase in the current chunk (plan:
+                           records read so far, total 0) */
+    long rows_done;     /* rows of this shard committed, earlier runs included */
+    long rows_total;    /* rows of this shard */
+    long rows_resumed;  /* rows found done when the run started */
+} nla_eval_progress;
+
+/* Progress callback: a nonzero return stops the run (NLA_ERR_CANCELLED);
+   committed rows stay and a rerun resumes after them. */
+typedef int (*nla_eval_progress_fn)(void *user, const nla_eval_progress *progress);
+/* Warning callback: a skipped input record, named by file and line. */
+typedef void (*nla_eval_warn_fn)(void *user, const char *message);
+
+typedef struct {
+    const char *target, *av, *ar; /* model folders (nla_eval_run) */
+    const char *tokenizer;     /* tokenizer.json for all three; default NULL:
+                                  each folder's (the target's for the plan) */
+    const char *docs;          /* JSONL of {"id", "text", "source"?, "positions"?} or NULL */
+    const char *chats;         /* JSONL of {"id", "messages": [{"role", "content"}, ...],
+                                  "source"?, "positions"?} or NULL; rendered with
+                                  the Gemma 3 chat template */
+    const char *out_dir;       /* the results folder; must exist */
+    int positions_per_record;  /* positions drawn per record; default 1 */
+    int min_position;          /* drawn positions are >= this; default 50 (as in
+                                  training); NLA_EVAL_FROM_BOS for 0. A record's
+                                  "positions" list overrides the drawing. */
+    int max_tokens;            /* records are cut to this many tokens; default 512 */
+    int skip_special;          /* nonzero: never draw special tokens (<bos>,
+                                  <start_of_turn>, <end_of_turn>, ...) */
+    uint64_t seed;             /* drawing (and AV sampling) seed; default 0 */
+    int max_new;               /* AV tokens per explanation; default 200 */
+    float temperature;         /* AV decoding: default 0, greedy. Sampled
+                                  explanations are decoded one at a time with
+                                  the RNG seeded from seed and sample_idx. */
+    int top_k;
+    float top_p;
+    int batch;                 /* vectors the AV decodes together; default 8 */
+    int chunk;                 /* samples per extract, verbalize, reconstruct
+                                  round (one model in memory at a time);
+                                  default 256 */
+    int shard_index, shard_count; /* this run takes records r with r mod
+                                  shard_count = shard_index - 1 (1-based);
+                                  default 1 of 1 */
+    int n_threads;             /* default: OpenMP's */
+    nla_quant quant;           /* quantize the models at load; default none */
+    nla_eval_progress_fn progress; /* optional */
+    nla_eval_warn_fn warn;     /* optional */
+    void *user;                /* passed to progress and warn */
+} nla_eval_params;
+
+typedef struct {
+    int records, bad_records; /* records read, lines skipped as bad */
+    long samples;             /* S: rows of the whole study, all shards */
+    long shard_samples;       /* rows of this shard */
+    long resumed;             /* rows found done when the run started */
+    long done;                /* rows done when it returned */
+} nla_eval_counts;
+
+/* Reads and checks the inputs, draws the positions, and counts records and
+   rows, without any model: what nla_eval_run would do. Bad records go to
+   params->warn. */
+nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok, nla_eval_counts *out, char *errbuf,
+                         size_t errbuf_size);
+
+/* Runs (or resumes) the study into params->out_dir: for each chunk of rows
+   not yet done, extracts the target's vectors, explains them with the AV
+   and reconstructs them with the AR, appending one committed row at a time
+   (vectors, then the JSONL line, flushed and synced). A kill at any point
+   loses at most the rows not yet committed; a torn last line is cut off on
+   resume. A folder made with other arguments is refused (NLA_ERR_ARG,
+   naming the first difference). Bad input records are reported to
+   params->warn and skipped. counts may be NULL. */
+nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf, size_t errbuf_size);
+
+/* Merges the complete results folders of shards 1/n .. n/n (any order)
+   into out_dir (which must exist): the same files, byte for byte, as one
+   unsharded run. */
+nla_status nla_eval_merge(const char *out_dir, const char *const *shard_dirs, int n, char *errbuf, size_t errbuf_size);
+
+/* Receives output text in pieces. */
+typedef void (*nla_write_fn)(void *user, const char *text, size_t len);
+
+typedef struct {
+    int json;             /* summary: nonzero writes JSON instead of tables */
+    double baseline;      /* the training-set baseline of fve_nrm; default:
+                             params.json's fve_baseline, else 0.0302 */
+    int max_texts;        /* report: texts shown; default 200 */
+    nla_eval_warn_fn warn; /* optional: rows skipped as unreadable */
+    void *user;
+} nla_eval_report_params;
+
+/* Summarises results: a results folder (results.jsonl, with the vectors of
+   activations.npy for fve against each group's own mean when present) or
+   a JSONL file with the published field names (mse_nrm or cos required).
+   Count, mean, median, p10, p90, p99 of mse_nrm, mean cos, fve_nrm against
+   the training baseline and the group's own mean, share with cos < 0.5;
+   overall and by source, chat role and token kind; the explanations'
+   three-part structure; the degenerate templates of NLA_SPEC.md §3.6.
+   Output goes to write as text tables or JSON. */
+nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params, nla_write_fn write, void *user,
+                            char *errbuf, size_t errbuf_size);
+
+/* Writes a self-contained HTML report (no network, no external files):
+   the summary, histograms of mse_nrm by source and role, and the texts
+   with their sampled tokens coloured by mse_nrm, the explanation on hover
+   and click. */
+nla_status nla_eval_report_html(const char *results, const char *html_path, const nla_eval_report_params *params,
+                                char *errbuf, size_t errbuf_size);
+
 /* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
 
 #ifdef NLA_EXPERIMENTAL

@@ -1,0 +1,308 @@
+/* test_eval.c - nla eval on the embedded tiny trio and the sample data of
+   tests/data/eval/: bad records are reported with their line, a run killed
+   with SIGKILL at several points (and a results file torn mid-line) resumes
+   to exactly the files of an uninterrupted run, shards 1/3 + 2/3 + 3/3
+   merge into them byte for byte, other arguments on a folder are refused;
+   the summary of a fixed results file matches the numbers of
+   tests/data/gen/eval_fixed.py; the HTML report renders in headless
+   Chromium where it is installed. Runs ./nla (make builds it first). */
+#define _POSIX_C_SOURCE 200809L
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include "../nla.h"
+#include "test.h"
+#include "util.h"
+
+#define TRIO "weights/tiny/target", "weights/tiny/av", "weights/tiny/ar"
+#define SAMPLE "--docs", "tests/data/eval/docs.jsonl", "--chats", "tests/data/eval/chats.jsonl"
+#define OPTS "--min-position", "10", "--positions-per-record", "2", "--max-new", "8", "--chunk", "4", "--threads", "1", "--quiet"
+
+static const char *const files[] = {"params.json", "tokens.jsonl", "results.jsonl", "activations.npy", "reconstructions.npy"};
+
+/* Starts ./nla with args (NULL-terminated), stderr to err_path. */
+static pid_t spawn(const char *const *args, const char *err_path) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(err_path, "wb", stderr) || !freopen("/dev/null", "wb", stdout)) _exit(127);
+        execv("./nla", (char *const *)(uintptr_t)args);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_rc(pid_t pid) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int run_nla(const char *const *args, const char *err_path) { return wait_rc(spawn(args, err_path)); }
+
+static int count_lines(const char *path) {
+    size_t n;
+    char *b = slurp(path, &n);
+    int k = 0;
+    for (size_t i = 0; b && i < n; i++) k += b[i] == '\n';
+    free(b);
+    return k;
+}
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Every file of folder a equals b's, byte for byte. */
+static int same_files(const char *a, const char *b) {
+    int same = 1;
+    for (int i = 0; i < 5; i++) {
+        char pa[256], pb[256];
+        size_t na = 0, nb = 0;
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
+        char *x = slurp(pa, &na), *y = slurp(pb, &nb);
+        if (!x || !y || na != nb || memcmp(x, y, na)) {
+            fprintf(stderr, "  %s differs from %s\n", pa, pb);
+            same = 0;
+        }
+        free(x);
+        free(y);
+    }
+    return same;
+}
+
+static void rm_dir(const char *dir) {
+    char p[256];
+    for (int i = 0; i < 5; i++) { snprintf(p, sizeof p, "%s/%s", dir, files[i]); unlink(p); }
+    rmdir(dir);
+}
+
+/* The summary JSON collected from nla_eval_summary. */
+typedef struct { char *p; size_t n; } text;
+static void collect(void *user, const char *s, size_t n) {
+    text *t = (text *)user;
+    t->p = (char *)realloc(t->p, t->n + n + 1);
+    memcpy(t->p + t->n, s, n);
+    t->n += n;
+    t->p[t->n] = 0;
+}
+
+/* The number after "field": on the line of group g ("source=chat", "all"). */
+static double group_num(const char *json, const char *g, const char *field) {
+    char pat[128], key[64];
+    const char *eq = strchr(g, '=');
+    if (eq) snprintf(pat, sizeof pat, "\"group\": \"%.*s\", \"name\": \"%s\"", (int)(eq - g), g, eq + 1);
+    else snprintf(pat, sizeof pat, "\"group\": \"\", \"name\": \"%s\"", g);
+    const char *l = strstr(json, pat), *f;
+    snprintf(key, sizeof key, "\"%s\": ", field);
+    if (!l || !(f = strstr(l, key)) || memchr(l, '\n', (size_t)(f - l))) return NAN;
+    return strtod(f + strlen(key), NULL);
+}
+
+static double after(const char *json, const char *key) {
+    const char *f = strstr(json, key);
+    return f ? strtod(f + strlen(key), NULL) : NAN;
+}
+
+int main(void) {
+    const char *ref = "tests/tmp/eval_ref", *kd = "tests/tmp/eval_kill", *td = "tests/tmp/eval_torn", *md = "tests/tmp/eval_merged";
+    char err[512], *stderr_text;
+    mkdir("tests/tmp", 0755);
+    rm_dir(ref); rm_dir(kd); rm_dir(td); rm_dir(md);
+
+    /* the plan, through the API: 7 good records, 5 bad, 2 positions each */
+    {
+        nla_tokenizer *tok = NULL;
+        nla_eval_params p;
+        nla_eval_counts c;
+        memset(&p, 0, sizeof p);
+        p.docs = "tests/data/eval/docs.jsonl";
+        p.chats = "tests/data/eval/chats.jsonl";
+        p.min_position = 10;
+        p.positions_per_record = 2;
+        p.shard_index = 2;
+        p.shard_count = 3;
+        CHECK_EQ(nla_tokenizer_open("weights/tokenizer.json", &tok, err, sizeof err), NLA_OK);
+        CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_OK);
+        CHECK_EQ(c.records, 7);
+        CHECK_EQ(c.bad_records, 5);
+        CHECK_EQ(c.samples, 14);
+        CHECK_EQ(c.shard_samples, 4); /* records 1 and 4 */
+        p.max_tokens = 12;            /* too short for position >= 10 when cut: all but two tokens */
+        p.positions_per_record = 5;
+        CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_OK);
+        CHECK_EQ(c.samples, 14); /* 2 positions (10, 11) in each of 7 */
+        p.docs = "tests/data/eval/missing.jsonl";
+        CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_ERR_IO);
+        CHECK(strstr(err, "missing.jsonl") != NULL);
+        nla_tokenizer_close(tok);
+    }
+
+    /* the uninterrupted run; every bad record reported with its line */
+    const char *ref_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", ref, OPTS, NULL};
+    mkdir(ref, 0755);
+    CHECK_EQ(run_nla(ref_args, "tests/tmp/eval_err.txt"), 0);
+    stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+    CHECK(stderr_text && strstr(stderr_text, "docs.jsonl:5: skipped: invalid JSON at column 1"));
+    CHECK(stderr_text && strstr(stderr_text, "docs.jsonl:6: skipped: empty \"text\""));
+    CHECK(stderr_text && strstr(stderr_text, "docs.jsonl:7: skipped: too short"));
+    CHECK(stderr_text && strstr(stderr_text, "docs.jsonl:8: skipped: missing \"id\""));
+    CHECK(stderr_text && strstr(stderr_text, "chats.jsonl:4: skipped: chat: roles must alternate"));
+    free(stderr_text);
+    CHECK_EQ(count_lines("tests/tmp/eval_ref/results.jsonl"), 14);
+    {
+        char *r = slurp("tests/tmp/eval_ref/results.jsonl", NULL);
+        const char *fields[] = {"\"sample_idx\": 13,", "\"record_id\": \"chat-3\"", "\"source\": \"chat-code\"", "\"role\": \"asst_content\"",
+                                "\"role\": null", "\"token_id\": ", "\"token_str\": ", "\"position\": ", "\"seq_len\": ", "\"vec_norm\": ",
+                                "\"text_preview\": \"<bos><start_of_turn>user\\n", "\"explanation\": ", "\"raw_av_text\": ",
+                                "\"av_parsed\": ", "\"mse_nrm\": ", "\"cos\": ", "\"fve_nrm\": "};
+        for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) CHECK_MSG(r && strstr(r, fields[i]), "results.jsonl lacks %s", fields[i]);
+        free(r);
+        int nd;
+        long long sh[4];
+        float *v = npy_load("tests/tmp/eval_ref/activations.npy", &nd, sh);
+        CHECK(v && nd == 2 && sh[0] == 14 && sh[1] == 16);
+        free(v);
+    }
+
+    /* other arguments on the same folder are refused, naming the difference */
+    const char *other_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", ref, OPTS, "--seed", "7", NULL};
+    CHECK(run_nla(other_args, "tests/tmp/eval_err.txt") != 0);
+    stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+    CHECK(stderr_text && strstr(stderr_text, "other arguments") && strstr(stderr_text, "\"seed\": 7"));
+    free(stderr_text);
+
+    /* SIGKILL after k committed rows, and at fixed-seed random delays; then
+       a plain rerun finishes: the files equal the uninterrupted run's */
+    const char *kill_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", kd, OPTS, NULL};
+    mkdir(kd, 0755);
+    const int at_rows[] = {1, 5, 9, 12};
+    for (int i = 0; i < 4; i++) {
+        char res[256];
+        pid_t pid = spawn(kill_args, "tests/tmp/eval_err.txt");
+        snprintf(res, sizeof res, "%s/results.jsonl", kd);
+        for (int t = 0; t < 6000 && count_lines(res) < at_rows[i] && waitpid(pid, NULL, WNOHANG) == 0; t++) sleep_ms(2);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        CHECK_MSG(count_lines(res) < 14, "kill %d came after the run finished", i);
+    }
+    uint64_t rng = 12345;
+    for (int i = 0; i < 3; i++) {
+        rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+        pid_t pid = spawn(kill_args, "tests/tmp/eval_err.txt");
+        sleep_ms(200 + (long)((rng >> 33) % 1500));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+    }
+    CHECK_EQ(run_nla(kill_args, "tests/tmp/eval_err.txt"), 0);
+    CHECK_MSG(same_files(kd, ref), "killed and resumed run differs from the uninterrupted one");
+
+    /* a torn last line (and vectors written for rows without a line) */
+    mkdir(td, 0755);
+    for (int i = 0; i < 5; i++) {
+        char a[256], b[256];
+        snprintf(a, sizeof a, "%s/%s", ref, files[i]);
+        snprintf(b, sizeof b, "%s/%s", td, files[i]);
+        copy_file(a, b);
+    }
+    {
+        size_t n;
+        char path[256], *r;
+        snprintf(path, sizeof path, "%s/results.jsonl", td);
+        r = slurp(path, &n);
+        size_t cut = n - 1;
+        for (int k = 0; k < 3 && cut > 0; cut--) k += r[cut - 1] == '\n'; /* three lines back */
+        cut += 40; /* ... and 40 bytes into the next: a torn line */
+        spit(path, r, cut);
+        free(r);
+        const char *torn_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", td, OPTS, NULL};
+        CHECK_EQ(run_nla(torn_args, "tests/tmp/eval_err.txt"), 0);
+        CHECK_MSG(same_files(td, ref), "a torn results.jsonl was not redone exactly");
+    }
+
+    /* shards 1/3, 2/3, 3/3 merged == the unsharded run */
+    {
+        const char *sd[3] = {"tests/tmp/eval_s1", "tests/tmp/eval_s2", "tests/tmp/eval_s3"};
+        const char *shard[3] = {"1/3", "2/3", "3/3"};
+        for (int i = 0; i < 3; i++) {
+            const char *args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", sd[i], OPTS, "--shard", shard[i], NULL};
+            rm_dir(sd[i]);
+            CHECK_EQ(run_nla(args, "tests/tmp/eval_err.txt"), 0);
+        }
+        const char *two[] = {"./nla", "eval", "--merge", md, sd[0], sd[1], NULL};
+        CHECK(run_nla(two, "tests/tmp/eval_err.txt") != 0); /* shard 3 missing */
+        const char *all[] = {"./nla", "eval", "--merge", md, sd[2], sd[0], sd[1], NULL};
+        CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
+        CHECK_MSG(same_files(md, ref), "merged shards differ from the unsharded run");
+        for (int i = 0; i < 3; i++) rm_dir(sd[i]);
+    }
+
+    /* the summary of a fixed results file against tests/data/gen/eval_fixed.py */
+    {
+        static const struct { const char *group, *field; double want; } exp[] = {
+            {"all", "n", 12}, {"all", "mse_mean", 0.12833333333333333}, {"all", "mse_median", 0.013049999999999999},
+            {"all", "mse_p10", 0.0013000000000000006}, {"all", "mse_p90", 0.135}, {"all", "mse_p99", 1.0833120000000007},
+            {"all", "cos_mean", 0.9358333333333334}, {"all", "fve_nrm", -3.2494481236203088}, {"all", "catastrophic", 0.08333333333333333},
+            {"source=chat", "n", 6}, {"source=chat", "mse_mean", 0.22806666666666664}, {"source=chat", "mse_p90", 0.6696},
+            {"source=chat", "mse_p99", 1.1469600000000002}, {"source=chat", "catastrophic", 0.16666666666666666},
+            {"source=pretraining", "mse_mean", 0.0286}, {"source=pretraining", "mse_median", 0.0175},
+            {"source=pretraining", "mse_p10", 0.0050000000000000044}, {"source=pretraining", "cos_mean", 0.9857},
+            {"source=pretraining", "fve_nrm", 0.052980132450331174},
+            {"role=asst_content", "n", 2}, {"role=asst_content", "mse_p10", 0.00771}, {"role=bos", "mse_mean", 0.0006},
+            {"role=end_of_turn", "catastrophic", 1.0}, {"role=role_marker", "mse_mean", 0.1392}, {"role=user_content", "cos_mean", 0.99385},
+            {"token_kind=cap_no_space", "mse_mean", 0.0972}, {"token_kind=lower_word", "n", 2}, {"token_kind=whitespace", "mse_mean", 0.0294},
+            {"token_kind=digits", "mse_mean", 0.0}, {"token_kind=single_letter", "mse_mean", 0.0123}, {"token_kind=special", "n", 2},
+            {"token_kind=special", "mse_p90", 0.12534}, {"token_kind=punctuation", "mse_mean", 1.2}, {"token_kind=subword", "mse_mean", 0.0138},
+            {"token_kind=cap_word", "cos_mean", 0.995}, {"token_kind=other", "mse_mean", 0.0212}};
+        static const struct { const char *key; double want; } shape[] = {
+            {"\"explanations\": ", 11}, {"\"two_or_three_paragraphs\": ", 0.45454545454545453},
+            {"\"first_kind_colon_topic\": ", 0.6363636363636364}, {"\"first_word_structured\": ", 0.2727272727272727},
+            {"\"quoted_context\": ", 0.2727272727272727}, {"\"final_token_paragraph\": ", 0.45454545454545453},
+            {"\"structured_chat\": ", 0.6}, {"\"structured_nonchat\": ", 0.0},
+            {"\"sink_fragmented_academic\": {\"n\": ", 1}, {"\"fallback_research_paper\": {\"n\": ", 1}, {"\"cjk_output\": {\"n\": ", 1},
+            {"\"newline_repetition\": {\"n\": ", 2}, {"\"unparsed\": {\"n\": ", 1}};
+        nla_eval_report_params rp;
+        text t = {NULL, 0};
+        memset(&rp, 0, sizeof rp);
+        rp.json = 1;
+        CHECK_EQ(nla_eval_summary("tests/data/eval/fixed_results.jsonl", &rp, collect, &t, err, sizeof err), NLA_OK);
+        for (size_t i = 0; t.p && i < sizeof exp / sizeof *exp; i++)
+            CHECK_MSG(fabs(group_num(t.p, exp[i].group, exp[i].field) - exp[i].want) <= 1e-7, "%s %s: %g, want %g", exp[i].group,
+                      exp[i].field, group_num(t.p, exp[i].group, exp[i].field), exp[i].want);
+        for (size_t i = 0; t.p && i < sizeof shape / sizeof *shape; i++)
+            CHECK_MSG(fabs(after(t.p, shape[i].key) - shape[i].want) <= 1e-9, "%s%g, want %g", shape[i].key, after(t.p, shape[i].key), shape[i].want);
+        CHECK(t.p && strstr(t.p, "\"fve_own_mean\": null")); /* no vectors beside a bare JSONL file */
+        free(t.p);
+        /* the text tables, and a results folder (with its vectors) */
+        rp.json = 0;
+        t.p = NULL;
+        t.n = 0;
+        CHECK_EQ(nla_eval_summary(ref, &rp, collect, &t, err, sizeof err), NLA_OK);
+        CHECK(t.p && strstr(t.p, "14 rows") && strstr(t.p, "role=asst_content") && strstr(t.p, "structure of the"));
+        free(t.p);
+        CHECK_EQ(nla_eval_summary("tests/tmp/nonexistent", &rp, collect, &t, err, sizeof err), NLA_ERR_IO);
+    }
+
+    /* the HTML report: self-contained; rendered by headless Chromium */
+    {
+        nla_eval_report_params rp;
+        memset(&rp, 0, sizeof rp);
+        CHECK_EQ(nla_eval_report_html(ref, "tests/tmp/eval_report.html", &rp, err, sizeof err), NLA_OK);
+        char *h = slurp("tests/tmp/eval_report.html", NULL);
+        CHECK(h && !strstr(h, "http:") && !strstr(h, "https:") && !strstr(h, "src=") && strstr(h, "<svg") && strstr(h, "class=\"s\""));
+        free(h);
+        if (access("/usr/bin/chromium", X_OK) == 0) {
+            int rc = system("timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu --dump-dom "
+                            "\"file://$PWD/tests/tmp/eval_report.html\" > tests/tmp/eval_dom.html 2>/dev/null");
+            char *dom = slurp("tests/tmp/eval_dom.html", NULL);
+            CHECK_EQ(rc, 0);
+            CHECK_MSG(dom && strstr(dom, "report ready: 14 rows, 14 tokens shown in 7 texts"), "the report's script did not run in Chromium");
+            CHECK(dom && strstr(dom, "mse_nrm by chat role") && strstr(dom, "role=asst_content"));
+            free(dom);
+        } else {
+            printf("skipped: chromium not installed\n");
+        }
+    }
+    return test_report();
+}
