@@ -5674,8 +5674,9 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
     int line = 0, cap = 0;
     nla_status rc;
     memset(s, 0, sizeof *s);
-    if (f) { fclose(f); s->dir = xstrndup(results, strlen(results)); }
-    rc = read_file(f ? path : results, &buf, &n, SIZE_MAX / 2, e);
+    if (f) fclose(f);
+    if (!path || (f && !(s->dir = xstrndup(results, strlen(results))))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    else rc = read_file(f ? path : results, &buf, &n, SIZE_MAX / 2, e);
     for (size_t at = 0; !rc && at < n;) {
         const char *b = buf + at, *nl = (const char *)memchr(b, '\n', n - at);
         size_t len = nl ? (size_t)(nl - b) : n - at;
@@ -5683,10 +5684,12 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         double mse, cos;
         uint64_t u;
         int has_mse, has_cos, k;
+        nla_status pr;
         at += len + 1;
         line++;
         if (!len) continue;
-        if (json_parse(&d, b, len, NULL, "row") != NLA_OK) {
+        if ((pr = json_parse(&d, b, len, NULL, "row")) == NLA_ERR_NOMEM) { rc = fail(e, pr, "eval: out of memory"); break; }
+        if (pr) {
             if (p->warn) { char m[128]; snprintf(m, sizeof m, "%s: line %d is not JSON; skipped", results, line); p->warn(p->user, m); }
             continue;
         }
@@ -5712,8 +5715,10 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         r->parsed = k < 0 || d.node[k].type != J_FALSE;
         k = json_get(&d, 0, "record_id");
         r->record_id = k < 0 ? NULL : d.node[k].type == J_NUM ? xstrndup(d.src + d.node[k].off, d.node[k].len) : ev_field(&d, "record_id", NULL);
-        r->source = ev_field(&d, "source", "(none)");
-        r->role = ev_field(&d, "role", NULL);
+        if (k >= 0 && (d.node[k].type == J_NUM || d.node[k].type == J_STR) && !r->record_id) r->source = NULL; /* out of memory */
+        else r->source = ev_field(&d, "source", "(none)");
+        k = json_get(&d, 0, "role");
+        if (!(r->role = ev_field(&d, "role", NULL)) && k >= 0 && d.node[k].type == J_STR) { NLA_FREE(r->source); r->source = NULL; }
         r->expl = ev_field(&d, "explanation", "");
         r->raw = ev_field(&d, "raw_av_text", "");
         r->token = ev_field(&d, "token_str", "");
@@ -5724,27 +5729,29 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
     }
     s->baseline = p->baseline;
     s->baseline_kind = "given";
-    if (!rc && s->dir && !(p->baseline > 0) && ev_read(s->dir, "params.json", &pj, NULL, &ign) == NLA_OK) {
+    if (!rc && s->dir && !(p->baseline > 0)) { /* params.json's; none readable: the default below */
         jdoc d;
-        if (json_parse(&d, pj, strlen(pj), NULL, "params") == NLA_OK) {
+        nla_status pr = ev_read(s->dir, "params.json", &pj, NULL, &ign);
+        if (!pr && !(pr = json_parse(&d, pj, strlen(pj), NULL, "params"))) {
             if (json_num(&d, json_get(&d, 0, "fve_baseline"), &s->baseline)) s->baseline_kind = "training set (params.json)";
             json_free(&d);
         }
+        if (pr == NLA_ERR_NOMEM) rc = fail(e, pr, "eval: out of memory");
     }
     if (!(s->baseline > 0)) { s->baseline = 0.0302; s->baseline_kind = "training set (12B default)"; }
     if (!rc && s->dir) { /* the vectors, for fve against each group's own mean */
         char *ap = ev_path(s->dir, "activations.npy");
         int64_t sh[2];
-        int nd;
-        if (ap && nla_npy_read(ap, NULL, 0, sh, &nd, NULL, 0) == NLA_ERR_BUFFER_TOO_SMALL && nd == 2 &&
-            (s->act = (float *)xmalloc((size_t)(sh[0] * sh[1]), sizeof(float))) != NULL &&
-            nla_npy_read(ap, s->act, (size_t)(sh[0] * sh[1]), sh, &nd, NULL, 0) == NLA_OK) {
-            s->n_act = (long)sh[0];
-            s->d = (int)sh[1];
-        } else {
-            NLA_FREE(s->act);
-            s->act = NULL;
+        int nd = 0;
+        nla_status ar = ap ? nla_npy_read(ap, NULL, 0, sh, &nd, NULL, 0) : NLA_ERR_NOMEM;
+        if (ar == NLA_ERR_BUFFER_TOO_SMALL && nd == 2) {
+            s->act = (float *)xmalloc((size_t)(sh[0] * sh[1]), sizeof(float));
+            ar = s->act ? nla_npy_read(ap, s->act, (size_t)(sh[0] * sh[1]), sh, &nd, NULL, 0) : NLA_ERR_NOMEM;
+            s->n_act = ar ? 0 : (long)sh[0];
+            s->d = ar ? 0 : (int)sh[1];
         }
+        if (ar) { NLA_FREE(s->act); s->act = NULL; } /* absent or unreadable: no fve against own means */
+        if (ar == NLA_ERR_NOMEM) rc = fail(e, ar, "eval: out of memory");
         NLA_FREE(ap);
     }
     NLA_FREE(path); NLA_FREE(buf); NLA_FREE(pj);
@@ -5769,16 +5776,18 @@ static double ev_quantile(const double *sorted, int n, double q) {
     return i + 1 < n ? sorted[i] + (at - i) * (sorted[i + 1] - sorted[i]) : sorted[n - 1];
 }
 
-/* Statistics of the rows sel[0..n). */
-static void ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *st) {
-    double *m = (double *)xmalloc((size_t)n, sizeof(double));
+/* Statistics of the rows sel[0..n) (NaN when n is 0). */
+static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *st) {
+    double *m = NULL;
     float *v = NULL;
     int nv = 0;
     memset(st, 0, sizeof *st);
     st->n = n;
     st->fve_own = NAN;
-    if (!m || !n) { NLA_FREE(m); st->mean = st->median = st->p10 = st->p90 = st->p99 = st->cos = st->fve = st->cata = NAN; return; }
+    if (!n) { st->mean = st->median = st->p10 = st->p90 = st->p99 = st->cos = st->fve = st->cata = NAN; return NLA_OK; }
+    m = (double *)xmalloc((size_t)n, sizeof(double));
     if (s->act) v = (float *)xmalloc((size_t)n, (size_t)s->d * sizeof(float));
+    if (!m || (s->act && !v)) { NLA_FREE(m); NLA_FREE(v); return NLA_ERR_NOMEM; }
     for (int i = 0; i < n; i++) {
         const ev_srow *r = &s->row[sel[i]];
         m[i] = r->mse;
@@ -5800,6 +5809,7 @@ static void ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *st) {
     }
     NLA_FREE(m);
     NLA_FREE(v);
+    return NLA_OK;
 }
 
 /* Output through the caller's write function. */
@@ -5872,7 +5882,7 @@ static void ev_summary_write(const ev_set *s, int json, ev_out *o, nla_status *r
                   "fve_nrm", "fve_own", "cos<0.5");
     }
     for (int i = 0; i < s->n; i++) sel[i] = i;
-    ev_stats_of(s, sel, s->n, &st);
+    if (ev_stats_of(s, sel, s->n, &st)) goto nomem;
     ev_put_stats(o, json, "", "all", &st, first);
     first = 0;
     for (int g = 0; g < 3; g++) { /* by source, by role, by token kind */
@@ -5902,7 +5912,7 @@ static void ev_summary_write(const ev_set *s, int json, ev_out *o, nla_status *r
                 if (g == 0 ? !strcmp(r->source, names[k]) : g == 1 ? r->role && !strcmp(r->role, names[k]) : r->kind == k) sel[n++] = i;
             }
             if (!n) continue;
-            ev_stats_of(s, sel, n, &st);
+            if (ev_stats_of(s, sel, n, &st)) goto nomem;
             ev_put_stats(o, json, g == 0 ? "source" : g == 1 ? "role" : "token_kind", names[k], &st, 0);
         }
     }
@@ -5956,6 +5966,11 @@ static void ev_summary_write(const ev_set *s, int json, ev_out *o, nla_status *r
         }
 #undef SHARE
     }
+    NLA_FREE(sel);
+    NLA_FREE(names);
+    return;
+nomem:
+    *rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     NLA_FREE(sel);
     NLA_FREE(names);
 }

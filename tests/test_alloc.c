@@ -206,6 +206,33 @@ out:
     return rc;
 }
 
+static void drop(void *user, const char *text, size_t len) { (void)user, (void)text, (void)len; }
+
+/* the eval's readers: input records (plan), results (summary, report) */
+static nla_status sc_eval(void) {
+    nla_tokenizer *t = NULL;
+    nla_eval_params ep;
+    nla_eval_counts ec;
+    nla_eval_report_params rp;
+    char err[256], html[512];
+    nla_status rc;
+    TRY(nla_tokenizer_open(TOK, &t, err, sizeof err));
+    memset(&ep, 0, sizeof ep);
+    ep.docs = "tests/data/eval/docs.jsonl";
+    ep.chats = "tests/data/eval/chats.jsonl";
+    ep.out_dir = tmp;
+    ep.min_position = 10;
+    ep.positions_per_record = 2;
+    TRY(nla_eval_plan(&ep, t, &ec, err, sizeof err));
+    memset(&rp, 0, sizeof rp);
+    TRY(nla_eval_summary("tests/data/eval/fixed_results.jsonl", &rp, drop, NULL, err, sizeof err));
+    snprintf(html, sizeof html, "%s/report.html", tmp);
+    TRY(nla_eval_report_html("tests/data/eval/fixed_results.jsonl", html, &rp, err, sizeof err));
+out:
+    nla_tokenizer_close(t);
+    return rc;
+}
+
 /* ---- the sweep ---- */
 
 static void sweep(const char *name, nla_status (*fn)(void)) {
@@ -243,5 +270,6 @@ int main(void) {
     sweep("model", sc_model);
     sweep("model-q8", sc_model_q8);
     sweep("nla", sc_nla);
+    sweep("eval", sc_eval);
     return test_report();
 }
