@@ -1,6 +1,7 @@
 /* test_alloc.c - allocation failure: each scenario below (tokenizer, chat,
    safetensors and .npy files, model open as stored and quantized, forward and
-   generate, the NLA round trip) first runs once to count its allocations, N;
+   generate, the NLA round trip, the eval's readers) first runs once to count
+   its allocations, N;
    then it runs again N times, the k-th allocation failing on run k. Every
    such run must end in NLA_ERR_NOMEM (never a success that swallowed the
    failure, never another error), with no crash and no block left live. nla.c is
