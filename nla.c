@@ -2636,9 +2636,10 @@ static void rope_tables(nla_session *s, int n) {
         }
 }
 
-/* Logits for chunk rows [r0, r0+n) that the batch asks for (logit rows are
-   increasing, so they form one run of the output). */
-static void chunk_logits(nla_session *s, const nla_batch *b, int r0, int n, int *next_sel) {
+/* Residual rows and logits for chunk rows [r0, r0+n) that the batch
+   selects (selected rows are increasing, so they form one run of the
+   output). */
+static void chunk_outputs(nla_session *s, const nla_batch *b, int r0, int n, int *next_sel) {
     const nla_model *m = s->m;
     const int h = m->cfg.d, V = m->cfg.vocab;
     int first = *next_sel, cnt = 0;
@@ -2648,11 +2649,13 @@ static void chunk_logits(nla_session *s, const nla_batch *b, int r0, int n, int 
                                                        : (want == 0 ? b->n_tokens - 1 : INT_MAX);
         if (b->all_logits && want >= b->n_tokens) row = INT_MAX;
         if (row >= r0 + n) break;
-        rmsnorm(s->xb + (size_t)cnt * h, s->x + (size_t)(row - r0) * h, m->final_norm, h, m->cfg.eps);
+        const float *x = s->x + (size_t)(row - r0) * h;
+        if (b->residual) memcpy(b->residual + (size_t)want * h, x, (size_t)h * sizeof(float));
+        if (b->logits) rmsnorm(s->xb + (size_t)cnt * h, x, m->final_norm, h, m->cfg.eps);
         cnt++;
         (*next_sel)++;
     }
-    if (!cnt) return;
+    if (!cnt || !b->logits) return;
     float *out = b->logits + (size_t)first * V;
     matmul(out, s->xb, cnt, &m->head, &s->mm);
     if (m->cfg.final_softcap > 0) {
@@ -2685,8 +2688,7 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
             return fail(&s->err, NLA_ERR_RANGE, "nla_forward: %d cached + %d new tokens of sequence %d exceed the context of %d", s->past[q],
                         s->next[q] - s->past[q], q, s->n_ctx);
     }
-    if (b->seq && (b->hook || nb < c->n_layers))
-        return fail(&s->err, NLA_ERR_ARG, "nla_forward: rows of several sequences run all blocks, without a hook");
+    if (b->seq && b->hook) return fail(&s->err, NLA_ERR_ARG, "nla_forward: rows of several sequences run without a hook");
     if (cached && nb > s->kv_layers)
         return fail(&s->err, NLA_ERR_ARG, "nla_forward: the cache holds only %d blocks (an earlier call stopped early); reset the session", s->kv_layers);
     if (want_logits && nb < c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_forward: logits need all %d blocks", c->n_layers);
@@ -2724,7 +2726,7 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
                 for (int t = 0; t < n; t++)
                     memcpy(b->hidden + ((size_t)l * T + r0 + t) * h, s->x + (size_t)t * h, (size_t)h * sizeof(float));
         }
-        if (want_logits) chunk_logits(s, b, r0, n, &next_sel);
+        if (want_logits || b->residual) chunk_outputs(s, b, r0, n, &next_sel);
     }
     if (!cached || nb < s->kv_layers) s->kv_layers = nb;
     for (int q = 0; q < s->n_seq; q++) {
@@ -4354,17 +4356,36 @@ int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n)
 
 /* --- reconstruct */
 
-typedef struct {
-    int layer, row, d;
-    float *h;
-} last_row_ctx;
-
-static int last_row_hook(void *user, int layer, int pos0, int n_rows, int d, float *resid) {
-    last_row_ctx *x = (last_row_ctx *)user;
-    if (layer == x->layer && x->row >= pos0 && x->row < pos0 + n_rows) memcpy(x->h, resid + (size_t)(x->row - pos0) * d, (size_t)d * sizeof(float));
-    return 0;
+/* The AR's input for explanation i: <bos> + the AR template around the
+   trimmed text, as ids in a new array *ids (the caller frees it), *n of
+   them, ending in the critic suffix. */
+static nla_status ar_tokens(const nla_model *m, const char *expl, int i, int32_t **ids, int *n, errbuf *e) {
+    const struct nla_sidecar *sc = m->nla;
+    *ids = NULL;
+    *n = 0;
+    if (!expl) return fail(e, NLA_ERR_ARG, "nla_reconstruct: explanation %d is NULL", i);
+    const char *b = expl, *end = b + strlen(b);
+    py_trim(&b, &end); /* as training did: <text>foo</text>, never <text> foo </text> */
+    int missing;
+    char *text = fill_template(sc->ar_template, "{explanation}", b, (size_t)(end - b), &missing);
+    size_t tl = text ? strlen(text) : 0;
+    nla_status rc = NLA_OK;
+    if (!text || !(*ids = (int32_t *)xmalloc(nla_tokenize_bound(tl), sizeof(int32_t))) ||
+        nla_tokenize(m->tok, text, tl, NLA_TOKENIZE_BOS, *ids, (int)nla_tokenize_bound(tl), n))
+        rc = fail(e, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
+    else if (*n < sc->pub.n_critic_suffix ||
+             memcmp(*ids + *n - sc->pub.n_critic_suffix, sc->pub.critic_suffix_ids, sizeof(int32_t) * (size_t)sc->pub.n_critic_suffix))
+        rc = fail(e, NLA_ERR_FORMAT, "nla_reconstruct: explanation %d does not end in the critic suffix ids after tokenizing", i);
+    NLA_FREE(text);
+    if (rc) { NLA_FREE(*ids); *ids = NULL; }
+    return rc;
 }
 
+/* Explanations go through the AR G = min(n_seq, n_batch) at a time, one
+   sequence each, in one forward: rows [G explanations' ids, concatenated],
+   each at its own positions, so every weight read serves all G. The last
+   row of each, after block K, times the value head is its vector. G = 1 is
+   the one-at-a-time pass; rows do not meet, so any G gives the same bits. */
 nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int n, float *out) {
     if (!s) return NLA_ERR_ARG;
     const nla_model *m = s->m;
@@ -4373,40 +4394,45 @@ nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int 
         return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: %s is not an AR (nla_meta.yaml with role ar and value_head.safetensors)", m->dir);
     if (!m->tok) return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: %s has no tokenizer.json", m->dir);
     if (n < 1 || !explanations || !out) return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: explanations and out are required");
-    const int d = m->cfg.d, K = sc->pub.layer;
-    float *h = (float *)xmalloc((size_t)d, sizeof(float));
-    nla_status rc = h ? NLA_OK : fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
-    for (int i = 0; i < n && !rc; i++) {
-        if (!explanations[i]) { rc = fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: explanation %d is NULL", i); break; }
-        const char *b = explanations[i], *e = b + strlen(b);
-        py_trim(&b, &e); /* as training did: <text>foo</text>, never <text> foo </text> */
-        int missing, n_ids = 0;
-        char *text = fill_template(sc->ar_template, "{explanation}", b, (size_t)(e - b), &missing);
-        size_t tl = text ? strlen(text) : 0;
-        int32_t *ids = text ? (int32_t *)xmalloc(nla_tokenize_bound(tl), sizeof(int32_t)) : NULL;
-        if (!ids || nla_tokenize(m->tok, text, tl, NLA_TOKENIZE_BOS, ids, (int)nla_tokenize_bound(tl), &n_ids)) {
-            rc = fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
-        } else if (n_ids > s->n_ctx) {
-            rc = fail(&s->err, NLA_ERR_RANGE, "nla_reconstruct: explanation %d is %d tokens, the context is %d", i, n_ids, s->n_ctx);
-        } else if (n_ids < sc->pub.n_critic_suffix ||
-                   memcmp(ids + n_ids - sc->pub.n_critic_suffix, sc->pub.critic_suffix_ids, sizeof(int32_t) * (size_t)sc->pub.n_critic_suffix)) {
-            rc = fail(&s->err, NLA_ERR_FORMAT, "nla_reconstruct: explanation %d does not end in the critic suffix ids after tokenizing", i);
-        } else {
-            last_row_ctx x = {K, n_ids - 1, d, h};
+    const int d = m->cfg.d, G = s->n_seq < s->n_batch ? s->n_seq : s->n_batch;
+    int32_t **part = (int32_t **)xcalloc((size_t)G, sizeof(int32_t *)); /* [G] each explanation's ids */
+    int32_t *last = (int32_t *)xmalloc((size_t)G, sizeof(int32_t));     /* [G] its last row in the batch */
+    float *h = (float *)xmalloc((size_t)G * d, sizeof(float));            /* [G, d] those rows after block K */
+    nla_status rc = part && last && h ? NLA_OK : fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
+    for (int i0 = 0; i0 < n && !rc; i0 += G) {
+        const int g = n - i0 < G ? n - i0 : G;
+        int rows = 0, len = 0;
+        for (int q = 0; q < g && !rc; q++) {
+            if (!(rc = ar_tokens(m, explanations[i0 + q], i0 + q, &part[q], &len, &s->err)) && len > s->n_ctx)
+                rc = fail(&s->err, NLA_ERR_RANGE, "nla_reconstruct: explanation %d is %d tokens, the context is %d", i0 + q, len, s->n_ctx);
+            last[q] = (rows += len) - 1;
+        }
+        int32_t *ids = rc ? NULL : (int32_t *)xmalloc((size_t)rows * 2, sizeof(int32_t)), *seq = ids ? ids + rows : NULL; /* [rows] each */
+        if (!rc && !ids) rc = fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
+        for (int q = 0, r = 0; q < g && !rc; q++)
+            for (int j = 0; r <= last[q]; j++, r++) {
+                ids[r] = part[q][j];
+                seq[r] = q;
+            }
+        if (!rc) {
             nla_batch bt;
             memset(&bt, 0, sizeof bt);
-            bt.n_tokens = n_ids;
+            bt.n_tokens = rows;
             bt.ids = ids;
-            bt.n_blocks = K + 1; /* no final norm: the raw residual after block K */
-            bt.hook = last_row_hook;
-            bt.hook_user = &x;
+            bt.seq = seq;
+            bt.n_blocks = sc->pub.layer + 1; /* no final norm: the raw residual after block K */
+            bt.logit_rows = last;
+            bt.n_logit_rows = g;
+            bt.residual = h;
             nla_session_reset(s);
-            if (!(rc = nla_forward(s, &bt))) matmul(out + (size_t)i * d, h, 1, &sc->value_head, &s->mm);
+            if (!(rc = nla_forward(s, &bt))) matmul(out + (size_t)i0 * d, h, g, &sc->value_head, &s->mm);
             nla_session_reset(s);
         }
+        for (int q = 0; q < g; q++) { NLA_FREE(part[q]); part[q] = NULL; }
         NLA_FREE(ids);
-        NLA_FREE(text);
     }
+    NLA_FREE(part);
+    NLA_FREE(last);
     NLA_FREE(h);
     return rc;
 }
@@ -6814,6 +6840,7 @@ static const char *const usage_reconstruct =
     "  --jsonl FILE    one JSON object per line with an \"explanation\" field (what nla verbalize\n"
     "                  writes), or a JSON string per line\n"
     "  --out FILE      float32 .npy [n, d]: the AR's reconstructions\n"
+    "  --batch B       explanations read together, sharing each weight read (default 8)\n"
     "  --tokenizer F   tokenizer.json (default: AR/tokenizer.json)\n"
     "  --threads N     threads (default: all)\n";
 
@@ -6835,7 +6862,8 @@ static const char *const usage_explain =
     "  --positions I,J   token positions (default: every position after <bos>)\n"
     "  --jsonl           one JSON object per position instead of the table\n"
     "  --max-new N       tokens per explanation at most (default 200)\n"
-    "  --batch B         vectors the AV decodes together (default 8)\n"
+    "  --batch B         vectors the AV decodes together, explanations the AR reads together\n"
+    "                    (default 8)\n"
     "  --temp T --top-k K --top-p P --seed S   sampling (default greedy)\n"
     "  --tokenizer F     tokenizer.json for all three (default: each folder's)\n"
     "  --threads N       threads (default: all)\n";
@@ -7001,6 +7029,31 @@ static int cli_av_session(nla_model *m, const cli_opts *o, int B, nla_session **
     return rc ? cli_error("cannot create a session: %s", nla_strerror(rc)) : 0;
 }
 
+/* An AR session (model m, from folder dir) for the n explanations: up to
+   --batch of them (default 8) read together, one sequence each, as long as
+   the longest AR input. */
+static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, char *const *ex, int n, nla_session **s) {
+    nla_meta meta;
+    nla_model_get_meta(m, &meta);
+    if (strcmp(meta.role, "ar") || !meta.has_value_head || !nla_model_tokenizer(m))
+        return cli_error("%s is not an AR with a tokenizer (nla_meta.yaml with role: ar, value_head.safetensors, tokenizer.json)", dir);
+    const int B = o->batch ? o->batch : 8;
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = o->threads;
+    sp.n_seq = n < B ? n : B;
+    for (int i = 0; i < n; i++) {
+        int32_t *ids;
+        int k;
+        errbuf e;
+        if (ar_tokens(m, ex[i], i, &ids, &k, &e)) return cli_error("%s", e.msg);
+        NLA_FREE(ids);
+        if (k > sp.n_ctx) sp.n_ctx = k;
+    }
+    nla_status rc = nla_session_new(m, &sp, s);
+    return rc ? cli_error("cannot create a session: %s", nla_strerror(rc)) : 0;
+}
+
 static void print_expl_fields(const cli_expl *x) {
     printf("\"explanation\": ");
     cli_json(x->raw + x->ex_start, x->ex_len);
@@ -7092,7 +7145,7 @@ static int cmd_reconstruct(int argc, char **argv) {
     float *rec = NULL;
     nla_status rc;
     int64_t sh[2];
-    if (!ex || n < 1 || cli_open(o.dir, &o, &m, &s)) goto out;
+    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, &m) || cli_ar_session(m, o.dir, &o, ex, n, &s)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
@@ -7231,8 +7284,8 @@ static int cmd_explain(int argc, char **argv) {
     }
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
-    /* 4. AR: reconstruct from the explanations */
-    if (cli_open(o.arg[2], &o, &m, &s)) goto out;
+    /* 4. AR: reconstruct from the explanations, B read together */
+    if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, &m) || cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s)) goto out;
     nla_model_get_meta(m, &ar_meta);
     random_weights |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
     if (ar_meta.d_model != d || ar_meta.layer != K) { cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)", ar_meta.d_model, ar_meta.layer, d, K); goto out; }

@@ -267,8 +267,8 @@ typedef struct {
                               later calls may not run more blocks than this
                               until nla_session_reset. */
     float *logits;         /* out [n_logit_rows, vocab] or NULL */
-    const int32_t *logit_rows; /* rows (0..n_tokens-1) that get logits;
-                              NULL = the last row only */
+    const int32_t *logit_rows; /* rows (0..n_tokens-1) that get logits (and
+                              residual rows); NULL = the last row only */
     int n_logit_rows;      /* entries in logit_rows */
     int all_logits;        /* nonzero: logits for every row ([n_tokens, vocab]) */
     float *hidden;         /* out [n_blocks, n_tokens, d_model] or NULL: the
@@ -280,8 +280,14 @@ typedef struct {
                               or NULL: all sequence 0. Each row goes after
                               what its sequence holds, rows of one sequence
                               in order; several sequences share every weight
-                              read (batched decoding). With seq, all blocks
-                              run and there is no hook. */
+                              read (batched decoding and prefill). With seq
+                              there is no hook (whose pos0 assumes one
+                              sequence). */
+    float *residual;       /* out [selected rows, d_model] or NULL: the
+                              residual after the last block run, before the
+                              final norm, of the rows that logit_rows or
+                              all_logits select (also with n_blocks < all,
+                              where there are no logits) */
 } nla_batch;
 
 /* Runs the batch through the model, appending its keys and values to the
@@ -472,7 +478,11 @@ int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n)
 
 /* AR: reconstructs n vectors (out [n, d_model]) from n NUL-terminated
    explanations: <bos> + the AR template around the trimmed explanation,
-   the AR's blocks without a final norm, the last row, times the value head. */
+   the AR's blocks without a final norm, the last row, times the value head.
+   A session with n_seq > 1 reads min(n_seq, n_batch) explanations in one
+   forward, one sequence each (each needs at most n_ctx tokens), so each
+   weight read serves all of them; results are bit-identical to one
+   explanation at a time (n_seq 1). */
 nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int n, float *out);
 
 typedef struct {

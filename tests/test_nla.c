@@ -330,13 +330,35 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     CHECK_MSG(er <= 1e-4, "reconstruct: rel err %.3g", er);
     CHECK_EQ(nla_reconstruct(sr, (const char *const *)padded, 3, rec2), NLA_OK); /* trimmed like training */
     CHECK(!memcmp(rec, rec2, sizeof rec));
+    /* batched: explanations in one forward (sequences of 3, 2 + 1, and
+       chunks of 5 rows that cut through them) give the bits of one at a
+       time, as do groups made of explanations of different lengths */
+    float one[3 * D];
+    for (int i = 0; i < 3; i++) CHECK_EQ(nla_reconstruct(sr, (const char *const *)ex + i, 1, one + i * D), NLA_OK);
+    CHECK(!memcmp(rec, one, sizeof rec));
+    const int seqs[3] = {3, 2, 3}, batches[3] = {0, 0, 5};
+    for (int k = 0; k < 3; k++) {
+        nla_session_params bp;
+        memset(&bp, 0, sizeof bp);
+        bp.n_seq = seqs[k];
+        bp.n_batch = batches[k];
+        nla_session *sbat;
+        CHECK_EQ(nla_session_new(ar, &bp, &sbat), NLA_OK);
+        memset(rec2, 0, sizeof rec2);
+        CHECK_EQ(nla_reconstruct(sbat, (const char *const *)ex, 3, rec2), NLA_OK);
+        CHECK_MSG(!memcmp(rec2, one, sizeof rec2), "batched reconstruct (n_seq %d, n_batch %d) differs", seqs[k], batches[k]);
+        const char *bad[3] = {ex[0], NULL, ex[2]};
+        CHECK_EQ(nla_reconstruct(sbat, bad, 3, rec2), NLA_ERR_ARG);
+        CHECK(strstr(nla_session_errmsg(sbat), "explanation 1 is NULL") != NULL);
+        nla_session_free(sbat);
+    }
     nla_session *st;
     CHECK_EQ(nla_session_new(target, NULL, &st), NLA_OK);
     CHECK_EQ(nla_reconstruct(st, (const char *const *)ex, 1, rec2), NLA_ERR_ARG); /* not an AR */
     CHECK(strstr(nla_session_errmsg(st), "not an AR") != NULL);
     nla_session_free(st);
     nla_session_free(sr);
-    printf("  reconstruct: 3 explanations, max rel err %.2e\n", er);
+    printf("  reconstruct: 3 explanations, max rel err %.2e; batched (n_seq 2, 3) bit-identical\n", er);
 
     /* metrics against the golden, and the identity mse_nrm = 2 (1 - cos) */
     const char *mt = strstr(golden, "\"metrics\"");
