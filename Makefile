@@ -71,16 +71,36 @@ sanitize:
 	$(MAKE) test OMP= CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 	$(MAKE) clean
 
-# Speed and memory (never a test): bandwidth probe, tokenizer, and the
-# 1B-shaped random Q8_0 and Q4_0 models it writes under weights/ (2.9 GB of
-# disk). BENCH_MODELS=... to measure other folders.
+# Speed and memory (never a test): bandwidth probe, tokenizer, the 1B-shaped
+# random Q8_0 and Q4_0 models it writes under weights/, and the NLA round
+# trip (extract, verbalize, reconstruct) on a 1B-shaped random Q4 trio
+# (4.6 GB of disk in all). BENCH_MODELS=... and BENCH_NLA=... (a folder
+# holding target/, av/, ar/, e.g. a 12B one) measure other folders;
+# NLA_BENCH_THREADS, NLA_BENCH_B and NLA_BENCH_AV_TOKENS: see tests/bench.c.
 BENCH_MODELS ?= weights/bench-1b-q8_0 weights/bench-1b-q4_0
+BENCH_NLA    ?= weights/bench-nla-1b-q4
 weights/bench-1b-%: nla
 	./nla random-model $@ --role target --shape 1b --quant $*
+weights/bench-nla-1b-q4/ar/nla_meta.yaml: nla weights/tokenizer.json
+	./nla random-model weights/bench-nla-1b-q4 --shape 1b --quant q4 --tokenizer weights/tokenizer.json
 tests/bench: tests/bench.c tests/util.h nla.o
 	$(CC) $(CFLAGS) $(WARN) $(OMP) -o $@ $< nla.o $(LDLIBS)
-bench: tests/bench weights/tokenizer.json $(BENCH_MODELS)
-	./tests/bench $(BENCH_MODELS)
+bench: tests/bench weights/tokenizer.json $(BENCH_MODELS) $(if $(filter weights/bench-nla-1b-q4,$(BENCH_NLA)),weights/bench-nla-1b-q4/ar/nla_meta.yaml)
+	./tests/bench $(BENCH_MODELS) $(if $(BENCH_NLA),--nla $(BENCH_NLA))
+
+# llama.cpp side by side (optional; ../shared/anchor/README.md sets it up:
+# node-llama-cpp's prebuilt libllama, bench_llama built by build_c.sh, the
+# GGUFs written by make_gguf.py, all under ANCHOR_REF). For each of 1B Q8_0
+# and Q4_0: llama.cpp's pp512/tg64 at 1 and 2 threads, then ours on the same
+# shape right after, so both ratios come from one moment of a noisy host.
+ANCHOR_REF ?= $(HOME)/ref
+ANCHOR_BINS = $(ANCHOR_REF)/nlc/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
+bench-anchor: tests/bench weights/tokenizer.json weights/bench-1b-q8_0 weights/bench-1b-q4_0
+	@for q in q8_0 q4_0; do g=$(ANCHOR_REF)/anchor-models/gemma3-1b-random-$$q.gguf; \
+	  [ -f $$g ] || { echo "bench-anchor: $$g is missing (see ../shared/anchor/README.md)"; exit 1; }; \
+	  echo "== llama.cpp $$q"; cat $$g > /dev/null; \
+	  $(ANCHOR_REF)/anchor-build/bench_llama --model $$g --bins $(ANCHOR_BINS) --threads 1,2 --pp 512 --tg 64 --reps 1 2>&1 | grep -v '^load_backend'; \
+	  echo "== nla.c $$q"; NLA_BENCH_NO_TOKENIZER=1 ./tests/bench weights/bench-1b-$$q; done
 
 # The tests again on the portable fallbacks: stdio instead of mmap, and the
 # scalar kernels instead of the SIMD ones.
@@ -112,7 +132,7 @@ werror:
 	@for cc in $(WERROR_CCS); do for omp in -fopenmp ""; do \
 	  echo "$$cc $$omp -Werror"; $$cc $(CFLAGS) $(WARN) -Werror $$omp -DNLA_MAIN -o /dev/null nla.c $(LDLIBS) || exit 1; done; done
 
-.PHONY: all test sanitize tsan variants bench clean cxx werror
+.PHONY: all test sanitize tsan variants bench bench-anchor clean cxx werror
 
 # Fuzzing (issue 8): one libFuzzer target per parser, tests/fuzz_<name>.c,
 # built with clang under ASan + UBSan (no OpenMP) into tests/fuzz_bin/ and

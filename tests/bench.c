@@ -1,10 +1,17 @@
 /* bench.c - `make bench`: speed and memory, never a pass/fail test.
-   Prints, in one run on this machine: a streaming-read bandwidth probe;
-   the tokenizer's load time and encode/decode throughput on 8 MB of text;
-   and for each model folder given on the command line: load time, prefill
-   tokens/s (512 tokens), decode tokens/s (64 tokens) and decode as a share
-   of the bandwidth bound (weight bytes read per token / measured bandwidth),
-   at 1 and 2 threads (or NLA_BENCH_THREADS="1 2 4 ..."). */
+   Prints, in one run on this machine: a streaming-read bandwidth probe and
+   a compute peak estimate (with its assumptions); the tokenizer's load time
+   and encode/decode throughput on 8 MB of text (skipped when
+   NLA_BENCH_NO_TOKENIZER is set); for each model folder given on the
+   command line: load time, prefill tokens/s (512 tokens) and GFLOP/s
+   against the peak, decode tokens/s (64 tokens) and decode as a share of
+   the bandwidth bound (weight bytes read per token / measured bandwidth),
+   at 1 and 2 threads (or NLA_BENCH_THREADS="1 2 4 ..."); and with
+   --nla DIR (a trio: DIR/target, DIR/av, DIR/ar) the NLA round trip at the
+   most threads: B vectors extracted from a 64-token text, verbalized
+   together (NLA_BENCH_AV_TOKENS new tokens each, default 150) and
+   reconstructed together, for B in NLA_BENCH_B (default "1 4 16"). One
+   model is open at a time. */
 #define _POSIX_C_SOURCE 200809L
 #include <time.h>
 
@@ -69,7 +76,23 @@ static void bench_tokenizer(void) {
     nla_tokenizer_close(t);
 }
 
-static void bench_model(const char *dir, const int *threads, int n_threads, const double *bw) {
+/* The clock /proc/cpuinfo reports (GHz; 0 where there is none): the
+   nominal one in a VM, boost unknown. */
+static double cpu_ghz(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[256];
+    double mhz = 0;
+    while (f && fgets(line, sizeof line, f) && !mhz)
+        if (!strncmp(line, "cpu MHz", 7) && strchr(line, ':')) mhz = strtod(strchr(line, ':') + 1, NULL);
+    if (f) fclose(f);
+    return mhz / 1e3;
+}
+
+/* The peak of nla.c's quantized matmul, per thread: two 256-bit int8
+   dot-product instructions (32 multiply-adds each) per cycle. */
+#define PEAK_OPS_PER_CYCLE 128.0
+
+static void bench_model(const char *dir, const int *threads, int n_threads, const double *bw, double ghz) {
     nla_model *m;
     char err[512];
     double t0 = now();
@@ -80,12 +103,15 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
     /* bytes read per decoded token: every matrix and the head; the stored
        embedding table is only gathered from */
     const double gb = (double)in.read_bytes / 1e9;
-    printf("%s: %d layers, d %d, %s, %.3f GB read per token; load %.2f s\n", dir, in.n_layers, in.d_model,
-           in.dtype == NLA_DTYPE_Q8_0 ? "q8_0" : in.dtype == NLA_DTYPE_Q4_0 ? "q4_0" : "as stored", gb, load);
+    /* prefill work per token: 2 flops per matrix weight; the embedding table
+       is a lookup and the head runs for the last row only (attention left out) */
+    const double flops = 2.0 * ((double)in.n_params - (double)in.vocab_size * in.d_model);
+    printf("%s: %d layers, d %d, %s, %.3f GB read per token, %.2f GFLOP per prefill token; load %.2f s\n", dir, in.n_layers,
+           in.d_model, in.dtype == NLA_DTYPE_Q8_0 ? "q8_0" : in.dtype == NLA_DTYPE_Q4_0 ? "q4_0" : "as stored", gb, flops / 1e9, load);
     enum { PP = 512, TG = 64 };
     int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * PP);
     for (int i = 0; i < PP; i++) ids[i] = i ? 1000 + (i * 7919) % 200000 : 2;
-    printf("  threads  prefill tok/s  decode tok/s  decode GB/s  decode / bound\n");
+    printf("  threads  prefill tok/s  prefill GFLOP/s  of peak  decode tok/s  decode GB/s  decode / bound\n");
     for (int k = 0; k < n_threads; k++) {
         nla_session_params sp;
         memset(&sp, 0, sizeof sp);
@@ -112,8 +138,9 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
             b.ids = ids + 8 + i;
             nla_forward(s, &b);
         }
-        double tg = TG / (now() - t0);
-        printf("  %7d  %13.1f  %12.2f  %11.1f  %13.0f %%\n", threads[k], pp, tg, tg * gb, 100 * tg * gb / bw[k]);
+        double tg = TG / (now() - t0), peak = threads[k] * ghz * PEAK_OPS_PER_CYCLE;
+        printf("  %7d  %13.1f  %15.1f  %5.0f %%  %12.2f  %11.1f  %13.0f %%\n", threads[k], pp, pp * flops / 1e9,
+               peak > 0 ? 100 * pp * flops / 1e9 / peak : 0.0, tg, tg * gb, 100 * tg * gb / bw[k]);
         free(logits);
         nla_session_free(s);
     }
@@ -121,23 +148,160 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
     nla_model_close(m);
 }
 
-int main(int argc, char **argv) {
-    int threads[16] = {1, 2}, n_threads = 2;
-    const char *env = getenv("NLA_BENCH_THREADS");
-    if (env) {
-        n_threads = 0;
-        for (char *p = (char *)env, *e; *p && n_threads < 16; p = e) {
-            long v = strtol(p, &e, 10);
-            if (e == p) break;
-            if (v > 0) threads[n_threads++] = (int)v;
+/* --- the NLA round trip */
+
+enum { NLA_TEXT = 64, NLA_MAX_B = 64 };
+
+typedef struct {
+    int B, av_tokens;               /* vectors, AV tokens written in all */
+    double extract, verbalize, reconstruct; /* seconds */
+} rt_row;
+
+/* Opens DIR/sub (as stored) unless *m is open, and a session of n_seq
+   sequences, n_ctx long (none for n_seq 0). Nonzero on failure, printed. */
+static int rt_open(const char *dir, const char *sub, nla_model **m, int nt, int n_seq, int n_ctx, nla_session **s) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/%s", dir, sub);
+    *s = NULL;
+    if (!*m && nla_model_open(path, NULL, m, err, sizeof err)) { printf("  %s: %s\n", path, err); return 1; }
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = nt;
+    sp.n_seq = n_seq;
+    sp.n_ctx = n_ctx;
+    if (n_seq && nla_session_new(*m, &sp, s)) { printf("  %s: no session\n", path); return 1; }
+    return 0;
+}
+
+/* Target, then AV, then AR, one model at a time: the B rows of each phase
+   run in one session of B sequences (B = 1 is one vector at a time). */
+static void bench_nla(const char *dir, int nt, const int *Bs, int nB, int av_tokens) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    int Bmax = 1;
+    for (int k = 0; k < nB; k++) Bmax = Bs[k] > Bmax ? Bs[k] : Bmax;
+    rt_row row[16];
+    memset(row, 0, sizeof row);
+    printf("NLA round trip %s: %d threads, %d-token text, %d AV tokens per vector (fewer on a stop token)\n", dir, nt, NLA_TEXT, av_tokens);
+    /* the AV's sidecar: block K and the prompt length */
+    if (rt_open(dir, "av", &m, nt, 0, 0, &s)) return;
+    nla_meta meta;
+    nla_model_get_meta(m, &meta);
+    const int d = meta.d_model, K = meta.layer, T_av = meta.av_prompt_len;
+    nla_model_close(m);
+    m = NULL;
+    /* 1. target: Bmax vectors at the text's last positions, one forward */
+    static const char text[] = "The old lighthouse keeper climbed the spiral stairs every evening, counting the steps "
+                               "as his father had, and lit the lamp that guided fishing boats home through the fog "
+                               "that rolled in from the cold northern sea. On the night of the great storm the "
+                               "lamp failed, and he carried a lantern to the gallery, shielding the flame with his "
+                               "coat until the first grey light showed the harbour and every boat safely moored.";
+    int32_t ids[512], pos[NLA_MAX_B];
+    int n_ids = 0;
+    float *v = (float *)malloc(sizeof(float) * (size_t)Bmax * d), *rec = (float *)malloc(sizeof(float) * (size_t)Bmax * d);
+    int32_t *out = (int32_t *)malloc(sizeof(int32_t) * (size_t)Bmax * av_tokens);
+    int *n_out = (int *)malloc(sizeof(int) * (size_t)Bmax);
+    char **ex = (char **)calloc((size_t)Bmax, sizeof(char *));
+    double t0 = now();
+    if (rt_open(dir, "target", &m, nt, 1, NLA_TEXT, &s)) goto out;
+    printf("  load target %.2f s", now() - t0);
+    nla_tokenize(nla_model_tokenizer(m), text, strlen(text), NLA_TOKENIZE_BOS, ids, 512, &n_ids);
+    if (n_ids < NLA_TEXT) { printf("\n  the text is only %d tokens\n", n_ids); goto out; }
+    for (int q = 0; q < Bmax; q++) pos[q] = NLA_TEXT - 1 - q % (NLA_TEXT - 1);
+    t0 = now();
+    if (nla_extract(s, ids, NLA_TEXT, K, pos, Bmax, v)) { printf("\n  extract: %s\n", nla_session_errmsg(s)); goto out; }
+    const double t_extract = now() - t0;
+    printf("; extract (%d tokens, blocks 0..%d) %.2f s\n", NLA_TEXT, K, t_extract);
+    nla_session_free(s); s = NULL;
+    nla_model_close(m); m = NULL;
+    /* 2. AV: B vectors decoded together */
+    t0 = now();
+    for (int k = 0; k < nB; k++) {
+        nla_verbalize_params vp;
+        memset(&vp, 0, sizeof vp);
+        vp.max_new = av_tokens;
+        if (rt_open(dir, "av", &m, nt, Bs[k], T_av + av_tokens, &s)) goto out;
+        if (!k) printf("  load AV %.2f s", now() - t0);
+        row[k].B = Bs[k];
+        row[k].extract = t_extract;
+        t0 = now();
+        if (nla_verbalize_batch(s, v, Bs[k], &vp, out, av_tokens, n_out)) { printf("\n  verbalize: %s\n", nla_session_errmsg(s)); goto out; }
+        row[k].verbalize = now() - t0;
+        for (int q = 0; q < Bs[k]; q++) {
+            size_t len = 0, a, n;
+            row[k].av_tokens += n_out[q];
+            nla_detokenize(nla_model_tokenizer(m), out + (size_t)q * av_tokens, n_out[q], NULL, 0, &len);
+            char *raw = (char *)malloc(len + 1);
+            nla_detokenize(nla_model_tokenizer(m), out + (size_t)q * av_tokens, n_out[q], raw, len + 1, &len);
+            nla_parse_explanation(raw, len, &a, &n); /* random weights: no tags, the whole text */
+            memmove(raw, raw + a, n);
+            raw[n] = 0;
+            free(ex[q]);
+            ex[q] = raw;
         }
+        nla_session_free(s); s = NULL;
     }
+    nla_model_close(m); m = NULL;
+    /* 3. AR: B explanations read together (an AR input is at most about
+       twice the AV's tokens plus the template) */
+    t0 = now();
+    for (int k = 0; k < nB; k++) {
+        if (rt_open(dir, "ar", &m, nt, Bs[k], 2 * av_tokens + 64, &s)) goto out;
+        if (!k) printf("; load AR %.2f s\n", now() - t0);
+        t0 = now();
+        if (nla_reconstruct(s, (const char *const *)ex, Bs[k], rec)) { printf("  reconstruct: %s\n", nla_session_errmsg(s)); goto out; }
+        row[k].reconstruct = now() - t0;
+        nla_session_free(s); s = NULL;
+    }
+    printf("     B  AV tokens  verbalize s  AV tok/s  reconstruct s  round trip s  s per explained token  explained tok/s  vs B=1\n");
+    for (int k = 0; k < nB; k++) {
+        const rt_row *r = &row[k];
+        const double total = r->extract + r->verbalize + r->reconstruct, tps = r->B / total, tps1 = row[0].B / (row[0].extract + row[0].verbalize + row[0].reconstruct);
+        printf("  %4d  %9d  %11.2f  %8.2f  %13.2f  %12.2f  %21.3f  %15.3f  %5.2fx\n", r->B, r->av_tokens, r->verbalize, r->av_tokens / r->verbalize,
+               r->reconstruct, total, total / r->B, tps, tps / tps1);
+    }
+out:
+    for (int q = 0; q < Bmax; q++) free(ex[q]);
+    free(ex); free(v); free(rec); free(out); free(n_out);
+    nla_session_free(s);
+    nla_model_close(m);
+}
+
+/* A list of positive integers from the environment ("1 2 4"), or the default. */
+static int env_ints(const char *name, int *out, int cap, int n_default) {
+    const char *env = getenv(name);
+    if (!env) return n_default;
+    int n = 0;
+    for (char *p = (char *)env, *e; *p && n < cap; p = e) {
+        long v = strtol(p, &e, 10);
+        if (e == p) break;
+        if (v > 0) out[n++] = (int)v;
+    }
+    return n;
+}
+
+int main(int argc, char **argv) {
+    int threads[16] = {1, 2}, Bs[16] = {1, 4, 16}, av_tokens[1] = {150};
+    const int n_threads = env_ints("NLA_BENCH_THREADS", threads, 16, 2), nB = env_ints("NLA_BENCH_B", Bs, 16, 3);
+    env_ints("NLA_BENCH_AV_TOKENS", av_tokens, 1, 1);
+    const double ghz = cpu_ghz();
     double bw[16];
     for (int k = 0; k < n_threads; k++) {
         bw[k] = bandwidth(threads[k]);
         printf("memory bandwidth (streaming read, %d thread%s): %.1f GB/s\n", threads[k], threads[k] > 1 ? "s" : "", bw[k]);
     }
-    bench_tokenizer();
-    for (int i = 1; i < argc; i++) bench_model(argv[i], threads, n_threads, bw);
+    printf("compute peak estimate: %.2f GHz (/proc/cpuinfo: nominal, boost unknown) x %.0f int8 ops per cycle per thread\n"
+           "  (two 256-bit dot-product instructions, 32 multiply-adds each, per cycle: the width of nla.c's\n"
+           "  quantized kernel) = %.0f Gop/s per thread; prefill counts 2 flops per matrix weight\n",
+           ghz, PEAK_OPS_PER_CYCLE, ghz * PEAK_OPS_PER_CYCLE);
+    if (!getenv("NLA_BENCH_NO_TOKENIZER")) bench_tokenizer();
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--nla") && i + 1 < argc) {
+            for (int k = 0; k < nB; k++) Bs[k] = Bs[k] < NLA_MAX_B ? Bs[k] : NLA_MAX_B;
+            bench_nla(argv[++i], threads[n_threads - 1], Bs, nB, av_tokens[0]);
+        } else {
+            bench_model(argv[i], threads, n_threads, bw, ghz);
+        }
+    }
     return 0;
 }
