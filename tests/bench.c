@@ -103,9 +103,11 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
     /* bytes read per decoded token: every matrix and the head; the stored
        embedding table is only gathered from */
     const double gb = (double)in.read_bytes / 1e9;
-    /* prefill work per token: 2 flops per matrix weight; the embedding table
-       is a lookup and the head runs for the last row only (attention left out) */
-    const double flops = 2.0 * ((double)in.n_params - (double)in.vocab_size * in.d_model);
+    /* prefill work per token: 2 flops per weight of the blocks' matrices
+       (q, k, v, o; gate, up, down); the embedding is a lookup, the head runs
+       for the last row only, attention is left out */
+    const double qkvo = 2.0 * in.d_model * ((double)in.n_heads + in.n_kv_heads) * in.head_dim, mlp = 3.0 * in.d_model * in.d_ff;
+    const double flops = 2.0 * in.n_layers * (qkvo + mlp);
     printf("%s: %d layers, d %d, %s, %.3f GB read per token, %.2f GFLOP per prefill token; load %.2f s\n", dir, in.n_layers,
            in.d_model, in.dtype == NLA_DTYPE_Q8_0 ? "q8_0" : in.dtype == NLA_DTYPE_Q4_0 ? "q4_0" : "as stored", gb, flops / 1e9, load);
     enum { PP = 512, TG = 64 };
@@ -153,7 +155,7 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
 enum { NLA_TEXT = 64, NLA_MAX_B = 64 };
 
 typedef struct {
-    int B, av_tokens;               /* vectors, AV tokens written in all */
+    int B, av_tokens, ar_tokens;    /* vectors, AV tokens written, AR input tokens, in all */
     double extract, verbalize, reconstruct; /* seconds */
 } rt_row;
 
@@ -171,6 +173,20 @@ static int rt_open(const char *dir, const char *sub, nla_model **m, int nt, int 
     sp.n_ctx = n_ctx;
     if (n_seq && nla_session_new(*m, &sp, s)) { printf("  %s: no session\n", path); return 1; }
     return 0;
+}
+
+/* Tokens of the AR input for explanation ex: <bos> + template around it. */
+static int ar_len(const nla_model *m, const char *tmpl, const char *ex) {
+    const char *at = strstr(tmpl, "{explanation}");
+    const size_t n = strlen(tmpl) + strlen(ex);
+    char *text = (char *)malloc(n + 1);
+    int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(n));
+    int n_ids = 0;
+    snprintf(text, n + 1, "%.*s%s%s", (int)(at - tmpl), tmpl, ex, at + 13);
+    nla_tokenize(nla_model_tokenizer(m), text, strlen(text), NLA_TOKENIZE_BOS, ids, (int)nla_tokenize_bound(n), &n_ids);
+    free(text);
+    free(ids);
+    return n_ids;
 }
 
 /* Target, then AV, then AR, one model at a time: the B rows of each phase
@@ -248,17 +264,19 @@ static void bench_nla(const char *dir, int nt, const int *Bs, int nB, int av_tok
     for (int k = 0; k < nB; k++) {
         if (rt_open(dir, "ar", &m, nt, Bs[k], 2 * av_tokens + 64, &s)) goto out;
         if (!k) printf("; load AR %.2f s\n", now() - t0);
+        nla_model_get_meta(m, &meta); /* the AR's template */
         t0 = now();
         if (nla_reconstruct(s, (const char *const *)ex, Bs[k], rec)) { printf("  reconstruct: %s\n", nla_session_errmsg(s)); goto out; }
         row[k].reconstruct = now() - t0;
+        for (int q = 0; q < Bs[k]; q++) row[k].ar_tokens += ar_len(m, meta.ar_template, ex[q]);
         nla_session_free(s); s = NULL;
     }
-    printf("     B  AV tokens  verbalize s  AV tok/s  reconstruct s  round trip s  s per explained token  explained tok/s  vs B=1\n");
+    printf("     B  AV tokens  verbalize s  AV tok/s  AR tokens  reconstruct s  AR tok/s  round trip s  s per explained token  explained tok/s  vs B=1\n");
     for (int k = 0; k < nB; k++) {
         const rt_row *r = &row[k];
         const double total = r->extract + r->verbalize + r->reconstruct, tps = r->B / total, tps1 = row[0].B / (row[0].extract + row[0].verbalize + row[0].reconstruct);
-        printf("  %4d  %9d  %11.2f  %8.2f  %13.2f  %12.2f  %21.3f  %15.3f  %5.2fx\n", r->B, r->av_tokens, r->verbalize, r->av_tokens / r->verbalize,
-               r->reconstruct, total, total / r->B, tps, tps / tps1);
+        printf("  %4d  %9d  %11.2f  %8.2f  %9d  %13.2f  %8.2f  %12.2f  %21.3f  %15.3f  %5.2fx\n", r->B, r->av_tokens, r->verbalize,
+               r->av_tokens / r->verbalize, r->ar_tokens, r->reconstruct, r->ar_tokens / r->reconstruct, total, total / r->B, tps, tps / tps1);
     }
 out:
     for (int q = 0; q < Bmax; q++) free(ex[q]);
@@ -284,6 +302,7 @@ int main(int argc, char **argv) {
     int threads[16] = {1, 2}, Bs[16] = {1, 4, 16}, av_tokens[1] = {150};
     const int n_threads = env_ints("NLA_BENCH_THREADS", threads, 16, 2), nB = env_ints("NLA_BENCH_B", Bs, 16, 3);
     env_ints("NLA_BENCH_AV_TOKENS", av_tokens, 1, 1);
+    setvbuf(stdout, NULL, _IOLBF, 0); /* lines as they come, also into a file */
     const double ghz = cpu_ghz();
     double bw[16];
     for (int k = 0; k < n_threads; k++) {
