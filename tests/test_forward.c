@@ -310,6 +310,38 @@ static void test_hook(void) {
     CHECK_EQ(nla_forward(s, &b), NLA_OK);
     double ek = rel_err(hid + (size_t)K * T * d, gh + (size_t)K * T * d, (size_t)T * d);
     CHECK_MSG(ek <= TOL, "stop after block %d: rel err %.3g", K, ek);
+    /* residual rows: the prompt twice, as two sequences in one batch, gives
+       each copy's rows the bits of the one-sequence pass */
+    {
+        nla_session_params sp2;
+        memset(&sp2, 0, sizeof sp2);
+        sp2.n_seq = 2;
+        sp2.n_batch = 16; /* chunks cut through both copies */
+        nla_session *s2;
+        CHECK_EQ(nla_session_new(m, &sp2, &s2), NLA_OK);
+        int32_t *ids2 = (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)T), *seq2 = ids2 ? (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)T) : NULL;
+        int32_t rows[3] = {3, T - 1, 2 * T - 1};
+        float res[3 * 64];
+        for (int i = 0; i < 2 * T; i++) { ids2[i] = lp->ids[i % T]; seq2[i] = i / T; }
+        nla_batch b2;
+        memset(&b2, 0, sizeof b2);
+        b2.n_tokens = 2 * T;
+        b2.ids = ids2;
+        b2.seq = seq2;
+        b2.n_blocks = K + 1;
+        b2.logit_rows = rows;
+        b2.n_logit_rows = 3;
+        b2.residual = res;
+        CHECK_EQ(nla_forward(s2, &b2), NLA_OK);
+        CHECK(!memcmp(res, hid + ((size_t)K * T + 3) * d, sizeof(float) * d));
+        CHECK(!memcmp(res + d, hid + ((size_t)K * T + T - 1) * d, sizeof(float) * d));
+        CHECK(!memcmp(res + 2 * d, hid + ((size_t)K * T + T - 1) * d, sizeof(float) * d));
+        b2.hook = cancel_hook; /* a hook's pos0 cannot describe two sequences */
+        nla_session_reset(s2);
+        CHECK_EQ(nla_forward(s2, &b2), NLA_ERR_ARG);
+        free(ids2); free(seq2);
+        nla_session_free(s2);
+    }
     /* the cache now lacks blocks K+1..: a full pass must be refused */
     memset(&b, 0, sizeof b);
     b.n_tokens = 1;
