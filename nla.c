@@ -1769,20 +1769,6 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
 #define q_dot q_dot_ref
 #endif
 
-nla_status nla_kernel_dot(nla_dtype dt, const float *w, const float *x, int n, int simd, float *out) {
-    if (!is_quant(dt) || !w || !x || !out || n < QK || n % QK) return NLA_ERR_ARG;
-    unsigned char *qw = (unsigned char *)NLA_MALLOC(row_bytes(dt, n));
-    blk_a8 *qx = (blk_a8 *)xmalloc((size_t)n / QK, sizeof(blk_a8));
-    if (!qw || !qx) { NLA_FREE(qw); NLA_FREE(qx); return NLA_ERR_NOMEM; }
-    if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(w, qw, n);
-    else q4_0_quantize(w, qw, n);
-    a8_quantize(x, qx, n);
-    *out = simd ? q_dot(qw, dt, qx, n / QK) : q_dot_ref(qw, dt, qx, n / QK);
-    NLA_FREE(qw);
-    NLA_FREE(qx);
-    return NLA_OK;
-}
-
 const char *nla_kernel_simd(void) { return NLA_SIMD_NAME; }
 
 static int thread_id(void) {
@@ -1795,10 +1781,27 @@ static int thread_id(void) {
 
 /* Scratch of a matmul: converted weight rows and quantized activations. */
 typedef struct {
-    float *rowbuf;  /* [nt, max cols] */
-    blk_a8 *xq;     /* [n_batch, max cols / 32] */
+    float *rowbuf; /* [nt, max cols] */
+    blk_a8 *xq;    /* [max rows, max cols / 32] */
     int nt;
 } mm_scratch;
+
+/* Frees the buffers and zeroes sc (also one that was never set up). */
+static void mm_scratch_free(mm_scratch *sc) {
+    NLA_FREE(sc->rowbuf);
+    NLA_FREE(sc->xq);
+    memset(sc, 0, sizeof *sc);
+}
+
+/* For matmuls of up to n_rows inputs of up to max_cols; 0 when memory runs out. */
+static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_cols) {
+    memset(sc, 0, sizeof *sc);
+    sc->nt = nt;
+    sc->rowbuf = (float *)xmalloc((size_t)nt * max_cols, sizeof(float));
+    sc->xq = (blk_a8 *)xmalloc(n_rows * (max_cols / QK + 1), sizeof(blk_a8));
+    if (!sc->rowbuf || !sc->xq) { mm_scratch_free(sc); return 0; }
+    return 1;
+}
 
 /* y [n, w.rows] = x [n, w.cols] . W^T. A float weight row is converted
    once and met by all n inputs; a quantized one meets the n inputs
@@ -1821,6 +1824,29 @@ static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scra
             for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, f, cols);
         }
     }
+}
+
+/* The kernel check of nla.h: the model's matmul, or the scalar reference row by row. */
+nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out) {
+    if (!is_quant(dt) || !w || !x || !out || rows < 1 || n_x < 1 || n < QK || n % QK) return NLA_ERR_ARG;
+    const size_t rb = row_bytes(dt, n);
+    unsigned char *qw = (unsigned char *)xmalloc((size_t)rows, rb);
+    mm_scratch sc;
+    if (!qw || !mm_scratch_init(&sc, 1, (size_t)n_x, (size_t)n)) { NLA_FREE(qw); return NLA_ERR_NOMEM; }
+    for (int r = 0; r < rows; r++) {
+        if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(w + (size_t)r * n, qw + (size_t)r * rb, n);
+        else q4_0_quantize(w + (size_t)r * n, qw + (size_t)r * rb, n);
+    }
+    const wmat wm = {qw, dt, rows, n};
+    if (simd) matmul(out, x, n_x, &wm, &sc);
+    else
+        for (int t = 0; t < n_x; t++) {
+            a8_quantize(x + (size_t)t * n, sc.xq, n);
+            for (int r = 0; r < rows; r++) out[(size_t)t * rows + r] = q_dot_ref(qw + (size_t)r * rb, dt, sc.xq, n / QK);
+        }
+    NLA_FREE(qw);
+    mm_scratch_free(&sc);
+    return NLA_OK;
 }
 
 /* out = x / sqrt(mean(x^2) + eps) * g, where g = 1 + w was precomputed in
@@ -2422,7 +2448,7 @@ static void session_free_bufs(nla_session *s) {
     }
     NLA_FREE(s->kc); NLA_FREE(s->vc); NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi); NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->next);
     NLA_FREE(s->x); NLA_FREE(s->xb); NLA_FREE(s->y); NLA_FREE(s->q); NLA_FREE(s->k); NLA_FREE(s->v); NLA_FREE(s->g); NLA_FREE(s->u);
-    NLA_FREE(s->cs); NLA_FREE(s->mm.rowbuf); NLA_FREE(s->mm.xq); NLA_FREE(s->sc); NLA_FREE(s->logits); NLA_FREE(s->cand);
+    NLA_FREE(s->cs); mm_scratch_free(&s->mm); NLA_FREE(s->sc); NLA_FREE(s->logits); NLA_FREE(s->cand);
 }
 
 void nla_session_free(nla_session *s) {
@@ -2516,7 +2542,6 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
 #else
     s->nt = 1;
 #endif
-    s->mm.nt = s->nt;
     nla_session_seed(s, p.seed);
     if (!(s->past = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) || !(s->hi = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
         !(s->next = (int *)xcalloc((size_t)s->n_seq, sizeof(int)))) {
@@ -2542,8 +2567,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
          (s->k = (float *)xmalloc(B * kvw, sizeof(float))) && (s->v = (float *)xmalloc(B * kvw, sizeof(float))) &&
          (s->g = (float *)xmalloc(B * I, sizeof(float))) && (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
          (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
-         (s->mm.rowbuf = (float *)xmalloc((size_t)s->nt * maxcols, sizeof(float))) &&
-         (s->mm.xq = (blk_a8 *)xmalloc(B * (maxcols / QK + 1), sizeof(blk_a8))) &&
+         mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
          (s->sc = (float *)xmalloc((size_t)s->nt * (size_t)s->n_ctx, sizeof(float))) &&
          (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
          (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));

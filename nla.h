@@ -631,11 +631,12 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
 /* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
 
 #ifdef NLA_EXPERIMENTAL
-/* Quantizes w [n] to dt (NLA_DTYPE_Q8_0 or Q4_0) and x [n] to the int8
-   activation blocks, and writes their dot product computed by the scalar
-   reference (simd 0) or by this build's SIMD kernel (simd 1; the reference
-   when there is none). n a multiple of 32. For tests of the kernels. */
-nla_status nla_kernel_dot(nla_dtype dt, const float *w, const float *x, int n, int simd, float *out);
+/* Quantizes w [rows, n] to dt (NLA_DTYPE_Q8_0 or Q4_0) and x [n_x, n] to the
+   int8 activation blocks, and writes out [n_x, rows] = x . w^T computed by
+   the scalar reference (simd 0) or by the matmul the model runs (simd 1:
+   this build's SIMD kernels, the reference when there are none). n a
+   multiple of 32. For tests of the kernels. */
+nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out);
 
 /* The SIMD kernel this build uses: "avx2" or "none". */
 const char *nla_kernel_simd(void);
