@@ -5,10 +5,16 @@
 #ifndef FAILALLOC_H
 #define FAILALLOC_H
 #include <stddef.h>
+#ifdef __cplusplus
+extern "C" { /* make cxx compiles nla.c as C++ against the C test */
+#endif
 void *fa_malloc(size_t n);
 void *fa_calloc(size_t n, size_t size);
 void *fa_realloc(void *p, size_t n);
 void fa_free(void *p);
+#ifdef __cplusplus
+}
+#endif
 #define NLA_MALLOC(n) fa_malloc(n)
 #define NLA_CALLOC(n, size) fa_calloc(n, size)
 #define NLA_REALLOC(p, n) fa_realloc(p, n)
