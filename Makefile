@@ -97,12 +97,13 @@ clean:
 
 # nla.c is also C++ (for projects that compile everything as C++): the
 # library and the CLI built by a C++ compiler, warnings as errors, and the
-# tests run against that object.
+# tests run against that object (without exceptions: the C tests link it
+# with cc, without the C++ runtime).
 CXX     ?= c++
 CXXWARN  = -Wall -Wextra -Wpedantic -Wshadow -Wcast-align -Wformat=2 -Wundef -Werror
 cxx:
 	$(MAKE) clean
-	$(MAKE) test CC_LIB="$(CXX) -x c++ -std=c++11 $(CFLAGS) $(CXXWARN)"
+	$(MAKE) test CC_LIB="$(CXX) -x c++ -std=c++11 -fno-exceptions $(CFLAGS) $(CXXWARN)"
 	$(MAKE) clean
 
 # No warning on gcc or clang, with or without OpenMP (each build is the CLI,
