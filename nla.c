@@ -5385,6 +5385,23 @@ static const char *ev_shard_line(const char *params, int *i, int *n) {
     return s && sscanf(s, "\n\"shard\": \"%d/%d\"", i, n) == 2 ? s : NULL;
 }
 
+/* Writes n bytes as dir/name (ev_write_file). */
+static nla_status ev_write_in(const char *dir, const char *name, const char *data, size_t n, errbuf *e) {
+    char *path = path_join(dir, name);
+    nla_status rc = path ? ev_write_file(path, data, n, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    NLA_FREE(path);
+    return rc;
+}
+
+/* Writes x, float32 [S, d], as dir/name. */
+static nla_status ev_npy_write_in(const char *dir, const char *name, const float *x, long S, int d, errbuf *e) {
+    const int64_t shape[2] = {S, d};
+    char *path = path_join(dir, name);
+    nla_status rc = path ? nla_npy_write(path, x, 2, shape, e->msg, sizeof e->msg) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    NLA_FREE(path);
+    return rc;
+}
+
 /* A folder's file, read whole (NUL-terminated). */
 static nla_status ev_read(const char *dir, const char *name, char **buf, size_t *n, errbuf *e) {
     char *path = path_join(dir, name);
@@ -5475,36 +5492,27 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         }
     /* the merged folder: as one unsharded run writes it */
     if (!rc) {
-        sbuf b = {NULL, 0, 0};
-        const int64_t shape[2] = {S, d};
-        for (int pass = 0; pass < 2; pass++) {
-            if (pass && !(b.out = (char *)NLA_MALLOC(b.cap = b.len + 1))) break;
-            b.len = 0;
-            for (long i = 0; i < S; i++) sb_put(&b, line[i], len[i]);
-        }
-        if (!b.out) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-        if (!rc && (path = path_join(out_dir, "results.jsonl")) != NULL) rc = ev_write_file(path, b.out ? b.out : "", b.len, &e);
-        NLA_FREE(path);
-        NLA_FREE(b.out);
-        if (!rc && (path = path_join(out_dir, "tokens.jsonl")) != NULL) rc = ev_write_file(path, tokens, tn, &e);
-        NLA_FREE(path);
-        if (!rc && (path = path_join(out_dir, "activations.npy")) != NULL) rc = nla_npy_write(path, act, 2, shape, e.msg, sizeof e.msg);
-        NLA_FREE(path);
-        if (!rc && (path = path_join(out_dir, "reconstructions.npy")) != NULL) rc = nla_npy_write(path, rec, 2, shape, e.msg, sizeof e.msg);
-        NLA_FREE(path);
-        if (!rc && (path = path_join(out_dir, "params.json")) != NULL) {
-            size_t k = (size_t)(cut0 - params[0]);
-            char *t = (char *)NLA_MALLOC(k + 32);
-            if (!t) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-            else {
-                memcpy(t, params[0], k);
-                k += (size_t)sprintf(t + k, "\n\"shard\": \"1/1\"}\n");
-                rc = ev_write_file(path, t, k, &e);
+        const size_t k = (size_t)(cut0 - params[0]);
+        size_t total = 0;
+        char *text;
+        for (long i = 0; i < S; i++) total += len[i];
+        if (!(text = (char *)NLA_MALLOC(total + k + 32))) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+        else { /* results.jsonl: the rows in sample_idx order */
+            total = 0;
+            for (long i = 0; i < S; i++) {
+                memcpy(text + total, line[i], len[i]);
+                total += len[i];
             }
-            NLA_FREE(t);
+            rc = ev_write_in(out_dir, "results.jsonl", text, total, &e);
         }
-        NLA_FREE(path);
-        path = NULL;
+        if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", tokens, tn, &e);
+        if (!rc) rc = ev_npy_write_in(out_dir, "activations.npy", act, S, d, &e);
+        if (!rc) rc = ev_npy_write_in(out_dir, "reconstructions.npy", rec, S, d, &e);
+        if (!rc) { /* params.json: the shards' with the shard line of an unsharded run */
+            memcpy(text, params[0], k);
+            rc = ev_write_in(out_dir, "params.json", text, k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
+        }
+        NLA_FREE(text);
     }
     for (int k = 0; k < n; k++) {
         if (params) NLA_FREE(params[k]);
@@ -5827,6 +5835,7 @@ static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *
     double *m = NULL;
     float *v = NULL;
     int nv = 0;
+    nla_status rc = NLA_OK;
     memset(st, 0, sizeof *st);
     st->n = n;
     st->fve_own = NAN;
@@ -5849,13 +5858,14 @@ static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *
     st->p90 = ev_quantile(m, n, 0.9);
     st->p99 = ev_quantile(m, n, 0.99);
     st->fve = 1 - st->mean / s->baseline;
-    {
+    if (v && nv == n) { /* every row has its vector: fve against the group's own mean */
         double B = 0;
-        if (v && nv == n && nla_baseline(v, n, s->d, sqrt((double)s->d), &B) == NLA_OK && B > 0) st->fve_own = 1 - st->mean / B;
+        rc = nla_baseline(v, n, s->d, sqrt((double)s->d), &B);
+        if (!rc && B > 0) st->fve_own = 1 - st->mean / B;
     }
     NLA_FREE(m);
     NLA_FREE(v);
-    return NLA_OK;
+    return rc == NLA_ERR_NOMEM ? rc : NLA_OK;
 }
 
 /* Output through the caller's write function; oom: a piece was lost. */
