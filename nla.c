@@ -1977,7 +1977,8 @@ struct nla_model {
     int no_mmap;              /* nla_model_params.no_mmap, for files opened later */
     unsigned char *qmem;      /* quantized copies of the matrices (quantize on load) */
     uint64_t quant_bytes;
-    nla_tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
+    const nla_tokenizer *tok; /* NULL when the folder has no tokenizer.json */
+    nla_tokenizer *own_tok;   /* tok when the model loaded it (else borrowed) */
     struct nla_sidecar *nla;  /* NULL when the folder has no nla_meta.yaml */
     int live_sessions;        /* atomic; the only field written after open */
 };
@@ -2338,7 +2339,7 @@ nla_status nla_model_close(nla_model *m) {
     if (!m) return NLA_OK;
     if (ATOMIC_LOAD(&m->live_sessions) > 0) return NLA_ERR_BUSY;
     nla_st_close(m->st);
-    nla_tokenizer_close(m->tok);
+    nla_tokenizer_close(m->own_tok);
     sidecar_free(m->nla);
     NLA_FREE(m->qmem);
     NLA_FREE((void *)(uintptr_t)m->src);
@@ -2411,10 +2412,12 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
             for (int i = 0; i < h2; i++)
                 m->inv_freq[t * h2 + i] = (1.0f / powf(c->theta[t], (float)(2 * i) / (float)c->hd)) / c->factor[t];
     }
-    if (!rc) { /* the tokenizer named in params, else the folder's, if any */
+    if (!rc && p.shared_tokenizer) m->tok = p.shared_tokenizer;
+    else if (!rc) { /* the tokenizer named in params, else the folder's, if any */
         char *tp = p.tokenizer ? xstrndup(p.tokenizer, strlen(p.tokenizer)) : path_join(m->dir, "tokenizer.json");
         if (!tp) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
-        else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->tok, e.msg, sizeof e.msg);
+        else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->own_tok, e.msg, sizeof e.msg);
+        m->tok = m->own_tok;
         NLA_FREE(tp);
     }
     if (!rc) rc = sidecar_load(m, &e);
@@ -5161,16 +5164,16 @@ static void ev_row_render(sbuf *b, const void *ctx) {
     sb_str(b, "}\n");
 }
 
-/* Opens a model and a session for the eval (n_ctx 0: the default). */
-static nla_status ev_open(const char *dir, const nla_eval_params *p, nla_quant q, int n_seq, int n_ctx, nla_model **m, nla_session **s,
-                          errbuf *e) {
+/* Opens a model with the eval's tokenizer, and a session (n_ctx 0: the default). */
+static nla_status ev_open(const char *dir, const nla_eval_params *p, const nla_tokenizer *tok, nla_quant q, int n_seq, int n_ctx,
+                          nla_model **m, nla_session **s, errbuf *e) {
     nla_model_params mp;
     nla_session_params sp;
     nla_status rc;
     memset(&mp, 0, sizeof mp);
     memset(&sp, 0, sizeof sp);
     mp.quant = q;
-    mp.tokenizer = p->tokenizer;
+    mp.shared_tokenizer = tok;
     *s = NULL;
     if ((rc = nla_model_open(dir, &mp, m, e->msg, sizeof e->msg)) != NLA_OK || !n_seq) return rc;
     sp.n_threads = p->n_threads;
@@ -5224,7 +5227,7 @@ static nla_status ev_phase_extract(ev_run *x, const long *todo, int nc, errbuf *
     nla_model *m = NULL;
     nla_session *s = NULL;
     const int d = x->av.d_model;
-    nla_status rc = ev_open(x->p.target, &x->p, x->p.quant, 1, x->p.max_tokens, &m, &s, e);
+    nla_status rc = ev_open(x->p.target, &x->p, x->tok, x->p.quant, 1, x->p.max_tokens, &m, &s, e);
     for (int i = 0, j; i < nc && !rc; i = j) {
         const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
         for (j = i; j < nc && &x->pl.rec[x->pl.sample_rec[todo[j]]] == r; j++) x->pos[j - i] = r->pos[todo[j] - r->first];
@@ -5243,7 +5246,7 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
     nla_session *s = NULL;
     nla_verbalize_params vp;
     const int d = x->av.d_model, B = x->p.temperature > 0 ? 1 : x->p.batch < nc ? x->p.batch : nc;
-    nla_status rc = ev_open(x->p.av, &x->p, x->p.quant, B, x->av.av_prompt_len + x->p.max_new, &m, &s, e);
+    nla_status rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, B, x->av.av_prompt_len + x->p.max_new, &m, &s, e);
     memset(&vp, 0, sizeof vp);
     vp.max_new = x->p.max_new;
     vp.temperature = x->p.temperature;
@@ -5282,7 +5285,7 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
     nla_model *m = NULL;
     nla_session *s = NULL;
     const int d = x->av.d_model;
-    nla_status rc = ev_open(x->p.ar, &x->p, x->p.quant, 1, 0, &m, &s, e);
+    nla_status rc = ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 1, 0, &m, &s, e);
     for (int i = 0; i < nc && !rc; i++) {
         const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
         char *ex = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i]), tok_str[EV_PIECE];
@@ -5327,12 +5330,12 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     nla_model_info in;
-    nla_status rc = ev_open(x->p.av, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e);
+    nla_status rc = ev_open(x->p.av, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e);
     if (!rc) nla_model_get_meta(m, &x->av);
     ev_close(&m, &s);
-    if (!rc && (rc = ev_open(x->p.ar, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_meta(m, &x->ar);
+    if (!rc && (rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_meta(m, &x->ar);
     ev_close(&m, &s);
-    if (!rc && (rc = ev_open(x->p.target, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_info(m, &in);
+    if (!rc && (rc = ev_open(x->p.target, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_info(m, &in);
     ev_close(&m, &s);
     if (rc) return rc;
     if (strcmp(x->av.role, "av") || !x->av.av_prompt) return fail(e, NLA_ERR_ARG, "eval: %s is not an AV with a tokenizer (nla_meta.yaml role: av)", x->p.av);
@@ -5393,9 +5396,9 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     if (counts) memset(counts, 0, sizeof *counts);
     rc = ev_defaults(params, &x.p, &e);
     if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir)) rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
-    if (!rc) rc = ev_metas(&x, &e);
     if (!rc) rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg, sizeof e.msg);
     x.tok = tok;
+    if (!rc) rc = ev_metas(&x, &e);
     if (!rc) rc = ev_plan_build(&x.p, tok, &x.pl, fnv, &e);
     if (!rc) rc = ev_prepare(&x, fnv, &e);
     if (!rc) {
