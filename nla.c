@@ -1114,15 +1114,17 @@ void nla_st_close(nla_st *st) {
     NLA_FREE(st);
 }
 
+/* Whether path is a folder. Without POSIX: whether it holds config.json or
+   tokenizer.json (checked without allocating; longer paths than 4 KB are
+   not folders there). */
 static int is_dir(const char *path) {
 #ifndef NLA_NO_MMAP
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 #else
-    char *p = path_join(path, "config.json");
-    int r = p && file_exists(p);
-    NLA_FREE(p);
-    return r;
+    char p[4096];
+    return (snprintf(p, sizeof p, "%s/config.json", path) < (int)sizeof p && file_exists(p)) ||
+           (snprintf(p, sizeof p, "%s/tokenizer.json", path) < (int)sizeof p && file_exists(p));
 #endif
 }
 
