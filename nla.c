@@ -125,6 +125,8 @@
 #endif
 #if defined(__AVX2__) && !defined(NLA_NO_SIMD)
 #include <immintrin.h>
+#elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
+#include <arm_neon.h>
 #endif
 
 /* Lets the compiler check the format strings of printf-like helpers. */
@@ -1112,15 +1114,17 @@ void nla_st_close(nla_st *st) {
     NLA_FREE(st);
 }
 
+/* Whether path is a folder. Without POSIX: whether it holds config.json or
+   tokenizer.json (checked without allocating; longer paths than 4 KB are
+   not folders there). */
 static int is_dir(const char *path) {
 #ifndef NLA_NO_MMAP
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 #else
-    char *p = path_join(path, "config.json");
-    int r = p && file_exists(p);
-    NLA_FREE(p);
-    return r;
+    char p[4096];
+    return (snprintf(p, sizeof p, "%s/config.json", path) < (int)sizeof p && file_exists(p)) ||
+           (snprintf(p, sizeof p, "%s/tokenizer.json", path) < (int)sizeof p && file_exists(p));
 #endif
 }
 
@@ -1694,10 +1698,10 @@ static float dot(const float *a, const float *b, int n) {
     return s[0] + r;
 }
 
-/* The quantized dot product: the AVX2 kernel where the build targets it
-   (make does, for the machine it runs on), else the scalar reference. Both
-   sum the same exact int32 block products; only the float accumulation
-   order differs. */
+/* The quantized dot product: the AVX2 or NEON kernel where the build
+   targets it (make does, for the machine it runs on), else the scalar
+   reference. All sum the same exact int32 block products; only the float
+   accumulation order differs. */
 #if defined(__AVX2__) && !defined(NLA_NO_SIMD)
 #define NLA_SIMD_NAME "avx2"
 static float hsum8(__m256 v) {
@@ -1764,24 +1768,49 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
     return dt == NLA_DTYPE_Q8_0 ? q_dot_loop(w, NLA_DTYPE_Q8_0, x, nb) : q_dot_loop(w, NLA_DTYPE_Q4_0, x, nb);
 }
 #define q_dot q_dot_simd
+#elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
+/* acc + the sums of 4 adjacent products of a and b (16 int8 each): one
+   instruction with the dot-product extension, else widening multiplies
+   (int8 x int8 fits int16) and pairwise adds. */
+static inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
+#ifdef __ARM_FEATURE_DOTPROD
+    return vdotq_s32(acc, a, b);
+#else
+    return vpadalq_s16(vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b))), vmull_s8(vget_high_s8(a), vget_high_s8(b)));
+#endif
+}
+
+#ifdef __ARM_FEATURE_DOTPROD
+#define NLA_SIMD_NAME "neon-dotprod"
+#else
+#define NLA_SIMD_NAME "neon"
+#endif
+
+/* As q_dot_ref: per block the exact int32 sum of q_w q_x (codes in two
+   halves of 16), scaled by d_w d_x into 4 float lanes; two accumulators. */
+static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
+    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    float32x4_t acc[2] = {vdupq_n_f32(0), vdupq_n_f32(0)};
+    for (int b = 0; b < nb; b++, w += bs) {
+        int8x16_t w0, w1;
+        if (dt == NLA_DTYPE_Q8_0) {
+            w0 = vld1q_s8((const int8_t *)(w + 2));
+            w1 = vld1q_s8((const int8_t *)(w + 18));
+        } else { /* nibbles: low -> elements 0..15, high -> 16..31, minus 8 */
+            const uint8x16_t raw = vld1q_u8(w + 2);
+            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(15))), vdupq_n_s8(8));
+            w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), vdupq_n_s8(8));
+        }
+        const int32x4_t p = dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(x[b].q)), w1, vld1q_s8(x[b].q + 16));
+        acc[b & 1] = vmlaq_n_f32(acc[b & 1], vcvtq_f32_s32(p), f16_to_f32(rd_u16(w)) * x[b].d);
+    }
+    return vaddvq_f32(vaddq_f32(acc[0], acc[1]));
+}
+#define q_dot q_dot_simd
 #else
 #define NLA_SIMD_NAME "none"
 #define q_dot q_dot_ref
 #endif
-
-nla_status nla_kernel_dot(nla_dtype dt, const float *w, const float *x, int n, int simd, float *out) {
-    if (!is_quant(dt) || !w || !x || !out || n < QK || n % QK) return NLA_ERR_ARG;
-    unsigned char *qw = (unsigned char *)NLA_MALLOC(row_bytes(dt, n));
-    blk_a8 *qx = (blk_a8 *)xmalloc((size_t)n / QK, sizeof(blk_a8));
-    if (!qw || !qx) { NLA_FREE(qw); NLA_FREE(qx); return NLA_ERR_NOMEM; }
-    if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(w, qw, n);
-    else q4_0_quantize(w, qw, n);
-    a8_quantize(x, qx, n);
-    *out = simd ? q_dot(qw, dt, qx, n / QK) : q_dot_ref(qw, dt, qx, n / QK);
-    NLA_FREE(qw);
-    NLA_FREE(qx);
-    return NLA_OK;
-}
 
 const char *nla_kernel_simd(void) { return NLA_SIMD_NAME; }
 
@@ -1795,10 +1824,27 @@ static int thread_id(void) {
 
 /* Scratch of a matmul: converted weight rows and quantized activations. */
 typedef struct {
-    float *rowbuf;  /* [nt, max cols] */
-    blk_a8 *xq;     /* [n_batch, max cols / 32] */
+    float *rowbuf; /* [nt, max cols] */
+    blk_a8 *xq;    /* [max rows, max cols / 32] */
     int nt;
 } mm_scratch;
+
+/* Frees the buffers and zeroes sc (also one that was never set up). */
+static void mm_scratch_free(mm_scratch *sc) {
+    NLA_FREE(sc->rowbuf);
+    NLA_FREE(sc->xq);
+    memset(sc, 0, sizeof *sc);
+}
+
+/* For matmuls of up to n_rows inputs of up to max_cols; 0 when memory runs out. */
+static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_cols) {
+    memset(sc, 0, sizeof *sc);
+    sc->nt = nt;
+    sc->rowbuf = (float *)xmalloc((size_t)nt * max_cols, sizeof(float));
+    sc->xq = (blk_a8 *)xmalloc(n_rows * (max_cols / QK + 1), sizeof(blk_a8));
+    if (!sc->rowbuf || !sc->xq) { mm_scratch_free(sc); return 0; }
+    return 1;
+}
 
 /* y [n, w.rows] = x [n, w.cols] . W^T. A float weight row is converted
    once and met by all n inputs; a quantized one meets the n inputs
@@ -1821,6 +1867,29 @@ static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scra
             for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, f, cols);
         }
     }
+}
+
+/* The kernel check of nla.h: the model's matmul, or the scalar reference row by row. */
+nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out) {
+    if (!is_quant(dt) || !w || !x || !out || rows < 1 || n_x < 1 || n < QK || n % QK) return NLA_ERR_ARG;
+    const size_t rb = row_bytes(dt, n);
+    unsigned char *qw = (unsigned char *)xmalloc((size_t)rows, rb);
+    mm_scratch sc;
+    if (!qw || !mm_scratch_init(&sc, 1, (size_t)n_x, (size_t)n)) { NLA_FREE(qw); return NLA_ERR_NOMEM; }
+    for (int r = 0; r < rows; r++) {
+        if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(w + (size_t)r * n, qw + (size_t)r * rb, n);
+        else q4_0_quantize(w + (size_t)r * n, qw + (size_t)r * rb, n);
+    }
+    const wmat wm = {qw, dt, rows, n};
+    if (simd) matmul(out, x, n_x, &wm, &sc);
+    else
+        for (int t = 0; t < n_x; t++) {
+            a8_quantize(x + (size_t)t * n, sc.xq, n);
+            for (int r = 0; r < rows; r++) out[(size_t)t * rows + r] = q_dot_ref(qw + (size_t)r * rb, dt, sc.xq, n / QK);
+        }
+    NLA_FREE(qw);
+    mm_scratch_free(&sc);
+    return NLA_OK;
 }
 
 /* out = x / sqrt(mean(x^2) + eps) * g, where g = 1 + w was precomputed in
@@ -1910,7 +1979,8 @@ struct nla_model {
     int no_mmap;              /* nla_model_params.no_mmap, for files opened later */
     unsigned char *qmem;      /* quantized copies of the matrices (quantize on load) */
     uint64_t quant_bytes;
-    nla_tokenizer *tok;       /* NULL when the folder has no tokenizer.json */
+    const nla_tokenizer *tok; /* NULL when the folder has no tokenizer.json */
+    nla_tokenizer *own_tok;   /* tok when the model loaded it (else borrowed) */
     struct nla_sidecar *nla;  /* NULL when the folder has no nla_meta.yaml */
     int live_sessions;        /* atomic; the only field written after open */
 };
@@ -2271,7 +2341,7 @@ nla_status nla_model_close(nla_model *m) {
     if (!m) return NLA_OK;
     if (ATOMIC_LOAD(&m->live_sessions) > 0) return NLA_ERR_BUSY;
     nla_st_close(m->st);
-    nla_tokenizer_close(m->tok);
+    nla_tokenizer_close(m->own_tok);
     sidecar_free(m->nla);
     NLA_FREE(m->qmem);
     NLA_FREE((void *)(uintptr_t)m->src);
@@ -2344,10 +2414,12 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
             for (int i = 0; i < h2; i++)
                 m->inv_freq[t * h2 + i] = (1.0f / powf(c->theta[t], (float)(2 * i) / (float)c->hd)) / c->factor[t];
     }
-    if (!rc) { /* the tokenizer named in params, else the folder's, if any */
+    if (!rc && p.shared_tokenizer) m->tok = p.shared_tokenizer;
+    else if (!rc) { /* the tokenizer named in params, else the folder's, if any */
         char *tp = p.tokenizer ? xstrndup(p.tokenizer, strlen(p.tokenizer)) : path_join(m->dir, "tokenizer.json");
         if (!tp) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
-        else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->tok, e.msg, sizeof e.msg);
+        else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->own_tok, e.msg, sizeof e.msg);
+        m->tok = m->own_tok;
         NLA_FREE(tp);
     }
     if (!rc) rc = sidecar_load(m, &e);
@@ -2422,7 +2494,7 @@ static void session_free_bufs(nla_session *s) {
     }
     NLA_FREE(s->kc); NLA_FREE(s->vc); NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi); NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->next);
     NLA_FREE(s->x); NLA_FREE(s->xb); NLA_FREE(s->y); NLA_FREE(s->q); NLA_FREE(s->k); NLA_FREE(s->v); NLA_FREE(s->g); NLA_FREE(s->u);
-    NLA_FREE(s->cs); NLA_FREE(s->mm.rowbuf); NLA_FREE(s->mm.xq); NLA_FREE(s->sc); NLA_FREE(s->logits); NLA_FREE(s->cand);
+    NLA_FREE(s->cs); mm_scratch_free(&s->mm); NLA_FREE(s->sc); NLA_FREE(s->logits); NLA_FREE(s->cand);
 }
 
 void nla_session_free(nla_session *s) {
@@ -2516,7 +2588,6 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
 #else
     s->nt = 1;
 #endif
-    s->mm.nt = s->nt;
     nla_session_seed(s, p.seed);
     if (!(s->past = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) || !(s->hi = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
         !(s->next = (int *)xcalloc((size_t)s->n_seq, sizeof(int)))) {
@@ -2542,8 +2613,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
          (s->k = (float *)xmalloc(B * kvw, sizeof(float))) && (s->v = (float *)xmalloc(B * kvw, sizeof(float))) &&
          (s->g = (float *)xmalloc(B * I, sizeof(float))) && (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
          (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
-         (s->mm.rowbuf = (float *)xmalloc((size_t)s->nt * maxcols, sizeof(float))) &&
-         (s->mm.xq = (blk_a8 *)xmalloc(B * (maxcols / QK + 1), sizeof(blk_a8))) &&
+         mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
          (s->sc = (float *)xmalloc((size_t)s->nt * (size_t)s->n_ctx, sizeof(float))) &&
          (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
          (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));
@@ -4527,18 +4597,27 @@ static void ev_warn(const nla_eval_params *p, const char *fmt, ...) {
     p->warn(p->user, msg);
 }
 
-/* s[0..n) as a heap JSON string literal (json_put_string, measured first). */
-static char *ev_json_string(const char *s, size_t n) {
+/* Text made by render(b, ctx) into an sbuf, as a heap string: rendered once
+   to measure, once to write. *len (when not NULL) gets its length; NULL
+   when out of memory. */
+typedef void (*ev_render_fn)(sbuf *b, const void *ctx);
+static char *ev_render(ev_render_fn render, const void *ctx, size_t *len) {
     sbuf b = {NULL, 0, 0};
-    json_put_string(&b, s, n);
+    render(&b, ctx);
     b.cap = b.len + 1;
-    b.out = (char *)NLA_MALLOC(b.cap);
-    if (!b.out) return NULL;
+    if (!(b.out = (char *)NLA_MALLOC(b.cap))) return NULL;
     b.len = 0;
-    json_put_string(&b, s, n);
+    render(&b, ctx);
     b.out[b.len] = 0;
+    if (len) *len = b.len;
     return b.out;
 }
+
+/* A C string rendered as a JSON string literal (ev_render's ctx is the string). */
+static void ev_render_string(sbuf *b, const void *s) { json_put_string(b, (const char *)s, strlen((const char *)s)); }
+
+/* s as a heap JSON string literal (NULL when out of memory). */
+static char *ev_json_string(const char *s) { return ev_render(ev_render_string, s, NULL); }
 
 /* 64-bit FNV-1a of a buffer: the fingerprint of an input file in params.json. */
 static uint64_t ev_fnv(const char *s, size_t n) {
@@ -4640,7 +4719,7 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
         if (d.node[node].type == J_NUM) r->id = xstrndup(d.src + d.node[node].off, d.node[node].len);
         else {
             char *s = json_strdup(&d, node);
-            r->id = s ? ev_json_string(s, strlen(s)) : NULL;
+            r->id = s ? ev_json_string(s) : NULL;
             NLA_FREE(s);
         }
         node = json_get(&d, 0, "source");
@@ -4841,18 +4920,16 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
 
 /* --- the results folder */
 
-static char *ev_path(const char *dir, const char *name) {
-    size_t a = strlen(dir), b = strlen(name);
-    char *s = (char *)NLA_MALLOC(a + b + 2);
-    if (s) {
-        memcpy(s, dir, a);
-        s[a] = '/';
-        memcpy(s + a + 1, name, b + 1);
-    }
-    return s;
+/* Flushes f and syncs it to the disk (fsync, where there is one); 0 on failure. */
+static int ev_sync(FILE *f) {
+#ifndef _WIN32
+    return !fflush(f) && !fsync(fileno(f));
+#else
+    return !fflush(f);
+#endif
 }
 
-/* Writes n bytes to path atomically (path.tmp, then renamed over it). */
+/* Writes n bytes to path atomically (path.tmp, synced, then renamed over it). */
 static nla_status ev_write_file(const char *path, const char *data, size_t n, errbuf *e) {
     char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
     FILE *f;
@@ -4860,7 +4937,7 @@ static nla_status ev_write_file(const char *path, const char *data, size_t n, er
     if (!tmp) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     sprintf(tmp, "%s.tmp", path);
     f = fopen(tmp, "wb");
-    ok = f && fwrite(data, 1, n, f) == n;
+    ok = f && fwrite(data, 1, n, f) == n && ev_sync(f);
     if (f && fclose(f) != 0) ok = 0;
     ok = ok && rename(tmp, path) == 0;
     if (!ok) remove(tmp);
@@ -4887,8 +4964,9 @@ static void ev_put_path(sbuf *b, const char *key, const char *v) {
     sb_str(b, ",\n");
 }
 
-static void ev_params_render(sbuf *b, const ev_params_ctx *x) {
+static void ev_params_render(sbuf *b, const void *ctx) {
     static const char *const quant[] = {"none", "q8_0", "q4_0"};
+    const ev_params_ctx *x = (const ev_params_ctx *)ctx;
     const nla_eval_params *p = x->p;
     char t[1024];
     sb_str(b, "{\"nla_eval\": 1,\n");
@@ -4910,60 +4988,81 @@ static void ev_params_render(sbuf *b, const ev_params_ctx *x) {
     sb_str(b, t);
 }
 
-/* The first line where a and b differ, into e. */
-static nla_status ev_params_differ(const char *path, const char *have, const char *want, errbuf *e) {
+/* The first line where params.json texts have and want differ, into e,
+   with what to do about it (hint). */
+static nla_status ev_params_differ(const char *path, const char *have, const char *want, const char *hint, errbuf *e) {
     while (*have && *have == *want) {
         const char *na = strchr(have, '\n'), *nb = strchr(want, '\n');
         if (!na || !nb || na - have != nb - want || memcmp(have, want, (size_t)(na - have))) break;
         have = na + 1;
         want = nb + 1;
     }
-    return fail(e, NLA_ERR_ARG, "%s: this folder holds a run with other arguments (it has %.*s; this run has %.*s): use the same arguments to resume, or another folder",
-                path, (int)strcspn(have, "\n"), have, (int)strcspn(want, "\n"), want);
+    return fail(e, NLA_ERR_ARG, "%s: made with other arguments (it has %.*s, not %.*s): %s", path, (int)strcspn(have, "\n"), have,
+                (int)strcspn(want, "\n"), want, hint);
 }
 
 /* tokens.jsonl: one line per record, for the report. */
-static nla_status ev_write_tokens(const char *path, const ev_plan *pl, const nla_tokenizer *tok, errbuf *e) {
-    sbuf b = {NULL, 0, 0};
-    nla_status rc = NLA_OK;
-    for (int pass = 0; pass < 2 && !rc; pass++) {
-        if (pass && !(b.out = (char *)NLA_MALLOC(b.cap = b.len + 1))) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-        b.len = 0;
-        for (int i = 0; i < pl->n_rec; i++) {
-            const ev_record *r = &pl->rec[i];
-            char t[64];
-            sb_str(&b, "{\"record_id\": ");
-            sb_str(&b, r->id);
-            sb_str(&b, ", \"source\": ");
-            json_put_string(&b, r->source, strlen(r->source));
-            snprintf(t, sizeof t, ", \"chat\": %s, \"first_sample\": %ld, \"positions\": [", r->chat ? "true" : "false", r->first);
-            sb_str(&b, t);
-            for (int j = 0; j < r->n_pos; j++) {
-                snprintf(t, sizeof t, "%s%d", j ? ", " : "", r->pos[j]);
-                sb_str(&b, t);
-            }
-            sb_str(&b, "], \"tokens\": [");
-            for (int j = 0; j < r->n_ids; j++) {
-                char piece[512];
-                size_t len = 0;
-                if (nla_detokenize(tok, &r->ids[j], 1, piece, sizeof piece, &len)) len = 0;
-                if (j) sb_str(&b, ", ");
-                json_put_string(&b, piece, len);
-            }
-            sb_str(&b, "]");
-            if (r->role) {
-                sb_str(&b, ", \"roles\": [");
-                for (int j = 0; j < r->n_ids; j++) {
-                    snprintf(t, sizeof t, "%s\"%s\"", j ? ", " : "", ev_role_name[r->role[j]]);
-                    sb_str(&b, t);
-                }
-                sb_str(&b, "]");
-            }
-            sb_str(&b, "}\n");
+typedef struct {
+    const ev_plan *pl;
+    const nla_tokenizer *tok;
+} ev_tokens_ctx;
+
+/* A token's text, NUL-terminated, into piece[EV_PIECE] (the tokenizer
+   refuses pieces over 1024 bytes, so it always fits); "" for an id outside
+   the vocabulary. Returns its length. */
+#define EV_PIECE (1024 + 8)
+static size_t ev_piece(const nla_tokenizer *tok, int32_t id, char *piece) {
+    size_t len = 0;
+    if (nla_detokenize(tok, &id, 1, piece, EV_PIECE, &len) != NLA_OK) len = 0;
+    piece[len] = 0;
+    return len;
+}
+
+static void ev_tokens_render(sbuf *b, const void *ctx) {
+    const ev_tokens_ctx *x = (const ev_tokens_ctx *)ctx;
+    for (int i = 0; i < x->pl->n_rec; i++) {
+        const ev_record *r = &x->pl->rec[i];
+        char t[64];
+        sb_str(b, "{\"record_id\": ");
+        sb_str(b, r->id);
+        sb_str(b, ", \"source\": ");
+        json_put_string(b, r->source, strlen(r->source));
+        snprintf(t, sizeof t, ", \"chat\": %s, \"first_sample\": %ld, \"positions\": [", r->chat ? "true" : "false", r->first);
+        sb_str(b, t);
+        for (int j = 0; j < r->n_pos; j++) {
+            snprintf(t, sizeof t, "%s%d", j ? ", " : "", r->pos[j]);
+            sb_str(b, t);
         }
+        sb_str(b, "], \"tokens\": [");
+        for (int j = 0; j < r->n_ids; j++) {
+            char piece[EV_PIECE];
+            const size_t len = ev_piece(x->tok, r->ids[j], piece);
+            if (j) sb_str(b, ", ");
+            json_put_string(b, piece, len);
+        }
+        sb_str(b, "]");
+        if (r->role) {
+            sb_str(b, ", \"roles\": [");
+            for (int j = 0; j < r->n_ids; j++) {
+                snprintf(t, sizeof t, "%s\"%s\"", j ? ", " : "", ev_role_name[r->role[j]]);
+                sb_str(b, t);
+            }
+            sb_str(b, "]");
+        }
+        sb_str(b, "}\n");
     }
-    rc = ev_write_file(path, b.out, b.len, e);
-    NLA_FREE(b.out);
+}
+
+static nla_status ev_write_tokens(const char *path, const ev_plan *pl, const nla_tokenizer *tok, errbuf *e) {
+    ev_tokens_ctx x;
+    size_t n = 0;
+    char *text;
+    nla_status rc;
+    x.pl = pl;
+    x.tok = tok;
+    if (!(text = ev_render(ev_tokens_render, &x, &n))) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    rc = ev_write_file(path, text, n, e);
+    NLA_FREE(text);
     return rc;
 }
 
@@ -4976,10 +5075,8 @@ static nla_status ev_load_done(const char *path, const nla_eval_params *p, const
     long prev = -1;
     int line = 0;
     nla_status rc = NLA_OK;
-    FILE *f = fopen(path, "rb");
     *n_done = 0;
-    if (!f) return NLA_OK; /* a fresh run */
-    fclose(f);
+    if (!file_exists(path)) return NLA_OK; /* a fresh run */
     if ((rc = read_file(path, &buf, &n, SIZE_MAX / 2, e)) != NLA_OK) return rc;
     while (at < n && !rc) {
         const char *s = buf + at, *nl = (const char *)memchr(s, '\n', n - at);
@@ -5029,7 +5126,7 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, errbuf
     if (!(v->f = fopen(path, "r+b"))) { /* made whole under another name, then renamed: a kill leaves no half file */
         char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
         FILE *f = tmp ? fopen(strcat(strcpy(tmp, path), ".tmp"), "wb") : NULL;
-        int ok = f && fwrite(want, 1, hl, f) == hl && (!S || (!fseek(f, end - 1, SEEK_SET) && fputc(0, f) != EOF));
+        int ok = f && fwrite(want, 1, hl, f) == hl && (!S || (!fseek(f, end - 1, SEEK_SET) && fputc(0, f) != EOF)) && ev_sync(f);
         if (f && fclose(f)) ok = 0;
         ok = ok && !rename(tmp, path);
         NLA_FREE(tmp);
@@ -5041,9 +5138,10 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, errbuf
     return NLA_OK;
 }
 
+/* Writes row `row` (d floats) and syncs it to the disk; 0 on failure. */
 static int ev_npy_put(ev_npy *v, long row, const float *x) {
     return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) && fwrite(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d &&
-           !fflush(v->f);
+           ev_sync(v->f);
 }
 
 /* One row of results.jsonl (the published field names, then ours). */
@@ -5065,7 +5163,8 @@ static void ev_put_num(sbuf *b, const char *key, double v) {
     sb_str(b, t);
 }
 
-static void ev_row_render(sbuf *b, const ev_row_out *x) {
+static void ev_row_render(sbuf *b, const void *ctx) {
+    const ev_row_out *x = (const ev_row_out *)ctx;
     const ev_record *r = x->r;
     char t[160];
     snprintf(t, sizeof t, "{\"sample_idx\": %ld, \"record_id\": ", x->sample_idx);
@@ -5093,16 +5192,16 @@ static void ev_row_render(sbuf *b, const ev_row_out *x) {
     sb_str(b, "}\n");
 }
 
-/* Opens a model and a session for the eval (n_ctx 0: the default). */
-static nla_status ev_open(const char *dir, const nla_eval_params *p, nla_quant q, int n_seq, int n_ctx, nla_model **m, nla_session **s,
-                          errbuf *e) {
+/* Opens a model with the eval's tokenizer, and a session (n_ctx 0: the default). */
+static nla_status ev_open(const char *dir, const nla_eval_params *p, const nla_tokenizer *tok, nla_quant q, int n_seq, int n_ctx,
+                          nla_model **m, nla_session **s, errbuf *e) {
     nla_model_params mp;
     nla_session_params sp;
     nla_status rc;
     memset(&mp, 0, sizeof mp);
     memset(&sp, 0, sizeof sp);
     mp.quant = q;
-    mp.tokenizer = p->tokenizer;
+    mp.shared_tokenizer = tok;
     *s = NULL;
     if ((rc = nla_model_open(dir, &mp, m, e->msg, sizeof e->msg)) != NLA_OK || !n_seq) return rc;
     sp.n_threads = p->n_threads;
@@ -5142,7 +5241,7 @@ typedef struct {
     long *todo, n_todo, n_shard, n_done, resumed;
     float *v, *rec;      /* [chunk, d] activations; [d] one reconstruction */
     char **raw;          /* [chunk] AV text */
-    size_t *ex_start, *ex_len;
+    size_t *ex_start, *ex_len, *raw_len; /* [chunk] each: the explanation's span in raw, raw's length */
     int *parsed;
     int32_t *ids, *pos;  /* [batch, max_new] AV ids; [chunk] positions */
     int *n_ids;
@@ -5156,7 +5255,7 @@ static nla_status ev_phase_extract(ev_run *x, const long *todo, int nc, errbuf *
     nla_model *m = NULL;
     nla_session *s = NULL;
     const int d = x->av.d_model;
-    nla_status rc = ev_open(x->p.target, &x->p, x->p.quant, 1, x->p.max_tokens, &m, &s, e);
+    nla_status rc = ev_open(x->p.target, &x->p, x->tok, x->p.quant, 1, x->p.max_tokens, &m, &s, e);
     for (int i = 0, j; i < nc && !rc; i = j) {
         const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
         for (j = i; j < nc && &x->pl.rec[x->pl.sample_rec[todo[j]]] == r; j++) x->pos[j - i] = r->pos[todo[j] - r->first];
@@ -5175,7 +5274,7 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
     nla_session *s = NULL;
     nla_verbalize_params vp;
     const int d = x->av.d_model, B = x->p.temperature > 0 ? 1 : x->p.batch < nc ? x->p.batch : nc;
-    nla_status rc = ev_open(x->p.av, &x->p, x->p.quant, B, x->av.av_prompt_len + x->p.max_new, &m, &s, e);
+    nla_status rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, B, x->av.av_prompt_len + x->p.max_new, &m, &s, e);
     memset(&vp, 0, sizeof vp);
     vp.max_new = x->p.max_new;
     vp.temperature = x->p.temperature;
@@ -5197,7 +5296,10 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
             NLA_FREE(x->raw[i + q]);
             if (!(x->raw[i + q] = (char *)NLA_MALLOC(len + 1))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
             else if (nla_detokenize(x->tok, id, n, x->raw[i + q], len + 1, &len)) rc = fail(e, NLA_ERR_RANGE, "eval: the AV wrote an id outside the vocabulary");
-            else x->parsed[i + q] = nla_parse_explanation(x->raw[i + q], len, &x->ex_start[i + q], &x->ex_len[i + q]);
+            else {
+                x->raw_len[i + q] = len;
+                x->parsed[i + q] = nla_parse_explanation(x->raw[i + q], len, &x->ex_start[i + q], &x->ex_len[i + q]);
+            }
         }
         if (!rc && ev_progress(&x->p, "verbalize", i + nb, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
     }
@@ -5211,15 +5313,15 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
     nla_model *m = NULL;
     nla_session *s = NULL;
     const int d = x->av.d_model;
-    nla_status rc = ev_open(x->p.ar, &x->p, x->p.quant, 1, 0, &m, &s, e);
+    nla_status rc = ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 1, 0, &m, &s, e);
     for (int i = 0; i < nc && !rc; i++) {
         const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
-        char *ex = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i]), tok_str[512];
+        char *ex = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i]), tok_str[EV_PIECE];
         const float *v = x->v + (size_t)i * d;
         ev_row_out row;
-        sbuf b = {NULL, 0, 0};
+        char *line;
+        size_t n_line = 0;
         double nv = 0;
-        size_t tl = 0;
         memset(&row, 0, sizeof row);
         row.sample_idx = todo[i];
         row.r = r;
@@ -5229,27 +5331,21 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
         NLA_FREE(ex);
         if (rc) break;
         for (int k = 0; k < d; k++) nv += (double)v[k] * v[k];
-        if (nla_detokenize(x->tok, &r->ids[row.pos], 1, tok_str, sizeof tok_str, &tl)) tok_str[0] = 0;
+        ev_piece(x->tok, r->ids[row.pos], tok_str);
         row.token_str = tok_str;
         row.raw = x->raw[i];
-        row.raw_len = strlen(x->raw[i]);
+        row.raw_len = x->raw_len[i];
         row.ex_start = x->ex_start[i];
         row.ex_len = x->ex_len[i];
         row.parsed = x->parsed[i];
         row.vec_norm = sqrt(nv);
         nla_score(v, x->rec, d, x->ar.mse_scale, x->baseline, &row.sc);
-        ev_row_render(&b, &row);
-        b.cap = b.len + 1;
-        if (!(b.out = (char *)NLA_MALLOC(b.cap))) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
-        b.len = 0;
-        ev_row_render(&b, &row);
-        if (!ev_npy_put(&x->act, todo[i], v) || !ev_npy_put(&x->recon, todo[i], x->rec) || fwrite(b.out, 1, b.len, x->res) != b.len ||
-            fflush(x->res))
+        if (!(line = ev_render(ev_row_render, &row, &n_line))) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+        /* the commit: both vectors on the disk before the line that says they are there */
+        if (!ev_npy_put(&x->act, todo[i], v) || !ev_npy_put(&x->recon, todo[i], x->rec) ||
+            fwrite(line, 1, n_line, x->res) != n_line || !ev_sync(x->res))
             rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
-#ifndef _WIN32
-        if (!rc) fsync(fileno(x->res));
-#endif
-        NLA_FREE(b.out);
+        NLA_FREE(line);
         if (!rc) x->n_done++;
         if (!rc && ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
     }
@@ -5262,12 +5358,12 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     nla_model_info in;
-    nla_status rc = ev_open(x->p.av, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e);
+    nla_status rc = ev_open(x->p.av, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e);
     if (!rc) nla_model_get_meta(m, &x->av);
     ev_close(&m, &s);
-    if (!rc && (rc = ev_open(x->p.ar, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_meta(m, &x->ar);
+    if (!rc && (rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_meta(m, &x->ar);
     ev_close(&m, &s);
-    if (!rc && (rc = ev_open(x->p.target, &x->p, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_info(m, &in);
+    if (!rc && (rc = ev_open(x->p.target, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_info(m, &in);
     ev_close(&m, &s);
     if (rc) return rc;
     if (strcmp(x->av.role, "av") || !x->av.av_prompt) return fail(e, NLA_ERR_ARG, "eval: %s is not an AV with a tokenizer (nla_meta.yaml role: av)", x->p.av);
@@ -5283,10 +5379,10 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
 /* params.json, tokens.jsonl, the rows done, the .npy files, the work list. */
 static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     const char *dir = x->p.out_dir;
-    char *pp = ev_path(dir, "params.json"), *tp = ev_path(dir, "tokens.jsonl"), *rp = ev_path(dir, "results.jsonl");
-    char *ap = ev_path(dir, "activations.npy"), *cp = ev_path(dir, "reconstructions.npy"), *have = NULL;
+    char *pp = path_join(dir, "params.json"), *tp = path_join(dir, "tokens.jsonl"), *rp = path_join(dir, "results.jsonl");
+    char *ap = path_join(dir, "activations.npy"), *cp = path_join(dir, "reconstructions.npy"), *have = NULL, *want = NULL;
+    size_t n_want = 0;
     ev_params_ctx pc;
-    sbuf b = {NULL, 0, 0};
     nla_status rc = pp && tp && rp && ap && cp ? NLA_OK : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     pc.p = &x->p;
     pc.pl = &x->pl;
@@ -5295,21 +5391,10 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     pc.layer = x->av.layer;
     pc.mse_scale = x->ar.mse_scale;
     pc.baseline = x->baseline;
-    ev_params_render(&b, &pc);
-    b.cap = b.len + 1;
-    if (!rc && !(b.out = (char *)NLA_MALLOC(b.cap))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    if (!rc) {
-        FILE *f = fopen(pp, "rb");
-        b.len = 0;
-        ev_params_render(&b, &pc);
-        b.out[b.len] = 0;
-        if (f) {
-            fclose(f);
-            if ((rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK && strcmp(have, b.out)) rc = ev_params_differ(pp, have, b.out, e);
-        } else {
-            rc = ev_write_file(pp, b.out, b.len, e);
-        }
-    }
+    if (!rc && !(want = ev_render(ev_params_render, &pc, &n_want))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc && !file_exists(pp)) rc = ev_write_file(pp, want, n_want, e);
+    else if (!rc && (rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK && strcmp(have, want))
+        rc = ev_params_differ(pp, have, want, "use the same arguments to resume, or another folder", e);
     if (!rc) rc = ev_write_tokens(tp, &x->pl, x->tok, e);
     if (!rc && !(x->done = (unsigned char *)xcalloc((size_t)x->pl.n_samples, 1))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     if (!rc) rc = ev_load_done(rp, &x->p, &x->pl, x->done, &x->resumed, e);
@@ -5323,7 +5408,7 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
         if (!x->done[i]) x->todo[x->n_todo++] = i;
     }
     x->n_done = x->resumed;
-    NLA_FREE(pp); NLA_FREE(tp); NLA_FREE(rp); NLA_FREE(ap); NLA_FREE(cp); NLA_FREE(have); NLA_FREE(b.out);
+    NLA_FREE(pp); NLA_FREE(tp); NLA_FREE(rp); NLA_FREE(ap); NLA_FREE(cp); NLA_FREE(have); NLA_FREE(want);
     return rc;
 }
 
@@ -5339,9 +5424,9 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     if (counts) memset(counts, 0, sizeof *counts);
     rc = ev_defaults(params, &x.p, &e);
     if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir)) rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
-    if (!rc) rc = ev_metas(&x, &e);
     if (!rc) rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg, sizeof e.msg);
     x.tok = tok;
+    if (!rc) rc = ev_metas(&x, &e);
     if (!rc) rc = ev_plan_build(&x.p, tok, &x.pl, fnv, &e);
     if (!rc) rc = ev_prepare(&x, fnv, &e);
     if (!rc) {
@@ -5350,13 +5435,16 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
         x.v = (float *)xmalloc((size_t)C + 1, (size_t)d * sizeof(float));
         x.rec = (float *)xmalloc((size_t)d, sizeof(float));
         x.raw = (char **)xcalloc((size_t)C + 1, sizeof(char *));
-        x.ex_start = (size_t *)xcalloc((size_t)C + 1, 2 * sizeof(size_t));
+        x.ex_start = (size_t *)xcalloc((size_t)C + 1, 3 * sizeof(size_t));
         x.parsed = (int *)xcalloc((size_t)C + 1, sizeof(int));
         x.pos = (int32_t *)xcalloc((size_t)C + 1, sizeof(int32_t));
         x.ids = (int32_t *)xmalloc((size_t)x.p.batch, (size_t)x.p.max_new * sizeof(int32_t));
         x.n_ids = (int *)xcalloc((size_t)x.p.batch, sizeof(int));
         if (!x.v || !x.rec || !x.raw || !x.ex_start || !x.parsed || !x.pos || !x.ids || !x.n_ids) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
-        else x.ex_len = x.ex_start + C + 1;
+        else {
+            x.ex_len = x.ex_start + C + 1;
+            x.raw_len = x.ex_len + C + 1;
+        }
     }
     /* chunk by chunk, one model in memory at a time */
     for (long c0 = 0; !rc && c0 < x.n_todo; c0 += C) {
@@ -5393,9 +5481,26 @@ static const char *ev_shard_line(const char *params, int *i, int *n) {
     return s && sscanf(s, "\n\"shard\": \"%d/%d\"", i, n) == 2 ? s : NULL;
 }
 
+/* Writes n bytes as dir/name (ev_write_file). */
+static nla_status ev_write_in(const char *dir, const char *name, const char *data, size_t n, errbuf *e) {
+    char *path = path_join(dir, name);
+    nla_status rc = path ? ev_write_file(path, data, n, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    NLA_FREE(path);
+    return rc;
+}
+
+/* Writes x, float32 [S, d], as dir/name. */
+static nla_status ev_npy_write_in(const char *dir, const char *name, const float *x, long S, int d, errbuf *e) {
+    const int64_t shape[2] = {S, d};
+    char *path = path_join(dir, name);
+    nla_status rc = path ? nla_npy_write(path, x, 2, shape, e->msg, sizeof e->msg) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    NLA_FREE(path);
+    return rc;
+}
+
 /* A folder's file, read whole (NUL-terminated). */
 static nla_status ev_read(const char *dir, const char *name, char **buf, size_t *n, errbuf *e) {
-    char *path = ev_path(dir, name);
+    char *path = path_join(dir, name);
     nla_status rc = path ? read_file(path, buf, n, SIZE_MAX / 2, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     NLA_FREE(path);
     return rc;
@@ -5423,23 +5528,20 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         else if (sn != n) rc = fail(&e, NLA_ERR_ARG, "%s is shard %d/%d, but %d folders were given", dirs[k], si, sn, n);
         else if (!k) cut0 = cut;
         else if (cut - params[k] != cut0 - params[0] || memcmp(params[k], params[0], (size_t)(cut0 - params[0])))
-            rc = ev_params_differ(dirs[k], params[k], params[0], &e);
+            rc = ev_params_differ(dirs[k], params[k], params[0], "these are not shards of one study", &e);
         for (int j = 0; j < k && !rc; j++) {
             int sj, nj;
             ev_shard_line(params[j], &sj, &nj);
             if (sj == si) rc = fail(&e, NLA_ERR_ARG, "%s and %s are both shard %d/%d", dirs[j], dirs[k], si, n);
         }
     }
-    if (!rc) {
-        double dd = 0, ds = 0;
-        if ((rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) != NLA_OK) {}
-        else {
-            if (!json_num(&doc, json_get(&doc, 0, "samples"), &ds) || !json_num(&doc, json_get(&doc, 0, "d_model"), &dd) || ds < 0 || dd < 1)
-                rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no samples or d_model", dirs[0]);
-            json_free(&doc);
-            S = (long)ds;
-            d = (int)dd;
-        }
+    if (!rc && (rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) == NLA_OK) { /* S rows of d floats */
+        uint64_t us = 0;
+        if (!json_u64(&doc, json_get(&doc, 0, "samples"), &us) || !json_int(&doc, json_get(&doc, 0, "d_model"), &d) || d < 1 ||
+            us > (uint64_t)LONG_MAX / 4 / (uint64_t)d || us > SIZE_MAX / 4 / (size_t)d)
+            rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no samples and d_model that fit this platform", dirs[0]);
+        json_free(&doc);
+        S = (long)us;
     }
     if (!rc && (!(line = (const char **)xcalloc((size_t)S + 1, sizeof(char *))) || !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
                 !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) || !(act = (float *)xcalloc((size_t)S * d + 1, sizeof(float))) ||
@@ -5457,7 +5559,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             const char *nl = (const char *)memchr(s, '\n', (size_t)(res[k] + rn - s));
             uint64_t idx = 0;
             if (!nl) { rc = fail(&e, NLA_ERR_FORMAT, "%s: the last row is torn: rerun the shard to finish it", dirs[k]); break; }
-            if (json_parse(&doc, s, (size_t)(nl - s), &e, dirs[k]) != NLA_OK) break;
+            if ((rc = json_parse(&doc, s, (size_t)(nl - s), &e, dirs[k])) != NLA_OK) break;
             if (!json_u64(&doc, json_get(&doc, 0, "sample_idx"), &idx) || idx >= (uint64_t)S || line[idx])
                 rc = fail(&e, NLA_ERR_FORMAT, "%s/results.jsonl: a row without a new sample_idx below %ld", dirs[k], S);
             else {
@@ -5476,7 +5578,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         for (int f = 0; f < 2 && !rc; f++) {
             int64_t sh[2];
             int nd;
-            if (!(path = ev_path(dirs[k], f ? "reconstructions.npy" : "activations.npy"))) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+            if (!(path = path_join(dirs[k], f ? "reconstructions.npy" : "activations.npy"))) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
             else if ((rc = nla_npy_read(path, sv, (size_t)S * d, sh, &nd, e.msg, sizeof e.msg)) == NLA_OK && (nd != 2 || sh[0] != S || sh[1] != d))
                 rc = fail(&e, NLA_ERR_FORMAT, "%s: not [%ld, %d]", path, S, d);
             for (long i = 0; !rc && i < S; i++)
@@ -5486,36 +5588,27 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         }
     /* the merged folder: as one unsharded run writes it */
     if (!rc) {
-        sbuf b = {NULL, 0, 0};
-        const int64_t shape[2] = {S, d};
-        for (int pass = 0; pass < 2; pass++) {
-            if (pass && !(b.out = (char *)NLA_MALLOC(b.cap = b.len + 1))) break;
-            b.len = 0;
-            for (long i = 0; i < S; i++) sb_put(&b, line[i], len[i]);
-        }
-        if (!b.out) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-        if (!rc && (path = ev_path(out_dir, "results.jsonl")) != NULL) rc = ev_write_file(path, b.out ? b.out : "", b.len, &e);
-        NLA_FREE(path);
-        NLA_FREE(b.out);
-        if (!rc && (path = ev_path(out_dir, "tokens.jsonl")) != NULL) rc = ev_write_file(path, tokens, tn, &e);
-        NLA_FREE(path);
-        if (!rc && (path = ev_path(out_dir, "activations.npy")) != NULL) rc = nla_npy_write(path, act, 2, shape, e.msg, sizeof e.msg);
-        NLA_FREE(path);
-        if (!rc && (path = ev_path(out_dir, "reconstructions.npy")) != NULL) rc = nla_npy_write(path, rec, 2, shape, e.msg, sizeof e.msg);
-        NLA_FREE(path);
-        if (!rc && (path = ev_path(out_dir, "params.json")) != NULL) {
-            size_t k = (size_t)(cut0 - params[0]);
-            char *t = (char *)NLA_MALLOC(k + 32);
-            if (!t) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-            else {
-                memcpy(t, params[0], k);
-                k += (size_t)sprintf(t + k, "\n\"shard\": \"1/1\"}\n");
-                rc = ev_write_file(path, t, k, &e);
+        const size_t k = (size_t)(cut0 - params[0]);
+        size_t total = 0;
+        char *text;
+        for (long i = 0; i < S; i++) total += len[i];
+        if (!(text = (char *)NLA_MALLOC(total + k + 32))) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+        else { /* results.jsonl: the rows in sample_idx order */
+            total = 0;
+            for (long i = 0; i < S; i++) {
+                memcpy(text + total, line[i], len[i]);
+                total += len[i];
             }
-            NLA_FREE(t);
+            rc = ev_write_in(out_dir, "results.jsonl", text, total, &e);
         }
-        NLA_FREE(path);
-        path = NULL;
+        if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", tokens, tn, &e);
+        if (!rc) rc = ev_npy_write_in(out_dir, "activations.npy", act, S, d, &e);
+        if (!rc) rc = ev_npy_write_in(out_dir, "reconstructions.npy", rec, S, d, &e);
+        if (!rc) { /* params.json: the shards' with the shard line of an unsharded run */
+            memcpy(text, params[0], k);
+            rc = ev_write_in(out_dir, "params.json", text, k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
+        }
+        NLA_FREE(text);
     }
     for (int k = 0; k < n; k++) {
         if (params) NLA_FREE(params[k]);
@@ -5563,62 +5656,88 @@ typedef struct {
     int final_tok;  /* the last is about the final token */
 } ev_shape;
 
+/* Does [b, e) quote something: "..." or \u201c...\u201d with at least one
+   character inside (eval_fixed.py's regex)? One pass: a pair of straight
+   quotes is two in a row; a curly closer matches the earliest opener since
+   the last closer. */
 static int ev_has_quote(const char *b, const char *e) {
+    const char *straight = NULL, *open = NULL; /* the last '"'; the earliest unclosed opener */
     for (const char *p = b; p < e; p++) {
-        const char *q = NULL;
-        if (*p == '"') q = (const char *)memchr(p + 1, '"', (size_t)(e - p - 1));
-        else if (e - p >= 3 && !memcmp(p, "\xe2\x80\x9c", 3)) {
-            for (const char *r = p + 3; r + 3 <= e && !q; r++)
-                if (!memcmp(r, "\xe2\x80\x9d", 3)) q = r;
-            if (q && q == p + 3) q = NULL;
+        if (*p == '"') {
+            if (straight && p > straight + 1) return 1;
+            straight = p;
+        } else if (e - p >= 3 && !memcmp(p, "\xe2\x80\x9c", 3)) {
+            if (!open) open = p;
+            p += 2;
+        } else if (e - p >= 3 && !memcmp(p, "\xe2\x80\x9d", 3)) {
+            if (open && p > open + 3) return 1;
+            open = NULL;
+            p += 2;
         }
-        if (q && q > p + 1) return 1;
     }
     return 0;
 }
 
+/* The next paragraph of [*p, end) (a run of lines that are not blank) as
+   [b, *e); NULL when there is none. Moves *p past it. */
+static const char *ev_paragraph(const char **p, const char *end, const char **e) {
+    const char *b = *p, *q;
+    while (b < end && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) b++;
+    if (b == end) return NULL;
+    for (*e = b; *e < end; (*e)++) {
+        if (**e != '\n') continue;
+        for (q = *e + 1; q < end && (*q == ' ' || *q == '\t' || *q == '\r'); q++) {}
+        if (q == end || *q == '\n') break;
+    }
+    *p = *e;
+    return b;
+}
+
+/* Is [b, e) a "kind: topic" line: a colon within 80 bytes after at most 8
+   words with no '.', '"' or newline, then a space and more text? */
+static int ev_kind_topic(const char *b, const char *e) {
+    const char *c = (const char *)memchr(b, ':', (size_t)(e - b)), *q;
+    int words = 1;
+    if (!c || c - b >= 80 || c + 2 >= e || c[1] != ' ') return 0;
+    for (q = b; q < c; q++) {
+        if (*q == '.' || *q == '"' || *q == '\n') return 0;
+        words += *q == ' ';
+    }
+    return words <= 8;
+}
+
+/* Is c an ASCII letter? */
+static int ev_letter(char c) { return (c | 0x20) >= 'a' && (c | 0x20) <= 'z'; }
+
+/* Does [s, e) start with lit (lower-case ASCII letters and spaces), in any case? */
+static int ev_starts_nocase(const char *s, const char *e, const char *lit) {
+    for (; *lit; s++, lit++)
+        if (s == e || (*s | 0x20) != *lit) return 0;
+    return 1;
+}
+
+/* The shape of explanation ex: paragraphs, and what the first and the last are. */
 static void ev_structure(const char *ex, ev_shape *sh) {
-    const char *pb[16], *pe[16], *p = ex, *end = ex + strlen(ex);
-    int n = 0;
+    const char *p = ex, *end = ex + strlen(ex), *b, *e = NULL, *first_b = NULL, *first_e = NULL, *last_b = NULL, *last_e = NULL;
+    int quoted_before_last = 0;
     memset(sh, 0, sizeof *sh);
-    while (p < end) { /* paragraphs: runs of lines that are not blank */
-        const char *b = p, *e;
-        while (b < end && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) b++;
-        if (b == end) break;
-        for (e = b; e < end; e++) {
-            const char *q = e;
-            if (*e != '\n') continue;
-            for (q = e + 1; q < end && (*q == ' ' || *q == '\t' || *q == '\r'); q++) {}
-            if (q == end || *q == '\n') break;
+    while ((b = ev_paragraph(&p, end, &e)) != NULL) {
+        if (!sh->paras++) {
+            first_b = b;
+            first_e = e;
+        } else if (!quoted_before_last) {
+            quoted_before_last = ev_has_quote(last_b, last_e);
         }
-        if (n < 16) { pb[n] = b; pe[n] = e; }
-        n++;
-        p = e;
+        last_b = b;
+        last_e = e;
     }
-    sh->paras = n;
-    if (!n) return;
-    {
-        const char *c = (const char *)memchr(pb[0], ':', (size_t)(pe[0] - pb[0])), *q;
-        int words = 1;
-        for (q = pb[0]; c && q < c; q++) {
-            if (*q == '.' || *q == '"' || *q == '\n') break;
-            words += *q == ' ';
-        }
-        sh->kind_topic = c && q == c && c - pb[0] < 80 && words <= 8 && c + 2 < pe[0] && c[1] == ' ';
-        sh->structured = pe[0] - pb[0] >= 10 && !memcmp(pb[0], "Structured", 10) &&
-                         (pe[0] - pb[0] == 10 || !((pb[0][10] | 0x20) >= 'a' && (pb[0][10] | 0x20) <= 'z'));
-    }
-    {
-        const int last = (n < 16 ? n : 16) - 1;
-        const char *b = pb[last];
-        char head[16];
-        size_t k;
-        if (pe[last] - b >= 4 && (b[0] | 0x20) == 't' && (b[1] | 0x20) == 'h' && (b[2] | 0x20) == 'e' && b[3] == ' ') b += 4;
-        for (k = 0; k < 11 && b + k < pe[last]; k++) head[k] = (char)(b[k] | 0x20);
-        sh->final_tok = n > 1 && k == 11 && !memcmp(head, "final token", 11);
-        for (int i = 0; i < last + 1 && !sh->quoted; i++)
-            if (!(sh->final_tok && i == last)) sh->quoted = ev_has_quote(pb[i], pe[i]);
-    }
+    if (!sh->paras) return;
+    sh->kind_topic = ev_kind_topic(first_b, first_e);
+    sh->structured = first_e - first_b >= 10 && !memcmp(first_b, "Structured", 10) &&
+                     (first_e - first_b == 10 || !ev_letter(first_b[10]));
+    if (ev_starts_nocase(last_b, last_e, "the ")) last_b += 4;
+    sh->final_tok = sh->paras > 1 && ev_starts_nocase(last_b, last_e, "final token");
+    sh->quoted = quoted_before_last || (!sh->final_tok && ev_has_quote(last_b, last_e));
 }
 
 /* The degenerate templates and failures of NLA_SPEC.md §3.6. */
@@ -5658,7 +5777,7 @@ static void ev_templates(const char *ex, const char *raw, int parsed, int *flag)
 typedef struct {
     long sample_idx; /* -1: absent (then no vector) */
     double mse, cos;
-    char *source, *role, *expl, *raw, *token, *preview, *record_id;
+    char *source, *role, *expl, *raw, *token, *preview;
     int parsed, position, kind;
 } ev_srow;
 
@@ -5676,7 +5795,7 @@ typedef struct {
 static void ev_set_free(ev_set *s) {
     for (int i = 0; i < s->n; i++) {
         ev_srow *r = &s->row[i];
-        NLA_FREE(r->source); NLA_FREE(r->role); NLA_FREE(r->expl); NLA_FREE(r->raw); NLA_FREE(r->token); NLA_FREE(r->preview); NLA_FREE(r->record_id);
+        NLA_FREE(r->source); NLA_FREE(r->role); NLA_FREE(r->expl); NLA_FREE(r->raw); NLA_FREE(r->token); NLA_FREE(r->preview);
     }
     NLA_FREE(s->row);
     NLA_FREE(s->act);
@@ -5693,7 +5812,7 @@ static char *ev_field(const jdoc *d, const char *key, const char *def) {
 
 /* Reads a results folder or JSONL file. */
 static nla_status ev_set_load(const char *results, const nla_eval_report_params *p, ev_set *s, errbuf *e) {
-    char *path = ev_path(results, "results.jsonl"), *buf = NULL, *pj = NULL;
+    char *path = path_join(results, "results.jsonl"), *buf = NULL, *pj = NULL;
     errbuf ign;
     FILE *f = path ? fopen(path, "rb") : NULL;
     size_t n = 0;
@@ -5709,7 +5828,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         jdoc d;
         double mse, cos;
         uint64_t u;
-        int has_mse, has_cos, k;
+        int has_mse, has_cos, k, oom;
         nla_status pr;
         at += len + 1;
         line++;
@@ -5735,22 +5854,20 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         memset(r, 0, sizeof *r);
         r->mse = has_mse ? mse : 2 * (1 - cos); /* the chat parquet has no mse_nrm: mse_nrm = 2 (1 - cos) */
         r->cos = has_cos ? cos : 1 - mse / 2;
-        r->sample_idx = json_u64(&d, json_get(&d, 0, "sample_idx"), &u) ? (long)u : -1;
+        r->sample_idx = json_u64(&d, json_get(&d, 0, "sample_idx"), &u) && u <= (uint64_t)LONG_MAX ? (long)u : -1;
         r->position = json_int(&d, json_get(&d, 0, "position"), &r->position) ? r->position : -1;
         k = json_get(&d, 0, "av_parsed");
         r->parsed = k < 0 || d.node[k].type != J_FALSE;
-        k = json_get(&d, 0, "record_id");
-        r->record_id = k < 0 ? NULL : d.node[k].type == J_NUM ? xstrndup(d.src + d.node[k].off, d.node[k].len) : ev_field(&d, "record_id", NULL);
-        if (k >= 0 && (d.node[k].type == J_NUM || d.node[k].type == J_STR) && !r->record_id) r->source = NULL; /* out of memory */
-        else r->source = ev_field(&d, "source", "(none)");
         k = json_get(&d, 0, "role");
-        if (!(r->role = ev_field(&d, "role", NULL)) && k >= 0 && d.node[k].type == J_STR) { NLA_FREE(r->source); r->source = NULL; }
+        r->role = ev_field(&d, "role", NULL); /* NULL: a document (or out of memory, told apart below) */
+        oom = k >= 0 && d.node[k].type == J_STR && !r->role;
+        r->source = ev_field(&d, "source", "(none)");
         r->expl = ev_field(&d, "explanation", "");
         r->raw = ev_field(&d, "raw_av_text", "");
         r->token = ev_field(&d, "token_str", "");
         r->preview = ev_field(&d, "text_preview", "");
         json_free(&d);
-        if (!r->source || !r->expl || !r->raw || !r->token || !r->preview) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+        if (oom || !r->source || !r->expl || !r->raw || !r->token || !r->preview) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
         r->kind = ev_token_kind(r->token);
     }
     s->baseline = p->baseline;
@@ -5766,7 +5883,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
     }
     if (!(s->baseline > 0)) { s->baseline = 0.0302; s->baseline_kind = "training set (12B default)"; }
     if (!rc && s->dir) { /* the vectors, for fve against each group's own mean */
-        char *ap = ev_path(s->dir, "activations.npy");
+        char *ap = path_join(s->dir, "activations.npy");
         int64_t sh[2];
         int nd = 0;
         nla_status ar = ap ? nla_npy_read(ap, NULL, 0, sh, &nd, NULL, 0) : NLA_ERR_NOMEM;
@@ -5795,11 +5912,18 @@ static int ev_cmp_dbl(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Linear interpolation between order statistics at q (n-1), as numpy's default. */
+/* numpy's default percentile: linear interpolation between the order
+   statistics around q (n-1), computed as numpy's _lerp does (from the upper
+   neighbour when the fraction is >= 1/2), so that results agree to the bit. */
 static double ev_quantile(const double *sorted, int n, double q) {
-    double at = q * (n - 1);
-    int i = (int)floor(at);
-    return i + 1 < n ? sorted[i] + (at - i) * (sorted[i + 1] - sorted[i]) : sorted[n - 1];
+    const double at = q * (n - 1);
+    const int i = (int)floor(at);
+    const double t = at - i;
+    double a, b;
+    if (i + 1 >= n) return sorted[n - 1];
+    a = sorted[i];
+    b = sorted[i + 1];
+    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
 }
 
 /* Statistics of the rows sel[0..n) (NaN when n is 0). */
@@ -5807,6 +5931,7 @@ static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *
     double *m = NULL;
     float *v = NULL;
     int nv = 0;
+    nla_status rc = NLA_OK;
     memset(st, 0, sizeof *st);
     st->n = n;
     st->fve_own = NAN;
@@ -5829,19 +5954,21 @@ static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *
     st->p90 = ev_quantile(m, n, 0.9);
     st->p99 = ev_quantile(m, n, 0.99);
     st->fve = 1 - st->mean / s->baseline;
-    {
+    if (v && nv == n) { /* every row has its vector: fve against the group's own mean */
         double B = 0;
-        if (v && nv == n && nla_baseline(v, n, s->d, sqrt((double)s->d), &B) == NLA_OK && B > 0) st->fve_own = 1 - st->mean / B;
+        rc = nla_baseline(v, n, s->d, sqrt((double)s->d), &B);
+        if (!rc && B > 0) st->fve_own = 1 - st->mean / B;
     }
     NLA_FREE(m);
     NLA_FREE(v);
-    return NLA_OK;
+    return rc == NLA_ERR_NOMEM ? rc : NLA_OK;
 }
 
-/* Output through the caller's write function. */
+/* Output through the caller's write function; oom: a piece was lost. */
 typedef struct {
     nla_write_fn write;
     void *user;
+    int oom;
 } ev_out;
 
 static void ev_printf(ev_out *o, const char *fmt, ...)
@@ -5850,13 +5977,20 @@ static void ev_printf(ev_out *o, const char *fmt, ...)
 #endif
     ;
 static void ev_printf(ev_out *o, const char *fmt, ...) {
-    char buf[1024];
+    char buf[1024], *big = NULL;
     va_list ap;
     int n;
     va_start(ap, fmt);
     n = vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n > 0) o->write(o->user, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    if (n >= (int)sizeof buf) { /* a long name: format again into the heap */
+        if (!(big = (char *)NLA_MALLOC((size_t)n + 1))) { o->oom = 1; return; }
+        va_start(ap, fmt);
+        vsnprintf(big, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    if (n > 0) o->write(o->user, big ? big : buf, (size_t)n);
+    NLA_FREE(big);
 }
 
 static void ev_json_num(ev_out *o, const char *key, double v, int last) {
@@ -5866,8 +6000,9 @@ static void ev_json_num(ev_out *o, const char *key, double v, int last) {
 
 static void ev_put_stats(ev_out *o, int json, const char *group, const char *name, const ev_stats *st, int first) {
     if (json) {
-        char *q = ev_json_string(name, strlen(name));
-        ev_printf(o, "%s\n  {\"group\": \"%s\", \"name\": %s, \"n\": %d, ", first ? "" : ",", group, q ? q : "\"\"", st->n);
+        char *q = ev_json_string(name);
+        if (!q) { o->oom = 1; return; }
+        ev_printf(o, "%s\n  {\"group\": \"%s\", \"name\": %s, \"n\": %d, ", first ? "" : ",", group, q, st->n);
         NLA_FREE(q);
         ev_json_num(o, "mse_mean", st->mean, 0);
         ev_json_num(o, "mse_median", st->median, 0);
@@ -5889,59 +6024,70 @@ static void ev_put_stats(ev_out *o, int json, const char *group, const char *nam
     }
 }
 
-/* The distinct values of a string field, sorted (roles in the blog's order). */
-static int ev_cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+/* A row's place in the groups of one kind: by rank, then value, then row. */
+typedef struct {
+    int rank;      /* roles: the blog's order (others after); kinds: K_* */
+    const char *v; /* the group's name */
+    int row;
+} ev_key;
 
-static void ev_summary_write(const ev_set *s, int json, ev_out *o, nla_status *rc, errbuf *e) {
-    int *sel = (int *)xmalloc((size_t)s->n + 1, sizeof(int)), first = 1, n_ex = 0, n_chat = 0, n_non = 0;
-    const char **names = (const char **)xmalloc((size_t)s->n + 1, sizeof(char *));
+static int ev_cmp_key(const void *a, const void *b) {
+    const ev_key *x = (const ev_key *)a, *y = (const ev_key *)b;
+    int c = (x->rank > y->rank) - (x->rank < y->rank);
+    if (!c) c = strcmp(x->v, y->v);
+    return c ? c : (x->row > y->row) - (x->row < y->row);
+}
+
+/* Statistics of every group of kind g (0 source, 1 role, 2 token kind): the
+   rows sorted by group, then each run of one group. O(n log n). */
+static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, ev_key *key, int *sel) {
+    static const char *const group[3] = {"source", "role", "token_kind"};
+    ev_stats st;
+    int n = 0;
+    for (int i = 0; i < s->n; i++) {
+        const ev_srow *r = &s->row[i];
+        ev_key *k = &key[n];
+        k->row = i;
+        k->rank = 0;
+        k->v = g == 0 ? r->source : g == 1 ? r->role : ev_kind_name[r->kind];
+        if (g == 1)
+            for (k->rank = 0; k->rank < 5 && k->v && strcmp(k->v, ev_role_name[k->rank]); k->rank++) {}
+        if (g == 2) k->rank = r->kind;
+        n += k->v != NULL; /* documents have no role */
+    }
+    qsort(key, (size_t)n, sizeof *key, ev_cmp_key);
+    for (int i = 0, j; i < n; i = j) {
+        for (j = i; j < n && key[j].rank == key[i].rank && !strcmp(key[j].v, key[i].v); j++) sel[j - i] = key[j].row;
+        if (ev_stats_of(s, sel, j - i, &st)) return NLA_ERR_NOMEM;
+        ev_put_stats(o, json, group[g], key[i].v, &st, 0);
+    }
+    return NLA_OK;
+}
+
+/* The summary: statistics overall and by group, the explanations'
+   structure, the degenerate templates; as tables or as JSON. */
+static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf *e) {
+    int *sel = (int *)xmalloc((size_t)s->n + 1, sizeof(int)), n_ex = 0, n_chat = 0, n_non = 0;
+    ev_key *key = (ev_key *)xmalloc((size_t)s->n + 1, sizeof(ev_key));
     int sh_count[5] = {0, 0, 0, 0, 0}, str_chat = 0, str_non = 0, tmpl[T_COUNT] = {0, 0, 0, 0, 0};
     double tmpl_cos[T_COUNT] = {0, 0, 0, 0, 0};
     ev_stats st;
-    if (!sel || !names) { *rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); NLA_FREE(sel); NLA_FREE(names); return; }
-    if (json) ev_printf(o, "{\"rows\": %d, \"baseline\": %.9g, \"baseline_kind\": \"%s\", \"vectors\": %s, \"groups\": [", s->n, s->baseline,
-                        s->baseline_kind, s->act ? "true" : "false");
-    else {
+    nla_status rc = sel && key ? NLA_OK : NLA_ERR_NOMEM;
+    if (!rc && json)
+        ev_printf(o, "{\"rows\": %d, \"baseline\": %.9g, \"baseline_kind\": \"%s\", \"vectors\": %s, \"groups\": [", s->n, s->baseline,
+                  s->baseline_kind, s->act ? "true" : "false");
+    else if (!rc) {
         ev_printf(o, "nla eval summary: %d rows; fve_nrm against the %s baseline %.4g%s\n\n", s->n, s->baseline_kind, s->baseline,
                   s->act ? ", fve_own against each group's own mean" : " (no activations.npy: no fve_own)");
         ev_printf(o, "%-32s %6s %9s %9s %9s %9s %9s %8s %9s %9s %7s\n", "group", "n", "mse_mean", "median", "p10", "p90", "p99", "cos",
                   "fve_nrm", "fve_own", "cos<0.5");
     }
-    for (int i = 0; i < s->n; i++) sel[i] = i;
-    if (ev_stats_of(s, sel, s->n, &st)) goto nomem;
-    ev_put_stats(o, json, "", "all", &st, first);
-    first = 0;
-    for (int g = 0; g < 3; g++) { /* by source, by role, by token kind */
-        int n_names = 0;
-        if (g < 2) {
-            for (int i = 0; i < s->n; i++) {
-                const char *v = g ? s->row[i].role : s->row[i].source;
-                int k;
-                if (!v) continue;
-                for (k = 0; k < n_names && strcmp(names[k], v); k++) {}
-                if (k == n_names) names[n_names++] = v;
-            }
-            if (g == 0) qsort(names, (size_t)n_names, sizeof(char *), ev_cmp_str);
-            else { /* roles in the blog's order, others after */
-                int w = 0;
-                for (int r = 0; r < 5; r++)
-                    for (int k = w; k < n_names; k++)
-                        if (!strcmp(names[k], ev_role_name[r])) { const char *t = names[w]; names[w++] = names[k]; names[k] = t; }
-            }
-        } else {
-            for (int k = 0; k < K_COUNT; k++) names[n_names++] = ev_kind_name[k];
-        }
-        for (int k = 0; k < n_names; k++) {
-            int n = 0;
-            for (int i = 0; i < s->n; i++) {
-                const ev_srow *r = &s->row[i];
-                if (g == 0 ? !strcmp(r->source, names[k]) : g == 1 ? r->role && !strcmp(r->role, names[k]) : r->kind == k) sel[n++] = i;
-            }
-            if (!n) continue;
-            if (ev_stats_of(s, sel, n, &st)) goto nomem;
-            ev_put_stats(o, json, g == 0 ? "source" : g == 1 ? "role" : "token_kind", names[k], &st, 0);
-        }
-    }
+    for (int i = 0; !rc && i < s->n; i++) sel[i] = i;
+    if (!rc && !(rc = ev_stats_of(s, sel, s->n, &st))) ev_put_stats(o, json, "", "all", &st, 1);
+    for (int g = 0; g < 3 && !rc; g++) rc = ev_groups_write(s, g, json, o, key, sel);
+    NLA_FREE(sel);
+    NLA_FREE(key);
+    if (rc) return fail(e, rc, "eval: out of memory");
     for (int i = 0; i < s->n; i++) {
         const ev_srow *r = &s->row[i];
         ev_shape sh;
@@ -5992,13 +6138,7 @@ static void ev_summary_write(const ev_set *s, int json, ev_out *o, nla_status *r
         }
 #undef SHARE
     }
-    NLA_FREE(sel);
-    NLA_FREE(names);
-    return;
-nomem:
-    *rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    NLA_FREE(sel);
-    NLA_FREE(names);
+    return o->oom ? fail(e, NLA_ERR_NOMEM, "eval: out of memory") : NLA_OK;
 }
 
 nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params, nla_write_fn write, void *user, char *errbuf_out,
@@ -6013,9 +6153,10 @@ nla_status nla_eval_summary(const char *results, const nla_eval_report_params *p
     if (params) p = *params;
     o.write = write;
     o.user = user;
+    o.oom = 0;
     rc = results && write ? ev_set_load(results, &p, &s, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_summary: results and write are required");
     if (!rc) {
-        ev_summary_write(&s, p.json, &o, &rc, &e);
+        rc = ev_summary_write(&s, p.json, &o, &e);
         ev_set_free(&s);
     }
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -6059,9 +6200,12 @@ static void ev_html(FILE *f, const char *s, size_t n) {
     }
 }
 
+/* log10 of an error, clamped to [-12, 12] (a hostile row may hold 1e400). */
+static double ev_log_mse(double mse) { return log10(mse < 1e-12 ? 1e-12 : mse > 1e12 ? 1e12 : mse); }
+
 /* Colour of an error: green (low) to red (high) on a log scale [lo, hi]. */
 static void ev_colour(char *out, size_t cap, double mse, double lo, double hi) {
-    double t = hi > lo ? (log10(mse > 1e-12 ? mse : 1e-12) - lo) / (hi - lo) : 0.5;
+    double t = hi > lo ? (ev_log_mse(mse) - lo) / (hi - lo) : 0.5;
     t = t < 0 ? 0 : t > 1 ? 1 : t;
     snprintf(out, cap, "hsl(%d,75%%,72%%)", (int)(120 * (1 - t)));
 }
@@ -6088,7 +6232,7 @@ static void ev_html_hist(FILE *f, const ev_set *s, int g, const char *name) {
         const char *v = g ? r->role : r->source;
         int b;
         if (!v || strcmp(v, name)) continue;
-        b = (int)((log10(r->mse > 1e-12 ? r->mse : 1e-12) - lo) / (hi - lo) * NB);
+        b = (int)((ev_log_mse(r->mse) - lo) / (hi - lo) * NB);
         bin[b < 0 ? 0 : b >= NB ? NB - 1 : b]++;
         n++;
     }
@@ -6105,6 +6249,87 @@ static void ev_html_hist(FILE *f, const ev_set *s, int g, const char *name) {
     fprintf(f, " (n %d)</figcaption></figure>\n", n);
 }
 
+static int ev_cmp_idx(const void *a, const void *b) {
+    const long x = ((const ev_key *)a)->rank, y = ((const ev_key *)b)->rank;
+    return (x > y) - (x < y);
+}
+
+/* The rows that have a sample_idx, sorted by it (key.rank: the sample_idx;
+   key.row: the row), for ev_row_of; NULL when out of memory. */
+static ev_key *ev_rows_by_idx(const ev_set *s, int *n) {
+    ev_key *k = (ev_key *)xmalloc((size_t)s->n + 1, sizeof(ev_key));
+    *n = 0;
+    if (!k) return NULL;
+    for (int i = 0; i < s->n; i++)
+        if (s->row[i].sample_idx >= 0 && s->row[i].sample_idx <= INT_MAX) {
+            k[*n].rank = (int)s->row[i].sample_idx;
+            k[*n].v = NULL;
+            k[(*n)++].row = i;
+        }
+    qsort(k, (size_t)*n, sizeof *k, ev_cmp_idx);
+    return k;
+}
+
+/* The row of sample idx (the first of duplicates), or -1. */
+static int ev_row_of(const ev_key *order, int n, uint64_t idx) {
+    int lo = 0, hi = n; /* the first key >= idx is in [lo, hi] */
+    while (lo < hi) {
+        const int mid = lo + (hi - lo) / 2;
+        if ((uint64_t)order[mid].rank < idx) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < n && (uint64_t)order[lo].rank == idx ? order[lo].row : -1;
+}
+
+/* The texts of tokens.jsonl (up to max of them), each sampled token
+   coloured and holding its row's explanation; *shown counts them. */
+static nla_status ev_html_texts(FILE *f, const ev_set *s, const ev_key *order, int n_order, const char *tokens, size_t tn, int max,
+                                double lo, double hi, int *shown, errbuf *e) {
+    for (size_t at = 0; at < tn && *shown < max;) {
+        const char *b = tokens + at, *nl = (const char *)memchr(b, '\n', tn - at);
+        const size_t len = nl ? (size_t)(nl - b) : tn - at;
+        jdoc d;
+        int tk, ps, k, pk, j = 0, pos = -1;
+        uint64_t first = 0;
+        char *src;
+        const nla_status pr = json_parse(&d, b, len, NULL, "tokens.jsonl");
+        at += len + 1;
+        if (pr == NLA_ERR_NOMEM) return fail(e, pr, "eval: out of memory");
+        if (pr) continue; /* a line changed by hand: not shown */
+        tk = json_get(&d, 0, "tokens");
+        ps = json_get(&d, 0, "positions");
+        if (tk < 0 || ps < 0 || d.node[tk].type != J_ARR || d.node[ps].type != J_ARR || !json_u64(&d, json_get(&d, 0, "first_sample"), &first)) {
+            json_free(&d);
+            continue;
+        }
+        if (!(src = ev_field(&d, "source", ""))) { json_free(&d); return fail(e, NLA_ERR_NOMEM, "eval: out of memory"); }
+        fputs("<div class=\"text\"><div class=\"meta\">", f);
+        ev_html(f, src, strlen(src));
+        NLA_FREE(src);
+        fputs(" &middot; ", f);
+        if ((k = json_get(&d, 0, "record_id")) >= 0) ev_html(f, d.src + d.node[k].off, d.node[k].len);
+        fputs("</div>", f);
+        pk = ps + 1;
+        if (d.node[ps].n > 0) json_int(&d, pk, &pos);
+        k = tk + 1;
+        for (uint32_t t = 0; t < d.node[tk].n; t++, k = (int)d.node[k].end) {
+            char piece[EV_PIECE];
+            const size_t pl = json_str(&d, k, piece, sizeof piece);
+            const int row = (int)t == pos ? ev_row_of(order, n_order, first + (uint64_t)j) : -1;
+            if (row >= 0) ev_html_token(f, &s->row[row], piece, pl < sizeof piece ? pl : sizeof piece - 1, lo, hi);
+            else ev_html(f, piece, pl < sizeof piece ? pl : sizeof piece - 1);
+            if ((int)t == pos && (uint32_t)++j < d.node[ps].n) {
+                pk = (int)d.node[pk].end;
+                json_int(&d, pk, &pos);
+            }
+        }
+        fputs("</div>\n", f);
+        (*shown)++;
+        json_free(&d);
+    }
+    return NLA_OK;
+}
+
 nla_status nla_eval_report_html(const char *results, const char *html_path, const nla_eval_report_params *params, char *errbuf_out,
                                 size_t errbuf_size) {
     errbuf e;
@@ -6116,8 +6341,8 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
     char *tokens = NULL;
     size_t tn = 0;
     double lo = 0, hi = 0;
-    int shown = 0, *by_idx = NULL;
-    long max_idx = -1;
+    int shown = 0, n_order = 0;
+    ev_key *order = NULL;
     nla_status rc;
     e.msg[0] = 0;
     memset(&p, 0, sizeof p);
@@ -6126,20 +6351,17 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
     if (!p.max_texts) p.max_texts = 200;
     o.write = ev_text_write;
     o.user = &sum;
+    o.oom = 0;
     rc = results && html_path ? ev_set_load(results, &p, &s, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_report_html: results and html_path are required");
     if (rc) { copy_err(errbuf_out, errbuf_size, e.msg); return rc; }
-    ev_summary_write(&s, 0, &o, &rc, &e);
+    rc = ev_summary_write(&s, 0, &o, &e);
     if (!rc && sum.oom) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
     for (int i = 0; i < s.n; i++) {
-        const double l = log10(s.row[i].mse > 1e-12 ? s.row[i].mse : 1e-12);
+        const double l = ev_log_mse(s.row[i].mse);
         if (!i || l < lo) lo = l;
         if (!i || l > hi) hi = l;
-        if (s.row[i].sample_idx > max_idx) max_idx = s.row[i].sample_idx;
     }
-    if (!rc && !(by_idx = (int *)xmalloc((size_t)max_idx + 2, sizeof(int)))) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
-    for (long i = 0; !rc && i <= max_idx; i++) by_idx[i] = -1;
-    for (int i = 0; !rc && i < s.n; i++)
-        if (s.row[i].sample_idx >= 0) by_idx[s.row[i].sample_idx] = i;
+    if (!rc && !(order = ev_rows_by_idx(&s, &n_order))) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
     if (!rc && !(f = fopen(html_path, "wb"))) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", html_path);
     if (!rc) {
         fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nla eval report</title>\n<style>\n"
@@ -6168,48 +6390,12 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
               "hover for the explanation, click for details.</p>\n<div id=\"detail\">click a coloured token</div>\n",
               f);
     }
-    if (!rc && s.dir && ev_read(s.dir, "tokens.jsonl", &tokens, &tn, &e) == NLA_OK) { /* whole texts, token by token */
-        for (size_t at = 0; at < tn && shown < p.max_texts;) {
-            const char *b = tokens + at, *nl = (const char *)memchr(b, '\n', tn - at);
-            size_t len = nl ? (size_t)(nl - b) : tn - at;
-            jdoc d;
-            int tk, ps, n_ps, fs;
-            uint64_t first = 0;
-            at += len + 1;
-            if (json_parse(&d, b, len, NULL, "tokens") != NLA_OK) continue;
-            tk = json_get(&d, 0, "tokens");
-            ps = json_get(&d, 0, "positions");
-            fs = json_get(&d, 0, "first_sample");
-            if (tk >= 0 && ps >= 0 && d.node[tk].type == J_ARR && d.node[ps].type == J_ARR && json_u64(&d, fs, &first)) {
-                int k = tk + 1, pk = ps + 1, j = 0, pos = -1;
-                char *src = ev_field(&d, "source", "");
-                n_ps = (int)d.node[ps].n;
-                fputs("<div class=\"text\"><div class=\"meta\">", f);
-                ev_html(f, src ? src : "", src ? strlen(src) : 0);
-                fputs(" &middot; ", f);
-                NLA_FREE(src);
-                k = json_get(&d, 0, "record_id");
-                if (k >= 0) ev_html(f, d.src + d.node[k].off, d.node[k].len);
-                fputs("</div>", f);
-                k = tk + 1;
-                if (n_ps > 0) json_int(&d, pk, &pos);
-                for (uint32_t t = 0; t < d.node[tk].n; t++, k = (int)d.node[k].end) {
-                    char piece[512];
-                    size_t pl = json_str(&d, k, piece, sizeof piece);
-                    if (pl >= sizeof piece) pl = sizeof piece - 1;
-                    if ((int)t == pos && (long)first + j <= max_idx && by_idx[first + j] >= 0) {
-                        ev_html_token(f, &s.row[by_idx[first + j]], piece, pl, lo, hi);
-                    } else {
-                        ev_html(f, piece, pl);
-                    }
-                    if ((int)t == pos && ++j < n_ps) { pk = (int)d.node[pk].end; json_int(&d, pk, &pos); }
-                }
-                fputs("</div>\n", f);
-                shown++;
-            }
-            json_free(&d);
-        }
-    } else if (!rc) { /* a bare JSONL file: each row's preview and token */
+    if (!rc && s.dir) { /* whole texts, token by token, where tokens.jsonl is there */
+        nla_status tr = ev_read(s.dir, "tokens.jsonl", &tokens, &tn, &e);
+        if (tr == NLA_ERR_NOMEM) rc = tr;
+        else if (tr == NLA_OK) rc = ev_html_texts(f, &s, order, n_order, tokens, tn, p.max_texts, lo, hi, &shown, &e);
+    }
+    if (!rc && !tokens) { /* a bare JSONL file: each row's preview and token */
         for (int i = 0; i < s.n && shown < p.max_texts; i++, shown++) {
             const ev_srow *r = &s.row[i];
             fputs("<div class=\"text\"><div class=\"meta\">", f);
@@ -6229,10 +6415,10 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
                    "d.textContent='token '+JSON.stringify(s.textContent)+' at position '+s.dataset.p+': mse_nrm '+s.dataset.m+', cos '+s.dataset.c+'\\n\\n'+s.title;});\n"
                    "})();\n</script>\n</body></html>\n",
                 s.n, shown);
-        if (fclose(f) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: write failed", html_path);
+        if ((ferror(f) | fclose(f)) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: write failed", html_path);
     }
     NLA_FREE(tokens);
-    NLA_FREE(by_idx);
+    NLA_FREE(order);
     NLA_FREE(sum.p);
     ev_set_free(&s);
     copy_err(errbuf_out, errbuf_size, e.msg);

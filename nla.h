@@ -113,6 +113,7 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
 
 typedef struct nla_model nla_model;
 typedef struct nla_session nla_session;
+typedef struct nla_tokenizer nla_tokenizer;
 
 /* Weight formats: as stored (f32, f16, bf16), or quantized in blocks of 32
    (Q8_0: int8 + f16 scale, 8.5 bits; Q4_0: 4-bit + f16 scale, 4.5 bits). */
@@ -141,6 +142,9 @@ typedef struct {
                                     load with the model; default NULL: the
                                     model folder's tokenizer.json if there is
                                     one, else the model has no tokenizer */
+    const nla_tokenizer *shared_tokenizer; /* an open tokenizer to use instead
+                                    (borrowed: it must outlive the model), so
+                                    that an NLA trio parses tokenizer.json once */
 } nla_model_params;
 
 /* Opens a Gemma 3 checkpoint: a folder as downloaded from Hugging Face
@@ -299,10 +303,9 @@ nla_status nla_forward(nla_session *s, const nla_batch *batch);
 /* The Gemma 3 tokenizer, read from the tokenizer.json that ships with every
    checkpoint: BPE over the merge list with byte fallback, spaces as U+2581,
    added tokens matched on the raw text first (longest match wins). Immutable
-   after open; share it freely between threads. */
-typedef struct nla_tokenizer nla_tokenizer;
-
-/* path: a tokenizer.json file or a folder holding one. */
+   after open; share it freely between threads and models
+   (nla_model_params.shared_tokenizer). path: a tokenizer.json file or a
+   folder holding one. */
 nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbuf, size_t errbuf_size);
 void nla_tokenizer_close(nla_tokenizer *t);
 
@@ -544,8 +547,8 @@ typedef void (*nla_eval_warn_fn)(void *user, const char *message);
 
 typedef struct {
     const char *target, *av, *ar; /* model folders (nla_eval_run) */
-    const char *tokenizer;     /* tokenizer.json for all three; default NULL:
-                                  each folder's (the target's for the plan) */
+    const char *tokenizer;     /* tokenizer.json for all three (loaded once);
+                                  default NULL: the target folder's */
     const char *docs;          /* JSONL of {"id", "text", "source"?, "positions"?} or NULL */
     const char *chats;         /* JSONL of {"id", "messages": [{"role", "content"}, ...],
                                   "source"?, "positions"?} or NULL; rendered with
@@ -641,11 +644,12 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
 /* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
 
 #ifdef NLA_EXPERIMENTAL
-/* Quantizes w [n] to dt (NLA_DTYPE_Q8_0 or Q4_0) and x [n] to the int8
-   activation blocks, and writes their dot product computed by the scalar
-   reference (simd 0) or by this build's SIMD kernel (simd 1; the reference
-   when there is none). n a multiple of 32. For tests of the kernels. */
-nla_status nla_kernel_dot(nla_dtype dt, const float *w, const float *x, int n, int simd, float *out);
+/* Quantizes w [rows, n] to dt (NLA_DTYPE_Q8_0 or Q4_0) and x [n_x, n] to the
+   int8 activation blocks, and writes out [n_x, rows] = x . w^T computed by
+   the scalar reference (simd 0) or by the matmul the model runs (simd 1:
+   this build's SIMD kernels, the reference when there are none). n a
+   multiple of 32. For tests of the kernels. */
+nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out);
 
 /* The SIMD kernel this build uses: "avx2" or "none". */
 const char *nla_kernel_simd(void);

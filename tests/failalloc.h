@@ -6,7 +6,7 @@
 #define FAILALLOC_H
 #include <stddef.h>
 #ifdef __cplusplus
-extern "C" { /* `make cxx` compiles nla.c as C++; test_alloc.c stays C */
+extern "C" { /* make cxx compiles nla.c as C++ against the C test */
 #endif
 void *fa_malloc(size_t n);
 void *fa_calloc(size_t n, size_t size);

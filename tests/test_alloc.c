@@ -1,6 +1,7 @@
 /* test_alloc.c - allocation failure: each scenario below (tokenizer, chat,
    safetensors and .npy files, model open as stored and quantized, forward and
-   generate, the NLA round trip, the eval's readers) first runs once to count
+   generate, the NLA round trip, the eval's readers, merging eval shards)
+   first runs once to count
    its allocations, N;
    then it runs again N times, the k-th allocation failing on run k. Every
    such run must end in NLA_ERR_NOMEM (never a success that swallowed the
@@ -234,6 +235,50 @@ out:
     return rc;
 }
 
+/* two shards of a 2-row study of d = 4, made with the real allocator */
+static char shard[2][300], merged[300]; /* under tmp (256) */
+static void make_shards(void) {
+    static const int64_t shape[2] = {2, 4};
+    const float v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    char p[700], err[256];
+    snprintf(merged, sizeof merged, "%s/merged", tmp);
+    mkdir(merged, 0755);
+    for (int k = 0; k < 2; k++) {
+        snprintf(shard[k], sizeof shard[k], "%s/shard%d", tmp, k + 1);
+        mkdir(shard[k], 0755);
+        snprintf(p, sizeof p, "%s/params.json", shard[k]);
+        char params[128];
+        snprintf(params, sizeof params, "{\"nla_eval\": 1,\n\"samples\": 2,\n\"d_model\": 4,\n\"shard\": \"%d/2\"}\n", k + 1);
+        spit(p, params, strlen(params));
+        snprintf(p, sizeof p, "%s/tokens.jsonl", shard[k]);
+        const char *tok = "{\"record_id\": \"a\", \"source\": \"s\", \"first_sample\": 0, \"positions\": [0], \"tokens\": [\"x\"]}\n"
+                          "{\"record_id\": \"b\", \"source\": \"s\", \"first_sample\": 1, \"positions\": [1], \"tokens\": [\"y\", \"z\"]}\n";
+        spit(p, tok, strlen(tok));
+        snprintf(p, sizeof p, "%s/results.jsonl", shard[k]);
+        char row[200];
+        snprintf(row, sizeof row, "{\"sample_idx\": %d, \"source\": \"s\", \"token_str\": \"x\", \"explanation\": \"e\", \"mse_nrm\": 0.0%d}\n", k, k + 1);
+        spit(p, row, strlen(row));
+        snprintf(p, sizeof p, "%s/activations.npy", shard[k]);
+        CHECK(nla_npy_write(p, v, 2, shape, err, sizeof err) == NLA_OK);
+        snprintf(p, sizeof p, "%s/reconstructions.npy", shard[k]);
+        CHECK(nla_npy_write(p, v, 2, shape, err, sizeof err) == NLA_OK);
+    }
+}
+
+/* merging the two shards, then the report of the merged folder (its texts) */
+static nla_status sc_merge(void) {
+    const char *dirs[2] = {shard[1], shard[0]};
+    char err[256], html[700];
+    nla_eval_report_params rp;
+    nla_status rc;
+    memset(&rp, 0, sizeof rp);
+    TRY(nla_eval_merge(merged, dirs, 2, err, sizeof err));
+    snprintf(html, sizeof html, "%s/report.html", merged);
+    TRY(nla_eval_report_html(merged, html, &rp, err, sizeof err));
+out:
+    return rc;
+}
+
 /* ---- the sweep ---- */
 
 static void sweep(const char *name, nla_status (*fn)(void)) {
@@ -272,5 +317,7 @@ int main(void) {
     sweep("model-q8", sc_model_q8);
     sweep("nla", sc_nla);
     sweep("eval", sc_eval);
+    make_shards();
+    sweep("merge", sc_merge);
     return test_report();
 }

@@ -68,6 +68,25 @@ static void test_contract(void) {
     CHECK_EQ(nla_session_n_past(s), 0);
     nla_session_free(s);
     CHECK_EQ(nla_model_close(m), NLA_OK);
+
+    /* a shared tokenizer: borrowed by two models, still usable after they close */
+    nla_tokenizer *tok = NULL;
+    nla_model *m2 = NULL;
+    nla_model_params mp;
+    int32_t tid[8];
+    int nt = 0;
+    CHECK_EQ(nla_tokenizer_open("tests/fuzz/sidecar_tokenizer.json", &tok, err, sizeof err), NLA_OK);
+    memset(&mp, 0, sizeof mp);
+    mp.shared_tokenizer = tok;
+    mp.tokenizer = "tests/no/such/tokenizer.json"; /* shared_tokenizer wins: this is not read */
+    CHECK_EQ(nla_model_open(MODEL, &mp, &m, err, sizeof err), NLA_OK);
+    CHECK_EQ(nla_model_open(MODEL, &mp, &m2, err, sizeof err), NLA_OK);
+    CHECK(nla_model_tokenizer(m) == tok && nla_model_tokenizer(m2) == tok);
+    CHECK_EQ(nla_model_close(m), NLA_OK);
+    CHECK_EQ(nla_model_close(m2), NLA_OK);
+    CHECK_EQ(nla_tokenize(tok, "a fox", 5, NLA_TOKENIZE_BOS, tid, 8, &nt), NLA_OK);
+    CHECK(nt >= 2 && tid[0] == 2);
+    nla_tokenizer_close(tok);
 }
 
 /* ---- decoding ----------------------------------------------------------- */

@@ -72,6 +72,8 @@ static int same_files(const char *a, const char *b) {
     return same;
 }
 
+static void spit_str(const char *path, const char *s) { spit(path, s, strlen(s)); }
+
 static void rm_dir(const char *dir) {
     char p[256];
     for (int i = 0; i < 5; i++) { snprintf(p, sizeof p, "%s/%s", dir, files[i]); unlink(p); }
@@ -282,6 +284,82 @@ int main(void) {
         CHECK(t.p && strstr(t.p, "14 rows") && strstr(t.p, "role=asst_content") && strstr(t.p, "structure of the"));
         free(t.p);
         CHECK_EQ(nla_eval_summary("tests/tmp/nonexistent", &rp, collect, &t, err, sizeof err), NLA_ERR_IO);
+    }
+
+    /* hostile results: markup in every text field (no script or element
+       may get into the report), a sample_idx of 10^15, an error of 1e400,
+       a 20-paragraph explanation, 3 MB of unclosed curly quotes, a
+       2000-byte source name (whole in the JSON summary) */
+    {
+        const char *hd = "tests/tmp/eval_hostile", *evil = "</script><script>alert(1)</script><img src=x onerror=alert(2)>";
+        char path[256], row[1024], *big = (char *)malloc(8u << 20), *h;
+        size_t n = 0;
+        FILE *f;
+        mkdir(hd, 0755);
+        snprintf(path, sizeof path, "%s/results.jsonl", hd);
+        f = fopen(path, "wb");
+        snprintf(row, sizeof row, "{\"sample_idx\": 1000000000000000, \"source\": \"%s\", \"role\": \"%s\", \"token_str\": \"%s\", "
+                 "\"text_preview\": \"%s\", \"explanation\": \"%s\", \"mse_nrm\": 1e400}\n", evil, evil, evil, evil, evil);
+        fputs(row, f);
+        n += (size_t)sprintf(big + n, "{\"sample_idx\": 1, \"source\": \"");
+        for (int i = 0; i < 2000; i++) big[n++] = 's';
+        n += (size_t)sprintf(big + n, "\", \"mse_nrm\": 0.01, \"explanation\": \"");
+        for (int i = 0; i < 19; i++) n += (size_t)sprintf(big + n, "Part %d: \\\"quoted\\\" text.\\n\\n", i);
+        n += (size_t)sprintf(big + n, "Final token \\\"x\\\" ends it.\"}\n{\"sample_idx\": 2, \"mse_nrm\": 0.02, \"explanation\": \"");
+        for (int i = 0; i < 1000000; i++) n += (size_t)sprintf(big + n, "\\u201c");
+        n += (size_t)sprintf(big + n, "\"}\n");
+        fwrite(big, 1, n, f);
+        fclose(f);
+        snprintf(path, sizeof path, "%s/tokens.jsonl", hd);
+        f = fopen(path, "wb");
+        fprintf(f, "{\"record_id\": \"%s\", \"source\": \"%s\", \"first_sample\": 1000000000000000, \"positions\": [0], \"tokens\": [\"%s\"]}\n",
+                evil, evil, evil);
+        fprintf(f, "{\"record_id\": 7, \"source\": \"x\", \"first_sample\": 18446744073709551615, \"positions\": [0, 0, -1], \"tokens\": [\"a\", \"b\"]}\n");
+        fclose(f);
+        nla_eval_report_params rp;
+        text t = {NULL, 0};
+        memset(&rp, 0, sizeof rp);
+        rp.json = 1;
+        CHECK_EQ(nla_eval_summary(hd, &rp, collect, &t, err, sizeof err), NLA_OK);
+        CHECK(t.p && after(t.p, "\"rows\": ") == 3);
+        CHECK_MSG(t.p && fabs(after(t.p, "\"final_token_paragraph\": ") - 1.0 / 3) < 1e-9, "the last of 20 paragraphs is the final-token one");
+        CHECK(t.p && fabs(after(t.p, "\"quoted_context\": ") - 1.0 / 3) < 1e-9);
+        memset(big, 's', 2000);
+        big[2000] = 0;
+        CHECK_MSG(t.p && strstr(t.p, big), "a long source name is cut in the JSON summary");
+        free(t.p);
+        snprintf(path, sizeof path, "%s/report.html", hd);
+        CHECK_EQ(nla_eval_report_html(hd, path, &rp, err, sizeof err), NLA_OK);
+        h = slurp(path, NULL);
+        CHECK(h && !strstr(h, "<img") && !strstr(h, "alert(1)</script>") && strstr(h, "&lt;img src=x onerror=alert(2)&gt;"));
+        int n_open = 0, n_close = 0;
+        for (const char *q = h; q && (q = strstr(q, "<script")) != NULL; q++) n_open++;
+        for (const char *q = h; q && (q = strstr(q, "</script")) != NULL; q++) n_close++;
+        CHECK_MSG(n_open == 1 && n_close == 1, "the report has %d <script and %d </script, not its own one", n_open, n_close);
+        free(h);
+        free(big);
+        unlink(path);
+        rm_dir(hd);
+    }
+
+    /* merge refuses hostile params.json and rows that are not JSON, naming them */
+    {
+        const char *bd = "tests/tmp/eval_badshard", *dirs[1] = {"tests/tmp/eval_badshard"};
+        char path[256];
+        mkdir(bd, 0755);
+        snprintf(path, sizeof path, "%s/params.json", bd);
+        spit_str(path, "{\"samples\": 1e300, \"d_model\": 16,\n\"shard\": \"1/1\"}\n");
+        snprintf(path, sizeof path, "%s/tokens.jsonl", bd);
+        spit_str(path, "");
+        snprintf(path, sizeof path, "%s/results.jsonl", bd);
+        spit_str(path, "{\"sample_idx\": 0}\nnot json\n");
+        CHECK_EQ(nla_eval_merge("tests/tmp", dirs, 1, err, sizeof err), NLA_ERR_FORMAT);
+        CHECK(strstr(err, "samples") != NULL);
+        snprintf(path, sizeof path, "%s/params.json", bd);
+        spit_str(path, "{\"samples\": 2, \"d_model\": 16,\n\"shard\": \"1/1\"}\n");
+        CHECK_EQ(nla_eval_merge("tests/tmp", dirs, 1, err, sizeof err), NLA_ERR_FORMAT);
+        CHECK_MSG(strstr(err, "eval_badshard") && strstr(err, "invalid JSON"), "merge: %s", err);
+        rm_dir(bd);
     }
 
     /* the HTML report: self-contained; rendered by headless Chromium */

@@ -13,18 +13,29 @@ static double urand(void) {
     return (double)(rng >> 11) / 9007199254740992.0;
 }
 
-/* |simd - ref| relative to the sum of |w_i x_i| (the scale of rounding) */
-static void check_kernels(const float *w, const float *x, int n, const char *what) {
+/* The model's matmul against the scalar reference for w [rows, n] and x
+   [n_x, n]: each |simd - ref| relative to the sum of |w_i x_i| (the scale of
+   rounding); the integer sums are exact in both, only the float
+   accumulation order differs. */
+static void check_matmul(const float *w, const float *x, int rows, int n_x, int n, const char *what) {
+    static float ref[64 * 64], simd[64 * 64];
     for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++) {
-        float ref, simd;
-        CHECK_EQ(nla_kernel_dot((nla_dtype)dt, w, x, n, 0, &ref), NLA_OK);
-        CHECK_EQ(nla_kernel_dot((nla_dtype)dt, w, x, n, 1, &simd), NLA_OK);
-        double mag = 0;
-        for (int i = 0; i < n; i++) mag += fabs((double)w[i] * x[i]);
-        CHECK_MSG(isfinite(ref) && isfinite(simd) && fabs(simd - ref) <= 1e-5 * mag + 1e-30,
-                  "%s %s: simd %g vs ref %g", what, dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", simd, ref);
+        CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 0, ref), NLA_OK);
+        CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 1, simd), NLA_OK);
+        int bad = 0;
+        for (int t = 0; t < n_x; t++)
+            for (int r = 0; r < rows; r++) {
+                double mag = 0, a = simd[t * rows + r], b = ref[t * rows + r];
+                for (int i = 0; i < n; i++) mag += fabs((double)w[(size_t)r * n + i] * x[(size_t)t * n + i]);
+                if (!(isfinite(a) && isfinite(b) && fabs(a - b) <= 1e-5 * mag + 1e-30) && !bad++)
+                    fprintf(stderr, "%s %s [%d x %d x %d]: row %d of input %d: simd %g vs ref %g\n", what,
+                            dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", rows, n_x, n, r, t, a, b);
+            }
+        CHECK_MSG(!bad, "%s: %d of %d outputs differ", what, bad, rows * n_x);
     }
 }
+
+static void check_kernels(const float *w, const float *x, int n, const char *what) { check_matmul(w, x, 1, 1, n, what); }
 
 static void test_kernels(void) {
     enum { N = 4096 };
@@ -45,14 +56,22 @@ static void test_kernels(void) {
     for (int i = 0; i < N; i++) { w[i] = i % 32 == 5 ? 100.0f : 0.01f; x[i] = i % 32 == 9 ? -1e4f : 1.0f; } /* outliers */
     check_kernels(w, x, N, "outliers");
     float out;
-    CHECK_EQ(nla_kernel_dot(NLA_DTYPE_Q8_0, w, x, 33, 0, &out), NLA_ERR_ARG);
-    CHECK_EQ(nla_kernel_dot(NLA_DTYPE_BF16, w, x, 32, 0, &out), NLA_ERR_ARG);
+    CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 33, 0, &out), NLA_ERR_ARG);
+    CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_BF16, w, x, 1, 1, 32, 0, &out), NLA_ERR_ARG);
+    /* tiles: every remainder of 4 weight rows and 4 inputs, odd and even block counts */
+    static const int shape[][3] = {{1, 1, 32}, {4, 4, 64}, {5, 3, 96}, {3, 5, 32}, {9, 9, 160}, {8, 17, 64}, {16, 2, 256}, {2, 40, 96}}; /* rows n, n_x n <= N */
+    for (size_t k = 0; k < sizeof shape / sizeof *shape; k++) {
+        const int rows = shape[k][0], nx = shape[k][1], n = shape[k][2];
+        for (int i = 0; i < rows * n; i++) w[i] = (float)(urand() * 2 - 1);
+        for (int i = 0; i < nx * n; i++) x[i] = (float)((urand() * 2 - 1) * 3);
+        check_matmul(w, x, rows, nx, n, "tile shapes");
+    }
     /* exactness of the integer core: a block of small integers */
     for (int i = 0; i < 32; i++) { w[i] = (float)(i % 15 - 7); x[i] = (float)(127 - i); }
     double exact = 0;
     for (int i = 0; i < 32; i++) exact += (double)w[i] * x[i];
     float q8;
-    CHECK_EQ(nla_kernel_dot(NLA_DTYPE_Q8_0, w, x, 32, 1, &q8), NLA_OK);
+    CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 32, 1, &q8), NLA_OK);
     CHECK_NEAR(q8, exact, 1e-3 * fabs(exact) + 1);
 }
 
