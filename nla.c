@@ -153,7 +153,7 @@
 
 /* ==== 2 Utilities: errors, allocation, float formats ==================== */
 
-const char *nla_version(void) { return "0.1.0"; }
+const char *nla_version(void) { return "0.2.0"; }
 
 const char *nla_strerror(nla_status st) {
     switch (st) {

@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 #define NLA_VERSION_MAJOR 0 /* bumped on breaking API changes */
-#define NLA_VERSION_MINOR 1 /* bumped on compatible additions */
+#define NLA_VERSION_MINOR 2 /* bumped on compatible additions */
 #define NLA_VERSION_PATCH 0 /* bumped on fixes */
 #define NLA_VERSION_NUMBER (NLA_VERSION_MAJOR * 10000 + NLA_VERSION_MINOR * 100 + NLA_VERSION_PATCH)
 
