@@ -6687,7 +6687,7 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--seed")) ok = parse_int(v, &o->seed);
         else if (!strcmp(a, "--temp")) ok = parse_float(v, &o->temp) && o->temp >= 0;
         else if (!strcmp(a, "--top-p")) ok = parse_float(v, &o->top_p) && o->top_p >= 0 && o->top_p <= 1;
-        else if (!strcmp(a, "--quant")) {
+        else if (!strcmp(a, "--quant") || !strcmp(a, "--type")) { /* --type: nla quantize's own spelling */
             if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) o->quant = NLA_QUANT_Q8_0;
             else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) o->quant = NLA_QUANT_Q4_0;
             else if (!strcmp(v, "none")) o->quant = NLA_QUANT_NONE;
@@ -7725,7 +7725,7 @@ static int cmd_eval(int argc, char **argv) {
 }
 
 static const char *const usage_quantize =
-    "usage: nla quantize IN_DIR OUT_DIR --quant q8_0|q4\n"
+    "usage: nla quantize IN_DIR OUT_DIR --type q8_0|q4     (--quant is the same)\n"
     "\n"
     "Writes a copy of the checkpoint with its matrices quantized (Q8_0: 8.5 bits per weight,\n"
     "Q4_0: 4.5; widths that are not a multiple of 32 stay as stored) as a safetensors file,\n"
@@ -7735,8 +7735,8 @@ static int cmd_quantize(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_quantize, &o);
     if (r) return r == 2 ? 0 : 1;
-    if (!o.text) return cli_error("give the output folder: nla quantize IN_DIR OUT_DIR --quant q8_0|q4");
-    if (!o.quant) return cli_error("--quant q8_0|q4 is required");
+    if (!o.text) return cli_error("give the output folder: nla quantize IN_DIR OUT_DIR --type q8_0|q4");
+    if (!o.quant) return cli_error("--type q8_0|q4 is required");
     nla_model *m;
     char err[512];
     if (open_model(o.dir, o.es, o.quant, NULL, &m)) return 1;

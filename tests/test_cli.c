@@ -95,6 +95,13 @@ int main(void) {
     CHECK_EQ(run("./nla extract " G "target --text hi --positions 9 --out tests/tmp/x.npy" TOK " 2> /dev/null"), 1);
     CHECK_EQ(run("./nla explain " G "target " G "av 2> /dev/null"), 1);
     CHECK_EQ(run("./nla nonsense 2> /dev/null"), 1);
+    /* nla quantize --type, and the saved folder opens */
+    CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 --type q8_0 2> /dev/null"), 0);
+    CHECK_EQ(run("./nla info tests/tmp/gqa-q8 > tests/tmp/info.txt"), 0);
+    er = slurp("tests/tmp/info.txt", NULL);
+    CHECK(er && strstr(er, "q8_0"));
+    free(er);
+    CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 2> /dev/null"), 1); /* no --type */
     CHECK_EQ(run("./nla explain --help > /dev/null"), 0);
     free(v); free(gk); free(r); free(gr); free(golden);
     return test_report();
