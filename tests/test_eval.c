@@ -22,6 +22,7 @@ static const char *const files[] = {"params.json", "tokens.jsonl", "results.json
 
 /* Starts ./nla with args (NULL-terminated), stderr to err_path. */
 static pid_t spawn(const char *const *args, const char *err_path) {
+    fflush(stdout); /* or the child's freopen writes this process's buffered output again */
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen(err_path, "wb", stderr) || !freopen("/dev/null", "wb", stdout)) _exit(127);
@@ -179,16 +180,24 @@ int main(void) {
        a plain rerun finishes: the files equal the uninterrupted run's */
     const char *kill_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", kd, OPTS, NULL};
     mkdir(kd, 0755);
+    /* Rows 1, 5 and 9 each leave a whole chunk (a model reopened, a
+       verbalize) still to do, so those kills must land mid-run however
+       loaded the host is; row 12 is the last of its chunk and the final
+       chunk can finish while this process polls, so that one may miss. */
     const int at_rows[] = {1, 5, 9, 12};
+    int landed = 0;
     for (int i = 0; i < 4; i++) {
         char res[256];
         pid_t pid = spawn(kill_args, "tests/tmp/eval_err.txt");
         snprintf(res, sizeof res, "%s/results.jsonl", kd);
-        for (int t = 0; t < 6000 && count_lines(res) < at_rows[i] && waitpid(pid, NULL, WNOHANG) == 0; t++) sleep_ms(2);
+        for (int t = 0; t < 30000 && count_lines(res) < at_rows[i] && waitpid(pid, NULL, WNOHANG) == 0; t++) sleep_ms(2);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        CHECK_MSG(count_lines(res) < 14, "kill %d came after the run finished", i);
+        int n = count_lines(res);
+        if (i < 3) CHECK_MSG(n >= at_rows[i] && n < 14, "kill %d: %d rows committed, wanted %d..13", i, n, at_rows[i]);
+        landed += n < 14;
     }
+    printf("  SIGKILL landed mid-run %d times of 4 (after rows 1, 5, 9, 12)\n", landed);
     uint64_t rng = 12345;
     for (int i = 0; i < 3; i++) {
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
