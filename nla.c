@@ -1723,13 +1723,22 @@ static inline __m256i q_codes(const unsigned char *w, nla_dtype dt) {
                            _mm256_set1_epi8(8));
 }
 
-/* One block: d_w d_x (sum of q_w q_x) as 8 float lanes. The int8 product
-   takes |w| (unsigned) times x with w's sign: VNNI does it in one
+/* A weight block's f16 scale. */
+static inline float q_scale(const unsigned char *w) {
+#ifdef __F16C__
+    return _cvtsh_ss(rd_u16(w));
+#else
+    return f16_to_f32(rd_u16(w));
+#endif
+}
+
+/* acc + one block's d_w d_x (sum of q_w q_x) in 8 float lanes. The int8
+   product takes |w| (unsigned) times x with w's sign: VNNI does it in one
    instruction, plain AVX2 in two (pairs to int16, then to int32). */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline __m256 q_block(const unsigned char *w, nla_dtype dt, const blk_a8 *x) {
+static inline __m256 q_block(__m256 acc, const unsigned char *w, nla_dtype dt, const blk_a8 *x) {
     const __m256i qw = q_codes(w, dt), qx = _mm256_loadu_si256((const __m256i *)(const void *)x->q);
     const __m256i uw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -1739,16 +1748,16 @@ static inline __m256 q_block(const unsigned char *w, nla_dtype dt, const blk_a8 
 #else
     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(uw, sx), _mm256_set1_epi16(1));
 #endif
-#ifdef __F16C__
-    const float dw = _cvtsh_ss(rd_u16(w));
+#ifdef __FMA__
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(q_scale(w) * x->d), acc);
 #else
-    const float dw = f16_to_f32(rd_u16(w));
+    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(q_scale(w) * x->d)));
 #endif
-    return _mm256_mul_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p));
 }
 
-/* Two accumulators, so consecutive blocks do not wait on each other. Always
-   inlined with a constant dt (below), so each format gets its own loop. */
+/* Two accumulators, even and odd blocks, so consecutive blocks do not wait
+   on each other. Always inlined with a constant dt (below), so each format
+   gets its own loop. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
@@ -1757,10 +1766,10 @@ static inline float q_dot_loop(const unsigned char *w, const nla_dtype dt, const
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int b = 0;
     for (; b + 1 < nb; b += 2) {
-        acc0 = _mm256_add_ps(acc0, q_block(w + (size_t)b * bs, dt, x + b));
-        acc1 = _mm256_add_ps(acc1, q_block(w + (size_t)(b + 1) * bs, dt, x + b + 1));
+        acc0 = q_block(acc0, w + (size_t)b * bs, dt, x + b);
+        acc1 = q_block(acc1, w + (size_t)(b + 1) * bs, dt, x + b + 1);
     }
-    if (b < nb) acc0 = _mm256_add_ps(acc0, q_block(w + (size_t)b * bs, dt, x + b));
+    if (b < nb) acc0 = q_block(acc0, w + (size_t)b * bs, dt, x + b);
     return hsum8(_mm256_add_ps(acc0, acc1));
 }
 
@@ -1768,6 +1777,112 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
     return dt == NLA_DTYPE_Q8_0 ? q_dot_loop(w, NLA_DTYPE_Q8_0, x, nb) : q_dot_loop(w, NLA_DTYPE_Q4_0, x, nb);
 }
 #define q_dot q_dot_simd
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#undef NLA_SIMD_NAME
+#define NLA_SIMD_NAME "avx512-vnni"
+/* AVX-512 tiles: Q_TILE rows meet up to Q_TILE inputs two blocks at a time
+   (one 64-byte register holds two blocks' codes), so a weight block is
+   loaded once per 4 inputs and an input block once per 4 rows. Per (row,
+   input, block pair) that leaves four instructions: an unsigned x signed
+   byte dot product, its conversion, the scale product and the accumulation.
+   The byte dot product needs one unsigned side, so
+     Q8_0  meets x + 128 (x's bytes with the top bit flipped); the row's
+           128 (sum of w) starts the sum negated
+     Q4_0  keeps its codes 0..15 unsigned, w = q - 8; the input's 8 (sum of
+           x) starts the sum negated
+   and the int32 lanes hold the exact sums of q_dot_ref. Lanes 0-7 belong to
+   the first block, 8-15 to the second, and the scale vectors match: [d0 x8,
+   d1 x8]. Lanes 0-7 and 8-15 are q_dot's two accumulators, step for step
+   (the same fused multiply-adds, the same final sums), so a row's result
+   for an input does not depend on the batch or the path that computed it.
+   The matmul takes this path for 3 or more inputs: with fewer, streaming
+   the rows one at a time (q_dot) reads memory faster. The tile's rows are
+   read side by side, which the hardware prefetcher does not follow across
+   tiles, so each step prefetches a share of the next tile's bytes. */
+#define Q_TILE 4
+
+/* The codes of blocks b and b + 1 of a row (b + 1 only if two, else zeros). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline __m512i q_codes2(const unsigned char *w, nla_dtype dt, int two) {
+    if (dt == NLA_DTYPE_Q8_0) {
+        const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(const void *)(w + Q8_0_BYTES + 2)) : _mm256_setzero_si256();
+        return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(w + 2))), hi, 1);
+    }
+    /* [raw0, raw0, raw1, raw1] by 128-bit lanes; lanes 1 and 3 take the high nibbles */
+    const __m128i r0 = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
+    const __m128i r1 = two ? _mm_loadu_si128((const __m128i *)(const void *)(w + Q4_0_BYTES + 2)) : _mm_setzero_si128();
+    const __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(r0)), _mm256_broadcastsi128_si256(r1), 1);
+    return _mm512_and_si512(_mm512_mask_srli_epi16(t, 0xFF00FF00u, t, 4), _mm512_set1_epi8(15));
+}
+
+/* [d0 x8, d1 x8] from two scales (d1 = 0 unless two). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline __m512 q_scales2(float d0, float d1) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1), 1);
+}
+
+/* y[t * ys + r] for the R rows at w (rb bytes apart) and the C inputs at x
+   (nb blocks apart); R and C are constants where it is inlined. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void q_tile(float *y, size_t ys, const unsigned char *w, size_t rb, const nla_dtype dt, const blk_a8 *x, int nb,
+                          const int R, const int C) {
+    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    const __m512i flip = _mm512_set1_epi8((char)0x80), eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    const size_t step = ((size_t)R * rb / (size_t)((nb + 1) / 2) + 63) & ~(size_t)63; /* prefetch bytes per block pair */
+    __m512 acc[Q_TILE][Q_TILE];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        for (size_t o = 0; o < step; o += 64) _mm_prefetch((const char *)w + (size_t)R * rb + (size_t)(b / 2) * step + o, _MM_HINT_T0);
+        __m512i qw[Q_TILE], w0[Q_TILE]; /* codes; Q8_0: -128 (sum of w) */
+        __m512 dw[Q_TILE];
+        for (int r = 0; r < R; r++) {
+            const unsigned char *p = w + (size_t)r * rb + (size_t)b * bs;
+            qw[r] = q_codes2(p, dt, two);
+            if (dt == NLA_DTYPE_Q8_0) w0[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, qw[r]));
+            dw[r] = q_scales2(q_scale(p), two ? q_scale(p + bs) : 0.0f);
+        }
+        for (int c = 0; c < C; c++) {
+            const blk_a8 *xb = x + (size_t)c * nb + b;
+            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(const void *)xb[1].q) : _mm256_setzero_si256();
+            const __m512i qx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)xb[0].q)), hi, 1);
+            const __m512 dx = q_scales2(xb[0].d, two ? xb[1].d : 0.0f);
+            const __m512i ux = _mm512_xor_si512(qx, flip), x0 = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, qx));
+            for (int r = 0; r < R; r++) {
+                const __m512i p = dt == NLA_DTYPE_Q8_0 ? _mm512_dpbusd_epi32(w0[r], ux, qw[r]) : _mm512_dpbusd_epi32(x0, qw[r], qx);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[r], dx), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            const __m256 even = _mm512_castps512_ps256(acc[r][c]), odd = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r][c]), 1));
+            y[(size_t)c * ys + r] = hsum8(_mm256_add_ps(even, odd));
+        }
+}
+
+/* A full tile of rows against n inputs, 4 at a time, for one format. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void q_tile_rows(float *y, size_t ys, const unsigned char *w, size_t rb, const nla_dtype dt, const blk_a8 *x, int n, int nb) {
+    int t = 0;
+    for (; t + Q_TILE <= n; t += Q_TILE) q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, Q_TILE);
+    switch (n - t) {
+    case 3: q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, 3); break;
+    case 2: q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, 2); break;
+    case 1: q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, 1); break;
+    }
+}
+#endif
 #elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
 /* acc + the sums of 4 adjacent products of a and b (16 int8 each): one
    instruction with the dot-product extension, else widening multiplies
@@ -1814,6 +1929,24 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
 
 const char *nla_kernel_simd(void) { return NLA_SIMD_NAME; }
 
+/* y[t * ys + r] = row r of the nr rows at w (rb bytes apart) . input t of
+   the n at x (nb blocks apart): AVX-512 tiles for whole tiles of rows and
+   3 or more inputs, else one dot product per pair (the same sums). */
+#ifndef Q_TILE
+#define Q_TILE 1
+#endif
+static void q_rows(float *y, size_t ys, const unsigned char *w, size_t rb, nla_dtype dt, int nr, const blk_a8 *x, int n, int nb) {
+#if Q_TILE > 1
+    if (nr == Q_TILE && n >= 3) {
+        if (dt == NLA_DTYPE_Q8_0) q_tile_rows(y, ys, w, rb, NLA_DTYPE_Q8_0, x, n, nb);
+        else q_tile_rows(y, ys, w, rb, NLA_DTYPE_Q4_0, x, n, nb);
+        return;
+    }
+#endif
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < n; t++) y[(size_t)t * ys + r] = q_dot(w + (size_t)r * rb, dt, x + (size_t)t * nb, nb);
+}
+
 static int thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -1852,20 +1985,25 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
 static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scratch *sc) {
     const int rows = w->rows, cols = w->cols, nb = cols / QK;
     const size_t rb = row_bytes(w->dt, cols);
-    if (is_quant(w->dt))
+    if (is_quant(w->dt)) {
         for (int t = 0; t < n; t++) a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * nb, cols);
+        const int groups = (rows + Q_TILE - 1) / Q_TILE;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(sc->nt) schedule(static)
+#endif
+        for (int g = 0; g < groups; g++) {
+            const int r = g * Q_TILE, nr = rows - r < Q_TILE ? rows - r : Q_TILE;
+            q_rows(y + r, (size_t)rows, w->p + (size_t)r * rb, rb, w->dt, nr, sc->xq, n, nb);
+        }
+        return;
+    }
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(sc->nt) schedule(static)
 #endif
     for (int r = 0; r < rows; r++) {
-        const unsigned char *wr = w->p + (size_t)r * rb;
-        if (is_quant(w->dt)) {
-            for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = q_dot(wr, w->dt, sc->xq + (size_t)t * nb, nb);
-        } else {
-            float *f = sc->rowbuf + (size_t)thread_id() * (size_t)cols;
-            to_f32(f, wr, w->dt, cols);
-            for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, f, cols);
-        }
+        float *f = sc->rowbuf + (size_t)thread_id() * (size_t)cols;
+        to_f32(f, w->p + (size_t)r * rb, w->dt, cols);
+        for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, f, cols);
     }
 }
 

@@ -32,10 +32,24 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
                             dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", rows, n_x, n, r, t, a, b);
             }
         CHECK_MSG(!bad, "%s: %d of %d outputs differ", what, bad, rows * n_x);
+        /* batch invariance: each input alone gives the same bits (decode and
+           batched decode, one sequence or many, agree exactly) */
+        static float one[64];
+        int differ = 0;
+        for (int t = 0; t < n_x; t++) {
+            CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x + (size_t)t * n, rows, 1, n, 1, one), NLA_OK);
+            differ += memcmp(one, simd + (size_t)t * rows, (size_t)rows * sizeof(float)) != 0;
+        }
+        CHECK_MSG(!differ, "%s [%d x %d x %d]: %d inputs give other bits alone than in the batch", what, rows, n_x, n, differ);
     }
 }
 
-static void check_kernels(const float *w, const float *x, int n, const char *what) { check_matmul(w, x, 1, 1, n, what); }
+/* The same data as one long row and one input, and as a tile of 4 rows
+   and 4 inputs (the AVX-512 kernel's shape). */
+static void check_kernels(const float *w, const float *x, int n, const char *what) {
+    check_matmul(w, x, 1, 1, n, what);
+    check_matmul(w, x, 4, 4, n / 4, what);
+}
 
 static void test_kernels(void) {
     enum { N = 4096 };
