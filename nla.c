@@ -124,7 +124,16 @@
 #include <omp.h>
 #endif
 #if defined(__AVX2__) && !defined(NLA_NO_SIMD)
+/* g++ 12 reads the AVX-512 headers' `__Y = __Y` (an undefined register
+   value) as maybe-uninitialized; the warning's location is the header. */
+#if defined(__cplusplus) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 #elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
 #include <arm_neon.h>
 #endif
