@@ -6707,13 +6707,17 @@ static int cli_npy_write(const char *path, const float *data, int ndim, const in
     return nla_npy_write(path, data, ndim, shape, err, sizeof err) ? cli_error("%s", err) : 0;
 }
 
-static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, const char *tokenizer, nla_model **m) {
+/* Opens dir; its tokenizer is `shared` where given, else the file `tokenizer`
+   or dir's own. */
+static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, const char *tokenizer, const nla_tokenizer *shared,
+                      nla_model **m) {
     char err[512];
     nla_model_params mp;
     memset(&mp, 0, sizeof mp);
     mp.embed_scale = es;
     mp.quant = quant;
-    mp.tokenizer = tokenizer;
+    mp.tokenizer = shared ? NULL : tokenizer;
+    mp.shared_tokenizer = shared;
     nla_status rc = nla_model_open(dir, &mp, m, err, sizeof err);
     if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
     return 0;
@@ -6727,7 +6731,7 @@ static const char *dtype_name(nla_dtype dt) {
 static int cmd_info(int argc, char **argv) {
     if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) { fputs(usage_info, argc < 1 ? stderr : stdout); return argc < 1; }
     nla_model *m;
-    if (open_model(argv[0], NLA_EMBED_SCALE_BF16, NLA_QUANT_NONE, NULL, &m)) return 1;
+    if (open_model(argv[0], NLA_EMBED_SCALE_BF16, NLA_QUANT_NONE, NULL, NULL, &m)) return 1;
     nla_model_info in;
     nla_model_get_info(m, &in);
     printf("architecture     %s\n", in.architecture);
@@ -6787,6 +6791,7 @@ typedef struct {
     float temp, top_p;
     nla_embed_scale es;
     nla_quant quant;
+    const nla_tokenizer *shared_tok; /* set by explain: one tokenizer for the three models */
 } cli_opts;
 
 /* Shared option parser of forward and generate; returns 0, or 1 after
@@ -6870,7 +6875,7 @@ static int cmd_forward(int argc, char **argv) {
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o.threads;
     sp.n_ctx = T;
-    if (open_model(o.dir, o.es, o.quant, NULL, &m)) goto out;
+    if (open_model(o.dir, o.es, o.quant, NULL, NULL, &m)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (o.layer >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", o.layer, in.n_layers - 1); goto out; }
@@ -6995,7 +7000,7 @@ static int cmd_generate(int argc, char **argv) {
     nla_session *s = NULL;
     nla_status rc;
     if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) return cli_error("--stop: expected comma-separated ids");
-    if (open_model(o.dir, o.es, o.quant, o.tokenizer, &m)) goto out;
+    if (open_model(o.dir, o.es, o.quant, o.tokenizer, o.shared_tok, &m)) goto out;
     if ((T = prompt_ids(&o, nla_model_tokenizer(m), &ids)) < 1) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
@@ -7232,7 +7237,7 @@ static float *cli_vectors(const char *path, int *n, int *d) {
 
 static int cli_open(const char *dir, const cli_opts *o, nla_model **m, nla_session **s) {
     *s = NULL;
-    if (open_model(dir, o->es, o->quant, o->tokenizer, m)) return 1;
+    if (open_model(dir, o->es, o->quant, o->tokenizer, o->shared_tok, m)) return 1;
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o->threads;
@@ -7407,7 +7412,7 @@ static int cmd_verbalize(int argc, char **argv) {
     const int B = o.batch ? o.batch : 8;
     cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)B, sizeof *x);
     float *v = cli_vectors(o.text, &n, &d);
-    if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, &m)) goto out;
+    if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, o.shared_tok, &m)) goto out;
     nla_meta meta;
     nla_model_get_meta(m, &meta);
     if (strcmp(meta.role, "av")) { cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.dir); goto out; }
@@ -7478,7 +7483,7 @@ static int cmd_reconstruct(int argc, char **argv) {
     float *rec = NULL;
     nla_status rc;
     int64_t sh[2];
-    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, &m) || cli_ar_session(m, o.dir, &o, ex, n, &s)) goto out;
+    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, o.shared_tok, &m) || cli_ar_session(m, o.dir, &o, ex, n, &s)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
@@ -7574,9 +7579,16 @@ static int cmd_explain(int argc, char **argv) {
     int d = 0, K = 0, random_weights = 0, *parsed = NULL;
     nla_status rc;
     double B;
+    /* 0. one tokenizer for the three models (an NLA's AV and AR keep their
+       base model's), parsed once: --tokenizer, else the target's */
+    nla_tokenizer *tok = NULL;
+    char terr[512];
+    if (!x) { cli_error("out of memory"); goto out; }
+    if (nla_tokenizer_open(o.tokenizer ? o.tokenizer : o.arg[0], &tok, terr, sizeof terr)) { cli_error("%s", terr); goto out; }
+    o.shared_tok = tok;
     /* 1. the AV's sidecar says which layer (opened as stored: mapping is
        cheap, quantizing twice would not be) */
-    if (!x || open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, &m)) goto out;
+    if (open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, o.shared_tok, &m)) goto out;
     nla_model_get_meta(m, &av_meta);
     random_weights |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
     nla_model_close(m);
@@ -7605,7 +7617,7 @@ static int cmd_explain(int argc, char **argv) {
     nla_model_close(m); m = NULL;
     fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos, n_pos == 1 ? "" : "s", T, K);
     /* 3. AV: one explanation per vector, B vectors decoded together */
-    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, &m) || cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s)) goto out;
+    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, o.shared_tok, &m) || cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s)) goto out;
     for (int i = 0; i < n_pos; i += nbatch) {
         const int nb = n_pos - i < nbatch ? n_pos - i : nbatch;
         if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, &o, x)) goto out;
@@ -7618,7 +7630,7 @@ static int cmd_explain(int argc, char **argv) {
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
     /* 4. AR: reconstruct from the explanations, B read together */
-    if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, &m) || cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s)) goto out;
+    if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, o.shared_tok, &m) || cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s)) goto out;
     nla_model_get_meta(m, &ar_meta);
     random_weights |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
     if (ar_meta.d_model != d || ar_meta.layer != K) { cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)", ar_meta.d_model, ar_meta.layer, d, K); goto out; }
@@ -7666,6 +7678,7 @@ out:
     NLA_FREE(x); NLA_FREE(ex); NLA_FREE(tok_str); NLA_FREE(parsed); NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v); NLA_FREE(rec);
     nla_session_free(s);
     nla_model_close(m);
+    nla_tokenizer_close(tok);
     return ret;
 }
 
@@ -7886,7 +7899,7 @@ static int cmd_quantize(int argc, char **argv) {
     if (!o.quant) return cli_error("--type q8_0|q4 is required");
     nla_model *m;
     char err[512];
-    if (open_model(o.dir, o.es, o.quant, NULL, &m)) return 1;
+    if (open_model(o.dir, o.es, o.quant, NULL, NULL, &m)) return 1;
 #ifndef _WIN32
     mkdir(o.text, 0755);
 #endif
