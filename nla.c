@@ -5339,23 +5339,29 @@ static void ev_row_render(sbuf *b, const void *ctx) {
     sb_str(b, "}\n");
 }
 
-/* Opens a model with the eval's tokenizer, and a session (n_ctx 0: the default). */
+/* A session of n_seq sequences of n_ctx positions (0: the default) on m. */
+static nla_status ev_session(nla_model *m, const nla_eval_params *p, int n_seq, int n_ctx, nla_session **s, errbuf *e) {
+    nla_session_params sp;
+    nla_status rc;
+    memset(&sp, 0, sizeof sp);
+    sp.n_threads = p->n_threads;
+    sp.n_seq = n_seq;
+    sp.n_ctx = n_ctx;
+    if ((rc = nla_session_new(m, &sp, s)) != NLA_OK) rc = fail(e, rc, "%s: cannot make a session (%s)", m->dir, nla_strerror(rc));
+    return rc;
+}
+
+/* Opens a model with the eval's tokenizer, and a session unless n_seq is 0. */
 static nla_status ev_open(const char *dir, const nla_eval_params *p, const nla_tokenizer *tok, nla_quant q, int n_seq, int n_ctx,
                           nla_model **m, nla_session **s, errbuf *e) {
     nla_model_params mp;
-    nla_session_params sp;
     nla_status rc;
     memset(&mp, 0, sizeof mp);
-    memset(&sp, 0, sizeof sp);
     mp.quant = q;
     mp.shared_tokenizer = tok;
     *s = NULL;
     if ((rc = nla_model_open(dir, &mp, m, e->msg, sizeof e->msg)) != NLA_OK || !n_seq) return rc;
-    sp.n_threads = p->n_threads;
-    sp.n_seq = n_seq;
-    sp.n_ctx = n_ctx;
-    if ((rc = nla_session_new(*m, &sp, s)) != NLA_OK) rc = fail(e, rc, "%s: cannot make a session (%s)", dir, nla_strerror(rc));
-    return rc;
+    return ev_session(*m, p, n_seq, n_ctx, s, e);
 }
 
 static void ev_close(nla_model **m, nla_session **s) {
@@ -5386,7 +5392,7 @@ typedef struct {
     double baseline;
     unsigned char *done; /* [S] 1 = committed */
     long *todo, n_todo, n_shard, n_done, resumed;
-    float *v, *rec;      /* [chunk, d] activations; [d] one reconstruction */
+    float *v, *rec;      /* [chunk, d] activations; [batch, d] one group's reconstructions */
     char **raw;          /* [chunk] AV text */
     size_t *ex_start, *ex_len, *raw_len; /* [chunk] each: the explanation's span in raw, raw's length */
     int *parsed;
@@ -5456,46 +5462,63 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
 
 /* Reconstructs, scores and commits each row: its vectors first, then its
    JSONL line, flushed and synced. */
+/* The AR reads the chunk's explanations G = --batch at a time (one forward
+   each group, in a session as long as the longest input; any G gives the
+   same bits), and each row is committed in order. */
 static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
-    const int d = x->av.d_model;
-    nla_status rc = ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 1, 0, &m, &s, e);
+    const int d = x->av.d_model, G = nc < x->p.batch ? nc : x->p.batch;
+    int n_ctx = 1;
+    char **ex = (char **)xcalloc((size_t)nc, sizeof(char *));
+    nla_status rc = ex ? ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 0, 0, &m, &s, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     for (int i = 0; i < nc && !rc; i++) {
-        const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
-        char *ex = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i]), tok_str[EV_PIECE];
-        const float *v = x->v + (size_t)i * d;
-        ev_row_out row;
-        char *line;
-        size_t n_line = 0;
-        double nv = 0;
-        memset(&row, 0, sizeof row);
-        row.sample_idx = todo[i];
-        row.r = r;
-        row.pos = r->pos[todo[i] - r->first];
-        if (!ex) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-        else if ((rc = nla_reconstruct(s, (const char *const *)&ex, 1, x->rec)) != NLA_OK) rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
-        NLA_FREE(ex);
-        if (rc) break;
-        for (int k = 0; k < d; k++) nv += (double)v[k] * v[k];
-        ev_piece(x->tok, r->ids[row.pos], tok_str);
-        row.token_str = tok_str;
-        row.raw = x->raw[i];
-        row.raw_len = x->raw_len[i];
-        row.ex_start = x->ex_start[i];
-        row.ex_len = x->ex_len[i];
-        row.parsed = x->parsed[i];
-        row.vec_norm = sqrt(nv);
-        nla_score(v, x->rec, d, x->ar.mse_scale, x->baseline, &row.sc);
-        if (!(line = ev_render(ev_row_render, &row, &n_line))) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
-        /* the commit: both vectors on the disk before the line that says they are there */
-        if (!ev_npy_put(&x->act, todo[i], v) || !ev_npy_put(&x->recon, todo[i], x->rec) ||
-            fwrite(line, 1, n_line, x->res) != n_line || !ev_sync(x->res))
-            rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
-        NLA_FREE(line);
-        if (!rc) x->n_done++;
-        if (!rc && ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+        int32_t *ids;
+        int k;
+        if (!(ex[i] = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i]))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        else if (!(rc = ar_tokens(m, ex[i], i, &ids, &k, e))) {
+            NLA_FREE(ids);
+            if (k > n_ctx) n_ctx = k;
+        }
     }
+    if (!rc) rc = ev_session(m, &x->p, G, n_ctx, &s, e);
+    for (int i0 = 0; i0 < nc && !rc; i0 += G) {
+        const int g = nc - i0 < G ? nc - i0 : G;
+        if ((rc = nla_reconstruct(s, (const char *const *)ex + i0, g, x->rec)) != NLA_OK) rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
+        for (int q = 0; q < g && !rc; q++) {
+            const int i = i0 + q;
+            const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
+            const float *v = x->v + (size_t)i * d, *rec = x->rec + (size_t)q * d;
+            char tok_str[EV_PIECE], *line;
+            ev_row_out row;
+            size_t n_line = 0;
+            double nv = 0;
+            memset(&row, 0, sizeof row);
+            row.sample_idx = todo[i];
+            row.r = r;
+            row.pos = r->pos[todo[i] - r->first];
+            for (int k = 0; k < d; k++) nv += (double)v[k] * v[k];
+            ev_piece(x->tok, r->ids[row.pos], tok_str);
+            row.token_str = tok_str;
+            row.raw = x->raw[i];
+            row.raw_len = x->raw_len[i];
+            row.ex_start = x->ex_start[i];
+            row.ex_len = x->ex_len[i];
+            row.parsed = x->parsed[i];
+            row.vec_norm = sqrt(nv);
+            nla_score(v, rec, d, x->ar.mse_scale, x->baseline, &row.sc);
+            if (!(line = ev_render(ev_row_render, &row, &n_line))) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+            /* the commit: both vectors on the disk before the line that says they are there */
+            if (!ev_npy_put(&x->act, todo[i], v) || !ev_npy_put(&x->recon, todo[i], rec) ||
+                fwrite(line, 1, n_line, x->res) != n_line || !ev_sync(x->res))
+                rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
+            NLA_FREE(line);
+            if (!rc) x->n_done++;
+            if (!rc && ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+        }
+    }
+    for (int i = 0; ex && i < nc; i++) NLA_FREE(ex[i]);
+    NLA_FREE(ex);
     ev_close(&m, &s);
     return rc;
 }
@@ -5580,7 +5603,7 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
         d = x.av.d_model;
         C = x.n_todo < x.p.chunk ? (int)x.n_todo : x.p.chunk;
         x.v = (float *)xmalloc((size_t)C + 1, (size_t)d * sizeof(float));
-        x.rec = (float *)xmalloc((size_t)d, sizeof(float));
+        x.rec = (float *)xmalloc((size_t)x.p.batch, (size_t)d * sizeof(float));
         x.raw = (char **)xcalloc((size_t)C + 1, sizeof(char *));
         x.ex_start = (size_t *)xcalloc((size_t)C + 1, 3 * sizeof(size_t));
         x.parsed = (int *)xcalloc((size_t)C + 1, sizeof(int));
