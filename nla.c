@@ -4956,11 +4956,39 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
     return rc;
 }
 
-/* Reads both inputs into the plan; bad records are reported and skipped. */
+/* The ids seen so far: an open-addressing set of record numbers + 1 (0 is
+   an empty slot), kept at most half full. Returns the record already
+   holding r's id, -1 after adding r (record number i), -2 when out of
+   memory. */
+static int ev_id_seen(const ev_plan *pl, int **set, int *cap, int i) {
+    const char *id = pl->rec[i].id;
+    if (2 * (i + 1) > *cap) {
+        int nc = *cap ? 2 * *cap : 256, *g = (int *)xcalloc((size_t)nc, sizeof(int));
+        if (!g) return -2;
+        for (int k = 0; k < *cap; k++)
+            if ((*set)[k]) {
+                const char *o = pl->rec[(*set)[k] - 1].id;
+                size_t h = (size_t)ev_fnv(o, strlen(o)) & (size_t)(nc - 1);
+                while (g[h]) h = (h + 1) & (size_t)(nc - 1);
+                g[h] = (*set)[k];
+            }
+        NLA_FREE(*set);
+        *set = g;
+        *cap = nc;
+    }
+    size_t h = (size_t)ev_fnv(id, strlen(id)) & (size_t)(*cap - 1);
+    for (; (*set)[h]; h = (h + 1) & (size_t)(*cap - 1))
+        if (!strcmp(pl->rec[(*set)[h] - 1].id, id)) return (*set)[h] - 1;
+    (*set)[h] = i + 1;
+    return -1;
+}
+
+/* Reads both inputs into the plan; bad records (and repeated ids, which
+   would make record_id ambiguous) are reported and skipped. */
 static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *tok, ev_plan *pl, uint64_t fnv[2], errbuf *e) {
     const char *files[2] = {p->docs, p->chats};
     nla_status rc = NLA_OK;
-    int cap = 0;
+    int cap = 0, *ids = NULL, ids_cap = 0;
     memset(pl, 0, sizeof *pl);
     for (int f = 0; f < 2 && !rc; f++) {
         char *buf = NULL;
@@ -4994,6 +5022,15 @@ static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *t
             }
             if (rc) { rc = fail(e, rc, "eval: out of memory reading %s", files[f]); break; }
             r->line = line;
+            const int first = ev_id_seen(pl, &ids, &ids_cap, pl->n_rec);
+            if (first == -2) { ev_record_free(r); rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory reading %s", files[f]); break; }
+            if (first >= 0) {
+                ev_warn(p, "%s:%d: skipped: id %s is already the id of %s:%d", files[f], line, r->id, files[pl->rec[first].chat],
+                        pl->rec[first].line);
+                ev_record_free(r);
+                pl->n_bad++;
+                continue;
+            }
             r->first = pl->n_samples;
             pl->n_samples += r->n_pos;
             pl->n_rec++;
@@ -5007,6 +5044,7 @@ static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *t
         }
         NLA_FREE(buf);
     }
+    NLA_FREE(ids);
     if (!rc && !(pl->sample_rec = (int *)xmalloc((size_t)pl->n_samples, sizeof(int)))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     for (int i = 0; !rc && i < pl->n_rec; i++)
         for (int j = 0; j < pl->rec[i].n_pos; j++) pl->sample_rec[pl->rec[i].first + j] = i;

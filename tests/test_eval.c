@@ -108,6 +108,9 @@ static double after(const char *json, const char *key) {
     return f ? strtod(f + strlen(key), NULL) : NAN;
 }
 
+static char warned[1024];
+static void keep_warning(void *user, const char *msg) { snprintf((char *)user, sizeof warned, "%s", msg); }
+
 int main(void) {
     const char *ref = "tests/tmp/eval_ref", *kd = "tests/tmp/eval_kill", *td = "tests/tmp/eval_torn", *md = "tests/tmp/eval_merged";
     char err[512], *stderr_text;
@@ -139,6 +142,20 @@ int main(void) {
         p.docs = "tests/data/eval/missing.jsonl";
         CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_ERR_IO);
         CHECK(strstr(err, "missing.jsonl") != NULL);
+        /* a repeated id is a bad record, named with where it was first */
+        const char dup[] = "{\"id\": \"a\", \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n"
+                           "{\"id\": 7, \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n"
+                           "{\"id\": \"a\", \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n";
+        CHECK_EQ(spit("tests/tmp/eval_dup.jsonl", dup, sizeof dup - 1), 0);
+        p.docs = "tests/tmp/eval_dup.jsonl";
+        p.chats = NULL;
+        p.warn = keep_warning;
+        p.user = warned;
+        warned[0] = 0;
+        CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_OK);
+        CHECK_EQ(c.records, 2);
+        CHECK_EQ(c.bad_records, 1);
+        CHECK_MSG(strstr(warned, "eval_dup.jsonl:3: skipped: id \"a\" is already the id of tests/tmp/eval_dup.jsonl:1"), "warning: %s", warned);
         nla_tokenizer_close(tok);
     }
 
