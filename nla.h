@@ -602,8 +602,8 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
    (vectors, then the JSONL line, flushed and synced). A kill at any point
    loses at most the rows not yet committed; a torn last line is cut off on
    resume. A folder made with other arguments is refused (NLA_ERR_ARG,
-   naming the first difference). Bad input records (and repeated ids) are reported to
-   params->warn and skipped. counts may be NULL. */
+   naming the first difference). Bad input records (and repeated ids) are
+   reported to params->warn and skipped. counts may be NULL. */
 nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf, size_t errbuf_size);
 
 /* Merges the complete results folders of shards 1/n .. n/n (any order)
