@@ -1787,7 +1787,7 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
 }
 #define q_dot q_dot_simd
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
 #undef NLA_SIMD_NAME
 #define NLA_SIMD_NAME "avx512-vnni"
 /* AVX-512 tiles: Q_TILE rows meet up to Q_TILE inputs two blocks at a time
@@ -1811,15 +1811,16 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
    tiles, so each step prefetches a share of the next tile's bytes. */
 #define Q_TILE 4
 
+/* 32 bytes at p (any alignment); [lo, hi] as one register. */
+static inline __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline __m512i join32(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+
 /* The codes of blocks b and b + 1 of a row (b + 1 only if two, else zeros). */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline __m512i q_codes2(const unsigned char *w, nla_dtype dt, int two) {
-    if (dt == NLA_DTYPE_Q8_0) {
-        const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(const void *)(w + Q8_0_BYTES + 2)) : _mm256_setzero_si256();
-        return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)(w + 2))), hi, 1);
-    }
+    if (dt == NLA_DTYPE_Q8_0) return join32(ld32(w + 2), two ? ld32(w + Q8_0_BYTES + 2) : _mm256_setzero_si256());
     /* [raw0, raw0, raw1, raw1] by 128-bit lanes; lanes 1 and 3 take the high nibbles */
     const __m128i r0 = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
     const __m128i r1 = two ? _mm_loadu_si128((const __m128i *)(const void *)(w + Q4_0_BYTES + 2)) : _mm_setzero_si128();
@@ -1861,8 +1862,7 @@ static inline void q_tile(float *y, size_t ys, const unsigned char *w, size_t rb
         }
         for (int c = 0; c < C; c++) {
             const blk_a8 *xb = x + (size_t)c * nb + b;
-            const __m256i hi = two ? _mm256_loadu_si256((const __m256i *)(const void *)xb[1].q) : _mm256_setzero_si256();
-            const __m512i qx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(const void *)xb[0].q)), hi, 1);
+            const __m512i qx = join32(ld32(xb[0].q), two ? ld32(xb[1].q) : _mm256_setzero_si256());
             const __m512 dx = q_scales2(xb[0].d, two ? xb[1].d : 0.0f);
             const __m512i ux = _mm512_xor_si512(qx, flip), x0 = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, qx));
             for (int r = 0; r < R; r++) {
@@ -1873,7 +1873,7 @@ static inline void q_tile(float *y, size_t ys, const unsigned char *w, size_t rb
     }
     for (int r = 0; r < R; r++)
         for (int c = 0; c < C; c++) {
-            const __m256 even = _mm512_castps512_ps256(acc[r][c]), odd = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r][c]), 1));
+            const __m256 even = _mm512_castps512_ps256(acc[r][c]), odd = _mm512_extractf32x8_ps(acc[r][c], 1);
             y[(size_t)c * ys + r] = hsum8(_mm256_add_ps(even, odd));
         }
 }
@@ -5522,7 +5522,8 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
     if (!rc) rc = ev_session(m, &x->p, G, n_ctx, &s, e);
     for (int i0 = 0; i0 < nc && !rc; i0 += G) {
         const int g = nc - i0 < G ? nc - i0 : G;
-        if ((rc = nla_reconstruct(s, (const char *const *)ex + i0, g, x->rec)) != NLA_OK) rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
+        if ((rc = nla_reconstruct(s, (const char *const *)ex + i0, g, x->rec)) != NLA_OK)
+            rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
         for (int q = 0; q < g && !rc; q++) {
             const int i = i0 + q;
             const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
@@ -5552,7 +5553,8 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
                 rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
             NLA_FREE(line);
             if (!rc) x->n_done++;
-            if (!rc && ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+            if (!rc && ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed))
+                rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
         }
     }
     for (int i = 0; ex && i < nc; i++) NLA_FREE(ex[i]);
@@ -7061,7 +7063,7 @@ static int cmd_generate(int argc, char **argv) {
     nla_session *s = NULL;
     nla_status rc;
     if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) return cli_error("--stop: expected comma-separated ids");
-    if (open_model(o.dir, o.es, o.quant, o.tokenizer, o.shared_tok, &m)) goto out;
+    if (open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) goto out;
     if ((T = prompt_ids(&o, nla_model_tokenizer(m), &ids)) < 1) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
@@ -7473,7 +7475,7 @@ static int cmd_verbalize(int argc, char **argv) {
     const int B = o.batch ? o.batch : 8;
     cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)B, sizeof *x);
     float *v = cli_vectors(o.text, &n, &d);
-    if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, o.shared_tok, &m)) goto out;
+    if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) goto out;
     nla_meta meta;
     nla_model_get_meta(m, &meta);
     if (strcmp(meta.role, "av")) { cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.dir); goto out; }
@@ -7544,7 +7546,7 @@ static int cmd_reconstruct(int argc, char **argv) {
     float *rec = NULL;
     nla_status rc;
     int64_t sh[2];
-    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, o.shared_tok, &m) || cli_ar_session(m, o.dir, &o, ex, n, &s)) goto out;
+    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m) || cli_ar_session(m, o.dir, &o, ex, n, &s)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
@@ -7649,7 +7651,7 @@ static int cmd_explain(int argc, char **argv) {
     o.shared_tok = tok;
     /* 1. the AV's sidecar says which layer (opened as stored: mapping is
        cheap, quantizing twice would not be) */
-    if (open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, o.shared_tok, &m)) goto out;
+    if (open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, tok, &m)) goto out;
     nla_model_get_meta(m, &av_meta);
     random_weights |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
     nla_model_close(m);
@@ -7678,7 +7680,7 @@ static int cmd_explain(int argc, char **argv) {
     nla_model_close(m); m = NULL;
     fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos, n_pos == 1 ? "" : "s", T, K);
     /* 3. AV: one explanation per vector, B vectors decoded together */
-    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, o.shared_tok, &m) || cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s)) goto out;
+    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) || cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s)) goto out;
     for (int i = 0; i < n_pos; i += nbatch) {
         const int nb = n_pos - i < nbatch ? n_pos - i : nbatch;
         if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, &o, x)) goto out;
@@ -7691,7 +7693,7 @@ static int cmd_explain(int argc, char **argv) {
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
     /* 4. AR: reconstruct from the explanations, B read together */
-    if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, o.shared_tok, &m) || cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s)) goto out;
+    if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, tok, &m) || cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s)) goto out;
     nla_model_get_meta(m, &ar_meta);
     random_weights |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
     if (ar_meta.d_model != d || ar_meta.layer != K) { cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)", ar_meta.d_model, ar_meta.layer, d, K); goto out; }
