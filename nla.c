@@ -2059,9 +2059,11 @@ static void rope(float *x, const float *cs, int hd) {
     }
 }
 
-/* gelu_pytorch_tanh */
+/* gelu_pytorch_tanh: 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715
+   x^3), written as x / (1 + exp(-2u)) (the same function: one expf instead
+   of tanhf's expm1f, and no cancellation in 1 + tanh(u) for negative x). */
 static float gelu(float x) {
-    return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
 /* Softmax attention of one query head over keys lo..p of a cache laid out
