@@ -5301,7 +5301,9 @@ typedef struct {
     int d;
 } ev_npy;
 
-static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, errbuf *e) {
+/* Opens the [S, d] array at path for reading and writing; when it is
+   missing, creates it (zeros) if `create`, else fails. */
+static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, int create, errbuf *e) {
     char want[256], have[256];
     const int64_t shape[2] = {S, d};
     size_t hl = npy_header(want, 2, shape);
@@ -5310,9 +5312,11 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, errbuf
     v->hdr = (long)hl;
     if ((double)S * d * 4 + (double)hl > (double)LONG_MAX) return fail(e, NLA_ERR_RANGE, "%s: too large for this platform's file offsets", path);
     end = (long)hl + S * d * 4;
-    if (!(v->f = fopen(path, "r+b"))) { /* made whole under another name, then renamed: a kill leaves no half file */
+    if (!(v->f = fopen(path, "r+b")) && !create) return fail(e, NLA_ERR_IO, "%s: cannot open", path);
+    if (!v->f) { /* made whole under another name, then renamed: a kill leaves no half file */
         char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
-        FILE *f = tmp ? fopen(strcat(strcpy(tmp, path), ".tmp"), "wb") : NULL;
+        if (!tmp) return fail(e, NLA_ERR_NOMEM, "out of memory");
+        FILE *f = fopen(strcat(strcpy(tmp, path), ".tmp"), "wb");
         int ok = f && fwrite(want, 1, hl, f) == hl && (!S || (!fseek(f, end - 1, SEEK_SET) && fputc(0, f) != EOF)) && ev_sync(f);
         if (f && fclose(f)) ok = 0;
         ok = ok && !rename(tmp, path);
@@ -5325,10 +5329,15 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, errbuf
     return NLA_OK;
 }
 
-/* Writes row `row` (d floats) and syncs it to the disk; 0 on failure. */
-static int ev_npy_put(ev_npy *v, long row, const float *x) {
+/* Writes row `row` (d floats), and syncs it to the disk if `sync`; 0 on failure. */
+static int ev_npy_put(ev_npy *v, long row, const float *x, int sync) {
     return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) && fwrite(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d &&
-           ev_sync(v->f);
+           (!sync || ev_sync(v->f));
+}
+
+/* Reads row `row` into x; 0 on failure. */
+static int ev_npy_get(ev_npy *v, long row, float *x) {
+    return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) && fread(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d;
 }
 
 /* One row of results.jsonl (the published field names, then ours). */
@@ -5550,7 +5559,7 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
             nla_score(v, rec, d, x->ar.mse_scale, x->baseline, &row.sc);
             if (!(line = ev_render(ev_row_render, &row, &n_line))) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
             /* the commit: both vectors on the disk before the line that says they are there */
-            if (!ev_npy_put(&x->act, todo[i], v) || !ev_npy_put(&x->recon, todo[i], rec) ||
+            if (!ev_npy_put(&x->act, todo[i], v, 1) || !ev_npy_put(&x->recon, todo[i], rec, 1) ||
                 fwrite(line, 1, n_line, x->res) != n_line || !ev_sync(x->res))
                 rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
             NLA_FREE(line);
@@ -5610,8 +5619,8 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     if (!rc) rc = ev_write_tokens(tp, &x->pl, x->tok, e);
     if (!rc && !(x->done = (unsigned char *)xcalloc((size_t)x->pl.n_samples, 1))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     if (!rc) rc = ev_load_done(rp, &x->p, &x->pl, x->done, &x->resumed, e);
-    if (!rc) rc = ev_npy_open(&x->act, ap, x->pl.n_samples, x->av.d_model, e);
-    if (!rc) rc = ev_npy_open(&x->recon, cp, x->pl.n_samples, x->av.d_model, e);
+    if (!rc) rc = ev_npy_open(&x->act, ap, x->pl.n_samples, x->av.d_model, 1, e);
+    if (!rc) rc = ev_npy_open(&x->recon, cp, x->pl.n_samples, x->av.d_model, 1, e);
     if (!rc && !(x->res = fopen(rp, "ab"))) rc = fail(e, NLA_ERR_IO, "%s: cannot open for appending", rp);
     if (!rc && !(x->todo = (long *)xmalloc((size_t)x->pl.n_samples, sizeof(long)))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     for (long i = 0; !rc && i < x->pl.n_samples; i++) {
@@ -5701,15 +5710,6 @@ static nla_status ev_write_in(const char *dir, const char *name, const char *dat
     return rc;
 }
 
-/* Writes x, float32 [S, d], as dir/name. */
-static nla_status ev_npy_write_in(const char *dir, const char *name, const float *x, long S, int d, errbuf *e) {
-    const int64_t shape[2] = {S, d};
-    char *path = path_join(dir, name);
-    nla_status rc = path ? nla_npy_write(path, x, 2, shape, e->msg, sizeof e->msg) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    NLA_FREE(path);
-    return rc;
-}
-
 /* A folder's file, read whole (NUL-terminated). */
 static nla_status ev_read(const char *dir, const char *name, char **buf, size_t *n, errbuf *e) {
     char *path = path_join(dir, name);
@@ -5725,7 +5725,8 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     size_t *len = NULL, tn = 0, on = 0;
     int *owner = NULL, d = 0, si, sn;
     long S = 0;
-    float *act = NULL, *rec = NULL, *sv = NULL;
+    float *row = NULL;
+    ev_npy *in = NULL, out[2]; /* in: [n, 2] each shard's activations and reconstructions */
     jdoc doc;
     nla_status rc = NLA_OK;
     e.msg[0] = 0;
@@ -5755,9 +5756,10 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         json_free(&doc);
         S = (long)us;
     }
+    memset(out, 0, sizeof out);
     if (!rc && (!(line = (const char **)xcalloc((size_t)S + 1, sizeof(char *))) || !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
-                !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) || !(act = (float *)xcalloc((size_t)S * d + 1, sizeof(float))) ||
-                !(rec = (float *)xcalloc((size_t)S * d + 1, sizeof(float))) || !(sv = (float *)xmalloc((size_t)S * d + 1, sizeof(float)))))
+                !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) || !(row = (float *)xmalloc((size_t)d, sizeof(float))) ||
+                !(in = (ev_npy *)xcalloc((size_t)n * 2, sizeof(ev_npy)))))
         rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
     /* rows: each sample exactly once; tokens.jsonl the same in every shard */
     for (int k = 0; k < n && !rc; k++) {
@@ -5785,19 +5787,24 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     }
     for (long i = 0; !rc && i < S; i++)
         if (!line[i]) rc = fail(&e, NLA_ERR_ARG, "eval merge: sample %ld is in no shard's results: finish every shard first", i);
-    /* the vectors: each shard's own rows */
-    for (int k = 0; k < n && !rc; k++)
+    /* the vectors, a row at a time from the shard that owns it (memory: one row) */
+    for (int k = 0; k <= n && !rc; k++)
         for (int f = 0; f < 2 && !rc; f++) {
-            int64_t sh[2];
-            int nd;
-            if (!(path = path_join(dirs[k], f ? "reconstructions.npy" : "activations.npy"))) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-            else if ((rc = nla_npy_read(path, sv, (size_t)S * d, sh, &nd, e.msg, sizeof e.msg)) == NLA_OK && (nd != 2 || sh[0] != S || sh[1] != d))
-                rc = fail(&e, NLA_ERR_FORMAT, "%s: not [%ld, %d]", path, S, d);
-            for (long i = 0; !rc && i < S; i++)
-                if (owner[i] == k) memcpy((f ? rec : act) + (size_t)i * d, sv + (size_t)i * d, sizeof(float) * (size_t)d);
+            if (!(path = path_join(k < n ? dirs[k] : out_dir, f ? "reconstructions.npy" : "activations.npy")))
+                rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+            else {
+                if (k == n) remove(path); /* a fresh file, whatever an earlier merge left */
+                rc = ev_npy_open(k < n ? &in[2 * k + f] : &out[f], path, S, d, k == n, &e);
+            }
             NLA_FREE(path);
             path = NULL;
         }
+    for (long i = 0; i < S && !rc; i++)
+        for (int f = 0; f < 2 && !rc; f++)
+            if (!ev_npy_get(&in[2 * owner[i] + f], i, row) || !ev_npy_put(&out[f], i, row, 0))
+                rc = fail(&e, NLA_ERR_IO, "eval merge: cannot copy row %ld of %s's %s", i, dirs[owner[i]], f ? "reconstructions" : "activations");
+    for (int f = 0; f < 2 && !rc; f++)
+        if (!ev_sync(out[f].f)) rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
     /* the merged folder: as one unsharded run writes it */
     if (!rc) {
         const size_t k = (size_t)(cut0 - params[0]);
@@ -5814,8 +5821,6 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             rc = ev_write_in(out_dir, "results.jsonl", text, total, &e);
         }
         if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", tokens, tn, &e);
-        if (!rc) rc = ev_npy_write_in(out_dir, "activations.npy", act, S, d, &e);
-        if (!rc) rc = ev_npy_write_in(out_dir, "reconstructions.npy", rec, S, d, &e);
         if (!rc) { /* params.json: the shards' with the shard line of an unsharded run */
             memcpy(text, params[0], k);
             rc = ev_write_in(out_dir, "params.json", text, k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
@@ -5826,7 +5831,11 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         if (params) NLA_FREE(params[k]);
         if (res) NLA_FREE(res[k]);
     }
-    NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len); NLA_FREE(owner); NLA_FREE(act); NLA_FREE(rec); NLA_FREE(sv);
+    for (int k = 0; in && k < 2 * n; k++)
+        if (in[k].f) fclose(in[k].f);
+    for (int f = 0; f < 2; f++)
+        if (out[f].f && fclose(out[f].f) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
+    NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len); NLA_FREE(owner); NLA_FREE(row); NLA_FREE(in);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
