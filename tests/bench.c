@@ -15,6 +15,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <time.h>
 
+#define NLA_EXPERIMENTAL /* nla_kernel_simd: the peak estimate follows the kernel's width */
 #include "../nla.h"
 #include "util.h"
 #ifdef _OPENMP
@@ -88,9 +89,14 @@ static double cpu_ghz(void) {
     return mhz / 1e3;
 }
 
-/* The peak of nla.c's quantized matmul, per thread: two 256-bit int8
-   dot-product instructions (32 multiply-adds each) per cycle. */
-#define PEAK_OPS_PER_CYCLE 128.0
+/* The peak of nla.c's quantized matmul, per thread: two int8 dot-product
+   instructions per cycle, as wide as the kernel nla.c was built with (512
+   bits: 64 multiply-adds each); 0 for the scalar build. */
+static double peak_ops_per_cycle(void) {
+    const char *k = nla_kernel_simd();
+    const double bits = !strncmp(k, "avx512", 6) ? 512 : !strncmp(k, "avx2", 4) ? 256 : !strncmp(k, "neon", 4) ? 128 : 0;
+    return 2 * (bits / 8) * 2; /* instructions x multiply-adds x 2 ops */
+}
 
 static void bench_model(const char *dir, const int *threads, int n_threads, const double *bw, double ghz) {
     nla_model *m;
@@ -140,7 +146,7 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
             b.ids = ids + 8 + i;
             nla_forward(s, &b);
         }
-        double tg = TG / (now() - t0), peak = threads[k] * ghz * PEAK_OPS_PER_CYCLE;
+        double tg = TG / (now() - t0), peak = threads[k] * ghz * peak_ops_per_cycle();
         printf("  %7d  %13.1f  %15.1f  %5.0f %%  %12.2f  %11.1f  %13.0f %%\n", threads[k], pp, pp * flops / 1e9,
                peak > 0 ? 100 * pp * flops / 1e9 / peak : 0.0, tg, tg * gb, 100 * tg * gb / bw[k]);
         free(logits);
@@ -310,9 +316,9 @@ int main(int argc, char **argv) {
         printf("memory bandwidth (streaming read, %d thread%s): %.1f GB/s\n", threads[k], threads[k] > 1 ? "s" : "", bw[k]);
     }
     printf("compute peak estimate: %.2f GHz (/proc/cpuinfo: nominal, boost unknown) x %.0f int8 ops per cycle per thread\n"
-           "  (two 256-bit dot-product instructions, 32 multiply-adds each, per cycle: the width of nla.c's\n"
-           "  quantized kernel) = %.0f Gop/s per thread; prefill counts 2 flops per matrix weight\n",
-           ghz, PEAK_OPS_PER_CYCLE, ghz * PEAK_OPS_PER_CYCLE);
+           "  (two %s dot-product instructions per cycle: the width of nla.c's quantized kernel)\n"
+           "  = %.0f Gop/s per thread; prefill counts 2 flops per matrix weight\n",
+           ghz, peak_ops_per_cycle(), nla_kernel_simd(), ghz * peak_ops_per_cycle());
     if (!getenv("NLA_BENCH_NO_TOKENIZER")) bench_tokenizer();
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--nla") && i + 1 < argc) {
