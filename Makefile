@@ -104,14 +104,18 @@ bench-anchor: tests/bench weights/tokenizer.json weights/bench-1b-q8_0 weights/b
 	  $(ANCHOR_REF)/anchor-build/bench_llama --model $$g --bins $(ANCHOR_BINS) --threads 1,2 --pp 512 --tg 64 --reps 1 2>&1 | grep -v '^load_backend'; \
 	  echo "== nla.c $$q"; NLA_BENCH_NO_TOKENIZER=1 ./tests/bench weights/bench-1b-$$q; done
 
-# The tests again on the portable fallbacks: stdio instead of mmap, and the
-# scalar kernels instead of the SIMD ones.
+# The tests again on the portable fallbacks: stdio instead of mmap, the
+# scalar kernels instead of the SIMD ones, and on x86-64 the plain AVX2
+# kernel (x86-64-v3: no VNNI, no AVX-512) that -march=native skips on a
+# newer machine.
+X86_V3 = $(shell $(CC) -march=x86-64-v3 -x c -c /dev/null -o /dev/null 2>/dev/null && echo -march=x86-64-v3)
 variants:
 	$(MAKE) clean
 	$(MAKE) test CFLAGS="-O2 -g -DNLA_NO_MMAP"
 	$(MAKE) clean
 	$(MAKE) test CFLAGS="-O2 -g $(NATIVE) -DNLA_NO_SIMD"
 	$(MAKE) clean
+	$(if $(X86_V3),$(MAKE) test CFLAGS="-O2 -g $(X86_V3)" && $(MAKE) clean)
 
 clean:
 	rm -f nla nla.o $(TESTS) tests/bench tests/nla_failalloc.o
