@@ -5510,10 +5510,9 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
 }
 
 /* Reconstructs, scores and commits each row: its vectors first, then its
-   JSONL line, flushed and synced. */
-/* The AR reads the chunk's explanations G = --batch at a time (one forward
-   each group, in a session as long as the longest input; any G gives the
-   same bits), and each row is committed in order. */
+   JSONL line, flushed and synced. The AR reads the chunk's explanations
+   G = --batch at a time (one forward per group, in a session as long as the
+   longest input; any G gives the same bits). */
 static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
