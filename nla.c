@@ -1621,6 +1621,12 @@ static void q4_0_quantize(const float *x, unsigned char *y, int n) {
     }
 }
 
+/* A row of n floats into y in format dt (Q8_0 or Q4_0). */
+static void q_quantize(const float *x, unsigned char *y, nla_dtype dt, int n) {
+    if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(x, y, n);
+    else q4_0_quantize(x, y, n);
+}
+
 /* Activations: per block d = max|x| / 127 in f32, q = round(x / d). */
 static void a8_quantize(const float *x, blk_a8 *y, int n) {
     for (int b = 0; b < n / QK; b++, x += QK) {
@@ -1720,16 +1726,27 @@ static float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* The 32 codes of a weight block as signed bytes. */
+/* 32 bytes at p (any alignment). */
+static inline __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* The 32 codes of a weight block as bytes: Q8_0's as stored (signed),
+   Q4_0's nibbles unsigned 0..15 (low -> elements 0..15, high -> 16..31). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline __m256i q_raw_codes(const unsigned char *w, nla_dtype dt) {
+    if (dt == NLA_DTYPE_Q8_0) return ld32(w + 2);
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15));
+}
+
+/* The 32 codes of a weight block as signed bytes (Q4_0: nibble - 8). */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline __m256i q_codes(const unsigned char *w, nla_dtype dt) {
-    if (dt == NLA_DTYPE_Q8_0) return _mm256_loadu_si256((const __m256i *)(const void *)(w + 2));
-    /* nibbles: low -> elements 0..15, high -> 16..31, minus 8 */
-    const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
-    return _mm256_sub_epi8(_mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15)),
-                           _mm256_set1_epi8(8));
+    const __m256i c = q_raw_codes(w, dt);
+    return dt == NLA_DTYPE_Q8_0 ? c : _mm256_sub_epi8(c, _mm256_set1_epi8(8));
 }
 
 /* A weight block's f16 scale. */
@@ -1748,7 +1765,7 @@ static inline float q_scale(const unsigned char *w) {
 __attribute__((always_inline))
 #endif
 static inline __m256 q_block(__m256 acc, const unsigned char *w, nla_dtype dt, const blk_a8 *x) {
-    const __m256i qw = q_codes(w, dt), qx = _mm256_loadu_si256((const __m256i *)(const void *)x->q);
+    const __m256i qw = q_codes(w, dt), qx = ld32(x->q);
     const __m256i uw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
     const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), uw, sx);
@@ -1811,21 +1828,17 @@ static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, i
    tiles, so each step prefetches a share of the next tile's bytes. */
 #define Q_TILE 4
 
-/* 32 bytes at p (any alignment); [lo, hi] as one register. */
-static inline __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+/* [lo, hi] as one register. */
 static inline __m512i join32(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 
-/* The codes of blocks b and b + 1 of a row (b + 1 only if two, else zeros). */
+/* The codes of blocks b and b + 1 of a row (b + 1 only if two, else zeros),
+   Q4_0's unsigned. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline __m512i q_codes2(const unsigned char *w, nla_dtype dt, int two) {
-    if (dt == NLA_DTYPE_Q8_0) return join32(ld32(w + 2), two ? ld32(w + Q8_0_BYTES + 2) : _mm256_setzero_si256());
-    /* [raw0, raw0, raw1, raw1] by 128-bit lanes; lanes 1 and 3 take the high nibbles */
-    const __m128i r0 = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
-    const __m128i r1 = two ? _mm_loadu_si128((const __m128i *)(const void *)(w + Q4_0_BYTES + 2)) : _mm_setzero_si128();
-    const __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(r0)), _mm256_broadcastsi128_si256(r1), 1);
-    return _mm512_and_si512(_mm512_mask_srli_epi16(t, 0xFF00FF00u, t, 4), _mm512_set1_epi8(15));
+    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    return join32(q_raw_codes(w, dt), two ? q_raw_codes(w + bs, dt) : _mm256_setzero_si256());
 }
 
 /* [d0 x8, d1 x8] from two scales (d1 = 0 unless two). */
@@ -2023,10 +2036,7 @@ nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int r
     unsigned char *qw = (unsigned char *)xmalloc((size_t)rows, rb);
     mm_scratch sc;
     if (!qw || !mm_scratch_init(&sc, 1, (size_t)n_x, (size_t)n)) { NLA_FREE(qw); return NLA_ERR_NOMEM; }
-    for (int r = 0; r < rows; r++) {
-        if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(w + (size_t)r * n, qw + (size_t)r * rb, n);
-        else q4_0_quantize(w + (size_t)r * n, qw + (size_t)r * rb, n);
-    }
+    for (int r = 0; r < rows; r++) q_quantize(w + (size_t)r * n, qw + (size_t)r * rb, dt, n);
     const wmat wm = {qw, dt, rows, n};
     if (simd) matmul(out, x, n_x, &wm, &sc);
     else
@@ -2356,8 +2366,7 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
         for (int r = 0; r < w->rows; r++) {
             float *f = buf + (size_t)thread_id() * (size_t)maxcols;
             to_f32(f, w->p + (size_t)r * in_rb, w->dt, w->cols);
-            if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(f, dst + (size_t)r * out_rb, w->cols);
-            else q4_0_quantize(f, dst + (size_t)r * out_rb, w->cols);
+            q_quantize(f, dst + (size_t)r * out_rb, dt, w->cols);
         }
         if (mapped) release_pages(w->p, (size_t)w->rows * in_rb);
         w->p = dst;
