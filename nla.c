@@ -4968,9 +4968,8 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
 }
 
 /* The ids seen so far: an open-addressing set of record numbers + 1 (0 is
-   an empty slot), kept at most half full. Returns the record already
-   holding r's id, -1 after adding r (record number i), -2 when out of
-   memory. */
+   an empty slot), kept at most half full. Returns the record that already
+   holds record i's id, -1 after adding record i, -2 when out of memory. */
 static int ev_id_seen(const ev_plan *pl, int **set, int *cap, int i) {
     const char *id = pl->rec[i].id;
     if (2 * (i + 1) > *cap) {
