@@ -1554,22 +1554,40 @@ out:
 
 /* ==== 6 Quantization: Q8_0 and Q4_0 blocks ============================== */
 
-/* Two block formats for matrix weights, in llama.cpp's byte layout so the
-   numbers compare: a row of `cols` weights (cols % 32 == 0) is cols/32
-   blocks of 32.
-     Q8_0  34 bytes: f16 scale d, 32 int8 q; w = d q, d = max|w| / 127
-     Q4_0  18 bytes: f16 scale d, 16 bytes of nibbles; w = d (q - 8), where
-           d = m / -8 for the value m of largest magnitude; byte j holds
-           element j in its low nibble and element j + 16 in its high one
-   Activations are quantized on the fly to A8 blocks (f32 scale, 32 int8),
-   once per matmul input row, so every weight block meets an int8 x int8 dot
-   with an exact int32 sum. Norms, the embedding rows read by lookup and the
-   NLA value head stay in their stored precision. Scalar code is the
-   reference; AVX2 kernels (section 7) must agree with it. */
+/* Two block formats for matrix weights, with llama.cpp's numbers (so sizes
+   and errors compare): a row of `cols` weights (cols % 32 == 0) is cols/32
+   blocks of 32, each one f16 scale d and 32 codes u stored unsigned:
+     Q8_0  8-bit codes, w = d (u - 128), d = max|w| / 127     (34 bytes)
+     Q4_0  4-bit codes, w = d (u - 8), d = m / -8 for the value m of largest
+           magnitude                                          (18 bytes)
+   The byte layout is nla.c's own. Rows are stored in groups of QG = 16
+   (the last group padded with rows of zeros), and a group block by block:
+   its block b is the 16 rows' scales (row r at byte 2r), then the codes in
+   4-byte chunks, row after row within a chunk:
+     Q8_0  chunk c = 0..7 of row r at 32 + 64c + 4r: elements 4c..4c+3
+     Q4_0  chunk c = 0..3 of row r at 32 + 64c + 4r: elements 4c..4c+3 in
+           the low nibbles, 16+4c..16+4c+3 in the high ones
+   So one 64-byte load holds a chunk of all 16 rows, and one dot-product
+   instruction (unsigned codes x an input's 4 signed bytes, broadcast)
+   advances 16 rows at once, each in its own lane: no horizontal sums, and
+   a group streams from memory in one straight line. A matrix [rows, cols]
+   is stored as a U8 tensor [ceil(rows / 16), cols / 32 * 16 * block bytes].
+   Activations are quantized on the fly to A8 blocks (f32 scale, 32 int8 and
+   their sum), once per matmul input row, so every weight block meets an
+   int8 x int8 dot with an exact int32 sum. Norms, the embedding rows read
+   by lookup and the NLA value head stay in their stored precision. Scalar
+   code is the reference; the SIMD kernels (section 7) must agree with it. */
 
-#define QK 32
+#define QK 32 /* weights per block */
+#define QG 16 /* rows per group */
 #define Q8_0_BYTES 34
 #define Q4_0_BYTES 18
+
+/* The formats' names in a checkpoint's __metadata__ "nla.quant". */
+static const char *const quant_names[2] = {"q8_0x16", "q4_0x16"};
+
+/* Byte offset, in a group's block, of chunk c of row r (after the scales). */
+#define Q_CHUNK(c, r) (2 * QG + 4 * QG * (c) + 4 * (r))
 
 /* Rounds |v| <= 127.5 to the nearest integer, halves away from zero (as
    roundf, without its libm call in the innermost loop). */
@@ -1577,54 +1595,55 @@ static int8_t round_i8(float v) { return (int8_t)(int)(v + (v >= 0 ? 0.5f : -0.5
 
 typedef struct {
     float d;
+    int32_t sum; /* sum of q */
     int8_t q[QK];
 } blk_a8;
 
-/* Bytes of one stored row of `cols` elements. */
-static size_t row_bytes(nla_dtype dt, int cols) {
-    switch (dt) {
-    case NLA_DTYPE_F32: return (size_t)cols * 4;
-    case NLA_DTYPE_F16: case NLA_DTYPE_BF16: return (size_t)cols * 2;
-    case NLA_DTYPE_Q8_0: return (size_t)cols / QK * Q8_0_BYTES;
-    case NLA_DTYPE_Q4_0: return (size_t)cols / QK * Q4_0_BYTES;
-    }
-    return 0;
-}
-
 static int is_quant(nla_dtype dt) { return dt == NLA_DTYPE_Q8_0 || dt == NLA_DTYPE_Q4_0; }
 
-static void q8_0_quantize(const float *x, unsigned char *y, int n) {
-    for (int b = 0; b < n / QK; b++, x += QK, y += Q8_0_BYTES) {
-        float amax = 0;
-        for (int j = 0; j < QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-        const float d = amax / 127, id = d ? 1 / d : 0;
-        uint16_t h = f32_to_f16(d);
-        memcpy(y, &h, 2);
-        for (int j = 0; j < QK; j++) y[2 + j] = (unsigned char)round_i8(x[j] * id);
-    }
+/* Bytes of one block of one row. */
+static size_t blk_bytes(nla_dtype dt) { return dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES; }
+
+/* Bytes of one row of a float matrix. */
+static size_t row_bytes(nla_dtype dt, int cols) { return (size_t)cols * (dt == NLA_DTYPE_F32 ? 4 : 2); }
+
+/* Bytes of one group of 16 rows of a quantized matrix. */
+static size_t group_bytes(nla_dtype dt, int cols) { return (size_t)cols / QK * QG * blk_bytes(dt); }
+
+/* Bytes of a whole matrix [rows, cols] in format dt. */
+static uint64_t mat_bytes(nla_dtype dt, int64_t rows, int64_t cols) {
+    if (!is_quant(dt)) return (uint64_t)rows * row_bytes(dt, (int)cols);
+    return (uint64_t)((rows + QG - 1) / QG) * group_bytes(dt, (int)cols);
 }
 
-static void q4_0_quantize(const float *x, unsigned char *y, int n) {
-    for (int b = 0; b < n / QK; b++, x += QK, y += Q4_0_BYTES) {
+/* The n floats at x (n % 32 == 0) quantized into row r of the group at g. */
+static void q_put_row(const float *x, unsigned char *g, int r, nla_dtype dt, int n) {
+    const size_t bs = QG * blk_bytes(dt);
+    for (int b = 0; b < n / QK; b++, x += QK, g += bs) {
         float amax = 0, m = 0;
         for (int j = 0; j < QK; j++)
             if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); m = x[j]; }
-        const float d = m / -8, id = d ? 1 / d : 0;
-        uint16_t h = f32_to_f16(d);
-        memcpy(y, &h, 2);
-        for (int j = 0; j < QK / 2; j++) {
-            int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + QK / 2] * id + 8.5f);
-            lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;
-            hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
-            y[2 + j] = (unsigned char)(lo | hi << 4);
+        const float d = dt == NLA_DTYPE_Q8_0 ? amax / 127 : m / -8, id = d ? 1 / d : 0;
+        const uint16_t h = f32_to_f16(d);
+        memcpy(g + 2 * r, &h, 2);
+        for (int j = 0; j < QK; j++) {
+            if (dt == NLA_DTYPE_Q8_0) {
+                g[Q_CHUNK(j / 4, r) + j % 4] = (unsigned char)(round_i8(x[j] * id) + 128);
+            } else {
+                int u = (int)(x[j] * id + 8.5f);
+                u = u < 0 ? 0 : u > 15 ? 15 : u;
+                unsigned char *c = &g[Q_CHUNK(j % 16 / 4, r) + j % 4];
+                *c = (unsigned char)(j < 16 ? u : *c | u << 4);
+            }
         }
     }
 }
 
-/* A row of n floats into y in format dt (Q8_0 or Q4_0). */
-static void q_quantize(const float *x, unsigned char *y, nla_dtype dt, int n) {
-    if (dt == NLA_DTYPE_Q8_0) q8_0_quantize(x, y, n);
-    else q4_0_quantize(x, y, n);
+/* Element j of row r in the group block at g, as u - zero point. */
+static int q_weight(const unsigned char *g, nla_dtype dt, int r, int j) {
+    if (dt == NLA_DTYPE_Q8_0) return g[Q_CHUNK(j / 4, r) + j % 4] - 128;
+    const unsigned char c = g[Q_CHUNK(j % 16 / 4, r) + j % 4];
+    return (j < 16 ? c & 15 : c >> 4) - 8;
 }
 
 /* Activations: per block d = max|x| / 127 in f32, q = round(x / d). */
@@ -1634,41 +1653,26 @@ static void a8_quantize(const float *x, blk_a8 *y, int n) {
         for (int j = 0; j < QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
         const float d = amax / 127, id = d ? 1 / d : 0;
         y[b].d = d;
-        for (int j = 0; j < QK; j++) y[b].q[j] = round_i8(x[j] * id);
+        y[b].sum = 0;
+        for (int j = 0; j < QK; j++) y[b].sum += y[b].q[j] = round_i8(x[j] * id);
     }
 }
 
-static void q_dequantize(const unsigned char *w, nla_dtype dt, float *out, int n) {
-    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
-    for (int b = 0; b < n / QK; b++, w += bs, out += QK) {
-        const float d = f16_to_f32(rd_u16(w));
-        for (int j = 0; j < QK; j++)
-            out[j] = dt == NLA_DTYPE_Q8_0 ? d * (float)(int8_t)w[2 + j]
-                                          : d * (float)(((j < QK / 2 ? w[2 + j] : w[2 + j - QK / 2] >> 4) & 15) - 8);
-    }
-}
-
-/* Scalar reference: sum over nb blocks of d_w d_x (sum of q_w q_x). GCC 12
-   compiles this signed int8 loop for AVX512-VNNI into vpdpbusd, which
-   multiplies unsigned by signed bytes, and returns wrong sums (seen with
-   -O2 -march=native on Zen 5); so GCC does not vectorize it. */
+/* Scalar reference: row r of the group at g (nb blocks) . x, the sum over
+   blocks of d_w d_x (sum of w x). GCC 12 compiles signed int8 loops like
+   this one for AVX512-VNNI into vpdpbusd, which multiplies unsigned by
+   signed bytes, and returns wrong sums (seen with -O2 -march=native on Zen
+   5); so GCC does not vectorize it. */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-vectorize")))
 #endif
-static float q_dot_ref(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
+static float q_dot_ref(const unsigned char *g, nla_dtype dt, int r, const blk_a8 *x, int nb) {
+    const size_t bs = QG * blk_bytes(dt);
     float s = 0;
-    for (int b = 0; b < nb; b++) {
+    for (int b = 0; b < nb; b++, g += bs) {
         int isum = 0;
-        if (dt == NLA_DTYPE_Q8_0) {
-            const unsigned char *wb = w + (size_t)b * Q8_0_BYTES;
-            for (int j = 0; j < QK; j++) isum += (int8_t)wb[2 + j] * x[b].q[j];
-            s += f16_to_f32(rd_u16(wb)) * x[b].d * (float)isum;
-        } else {
-            const unsigned char *wb = w + (size_t)b * Q4_0_BYTES;
-            for (int j = 0; j < QK / 2; j++)
-                isum += ((wb[2 + j] & 15) - 8) * x[b].q[j] + ((wb[2 + j] >> 4) - 8) * x[b].q[j + QK / 2];
-            s += f16_to_f32(rd_u16(wb)) * x[b].d * (float)isum;
-        }
+        for (int j = 0; j < QK; j++) isum += q_weight(g, dt, r, j) * x[b].q[j];
+        s += f16_to_f32(rd_u16(g + 2 * r)) * x[b].d * (float)isum;
     }
     return s;
 }
@@ -1682,7 +1686,7 @@ static float q_dot_ref(const unsigned char *w, nla_dtype dt, const blk_a8 *x, in
    with OpenMP when the build has it. */
 
 typedef struct {
-    const unsigned char *p; /* stored bytes, row-major [rows, cols] */
+    const unsigned char *p; /* stored bytes: row-major [rows, cols], or groups (section 6) */
     nla_dtype dt;
     int rows, cols;
 } wmat;
@@ -1693,7 +1697,7 @@ static void to_f32(float *dst, const unsigned char *src, nla_dtype dt, int n) {
     case NLA_DTYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
     case NLA_DTYPE_BF16: for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
     case NLA_DTYPE_F16: for (int i = 0; i < n; i++) dst[i] = f16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
-    case NLA_DTYPE_Q8_0: case NLA_DTYPE_Q4_0: q_dequantize(src, dt, dst, n); break;
+    case NLA_DTYPE_Q8_0: case NLA_DTYPE_Q4_0: break; /* not rows: matmul reads them (bind_model refuses a quantized embedding) */
     }
 }
 
@@ -1713,260 +1717,214 @@ static float dot(const float *a, const float *b, int n) {
     return s[0] + r;
 }
 
-/* The quantized dot product: the AVX2 or NEON kernel where the build
-   targets it (make does, for the machine it runs on), else the scalar
-   reference. All sum the same exact int32 block products; only the float
-   accumulation order differs. */
-#if defined(__AVX2__) && !defined(NLA_NO_SIMD)
-#define NLA_SIMD_NAME "avx2"
-static float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* 32 bytes at p (any alignment). */
-static inline __m256i ld32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
-
-/* The 32 codes of a weight block as bytes: Q8_0's as stored (signed),
-   Q4_0's nibbles unsigned 0..15 (low -> elements 0..15, high -> 16..31). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline __m256i q_raw_codes(const unsigned char *w, nla_dtype dt) {
-    if (dt == NLA_DTYPE_Q8_0) return ld32(w + 2);
-    const __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(w + 2));
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(15));
-}
-
-/* The 32 codes of a weight block as signed bytes (Q4_0: nibble - 8). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline __m256i q_codes(const unsigned char *w, nla_dtype dt) {
-    const __m256i c = q_raw_codes(w, dt);
-    return dt == NLA_DTYPE_Q8_0 ? c : _mm256_sub_epi8(c, _mm256_set1_epi8(8));
-}
-
-/* A weight block's f16 scale. */
-static inline float q_scale(const unsigned char *w) {
-#ifdef __F16C__
-    return _cvtsh_ss(rd_u16(w));
-#else
-    return f16_to_f32(rd_u16(w));
-#endif
-}
-
-/* acc + one block's d_w d_x (sum of q_w q_x) in 8 float lanes. The int8
-   product takes |w| (unsigned) times x with w's sign: VNNI does it in one
-   instruction, plain AVX2 in two (pairs to int16, then to int32). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline __m256 q_block(__m256 acc, const unsigned char *w, nla_dtype dt, const blk_a8 *x) {
-    const __m256i qw = q_codes(w, dt), qx = ld32(x->q);
-    const __m256i uw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), uw, sx);
-#elif defined(__AVXVNNI__)
-    const __m256i p = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), uw, sx);
-#else
-    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(uw, sx), _mm256_set1_epi16(1));
-#endif
-#ifdef __FMA__
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(q_scale(w) * x->d), acc);
-#else
-    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(q_scale(w) * x->d)));
-#endif
-}
-
-/* Two accumulators, even and odd blocks, so consecutive blocks do not wait
-   on each other. Always inlined with a constant dt (below), so each format
-   gets its own loop. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline float q_dot_loop(const unsigned char *w, const nla_dtype dt, const blk_a8 *x, int nb) {
-    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int b = 0;
-    for (; b + 1 < nb; b += 2) {
-        acc0 = q_block(acc0, w + (size_t)b * bs, dt, x + b);
-        acc1 = q_block(acc1, w + (size_t)(b + 1) * bs, dt, x + b + 1);
-    }
-    if (b < nb) acc0 = q_block(acc0, w + (size_t)b * bs, dt, x + b);
-    return hsum8(_mm256_add_ps(acc0, acc1));
-}
-
-static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
-    return dt == NLA_DTYPE_Q8_0 ? q_dot_loop(w, NLA_DTYPE_Q8_0, x, nb) : q_dot_loop(w, NLA_DTYPE_Q4_0, x, nb);
-}
-#define q_dot q_dot_simd
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
-#undef NLA_SIMD_NAME
+/* The quantized matmul kernel. One body (q_lanes) serves every SIMD target
+   through a few primitives on vectors of VL 32-bit lanes, one lane per
+   weight row of a group (section 6):
+     vi_load    VL chunks of 4 codes, one per row
+     vi_dp      s + per lane the sum of 4 byte products, codes x input
+     vf_scales  VL f16 scales as floats
+     vf_step    acc + (float)s * d_w d_x, lane by lane
+   A group block's codes are loaded once (Q4_0: 4 loads split into low and
+   high nibbles) and met by up to 8 inputs; each input's 4-byte chunk is
+   broadcast to every lane. The int32 sums start at -z (sum of x) for the
+   zero point z the codes carry, so they end as q_dot_ref's exact sums
+   (targets that multiply signed bytes only, Q8_SIGNED, take Q8_0's codes
+   as w = u - 128 and start at 0). The float steps are the same per lane on
+   every target and for every batch width: acc = fma((float)sum, d_w d_x,
+   acc), block after block; so a row's result for an input does not depend
+   on the batch or on how many inputs the kernel met at once. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && !defined(NLA_NO_SIMD)
 #define NLA_SIMD_NAME "avx512-vnni"
-/* AVX-512 tiles: Q_TILE rows meet up to Q_TILE inputs two blocks at a time
-   (one 64-byte register holds two blocks' codes), so a weight block is
-   loaded once per 4 inputs and an input block once per 4 rows. Per (row,
-   input, block pair) that leaves four instructions: an unsigned x signed
-   byte dot product, its conversion, the scale product and the accumulation.
-   The byte dot product needs one unsigned side, so
-     Q8_0  meets x + 128 (x's bytes with the top bit flipped); the row's
-           128 (sum of w) starts the sum negated
-     Q4_0  keeps its codes 0..15 unsigned, w = q - 8; the input's 8 (sum of
-           x) starts the sum negated
-   and the int32 lanes hold the exact sums of q_dot_ref. Lanes 0-7 belong to
-   the first block, 8-15 to the second, and the scale vectors match: [d0 x8,
-   d1 x8]. Lanes 0-7 and 8-15 are q_dot's two accumulators, step for step
-   (the same fused multiply-adds, the same final sums), so a row's result
-   for an input does not depend on the batch or the path that computed it.
-   The matmul takes this path for 3 or more inputs: with fewer, streaming
-   the rows one at a time (q_dot) reads memory faster. The tile's rows are
-   read side by side, which the hardware prefetcher does not follow across
-   tiles, so each step prefetches a share of the next tile's bytes. */
-#define Q_TILE 4
-
-/* [lo, hi] as one register. */
-static inline __m512i join32(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
-
-/* The codes of blocks b and b + 1 of a row (b + 1 only if two, else zeros),
-   Q4_0's unsigned. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline __m512i q_codes2(const unsigned char *w, nla_dtype dt, int two) {
-    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
-    return join32(q_raw_codes(w, dt), two ? q_raw_codes(w + bs, dt) : _mm256_setzero_si256());
+#define VL 16
+#define QC 8 /* inputs met at once, at most */
+#define Q8_SIGNED 0
+typedef __m512i vi;
+typedef __m512 vf;
+static inline vi vi_load(const unsigned char *p) { return _mm512_loadu_si512((const void *)p); }
+static inline vi vi_set1(int32_t v) { return _mm512_set1_epi32(v); }
+static inline vi vi_nibbles(vi v, int hi) { return _mm512_and_si512(hi ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15)); }
+static inline vi vi_flip(vi v) { return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)); }
+static inline vi vi_dp(vi s, vi u, vi x) { return _mm512_dpbusd_epi32(s, u, x); }
+static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
+static inline vf vf_scales(const unsigned char *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p)); }
+static inline vf vf_step(vf acc, vi s, vf dw, float dx) {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc);
 }
-
-/* [d0 x8, d1 x8] from two scales (d1 = 0 unless two). */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline __m512 q_scales2(float d0, float d1) {
-    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(d0)), _mm256_set1_ps(d1), 1);
+static inline void vf_store(float *y, vf v, int n) {
+    if (n == VL) _mm512_storeu_ps(y, v);
+    else _mm512_mask_storeu_ps(y, (__mmask16)((1u << n) - 1), v);
 }
-
-/* y[t * ys + r] for the R rows at w (rb bytes apart) and the C inputs at x
-   (nb blocks apart); R and C are constants where it is inlined. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline void q_tile(float *y, size_t ys, const unsigned char *w, size_t rb, const nla_dtype dt, const blk_a8 *x, int nb,
-                          const int R, const int C) {
-    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
-    const __m512i flip = _mm512_set1_epi8((char)0x80), eight = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
-    const size_t step = ((size_t)R * rb / (size_t)((nb + 1) / 2) + 63) & ~(size_t)63; /* prefetch bytes per block pair */
-    __m512 acc[Q_TILE][Q_TILE];
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
-    for (int b = 0; b < nb; b += 2) {
-        const int two = b + 1 < nb;
-        for (size_t o = 0; o < step; o += 64) _mm_prefetch((const char *)w + (size_t)R * rb + (size_t)(b / 2) * step + o, _MM_HINT_T0);
-        __m512i qw[Q_TILE], w0[Q_TILE]; /* codes; Q8_0: -128 (sum of w) */
-        __m512 dw[Q_TILE];
-        for (int r = 0; r < R; r++) {
-            const unsigned char *p = w + (size_t)r * rb + (size_t)b * bs;
-            qw[r] = q_codes2(p, dt, two);
-            if (dt == NLA_DTYPE_Q8_0) w0[r] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, qw[r]));
-            dw[r] = q_scales2(q_scale(p), two ? q_scale(p + bs) : 0.0f);
-        }
-        for (int c = 0; c < C; c++) {
-            const blk_a8 *xb = x + (size_t)c * nb + b;
-            const __m512i qx = join32(ld32(xb[0].q), two ? ld32(xb[1].q) : _mm256_setzero_si256());
-            const __m512 dx = q_scales2(xb[0].d, two ? xb[1].d : 0.0f);
-            const __m512i ux = _mm512_xor_si512(qx, flip), x0 = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, eight, qx));
-            for (int r = 0; r < R; r++) {
-                const __m512i p = dt == NLA_DTYPE_Q8_0 ? _mm512_dpbusd_epi32(w0[r], ux, qw[r]) : _mm512_dpbusd_epi32(x0, qw[r], qx);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dw[r], dx), acc[r][c]);
-            }
-        }
-    }
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < C; c++) {
-            const __m256 even = _mm512_castps512_ps256(acc[r][c]), odd = _mm512_extractf32x8_ps(acc[r][c], 1);
-            y[(size_t)c * ys + r] = hsum8(_mm256_add_ps(even, odd));
-        }
-}
-
-/* A full tile of rows against n inputs, 4 at a time, for one format. */
-#if defined(__GNUC__)
-__attribute__((always_inline))
-#endif
-static inline void q_tile_rows(float *y, size_t ys, const unsigned char *w, size_t rb, const nla_dtype dt, const blk_a8 *x, int n, int nb) {
-    int t = 0;
-    for (; t + Q_TILE <= n; t += Q_TILE) q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, Q_TILE);
-    switch (n - t) {
-    case 3: q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, 3); break;
-    case 2: q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, 2); break;
-    case 1: q_tile(y + (size_t)t * ys, ys, w, rb, dt, x + (size_t)t * nb, nb, Q_TILE, 1); break;
-    }
-}
-#endif
-#elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
-/* acc + the sums of 4 adjacent products of a and b (16 int8 each): one
-   instruction with the dot-product extension, else widening multiplies
-   (int8 x int8 fits int16) and pairwise adds. */
-static inline int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
-#ifdef __ARM_FEATURE_DOTPROD
-    return vdotq_s32(acc, a, b);
+#elif defined(__AVX2__) && !defined(NLA_NO_SIMD)
+#define VL 8
+#define QC 4
+typedef __m256i vi;
+typedef __m256 vf;
+static inline vi vi_load(const unsigned char *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
+static inline vi vi_set1(int32_t v) { return _mm256_set1_epi32(v); }
+static inline vi vi_nibbles(vi v, int hi) { return _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15)); }
+static inline vi vi_flip(vi v) { return _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)); }
+#if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
+#define NLA_SIMD_NAME "avx2-vnni"
+#define Q8_SIGNED 0
+static inline vi vi_dp(vi s, vi u, vi x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(s, u, x);
 #else
-    return vpadalq_s16(vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b))), vmull_s8(vget_high_s8(a), vget_high_s8(b)));
+    return _mm256_dpbusd_avx_epi32(s, u, x);
 #endif
 }
-
+#else
+/* Without VNNI: |w| (unsigned) times x with w's sign, pairs to int16 (at
+   most 2 x 128 x 127, no saturation), then pairs to int32. */
+#define NLA_SIMD_NAME "avx2"
+#define Q8_SIGNED 1
+static inline vi vi_dp(vi s, vi w, vi x) {
+    return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1)));
+}
+#endif
+static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
+static inline vf vf_scales(const unsigned char *p) {
+#ifdef __F16C__
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+#else
+    float d[VL];
+    for (int i = 0; i < VL; i++) d[i] = f16_to_f32(rd_u16(p + 2 * i));
+    return _mm256_loadu_ps(d);
+#endif
+}
+static inline vf vf_step(vf acc, vi s, vf dw, float dx) {
+#ifdef __FMA__
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc);
+#else /* the same roundings as the fused step need fma; plain AVX2 rounds twice */
+    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx))));
+#endif
+}
+static inline void vf_store(float *y, vf v, int n) {
+    float t[VL];
+    _mm256_storeu_ps(t, v);
+    memcpy(y, t, (size_t)n * sizeof(float));
+}
+#elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
+#define VL 4
+#define QC 8
+#define Q8_SIGNED 1
+typedef int32x4_t vi;
+typedef float32x4_t vf;
+static inline vi vi_load(const unsigned char *p) { return vreinterpretq_s32_u8(vld1q_u8(p)); }
+static inline vi vi_set1(int32_t v) { return vdupq_n_s32(v); }
+static inline vi vi_nibbles(vi v, int hi) {
+    const uint8x16_t b = vreinterpretq_u8_s32(v);
+    return vreinterpretq_s32_u8(hi ? vshrq_n_u8(b, 4) : vandq_u8(b, vdupq_n_u8(15)));
+}
+static inline vi vi_flip(vi v) { return vreinterpretq_s32_u8(veorq_u8(vreinterpretq_u8_s32(v), vdupq_n_u8(0x80))); }
 #ifdef __ARM_FEATURE_DOTPROD
 #define NLA_SIMD_NAME "neon-dotprod"
+static inline vi vi_dp(vi s, vi w, vi x) { return vdotq_s32(s, vreinterpretq_s8_s32(w), vreinterpretq_s8_s32(x)); }
 #else
+/* Without the dot-product extension: widening multiplies (int8 x int8 fits
+   int16), then adjacent pairs twice, to the sums of 4. */
 #define NLA_SIMD_NAME "neon"
-#endif
-
-/* As q_dot_ref: per block the exact int32 sum of q_w q_x (codes in two
-   halves of 16), scaled by d_w d_x into 4 float lanes; two accumulators. */
-static float q_dot_simd(const unsigned char *w, nla_dtype dt, const blk_a8 *x, int nb) {
-    const size_t bs = dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
-    float32x4_t acc[2] = {vdupq_n_f32(0), vdupq_n_f32(0)};
-    for (int b = 0; b < nb; b++, w += bs) {
-        int8x16_t w0, w1;
-        if (dt == NLA_DTYPE_Q8_0) {
-            w0 = vld1q_s8((const int8_t *)(w + 2));
-            w1 = vld1q_s8((const int8_t *)(w + 18));
-        } else { /* nibbles: low -> elements 0..15, high -> 16..31, minus 8 */
-            const uint8x16_t raw = vld1q_u8(w + 2);
-            w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(15))), vdupq_n_s8(8));
-            w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(raw, 4)), vdupq_n_s8(8));
-        }
-        const int32x4_t p = dot16(dot16(vdupq_n_s32(0), w0, vld1q_s8(x[b].q)), w1, vld1q_s8(x[b].q + 16));
-        acc[b & 1] = vmlaq_n_f32(acc[b & 1], vcvtq_f32_s32(p), f16_to_f32(rd_u16(w)) * x[b].d);
-    }
-    return vaddvq_f32(vaddq_f32(acc[0], acc[1]));
+static inline vi vi_dp(vi s, vi w, vi x) {
+    const int8x16_t a = vreinterpretq_s8_s32(w), b = vreinterpretq_s8_s32(x);
+    const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b))), hi = vpaddlq_s16(vmull_s8(vget_high_s8(a), vget_high_s8(b)));
+    return vaddq_s32(s, vpaddq_s32(lo, hi));
 }
-#define q_dot q_dot_simd
-#else
-#define NLA_SIMD_NAME "none"
-#define q_dot q_dot_ref
+#endif
+static inline vf vf_zero(void) { return vdupq_n_f32(0); }
+static inline vf vf_scales(const unsigned char *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
+static inline vf vf_step(vf acc, vi s, vf dw, float dx) { return vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_n_f32(dw, dx)); }
+static inline void vf_store(float *y, vf v, int n) {
+    float t[VL];
+    vst1q_f32(t, v);
+    memcpy(y, t, (size_t)n * sizeof(float));
+}
 #endif
 
-const char *nla_kernel_simd(void) { return NLA_SIMD_NAME; }
+#ifdef VL
+/* 4 bytes at p as one int32 (any alignment). */
+static inline int32_t ld_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
 
-/* y[t * ys + r] = row r of the nr rows at w (rb bytes apart) . input t of
-   the n at x (nb blocks apart): AVX-512 tiles for whole tiles of rows and
-   3 or more inputs, else one dot product per pair (the same sums). */
-#ifndef Q_TILE
-#define Q_TILE 1
+/* y[t * ys + r] = row r of the group at g . input t of the C at x (nb
+   blocks apart), for rows r < nr; dt and C are constants where it is
+   inlined, so each format and width gets its own loop. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
 #endif
-static void q_rows(float *y, size_t ys, const unsigned char *w, size_t rb, nla_dtype dt, int nr, const blk_a8 *x, int n, int nb) {
-#if Q_TILE > 1
-    if (nr == Q_TILE && n >= 3) {
-        if (dt == NLA_DTYPE_Q8_0) q_tile_rows(y, ys, w, rb, NLA_DTYPE_Q8_0, x, n, nb);
-        else q_tile_rows(y, ys, w, rb, NLA_DTYPE_Q4_0, x, n, nb);
-        return;
+static inline void q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr, const blk_a8 *x, int nb,
+                           const int C) {
+    const size_t bs = QG * blk_bytes(dt);
+    const int z = dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
+    for (int l = 0; l < nr; l += VL) {
+        vf acc[8];
+        for (int c = 0; c < C; c++) acc[c] = vf_zero();
+        const unsigned char *p = g;
+        for (int b = 0; b < nb; b++, p += bs) {
+            vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
+            for (int k = 0; k < 4; k++) {
+                if (dt == NLA_DTYPE_Q8_0) {
+                    u[k] = vi_load(p + Q_CHUNK(k, l));
+                    u[k + 4] = vi_load(p + Q_CHUNK(k + 4, l));
+                    if (Q8_SIGNED) { u[k] = vi_flip(u[k]); u[k + 4] = vi_flip(u[k + 4]); }
+                } else {
+                    const vi raw = vi_load(p + Q_CHUNK(k, l));
+                    u[k] = vi_nibbles(raw, 0);
+                    u[k + 4] = vi_nibbles(raw, 1);
+                }
+            }
+            const vf dw = vf_scales(p + 2 * l);
+            for (int c = 0; c < C; c++) {
+                const blk_a8 *xb = x + (size_t)c * nb + b;
+                vi s = vi_set1(-z * xb->sum);
+                for (int k = 0; k < 8; k++) s = vi_dp(s, u[k], vi_set1(ld_i32(xb->q + 4 * k)));
+                acc[c] = vf_step(acc[c], s, dw, xb->d);
+            }
+        }
+        for (int c = 0; c < C; c++) vf_store(y + (size_t)c * ys + l, acc[c], nr - l < VL ? nr - l : VL);
     }
+}
+
+/* The group against n inputs: up to QC at a time, then 4, 2, 1. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
 #endif
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < n; t++) y[(size_t)t * ys + r] = q_dot(w + (size_t)r * rb, dt, x + (size_t)t * nb, nb);
+static inline void q_group_fmt(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr, const blk_a8 *x, int n, int nb) {
+    for (int t = 0; t < n;) {
+        const int c = n - t >= 8 && QC >= 8 ? 8 : n - t >= 4 ? 4 : n - t >= 2 ? 2 : 1;
+        float *yt = y + (size_t)t * ys;
+        const blk_a8 *xt = x + (size_t)t * nb;
+        switch (c) {
+        case 8: q_lanes(yt, ys, g, dt, nr, xt, nb, 8); break;
+        case 4: q_lanes(yt, ys, g, dt, nr, xt, nb, 4); break;
+        case 2: q_lanes(yt, ys, g, dt, nr, xt, nb, 2); break;
+        default: q_lanes(yt, ys, g, dt, nr, xt, nb, 1); break;
+        }
+        t += c;
+    }
+}
+#endif
+
+const char *nla_kernel_simd(void) {
+#ifdef NLA_SIMD_NAME
+    return NLA_SIMD_NAME;
+#else
+    return "none";
+#endif
+}
+
+/* y[t * ys + r] = row r < nr of the group at g . input t of the n at x
+   (nb blocks apart): the SIMD kernel, or the scalar reference. */
+static void q_group(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, const blk_a8 *x, int n, int nb) {
+#ifdef VL
+    if (dt == NLA_DTYPE_Q8_0) q_group_fmt(y, ys, g, NLA_DTYPE_Q8_0, nr, x, n, nb);
+    else q_group_fmt(y, ys, g, NLA_DTYPE_Q4_0, nr, x, n, nb);
+#else
+    for (int t = 0; t < n; t++)
+        for (int r = 0; r < nr; r++) y[(size_t)t * ys + r] = q_dot_ref(g, dt, r, x + (size_t)t * nb, nb);
+#endif
 }
 
 static int thread_id(void) {
@@ -2006,19 +1964,20 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
    quantized once to A8. Rows are split across threads. */
 static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scratch *sc) {
     const int rows = w->rows, cols = w->cols, nb = cols / QK;
-    const size_t rb = row_bytes(w->dt, cols);
     if (is_quant(w->dt)) {
         for (int t = 0; t < n; t++) a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * nb, cols);
-        const int groups = (rows + Q_TILE - 1) / Q_TILE;
+        const int groups = (rows + QG - 1) / QG;
+        const size_t gb = group_bytes(w->dt, cols);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(sc->nt) schedule(static)
 #endif
         for (int g = 0; g < groups; g++) {
-            const int r = g * Q_TILE, nr = rows - r < Q_TILE ? rows - r : Q_TILE;
-            q_rows(y + r, (size_t)rows, w->p + (size_t)r * rb, rb, w->dt, nr, sc->xq, n, nb);
+            const int r = g * QG, nr = rows - r < QG ? rows - r : QG;
+            q_group(y + r, (size_t)rows, w->p + (size_t)g * gb, w->dt, nr, sc->xq, n, nb);
         }
         return;
     }
+    const size_t rb = row_bytes(w->dt, cols);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(sc->nt) schedule(static)
 #endif
@@ -2032,17 +1991,17 @@ static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scra
 /* The kernel check of nla.h: the model's matmul, or the scalar reference row by row. */
 nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out) {
     if (!is_quant(dt) || !w || !x || !out || rows < 1 || n_x < 1 || n < QK || n % QK) return NLA_ERR_ARG;
-    const size_t rb = row_bytes(dt, n);
-    unsigned char *qw = (unsigned char *)xmalloc((size_t)rows, rb);
+    const size_t gb = group_bytes(dt, n);
+    unsigned char *qw = (unsigned char *)xcalloc((size_t)mat_bytes(dt, rows, n), 1); /* padding rows: zeros */
     mm_scratch sc;
     if (!qw || !mm_scratch_init(&sc, 1, (size_t)n_x, (size_t)n)) { NLA_FREE(qw); return NLA_ERR_NOMEM; }
-    for (int r = 0; r < rows; r++) q_quantize(w + (size_t)r * n, qw + (size_t)r * rb, dt, n);
+    for (int r = 0; r < rows; r++) q_put_row(w + (size_t)r * n, qw + (size_t)(r / QG) * gb, r % QG, dt, n);
     const wmat wm = {qw, dt, rows, n};
     if (simd) matmul(out, x, n_x, &wm, &sc);
     else
         for (int t = 0; t < n_x; t++) {
             a8_quantize(x + (size_t)t * n, sc.xq, n);
-            for (int r = 0; r < rows; r++) out[(size_t)t * rows + r] = q_dot_ref(qw + (size_t)r * rb, dt, sc.xq, n / QK);
+            for (int r = 0; r < rows; r++) out[(size_t)t * rows + r] = q_dot_ref(qw + (size_t)(r / QG) * gb, dt, r % QG, sc.xq, n / QK);
         }
     NLA_FREE(qw);
     mm_scratch_free(&sc);
@@ -2201,7 +2160,7 @@ static nla_status bind_mat(nla_model *m, const st_tensor *t, wmat *w, int64_t ro
         w->dt = (nla_dtype)m->file_quant;
         rc = cols % QK ? fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is quantized but %lld columns are not whole blocks",
                               m->st->files[t->file].path, t->name, (long long)cols)
-                       : bind_shape(m->st, t, rows, (int64_t)row_bytes(w->dt, (int)cols), why, e);
+                       : bind_shape(m->st, t, (rows + QG - 1) / QG, (int64_t)group_bytes(w->dt, (int)cols), why, e);
     } else {
         rc = bind_shape(m->st, t, rows, cols, why, e);
         if (!rc) rc = bind_dtype(m->st, t, &w->dt, e);
@@ -2239,7 +2198,9 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
     if (!slot) return fail(e, NLA_ERR_NOMEM, "out of memory");
     m->src = slot;
     const char *fq = nla_st_metadata(st, "nla.quant");
-    m->file_quant = !fq ? -1 : !strcmp(fq, "q8_0") ? NLA_DTYPE_Q8_0 : !strcmp(fq, "q4_0") ? NLA_DTYPE_Q4_0 : -2;
+    m->file_quant = !fq ? -1 : !strcmp(fq, quant_names[0]) ? NLA_DTYPE_Q8_0 : !strcmp(fq, quant_names[1]) ? NLA_DTYPE_Q4_0 : -2;
+    if (m->file_quant == -2 && (!strcmp(fq, "q8_0") || !strcmp(fq, "q4_0")))
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: nla.quant '%s' is the row-by-row layout of an earlier nla.c; run nla quantize again", m->dir, fq);
     if (m->file_quant == -2) return fail(e, NLA_ERR_UNSUPPORTED, "%s: unknown nla.quant format '%s'", m->dir, fq);
     for (int i = 0; i < st->n && !rc; i++) {
         const st_tensor *t = &st->t[i];
@@ -2281,6 +2242,9 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
     if (!rc && !(m->gains = (float *)xmalloc(n_gain, sizeof(float)))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc && !(m->layer = (layer_w *)xcalloc((size_t)L, sizeof *m->layer))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) rc = bind_mat(m, *emb, &m->embed, c->vocab, h, "vocab_size x hidden_size", e);
+    if (!rc && is_quant(m->embed.dt))
+        rc = fail(e, NLA_ERR_FORMAT, "%s: the embedding '%s' is stored quantized; its rows are read by lookup, so it must be F32, F16 or BF16",
+                  st->files[(*emb)->file].path, (*emb)->name);
     m->head = m->embed;
     const int q_head = *head && m->file_quant >= 0 && !strcmp(st_dtypes[(*head)->dtype].name, "U8");
     if (!rc && (!c->tie || q_head)) rc = bind_mat(m, *head, &m->head, c->vocab, h, "vocab_size x hidden_size", e);
@@ -2341,7 +2305,7 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
     uint64_t total = 0;
     for (int i = 0; i < n_mats; i++)
         if (mats[i]->cols % QK == 0 && !is_quant(mats[i]->dt)) {
-            total += (uint64_t)mats[i]->rows * row_bytes(dt, mats[i]->cols);
+            total += mat_bytes(dt, mats[i]->rows, mats[i]->cols);
             if (mats[i]->cols > maxcols) maxcols = mats[i]->cols;
         }
 #ifdef _OPENMP
@@ -2359,19 +2323,23 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
     for (int i = 0; i < n_mats; i++) {
         wmat *w = mats[i];
         if (w->cols % QK || is_quant(w->dt)) continue;
-        const size_t in_rb = row_bytes(w->dt, w->cols), out_rb = row_bytes(dt, w->cols);
+        const size_t in_rb = row_bytes(w->dt, w->cols), gb = group_bytes(dt, w->cols);
+        const int groups = (w->rows + QG - 1) / QG;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-        for (int r = 0; r < w->rows; r++) {
+        for (int g = 0; g < groups; g++) {
             float *f = buf + (size_t)thread_id() * (size_t)maxcols;
-            to_f32(f, w->p + (size_t)r * in_rb, w->dt, w->cols);
-            q_quantize(f, dst + (size_t)r * out_rb, dt, w->cols);
+            for (int r = 0; r < QG; r++) { /* rows past the end: zeros */
+                if (g * QG + r < w->rows) to_f32(f, w->p + (size_t)(g * QG + r) * in_rb, w->dt, w->cols);
+                else memset(f, 0, (size_t)w->cols * sizeof(float));
+                q_put_row(f, dst + (size_t)g * gb, r, dt, w->cols);
+            }
         }
         if (mapped) release_pages(w->p, (size_t)w->rows * in_rb);
         w->p = dst;
         w->dt = dt;
-        dst += (size_t)w->rows * out_rb;
+        dst += (size_t)groups * gb;
     }
     m->quant_bytes = total;
     NLA_FREE(mats);
@@ -2379,18 +2347,18 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
     return NLA_OK;
 }
 
-/* One tensor to save: a matrix as the model holds it (quantized blocks are
-   U8 [rows, row bytes]) or a stored tensor as it is. */
+/* One tensor to save: a matrix as the model holds it (quantized groups are
+   U8 [groups, group bytes]) or a stored tensor as it is. */
 static void save_tensor(nla_tensor *o, const char *name, const wmat *w, const st_tensor *t) {
     memset(o, 0, sizeof *o);
     o->name = name;
     if (w && is_quant(w->dt)) {
         o->dtype = "U8";
         o->ndim = 2;
-        o->shape[0] = w->rows;
-        o->shape[1] = (int64_t)row_bytes(w->dt, w->cols);
+        o->shape[0] = (w->rows + QG - 1) / QG;
+        o->shape[1] = (int64_t)group_bytes(w->dt, w->cols);
         o->data = w->p;
-        o->nbytes = (uint64_t)w->rows * row_bytes(w->dt, w->cols);
+        o->nbytes = mat_bytes(w->dt, w->rows, w->cols);
     } else {
         o->dtype = st_dtypes[t->dtype].name;
         o->ndim = t->ndim;
@@ -2452,7 +2420,7 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
     for (int l = 0; l < L; l++)
         for (int k = 0; k < W_PER_LAYER; k++)
             if (layer_mat(&m->layer[l], k) && is_quant(layer_mat(&m->layer[l], k)->dt)) qdt = layer_mat(&m->layer[l], k)->dt;
-    const char *meta[4] = {"format", "pt", "nla.quant", qdt == NLA_DTYPE_Q4_0 ? "q4_0" : "q8_0"};
+    const char *meta[4] = {"format", "pt", "nla.quant", quant_names[qdt == NLA_DTYPE_Q4_0]};
     const int quantized = is_quant(qdt);
     if (!rc) rc = nla_st_write(path, t, n, meta, quantized ? 2 : 1, NULL, NULL, e.msg, sizeof e.msg);
     for (size_t i = 0; i < sizeof side / sizeof *side && !rc; i++) rc = copy_side_file(m->dir, dir, side[i], &e);
@@ -2482,9 +2450,9 @@ void nla_model_get_info(const nla_model *m, nla_model_info *info) {
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < W_PER_LAYER; k++) {
             const wmat *w = layer_mat((layer_w *)(uintptr_t)&m->layer[l], k);
-            if (w) info->read_bytes += (uint64_t)w->rows * row_bytes(w->dt, w->cols);
+            if (w) info->read_bytes += mat_bytes(w->dt, w->rows, w->cols);
         }
-    info->read_bytes += (uint64_t)m->head.rows * row_bytes(m->head.dt, m->head.cols);
+    info->read_bytes += mat_bytes(m->head.dt, m->head.rows, m->head.cols);
     info->n_files = m->st->n_files;
 }
 
@@ -8045,17 +8013,17 @@ static int random_fill(void *user, int index, uint64_t offset, void *buf, size_t
         }
         return 0;
     }
-    /* blocks: a scale giving values of about sd, then random codes */
-    const size_t bs = rt->dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    /* group blocks (section 6): scales giving values of about sd, then random codes */
+    const size_t bs = QG * blk_bytes(rt->dt);
     const uint16_t d = f32_to_f16(rt->sd * 1.7320508f / (rt->dt == NLA_DTYPE_Q8_0 ? 127.0f : 8.0f));
     uint64_t r = 0;
     for (size_t i = 0; i < n; i++) {
         size_t k = (size_t)((offset + i) % bs);
-        if (k < 2) { p[i] = (unsigned char)(d >> (8 * k)); continue; }
+        if (k < 2 * QG) { p[i] = (unsigned char)(d >> (8 * (k & 1))); continue; }
         if ((i & 7) == 0 || !r) r = rng_next(&st);
         unsigned char c = (unsigned char)r;
         r >>= 8;
-        p[i] = rt->dt == NLA_DTYPE_Q8_0 && c == 0x80 ? 0x81 : c; /* codes in -127..127 */
+        p[i] = rt->dt == NLA_DTYPE_Q8_0 && c == 0 ? 1 : c; /* Q8_0 codes in -127..127 */
     }
     return 0;
 }
@@ -8079,9 +8047,9 @@ static void rt_add(nla_tensor *t, rtensor *rt, char (*nm)[64], int *n, const cha
     t[*n].name = nm[*n];
     t[*n].dtype = quant ? "U8" : "BF16";
     t[*n].ndim = cols ? 2 : 1;
-    t[*n].shape[0] = rows;
-    t[*n].shape[1] = quant ? (int64_t)row_bytes(q, (int)cols) : cols;
-    t[*n].nbytes = (uint64_t)rows * (quant ? row_bytes(q, (int)cols) : (uint64_t)(cols ? cols : 1) * 2);
+    t[*n].shape[0] = quant ? (rows + QG - 1) / QG : rows;
+    t[*n].shape[1] = quant ? (int64_t)group_bytes(q, (int)cols) : cols;
+    t[*n].nbytes = quant ? mat_bytes(q, rows, cols) : (uint64_t)rows * (uint64_t)(cols ? cols : 1) * 2;
     rt[*n].sd = sd;
     rt[*n].eye = 0;
     rt[*n].cols = (int)cols;
@@ -8103,7 +8071,7 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
     int ret = 1, n = 0;
     const float msd = sh->d == 16 ? 0.25f : 0.02f; /* matrices: larger in the tiny model, so that it is not flat */
     char *path, cfg[8192], types[4096] = "", rope[96] = "null";
-    const char *meta[4] = {"format", "pt", "nla.quant", q == NLA_DTYPE_Q4_0 ? "q4_0" : "q8_0"};
+    const char *meta[4] = {"format", "pt", "nla.quant", quant_names[q == NLA_DTYPE_Q4_0]};
     nla_status rc;
     if (!t || !rt || !nm) { cli_error("out of memory"); goto out; }
 #ifndef _WIN32
