@@ -18,7 +18,7 @@ static double urand(void) {
    rounding); the integer sums are exact in both, only the float
    accumulation order differs. */
 static void check_matmul(const float *w, const float *x, int rows, int n_x, int n, const char *what) {
-    static float ref[64 * 64], simd[64 * 64];
+    static float ref[64 * 64], simd[64 * 64]; /* rows * n_x */
     for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++) {
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 0, ref), NLA_OK);
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 1, simd), NLA_OK);
@@ -34,7 +34,7 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
         CHECK_MSG(!bad, "%s: %d of %d outputs differ", what, bad, rows * n_x);
         /* batch invariance: each input alone gives the same bits (decode and
            batched decode, one sequence or many, agree exactly) */
-        static float one[64];
+        static float one[64]; /* rows */
         int differ = 0;
         for (int t = 0; t < n_x; t++) {
             CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x + (size_t)t * n, rows, 1, n, 1, one), NLA_OK);
@@ -44,11 +44,11 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
     }
 }
 
-/* The same data as one long row and one input, and as a tile of 4 rows
-   and 4 inputs (the AVX-512 kernel's shape). */
+/* The same data as one long row and one input, and as a whole group of
+   16 rows met by 8 inputs at once (the widest kernel step). */
 static void check_kernels(const float *w, const float *x, int n, const char *what) {
     check_matmul(w, x, 1, 1, n, what);
-    check_matmul(w, x, 4, 4, n / 4, what);
+    check_matmul(w, x, 16, 8, n / 16, what);
 }
 
 static void test_kernels(void) {
@@ -72,8 +72,10 @@ static void test_kernels(void) {
     float out;
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 33, 0, &out), NLA_ERR_ARG);
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_BF16, w, x, 1, 1, 32, 0, &out), NLA_ERR_ARG);
-    /* tiles: every remainder of 4 weight rows and 4 inputs, odd and even block counts */
-    static const int shape[][3] = {{1, 1, 32}, {4, 4, 64}, {5, 3, 96}, {3, 5, 32}, {9, 9, 160}, {8, 17, 64}, {16, 2, 256}, {2, 40, 96}}; /* rows n, n_x n <= N */
+    /* groups of 16 rows, whole and padded (rows % 16), and inputs met 8, 4,
+       2 and 1 at a time (n_x = 15 = 8 + 4 + 2 + 1) */
+    static const int shape[][3] = {{1, 1, 32}, {4, 4, 64}, {5, 3, 96}, {3, 5, 32}, {9, 9, 160}, {8, 17, 64}, {16, 2, 256},
+                                   {2, 40, 96}, {16, 8, 32}, {17, 15, 64}, {33, 6, 96}, {48, 13, 32}}; /* rows n_x n; n_x n <= N */
     for (size_t k = 0; k < sizeof shape / sizeof *shape; k++) {
         const int rows = shape[k][0], nx = shape[k][1], n = shape[k][2];
         for (int i = 0; i < rows * n; i++) w[i] = (float)(urand() * 2 - 1);
@@ -240,23 +242,74 @@ static void test_save(void) {
             nla_session_free(sa); nla_session_free(sb);
             nla_model_close(a); nla_model_close(b);
         }
-    /* a format the loader does not know is refused, naming it */
+    /* the saved matrices are groups: U8 [rows / 16, blocks x 16 x 18] */
+    nla_st *st;
+    nla_tensor t;
+    CHECK_EQ(nla_st_open("tests/tmp/saved/model.safetensors", 0, &st, err, sizeof err), NLA_OK);
+    CHECK_EQ(nla_st_get(st, nla_st_find(st, "model.layers.0.mlp.down_proj.weight"), &t), NLA_OK);
+    CHECK(!strcmp(t.dtype, "U8") && t.ndim == 2 && t.shape[0] == 80 / 16 && t.shape[1] == 160 / 32 * 16 * 18);
+    nla_st_close(st);
+    /* a format the loader does not know is refused, naming it; the
+       row-by-row layout of earlier versions is named as such */
     size_t n;
-    char *raw = slurp("tests/tmp/saved/model.safetensors", &n), *at = raw ? strstr(raw + 8, "q4_0") : NULL;
+    char *raw = slurp("tests/tmp/saved/model.safetensors", &n), *at = raw ? strstr(raw + 8, "\"q4_0x16\"") : NULL;
     CHECK(at != NULL);
     if (at) {
-        memcpy(at, "q5_1", 4);
-        spit("tests/tmp/saved/model.safetensors", raw, n);
         nla_model *m;
+        memcpy(at, "\"q4_0\"   ", 9); /* JSON allows the spaces */
+        spit("tests/tmp/saved/model.safetensors", raw, n);
+        CHECK_EQ(nla_model_open("tests/tmp/saved", NULL, &m, err, sizeof err), NLA_ERR_UNSUPPORTED);
+        CHECK(strstr(err, "'q4_0'") && strstr(err, "nla quantize again"));
+        memcpy(at, "\"q5_1x16\"", 9);
+        spit("tests/tmp/saved/model.safetensors", raw, n);
         CHECK_EQ(nla_model_open("tests/tmp/saved", NULL, &m, err, sizeof err), NLA_ERR_UNSUPPORTED);
         CHECK(strstr(err, "q5_1") != NULL);
     }
     free(raw);
 }
 
+/* An embedding stored as quantized groups is refused: its rows are read by
+   lookup, one at a time. The checkpoint is the gqa-bf16 one with its
+   embedding replaced by zeros in Q8_0 groups. */
+static void test_quantized_embedding(void) {
+    char err[512], dir[64];
+    nla_st *st;
+    CHECK_EQ(nla_st_open("tests/data/forward/gqa-bf16/model/model.safetensors", 0, &st, err, sizeof err), NLA_OK);
+    if (!st) return;
+    const int n = nla_st_count(st);
+    wtensor *w = (wtensor *)calloc((size_t)n, sizeof *w);
+    static unsigned char zeros[1024 / 16 * 2 * 16 * 34];
+    for (int i = 0; i < n; i++) {
+        nla_tensor t;
+        nla_st_get(st, i, &t);
+        w[i].name = t.name;
+        w[i].dtype = t.dtype;
+        w[i].ndim = t.ndim;
+        for (int k = 0; k < t.ndim; k++) w[i].shape[k] = t.shape[k];
+        w[i].data = t.data;
+        w[i].nbytes = (size_t)t.nbytes;
+        if (!strcmp(t.name, "model.embed_tokens.weight")) {
+            w[i].dtype = "U8";
+            w[i].shape[0] = 1024 / 16;
+            w[i].shape[1] = 64 / 32 * 16 * 34;
+            w[i].data = zeros;
+            w[i].nbytes = sizeof zeros;
+        }
+    }
+    tmp_dir(dir, sizeof dir, "qembed");
+    CHECK_EQ(st_write("tests/tmp/qembed/model.safetensors", w, n, "{\"nla.quant\":\"q8_0x16\"}"), 0);
+    CHECK_EQ(copy_file("tests/data/forward/gqa-bf16/model/config.json", "tests/tmp/qembed/config.json"), 0);
+    nla_model *m;
+    CHECK_EQ(nla_model_open(dir, NULL, &m, err, sizeof err), NLA_ERR_FORMAT);
+    CHECK_MSG(strstr(err, "embed_tokens") && strstr(err, "quantized"), "error: %s", err);
+    free(w);
+    nla_st_close(st);
+}
+
 int main(void) {
     test_kernels();
     test_models();
     test_save();
+    test_quantized_embedding();
     return test_report();
 }
