@@ -1795,7 +1795,7 @@ static inline vf vf_scales(const unsigned char *p) {
 static inline vf vf_step(vf acc, vi s, vf dw, float dx) {
 #ifdef __FMA__
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc);
-#else /* the same roundings as the fused step need fma; plain AVX2 rounds twice */
+#else /* without FMA the step rounds twice, the same for every input */
     return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx))));
 #endif
 }

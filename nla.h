@@ -163,7 +163,8 @@ nla_status nla_model_close(nla_model *model);
 
 /* Writes the model as it is held into folder dir (which must exist):
    model.safetensors with the matrices in their current form (quantized
-   blocks as U8 tensors, the format in __metadata__ "nla.quant"), the other
+   groups of 16 rows as U8 tensors, the format in __metadata__ "nla.quant":
+   "q8_0x16" or "q4_0x16"; nla.c section 6 has the layout), the other
    tensors as stored, and copies of config.json, generation_config.json,
    the tokenizer files, nla_meta.yaml and value_head.safetensors. A
    quantized save loads by mapping, with no conversion, and computes
