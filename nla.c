@@ -1935,6 +1935,16 @@ static int thread_id(void) {
 #endif
 }
 
+/* The for loop that follows, split across nt threads in equal ranges when
+   cond holds (with OpenMP; else it runs as written). Every iteration must
+   be independent: then the results do not depend on the thread count. */
+#ifdef _OPENMP
+#define OMP_PRAGMA(x) _Pragma(#x)
+#define PARALLEL_FOR(nt, cond) OMP_PRAGMA(omp parallel for num_threads(nt) schedule(static) if (cond))
+#else
+#define PARALLEL_FOR(nt, cond)
+#endif
+
 /* Scratch of a matmul: converted weight rows and quantized activations. */
 typedef struct {
     float *rowbuf; /* [nt, max cols] */
@@ -1965,12 +1975,11 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
 static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scratch *sc) {
     const int rows = w->rows, cols = w->cols, nb = cols / QK;
     if (is_quant(w->dt)) {
+        PARALLEL_FOR(sc->nt, n > 1)
         for (int t = 0; t < n; t++) a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * nb, cols);
         const int groups = (rows + QG - 1) / QG;
         const size_t gb = group_bytes(w->dt, cols);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(sc->nt) schedule(static)
-#endif
+        PARALLEL_FOR(sc->nt, 1)
         for (int g = 0; g < groups; g++) {
             const int r = g * QG, nr = rows - r < QG ? rows - r : QG;
             q_group(y + r, (size_t)rows, w->p + (size_t)g * gb, w->dt, nr, sc->xq, n, nb);
@@ -1978,9 +1987,7 @@ static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scra
         return;
     }
     const size_t rb = row_bytes(w->dt, cols);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(sc->nt) schedule(static)
-#endif
+    PARALLEL_FOR(sc->nt, 1)
     for (int r = 0; r < rows; r++) {
         float *f = sc->rowbuf + (size_t)thread_id() * (size_t)cols;
         to_f32(f, w->p + (size_t)r * rb, w->dt, cols);
@@ -2325,9 +2332,7 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
         if (w->cols % QK || is_quant(w->dt)) continue;
         const size_t in_rb = row_bytes(w->dt, w->cols), gb = group_bytes(dt, w->cols);
         const int groups = (w->rows + QG - 1) / QG;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
+        PARALLEL_FOR(nt, 1)
         for (int g = 0; g < groups; g++) {
             float *f = buf + (size_t)thread_id() * (size_t)maxcols;
             for (int r = 0; r < QG; r++) { /* rows past the end: zeros */
@@ -2768,10 +2773,14 @@ static void block_forward(nla_session *s, int l, int n) {
     const int glob = c->is_global[l], cap = s->cap[l];
     const float scale = (float)(1.0 / sqrt((double)c->qpas));
 
+    /* the rows' own steps (norms, RoPE, the cache, GELU) run in parallel
+       over rows when there are several */
+    PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);
     matmul(s->q, s->xb, n, &w->q, &s->mm);
     matmul(s->k, s->xb, n, &w->k, &s->mm);
     matmul(s->v, s->xb, n, &w->v, &s->mm);
+    PARALLEL_FOR(s->nt, n > 1) /* cap >= n: a chunk's rows have their own ring slots */
     for (int t = 0; t < n; t++) {
         const float *cs = s->cs + ((size_t)t * 2 + glob) * hd;
         for (int hh = 0; hh < H; hh++) {
@@ -2789,9 +2798,7 @@ static void block_forward(nla_session *s, int l, int n) {
         memcpy(s->vc[l] + slot * kvw, s->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
     }
     /* attention: every (row, head) pair is independent; xb receives [n, H*hd] */
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(s->nt) schedule(static)
-#endif
+    PARALLEL_FOR(s->nt, 1)
     for (int th = 0; th < n * H; th++) {
         const int t = th / H, hh = th % H, p = s->pos[t];
         const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
@@ -2800,6 +2807,7 @@ static void block_forward(nla_session *s, int l, int n) {
                cap, kvw, (hh / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap, s->sc + (size_t)thread_id() * s->n_ctx);
     }
     matmul(s->y, s->xb, n, &w->o, &s->mm);
+    PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++) {
         float *x = s->x + (size_t)t * h, *y = s->y + (size_t)t * h;
         rmsnorm(y, y, w->post_attn, h, c->eps);
@@ -2808,8 +2816,11 @@ static void block_forward(nla_session *s, int l, int n) {
     }
     matmul(s->g, s->xb, n, &w->gate, &s->mm);
     matmul(s->u, s->xb, n, &w->up, &s->mm);
-    for (size_t i = 0; i < (size_t)n * I; i++) s->g[i] = gelu(s->g[i]) * s->u[i];
+    PARALLEL_FOR(s->nt, n > 1)
+    for (int t = 0; t < n; t++)
+        for (size_t i = (size_t)t * I; i < (size_t)(t + 1) * I; i++) s->g[i] = gelu(s->g[i]) * s->u[i];
     matmul(s->y, s->g, n, &w->down, &s->mm);
+    PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++) {
         float *x = s->x + (size_t)t * h, *y = s->y + (size_t)t * h;
         rmsnorm(y, y, w->post_ffw, h, c->eps);
