@@ -1936,13 +1936,17 @@ static int thread_id(void) {
 }
 
 /* The for loop that follows, split across nt threads in equal ranges when
-   cond holds (with OpenMP; else it runs as written). Every iteration must
-   be independent: then the results do not depend on the thread count. */
+   cond holds (with OpenMP; else it runs as written); PARALLEL_FOR_CYCLIC
+   deals its iterations out in turn instead, for loops whose iterations
+   grow. Every iteration must be independent: then the results do not
+   depend on the thread count. */
 #ifdef _OPENMP
 #define OMP_PRAGMA(x) _Pragma(#x)
 #define PARALLEL_FOR(nt, cond) OMP_PRAGMA(omp parallel for num_threads(nt) schedule(static) if (cond))
+#define PARALLEL_FOR_CYCLIC(nt) OMP_PRAGMA(omp parallel for num_threads(nt) schedule(static, 1))
 #else
 #define PARALLEL_FOR(nt, cond)
+#define PARALLEL_FOR_CYCLIC(nt)
 #endif
 
 /* Scratch of a matmul: converted weight rows and quantized activations. */
@@ -2042,24 +2046,37 @@ static float gelu(float x) {
     return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
-/* Softmax attention of one query head over keys lo..p of a cache laid out
-   [cap, kv_width] (position j in slot j % cap): out [hd]. sc holds p-lo+1
-   floats. */
-static void attend(float *out, const float *q, const float *kc, const float *vc, int cap, int kv_width, int off,
+/* Softmax attention of G query heads (q [G, hd]) that share one KV head,
+   over keys lo..p of a cache laid out [cap, kv_width] (position j in slot
+   j % cap, the head at offset off): out [G, hd]. Each key and value row is
+   read once for the G heads; each head's sums run in the same order as
+   for G = 1. sc holds G (p-lo+2) floats. */
+static void attend(float *out, const float *q, int G, const float *kc, const float *vc, int cap, int kv_width, int off,
                    int lo, int p, int hd, float scale, float softcap, float *sc) {
-    float mx = -INFINITY;
+    const int nk = p - lo + 1;
+    float *sum = sc + (size_t)G * nk;
     for (int j = lo; j <= p; j++) {
-        float s = dot(q, kc + (size_t)(j % cap) * kv_width + off, hd) * scale;
-        if (softcap > 0) s = softcap * tanhf(s / softcap);
-        sc[j - lo] = s;
-        if (s > mx) mx = s;
+        const float *k = kc + (size_t)(j % cap) * kv_width + off;
+        for (int g = 0; g < G; g++) {
+            float s = dot(q + (size_t)g * hd, k, hd) * scale;
+            if (softcap > 0) s = softcap * tanhf(s / softcap);
+            sc[(size_t)g * nk + (j - lo)] = s;
+        }
     }
-    float sum = 0;
-    for (int j = lo; j <= p; j++) sum += sc[j - lo] = expf(sc[j - lo] - mx);
-    for (int i = 0; i < hd; i++) out[i] = 0;
+    for (int g = 0; g < G; g++) {
+        float *sg = sc + (size_t)g * nk, mx = -INFINITY;
+        for (int j = 0; j < nk; j++) mx = sg[j] > mx ? sg[j] : mx;
+        sum[g] = 0;
+        for (int j = 0; j < nk; j++) sum[g] += sg[j] = expf(sg[j] - mx);
+        for (int i = 0; i < hd; i++) out[(size_t)g * hd + i] = 0;
+    }
     for (int j = lo; j <= p; j++) {
-        const float pj = sc[j - lo] / sum, *v = vc + (size_t)(j % cap) * kv_width + off;
-        for (int i = 0; i < hd; i++) out[i] += pj * v[i];
+        const float *v = vc + (size_t)(j % cap) * kv_width + off;
+        for (int g = 0; g < G; g++) {
+            const float pj = sc[(size_t)g * nk + (j - lo)] / sum[g];
+            float *o = out + (size_t)g * hd;
+            for (int i = 0; i < hd; i++) o[i] += pj * v[i];
+        }
     }
 }
 
@@ -2611,7 +2628,8 @@ struct nla_session {
     float *g, *u;         /* [B, I] MLP gate and up */
     float *cs;            /* [B, 2, hd] cos/sin for local and global RoPE */
     mm_scratch mm;        /* converted weight rows, quantized activations */
-    float *sc;            /* [nt, n_ctx] attention scores */
+    float *sc;            /* [nt, sc_per_thread] attention scores */
+    size_t sc_per_thread; /* (n_heads / n_kv_heads) (n_ctx + 1) */
     float *logits;        /* [V] last logits in generate */
     smp_cand *cand;       /* [V] sampling candidates */
     uint64_t rng;
@@ -2730,6 +2748,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
                  kvw = (size_t)c->n_kv * c->hd, I = (size_t)c->d_ff, V = (size_t)c->vocab;
     size_t maxcols = h > qw ? h : qw;
     if (I > maxcols) maxcols = I;
+    s->sc_per_thread = (size_t)(c->n_heads / c->n_kv) * ((size_t)s->n_ctx + 1);
     int ok = (s->cap = (int *)xcalloc((size_t)c->n_layers, sizeof(int))) && (s->kc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *))) &&
              (s->vc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *)));
     for (int l = 0; ok && l < c->n_layers; l++) {
@@ -2745,7 +2764,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
          (s->g = (float *)xmalloc(B * I, sizeof(float))) && (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
          (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
          mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
-         (s->sc = (float *)xmalloc((size_t)s->nt * (size_t)s->n_ctx, sizeof(float))) &&
+         (s->sc = (float *)xmalloc((size_t)s->nt * s->sc_per_thread, sizeof(float))) &&
          (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
          (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));
     if (!ok) {
@@ -2797,14 +2816,19 @@ static void block_forward(nla_session *s, int l, int n) {
         memcpy(s->kc[l] + slot * kvw, s->k + (size_t)t * kvw, (size_t)kvw * sizeof(float));
         memcpy(s->vc[l] + slot * kvw, s->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
     }
-    /* attention: every (row, head) pair is independent; xb receives [n, H*hd] */
-    PARALLEL_FOR(s->nt, 1)
-    for (int th = 0; th < n * H; th++) {
-        const int t = th / H, hh = th % H, p = s->pos[t];
+    /* attention: every (row, KV head) pair is independent, and with several
+       rows one task serves the G query heads that share a KV head (one row
+       alone keeps a task per query head, so that its heads spread over the
+       threads); xb receives [n, H*hd]. Later rows see more keys, so the
+       tasks are dealt out in turn. */
+    const int G = n > 1 ? H / KV : 1, tasks = H / G;
+    PARALLEL_FOR_CYCLIC(s->nt)
+    for (int th = 0; th < n * tasks; th++) {
+        const int t = th / tasks, h0 = th % tasks * G, p = s->pos[t];
         const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
-        const size_t base = (size_t)s->seq[t] * cap * kvw;
-        attend(s->xb + (size_t)t * qw + (size_t)hh * hd, s->q + (size_t)t * qw + (size_t)hh * hd, s->kc[l] + base, s->vc[l] + base,
-               cap, kvw, (hh / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap, s->sc + (size_t)thread_id() * s->n_ctx);
+        const size_t base = (size_t)s->seq[t] * cap * kvw, at = (size_t)t * qw + (size_t)h0 * hd;
+        attend(s->xb + at, s->q + at, G, s->kc[l] + base, s->vc[l] + base, cap, kvw, (h0 / (H / KV)) * hd, lo, p, hd, scale,
+               c->attn_softcap, s->sc + (size_t)thread_id() * s->sc_per_thread);
     }
     matmul(s->y, s->xb, n, &w->o, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)
