@@ -1729,10 +1729,11 @@ static float dot(const float *a, const float *b, int n) {
    broadcast to every lane. The int32 sums start at -z (sum of x) for the
    zero point z the codes carry, so they end as q_dot_ref's exact sums
    (targets that multiply signed bytes only, Q8_SIGNED, take Q8_0's codes
-   as w = u - 128 and start at 0). The float steps are the same per lane on
-   every target and for every batch width: acc = fma((float)sum, d_w d_x,
-   acc), block after block; so a row's result for an input does not depend
-   on the batch or on how many inputs the kernel met at once. */
+   as w = u - 128 and start at 0). A target's float steps are the same per
+   lane for every batch width: acc = fma((float)sum, d_w d_x, acc), block
+   after block (two roundings without FMA); so a row's result for an input
+   does not depend on the batch or on how many inputs the kernel met at
+   once. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && !defined(NLA_NO_SIMD)
 #define NLA_SIMD_NAME "avx512-vnni"
 #define VL 16
@@ -1779,7 +1780,8 @@ static inline vi vi_dp(vi s, vi u, vi x) {
 #define NLA_SIMD_NAME "avx2"
 #define Q8_SIGNED 1
 static inline vi vi_dp(vi s, vi w, vi x) {
-    return _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), _mm256_set1_epi16(1)));
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_add_epi32(s, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 #endif
 static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
@@ -1826,7 +1828,8 @@ static inline vi vi_dp(vi s, vi w, vi x) { return vdotq_s32(s, vreinterpretq_s8_
 #define NLA_SIMD_NAME "neon"
 static inline vi vi_dp(vi s, vi w, vi x) {
     const int8x16_t a = vreinterpretq_s8_s32(w), b = vreinterpretq_s8_s32(x);
-    const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b))), hi = vpaddlq_s16(vmull_s8(vget_high_s8(a), vget_high_s8(b)));
+    const int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+    const int32x4_t hi = vpaddlq_s16(vmull_s8(vget_high_s8(a), vget_high_s8(b)));
     return vaddq_s32(s, vpaddq_s32(lo, hi));
 }
 #endif
