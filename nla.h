@@ -652,7 +652,8 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
    multiple of 32. For tests of the kernels. */
 nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out);
 
-/* The SIMD kernel this build uses: "avx2" or "none". */
+/* The SIMD kernel this build uses: "avx512-vnni", "avx2-vnni", "avx2",
+   "neon-dotprod", "neon" or "none" (the scalar reference). */
 const char *nla_kernel_simd(void);
 #endif
 
