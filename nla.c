@@ -2631,8 +2631,7 @@ struct nla_session {
     float *g, *u;         /* [B, I] MLP gate and up */
     float *cs;            /* [B, 2, hd] cos/sin for local and global RoPE */
     mm_scratch mm;        /* converted weight rows, quantized activations */
-    float *sc;            /* [nt, sc_per_thread] attention scores */
-    size_t sc_per_thread; /* (n_heads / n_kv_heads) (n_ctx + 1) */
+    float *sc;            /* [nt, scores_per_thread] attention scores */
     float *logits;        /* [V] last logits in generate */
     smp_cand *cand;       /* [V] sampling candidates */
     uint64_t rng;
@@ -2716,6 +2715,10 @@ nla_status nla_session_rewind(nla_session *s, int n) {
 
 const char *nla_session_errmsg(const nla_session *s) { return s ? s->err.msg : "session is NULL"; }
 
+/* Floats of attention scratch per thread: the scores of the query heads
+   that share a KV head over n_ctx keys, and their sums (attend). */
+static size_t scores_per_thread(const gemma_cfg *c, int n_ctx) { return (size_t)(c->n_heads / c->n_kv) * ((size_t)n_ctx + 1); }
+
 nla_status nla_session_new(const nla_model *model, const nla_session_params *params, nla_session **out) {
     nla_session_params p;
     memset(&p, 0, sizeof p);
@@ -2751,7 +2754,6 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
                  kvw = (size_t)c->n_kv * c->hd, I = (size_t)c->d_ff, V = (size_t)c->vocab;
     size_t maxcols = h > qw ? h : qw;
     if (I > maxcols) maxcols = I;
-    s->sc_per_thread = (size_t)(c->n_heads / c->n_kv) * ((size_t)s->n_ctx + 1);
     int ok = (s->cap = (int *)xcalloc((size_t)c->n_layers, sizeof(int))) && (s->kc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *))) &&
              (s->vc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *)));
     for (int l = 0; ok && l < c->n_layers; l++) {
@@ -2767,7 +2769,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
          (s->g = (float *)xmalloc(B * I, sizeof(float))) && (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
          (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
          mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
-         (s->sc = (float *)xmalloc((size_t)s->nt * s->sc_per_thread, sizeof(float))) &&
+         (s->sc = (float *)xmalloc((size_t)s->nt * scores_per_thread(c, s->n_ctx), sizeof(float))) &&
          (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
          (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));
     if (!ok) {
@@ -2831,7 +2833,7 @@ static void block_forward(nla_session *s, int l, int n) {
         const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
         const size_t base = (size_t)s->seq[t] * cap * kvw, at = (size_t)t * qw + (size_t)h0 * hd;
         attend(s->xb + at, s->q + at, G, s->kc[l] + base, s->vc[l] + base, cap, kvw, (h0 / (H / KV)) * hd, lo, p, hd, scale,
-               c->attn_softcap, s->sc + (size_t)thread_id() * s->sc_per_thread);
+               c->attn_softcap, s->sc + (size_t)thread_id() * scores_per_thread(c, s->n_ctx));
     }
     matmul(s->y, s->xb, n, &w->o, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)
