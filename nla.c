@@ -573,7 +573,12 @@ static size_t json_str(const jdoc *d, int i, char *dst, size_t cap) {
                 PUT(0x80 | ((cp >> 6) & 0x3f)); PUT(0x80 | (cp & 0x3f));
             }
         } else {
-            PUT(c == 'b' ? '\b' : c == 'f' ? '\f' : c == 'n' ? '\n' : c == 'r' ? '\r' : c == 't' ? '\t' : c);
+            PUT(c == 'b'   ? '\b'
+                : c == 'f' ? '\f'
+                : c == 'n' ? '\n'
+                : c == 'r' ? '\r'
+                : c == 't' ? '\t'
+                           : c);
         }
     }
 #undef PUT
@@ -591,14 +596,23 @@ static void json_put_string(sbuf *b, const char *s, size_t n) {
         int k = c < 0x80 ? 1 : 0;
         if (!k) {
             k = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-            if ((size_t)k > n - i || !utf8_valid((const unsigned char *)s + i, (size_t)k)) { sb_str(b, "\xef\xbf\xbd"); i++; continue; }
+            if ((size_t)k > n - i || !utf8_valid((const unsigned char *)s + i, (size_t)k)) {
+                sb_str(b, "\xef\xbf\xbd");
+                i++;
+                continue;
+            }
             sb_put(b, s + i, (size_t)k);
         } else if (c == '"' || c == '\\') {
             char esc[2] = {'\\', (char)c};
             sb_put(b, esc, 2);
         } else if (c < 0x20) {
             char esc[8];
-            snprintf(esc, sizeof esc, c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : "\\u%04x", c);
+            snprintf(esc, sizeof esc,
+                     c == '\n'   ? "\\n"
+                     : c == '\t' ? "\\t"
+                     : c == '\r' ? "\\r"
+                                 : "\\u%04x",
+                     c);
             sb_str(b, esc);
         } else {
             sb_put(b, s + i, 1);
@@ -651,7 +665,9 @@ static int dec_parse(const char *s, size_t n, double *out) {
     const char *end = s + n;
     int neg = s < end && *s == '-';
     s += neg;
-    if (s == end || *s < '0' || *s > '9' || (*s == '0' && s + 1 < end && s[1] >= '0' && s[1] <= '9')) return 0;
+    if (s == end || *s < '0' || *s > '9' ||
+        (*s == '0' && s + 1 < end && s[1] >= '0' && s[1] <= '9'))
+        return 0;
     uint64_t m = 0;
     long e10 = 0;
     int digits = 0;
@@ -686,7 +702,8 @@ static int dec_parse(const char *s, size_t n, double *out) {
 
 /* Number node as a double; 0 if i is not a number. */
 static int json_num(const jdoc *d, int i, double *out) {
-    return i >= 0 && d->node[i].type == J_NUM && dec_parse(d->src + d->node[i].off, d->node[i].len, out);
+    return i >= 0 && d->node[i].type == J_NUM &&
+           dec_parse(d->src + d->node[i].off, d->node[i].len, out);
 }
 
 /* Number node as a non-negative integer: digits only (no sign, fraction or
@@ -797,7 +814,11 @@ static nla_status read_file(const char *path, char **out, size_t *n_out, size_t 
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
         if (n < cap) break;
-        if (cap >= max) { fclose(f); NLA_FREE(buf); return fail(e, NLA_ERR_FORMAT, "%s: larger than %zu bytes", path, max); }
+        if (cap >= max) {
+            fclose(f);
+            NLA_FREE(buf);
+            return fail(e, NLA_ERR_FORMAT, "%s: larger than %zu bytes", path, max);
+        }
         char *nb = (char *)NLA_REALLOC(buf, cap * 2 + 1);
         if (!nb) { NLA_FREE(buf); buf = NULL; break; }
         buf = nb;
@@ -868,7 +889,9 @@ static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
 
 static int st_cmp_begin(const void *a, const void *b) {
     const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin ? 1 : (x->end > y->end) - (x->end < y->end);
+    return x->begin < y->begin   ? -1
+           : x->begin > y->begin ? 1
+                                 : (x->end > y->end) - (x->end < y->end);
 }
 
 static int st_cmp_name(const void *a, const void *b) {
@@ -880,17 +903,21 @@ static int st_cmp_name(const void *a, const void *b) {
 static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
     st_file *f = &st->files[fi];
     const char *fn = f->path;
-    if (f->size < 8) return fail(e, NLA_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors header", fn, f->size);
+    if (f->size < 8)
+        return fail(e, NLA_ERR_FORMAT, "%s: %zu bytes, too short for a safetensors header", fn,
+                    f->size);
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | f->map[i];
     if (hlen > NLA_MAX_HEADER)
         return fail(e, NLA_ERR_FORMAT, "%s: header length %llu exceeds the %u-byte limit", fn,
                     (unsigned long long)hlen, NLA_MAX_HEADER);
     if (hlen > f->size - 8)
-        return fail(e, NLA_ERR_FORMAT, "%s: header length %llu runs past the end of the %zu-byte file",
-                    fn, (unsigned long long)hlen, f->size);
+        return fail(e, NLA_ERR_FORMAT,
+                    "%s: header length %llu runs past the end of the %zu-byte file", fn,
+                    (unsigned long long)hlen, f->size);
     const char *h = (const char *)f->map + 8;
-    if (hlen == 0 || h[0] != '{') return fail(e, NLA_ERR_FORMAT, "%s: header does not start with '{'", fn);
+    if (hlen == 0 || h[0] != '{')
+        return fail(e, NLA_ERR_FORMAT, "%s: header does not start with '{'", fn);
     if (!utf8_valid((const unsigned char *)h, (size_t)hlen))
         return fail(e, NLA_ERR_FORMAT, "%s: header is not valid UTF-8", fn);
     jdoc d;
@@ -904,7 +931,10 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
     const unsigned char *data = f->map + 8 + hlen;
     int first = st->n;
     st_tensor *nt = (st_tensor *)NLA_REALLOC(st->t, ((size_t)st->n + d.node[0].n + 1) * sizeof *nt);
-    if (!nt) { json_free(&d); return fail(e, NLA_ERR_NOMEM, "%s: out of memory for the tensor table", fn); }
+    if (!nt) {
+        json_free(&d);
+        return fail(e, NLA_ERR_NOMEM, "%s: out of memory for the tensor table", fn);
+    }
     st->t = nt;
     uint32_t k = 1;
     char key[160];
@@ -912,8 +942,14 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
         int v = (int)k + 1;
         json_str(&d, (int)k, key, sizeof key);
         if (json_eq(&d, (int)k, "__metadata__")) {
-            if (d.node[v].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: __metadata__ is not an object", fn); goto out; }
-            if (f->meta) { rc = fail(e, NLA_ERR_FORMAT, "%s: duplicate __metadata__", fn); goto out; }
+            if (d.node[v].type != J_OBJ) {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: __metadata__ is not an object", fn);
+                goto out;
+            }
+            if (f->meta) {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: duplicate __metadata__", fn);
+                goto out;
+            }
             f->meta = (char **)xcalloc((size_t)d.node[v].n * 2 + 1, sizeof(char *));
             if (!f->meta) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); goto out; }
             uint32_t q = (uint32_t)v + 1;
@@ -925,18 +961,30 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
                 f->meta[2 * j] = json_strdup(&d, (int)q);
                 f->meta[2 * j + 1] = json_strdup(&d, (int)q + 1);
                 f->n_meta++;
-                if (!f->meta[2 * j] || !f->meta[2 * j + 1]) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); goto out; }
+                if (!f->meta[2 * j] || !f->meta[2 * j + 1]) {
+                    rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
+                    goto out;
+                }
             }
             continue;
         }
-        if (d.node[v].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is not an object", fn, key); goto out; }
-        int jd = json_get(&d, v, "dtype"), js = json_get(&d, v, "shape"), jo = json_get(&d, v, "data_offsets");
-        if (jd < 0 || js < 0 || jo < 0 || d.node[jd].type != J_STR || d.node[js].type != J_ARR ||
-            d.node[jo].type != J_ARR) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' needs string dtype, array shape and array data_offsets", fn, key);
+        if (d.node[v].type != J_OBJ) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is not an object", fn, key);
             goto out;
         }
-        if (d.node[v].n != 3) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has unexpected fields", fn, key); goto out; }
+        int jd = json_get(&d, v, "dtype"), js = json_get(&d, v, "shape"),
+            jo = json_get(&d, v, "data_offsets");
+        if (jd < 0 || js < 0 || jo < 0 || d.node[jd].type != J_STR || d.node[js].type != J_ARR ||
+            d.node[jo].type != J_ARR) {
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: tensor '%s' needs string dtype, array shape and array data_offsets", fn,
+                      key);
+            goto out;
+        }
+        if (d.node[v].n != 3) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has unexpected fields", fn, key);
+            goto out;
+        }
         st_tensor *t = &st->t[st->n];
         memset(t, 0, sizeof *t);
         t->file = fi;
@@ -950,7 +998,8 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
             goto out;
         }
         if (d.node[js].n > ST_MAX_DIMS) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (at most %d)", fn, key, d.node[js].n, ST_MAX_DIMS);
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (at most %d)", fn, key,
+                      d.node[js].n, ST_MAX_DIMS);
             goto out;
         }
         uint64_t count = 1, bits;
@@ -958,7 +1007,8 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
         for (uint32_t j = 0; j < d.node[js].n; j++, q = d.node[q].end) {
             uint64_t dim;
             if (!json_u64(&d, (int)q, &dim) || dim > (uint64_t)INT64_MAX) {
-                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': shape entries must be non-negative integers", fn, key);
+                rc = fail(e, NLA_ERR_FORMAT,
+                          "%s: tensor '%s': shape entries must be non-negative integers", fn, key);
                 goto out;
             }
             t->shape[j] = (int64_t)dim;
@@ -968,28 +1018,42 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
             }
         }
         t->ndim = (int)d.node[js].n;
-        if (d.node[jo].n != 2 || !json_u64(&d, jo + 1, &t->begin) || !json_u64(&d, jo + 2, &t->end)) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': data_offsets must be two non-negative integers", fn, key);
+        if (d.node[jo].n != 2 || !json_u64(&d, jo + 1, &t->begin) ||
+            !json_u64(&d, jo + 2, &t->end)) {
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: tensor '%s': data_offsets must be two non-negative integers", fn, key);
             goto out;
         }
         if (!mul_u64(count, (uint64_t)st_dtypes[t->dtype].bits, &bits)) {
             rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': shape overflows", fn, key);
             goto out;
         }
-        if (bits % 8) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': size is not a whole number of bytes", fn, key); goto out; }
+        if (bits % 8) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': size is not a whole number of bytes", fn,
+                      key);
+            goto out;
+        }
         if (t->end < t->begin || t->end - t->begin != bits / 8) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] do not hold %llu bytes (%s, %llu elements)",
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: tensor '%s': data_offsets [%llu, %llu] do not hold %llu bytes "
+                      "(%s, %llu elements)",
                       fn, key, (unsigned long long)t->begin, (unsigned long long)t->end,
-                      (unsigned long long)(bits / 8), st_dtypes[t->dtype].name, (unsigned long long)count);
+                      (unsigned long long)(bits / 8), st_dtypes[t->dtype].name,
+                      (unsigned long long)count);
             goto out;
         }
         if (t->end > data_len) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': data_offsets end %llu is past the end of the data (%llu bytes)",
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: tensor '%s': data_offsets end %llu is past the end of the data "
+                      "(%llu bytes)",
                       fn, key, (unsigned long long)t->end, (unsigned long long)data_len);
             goto out;
         }
         t->data = data + t->begin;
-        if (!(t->name = json_strdup(&d, (int)k))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); goto out; }
+        if (!(t->name = json_strdup(&d, (int)k))) {
+            rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
+            goto out;
+        }
         st->n++;
     }
     /* coverage: sorted by offset, the tensors must tile [0, data_len) */
@@ -1002,14 +1066,16 @@ static nla_status st_parse(nla_st *st, int fi, errbuf *e) {
         uint64_t at = 0;
         for (int i = 0; i < nt_file && !rc; i++) {
             if (ord[i]->begin != at)
-                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' starts at %llu but the previous data ends at %llu (%s)", fn,
-                          ord[i]->name, (unsigned long long)ord[i]->begin, (unsigned long long)at,
-                          ord[i]->begin < at ? "overlap" : "gap");
+                rc = fail(e, NLA_ERR_FORMAT,
+                          "%s: tensor '%s' starts at %llu but the previous data ends at %llu (%s)",
+                          fn, ord[i]->name, (unsigned long long)ord[i]->begin,
+                          (unsigned long long)at, ord[i]->begin < at ? "overlap" : "gap");
             at = ord[i]->end;
         }
         NLA_FREE(ord);
         if (!rc && at != data_len)
-            rc = fail(e, NLA_ERR_FORMAT, "%s: tensors cover %llu bytes of the %llu-byte data section", fn,
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: tensors cover %llu bytes of the %llu-byte data section", fn,
                       (unsigned long long)at, (unsigned long long)data_len);
     }
 out:
@@ -1023,7 +1089,8 @@ static nla_status st_add_file(nla_st *st, const char *path, int no_mmap, errbuf 
     st->files = nf;
     st_file *f = &st->files[st->n_files++];
     memset(f, 0, sizeof *f);
-    if (!(f->path = xstrndup(path, strlen(path)))) return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
+    if (!(f->path = xstrndup(path, strlen(path))))
+        return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
     f->base = path_base(f->path);
     nla_status rc = st_map(f, no_mmap, e);
     return rc ? rc : st_parse(st, st->n_files - 1, e);
@@ -1049,12 +1116,14 @@ static char *path_join(const char *dir, const char *name) {
 
 /* A shard name from an index file must be a plain file name. */
 static int plain_file_name(const char *s) {
-    return *s && strcmp(s, ".") && strcmp(s, "..") && !strchr(s, '/') && !strchr(s, '\\') && !strchr(s, ':');
+    return *s && strcmp(s, ".") && strcmp(s, "..") && !strchr(s, '/') && !strchr(s, '\\') &&
+           !strchr(s, ':');
 }
 
 /* Opens the shards named by an index file and checks that each tensor in
    its weight_map sits in the shard named for it. */
-static nla_status st_open_index(nla_st *st, const char *dir, const char *index, int no_mmap, errbuf *e) {
+static nla_status st_open_index(nla_st *st, const char *dir, const char *index, int no_mmap,
+                                errbuf *e) {
     char *txt;
     size_t n;
     nla_status rc = read_file(index, &txt, &n, NLA_MAX_JSON_FILE, e);
@@ -1073,7 +1142,10 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
     if (!shards) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
     k = (uint32_t)wm + 1;
     for (uint32_t m = 0; m < d.node[wm].n; m++, k = d.node[k + 1].end) {
-        if (d.node[k + 1].type != J_STR) { rc = fail(e, NLA_ERR_FORMAT, "%s: weight_map values must be file names", index); goto out; }
+        if (d.node[k + 1].type != J_STR) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: weight_map values must be file names", index);
+            goto out;
+        }
         char name[256];
         if (json_str(&d, (int)k + 1, name, sizeof name) >= sizeof name || !plain_file_name(name)) {
             rc = fail(e, NLA_ERR_FORMAT, "%s: shard '%s' is not a plain file name", index, name);
@@ -1082,7 +1154,10 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
         int seen = 0;
         for (int i = 0; i < n_shards && !seen; i++) seen = !strcmp(shards[i], name);
         if (!seen) {
-            if (!(shards[n_shards] = xstrndup(name, strlen(name)))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
+            if (!(shards[n_shards] = xstrndup(name, strlen(name)))) {
+                rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index);
+                goto out;
+            }
             n_shards++;
             char *p = path_join(dir, name);
             if (!p) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", index); goto out; }
@@ -1101,7 +1176,8 @@ static nla_status st_open_index(nla_st *st, const char *dir, const char *index, 
         key.name = name;
         st_tensor *t = (st_tensor *)bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
         if (!t || strcmp(st->files[t->file].base, shard)) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is mapped to %s but is not in that file", index, name, shard);
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is mapped to %s but is not in that file",
+                      index, name, shard);
             goto out;
         }
     }
@@ -1143,16 +1219,21 @@ static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e
     if (!st) return fail(e, NLA_ERR_NOMEM, "out of memory");
     nla_status rc;
     if (is_dir(path)) {
-        char *idx = path_join(path, "model.safetensors.index.json"), *one = path_join(path, "model.safetensors");
+        char *idx = path_join(path, "model.safetensors.index.json"),
+             *one = path_join(path, "model.safetensors");
         if (!idx || !one) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
         else if (file_exists(idx)) rc = st_open_index(st, path, idx, no_mmap, e);
         else if (file_exists(one)) rc = st_add_file(st, one, no_mmap, e);
-        else rc = fail(e, NLA_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json in this folder", path);
+        else
+            rc = fail(e, NLA_ERR_IO,
+                      "%s: no model.safetensors or model.safetensors.index.json in this folder",
+                      path);
         NLA_FREE(idx);
         NLA_FREE(one);
     } else if (strlen(path) > 11 && !strcmp(path + strlen(path) - 11, ".index.json")) {
         char *dir = dir_of(path);
-        rc = dir ? st_open_index(st, dir, path, no_mmap, e) : fail(e, NLA_ERR_NOMEM, "out of memory");
+        rc = dir ? st_open_index(st, dir, path, no_mmap, e)
+                 : fail(e, NLA_ERR_NOMEM, "out of memory");
         NLA_FREE(dir);
     } else {
         rc = st_add_file(st, path, no_mmap, e);
@@ -1161,8 +1242,9 @@ static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e
         qsort(st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
         for (int i = 1; i < st->n && !rc; i++)
             if (!strcmp(st->t[i].name, st->t[i - 1].name))
-                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is defined twice (%s and %s)", path, st->t[i].name,
-                          st->files[st->t[i - 1].file].base, st->files[st->t[i].file].base);
+                rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is defined twice (%s and %s)", path,
+                          st->t[i].name, st->files[st->t[i - 1].file].base,
+                          st->files[st->t[i].file].base);
     }
     if (rc) {
         nla_st_close(st);
@@ -1172,7 +1254,8 @@ static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e
     return NLA_OK;
 }
 
-nla_status nla_st_open(const char *path, int no_mmap, nla_st **out, char *errbuf_out, size_t errbuf_size) {
+nla_status nla_st_open(const char *path, int no_mmap, nla_st **out, char *errbuf_out,
+                       size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     if (!out) return NLA_ERR_ARG;
@@ -1192,7 +1275,8 @@ int nla_st_find(const nla_st *st, const char *name) {
     if (!st || !name) return -1;
     st_tensor key;
     key.name = (char *)(uintptr_t)name;
-    const st_tensor *t = (const st_tensor *)bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
+    const st_tensor *t =
+        (const st_tensor *)bsearch(&key, st->t, (size_t)st->n, sizeof *st->t, st_cmp_name);
     return t ? (int)(t - st->t) : -1;
 }
 
@@ -1244,7 +1328,8 @@ static void st_header(sbuf *b, const nla_tensor *t, int n, const char *const *me
             snprintf(num, sizeof num, "%s%lld", k ? "," : "", (long long)t[i].shape[k]);
             sb_str(b, num);
         }
-        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off, (unsigned long long)(off + t[i].nbytes));
+        snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                 (unsigned long long)(off + t[i].nbytes));
         sb_str(b, num);
         off += t[i].nbytes;
     }
@@ -1254,9 +1339,11 @@ static void st_header(sbuf *b, const nla_tensor *t, int n, const char *const *me
 
 /* Writes tensor i's bytes: from t->data, or chunk by chunk from fill. */
 static int st_write_data(FILE *f, const nla_tensor *t, int i, nla_fill_fn fill, void *user) {
-    if (t->data || !t->nbytes) return !t->nbytes || fwrite(t->data, 1, (size_t)t->nbytes, f) == t->nbytes;
+    if (t->data || !t->nbytes)
+        return !t->nbytes || fwrite(t->data, 1, (size_t)t->nbytes, f) == t->nbytes;
     const size_t chunk = (size_t)1 << 26;
-    unsigned char *buf = fill ? (unsigned char *)NLA_MALLOC(t->nbytes < chunk ? (size_t)t->nbytes : chunk) : NULL;
+    unsigned char *buf =
+        fill ? (unsigned char *)NLA_MALLOC(t->nbytes < chunk ? (size_t)t->nbytes : chunk) : NULL;
     int ok = buf != NULL;
     for (uint64_t off = 0; ok && off < t->nbytes; off += chunk) {
         size_t len = t->nbytes - off < chunk ? (size_t)(t->nbytes - off) : chunk;
@@ -1266,13 +1353,15 @@ static int st_write_data(FILE *f, const nla_tensor *t, int i, nla_fill_fn fill, 
     return ok;
 }
 
-nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta, int n_meta, nla_fill_fn fill,
-                        void *user, char *errbuf_out, size_t errbuf_size) {
+nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta,
+                        int n_meta, nla_fill_fn fill, void *user, char *errbuf_out,
+                        size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     nla_status rc = NLA_OK;
     if (!path || n < 0 || (n && !t) || n_meta < 0 || (n_meta && !meta)) {
-        copy_err(errbuf_out, errbuf_size, "nla_st_write: path, tensors and metadata pairs are required");
+        copy_err(errbuf_out, errbuf_size,
+                 "nla_st_write: path, tensors and metadata pairs are required");
         return NLA_ERR_ARG;
     }
     for (int i = 0; i < n && !rc; i++) { /* each tensor must be what it says */
@@ -1281,12 +1370,16 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
         for (int q = 0; q < ST_N_DTYPES && t[i].dtype; q++)
             if (!strcmp(t[i].dtype, st_dtypes[q].name)) dt = q;
         int shape_ok = 1;
-        for (int k = 0; k < t[i].ndim && k < ST_MAX_DIMS; k++) shape_ok &= t[i].shape[k] >= 0 && mul_u64(count, (uint64_t)t[i].shape[k], &count);
-        if (!t[i].name || !t[i].name[0] || dt < 0 || t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS || !shape_ok ||
-            !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) || bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data && !fill))
-            rc = fail(&e, NLA_ERR_ARG, "%s: tensor %d ('%s') has a bad name, dtype, shape or size", path, i, t[i].name ? t[i].name : "");
+        for (int k = 0; k < t[i].ndim && k < ST_MAX_DIMS; k++)
+            shape_ok &= t[i].shape[k] >= 0 && mul_u64(count, (uint64_t)t[i].shape[k], &count);
+        if (!t[i].name || !t[i].name[0] || dt < 0 || t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS ||
+            !shape_ok || !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) ||
+            bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data && !fill))
+            rc = fail(&e, NLA_ERR_ARG, "%s: tensor %d ('%s') has a bad name, dtype, shape or size",
+                      path, i, t[i].name ? t[i].name : "");
         for (int j = 0; j < i && !rc; j++)
-            if (!strcmp(t[i].name, t[j].name)) rc = fail(&e, NLA_ERR_ARG, "%s: tensor '%s' given twice", path, t[i].name);
+            if (!strcmp(t[i].name, t[j].name))
+                rc = fail(&e, NLA_ERR_ARG, "%s: tensor '%s' given twice", path, t[i].name);
     }
     sbuf h = {NULL, 0, 0};
     if (!rc) {
@@ -1349,7 +1442,8 @@ typedef struct {
 /* Reads key from object o (or the fallback object o2 when absent there):
    absent or null leaves *out at its default; anything but a number is an
    error naming the key. */
-static nla_status cfg_num(const jdoc *d, int o, int o2, const char *key, double *out, errbuf *e, const char *fn) {
+static nla_status cfg_num(const jdoc *d, int o, int o2, const char *key, double *out, errbuf *e,
+                          const char *fn) {
     int v = json_get(d, o, key);
     if (v < 0 && o2 >= 0 && o2 != o) v = json_get(d, o2, key);
     if (v < 0 || d->node[v].type == J_NULL) return NLA_OK;
@@ -1357,20 +1451,25 @@ static nla_status cfg_num(const jdoc *d, int o, int o2, const char *key, double 
     return NLA_OK;
 }
 
-static nla_status cfg_int(const jdoc *d, int o, const char *key, int *out, int lo, int hi, errbuf *e, const char *fn) {
+static nla_status cfg_int(const jdoc *d, int o, const char *key, int *out, int lo, int hi,
+                          errbuf *e, const char *fn) {
     int v = json_get(d, o, key);
     if (v < 0 || d->node[v].type == J_NULL) return NLA_OK;
-    if (!json_int(d, v, out)) return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be an integer", fn, key);
-    if (*out < lo || *out > hi) return fail(e, NLA_ERR_RANGE, "%s: '%s' = %d is outside %d..%d", fn, key, *out, lo, hi);
+    if (!json_int(d, v, out))
+        return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be an integer", fn, key);
+    if (*out < lo || *out > hi)
+        return fail(e, NLA_ERR_RANGE, "%s: '%s' = %d is outside %d..%d", fn, key, *out, lo, hi);
     return NLA_OK;
 }
 
 /* One RoPE parameter object {rope_type|type, rope_theta, factor}: only
    "default" and "linear" exist in Gemma 3; anything else is refused rather
    than silently run wrong. */
-static nla_status cfg_rope(const jdoc *d, int o, float *theta, float *factor, errbuf *e, const char *fn, const char *what) {
+static nla_status cfg_rope(const jdoc *d, int o, float *theta, float *factor, errbuf *e,
+                           const char *fn, const char *what) {
     if (o < 0 || d->node[o].type == J_NULL) return NLA_OK;
-    if (d->node[o].type != J_OBJ) return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be an object or null", fn, what);
+    if (d->node[o].type != J_OBJ)
+        return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be an object or null", fn, what);
     int t = json_get(d, o, "rope_type");
     if (t < 0) t = json_get(d, o, "type");
     char type[32] = "default";
@@ -1378,14 +1477,20 @@ static nla_status cfg_rope(const jdoc *d, int o, float *theta, float *factor, er
     double v = *theta, f = 1.0;
     nla_status rc;
     if ((rc = cfg_num(d, o, -1, "rope_theta", &v, e, fn))) return rc;
-    if (!(v > 1 && isfinite(v))) return fail(e, NLA_ERR_RANGE, "%s: %s rope_theta must be a finite number above 1", fn, what);
+    if (!(v > 1 && isfinite(v)))
+        return fail(e, NLA_ERR_RANGE, "%s: %s rope_theta must be a finite number above 1", fn,
+                    what);
     *theta = (float)v;
     if (!strcmp(type, "linear")) {
         if ((rc = cfg_num(d, o, -1, "factor", &f, e, fn))) return rc;
-        if (!(f > 0 && isfinite(f))) return fail(e, NLA_ERR_RANGE, "%s: %s factor must be a finite positive number", fn, what);
+        if (!(f > 0 && isfinite(f)))
+            return fail(e, NLA_ERR_RANGE, "%s: %s factor must be a finite positive number", fn,
+                        what);
         *factor = (float)f;
     } else if (strcmp(type, "default")) {
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: %s rope_type '%s' is not supported (Gemma 3 uses default and linear)", fn, what, type);
+        return fail(e, NLA_ERR_UNSUPPORTED,
+                    "%s: %s rope_type '%s' is not supported (Gemma 3 uses default and linear)", fn,
+                    what, type);
     }
     return NLA_OK;
 }
@@ -1416,19 +1521,24 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
     double eps = 1e-6, qpas = 256, th_g = 1e6, th_l = 1e4, fcap = 0, acap = 0;
 
     int root = 0, tc = json_get(d, root, "text_config");
-    if (tc >= 0 && d->node[tc].type != J_OBJ) return fail(e, NLA_ERR_FORMAT, "%s: text_config is not an object", fn);
+    if (tc >= 0 && d->node[tc].type != J_OBJ)
+        return fail(e, NLA_ERR_FORMAT, "%s: text_config is not an object", fn);
     if (tc < 0) tc = root;
     int ar = json_get(d, root, "architectures"), mt = json_get(d, root, "model_type");
     if (ar >= 0 && d->node[ar].type == J_ARR && d->node[ar].n > 0 && d->node[ar + 1].type == J_STR)
         json_str(d, ar + 1, c->arch, sizeof c->arch);
     char mtype[64] = "";
     if (mt >= 0 && d->node[mt].type == J_STR) json_str(d, mt, mtype, sizeof mtype);
-    int ok = !strcmp(c->arch, "Gemma3ForCausalLM") || !strcmp(c->arch, "Gemma3ForConditionalGeneration") ||
+    int ok = !strcmp(c->arch, "Gemma3ForCausalLM") ||
+             !strcmp(c->arch, "Gemma3ForConditionalGeneration") ||
              (!c->arch[0] && (!strcmp(mtype, "gemma3") || !strcmp(mtype, "gemma3_text")));
     if (!ok) {
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: architecture '%s' (model_type '%s') is not Gemma 3", fn, c->arch, mtype);
+        return fail(e, NLA_ERR_UNSUPPORTED,
+                    "%s: architecture '%s' (model_type '%s') is not Gemma 3", fn, c->arch, mtype);
     }
-    if (!c->arch[0]) snprintf(c->arch, sizeof c->arch, "%s", strcmp(mtype, "gemma3") ? "Gemma3ForCausalLM" : "Gemma3ForConditionalGeneration");
+    if (!c->arch[0])
+        snprintf(c->arch, sizeof c->arch, "%s",
+                 strcmp(mtype, "gemma3") ? "Gemma3ForCausalLM" : "Gemma3ForConditionalGeneration");
 
     if ((rc = cfg_int(d, tc, "vocab_size", &c->vocab, 1, NLA_MAX_VOCAB, e, fn)) ||
         (rc = cfg_int(d, tc, "hidden_size", &c->d, 1, 1 << 16, e, fn)) ||
@@ -1448,44 +1558,58 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
         (rc = cfg_num(d, tc, root, "attn_logit_softcapping", &acap, e, fn)))
         return rc;
     if (c->n_heads % c->n_kv) {
-        return fail(e, NLA_ERR_FORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", fn, c->n_heads, c->n_kv);
+        return fail(e, NLA_ERR_FORMAT,
+                    "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", fn,
+                    c->n_heads, c->n_kv);
     }
-    if (c->hd % 2) return fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd);
-    if (!(eps > 0 && eps < 1) || !(qpas > 0 && isfinite(qpas)) || !(th_g > 1 && isfinite(th_g)) || !(th_l > 1 && isfinite(th_l)) ||
-        !(fcap >= 0 && isfinite(fcap)) || !(acap >= 0 && isfinite(acap))) {
-        return fail(e, NLA_ERR_RANGE, "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range", fn);
+    if (c->hd % 2)
+        return fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd);
+    if (!(eps > 0 && eps < 1) || !(qpas > 0 && isfinite(qpas)) || !(th_g > 1 && isfinite(th_g)) ||
+        !(th_l > 1 && isfinite(th_l)) || !(fcap >= 0 && isfinite(fcap)) ||
+        !(acap >= 0 && isfinite(acap))) {
+        return fail(e, NLA_ERR_RANGE,
+                    "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range",
+                    fn);
     }
-    c->eps = (float)eps; c->qpas = (float)qpas; c->final_softcap = (float)fcap; c->attn_softcap = (float)acap;
+    c->eps = (float)eps; c->qpas = (float)qpas; c->final_softcap = (float)fcap;
+    c->attn_softcap = (float)acap;
     c->theta[0] = (float)th_l; c->theta[1] = (float)th_g; c->factor[0] = c->factor[1] = 1;
 
     int v;
     if ((v = json_get(d, tc, "use_bidirectional_attention")) >= 0 && d->node[v].type == J_TRUE) {
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: use_bidirectional_attention (EmbeddingGemma) is not supported", fn);
+        return fail(e, NLA_ERR_UNSUPPORTED,
+                    "%s: use_bidirectional_attention (EmbeddingGemma) is not supported", fn);
     }
     if ((v = json_get(d, tc, "attention_bias")) >= 0 && d->node[v].type == J_TRUE) {
         return fail(e, NLA_ERR_UNSUPPORTED, "%s: attention_bias true is not Gemma 3", fn);
     }
-    if ((v = json_get(d, tc, "tie_word_embeddings")) < 0) v = json_get(d, root, "tie_word_embeddings");
+    if ((v = json_get(d, tc, "tie_word_embeddings")) < 0)
+        v = json_get(d, root, "tie_word_embeddings");
     if (v >= 0 && d->node[v].type == J_FALSE) c->tie = 0;
     if ((v = json_get(d, tc, "hidden_activation")) < 0) v = json_get(d, tc, "hidden_act");
-    if (v >= 0 && d->node[v].type != J_NULL && !json_eq(d, v, "gelu_pytorch_tanh") && !json_eq(d, v, "gelu_new") &&
-        !json_eq(d, v, "gelu_tanh")) {
+    if (v >= 0 && d->node[v].type != J_NULL && !json_eq(d, v, "gelu_pytorch_tanh") &&
+        !json_eq(d, v, "gelu_new") && !json_eq(d, v, "gelu_tanh")) {
         char act[64] = "?";
         if (d->node[v].type == J_STR) json_str(d, v, act, sizeof act);
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: hidden_activation '%s' is not supported (Gemma 3 uses gelu_pytorch_tanh)", fn, act);
+        return fail(e, NLA_ERR_UNSUPPORTED,
+                    "%s: hidden_activation '%s' is not supported (Gemma 3 uses gelu_pytorch_tanh)",
+                    fn, act);
     }
     cfg_eos(d, json_get(d, root, "eos_token_id"), c);
     if (tc != root) cfg_eos(d, json_get(d, tc, "eos_token_id"), c);
 
     /* RoPE: old spelling first, then rope_parameters overrides */
-    if ((rc = cfg_rope(d, json_get(d, tc, "rope_scaling"), &c->theta[1], &c->factor[1], e, fn, "rope_scaling")))
+    if ((rc = cfg_rope(d, json_get(d, tc, "rope_scaling"), &c->theta[1], &c->factor[1], e, fn,
+                       "rope_scaling")))
         return rc;
     int rp = json_get(d, tc, "rope_parameters");
     if (rp >= 0 && d->node[rp].type == J_OBJ) {
         int fa = json_get(d, rp, "full_attention"), sa = json_get(d, rp, "sliding_attention");
         if (fa >= 0 || sa >= 0) {
-            if ((rc = cfg_rope(d, fa, &c->theta[1], &c->factor[1], e, fn, "rope_parameters.full_attention")) ||
-                (rc = cfg_rope(d, sa, &c->theta[0], &c->factor[0], e, fn, "rope_parameters.sliding_attention")))
+            if ((rc = cfg_rope(d, fa, &c->theta[1], &c->factor[1], e, fn,
+                               "rope_parameters.full_attention")) ||
+                (rc = cfg_rope(d, sa, &c->theta[0], &c->factor[0], e, fn,
+                               "rope_parameters.sliding_attention")))
                 return rc;
         } else if ((rc = cfg_rope(d, rp, &c->theta[1], &c->factor[1], e, fn, "rope_parameters"))) {
             return rc;
@@ -1498,14 +1622,18 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
     int lt = json_get(d, tc, "layer_types");
     if (lt >= 0 && d->node[lt].type != J_NULL) {
         if (d->node[lt].type != J_ARR || (int)d->node[lt].n != c->n_layers) {
-            return fail(e, NLA_ERR_FORMAT, "%s: layer_types must list %d entries (num_hidden_layers)", fn, c->n_layers);
+            return fail(e, NLA_ERR_FORMAT,
+                        "%s: layer_types must list %d entries (num_hidden_layers)", fn,
+                        c->n_layers);
         }
         uint32_t i = (uint32_t)lt + 1;
         for (int l = 0; l < c->n_layers; l++, i = d->node[i].end) {
             if (json_eq(d, (int)i, "full_attention")) c->is_global[l] = 1;
             else if (json_eq(d, (int)i, "sliding_attention")) c->is_global[l] = 0;
             else {
-                return fail(e, NLA_ERR_UNSUPPORTED, "%s: layer_types[%d] is neither sliding_attention nor full_attention", fn, l);
+                return fail(e, NLA_ERR_UNSUPPORTED,
+                            "%s: layer_types[%d] is neither sliding_attention nor full_attention",
+                            fn, l);
             }
         }
     } else {
@@ -1526,7 +1654,10 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
     if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
     nla_status rc = read_file(fn, &txt, &n, NLA_MAX_JSON_FILE, e);
     if (rc || (rc = json_parse(&d, txt, n, e, fn))) goto out;
-    if (d.node[0].type != J_OBJ) { rc = fail(e, NLA_ERR_FORMAT, "%s: not a JSON object", fn); goto out; }
+    if (d.node[0].type != J_OBJ) {
+        rc = fail(e, NLA_ERR_FORMAT, "%s: not a JSON object", fn);
+        goto out;
+    }
 
     if ((rc = cfg_from_json(&d, fn, c, e))) goto out;
 
@@ -1535,7 +1666,8 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
         char *gfn = path_join(dir, "generation_config.json"), *gtxt;
         size_t gn;
         if (!gfn) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
-        else if (file_exists(gfn) && (rc = read_file(gfn, &gtxt, &gn, NLA_MAX_JSON_FILE, e)) == NLA_OK) {
+        else if (file_exists(gfn) &&
+                 (rc = read_file(gfn, &gtxt, &gn, NLA_MAX_JSON_FILE, e)) == NLA_OK) {
             jdoc g;
             if ((rc = json_parse(&g, gtxt, gn, e, gfn)) == NLA_OK) {
                 cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c);
@@ -1605,7 +1737,9 @@ static int is_quant(nla_dtype dt) { return dt == NLA_DTYPE_Q8_0 || dt == NLA_DTY
 static size_t blk_bytes(nla_dtype dt) { return dt == NLA_DTYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES; }
 
 /* Bytes of one row of a float matrix. */
-static size_t row_bytes(nla_dtype dt, int cols) { return (size_t)cols * (dt == NLA_DTYPE_F32 ? 4 : 2); }
+static size_t row_bytes(nla_dtype dt, int cols) {
+    return (size_t)cols * (dt == NLA_DTYPE_F32 ? 4 : 2);
+}
 
 /* Bytes of one group of 16 rows of a quantized matrix. */
 static size_t group_bytes(nla_dtype dt, int cols) { return (size_t)cols / QK * QG * blk_bytes(dt); }
@@ -1695,13 +1829,20 @@ typedef struct {
 static void to_f32(float *dst, const unsigned char *src, nla_dtype dt, int n) {
     switch (dt) {
     case NLA_DTYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
-    case NLA_DTYPE_BF16: for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
-    case NLA_DTYPE_F16: for (int i = 0; i < n; i++) dst[i] = f16_to_f32(rd_u16(src + 2 * (size_t)i)); break;
-    case NLA_DTYPE_Q8_0: case NLA_DTYPE_Q4_0: break; /* not rows: matmul reads them (bind_model refuses a quantized embedding) */
+    case NLA_DTYPE_BF16:
+        for (int i = 0; i < n; i++) dst[i] = bf16_to_f32(rd_u16(src + 2 * (size_t)i));
+        break;
+    case NLA_DTYPE_F16:
+        for (int i = 0; i < n; i++) dst[i] = f16_to_f32(rd_u16(src + 2 * (size_t)i));
+        break;
+    /* not rows: matmul reads them (bind_model refuses a quantized embedding) */
+    case NLA_DTYPE_Q8_0: case NLA_DTYPE_Q4_0: break;
     }
 }
 
-static void wmat_row(const wmat *w, int r, float *dst) { to_f32(dst, w->p + (size_t)r * row_bytes(w->dt, w->cols), w->dt, w->cols); }
+static void wmat_row(const wmat *w, int r, float *dst) {
+    to_f32(dst, w->p + (size_t)r * row_bytes(w->dt, w->cols), w->dt, w->cols);
+}
 
 /* 32 independent partial sums: the compiler keeps them in vector registers
    (no -ffast-math needed) and the adds do not wait on each other. */
@@ -1734,7 +1875,8 @@ static float dot(const float *a, const float *b, int n) {
    after block (two roundings without FMA); so a row's result for an input
    does not depend on the batch or on how many inputs the kernel met at
    once. */
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && !defined(NLA_NO_SIMD)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
+    !defined(NLA_NO_SIMD)
 #define NLA_SIMD_NAME "avx512-vnni"
 #define VL 16
 #define QC 8 /* inputs met at once, at most */
@@ -1743,11 +1885,15 @@ typedef __m512i vi;
 typedef __m512 vf;
 static inline vi vi_load(const unsigned char *p) { return _mm512_loadu_si512((const void *)p); }
 static inline vi vi_set1(int32_t v) { return _mm512_set1_epi32(v); }
-static inline vi vi_nibbles(vi v, int hi) { return _mm512_and_si512(hi ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15)); }
+static inline vi vi_nibbles(vi v, int hi) {
+    return _mm512_and_si512(hi ? _mm512_srli_epi16(v, 4) : v, _mm512_set1_epi8(15));
+}
 static inline vi vi_flip(vi v) { return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)); }
 static inline vi vi_dp(vi s, vi u, vi x) { return _mm512_dpbusd_epi32(s, u, x); }
 static inline vf vf_zero(void) { return _mm512_setzero_ps(); }
-static inline vf vf_scales(const unsigned char *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p)); }
+static inline vf vf_scales(const unsigned char *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
+}
 static inline vf vf_step(vf acc, vi s, vf dw, float dx) {
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc);
 }
@@ -1760,9 +1906,13 @@ static inline void vf_store(float *y, vf v, int n) {
 #define QC 4
 typedef __m256i vi;
 typedef __m256 vf;
-static inline vi vi_load(const unsigned char *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
+static inline vi vi_load(const unsigned char *p) {
+    return _mm256_loadu_si256((const __m256i *)(const void *)p);
+}
 static inline vi vi_set1(int32_t v) { return _mm256_set1_epi32(v); }
-static inline vi vi_nibbles(vi v, int hi) { return _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15)); }
+static inline vi vi_nibbles(vi v, int hi) {
+    return _mm256_and_si256(hi ? _mm256_srli_epi16(v, 4) : v, _mm256_set1_epi8(15));
+}
 static inline vi vi_flip(vi v) { return _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)); }
 #if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
 #define NLA_SIMD_NAME "avx2-vnni"
@@ -1798,7 +1948,8 @@ static inline vf vf_step(vf acc, vi s, vf dw, float dx) {
 #ifdef __FMA__
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc);
 #else /* without FMA the step rounds twice, the same for every input */
-    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(dx))));
+    return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s),
+                                            _mm256_mul_ps(dw, _mm256_set1_ps(dx))));
 #endif
 }
 static inline void vf_store(float *y, vf v, int n) {
@@ -1818,10 +1969,14 @@ static inline vi vi_nibbles(vi v, int hi) {
     const uint8x16_t b = vreinterpretq_u8_s32(v);
     return vreinterpretq_s32_u8(hi ? vshrq_n_u8(b, 4) : vandq_u8(b, vdupq_n_u8(15)));
 }
-static inline vi vi_flip(vi v) { return vreinterpretq_s32_u8(veorq_u8(vreinterpretq_u8_s32(v), vdupq_n_u8(0x80))); }
+static inline vi vi_flip(vi v) {
+    return vreinterpretq_s32_u8(veorq_u8(vreinterpretq_u8_s32(v), vdupq_n_u8(0x80)));
+}
 #ifdef __ARM_FEATURE_DOTPROD
 #define NLA_SIMD_NAME "neon-dotprod"
-static inline vi vi_dp(vi s, vi w, vi x) { return vdotq_s32(s, vreinterpretq_s8_s32(w), vreinterpretq_s8_s32(x)); }
+static inline vi vi_dp(vi s, vi w, vi x) {
+    return vdotq_s32(s, vreinterpretq_s8_s32(w), vreinterpretq_s8_s32(x));
+}
 #else
 /* Without the dot-product extension: widening multiplies (int8 x int8 fits
    int16), then adjacent pairs twice, to the sums of 4. */
@@ -1834,8 +1989,12 @@ static inline vi vi_dp(vi s, vi w, vi x) {
 }
 #endif
 static inline vf vf_zero(void) { return vdupq_n_f32(0); }
-static inline vf vf_scales(const unsigned char *p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
-static inline vf vf_step(vf acc, vi s, vf dw, float dx) { return vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_n_f32(dw, dx)); }
+static inline vf vf_scales(const unsigned char *p) {
+    return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p)));
+}
+static inline vf vf_step(vf acc, vi s, vf dw, float dx) {
+    return vfmaq_f32(acc, vcvtq_f32_s32(s), vmulq_n_f32(dw, dx));
+}
 static inline void vf_store(float *y, vf v, int n) {
     float t[VL];
     vst1q_f32(t, v);
@@ -1857,8 +2016,9 @@ static inline int32_t ld_i32(const void *p) {
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline void q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr, const blk_a8 *x, int nb,
-                           const int C) {
+static inline void
+q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr, const blk_a8 *x,
+        int nb, const int C) {
     const size_t bs = QG * blk_bytes(dt);
     const int z = dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
     for (int l = 0; l < nr; l += VL) {
@@ -1886,7 +2046,8 @@ static inline void q_lanes(float *y, size_t ys, const unsigned char *g, const nl
                 acc[c] = vf_step(acc[c], s, dw, xb->d);
             }
         }
-        for (int c = 0; c < C; c++) vf_store(y + (size_t)c * ys + l, acc[c], nr - l < VL ? nr - l : VL);
+        for (int c = 0; c < C; c++)
+            vf_store(y + (size_t)c * ys + l, acc[c], nr - l < VL ? nr - l : VL);
     }
 }
 
@@ -1894,7 +2055,9 @@ static inline void q_lanes(float *y, size_t ys, const unsigned char *g, const nl
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline void q_group_fmt(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr, const blk_a8 *x, int n, int nb) {
+static inline void
+q_group_fmt(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
+            const blk_a8 *x, int n, int nb) {
     for (int t = 0; t < n;) {
         const int c = n - t >= 8 && QC >= 8 ? 8 : n - t >= 4 ? 4 : n - t >= 2 ? 2 : 1;
         float *yt = y + (size_t)t * ys;
@@ -1920,13 +2083,15 @@ const char *nla_kernel_simd(void) {
 
 /* y[t * ys + r] = row r < nr of the group at g . input t of the n at x
    (nb blocks apart): the SIMD kernel, or the scalar reference. */
-static void q_group(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, const blk_a8 *x, int n, int nb) {
+static void q_group(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr,
+                    const blk_a8 *x, int n, int nb) {
 #ifdef VL
     if (dt == NLA_DTYPE_Q8_0) q_group_fmt(y, ys, g, NLA_DTYPE_Q8_0, nr, x, n, nb);
     else q_group_fmt(y, ys, g, NLA_DTYPE_Q4_0, nr, x, n, nb);
 #else
     for (int t = 0; t < n; t++)
-        for (int r = 0; r < nr; r++) y[(size_t)t * ys + r] = q_dot_ref(g, dt, r, x + (size_t)t * nb, nb);
+        for (int r = 0; r < nr; r++)
+            y[(size_t)t * ys + r] = q_dot_ref(g, dt, r, x + (size_t)t * nb, nb);
 #endif
 }
 
@@ -1945,7 +2110,8 @@ static int thread_id(void) {
    depend on the thread count. */
 #ifdef _OPENMP
 #define OMP_PRAGMA(x) _Pragma(#x)
-#define PARALLEL_FOR(nt, cond) OMP_PRAGMA(omp parallel for num_threads(nt) schedule(static) if (cond))
+#define PARALLEL_FOR(nt, cond) \
+    OMP_PRAGMA(omp parallel for num_threads(nt) schedule(static) if (cond))
 #define PARALLEL_FOR_CYCLIC(nt) OMP_PRAGMA(omp parallel for num_threads(nt) schedule(static, 1))
 #else
 #define PARALLEL_FOR(nt, cond)
@@ -1983,7 +2149,8 @@ static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scra
     const int rows = w->rows, cols = w->cols, nb = cols / QK;
     if (is_quant(w->dt)) {
         PARALLEL_FOR(sc->nt, n > 1)
-        for (int t = 0; t < n; t++) a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * nb, cols);
+        for (int t = 0; t < n; t++)
+            a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * nb, cols);
         const int groups = (rows + QG - 1) / QG;
         const size_t gb = group_bytes(w->dt, cols);
         PARALLEL_FOR(sc->nt, 1)
@@ -2003,19 +2170,28 @@ static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scra
 }
 
 /* The kernel check of nla.h: the model's matmul, or the scalar reference row by row. */
-nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out) {
-    if (!is_quant(dt) || !w || !x || !out || rows < 1 || n_x < 1 || n < QK || n % QK) return NLA_ERR_ARG;
+nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n,
+                             int simd, float *out) {
+    if (!is_quant(dt) || !w || !x || !out || rows < 1 || n_x < 1 || n < QK || n % QK)
+        return NLA_ERR_ARG;
     const size_t gb = group_bytes(dt, n);
-    unsigned char *qw = (unsigned char *)xcalloc((size_t)mat_bytes(dt, rows, n), 1); /* padding rows: zeros */
+    /* padding rows: zeros */
+    unsigned char *qw = (unsigned char *)xcalloc((size_t)mat_bytes(dt, rows, n), 1);
     mm_scratch sc;
-    if (!qw || !mm_scratch_init(&sc, 1, (size_t)n_x, (size_t)n)) { NLA_FREE(qw); return NLA_ERR_NOMEM; }
-    for (int r = 0; r < rows; r++) q_put_row(w + (size_t)r * n, qw + (size_t)(r / QG) * gb, r % QG, dt, n);
+    if (!qw || !mm_scratch_init(&sc, 1, (size_t)n_x, (size_t)n)) {
+        NLA_FREE(qw);
+        return NLA_ERR_NOMEM;
+    }
+    for (int r = 0; r < rows; r++)
+        q_put_row(w + (size_t)r * n, qw + (size_t)(r / QG) * gb, r % QG, dt, n);
     const wmat wm = {qw, dt, rows, n};
     if (simd) matmul(out, x, n_x, &wm, &sc);
     else
         for (int t = 0; t < n_x; t++) {
             a8_quantize(x + (size_t)t * n, sc.xq, n);
-            for (int r = 0; r < rows; r++) out[(size_t)t * rows + r] = q_dot_ref(qw + (size_t)(r / QG) * gb, dt, r % QG, sc.xq, n / QK);
+            for (int r = 0; r < rows; r++)
+                out[(size_t)t * rows + r] =
+                    q_dot_ref(qw + (size_t)(r / QG) * gb, dt, r % QG, sc.xq, n / QK);
         }
     NLA_FREE(qw);
     mm_scratch_free(&sc);
@@ -2054,8 +2230,9 @@ static float gelu(float x) {
    j % cap, the head at offset off): out [G, hd]. Each key and value row is
    read once for the G heads; each head's sums run in the same order as
    for G = 1. sc holds G (p-lo+2) floats. */
-static void attend(float *out, const float *q, int G, const float *kc, const float *vc, int cap, int kv_width, int off,
-                   int lo, int p, int hd, float scale, float softcap, float *sc) {
+static void attend(float *out, const float *q, int G, const float *kc, const float *vc, int cap,
+                   int kv_width, int off, int lo, int p, int hd, float scale, float softcap,
+                   float *sc) {
     const int nk = p - lo + 1;
     float *sum = sc + (size_t)G * nk;
     for (int j = lo; j <= p; j++) {
@@ -2092,7 +2269,10 @@ static void attend(float *out, const float *q, int G, const float *kc, const flo
    the shape the config implies; norms are small and are converted to float32
    gains (1 + w) here, the matrices stay mapped in their stored dtype. */
 
-enum { W_IN_NORM, W_Q, W_K, W_V, W_O, W_QN, W_KN, W_POST_ATTN, W_PRE_FFW, W_GATE, W_UP, W_DOWN, W_POST_FFW, W_PER_LAYER };
+enum {
+    W_IN_NORM, W_Q, W_K, W_V, W_O, W_QN, W_KN, W_POST_ATTN, W_PRE_FFW, W_GATE, W_UP, W_DOWN,
+    W_POST_FFW, W_PER_LAYER
+};
 
 static const char *const layer_tensor_names[W_PER_LAYER] = {
     "input_layernorm.weight",           "self_attn.q_proj.weight",  "self_attn.k_proj.weight",
@@ -2136,8 +2316,10 @@ struct nla_sidecar;
 static nla_status sidecar_load(nla_model *m, errbuf *e);
 static void sidecar_free(struct nla_sidecar *sc);
 
-static const char *const lm_prefixes[] = {"model.language_model.", "language_model.model.", "model."};
-static const char *const ignored_prefixes[] = {"vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+static const char *const lm_prefixes[] = {"model.language_model.", "language_model.model.",
+                                          "model."};
+static const char *const ignored_prefixes[] = {"vision_tower.", "multi_modal_projector.",
+                                               "model.vision_tower.",
                                                "model.multi_modal_projector."};
 
 static int starts_with(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
@@ -2147,8 +2329,11 @@ static nla_status bind_dtype(const nla_st *st, const st_tensor *t, nla_dtype *dt
     if (!strcmp(n, "F32")) *dt = NLA_DTYPE_F32;
     else if (!strcmp(n, "F16")) *dt = NLA_DTYPE_F16;
     else if (!strcmp(n, "BF16")) *dt = NLA_DTYPE_BF16;
-    else return fail(e, NLA_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 are supported%s",
-                     st->files[t->file].path, t->name, n, strcmp(n, "U8") ? "" : " (U8 only in files nla quantize wrote)");
+    else
+        return fail(e, NLA_ERR_UNSUPPORTED,
+                    "%s: tensor '%s' has dtype %s; only F32, F16 and BF16 are supported%s",
+                    st->files[t->file].path, t->name, n,
+                    strcmp(n, "U8") ? "" : " (U8 only in files nla quantize wrote)");
     return NLA_OK;
 }
 
@@ -2167,27 +2352,36 @@ static wmat *layer_mat(layer_w *lw, int k) {
 }
 
 /* Checks tensor t has shape [rows, cols] (cols = 0: a vector of rows). */
-static nla_status bind_shape(const nla_st *st, const st_tensor *t, int64_t rows, int64_t cols, const char *why, errbuf *e) {
-    int ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols) : (t->ndim == 1 && t->shape[0] == rows);
+static nla_status bind_shape(const nla_st *st, const st_tensor *t, int64_t rows, int64_t cols,
+                             const char *why, errbuf *e) {
+    int ok = cols ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
+                  : (t->ndim == 1 && t->shape[0] == rows);
     if (ok) return NLA_OK;
     char got[96] = "[", *p = got + 1;
     for (int i = 0; i < t->ndim && p < got + sizeof got - 24; i++)
-        p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+        p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "",
+                      (long long)t->shape[i]);
     snprintf(p, (size_t)(got + sizeof got - p), "]");
     if (cols)
-        return fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has shape %s but config.json implies [%lld, %lld] (%s)",
+        return fail(e, NLA_ERR_FORMAT,
+                    "%s: tensor '%s' has shape %s but config.json implies [%lld, %lld] (%s)",
                     st->files[t->file].path, t->name, got, (long long)rows, (long long)cols, why);
-    return fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' has shape %s but config.json implies [%lld] (%s)",
+    return fail(e, NLA_ERR_FORMAT,
+                "%s: tensor '%s' has shape %s but config.json implies [%lld] (%s)",
                 st->files[t->file].path, t->name, got, (long long)rows, why);
 }
 
-static nla_status bind_mat(nla_model *m, const st_tensor *t, wmat *w, int64_t rows, int64_t cols, const char *why, errbuf *e) {
+static nla_status bind_mat(nla_model *m, const st_tensor *t, wmat *w, int64_t rows, int64_t cols,
+                           const char *why, errbuf *e) {
     nla_status rc;
-    if (m->file_quant >= 0 && !strcmp(st_dtypes[t->dtype].name, "U8")) { /* blocks written by nla quantize */
+    /* blocks written by nla quantize */
+    if (m->file_quant >= 0 && !strcmp(st_dtypes[t->dtype].name, "U8")) {
         w->dt = (nla_dtype)m->file_quant;
-        rc = cols % QK ? fail(e, NLA_ERR_FORMAT, "%s: tensor '%s' is quantized but %lld columns are not whole blocks",
+        rc = cols % QK ? fail(e, NLA_ERR_FORMAT,
+                              "%s: tensor '%s' is quantized but %lld columns are not whole blocks",
                               m->st->files[t->file].path, t->name, (long long)cols)
-                       : bind_shape(m->st, t, (rows + QG - 1) / QG, (int64_t)group_bytes(w->dt, (int)cols), why, e);
+                       : bind_shape(m->st, t, (rows + QG - 1) / QG,
+                                    (int64_t)group_bytes(w->dt, (int)cols), why, e);
     } else {
         rc = bind_shape(m->st, t, rows, cols, why, e);
         if (!rc) rc = bind_dtype(m->st, t, &w->dt, e);
@@ -2202,7 +2396,8 @@ static nla_status bind_mat(nla_model *m, const st_tensor *t, wmat *w, int64_t ro
 }
 
 /* gain[i] = 1 + w[i] in float32, as HF's Gemma3RMSNorm computes it. */
-static nla_status bind_gain(nla_model *m, const st_tensor *t, float *gain, int64_t n, const char *why, errbuf *e) {
+static nla_status bind_gain(nla_model *m, const st_tensor *t, float *gain, int64_t n,
+                            const char *why, errbuf *e) {
     nla_dtype dt = NLA_DTYPE_F32;
     nla_status rc = bind_shape(m->st, t, n, 0, why, e);
     if (!rc) rc = bind_dtype(m->st, t, &dt, e);
@@ -2225,18 +2420,27 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
     if (!slot) return fail(e, NLA_ERR_NOMEM, "out of memory");
     m->src = slot;
     const char *fq = nla_st_metadata(st, "nla.quant");
-    m->file_quant = !fq ? -1 : !strcmp(fq, quant_names[0]) ? NLA_DTYPE_Q8_0 : !strcmp(fq, quant_names[1]) ? NLA_DTYPE_Q4_0 : -2;
+    m->file_quant = !fq                           ? -1
+                    : !strcmp(fq, quant_names[0]) ? NLA_DTYPE_Q8_0
+                    : !strcmp(fq, quant_names[1]) ? NLA_DTYPE_Q4_0
+                                                  : -2;
     if (m->file_quant == -2 && (!strcmp(fq, "q8_0") || !strcmp(fq, "q4_0")))
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: nla.quant '%s' is the row-by-row layout of an earlier nla.c; run nla quantize again", m->dir, fq);
-    if (m->file_quant == -2) return fail(e, NLA_ERR_UNSUPPORTED, "%s: unknown nla.quant format '%s'", m->dir, fq);
+        return fail(e, NLA_ERR_UNSUPPORTED,
+                    "%s: nla.quant '%s' is the row-by-row layout of an earlier nla.c; "
+                    "run nla quantize again",
+                    m->dir, fq);
+    if (m->file_quant == -2)
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: unknown nla.quant format '%s'", m->dir, fq);
     for (int i = 0; i < st->n && !rc; i++) {
         const st_tensor *t = &st->t[i];
         const char *rest = NULL, *where = st->files[t->file].path;
         const st_tensor **dst = NULL;
         int skip = 0;
-        for (size_t k = 0; k < sizeof ignored_prefixes / sizeof *ignored_prefixes; k++) skip |= starts_with(t->name, ignored_prefixes[k]);
+        for (size_t k = 0; k < sizeof ignored_prefixes / sizeof *ignored_prefixes; k++)
+            skip |= starts_with(t->name, ignored_prefixes[k]);
         if (skip) continue;
-        if (!strcmp(t->name, "lm_head.weight") || !strcmp(t->name, "language_model.lm_head.weight")) {
+        if (!strcmp(t->name, "lm_head.weight") ||
+            !strcmp(t->name, "language_model.lm_head.weight")) {
             dst = head;
         } else {
             for (size_t k = 0; k < sizeof lm_prefixes / sizeof *lm_prefixes && !rest; k++)
@@ -2248,54 +2452,84 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
                 char *endp;
                 long li = strtol(rest + 7, &endp, 10);
                 if (*endp != '.' || li >= L || endp - (rest + 7) > 6) {
-                    rc = fail(e, NLA_ERR_FORMAT, "%s: tensor '%s': layer index out of range (num_hidden_layers = %d in config.json)", where, t->name, L);
+                    rc = fail(e, NLA_ERR_FORMAT,
+                              "%s: tensor '%s': layer index out of range "
+                              "(num_hidden_layers = %d in config.json)",
+                              where, t->name, L);
                     break;
                 }
                 for (int k = 0; k < W_PER_LAYER; k++)
                     if (!strcmp(endp + 1, layer_tensor_names[k])) dst = &slot[li * W_PER_LAYER + k];
             }
-            if (!dst) { rc = fail(e, NLA_ERR_FORMAT, "%s: unexpected tensor '%s' in a Gemma 3 checkpoint", where, t->name); break; }
+            if (!dst) {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: unexpected tensor '%s' in a Gemma 3 checkpoint",
+                          where, t->name);
+                break;
+            }
         }
-        if (*dst) { rc = fail(e, NLA_ERR_FORMAT, "%s: tensors '%s' and '%s' both claim the same role", where, (*dst)->name, t->name); break; }
+        if (*dst) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: tensors '%s' and '%s' both claim the same role",
+                      where, (*dst)->name, t->name);
+            break;
+        }
         *dst = t;
     }
     /* every expected tensor present */
-    if (!rc && !*emb) rc = fail(e, NLA_ERR_FORMAT, "%s: no embedding tensor (model.embed_tokens.weight)", m->dir);
-    if (!rc && !c->tie && !*head) rc = fail(e, NLA_ERR_FORMAT, "%s: tie_word_embeddings is false but there is no lm_head.weight", m->dir);
+    if (!rc && !*emb)
+        rc = fail(e, NLA_ERR_FORMAT, "%s: no embedding tensor (model.embed_tokens.weight)", m->dir);
+    if (!rc && !c->tie && !*head)
+        rc = fail(e, NLA_ERR_FORMAT,
+                  "%s: tie_word_embeddings is false but there is no lm_head.weight", m->dir);
     for (int i = 0; i < L * W_PER_LAYER && !rc; i++)
-        if (!slot[i]) rc = fail(e, NLA_ERR_FORMAT, "%s: missing tensor model.layers.%d.%s", m->dir, i / W_PER_LAYER, layer_tensor_names[i % W_PER_LAYER]);
+        if (!slot[i])
+            rc = fail(e, NLA_ERR_FORMAT, "%s: missing tensor model.layers.%d.%s", m->dir,
+                      i / W_PER_LAYER, layer_tensor_names[i % W_PER_LAYER]);
     /* shapes against config.json; gains converted */
     size_t n_gain = (size_t)L * (4 * (size_t)h + 2 * (size_t)c->hd) + (size_t)h;
-    if (!rc && !(m->gains = (float *)xmalloc(n_gain, sizeof(float)))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
-    if (!rc && !(m->layer = (layer_w *)xcalloc((size_t)L, sizeof *m->layer))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc && !(m->gains = (float *)xmalloc(n_gain, sizeof(float))))
+        rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc && !(m->layer = (layer_w *)xcalloc((size_t)L, sizeof *m->layer)))
+        rc = fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) rc = bind_mat(m, *emb, &m->embed, c->vocab, h, "vocab_size x hidden_size", e);
     if (!rc && is_quant(m->embed.dt))
-        rc = fail(e, NLA_ERR_FORMAT, "%s: the embedding '%s' is stored quantized; its rows are read by lookup, so it must be F32, F16 or BF16",
+        rc = fail(e, NLA_ERR_FORMAT,
+                  "%s: the embedding '%s' is stored quantized; "
+                  "its rows are read by lookup, so it must be F32, F16 or BF16",
                   st->files[(*emb)->file].path, (*emb)->name);
     m->head = m->embed;
     const int q_head = *head && m->file_quant >= 0 && !strcmp(st_dtypes[(*head)->dtype].name, "U8");
-    if (!rc && (!c->tie || q_head)) rc = bind_mat(m, *head, &m->head, c->vocab, h, "vocab_size x hidden_size", e);
+    if (!rc && (!c->tie || q_head))
+        rc = bind_mat(m, *head, &m->head, c->vocab, h, "vocab_size x hidden_size", e);
     float *g = m->gains;
     for (int l = 0; l < L && !rc; l++) {
         const st_tensor **s = &slot[l * W_PER_LAYER];
         layer_w *lw = &m->layer[l];
-        float *gi = g, *gpa = gi + h, *gpf = gpa + h, *gpo = gpf + h, *gq = gpo + h, *gk = gq + c->hd;
+        float *gi = g, *gpa = gi + h, *gpf = gpa + h, *gpo = gpf + h, *gq = gpo + h,
+              *gk = gq + c->hd;
         g = gk + c->hd;
         if ((rc = bind_gain(m, s[W_IN_NORM], gi, h, "hidden_size", e)) ||
-            (rc = bind_mat(m, s[W_Q], &lw->q, qw, h, "num_attention_heads*head_dim x hidden_size", e)) ||
-            (rc = bind_mat(m, s[W_K], &lw->k, kvw, h, "num_key_value_heads*head_dim x hidden_size", e)) ||
-            (rc = bind_mat(m, s[W_V], &lw->v, kvw, h, "num_key_value_heads*head_dim x hidden_size", e)) ||
-            (rc = bind_mat(m, s[W_O], &lw->o, h, qw, "hidden_size x num_attention_heads*head_dim", e)) ||
+            (rc = bind_mat(m, s[W_Q], &lw->q, qw, h, "num_attention_heads*head_dim x hidden_size",
+                           e)) ||
+            (rc = bind_mat(m, s[W_K], &lw->k, kvw, h, "num_key_value_heads*head_dim x hidden_size",
+                           e)) ||
+            (rc = bind_mat(m, s[W_V], &lw->v, kvw, h, "num_key_value_heads*head_dim x hidden_size",
+                           e)) ||
+            (rc = bind_mat(m, s[W_O], &lw->o, h, qw, "hidden_size x num_attention_heads*head_dim",
+                           e)) ||
             (rc = bind_gain(m, s[W_QN], gq, c->hd, "head_dim", e)) ||
             (rc = bind_gain(m, s[W_KN], gk, c->hd, "head_dim", e)) ||
             (rc = bind_gain(m, s[W_POST_ATTN], gpa, h, "hidden_size", e)) ||
             (rc = bind_gain(m, s[W_PRE_FFW], gpf, h, "hidden_size", e)) ||
-            (rc = bind_mat(m, s[W_GATE], &lw->gate, c->d_ff, h, "intermediate_size x hidden_size", e)) ||
-            (rc = bind_mat(m, s[W_UP], &lw->up, c->d_ff, h, "intermediate_size x hidden_size", e)) ||
-            (rc = bind_mat(m, s[W_DOWN], &lw->down, h, c->d_ff, "hidden_size x intermediate_size", e)) ||
+            (rc = bind_mat(m, s[W_GATE], &lw->gate, c->d_ff, h, "intermediate_size x hidden_size",
+                           e)) ||
+            (rc = bind_mat(m, s[W_UP], &lw->up, c->d_ff, h, "intermediate_size x hidden_size",
+                           e)) ||
+            (rc = bind_mat(m, s[W_DOWN], &lw->down, h, c->d_ff, "hidden_size x intermediate_size",
+                           e)) ||
             (rc = bind_gain(m, s[W_POST_FFW], gpo, h, "hidden_size", e)))
             break;
-        lw->in_norm = gi; lw->post_attn = gpa; lw->pre_ffw = gpf; lw->post_ffw = gpo; lw->q_norm = gq; lw->k_norm = gk;
+        lw->in_norm = gi; lw->post_attn = gpa; lw->pre_ffw = gpf; lw->post_ffw = gpo;
+        lw->q_norm = gq; lw->k_norm = gk;
     }
     if (!rc && *norm) {
         rc = bind_gain(m, *norm, g, h, "hidden_size", e);
@@ -2309,7 +2543,8 @@ static nla_status bind_model(nla_model *m, errbuf *e) {
    not needed, and should not count against the machine's RAM. */
 static void release_pages(const void *p, size_t n) {
 #if !defined(NLA_NO_MMAP) && defined(MADV_DONTNEED)
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + pg - 1) & ~(pg - 1), b = ((uintptr_t)p + n) & ~(pg - 1);
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = ((uintptr_t)p + pg - 1) & ~(pg - 1),
+                    b = ((uintptr_t)p + n) & ~(pg - 1);
     if (pg && b > a) madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
 #else
     (void)p;
@@ -2341,10 +2576,12 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
     const int nt = 1;
 #endif
     float *buf = (float *)xmalloc((size_t)nt * (size_t)maxcols + 1, sizeof(float));
-    if (total > SIZE_MAX || !buf || !(m->qmem = (unsigned char *)NLA_MALLOC(total ? (size_t)total : 1))) {
+    if (total > SIZE_MAX || !buf ||
+        !(m->qmem = (unsigned char *)NLA_MALLOC(total ? (size_t)total : 1))) {
         NLA_FREE(mats);
         NLA_FREE(buf);
-        return fail(e, NLA_ERR_NOMEM, "out of memory for %.2f GB of quantized weights", (double)total / 1e9);
+        return fail(e, NLA_ERR_NOMEM, "out of memory for %.2f GB of quantized weights",
+                    (double)total / 1e9);
     }
     unsigned char *dst = m->qmem;
     for (int i = 0; i < n_mats; i++) {
@@ -2356,7 +2593,8 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
         for (int g = 0; g < groups; g++) {
             float *f = buf + (size_t)thread_id() * (size_t)maxcols;
             for (int r = 0; r < QG; r++) { /* rows past the end: zeros */
-                if (g * QG + r < w->rows) to_f32(f, w->p + (size_t)(g * QG + r) * in_rb, w->dt, w->cols);
+                if (g * QG + r < w->rows)
+                    to_f32(f, w->p + (size_t)(g * QG + r) * in_rb, w->dt, w->cols);
                 else memset(f, 0, (size_t)w->cols * sizeof(float));
                 q_put_row(f, dst + (size_t)g * gb, r, dt, w->cols);
             }
@@ -2408,22 +2646,28 @@ static nla_status copy_file(const char *from, const char *to, errbuf *e) {
 }
 
 /* from_dir/name to to_dir/name, if it exists. */
-static nla_status copy_side_file(const char *from_dir, const char *to_dir, const char *name, errbuf *e) {
+static nla_status copy_side_file(const char *from_dir, const char *to_dir, const char *name,
+                                 errbuf *e) {
     char *a = path_join(from_dir, name), *b = path_join(to_dir, name);
-    nla_status rc = !a || !b ? fail(e, NLA_ERR_NOMEM, "out of memory") : file_exists(a) ? copy_file(a, b, e) : NLA_OK;
+    nla_status rc = !a || !b         ? fail(e, NLA_ERR_NOMEM, "out of memory")
+                    : file_exists(a) ? copy_file(a, b, e)
+                                     : NLA_OK;
     NLA_FREE(a);
     NLA_FREE(b);
     return rc;
 }
 
-nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out, size_t errbuf_size) {
-    static const char *const side[] = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                                       "special_tokens_map.json", "tokenizer.model", "chat_template.jinja", "nla_meta.yaml",
-                                       "value_head.safetensors"};
+nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
+                          size_t errbuf_size) {
+    static const char *const side[] =
+        {"config.json",           "generation_config.json",  "tokenizer.json",
+         "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+         "chat_template.jinja",   "nla_meta.yaml",           "value_head.safetensors"};
     errbuf e;
     e.msg[0] = 0;
     if (!m || !dir || !strcmp(dir, m->dir)) {
-        copy_err(errbuf_out, errbuf_size, "nla_model_save: a model and a folder other than its own are required");
+        copy_err(errbuf_out, errbuf_size,
+                 "nla_model_save: a model and a folder other than its own are required");
         return NLA_ERR_ARG;
     }
     const int L = m->cfg.n_layers, n_max = L * W_PER_LAYER + 3;
@@ -2437,18 +2681,22 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
             snprintf(names[n], 96, "model.layers.%d.%s", l, layer_tensor_names[k]);
             save_tensor(&t[n], names[n], layer_mat(&m->layer[l], k), m->src[l * W_PER_LAYER + k]);
         }
-    const st_tensor *const *extra = m->src + (size_t)L * W_PER_LAYER; /* embedding, final norm, head */
+    /* embedding, final norm, head */
+    const st_tensor *const *extra = m->src + (size_t)L * W_PER_LAYER;
     if (!rc) save_tensor(&t[n++], "model.embed_tokens.weight", NULL, extra[0]);
     if (!rc && extra[1]) save_tensor(&t[n++], "model.norm.weight", NULL, extra[1]);
     if (!rc && m->head.p != m->embed.p) save_tensor(&t[n++], "lm_head.weight", &m->head, extra[2]);
     nla_dtype qdt = is_quant(m->head.dt) ? m->head.dt : NLA_DTYPE_F32;
     for (int l = 0; l < L; l++)
         for (int k = 0; k < W_PER_LAYER; k++)
-            if (layer_mat(&m->layer[l], k) && is_quant(layer_mat(&m->layer[l], k)->dt)) qdt = layer_mat(&m->layer[l], k)->dt;
+            if (layer_mat(&m->layer[l], k) && is_quant(layer_mat(&m->layer[l], k)->dt))
+                qdt = layer_mat(&m->layer[l], k)->dt;
     const char *meta[4] = {"format", "pt", "nla.quant", quant_names[qdt == NLA_DTYPE_Q4_0]};
     const int quantized = is_quant(qdt);
-    if (!rc) rc = nla_st_write(path, t, n, meta, quantized ? 2 : 1, NULL, NULL, e.msg, sizeof e.msg);
-    for (size_t i = 0; i < sizeof side / sizeof *side && !rc; i++) rc = copy_side_file(m->dir, dir, side[i], &e);
+    if (!rc)
+        rc = nla_st_write(path, t, n, meta, quantized ? 2 : 1, NULL, NULL, e.msg, sizeof e.msg);
+    for (size_t i = 0; i < sizeof side / sizeof *side && !rc; i++)
+        rc = copy_side_file(m->dir, dir, side[i], &e);
     NLA_FREE(t); NLA_FREE(names); NLA_FREE(path);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
@@ -2459,18 +2707,22 @@ void nla_model_get_info(const nla_model *m, nla_model_info *info) {
     const gemma_cfg *c = &m->cfg;
     memset(info, 0, sizeof *info);
     snprintf(info->architecture, sizeof info->architecture, "%s", c->arch);
-    info->n_layers = c->n_layers; info->d_model = c->d; info->n_heads = c->n_heads; info->n_kv_heads = c->n_kv;
-    info->head_dim = c->hd; info->d_ff = c->d_ff; info->vocab_size = c->vocab; info->sliding_window = c->window;
+    info->n_layers = c->n_layers; info->d_model = c->d; info->n_heads = c->n_heads;
+    info->n_kv_heads = c->n_kv;
+    info->head_dim = c->hd; info->d_ff = c->d_ff; info->vocab_size = c->vocab;
+    info->sliding_window = c->window;
     info->max_position_embeddings = c->max_pos;
     for (int l = 0; l < c->n_layers; l++) info->n_global_layers += c->is_global[l];
     info->query_pre_attn_scalar = c->qpas;
     info->rope_theta_local = c->theta[0]; info->rope_theta_global = c->theta[1];
     info->rope_factor_global = c->factor[1];
-    info->rms_norm_eps = c->eps; info->embed_scale = m->embed_scale; info->final_logit_softcap = c->final_softcap;
+    info->rms_norm_eps = c->eps; info->embed_scale = m->embed_scale;
+    info->final_logit_softcap = c->final_softcap;
     info->tied_embeddings = c->tie; info->has_final_norm = m->final_norm != NULL;
     info->bos_id = c->bos; info->n_eos = c->n_eos;
     memcpy(info->eos_ids, c->eos, sizeof c->eos);
-    info->dtype = m->layer[0].q.dt; info->n_params = m->n_params; info->weight_bytes = m->weight_bytes;
+    info->dtype = m->layer[0].q.dt; info->n_params = m->n_params;
+    info->weight_bytes = m->weight_bytes;
     info->quant_bytes = m->quant_bytes;
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < W_PER_LAYER; k++) {
@@ -2504,8 +2756,8 @@ nla_status nla_model_close(nla_model *m) {
     return NLA_OK;
 }
 
-nla_status nla_model_open(const char *path, const nla_model_params *params, nla_model **out, char *errbuf_out,
-                          size_t errbuf_size) {
+nla_status nla_model_open(const char *path, const nla_model_params *params, nla_model **out,
+                          char *errbuf_out, size_t errbuf_size) {
     errbuf e;
     nla_model_params p;
     memset(&p, 0, sizeof p);
@@ -2522,7 +2774,8 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
         return NLA_ERR_ARG;
     }
     if ((unsigned)p.embed_scale > NLA_EMBED_SCALE_EXACT) {
-        copy_err(errbuf_out, errbuf_size, "nla_model_params.embed_scale is not an nla_embed_scale value");
+        copy_err(errbuf_out, errbuf_size,
+                 "nla_model_params.embed_scale is not an nla_embed_scale value");
         return NLA_ERR_ARG;
     }
     nla_model *m = (nla_model *)NLA_CALLOC(1, sizeof *m);
@@ -2547,29 +2800,35 @@ nla_status nla_model_open(const char *path, const nla_model_params *params, nla_
 #else
         const int mapped = !p.no_mmap;
 #endif
-        rc = quantize_model(m, p.quant == NLA_QUANT_Q8_0 ? NLA_DTYPE_Q8_0 : NLA_DTYPE_Q4_0, mapped, &e);
+        rc = quantize_model(m, p.quant == NLA_QUANT_Q8_0 ? NLA_DTYPE_Q8_0 : NLA_DTYPE_Q4_0, mapped,
+                            &e);
     }
     if (!rc) {
         const gemma_cfg *c = &m->cfg;
         float s = (float)sqrt((double)c->d);
         nla_dtype dt = m->embed.dt;
-        if (p.embed_scale == NLA_EMBED_SCALE_BF16 || (p.embed_scale == NLA_EMBED_SCALE_STORED && dt == NLA_DTYPE_BF16))
+        if (p.embed_scale == NLA_EMBED_SCALE_BF16 ||
+            (p.embed_scale == NLA_EMBED_SCALE_STORED && dt == NLA_DTYPE_BF16))
             s = bf16_to_f32(f32_to_bf16(s));
         else if (p.embed_scale == NLA_EMBED_SCALE_STORED && dt == NLA_DTYPE_F16)
             s = f16_to_f32(f32_to_f16(s));
         m->embed_scale = s;
         /* HF: inv_freq[i] = 1 / theta^(2i/hd) in float32, divided by the linear factor */
         int h2 = c->hd / 2;
-        if (!(m->inv_freq = (float *)xmalloc(2 * (size_t)h2, sizeof(float)))) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
+        if (!(m->inv_freq = (float *)xmalloc(2 * (size_t)h2, sizeof(float))))
+            rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
         for (int t = 0; t < 2 && !rc; t++)
             for (int i = 0; i < h2; i++)
-                m->inv_freq[t * h2 + i] = (1.0f / powf(c->theta[t], (float)(2 * i) / (float)c->hd)) / c->factor[t];
+                m->inv_freq[t * h2 + i] =
+                    (1.0f / powf(c->theta[t], (float)(2 * i) / (float)c->hd)) / c->factor[t];
     }
     if (!rc && p.shared_tokenizer) m->tok = p.shared_tokenizer;
     else if (!rc) { /* the tokenizer named in params, else the folder's, if any */
-        char *tp = p.tokenizer ? xstrndup(p.tokenizer, strlen(p.tokenizer)) : path_join(m->dir, "tokenizer.json");
+        char *tp = p.tokenizer ? xstrndup(p.tokenizer, strlen(p.tokenizer))
+                               : path_join(m->dir, "tokenizer.json");
         if (!tp) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
-        else if (p.tokenizer || file_exists(tp)) rc = nla_tokenizer_open(tp, &m->own_tok, e.msg, sizeof e.msg);
+        else if (p.tokenizer || file_exists(tp))
+            rc = nla_tokenizer_open(tp, &m->own_tok, e.msg, sizeof e.msg);
         m->tok = m->own_tok;
         NLA_FREE(tp);
     }
@@ -2643,9 +2902,11 @@ static void session_free_bufs(nla_session *s) {
         if (s->kc) NLA_FREE(s->kc[l]);
         if (s->vc) NLA_FREE(s->vc[l]);
     }
-    NLA_FREE(s->kc); NLA_FREE(s->vc); NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi); NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->next);
-    NLA_FREE(s->x); NLA_FREE(s->xb); NLA_FREE(s->y); NLA_FREE(s->q); NLA_FREE(s->k); NLA_FREE(s->v); NLA_FREE(s->g); NLA_FREE(s->u);
-    NLA_FREE(s->cs); mm_scratch_free(&s->mm); NLA_FREE(s->sc); NLA_FREE(s->logits); NLA_FREE(s->cand);
+    NLA_FREE(s->kc); NLA_FREE(s->vc); NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi);
+    NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->next); NLA_FREE(s->x); NLA_FREE(s->xb);
+    NLA_FREE(s->y); NLA_FREE(s->q); NLA_FREE(s->k); NLA_FREE(s->v); NLA_FREE(s->g); NLA_FREE(s->u);
+    NLA_FREE(s->cs); mm_scratch_free(&s->mm); NLA_FREE(s->sc); NLA_FREE(s->logits);
+    NLA_FREE(s->cand);
 }
 
 void nla_session_free(nla_session *s) {
@@ -2682,7 +2943,8 @@ void nla_session_reset(nla_session *s) {
    (nothing changes). */
 static int session_truncate(nla_session *s, int q, int n) {
     const gemma_cfg *c = &s->m->cfg;
-    const int lo = n - c->window + 1 > 0 ? n - c->window + 1 : 0; /* oldest key the next query sees */
+    /* oldest key the next query sees */
+    const int lo = n - c->window + 1 > 0 ? n - c->window + 1 : 0;
     if (n < 0 || n > s->past[q]) return 0;
     for (int l = 0; l < c->n_layers; l++)
         if (!c->is_global[l] && s->hi[q] - s->cap[l] >= lo) return 0;
@@ -2694,9 +2956,12 @@ static int session_truncate(nla_session *s, int q, int n) {
 static void session_copy_seq(nla_session *s, int src, int dst) {
     const size_t kvw = (size_t)s->m->cfg.n_kv * s->m->cfg.hd;
     for (int l = 0; l < s->m->cfg.n_layers; l++) {
-        const size_t cap = (size_t)s->cap[l], used = (size_t)(s->hi[src] + 1) < cap ? (size_t)(s->hi[src] + 1) : cap;
-        memcpy(s->kc[l] + (size_t)dst * cap * kvw, s->kc[l] + (size_t)src * cap * kvw, used * kvw * sizeof(float));
-        memcpy(s->vc[l] + (size_t)dst * cap * kvw, s->vc[l] + (size_t)src * cap * kvw, used * kvw * sizeof(float));
+        const size_t cap = (size_t)s->cap[l],
+                     used = (size_t)(s->hi[src] + 1) < cap ? (size_t)(s->hi[src] + 1) : cap;
+        memcpy(s->kc[l] + (size_t)dst * cap * kvw, s->kc[l] + (size_t)src * cap * kvw,
+               used * kvw * sizeof(float));
+        memcpy(s->vc[l] + (size_t)dst * cap * kvw, s->vc[l] + (size_t)src * cap * kvw,
+               used * kvw * sizeof(float));
     }
     s->past[dst] = s->past[src];
     s->hi[dst] = s->hi[src];
@@ -2707,7 +2972,9 @@ int nla_session_n_past(const nla_session *s) { return s ? s->past[0] : 0; }
 nla_status nla_session_rewind(nla_session *s, int n) {
     if (!s) return NLA_ERR_ARG;
     if (!session_truncate(s, 0, n))
-        return fail(&s->err, NLA_ERR_RANGE, "nla_session_rewind: cannot go back to %d of %d positions (the sliding-window ring no longer holds the keys before it)",
+        return fail(&s->err, NLA_ERR_RANGE,
+                    "nla_session_rewind: cannot go back to %d of %d positions "
+                    "(the sliding-window ring no longer holds the keys before it)",
                     n, s->past[0]);
     s->av_prefix = 0;
     return NLA_OK;
@@ -2717,15 +2984,19 @@ const char *nla_session_errmsg(const nla_session *s) { return s ? s->err.msg : "
 
 /* Floats of attention scratch per thread: the scores of the query heads
    that share a KV head over n_ctx keys, and their sums (attend). */
-static size_t scores_per_thread(const gemma_cfg *c, int n_ctx) { return (size_t)(c->n_heads / c->n_kv) * ((size_t)n_ctx + 1); }
+static size_t scores_per_thread(const gemma_cfg *c, int n_ctx) {
+    return (size_t)(c->n_heads / c->n_kv) * ((size_t)n_ctx + 1);
+}
 
-nla_status nla_session_new(const nla_model *model, const nla_session_params *params, nla_session **out) {
+nla_status nla_session_new(const nla_model *model, const nla_session_params *params,
+                           nla_session **out) {
     nla_session_params p;
     memset(&p, 0, sizeof p);
     if (params) p = *params;
     if (!out) return NLA_ERR_ARG;
     *out = NULL;
-    if (!model || p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0 || p.n_threads > 1024 || p.n_seq < 0 || p.n_seq > 256)
+    if (!model || p.n_ctx < 0 || p.n_batch < 0 || p.n_threads < 0 || p.n_threads > 1024 ||
+        p.n_seq < 0 || p.n_seq > 256)
         return NLA_ERR_ARG;
     nla_model *m = (nla_model *)(uintptr_t)model; /* only live_sessions is written */
     const gemma_cfg *c = &m->cfg;
@@ -2744,7 +3015,8 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
     s->nt = 1;
 #endif
     nla_session_seed(s, p.seed);
-    if (!(s->past = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) || !(s->hi = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
+    if (!(s->past = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
+        !(s->hi = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
         !(s->next = (int *)xcalloc((size_t)s->n_seq, sizeof(int)))) {
         nla_session_free(s);
         return NLA_ERR_NOMEM;
@@ -2754,24 +3026,32 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
                  kvw = (size_t)c->n_kv * c->hd, I = (size_t)c->d_ff, V = (size_t)c->vocab;
     size_t maxcols = h > qw ? h : qw;
     if (I > maxcols) maxcols = I;
-    int ok = (s->cap = (int *)xcalloc((size_t)c->n_layers, sizeof(int))) && (s->kc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *))) &&
+    int ok = (s->cap = (int *)xcalloc((size_t)c->n_layers, sizeof(int))) &&
+             (s->kc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *))) &&
              (s->vc = (float **)xcalloc((size_t)c->n_layers, sizeof(float *)));
     for (int l = 0; ok && l < c->n_layers; l++) {
         int cap = s->n_ctx;
-        if (!c->is_global[l] && (int64_t)c->window + s->n_batch - 1 < cap) cap = c->window + s->n_batch - 1;
+        if (!c->is_global[l] && (int64_t)c->window + s->n_batch - 1 < cap)
+            cap = c->window + s->n_batch - 1;
         s->cap[l] = cap;
         ok = (s->kc[l] = (float *)xmalloc((size_t)s->n_seq * cap * kvw, sizeof(float))) &&
              (s->vc[l] = (float *)xmalloc((size_t)s->n_seq * cap * kvw, sizeof(float)));
     }
-    ok = ok && (s->x = (float *)xmalloc(B * h, sizeof(float))) && (s->xb = (float *)xmalloc(B * (h > qw ? h : qw), sizeof(float))) &&
-         (s->y = (float *)xmalloc(B * h, sizeof(float))) && (s->q = (float *)xmalloc(B * qw, sizeof(float))) &&
-         (s->k = (float *)xmalloc(B * kvw, sizeof(float))) && (s->v = (float *)xmalloc(B * kvw, sizeof(float))) &&
-         (s->g = (float *)xmalloc(B * I, sizeof(float))) && (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
-         (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
-         mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
-         (s->sc = (float *)xmalloc((size_t)s->nt * scores_per_thread(c, s->n_ctx), sizeof(float))) &&
-         (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) && (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
-         (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));
+    ok =
+        ok && (s->x = (float *)xmalloc(B * h, sizeof(float))) &&
+        (s->xb = (float *)xmalloc(B * (h > qw ? h : qw), sizeof(float))) &&
+        (s->y = (float *)xmalloc(B * h, sizeof(float))) &&
+        (s->q = (float *)xmalloc(B * qw, sizeof(float))) &&
+        (s->k = (float *)xmalloc(B * kvw, sizeof(float))) &&
+        (s->v = (float *)xmalloc(B * kvw, sizeof(float))) &&
+        (s->g = (float *)xmalloc(B * I, sizeof(float))) &&
+        (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
+        (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
+        mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
+        (s->sc = (float *)xmalloc((size_t)s->nt * scores_per_thread(c, s->n_ctx), sizeof(float))) &&
+        (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) &&
+        (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
+        (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));
     if (!ok) {
         nla_session_free(s);
         return NLA_ERR_NOMEM;
@@ -2793,14 +3073,16 @@ static void block_forward(nla_session *s, int l, int n) {
     const nla_model *m = s->m;
     const gemma_cfg *c = &m->cfg;
     const layer_w *w = &m->layer[l];
-    const int h = c->d, hd = c->hd, H = c->n_heads, KV = c->n_kv, qw = H * hd, kvw = KV * hd, I = c->d_ff;
+    const int h = c->d, hd = c->hd, H = c->n_heads, KV = c->n_kv, qw = H * hd, kvw = KV * hd,
+              I = c->d_ff;
     const int glob = c->is_global[l], cap = s->cap[l];
     const float scale = (float)(1.0 / sqrt((double)c->qpas));
 
     /* the rows' own steps (norms, RoPE, the cache, GELU) run in parallel
        over rows when there are several */
     PARALLEL_FOR(s->nt, n > 1)
-    for (int t = 0; t < n; t++) rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);
+    for (int t = 0; t < n; t++)
+        rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);
     matmul(s->q, s->xb, n, &w->q, &s->mm);
     matmul(s->k, s->xb, n, &w->k, &s->mm);
     matmul(s->v, s->xb, n, &w->v, &s->mm);
@@ -2817,7 +3099,8 @@ static void block_forward(nla_session *s, int l, int n) {
             rmsnorm(k, k, w->k_norm, hd, c->eps);
             rope(k, cs, hd);
         }
-        const size_t slot = (size_t)s->seq[t] * cap + (size_t)(s->pos[t] % cap); /* the row's sequence, ring slot */
+        /* the row's sequence, ring slot */
+        const size_t slot = (size_t)s->seq[t] * cap + (size_t)(s->pos[t] % cap);
         memcpy(s->kc[l] + slot * kvw, s->k + (size_t)t * kvw, (size_t)kvw * sizeof(float));
         memcpy(s->vc[l] + slot * kvw, s->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
     }
@@ -2832,8 +3115,9 @@ static void block_forward(nla_session *s, int l, int n) {
         const int t = th / tasks, h0 = th % tasks * G, p = s->pos[t];
         const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
         const size_t base = (size_t)s->seq[t] * cap * kvw, at = (size_t)t * qw + (size_t)h0 * hd;
-        attend(s->xb + at, s->q + at, G, s->kc[l] + base, s->vc[l] + base, cap, kvw, (h0 / (H / KV)) * hd, lo, p, hd, scale,
-               c->attn_softcap, s->sc + (size_t)thread_id() * scores_per_thread(c, s->n_ctx));
+        attend(s->xb + at, s->q + at, G, s->kc[l] + base, s->vc[l] + base, cap, kvw,
+               (h0 / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap,
+               s->sc + (size_t)thread_id() * scores_per_thread(c, s->n_ctx));
     }
     matmul(s->y, s->xb, n, &w->o, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)
@@ -2847,7 +3131,8 @@ static void block_forward(nla_session *s, int l, int n) {
     matmul(s->u, s->xb, n, &w->up, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++)
-        for (size_t i = (size_t)t * I; i < (size_t)(t + 1) * I; i++) s->g[i] = gelu(s->g[i]) * s->u[i];
+        for (size_t i = (size_t)t * I; i < (size_t)(t + 1) * I; i++)
+            s->g[i] = gelu(s->g[i]) * s->u[i];
     matmul(s->y, s->g, n, &w->down, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++) {
@@ -2881,8 +3166,9 @@ static void chunk_outputs(nla_session *s, const nla_batch *b, int r0, int n, int
     int first = *next_sel, cnt = 0;
     for (;;) {
         int want = *next_sel;
-        int row = b->all_logits ? want : b->logit_rows ? (want < b->n_logit_rows ? b->logit_rows[want] : INT_MAX)
-                                                       : (want == 0 ? b->n_tokens - 1 : INT_MAX);
+        int row = b->all_logits   ? want
+                  : b->logit_rows ? (want < b->n_logit_rows ? b->logit_rows[want] : INT_MAX)
+                                  : (want == 0 ? b->n_tokens - 1 : INT_MAX);
         if (b->all_logits && want >= b->n_tokens) row = INT_MAX;
         if (row >= r0 + n) break;
         const float *x = s->x + (size_t)(row - r0) * h;
@@ -2909,8 +3195,11 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
     const int nb = b->n_blocks ? b->n_blocks : c->n_layers;
     const int want_logits = b->logits != NULL;
     if (T < 1) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_tokens must be at least 1");
-    if (!b->ids && !b->embeds) return fail(&s->err, NLA_ERR_ARG, "nla_forward: neither ids nor embeds given");
-    if (nb < 1 || nb > c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_blocks %d is outside 1..%d", b->n_blocks, c->n_layers);
+    if (!b->ids && !b->embeds)
+        return fail(&s->err, NLA_ERR_ARG, "nla_forward: neither ids nor embeds given");
+    if (nb < 1 || nb > c->n_layers)
+        return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_blocks %d is outside 1..%d", b->n_blocks,
+                    c->n_layers);
     /* each row's sequence and position: after what its sequence holds, in order */
     int cached = 0;
     for (int q = 0; q < s->n_seq; q++) {
@@ -2919,26 +3208,44 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
     }
     for (int i = 0; i < T; i++) {
         const int q = b->seq ? b->seq[i] : 0;
-        if (q < 0 || q >= s->n_seq) return fail(&s->err, NLA_ERR_ARG, "nla_forward: row %d names sequence %d; the session has %d", i, q, s->n_seq);
+        if (q < 0 || q >= s->n_seq)
+            return fail(&s->err, NLA_ERR_ARG,
+                        "nla_forward: row %d names sequence %d; the session has %d", i, q,
+                        s->n_seq);
         if (s->next[q]++ >= s->n_ctx)
-            return fail(&s->err, NLA_ERR_RANGE, "nla_forward: %d cached + %d new tokens of sequence %d exceed the context of %d", s->past[q],
-                        s->next[q] - s->past[q], q, s->n_ctx);
+            return fail(&s->err, NLA_ERR_RANGE,
+                        "nla_forward: %d cached + %d new tokens of sequence %d "
+                        "exceed the context of %d",
+                        s->past[q], s->next[q] - s->past[q], q, s->n_ctx);
     }
-    if (b->seq && b->hook) return fail(&s->err, NLA_ERR_ARG, "nla_forward: rows of several sequences run without a hook");
+    if (b->seq && b->hook)
+        return fail(&s->err, NLA_ERR_ARG,
+                    "nla_forward: rows of several sequences run without a hook");
     if (cached && nb > s->kv_layers)
-        return fail(&s->err, NLA_ERR_ARG, "nla_forward: the cache holds only %d blocks (an earlier call stopped early); reset the session", s->kv_layers);
-    if (want_logits && nb < c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_forward: logits need all %d blocks", c->n_layers);
-    if (want_logits && !m->final_norm) return fail(&s->err, NLA_ERR_UNSUPPORTED, "nla_forward: this model has no final norm (norm.weight), so no logits");
+        return fail(&s->err, NLA_ERR_ARG,
+                    "nla_forward: the cache holds only %d blocks (an earlier call stopped early); "
+                    "reset the session",
+                    s->kv_layers);
+    if (want_logits && nb < c->n_layers)
+        return fail(&s->err, NLA_ERR_ARG, "nla_forward: logits need all %d blocks", c->n_layers);
+    if (want_logits && !m->final_norm)
+        return fail(&s->err, NLA_ERR_UNSUPPORTED,
+                    "nla_forward: this model has no final norm (norm.weight), so no logits");
     if (b->logit_rows) {
-        if (b->n_logit_rows < 1) return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_logit_rows must be at least 1");
+        if (b->n_logit_rows < 1)
+            return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_logit_rows must be at least 1");
         for (int i = 0; i < b->n_logit_rows; i++)
-            if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T || (i && b->logit_rows[i] <= b->logit_rows[i - 1]))
-                return fail(&s->err, NLA_ERR_ARG, "nla_forward: logit_rows must be increasing rows in 0..%d", T - 1);
+            if (b->logit_rows[i] < 0 || b->logit_rows[i] >= T ||
+                (i && b->logit_rows[i] <= b->logit_rows[i - 1]))
+                return fail(&s->err, NLA_ERR_ARG,
+                            "nla_forward: logit_rows must be increasing rows in 0..%d", T - 1);
     }
     if (!b->embeds)
         for (int i = 0; i < T; i++)
             if (b->ids[i] < 0 || b->ids[i] >= c->vocab)
-                return fail(&s->err, NLA_ERR_RANGE, "nla_forward: token id %d at row %d is outside 0..%d", b->ids[i], i, c->vocab - 1);
+                return fail(&s->err, NLA_ERR_RANGE,
+                            "nla_forward: token id %d at row %d is outside 0..%d", b->ids[i], i,
+                            c->vocab - 1);
 
     int next_sel = 0;
     s->av_prefix = 0; /* the cache now holds what the caller put there */
@@ -2956,11 +3263,15 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
             block_forward(s, l, n);
             if (b->hook && b->hook(b->hook_user, l, s->pos[0], n, h, s->x)) {
                 nla_session_reset(s); /* ring slots of earlier positions may be overwritten */
-                return fail(&s->err, NLA_ERR_CANCELLED, "nla_forward: the residual hook stopped the pass at block %d; the session was reset", l);
+                return fail(&s->err, NLA_ERR_CANCELLED,
+                            "nla_forward: the residual hook stopped the pass at block %d; "
+                            "the session was reset",
+                            l);
             }
             if (b->hidden)
                 for (int t = 0; t < n; t++)
-                    memcpy(b->hidden + ((size_t)l * T + r0 + t) * h, s->x + (size_t)t * h, (size_t)h * sizeof(float));
+                    memcpy(b->hidden + ((size_t)l * T + r0 + t) * h, s->x + (size_t)t * h,
+                           (size_t)h * sizeof(float));
         }
         if (want_logits || b->residual) chunk_outputs(s, b, r0, n, &next_sel);
     }
@@ -3053,7 +3364,8 @@ static const tok_merge *tok_merge_find(const nla_tokenizer *t, int32_t a, int32_
 
 void nla_tokenizer_close(nla_tokenizer *t) {
     if (!t) return;
-    NLA_FREE(t->arena); NLA_FREE(t->piece); NLA_FREE(t->flags); NLA_FREE(t->hash); NLA_FREE(t->merge); NLA_FREE(t->trie);
+    NLA_FREE(t->arena); NLA_FREE(t->piece); NLA_FREE(t->flags); NLA_FREE(t->hash);
+    NLA_FREE(t->merge); NLA_FREE(t->trie);
     NLA_FREE(t);
 }
 
@@ -3091,23 +3403,29 @@ static int tok_trie_add(nla_tokenizer *t, const char *s, size_t n, int32_t id, i
 
 /* Checks that a tokenizer.json stage is absent or exactly what Gemma 3 uses;
    anything else would silently tokenize differently. */
-static nla_status tok_check_stage(const jdoc *d, int root, const char *key, const char *type, const char *fn, errbuf *e) {
+static nla_status tok_check_stage(const jdoc *d, int root, const char *key, const char *type,
+                                  const char *fn, errbuf *e) {
     int v = json_get(d, root, key);
     if (v < 0 || d->node[v].type == J_NULL) return NLA_OK;
     int ty = json_get(d, v, "type");
     if (ty >= 0 && json_eq(d, ty, type)) return NLA_OK;
     char got[64] = "?";
     if (ty >= 0 && d->node[ty].type == J_STR) json_str(d, ty, got, sizeof got);
-    return fail(e, NLA_ERR_UNSUPPORTED, "%s: %s of type '%s' is not supported (Gemma 3 uses %s)", fn, key, got, type);
+    return fail(e, NLA_ERR_UNSUPPORTED, "%s: %s of type '%s' is not supported (Gemma 3 uses %s)",
+                fn, key, got, type);
 }
 
 /* Registers piece text s (decoded) for id; duplicates keep the first id. */
-static nla_status tok_set_piece(nla_tokenizer *t, int32_t id, const jdoc *d, int node, size_t *arena_len, const char *fn, errbuf *e) {
+static nla_status tok_set_piece(nla_tokenizer *t, int32_t id, const jdoc *d, int node,
+                                size_t *arena_len, const char *fn, errbuf *e) {
     size_t n = json_str(d, node, NULL, 0);
-    if (id < 0 || id >= t->n_ids) return fail(e, NLA_ERR_FORMAT, "%s: token id %d out of range", fn, id);
-    if (n > 1024) return fail(e, NLA_ERR_FORMAT, "%s: a piece of token %d is longer than 1024 bytes", fn, id);
+    if (id < 0 || id >= t->n_ids)
+        return fail(e, NLA_ERR_FORMAT, "%s: token id %d out of range", fn, id);
+    if (n > 1024)
+        return fail(e, NLA_ERR_FORMAT, "%s: a piece of token %d is longer than 1024 bytes", fn, id);
     json_str(d, node, t->arena + *arena_len, n + 1);
-    if (t->piece[id].len && (t->piece[id].len != n || memcmp(t->arena + t->piece[id].off, t->arena + *arena_len, n)))
+    if (t->piece[id].len &&
+        (t->piece[id].len != n || memcmp(t->arena + t->piece[id].off, t->arena + *arena_len, n)))
         return fail(e, NLA_ERR_FORMAT, "%s: token id %d is given two different pieces", fn, id);
     t->piece[id].off = (uint32_t)*arena_len;
     t->piece[id].len = (uint32_t)n;
@@ -3120,14 +3438,17 @@ static nla_status tok_set_piece(nla_tokenizer *t, int32_t id, const jdoc *d, int
    byte fallback and the merge ranks. */
 static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn, errbuf *e) {
     nla_status rc = NLA_OK;
-    int model = json_get(d, 0, "model"), vocab = json_get(d, model, "vocab"), merges = json_get(d, model, "merges");
+    int model = json_get(d, 0, "model"), vocab = json_get(d, model, "vocab"),
+        merges = json_get(d, model, "merges");
     int added = json_get(d, 0, "added_tokens"), v;
-    if (model < 0 || d->node[model].type != J_OBJ) return fail(e, NLA_ERR_FORMAT, "%s: no \"model\" object", fn);
+    if (model < 0 || d->node[model].type != J_OBJ)
+        return fail(e, NLA_ERR_FORMAT, "%s: no \"model\" object", fn);
     if ((v = json_get(d, model, "type")) >= 0 && !json_eq(d, v, "BPE")) {
         return fail(e, NLA_ERR_UNSUPPORTED, "%s: model type is not BPE", fn);
     }
     if (vocab < 0 || d->node[vocab].type != J_OBJ || merges < 0 || d->node[merges].type != J_ARR) {
-        return fail(e, NLA_ERR_FORMAT, "%s: model.vocab must be an object and model.merges a list", fn);
+        return fail(e, NLA_ERR_FORMAT, "%s: model.vocab must be an object and model.merges a list",
+                    fn);
     }
     if ((v = json_get(d, model, "byte_fallback")) >= 0 && d->node[v].type != J_TRUE) {
         return fail(e, NLA_ERR_UNSUPPORTED, "%s: BPE without byte_fallback is not supported", fn);
@@ -3135,7 +3456,8 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     if ((rc = tok_check_stage(d, 0, "normalizer", "Replace", fn, e)) ||
         (rc = tok_check_stage(d, 0, "pre_tokenizer", "Split", fn, e)))
         return rc;
-    if (added >= 0 && d->node[added].type != J_ARR) return fail(e, NLA_ERR_FORMAT, "%s: added_tokens is not a list", fn);
+    if (added >= 0 && d->node[added].type != J_ARR)
+        return fail(e, NLA_ERR_FORMAT, "%s: added_tokens is not a list", fn);
 
     /* ids: the largest in vocab or added_tokens, plus one */
     int64_t max_id = -1;
@@ -3144,7 +3466,8 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     for (uint32_t m = 0; m < d->node[vocab].n; m++, k = d->node[k + 1].end) {
         int id;
         if (!json_int(d, (int)k + 1, &id) || id < 0 || id >= NLA_MAX_VOCAB) {
-            return fail(e, NLA_ERR_FORMAT, "%s: vocab values must be token ids in 0..%d", fn, NLA_MAX_VOCAB - 1);
+            return fail(e, NLA_ERR_FORMAT, "%s: vocab values must be token ids in 0..%d", fn,
+                        NLA_MAX_VOCAB - 1);
         }
         if (id > max_id) max_id = id;
         arena_cap += json_str(d, (int)k, NULL, 0);
@@ -3153,13 +3476,17 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     k = (uint32_t)added + 1;
     for (int a = 0; a < n_added; a++, k = d->node[k].end) {
         int id, c = json_get(d, (int)k, "content");
-        if (!json_int(d, json_get(d, (int)k, "id"), &id) || id < 0 || id >= NLA_MAX_VOCAB || c < 0 || d->node[c].type != J_STR) {
-            return fail(e, NLA_ERR_FORMAT, "%s: added_tokens[%d] needs an id and a content string", fn, a);
+        if (!json_int(d, json_get(d, (int)k, "id"), &id) || id < 0 || id >= NLA_MAX_VOCAB ||
+            c < 0 || d->node[c].type != J_STR) {
+            return fail(e, NLA_ERR_FORMAT, "%s: added_tokens[%d] needs an id and a content string",
+                        fn, a);
         }
         static const char *const flags_false[] = {"lstrip", "rstrip", "single_word", "normalized"};
         for (int f = 0; f < 4; f++)
             if ((v = json_get(d, (int)k, flags_false[f])) >= 0 && d->node[v].type == J_TRUE) {
-                return fail(e, NLA_ERR_UNSUPPORTED, "%s: added_tokens[%d] sets %s, which Gemma 3 never does", fn, a, flags_false[f]);
+                return fail(e, NLA_ERR_UNSUPPORTED,
+                            "%s: added_tokens[%d] sets %s, which Gemma 3 never does", fn, a,
+                            flags_false[f]);
             }
         if (id > max_id) max_id = id;
         arena_cap += json_str(d, c, NULL, 0);
@@ -3169,7 +3496,8 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     t->hash_mask = pow2_at_least(2 * (uint64_t)t->n_ids) - 1;
     t->merge_mask = pow2_at_least(2 * (uint64_t)d->node[merges].n) - 1;
     int trie_cap = 1024;
-    if (!(t->arena = (char *)NLA_MALLOC(arena_cap + 1)) || !(t->piece = (tok_piece *)xcalloc((size_t)t->n_ids, sizeof *t->piece)) ||
+    if (!(t->arena = (char *)NLA_MALLOC(arena_cap + 1)) ||
+        !(t->piece = (tok_piece *)xcalloc((size_t)t->n_ids, sizeof *t->piece)) ||
         !(t->flags = (unsigned char *)xcalloc((size_t)t->n_ids, 1)) ||
         !(t->hash = (int32_t *)xmalloc((size_t)t->hash_mask + 1, sizeof *t->hash)) ||
         !(t->merge = (tok_merge *)xcalloc((size_t)t->merge_mask + 1, sizeof *t->merge)) ||
@@ -3208,10 +3536,12 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     for (int b = 0; b < 256 && !rc; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
-        if ((t->byte_id[b] = tok_lookup(t, name, 6)) < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no byte-fallback token %s", fn, name);
+        if ((t->byte_id[b] = tok_lookup(t, name, 6)) < 0)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: no byte-fallback token %s", fn, name);
         else t->flags[t->byte_id[b]] |= TOK_BYTE;
     }
-    if (!rc && (t->space_id = tok_lookup(t, "\xe2\x96\x81", 3)) < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no U+2581 token", fn);
+    if (!rc && (t->space_id = tok_lookup(t, "\xe2\x96\x81", 3)) < 0)
+        rc = fail(e, NLA_ERR_FORMAT, "%s: no U+2581 token", fn);
     t->bos = rc ? -1 : tok_lookup(t, "<bos>", 5);
     if (!rc && t->bos < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no <bos> token", fn);
     /* merges: [["a", "b"], ...] or ["a b", ...]; rank = position */
@@ -3219,8 +3549,10 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
     for (uint32_t r = 0; r < d->node[merges].n && !rc; r++, k = d->node[k].end) {
         char buf[2 * 1024 + 2];
         int32_t a = -1, b = -1;
-        if (d->node[k].type == J_ARR && d->node[k].n == 2 && d->node[k + 1].type == J_STR && d->node[k + 2].type == J_STR) {
-            size_t la = json_str(d, (int)k + 1, buf, sizeof buf), lb = la < sizeof buf ? json_str(d, (int)k + 2, buf + la, sizeof buf - la) : 0;
+        if (d->node[k].type == J_ARR && d->node[k].n == 2 && d->node[k + 1].type == J_STR &&
+            d->node[k + 2].type == J_STR) {
+            size_t la = json_str(d, (int)k + 1, buf, sizeof buf),
+                   lb = la < sizeof buf ? json_str(d, (int)k + 2, buf + la, sizeof buf - la) : 0;
             if (la + lb < sizeof buf - 1) {
                 a = tok_lookup(t, buf, la);
                 b = tok_lookup(t, buf + la, lb);
@@ -3233,12 +3565,19 @@ static nla_status tok_from_json(nla_tokenizer *t, const jdoc *d, const char *fn,
                 b = tok_lookup(t, sp + 1, l - (size_t)(sp - buf) - 1);
             }
         }
-        if (a < 0 || b < 0) { rc = fail(e, NLA_ERR_FORMAT, "%s: merges[%u] is not a pair of known pieces", fn, r); break; }
+        if (a < 0 || b < 0) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: merges[%u] is not a pair of known pieces", fn, r);
+            break;
+        }
         size_t la = t->piece[a].len, lb = t->piece[b].len;
         memcpy(buf, t->arena + t->piece[a].off, la);
         memcpy(buf + la, t->arena + t->piece[b].off, lb);
         int32_t res = tok_lookup(t, buf, la + lb);
-        if (res < 0) { rc = fail(e, NLA_ERR_FORMAT, "%s: merges[%u] makes a piece that is not in the vocabulary", fn, r); break; }
+        if (res < 0) {
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: merges[%u] makes a piece that is not in the vocabulary", fn, r);
+            break;
+        }
         uint64_t key = ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;
         uint32_t h = (uint32_t)hash_u64(key) & t->merge_mask;
         while (t->merge[h].key && t->merge[h].key != key) h = (h + 1) & t->merge_mask;
@@ -3263,7 +3602,8 @@ static nla_status tok_load(nla_tokenizer *t, const char *fn, errbuf *e) {
     return rc;
 }
 
-nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbuf_out, size_t errbuf_size) {
+nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbuf_out,
+                              size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     if (!out) return NLA_ERR_ARG;
@@ -3293,7 +3633,11 @@ const char *nla_tokenizer_piece(const nla_tokenizer *t, int32_t id, size_t *len)
 
 /* Length of the UTF-8 character at s[0..n) if it is well formed, else 0. */
 static int utf8_char_len(const unsigned char *s, size_t n) {
-    int k = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3 : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    int k = s[0] < 0x80                    ? 1
+            : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
+            : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+            : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4
+                                           : 0;
     if (!k || (size_t)k > n) return 0;
     return utf8_valid(s, (size_t)k) ? k : 0;
 }
@@ -3310,7 +3654,9 @@ typedef struct {
     int n_heap;
 } tok_work;
 
-static int cand_less(const tok_cand *a, const tok_cand *b) { return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos; }
+static int cand_less(const tok_cand *a, const tok_cand *b) {
+    return a->rank != b->rank ? a->rank < b->rank : a->pos < b->pos;
+}
 
 static void heap_push(tok_work *w, const tok_merge *m, int pos) {
     int i = w->n_heap++;
@@ -3338,7 +3684,8 @@ static tok_cand heap_pop(tok_work *w) {
 }
 
 /* BPE on one word s[0..n); appends ids through *count (written when < cap). */
-static void tok_bpe(const nla_tokenizer *t, tok_work *w, const char *s, size_t n, int32_t *ids, int cap, int *count) {
+static void tok_bpe(const nla_tokenizer *t, tok_work *w, const char *s, size_t n, int32_t *ids,
+                    int cap, int *count) {
     int ns = 0;
     for (size_t i = 0; i < n;) {
         int k = utf8_char_len((const unsigned char *)s + i, n - i);
@@ -3367,8 +3714,10 @@ static void tok_bpe(const nla_tokenizer *t, tok_work *w, const char *s, size_t n
         w->id[nx] = -1;
         w->next[p] = w->next[nx];
         if (w->next[p] >= 0) w->prev[w->next[p]] = p;
-        if (w->prev[p] >= 0 && (m = tok_merge_find(t, w->id[w->prev[p]], w->id[p]))) heap_push(w, m, w->prev[p]);
-        if (w->next[p] >= 0 && (m = tok_merge_find(t, w->id[p], w->id[w->next[p]]))) heap_push(w, m, p);
+        if (w->prev[p] >= 0 && (m = tok_merge_find(t, w->id[w->prev[p]], w->id[p])))
+            heap_push(w, m, w->prev[p]);
+        if (w->next[p] >= 0 && (m = tok_merge_find(t, w->id[p], w->id[w->next[p]])))
+            heap_push(w, m, p);
     }
     for (int i = 0; i < ns; i++)
         if (w->id[i] >= 0) {
@@ -3391,9 +3740,11 @@ static int32_t tok_added_match(const nla_tokenizer *t, const char *s, size_t n, 
     return best;
 }
 
-nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags, int32_t *ids, int cap, int *n_ids) {
+nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags,
+                        int32_t *ids, int cap, int *n_ids) {
     if (n_ids) *n_ids = 0;
-    if (!t || (!text && len) || !n_ids || cap < 0 || (cap && !ids) || len > (size_t)INT_MAX - 1) return NLA_ERR_ARG;
+    if (!t || (!text && len) || !n_ids || cap < 0 || (cap && !ids) || len > (size_t)INT_MAX - 1)
+        return NLA_ERR_ARG;
     int count = 0;
     if (flags & NLA_TOKENIZE_BOS) {
         if (count < cap) ids[count] = t->bos;
@@ -3411,7 +3762,8 @@ nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, in
     size_t start = 0;
     for (size_t i = 0; i < len;) {
         size_t mlen = 0;
-        int32_t id = (flags & NLA_TOKENIZE_NO_SPECIAL) ? -1 : tok_added_match(t, text + i, len - i, &mlen);
+        int32_t id =
+            (flags & NLA_TOKENIZE_NO_SPECIAL) ? -1 : tok_added_match(t, text + i, len - i, &mlen);
         if (id < 0) { i++; continue; }
         tok_bpe(t, &w, text + start, i - start, ids, cap, &count);
         if (count < cap) ids[count] = id;
@@ -3444,7 +3796,8 @@ static int tok_decode_one(const nla_tokenizer *t, int32_t id, char *out) {
     return o;
 }
 
-nla_status nla_detokenize(const nla_tokenizer *t, const int32_t *ids, int n, char *out, size_t cap, size_t *len) {
+nla_status nla_detokenize(const nla_tokenizer *t, const int32_t *ids, int n, char *out, size_t cap,
+                          size_t *len) {
     if (len) *len = 0;
     if (!t || !len || n < 0 || (n && !ids) || (cap && !out)) return NLA_ERR_ARG;
     char buf[1024 + 8];
@@ -3460,7 +3813,8 @@ nla_status nla_detokenize(const nla_tokenizer *t, const int32_t *ids, int n, cha
     return NLA_ERR_BUFFER_TOO_SMALL;
 }
 
-nla_status nla_detokenize_next(const nla_tokenizer *t, nla_detok_state *st, int32_t id, char *out, size_t cap, size_t *len) {
+nla_status nla_detokenize_next(const nla_tokenizer *t, nla_detok_state *st, int32_t id, char *out,
+                               size_t cap, size_t *len) {
     if (len) *len = 0;
     if (!t || !st || !len || !out || st->n_held < 0 || st->n_held > 3) return NLA_ERR_ARG;
     unsigned char buf[1024 + 8];
@@ -3482,7 +3836,10 @@ nla_status nla_detokenize_next(const nla_tokenizer *t, nla_detok_state *st, int3
         if (need > back) keep = back;
         break;
     }
-    if ((size_t)(n - keep) + 1 > cap) { *len = (size_t)(n - keep); return NLA_ERR_BUFFER_TOO_SMALL; }
+    if ((size_t)(n - keep) + 1 > cap) {
+        *len = (size_t)(n - keep);
+        return NLA_ERR_BUFFER_TOO_SMALL;
+    }
     memcpy(out, buf, (size_t)(n - keep));
     out[n - keep] = 0;
     memcpy(st->held, buf + n - keep, (size_t)keep);
@@ -3493,8 +3850,9 @@ nla_status nla_detokenize_next(const nla_tokenizer *t, nla_detok_state *st, int3
 
 /* Python's str.isspace() for one code point, as Jinja's trim uses it. */
 static int py_space(uint32_t c) {
-    return (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
+    return (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
+           c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
+           c == 0x202f || c == 0x205f || c == 0x3000;
 }
 
 /* Code point of the valid UTF-8 character at s (k bytes). */
@@ -3529,7 +3887,8 @@ typedef struct {
     size_t role_len, content_len;
 } chat_span;
 
-enum { CHAT_BOS, CHAT_MARKER, CHAT_USER, CHAT_ASST, CHAT_EOT }; /* what a part of a rendered chat is */
+/* what a part of a rendered chat is */
+enum { CHAT_BOS, CHAT_MARKER, CHAT_USER, CHAT_ASST, CHAT_EOT };
 
 typedef struct {
     size_t off; /* the part starts at this byte; it ends where the next starts */
@@ -3542,8 +3901,8 @@ static void chat_mark(chat_part *parts, int *n_parts, size_t off, int kind) {
     parts[(*n_parts)++].kind = kind;
 }
 
-static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out, size_t cap, size_t *len, chat_part *parts,
-                              int *n_parts, errbuf *e) {
+static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out, size_t cap,
+                              size_t *len, chat_part *parts, int *n_parts, errbuf *e) {
     sbuf s = {out, cap, 0};
     int first = n > 0 && m[0].role_len == 6 && !memcmp(m[0].role, "system", 6), np = 0;
     chat_mark(parts, &np, 0, CHAT_BOS);
@@ -3551,7 +3910,9 @@ static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out,
     for (int i = first; i < n; i++) {
         const int k = i - first, is_user = m[i].role_len == 4 && !memcmp(m[i].role, "user", 4);
         if (is_user != (k % 2 == 0))
-            return fail(e, NLA_ERR_ARG, "chat: roles must alternate user/assistant starting with user; message %d has role '%.*s'",
+            return fail(e, NLA_ERR_ARG,
+                        "chat: roles must alternate user/assistant starting with user; "
+                        "message %d has role '%.*s'",
                         i, (int)(m[i].role_len > 32 ? 32 : m[i].role_len), m[i].role);
         const int is_asst = m[i].role_len == 9 && !memcmp(m[i].role, "assistant", 9);
         chat_mark(parts, &np, s.len, CHAT_MARKER);
@@ -3582,8 +3943,9 @@ static nla_status chat_render(const chat_span *m, int n, int add_gen, char *out,
     return fail(e, NLA_ERR_BUFFER_TOO_SMALL, "chat: the rendered text needs %zu bytes", s.len + 1);
 }
 
-nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generation_prompt, char *out, size_t cap, size_t *len,
-                           char *errbuf_out, size_t errbuf_size) {
+nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generation_prompt,
+                           char *out, size_t cap, size_t *len, char *errbuf_out,
+                           size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     if (len) *len = 0;
@@ -3592,7 +3954,8 @@ nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generati
     if (!sp) return NLA_ERR_NOMEM;
     nla_status rc = NLA_OK;
     for (int i = 0; i < n && !rc; i++) {
-        if (!msgs[i].role || !msgs[i].content) rc = fail(&e, NLA_ERR_ARG, "chat: message %d has a NULL role or content", i);
+        if (!msgs[i].role || !msgs[i].content)
+            rc = fail(&e, NLA_ERR_ARG, "chat: message %d has a NULL role or content", i);
         else {
             sp[i].role = msgs[i].role; sp[i].role_len = strlen(msgs[i].role);
             sp[i].content = msgs[i].content; sp[i].content_len = strlen(msgs[i].content);
@@ -3605,7 +3968,10 @@ nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generati
 }
 
 static void chat_spans_free(chat_span *sp, int n) {
-    for (int i = 0; i < n; i++) { NLA_FREE((char *)(uintptr_t)sp[i].role); NLA_FREE((char *)(uintptr_t)sp[i].content); }
+    for (int i = 0; i < n; i++) {
+        NLA_FREE((char *)(uintptr_t)sp[i].role);
+        NLA_FREE((char *)(uintptr_t)sp[i].content);
+    }
     NLA_FREE(sp);
 }
 
@@ -3613,7 +3979,8 @@ static void chat_spans_free(chat_span *sp, int n) {
 static nla_status chat_from_json(const jdoc *d, int list, chat_span **out, int *n_out, errbuf *e) {
     *out = NULL;
     *n_out = 0;
-    if (list < 0 || d->node[list].type != J_ARR) return fail(e, NLA_ERR_FORMAT, "chat: expected a JSON list of messages");
+    if (list < 0 || d->node[list].type != J_ARR)
+        return fail(e, NLA_ERR_FORMAT, "chat: expected a JSON list of messages");
     int n = (int)d->node[list].n;
     chat_span *sp = (chat_span *)xcalloc((size_t)n, sizeof *sp);
     if (!sp) return fail(e, NLA_ERR_NOMEM, "chat: out of memory");
@@ -3622,7 +3989,8 @@ static nla_status chat_from_json(const jdoc *d, int list, chat_span **out, int *
         int r = json_get(d, (int)k, "role"), c = json_get(d, (int)k, "content");
         if (r < 0 || c < 0 || d->node[r].type != J_STR || d->node[c].type != J_STR) {
             chat_spans_free(sp, i);
-            return fail(e, NLA_ERR_FORMAT, "chat: message %d needs string \"role\" and \"content\"", i);
+            return fail(e, NLA_ERR_FORMAT, "chat: message %d needs string \"role\" and \"content\"",
+                        i);
         }
         sp[i].role_len = json_str(d, r, NULL, 0);
         sp[i].content_len = json_str(d, c, NULL, 0);
@@ -3638,8 +4006,9 @@ static nla_status chat_from_json(const jdoc *d, int list, chat_span **out, int *
     return NLA_OK;
 }
 
-nla_status nla_chat_render_json(const char *json, size_t json_len, int add_generation_prompt, char *out, size_t cap, size_t *len,
-                                char *errbuf_out, size_t errbuf_size) {
+nla_status nla_chat_render_json(const char *json, size_t json_len, int add_generation_prompt,
+                                char *out, size_t cap, size_t *len, char *errbuf_out,
+                                size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     if (len) *len = 0;
@@ -3675,7 +4044,9 @@ static uint64_t rng_next(uint64_t *st) {
     return x * 0x2545f4914f6cdd1dull;
 }
 
-static double rng_uniform(uint64_t *st) { return (double)(rng_next(st) >> 11) * (1.0 / 9007199254740992.0); }
+static double rng_uniform(uint64_t *st) {
+    return (double)(rng_next(st) >> 11) * (1.0 / 9007199254740992.0);
+}
 
 /* Descending logit, then ascending id; NaN sorts last. */
 static int cand_cmp(const void *a, const void *b) {
@@ -3706,7 +4077,8 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
     int32_t best = 0;
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
-    if (p->temperature <= 0 || !isfinite(logits[best] / p->temperature)) return best; /* T -> 0 is greedy */
+    /* T -> 0 is greedy */
+    if (p->temperature <= 0 || !isfinite(logits[best] / p->temperature)) return best;
     smp_cand *cd = s->cand;
     for (int i = 0; i < V; i++) { cd[i].logit = logits[i] / p->temperature; cd[i].id = i; }
     const int k = p->top_k > 0 && p->top_k < V ? p->top_k : V;
@@ -3744,18 +4116,23 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
     return cd[n - 1].id;
 }
 
-static nla_status check_generate_params(nla_session *s, const nla_generate_params *p, int32_t *out, int *n_out) {
-    if (!p || !out || !n_out) return fail(&s->err, NLA_ERR_ARG, "generate: params, out and n_out are required");
+static nla_status check_generate_params(nla_session *s, const nla_generate_params *p, int32_t *out,
+                                        int *n_out) {
+    if (!p || !out || !n_out)
+        return fail(&s->err, NLA_ERR_ARG, "generate: params, out and n_out are required");
     if (p->max_new < 1) return fail(&s->err, NLA_ERR_ARG, "generate: max_new must be at least 1");
-    if (!(p->temperature >= 0) || !(p->top_p >= 0 && p->top_p <= 1) || p->top_k < 0 || p->n_stop_ids < 0 ||
-        (p->n_stop_ids && !p->stop_ids))
-        return fail(&s->err, NLA_ERR_ARG, "generate: temperature >= 0, top_p in [0, 1], top_k >= 0 and stop ids required");
+    if (!(p->temperature >= 0) || !(p->top_p >= 0 && p->top_p <= 1) || p->top_k < 0 ||
+        p->n_stop_ids < 0 || (p->n_stop_ids && !p->stop_ids))
+        return fail(&s->err, NLA_ERR_ARG,
+                    "generate: temperature >= 0, top_p in [0, 1], top_k >= 0 "
+                    "and stop ids required");
     return NLA_OK;
 }
 
 /* The decode loop after a forward left the next-token logits in s->logits:
    sample, stream, stop, feed the token back. */
-static nla_status generate_from_logits(nla_session *s, const nla_generate_params *p, int32_t *out, int *n_out) {
+static nla_status generate_from_logits(nla_session *s, const nla_generate_params *p, int32_t *out,
+                                       int *n_out) {
     const int32_t *stop = p->stop_ids ? p->stop_ids : s->m->cfg.eos;
     const int n_stop = p->no_stop ? 0 : p->stop_ids ? p->n_stop_ids : s->m->cfg.n_eos;
     nla_status rc = check_generate_params(s, p, out, n_out);
@@ -3776,15 +4153,17 @@ static nla_status generate_from_logits(nla_session *s, const nla_generate_params
     return rc;
 }
 
-nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, const nla_generate_params *p, int32_t *out,
-                        int *n_out) {
+nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt,
+                        const nla_generate_params *p, int32_t *out, int *n_out) {
     if (!s) return NLA_ERR_ARG;
     if (n_out) *n_out = 0;
     nla_status rc = check_generate_params(s, p, out, n_out);
     if (rc) return rc;
-    if (n_prompt < 1 || (!prompt && !p->prompt_embeds)) return fail(&s->err, NLA_ERR_ARG, "nla_generate: the prompt is empty");
+    if (n_prompt < 1 || (!prompt && !p->prompt_embeds))
+        return fail(&s->err, NLA_ERR_ARG, "nla_generate: the prompt is empty");
     if ((int64_t)s->past[0] + n_prompt + p->max_new - 1 > s->n_ctx)
-        return fail(&s->err, NLA_ERR_RANGE, "nla_generate: %d cached + %d prompt + %d new tokens exceed the context of %d",
+        return fail(&s->err, NLA_ERR_RANGE,
+                    "nla_generate: %d cached + %d prompt + %d new tokens exceed the context of %d",
                     s->past[0], n_prompt, p->max_new, s->n_ctx);
     nla_batch b;
     memset(&b, 0, sizeof b);
@@ -3828,8 +4207,12 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt, con
 static size_t npy_header(char *hdr, int ndim, const int64_t *shape) {
     char dims[96] = "";
     for (int i = 0; i < ndim; i++)
-        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
-    int n = snprintf(hdr + 10, 160, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
+        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%lld%s", (long long)shape[i],
+                 ndim == 1      ? ","
+                 : i + 1 < ndim ? ", "
+                                : "");
+    int n =
+        snprintf(hdr + 10, 160, "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }", dims);
     int pad = (64 - (10 + n + 1) % 64) % 64;
     memcpy(hdr, "\x93NUMPY\x01\x00", 8);
     hdr[8] = (char)((n + pad + 1) & 0xff);
@@ -3839,15 +4222,17 @@ static size_t npy_header(char *hdr, int ndim, const int64_t *shape) {
     return (size_t)(10 + n + pad + 1);
 }
 
-nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *errbuf_out,
-                         size_t errbuf_size) {
+nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape,
+                         char *errbuf_out, size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     uint64_t count = 1;
     int ok_shape = path && data && shape && ndim >= 1 && ndim <= 3;
-    for (int i = 0; ok_shape && i < ndim; i++) ok_shape = shape[i] >= 0 && mul_u64(count, (uint64_t)shape[i], &count);
+    for (int i = 0; ok_shape && i < ndim; i++)
+        ok_shape = shape[i] >= 0 && mul_u64(count, (uint64_t)shape[i], &count);
     if (!ok_shape || count > SIZE_MAX / sizeof(float)) {
-        copy_err(errbuf_out, errbuf_size, "nla_npy_write: path, data and a 1-D to 3-D shape are required");
+        copy_err(errbuf_out, errbuf_size,
+                 "nla_npy_write: path, data and a 1-D to 3-D shape are required");
         return NLA_ERR_ARG;
     }
     char hdr[256];
@@ -3856,7 +4241,8 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
     nla_status rc = NLA_OK;
     if (!f) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", path);
     else {
-        int ok = fwrite(hdr, 1, hl, f) == hl && fwrite(data, sizeof(float), (size_t)count, f) == count;
+        int ok =
+            fwrite(hdr, 1, hl, f) == hl && fwrite(data, sizeof(float), (size_t)count, f) == count;
         if (fclose(f) != 0 || !ok) rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
     }
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -3877,8 +4263,8 @@ static const char *npy_field(const char *h, size_t n, const char *key) {
 
 /* The array in a .npy file's bytes buf[0..n) (float32, C order, 1-D or
    2-D) into out[0..cap). */
-static nla_status npy_parse(const char *path, const char *buf, size_t n, float *out, size_t cap, int64_t shape[2], int *ndim,
-                            errbuf *e) {
+static nla_status npy_parse(const char *path, const char *buf, size_t n, float *out, size_t cap,
+                            int64_t shape[2], int *ndim, errbuf *e) {
     if (n < 10 || memcmp(buf, "\x93NUMPY", 6) || (buf[6] != 1 && buf[6] != 2))
         return fail(e, NLA_ERR_FORMAT, "%s: not a .npy file (version 1 or 2)", path);
     size_t hl = (unsigned char)buf[8] | (size_t)(unsigned char)buf[9] << 8, off = 10;
@@ -3887,20 +4273,26 @@ static nla_status npy_parse(const char *path, const char *buf, size_t n, float *
         hl |= (size_t)(unsigned char)buf[10] << 16 | (size_t)(unsigned char)buf[11] << 24;
         off = 12;
     }
-    if (hl > n - off) return fail(e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path);
-    const char *h = buf + off, *d = npy_field(h, hl, "descr"), *fo = npy_field(h, hl, "fortran_order"), *sh = npy_field(h, hl, "shape");
+    if (hl > n - off)
+        return fail(e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path);
+    const char *h = buf + off, *d = npy_field(h, hl, "descr"),
+               *fo = npy_field(h, hl, "fortran_order"), *sh = npy_field(h, hl, "shape");
     if (!d || h + hl - d < 5 || (memcmp(d, "'<f4'", 5) && memcmp(d, "\"<f4\"", 5))) {
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: dtype must be little-endian float32 ('<f4')", path);
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: dtype must be little-endian float32 ('<f4')",
+                    path);
     }
-    if (!fo || h + hl - fo < 5 || memcmp(fo, "False", 5)) return fail(e, NLA_ERR_UNSUPPORTED, "%s: Fortran order is not supported", path);
+    if (!fo || h + hl - fo < 5 || memcmp(fo, "False", 5))
+        return fail(e, NLA_ERR_UNSUPPORTED, "%s: Fortran order is not supported", path);
     if (!sh || *sh != '(') return fail(e, NLA_ERR_FORMAT, "%s: no shape in the header", path);
     for (const char *p = sh + 1;;) {
         while (p < h + hl && *p == ' ') p++;
         if (p < h + hl && *p == ')') break;
         uint64_t v = 0;
         const char *q = p;
-        while (q < h + hl && *q >= '0' && *q <= '9' && v < ((uint64_t)1 << 40)) v = v * 10 + (uint64_t)(*q++ - '0');
-        if (q == p || *ndim == 2 || v >= ((uint64_t)1 << 40)) return fail(e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path);
+        while (q < h + hl && *q >= '0' && *q <= '9' && v < ((uint64_t)1 << 40))
+            v = v * 10 + (uint64_t)(*q++ - '0');
+        if (q == p || *ndim == 2 || v >= ((uint64_t)1 << 40))
+            return fail(e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path);
         shape[(*ndim)++] = (int64_t)v;
         p = q;
         while (p < h + hl && *p == ' ') p++;
@@ -3908,17 +4300,18 @@ static nla_status npy_parse(const char *path, const char *buf, size_t n, float *
     }
     if (*ndim == 0) return fail(e, NLA_ERR_UNSUPPORTED, "%s: a 0-D array is not a vector", path);
     uint64_t count = 0;
-    if (!mul_u64((uint64_t)shape[0], (uint64_t)(*ndim == 2 ? shape[1] : 1), &count) || count > (n - off - hl) / 4 ||
-        (n - off - hl) != count * 4) {
-        return fail(e, NLA_ERR_FORMAT, "%s: %zu data bytes, the shape needs %llu", path, n - off - hl, (unsigned long long)count * 4);
+    if (!mul_u64((uint64_t)shape[0], (uint64_t)(*ndim == 2 ? shape[1] : 1), &count) ||
+        count > (n - off - hl) / 4 || (n - off - hl) != count * 4) {
+        return fail(e, NLA_ERR_FORMAT, "%s: %zu data bytes, the shape needs %llu", path,
+                    n - off - hl, (unsigned long long)count * 4);
     }
     if (count > cap) return NLA_ERR_BUFFER_TOO_SMALL;
     if (count) memcpy(out, buf + off + hl, (size_t)count * 4);
     return NLA_OK;
 }
 
-nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim, char *errbuf_out,
-                        size_t errbuf_size) {
+nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim,
+                        char *errbuf_out, size_t errbuf_size) {
     errbuf e;
     e.msg[0] = 0;
     if (!path || !shape || !ndim || (cap && !out)) {
@@ -3996,12 +4389,23 @@ static char *yaml_quoted(const char **p, const char *e) {
             uint32_t cp = 0;
             int k = 2;
             if (c == 'u')
-                for (; k < 6 && s + k < e && hexval(s[k]) >= 0; k++) cp = cp << 4 | (uint32_t)hexval(s[k]);
-            if (c == 'u' ? k != 6 || cp == 0 || (cp >= 0xd800 && cp < 0xe000) : !c || !strchr("nt\"\\/", c)) { *p = s; break; }
+                for (; k < 6 && s + k < e && hexval(s[k]) >= 0; k++)
+                    cp = cp << 4 | (uint32_t)hexval(s[k]);
+            if (c == 'u' ? k != 6 || cp == 0 || (cp >= 0xd800 && cp < 0xe000)
+                         : !c || !strchr("nt\"\\/", c)) {
+                *p = s;
+                break;
+            }
             if (c != 'u') { out[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c; s++; continue; }
             if (cp < 0x80) out[o++] = (char)cp;
-            else if (cp < 0x800) { out[o++] = (char)(0xc0 | cp >> 6); out[o++] = (char)(0x80 | (cp & 0x3f)); }
-            else { out[o++] = (char)(0xe0 | cp >> 12); out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[o++] = (char)(0x80 | (cp & 0x3f)); }
+            else if (cp < 0x800) {
+                out[o++] = (char)(0xc0 | cp >> 6);
+                out[o++] = (char)(0x80 | (cp & 0x3f));
+            } else {
+                out[o++] = (char)(0xe0 | cp >> 12);
+                out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                out[o++] = (char)(0x80 | (cp & 0x3f));
+            }
             s += 5;
             continue;
         }
@@ -4014,13 +4418,15 @@ static char *yaml_quoted(const char **p, const char *e) {
 
 static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc *y, errbuf *e) {
     enum { MAXD = NLA_YAML_MAX_DEPTH };
-    int ind[MAXD + 1] = {-1}, depth = 0, line = 0; /* ind[i]: indent of the keys at depth i, -1 until seen */
+    /* ind[i]: indent of the keys at depth i, -1 until seen */
+    int ind[MAXD + 1] = {-1}, depth = 0, line = 0;
     char *key[MAXD];
     const char *p = src, *end = src + n, *b, *le;
     nla_status rc = NLA_OK;
     int cap = 0;
     memset(y, 0, sizeof *y);
-    if (!utf8_valid((const unsigned char *)src, n)) return fail(e, NLA_ERR_FORMAT, "%s: not valid UTF-8", fn);
+    if (!utf8_valid((const unsigned char *)src, n))
+        return fail(e, NLA_ERR_FORMAT, "%s: not valid UTF-8", fn);
     while (p < end && !rc) {
         p = next_line(p, end, &b, &le);
         line++;
@@ -4028,14 +4434,28 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
         int in = 0;
         while (b + in < le && b[in] == ' ') in++;
         const char *c = b + in;
-        if (*c == '\t') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: tab in indentation", fn, line); break; }
+        if (*c == '\t') {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: tab in indentation", fn, line);
+            break;
+        }
         if (line == 1 && le - b == 3 && !memcmp(b, "---", 3)) continue;
-        if (*c == '-' && (c + 1 == le || c[1] == ' ')) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: block lists are not supported (write [a, b])", fn, line); break; }
-        while (depth > 0 && (ind[depth] >= 0 ? in < ind[depth] : in <= ind[depth - 1])) NLA_FREE(key[--depth]); /* maps that ended */
+        if (*c == '-' && (c + 1 == le || c[1] == ' ')) {
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: line %d: block lists are not supported (write [a, b])", fn, line);
+            break;
+        }
+        /* maps that ended */
+        while (depth > 0 && (ind[depth] >= 0 ? in < ind[depth] : in <= ind[depth - 1]))
+            NLA_FREE(key[--depth]);
         if (ind[depth] < 0) ind[depth] = in; /* the first key of this map sets its indent */
-        if (in != ind[depth]) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unexpected indentation", fn, line); break; }
+        if (in != ind[depth]) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unexpected indentation", fn, line);
+            break;
+        }
         const char *colon = c;
-        while (colon < le && *colon != ':' && *colon != ' ' && *colon != '#' && *colon != '"' && *colon != '\'') colon++;
+        while (colon < le && *colon != ':' && *colon != ' ' && *colon != '#' && *colon != '"' &&
+               *colon != '\'')
+            colon++;
         if (colon == c || colon >= le || *colon != ':' || (colon + 1 < le && colon[1] != ' ')) {
             rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: expected 'key: value'", fn, line);
             break;
@@ -4054,7 +4474,11 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
         path[0] = 0;
         for (int i = 0; i < depth; i++) { strcat(path, key[i]); strcat(path, "."); }
         strncat(path, c, (size_t)(colon - c));
-        if (yaml_find(y, path)) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: duplicate key '%s'", fn, line, path); NLA_FREE(path); break; }
+        if (yaml_find(y, path)) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: duplicate key '%s'", fn, line, path);
+            NLA_FREE(path);
+            break;
+        }
         yaml_ent *ent = &y->e[y->n];
         ent->path = path;
         ent->val = NULL;
@@ -4064,8 +4488,14 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
         if (v == le || *v == '#') { /* a map opens: its keys come more indented */
             ent->kind = Y_MAP;
             y->n++;
-            if (depth == MAXD) { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: nesting deeper than %d", fn, line, MAXD); break; }
-            if (!(key[depth] = xstrndup(c, (size_t)(colon - c)))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
+            if (depth == MAXD) {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: nesting deeper than %d", fn, line, MAXD);
+                break;
+            }
+            if (!(key[depth] = xstrndup(c, (size_t)(colon - c)))) {
+                rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
+                break;
+            }
             ind[++depth] = -1;
             continue;
         }
@@ -4075,7 +4505,11 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
             int chomp = mod < le && *mod == '-' ? -1 : mod < le && *mod == '+' ? 1 : 0;
             if (chomp) mod++;
             while (mod < le && *mod == ' ') mod++;
-            if (mod < le && *mod != '#') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unsupported block scalar header", fn, line); break; }
+            if (mod < le && *mod != '#') {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unsupported block scalar header", fn,
+                          line);
+                break;
+            }
             sbuf sb = {NULL, 0, 0};
             int bind = -1, pass;
             const char *start = p;
@@ -4115,28 +4549,45 @@ static nla_status yaml_parse(const char *src, size_t n, const char *fn, yaml_doc
             const char *q = v;
             if (!(ent->val = yaml_quoted(&q, le))) {
                 rc = q == v ? fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn)
-                            : fail(e, NLA_ERR_FORMAT, "%s: line %d: %s", fn, line, q < le ? "bad escape in a quoted string" : "unterminated quoted string");
+                            : fail(e, NLA_ERR_FORMAT, "%s: line %d: %s", fn, line,
+                                   q < le ? "bad escape in a quoted string"
+                                          : "unterminated quoted string");
                 break;
             }
             while (q < le && *q == ' ') q++;
-            if (q < le && *q != '#') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: text after a quoted string", fn, line); break; }
+            if (q < le && *q != '#') {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: text after a quoted string", fn, line);
+                break;
+            }
             ent->kind = Y_SCALAR;
             continue;
         }
         if (*v == '{' || *v == '&' || *v == '*' || *v == '!' || *v == '>') {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: flow maps, anchors, aliases, tags and folded scalars are not supported", fn, line);
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: line %d: flow maps, anchors, aliases, tags and folded scalars "
+                      "are not supported",
+                      fn, line);
             break;
         }
         const char *ve = le;
         for (const char *h = v; h < le; h++)
             if (*h == '#' && h[-1] == ' ') { ve = h; break; }
         while (ve > v && ve[-1] == ' ') ve--;
-        if (!(ent->val = xstrndup(v, (size_t)(ve - v)))) { rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn); break; }
+        if (!(ent->val = xstrndup(v, (size_t)(ve - v)))) {
+            rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", fn);
+            break;
+        }
         if (*v == '[') {
-            if (ve[-1] != ']') { rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unterminated flow list", fn, line); break; }
+            if (ve[-1] != ']') {
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: unterminated flow list", fn, line);
+                break;
+            }
             ent->kind = Y_LIST;
         } else {
-            ent->kind = !strcmp(ent->val, "null") || !strcmp(ent->val, "~") || !strcmp(ent->val, "Null") || !strcmp(ent->val, "NULL") ? Y_NULL : Y_SCALAR;
+            ent->kind = !strcmp(ent->val, "null") || !strcmp(ent->val, "~") ||
+                                !strcmp(ent->val, "Null") || !strcmp(ent->val, "NULL")
+                            ? Y_NULL
+                            : Y_SCALAR;
         }
     }
     while (depth > 0) NLA_FREE(key[--depth]);
@@ -4156,7 +4607,9 @@ static int yaml_int_list(const char *s, int32_t *out, int cap) {
         const char *e = s;
         while (e > b && e[-1] == ' ') e--;
         double v;
-        if (n == cap || !dec_parse(b, (size_t)(e - b), &v) || v != floor(v) || v < 0 || v > INT32_MAX) return -1;
+        if (n == cap || !dec_parse(b, (size_t)(e - b), &v) || v != floor(v) || v < 0 ||
+            v > INT32_MAX)
+            return -1;
         out[n++] = (int32_t)v;
         if (*s == ']') return s[1] ? -1 : n;
         if (*s != ',') return -1;
@@ -4167,12 +4620,15 @@ static int yaml_int_list(const char *s, int32_t *out, int cap) {
 /* --- the sidecar's meaning, with the released pairs' defaults */
 
 static const char nla_default_av_template[] =
-    "You are a meticulous AI researcher conducting an important investigation into activation vectors from a "
-    "language model. Your overall task is to describe the semantic content of that activation vector.\n\n"
-    "We will pass the vector enclosed in <concept> tags into your context. You must then produce an explanation for "
-    "the vector, enclosed within <explanation> tags. The explanation consists of 2-3 text snippets describing that "
-    "vector.\n\nHere is the vector:\n\n<concept>{injection_char}</concept>\n\nPlease provide an explanation.";
-static const char nla_default_ar_template[] = "Summary of the following text: <text>{explanation}</text> <summary>";
+    "You are a meticulous AI researcher conducting an important investigation into activation "
+    "vectors from a language model. Your overall task is to describe the semantic content of "
+    "that activation vector.\n\n"
+    "We will pass the vector enclosed in <concept> tags into your context. You must then produce "
+    "an explanation for the vector, enclosed within <explanation> tags. The explanation consists "
+    "of 2-3 text snippets describing that vector.\n\n"
+    "Here is the vector:\n\n<concept>{injection_char}</concept>\n\nPlease provide an explanation.";
+static const char nla_default_ar_template[] =
+    "Summary of the following text: <text>{explanation}</text> <summary>";
 
 typedef struct {
     int d, layer;
@@ -4194,7 +4650,8 @@ struct nla_sidecar {
 
 static void sidecar_free(struct nla_sidecar *sc) {
     if (!sc) return;
-    NLA_FREE(sc->injection_char); NLA_FREE(sc->av_template); NLA_FREE(sc->ar_template); NLA_FREE(sc->base_checkpoint); NLA_FREE(sc->av_prompt);
+    NLA_FREE(sc->injection_char); NLA_FREE(sc->av_template); NLA_FREE(sc->ar_template);
+    NLA_FREE(sc->base_checkpoint); NLA_FREE(sc->av_prompt);
     nla_st_close(sc->vh_st);
     NLA_FREE(sc);
 }
@@ -4205,7 +4662,8 @@ static void note_default(nla_meta *m, const char *what) {
 }
 
 /* A numeric field (absent or null: *out untouched, returns 0; 1 if set). */
-static nla_status meta_num(const yaml_doc *y, const char *path, double *out, int *set, const char *fn, errbuf *e) {
+static nla_status meta_num(const yaml_doc *y, const char *path, double *out, int *set,
+                           const char *fn, errbuf *e) {
     const yaml_ent *v = yaml_find(y, path);
     *set = 0;
     if (!v || v->kind == Y_NULL) return NLA_OK;
@@ -4215,11 +4673,13 @@ static nla_status meta_num(const yaml_doc *y, const char *path, double *out, int
     return NLA_OK;
 }
 
-static nla_status meta_int(const yaml_doc *y, const char *path, int32_t *out, int *set, const char *fn, errbuf *e) {
+static nla_status meta_int(const yaml_doc *y, const char *path, int32_t *out, int *set,
+                           const char *fn, errbuf *e) {
     double v = 0;
     nla_status rc = meta_num(y, path, &v, set, fn, e);
     if (!rc && *set && (v != floor(v) || v < 0 || v > INT32_MAX)) {
-        return fail(e, NLA_ERR_FORMAT, "%s: line %d: %s must be a non-negative integer", fn, yaml_find(y, path)->line, path);
+        return fail(e, NLA_ERR_FORMAT, "%s: line %d: %s must be a non-negative integer", fn,
+                    yaml_find(y, path)->line, path);
     }
     if (*set) *out = (int32_t)v;
     return rc;
@@ -4237,7 +4697,8 @@ static int meta_str(const yaml_doc *y, const char *path, const char *alt, char *
 /* tmpl with every "{name}" replaced by val[0..val_len), as Python's
    str.replace does, in a fresh string; NULL if the placeholder is missing
    (*missing set) or memory runs out. */
-static char *fill_template(const char *tmpl, const char *name, const char *val, size_t val_len, int *missing) {
+static char *fill_template(const char *tmpl, const char *name, const char *val, size_t val_len,
+                           int *missing) {
     const size_t nl = strlen(name);
     size_t count = 0;
     for (const char *at = strstr(tmpl, name); at; at = strstr(at + nl, name)) count++;
@@ -4259,7 +4720,8 @@ static char *fill_template(const char *tmpl, const char *name, const char *val, 
 /* Builds and checks the AV prompt: the chat template around the AV template
    with the marker character, tokenized without an extra BOS; exactly one
    BOS, and exactly one marker with the pinned neighbours. */
-static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer *tok, int vocab, const char *fn, errbuf *e) {
+static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer *tok, int vocab,
+                                    const char *fn, errbuf *e) {
     nla_meta *m = &sc->pub;
     int missing, n_ids = 0;
     int32_t one[4];
@@ -4267,11 +4729,18 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
     nla_status rc = nla_tokenize(tok, sc->injection_char, cl, 0, one, 4, &n_ids);
     if (rc == NLA_ERR_NOMEM) return fail(e, rc, "out of memory");
     if (rc || n_ids != 1)
-        return fail(e, NLA_ERR_FORMAT, "%s: injection_char '%s' tokenizes to %d ids, not one", fn, sc->injection_char, n_ids);
+        return fail(e, NLA_ERR_FORMAT, "%s: injection_char '%s' tokenizes to %d ids, not one", fn,
+                    sc->injection_char, n_ids);
     if (one[0] != m->marker_id)
-        return fail(e, NLA_ERR_FORMAT, "%s: injection_char '%s' is token %d, but injection_token_id is %d", fn, sc->injection_char, one[0], m->marker_id);
-    char *content = fill_template(sc->av_template, "{injection_char}", sc->injection_char, cl, &missing);
-    if (!content) return missing ? fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av has no {injection_char}", fn) : fail(e, NLA_ERR_NOMEM, "out of memory");
+        return fail(e, NLA_ERR_FORMAT,
+                    "%s: injection_char '%s' is token %d, but injection_token_id is %d", fn,
+                    sc->injection_char, one[0], m->marker_id);
+    char *content =
+        fill_template(sc->av_template, "{injection_char}", sc->injection_char, cl, &missing);
+    if (!content)
+        return missing
+                   ? fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av has no {injection_char}", fn)
+                   : fail(e, NLA_ERR_NOMEM, "out of memory");
     nla_chat_message msg = {"user", content};
     rc = nla_chat_render(&msg, 1, 1, NULL, 0, &len, NULL, 0);
     char *text = rc == NLA_ERR_BUFFER_TOO_SMALL ? (char *)NLA_MALLOC(len + 1) : NULL;
@@ -4279,7 +4748,8 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
     NLA_FREE(content);
     if (!text || rc) { NLA_FREE(text); return fail(e, NLA_ERR_NOMEM, "out of memory"); }
     sc->av_prompt = (int32_t *)xmalloc(nla_tokenize_bound(len), sizeof(int32_t));
-    if (!sc->av_prompt || nla_tokenize(tok, text, len, 0, sc->av_prompt, (int)nla_tokenize_bound(len), &n_ids)) {
+    if (!sc->av_prompt ||
+        nla_tokenize(tok, text, len, 0, sc->av_prompt, (int)nla_tokenize_bound(len), &n_ids)) {
         NLA_FREE(text);
         return fail(e, NLA_ERR_NOMEM, "out of memory");
     }
@@ -4287,15 +4757,25 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
     int n_bos = 0, site = -1, n_sites = 0;
     for (int i = 0; i < n_ids; i++) {
         if (sc->av_prompt[i] >= vocab)
-            return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt holds token %d, outside the model's %d embedding rows", fn, sc->av_prompt[i], vocab);
+            return fail(e, NLA_ERR_FORMAT,
+                        "%s: the AV prompt holds token %d, outside the model's %d embedding rows",
+                        fn, sc->av_prompt[i], vocab);
         n_bos += sc->av_prompt[i] == tok->bos;
-        if (sc->av_prompt[i] == m->marker_id && i > 0 && i + 1 < n_ids && sc->av_prompt[i - 1] == m->marker_left_id &&
-            sc->av_prompt[i + 1] == m->marker_right_id) { site = i; n_sites++; }
+        if (sc->av_prompt[i] == m->marker_id && i > 0 && i + 1 < n_ids &&
+            sc->av_prompt[i - 1] == m->marker_left_id &&
+            sc->av_prompt[i + 1] == m->marker_right_id) {
+            site = i;
+            n_sites++;
+        }
     }
-    if (n_bos != 1 || sc->av_prompt[0] != tok->bos) return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt must hold exactly one <bos>, first (it has %d)", fn, n_bos);
+    if (n_bos != 1 || sc->av_prompt[0] != tok->bos)
+        return fail(e, NLA_ERR_FORMAT,
+                    "%s: the AV prompt must hold exactly one <bos>, first (it has %d)", fn, n_bos);
     if (n_sites != 1)
-        return fail(e, NLA_ERR_FORMAT, "%s: the AV prompt must hold exactly one marker %d between %d and %d (it has %d)", fn, m->marker_id,
-                    m->marker_left_id, m->marker_right_id, n_sites);
+        return fail(e, NLA_ERR_FORMAT,
+                    "%s: the AV prompt must hold exactly one marker %d between %d and %d "
+                    "(it has %d)",
+                    fn, m->marker_id, m->marker_left_id, m->marker_right_id, n_sites);
     m->av_prompt_len = n_ids;
     m->av_marker_index = site;
     return NLA_OK;
@@ -4306,7 +4786,8 @@ static nla_status sidecar_av_prompt(struct nla_sidecar *sc, const nla_tokenizer 
 /* The fields of a parsed nla_meta.yaml into sc, with the release defaults
    for those absent, checked against the model; an AR's value head is
    opened here. */
-static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const yaml_doc *yd, const char *fn, errbuf *e) {
+static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const yaml_doc *yd,
+                                 const char *fn, errbuf *e) {
     nla_status rc = NLA_OK;
     nla_meta *m = &sc->pub;
     const int d = mdl->cfg.d;
@@ -4316,48 +4797,67 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
     m->present = 1;
     char *role;
     if (!meta_str(yd, "role", NULL, &role)) return fail(e, NLA_ERR_NOMEM, "out of memory");
-    if (role && (!strcmp(role, "av") || !strcmp(role, "actor"))) snprintf(m->role, sizeof m->role, "av");
-    else if (role && (!strcmp(role, "ar") || !strcmp(role, "critic"))) snprintf(m->role, sizeof m->role, "ar");
-    else rc = fail(e, NLA_ERR_FORMAT, "%s: role must be av or ar (found '%s')", fn, role ? role : "none");
+    if (role && (!strcmp(role, "av") || !strcmp(role, "actor")))
+        snprintf(m->role, sizeof m->role, "av");
+    else if (role && (!strcmp(role, "ar") || !strcmp(role, "critic")))
+        snprintf(m->role, sizeof m->role, "ar");
+    else
+        rc = fail(e, NLA_ERR_FORMAT, "%s: role must be av or ar (found '%s')", fn,
+                  role ? role : "none");
     NLA_FREE(role);
     int set;
     m->d_model = d;
     if (!rc && !(rc = meta_int(yd, "d_model", &m->d_model, &set, fn, e)) && m->d_model != d)
-        rc = fail(e, NLA_ERR_FORMAT, "%s: d_model %d, but the model's hidden_size is %d", fn, m->d_model, d);
+        rc = fail(e, NLA_ERR_FORMAT, "%s: d_model %d, but the model's hidden_size is %d", fn,
+                  m->d_model, d);
     if (!rc && !(rc = meta_int(yd, "extraction_layer_index", &m->layer, &set, fn, e)) && !set) {
         rc = meta_int(yd, "critic.extraction_layer_index", &m->layer, &set, fn, e);
         if (!rc && !set) {
             if (rel) { m->layer = rel->layer; note_default(m, "extraction_layer_index"); }
-            else if (!strcmp(m->role, "ar")) { m->layer = mdl->cfg.n_layers - 1; note_default(m, "extraction_layer_index"); }
-            else rc = fail(e, NLA_ERR_FORMAT, "%s: extraction_layer_index is missing", fn);
+            else if (!strcmp(m->role, "ar")) {
+                m->layer = mdl->cfg.n_layers - 1;
+                note_default(m, "extraction_layer_index");
+            } else rc = fail(e, NLA_ERR_FORMAT, "%s: extraction_layer_index is missing", fn);
         }
     }
-    if (!rc && !(rc = meta_num(yd, "extraction.injection_scale", &m->injection_scale, &set, fn, e)) && !set && rel) {
+    if (!rc &&
+        !(rc = meta_num(yd, "extraction.injection_scale", &m->injection_scale, &set, fn, e)) &&
+        !set && rel) {
         m->injection_scale = rel->injection_scale;
         note_default(m, "injection_scale");
     }
     if (!rc && !(m->injection_scale >= 0 && isfinite(m->injection_scale)))
-        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.injection_scale must be a finite positive number", fn);
-    if (!rc && !(rc = meta_num(yd, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && set && !(m->mse_scale > 0 && isfinite(m->mse_scale)))
-        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a finite positive number", fn);
+        rc = fail(e, NLA_ERR_FORMAT,
+                  "%s: extraction.injection_scale must be a finite positive number", fn);
+    if (!rc && !(rc = meta_num(yd, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && set &&
+        !(m->mse_scale > 0 && isfinite(m->mse_scale)))
+        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a finite positive number",
+                  fn);
     else if (!rc && !set) {
         if (rel) { m->mse_scale = rel->mse_scale; note_default(m, "mse_scale"); }
-        else if (!strcmp(m->role, "ar")) rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a number for an AR", fn);
+        else if (!strcmp(m->role, "ar"))
+            rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a number for an AR", fn);
     }
     m->fve_baseline = rel ? rel->baseline : 0.0302;
     note_default(m, "fve_baseline");
     m->marker_id = 246566; m->marker_left_id = 236813; m->marker_right_id = 954;
-    static const char *const tok_keys[3] = {"tokens.injection_token_id", "tokens.injection_left_neighbor_id", "tokens.injection_right_neighbor_id"};
+    static const char *const tok_keys[3] = {"tokens.injection_token_id",
+                                            "tokens.injection_left_neighbor_id",
+                                            "tokens.injection_right_neighbor_id"};
     int32_t *tok_dst[3] = {&m->marker_id, &m->marker_left_id, &m->marker_right_id};
     for (int i = 0; i < 3 && !rc; i++)
-        if (!(rc = meta_int(yd, tok_keys[i], tok_dst[i], &set, fn, e)) && !set) note_default(m, tok_keys[i] + 7);
+        if (!(rc = meta_int(yd, tok_keys[i], tok_dst[i], &set, fn, e)) && !set)
+            note_default(m, tok_keys[i] + 7);
     const yaml_ent *suf = yaml_find(yd, "tokens.critic_suffix_ids");
     static const int32_t default_suffix[5] = {1005, 236813, 655, 6011, 236813};
     if (!rc && suf && suf->kind == Y_LIST) {
         if ((m->n_critic_suffix = yaml_int_list(suf->val, m->critic_suffix_ids, 8)) < 0)
-            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: critic_suffix_ids must be a list of at most 8 ids", fn, suf->line);
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: line %d: critic_suffix_ids must be a list of at most 8 ids", fn,
+                      suf->line);
     } else if (!rc && suf && suf->kind != Y_NULL) {
-        rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: critic_suffix_ids must be a list or null", fn, suf->line);
+        rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: critic_suffix_ids must be a list or null", fn,
+                  suf->line);
     } else if (!rc && !strcmp(m->role, "ar")) {
         memcpy(m->critic_suffix_ids, default_suffix, sizeof default_suffix);
         m->n_critic_suffix = 5;
@@ -4369,27 +4869,46 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
                 !meta_str(yd, "prompt_templates.ar", "prompt_templates.critic", &sc->ar_template)))
         rc = fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) {
-        if (!sc->injection_char) { sc->injection_char = xstrndup("\xe3\x88\x9c", 3); note_default(m, "injection_char"); }
-        if (!sc->av_template && rel) { sc->av_template = xstrndup(nla_default_av_template, sizeof nla_default_av_template - 1); note_default(m, "prompt_templates.av"); }
-        if (!sc->ar_template && rel) { sc->ar_template = xstrndup(nla_default_ar_template, sizeof nla_default_ar_template - 1); note_default(m, "prompt_templates.ar"); }
+        if (!sc->injection_char) {
+            sc->injection_char = xstrndup("\xe3\x88\x9c", 3);
+            note_default(m, "injection_char");
+        }
+        if (!sc->av_template && rel) {
+            sc->av_template = xstrndup(nla_default_av_template, sizeof nla_default_av_template - 1);
+            note_default(m, "prompt_templates.av");
+        }
+        if (!sc->ar_template && rel) {
+            sc->ar_template = xstrndup(nla_default_ar_template, sizeof nla_default_ar_template - 1);
+            note_default(m, "prompt_templates.ar");
+        }
         const int av = !strcmp(m->role, "av");
-        if (!sc->injection_char || (rel && (!sc->av_template || !sc->ar_template))) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
-        else if (av && !sc->av_template) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av is missing", fn);
-        else if (!av && !sc->ar_template) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar is missing", fn);
-        else if (!av && !strstr(sc->ar_template, "{explanation}")) rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar has no {explanation}", fn);
-        else if (av && !(m->injection_scale > 0)) rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.injection_scale must be a positive number for an AV", fn);
+        if (!sc->injection_char || (rel && (!sc->av_template || !sc->ar_template)))
+            rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+        else if (av && !sc->av_template)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.av is missing", fn);
+        else if (!av && !sc->ar_template)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar is missing", fn);
+        else if (!av && !strstr(sc->ar_template, "{explanation}"))
+            rc = fail(e, NLA_ERR_FORMAT, "%s: prompt_templates.ar has no {explanation}", fn);
+        else if (av && !(m->injection_scale > 0))
+            rc = fail(e, NLA_ERR_FORMAT,
+                      "%s: extraction.injection_scale must be a positive number for an AV", fn);
     }
     if (!rc && m->layer >= mdl->cfg.n_layers && !strcmp(m->role, "ar"))
-        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction layer %d needs %d AR blocks, the model has %d", fn, m->layer, m->layer + 1, mdl->cfg.n_layers);
-    if (!rc && !strcmp(m->role, "av") && mdl->tok) rc = sidecar_av_prompt(sc, mdl->tok, mdl->cfg.vocab, fn, e);
+        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction layer %d needs %d AR blocks, the model has %d",
+                  fn, m->layer, m->layer + 1, mdl->cfg.n_layers);
+    if (!rc && !strcmp(m->role, "av") && mdl->tok)
+        rc = sidecar_av_prompt(sc, mdl->tok, mdl->cfg.vocab, fn, e);
     if (!rc && !strcmp(m->role, "ar")) { /* the value head: tensor "weight" [d, d] */
         char *vh = path_join(mdl->dir, "value_head.safetensors");
         if (!vh) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
-        else if (!file_exists(vh)) rc = fail(e, NLA_ERR_IO, "%s: missing (an AR needs its value head)", vh);
+        else if (!file_exists(vh))
+            rc = fail(e, NLA_ERR_IO, "%s: missing (an AR needs its value head)", vh);
         else if (!(rc = st_open(vh, mdl->no_mmap, &sc->vh_st, e))) {
             int i = nla_st_find(sc->vh_st, "weight");
             if (i < 0) rc = fail(e, NLA_ERR_FORMAT, "%s: no tensor 'weight'", vh);
-            else if (!(rc = bind_shape(sc->vh_st, &sc->vh_st->t[i], d, d, "hidden_size x hidden_size", e)) &&
+            else if (!(rc = bind_shape(sc->vh_st, &sc->vh_st->t[i], d, d,
+                                       "hidden_size x hidden_size", e)) &&
                      !(rc = bind_dtype(sc->vh_st, &sc->vh_st->t[i], &sc->value_head.dt, e))) {
                 sc->value_head.p = sc->vh_st->t[i].data;
                 sc->value_head.rows = sc->value_head.cols = d;
@@ -4409,7 +4928,8 @@ static nla_status sidecar_load(nla_model *mdl, errbuf *e) {
     if (!fn) return fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!file_exists(fn)) { NLA_FREE(fn); return NLA_OK; }
     struct nla_sidecar *sc = (struct nla_sidecar *)NLA_CALLOC(1, sizeof *sc);
-    nla_status rc = sc ? read_file(fn, &txt, &n, NLA_MAX_SIDECAR, e) : fail(e, NLA_ERR_NOMEM, "out of memory");
+    nla_status rc =
+        sc ? read_file(fn, &txt, &n, NLA_MAX_SIDECAR, e) : fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc) rc = yaml_parse(txt, n, fn, &y, e);
     if (!rc) rc = sidecar_fields(mdl, sc, &y, fn, e);
     yaml_free(&y);
@@ -4445,18 +4965,26 @@ static int extract_hook(void *user, int layer, int pos0, int n_rows, int d, floa
     if (layer != x->layer) return 0;
     for (int i = 0; i < x->n_pos; i++) {
         int p = x->pos ? x->pos[i] : i;
-        if (p >= pos0 && p < pos0 + n_rows) memcpy(x->out + (size_t)i * d, resid + (size_t)(p - pos0) * d, (size_t)d * sizeof(float));
+        if (p >= pos0 && p < pos0 + n_rows)
+            memcpy(x->out + (size_t)i * d, resid + (size_t)(p - pos0) * d,
+                   (size_t)d * sizeof(float));
     }
     return 0;
 }
 
-nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer, const int32_t *positions, int n_pos, float *out) {
+nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer,
+                       const int32_t *positions, int n_pos, float *out) {
     if (!s) return NLA_ERR_ARG;
     const gemma_cfg *c = &s->m->cfg;
-    if (layer < 0 || layer >= c->n_layers) return fail(&s->err, NLA_ERR_ARG, "nla_extract: layer %d is outside 0..%d", layer, c->n_layers - 1);
-    if (!ids || n < 1 || !out || (positions && n_pos < 1)) return fail(&s->err, NLA_ERR_ARG, "nla_extract: ids, positions and out are required");
+    if (layer < 0 || layer >= c->n_layers)
+        return fail(&s->err, NLA_ERR_ARG, "nla_extract: layer %d is outside 0..%d", layer,
+                    c->n_layers - 1);
+    if (!ids || n < 1 || !out || (positions && n_pos < 1))
+        return fail(&s->err, NLA_ERR_ARG, "nla_extract: ids, positions and out are required");
     for (int i = 0; positions && i < n_pos; i++)
-        if (positions[i] < 0 || positions[i] >= n) return fail(&s->err, NLA_ERR_RANGE, "nla_extract: position %d is outside 0..%d", positions[i], n - 1);
+        if (positions[i] < 0 || positions[i] >= n)
+            return fail(&s->err, NLA_ERR_RANGE, "nla_extract: position %d is outside 0..%d",
+                        positions[i], n - 1);
     extract_ctx x = {layer, positions ? n_pos : n, c->d, positions, out};
     nla_batch b;
     memset(&b, 0, sizeof b);
@@ -4473,7 +5001,8 @@ nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer, con
 
 /* --- verbalize */
 
-nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_verbalize_params *params, int32_t *ids, int cap,
+nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
+                               const nla_verbalize_params *params, int32_t *ids, int cap,
                                int *n_ids) {
     nla_verbalize_params p;
     memset(&p, 0, sizeof p);
@@ -4481,14 +5010,26 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
     if (!s) return NLA_ERR_ARG;
     const nla_model *m = s->m;
     const struct nla_sidecar *sc = m->nla;
-    if (!sc || strcmp(sc->pub.role, "av")) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %s is not an AV (no nla_meta.yaml with role av)", m->dir);
-    if (!sc->av_prompt) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %s has no tokenizer.json to build the AV prompt", m->dir);
+    if (!sc || strcmp(sc->pub.role, "av"))
+        return fail(&s->err, NLA_ERR_ARG,
+                    "nla_verbalize: %s is not an AV (no nla_meta.yaml with role av)", m->dir);
+    if (!sc->av_prompt)
+        return fail(&s->err, NLA_ERR_ARG,
+                    "nla_verbalize: %s has no tokenizer.json to build the AV prompt", m->dir);
     if (!p.max_new) p.max_new = 200;
     if (!v || !ids || !n_ids || cap < p.max_new || p.max_new < 0)
-        return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: v, ids (capacity >= max_new) and n_ids are required");
-    if (B < 1 || B > s->n_seq) return fail(&s->err, NLA_ERR_ARG, "nla_verbalize: %d vectors, but the session holds %d sequences (n_seq)", B, s->n_seq);
-    const int d = m->cfg.d, P = sc->pub.av_marker_index, T = sc->pub.av_prompt_len, R = T - P, V = m->cfg.vocab;
-    if (T + p.max_new - 1 > s->n_ctx) return fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: %d prompt + %d new tokens exceed the context of %d", T, p.max_new, s->n_ctx);
+        return fail(&s->err, NLA_ERR_ARG,
+                    "nla_verbalize: v, ids (capacity >= max_new) and n_ids are required");
+    if (B < 1 || B > s->n_seq)
+        return fail(&s->err, NLA_ERR_ARG,
+                    "nla_verbalize: %d vectors, but the session holds %d sequences (n_seq)", B,
+                    s->n_seq);
+    const int d = m->cfg.d, P = sc->pub.av_marker_index, T = sc->pub.av_prompt_len, R = T - P,
+              V = m->cfg.vocab;
+    if (T + p.max_new - 1 > s->n_ctx)
+        return fail(&s->err, NLA_ERR_RANGE,
+                    "nla_verbalize: %d prompt + %d new tokens exceed the context of %d", T,
+                    p.max_new, s->n_ctx);
     nla_generate_params g;
     memset(&g, 0, sizeof g);
     g.max_new = p.max_new;
@@ -4501,7 +5042,8 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
     /* the rows from the marker on, per vector: the injected row v * injection_scale / |v|
        (norm in double; zero stays zero), then the prompt's last rows */
     float *rows = (float *)xmalloc((size_t)B * R, (size_t)d * sizeof(float));
-    int32_t *seq = (int32_t *)xmalloc((size_t)B * R + (size_t)B, sizeof(int32_t)), *sel = seq ? seq + (size_t)B * R : NULL;
+    int32_t *seq = (int32_t *)xmalloc((size_t)B * R + (size_t)B, sizeof(int32_t)),
+            *sel = seq ? seq + (size_t)B * R : NULL;
     if (!rows || !seq) rc = fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
     for (int q = 0; q < B && !rc; q++) {
         float *r = rows + (size_t)q * R * d;
@@ -4511,7 +5053,8 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
         nrm = sqrt(nrm);
         const double k = sc->pub.injection_scale / (nrm > 1e-12 ? nrm : 1e-12);
         if (nla_embed_tokens(m, sc->av_prompt + P, R, r))
-            rc = fail(&s->err, NLA_ERR_RANGE, "nla_verbalize: the AV prompt holds ids outside the model's vocabulary");
+            rc = fail(&s->err, NLA_ERR_RANGE,
+                      "nla_verbalize: the AV prompt holds ids outside the model's vocabulary");
         for (int i = 0; i < d; i++) r[i] = (float)(vq[i] * k);
         for (int i = 0; i < R; i++) seq[(size_t)q * R + i] = q;
         sel[q] = (q + 1) * R - 1; /* logits at each vector's last prompt row */
@@ -4547,7 +5090,8 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
             if (n_ids[q] < 0) continue; /* finished (marked negative) */
             int32_t tok = sample(s, s->logits + (size_t)q * V, &g);
             ids[(size_t)q * cap + n_ids[q]++] = tok;
-            int stop = tok == 1 || tok == 106 || n_ids[q] == p.max_new || (B == 1 && p.on_token && p.on_token(p.user, tok));
+            int stop = tok == 1 || tok == 106 || n_ids[q] == p.max_new ||
+                       (B == 1 && p.on_token && p.on_token(p.user, tok));
             if (stop) { n_ids[q] = -n_ids[q]; live--; continue; }
             seq[n] = q; /* the next batch: one row per unfinished vector */
             sel[n++] = tok;
@@ -4562,7 +5106,9 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
         bt.all_logits = 1;
         rc = nla_forward(s, &bt);
         for (int i = n - 1; i >= 0 && !rc; i--) /* compact rows -> each sequence's place */
-            if (seq[i] != i) memmove(s->logits + (size_t)seq[i] * V, s->logits + (size_t)i * V, (size_t)V * sizeof(float));
+            if (seq[i] != i)
+                memmove(s->logits + (size_t)seq[i] * V, s->logits + (size_t)i * V,
+                        (size_t)V * sizeof(float));
     }
     for (int q = 0; q < B; q++) n_ids[q] = n_ids[q] < 0 ? -n_ids[q] : n_ids[q];
     NLA_FREE(rows);
@@ -4571,7 +5117,8 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_
     return rc;
 }
 
-nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params, int32_t *ids, int cap, int *n_ids) {
+nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params,
+                         int32_t *ids, int cap, int *n_ids) {
     return nla_verbalize_batch(s, v, 1, params, ids, cap, n_ids);
 }
 
@@ -4595,7 +5142,8 @@ int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n)
 /* The AR's input for explanation i: <bos> + the AR template around the
    trimmed text, as ids in a new array *ids (the caller frees it), *n of
    them, ending in the critic suffix. */
-static nla_status ar_tokens(const nla_model *m, const char *expl, int i, int32_t **ids, int *n, errbuf *e) {
+static nla_status ar_tokens(const nla_model *m, const char *expl, int i, int32_t **ids, int *n,
+                            errbuf *e) {
     const struct nla_sidecar *sc = m->nla;
     *ids = NULL;
     *n = 0;
@@ -4610,8 +5158,12 @@ static nla_status ar_tokens(const nla_model *m, const char *expl, int i, int32_t
         nla_tokenize(m->tok, text, tl, NLA_TOKENIZE_BOS, *ids, (int)nla_tokenize_bound(tl), n))
         rc = fail(e, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
     else if (*n < sc->pub.n_critic_suffix ||
-             memcmp(*ids + *n - sc->pub.n_critic_suffix, sc->pub.critic_suffix_ids, sizeof(int32_t) * (size_t)sc->pub.n_critic_suffix))
-        rc = fail(e, NLA_ERR_FORMAT, "nla_reconstruct: explanation %d does not end in the critic suffix ids after tokenizing", i);
+             memcmp(*ids + *n - sc->pub.n_critic_suffix, sc->pub.critic_suffix_ids,
+                    sizeof(int32_t) * (size_t)sc->pub.n_critic_suffix))
+        rc = fail(e, NLA_ERR_FORMAT,
+                  "nla_reconstruct: explanation %d does not end in the critic suffix ids "
+                  "after tokenizing",
+                  i);
     NLA_FREE(text);
     if (rc) { NLA_FREE(*ids); *ids = NULL; }
     return rc;
@@ -4627,23 +5179,37 @@ nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int 
     const nla_model *m = s->m;
     const struct nla_sidecar *sc = m->nla;
     if (!sc || strcmp(sc->pub.role, "ar") || !sc->pub.has_value_head)
-        return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: %s is not an AR (nla_meta.yaml with role ar and value_head.safetensors)", m->dir);
-    if (!m->tok) return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: %s has no tokenizer.json", m->dir);
-    if (n < 1 || !explanations || !out) return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: explanations and out are required");
+        return fail(&s->err, NLA_ERR_ARG,
+                    "nla_reconstruct: %s is not an AR "
+                    "(nla_meta.yaml with role ar and value_head.safetensors)",
+                    m->dir);
+    if (!m->tok)
+        return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: %s has no tokenizer.json", m->dir);
+    if (n < 1 || !explanations || !out)
+        return fail(&s->err, NLA_ERR_ARG, "nla_reconstruct: explanations and out are required");
     const int d = m->cfg.d, G = s->n_seq < s->n_batch ? s->n_seq : s->n_batch;
-    int32_t **part = (int32_t **)xcalloc((size_t)G, sizeof(int32_t *)); /* [G] each explanation's ids */
-    int32_t *last = (int32_t *)xmalloc((size_t)G, sizeof(int32_t));     /* [G] its last row in the batch */
-    float *h = (float *)xmalloc((size_t)G * d, sizeof(float));            /* [G, d] those rows after block K */
-    nla_status rc = part && last && h ? NLA_OK : fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
+    /* [G] each explanation's ids */
+    int32_t **part = (int32_t **)xcalloc((size_t)G, sizeof(int32_t *));
+    /* [G] its last row in the batch */
+    int32_t *last = (int32_t *)xmalloc((size_t)G, sizeof(int32_t));
+    /* [G, d] those rows after block K */
+    float *h = (float *)xmalloc((size_t)G * d, sizeof(float));
+    nla_status rc =
+        part && last && h ? NLA_OK : fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
     for (int i0 = 0; i0 < n && !rc; i0 += G) {
         const int g = n - i0 < G ? n - i0 : G;
         int rows = 0, len = 0;
         for (int q = 0; q < g && !rc; q++) {
-            if (!(rc = ar_tokens(m, explanations[i0 + q], i0 + q, &part[q], &len, &s->err)) && len > s->n_ctx)
-                rc = fail(&s->err, NLA_ERR_RANGE, "nla_reconstruct: explanation %d is %d tokens, the context is %d", i0 + q, len, s->n_ctx);
+            if (!(rc = ar_tokens(m, explanations[i0 + q], i0 + q, &part[q], &len, &s->err)) &&
+                len > s->n_ctx)
+                rc = fail(&s->err, NLA_ERR_RANGE,
+                          "nla_reconstruct: explanation %d is %d tokens, the context is %d", i0 + q,
+                          len, s->n_ctx);
             last[q] = (rows += len) - 1;
         }
-        int32_t *ids = rc ? NULL : (int32_t *)xmalloc((size_t)rows * 2, sizeof(int32_t)), *seq = ids ? ids + rows : NULL; /* [rows] each */
+        /* [rows] each */
+        int32_t *ids = rc ? NULL : (int32_t *)xmalloc((size_t)rows * 2, sizeof(int32_t)),
+                *seq = ids ? ids + rows : NULL;
         if (!rc && !ids) rc = fail(&s->err, NLA_ERR_NOMEM, "nla_reconstruct: out of memory");
         for (int q = 0, r = 0; q < g && !rc; q++)
             for (int j = 0; r <= last[q]; j++, r++) {
@@ -4661,7 +5227,8 @@ nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int 
             bt.n_logit_rows = g;
             bt.residual = h;
             nla_session_reset(s);
-            if (!(rc = nla_forward(s, &bt))) matmul(out + (size_t)i0 * d, h, g, &sc->value_head, &s->mm);
+            if (!(rc = nla_forward(s, &bt)))
+                matmul(out + (size_t)i0 * d, h, g, &sc->value_head, &s->mm);
             nla_session_reset(s);
         }
         for (int q = 0; q < g; q++) { NLA_FREE(part[q]); part[q] = NULL; }
@@ -4684,7 +5251,8 @@ static void normalise(const float *x, int d, double scale, double *y) {
     for (int i = 0; i < d; i++) y[i] = x[i] * k;
 }
 
-nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline, nla_scores *out) {
+nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline,
+                     nla_scores *out) {
     if (!v || !r || !out || d < 1 || !(mse_scale > 0)) return NLA_ERR_ARG;
     double *a = (double *)xmalloc((size_t)d, 2 * sizeof(double));
     if (!a) return NLA_ERR_NOMEM;
@@ -4780,7 +5348,9 @@ static char *ev_render(ev_render_fn render, const void *ctx, size_t *len) {
 }
 
 /* A C string rendered as a JSON string literal (ev_render's ctx is the string). */
-static void ev_render_string(sbuf *b, const void *s) { json_put_string(b, (const char *)s, strlen((const char *)s)); }
+static void ev_render_string(sbuf *b, const void *s) {
+    json_put_string(b, (const char *)s, strlen((const char *)s));
+}
 
 /* s as a heap JSON string literal (NULL when out of memory). */
 static char *ev_json_string(const char *s) { return ev_render(ev_render_string, s, NULL); }
@@ -4815,7 +5385,8 @@ typedef struct {
 } ev_plan;
 
 static void ev_record_free(ev_record *r) {
-    NLA_FREE(r->id); NLA_FREE(r->source); NLA_FREE(r->preview); NLA_FREE(r->ids); NLA_FREE(r->role); NLA_FREE(r->pos);
+    NLA_FREE(r->id); NLA_FREE(r->source); NLA_FREE(r->preview); NLA_FREE(r->ids); NLA_FREE(r->role);
+    NLA_FREE(r->pos);
     memset(r, 0, sizeof *r);
 }
 
@@ -4826,7 +5397,8 @@ static void ev_plan_free(ev_plan *pl) {
     memset(pl, 0, sizeof *pl);
 }
 
-static const char *const ev_role_name[] = {"bos", "role_marker", "user_content", "asst_content", "end_of_turn"};
+static const char *const ev_role_name[] = {"bos", "role_marker", "user_content", "asst_content",
+                                           "end_of_turn"};
 
 /* Special tokens (never sampled with skip_special): added tokens written
    <...> (<bos>, <start_of_turn>, <unused0>), not the added newline runs. */
@@ -4844,8 +5416,8 @@ static int ev_cmp_i32(const void *a, const void *b) {
 
 /* Labels each token of a rendered chat with the part its first byte is in;
    token offsets are the running sum of decoded lengths. */
-static void ev_label_roles(const nla_tokenizer *t, const int32_t *ids, int n, const chat_part *parts, int n_parts,
-                           unsigned char *role) {
+static void ev_label_roles(const nla_tokenizer *t, const int32_t *ids, int n,
+                           const chat_part *parts, int n_parts, unsigned char *role) {
     size_t off = 0;
     int k = 0;
     for (int i = 0; i < n; i++) {
@@ -4860,8 +5432,9 @@ static void ev_label_roles(const nla_tokenizer *t, const int32_t *ids, int n, co
 /* Parses one input line into r (record number r_no seeds its sampling).
    NLA_ERR_FORMAT: a bad record, why says what is wrong; NLA_ERR_NOMEM is
    fatal. */
-static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_no, const nla_tokenizer *tok,
-                                  const nla_eval_params *p, ev_record *r, errbuf *why) {
+static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_no,
+                                  const nla_tokenizer *tok, const nla_eval_params *p, ev_record *r,
+                                  errbuf *why) {
     jdoc d;
     chat_span *sp = NULL;
     chat_part *parts = NULL;
@@ -4871,48 +5444,62 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
     nla_status rc;
     memset(r, 0, sizeof *r);
     r->chat = chat;
-    if ((rc = json_parse(&d, line, len, why, "record")) != NLA_OK) { /* say where on the line, not "line 1" */
+    /* say where on the line, not "line 1" */
+    if ((rc = json_parse(&d, line, len, why, "record")) != NLA_OK) {
         const char *m = strstr(why->msg, ", column ");
         char what[128];
         snprintf(what, sizeof what, "%s", m && (m = strstr(m, ": ")) ? m + 2 : "");
-        return rc == NLA_ERR_NOMEM ? rc : fail(why, NLA_ERR_FORMAT, "invalid JSON at column %zu: %s", d.pos + 1, what);
+        return rc == NLA_ERR_NOMEM
+                   ? rc
+                   : fail(why, NLA_ERR_FORMAT, "invalid JSON at column %zu: %s", d.pos + 1, what);
     }
     if (d.node[0].type != J_OBJ) rc = fail(why, NLA_ERR_FORMAT, "not a JSON object");
     node = json_get(&d, 0, "id");
     if (!rc && (node < 0 || (d.node[node].type != J_STR && d.node[node].type != J_NUM)))
         rc = fail(why, NLA_ERR_FORMAT, "missing \"id\" (a string or a number)");
     if (!rc) {
-        if (d.node[node].type == J_NUM) r->id = xstrndup(d.src + d.node[node].off, d.node[node].len);
+        if (d.node[node].type == J_NUM)
+            r->id = xstrndup(d.src + d.node[node].off, d.node[node].len);
         else {
             char *s = json_strdup(&d, node);
             r->id = s ? ev_json_string(s) : NULL;
             NLA_FREE(s);
         }
         node = json_get(&d, 0, "source");
-        if (node >= 0 && d.node[node].type != J_STR) rc = fail(why, NLA_ERR_FORMAT, "\"source\" must be a string");
-        else r->source = node >= 0 ? json_strdup(&d, node) : xstrndup(chat ? "chat" : "document", chat ? 4 : 8);
+        if (node >= 0 && d.node[node].type != J_STR)
+            rc = fail(why, NLA_ERR_FORMAT, "\"source\" must be a string");
+        else
+            r->source = node >= 0 ? json_strdup(&d, node)
+                                  : xstrndup(chat ? "chat" : "document", chat ? 4 : 8);
         if (!rc && (!r->id || !r->source)) rc = NLA_ERR_NOMEM;
     }
     if (!rc && !chat) { /* a document: {"id", "text", "source"} */
         node = json_get(&d, 0, "text");
-        if (node < 0 || d.node[node].type != J_STR) rc = fail(why, NLA_ERR_FORMAT, "missing \"text\" (a string)");
+        if (node < 0 || d.node[node].type != J_STR)
+            rc = fail(why, NLA_ERR_FORMAT, "missing \"text\" (a string)");
         else if (!(text = json_strdup(&d, node))) rc = NLA_ERR_NOMEM;
         else if (!(tl = strlen(text))) rc = fail(why, NLA_ERR_FORMAT, "empty \"text\"");
     } else if (!rc) { /* a conversation: {"id", "messages": [{"role", "content"}...]} */
         node = json_get(&d, 0, "messages");
-        if (node < 0) rc = fail(why, NLA_ERR_FORMAT, "missing \"messages\" (a list of {\"role\", \"content\"})");
+        if (node < 0)
+            rc = fail(why, NLA_ERR_FORMAT,
+                      "missing \"messages\" (a list of {\"role\", \"content\"})");
         else if ((rc = chat_from_json(&d, node, &sp, &n_msg, why)) == NLA_OK && !n_msg)
             rc = fail(why, NLA_ERR_FORMAT, "\"messages\" is empty");
-        if (!rc && !(parts = (chat_part *)xmalloc((size_t)n_msg * 4 + 2, sizeof *parts))) rc = NLA_ERR_NOMEM;
-        if (!rc && (rc = chat_render(sp, n_msg, 0, NULL, 0, &tl, NULL, NULL, why)) == NLA_ERR_BUFFER_TOO_SMALL) {
+        if (!rc && !(parts = (chat_part *)xmalloc((size_t)n_msg * 4 + 2, sizeof *parts)))
+            rc = NLA_ERR_NOMEM;
+        if (!rc && (rc = chat_render(sp, n_msg, 0, NULL, 0, &tl, NULL, NULL, why)) ==
+                       NLA_ERR_BUFFER_TOO_SMALL) {
             text = (char *)NLA_MALLOC(tl + 1);
-            rc = text ? chat_render(sp, n_msg, 0, text, tl + 1, &tl, parts, &n_parts, why) : NLA_ERR_NOMEM;
+            rc = text ? chat_render(sp, n_msg, 0, text, tl + 1, &tl, parts, &n_parts, why)
+                      : NLA_ERR_NOMEM;
         }
         if (rc && rc != NLA_ERR_NOMEM) rc = NLA_ERR_FORMAT;
     }
     if (!rc) { /* tokens (documents get <bos>; a rendered chat starts with it) */
         r->ids = (int32_t *)xmalloc(nla_tokenize_bound(tl), sizeof(int32_t));
-        if (!r->ids || nla_tokenize(tok, text, tl, chat ? 0 : NLA_TOKENIZE_BOS, r->ids, (int)nla_tokenize_bound(tl), &n_all))
+        if (!r->ids || nla_tokenize(tok, text, tl, chat ? 0 : NLA_TOKENIZE_BOS, r->ids,
+                                    (int)nla_tokenize_bound(tl), &n_all))
             rc = NLA_ERR_NOMEM;
         r->n_ids = n_all < p->max_tokens ? n_all : p->max_tokens;
     }
@@ -4931,13 +5518,17 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
     node = rc ? -1 : json_get(&d, 0, "positions");
     if (!rc && node >= 0) { /* explicit positions */
         int n = d.node[node].type == J_ARR ? (int)d.node[node].n : -1, k = node + 1;
-        if (n < 1) rc = fail(why, NLA_ERR_FORMAT, "\"positions\" must be a non-empty list of token positions");
+        if (n < 1)
+            rc = fail(why, NLA_ERR_FORMAT,
+                      "\"positions\" must be a non-empty list of token positions");
         else if (!(r->pos = (int32_t *)xmalloc((size_t)n, sizeof(int32_t)))) rc = NLA_ERR_NOMEM;
         for (int i = 0; !rc && i < n; i++, k = (int)d.node[k].end) {
             int v;
             if (!json_int(&d, k, &v) || v < 0 || v >= r->n_ids)
-                rc = fail(why, NLA_ERR_FORMAT, "position %d is not one of the record's %d tokens (0..%d after max_tokens)", i, r->n_ids,
-                          r->n_ids - 1);
+                rc = fail(why, NLA_ERR_FORMAT,
+                          "position %d is not one of the record's %d tokens "
+                          "(0..%d after max_tokens)",
+                          i, r->n_ids, r->n_ids - 1);
             else r->pos[i] = v;
         }
         if (!rc) {
@@ -4948,15 +5539,19 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
     } else if (!rc) { /* up to N positions >= min_position, drawn without replacement */
         const int lo = p->min_position < 0 ? 0 : p->min_position;
         int n = 0;
-        uint64_t st = (p->seed + 1) * 0x9e3779b97f4a7c15ull ^ ((uint64_t)r_no + 1) * 0xbf58476d1ce4e5b9ull;
+        uint64_t st =
+            (p->seed + 1) * 0x9e3779b97f4a7c15ull ^ ((uint64_t)r_no + 1) * 0xbf58476d1ce4e5b9ull;
         if (!(r->pos = (int32_t *)xmalloc((size_t)r->n_ids, sizeof(int32_t)))) rc = NLA_ERR_NOMEM;
         for (int i = lo; !rc && i < r->n_ids; i++)
             if (!p->skip_special || !ev_special(tok, r->ids[i])) r->pos[n++] = i;
         if (!rc && !n)
-            rc = fail(why, NLA_ERR_FORMAT, "too short: %d tokens%s, none to sample at position >= %d%s", n_all,
-                      n_all > r->n_ids ? " (cut to max_tokens)" : "", lo, p->skip_special ? " that is not special" : "");
+            rc = fail(why, NLA_ERR_FORMAT,
+                      "too short: %d tokens%s, none to sample at position >= %d%s", n_all,
+                      n_all > r->n_ids ? " (cut to max_tokens)" : "", lo,
+                      p->skip_special ? " that is not special" : "");
         if (!st) st = 1;
-        for (int i = 0; !rc && i < n && i < p->positions_per_record; i++) { /* partial Fisher-Yates */
+        /* partial Fisher-Yates */
+        for (int i = 0; !rc && i < n && i < p->positions_per_record; i++) {
             int j = i + (int)(rng_next(&st) % (uint64_t)(n - i));
             int32_t t = r->pos[i];
             r->pos[i] = r->pos[j];
@@ -5003,7 +5598,8 @@ static int ev_id_seen(const ev_plan *pl, int **set, int *cap, int i) {
 
 /* Reads both inputs into the plan; bad records (and repeated ids, which
    would make record_id ambiguous) are reported and skipped. */
-static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *tok, ev_plan *pl, uint64_t fnv[2], errbuf *e) {
+static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *tok, ev_plan *pl,
+                                uint64_t fnv[2], errbuf *e) {
     const char *files[2] = {p->docs, p->chats};
     nla_status rc = NLA_OK;
     int cap = 0, *ids = NULL, ids_cap = 0;
@@ -5025,8 +5621,13 @@ static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *t
             for (k = 0; k < len && (s[k] == ' ' || s[k] == '\t' || s[k] == '\r'); k++) {}
             if (k == len) continue; /* a blank line is no record */
             if (pl->n_rec == cap) {
-                ev_record *g = (ev_record *)NLA_REALLOC(pl->rec, sizeof(ev_record) * (size_t)(cap = cap ? 2 * cap : 64));
-                if (!g) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory reading %s", files[f]); break; }
+                ev_record *g =
+                    (ev_record *)NLA_REALLOC(pl->rec, sizeof(ev_record) *
+                                                          (size_t)(cap = cap ? 2 * cap : 64));
+                if (!g) {
+                    rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory reading %s", files[f]);
+                    break;
+                }
                 pl->rec = g;
             }
             ev_record *r = &pl->rec[pl->n_rec];
@@ -5041,10 +5642,14 @@ static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *t
             if (rc) { rc = fail(e, rc, "eval: out of memory reading %s", files[f]); break; }
             r->line = line;
             const int first = ev_id_seen(pl, &ids, &ids_cap, pl->n_rec);
-            if (first == -2) { ev_record_free(r); rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory reading %s", files[f]); break; }
+            if (first == -2) {
+                ev_record_free(r);
+                rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory reading %s", files[f]);
+                break;
+            }
             if (first >= 0) {
-                ev_warn(p, "%s:%d: skipped: id %s is already the id of %s:%d", files[f], line, r->id, files[pl->rec[first].chat],
-                        pl->rec[first].line);
+                ev_warn(p, "%s:%d: skipped: id %s is already the id of %s:%d", files[f], line,
+                        r->id, files[pl->rec[first].chat], pl->rec[first].line);
                 ev_record_free(r);
                 pl->n_bad++;
                 continue;
@@ -5063,7 +5668,8 @@ static nla_status ev_plan_build(const nla_eval_params *p, const nla_tokenizer *t
         NLA_FREE(buf);
     }
     NLA_FREE(ids);
-    if (!rc && !(pl->sample_rec = (int *)xmalloc((size_t)pl->n_samples, sizeof(int)))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc && !(pl->sample_rec = (int *)xmalloc((size_t)pl->n_samples, sizeof(int))))
+        rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     for (int i = 0; !rc && i < pl->n_rec; i++)
         for (int j = 0; j < pl->rec[i].n_pos; j++) pl->sample_rec[pl->rec[i].first + j] = i;
     if (rc) ev_plan_free(pl);
@@ -5083,15 +5689,21 @@ static nla_status ev_defaults(const nla_eval_params *in, nla_eval_params *p, err
     if (!p->chunk) p->chunk = 256;
     if (!p->shard_count) p->shard_count = 1;
     if (!p->shard_index) p->shard_index = 1;
-    if (p->positions_per_record < 1 || p->max_tokens < 1 || p->max_new < 1 || p->batch < 1 || p->chunk < 1 || p->temperature < 0)
-        return fail(e, NLA_ERR_ARG, "eval: positions_per_record, max_tokens, max_new, batch and chunk must be positive");
+    if (p->positions_per_record < 1 || p->max_tokens < 1 || p->max_new < 1 || p->batch < 1 ||
+        p->chunk < 1 || p->temperature < 0)
+        return fail(e, NLA_ERR_ARG,
+                    "eval: positions_per_record, max_tokens, max_new, batch and chunk "
+                    "must be positive");
     if (p->shard_count < 1 || p->shard_index < 1 || p->shard_index > p->shard_count)
-        return fail(e, NLA_ERR_ARG, "eval: shard %d/%d: the index must be in 1..%d", p->shard_index, p->shard_count, p->shard_count);
+        return fail(e, NLA_ERR_ARG, "eval: shard %d/%d: the index must be in 1..%d", p->shard_index,
+                    p->shard_count, p->shard_count);
     return NLA_OK;
 }
 
 /* Does shard i/n (1-based) own record r? */
-static int ev_owns(const nla_eval_params *p, int r) { return r % p->shard_count == p->shard_index - 1; }
+static int ev_owns(const nla_eval_params *p, int r) {
+    return r % p->shard_count == p->shard_index - 1;
+}
 
 static long ev_shard_samples(const nla_eval_params *p, const ev_plan *pl) {
     long n = 0;
@@ -5099,8 +5711,8 @@ static long ev_shard_samples(const nla_eval_params *p, const ev_plan *pl) {
     return n;
 }
 
-nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok, nla_eval_counts *out, char *errbuf_out,
-                         size_t errbuf_size) {
+nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok,
+                         nla_eval_counts *out, char *errbuf_out, size_t errbuf_size) {
     errbuf e;
     nla_eval_params p;
     ev_plan pl;
@@ -5108,7 +5720,8 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
     nla_status rc;
     e.msg[0] = 0;
     if (out) memset(out, 0, sizeof *out);
-    rc = tok && out ? ev_defaults(params, &p, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_plan: a tokenizer and out are required");
+    rc = tok && out ? ev_defaults(params, &p, &e)
+                    : fail(&e, NLA_ERR_ARG, "nla_eval_plan: a tokenizer and out are required");
     if (!rc) rc = ev_plan_build(&p, tok, &pl, fnv, &e);
     if (!rc) {
         out->records = pl.n_rec;
@@ -5180,28 +5793,36 @@ static void ev_params_render(sbuf *b, const void *ctx) {
     ev_put_path(b, "docs", p->docs);
     ev_put_path(b, "chats", p->chats);
     snprintf(t, sizeof t,
-             "\"inputs_fnv1a64\": [\"%016llx\", \"%016llx\"],\n\"records\": %d,\n\"bad_records\": %d,\n\"samples\": %ld,\n"
-             "\"positions_per_record\": %d,\n\"min_position\": %d,\n\"max_tokens\": %d,\n\"skip_special\": %s,\n\"seed\": %llu,\n"
-             "\"max_new\": %d,\n\"temperature\": %.9g,\n\"top_k\": %d,\n\"top_p\": %.9g,\n\"quant\": \"%s\",\n"
-             "\"d_model\": %d,\n\"layer\": %d,\n\"mse_scale\": %.17g,\n\"fve_baseline\": %.17g,\n\"shard\": \"%d/%d\"}\n",
-             (unsigned long long)x->fnv[0], (unsigned long long)x->fnv[1], x->pl->n_rec, x->pl->n_bad, x->pl->n_samples,
-             p->positions_per_record, p->min_position < 0 ? 0 : p->min_position, p->max_tokens, p->skip_special ? "true" : "false",
-             (unsigned long long)p->seed, p->max_new, (double)p->temperature, p->top_k, (double)p->top_p,
-             (unsigned)p->quant < 3 ? quant[p->quant] : "?", x->d, x->layer, x->mse_scale, x->baseline, p->shard_index, p->shard_count);
+             "\"inputs_fnv1a64\": [\"%016llx\", \"%016llx\"],\n\"records\": %d,\n"
+             "\"bad_records\": %d,\n\"samples\": %ld,\n"
+             "\"positions_per_record\": %d,\n\"min_position\": %d,\n"
+             "\"max_tokens\": %d,\n\"skip_special\": %s,\n\"seed\": %llu,\n"
+             "\"max_new\": %d,\n\"temperature\": %.9g,\n\"top_k\": %d,\n"
+             "\"top_p\": %.9g,\n\"quant\": \"%s\",\n"
+             "\"d_model\": %d,\n\"layer\": %d,\n\"mse_scale\": %.17g,\n"
+             "\"fve_baseline\": %.17g,\n\"shard\": \"%d/%d\"}\n",
+             (unsigned long long)x->fnv[0], (unsigned long long)x->fnv[1], x->pl->n_rec,
+             x->pl->n_bad, x->pl->n_samples, p->positions_per_record,
+             p->min_position < 0 ? 0 : p->min_position, p->max_tokens,
+             p->skip_special ? "true" : "false", (unsigned long long)p->seed, p->max_new,
+             (double)p->temperature, p->top_k, (double)p->top_p,
+             (unsigned)p->quant < 3 ? quant[p->quant] : "?", x->d, x->layer, x->mse_scale,
+             x->baseline, p->shard_index, p->shard_count);
     sb_str(b, t);
 }
 
 /* The first line where params.json texts have and want differ, into e,
    with what to do about it (hint). */
-static nla_status ev_params_differ(const char *path, const char *have, const char *want, const char *hint, errbuf *e) {
+static nla_status ev_params_differ(const char *path, const char *have, const char *want,
+                                   const char *hint, errbuf *e) {
     while (*have && *have == *want) {
         const char *na = strchr(have, '\n'), *nb = strchr(want, '\n');
         if (!na || !nb || na - have != nb - want || memcmp(have, want, (size_t)(na - have))) break;
         have = na + 1;
         want = nb + 1;
     }
-    return fail(e, NLA_ERR_ARG, "%s: made with other arguments (it has %.*s, not %.*s): %s", path, (int)strcspn(have, "\n"), have,
-                (int)strcspn(want, "\n"), want, hint);
+    return fail(e, NLA_ERR_ARG, "%s: made with other arguments (it has %.*s, not %.*s): %s", path,
+                (int)strcspn(have, "\n"), have, (int)strcspn(want, "\n"), want, hint);
 }
 
 /* tokens.jsonl: one line per record, for the report. */
@@ -5230,7 +5851,8 @@ static void ev_tokens_render(sbuf *b, const void *ctx) {
         sb_str(b, r->id);
         sb_str(b, ", \"source\": ");
         json_put_string(b, r->source, strlen(r->source));
-        snprintf(t, sizeof t, ", \"chat\": %s, \"first_sample\": %ld, \"positions\": [", r->chat ? "true" : "false", r->first);
+        snprintf(t, sizeof t, ", \"chat\": %s, \"first_sample\": %ld, \"positions\": [",
+                 r->chat ? "true" : "false", r->first);
         sb_str(b, t);
         for (int j = 0; j < r->n_pos; j++) {
             snprintf(t, sizeof t, "%s%d", j ? ", " : "", r->pos[j]);
@@ -5256,14 +5878,16 @@ static void ev_tokens_render(sbuf *b, const void *ctx) {
     }
 }
 
-static nla_status ev_write_tokens(const char *path, const ev_plan *pl, const nla_tokenizer *tok, errbuf *e) {
+static nla_status ev_write_tokens(const char *path, const ev_plan *pl, const nla_tokenizer *tok,
+                                  errbuf *e) {
     ev_tokens_ctx x;
     size_t n = 0;
     char *text;
     nla_status rc;
     x.pl = pl;
     x.tok = tok;
-    if (!(text = ev_render(ev_tokens_render, &x, &n))) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!(text = ev_render(ev_tokens_render, &x, &n)))
+        return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     rc = ev_write_file(path, text, n, e);
     NLA_FREE(text);
     return rc;
@@ -5271,8 +5895,8 @@ static nla_status ev_write_tokens(const char *path, const ev_plan *pl, const nla
 
 /* Reads results.jsonl: marks the rows done, cuts a torn last line (a kill
    mid-write) off the file, and refuses rows that cannot be there. */
-static nla_status ev_load_done(const char *path, const nla_eval_params *p, const ev_plan *pl, unsigned char *done, long *n_done,
-                               errbuf *e) {
+static nla_status ev_load_done(const char *path, const nla_eval_params *p, const ev_plan *pl,
+                               unsigned char *done, long *n_done, errbuf *e) {
     char *buf = NULL;
     size_t n = 0, at = 0;
     long prev = -1;
@@ -5288,13 +5912,17 @@ static nla_status ev_load_done(const char *path, const nla_eval_params *p, const
         if (!nl) break; /* torn: cut below */
         line++;
         if (json_parse(&d, s, (size_t)(nl - s), e, path) != NLA_OK)
-            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d is not JSON (the file was changed by hand?)", path, line);
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d is not JSON (the file was changed by hand?)",
+                      path, line);
         else {
-            if (!json_u64(&d, json_get(&d, 0, "sample_idx"), &idx) || idx >= (uint64_t)pl->n_samples)
-                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d has no sample_idx below %ld", path, line, pl->n_samples);
+            if (!json_u64(&d, json_get(&d, 0, "sample_idx"), &idx) ||
+                idx >= (uint64_t)pl->n_samples)
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d has no sample_idx below %ld", path, line,
+                          pl->n_samples);
             else if ((long)idx <= prev || !ev_owns(p, pl->sample_rec[idx]))
-                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: sample %ld is out of order or not of shard %d/%d", path, line, (long)idx,
-                          p->shard_index, p->shard_count);
+                rc = fail(e, NLA_ERR_FORMAT,
+                          "%s: line %d: sample %ld is out of order or not of shard %d/%d", path,
+                          line, (long)idx, p->shard_index, p->shard_count);
             json_free(&d);
         }
         if (!rc) {
@@ -5326,34 +5954,41 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, int cr
     long end;
     v->d = d;
     v->hdr = (long)hl;
-    if ((double)S * d * 4 + (double)hl > (double)LONG_MAX) return fail(e, NLA_ERR_RANGE, "%s: too large for this platform's file offsets", path);
+    if ((double)S * d * 4 + (double)hl > (double)LONG_MAX)
+        return fail(e, NLA_ERR_RANGE, "%s: too large for this platform's file offsets", path);
     end = (long)hl + S * d * 4;
-    if (!(v->f = fopen(path, "r+b")) && !create) return fail(e, NLA_ERR_IO, "%s: cannot open", path);
+    if (!(v->f = fopen(path, "r+b")) && !create)
+        return fail(e, NLA_ERR_IO, "%s: cannot open", path);
     if (!v->f) { /* made whole under another name, then renamed: a kill leaves no half file */
         char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
         if (!tmp) return fail(e, NLA_ERR_NOMEM, "out of memory");
         FILE *f = fopen(strcat(strcpy(tmp, path), ".tmp"), "wb");
-        int ok = f && fwrite(want, 1, hl, f) == hl && (!S || (!fseek(f, end - 1, SEEK_SET) && fputc(0, f) != EOF)) && ev_sync(f);
+        int ok = f && fwrite(want, 1, hl, f) == hl &&
+                 (!S || (!fseek(f, end - 1, SEEK_SET) && fputc(0, f) != EOF)) && ev_sync(f);
         if (f && fclose(f)) ok = 0;
         ok = ok && !rename(tmp, path);
         NLA_FREE(tmp);
-        if (!ok || !(v->f = fopen(path, "r+b"))) return fail(e, NLA_ERR_IO, "%s: cannot create", path);
+        if (!ok || !(v->f = fopen(path, "r+b")))
+            return fail(e, NLA_ERR_IO, "%s: cannot create", path);
     }
     if (fread(have, 1, hl, v->f) != hl || memcmp(have, want, hl))
-        return fail(e, NLA_ERR_FORMAT, "%s: not the float32 [%ld, %d] array of this run", path, S, d);
-    if (fseek(v->f, 0, SEEK_END) || ftell(v->f) != end) return fail(e, NLA_ERR_FORMAT, "%s: not %ld bytes long", path, end);
+        return fail(e, NLA_ERR_FORMAT, "%s: not the float32 [%ld, %d] array of this run", path, S,
+                    d);
+    if (fseek(v->f, 0, SEEK_END) || ftell(v->f) != end)
+        return fail(e, NLA_ERR_FORMAT, "%s: not %ld bytes long", path, end);
     return NLA_OK;
 }
 
 /* Writes row `row` (d floats), and syncs it to the disk if `sync`; 0 on failure. */
 static int ev_npy_put(ev_npy *v, long row, const float *x, int sync) {
-    return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) && fwrite(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d &&
-           (!sync || ev_sync(v->f));
+    return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) &&
+           fwrite(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d && (!sync || ev_sync(v->f));
 }
 
 /* Reads row `row` into x; 0 on failure. */
 static int ev_npy_get(ev_npy *v, long row, float *x) {
-    return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) && fread(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d;
+    return !fseek(v->f, v->hdr + row * v->d * 4, SEEK_SET) &&
+           fread(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d;
 }
 
 /* One row of results.jsonl (the published field names, then ours). */
@@ -5384,7 +6019,8 @@ static void ev_row_render(sbuf *b, const void *ctx) {
     sb_str(b, r->id);
     sb_str(b, ", \"source\": ");
     json_put_string(b, r->source, strlen(r->source));
-    snprintf(t, sizeof t, ", \"role\": %s%s%s, \"token_id\": %d, \"token_str\": ", r->role ? "\"" : "",
+    snprintf(t, sizeof t,
+             ", \"role\": %s%s%s, \"token_id\": %d, \"token_str\": ", r->role ? "\"" : "",
              r->role ? ev_role_name[r->role[x->pos]] : "null", r->role ? "\"" : "", r->ids[x->pos]);
     sb_str(b, t);
     json_put_string(b, x->token_str, strlen(x->token_str));
@@ -5405,20 +6041,23 @@ static void ev_row_render(sbuf *b, const void *ctx) {
 }
 
 /* A session of n_seq sequences of n_ctx positions (0: the default) on m. */
-static nla_status ev_session(nla_model *m, const nla_eval_params *p, int n_seq, int n_ctx, nla_session **s, errbuf *e) {
+static nla_status ev_session(nla_model *m, const nla_eval_params *p, int n_seq, int n_ctx,
+                             nla_session **s, errbuf *e) {
     nla_session_params sp;
     nla_status rc;
     memset(&sp, 0, sizeof sp);
     sp.n_threads = p->n_threads;
     sp.n_seq = n_seq;
     sp.n_ctx = n_ctx;
-    if ((rc = nla_session_new(m, &sp, s)) != NLA_OK) rc = fail(e, rc, "%s: cannot make a session (%s)", m->dir, nla_strerror(rc));
+    if ((rc = nla_session_new(m, &sp, s)) != NLA_OK)
+        rc = fail(e, rc, "%s: cannot make a session (%s)", m->dir, nla_strerror(rc));
     return rc;
 }
 
 /* Opens a model with the eval's tokenizer, and a session unless n_seq is 0. */
-static nla_status ev_open(const char *dir, const nla_eval_params *p, const nla_tokenizer *tok, nla_quant q, int n_seq, int n_ctx,
-                          nla_model **m, nla_session **s, errbuf *e) {
+static nla_status ev_open(const char *dir, const nla_eval_params *p, const nla_tokenizer *tok,
+                          nla_quant q, int n_seq, int n_ctx, nla_model **m, nla_session **s,
+                          errbuf *e) {
     nla_model_params mp;
     nla_status rc;
     memset(&mp, 0, sizeof mp);
@@ -5437,7 +6076,8 @@ static void ev_close(nla_model **m, nla_session **s) {
 }
 
 /* Reports progress; nonzero when the caller asks to stop. */
-static int ev_progress(const nla_eval_params *p, const char *phase, int done, int total, long rows_done, long rows_total, long resumed) {
+static int ev_progress(const nla_eval_params *p, const char *phase, int done, int total,
+                       long rows_done, long rows_total, long resumed) {
     nla_eval_progress pr;
     if (!p->progress) return 0;
     pr.phase = phase;
@@ -5459,7 +6099,8 @@ typedef struct {
     long *todo, n_todo, n_shard, n_done, resumed;
     float *v, *rec;      /* [chunk, d] activations; [batch, d] one group's reconstructions */
     char **raw;          /* [chunk] AV text */
-    size_t *ex_start, *ex_len, *raw_len; /* [chunk] each: the explanation's span in raw, raw's length */
+    /* [chunk] each: the explanation's span in raw, raw's length */
+    size_t *ex_start, *ex_len, *raw_len;
     int *parsed;
     int32_t *ids, *pos;  /* [batch, max_new] AV ids; [chunk] positions */
     int *n_ids;
@@ -5476,10 +6117,13 @@ static nla_status ev_phase_extract(ev_run *x, const long *todo, int nc, errbuf *
     nla_status rc = ev_open(x->p.target, &x->p, x->tok, x->p.quant, 1, x->p.max_tokens, &m, &s, e);
     for (int i = 0, j; i < nc && !rc; i = j) {
         const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
-        for (j = i; j < nc && &x->pl.rec[x->pl.sample_rec[todo[j]]] == r; j++) x->pos[j - i] = r->pos[todo[j] - r->first];
-        if ((rc = nla_extract(s, r->ids, r->n_ids, x->av.layer, x->pos, j - i, x->v + (size_t)i * d)) != NLA_OK)
+        for (j = i; j < nc && &x->pl.rec[x->pl.sample_rec[todo[j]]] == r; j++)
+            x->pos[j - i] = r->pos[todo[j] - r->first];
+        if ((rc = nla_extract(s, r->ids, r->n_ids, x->av.layer, x->pos, j - i,
+                              x->v + (size_t)i * d)) != NLA_OK)
             rc = fail(e, rc, "eval: record %s: %s", r->id, nla_session_errmsg(s));
-        else if (ev_progress(&x->p, "extract", j, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+        else if (ev_progress(&x->p, "extract", j, nc, x->n_done, x->n_shard, x->resumed))
+            rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
     }
     ev_close(&m, &s);
     return rc;
@@ -5492,7 +6136,8 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
     nla_session *s = NULL;
     nla_verbalize_params vp;
     const int d = x->av.d_model, B = x->p.temperature > 0 ? 1 : x->p.batch < nc ? x->p.batch : nc;
-    nla_status rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, B, x->av.av_prompt_len + x->p.max_new, &m, &s, e);
+    nla_status rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, B,
+                            x->av.av_prompt_len + x->p.max_new, &m, &s, e);
     memset(&vp, 0, sizeof vp);
     vp.max_new = x->p.max_new;
     vp.temperature = x->p.temperature;
@@ -5500,8 +6145,10 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
     vp.top_p = x->p.top_p;
     for (int i = 0; i < nc && !rc; i += B) {
         const int nb = nc - i < B ? nc - i : B;
-        if (x->p.temperature > 0) nla_session_seed(s, (x->p.seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)todo[i]);
-        if ((rc = nla_verbalize_batch(s, x->v + (size_t)i * d, nb, &vp, x->ids, x->p.max_new, x->n_ids)) != NLA_OK) {
+        if (x->p.temperature > 0)
+            nla_session_seed(s, (x->p.seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)todo[i]);
+        if ((rc = nla_verbalize_batch(s, x->v + (size_t)i * d, nb, &vp, x->ids, x->p.max_new,
+                                      x->n_ids)) != NLA_OK) {
             rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
             break;
         }
@@ -5509,17 +6156,22 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
             const int32_t *id = x->ids + (size_t)q * x->p.max_new;
             int n = x->n_ids[q];
             size_t len = 0;
-            if (n > 0 && (id[n - 1] == 1 || id[n - 1] == 106)) n--; /* the text without the stop token */
+            /* the text without the stop token */
+            if (n > 0 && (id[n - 1] == 1 || id[n - 1] == 106)) n--;
             nla_detokenize(x->tok, id, n, NULL, 0, &len);
             NLA_FREE(x->raw[i + q]);
-            if (!(x->raw[i + q] = (char *)NLA_MALLOC(len + 1))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-            else if (nla_detokenize(x->tok, id, n, x->raw[i + q], len + 1, &len)) rc = fail(e, NLA_ERR_RANGE, "eval: the AV wrote an id outside the vocabulary");
+            if (!(x->raw[i + q] = (char *)NLA_MALLOC(len + 1)))
+                rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+            else if (nla_detokenize(x->tok, id, n, x->raw[i + q], len + 1, &len))
+                rc = fail(e, NLA_ERR_RANGE, "eval: the AV wrote an id outside the vocabulary");
             else {
                 x->raw_len[i + q] = len;
-                x->parsed[i + q] = nla_parse_explanation(x->raw[i + q], len, &x->ex_start[i + q], &x->ex_len[i + q]);
+                x->parsed[i + q] = nla_parse_explanation(x->raw[i + q], len, &x->ex_start[i + q],
+                                                         &x->ex_len[i + q]);
             }
         }
-        if (!rc && ev_progress(&x->p, "verbalize", i + nb, nc, x->n_done, x->n_shard, x->resumed)) rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
+        if (!rc && ev_progress(&x->p, "verbalize", i + nb, nc, x->n_done, x->n_shard, x->resumed))
+            rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
     }
     ev_close(&m, &s);
     return rc;
@@ -5535,11 +6187,13 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
     const int d = x->av.d_model, G = nc < x->p.batch ? nc : x->p.batch;
     int n_ctx = 1;
     char **ex = (char **)xcalloc((size_t)nc, sizeof(char *));
-    nla_status rc = ex ? ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 0, 0, &m, &s, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    nla_status rc = ex ? ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 0, 0, &m, &s, e)
+                       : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     for (int i = 0; i < nc && !rc; i++) {
         int32_t *ids;
         int k;
-        if (!(ex[i] = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i]))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        if (!(ex[i] = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i])))
+            rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
         else if (!(rc = ar_tokens(m, ex[i], i, &ids, &k, e))) {
             NLA_FREE(ids);
             if (k > n_ctx) n_ctx = k;
@@ -5572,14 +6226,18 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
             row.parsed = x->parsed[i];
             row.vec_norm = sqrt(nv);
             nla_score(v, rec, d, x->ar.mse_scale, x->baseline, &row.sc);
-            if (!(line = ev_render(ev_row_render, &row, &n_line))) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+            if (!(line = ev_render(ev_row_render, &row, &n_line))) {
+                rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+                break;
+            }
             /* the commit: both vectors on the disk before the line that says they are there */
             if (!ev_npy_put(&x->act, todo[i], v, 1) || !ev_npy_put(&x->recon, todo[i], rec, 1) ||
                 fwrite(line, 1, n_line, x->res) != n_line || !ev_sync(x->res))
                 rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
             NLA_FREE(line);
             if (!rc) x->n_done++;
-            if (!rc && ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed))
+            if (!rc &&
+                ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed))
                 rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
         }
     }
@@ -5597,17 +6255,24 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
     nla_status rc = ev_open(x->p.av, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e);
     if (!rc) nla_model_get_meta(m, &x->av);
     ev_close(&m, &s);
-    if (!rc && (rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_meta(m, &x->ar);
+    if (!rc && (rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK)
+        nla_model_get_meta(m, &x->ar);
     ev_close(&m, &s);
-    if (!rc && (rc = ev_open(x->p.target, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK) nla_model_get_info(m, &in);
+    if (!rc &&
+        (rc = ev_open(x->p.target, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK)
+        nla_model_get_info(m, &in);
     ev_close(&m, &s);
     if (rc) return rc;
-    if (strcmp(x->av.role, "av") || !x->av.av_prompt) return fail(e, NLA_ERR_ARG, "eval: %s is not an AV with a tokenizer (nla_meta.yaml role: av)", x->p.av);
+    if (strcmp(x->av.role, "av") || !x->av.av_prompt)
+        return fail(e, NLA_ERR_ARG,
+                    "eval: %s is not an AV with a tokenizer (nla_meta.yaml role: av)", x->p.av);
     if (strcmp(x->ar.role, "ar") || x->ar.d_model != x->av.d_model || x->ar.layer != x->av.layer)
-        return fail(e, NLA_ERR_ARG, "eval: %s is not the AR of %s (role ar, d %d, layer %d)", x->p.ar, x->p.av, x->av.d_model, x->av.layer);
+        return fail(e, NLA_ERR_ARG, "eval: %s is not the AR of %s (role ar, d %d, layer %d)",
+                    x->p.ar, x->p.av, x->av.d_model, x->av.layer);
     if (in.d_model != x->av.d_model || x->av.layer >= in.n_layers)
-        return fail(e, NLA_ERR_ARG, "eval: the target %s (d %d, %d blocks) does not fit the AV (d %d, layer %d)", x->p.target, in.d_model,
-                    in.n_layers, x->av.d_model, x->av.layer);
+        return fail(e, NLA_ERR_ARG,
+                    "eval: the target %s (d %d, %d blocks) does not fit the AV (d %d, layer %d)",
+                    x->p.target, in.d_model, in.n_layers, x->av.d_model, x->av.layer);
     x->baseline = x->av.fve_baseline > 0 ? x->av.fve_baseline : 0.0302;
     return NLA_OK;
 }
@@ -5615,11 +6280,14 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
 /* params.json, tokens.jsonl, the rows done, the .npy files, the work list. */
 static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     const char *dir = x->p.out_dir;
-    char *pp = path_join(dir, "params.json"), *tp = path_join(dir, "tokens.jsonl"), *rp = path_join(dir, "results.jsonl");
-    char *ap = path_join(dir, "activations.npy"), *cp = path_join(dir, "reconstructions.npy"), *have = NULL, *want = NULL;
+    char *pp = path_join(dir, "params.json"), *tp = path_join(dir, "tokens.jsonl"),
+         *rp = path_join(dir, "results.jsonl");
+    char *ap = path_join(dir, "activations.npy"), *cp = path_join(dir, "reconstructions.npy"),
+         *have = NULL, *want = NULL;
     size_t n_want = 0;
     ev_params_ctx pc;
-    nla_status rc = pp && tp && rp && ap && cp ? NLA_OK : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    nla_status rc =
+        pp && tp && rp && ap && cp ? NLA_OK : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     pc.p = &x->p;
     pc.pl = &x->pl;
     pc.fnv = fnv;
@@ -5627,28 +6295,35 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     pc.layer = x->av.layer;
     pc.mse_scale = x->ar.mse_scale;
     pc.baseline = x->baseline;
-    if (!rc && !(want = ev_render(ev_params_render, &pc, &n_want))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc && !(want = ev_render(ev_params_render, &pc, &n_want)))
+        rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     if (!rc && !file_exists(pp)) rc = ev_write_file(pp, want, n_want, e);
     else if (!rc && (rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK && strcmp(have, want))
-        rc = ev_params_differ(pp, have, want, "use the same arguments to resume, or another folder", e);
+        rc = ev_params_differ(pp, have, want, "use the same arguments to resume, or another folder",
+                              e);
     if (!rc) rc = ev_write_tokens(tp, &x->pl, x->tok, e);
-    if (!rc && !(x->done = (unsigned char *)xcalloc((size_t)x->pl.n_samples, 1))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc && !(x->done = (unsigned char *)xcalloc((size_t)x->pl.n_samples, 1)))
+        rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     if (!rc) rc = ev_load_done(rp, &x->p, &x->pl, x->done, &x->resumed, e);
     if (!rc) rc = ev_npy_open(&x->act, ap, x->pl.n_samples, x->av.d_model, 1, e);
     if (!rc) rc = ev_npy_open(&x->recon, cp, x->pl.n_samples, x->av.d_model, 1, e);
-    if (!rc && !(x->res = fopen(rp, "ab"))) rc = fail(e, NLA_ERR_IO, "%s: cannot open for appending", rp);
-    if (!rc && !(x->todo = (long *)xmalloc((size_t)x->pl.n_samples, sizeof(long)))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc && !(x->res = fopen(rp, "ab")))
+        rc = fail(e, NLA_ERR_IO, "%s: cannot open for appending", rp);
+    if (!rc && !(x->todo = (long *)xmalloc((size_t)x->pl.n_samples, sizeof(long))))
+        rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     for (long i = 0; !rc && i < x->pl.n_samples; i++) {
         if (!ev_owns(&x->p, x->pl.sample_rec[i])) continue;
         x->n_shard++;
         if (!x->done[i]) x->todo[x->n_todo++] = i;
     }
     x->n_done = x->resumed;
-    NLA_FREE(pp); NLA_FREE(tp); NLA_FREE(rp); NLA_FREE(ap); NLA_FREE(cp); NLA_FREE(have); NLA_FREE(want);
+    NLA_FREE(pp); NLA_FREE(tp); NLA_FREE(rp); NLA_FREE(ap); NLA_FREE(cp); NLA_FREE(have);
+    NLA_FREE(want);
     return rc;
 }
 
-nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf_out, size_t errbuf_size) {
+nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf_out,
+                        size_t errbuf_size) {
     errbuf e;
     ev_run x;
     nla_tokenizer *tok = NULL;
@@ -5659,8 +6334,11 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     memset(&x, 0, sizeof x);
     if (counts) memset(counts, 0, sizeof *counts);
     rc = ev_defaults(params, &x.p, &e);
-    if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir)) rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
-    if (!rc) rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg, sizeof e.msg);
+    if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir))
+        rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
+    if (!rc)
+        rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg,
+                                sizeof e.msg);
     x.tok = tok;
     if (!rc) rc = ev_metas(&x, &e);
     if (!rc) rc = ev_plan_build(&x.p, tok, &x.pl, fnv, &e);
@@ -5676,7 +6354,8 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
         x.pos = (int32_t *)xcalloc((size_t)C + 1, sizeof(int32_t));
         x.ids = (int32_t *)xmalloc((size_t)x.p.batch, (size_t)x.p.max_new * sizeof(int32_t));
         x.n_ids = (int *)xcalloc((size_t)x.p.batch, sizeof(int));
-        if (!x.v || !x.rec || !x.raw || !x.ex_start || !x.parsed || !x.pos || !x.ids || !x.n_ids) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+        if (!x.v || !x.rec || !x.raw || !x.ex_start || !x.parsed || !x.pos || !x.ids || !x.n_ids)
+            rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
         else {
             x.ex_len = x.ex_start + C + 1;
             x.raw_len = x.ex_len + C + 1;
@@ -5700,8 +6379,10 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     for (int i = 0; x.raw && i < C; i++) NLA_FREE(x.raw[i]);
     if (x.act.f) fclose(x.act.f);
     if (x.recon.f) fclose(x.recon.f);
-    if (x.res && fclose(x.res) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: cannot close results.jsonl", x.p.out_dir);
-    NLA_FREE(x.v); NLA_FREE(x.rec); NLA_FREE(x.raw); NLA_FREE(x.ex_start); NLA_FREE(x.parsed); NLA_FREE(x.pos); NLA_FREE(x.ids); NLA_FREE(x.n_ids);
+    if (x.res && fclose(x.res) && !rc)
+        rc = fail(&e, NLA_ERR_IO, "%s: cannot close results.jsonl", x.p.out_dir);
+    NLA_FREE(x.v); NLA_FREE(x.rec); NLA_FREE(x.raw); NLA_FREE(x.ex_start); NLA_FREE(x.parsed);
+    NLA_FREE(x.pos); NLA_FREE(x.ids); NLA_FREE(x.n_ids);
     NLA_FREE(x.done); NLA_FREE(x.todo);
     ev_plan_free(&x.pl);
     nla_tokenizer_close(tok);
@@ -5718,9 +6399,11 @@ static const char *ev_shard_line(const char *params, int *i, int *n) {
 }
 
 /* Writes n bytes as dir/name (ev_write_file). */
-static nla_status ev_write_in(const char *dir, const char *name, const char *data, size_t n, errbuf *e) {
+static nla_status ev_write_in(const char *dir, const char *name, const char *data, size_t n,
+                              errbuf *e) {
     char *path = path_join(dir, name);
-    nla_status rc = path ? ev_write_file(path, data, n, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    nla_status rc =
+        path ? ev_write_file(path, data, n, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     NLA_FREE(path);
     return rc;
 }
@@ -5728,12 +6411,14 @@ static nla_status ev_write_in(const char *dir, const char *name, const char *dat
 /* A folder's file, read whole (NUL-terminated). */
 static nla_status ev_read(const char *dir, const char *name, char **buf, size_t *n, errbuf *e) {
     char *path = path_join(dir, name);
-    nla_status rc = path ? read_file(path, buf, n, SIZE_MAX / 2, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    nla_status rc = path ? read_file(path, buf, n, SIZE_MAX / 2, e)
+                         : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     NLA_FREE(path);
     return rc;
 }
 
-nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, char *errbuf_out, size_t errbuf_size) {
+nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, char *errbuf_out,
+                          size_t errbuf_size) {
     errbuf e;
     char **params = NULL, **res = NULL, *tokens = NULL, *other = NULL, *path = NULL;
     const char **line = NULL, *cut0 = NULL;
@@ -5745,52 +6430,75 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     jdoc doc;
     nla_status rc = NLA_OK;
     e.msg[0] = 0;
-    if (!out_dir || !dirs || n < 1) rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
-    if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) || !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
+    if (!out_dir || !dirs || n < 1)
+        rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
+    if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) ||
+                !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
         rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
     /* the same study: params.json equal up to the shard line, shards 1..n once each */
     for (int k = 0; k < n && !rc; k++) {
         const char *cut;
         if ((rc = ev_read(dirs[k], "params.json", &params[k], NULL, &e)) != NLA_OK) break;
-        if (!(cut = ev_shard_line(params[k], &si, &sn))) rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no shard line", dirs[k]);
-        else if (sn != n) rc = fail(&e, NLA_ERR_ARG, "%s is shard %d/%d, but %d folders were given", dirs[k], si, sn, n);
+        if (!(cut = ev_shard_line(params[k], &si, &sn)))
+            rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no shard line", dirs[k]);
+        else if (sn != n)
+            rc = fail(&e, NLA_ERR_ARG, "%s is shard %d/%d, but %d folders were given", dirs[k], si,
+                      sn, n);
         else if (!k) cut0 = cut;
-        else if (cut - params[k] != cut0 - params[0] || memcmp(params[k], params[0], (size_t)(cut0 - params[0])))
-            rc = ev_params_differ(dirs[k], params[k], params[0], "these are not shards of one study", &e);
+        else if (cut - params[k] != cut0 - params[0] ||
+                 memcmp(params[k], params[0], (size_t)(cut0 - params[0])))
+            rc = ev_params_differ(dirs[k], params[k], params[0],
+                                  "these are not shards of one study", &e);
         for (int j = 0; j < k && !rc; j++) {
             int sj, nj;
             ev_shard_line(params[j], &sj, &nj);
-            if (sj == si) rc = fail(&e, NLA_ERR_ARG, "%s and %s are both shard %d/%d", dirs[j], dirs[k], si, n);
+            if (sj == si)
+                rc = fail(&e, NLA_ERR_ARG, "%s and %s are both shard %d/%d", dirs[j], dirs[k], si,
+                          n);
         }
     }
-    if (!rc && (rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) == NLA_OK) { /* S rows of d floats */
+    /* S rows of d floats */
+    if (!rc && (rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) == NLA_OK) {
         uint64_t us = 0;
-        if (!json_u64(&doc, json_get(&doc, 0, "samples"), &us) || !json_int(&doc, json_get(&doc, 0, "d_model"), &d) || d < 1 ||
+        if (!json_u64(&doc, json_get(&doc, 0, "samples"), &us) ||
+            !json_int(&doc, json_get(&doc, 0, "d_model"), &d) || d < 1 ||
             us > (uint64_t)LONG_MAX / 4 / (uint64_t)d || us > SIZE_MAX / 4 / (size_t)d)
-            rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no samples and d_model that fit this platform", dirs[0]);
+            rc = fail(&e, NLA_ERR_FORMAT,
+                      "%s/params.json: no samples and d_model that fit this platform", dirs[0]);
         json_free(&doc);
         S = (long)us;
     }
     memset(out, 0, sizeof out);
-    if (!rc && (!(line = (const char **)xcalloc((size_t)S + 1, sizeof(char *))) || !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
-                !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) || !(row = (float *)xmalloc((size_t)d, sizeof(float))) ||
+    if (!rc && (!(line = (const char **)xcalloc((size_t)S + 1, sizeof(char *))) ||
+                !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
+                !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) ||
+                !(row = (float *)xmalloc((size_t)d, sizeof(float))) ||
                 !(in = (ev_npy *)xcalloc((size_t)n * 2, sizeof(ev_npy)))))
         rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
     /* rows: each sample exactly once; tokens.jsonl the same in every shard */
     for (int k = 0; k < n && !rc; k++) {
         size_t rn = 0;
-        if ((rc = ev_read(dirs[k], "tokens.jsonl", k ? &other : &tokens, k ? &on : &tn, &e)) != NLA_OK) break;
-        if (k && (on != tn || memcmp(other, tokens, tn))) rc = fail(&e, NLA_ERR_FORMAT, "%s/tokens.jsonl differs from %s's", dirs[k], dirs[0]);
+        if ((rc = ev_read(dirs[k], "tokens.jsonl", k ? &other : &tokens, k ? &on : &tn, &e)) !=
+            NLA_OK)
+            break;
+        if (k && (on != tn || memcmp(other, tokens, tn)))
+            rc = fail(&e, NLA_ERR_FORMAT, "%s/tokens.jsonl differs from %s's", dirs[k], dirs[0]);
         NLA_FREE(other);
         other = NULL;
         if (rc || (rc = ev_read(dirs[k], "results.jsonl", &res[k], &rn, &e)) != NLA_OK) break;
         for (const char *s = res[k]; s < res[k] + rn && !rc;) {
             const char *nl = (const char *)memchr(s, '\n', (size_t)(res[k] + rn - s));
             uint64_t idx = 0;
-            if (!nl) { rc = fail(&e, NLA_ERR_FORMAT, "%s: the last row is torn: rerun the shard to finish it", dirs[k]); break; }
+            if (!nl) {
+                rc = fail(&e, NLA_ERR_FORMAT,
+                          "%s: the last row is torn: rerun the shard to finish it", dirs[k]);
+                break;
+            }
             if ((rc = json_parse(&doc, s, (size_t)(nl - s), &e, dirs[k])) != NLA_OK) break;
-            if (!json_u64(&doc, json_get(&doc, 0, "sample_idx"), &idx) || idx >= (uint64_t)S || line[idx])
-                rc = fail(&e, NLA_ERR_FORMAT, "%s/results.jsonl: a row without a new sample_idx below %ld", dirs[k], S);
+            if (!json_u64(&doc, json_get(&doc, 0, "sample_idx"), &idx) || idx >= (uint64_t)S ||
+                line[idx])
+                rc = fail(&e, NLA_ERR_FORMAT,
+                          "%s/results.jsonl: a row without a new sample_idx below %ld", dirs[k], S);
             else {
                 line[idx] = s;
                 len[idx] = (size_t)(nl - s) + 1;
@@ -5801,11 +6509,15 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         }
     }
     for (long i = 0; !rc && i < S; i++)
-        if (!line[i]) rc = fail(&e, NLA_ERR_ARG, "eval merge: sample %ld is in no shard's results: finish every shard first", i);
+        if (!line[i])
+            rc = fail(&e, NLA_ERR_ARG,
+                      "eval merge: sample %ld is in no shard's results: finish every shard first",
+                      i);
     /* the vectors, a row at a time from the shard that owns it (memory: one row) */
     for (int k = 0; k <= n && !rc; k++)
         for (int f = 0; f < 2 && !rc; f++) {
-            if (!(path = path_join(k < n ? dirs[k] : out_dir, f ? "reconstructions.npy" : "activations.npy")))
+            if (!(path = path_join(k < n ? dirs[k] : out_dir,
+                                   f ? "reconstructions.npy" : "activations.npy")))
                 rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
             else {
                 if (k == n) remove(path); /* a fresh file, whatever an earlier merge left */
@@ -5817,16 +6529,19 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     for (long i = 0; i < S && !rc; i++)
         for (int f = 0; f < 2 && !rc; f++)
             if (!ev_npy_get(&in[2 * owner[i] + f], i, row) || !ev_npy_put(&out[f], i, row, 0))
-                rc = fail(&e, NLA_ERR_IO, "eval merge: cannot copy row %ld of %s's %s", i, dirs[owner[i]], f ? "reconstructions" : "activations");
+                rc = fail(&e, NLA_ERR_IO, "eval merge: cannot copy row %ld of %s's %s", i,
+                          dirs[owner[i]], f ? "reconstructions" : "activations");
     for (int f = 0; f < 2 && !rc; f++)
-        if (!ev_sync(out[f].f)) rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
+        if (!ev_sync(out[f].f))
+            rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
     /* the merged folder: as one unsharded run writes it */
     if (!rc) {
         const size_t k = (size_t)(cut0 - params[0]);
         size_t total = 0;
         char *text;
         for (long i = 0; i < S; i++) total += len[i];
-        if (!(text = (char *)NLA_MALLOC(total + k + 32))) rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+        if (!(text = (char *)NLA_MALLOC(total + k + 32)))
+            rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
         else { /* results.jsonl: the rows in sample_idx order */
             total = 0;
             for (long i = 0; i < S; i++) {
@@ -5838,7 +6553,8 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", tokens, tn, &e);
         if (!rc) { /* params.json: the shards' with the shard line of an unsharded run */
             memcpy(text, params[0], k);
-            rc = ev_write_in(out_dir, "params.json", text, k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
+            rc = ev_write_in(out_dir, "params.json", text,
+                             k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
         }
         NLA_FREE(text);
     }
@@ -5849,8 +6565,10 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     for (int k = 0; in && k < 2 * n; k++)
         if (in[k].f) fclose(in[k].f);
     for (int f = 0; f < 2; f++)
-        if (out[f].f && fclose(out[f].f) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
-    NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len); NLA_FREE(owner); NLA_FREE(row); NLA_FREE(in);
+        if (out[f].f && fclose(out[f].f) && !rc)
+            rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
+    NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len);
+    NLA_FREE(owner); NLA_FREE(row); NLA_FREE(in);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
@@ -5858,9 +6576,14 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
 /* --- summary: statistics, token kinds, structure, degenerate templates */
 
 /* Token kinds of the blog's analysis, from the token's text. */
-enum { K_CAP_NO_SPACE, K_WHITESPACE, K_DIGITS, K_SINGLE, K_PUNCT, K_SUBWORD, K_CAP_WORD, K_LOWER_WORD, K_SPECIAL, K_OTHER, K_COUNT };
-static const char *const ev_kind_name[K_COUNT] = {"cap_no_space", "whitespace", "digits", "single_letter", "punctuation",
-                                                  "subword", "cap_word", "lower_word", "special", "other"};
+enum {
+    K_CAP_NO_SPACE, K_WHITESPACE, K_DIGITS, K_SINGLE, K_PUNCT, K_SUBWORD, K_CAP_WORD, K_LOWER_WORD,
+    K_SPECIAL, K_OTHER, K_COUNT
+};
+static const char *const ev_kind_name[K_COUNT] = {"cap_no_space",  "whitespace",  "digits",
+                                                  "single_letter", "punctuation", "subword",
+                                                  "cap_word",      "lower_word",  "special",
+                                                  "other"};
 
 static int ev_token_kind(const char *s) {
     const size_t n = strlen(s);
@@ -5875,7 +6598,9 @@ static int ev_token_kind(const char *s) {
     m = n - (size_t)lead;
     for (i = 0; i < m && s[i] >= '0' && s[i] <= '9'; i++) {}
     if (i == m) return K_DIGITS;
-    for (i = 0; i < m && s[i] > ' ' && s[i] < 0x7f && !((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z') && !(s[i] >= '0' && s[i] <= '9'); i++) {}
+    for (i = 0; i < m && s[i] > ' ' && s[i] < 0x7f &&
+                !((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z') && !(s[i] >= '0' && s[i] <= '9');
+         i++) {}
     if (i == m) return K_PUNCT;
     if (m == 1 && (s[0] | 0x20) >= 'a' && (s[0] | 0x20) <= 'z') return K_SINGLE;
     if (s[0] >= 'A' && s[0] <= 'Z') return lead ? K_CAP_WORD : K_CAP_NO_SPACE;
@@ -5954,7 +6679,8 @@ static int ev_starts_nocase(const char *s, const char *e, const char *lit) {
 
 /* The shape of explanation ex: paragraphs, and what the first and the last are. */
 static void ev_structure(const char *ex, ev_shape *sh) {
-    const char *p = ex, *end = ex + strlen(ex), *b, *e = NULL, *first_b = NULL, *first_e = NULL, *last_b = NULL, *last_e = NULL;
+    const char *p = ex, *end = ex + strlen(ex), *b, *e = NULL, *first_b = NULL, *first_e = NULL,
+               *last_b = NULL, *last_e = NULL;
     int quoted_before_last = 0;
     memset(sh, 0, sizeof *sh);
     while ((b = ev_paragraph(&p, end, &e)) != NULL) {
@@ -5978,7 +6704,8 @@ static void ev_structure(const char *ex, ev_shape *sh) {
 
 /* The degenerate templates and failures of NLA_SPEC.md §3.6. */
 enum { T_SINK, T_FALLBACK, T_CJK, T_NEWLINES, T_UNPARSED, T_COUNT };
-static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic", "fallback_research_paper", "cjk_output",
+static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic",
+                                                  "fallback_research_paper", "cjk_output",
                                                   "newline_repetition", "unparsed"};
 static const char *const ev_tmpl_what[T_COUNT] = {
     "\"Fragmented, incoherent academic text pattern\" (high-norm sink)",
@@ -5988,7 +6715,8 @@ static const char *const ev_tmpl_what[T_COUNT] = {
     "no <explanation>...</explanation> (truncated or drifted)"};
 
 static int ev_is_cjk(uint32_t c) {
-    return (c >= 0x2e80 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) || (c >= 0xf900 && c <= 0xfaff) || (c >= 0xff00 && c <= 0xffef);
+    return (c >= 0x2e80 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) ||
+           (c >= 0xf900 && c <= 0xfaff) || (c >= 0xff00 && c <= 0xffef);
 }
 
 static void ev_templates(const char *ex, const char *raw, int parsed, int *flag) {
@@ -6003,7 +6731,8 @@ static void ev_templates(const char *ex, const char *raw, int parsed, int *flag)
         i += (size_t)k;
     }
     flag[T_SINK] = strstr(ex, "Fragmented, incoherent academic text") != NULL;
-    flag[T_FALLBACK] = strstr(ex, "research paper") || strstr(ex, "Fibonacci") || strstr(ex, "Kalman");
+    flag[T_FALLBACK] =
+        strstr(ex, "research paper") || strstr(ex, "Fibonacci") || strstr(ex, "Kalman");
     flag[T_CJK] = cjk > 0 && cjk >= other;
     flag[T_NEWLINES] = strstr(raw, "\n\n\n") != NULL;
     flag[T_UNPARSED] = !parsed;
@@ -6031,7 +6760,8 @@ typedef struct {
 static void ev_set_free(ev_set *s) {
     for (int i = 0; i < s->n; i++) {
         ev_srow *r = &s->row[i];
-        NLA_FREE(r->source); NLA_FREE(r->role); NLA_FREE(r->expl); NLA_FREE(r->raw); NLA_FREE(r->token); NLA_FREE(r->preview);
+        NLA_FREE(r->source); NLA_FREE(r->role); NLA_FREE(r->expl); NLA_FREE(r->raw);
+        NLA_FREE(r->token); NLA_FREE(r->preview);
     }
     NLA_FREE(s->row);
     NLA_FREE(s->act);
@@ -6047,7 +6777,8 @@ static char *ev_field(const jdoc *d, const char *key, const char *def) {
 }
 
 /* Reads a results folder or JSONL file. */
-static nla_status ev_set_load(const char *results, const nla_eval_report_params *p, ev_set *s, errbuf *e) {
+static nla_status ev_set_load(const char *results, const nla_eval_report_params *p, ev_set *s,
+                              errbuf *e) {
     char *path = path_join(results, "results.jsonl"), *buf = NULL, *pj = NULL;
     errbuf ign;
     FILE *f = path ? fopen(path, "rb") : NULL;
@@ -6056,7 +6787,8 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
     nla_status rc;
     memset(s, 0, sizeof *s);
     if (f) fclose(f);
-    if (!path || (f && !(s->dir = xstrndup(results, strlen(results))))) rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!path || (f && !(s->dir = xstrndup(results, strlen(results)))))
+        rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     else rc = read_file(f ? path : results, &buf, &n, SIZE_MAX / 2, e);
     for (size_t at = 0; !rc && at < n;) {
         const char *b = buf + at, *nl = (const char *)memchr(b, '\n', n - at);
@@ -6069,33 +6801,49 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         at += len + 1;
         line++;
         if (!len) continue;
-        if ((pr = json_parse(&d, b, len, NULL, "row")) == NLA_ERR_NOMEM) { rc = fail(e, pr, "eval: out of memory"); break; }
+        if ((pr = json_parse(&d, b, len, NULL, "row")) == NLA_ERR_NOMEM) {
+            rc = fail(e, pr, "eval: out of memory");
+            break;
+        }
         if (pr) {
-            if (p->warn) { char m[128]; snprintf(m, sizeof m, "%s: line %d is not JSON; skipped", results, line); p->warn(p->user, m); }
+            if (p->warn) {
+                char m[128];
+                snprintf(m, sizeof m, "%s: line %d is not JSON; skipped", results, line);
+                p->warn(p->user, m);
+            }
             continue;
         }
         has_mse = json_num(&d, json_get(&d, 0, "mse_nrm"), &mse);
         has_cos = json_num(&d, json_get(&d, 0, "cos"), &cos);
         if (d.node[0].type != J_OBJ || (!has_mse && !has_cos)) {
-            if (p->warn) { char m[128]; snprintf(m, sizeof m, "%s: line %d has no mse_nrm or cos; skipped", results, line); p->warn(p->user, m); }
+            if (p->warn) {
+                char m[128];
+                snprintf(m, sizeof m, "%s: line %d has no mse_nrm or cos; skipped", results, line);
+                p->warn(p->user, m);
+            }
             json_free(&d);
             continue;
         }
         if (s->n == cap) {
-            ev_srow *g = (ev_srow *)NLA_REALLOC(s->row, sizeof(ev_srow) * (size_t)(cap = cap ? 2 * cap : 256));
+            ev_srow *g = (ev_srow *)NLA_REALLOC(s->row, sizeof(ev_srow) *
+                                                            (size_t)(cap = cap ? 2 * cap : 256));
             if (!g) { json_free(&d); rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
             s->row = g;
         }
         ev_srow *r = &s->row[s->n++];
         memset(r, 0, sizeof *r);
-        r->mse = has_mse ? mse : 2 * (1 - cos); /* the chat parquet has no mse_nrm: mse_nrm = 2 (1 - cos) */
+        /* the chat parquet has no mse_nrm: mse_nrm = 2 (1 - cos) */
+        r->mse = has_mse ? mse : 2 * (1 - cos);
         r->cos = has_cos ? cos : 1 - mse / 2;
-        r->sample_idx = json_u64(&d, json_get(&d, 0, "sample_idx"), &u) && u <= (uint64_t)LONG_MAX ? (long)u : -1;
+        r->sample_idx = json_u64(&d, json_get(&d, 0, "sample_idx"), &u) && u <= (uint64_t)LONG_MAX
+                            ? (long)u
+                            : -1;
         r->position = json_int(&d, json_get(&d, 0, "position"), &r->position) ? r->position : -1;
         k = json_get(&d, 0, "av_parsed");
         r->parsed = k < 0 || d.node[k].type != J_FALSE;
         k = json_get(&d, 0, "role");
-        r->role = ev_field(&d, "role", NULL); /* NULL: a document (or out of memory, told apart below) */
+        /* NULL: a document (or out of memory, told apart below) */
+        r->role = ev_field(&d, "role", NULL);
         oom = k >= 0 && d.node[k].type == J_STR && !r->role;
         r->source = ev_field(&d, "source", "(none)");
         r->expl = ev_field(&d, "explanation", "");
@@ -6103,7 +6851,10 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         r->token = ev_field(&d, "token_str", "");
         r->preview = ev_field(&d, "text_preview", "");
         json_free(&d);
-        if (oom || !r->source || !r->expl || !r->raw || !r->token || !r->preview) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+        if (oom || !r->source || !r->expl || !r->raw || !r->token || !r->preview) {
+            rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+            break;
+        }
         r->kind = ev_token_kind(r->token);
     }
     s->baseline = p->baseline;
@@ -6112,12 +6863,16 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         jdoc d;
         nla_status pr = ev_read(s->dir, "params.json", &pj, NULL, &ign);
         if (!pr && !(pr = json_parse(&d, pj, strlen(pj), NULL, "params"))) {
-            if (json_num(&d, json_get(&d, 0, "fve_baseline"), &s->baseline)) s->baseline_kind = "training set (params.json)";
+            if (json_num(&d, json_get(&d, 0, "fve_baseline"), &s->baseline))
+                s->baseline_kind = "training set (params.json)";
             json_free(&d);
         }
         if (pr == NLA_ERR_NOMEM) rc = fail(e, pr, "eval: out of memory");
     }
-    if (!(s->baseline > 0)) { s->baseline = 0.0302; s->baseline_kind = "training set (12B default)"; }
+    if (!(s->baseline > 0)) {
+        s->baseline = 0.0302;
+        s->baseline_kind = "training set (12B default)";
+    }
     if (!rc && s->dir) { /* the vectors, for fve against each group's own mean */
         char *ap = path_join(s->dir, "activations.npy");
         int64_t sh[2];
@@ -6125,11 +6880,13 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         nla_status ar = ap ? nla_npy_read(ap, NULL, 0, sh, &nd, NULL, 0) : NLA_ERR_NOMEM;
         if (ar == NLA_ERR_BUFFER_TOO_SMALL && nd == 2) {
             s->act = (float *)xmalloc((size_t)(sh[0] * sh[1]), sizeof(float));
-            ar = s->act ? nla_npy_read(ap, s->act, (size_t)(sh[0] * sh[1]), sh, &nd, NULL, 0) : NLA_ERR_NOMEM;
+            ar = s->act ? nla_npy_read(ap, s->act, (size_t)(sh[0] * sh[1]), sh, &nd, NULL, 0)
+                        : NLA_ERR_NOMEM;
             s->n_act = ar ? 0 : (long)sh[0];
             s->d = ar ? 0 : (int)sh[1];
         }
-        if (ar) { NLA_FREE(s->act); s->act = NULL; } /* absent or unreadable: no fve against own means */
+        /* absent or unreadable: no fve against own means */
+        if (ar) { NLA_FREE(s->act); s->act = NULL; }
         if (ar == NLA_ERR_NOMEM) rc = fail(e, ar, "eval: out of memory");
         NLA_FREE(ap);
     }
@@ -6171,7 +6928,10 @@ static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *
     memset(st, 0, sizeof *st);
     st->n = n;
     st->fve_own = NAN;
-    if (!n) { st->mean = st->median = st->p10 = st->p90 = st->p99 = st->cos = st->fve = st->cata = NAN; return NLA_OK; }
+    if (!n) {
+        st->mean = st->median = st->p10 = st->p90 = st->p99 = st->cos = st->fve = st->cata = NAN;
+        return NLA_OK;
+    }
     m = (double *)xmalloc((size_t)n, sizeof(double));
     if (s->act) v = (float *)xmalloc((size_t)n, (size_t)s->d * sizeof(float));
     if (!m || (s->act && !v)) { NLA_FREE(m); NLA_FREE(v); return NLA_ERR_NOMEM; }
@@ -6182,7 +6942,8 @@ static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *
         st->cos += r->cos / n;
         st->cata += (r->cos < 0.5) / (double)n;
         if (v && r->sample_idx >= 0 && r->sample_idx < s->n_act)
-            memcpy(v + (size_t)nv++ * s->d, s->act + (size_t)r->sample_idx * s->d, sizeof(float) * (size_t)s->d);
+            memcpy(v + (size_t)nv++ * s->d, s->act + (size_t)r->sample_idx * s->d,
+                   sizeof(float) * (size_t)s->d);
     }
     qsort(m, (size_t)n, sizeof(double), ev_cmp_dbl);
     st->median = ev_quantile(m, n, 0.5);
@@ -6234,11 +6995,13 @@ static void ev_json_num(ev_out *o, const char *key, double v, int last) {
     else ev_printf(o, "\"%s\": %.9g%s", key, v, last ? "" : ", ");
 }
 
-static void ev_put_stats(ev_out *o, int json, const char *group, const char *name, const ev_stats *st, int first) {
+static void ev_put_stats(ev_out *o, int json, const char *group, const char *name,
+                         const ev_stats *st, int first) {
     if (json) {
         char *q = ev_json_string(name);
         if (!q) { o->oom = 1; return; }
-        ev_printf(o, "%s\n  {\"group\": \"%s\", \"name\": %s, \"n\": %d, ", first ? "" : ",", group, q, st->n);
+        ev_printf(o, "%s\n  {\"group\": \"%s\", \"name\": %s, \"n\": %d, ", first ? "" : ",", group,
+                  q, st->n);
         NLA_FREE(q);
         ev_json_num(o, "mse_mean", st->mean, 0);
         ev_json_num(o, "mse_median", st->median, 0);
@@ -6255,8 +7018,9 @@ static void ev_put_stats(ev_out *o, int json, const char *group, const char *nam
         snprintf(label, sizeof label, "%s%s%.*s", group, *group ? "=" : "", 30, name);
         if (isnan(st->fve_own)) snprintf(own, sizeof own, "%9s", "-");
         else snprintf(own, sizeof own, "%9.4f", st->fve_own);
-        ev_printf(o, "%-32s %6d %9.5f %9.5f %9.5f %9.5f %9.5f %8.5f %9.4f %s %6.2f%%\n", label, st->n, st->mean, st->median, st->p10,
-                  st->p90, st->p99, st->cos, st->fve, own, 100 * st->cata);
+        ev_printf(o, "%-32s %6d %9.5f %9.5f %9.5f %9.5f %9.5f %8.5f %9.4f %s %6.2f%%\n", label,
+                  st->n, st->mean, st->median, st->p10, st->p90, st->p99, st->cos, st->fve, own,
+                  100 * st->cata);
     }
 }
 
@@ -6276,7 +7040,8 @@ static int ev_cmp_key(const void *a, const void *b) {
 
 /* Statistics of every group of kind g (0 source, 1 role, 2 token kind): the
    rows sorted by group, then each run of one group. O(n log n). */
-static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, ev_key *key, int *sel) {
+static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, ev_key *key,
+                                  int *sel) {
     static const char *const group[3] = {"source", "role", "token_kind"};
     ev_stats st;
     int n = 0;
@@ -6287,13 +7052,15 @@ static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, e
         k->rank = 0;
         k->v = g == 0 ? r->source : g == 1 ? r->role : ev_kind_name[r->kind];
         if (g == 1)
-            for (k->rank = 0; k->rank < 5 && k->v && strcmp(k->v, ev_role_name[k->rank]); k->rank++) {}
+            for (k->rank = 0; k->rank < 5 && k->v && strcmp(k->v, ev_role_name[k->rank]);
+                 k->rank++) {}
         if (g == 2) k->rank = r->kind;
         n += k->v != NULL; /* documents have no role */
     }
     qsort(key, (size_t)n, sizeof *key, ev_cmp_key);
     for (int i = 0, j; i < n; i = j) {
-        for (j = i; j < n && key[j].rank == key[i].rank && !strcmp(key[j].v, key[i].v); j++) sel[j - i] = key[j].row;
+        for (j = i; j < n && key[j].rank == key[i].rank && !strcmp(key[j].v, key[i].v); j++)
+            sel[j - i] = key[j].row;
         if (ev_stats_of(s, sel, j - i, &st)) return NLA_ERR_NOMEM;
         ev_put_stats(o, json, group[g], key[i].v, &st, 0);
     }
@@ -6310,13 +7077,17 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
     ev_stats st;
     nla_status rc = sel && key ? NLA_OK : NLA_ERR_NOMEM;
     if (!rc && json)
-        ev_printf(o, "{\"rows\": %d, \"baseline\": %.9g, \"baseline_kind\": \"%s\", \"vectors\": %s, \"groups\": [", s->n, s->baseline,
-                  s->baseline_kind, s->act ? "true" : "false");
+        ev_printf(o,
+                  "{\"rows\": %d, \"baseline\": %.9g, \"baseline_kind\": \"%s\", "
+                  "\"vectors\": %s, \"groups\": [",
+                  s->n, s->baseline, s->baseline_kind, s->act ? "true" : "false");
     else if (!rc) {
-        ev_printf(o, "nla eval summary: %d rows; fve_nrm against the %s baseline %.4g%s\n\n", s->n, s->baseline_kind, s->baseline,
-                  s->act ? ", fve_own against each group's own mean" : " (no activations.npy: no fve_own)");
-        ev_printf(o, "%-32s %6s %9s %9s %9s %9s %9s %8s %9s %9s %7s\n", "group", "n", "mse_mean", "median", "p10", "p90", "p99", "cos",
-                  "fve_nrm", "fve_own", "cos<0.5");
+        ev_printf(o, "nla eval summary: %d rows; fve_nrm against the %s baseline %.4g%s\n\n", s->n,
+                  s->baseline_kind, s->baseline,
+                  s->act ? ", fve_own against each group's own mean"
+                         : " (no activations.npy: no fve_own)");
+        ev_printf(o, "%-32s %6s %9s %9s %9s %9s %9s %8s %9s %9s %7s\n", "group", "n", "mse_mean",
+                  "median", "p10", "p90", "p99", "cos", "fve_nrm", "fve_own", "cos<0.5");
     }
     for (int i = 0; !rc && i < s->n; i++) sel[i] = i;
     if (!rc && !(rc = ev_stats_of(s, sel, s->n, &st))) ev_put_stats(o, json, "", "all", &st, 1);
@@ -6329,7 +7100,10 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
         ev_shape sh;
         int flag[T_COUNT];
         ev_templates(r->expl, r->raw, r->parsed, flag);
-        for (int t = 0; t < T_COUNT; t++) { tmpl[t] += flag[t]; tmpl_cos[t] += flag[t] ? r->cos : 0; }
+        for (int t = 0; t < T_COUNT; t++) {
+            tmpl[t] += flag[t];
+            tmpl_cos[t] += flag[t] ? r->cos : 0;
+        }
         if (!*r->expl) continue;
         ev_structure(r->expl, &sh);
         n_ex++;
@@ -6342,15 +7116,20 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
         else { n_non++; str_non += sh.structured; }
     }
     {
-        static const char *const shape_key[5] = {"two_or_three_paragraphs", "first_kind_colon_topic", "first_word_structured", "quoted_context",
-                                                 "final_token_paragraph"};
-        static const char *const shape_what[5] = {"2-3 paragraphs", "first paragraph \"kind: topic\"", "first word \"Structured\"",
-                                                  "a quoted context span", "a final-token paragraph"};
+        static const char *const shape_key[5] = {"two_or_three_paragraphs",
+                                                 "first_kind_colon_topic", "first_word_structured",
+                                                 "quoted_context", "final_token_paragraph"};
+        static const char *const shape_what[5] = {"2-3 paragraphs",
+                                                  "first paragraph \"kind: topic\"",
+                                                  "first word \"Structured\"",
+                                                  "a quoted context span",
+                                                  "a final-token paragraph"};
 #define SHARE(a, b) ((b) ? (double)(a) / (b) : NAN)
         if (json) {
             ev_printf(o, "],\n \"structure\": {\"explanations\": %d, ", n_ex);
             for (int k = 0; k < 5; k++) ev_json_num(o, shape_key[k], SHARE(sh_count[k], n_ex), 0);
-            ev_printf(o, "\"chat_explanations\": %d, \"nonchat_explanations\": %d, ", n_chat, n_non);
+            ev_printf(o, "\"chat_explanations\": %d, \"nonchat_explanations\": %d, ", n_chat,
+                      n_non);
             ev_json_num(o, "structured_chat", SHARE(str_chat, n_chat), 0);
             ev_json_num(o, "structured_nonchat", SHARE(str_non, n_non), 1);
             ev_printf(o, "},\n \"templates\": {");
@@ -6362,23 +7141,26 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
             }
             ev_printf(o, "}}\n");
         } else {
-            ev_printf(o, "\nstructure of the %d non-empty explanations (NLA_SPEC.md 3.5, 6):\n", n_ex);
+            ev_printf(o, "\nstructure of the %d non-empty explanations (NLA_SPEC.md 3.5, 6):\n",
+                      n_ex);
             for (int k = 0; k < 5; k++)
-                ev_printf(o, "  %-34s %6d  %6.1f%%\n", shape_what[k], sh_count[k], 100 * SHARE(sh_count[k], n_ex));
-            ev_printf(o, "  %-34s %6.1f%% of %d chat, %.1f%% of %d non-chat (blog: 80%% vs 7%%)\n", "\"Structured\" by kind",
-                      100 * SHARE(str_chat, n_chat), n_chat, 100 * SHARE(str_non, n_non), n_non);
+                ev_printf(o, "  %-34s %6d  %6.1f%%\n", shape_what[k], sh_count[k],
+                          100 * SHARE(sh_count[k], n_ex));
+            ev_printf(o, "  %-34s %6.1f%% of %d chat, %.1f%% of %d non-chat (blog: 80%% vs 7%%)\n",
+                      "\"Structured\" by kind", 100 * SHARE(str_chat, n_chat), n_chat,
+                      100 * SHARE(str_non, n_non), n_non);
             ev_printf(o, "\ndegenerate templates and failures (NLA_SPEC.md 3.6):\n");
             for (int t = 0; t < T_COUNT; t++)
-                ev_printf(o, "  %-72s %6d  %6.2f%%  mean cos %.4f\n", ev_tmpl_what[t], tmpl[t], 100 * SHARE(tmpl[t], s->n),
-                          tmpl[t] ? tmpl_cos[t] / tmpl[t] : 0.0);
+                ev_printf(o, "  %-72s %6d  %6.2f%%  mean cos %.4f\n", ev_tmpl_what[t], tmpl[t],
+                          100 * SHARE(tmpl[t], s->n), tmpl[t] ? tmpl_cos[t] / tmpl[t] : 0.0);
         }
 #undef SHARE
     }
     return o->oom ? fail(e, NLA_ERR_NOMEM, "eval: out of memory") : NLA_OK;
 }
 
-nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params, nla_write_fn write, void *user, char *errbuf_out,
-                            size_t errbuf_size) {
+nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params,
+                            nla_write_fn write, void *user, char *errbuf_out, size_t errbuf_size) {
     errbuf e;
     ev_set s;
     nla_eval_report_params p;
@@ -6390,7 +7172,9 @@ nla_status nla_eval_summary(const char *results, const nla_eval_report_params *p
     o.write = write;
     o.user = user;
     o.oom = 0;
-    rc = results && write ? ev_set_load(results, &p, &s, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_summary: results and write are required");
+    rc = results && write
+             ? ev_set_load(results, &p, &s, &e)
+             : fail(&e, NLA_ERR_ARG, "nla_eval_summary: results and write are required");
     if (!rc) {
         rc = ev_summary_write(&s, p.json, &o, &e);
         ev_set_free(&s);
@@ -6437,7 +7221,9 @@ static void ev_html(FILE *f, const char *s, size_t n) {
 }
 
 /* log10 of an error, clamped to [-12, 12] (a hostile row may hold 1e400). */
-static double ev_log_mse(double mse) { return log10(mse < 1e-12 ? 1e-12 : mse > 1e12 ? 1e12 : mse); }
+static double ev_log_mse(double mse) {
+    return log10(mse < 1e-12 ? 1e-12 : mse > 1e12 ? 1e12 : mse);
+}
 
 /* Colour of an error: green (low) to red (high) on a log scale [lo, hi]. */
 static void ev_colour(char *out, size_t cap, double mse, double lo, double hi) {
@@ -6447,11 +7233,14 @@ static void ev_colour(char *out, size_t cap, double mse, double lo, double hi) {
 }
 
 /* A sampled token: coloured, the explanation in its title, details on click. */
-static void ev_html_token(FILE *f, const ev_srow *r, const char *text, size_t n, double lo, double hi) {
+static void ev_html_token(FILE *f, const ev_srow *r, const char *text, size_t n, double lo,
+                          double hi) {
     char col[32];
     ev_colour(col, sizeof col, r->mse, lo, hi);
-    fprintf(f, "<span class=\"s\" style=\"background:%s\" data-m=\"%.6g\" data-c=\"%.6f\" data-p=\"%d\" title=\"", col, r->mse, r->cos,
-            r->position);
+    fprintf(f,
+            "<span class=\"s\" style=\"background:%s\" data-m=\"%.6g\" data-c=\"%.6f\" "
+            "data-p=\"%d\" title=\"",
+            col, r->mse, r->cos, r->position);
     ev_html(f, r->expl, strlen(r->expl));
     fputs("\">", f);
     ev_html(f, text, n);
@@ -6475,10 +7264,14 @@ static void ev_html_hist(FILE *f, const ev_set *s, int g, const char *name) {
     for (int b = 0; b < NB; b++) mx = bin[b] > mx ? bin[b] : mx;
     fputs("<figure><svg width=\"260\" height=\"110\" viewBox=\"0 0 260 110\">", f);
     for (int b = 0; b < NB; b++)
-        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"9\" height=\"%d\" fill=\"#4a7ab8\"><title>%d</title></rect>", 10 + b * 10,
-                90 - 80 * bin[b] / mx, 80 * bin[b] / mx, bin[b]);
-    fputs("<line x1=\"10\" y1=\"90\" x2=\"250\" y2=\"90\" stroke=\"#333\"/><text x=\"10\" y=\"105\">1e-4</text>"
-          "<text x=\"120\" y=\"105\">0.01</text><text x=\"225\" y=\"105\">5</text></svg><figcaption>",
+        fprintf(f,
+                "<rect x=\"%d\" y=\"%d\" width=\"9\" height=\"%d\" "
+                "fill=\"#4a7ab8\"><title>%d</title></rect>",
+                10 + b * 10, 90 - 80 * bin[b] / mx, 80 * bin[b] / mx, bin[b]);
+    fputs("<line x1=\"10\" y1=\"90\" x2=\"250\" y2=\"90\" stroke=\"#333\"/>"
+          "<text x=\"10\" y=\"105\">1e-4</text>"
+          "<text x=\"120\" y=\"105\">0.01</text>"
+          "<text x=\"225\" y=\"105\">5</text></svg><figcaption>",
           f);
     fputs(g ? "role " : "source ", f);
     ev_html(f, name, strlen(name));
@@ -6519,8 +7312,9 @@ static int ev_row_of(const ev_key *order, int n, uint64_t idx) {
 
 /* The texts of tokens.jsonl (up to max of them), each sampled token
    coloured and holding its row's explanation; *shown counts them. */
-static nla_status ev_html_texts(FILE *f, const ev_set *s, const ev_key *order, int n_order, const char *tokens, size_t tn, int max,
-                                double lo, double hi, int *shown, errbuf *e) {
+static nla_status ev_html_texts(FILE *f, const ev_set *s, const ev_key *order, int n_order,
+                                const char *tokens, size_t tn, int max, double lo, double hi,
+                                int *shown, errbuf *e) {
     for (size_t at = 0; at < tn && *shown < max;) {
         const char *b = tokens + at, *nl = (const char *)memchr(b, '\n', tn - at);
         const size_t len = nl ? (size_t)(nl - b) : tn - at;
@@ -6534,16 +7328,21 @@ static nla_status ev_html_texts(FILE *f, const ev_set *s, const ev_key *order, i
         if (pr) continue; /* a line changed by hand: not shown */
         tk = json_get(&d, 0, "tokens");
         ps = json_get(&d, 0, "positions");
-        if (tk < 0 || ps < 0 || d.node[tk].type != J_ARR || d.node[ps].type != J_ARR || !json_u64(&d, json_get(&d, 0, "first_sample"), &first)) {
+        if (tk < 0 || ps < 0 || d.node[tk].type != J_ARR || d.node[ps].type != J_ARR ||
+            !json_u64(&d, json_get(&d, 0, "first_sample"), &first)) {
             json_free(&d);
             continue;
         }
-        if (!(src = ev_field(&d, "source", ""))) { json_free(&d); return fail(e, NLA_ERR_NOMEM, "eval: out of memory"); }
+        if (!(src = ev_field(&d, "source", ""))) {
+            json_free(&d);
+            return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        }
         fputs("<div class=\"text\"><div class=\"meta\">", f);
         ev_html(f, src, strlen(src));
         NLA_FREE(src);
         fputs(" &middot; ", f);
-        if ((k = json_get(&d, 0, "record_id")) >= 0) ev_html(f, d.src + d.node[k].off, d.node[k].len);
+        if ((k = json_get(&d, 0, "record_id")) >= 0)
+            ev_html(f, d.src + d.node[k].off, d.node[k].len);
         fputs("</div>", f);
         pk = ps + 1;
         if (d.node[ps].n > 0) json_int(&d, pk, &pos);
@@ -6552,7 +7351,9 @@ static nla_status ev_html_texts(FILE *f, const ev_set *s, const ev_key *order, i
             char piece[EV_PIECE];
             const size_t pl = json_str(&d, k, piece, sizeof piece);
             const int row = (int)t == pos ? ev_row_of(order, n_order, first + (uint64_t)j) : -1;
-            if (row >= 0) ev_html_token(f, &s->row[row], piece, pl < sizeof piece ? pl : sizeof piece - 1, lo, hi);
+            if (row >= 0)
+                ev_html_token(f, &s->row[row], piece, pl < sizeof piece ? pl : sizeof piece - 1, lo,
+                              hi);
             else ev_html(f, piece, pl < sizeof piece ? pl : sizeof piece - 1);
             if ((int)t == pos && (uint32_t)++j < d.node[ps].n) {
                 pk = (int)d.node[pk].end;
@@ -6566,7 +7367,8 @@ static nla_status ev_html_texts(FILE *f, const ev_set *s, const ev_key *order, i
     return NLA_OK;
 }
 
-nla_status nla_eval_report_html(const char *results, const char *html_path, const nla_eval_report_params *params, char *errbuf_out,
+nla_status nla_eval_report_html(const char *results, const char *html_path,
+                                const nla_eval_report_params *params, char *errbuf_out,
                                 size_t errbuf_size) {
     errbuf e;
     ev_set s;
@@ -6588,7 +7390,9 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
     o.write = ev_text_write;
     o.user = &sum;
     o.oom = 0;
-    rc = results && html_path ? ev_set_load(results, &p, &s, &e) : fail(&e, NLA_ERR_ARG, "nla_eval_report_html: results and html_path are required");
+    rc = results && html_path
+             ? ev_set_load(results, &p, &s, &e)
+             : fail(&e, NLA_ERR_ARG, "nla_eval_report_html: results and html_path are required");
     if (rc) { copy_err(errbuf_out, errbuf_size, e.msg); return rc; }
     rc = ev_summary_write(&s, 0, &o, &e);
     if (!rc && sum.oom) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
@@ -6597,16 +7401,25 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
         if (!i || l < lo) lo = l;
         if (!i || l > hi) hi = l;
     }
-    if (!rc && !(order = ev_rows_by_idx(&s, &n_order))) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
-    if (!rc && !(f = fopen(html_path, "wb"))) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", html_path);
+    if (!rc && !(order = ev_rows_by_idx(&s, &n_order)))
+        rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc && !(f = fopen(html_path, "wb")))
+        rc = fail(&e, NLA_ERR_IO, "%s: cannot create", html_path);
     if (!rc) {
-        fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nla eval report</title>\n<style>\n"
-              "body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;color:#222}pre{font-size:12px;background:#f6f6f6;padding:.8em;overflow-x:auto}\n"
-              "figure{display:inline-block;margin:.3em}figcaption{font-size:12px;text-align:center}svg text{font-size:9px}\n"
-              ".text{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px;border:1px solid #ddd;padding:.5em;margin:.4em 0}\n"
-              ".s{cursor:pointer;border-radius:2px;outline:1px solid #888}.meta{font-size:12px;color:#555}\n"
-              "#detail{position:sticky;top:0;background:#fffbe6;border:1px solid #e0c96b;padding:.5em;white-space:pre-wrap;min-height:1.5em}\n"
-              "</style></head><body>\n<h1>nla eval report</h1>\n<p id=\"status\">(the script did not run)</p>\n<h2>Summary</h2>\n<pre>",
+        fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+              "<title>nla eval report</title>\n<style>\n"
+              "body{font:14px/1.45 system-ui,sans-serif;margin:1.5em;color:#222}"
+              "pre{font-size:12px;background:#f6f6f6;padding:.8em;overflow-x:auto}\n"
+              "figure{display:inline-block;margin:.3em}figcaption{font-size:12px;text-align:center}"
+              "svg text{font-size:9px}\n"
+              ".text{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px;"
+              "border:1px solid #ddd;padding:.5em;margin:.4em 0}\n"
+              ".s{cursor:pointer;border-radius:2px;outline:1px solid #888}"
+              ".meta{font-size:12px;color:#555}\n"
+              "#detail{position:sticky;top:0;background:#fffbe6;border:1px solid #e0c96b;"
+              "padding:.5em;white-space:pre-wrap;min-height:1.5em}\n"
+              "</style></head><body>\n<h1>nla eval report</h1>\n"
+              "<p id=\"status\">(the script did not run)</p>\n<h2>Summary</h2>\n<pre>",
               f);
         ev_html(f, sum.p ? sum.p : "", sum.n);
         fputs("</pre>\n<h2>mse_nrm by source</h2>\n", f);
@@ -6622,14 +7435,17 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
                 if (k == n_seen) { seen[n_seen++] = v; ev_html_hist(f, &s, g, v); }
             }
         }
-        fputs("<h2>Texts</h2>\n<p class=\"meta\">Sampled tokens are outlined and coloured by mse_nrm (green low, red high, log scale); "
-              "hover for the explanation, click for details.</p>\n<div id=\"detail\">click a coloured token</div>\n",
+        fputs("<h2>Texts</h2>\n<p class=\"meta\">Sampled tokens are outlined and coloured by "
+              "mse_nrm (green low, red high, log scale); "
+              "hover for the explanation, click for details.</p>\n"
+              "<div id=\"detail\">click a coloured token</div>\n",
               f);
     }
     if (!rc && s.dir) { /* whole texts, token by token, where tokens.jsonl is there */
         nla_status tr = ev_read(s.dir, "tokens.jsonl", &tokens, &tn, &e);
         if (tr == NLA_ERR_NOMEM) rc = tr;
-        else if (tr == NLA_OK) rc = ev_html_texts(f, &s, order, n_order, tokens, tn, p.max_texts, lo, hi, &shown, &e);
+        else if (tr == NLA_OK)
+            rc = ev_html_texts(f, &s, order, n_order, tokens, tn, p.max_texts, lo, hi, &shown, &e);
     }
     if (!rc && !tokens) { /* a bare JSONL file: each row's preview and token */
         for (int i = 0; i < s.n && shown < p.max_texts; i++, shown++) {
@@ -6644,14 +7460,19 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
         }
     }
     if (f) {
-        fprintf(f, "<script>\n(function(){\n"
-                   "var sp=document.querySelectorAll('span.s'),d=document.getElementById('detail');\n"
-                   "document.getElementById('status').textContent='report ready: %d rows, '+sp.length+' tokens shown in %d texts';\n"
-                   "for(var i=0;i<sp.length;i++)sp[i].addEventListener('click',function(){var s=this;\n"
-                   "d.textContent='token '+JSON.stringify(s.textContent)+' at position '+s.dataset.p+': mse_nrm '+s.dataset.m+', cos '+s.dataset.c+'\\n\\n'+s.title;});\n"
-                   "})();\n</script>\n</body></html>\n",
+        fprintf(f,
+                "<script>\n(function(){\n"
+                "var sp=document.querySelectorAll('span.s'),d=document.getElementById('detail');\n"
+                "document.getElementById('status').textContent="
+                "'report ready: %d rows, '+sp.length+' tokens shown in %d texts';\n"
+                "for(var i=0;i<sp.length;i++)"
+                "sp[i].addEventListener('click',function(){var s=this;\n"
+                "d.textContent='token '+JSON.stringify(s.textContent)+' at position '+s.dataset.p+"
+                "': mse_nrm '+s.dataset.m+', cos '+s.dataset.c+'\\n\\n'+s.title;});\n"
+                "})();\n</script>\n</body></html>\n",
                 s.n, shown);
-        if ((ferror(f) | fclose(f)) && !rc) rc = fail(&e, NLA_ERR_IO, "%s: write failed", html_path);
+        if ((ferror(f) | fclose(f)) && !rc)
+            rc = fail(&e, NLA_ERR_IO, "%s: write failed", html_path);
     }
     NLA_FREE(tokens);
     NLA_FREE(order);
@@ -6745,7 +7566,8 @@ static const char *const usage_tokenize =
 static const char *const usage_detokenize =
     "usage: nla detokenize DIR|tokenizer.json 2,818,5279\n\nPrints the text of the ids.\n";
 
-static const char *const usage_info = "usage: nla info DIR\n\nPrints the architecture, layer pattern, dimensions, dtype, parameter count and bytes.\n";
+static const char *const usage_info = "usage: nla info DIR\n\nPrints the architecture, layer "
+                                      "pattern, dimensions, dtype, parameter count and bytes.\n";
 
 static int cli_error(const char *fmt, ...) PRINTF_LIKE(1, 2);
 static int cli_error(const char *fmt, ...) {
@@ -6767,7 +7589,10 @@ static int parse_ids(const char *s, int32_t **out) {
     for (int i = 0; i < n; i++) {
         char *end;
         long v = strtol(s, &end, 10);
-        if (end == s || v < 0 || v > INT32_MAX || (*end != ',' && *end != 0)) { NLA_FREE(ids); return -1; }
+        if (end == s || v < 0 || v > INT32_MAX || (*end != ',' && *end != 0)) {
+            NLA_FREE(ids);
+            return -1;
+        }
         ids[i] = (int32_t)v;
         s = end + (*end == ',');
     }
@@ -6798,8 +7623,8 @@ static int cli_npy_write(const char *path, const float *data, int ndim, const in
 
 /* Opens dir; its tokenizer is `shared` where given, else the file `tokenizer`
    or dir's own. */
-static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, const char *tokenizer, const nla_tokenizer *shared,
-                      nla_model **m) {
+static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, const char *tokenizer,
+                      const nla_tokenizer *shared, nla_model **m) {
     char err[512];
     nla_model_params mp;
     memset(&mp, 0, sizeof mp);
@@ -6818,7 +7643,10 @@ static const char *dtype_name(nla_dtype dt) {
 }
 
 static int cmd_info(int argc, char **argv) {
-    if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) { fputs(usage_info, argc < 1 ? stderr : stdout); return argc < 1; }
+    if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) {
+        fputs(usage_info, argc < 1 ? stderr : stdout);
+        return argc < 1;
+    }
     nla_model *m;
     if (open_model(argv[0], NLA_EMBED_SCALE_BF16, NLA_QUANT_NONE, NULL, NULL, &m)) return 1;
     nla_model_info in;
@@ -6829,20 +7657,24 @@ static int cmd_info(int argc, char **argv) {
     for (int l = 0; l < in.n_layers; l++) putchar(nla_model_layer_is_global(m, l) ? 'G' : 's');
     printf("   (s = sliding window %d, G = global)\n", in.sliding_window);
     printf("hidden           %d\nintermediate     %d\n", in.d_model, in.d_ff);
-    printf("heads            %d query, %d key/value, head_dim %d\n", in.n_heads, in.n_kv_heads, in.head_dim);
+    printf("heads            %d query, %d key/value, head_dim %d\n", in.n_heads, in.n_kv_heads,
+           in.head_dim);
     printf("query scale      1/sqrt(%g)\n", (double)in.query_pre_attn_scalar);
-    printf("rope             local theta %g; global theta %g, linear factor %g\n", (double)in.rope_theta_local,
-           (double)in.rope_theta_global, (double)in.rope_factor_global);
-    printf("vocab            %d rows%s\n", in.vocab_size, in.tied_embeddings ? " (tied LM head)" : " (separate lm_head)");
+    printf("rope             local theta %g; global theta %g, linear factor %g\n",
+           (double)in.rope_theta_local, (double)in.rope_theta_global,
+           (double)in.rope_factor_global);
+    printf("vocab            %d rows%s\n", in.vocab_size,
+           in.tied_embeddings ? " (tied LM head)" : " (separate lm_head)");
     printf("embed scale      %.6g\n", (double)in.embed_scale);
     printf("final norm       %s\n", in.has_final_norm ? "yes" : "no (hidden states only)");
     printf("max positions    %d\n", in.max_position_embeddings);
     printf("eos ids          ");
     for (int i = 0; i < in.n_eos; i++) printf("%s%d", i ? "," : "", in.eos_ids[i]);
-    printf("\ndtype            %s%s\n", dtype_name(in.dtype), in.quant_bytes ? " (quantized at load)" : "");
+    printf("\ndtype            %s%s\n", dtype_name(in.dtype),
+           in.quant_bytes ? " (quantized at load)" : "");
     printf("parameters       %llu\n", (unsigned long long)in.n_params);
-    printf("weight bytes     %llu (%.3f GB) in %d file%s\n", (unsigned long long)in.weight_bytes, (double)in.weight_bytes / 1e9,
-           in.n_files, in.n_files == 1 ? "" : "s");
+    printf("weight bytes     %llu (%.3f GB) in %d file%s\n", (unsigned long long)in.weight_bytes,
+           (double)in.weight_bytes / 1e9, in.n_files, in.n_files == 1 ? "" : "s");
     const nla_tokenizer *tok = nla_model_tokenizer(m);
     if (tok) printf("tokenizer        %d ids\n", nla_tokenizer_n_ids(tok));
     else printf("tokenizer        none (no tokenizer.json: token ids only)\n");
@@ -6850,19 +7682,26 @@ static int cmd_info(int argc, char **argv) {
     nla_model_get_meta(m, &meta);
     if (meta.present) {
         printf("NLA role         %s (nla_meta.yaml)\n", meta.role);
-        printf("NLA layer K      %d (the target's block %d output = HF hidden_states[%d])\n", meta.layer, meta.layer, meta.layer + 1);
+        printf("NLA layer K      %d (the target's block %d output = HF hidden_states[%d])\n",
+               meta.layer, meta.layer, meta.layer + 1);
         if (!strcmp(meta.role, "av")) {
             printf("injection scale  %.9g\n", meta.injection_scale);
-            printf("marker           %d between %d and %d", meta.marker_id, meta.marker_left_id, meta.marker_right_id);
-            if (meta.av_prompt) printf("; AV prompt %d ids, marker at %d", meta.av_prompt_len, meta.av_marker_index);
+            printf("marker           %d between %d and %d", meta.marker_id, meta.marker_left_id,
+                   meta.marker_right_id);
+            if (meta.av_prompt)
+                printf("; AV prompt %d ids, marker at %d", meta.av_prompt_len,
+                       meta.av_marker_index);
             printf("\n");
         } else {
-            printf("value head       %s\n", meta.has_value_head ? "value_head.safetensors" : "missing");
+            printf("value head       %s\n",
+                   meta.has_value_head ? "value_head.safetensors" : "missing");
             printf("suffix ids       ");
-            for (int i = 0; i < meta.n_critic_suffix; i++) printf("%s%d", i ? "," : "", meta.critic_suffix_ids[i]);
+            for (int i = 0; i < meta.n_critic_suffix; i++)
+                printf("%s%d", i ? "," : "", meta.critic_suffix_ids[i]);
             printf("\n");
         }
-        printf("mse scale        %.17g\nfve baseline     %.4g\n", meta.mse_scale, meta.fve_baseline);
+        printf("mse scale        %.17g\nfve baseline     %.4g\n", meta.mse_scale,
+               meta.fve_baseline);
         if (meta.base_checkpoint) printf("base checkpoint  %s\n", meta.base_checkpoint);
         if (meta.defaulted[0]) printf("from defaults    %s\n", meta.defaulted);
     }
@@ -6920,15 +7759,18 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--role")) o->role = v;
         else if (!strcmp(a, "--shape")) o->shape = v;
         else if (!strcmp(a, "--max-new")) ok = parse_int(v, &o->max_new) && o->max_new > 0;
-        else if (!strcmp(a, "--batch")) ok = parse_int(v, &o->batch) && o->batch > 0 && o->batch <= 256;
+        else if (!strcmp(a, "--batch"))
+            ok = parse_int(v, &o->batch) && o->batch > 0 && o->batch <= 256;
         else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
         else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->top_k) && o->top_k >= 0;
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &o->threads) && o->threads >= 0;
         else if (!strcmp(a, "--seed")) ok = parse_int(v, &o->seed);
         else if (!strcmp(a, "--temp")) ok = parse_float(v, &o->temp) && o->temp >= 0;
-        else if (!strcmp(a, "--top-p")) ok = parse_float(v, &o->top_p) && o->top_p >= 0 && o->top_p <= 1;
-        else if (!strcmp(a, "--quant") || !strcmp(a, "--type")) { /* --type: nla quantize's own spelling */
+        else if (!strcmp(a, "--top-p"))
+            ok = parse_float(v, &o->top_p) && o->top_p >= 0 && o->top_p <= 1;
+        else if (!strcmp(a, "--quant") || !strcmp(a, "--type")) {
+            /* --type: nla quantize's own spelling */
             if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) o->quant = NLA_QUANT_Q8_0;
             else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) o->quant = NLA_QUANT_Q4_0;
             else if (!strcmp(v, "none")) o->quant = NLA_QUANT_NONE;
@@ -6967,9 +7809,18 @@ static int cmd_forward(int argc, char **argv) {
     if (open_model(o.dir, o.es, o.quant, NULL, NULL, &m)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
-    if (o.layer >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", o.layer, in.n_layers - 1); goto out; }
-    if (o.layer >= 0 && o.logits) { cli_error("--layer stops before the last block, so --logits is not available"); goto out; }
-    if (T > in.max_position_embeddings) { cli_error("%d ids exceed max_position_embeddings %d", T, in.max_position_embeddings); goto out; }
+    if (o.layer >= in.n_layers) {
+        cli_error("--layer %d: the model has blocks 0..%d", o.layer, in.n_layers - 1);
+        goto out;
+    }
+    if (o.layer >= 0 && o.logits) {
+        cli_error("--layer stops before the last block, so --logits is not available");
+        goto out;
+    }
+    if (T > in.max_position_embeddings) {
+        cli_error("%d ids exceed max_position_embeddings %d", T, in.max_position_embeddings);
+        goto out;
+    }
     rc = nla_session_new(m, &sp, &s);
     if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }
     nb = o.layer >= 0 ? o.layer + 1 : in.n_layers;
@@ -6986,7 +7837,10 @@ static int cmd_forward(int argc, char **argv) {
     b.logits = (o.logits || (show_top && o.layer < 0)) ? logits : NULL;
     b.all_logits = o.logits != NULL;
     b.hidden = hidden;
-    if ((rc = nla_forward(s, &b))) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    if ((rc = nla_forward(s, &b))) {
+        cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+        goto out;
+    }
     if (o.logits) {
         int64_t sh[2] = {T, (int64_t)V};
         if (cli_npy_write(o.logits, logits, 2, sh)) goto out;
@@ -7028,7 +7882,8 @@ static int print_token(void *user, int32_t tok) {
     if (g->tok) {
         char buf[256];
         size_t n;
-        if (nla_detokenize_next(g->tok, &g->st, tok, buf, sizeof buf, &n) == NLA_OK) fwrite(buf, 1, n, stdout);
+        if (nla_detokenize_next(g->tok, &g->st, tok, buf, sizeof buf, &n) == NLA_OK)
+            fwrite(buf, 1, n, stdout);
     } else {
         printf("%s%d", g->count ? "," : "", tok);
     }
@@ -7048,12 +7903,15 @@ static char *cli_slurp(const char *path, size_t *n) {
 /* The prompt of nla generate as ids: --ids as given, --prompt tokenized with
    BOS, --chat rendered with the chat template. */
 static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids) {
-    if (!!o->ids_arg + !!o->prompt + !!o->chat != 1) return cli_error("give exactly one of --ids, --prompt, --chat");
+    if (!!o->ids_arg + !!o->prompt + !!o->chat != 1)
+        return cli_error("give exactly one of --ids, --prompt, --chat");
     if (o->ids_arg) {
         int n = parse_ids(o->ids_arg, ids);
         return n < 1 ? cli_error("--ids: expected comma-separated non-negative integers"), -1 : n;
     }
-    if (!tok) return cli_error("%s has no tokenizer.json: pass --tokenizer FILE or use --ids", o->dir), -1;
+    if (!tok)
+        return cli_error("%s has no tokenizer.json: pass --tokenizer FILE or use --ids", o->dir),
+               -1;
     char *text = NULL, err[512];
     size_t len = 0;
     if (o->chat) {
@@ -7072,7 +7930,9 @@ static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids
     }
     int n = 0;
     *ids = text ? (int32_t *)NLA_MALLOC(sizeof(int32_t) * nla_tokenize_bound(len)) : NULL;
-    if (!*ids || nla_tokenize(tok, text, len, o->chat ? 0 : NLA_TOKENIZE_BOS, *ids, (int)nla_tokenize_bound(len), &n)) n = -1;
+    if (!*ids || nla_tokenize(tok, text, len, o->chat ? 0 : NLA_TOKENIZE_BOS, *ids,
+                              (int)nla_tokenize_bound(len), &n))
+        n = -1;
     NLA_FREE(text);
     return n < 0 ? cli_error("cannot tokenize the prompt"), -1 : n;
 }
@@ -7088,7 +7948,8 @@ static int cmd_generate(int argc, char **argv) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     nla_status rc;
-    if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1) return cli_error("--stop: expected comma-separated ids");
+    if (o.stop_arg && (n_stop = parse_ids(o.stop_arg, &stop)) < 1)
+        return cli_error("--stop: expected comma-separated ids");
     if (open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) goto out;
     if ((T = prompt_ids(&o, nla_model_tokenizer(m), &ids)) < 1) goto out;
     nla_model_info in;
@@ -7100,7 +7961,10 @@ static int cmd_generate(int argc, char **argv) {
     sp.n_ctx = T + o.n > in.max_position_embeddings ? in.max_position_embeddings : T + o.n;
     rc = nla_session_new(m, &sp, &s);
     if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }
-    if (!(out = (int32_t *)NLA_MALLOC((size_t)o.n * sizeof *out))) { cli_error("out of memory"); goto out; }
+    if (!(out = (int32_t *)NLA_MALLOC((size_t)o.n * sizeof *out))) {
+        cli_error("out of memory");
+        goto out;
+    }
     gen_out go;
     memset(&go, 0, sizeof go);
     go.tok = o.ids_arg ? NULL : nla_model_tokenizer(m);
@@ -7141,7 +8005,8 @@ static void print_ids(const int32_t *ids, int n, int json) {
 
 /* One --jsonl line: a JSON string -> its ids, or null. The JSON reader is
    the library's own (this file), not part of the public API. */
-static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t len, int flags, long lineno) {
+static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t len, int flags,
+                              long lineno) {
     jdoc d;
     errbuf e;
     if (json_parse(&d, line, len, &e, "stdin") || d.node[0].type != J_STR) {
@@ -7201,7 +8066,8 @@ static int cmd_tokenize(int argc, char **argv) {
         size_t n = strlen(o.text);
         int32_t *ids = (int32_t *)NLA_MALLOC(sizeof(int32_t) * nla_tokenize_bound(n));
         int n_ids = 0;
-        if (!ids || nla_tokenize(t, o.text, n, flags, ids, (int)nla_tokenize_bound(n), &n_ids)) ret = cli_error("cannot tokenize");
+        if (!ids || nla_tokenize(t, o.text, n, flags, ids, (int)nla_tokenize_bound(n), &n_ids))
+            ret = cli_error("cannot tokenize");
         else if (!o.pieces) print_ids(ids, n_ids, 0);
         else
             for (int i = 0; i < n_ids; i++) {
@@ -7227,9 +8093,11 @@ static int cmd_detokenize(int argc, char **argv) {
     size_t len = 0;
     char *text = NULL;
     nla_status rc = nla_detokenize(t, ids, n, NULL, 0, &len);
-    if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)NLA_MALLOC(len + 1))) rc = nla_detokenize(t, ids, n, text, len + 1, &len);
+    if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)NLA_MALLOC(len + 1)))
+        rc = nla_detokenize(t, ids, n, text, len + 1, &len);
     if (!rc) fwrite(text, 1, len, stdout), putchar('\n');
-    else cli_error("%s", rc == NLA_ERR_RANGE ? "an id is outside the vocabulary" : nla_strerror(rc));
+    else
+        cli_error("%s", rc == NLA_ERR_RANGE ? "an id is outside the vocabulary" : nla_strerror(rc));
     NLA_FREE(text); NLA_FREE(ids);
     nla_tokenizer_close(t);
     return rc != NLA_OK;
@@ -7238,7 +8106,8 @@ static int cmd_detokenize(int argc, char **argv) {
 /* ---- the NLA commands ---- */
 
 static const char *const usage_extract =
-    "usage: nla extract TARGET (--text TEXT | --chat FILE) [--positions 1,7,14 | --all] --out v.npy\n"
+    "usage: nla extract TARGET (--text TEXT | --chat FILE) "
+    "[--positions 1,7,14 | --all] --out v.npy\n"
     "\n"
     "  --text TEXT       plain text, tokenized with BOS\n"
     "  --chat FILE       a JSON list of {\"role\", \"content\"}, rendered with the chat template\n"
@@ -7319,7 +8188,11 @@ static float *cli_vectors(const char *path, int *n, int *d) {
     *n = nd == 2 ? (int)sh[0] : 1;
     *d = (int)sh[nd - 1];
     float *v = (float *)NLA_MALLOC(sizeof(float) * ((size_t)*n * (size_t)*d + 1));
-    if (!v || nla_npy_read(path, v, (size_t)*n * (size_t)*d, sh, &nd, err, sizeof err)) { NLA_FREE(v); cli_error("%s", v ? err : "out of memory"); return NULL; }
+    if (!v || nla_npy_read(path, v, (size_t)*n * (size_t)*d, sh, &nd, err, sizeof err)) {
+        NLA_FREE(v);
+        cli_error("%s", v ? err : "out of memory");
+        return NULL;
+    }
     if (*n < 1 || *d < 1) { NLA_FREE(v); cli_error("%s: no vectors", path); return NULL; }
     return v;
 }
@@ -7332,7 +8205,11 @@ static int cli_open(const char *dir, const cli_opts *o, nla_model **m, nla_sessi
     sp.n_threads = o->threads;
     sp.seed = (uint64_t)(int64_t)o->seed;
     nla_status rc = nla_session_new(*m, &sp, s);
-    if (rc) { nla_model_close(*m); *m = NULL; return cli_error("cannot create a session: %s", nla_strerror(rc)); }
+    if (rc) {
+        nla_model_close(*m);
+        *m = NULL;
+        return cli_error("cannot create a session: %s", nla_strerror(rc));
+    }
     return 0;
 }
 
@@ -7349,7 +8226,8 @@ static int cli_target_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t *
 static int cli_positions(const cli_opts *o, int T, int first, int32_t **pos) {
     int n;
     if (o->positions) {
-        if ((n = parse_ids(o->positions, pos)) < 1) return cli_error("--positions: expected comma-separated positions"), -1;
+        if ((n = parse_ids(o->positions, pos)) < 1)
+            return cli_error("--positions: expected comma-separated positions"), -1;
         for (int i = 0; i < n; i++)
             if ((*pos)[i] >= T) {
                 cli_error("--positions: %d is past the last token (%d)", (*pos)[i], T - 1);
@@ -7360,7 +8238,8 @@ static int cli_positions(const cli_opts *o, int T, int first, int32_t **pos) {
         return n;
     }
     n = T - first;
-    if (n < 1 || !(*pos = (int32_t *)NLA_MALLOC(sizeof(int32_t) * (size_t)n))) return cli_error("no positions to take"), -1;
+    if (n < 1 || !(*pos = (int32_t *)NLA_MALLOC(sizeof(int32_t) * (size_t)n)))
+        return cli_error("no positions to take"), -1;
     for (int i = 0; i < n; i++) (*pos)[i] = first + i;
     return n;
 }
@@ -7385,15 +8264,22 @@ static int cmd_extract(int argc, char **argv) {
     T = cli_target_ids(&o, nla_model_tokenizer(m), &ids);
     K = o.layer >= 0 ? o.layer : 2 * in.n_layers / 3;
     if (T < 1) goto out;
-    if (K >= in.n_layers) { cli_error("--layer %d: the model has blocks 0..%d", K, in.n_layers - 1); goto out; }
+    if (K >= in.n_layers) {
+        cli_error("--layer %d: the model has blocks 0..%d", K, in.n_layers - 1);
+        goto out;
+    }
     if ((n_pos = cli_positions(&o, T, 0, &pos)) < 1) goto out;
-    if (!(v = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
+    if (!(v = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * (size_t)in.d_model))) {
+        cli_error("out of memory");
+        goto out;
+    }
     rc = nla_extract(s, ids, T, K, pos, n_pos, v);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     sh[0] = n_pos;
     sh[1] = in.d_model;
     if (cli_npy_write(o.out, v, 2, sh)) goto out;
-    fprintf(stderr, "nla: wrote %d vectors (block %d output, d = %d) of %d tokens to %s\n", n_pos, K, in.d_model, T, o.out);
+    fprintf(stderr, "nla: wrote %d vectors (block %d output, d = %d) of %d tokens to %s\n", n_pos,
+            K, in.d_model, T, o.out);
     ret = 0;
 out:
     NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v);
@@ -7412,7 +8298,8 @@ typedef struct {
 } cli_expl;
 
 /* Explains B vectors together (the session holds B sequences). */
-static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v, int B, const cli_opts *o, cli_expl *x) {
+static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v, int B,
+                         const cli_opts *o, cli_expl *x) {
     nla_verbalize_params vp;
     memset(&vp, 0, sizeof vp);
     vp.max_new = o->max_new ? o->max_new : 200;
@@ -7422,13 +8309,16 @@ static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *
     if (vp.max_new > 4096) return cli_error("--max-new is at most 4096");
     int32_t *ids = (int32_t *)NLA_MALLOC(sizeof(int32_t) * (size_t)B * (size_t)vp.max_new);
     int *n_ids = (int *)NLA_MALLOC(sizeof(int) * (size_t)B);
-    nla_status rc = ids && n_ids ? nla_verbalize_batch(s, v, B, &vp, ids, vp.max_new, n_ids) : NLA_ERR_NOMEM;
+    nla_status rc =
+        ids && n_ids ? nla_verbalize_batch(s, v, B, &vp, ids, vp.max_new, n_ids) : NLA_ERR_NOMEM;
     for (int q = 0; q < B && !rc; q++) {
         cli_expl *e = &x[q];
         e->n_ids = n_ids[q];
         memcpy(e->ids, ids + (size_t)q * vp.max_new, sizeof(int32_t) * (size_t)e->n_ids);
         /* the text without the final stop token */
-        int n = e->n_ids > 0 && (e->ids[e->n_ids - 1] == 1 || e->ids[e->n_ids - 1] == 106) ? e->n_ids - 1 : e->n_ids;
+        int n = e->n_ids > 0 && (e->ids[e->n_ids - 1] == 1 || e->ids[e->n_ids - 1] == 106)
+                    ? e->n_ids - 1
+                    : e->n_ids;
         nla_detokenize(tok, e->ids, n, NULL, 0, &e->raw_len);
         NLA_FREE(e->raw);
         if (!(e->raw = (char *)NLA_MALLOC(e->raw_len + 1))) rc = NLA_ERR_NOMEM;
@@ -7437,7 +8327,9 @@ static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *
     }
     NLA_FREE(ids);
     NLA_FREE(n_ids);
-    if (rc) return cli_error("%s (%s)", rc == NLA_ERR_NOMEM ? "out of memory" : nla_session_errmsg(s), nla_strerror(rc));
+    if (rc)
+        return cli_error("%s (%s)", rc == NLA_ERR_NOMEM ? "out of memory" : nla_session_errmsg(s),
+                         nla_strerror(rc));
     return 0;
 }
 
@@ -7459,11 +8351,14 @@ static int cli_av_session(nla_model *m, const cli_opts *o, int B, nla_session **
 /* An AR session (model m, from folder dir) for the n explanations: up to
    --batch of them (default 8) read together, one sequence each, as long as
    the longest AR input. */
-static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, char *const *ex, int n, nla_session **s) {
+static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, char *const *ex, int n,
+                          nla_session **s) {
     nla_meta meta;
     nla_model_get_meta(m, &meta);
     if (strcmp(meta.role, "ar") || !meta.has_value_head || !nla_model_tokenizer(m))
-        return cli_error("%s is not an AR with a tokenizer (nla_meta.yaml with role: ar, value_head.safetensors, tokenizer.json)", dir);
+        return cli_error("%s is not an AR with a tokenizer (nla_meta.yaml with role: ar, "
+                         "value_head.safetensors, tokenizer.json)",
+                         dir);
     const int B = o->batch ? o->batch : 8;
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
@@ -7504,8 +8399,14 @@ static int cmd_verbalize(int argc, char **argv) {
     if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) goto out;
     nla_meta meta;
     nla_model_get_meta(m, &meta);
-    if (strcmp(meta.role, "av")) { cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.dir); goto out; }
-    if (d != meta.d_model) { cli_error("%s holds %d-wide vectors, the AV reads %d", o.text, d, meta.d_model); goto out; }
+    if (strcmp(meta.role, "av")) {
+        cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.dir);
+        goto out;
+    }
+    if (d != meta.d_model) {
+        cli_error("%s holds %d-wide vectors, the AV reads %d", o.text, d, meta.d_model);
+        goto out;
+    }
     if (cli_av_session(m, &o, n < B ? n : B, &s)) goto out;
     for (int i = 0; i < n; i += B) {
         const int nb = n - i < B ? n - i : B;
@@ -7530,7 +8431,10 @@ out:
    "explanation" string, or a string. Heap strings, count in *n. */
 static char **cli_explanations(const cli_opts *o, int *n) {
     *n = 0;
-    if (!!o->text_opt + !!o->jsonl != 1) { cli_error("give --text EXPLANATION or --jsonl FILE"); return NULL; }
+    if (!!o->text_opt + !!o->jsonl != 1) {
+        cli_error("give --text EXPLANATION or --jsonl FILE");
+        return NULL;
+    }
     char **out = (char **)NLA_CALLOC(1, sizeof(char *));
     if (o->text_opt) {
         if (out && (out[0] = xstrndup(o->text_opt, strlen(o->text_opt)))) *n = 1;
@@ -7572,10 +8476,15 @@ static int cmd_reconstruct(int argc, char **argv) {
     float *rec = NULL;
     nla_status rc;
     int64_t sh[2];
-    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m) || cli_ar_session(m, o.dir, &o, ex, n, &s)) goto out;
+    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m) ||
+        cli_ar_session(m, o.dir, &o, ex, n, &s))
+        goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
-    if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) { cli_error("out of memory"); goto out; }
+    if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) {
+        cli_error("out of memory");
+        goto out;
+    }
     rc = nla_reconstruct(s, (const char *const *)ex, n, rec);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     sh[0] = n;
@@ -7593,15 +8502,18 @@ out:
 
 /* The baseline for d-wide vectors: --baseline B, 'own' (from v), or the
    training set's. */
-static int cli_baseline(const char *arg, const float *v, int n, int d, double *B, const char **kind) {
+static int cli_baseline(const char *arg, const float *v, int n, int d, double *B,
+                        const char **kind) {
     if (arg && !strcmp(arg, "own")) {
         *kind = "own";
-        return nla_baseline(v, n, d, sqrt((double)d), B) ? cli_error("cannot compute the baseline") : 0;
+        return nla_baseline(v, n, d, sqrt((double)d), B) ? cli_error("cannot compute the baseline")
+                                                         : 0;
     }
     if (arg) {
         float f;
         *kind = "given";
-        if (!parse_float(arg, &f) || !(f > 0)) return cli_error("--baseline: a positive number or 'own'");
+        if (!parse_float(arg, &f) || !(f > 0))
+            return cli_error("--baseline: a positive number or 'own'");
         *B = f;
         return 0;
     }
@@ -7624,7 +8536,10 @@ static int cmd_score(int argc, char **argv) {
     double B, sum_mse = 0, sum_cos = 0;
     const char *kind;
     if (!v || !rv) goto out;
-    if (n != n2 || d != d2) { cli_error("%s is [%d, %d] but %s is [%d, %d]", o.dir, n, d, o.text, n2, d2); goto out; }
+    if (n != n2 || d != d2) {
+        cli_error("%s is [%d, %d] but %s is [%d, %d]", o.dir, n, d, o.text, n2, d2);
+        goto out;
+    }
     if (cli_baseline(o.baseline, v, n, d, &B, &kind)) goto out;
     for (int i = 0; i < n; i++) {
         nla_scores sc;
@@ -7673,7 +8588,10 @@ static int cmd_explain(int argc, char **argv) {
     nla_tokenizer *tok = NULL;
     char terr[512];
     if (!x) { cli_error("out of memory"); goto out; }
-    if (nla_tokenizer_open(o.tokenizer ? o.tokenizer : o.arg[0], &tok, terr, sizeof terr)) { cli_error("%s", terr); goto out; }
+    if (nla_tokenizer_open(o.tokenizer ? o.tokenizer : o.arg[0], &tok, terr, sizeof terr)) {
+        cli_error("%s", terr);
+        goto out;
+    }
     o.shared_tok = tok;
     /* 1. the AV's sidecar says which layer (opened as stored: mapping is
        cheap, quantizing twice would not be) */
@@ -7682,31 +8600,49 @@ static int cmd_explain(int argc, char **argv) {
     random_weights |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
     nla_model_close(m);
     m = NULL;
-    if (strcmp(av_meta.role, "av")) { cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.arg[1]); goto out; }
+    if (strcmp(av_meta.role, "av")) {
+        cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.arg[1]);
+        goto out;
+    }
     d = av_meta.d_model;
     K = av_meta.layer;
     /* 2. target: extract block K at the chosen positions */
     if (cli_open(o.arg[0], &o, &m, &s)) goto out;
-    if ((T = cli_target_ids(&o, nla_model_tokenizer(m), &ids)) < 1 || (n_pos = cli_positions(&o, T, T > 1 ? 1 : 0, &pos)) < 1) goto out;
+    if ((T = cli_target_ids(&o, nla_model_tokenizer(m), &ids)) < 1 ||
+        (n_pos = cli_positions(&o, T, T > 1 ? 1 : 0, &pos)) < 1)
+        goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
-    if (in.d_model != d || K >= in.n_layers) { cli_error("the target (d %d, %d blocks) does not fit the AV (d %d, layer %d)", in.d_model, in.n_layers, d, K); goto out; }
-    if (!(v = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) || !(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) ||
-        !(ex = (char **)NLA_CALLOC((size_t)n_pos, sizeof *ex)) || !(tok_str = (char **)NLA_CALLOC((size_t)n_pos, sizeof *tok_str)) ||
-        !(parsed = (int *)NLA_CALLOC((size_t)n_pos, sizeof *parsed))) { cli_error("out of memory"); goto out; }
+    if (in.d_model != d || K >= in.n_layers) {
+        cli_error("the target (d %d, %d blocks) does not fit the AV (d %d, layer %d)", in.d_model,
+                  in.n_layers, d, K);
+        goto out;
+    }
+    if (!(v = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) ||
+        !(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) ||
+        !(ex = (char **)NLA_CALLOC((size_t)n_pos, sizeof *ex)) ||
+        !(tok_str = (char **)NLA_CALLOC((size_t)n_pos, sizeof *tok_str)) ||
+        !(parsed = (int *)NLA_CALLOC((size_t)n_pos, sizeof *parsed))) {
+        cli_error("out of memory");
+        goto out;
+    }
     rc = nla_extract(s, ids, T, K, pos, n_pos, v);
     if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
     for (int i = 0; i < n_pos; i++) {
         size_t len = 0;
         int32_t id = ids[pos[i]];
         nla_detokenize(nla_model_tokenizer(m), &id, 1, NULL, 0, &len);
-        if ((tok_str[i] = (char *)NLA_MALLOC(len + 1))) nla_detokenize(nla_model_tokenizer(m), &id, 1, tok_str[i], len + 1, &len);
+        if ((tok_str[i] = (char *)NLA_MALLOC(len + 1)))
+            nla_detokenize(nla_model_tokenizer(m), &id, 1, tok_str[i], len + 1, &len);
     }
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
-    fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos, n_pos == 1 ? "" : "s", T, K);
+    fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos,
+            n_pos == 1 ? "" : "s", T, K);
     /* 3. AV: one explanation per vector, B vectors decoded together */
-    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) || cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s)) goto out;
+    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
+        cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s))
+        goto out;
     for (int i = 0; i < n_pos; i += nbatch) {
         const int nb = n_pos - i < nbatch ? n_pos - i : nbatch;
         if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, &o, x)) goto out;
@@ -7719,21 +8655,36 @@ static int cmd_explain(int argc, char **argv) {
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
     /* 4. AR: reconstruct from the explanations, B read together */
-    if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, tok, &m) || cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s)) goto out;
+    if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, tok, &m) ||
+        cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s))
+        goto out;
     nla_model_get_meta(m, &ar_meta);
     random_weights |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
-    if (ar_meta.d_model != d || ar_meta.layer != K) { cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)", ar_meta.d_model, ar_meta.layer, d, K); goto out; }
-    if ((rc = nla_reconstruct(s, (const char *const *)ex, n_pos, rec))) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    if (ar_meta.d_model != d || ar_meta.layer != K) {
+        cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)",
+                  ar_meta.d_model, ar_meta.layer, d, K);
+        goto out;
+    }
+    if ((rc = nla_reconstruct(s, (const char *const *)ex, n_pos, rec))) {
+        cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+        goto out;
+    }
     /* 5. score and report */
     B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
     if (random_weights)
-        fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations are meaningless\n");
-    if (!o.jsonl) printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos", "fve_nrm", "explanation");
+        fprintf(stderr, "nla: note: these models have RANDOM weights (test data): "
+                        "the explanations are meaningless\n");
+    if (!o.jsonl)
+        printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos",
+               "fve_nrm", "explanation");
     for (int i = 0; i < n_pos; i++) {
         nla_scores sc;
         double nv = 0;
         for (int k = 0; k < d; k++) nv += (double)v[(size_t)i * d + k] * v[(size_t)i * d + k];
-        if (nla_score(v + (size_t)i * d, rec + (size_t)i * d, d, ar_meta.mse_scale, B, &sc)) { cli_error("cannot score position %d", pos[i]); goto out; }
+        if (nla_score(v + (size_t)i * d, rec + (size_t)i * d, d, ar_meta.mse_scale, B, &sc)) {
+            cli_error("cannot score position %d", pos[i]);
+            goto out;
+        }
         const char *tk = tok_str[i] ? tok_str[i] : "";
         if (o.jsonl) {
             printf("{\"position\": %d, \"token_id\": %d, \"token\": ", pos[i], ids[pos[i]]);
@@ -7754,17 +8705,20 @@ static int cmd_explain(int argc, char **argv) {
             size_t k = 0;
             for (const char *p = tk; *p && k < 12; p++) shown[k++] = *p == '\n' ? ' ' : *p;
             shown[k] = 0;
-            printf("%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown, sqrt(nv), sc.mse_nrm, sc.cos, sc.fve_nrm);
+            printf("%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown, sqrt(nv), sc.mse_nrm,
+                   sc.cos, sc.fve_nrm);
             for (const char *p = ex[i]; *p; p++) putchar(*p == '\n' ? ' ' : *p);
             printf("%s\n", parsed[i] ? "" : "  [no <explanation> tags]");
         }
     }
-    if (!o.jsonl) printf("fve_nrm against the training-set baseline %.4g; mse_nrm = 2 (1 - cos)\n", B);
+    if (!o.jsonl)
+        printf("fve_nrm against the training-set baseline %.4g; mse_nrm = 2 (1 - cos)\n", B);
     ret = 0;
 out:
     for (int i = 0; i < n_pos; i++) { if (ex) NLA_FREE(ex[i]); if (tok_str) NLA_FREE(tok_str[i]); }
     for (int q = 0; x && q < nbatch; q++) NLA_FREE(x[q].raw);
-    NLA_FREE(x); NLA_FREE(ex); NLA_FREE(tok_str); NLA_FREE(parsed); NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v); NLA_FREE(rec);
+    NLA_FREE(x); NLA_FREE(ex); NLA_FREE(tok_str); NLA_FREE(parsed); NLA_FREE(ids); NLA_FREE(pos);
+    NLA_FREE(v); NLA_FREE(rec);
     nla_session_free(s);
     nla_model_close(m);
     nla_tokenizer_close(tok);
@@ -7779,7 +8733,8 @@ static const char *const usage_eval =
     "\n"
     "The pretraining-vs-chat reconstruction study (NLA_SPEC.md section 6) as one resumable,\n"
     "shardable command. Inputs are JSONL: documents {\"id\", \"text\", \"source\"} and chats\n"
-    "{\"id\", \"messages\": [{\"role\", \"content\"}, ...]} (Gemma 3 chat template); either may add\n"
+    "{\"id\", \"messages\": [{\"role\", \"content\"}, ...]} (Gemma 3 chat template); "
+    "either may add\n"
     "\"positions\": [...] to choose the tokens. Bad records are reported and skipped.\n"
     "OUT_DIR gets results.jsonl (a row per token), activations.npy and reconstructions.npy\n"
     "(float32 [S, d], row = sample_idx), tokens.jsonl and params.json. Rerun the same command to\n"
@@ -7836,18 +8791,21 @@ static int cli_eval_progress(void *user, const nla_eval_progress *p) {
     if (u->quiet || !p->total) return 0;
     if (!u->tty && !end && t - u->last < 10) return 0;
     u->last = t;
-    if (fresh > 0) snprintf(eta, sizeof eta, "%.0f s", (double)(p->rows_total - p->rows_done) * el / (double)fresh);
+    if (fresh > 0)
+        snprintf(eta, sizeof eta, "%.0f s",
+                 (double)(p->rows_total - p->rows_done) * el / (double)fresh);
     if (u->tty) {
         char bar[21];
         const int k = (int)(20L * p->done / p->total);
         for (int i = 0; i < 20; i++) bar[i] = i < k ? '#' : '.';
         bar[20] = 0;
-        fprintf(stderr, "\r%-11s [%s] %d/%d | rows %ld/%ld, %.2f rows/s, ETA %s   ", p->phase, bar, p->done, p->total, p->rows_done,
-                p->rows_total, el > 0 ? (double)fresh / el : 0.0, eta);
+        fprintf(stderr, "\r%-11s [%s] %d/%d | rows %ld/%ld, %.2f rows/s, ETA %s   ", p->phase, bar,
+                p->done, p->total, p->rows_done, p->rows_total, el > 0 ? (double)fresh / el : 0.0,
+                eta);
         if (end && !strcmp(p->phase, "reconstruct")) fputc('\n', stderr);
     } else {
-        fprintf(stderr, "nla: %s %d/%d; rows %ld/%ld, %.2f rows/s, ETA %s\n", p->phase, p->done, p->total, p->rows_done, p->rows_total,
-                el > 0 ? (double)fresh / el : 0.0, eta);
+        fprintf(stderr, "nla: %s %d/%d; rows %ld/%ld, %.2f rows/s, ETA %s\n", p->phase, p->done,
+                p->total, p->rows_done, p->rows_total, el > 0 ? (double)fresh / el : 0.0, eta);
     }
     return 0;
 }
@@ -7901,20 +8859,35 @@ static int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--summary")) summary = v;
         else if (!strcmp(a, "--html")) html = v;
         else if (!strcmp(a, "--tokenizer")) p.tokenizer = v;
-        else if (!strcmp(a, "--positions-per-record")) ok = parse_int(v, &p.positions_per_record) && p.positions_per_record > 0;
-        else if (!strcmp(a, "--min-position")) ok = parse_int(v, &p.min_position) && p.min_position >= 0 && ((p.min_position = p.min_position ? p.min_position : NLA_EVAL_FROM_BOS), 1);
+        else if (!strcmp(a, "--positions-per-record"))
+            ok = parse_int(v, &p.positions_per_record) && p.positions_per_record > 0;
+        else if (!strcmp(a, "--min-position"))
+            ok = parse_int(v, &p.min_position) && p.min_position >= 0 &&
+                 ((p.min_position = p.min_position ? p.min_position : NLA_EVAL_FROM_BOS), 1);
         else if (!strcmp(a, "--max-tokens")) ok = parse_int(v, &p.max_tokens) && p.max_tokens > 0;
-        else if (!strcmp(a, "--seed")) { long long s; char *end; s = strtoll(v, &end, 10); ok = end != v && !*end && s >= 0; p.seed = (uint64_t)s; }
-        else if (!strcmp(a, "--chunk")) ok = parse_int(v, &p.chunk) && p.chunk > 0;
+        else if (!strcmp(a, "--seed")) {
+            long long s;
+            char *end;
+            s = strtoll(v, &end, 10);
+            ok = end != v && !*end && s >= 0;
+            p.seed = (uint64_t)s;
+        } else if (!strcmp(a, "--chunk")) ok = parse_int(v, &p.chunk) && p.chunk > 0;
         else if (!strcmp(a, "--max-new")) ok = parse_int(v, &p.max_new) && p.max_new > 0;
-        else if (!strcmp(a, "--batch")) ok = parse_int(v, &p.batch) && p.batch > 0 && p.batch <= 256;
+        else if (!strcmp(a, "--batch"))
+            ok = parse_int(v, &p.batch) && p.batch > 0 && p.batch <= 256;
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &p.n_threads) && p.n_threads >= 0;
         else if (!strcmp(a, "--temp")) ok = parse_float(v, &p.temperature) && p.temperature >= 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &p.top_k) && p.top_k >= 0;
-        else if (!strcmp(a, "--top-p")) ok = parse_float(v, &p.top_p) && p.top_p >= 0 && p.top_p <= 1;
+        else if (!strcmp(a, "--top-p"))
+            ok = parse_float(v, &p.top_p) && p.top_p >= 0 && p.top_p <= 1;
         else if (!strcmp(a, "--max-texts")) ok = parse_int(v, &rp.max_texts) && rp.max_texts > 0;
-        else if (!strcmp(a, "--baseline")) { float b; ok = parse_float(v, &b) && b > 0; rp.baseline = b; }
-        else if (!strcmp(a, "--shard")) ok = sscanf(v, "%d/%d", &p.shard_index, &p.shard_count) == 2 && p.shard_count > 0 && p.shard_index >= 1 && p.shard_index <= p.shard_count;
+        else if (!strcmp(a, "--baseline")) {
+            float b;
+            ok = parse_float(v, &b) && b > 0;
+            rp.baseline = b;
+        } else if (!strcmp(a, "--shard"))
+            ok = sscanf(v, "%d/%d", &p.shard_index, &p.shard_count) == 2 && p.shard_count > 0 &&
+                 p.shard_index >= 1 && p.shard_index <= p.shard_count;
         else if (!strcmp(a, "--quant")) {
             if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) p.quant = NLA_QUANT_Q8_0;
             else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) p.quant = NLA_QUANT_Q4_0;
@@ -7926,7 +8899,8 @@ static int cmd_eval(int argc, char **argv) {
     if (merge) {
         if (first_dir < 0) return cli_error("--merge OUT_DIR needs the shard folders after it");
         if (cli_mkdir(merge)) return 1;
-        if ((rc = nla_eval_merge(merge, (const char *const *)(argv + first_dir), argc - first_dir, err, sizeof err)) != NLA_OK)
+        if ((rc = nla_eval_merge(merge, (const char *const *)(argv + first_dir), argc - first_dir,
+                                 err, sizeof err)) != NLA_OK)
             return cli_error("%s (%s)", err, nla_strerror(rc));
         fprintf(stderr, "nla: merged %d shards into %s\n", argc - first_dir, merge);
         return 0;
@@ -7959,8 +8933,9 @@ static int cmd_eval(int argc, char **argv) {
         rc = nla_eval_plan(&p, tok, &c, err, sizeof err);
         nla_tokenizer_close(tok);
         if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
-        printf("records %d, bad records %d, rows %ld, rows of shard %d/%d: %ld\n", c.records, c.bad_records, c.samples,
-               p.shard_index ? p.shard_index : 1, p.shard_count ? p.shard_count : 1, c.shard_samples);
+        printf("records %d, bad records %d, rows %ld, rows of shard %d/%d: %ld\n", c.records,
+               c.bad_records, c.samples, p.shard_index ? p.shard_index : 1,
+               p.shard_count ? p.shard_count : 1, c.shard_samples);
         return 0;
     }
     if (!p.out_dir) return cli_error("--out DIR is required");
@@ -7968,8 +8943,10 @@ static int cmd_eval(int argc, char **argv) {
     rc = nla_eval_run(&p, &c, err, sizeof err);
     if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
     if (!ui.quiet)
-        fprintf(stderr, "nla: %ld rows in %s (%ld resumed, %ld new in %.1f s); %d records, %d skipped\n", c.done, p.out_dir, c.resumed,
-                c.done - c.resumed, cli_now() - ui.t0, c.records, c.bad_records);
+        fprintf(stderr,
+                "nla: %ld rows in %s (%ld resumed, %ld new in %.1f s); %d records, %d skipped\n",
+                c.done, p.out_dir, c.resumed, c.done - c.resumed, cli_now() - ui.t0, c.records,
+                c.bad_records);
     return 0;
 }
 
@@ -7984,7 +8961,8 @@ static int cmd_quantize(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_quantize, &o);
     if (r) return r == 2 ? 0 : 1;
-    if (!o.text) return cli_error("give the output folder: nla quantize IN_DIR OUT_DIR --type q8_0|q4");
+    if (!o.text)
+        return cli_error("give the output folder: nla quantize IN_DIR OUT_DIR --type q8_0|q4");
     if (!o.quant) return cli_error("--type q8_0|q4 is required");
     nla_model *m;
     char err[512];
@@ -7997,15 +8975,16 @@ static int cmd_quantize(int argc, char **argv) {
     nla_model_get_info(m, &in);
     nla_model_close(m);
     if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
-    fprintf(stderr, "nla: wrote %s: %.3f GB of quantized matrices (from %.3f GB stored)\n", o.text, (double)in.quant_bytes / 1e9,
-            (double)in.weight_bytes / 1e9);
+    fprintf(stderr, "nla: wrote %s: %.3f GB of quantized matrices (from %.3f GB stored)\n", o.text,
+            (double)in.quant_bytes / 1e9, (double)in.weight_bytes / 1e9);
     return 0;
 }
 
 /* ---- nla random-model: checkpoints with random weights ---- */
 
 static const char *const usage_random =
-    "usage: nla random-model DIR [--role trio|target|av|ar] [--shape tiny|1b|12b|27b] [--quant q8_0|q4]\n"
+    "usage: nla random-model DIR [--role trio|target|av|ar] [--shape tiny|1b|12b|27b] "
+    "[--quant q8_0|q4]\n"
     "                        [--seed S] [--tokenizer FILE]\n"
     "\n"
     "Writes Gemma 3 checkpoints with RANDOM weights, for trying the pipeline and for benchmarks:\n"
@@ -8079,8 +9058,8 @@ static int write_text(const char *dir, const char *name, const char *text) {
 }
 
 /* A tensor of the checkpoint being invented. */
-static void rt_add(nla_tensor *t, rtensor *rt, char (*nm)[64], int *n, const char *name, int64_t rows, int64_t cols, float sd,
-                   nla_dtype q, uint64_t seed) {
+static void rt_add(nla_tensor *t, rtensor *rt, char (*nm)[64], int *n, const char *name,
+                   int64_t rows, int64_t cols, float sd, nla_dtype q, uint64_t seed) {
     const int quant = q != NLA_DTYPE_BF16 && cols && cols % QK == 0;
     snprintf(nm[*n], 64, "%s", name);
     memset(&t[*n], 0, sizeof t[*n]);
@@ -8089,7 +9068,8 @@ static void rt_add(nla_tensor *t, rtensor *rt, char (*nm)[64], int *n, const cha
     t[*n].ndim = cols ? 2 : 1;
     t[*n].shape[0] = quant ? (rows + QG - 1) / QG : rows;
     t[*n].shape[1] = quant ? (int64_t)group_bytes(q, (int)cols) : cols;
-    t[*n].nbytes = quant ? mat_bytes(q, rows, cols) : (uint64_t)rows * (uint64_t)(cols ? cols : 1) * 2;
+    t[*n].nbytes =
+        quant ? mat_bytes(q, rows, cols) : (uint64_t)rows * (uint64_t)(cols ? cols : 1) * 2;
     rt[*n].sd = sd;
     rt[*n].eye = 0;
     rt[*n].cols = (int)cols;
@@ -8100,16 +9080,19 @@ static void rt_add(nla_tensor *t, rtensor *rt, char (*nm)[64], int *n, const cha
 
 /* One random model: `layers` blocks, a final norm unless it is an AR;
    role "av"/"ar" adds the sidecar (and the AR's value head). */
-static int write_random_model(const char *dir, const rshape *sh, int layers, const char *role, nla_dtype q, uint64_t seed,
-                              const char *tokenizer) {
+static int write_random_model(const char *dir, const rshape *sh, int layers, const char *role,
+                              nla_dtype q, uint64_t seed, const char *tokenizer) {
     const int is_ar = role && !strcmp(role, "ar"), n_t = 2 + layers * W_PER_LAYER, h = sh->d;
-    const int64_t shapes[W_PER_LAYER][2] = {{h, 0}, {sh->heads * sh->hd, h}, {sh->kv * sh->hd, h}, {sh->kv * sh->hd, h},
-        {h, sh->heads * sh->hd}, {sh->hd, 0}, {sh->hd, 0}, {h, 0}, {h, 0}, {sh->ff, h}, {sh->ff, h}, {h, sh->ff}, {h, 0}};
+    const int64_t shapes[W_PER_LAYER][2] = {
+        {h, 0}, {sh->heads * sh->hd, h}, {sh->kv * sh->hd, h}, {sh->kv * sh->hd, h},
+        {h, sh->heads * sh->hd}, {sh->hd, 0}, {sh->hd, 0}, {h, 0}, {h, 0}, {sh->ff, h}, {sh->ff, h},
+        {h, sh->ff}, {h, 0}};
     nla_tensor *t = (nla_tensor *)NLA_CALLOC((size_t)n_t + 1, sizeof *t);
     rtensor *rt = (rtensor *)NLA_CALLOC((size_t)n_t + 1, sizeof *rt);
     char (*nm)[64] = (char (*)[64])NLA_CALLOC((size_t)n_t + 1, 64), err[512], name[64];
     int ret = 1, n = 0;
-    const float msd = sh->d == 16 ? 0.25f : 0.02f; /* matrices: larger in the tiny model, so that it is not flat */
+    /* matrices: larger in the tiny model, so that it is not flat */
+    const float msd = sh->d == 16 ? 0.25f : 0.02f;
     char *path, cfg[8192], types[4096] = "", rope[96] = "null";
     const char *meta[4] = {"format", "pt", "nla.quant", quant_names[q == NLA_DTYPE_Q4_0]};
     nla_status rc;
@@ -8117,49 +9100,71 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
 #ifndef _WIN32
     mkdir(dir, 0755);
 #endif
-    rt_add(t, rt, nm, &n, "model.embed_tokens.weight", sh->vocab, h, sh->d == 16 ? 0.5f : 0.05f, NLA_DTYPE_BF16, seed);
+    rt_add(t, rt, nm, &n, "model.embed_tokens.weight", sh->vocab, h, sh->d == 16 ? 0.5f : 0.05f,
+           NLA_DTYPE_BF16, seed);
     for (int l = 0; l < layers; l++)
         for (int k = 0; k < W_PER_LAYER; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s", l, layer_tensor_names[k]);
-            rt_add(t, rt, nm, &n, name, shapes[k][0], shapes[k][1], shapes[k][1] ? msd : 0.1f, q, seed);
+            rt_add(t, rt, nm, &n, name, shapes[k][0], shapes[k][1], shapes[k][1] ? msd : 0.1f, q,
+                   seed);
         }
     if (!is_ar) rt_add(t, rt, nm, &n, "model.norm.weight", h, 0, 0.1f, NLA_DTYPE_BF16, seed);
-    if (q != NLA_DTYPE_BF16) rt_add(t, rt, nm, &n, "lm_head.weight", sh->vocab, h, 0.05f, q, seed); /* the tied head, quantized */
+    /* the tied head, quantized */
+    if (q != NLA_DTYPE_BF16) rt_add(t, rt, nm, &n, "lm_head.weight", sh->vocab, h, 0.05f, q, seed);
     path = path_join(dir, "model.safetensors");
-    rc = path ? nla_st_write(path, t, n, meta, q != NLA_DTYPE_BF16 ? 2 : 1, random_fill, rt, err, sizeof err) : NLA_ERR_NOMEM;
+    rc = path ? nla_st_write(path, t, n, meta, q != NLA_DTYPE_BF16 ? 2 : 1, random_fill, rt, err,
+                             sizeof err)
+              : NLA_ERR_NOMEM;
     NLA_FREE(path);
     if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
     for (int l = 0; l < layers; l++)
         snprintf(types + strlen(types), sizeof types - strlen(types), "%s\"%s\"", l ? ", " : "",
                  (l + 1) % sh->pattern ? "sliding_attention" : "full_attention");
-    if (sh->rope_factor != 1.0f) snprintf(rope, sizeof rope, "{\"rope_type\": \"linear\", \"factor\": %.1f}", (double)sh->rope_factor);
+    if (sh->rope_factor != 1.0f)
+        snprintf(rope, sizeof rope, "{\"rope_type\": \"linear\", \"factor\": %.1f}",
+                 (double)sh->rope_factor);
     snprintf(cfg, sizeof cfg,
-             "{\n  \"architectures\": [\"Gemma3ForCausalLM\"],\n  \"model_type\": \"gemma3_text\",\n  \"hidden_size\": %d,\n"
-             "  \"intermediate_size\": %d,\n  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
-             "  \"num_hidden_layers\": %d,\n  \"layer_types\": [%s],\n  \"vocab_size\": %d,\n  \"sliding_window\": %d,\n"
-             "  \"query_pre_attn_scalar\": %d,\n  \"rope_theta\": 1000000.0,\n  \"rope_local_base_freq\": 10000.0,\n"
-             "  \"rope_scaling\": %s,\n  \"rms_norm_eps\": 1e-06,\n  \"max_position_embeddings\": 32768,\n"
-             "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 106],\n"
-             "  \"pad_token_id\": 0,\n  \"tie_word_embeddings\": true,\n  \"torch_dtype\": \"bfloat16\"\n}\n",
-             h, sh->ff, sh->heads, sh->kv, sh->hd, layers, types, sh->vocab, sh->window, sh->qpas, rope);
+             "{\n  \"architectures\": [\"Gemma3ForCausalLM\"],\n"
+             "  \"model_type\": \"gemma3_text\",\n  \"hidden_size\": %d,\n"
+             "  \"intermediate_size\": %d,\n  \"num_attention_heads\": %d,\n"
+             "  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n"
+             "  \"num_hidden_layers\": %d,\n  \"layer_types\": [%s],\n  \"vocab_size\": %d,\n"
+             "  \"sliding_window\": %d,\n"
+             "  \"query_pre_attn_scalar\": %d,\n  \"rope_theta\": 1000000.0,\n"
+             "  \"rope_local_base_freq\": 10000.0,\n"
+             "  \"rope_scaling\": %s,\n  \"rms_norm_eps\": 1e-06,\n"
+             "  \"max_position_embeddings\": 32768,\n"
+             "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n"
+             "  \"eos_token_id\": [1, 106],\n"
+             "  \"pad_token_id\": 0,\n  \"tie_word_embeddings\": true,\n"
+             "  \"torch_dtype\": \"bfloat16\"\n}\n",
+             h, sh->ff, sh->heads, sh->kv, sh->hd, layers, types, sh->vocab, sh->window, sh->qpas,
+             rope);
     if (write_text(dir, "config.json", cfg) ||
-        write_text(dir, "generation_config.json", "{\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 106],\n  \"pad_token_id\": 0\n}\n"))
+        write_text(dir, "generation_config.json",
+                   "{\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 106],\n"
+                   "  \"pad_token_id\": 0\n}\n"))
         goto out;
     if (role) { /* the sidecar, in the released format */
         sbuf y = {NULL, 0, 0};
         for (int pass = 0; pass < 2; pass++) {
             char head[1024];
             snprintf(head, sizeof head,
-                     "kind: nla_model\nschema_version: 2\nrole: %s\nd_model: %d\nextraction_layer_index: %d\n"
-                     "base_checkpoint: nla random-model %s (random weights, meaningless output)\nextraction:\n"
-                     "  injection_scale: %.1f\n  mse_scale: %.17g\ntokens:\n  injection_char: \xe3\x88\x9c\n"
-                     "  injection_token_id: 246566\n  injection_left_neighbor_id: 236813\n  injection_right_neighbor_id: 954\n"
+                     "kind: nla_model\nschema_version: 2\nrole: %s\nd_model: %d\n"
+                     "extraction_layer_index: %d\n"
+                     "base_checkpoint: nla random-model %s (random weights, meaningless output)\n"
+                     "extraction:\n"
+                     "  injection_scale: %.1f\n  mse_scale: %.17g\n"
+                     "tokens:\n  injection_char: \xe3\x88\x9c\n"
+                     "  injection_token_id: 246566\n  injection_left_neighbor_id: 236813\n"
+                     "  injection_right_neighbor_id: 954\n"
                      "  critic_suffix_ids: %s\nprompt_templates:\n  av: |-\n",
                      role, h, sh->K, sh->name, sh->injection_scale, sqrt((double)h),
                      is_ar ? "[1005, 236813, 655, 6011, 236813]" : "null");
             y.len = 0;
             sb_str(&y, head);
-            for (const char *p = nla_default_av_template; *p;) { /* block scalar lines, indented 4 */
+            /* block scalar lines, indented 4 */
+            for (const char *p = nla_default_av_template; *p;) {
                 const char *e = strchr(p, '\n');
                 size_t len = e ? (size_t)(e - p) : strlen(p);
                 if (len) sb_str(&y, "    ");
@@ -8167,7 +9172,8 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
                 sb_str(&y, "\n");
                 p += len + (e != NULL);
             }
-            sb_str(&y, "  ar: \"Summary of the following text: <text>{explanation}</text> <summary>\"\n");
+            sb_str(&y, "  ar: \"Summary of the following text: <text>{explanation}</text> "
+                       "<summary>\"\n");
             if (is_ar) {
                 snprintf(head, sizeof head, "critic:\n  extraction_layer_index: %d\n", sh->K);
                 sb_str(&y, head);
@@ -8184,7 +9190,8 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
         rt_add(t, rt, nm, &m, "weight", h, h, 0.02f, NLA_DTYPE_BF16, seed + 7);
         rt[0].eye = 1;
         path = path_join(dir, "value_head.safetensors");
-        rc = path ? nla_st_write(path, t, 1, meta, 1, random_fill, rt, err, sizeof err) : NLA_ERR_NOMEM;
+        rc = path ? nla_st_write(path, t, 1, meta, 1, random_fill, rt, err, sizeof err)
+                  : NLA_ERR_NOMEM;
         NLA_FREE(path);
         if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
     }
@@ -8216,20 +9223,30 @@ static int cmd_random_model(int argc, char **argv) {
     for (size_t i = 0; i < sizeof rshapes / sizeof *rshapes; i++)
         if (!strcmp(shape, rshapes[i].name)) sh = &rshapes[i];
     if (!sh) return cli_error("--shape: tiny, 1b, 12b or 27b");
-    const nla_dtype q = o.quant == NLA_QUANT_Q8_0 ? NLA_DTYPE_Q8_0 : o.quant == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0 : NLA_DTYPE_BF16;
+    const nla_dtype q = o.quant == NLA_QUANT_Q8_0   ? NLA_DTYPE_Q8_0
+                        : o.quant == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0
+                                                    : NLA_DTYPE_BF16;
     const uint64_t seed = (uint64_t)(int64_t)o.seed;
-    if (!strcmp(role, "target")) return write_random_model(o.dir, sh, sh->layers, NULL, q, seed, o.tokenizer);
-    if (!strcmp(role, "av")) return write_random_model(o.dir, sh, sh->layers, "av", q, seed + 1, o.tokenizer);
-    if (!strcmp(role, "ar")) return write_random_model(o.dir, sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);
+    if (!strcmp(role, "target"))
+        return write_random_model(o.dir, sh, sh->layers, NULL, q, seed, o.tokenizer);
+    if (!strcmp(role, "av"))
+        return write_random_model(o.dir, sh, sh->layers, "av", q, seed + 1, o.tokenizer);
+    if (!strcmp(role, "ar"))
+        return write_random_model(o.dir, sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);
     if (strcmp(role, "trio")) return cli_error("--role: trio, target, av or ar");
     char *sub[3] = {path_join(o.dir, "target"), path_join(o.dir, "av"), path_join(o.dir, "ar")};
 #ifndef _WIN32
     mkdir(o.dir, 0755);
 #endif
-    int ret = !sub[0] || !sub[1] || !sub[2] || write_random_model(sub[0], sh, sh->layers, NULL, q, seed, o.tokenizer) ||
+    int ret = !sub[0] || !sub[1] || !sub[2] ||
+              write_random_model(sub[0], sh, sh->layers, NULL, q, seed, o.tokenizer) ||
               write_random_model(sub[1], sh, sh->layers, "av", q, seed + 1, o.tokenizer) ||
               write_random_model(sub[2], sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);
-    if (!ret) fprintf(stderr, "nla: wrote a random-weight %s NLA trio (target, av, ar) under %s: for trying the pipeline, meaningless output\n", sh->name, o.dir);
+    if (!ret)
+        fprintf(stderr,
+                "nla: wrote a random-weight %s NLA trio (target, av, ar) under %s: "
+                "for trying the pipeline, meaningless output\n",
+                sh->name, o.dir);
     for (int i = 0; i < 3; i++) NLA_FREE(sub[i]);
     return ret;
 }

@@ -72,8 +72,8 @@ const char *nla_strerror(nla_status status);
 
 /* A read-only view of a safetensors checkpoint: one file, an index file
    (*.index.json) naming its shards, or a folder holding
-   model.safetensors.index.json or model.safetensors. Every header is validated as the format demands
-   (lengths, offsets, overlaps, shapes, dtypes) before anything is used. */
+   model.safetensors.index.json or model.safetensors. Every header is validated as the format
+   demands (lengths, offsets, overlaps, shapes, dtypes) before anything is used. */
 typedef struct nla_st nla_st;
 
 typedef struct {
@@ -106,8 +106,8 @@ typedef int (*nla_fill_fn)(void *user, int index, uint64_t offset, void *buf, si
    __metadata__ from n_meta (key, value) string pairs in meta. A tensor with
    data NULL is produced in chunks by fill (for files larger than memory).
    The file appears whole or not at all (written to path.tmp, renamed). */
-nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta, int n_meta,
-                        nla_fill_fn fill, void *user, char *errbuf, size_t errbuf_size);
+nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta,
+                        int n_meta, nla_fill_fn fill, void *user, char *errbuf, size_t errbuf_size);
 
 /* ---- Model -------------------------------------------------------------- */
 
@@ -117,7 +117,9 @@ typedef struct nla_tokenizer nla_tokenizer;
 
 /* Weight formats: as stored (f32, f16, bf16), or quantized in blocks of 32
    (Q8_0: int8 + f16 scale, 8.5 bits; Q4_0: 4-bit + f16 scale, 4.5 bits). */
-typedef enum { NLA_DTYPE_F32 = 0, NLA_DTYPE_F16 = 1, NLA_DTYPE_BF16 = 2, NLA_DTYPE_Q8_0 = 3, NLA_DTYPE_Q4_0 = 4 } nla_dtype;
+typedef enum {
+    NLA_DTYPE_F32 = 0, NLA_DTYPE_F16 = 1, NLA_DTYPE_BF16 = 2, NLA_DTYPE_Q8_0 = 3, NLA_DTYPE_Q4_0 = 4
+} nla_dtype;
 
 /* Quantization of the matrices at load time. */
 typedef enum { NLA_QUANT_NONE = 0, NLA_QUANT_Q8_0 = 1, NLA_QUANT_Q4_0 = 2 } nla_quant;
@@ -169,7 +171,8 @@ nla_status nla_model_close(nla_model *model);
    the tokenizer files, nla_meta.yaml and value_head.safetensors. A
    quantized save loads by mapping, with no conversion, and computes
    exactly what quantizing on load computes. */
-nla_status nla_model_save(const nla_model *model, const char *dir, char *errbuf, size_t errbuf_size);
+nla_status nla_model_save(const nla_model *model, const char *dir, char *errbuf,
+                          size_t errbuf_size);
 
 /* What nla_model_get_info copies out. */
 typedef struct {
@@ -307,7 +310,8 @@ nla_status nla_forward(nla_session *s, const nla_batch *batch);
    after open; share it freely between threads and models
    (nla_model_params.shared_tokenizer). path: a tokenizer.json file or a
    folder holding one. */
-nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbuf, size_t errbuf_size);
+nla_status nla_tokenizer_open(const char *path, nla_tokenizer **out, char *errbuf,
+                              size_t errbuf_size);
 void nla_tokenizer_close(nla_tokenizer *t);
 
 /* The tokenizer loaded with a model, or NULL when its folder had none.
@@ -337,8 +341,8 @@ const char *nla_tokenizer_piece(const nla_tokenizer *t, int32_t id, size_t *len)
    which decodes as a space (as in Hugging Face). Returns
    NLA_ERR_BUFFER_TOO_SMALL (with the needed count in *n_ids) if cap is too
    small. flags: NLA_TOKENIZE_*. */
-nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags, int32_t *ids,
-                        int cap, int *n_ids);
+nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags,
+                        int32_t *ids, int cap, int *n_ids);
 
 /* Decodes ids into text: U+2581 -> space, byte tokens -> their bytes, added
    and special tokens as written. Writes *len bytes and a NUL when it fits;
@@ -376,12 +380,13 @@ typedef struct {
    odd positions are written as given. add_generation_prompt
    appends "<start_of_turn>model\n". Output as nla_detokenize's. Tokenize the
    result without NLA_TOKENIZE_BOS: it already starts with <bos>. */
-nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generation_prompt, char *out,
-                           size_t cap, size_t *len, char *errbuf, size_t errbuf_size);
+nla_status nla_chat_render(const nla_chat_message *msgs, int n, int add_generation_prompt,
+                           char *out, size_t cap, size_t *len, char *errbuf, size_t errbuf_size);
 
 /* The same from JSON text: a list of {"role": ..., "content": ...}. */
-nla_status nla_chat_render_json(const char *json, size_t json_len, int add_generation_prompt, char *out,
-                                size_t cap, size_t *len, char *errbuf, size_t errbuf_size);
+nla_status nla_chat_render_json(const char *json, size_t json_len, int add_generation_prompt,
+                                char *out, size_t cap, size_t *len, char *errbuf,
+                                size_t errbuf_size);
 
 /* ---- Decoding ----------------------------------------------------------- */
 
@@ -445,8 +450,8 @@ void nla_model_get_meta(const nla_model *model, nla_meta *meta);
    hidden_states[layer+1]) at each of n_pos positions into out [n_pos,
    d_model]; positions NULL means every row (out [n, d_model]). The forward
    stops after that block. The session's cache is emptied before and after. */
-nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer, const int32_t *positions, int n_pos,
-                       float *out);
+nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer,
+                       const int32_t *positions, int n_pos, float *out);
 
 typedef struct {
     int max_new;         /* default 200 */
@@ -463,8 +468,8 @@ typedef struct {
    session must belong to an AV model with a tokenizer. The prompt rows
    before the marker are computed once per session and reused. Decode the
    ids with nla_detokenize, then nla_parse_explanation. */
-nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params, int32_t *ids, int cap,
-                         int *n_ids);
+nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params,
+                         int32_t *ids, int cap, int *n_ids);
 
 /* The same for B vectors v [B, d_model] decoded together (the session needs
    n_seq >= B): each decode step reads the weights once for all B, so B
@@ -472,8 +477,9 @@ nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_par
    bandwidth. Vector q's ids go to ids[q * cap ...], their count to n_ids[q];
    first_logits, if set, receives [B, vocab]; on_token is called only when
    B is 1. Greedy results are identical to B calls of nla_verbalize. */
-nla_status nla_verbalize_batch(nla_session *s, const float *v, int B, const nla_verbalize_params *params, int32_t *ids,
-                               int cap, int *n_ids);
+nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
+                               const nla_verbalize_params *params, int32_t *ids, int cap,
+                               int *n_ids);
 
 /* Finds <explanation>...</explanation> in raw[0..len): *start and *n give
    the trimmed text inside. Returns 1 if both tags were found; otherwise 0,
@@ -500,13 +506,14 @@ typedef struct {
    the data; NLA_ERR_BUFFER_TOO_SMALL otherwise (call again with a bigger
    buffer). Other dtypes, Fortran order or other ranks are refused.
    nla_npy_write also writes 3-D arrays (hidden states [L, T, d]). */
-nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim, char *errbuf,
-                        size_t errbuf_size);
-nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape, char *errbuf,
-                         size_t errbuf_size);
+nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim,
+                        char *errbuf, size_t errbuf_size);
+nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape,
+                         char *errbuf, size_t errbuf_size);
 
 /* Scores reconstruction r against the original v, both [d]. */
-nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline, nla_scores *out);
+nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline,
+                     nla_scores *out);
 
 /* The variance baseline of a set of n vectors [n, d]: each rescaled to L2 =
    mse_scale, B = sum |v_n - mean|^2 / (n d). */
@@ -594,8 +601,8 @@ typedef struct {
 /* Reads and checks the inputs, draws the positions, and counts records and
    rows, without any model: what nla_eval_run would do. Bad records go to
    params->warn. */
-nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok, nla_eval_counts *out, char *errbuf,
-                         size_t errbuf_size);
+nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok,
+                         nla_eval_counts *out, char *errbuf, size_t errbuf_size);
 
 /* Runs (or resumes) the study into params->out_dir: for each chunk of rows
    not yet done, extracts the target's vectors, explains them with the AV
@@ -605,12 +612,14 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
    resume. A folder made with other arguments is refused (NLA_ERR_ARG,
    naming the first difference). Bad input records (and repeated ids) are
    reported to params->warn and skipped. counts may be NULL. */
-nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf, size_t errbuf_size);
+nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf,
+                        size_t errbuf_size);
 
 /* Merges the complete results folders of shards 1/n .. n/n (any order)
    into out_dir (which must exist): the same files, byte for byte, as one
    unsharded run. */
-nla_status nla_eval_merge(const char *out_dir, const char *const *shard_dirs, int n, char *errbuf, size_t errbuf_size);
+nla_status nla_eval_merge(const char *out_dir, const char *const *shard_dirs, int n, char *errbuf,
+                          size_t errbuf_size);
 
 /* Receives output text in pieces. */
 typedef void (*nla_write_fn)(void *user, const char *text, size_t len);
@@ -632,15 +641,16 @@ typedef struct {
    overall and by source, chat role and token kind; the explanations'
    three-part structure; the degenerate templates of NLA_SPEC.md §3.6.
    Output goes to write as text tables or JSON. */
-nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params, nla_write_fn write, void *user,
-                            char *errbuf, size_t errbuf_size);
+nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params,
+                            nla_write_fn write, void *user, char *errbuf, size_t errbuf_size);
 
 /* Writes a self-contained HTML report (no network, no external files):
    the summary, histograms of mse_nrm by source and role, and the texts
    with their sampled tokens coloured by mse_nrm, the explanation on hover
    and click. */
-nla_status nla_eval_report_html(const char *results, const char *html_path, const nla_eval_report_params *params,
-                                char *errbuf, size_t errbuf_size);
+nla_status nla_eval_report_html(const char *results, const char *html_path,
+                                const nla_eval_report_params *params, char *errbuf,
+                                size_t errbuf_size);
 
 /* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
 
@@ -650,7 +660,8 @@ nla_status nla_eval_report_html(const char *results, const char *html_path, cons
    the scalar reference (simd 0) or by the matmul the model runs (simd 1:
    this build's SIMD kernels, the reference when there are none). n a
    multiple of 32. For tests of the kernels. */
-nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n, int simd, float *out);
+nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n,
+                             int simd, float *out);
 
 /* The SIMD kernel this build uses: "avx512-vnni", "avx2-vnni", "avx2",
    "neon-dotprod", "neon" or "none" (the scalar reference). */
