@@ -59,6 +59,16 @@ test: $(TESTS) nla weights/tokenizer.json weights/tiny/ar/nla_meta.yaml
 	  if [ $$rc -ne 0 ] && [ "$$2" != passed, ]; then echo "$$t exited with $$rc"; fi; done; \
 	  rm -f tests/tmp.out; echo "total: $$p passed, $$f failed"; [ $$f -eq 0 ]
 
+# Style checks a reviewer would otherwise make by eye, run by CI: each check
+# prints FILE:LINE and what is wrong there, and lint fails if any did. Lines
+# of nla.c and nla.h are at most LINT_COLUMNS long.
+LINT_COLUMNS = 100
+lint:
+	@fail=0; \
+	awk -v max=$(LINT_COLUMNS) 'length > max { print FILENAME ":" FNR ": " length " columns (at most " max ")"; bad = 1 } \
+	  END { exit bad }' nla.c nla.h || fail=1; \
+	[ $$fail -eq 0 ] && echo "lint: ok"
+
 # Threads sharing models under ThreadSanitizer (without OpenMP, whose
 # runtime TSan cannot see into).
 tsan:
@@ -156,7 +166,7 @@ arm64: weights/tokenizer.json
 	    qemu-aarch64 -cpu max $$b > $$b.out 2>&1; last=$$(tail -n 1 $$b.out); echo "$$t: $$last"; \
 	    case "$$last" in *" passed, 0 failed") ;; *) cat $$b.out; exit 1;; esac; done; done; rm -rf tests/arm64
 
-.PHONY: all test sanitize tsan variants bench bench-anchor clean cxx werror arm64
+.PHONY: all test lint sanitize tsan variants bench bench-anchor clean cxx werror arm64
 
 # Fuzzing (issue 8): one libFuzzer target per parser, tests/fuzz_<name>.c,
 # built with clang under ASan + UBSan (no OpenMP) into tests/fuzz_bin/ and
