@@ -1874,11 +1874,21 @@ static float dot(const float *a, const float *b, int n) {
    lane for every batch width: acc = fma((float)sum, d_w d_x, acc), block
    after block (two roundings without FMA); so a row's result for an input
    does not depend on the batch or on how many inputs the kernel met at
-   once. */
+   once. Where a vector holds fewer than 16 rows (VL < QG), a pass over the
+   group's blocks for 1 or 2 inputs (decode) serves QH slices of VL rows,
+   so each 64-byte chunk is read whole in one pass. */
+/* 4 bytes at p as one int32 (any alignment). */
+static inline int32_t ld_i32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
     !defined(NLA_NO_SIMD)
 #define NLA_SIMD_NAME "avx512-vnni"
 #define VL 16
+#define QH 1
 #define QC 8 /* inputs met at once, at most */
 #define Q8_SIGNED 0
 typedef __m512i vi;
@@ -1903,6 +1913,7 @@ static inline void vf_store(float *y, vf v, int n) {
 }
 #elif defined(__AVX2__) && !defined(NLA_NO_SIMD)
 #define VL 8
+#define QH 2
 #define QC 4
 typedef __m256i vi;
 typedef __m256 vf;
@@ -1933,6 +1944,16 @@ static inline vi vi_dp(vi s, vi w, vi x) {
     const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
     return _mm256_add_epi32(s, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
+/* Q4_0's codes (below 16) need no sign trick: unsigned codes times x pair
+   to int16 directly, and a block's 8 chunks add up in int16 (at most
+   16 x 15 x 127 = 30480) before one widening to int32. */
+#define VI_BLOCK_SMALL
+static inline vi vi_block_small(vi s, const vi *u, const int8_t *q) {
+    __m256i p = _mm256_maddubs_epi16(u[0], _mm256_set1_epi32(ld_i32(q)));
+    for (int k = 1; k < 8; k++)
+        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[k], _mm256_set1_epi32(ld_i32(q + 4 * k))));
+    return _mm256_add_epi32(s, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
 #endif
 static inline vf vf_zero(void) { return _mm256_setzero_ps(); }
 static inline vf vf_scales(const unsigned char *p) {
@@ -1959,6 +1980,7 @@ static inline void vf_store(float *y, vf v, int n) {
 }
 #elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
 #define VL 4
+#define QH 1
 #define QC 8
 #define Q8_SIGNED 1
 typedef int32x4_t vi;
@@ -2003,11 +2025,16 @@ static inline void vf_store(float *y, vf v, int n) {
 #endif
 
 #ifdef VL
-/* 4 bytes at p as one int32 (any alignment). */
-static inline int32_t ld_i32(const void *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
+/* s + the sums of a block's 8 chunks, codes u[k] x the input's bytes
+   4k..4k+3 at q; small: the codes are below 16 (Q4_0), which a target may
+   sum another way (VI_BLOCK_SMALL) with the same exact result. */
+static inline vi vi_block(vi s, const vi *u, const int8_t *q, int small) {
+#ifdef VI_BLOCK_SMALL
+    if (small) return vi_block_small(s, u, q);
+#endif
+    (void)small;
+    for (int k = 0; k < 8; k++) s = vi_dp(s, u[k], vi_set1(ld_i32(q + 4 * k)));
+    return s;
 }
 
 /* y[t * ys + r] = row r of the group at g . input t of the C at x (nb
@@ -2021,33 +2048,37 @@ q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
         int nb, const int C) {
     const size_t bs = QG * blk_bytes(dt);
     const int z = dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
-    for (int l = 0; l < nr; l += VL) {
-        vf acc[8];
-        for (int c = 0; c < C; c++) acc[c] = vf_zero();
+    const int H = C <= 2 ? QH : 1; /* slices of VL rows per pass */
+    for (int l0 = 0; l0 < nr; l0 += VL * H) {
+        vf acc[QH][8];
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < C; c++) acc[h][c] = vf_zero();
         const unsigned char *p = g;
         for (int b = 0; b < nb; b++, p += bs) {
-            vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
-            for (int k = 0; k < 4; k++) {
-                if (dt == NLA_DTYPE_Q8_0) {
-                    u[k] = vi_load(p + Q_CHUNK(k, l));
-                    u[k + 4] = vi_load(p + Q_CHUNK(k + 4, l));
-                    if (Q8_SIGNED) { u[k] = vi_flip(u[k]); u[k + 4] = vi_flip(u[k + 4]); }
-                } else {
-                    const vi raw = vi_load(p + Q_CHUNK(k, l));
-                    u[k] = vi_nibbles(raw, 0);
-                    u[k + 4] = vi_nibbles(raw, 1);
+            for (int h = 0, l = l0; h < H; h++, l += VL) {
+                vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
+                for (int k = 0; k < 4; k++) {
+                    if (dt == NLA_DTYPE_Q8_0) {
+                        u[k] = vi_load(p + Q_CHUNK(k, l));
+                        u[k + 4] = vi_load(p + Q_CHUNK(k + 4, l));
+                        if (Q8_SIGNED) { u[k] = vi_flip(u[k]); u[k + 4] = vi_flip(u[k + 4]); }
+                    } else {
+                        const vi raw = vi_load(p + Q_CHUNK(k, l));
+                        u[k] = vi_nibbles(raw, 0);
+                        u[k + 4] = vi_nibbles(raw, 1);
+                    }
+                }
+                const vf dw = vf_scales(p + 2 * l);
+                for (int c = 0; c < C; c++) {
+                    const blk_a8 *xb = x + (size_t)c * nb + b;
+                    const vi s = vi_block(vi_set1(-z * xb->sum), u, xb->q, dt == NLA_DTYPE_Q4_0);
+                    acc[h][c] = vf_step(acc[h][c], s, dw, xb->d);
                 }
             }
-            const vf dw = vf_scales(p + 2 * l);
-            for (int c = 0; c < C; c++) {
-                const blk_a8 *xb = x + (size_t)c * nb + b;
-                vi s = vi_set1(-z * xb->sum);
-                for (int k = 0; k < 8; k++) s = vi_dp(s, u[k], vi_set1(ld_i32(xb->q + 4 * k)));
-                acc[c] = vf_step(acc[c], s, dw, xb->d);
-            }
         }
-        for (int c = 0; c < C; c++)
-            vf_store(y + (size_t)c * ys + l, acc[c], nr - l < VL ? nr - l : VL);
+        for (int h = 0, l = l0; h < H && l < nr; h++, l += VL)
+            for (int c = 0; c < C; c++)
+                vf_store(y + (size_t)c * ys + l, acc[h][c], nr - l < VL ? nr - l : VL);
     }
 }
 
