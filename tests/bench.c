@@ -89,6 +89,31 @@ static double cpu_ghz(void) {
     return mhz / 1e3;
 }
 
+/* The CPU's model name from /proc/cpuinfo ("unknown" where there is none). */
+static void cpu_model(char *out, size_t n) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[256];
+    snprintf(out, n, "unknown");
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "model name", 10) && strchr(line, ':')) {
+            const char *v = strchr(line, ':') + 1;
+            while (*v == ' ') v++;
+            snprintf(out, n, "%.*s", (int)strcspn(v, "\n"), v);
+            break;
+        }
+    if (f) fclose(f);
+}
+
+/* Model options: NLA_BENCH_NO_MMAP reads the weights into memory instead
+   of mapping the file (on hosts that reclaim mapped file pages proactively
+   the two decode at different speeds). */
+static nla_model_params bench_model_params(void) {
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.no_mmap = getenv("NLA_BENCH_NO_MMAP") != NULL;
+    return mp;
+}
+
 /* The peak of nla.c's quantized matmul, per thread: two int8 dot-product
    instructions per cycle, as wide as the kernel nla.c was built with (512
    bits: 64 multiply-adds each); 0 for the scalar build. */
@@ -102,7 +127,8 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
     nla_model *m;
     char err[512];
     double t0 = now();
-    if (nla_model_open(dir, NULL, &m, err, sizeof err)) { printf("%s: %s\n", dir, err); return; }
+    const nla_model_params mp = bench_model_params();
+    if (nla_model_open(dir, &mp, &m, err, sizeof err)) { printf("%s: %s\n", dir, err); return; }
     double load = now() - t0;
     nla_model_info in;
     nla_model_get_info(m, &in);
@@ -171,7 +197,8 @@ static int rt_open(const char *dir, const char *sub, nla_model **m, int nt, int 
     char path[1024], err[512];
     snprintf(path, sizeof path, "%s/%s", dir, sub);
     *s = NULL;
-    if (!*m && nla_model_open(path, NULL, m, err, sizeof err)) { printf("  %s: %s\n", path, err); return 1; }
+    const nla_model_params mp = bench_model_params();
+    if (!*m && nla_model_open(path, &mp, m, err, sizeof err)) { printf("  %s: %s\n", path, err); return 1; }
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
     sp.n_threads = nt;
@@ -309,6 +336,10 @@ int main(int argc, char **argv) {
     const int n_threads = env_ints("NLA_BENCH_THREADS", threads, 16, 2), nB = env_ints("NLA_BENCH_B", Bs, 16, 3);
     env_ints("NLA_BENCH_AV_TOKENS", av_tokens, 1, 1);
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines as they come, also into a file */
+    char cpu[128];
+    cpu_model(cpu, sizeof cpu);
+    printf("cpu: %s, %d logical CPUs; kernel: %s; weights %s\n", cpu, (int)sysconf(_SC_NPROCESSORS_ONLN),
+           nla_kernel_simd(), getenv("NLA_BENCH_NO_MMAP") ? "read into memory" : "mapped");
     const double ghz = cpu_ghz();
     double bw[16];
     for (int k = 0; k < n_threads; k++) {
