@@ -2948,13 +2948,16 @@ void nla_session_free(nla_session *s) {
 }
 
 /* splitmix64 scrambles any seed (0 included) into a non-zero xorshift state */
-void nla_session_seed(nla_session *s, uint64_t seed) {
-    if (!s) return;
+static uint64_t rng_seed(uint64_t seed) {
     uint64_t z = seed + 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     z ^= z >> 31;
-    s->rng = z ? z : 1;
+    return z ? z : 1;
+}
+
+void nla_session_seed(nla_session *s, uint64_t seed) {
+    if (s) s->rng = rng_seed(seed);
 }
 
 void nla_session_reset(nla_session *s) {
@@ -4103,7 +4106,9 @@ static void cand_sift(smp_cand *h, int n, int i) {
     }
 }
 
-static int32_t sample(nla_session *s, const float *logits, const nla_generate_params *p) {
+/* One token from logits, drawing from the stream *rng when sampling. */
+static int32_t sample(nla_session *s, const float *logits, const nla_generate_params *p,
+                      uint64_t *rng) {
     const int V = s->m->cfg.vocab < NLA_TOKENIZER_VOCAB ? s->m->cfg.vocab : NLA_TOKENIZER_VOCAB;
     int32_t best = 0;
     for (int i = 1; i < V; i++)
@@ -4139,7 +4144,7 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
         sum = acc;
     }
     if (!(sum > 0) || !isfinite(sum)) return best;
-    double r = rng_uniform(&s->rng) * sum, acc = 0;
+    double r = rng_uniform(rng) * sum, acc = 0;
     for (int i = 0; i < n; i++) {
         acc += cd[i].logit;
         if (r < acc) return cd[i].id;
@@ -4169,7 +4174,7 @@ static nla_status generate_from_logits(nla_session *s, const nla_generate_params
     nla_status rc = check_generate_params(s, p, out, n_out);
     *n_out = 0;
     for (int i = 0; !rc; i++) {
-        int32_t tok = sample(s, s->logits, p);
+        int32_t tok = sample(s, s->logits, p, &s->rng);
         out[(*n_out)++] = tok;
         int stop_now = (p->on_token && p->on_token(p->user, tok)) || *n_out == p->max_new;
         for (int k = 0; k < n_stop; k++) stop_now |= tok == stop[k];
@@ -5073,9 +5078,11 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
     /* the rows from the marker on, per vector: the injected row v * injection_scale / |v|
        (norm in double; zero stays zero), then the prompt's last rows */
     float *rows = (float *)xmalloc((size_t)B * R, (size_t)d * sizeof(float));
+    uint64_t *rng = (uint64_t *)xmalloc((size_t)B, sizeof(uint64_t)); /* [B] each vector's stream */
     int32_t *seq = (int32_t *)xmalloc((size_t)B * R + (size_t)B, sizeof(int32_t)),
             *sel = seq ? seq + (size_t)B * R : NULL;
-    if (!rows || !seq) rc = fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
+    if (!rows || !seq || !rng) rc = fail(&s->err, NLA_ERR_NOMEM, "nla_verbalize: out of memory");
+    for (int q = 0; q < B && !rc && p.seeds; q++) rng[q] = rng_seed(p.seeds[q]);
     for (int q = 0; q < B && !rc; q++) {
         float *r = rows + (size_t)q * R * d;
         const float *vq = v + (size_t)q * d;
@@ -5119,7 +5126,7 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
         int n = 0;
         for (int q = 0; q < B; q++) {
             if (n_ids[q] < 0) continue; /* finished (marked negative) */
-            int32_t tok = sample(s, s->logits + (size_t)q * V, &g);
+            int32_t tok = sample(s, s->logits + (size_t)q * V, &g, p.seeds ? &rng[q] : &s->rng);
             ids[(size_t)q * cap + n_ids[q]++] = tok;
             int stop = tok == 1 || tok == 106 || n_ids[q] == p.max_new ||
                        (B == 1 && p.on_token && p.on_token(p.user, tok));
@@ -5143,6 +5150,7 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
     }
     for (int q = 0; q < B; q++) n_ids[q] = n_ids[q] < 0 ? -n_ids[q] : n_ids[q];
     NLA_FREE(rows);
+    NLA_FREE(rng);
     NLA_FREE(seq);
     s->av_prefix = rc ? 0 : P; /* nla_forward cleared it; sequence 0 still starts with the prefix */
     return rc;
@@ -5722,9 +5730,13 @@ static nla_status ev_defaults(const nla_eval_params *in, nla_eval_params *p, err
     if (!p->shard_index) p->shard_index = 1;
     if (p->positions_per_record < 1 || p->max_tokens < 1 || p->max_new < 1 || p->batch < 1 ||
         p->chunk < 1 || p->temperature < 0)
-        return fail(e, NLA_ERR_ARG,
-                    "eval: positions_per_record, max_tokens, max_new, batch and chunk "
-                    "must be positive");
+        return fail(
+            e, NLA_ERR_ARG,
+            "eval: positions_per_record, max_tokens, max_new, batch and chunk must be positive");
+    if (p->best_of < 0)
+        return fail(e, NLA_ERR_ARG, "eval: best_of must be 0 (off) or a number of candidates");
+    if (p->best_of > 1 && p->temperature == 0)
+        p->temperature = 1; /* N greedy texts would be one text */
     if (p->shard_count < 1 || p->shard_index < 1 || p->shard_index > p->shard_count)
         return fail(e, NLA_ERR_ARG, "eval: shard %d/%d: the index must be in 1..%d", p->shard_index,
                     p->shard_count, p->shard_count);
@@ -5764,6 +5776,404 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
+
+/* --- explanations: best of N, per-part scores, trust flags (eval and explain)
+
+   Best of N: N sampled explanations per vector, each reconstructed by the
+   AR; the one of lowest mse_nrm is kept. The AR that picks is the AR that
+   scores, so the chosen score is optimistic against an independent judge.
+   Each text is decoded from its own stream (ex_seed: the run's seed, the
+   sample and the candidate), so batches, resumes and shards agree. */
+
+/* The next paragraph of [*p, end) (a run of lines that are not blank) as
+   [b, *e); NULL when there is none. Moves *p past it. */
+static const char *ev_paragraph(const char **p, const char *end, const char **e) {
+    const char *b = *p, *q;
+    while (b < end && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) b++;
+    if (b == end) return NULL;
+    for (*e = b; *e < end; (*e)++) {
+        if (**e != '\n') continue;
+        for (q = *e + 1; q < end && (*q == ' ' || *q == '\t' || *q == '\r'); q++) {}
+        if (q == end || *q == '\n') break;
+    }
+    *p = *e;
+    return b;
+}
+
+/* The degenerate templates and failures of NLA_SPEC.md §3.6. */
+enum { T_SINK, T_FALLBACK, T_CJK, T_NEWLINES, T_UNPARSED, T_COUNT };
+static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic",
+                                                  "fallback_research_paper", "cjk_output",
+                                                  "newline_repetition", "unparsed"};
+static const char *const ev_tmpl_what[T_COUNT] = {
+    "\"Fragmented, incoherent academic text pattern\" (high-norm sink)",
+    "\"research paper\" / Fibonacci / Kalman fallback (low-norm title repeat)",
+    "mostly CJK text (injection missed or wrong scale)",
+    "\\n\\n\\n repetition (injected rows dropped)",
+    "no <explanation>...</explanation> (truncated or drifted)"};
+
+static int ev_is_cjk(uint32_t c) {
+    return (c >= 0x2e80 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) ||
+           (c >= 0xf900 && c <= 0xfaff) || (c >= 0xff00 && c <= 0xffef);
+}
+
+static void ev_templates(const char *ex, const char *raw, int parsed, int *flag) {
+    const char *t = *ex ? ex : raw;
+    size_t n = strlen(t);
+    int cjk = 0, other = 0;
+    for (size_t i = 0; i < n;) {
+        int k = utf8_char_len((const unsigned char *)t + i, n - i);
+        if (k < 1) { i++; other++; continue; }
+        if (ev_is_cjk(utf8_cp((const unsigned char *)t + i, k))) cjk++;
+        else if (!py_space(utf8_cp((const unsigned char *)t + i, k))) other++;
+        i += (size_t)k;
+    }
+    flag[T_SINK] = strstr(ex, "Fragmented, incoherent academic text") != NULL;
+    flag[T_FALLBACK] =
+        strstr(ex, "research paper") || strstr(ex, "Fibonacci") || strstr(ex, "Kalman");
+    flag[T_CJK] = cjk > 0 && cjk >= other;
+    flag[T_NEWLINES] = strstr(raw, "\n\n\n") != NULL;
+    flag[T_UNPARSED] = !parsed;
+}
+
+
+/* One AV text of a vector: the raw decoded text (without the stop token),
+   the explanation in it (trimmed) and its scores. */
+typedef struct {
+    char *raw, *ex;
+    size_t raw_len;
+    int parsed;    /* <explanation>...</explanation> found */
+    int truncated; /* max_new ids without a stop token */
+    nla_scores sc;
+} ex_cand;
+
+static void ex_cand_free(ex_cand *c) {
+    NLA_FREE(c->raw);
+    NLA_FREE(c->ex);
+    c->raw = c->ex = NULL;
+}
+
+/* What is decoded for each vector: n_cand sampled candidates (c = 0 ..
+   n_cand-1), then, when `greedy`, the greedy explanation (c = n_cand):
+   M = n_cand + greedy texts, at cand[i * M + c]. */
+typedef struct {
+    int n_cand, greedy, batch, max_new, top_k;
+    float temperature, top_p;
+    uint64_t seed;
+} ex_spec;
+
+/* The stream of candidate c of sample idx in a run seeded with seed
+   (candidate 0: the one stream per sample of a run without best-of). */
+static uint64_t ex_seed(uint64_t seed, long idx, int c) {
+    return (seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)idx + (uint64_t)c * 0xbf58476d1ce4e5b9ull;
+}
+
+/* c from n AV ids (max_new at most): the text without a final stop
+   token, and the explanation parsed out of it. */
+static nla_status ex_from_ids(const nla_tokenizer *tok, const int32_t *id, int n, int max_new,
+                              ex_cand *c, errbuf *e) {
+    const int stopped = n > 0 && (id[n - 1] == 1 || id[n - 1] == 106);
+    size_t len = 0, a = 0, k = 0;
+    ex_cand_free(c);
+    c->truncated = !stopped && n >= max_new;
+    n -= stopped;
+    nla_detokenize(tok, id, n, NULL, 0, &len);
+    if (!(c->raw = (char *)NLA_MALLOC(len + 1))) return fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (nla_detokenize(tok, id, n, c->raw, len + 1, &len))
+        return fail(e, NLA_ERR_RANGE, "the AV wrote an id outside the vocabulary");
+    c->raw_len = len;
+    c->parsed = nla_parse_explanation(c->raw, len, &a, &k);
+    return (c->ex = xstrndup(c->raw + a, k)) != NULL ? NLA_OK
+                                                     : fail(e, NLA_ERR_NOMEM, "out of memory");
+}
+
+/* Called with the texts done of all; nonzero stops (NLA_ERR_CANCELLED). */
+typedef int (*ex_progress_fn)(void *user, int done, int total);
+
+/* The M texts of each of n vectors v [n, d] (sample numbers idx[n]) into
+   cand [n * M], decoded by the AV session s up to sp->batch at a time:
+   the greedy texts first, then the sampled ones (a batch shares one
+   temperature), each sampled one from its own stream. */
+static nla_status ex_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v,
+                               const long *idx, int n, const ex_spec *sp, ex_cand *cand,
+                               ex_progress_fn progress, void *user, errbuf *e) {
+    const int d = s->m->cfg.d, M = sp->n_cand + sp->greedy, B = sp->batch, W = sp->max_new;
+    /* [B, d] the batch's vectors */
+    float *vb = (float *)xmalloc((size_t)B, (size_t)d * sizeof(float));
+    uint64_t *seeds = (uint64_t *)xmalloc((size_t)B, sizeof(uint64_t));
+    int32_t *ids = (int32_t *)xmalloc((size_t)B, (size_t)W * sizeof(int32_t)); /* [B, W] */
+    int *n_ids = (int *)xmalloc((size_t)B, 2 * sizeof(int)), *item = n_ids ? n_ids + B : NULL;
+    nla_verbalize_params vp;
+    nla_status rc = vb && seeds && ids && n_ids ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = W;
+    vp.top_k = sp->top_k;
+    vp.top_p = sp->top_p;
+    vp.seeds = seeds;
+    for (int pass = !sp->greedy, done = 0; pass < 2 && !rc; pass++) {
+        const int per = pass ? sp->n_cand : 1; /* texts per vector in this pass */
+        vp.temperature = pass ? sp->temperature : 0;
+        for (int k0 = 0; k0 < n * per && !rc; k0 += B) {
+            const int nb = n * per - k0 < B ? n * per - k0 : B;
+            for (int q = 0; q < nb; q++) {
+                const int i = (k0 + q) / per, c = pass ? (k0 + q) % per : sp->n_cand;
+                item[q] = i * M + c;
+                seeds[q] = ex_seed(sp->seed, idx[i], c);
+                memcpy(vb + (size_t)q * d, v + (size_t)i * d, (size_t)d * sizeof(float));
+            }
+            if ((rc = nla_verbalize_batch(s, vb, nb, &vp, ids, W, n_ids)) != NLA_OK)
+                rc = fail(e, rc, "%s", nla_session_errmsg(s));
+            for (int q = 0; q < nb && !rc; q++)
+                rc = ex_from_ids(tok, ids + (size_t)q * W, n_ids[q], W, &cand[item[q]], e);
+            done += nb;
+            if (!rc && progress && progress(user, done, n * M))
+                rc = fail(e, NLA_ERR_CANCELLED, "cancelled");
+        }
+    }
+    NLA_FREE(vb);
+    NLA_FREE(seeds);
+    NLA_FREE(ids);
+    NLA_FREE(n_ids);
+    return rc;
+}
+
+/* Reconstructs texts ex[0..n) with the AR session s, G = n_seq at a time
+   into rec [G, d], and scores text t against vector v[of[t]] into *sc[t];
+   after each group, keep(user, t0, g, rec) (optional) sees the group. */
+typedef void (*ex_keep_fn)(void *user, int t0, int g, const float *rec);
+static nla_status ex_score_texts(nla_session *s, const char *const *ex, int n, const float *v,
+                                 const int *of, nla_scores *const *sc, double mse_scale,
+                                 double baseline, ex_keep_fn keep, void *user, errbuf *e) {
+    const int d = s->m->cfg.d, G = s->n_seq;
+    float *rec = (float *)xmalloc((size_t)G, (size_t)d * sizeof(float));
+    nla_status rc = rec ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    for (int t0 = 0; t0 < n && !rc; t0 += G) {
+        const int g = n - t0 < G ? n - t0 : G;
+        if ((rc = nla_reconstruct(s, ex + t0, g, rec)) != NLA_OK)
+            rc = fail(e, rc, "%s", nla_session_errmsg(s));
+        for (int q = 0; q < g && !rc; q++)
+            nla_score(v + (size_t)of[t0 + q] * d, rec + (size_t)q * d, d, mse_scale, baseline,
+                      sc[t0 + q]);
+        if (!rc && keep) keep(user, t0, g, rec);
+    }
+    NLA_FREE(rec);
+    return rc;
+}
+
+/* The choice of each vector's candidate as its texts' scores arrive. */
+typedef struct {
+    ex_cand *cand;
+    int n_cand, M, d;
+    int *best;  /* [n] the chosen candidate */
+    float *rec; /* [n, d] its reconstruction */
+} ex_choice;
+
+static void ex_keep_best(void *user, int t0, int g, const float *rec) {
+    ex_choice *x = (ex_choice *)user;
+    for (int q = 0; q < g; q++) {
+        const int t = t0 + q, i = t / x->M, c = t % x->M;
+        if (c >= x->n_cand ||
+            (c && !(x->cand[t].sc.mse_nrm < x->cand[i * x->M + x->best[i]].sc.mse_nrm)))
+            continue;
+        x->best[i] = c;
+        memcpy(x->rec + (size_t)i * x->d, rec + (size_t)q * x->d, (size_t)x->d * sizeof(float));
+    }
+}
+
+/* Reconstructs and scores the M texts of each of n vectors v [n, d] with
+   the AR session s, and picks per vector the sampled candidate of lowest
+   mse_nrm (the first of equals): best[i], its reconstruction in rec [n, d]. */
+static nla_status ex_choose(nla_session *s, const float *v, int n, const ex_spec *sp, ex_cand *cand,
+                            double mse_scale, double baseline, int *best, float *rec, errbuf *e) {
+    const int M = sp->n_cand + sp->greedy;
+    const char **ex = (const char **)xmalloc((size_t)n * M, sizeof(char *));
+    nla_scores **sc = (nla_scores **)xmalloc((size_t)n * M, sizeof(nla_scores *));
+    int *of = (int *)xmalloc((size_t)n * M, sizeof(int));
+    ex_choice x = {cand, sp->n_cand, M, s->m->cfg.d, best, rec};
+    nla_status rc = ex && sc && of ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    for (int t = 0; t < n * M && !rc; t++) {
+        ex[t] = cand[t].ex;
+        sc[t] = &cand[t].sc;
+        of[t] = t / M;
+    }
+    for (int i = 0; i < n; i++) best[i] = 0;
+    if (!rc) rc = ex_score_texts(s, ex, n * M, v, of, sc, mse_scale, baseline, ex_keep_best, &x, e);
+    NLA_FREE(ex);
+    NLA_FREE(sc);
+    NLA_FREE(of);
+    return rc;
+}
+
+/* Per-part scores (nla_part_scores): an explanation's paragraphs
+   (ev_paragraph), each reconstructed alone, and each prefix. The whole
+   text (the last prefix; the part of a one-paragraph text) keeps the score
+   it has. */
+#define EX_MAX_PARTS NLA_MAX_PARTS
+typedef nla_part_scores ex_parts;
+
+/* The spans [b[j], e[j]) of the parts of ex; returns their number. */
+static int ex_split(const char *ex, const char **b, const char **e) {
+    const char *p = ex, *end = ex + strlen(ex), *pb, *pe = NULL;
+    int n = 0;
+    while ((pb = ev_paragraph(&p, end, &pe)) != NULL) {
+        if (n == EX_MAX_PARTS) e[n - 1] = pe;
+        else { b[n] = pb; e[n++] = pe; }
+    }
+    return n;
+}
+
+/* The parts of the chosen explanation of each of n vectors v [n, d]
+   (cand[i * M + best[i]]) into out[i], reconstructed by the AR session s. */
+static nla_status ex_score_parts(nla_session *s, const float *v, int n, const ex_cand *cand, int M,
+                                 const int *best, double mse_scale, double baseline, ex_parts *out,
+                                 errbuf *e) {
+    const size_t cap = (size_t)n * (2 * EX_MAX_PARTS - 1);
+    char **txt = (char **)xcalloc(cap + 1, sizeof(char *));
+    nla_scores **sc = (nla_scores **)xmalloc(cap + 1, sizeof(nla_scores *));
+    int *of = (int *)xmalloc(cap + 1, sizeof(int)), T = 0;
+    nla_status rc = txt && sc && of ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n && !rc; i++) {
+        const char *b[EX_MAX_PARTS], *en[EX_MAX_PARTS];
+        const ex_cand *c = &cand[i * M + best[i]];
+        ex_parts *p = &out[i];
+        p->n = ex_split(c->ex, b, en);
+        for (int j = 0; j < p->n && !rc; j++) {
+            p->part[j] = p->prefix[j] = c->sc;
+            for (int k = 0; k < 2 && p->n > 1; k++) { /* part j alone; the prefix through j */
+                const char *from = k ? b[0] : b[j];
+                if (k && j == p->n - 1) continue; /* the last prefix is the whole */
+                if (!(txt[T] = xstrndup(from, (size_t)(en[j] - from)))) {
+                    rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                sc[T] = k ? &p->prefix[j] : &p->part[j];
+                of[T++] = i;
+            }
+        }
+    }
+    if (!rc && T)
+        rc = ex_score_texts(s, (const char *const *)txt, T, v, of, sc, mse_scale, baseline, NULL,
+                            NULL, e);
+    for (size_t t = 0; txt && t < cap; t++) NLA_FREE(txt[t]);
+    NLA_FREE(txt);
+    NLA_FREE(sc);
+    NLA_FREE(of);
+    return rc;
+}
+
+nla_status nla_score_parts(nla_session *s, const float *v, const char *explanation, double baseline,
+                           nla_part_scores *out) {
+    ex_cand c;
+    nla_scores *sc = &c.sc;
+    const int of = 0, best = 0;
+    const struct nla_sidecar *sc_ar = s ? s->m->nla : NULL;
+    if (!s) return NLA_ERR_ARG;
+    if (!v || !explanation || !out)
+        return fail(&s->err, NLA_ERR_ARG, "nla_score_parts: v, explanation and out are required");
+    if (!sc_ar || strcmp(sc_ar->pub.role, "ar"))
+        return fail(&s->err, NLA_ERR_ARG, "nla_score_parts: %s is not an AR", s->m->dir);
+    errbuf e; /* the session's message is read while composing this one */
+    memset(&c, 0, sizeof c);
+    c.ex = (char *)(uintptr_t)explanation;
+    nla_status rc = ex_score_texts(s, &explanation, 1, v, &of, &sc, sc_ar->pub.mse_scale, baseline,
+                                   NULL, NULL, &e);
+    if (!rc) rc = ex_score_parts(s, v, 1, &c, 1, &best, sc_ar->pub.mse_scale, baseline, out, &e);
+    return rc ? fail(&s->err, rc, "nla_score_parts: %s", e.msg) : NLA_OK;
+}
+
+/* The longest AR input of the texts cand[0..n) and, with parts, of their
+   parts and prefixes, in tokens: the AR session's n_ctx. m: the AR. */
+static nla_status ex_ar_ctx(const nla_model *m, const ex_cand *cand, int n, int parts, int *n_ctx,
+                            errbuf *e) {
+    nla_status rc = NLA_OK;
+    *n_ctx = 1;
+    for (int t = 0; t < n && !rc; t++) {
+        const char *b[EX_MAX_PARTS], *en[EX_MAX_PARTS];
+        const int np = parts ? ex_split(cand[t].ex, b, en) : 0;
+        for (int j = -1; j < 2 * np && !rc; j++) { /* the whole, then part and prefix j / 2 */
+            const char *from = j < 0 ? cand[t].ex : j & 1 ? b[0] : b[j / 2];
+            char *txt = j < 0 ? NULL : xstrndup(from, (size_t)(en[j / 2] - from));
+            int32_t *ids = NULL;
+            int k = 0;
+            if (j >= 0 && !txt) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+            else if ((rc = ar_tokens(m, txt ? txt : from, t, &ids, &k, e)) == NLA_OK && k > *n_ctx)
+                *n_ctx = k;
+            NLA_FREE(ids);
+            NLA_FREE(txt);
+        }
+    }
+    return rc;
+}
+
+/* Trust flags of a row (README, "Trust flags"). */
+enum {
+    F_UNPARSED,
+    F_TRUNCATED,
+    F_TEMPLATE,
+    F_CJK,
+    F_REPETITION,
+    F_SPECIAL,
+    F_NORM,
+    F_LOW,
+    F_COUNT
+};
+static const char *const ex_flag_name[F_COUNT] = {"unparsed",     "truncated",  "template",
+                                                  "cjk",          "repetition", "special_token",
+                                                  "norm_outlier", "low_score"};
+#define EX_LOW_COS 0.5       /* low_score: cos below this */
+#define EX_NORM_Z 3.5        /* norm_outlier: |robust z| above this (Iglewicz and Hoaglin) */
+#define EX_NORM_MIN_ROWS 8   /* norm_outlier: only among at least this many norms */
+#define EX_REPEAT_WORDS 4    /* repetition: a run of this many words ... */
+#define EX_REPEAT_TIMES 3    /* ... occurring this many times */
+
+/* Does a run of EX_REPEAT_WORDS words (split at spaces) occur
+   EX_REPEAT_TIMES times or more in s? The first 1024 words are read. */
+static int ex_repeats(const char *s) {
+    enum { MAXW = 1024 };
+    const char *w[MAXW];
+    size_t len[MAXW];
+    int n = 0;
+    for (const char *p = s; *p && n < MAXW;) {
+        while (*p && py_space((unsigned char)*p)) p++;
+        if (!*p) break;
+        w[n] = p;
+        while (*p && !py_space((unsigned char)*p)) p++;
+        len[n] = (size_t)(p - w[n]);
+        n++;
+    }
+    for (int i = 0; i + EX_REPEAT_WORDS <= n; i++) {
+        int times = 1;
+        for (int j = i + 1; j + EX_REPEAT_WORDS <= n && times < EX_REPEAT_TIMES; j++) {
+            int k = 0;
+            while (k < EX_REPEAT_WORDS && len[i + k] == len[j + k] &&
+                   !memcmp(w[i + k], w[j + k], len[i + k]))
+                k++;
+            times += k == EX_REPEAT_WORDS;
+        }
+        if (times >= EX_REPEAT_TIMES) return 1;
+    }
+    return 0;
+}
+
+/* The flags (bits F_*) of a row but norm_outlier, which needs the others. */
+static unsigned ex_flags(const char *ex, const char *raw, int parsed, int truncated, int special,
+                         double cos) {
+    int t[T_COUNT];
+    ev_templates(ex, raw, parsed, t);
+    return (unsigned)!parsed << F_UNPARSED | (unsigned)!!truncated << F_TRUNCATED |
+           (unsigned)(t[T_SINK] || t[T_FALLBACK]) << F_TEMPLATE | (unsigned)t[T_CJK] << F_CJK |
+           (unsigned)(t[T_NEWLINES] || ex_repeats(ex)) << F_REPETITION |
+           (unsigned)!!special << F_SPECIAL | (unsigned)(cos < EX_LOW_COS) << F_LOW;
+}
+
+/* A row's fields after its scores: "candidates" and "chosen" (best of N),
+   "greedy", "parts", "flags". */
+typedef struct {
+    const ex_cand *cand; /* the vector's M texts */
+    int best_of, n_cand, greedy, best;
+    const ex_parts *parts; /* NULL: no parts */
+    unsigned flags;
+} ex_extra;
 
 /* --- the results folder */
 
@@ -5824,21 +6234,22 @@ static void ev_params_render(sbuf *b, const void *ctx) {
     ev_put_path(b, "docs", p->docs);
     ev_put_path(b, "chats", p->chats);
     snprintf(t, sizeof t,
-             "\"inputs_fnv1a64\": [\"%016llx\", \"%016llx\"],\n\"records\": %d,\n"
-             "\"bad_records\": %d,\n\"samples\": %ld,\n"
-             "\"positions_per_record\": %d,\n\"min_position\": %d,\n"
-             "\"max_tokens\": %d,\n\"skip_special\": %s,\n\"seed\": %llu,\n"
-             "\"max_new\": %d,\n\"temperature\": %.9g,\n\"top_k\": %d,\n"
-             "\"top_p\": %.9g,\n\"quant\": \"%s\",\n"
-             "\"d_model\": %d,\n\"layer\": %d,\n\"mse_scale\": %.17g,\n"
-             "\"fve_baseline\": %.17g,\n\"shard\": \"%d/%d\"}\n",
+             "\"inputs_fnv1a64\": [\"%016llx\", \"%016llx\"],\n\"records\": %d,\n\"bad_records\": "
+             "%d,\n\"samples\": %ld,\n"
+             "\"positions_per_record\": %d,\n\"min_position\": %d,\n\"max_tokens\": "
+             "%d,\n\"skip_special\": %s,\n\"seed\": %llu,\n"
+             "\"max_new\": %d,\n\"temperature\": %.9g,\n\"top_k\": %d,\n\"top_p\": "
+             "%.9g,\n\"quant\": \"%s\",\n"
+             "\"best_of\": %d,\n\"with_greedy\": %s,\n\"parts\": %s,\n\"d_model\": %d,\n\"layer\": "
+             "%d,\n\"mse_scale\": %.17g,\n\"fve_baseline\": %.17g,\n\"shard\": \"%d/%d\"}\n",
              (unsigned long long)x->fnv[0], (unsigned long long)x->fnv[1], x->pl->n_rec,
              x->pl->n_bad, x->pl->n_samples, p->positions_per_record,
              p->min_position < 0 ? 0 : p->min_position, p->max_tokens,
              p->skip_special ? "true" : "false", (unsigned long long)p->seed, p->max_new,
              (double)p->temperature, p->top_k, (double)p->top_p,
-             (unsigned)p->quant < 3 ? quant[p->quant] : "?", x->d, x->layer, x->mse_scale,
-             x->baseline, p->shard_index, p->shard_count);
+             (unsigned)p->quant < 3 ? quant[p->quant] : "?", p->best_of,
+             p->with_greedy ? "true" : "false", p->parts ? "true" : "false", x->d, x->layer,
+             x->mse_scale, x->baseline, p->shard_index, p->shard_count);
     sb_str(b, t);
 }
 
@@ -6027,11 +6438,10 @@ typedef struct {
     long sample_idx;
     const ev_record *r;
     int pos;
-    const char *token_str, *raw;
-    size_t raw_len, ex_start, ex_len;
-    int parsed;
+    const char *token_str;
+    const ex_cand *c; /* the chosen explanation */
     double vec_norm;
-    nla_scores sc;
+    ex_extra extra;
 } ev_row_out;
 
 static void ev_put_num(sbuf *b, const char *key, double v) {
@@ -6039,6 +6449,52 @@ static void ev_put_num(sbuf *b, const char *key, double v) {
     if (isnan(v) || isinf(v)) snprintf(t, sizeof t, ", \"%s\": null", key);
     else snprintf(t, sizeof t, ", \"%s\": %.9g", key, v);
     sb_str(b, t);
+}
+
+static void ex_put_scored(sbuf *b, const ex_cand *c) {
+    sb_str(b, "{\"explanation\": ");
+    json_put_string(b, c->ex, strlen(c->ex));
+    ev_put_num(b, "mse_nrm", c->sc.mse_nrm);
+    ev_put_num(b, "cos", c->sc.cos);
+    sb_str(b, "}");
+}
+
+static void ex_extra_render(sbuf *b, const void *ctx) {
+    const ex_extra *x = (const ex_extra *)ctx;
+    char t[64];
+    if (x->best_of) {
+        sb_str(b, ", \"candidates\": [");
+        for (int c = 0; c < x->n_cand; c++) {
+            if (c) sb_str(b, ", ");
+            ex_put_scored(b, &x->cand[c]);
+        }
+        snprintf(t, sizeof t, "], \"chosen\": %d", x->best);
+        sb_str(b, t);
+    }
+    if (x->greedy) {
+        sb_str(b, ", \"greedy\": ");
+        ex_put_scored(b, &x->cand[x->n_cand]);
+    }
+    if (x->parts) {
+        sb_str(b, ", \"parts\": [");
+        for (int j = 0; j < x->parts->n; j++) {
+            snprintf(t, sizeof t, "%s{\"part\": %d", j ? ", " : "", j + 1);
+            sb_str(b, t);
+            ev_put_num(b, "mse_nrm", x->parts->part[j].mse_nrm);
+            ev_put_num(b, "cos", x->parts->part[j].cos);
+            ev_put_num(b, "prefix_mse_nrm", x->parts->prefix[j].mse_nrm);
+            ev_put_num(b, "prefix_cos", x->parts->prefix[j].cos);
+            sb_str(b, "}");
+        }
+        sb_str(b, "]");
+    }
+    sb_str(b, ", \"flags\": [");
+    for (int f = 0, k = 0; f < F_COUNT; f++)
+        if (x->flags >> f & 1) {
+            snprintf(t, sizeof t, "%s\"%s\"", k++ ? ", " : "", ex_flag_name[f]);
+            sb_str(b, t);
+        }
+    sb_str(b, "]");
 }
 
 static void ev_row_render(sbuf *b, const void *ctx) {
@@ -6061,13 +6517,14 @@ static void ev_row_render(sbuf *b, const void *ctx) {
     sb_str(b, ", \"text_preview\": ");
     json_put_string(b, r->preview, strlen(r->preview));
     sb_str(b, ", \"explanation\": ");
-    json_put_string(b, x->raw + x->ex_start, x->ex_len);
+    json_put_string(b, x->c->ex, strlen(x->c->ex));
     sb_str(b, ", \"raw_av_text\": ");
-    json_put_string(b, x->raw, x->raw_len);
-    sb_str(b, x->parsed ? ", \"av_parsed\": true" : ", \"av_parsed\": false");
-    ev_put_num(b, "mse_nrm", x->sc.mse_nrm);
-    ev_put_num(b, "cos", x->sc.cos);
-    ev_put_num(b, "fve_nrm", x->sc.fve_nrm);
+    json_put_string(b, x->c->raw, x->c->raw_len);
+    sb_str(b, x->c->parsed ? ", \"av_parsed\": true" : ", \"av_parsed\": false");
+    ev_put_num(b, "mse_nrm", x->c->sc.mse_nrm);
+    ev_put_num(b, "cos", x->c->sc.cos);
+    ev_put_num(b, "fve_nrm", x->c->sc.fve_nrm);
+    ex_extra_render(b, &x->extra);
     sb_str(b, "}\n");
 }
 
@@ -6128,13 +6585,12 @@ typedef struct {
     double baseline;
     unsigned char *done; /* [S] 1 = committed */
     long *todo, n_todo, n_shard, n_done, resumed;
-    float *v, *rec;      /* [chunk, d] activations; [batch, d] one group's reconstructions */
-    char **raw;          /* [chunk] AV text */
-    /* [chunk] each: the explanation's span in raw, raw's length */
-    size_t *ex_start, *ex_len, *raw_len;
-    int *parsed;
-    int32_t *ids, *pos;  /* [batch, max_new] AV ids; [chunk] positions */
-    int *n_ids;
+    float *v, *rec;      /* [chunk, d] activations; [batch, d] one group's chosen reconstructions */
+    ex_spec sp;          /* the texts of each vector: M = sp.n_cand + sp.greedy */
+    ex_cand *cand;       /* [chunk, M] each vector's texts */
+    ex_parts *parts;     /* [batch] one group's per-part scores */
+    int *best;           /* [batch] one group's chosen candidates */
+    int32_t *pos;        /* [chunk] positions */
     ev_npy act, recon;
     FILE *res;
     const nla_tokenizer *tok;
@@ -6160,81 +6616,54 @@ static nla_status ev_phase_extract(ev_run *x, const long *todo, int nc, errbuf *
     return rc;
 }
 
-/* Explains the vectors: greedy in batches; sampled one at a time with the
-   RNG seeded from the seed and the sample_idx (resumes and shards agree). */
+static int ev_verbalize_progress(void *user, int done, int total) {
+    const ev_run *x = (const ev_run *)user;
+    return ev_progress(&x->p, "verbalize", done, total, x->n_done, x->n_shard, x->resumed);
+}
+
+/* Explains the vectors: each one's texts (x->sp), --batch decoded together,
+   each sampled text from its own stream (resumes and shards agree). */
 static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
-    nla_verbalize_params vp;
-    const int d = x->av.d_model, B = x->p.temperature > 0 ? 1 : x->p.batch < nc ? x->p.batch : nc;
-    nla_status rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, B,
-                            x->av.av_prompt_len + x->p.max_new, &m, &s, e);
-    memset(&vp, 0, sizeof vp);
-    vp.max_new = x->p.max_new;
-    vp.temperature = x->p.temperature;
-    vp.top_k = x->p.top_k;
-    vp.top_p = x->p.top_p;
-    for (int i = 0; i < nc && !rc; i += B) {
-        const int nb = nc - i < B ? nc - i : B;
-        if (x->p.temperature > 0)
-            nla_session_seed(s, (x->p.seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)todo[i]);
-        if ((rc = nla_verbalize_batch(s, x->v + (size_t)i * d, nb, &vp, x->ids, x->p.max_new,
-                                      x->n_ids)) != NLA_OK) {
-            rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
-            break;
-        }
-        for (int q = 0; q < nb && !rc; q++) {
-            const int32_t *id = x->ids + (size_t)q * x->p.max_new;
-            int n = x->n_ids[q];
-            size_t len = 0;
-            /* the text without the stop token */
-            if (n > 0 && (id[n - 1] == 1 || id[n - 1] == 106)) n--;
-            nla_detokenize(x->tok, id, n, NULL, 0, &len);
-            NLA_FREE(x->raw[i + q]);
-            if (!(x->raw[i + q] = (char *)NLA_MALLOC(len + 1)))
-                rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-            else if (nla_detokenize(x->tok, id, n, x->raw[i + q], len + 1, &len))
-                rc = fail(e, NLA_ERR_RANGE, "eval: the AV wrote an id outside the vocabulary");
-            else {
-                x->raw_len[i + q] = len;
-                x->parsed[i + q] = nla_parse_explanation(x->raw[i + q], len, &x->ex_start[i + q],
-                                                         &x->ex_len[i + q]);
-            }
-        }
-        if (!rc && ev_progress(&x->p, "verbalize", i + nb, nc, x->n_done, x->n_shard, x->resumed))
-            rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
-    }
+    ex_spec sp = x->sp;
+    errbuf why;
+    const int n_texts = nc * (sp.n_cand + sp.greedy);
+    nla_status rc;
+    sp.batch = sp.batch < n_texts ? sp.batch : n_texts;
+    rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, sp.batch, x->av.av_prompt_len + x->p.max_new,
+                 &m, &s, e);
+    if (!rc && (rc = ex_verbalize(s, x->tok, x->v, todo, nc, &sp, x->cand, ev_verbalize_progress, x,
+                                  &why)) != NLA_OK)
+        rc = fail(e, rc, "eval: %s", why.msg);
     ev_close(&m, &s);
     return rc;
 }
 
-/* Reconstructs, scores and commits each row: its vectors first, then its
-   JSONL line, flushed and synced. The AR reads the chunk's explanations
-   G = --batch at a time (one forward per group, in a session as long as the
-   longest input; any G gives the same bits). */
+/* Reconstructs, scores and commits the rows, --batch at a time: the AR
+   reads their texts --batch at a time (one forward per group, in a session
+   as long as the longest input; any group size gives the same bits), the
+   best candidate is chosen and its parts scored; then each row's vectors,
+   then its JSONL line, flushed and synced. */
 static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
-    const int d = x->av.d_model, G = nc < x->p.batch ? nc : x->p.batch;
+    const int d = x->av.d_model, M = x->sp.n_cand + x->sp.greedy, G = x->p.batch;
     int n_ctx = 1;
-    char **ex = (char **)xcalloc((size_t)nc, sizeof(char *));
-    nla_status rc = ex ? ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 0, 0, &m, &s, e)
-                       : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    for (int i = 0; i < nc && !rc; i++) {
-        int32_t *ids;
-        int k;
-        if (!(ex[i] = xstrndup(x->raw[i] + x->ex_start[i], x->ex_len[i])))
-            rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-        else if (!(rc = ar_tokens(m, ex[i], i, &ids, &k, e))) {
-            NLA_FREE(ids);
-            if (k > n_ctx) n_ctx = k;
-        }
-    }
-    if (!rc) rc = ev_session(m, &x->p, G, n_ctx, &s, e);
+    errbuf why;
+    nla_status rc = ev_open(x->p.ar, &x->p, x->tok, x->p.quant, 0, 0, &m, &s, e);
+    if (!rc && (rc = ex_ar_ctx(m, x->cand, nc * M, x->p.parts, &n_ctx, &why)) != NLA_OK)
+        rc = fail(e, rc, "eval: %s", why.msg);
+    if (!rc) rc = ev_session(m, &x->p, nc * M < G ? nc * M : G, n_ctx, &s, e);
     for (int i0 = 0; i0 < nc && !rc; i0 += G) {
         const int g = nc - i0 < G ? nc - i0 : G;
-        if ((rc = nla_reconstruct(s, (const char *const *)ex + i0, g, x->rec)) != NLA_OK)
-            rc = fail(e, rc, "eval: %s", nla_session_errmsg(s));
+        const float *v0 = x->v + (size_t)i0 * d;
+        ex_cand *c0 = x->cand + (size_t)i0 * M;
+        rc = ex_choose(s, v0, g, &x->sp, c0, x->ar.mse_scale, x->baseline, x->best, x->rec, &why);
+        if (!rc && x->p.parts)
+            rc = ex_score_parts(s, v0, g, c0, M, x->best, x->ar.mse_scale, x->baseline, x->parts,
+                                &why);
+        if (rc) rc = fail(e, rc, "eval: %s", why.msg);
         for (int q = 0; q < g && !rc; q++) {
             const int i = i0 + q;
             const ev_record *r = &x->pl.rec[x->pl.sample_rec[todo[i]]];
@@ -6243,6 +6672,7 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
             ev_row_out row;
             size_t n_line = 0;
             double nv = 0;
+            int special;
             memset(&row, 0, sizeof row);
             row.sample_idx = todo[i];
             row.r = r;
@@ -6250,13 +6680,18 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
             for (int k = 0; k < d; k++) nv += (double)v[k] * v[k];
             ev_piece(x->tok, r->ids[row.pos], tok_str);
             row.token_str = tok_str;
-            row.raw = x->raw[i];
-            row.raw_len = x->raw_len[i];
-            row.ex_start = x->ex_start[i];
-            row.ex_len = x->ex_len[i];
-            row.parsed = x->parsed[i];
+            row.c = &c0[q * M + x->best[q]];
             row.vec_norm = sqrt(nv);
-            nla_score(v, rec, d, x->ar.mse_scale, x->baseline, &row.sc);
+            row.extra.cand = c0 + (size_t)q * M;
+            row.extra.best_of = x->p.best_of;
+            row.extra.n_cand = x->sp.n_cand;
+            row.extra.greedy = x->sp.greedy;
+            row.extra.best = x->best[q];
+            row.extra.parts = x->p.parts ? &x->parts[q] : NULL;
+            special = ev_special(x->tok, r->ids[row.pos]) ||
+                      (r->role && r->role[row.pos] != CHAT_USER && r->role[row.pos] != CHAT_ASST);
+            row.extra.flags = ex_flags(row.c->ex, row.c->raw, row.c->parsed, row.c->truncated,
+                                       special, row.c->sc.cos);
             if (!(line = ev_render(ev_row_render, &row, &n_line))) {
                 rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
                 break;
@@ -6272,8 +6707,6 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
                 rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
         }
     }
-    for (int i = 0; ex && i < nc; i++) NLA_FREE(ex[i]);
-    NLA_FREE(ex);
     ev_close(&m, &s);
     return rc;
 }
@@ -6365,6 +6798,14 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     memset(&x, 0, sizeof x);
     if (counts) memset(counts, 0, sizeof *counts);
     rc = ev_defaults(params, &x.p, &e);
+    x.sp.n_cand = x.p.best_of ? x.p.best_of : 1;
+    x.sp.greedy = !!x.p.with_greedy;
+    x.sp.batch = x.p.batch;
+    x.sp.max_new = x.p.max_new;
+    x.sp.top_k = x.p.top_k;
+    x.sp.temperature = x.p.temperature;
+    x.sp.top_p = x.p.top_p;
+    x.sp.seed = x.p.seed;
     if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir))
         rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
     if (!rc)
@@ -6379,18 +6820,13 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
         C = x.n_todo < x.p.chunk ? (int)x.n_todo : x.p.chunk;
         x.v = (float *)xmalloc((size_t)C + 1, (size_t)d * sizeof(float));
         x.rec = (float *)xmalloc((size_t)x.p.batch, (size_t)d * sizeof(float));
-        x.raw = (char **)xcalloc((size_t)C + 1, sizeof(char *));
-        x.ex_start = (size_t *)xcalloc((size_t)C + 1, 3 * sizeof(size_t));
-        x.parsed = (int *)xcalloc((size_t)C + 1, sizeof(int));
+        x.cand = (ex_cand *)xcalloc(((size_t)C + 1) * (size_t)(x.sp.n_cand + x.sp.greedy),
+                                    sizeof(ex_cand));
+        x.parts = (ex_parts *)xcalloc((size_t)x.p.batch, sizeof(ex_parts));
+        x.best = (int *)xcalloc((size_t)x.p.batch, sizeof(int));
         x.pos = (int32_t *)xcalloc((size_t)C + 1, sizeof(int32_t));
-        x.ids = (int32_t *)xmalloc((size_t)x.p.batch, (size_t)x.p.max_new * sizeof(int32_t));
-        x.n_ids = (int *)xcalloc((size_t)x.p.batch, sizeof(int));
-        if (!x.v || !x.rec || !x.raw || !x.ex_start || !x.parsed || !x.pos || !x.ids || !x.n_ids)
+        if (!x.v || !x.rec || !x.cand || !x.parts || !x.best || !x.pos)
             rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
-        else {
-            x.ex_len = x.ex_start + C + 1;
-            x.raw_len = x.ex_len + C + 1;
-        }
     }
     /* chunk by chunk, one model in memory at a time */
     for (long c0 = 0; !rc && c0 < x.n_todo; c0 += C) {
@@ -6407,13 +6843,17 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
         counts->resumed = x.resumed;
         counts->done = x.n_done;
     }
-    for (int i = 0; x.raw && i < C; i++) NLA_FREE(x.raw[i]);
+    for (int t = 0; x.cand && t < C * (x.sp.n_cand + x.sp.greedy); t++) ex_cand_free(&x.cand[t]);
     if (x.act.f) fclose(x.act.f);
     if (x.recon.f) fclose(x.recon.f);
     if (x.res && fclose(x.res) && !rc)
         rc = fail(&e, NLA_ERR_IO, "%s: cannot close results.jsonl", x.p.out_dir);
-    NLA_FREE(x.v); NLA_FREE(x.rec); NLA_FREE(x.raw); NLA_FREE(x.ex_start); NLA_FREE(x.parsed);
-    NLA_FREE(x.pos); NLA_FREE(x.ids); NLA_FREE(x.n_ids);
+    NLA_FREE(x.v);
+    NLA_FREE(x.rec);
+    NLA_FREE(x.cand);
+    NLA_FREE(x.parts);
+    NLA_FREE(x.best);
+    NLA_FREE(x.pos);
     NLA_FREE(x.done); NLA_FREE(x.todo);
     ev_plan_free(&x.pl);
     nla_tokenizer_close(tok);
@@ -6670,21 +7110,6 @@ static int ev_has_quote(const char *b, const char *e) {
     return 0;
 }
 
-/* The next paragraph of [*p, end) (a run of lines that are not blank) as
-   [b, *e); NULL when there is none. Moves *p past it. */
-static const char *ev_paragraph(const char **p, const char *end, const char **e) {
-    const char *b = *p, *q;
-    while (b < end && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) b++;
-    if (b == end) return NULL;
-    for (*e = b; *e < end; (*e)++) {
-        if (**e != '\n') continue;
-        for (q = *e + 1; q < end && (*q == ' ' || *q == '\t' || *q == '\r'); q++) {}
-        if (q == end || *q == '\n') break;
-    }
-    *p = *e;
-    return b;
-}
-
 /* Is [b, e) a "kind: topic" line: a colon within 80 bytes after at most 8
    words with no '.', '"' or newline, then a space and more text? */
 static int ev_kind_topic(const char *b, const char *e) {
@@ -6733,40 +7158,44 @@ static void ev_structure(const char *ex, ev_shape *sh) {
     sh->quoted = quoted_before_last || (!sh->final_tok && ev_has_quote(last_b, last_e));
 }
 
-/* The degenerate templates and failures of NLA_SPEC.md §3.6. */
-enum { T_SINK, T_FALLBACK, T_CJK, T_NEWLINES, T_UNPARSED, T_COUNT };
-static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic",
-                                                  "fallback_research_paper", "cjk_output",
-                                                  "newline_repetition", "unparsed"};
-static const char *const ev_tmpl_what[T_COUNT] = {
-    "\"Fragmented, incoherent academic text pattern\" (high-norm sink)",
-    "\"research paper\" / Fibonacci / Kalman fallback (low-norm title repeat)",
-    "mostly CJK text (injection missed or wrong scale)",
-    "\\n\\n\\n repetition (injected rows dropped)",
-    "no <explanation>...</explanation> (truncated or drifted)"};
-
-static int ev_is_cjk(uint32_t c) {
-    return (c >= 0x2e80 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) ||
-           (c >= 0xf900 && c <= 0xfaff) || (c >= 0xff00 && c <= 0xffef);
+static int ev_cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
-static void ev_templates(const char *ex, const char *raw, int parsed, int *flag) {
-    const char *t = *ex ? ex : raw;
-    size_t n = strlen(t);
-    int cjk = 0, other = 0;
-    for (size_t i = 0; i < n;) {
-        int k = utf8_char_len((const unsigned char *)t + i, n - i);
-        if (k < 1) { i++; other++; continue; }
-        if (ev_is_cjk(utf8_cp((const unsigned char *)t + i, k))) cjk++;
-        else if (!py_space(utf8_cp((const unsigned char *)t + i, k))) other++;
-        i += (size_t)k;
-    }
-    flag[T_SINK] = strstr(ex, "Fragmented, incoherent academic text") != NULL;
-    flag[T_FALLBACK] =
-        strstr(ex, "research paper") || strstr(ex, "Fibonacci") || strstr(ex, "Kalman");
-    flag[T_CJK] = cjk > 0 && cjk >= other;
-    flag[T_NEWLINES] = strstr(raw, "\n\n\n") != NULL;
-    flag[T_UNPARSED] = !parsed;
+/* numpy's default percentile: linear interpolation between the order
+   statistics around q (n-1), computed as numpy's _lerp does (from the upper
+   neighbour when the fraction is >= 1/2), so that results agree to the bit. */
+static double ev_quantile(const double *sorted, int n, double q) {
+    const double at = q * (n - 1);
+    const int i = (int)floor(at);
+    const double t = at - i;
+    double a, b;
+    if (i + 1 >= n) return sorted[n - 1];
+    a = sorted[i];
+    b = sorted[i + 1];
+    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+}
+
+/* Sets F_NORM in flags[i] for the norms far from the others': robust z =
+   0.6745 (norm - median) / MAD over the n finite norms (NaN: none). */
+static nla_status ex_norm_outliers(const double *norm, int n, unsigned *flags) {
+    double *x = (double *)xmalloc((size_t)n + 1, 2 * sizeof(double)), *dev = x ? x + n + 1 : NULL,
+           med, mad;
+    int m = 0;
+    if (!x) return NLA_ERR_NOMEM;
+    for (int i = 0; i < n; i++)
+        if (isfinite(norm[i])) x[m++] = norm[i];
+    qsort(x, (size_t)m, sizeof(double), ev_cmp_dbl);
+    med = m ? ev_quantile(x, m, 0.5) : 0;
+    for (int i = 0; i < m; i++) dev[i] = fabs(x[i] - med);
+    qsort(dev, (size_t)m, sizeof(double), ev_cmp_dbl);
+    mad = m ? ev_quantile(dev, m, 0.5) : 0;
+    for (int i = 0; i < n && m >= EX_NORM_MIN_ROWS && mad > 0; i++)
+        if (isfinite(norm[i]) && fabs(0.6745 * (norm[i] - med) / mad) > EX_NORM_Z)
+            flags[i] |= 1u << F_NORM;
+    NLA_FREE(x);
+    return NLA_OK;
 }
 
 /* One results row, as the summary reads it. */
@@ -6775,6 +7204,11 @@ typedef struct {
     double mse, cos;
     char *source, *role, *expl, *raw, *token, *preview;
     int parsed, position, kind;
+    unsigned flags;      /* F_* bits */
+    double norm;         /* vec_norm, NaN when absent */
+    double greedy[2];    /* the greedy text's mse_nrm and cos, NaN when absent */
+    int n_parts;
+    double *parts;       /* [n_parts, 4]: mse_nrm and cos alone, then of the prefix */
 } ev_srow;
 
 typedef struct {
@@ -6791,8 +7225,13 @@ typedef struct {
 static void ev_set_free(ev_set *s) {
     for (int i = 0; i < s->n; i++) {
         ev_srow *r = &s->row[i];
-        NLA_FREE(r->source); NLA_FREE(r->role); NLA_FREE(r->expl); NLA_FREE(r->raw);
-        NLA_FREE(r->token); NLA_FREE(r->preview);
+        NLA_FREE(r->source);
+        NLA_FREE(r->role);
+        NLA_FREE(r->expl);
+        NLA_FREE(r->raw);
+        NLA_FREE(r->token);
+        NLA_FREE(r->preview);
+        NLA_FREE(r->parts);
     }
     NLA_FREE(s->row);
     NLA_FREE(s->act);
@@ -6805,6 +7244,39 @@ static char *ev_field(const jdoc *d, const char *key, const char *def) {
     int k = json_get(d, 0, key);
     if (k >= 0 && d->node[k].type == J_STR) return json_strdup(d, k);
     return def ? xstrndup(def, strlen(def)) : NULL;
+}
+
+/* A row's flags, greedy scores and parts from its fields; the flags of a
+   row without "flags" (a published file) from its texts, its token (a
+   special one by its text) and role, its cos. 0 when out of memory. */
+static int ev_row_extras(const jdoc *d, ev_srow *r) {
+    static const char *const special_roles[3] = {"bos", "role_marker", "end_of_turn"};
+    const int fl = json_get(d, 0, "flags"), g = json_get(d, 0, "greedy"),
+              pa = json_get(d, 0, "parts");
+    int special = r->kind == K_SPECIAL;
+    for (int k = 0; k < 3 && r->role; k++) special |= !strcmp(r->role, special_roles[k]);
+    r->flags = ex_flags(r->expl, r->raw, r->parsed, 0, special, r->cos);
+    if (fl >= 0 && d->node[fl].type == J_ARR) { /* as the run wrote them */
+        r->flags = 0;
+        for (uint32_t i = 0, k = (uint32_t)fl + 1; i < d->node[fl].n; i++, k = d->node[k].end)
+            for (int f = 0; f < F_COUNT; f++)
+                r->flags |= (unsigned)json_eq(d, (int)k, ex_flag_name[f]) << f;
+    }
+    r->flags &= ~(1u << F_NORM); /* decided against the other rows */
+    if (!json_num(d, json_get(d, 0, "vec_norm"), &r->norm)) r->norm = NAN;
+    if (!json_num(d, json_get(d, g, "mse_nrm"), &r->greedy[0]) ||
+        !json_num(d, json_get(d, g, "cos"), &r->greedy[1]))
+        r->greedy[0] = r->greedy[1] = NAN;
+    if (pa < 0 || d->node[pa].type != J_ARR || !d->node[pa].n) return 1;
+    if (!(r->parts = (double *)xmalloc(d->node[pa].n, 4 * sizeof(double)))) return 0;
+    for (uint32_t i = 0, k = (uint32_t)pa + 1; i < d->node[pa].n; i++, k = d->node[k].end) {
+        static const char *const key[4] = {"mse_nrm", "cos", "prefix_mse_nrm", "prefix_cos"};
+        for (int j = 0; j < 4; j++)
+            if (!json_num(d, json_get(d, (int)k, key[j]), &r->parts[4 * i + (uint32_t)j]))
+                r->parts[4 * i + (uint32_t)j] = NAN;
+    }
+    r->n_parts = (int)d->node[pa].n;
+    return 1;
 }
 
 /* Reads a results folder or JSONL file. */
@@ -6881,12 +7353,21 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         r->raw = ev_field(&d, "raw_av_text", "");
         r->token = ev_field(&d, "token_str", "");
         r->preview = ev_field(&d, "text_preview", "");
+        oom |= !r->source || !r->expl || !r->raw || !r->token || !r->preview;
+        if (!oom) r->kind = ev_token_kind(r->token);
+        oom = oom || !ev_row_extras(&d, r);
         json_free(&d);
-        if (oom || !r->source || !r->expl || !r->raw || !r->token || !r->preview) {
+        if (oom) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+    }
+    if (!rc) { /* norm_outlier: each row's norm against all rows' */
+        double *norm = (double *)xmalloc((size_t)s->n + 1, sizeof(double));
+        unsigned *flags = (unsigned *)xcalloc((size_t)s->n + 1, sizeof(unsigned));
+        for (int i = 0; norm && i < s->n; i++) norm[i] = s->row[i].norm;
+        if (!norm || !flags || ex_norm_outliers(norm, s->n, flags))
             rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-            break;
-        }
-        r->kind = ev_token_kind(r->token);
+        for (int i = 0; !rc && i < s->n; i++) s->row[i].flags |= flags[i];
+        NLA_FREE(norm);
+        NLA_FREE(flags);
     }
     s->baseline = p->baseline;
     s->baseline_kind = "given";
@@ -6930,25 +7411,6 @@ typedef struct {
     int n;
     double mean, median, p10, p90, p99, cos, fve, fve_own, cata;
 } ev_stats;
-
-static int ev_cmp_dbl(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* numpy's default percentile: linear interpolation between the order
-   statistics around q (n-1), computed as numpy's _lerp does (from the upper
-   neighbour when the fraction is >= 1/2), so that results agree to the bit. */
-static double ev_quantile(const double *sorted, int n, double q) {
-    const double at = q * (n - 1);
-    const int i = (int)floor(at);
-    const double t = at - i;
-    double a, b;
-    if (i + 1 >= n) return sorted[n - 1];
-    a = sorted[i];
-    b = sorted[i + 1];
-    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
-}
 
 /* Statistics of the rows sel[0..n) (NaN when n is 0). */
 static nla_status ev_stats_of(const ev_set *s, const int *sel, int n, ev_stats *st) {
@@ -7098,8 +7560,80 @@ static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, e
     return NLA_OK;
 }
 
+/* The trust flags (count, share, mean cos), the per-part scores (means by
+   part index and by prefix) and, where the rows have it, the greedy text's
+   mean scores beside the chosen one's; closes the JSON. 1: out of memory. */
+static int ev_quality_write(const ev_set *s, int json, ev_out *o) {
+    int nf[F_COUNT] = {0}, np[EX_MAX_PARTS] = {0}, n_gr = 0, max_parts = 0;
+    double cf[F_COUNT] = {0}, sp[EX_MAX_PARTS][4], gr[4] = {0, 0, 0, 0};
+    memset(sp, 0, sizeof sp);
+    for (int i = 0; i < s->n; i++) {
+        const ev_srow *r = &s->row[i];
+        for (int f = 0; f < F_COUNT; f++)
+            if (r->flags >> f & 1) { nf[f]++; cf[f] += r->cos; }
+        for (int j = 0; j < r->n_parts && j < EX_MAX_PARTS; j++) {
+            np[j]++;
+            for (int k = 0; k < 4; k++) sp[j][k] += r->parts[4 * j + k];
+        }
+        max_parts = r->n_parts > max_parts ? (r->n_parts < EX_MAX_PARTS ? r->n_parts : EX_MAX_PARTS)
+                                           : max_parts;
+        if (!isnan(r->greedy[0])) {
+            n_gr++;
+            gr[0] += r->mse;
+            gr[1] += r->cos;
+            gr[2] += r->greedy[0];
+            gr[3] += r->greedy[1];
+        }
+    }
+#define MEAN(a, b) ((b) ? (a) / (b) : NAN)
+    if (json) {
+        ev_printf(o, ",\n \"flags\": {");
+        for (int f = 0; f < F_COUNT; f++) {
+            ev_printf(o, "%s\"%s\": {\"n\": %d, ", f ? ", " : "", ex_flag_name[f], nf[f]);
+            ev_json_num(o, "share", MEAN((double)nf[f], s->n), 0);
+            ev_json_num(o, "cos_mean", MEAN(cf[f], nf[f]), 1);
+            ev_printf(o, "}");
+        }
+        ev_printf(o, "},\n \"parts\": [");
+        for (int j = 0; j < max_parts; j++) {
+            ev_printf(o, "%s{\"part\": %d, \"n\": %d, ", j ? ", " : "", j + 1, np[j]);
+            ev_json_num(o, "mse_mean", MEAN(sp[j][0], np[j]), 0);
+            ev_json_num(o, "cos_mean", MEAN(sp[j][1], np[j]), 0);
+            ev_json_num(o, "prefix_mse_mean", MEAN(sp[j][2], np[j]), 0);
+            ev_json_num(o, "prefix_cos_mean", MEAN(sp[j][3], np[j]), 1);
+            ev_printf(o, "}");
+        }
+        ev_printf(o, "],\n \"greedy\": {\"n\": %d, ", n_gr);
+        ev_json_num(o, "mse_mean_chosen", MEAN(gr[0], n_gr), 0);
+        ev_json_num(o, "cos_mean_chosen", MEAN(gr[1], n_gr), 0);
+        ev_json_num(o, "mse_mean_greedy", MEAN(gr[2], n_gr), 0);
+        ev_json_num(o, "cos_mean_greedy", MEAN(gr[3], n_gr), 1);
+        ev_printf(o, "}}\n");
+    } else {
+        ev_printf(o, "\ntrust flags (a row may have several):\n");
+        for (int f = 0; f < F_COUNT; f++)
+            ev_printf(o, "  %-14s %6d  %6.2f%%  mean cos %.4f\n", ex_flag_name[f], nf[f],
+                      100 * MEAN((double)nf[f], s->n), nf[f] ? cf[f] / nf[f] : 0.0);
+        if (max_parts)
+            ev_printf(o, "\nper-part scores: %-6s %6s %10s %9s   %-10s %10s %9s\n", "part", "n",
+                      "mse_mean", "cos", "prefix", "mse_mean", "cos");
+        for (int j = 0; j < max_parts; j++)
+            ev_printf(o, "%17s %-6d %6d %10.5f %9.5f   1-%-8d %10.5f %9.5f\n", "", j + 1, np[j],
+                      sp[j][0] / np[j], sp[j][1] / np[j], j + 1, sp[j][2] / np[j],
+                      sp[j][3] / np[j]);
+        if (n_gr)
+            ev_printf(o,
+                      "\nchosen vs greedy explanation (%d rows; chosen by the same AR): mse_nrm "
+                      "%.5f vs %.5f, cos %.5f vs %.5f\n",
+                      n_gr, gr[0] / n_gr, gr[2] / n_gr, gr[1] / n_gr, gr[3] / n_gr);
+    }
+#undef MEAN
+    return o->oom;
+}
+
 /* The summary: statistics overall and by group, the explanations'
-   structure, the degenerate templates; as tables or as JSON. */
+   structure, the degenerate templates, the trust flags, the per-part
+   scores; as tables or as JSON. */
 static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf *e) {
     int *sel = (int *)xmalloc((size_t)s->n + 1, sizeof(int)), n_ex = 0, n_chat = 0, n_non = 0;
     ev_key *key = (ev_key *)xmalloc((size_t)s->n + 1, sizeof(ev_key));
@@ -7170,7 +7704,7 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
                 ev_json_num(o, "cos_mean", SHARE(tmpl_cos[t], tmpl[t]), 1);
                 ev_printf(o, "}%s", t + 1 < T_COUNT ? ", " : "");
             }
-            ev_printf(o, "}}\n");
+            ev_printf(o, "}");
         } else {
             ev_printf(o, "\nstructure of the %d non-empty explanations (NLA_SPEC.md 3.5, 6):\n",
                       n_ex);
@@ -7187,7 +7721,7 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
         }
 #undef SHARE
     }
-    return o->oom ? fail(e, NLA_ERR_NOMEM, "eval: out of memory") : NLA_OK;
+    return ev_quality_write(s, json, o) ? fail(e, NLA_ERR_NOMEM, "eval: out of memory") : NLA_OK;
 }
 
 nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params,
@@ -7263,15 +7797,27 @@ static void ev_colour(char *out, size_t cap, double mse, double lo, double hi) {
     snprintf(out, cap, "hsl(%d,75%%,72%%)", (int)(120 * (1 - t)));
 }
 
-/* A sampled token: coloured, the explanation in its title, details on click. */
+/* A sampled token: coloured, the explanation in its title, its flags in
+   data-f (the filter), its per-part and greedy scores in data-x (shown on
+   click with the details). */
 static void ev_html_token(FILE *f, const ev_srow *r, const char *text, size_t n, double lo,
                           double hi) {
     char col[32];
     ev_colour(col, sizeof col, r->mse, lo, hi);
     fprintf(f,
             "<span class=\"s\" style=\"background:%s\" data-m=\"%.6g\" data-c=\"%.6f\" "
-            "data-p=\"%d\" title=\"",
+            "data-p=\"%d\" data-f=\"",
             col, r->mse, r->cos, r->position);
+    for (int k = 0, fl = 0; fl < F_COUNT; fl++)
+        if (r->flags >> fl & 1) fprintf(f, "%s%s", k++ ? " " : "", ex_flag_name[fl]);
+    fputs("\" data-x=\"", f);
+    for (int j = 0; j < r->n_parts; j++)
+        fprintf(f, "part %d alone: mse_nrm %.4g cos %.4g; parts 1-%d: mse_nrm %.4g cos %.4g&#10;",
+                j + 1, r->parts[4 * j], r->parts[4 * j + 1], j + 1, r->parts[4 * j + 2],
+                r->parts[4 * j + 3]);
+    if (!isnan(r->greedy[0]))
+        fprintf(f, "greedy explanation: mse_nrm %.4g cos %.4g&#10;", r->greedy[0], r->greedy[1]);
+    fputs("\" title=\"", f);
     ev_html(f, r->expl, strlen(r->expl));
     fputs("\">", f);
     ev_html(f, text, n);
@@ -7468,8 +8014,14 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
         }
         fputs("<h2>Texts</h2>\n<p class=\"meta\">Sampled tokens are outlined and coloured by "
               "mse_nrm (green low, red high, log scale); "
-              "hover for the explanation, click for details.</p>\n"
-              "<div id=\"detail\">click a coloured token</div>\n",
+              "hover for the explanation, click for details (per-part scores when the run has "
+              "them).</p>\n"
+              "<p class=\"meta\">Show only the tokens flagged <select id=\"flag\"><option "
+              "value=\"\">(all tokens)</option>",
+              f);
+        for (int fl = 0; fl < F_COUNT; fl++) fprintf(f, "<option>%s</option>", ex_flag_name[fl]);
+        fputs("</select> <span id=\"nflag\"></span></p>\n<div id=\"detail\">click a coloured "
+              "token</div>\n",
               f);
     }
     if (!rc && s.dir) { /* whole texts, token by token, where tokens.jsonl is there */
@@ -7491,17 +8043,27 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
         }
     }
     if (f) {
-        fprintf(f,
-                "<script>\n(function(){\n"
-                "var sp=document.querySelectorAll('span.s'),d=document.getElementById('detail');\n"
-                "document.getElementById('status').textContent="
-                "'report ready: %d rows, '+sp.length+' tokens shown in %d texts';\n"
-                "for(var i=0;i<sp.length;i++)"
-                "sp[i].addEventListener('click',function(){var s=this;\n"
-                "d.textContent='token '+JSON.stringify(s.textContent)+' at position '+s.dataset.p+"
-                "': mse_nrm '+s.dataset.m+', cos '+s.dataset.c+'\\n\\n'+s.title;});\n"
-                "})();\n</script>\n</body></html>\n",
-                s.n, shown);
+        fprintf(
+            f,
+            "<script>\n(function(){\n"
+            "var sp=document.querySelectorAll('span.s'),d=document.getElementById('detail');\n"
+            "document.getElementById('status').textContent='report ready: %d rows, '+sp.length+' "
+            "tokens shown in %d texts';\n"
+            "for(var i=0;i<sp.length;i++)sp[i].addEventListener('click',function(){var s=this;\n"
+            "d.textContent='token '+JSON.stringify(s.textContent)+' at position '+s.dataset.p+': "
+            "mse_nrm '+s.dataset.m+', cos '+s.dataset.c+"
+            "(s.dataset.f?'\\nflags: '+s.dataset.f:'')+'\\n'+s.dataset.x+'\\n'+s.title;});\n"
+            "var fs=document.getElementById('flag');fs.addEventListener('change',function(){var "
+            "k=0,t=document.querySelectorAll('div.text');\n"
+            "for(var i=0;i<sp.length;i++){var on=!fs.value||(' '+sp[i].dataset.f+' ').indexOf(' "
+            "'+fs.value+' ')>=0;k+=on;sp[i].style.opacity=on?'':'0.15';}\n"
+            "for(var j=0;j<t.length;j++){var a=t[j].querySelectorAll('span.s'),show=!fs.value;\n"
+            "for(var "
+            "q=0;q<a.length;q++)show=show||a[q].style.opacity==='';t[j].style.display=show?'':'"
+            "none';}\n"
+            "document.getElementById('nflag').textContent=fs.value?k+' tokens':'';});\n"
+            "})();\n</script>\n</body></html>\n",
+            s.n, shown);
         if ((ferror(f) | fclose(f)) && !rc)
             rc = fail(&e, NLA_ERR_IO, "%s: write failed", html_path);
     }
@@ -7745,7 +8307,7 @@ typedef struct {
     const char *arg[3];      /* positional arguments (dir = arg[0], text = arg[1]) */
     int n_arg;
     const char *out, *positions, *text_opt, *baseline, *role, *shape;
-    int all, max_new, batch;
+    int all, max_new, batch, best_of, with_greedy, parts;
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
     nla_embed_scale es;
@@ -7766,6 +8328,8 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         if (!strcmp(a, "--jsonl")) { o->jsonl = 1; continue; }
         if (!strcmp(a, "--no-special")) { o->no_special = 1; continue; }
         if (!strcmp(a, "--all")) { o->all = 1; continue; }
+        if (!strcmp(a, "--with-greedy")) { o->with_greedy = 1; continue; }
+        if (!strcmp(a, "--parts")) { o->parts = 1; continue; }
         if (a[0] != '-' || !a[1]) {
             if (o->n_arg == 3) return cli_error("unexpected argument '%s'", a);
             o->arg[o->n_arg++] = a;
@@ -7792,6 +8356,8 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--max-new")) ok = parse_int(v, &o->max_new) && o->max_new > 0;
         else if (!strcmp(a, "--batch"))
             ok = parse_int(v, &o->batch) && o->batch > 0 && o->batch <= 256;
+        else if (!strcmp(a, "--best-of"))
+            ok = parse_int(v, &o->best_of) && o->best_of > 0 && o->best_of <= 256;
         else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
         else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->top_k) && o->top_k >= 0;
@@ -8191,7 +8757,12 @@ static const char *const usage_explain =
     "  --max-new N       tokens per explanation at most (default 200)\n"
     "  --batch B         vectors the AV decodes together, explanations the AR reads together\n"
     "                    (default 8)\n"
-    "  --temp T --top-k K --top-p P --seed S   sampling (default greedy)\n"
+    "  --temp T --top-k K --top-p P --seed S   sampling (default greedy; each position and\n"
+    "                    candidate from its own stream)\n"
+    "  --best-of N       N sampled explanations per position (temperature 1 unless --temp),\n"
+    "                    each reconstructed; the lowest mse_nrm is kept, all are listed\n"
+    "  --with-greedy     also the greedy explanation's scores\n"
+    "  --parts           scores of each paragraph alone and of each prefix of paragraphs\n"
     "  --tokenizer F     tokenizer.json for all three (default: each folder's)\n"
     "  --threads N       threads (default: all)\n";
 
@@ -8379,11 +8950,11 @@ static int cli_av_session(nla_model *m, const cli_opts *o, int B, nla_session **
     return rc ? cli_error("cannot create a session: %s", nla_strerror(rc)) : 0;
 }
 
-/* An AR session (model m, from folder dir) for the n explanations: up to
-   --batch of them (default 8) read together, one sequence each, as long as
-   the longest AR input. */
-static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, char *const *ex, int n,
-                          nla_session **s) {
+/* An AR session (model m, from folder dir) for the n texts cand[0..n)
+   (with --parts, their parts too): up to --batch of them (default 8) read
+   together, one sequence each, as long as the longest AR input. */
+static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, const ex_cand *cand,
+                          int n, nla_session **s) {
     nla_meta meta;
     nla_model_get_meta(m, &meta);
     if (strcmp(meta.role, "ar") || !meta.has_value_head || !nla_model_tokenizer(m))
@@ -8395,14 +8966,8 @@ static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, char
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o->threads;
     sp.n_seq = n < B ? n : B;
-    for (int i = 0; i < n; i++) {
-        int32_t *ids;
-        int k;
-        errbuf e;
-        if (ar_tokens(m, ex[i], i, &ids, &k, &e)) return cli_error("%s", e.msg);
-        NLA_FREE(ids);
-        if (k > sp.n_ctx) sp.n_ctx = k;
-    }
+    errbuf e;
+    if (ex_ar_ctx(m, cand, n, o->parts, &sp.n_ctx, &e)) return cli_error("%s", e.msg);
     nla_status rc = nla_session_new(m, &sp, s);
     return rc ? cli_error("cannot create a session: %s", nla_strerror(rc)) : 0;
 }
@@ -8507,9 +9072,15 @@ static int cmd_reconstruct(int argc, char **argv) {
     float *rec = NULL;
     nla_status rc;
     int64_t sh[2];
-    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m) ||
-        cli_ar_session(m, o.dir, &o, ex, n, &s))
+    ex_cand *cand = (ex_cand *)NLA_CALLOC(
+        (size_t)n + 1, sizeof *cand); /* the texts, as cli_ar_session reads them */
+    for (int i = 0; cand && i < n; i++) cand[i].ex = ex[i];
+    if (!ex || n < 1 || !cand || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m) ||
+        cli_ar_session(m, o.dir, &o, cand, n, &s)) {
+        NLA_FREE(cand);
         goto out;
+    }
+    NLA_FREE(cand);
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) {
@@ -8598,6 +9169,17 @@ out:
     return ret;
 }
 
+/* The names of the flags set, comma-separated, into out ("-" when none). */
+static void cli_flags(unsigned flags, char *out, size_t cap) {
+    size_t n = 0;
+    out[0] = 0;
+    for (int f = 0; f < F_COUNT; f++)
+        if (flags >> f & 1)
+            n += (size_t)snprintf(out + n, n < cap ? cap - n : 0, "%s%s", n ? "," : "",
+                                  ex_flag_name[f]);
+    if (!n) snprintf(out, cap, "-");
+}
+
 static int cmd_explain(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_explain, &o), ret = 1, n_pos = 0, T = 0;
@@ -8607,18 +9189,33 @@ static int cmd_explain(int argc, char **argv) {
     nla_session *s = NULL;
     int32_t *ids = NULL, *pos = NULL;
     float *v = NULL, *rec = NULL;
-    char **ex = NULL, **tok_str = NULL;
+    char **tok_str = NULL;
     const int nbatch = o.batch ? o.batch : 8;
-    cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)nbatch, sizeof *x);
     nla_meta av_meta, ar_meta;
-    int d = 0, K = 0, random_weights = 0, *parsed = NULL;
+    int d = 0, K = 0, random_weights = 0, *best = NULL;
     nla_status rc;
-    double B;
+    double B, *norm = NULL;
+    ex_spec sp;
+    ex_cand *cand = NULL;
+    ex_parts *parts = NULL;
+    long *idx = NULL;
+    unsigned *flags = NULL;
+    errbuf e;
+    memset(&sp, 0, sizeof sp);
+    sp.n_cand = o.best_of ? o.best_of : 1;
+    sp.greedy = o.with_greedy;
+    sp.batch = nbatch;
+    sp.max_new = o.max_new ? o.max_new : 200;
+    sp.top_k = o.top_k;
+    sp.temperature =
+        o.best_of > 1 && o.temp == 0 ? 1 : o.temp; /* N greedy texts would be one text */
+    sp.top_p = o.top_p;
+    sp.seed = (uint64_t)(int64_t)o.seed;
+    const int M = sp.n_cand + sp.greedy;
     /* 0. one tokenizer for the three models (an NLA's AV and AR keep their
        base model's), parsed once: --tokenizer, else the target's */
     nla_tokenizer *tok = NULL;
     char terr[512];
-    if (!x) { cli_error("out of memory"); goto out; }
     if (nla_tokenizer_open(o.tokenizer ? o.tokenizer : o.arg[0], &tok, terr, sizeof terr)) {
         cli_error("%s", terr);
         goto out;
@@ -8651,9 +9248,13 @@ static int cmd_explain(int argc, char **argv) {
     }
     if (!(v = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) ||
         !(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n_pos * d)) ||
-        !(ex = (char **)NLA_CALLOC((size_t)n_pos, sizeof *ex)) ||
         !(tok_str = (char **)NLA_CALLOC((size_t)n_pos, sizeof *tok_str)) ||
-        !(parsed = (int *)NLA_CALLOC((size_t)n_pos, sizeof *parsed))) {
+        !(cand = (ex_cand *)NLA_CALLOC((size_t)n_pos * M, sizeof *cand)) ||
+        !(parts = (ex_parts *)NLA_CALLOC((size_t)n_pos, sizeof *parts)) ||
+        !(idx = (long *)NLA_CALLOC((size_t)n_pos, sizeof *idx)) ||
+        !(best = (int *)NLA_CALLOC((size_t)n_pos, sizeof *best)) ||
+        !(norm = (double *)NLA_CALLOC((size_t)n_pos, sizeof *norm)) ||
+        !(flags = (unsigned *)NLA_CALLOC((size_t)n_pos, sizeof *flags))) {
         cli_error("out of memory");
         goto out;
     }
@@ -8665,29 +9266,25 @@ static int cmd_explain(int argc, char **argv) {
         nla_detokenize(nla_model_tokenizer(m), &id, 1, NULL, 0, &len);
         if ((tok_str[i] = (char *)NLA_MALLOC(len + 1)))
             nla_detokenize(nla_model_tokenizer(m), &id, 1, tok_str[i], len + 1, &len);
+        idx[i] = pos[i]; /* the position numbers its texts' streams */
     }
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
     fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos,
             n_pos == 1 ? "" : "s", T, K);
-    /* 3. AV: one explanation per vector, B vectors decoded together */
+    /* 3. AV: each vector's texts, --batch decoded together */
     if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
-        cli_av_session(m, &o, n_pos < nbatch ? n_pos : nbatch, &s))
+        cli_av_session(m, &o, n_pos * M < nbatch ? n_pos * M : nbatch, &s))
         goto out;
-    for (int i = 0; i < n_pos; i += nbatch) {
-        const int nb = n_pos - i < nbatch ? n_pos - i : nbatch;
-        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, &o, x)) goto out;
-        for (int q = 0; q < nb; q++) {
-            ex[i + q] = xstrndup(x[q].raw + x[q].ex_start, x[q].ex_len);
-            parsed[i + q] = x[q].parsed;
-            if (!ex[i + q]) { cli_error("out of memory"); goto out; }
-        }
+    if (ex_verbalize(s, tok, v, idx, n_pos, &sp, cand, NULL, NULL, &e)) {
+        cli_error("%s", e.msg);
+        goto out;
     }
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
-    /* 4. AR: reconstruct from the explanations, B read together */
+    /* 4. AR: reconstruct every text, keep each vector's best candidate, score its parts */
     if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, tok, &m) ||
-        cli_ar_session(m, o.arg[2], &o, ex, n_pos, &s))
+        cli_ar_session(m, o.arg[2], &o, cand, n_pos * M, &s))
         goto out;
     nla_model_get_meta(m, &ar_meta);
     random_weights |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
@@ -8696,60 +9293,84 @@ static int cmd_explain(int argc, char **argv) {
                   ar_meta.d_model, ar_meta.layer, d, K);
         goto out;
     }
-    if ((rc = nla_reconstruct(s, (const char *const *)ex, n_pos, rec))) {
-        cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
+    if (ex_choose(s, v, n_pos, &sp, cand, ar_meta.mse_scale, B, best, rec, &e) ||
+        (o.parts && ex_score_parts(s, v, n_pos, cand, M, best, ar_meta.mse_scale, B, parts, &e))) {
+        cli_error("%s", e.msg);
         goto out;
     }
-    /* 5. score and report */
-    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
-    if (random_weights)
-        fprintf(stderr, "nla: note: these models have RANDOM weights (test data): "
-                        "the explanations are meaningless\n");
-    if (!o.jsonl)
-        printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos",
-               "fve_nrm", "explanation");
+    /* 5. flags (norm_outlier among the explained positions), then the report */
     for (int i = 0; i < n_pos; i++) {
-        nla_scores sc;
+        const ex_cand *c = &cand[i * M + best[i]];
         double nv = 0;
         for (int k = 0; k < d; k++) nv += (double)v[(size_t)i * d + k] * v[(size_t)i * d + k];
-        if (nla_score(v + (size_t)i * d, rec + (size_t)i * d, d, ar_meta.mse_scale, B, &sc)) {
-            cli_error("cannot score position %d", pos[i]);
-            goto out;
-        }
+        norm[i] = sqrt(nv);
+        flags[i] = ex_flags(c->ex, c->raw, c->parsed, c->truncated, ev_special(tok, ids[pos[i]]),
+                            c->sc.cos);
+    }
+    if (ex_norm_outliers(norm, n_pos, flags)) { cli_error("out of memory"); goto out; }
+    if (random_weights)
+        fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
+                        "are meaningless\n");
+    if (!o.jsonl)
+        printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos",
+               "fve_nrm", "explanation  [flags]");
+    for (int i = 0; i < n_pos; i++) {
+        const ex_cand *c = &cand[i * M + best[i]];
         const char *tk = tok_str[i] ? tok_str[i] : "";
+        ex_extra x = {&cand[i * M], o.best_of, sp.n_cand,
+                      sp.greedy,    best[i],   o.parts ? &parts[i] : NULL,
+                      flags[i]};
         if (o.jsonl) {
+            size_t n_extra = 0;
+            char *extra = ev_render(ex_extra_render, &x, &n_extra);
+            if (!extra) { cli_error("out of memory"); goto out; }
             printf("{\"position\": %d, \"token_id\": %d, \"token\": ", pos[i], ids[pos[i]]);
             cli_json(tk, strlen(tk));
             printf(", ");
-            print_num("vec_norm", sqrt(nv));
+            print_num("vec_norm", norm[i]);
             printf(", \"explanation\": ");
-            cli_json(ex[i], strlen(ex[i]));
-            printf(", \"parsed\": %s, ", parsed[i] ? "true" : "false");
-            print_num("mse_nrm", sc.mse_nrm);
+            cli_json(c->ex, strlen(c->ex));
+            printf(", \"parsed\": %s, ", c->parsed ? "true" : "false");
+            print_num("mse_nrm", c->sc.mse_nrm);
             printf(", ");
-            print_num("cos", sc.cos);
+            print_num("cos", c->sc.cos);
             printf(", ");
-            print_num("fve_nrm", sc.fve_nrm);
-            printf("}\n");
+            print_num("fve_nrm", c->sc.fve_nrm);
+            printf("%s}\n", extra);
+            NLA_FREE(extra);
         } else {
-            char shown[15];
+            char shown[15], fl[128];
             size_t k = 0;
             for (const char *p = tk; *p && k < 12; p++) shown[k++] = *p == '\n' ? ' ' : *p;
             shown[k] = 0;
-            printf("%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown, sqrt(nv), sc.mse_nrm,
-                   sc.cos, sc.fve_nrm);
-            for (const char *p = ex[i]; *p; p++) putchar(*p == '\n' ? ' ' : *p);
-            printf("%s\n", parsed[i] ? "" : "  [no <explanation> tags]");
+            cli_flags(flags[i], fl, sizeof fl);
+            printf("%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown, norm[i],
+                   c->sc.mse_nrm, c->sc.cos, c->sc.fve_nrm);
+            for (const char *p = c->ex; *p; p++) putchar(*p == '\n' ? ' ' : *p);
+            printf("  [%s]\n", fl);
+            for (int j = 0; o.parts && j < parts[i].n; j++)
+                printf("%5s  part %d alone: mse_nrm %.4f cos %.4f; parts 1-%d: mse_nrm %.4f cos "
+                       "%.4f\n",
+                       "", j + 1, parts[i].part[j].mse_nrm, parts[i].part[j].cos, j + 1,
+                       parts[i].prefix[j].mse_nrm, parts[i].prefix[j].cos);
+            if (sp.greedy)
+                printf("%5s  greedy: mse_nrm %.4f cos %.4f\n", "",
+                       cand[i * M + sp.n_cand].sc.mse_nrm, cand[i * M + sp.n_cand].sc.cos);
         }
     }
-    if (!o.jsonl)
+    if (!o.jsonl) {
         printf("fve_nrm against the training-set baseline %.4g; mse_nrm = 2 (1 - cos)\n", B);
+        if (o.best_of)
+            printf("each the best of %d sampled explanations by the same AR's mse_nrm\n",
+                   o.best_of);
+    }
     ret = 0;
 out:
-    for (int i = 0; i < n_pos; i++) { if (ex) NLA_FREE(ex[i]); if (tok_str) NLA_FREE(tok_str[i]); }
-    for (int q = 0; x && q < nbatch; q++) NLA_FREE(x[q].raw);
-    NLA_FREE(x); NLA_FREE(ex); NLA_FREE(tok_str); NLA_FREE(parsed); NLA_FREE(ids); NLA_FREE(pos);
-    NLA_FREE(v); NLA_FREE(rec);
+    for (int i = 0; tok_str && i < n_pos; i++) NLA_FREE(tok_str[i]);
+    for (int t = 0; cand && t < n_pos * M; t++) ex_cand_free(&cand[t]);
+    NLA_FREE(cand); NLA_FREE(parts); NLA_FREE(idx); NLA_FREE(best); NLA_FREE(norm); NLA_FREE(flags);
+    NLA_FREE(tok_str); NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v); NLA_FREE(rec);
     nla_session_free(s);
     nla_model_close(m);
     nla_tokenizer_close(tok);
@@ -8783,6 +9404,10 @@ static const char *const usage_eval =
     "  --max-new N            AV tokens per explanation (default 200)\n"
     "  --batch B              vectors the AV decodes together (default 8)\n"
     "  --temp T --top-k K --top-p P   AV sampling (default greedy; seeded per sample)\n"
+    "  --best-of N            N sampled explanations per token (temperature 1 unless --temp),\n"
+    "                         each reconstructed; the lowest mse_nrm is kept, all are listed\n"
+    "  --with-greedy          also the greedy explanation's scores\n"
+    "  --parts                scores of each paragraph alone and of each prefix of paragraphs\n"
     "  --tokenizer F          tokenizer.json for all three (default: each folder's)\n"
     "  --threads N            threads (default: all)\n"
     "  --quant q8_0|q4        quantize the models at load\n"
@@ -8875,6 +9500,8 @@ static int cmd_eval(int argc, char **argv) {
         if (!strcmp(a, "--quiet")) { ui.quiet = 1; continue; }
         if (!strcmp(a, "--plan")) { plan = 1; continue; }
         if (!strcmp(a, "--json")) { rp.json = 1; continue; }
+        if (!strcmp(a, "--with-greedy")) { p.with_greedy = 1; continue; }
+        if (!strcmp(a, "--parts")) { p.parts = 1; continue; }
         if (merge) { if (first_dir < 0) first_dir = i; continue; } /* the shard folders */
         if (a[0] != '-' || !a[1]) {
             if (n_arg == 3) return cli_error("unexpected argument '%s'", a);
@@ -8904,6 +9531,8 @@ static int cmd_eval(int argc, char **argv) {
             p.seed = (uint64_t)s;
         } else if (!strcmp(a, "--chunk")) ok = parse_int(v, &p.chunk) && p.chunk > 0;
         else if (!strcmp(a, "--max-new")) ok = parse_int(v, &p.max_new) && p.max_new > 0;
+        else if (!strcmp(a, "--best-of"))
+            ok = parse_int(v, &p.best_of) && p.best_of > 0 && p.best_of <= 256;
         else if (!strcmp(a, "--batch"))
             ok = parse_int(v, &p.batch) && p.batch > 0 && p.batch <= 256;
         else if (!strcmp(a, "--threads")) ok = parse_int(v, &p.n_threads) && p.n_threads >= 0;

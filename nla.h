@@ -461,6 +461,10 @@ typedef struct {
     float *first_logits; /* optional out [vocab]: the logits after the prompt */
     nla_token_fn on_token; /* optional streaming callback */
     void *user;
+    const uint64_t *seeds; /* optional [B]: vector q samples from its own stream,
+                              seeded with seeds[q] (as nla_session_seed), so its
+                              explanation is the same in any batch; NULL: every
+                              vector draws from the session's stream */
 } nla_verbalize_params;
 
 /* AV: the explanation of vector v [d_model] as token ids (capacity cap >=
@@ -476,7 +480,8 @@ nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_par
    explanations cost little more than one while decoding is bound by memory
    bandwidth. Vector q's ids go to ids[q * cap ...], their count to n_ids[q];
    first_logits, if set, receives [B, vocab]; on_token is called only when
-   B is 1. Greedy results are identical to B calls of nla_verbalize. */
+   B is 1. Greedy results are identical to B calls of nla_verbalize, and so
+   are sampled ones with seeds. */
 nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
                                const nla_verbalize_params *params, int32_t *ids, int cap,
                                int *n_ids);
@@ -500,6 +505,24 @@ typedef struct {
     double cos;      /* cosine of the raw vectors; mse_nrm = 2 (1 - cos) when mse_scale = sqrt(d) */
     double fve_nrm;  /* 1 - mse_nrm / baseline; NaN when baseline <= 0 */
 } nla_scores;
+
+/* Per-part scores of an explanation: its paragraphs (runs of lines that
+   are not blank; the released NLAs write 2-3: a "kind: topic" line, a
+   context paragraph, a final-token paragraph), at most NLA_MAX_PARTS (the
+   last then holds the rest). */
+#define NLA_MAX_PARTS 16
+typedef struct {
+    int n;                            /* parts */
+    nla_scores part[NLA_MAX_PARTS];   /* part j reconstructed alone */
+    nla_scores prefix[NLA_MAX_PARTS]; /* parts 1..j+1: the text from the start
+                                         through part j; the last is the whole */
+} nla_part_scores;
+
+/* AR: reconstructs each part of the explanation alone and each prefix, and
+   scores them against v [d_model] (nla_score with the AR's mse_scale and
+   baseline). Each equals nla_reconstruct of that text, then nla_score. */
+nla_status nla_score_parts(nla_session *s, const float *v, const char *explanation, double baseline,
+                           nla_part_scores *out);
 
 /* Vectors on disk: float32 little-endian C-order NumPy .npy, shape [n] or
    [n, d]. nla_npy_read writes the shape and, when cap (floats) suffices,
@@ -530,7 +553,9 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
                           sample_idx, record_id, source, role, token_id,
                           token_str, position, seq_len, vec_norm,
                           text_preview, explanation, raw_av_text, av_parsed,
-                          mse_nrm, cos, fve_nrm
+                          mse_nrm, cos, fve_nrm, then candidates and chosen
+                          (best_of), greedy (with_greedy), parts (parts),
+                          flags (the row's trust flags but norm_outlier)
      activations.npy      float32 [S, d]: row sample_idx = the target's vector
      reconstructions.npy  float32 [S, d]: the AR's reconstruction of it
    Chat roles: bos, user_content, asst_content, role_marker (<start_of_turn>,
@@ -571,11 +596,19 @@ typedef struct {
                                   <start_of_turn>, <end_of_turn>, ...) */
     uint64_t seed;             /* drawing (and AV sampling) seed; default 0 */
     int max_new;               /* AV tokens per explanation; default 200 */
-    float temperature;         /* AV decoding: default 0, greedy. Sampled
-                                  explanations are decoded one at a time with
-                                  the RNG seeded from seed and sample_idx. */
+    float temperature;         /* AV decoding: default 0, greedy. A sampled
+                                  explanation draws from its own stream, seeded
+                                  from seed, sample_idx and the candidate. */
     int top_k;
     float top_p;
+    int best_of;               /* N > 0: N sampled explanations per vector, each
+                                  reconstructed; the lowest mse_nrm is kept and
+                                  all are listed ("candidates"); temperature 0
+                                  means 1 when N > 1. Default 0: one, no list */
+    int with_greedy;           /* nonzero: also the greedy explanation's
+                                  scores ("greedy") */
+    int parts;                 /* nonzero: the scores of each paragraph alone
+                                  and of each prefix of paragraphs ("parts") */
     int batch;                 /* vectors the AV decodes together; default 8 */
     int chunk;                 /* samples per extract, verbalize, reconstruct
                                   round (one model in memory at a time);
