@@ -8075,6 +8075,237 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     return rc;
 }
 
+/* --- comparing two runs of one study (a quantization audit) */
+
+/* A record's id and positions in tokens.jsonl, as text: "id [p, q, ...]". */
+static void ev_record_key(const jdoc *d, char *out, size_t cap) {
+    const int id = json_get(d, 0, "record_id"), ps = json_get(d, 0, "positions");
+    const char *q = id >= 0 && d->node[id].type == J_STR ? "\"" : ""; /* a string id as written */
+    size_t n = (size_t)snprintf(out, cap, "%s%.*s%s [", q,
+                                id >= 0 ? (int)(d->node[id].len < 200 ? d->node[id].len : 200) : 1,
+                                id >= 0 ? d->src + d->node[id].off : "?", q);
+    for (uint32_t i = 0, k = (uint32_t)ps + 1;
+         ps >= 0 && d->node[ps].type == J_ARR && i < d->node[ps].n && n < cap;
+         i++, k = d->node[k].end) {
+        int v = -1;
+        json_int(d, (int)k, &v);
+        n += (size_t)snprintf(out + n, cap - n, "%s%d", i ? ", " : "", v);
+    }
+    if (n < cap) snprintf(out + n, cap - n, "]");
+}
+
+/* The same records and positions in a's and b's tokens.jsonl, or
+   NLA_ERR_ARG naming the first difference. */
+static nla_status ev_same_study(const char *a, const char *b, errbuf *e) {
+    char *ta = NULL, *tb = NULL;
+    size_t na = 0, nb = 0, ia = 0, ib = 0;
+    int rec = 0;
+    nla_status rc = ev_read(a, "tokens.jsonl", &ta, &na, e);
+    if (!rc) rc = ev_read(b, "tokens.jsonl", &tb, &nb, e);
+    while (!rc && (ia < na || ib < nb)) {
+        const char *la = ta + ia, *lb = tb + ib, *ea = (const char *)memchr(la, '\n', na - ia), *eb;
+        char ka[512], kb[512];
+        jdoc da, db;
+        if (ia >= na || ib >= nb) {
+            rc = fail(e, NLA_ERR_ARG,
+                      "%s and %s are not runs of one study: %s has more than %d records", a, b,
+                      ia < na ? a : b, rec);
+            break;
+        }
+        eb = (const char *)memchr(lb, '\n', nb - ib);
+        ia = ea ? (size_t)(ea - ta) + 1 : na;
+        ib = eb ? (size_t)(eb - tb) + 1 : nb;
+        if ((rc = json_parse(&da, la, ea ? (size_t)(ea - la) : na - (size_t)(la - ta), e, a)) !=
+            NLA_OK)
+            break;
+        if ((rc = json_parse(&db, lb, eb ? (size_t)(eb - lb) : nb - (size_t)(lb - tb), e, b)) !=
+            NLA_OK) {
+            json_free(&da);
+            break;
+        }
+        ev_record_key(&da, ka, sizeof ka);
+        ev_record_key(&db, kb, sizeof kb);
+        if (strcmp(ka, kb))
+            rc = fail(e, NLA_ERR_ARG,
+                      "%s and %s are not runs of one study: record %d is %s in the first, %s in "
+                      "the second",
+                      a, b, rec + 1, ka, kb);
+        json_free(&da);
+        json_free(&db);
+        rec++;
+    }
+    NLA_FREE(ta);
+    NLA_FREE(tb);
+    return rc;
+}
+
+/* A folder's reconstructions.npy [S, d] into a heap array (NULL: failed, said in e). */
+static float *ev_recons(const char *dir, long S, int d, errbuf *e) {
+    char *path = path_join(dir, "reconstructions.npy");
+    int64_t sh[2];
+    int nd = 0;
+    float *r = (float *)xmalloc((size_t)S + 1, (size_t)d * sizeof(float));
+    nla_status rc = path && r ? nla_npy_read(path, r, (size_t)S * d, sh, &nd, e->msg, sizeof e->msg)
+                              : fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (!rc && (nd != 2 || sh[0] != S || sh[1] != d))
+        rc = fail(e, NLA_ERR_FORMAT, "%s: not [%ld, %d] like its activations.npy", path, S, d);
+    NLA_FREE(path);
+    if (rc) NLA_FREE(r);
+    return rc ? NULL : r;
+}
+
+/* cos between x and y [d] (1 for two equal vectors, 0 when one is zero). */
+static double ev_cos(const float *x, const float *y, int d) {
+    double dot = 0, nx = 0, ny = 0;
+    for (int i = 0; i < d; i++) {
+        dot += (double)x[i] * y[i];
+        nx += (double)x[i] * x[i];
+        ny += (double)y[i] * y[i];
+    }
+    return nx > 0 && ny > 0 ? dot / sqrt(nx * ny) : 0;
+}
+
+/* One row of both runs. */
+typedef struct {
+    int a, b;                     /* the row in each set */
+    double dmse, dcos, act, rec;  /* B - A; cos of the activations, of the reconstructions */
+} ev_pair;
+
+static int ev_cmp_change(const void *x, const void *y) {
+    const ev_pair *p = (const ev_pair *)x, *q = (const ev_pair *)y;
+    const double a = fabs(p->dmse), b = fabs(q->dmse);
+    return a != b ? (a < b) - (a > b) : (p->a > q->a) - (p->a < q->a);
+}
+
+/* The summary of the pairs and the 20 that changed most. */
+static void ev_compare_write(const ev_set *A, const ev_set *B, ev_pair *pr, int n, int only,
+                             int json, ev_out *o) {
+    double m[10] = {
+        0, 0, 0, 0, 0, 0,
+        1, 0, 1, 0}; /* dmse, |dmse|, max |dmse|, dcos, |dcos|, same, min act, act, min rec, rec */
+    int same = 0;
+    for (int i = 0; i < n; i++) {
+        const ev_pair *p = &pr[i];
+        m[0] += p->dmse / n;
+        m[1] += fabs(p->dmse) / n;
+        m[2] = fmax(m[2], fabs(p->dmse));
+        m[3] += p->dcos / n;
+        m[4] += fabs(p->dcos) / n;
+        same += !strcmp(A->row[p->a].expl, B->row[p->b].expl);
+        m[6] = fmin(m[6], p->act);
+        m[7] += p->act / n;
+        m[8] = fmin(m[8], p->rec);
+        m[9] += p->rec / n;
+    }
+    m[5] = n ? (double)same / n : NAN;
+    qsort(pr, (size_t)n, sizeof *pr, ev_cmp_change);
+    if (json) {
+        static const char *const key[10] = {
+            "dmse_mean",        "abs_dmse_mean", "abs_dmse_max", "dcos_mean",   "abs_dcos_mean",
+            "same_explanation", "act_cos_min",   "act_cos_mean", "rec_cos_min", "rec_cos_mean"};
+        ev_printf(o, "{\"rows\": %d, \"unmatched\": %d, ", n, only);
+        for (int k = 0; k < 10; k++) ev_json_num(o, key[k], n ? m[k] : NAN, 0);
+        ev_printf(o, "\"changed_most\": [");
+        for (int i = 0; i < n && i < 20; i++) {
+            const ev_pair *p = &pr[i];
+            ev_printf(o, "%s\n  {\"sample_idx\": %ld, \"position\": %d, ", i ? "," : "",
+                      A->row[p->a].sample_idx, A->row[p->a].position);
+            ev_json_num(o, "mse_nrm_a", A->row[p->a].mse, 0);
+            ev_json_num(o, "mse_nrm_b", B->row[p->b].mse, 0);
+            ev_json_num(o, "dmse", p->dmse, 0);
+            ev_json_num(o, "dcos", p->dcos, 0);
+            ev_printf(o, "\"same_explanation\": %s, ",
+                      strcmp(A->row[p->a].expl, B->row[p->b].expl) ? "false" : "true");
+            ev_json_num(o, "act_cos", p->act, 0);
+            ev_json_num(o, "rec_cos", p->rec, 1);
+            ev_printf(o, "}");
+        }
+        ev_printf(o, "]}\n");
+        return;
+    }
+    ev_printf(o, "nla eval compare: %d rows in both (%d in only one); B - A\n\n", n, only);
+    ev_printf(o, "  mean dmse_nrm %.6g, mean |dmse_nrm| %.6g, max |dmse_nrm| %.6g\n", m[0], m[1],
+              m[2]);
+    ev_printf(o, "  mean dcos %.6g, mean |dcos| %.6g\n", m[3], m[4]);
+    ev_printf(o, "  identical explanations %d of %d (%.2f%%)\n", same, n, 100 * m[5]);
+    ev_printf(o, "  cos of the activations: mean %.9g, min %.9g\n", m[7], m[6]);
+    ev_printf(o, "  cos of the reconstructions: mean %.9g, min %.9g\n", m[9], m[8]);
+    ev_printf(o,
+              "\nthe %d rows that changed most (|dmse_nrm|):\n%10s %8s %-14s %10s %10s %10s %10s "
+              "%5s %12s %12s\n",
+              n < 20 ? n : 20, "sample_idx", "position", "token", "mse_nrm A", "mse_nrm B",
+              "dmse_nrm", "dcos", "same", "act cos", "rec cos");
+    for (int i = 0; i < n && i < 20; i++) {
+        const ev_pair *p = &pr[i];
+        char shown[16];
+        size_t k = 0;
+        for (const char *c = A->row[p->a].token; *c && k < 14; c++)
+            shown[k++] = *c == '\n' ? ' ' : *c;
+        shown[k] = 0;
+        ev_printf(o, "%10ld %8d %-14s %10.5f %10.5f %10.5f %10.5f %5s %12.9f %12.9f\n",
+                  A->row[p->a].sample_idx, A->row[p->a].position, shown, A->row[p->a].mse,
+                  B->row[p->b].mse, p->dmse, p->dcos,
+                  strcmp(A->row[p->a].expl, B->row[p->b].expl) ? "no" : "yes", p->act, p->rec);
+    }
+}
+
+nla_status nla_eval_compare(const char *results_a, const char *results_b,
+                            const nla_eval_report_params *params, nla_write_fn write, void *user,
+                            char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    ev_set A, B;
+    nla_eval_report_params p;
+    ev_out o;
+    ev_pair *pr = NULL;
+    float *ra = NULL, *rb = NULL;
+    int n = 0, only = 0, n_order = 0;
+    ev_key *order = NULL;
+    nla_status rc;
+    e.msg[0] = 0;
+    memset(&p, 0, sizeof p);
+    memset(&A, 0, sizeof A);
+    memset(&B, 0, sizeof B);
+    if (params) p = *params;
+    o.write = write;
+    o.user = user;
+    o.oom = 0;
+    rc =
+        results_a && results_b && write
+            ? ev_same_study(results_a, results_b, &e)
+            : fail(&e, NLA_ERR_ARG, "nla_eval_compare: two results folders and write are required");
+    if (!rc) rc = ev_set_load(results_a, &p, &A, &e);
+    if (!rc) rc = ev_set_load(results_b, &p, &B, &e);
+    if (!rc && (!A.act || !B.act || A.n_act != B.n_act || A.d != B.d))
+        rc = fail(&e, NLA_ERR_ARG, "%s and %s: both need activations.npy of one shape", results_a,
+                  results_b);
+    if (!rc && (!(ra = ev_recons(results_a, A.n_act, A.d, &e)) ||
+                !(rb = ev_recons(results_b, B.n_act, B.d, &e))))
+        rc = NLA_ERR_FORMAT;
+    if (!rc && (!(order = ev_rows_by_idx(&B, &n_order)) ||
+                !(pr = (ev_pair *)xmalloc((size_t)A.n + 1, sizeof *pr))))
+        rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+    for (int i = 0; !rc && i < A.n; i++) { /* the rows of A's samples that B has too */
+        const long idx = A.row[i].sample_idx;
+        const int j = idx >= 0 && idx < A.n_act ? ev_row_of(order, n_order, (uint64_t)idx) : -1;
+        if (j < 0) { only++; continue; }
+        pr[n].a = i;
+        pr[n].b = j;
+        pr[n].dmse = B.row[j].mse - A.row[i].mse;
+        pr[n].dcos = B.row[j].cos - A.row[i].cos;
+        pr[n].act = ev_cos(A.act + (size_t)idx * A.d, B.act + (size_t)idx * A.d, A.d);
+        pr[n++].rec = ev_cos(ra + (size_t)idx * A.d, rb + (size_t)idx * A.d, A.d);
+    }
+    if (!rc) {
+        ev_compare_write(&A, &B, pr, n, only + (B.n - n), p.json, &o);
+        if (o.oom) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+    }
+    NLA_FREE(pr); NLA_FREE(ra); NLA_FREE(rb); NLA_FREE(order);
+    ev_set_free(&A);
+    ev_set_free(&B);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
 /* ==== 15 CLI (only with -DNLA_MAIN) ===================================== */
 
 /* The command-line tool uses only the public API above, so it doubles as
@@ -9382,6 +9613,7 @@ static const char *const usage_eval =
     "       nla eval --merge OUT_DIR SHARD_DIR...\n"
     "       nla eval --summary RESULTS [--json] [--baseline B]\n"
     "       nla eval --html report.html RESULTS [--max-texts N]\n"
+    "       nla eval --compare RES_A RES_B [--json]\n"
     "\n"
     "The pretraining-vs-chat reconstruction study (NLA_SPEC.md section 6) as one resumable,\n"
     "shardable command. Inputs are JSONL: documents {\"id\", \"text\", \"source\"} and chats\n"
@@ -9417,7 +9649,10 @@ static const char *const usage_eval =
     "--summary prints error statistics by source, chat role and token kind, the explanations'\n"
     "structure and degenerate templates, for a results folder or a JSONL file with the\n"
     "published field names; --json for JSON; --baseline B sets the training-set baseline.\n"
-    "--html writes a self-contained report (tables, histograms, coloured texts).\n";
+    "--html writes a self-contained report (tables, histograms, coloured texts).\n"
+    "--compare sets two runs of one study side by side (e.g. without and with --quant): per row\n"
+    "the change of mse_nrm and cos, identical explanations, the cos between the runs'\n"
+    "activations and reconstructions; the means and the 20 rows that changed most.\n";
 
 #ifndef _WIN32
 #include <time.h>
@@ -9485,7 +9720,8 @@ static int cmd_eval(int argc, char **argv) {
     nla_eval_report_params rp;
     nla_eval_counts c;
     cli_eval_ui ui;
-    const char *arg[3] = {NULL, NULL, NULL}, *merge = NULL, *summary = NULL, *html = NULL;
+    const char *arg[3] = {NULL, NULL, NULL}, *merge = NULL, *summary = NULL, *html = NULL,
+               *compare = NULL;
     int n_arg = 0, plan = 0, first_dir = -1;
     char err[512];
     nla_status rc;
@@ -9516,6 +9752,7 @@ static int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--merge")) merge = v;
         else if (!strcmp(a, "--summary")) summary = v;
         else if (!strcmp(a, "--html")) html = v;
+        else if (!strcmp(a, "--compare")) compare = v;
         else if (!strcmp(a, "--tokenizer")) p.tokenizer = v;
         else if (!strcmp(a, "--positions-per-record"))
             ok = parse_int(v, &p.positions_per_record) && p.positions_per_record > 0;
@@ -9567,6 +9804,12 @@ static int cmd_eval(int argc, char **argv) {
     }
     if (summary) {
         rc = nla_eval_summary(summary, &rp, cli_write, stdout, err, sizeof err);
+        return rc ? cli_error("%s (%s)", err, nla_strerror(rc)) : 0;
+    }
+    if (compare) {
+        if (n_arg != 1)
+            return cli_error("give two results folders: nla eval --compare RES_A RES_B");
+        rc = nla_eval_compare(compare, arg[0], &rp, cli_write, stdout, err, sizeof err);
         return rc ? cli_error("%s (%s)", err, nla_strerror(rc)) : 0;
     }
     if (html) {

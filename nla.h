@@ -685,6 +685,17 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
                                 const nla_eval_report_params *params, char *errbuf,
                                 size_t errbuf_size);
 
+/* Compares two runs of one study (results folders of the same records and
+   positions, e.g. made with and without --quant): per row Δmse_nrm and Δcos
+   (B - A), whether the explanations are identical, the cos between the
+   runs' activations and between their reconstructions; the means, and the
+   20 rows that changed most (largest |Δmse_nrm|). Output as tables or JSON
+   (params->json). Two studies that differ are refused (NLA_ERR_ARG),
+   naming the first record that differs. */
+nla_status nla_eval_compare(const char *results_a, const char *results_b,
+                            const nla_eval_report_params *params, nla_write_fn write, void *user,
+                            char *errbuf, size_t errbuf_size);
+
 /* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
 
 #ifdef NLA_EXPERIMENTAL

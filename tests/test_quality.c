@@ -5,7 +5,8 @@
    text; best of 1 at temperature 0 is the greedy path; per-part scores are
    those of each part reconstructed alone; each flag is set on a crafted row
    and on no clean one; the texts do not depend on the batch, and a killed
-   run resumes, and shards merge, to the same bytes with --best-of 4 --parts.
+   run resumes, and shards merge, to the same bytes with --best-of 4 --parts;
+   a run compared with itself gives zeros, with its --quant q8_0 twin not.
    Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
@@ -154,6 +155,12 @@ static void cli_scores(const char *ar, const char *text, double *mse, double *co
     free(s);
 }
 
+static int count_lines_text(const char *t) {
+    int k = 0;
+    for (; t && *t; t++) k += *t == '\n';
+    return k;
+}
+
 /* Does the row at p have flag name? */
 static int has_flag(const char *p, const char *name) {
     char key[64];
@@ -253,7 +260,6 @@ static void test_best_of(void) {
     free(gres);
     free(res1);
     rm_dir(b1);
-    rm_dir(gr);
 }
 
 /* The summary JSON collected from nla_eval_summary. */
@@ -532,11 +538,86 @@ static void test_reproducible(void) {
     rm_dir(sd[1]);
 }
 
+/* nla_eval_compare: a run against itself is all zeros (and cos 1), an f32
+   run against a --quant q8_0 run of the golden trio is not; two studies
+   with other records or positions are refused, naming the record. */
+static void test_compare(void) {
+    const char *a = "tests/tmp/q_greedy", *q8 = "tests/tmp/q_q8", *c = "tests/tmp/q_other";
+    const char *q8_args[] = {GOLDEN, SAMPLE, OPTS, TOK, "--quant", "q8_0", NULL};
+    nla_eval_report_params rp;
+    text self = {NULL, 0}, quant = {NULL, 0}, tab = {NULL, 0};
+    char err[512], pa[256], pc[256];
+    memset(&rp, 0, sizeof rp);
+    rp.json = 1;
+    CHECK_EQ(eval_into(q8, q8_args), 0);
+    CHECK_MSG(nla_eval_compare(a, a, &rp, collect, &self, err, sizeof err) == NLA_OK, "%s", err);
+    CHECK_MSG(nla_eval_compare(a, q8, &rp, collect, &quant, err, sizeof err) == NLA_OK, "%s", err);
+    static const char *const zero[] = {"dmse_mean", "abs_dmse_mean", "abs_dmse_max", "dcos_mean",
+                                       "abs_dcos_mean"};
+    for (int k = 0; k < 5; k++)
+        CHECK_MSG(num_after(self.p, zero[k]) == 0, "self: %s %g", zero[k],
+                  num_after(self.p, zero[k]));
+    CHECK(num_after(self.p, "rows") == 7 && num_after(self.p, "unmatched") == 0 &&
+          num_after(self.p, "same_explanation") == 1);
+    CHECK(num_after(self.p, "act_cos_min") == 1 && num_after(self.p, "rec_cos_min") == 1);
+    CHECK_MSG(num_after(quant.p, "abs_dmse_max") > 0 && num_after(quant.p, "abs_dcos_mean") > 0,
+              "q8_0: no change of the scores");
+    CHECK_MSG(num_after(quant.p, "act_cos_min") < 1 && num_after(quant.p, "act_cos_min") > 0.99,
+              "q8_0: activation cos %g", num_after(quant.p, "act_cos_min"));
+    CHECK(num_after(quant.p, "rec_cos_min") < 1);
+    CHECK(quant.p && strstr(quant.p, "\"changed_most\": [") &&
+          count_lines_text(quant.p) == 8); /* a line per row */
+    printf("  compare f32 / q8_0: max |dmse_nrm| %.3g, min activation cos %.6f, min reconstruction "
+           "cos %.6f\n",
+           num_after(quant.p, "abs_dmse_max"), num_after(quant.p, "act_cos_min"),
+           num_after(quant.p, "rec_cos_min"));
+    rp.json = 0;
+    CHECK_EQ(nla_eval_compare(a, q8, &rp, collect, &tab, err, sizeof err), NLA_OK);
+    CHECK(tab.p && strstr(tab.p, "7 rows in both") &&
+          strstr(tab.p, "the 7 rows that changed most"));
+    /* other positions, then fewer records: refused */
+    rm_dir(c);
+    mkdir(c, 0755);
+    for (int i = 0; i < 5; i++) {
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pc, sizeof pc, "%s/%s", c, files[i]);
+        copy_file(pa, pc);
+    }
+    snprintf(pc, sizeof pc, "%s/tokens.jsonl", c);
+    char *tk = slurp(pc, NULL), *at = tk ? strstr(tk, "\"positions\": [") : NULL,
+         *nl = tk ? strchr(tk, '\n') : NULL;
+    FILE *f = fopen(pc, "wb");
+    if (f && at && nl) {
+        fwrite(tk, 1, (size_t)(at - tk) + 14, f);
+        fputs("1, ", f);
+        fputs(at + 14, f);
+        fclose(f);
+        CHECK_EQ(nla_eval_compare(a, c, &rp, collect, &tab, err, sizeof err), NLA_ERR_ARG);
+        CHECK_MSG(strstr(err, "not runs of one study: record 1 is \"prose-1\" [") &&
+                      strstr(err, "[1, "),
+                  "refused: %s", err);
+        spit(pc, tk, (size_t)(nl - tk) + 1);
+        CHECK_EQ(nla_eval_compare(a, c, &rp, collect, &tab, err, sizeof err), NLA_ERR_ARG);
+        CHECK_MSG(strstr(err, "tests/tmp/q_greedy has more than 1 records"), "refused: %s", err);
+    } else {
+        CHECK_MSG(0, "cannot rewrite %s", pc);
+        if (f) fclose(f);
+    }
+    free(tk);
+    free(self.p);
+    free(quant.p);
+    free(tab.p);
+    rm_dir(a);
+    rm_dir(q8);
+    rm_dir(c);
+}
+
 int main(void) {
     mkdir("tests/tmp", 0755);
     test_flags();
     test_parts();
     test_best_of();
+    test_compare();
     test_reproducible();
     return test_report();
 }
