@@ -1,7 +1,8 @@
 # Writes tests/data/eval/fixed_results.jsonl (a small hand-made results file in
-# the published field names; explanations built from the texts NLA_SPEC.md
-# quotes) and prints the summary statistics test_eval.c expects, computed
-# here independently of nla.c (plain Python, numpy's default percentile rule).
+# the published field names; explanations built from the texts that the blog
+# post "Some observations about NLA explanations" and its author's notes quote)
+# and prints the summary statistics test_eval.c expects, computed here
+# independently of nla.c (plain Python, numpy's default percentile rule).
 # Run from the repository root: python3 tests/data/gen/eval_fixed.py
 import json, math, re
 
