@@ -107,16 +107,16 @@ bench-search: tests/bench nla
 	NLA_BENCH_NO_TOKENIZER=1 NLA_BENCH_THREADS=1 ./tests/bench --search weights/bench-search
 	/usr/bin/time -f "nla search --near 7 --top 5: %e s wall, %M KB peak" ./nla search weights/bench-search --near 7 --top 5 > /dev/null
 
-# llama.cpp side by side (optional; ../shared/anchor/README.md sets it up:
-# node-llama-cpp's prebuilt libllama, bench_llama built by build_c.sh, the
-# GGUFs written by make_gguf.py, all under ANCHOR_REF). For each of 1B Q8_0
+# llama.cpp side by side (optional; README.md, Performance, says what
+# ANCHOR_REF holds: node-llama-cpp's prebuilt libllama, a bench_llama
+# program on it, the GGUF files of the 1B shapes). For each of 1B Q8_0
 # and Q4_0: llama.cpp's pp512/tg64 at 1 and 2 threads, then ours on the same
 # shape right after, so both ratios come from one moment of a noisy host.
 ANCHOR_REF ?= $(HOME)/ref
 ANCHOR_BINS = $(ANCHOR_REF)/nlc/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
 bench-anchor: tests/bench weights/tokenizer.json weights/bench-1b-q8_0 weights/bench-1b-q4_0
 	@for q in q8_0 q4_0; do g=$(ANCHOR_REF)/anchor-models/gemma3-1b-random-$$q.gguf; \
-	  [ -f $$g ] || { echo "bench-anchor: $$g is missing (see ../shared/anchor/README.md)"; exit 1; }; \
+	  [ -f $$g ] || { echo "bench-anchor: $$g is missing (README.md, Performance, says what ANCHOR_REF holds)"; exit 1; }; \
 	  echo "== llama.cpp $$q"; cat $$g > /dev/null; \
 	  $(ANCHOR_REF)/anchor-build/bench_llama --model $$g --bins $(ANCHOR_BINS) --threads 1,2 --pp 512 --tg 64 --reps 1 2>&1 | grep -v '^load_backend'; \
 	  echo "== nla.c $$q"; NLA_BENCH_NO_TOKENIZER=1 ./tests/bench weights/bench-1b-$$q; done
