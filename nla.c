@@ -10372,6 +10372,11 @@ static int cmd_quantize(int argc, char **argv) {
 
 /* ---- nla random-model: checkpoints with random weights ---- */
 
+/* The stop ids a written checkpoint declares (config.json and
+   generation_config.json), as Gemma 3's instruction-tuned checkpoints do:
+   <eos> and <end_of_turn>. nla_verbalize stops on them. */
+#define RT_EOS_IDS "[1, 106]"
+
 static const char *const usage_random =
     "usage: nla random-model DIR [--role trio|target|av|ar] [--shape tiny|1b|12b|27b] "
     "[--quant q8_0|q4]\n"
@@ -10525,14 +10530,14 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
              "  \"rope_scaling\": %s,\n  \"rms_norm_eps\": 1e-06,\n"
              "  \"max_position_embeddings\": 32768,\n"
              "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"bos_token_id\": 2,\n"
-             "  \"eos_token_id\": [1, 106],\n"
+             "  \"eos_token_id\": " RT_EOS_IDS ",\n"
              "  \"pad_token_id\": 0,\n  \"tie_word_embeddings\": true,\n"
              "  \"torch_dtype\": \"bfloat16\"\n}\n",
              h, sh->ff, sh->heads, sh->kv, sh->hd, layers, types, sh->vocab, sh->window, sh->qpas,
              rope);
     if (write_text(dir, "config.json", cfg) ||
         write_text(dir, "generation_config.json",
-                   "{\n  \"bos_token_id\": 2,\n  \"eos_token_id\": [1, 106],\n"
+                   "{\n  \"bos_token_id\": 2,\n  \"eos_token_id\": " RT_EOS_IDS ",\n"
                    "  \"pad_token_id\": 0\n}\n"))
         goto out;
     if (role) { /* the sidecar, in the released format */
