@@ -8694,9 +8694,25 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
 
 /* ==== 15 CLI (only with -DNLA_MAIN) ===================================== */
 
-/* The command-line tool uses only the public API above, so it doubles as
-   the worked example of it. Output that other tools parse (ids, .npy files)
-   goes to stdout or files; messages go to stderr. */
+/* The command-line tool. It drives the library through nla.h, so it doubles
+   as the worked example of the API, except for these internals, each used so
+   that the tool has no second copy of code the library already holds:
+     - the allocator macros NLA_MALLOC ... (section 1) and PRINTF_LIKE;
+     - strings, files and errors: sbuf, sb_put, sb_str, xstrndup, errbuf (2),
+       read_file, path_join (4), copy_file (8);
+     - the JSON reader and string writer (3): jdoc, json_parse, json_get,
+       json_str, json_strdup, json_free, json_put_string: --chat files,
+       --jsonl input and the JSON it prints (nla.h has no JSON API);
+     - ar_tokens (13): the AR inputs' lengths, to size the AR session for
+       the longest one;
+     - release_baseline (13): nla score's default baseline, for vectors that
+       come without a model;
+     - random-model only: the float formats (f32_to_bf16, f32_to_f16, 2), the
+       random generator (rng_next, rng_uniform, 12) and the quantized layout
+       (QK, QG, blk_bytes, group_bytes, mat_bytes, 6), to write checkpoints
+       larger than memory group by group.
+   Output that other tools parse (ids, .npy files) goes to stdout or files;
+   messages go to stderr. */
 #ifdef NLA_MAIN
 #ifndef _WIN32
 #include <sys/stat.h> /* mkdir */
