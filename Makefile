@@ -61,12 +61,21 @@ test: $(TESTS) nla weights/tokenizer.json weights/tiny/ar/nla_meta.yaml
 
 # Style checks a reviewer would otherwise make by eye, run by CI: each check
 # prints FILE:LINE and what is wrong there, and lint fails if any did. Lines
-# of nla.c and nla.h are at most LINT_COLUMNS long.
+# of nla.c and nla.h are at most LINT_COLUMNS long. README.md and the string
+# literals of nla.c (the messages users see) name no .md file that is not in
+# the repository (a path outside it, such as ../x.md, counts as not in it).
 LINT_COLUMNS = 100
 lint:
 	@fail=0; \
 	awk -v max=$(LINT_COLUMNS) 'length > max { print FILENAME ":" FNR ": " length " columns (at most " max ")"; bad = 1 } \
 	  END { exit bad }' nla.c nla.h || fail=1; \
+	awk 'function md(t,  n) { while (match(t, /[A-Za-z0-9_.\/-]+\.md/)) { n = substr(t, RSTART, RLENGTH); \
+	    t = substr(t, RSTART + RLENGTH); if (n ~ /^(\.\.|\/)/ || system("test -f \"" n "\"")) { \
+	    print FILENAME ":" FNR ": names " n ", which is not in the repository"; bad = 1 } } } \
+	  FILENAME == "README.md" { md($$0) } \
+	  FILENAME == "nla.c" { t = $$0; while (match(t, /"([^"\\]|\\.)*"/)) { s = substr(t, RSTART, RLENGTH); \
+	    t = substr(t, RSTART + RLENGTH); md(s) } } \
+	  END { exit bad }' README.md nla.c || fail=1; \
 	[ $$fail -eq 0 ] && echo "lint: ok"
 
 # Threads sharing models under ThreadSanitizer (without OpenMP, whose
