@@ -5422,7 +5422,7 @@ nla_status nla_score_cross(const float *v, const float *r, int n, int d, double 
 
 /* ==== 14 Evaluation: the pretraining-vs-chat study ====================== */
 
-/* nla eval (NLA_SPEC.md §6): explanations and reconstruction errors of
+/* nla eval: explanations and reconstruction errors of
    tokens drawn from documents and chat conversations, then summaries of the
    errors by source, chat role and token kind, of the explanations'
    three-part structure, and of the known degenerate templates (§3.6).
@@ -5891,7 +5891,8 @@ static const char *ev_paragraph(const char **p, const char *end, const char **e)
     return b;
 }
 
-/* The degenerate templates and failures of NLA_SPEC.md §3.6. */
+/* The degenerate templates and failures the released AVs are known for
+   (README.md, nla eval, describes them). */
 enum { T_SINK, T_FALLBACK, T_CJK, T_NEWLINES, T_UNPARSED, T_COUNT };
 static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic",
                                                   "fallback_research_paper", "cjk_output",
@@ -7214,7 +7215,7 @@ static int ev_token_kind(const char *s) {
     return K_OTHER;
 }
 
-/* The three-part shape of an explanation (NLA_SPEC.md §3.5, §6). */
+/* The three-part shape of an explanation (README.md, nla eval). */
 typedef struct {
     int paras;      /* paragraphs (separated by blank lines) */
     int kind_topic; /* the first is "kind: topic" */
@@ -7848,7 +7849,7 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
             }
             ev_printf(o, "}");
         } else {
-            ev_printf(o, "\nstructure of the %d non-empty explanations (NLA_SPEC.md 3.5, 6):\n",
+            ev_printf(o, "\nstructure of the %d non-empty explanations:\n",
                       n_ex);
             for (int k = 0; k < 5; k++)
                 ev_printf(o, "  %-34s %6d  %6.1f%%\n", shape_what[k], sh_count[k],
@@ -7856,7 +7857,7 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
             ev_printf(o, "  %-34s %6.1f%% of %d chat, %.1f%% of %d non-chat (blog: 80%% vs 7%%)\n",
                       "\"Structured\" by kind", 100 * SHARE(str_chat, n_chat), n_chat,
                       100 * SHARE(str_non, n_non), n_non);
-            ev_printf(o, "\ndegenerate templates and failures (NLA_SPEC.md 3.6):\n");
+            ev_printf(o, "\ndegenerate templates and failures:\n");
             for (int t = 0; t < T_COUNT; t++)
                 ev_printf(o, "  %-72s %6d  %6.2f%%  mean cos %.4f\n", ev_tmpl_what[t], tmpl[t],
                           100 * SHARE(tmpl[t], s->n), tmpl[t] ? tmpl_cos[t] / tmpl[t] : 0.0);
@@ -10158,7 +10159,7 @@ static const char *const usage_eval =
     "       nla eval --html report.html RESULTS [--max-texts N]\n"
     "       nla eval --compare RES_A RES_B [--json]\n"
     "\n"
-    "The pretraining-vs-chat reconstruction study (NLA_SPEC.md section 6) as one resumable,\n"
+    "The pretraining-vs-chat reconstruction study as one resumable,\n"
     "shardable command. Inputs are JSONL: documents {\"id\", \"text\", \"source\"} and chats\n"
     "{\"id\", \"messages\": [{\"role\", \"content\"}, ...]} (Gemma 3 chat template); "
     "either may add\n"
