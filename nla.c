@@ -8909,6 +8909,11 @@ static int open_model(const char *dir, nla_embed_scale es, nla_quant quant, cons
     mp.quant = quant;
     mp.tokenizer = shared ? NULL : tokenizer;
     mp.shared_tokenizer = shared;
+    /* NLA_READ_WEIGHTS=1: read the weights into memory instead of mapping
+       the files (README, Performance: on hosts that reclaim mapped file
+       pages proactively, 12B decodes about twice as fast) */
+    const char *rw = getenv("NLA_READ_WEIGHTS");
+    mp.no_mmap = rw && *rw && strcmp(rw, "0") != 0;
     nla_status rc = nla_model_open(dir, &mp, m, err, sizeof err);
     if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
     return 0;

@@ -107,13 +107,14 @@ static void cpu_model(char *out, size_t n) {
     if (f) fclose(f);
 }
 
-/* Model options: NLA_BENCH_NO_MMAP reads the weights into memory instead
+/* Model options: NLA_READ_WEIGHTS=1 reads the weights into memory instead
    of mapping the file (on hosts that reclaim mapped file pages proactively
    the two decode at different speeds). */
 static nla_model_params bench_model_params(void) {
     nla_model_params mp;
     memset(&mp, 0, sizeof mp);
-    mp.no_mmap = getenv("NLA_BENCH_NO_MMAP") != NULL;
+    const char *rw = getenv("NLA_READ_WEIGHTS");
+    mp.no_mmap = rw && *rw && strcmp(rw, "0") != 0;
     return mp;
 }
 
@@ -405,7 +406,7 @@ int main(int argc, char **argv) {
     char cpu[128];
     cpu_model(cpu, sizeof cpu);
     printf("cpu: %s, %d logical CPUs; kernel: %s; weights %s\n", cpu, (int)sysconf(_SC_NPROCESSORS_ONLN),
-           nla_kernel_simd(), getenv("NLA_BENCH_NO_MMAP") ? "read into memory" : "mapped");
+           nla_kernel_simd(), bench_model_params().no_mmap ? "read into memory" : "mapped");
     const double ghz = cpu_ghz();
     double bw[16];
     for (int k = 0; k < n_threads; k++) {
