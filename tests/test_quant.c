@@ -72,8 +72,9 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
                     const double a = (k ? simd : ref)[t * rows + r];
                     if ((zero ? a != 0 : !(fabs(a - exact) <= bound)) && !off++)
                         fprintf(stderr, "%s %s [%d x %d x %d]: row %d of input %d: %s %g, "
-                                "exact %g, bound %g\n", what, dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0",
-                                rows, n_x, n, r, t, k ? "simd" : "ref", a, exact, bound);
+                                "exact %g, bound %g\n", what,
+                                dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", rows, n_x, n, r, t,
+                                k ? "simd" : "ref", a, exact, bound);
                 }
             }
         CHECK_MSG(!off, "%s: %d outputs off the exact product by more than the quantization bound",
