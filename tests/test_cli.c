@@ -1,15 +1,19 @@
-/* test_cli.c - the nla command line on the golden NLA trio: extract,
-   verbalize, reconstruct, score and explain give what the API gives (and
-   the golden data), and bad input exits non-zero with a message. Runs
-   ./nla (make builds it first). */
+/* test_cli.c - the nla command line on the golden NLA trio: every output of
+   extract, verbalize, reconstruct, score, explain, forward, generate,
+   tokenize and detokenize is read back (the .npy files' shapes from the
+   files themselves) and equals what the API gives for the same inputs (and
+   the golden data); refused commands exit 1 with the expected message on
+   stderr. Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
 #include "../nla.h"
 #include "test.h"
 #include "util.h"
 
 #define G "tests/data/nla/"
-#define TOK " --tokenizer weights/tokenizer.json"
+#define TOKJSON "weights/tokenizer.json"
+#define TOK " --tokenizer " TOKJSON
 #define D 16
+#define ERR " 2> tests/tmp/err.txt"
 
 /* Runs a shell command; returns its exit status. */
 static int run(const char *cmd) {
@@ -17,92 +21,421 @@ static int run(const char *cmd) {
     return rc == -1 ? -1 : WEXITSTATUS(rc);
 }
 
-int main(void) {
-    mkdir("tests/tmp", 0755);
-    char *golden = slurp(G "golden.json", NULL);
-    int nd;
+/* The command is refused: exit status 1 and `msg` in its stderr. */
+static void refused(const char *cmd, const char *msg) {
+    char full[2048];
+    snprintf(full, sizeof full, "%s" ERR, cmd);
+    const int rc = run(full);
+    char *er = slurp("tests/tmp/err.txt", NULL);
+    CHECK_MSG(rc == 1 && er && strstr(er, msg), "'%s': exit %d, stderr '%s' (expected '%s')", cmd,
+              rc, er ? er : "", msg);
+    free(er);
+}
+
+/* A .npy the CLI wrote: float32 [rows, cols] as its header says (checked
+   against the expected shape), or NULL. */
+static float *npy_2d(const char *path, long long rows, long long cols) {
+    int nd = 0;
     long long sh[4] = {0, 0, 0, 0};
-    /* extract: the three golden positions */
-    CHECK_EQ(run("./nla extract " G "target --text 'The quick brown fox jumps over the lazy dog because it was bored.' "
-                 "--positions 1,7,14 --out tests/tmp/v.npy" TOK " 2> tests/tmp/err.txt"), 0);
-    float *v = npy_load("tests/tmp/v.npy", &nd, sh), *gk = npy_load(G "target_blockK.npy", &nd, sh);
+    float *x = npy_load(path, &nd, sh);
+    CHECK_MSG(x && nd == 2 && sh[0] == rows && sh[1] == cols,
+              "%s: %d-D [%lld, %lld], expected [%lld, %lld]", path, nd, sh[0], sh[1], rows, cols);
+    if (!(nd == 2 && sh[0] == rows && sh[1] == cols)) {
+        free(x);
+        return NULL;
+    }
+    return x;
+}
+
+/* Line k (0-based) of text, as a heap string; NULL past the end. */
+static char *line_of(const char *text, int k) {
+    for (; text && k > 0; k--) text = (text = strchr(text, '\n')) ? text + 1 : NULL;
+    if (!text || !*text) return NULL;
+    const char *nl = strchr(text, '\n');
+    size_t n = nl ? (size_t)(nl - text) : strlen(text);
+    char *out = (char *)malloc(n + 1);
+    memcpy(out, text, n);
+    out[n] = 0;
+    return out;
+}
+
+/* The number after "key": in a JSON line; NAN when missing or not a number. */
+static double num_of(const char *line, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = line ? strstr(line, pat) : NULL;
+    if (!p) return NAN;
+    char *end;
+    double v = strtod(p + strlen(pat), &end);
+    return end == p + strlen(pat) ? NAN : v;
+}
+
+/* a printed %.9g value equals x */
+static int same(double printed, double x) { return fabs(printed - x) <= 1e-8 * fabs(x) + 1e-12; }
+
+static nla_model *open_api(const char *dir) {
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.tokenizer = TOKJSON;
+    nla_model *m = NULL;
+    char err[512];
+    CHECK_MSG(nla_model_open(dir, &mp, &m, err, sizeof err) == NLA_OK, "open %s: %s", dir, err);
+    return m;
+}
+
+/* The API's explanation of v: greedy, max_new ids, the text without the
+   final stop id, parsed. *raw gets the whole text (heap). */
+static char *api_explain(nla_model *av, const float *v, int max_new, char **raw, int *parsed) {
+    nla_session *s;
+    nla_session_new(av, NULL, &s);
+    nla_verbalize_params vp;
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = max_new;
+    int32_t ids[256];
+    int n = 0;
+    CHECK_EQ(nla_verbalize(s, v, &vp, ids, 256, &n), NLA_OK);
+    nla_session_free(s);
+    if (n > 0 && (ids[n - 1] == 1 || ids[n - 1] == 106)) n--;
+    size_t len = 0, st = 0, el = 0;
+    nla_detokenize(nla_model_tokenizer(av), ids, n, NULL, 0, &len);
+    *raw = (char *)malloc(len + 1);
+    nla_detokenize(nla_model_tokenizer(av), ids, n, *raw, len + 1, &len);
+    *parsed = nla_parse_explanation(*raw, len, &st, &el);
+    char *ex = (char *)malloc(el + 1);
+    memcpy(ex, *raw + st, el);
+    ex[el] = 0;
+    return ex;
+}
+
+/* extract, verbalize, reconstruct and score, each against the API */
+static void test_nla_steps(nla_model *target, nla_model *av, nla_model *ar) {
+    const char *text = "The quick brown fox jumps over the lazy dog because it was bored.";
+    int nd;
+    long long sh[4];
+    char *golden = slurp(G "golden.json", NULL);
+    /* extract: the three golden positions, [3, 16] as the file says */
+    CHECK_EQ(run("./nla extract " G
+                 "target --text 'The quick brown fox jumps over the lazy dog because it was "
+                 "bored.' --positions 1,7,14 --out tests/tmp/v.npy" TOK ERR),
+             0);
+    float *v = npy_2d("tests/tmp/v.npy", 3, D), *gk = npy_load(G "target_blockK.npy", &nd, sh);
+    nla_meta am;
+    nla_model_get_meta(av, &am);
+    int32_t ids[64], pos[3] = {1, 7, 14};
+    int T = 0;
+    nla_tokenize(nla_model_tokenizer(target), text, strlen(text), NLA_TOKENIZE_BOS, ids, 64, &T);
+    float api_v[3 * D];
+    nla_session *s;
+    nla_session_new(target, NULL, &s);
+    CHECK_EQ(nla_extract(s, ids, T, am.layer, pos, 3, api_v), NLA_OK);
+    nla_session_free(s);
     CHECK(v && gk);
     if (v && gk) {
         float want[3 * D];
-        memcpy(want, gk + 1 * D, D * 4);
-        memcpy(want + D, gk + 7 * D, D * 4);
-        memcpy(want + 2 * D, gk + 14 * D, D * 4);
+        for (int k = 0; k < 3; k++) memcpy(want + k * D, gk + pos[k] * D, D * 4);
         CHECK_MSG(rel_err(v, want, 3 * D) <= 1e-4, "CLI extract differs from the golden");
+        CHECK_MSG(!memcmp(v, api_v, sizeof api_v), "CLI extract differs from nla_extract");
     }
-    /* verbalize: the golden greedy ids */
-    CHECK_EQ(run("./nla verbalize " G "av tests/tmp/v.npy --max-new 10" TOK " > tests/tmp/expl.jsonl"), 0);
-    char *ex = slurp("tests/tmp/expl.jsonl", NULL);
-    CHECK(ex != NULL);
-    const char *row = ex, *gav = strstr(golden, "\"av\": [");
-    for (int k = 0; ex && k < 3; k++) {
+    char *er = slurp("tests/tmp/err.txt", NULL);
+    CHECK_MSG(er && strstr(er, "wrote 3 vectors") && strstr(er, "of 15 tokens"), "extract says: %s",
+              er);
+    free(er);
+    /* verbalize: per row the golden greedy ids, and the API's explanation */
+    CHECK_EQ(run("./nla verbalize " G "av tests/tmp/v.npy --max-new 10" TOK
+                 " > tests/tmp/expl.jsonl" ERR),
+             0);
+    char *ex = slurp("tests/tmp/expl.jsonl", NULL), *api_ex[3] = {NULL, NULL, NULL};
+    const char *gav = strstr(golden, "\"av\": [");
+    CHECK(ex && !line_of(ex, 3));
+    for (int k = 0; ex && v && k < 3; k++) {
+        char *line = line_of(ex, k), *raw, *got_ex, *got_raw;
         double got[16], g[16];
-        row = strstr(row, "\"ids\": [");
         gav = strstr(gav + 1, "\"greedy\"");
-        int n = row ? json_nums_after(row, "\"ids\"", got, 16) : 0;
+        int n = line ? json_nums_after(line, "\"ids\"", got, 16) : 0, parsed;
         json_nums_after(gav, "\"greedy\"", g, 16);
-        CHECK_MSG(n == 10 && !memcmp(got, g, sizeof(double) * 10), "CLI verbalize row %d ids differ", k);
-        CHECK(strstr(ex, "\"parsed\": false") != NULL);
-        if (row) row++;
+        CHECK_MSG(n == 10 && !memcmp(got, g, sizeof(double) * 10),
+                  "CLI verbalize row %d ids differ", k);
+        api_ex[k] = api_explain(av, v + k * D, 10, &raw, &parsed);
+        got_ex = line ? json_string_after(line, "explanation", NULL) : NULL;
+        got_raw = line ? json_string_after(line, "raw", NULL) : NULL;
+        CHECK_MSG(line && num_of(line, "row") == k, "verbalize line %d: %s", k, line);
+        CHECK_MSG(got_ex && !strcmp(got_ex, api_ex[k]),
+                  "verbalize row %d: explanation '%s', API '%s'", k, got_ex, api_ex[k]);
+        CHECK_MSG(got_raw && !strcmp(got_raw, raw),
+                  "verbalize row %d: raw text differs from the API's", k);
+        CHECK(line && strstr(line, parsed ? "\"parsed\": true" : "\"parsed\": false"));
+        free(line);
+        free(raw);
+        free(got_ex);
+        free(got_raw);
     }
     free(ex);
-    /* reconstruct the golden explanations, as JSONL objects */
+    /* reconstruct: the golden explanations, as JSONL objects and a string */
     FILE *f = fopen("tests/tmp/golden_expl.jsonl", "wb");
-    fputs("{\"row\": 0, \"explanation\": \"Literary narrative pattern: formal English countryside setting, with a medieval tavern scene "
-          "establishing a pastoral, humorous tone.\\n\\nFinal token \\\"dog\\\" ends the clause.\"}\n"
+    const char *gx[3] = {
+        "Literary narrative pattern: formal English countryside setting, with a medieval tavern "
+        "scene establishing a pastoral, humorous tone.\n\nFinal token \"dog\" ends the clause.",
+        "Structured list format with bullet points establishes a game/narrative summary.",
+        "A short fable about animals."};
+    fputs("{\"row\": 0, \"explanation\": \"Literary narrative pattern: formal English countryside "
+          "setting, with a "
+          "medieval tavern scene establishing a pastoral, humorous tone.\\n\\nFinal token "
+          "\\\"dog\\\" ends the "
+          "clause.\"}\n"
           "\"Structured list format with bullet points establishes a game/narrative summary.\"\n"
-          "{\"explanation\": \"A short fable about animals.\", \"parsed\": true}\n", f);
+          "{\"explanation\": \"A short fable about animals.\", \"parsed\": true}\n",
+          f);
     fclose(f);
-    CHECK_EQ(run("./nla reconstruct " G "ar --jsonl tests/tmp/golden_expl.jsonl --out tests/tmp/r.npy" TOK " 2> tests/tmp/err.txt"), 0);
-    float *r = npy_load("tests/tmp/r.npy", &nd, sh), *gr = npy_load(G "ar_recon.npy", &nd, sh);
-    CHECK(r && gr && sh[0] == 3);
-    if (r && gr) CHECK_MSG(rel_err(r, gr, 3 * D) <= 1e-4, "CLI reconstruct differs from the golden");
-    /* score: the golden metrics of (position 1, text 0), (7, 1), (14, 2) */
-    CHECK_EQ(run("./nla score tests/tmp/v.npy tests/tmp/r.npy > tests/tmp/score.jsonl"), 0);
-    char *sc = slurp("tests/tmp/score.jsonl", NULL);
-    const char *gm = strstr(golden, "\"metrics\"");
-    for (int k = 0; sc && k < 3; k++) {
-        char key[32];
-        snprintf(key, sizeof key, "{\"row\": %d,", k);
-        const char *line = strstr(sc, key);
-        gm = strstr(gm + 1, "\"mse_nrm\": ");
-        double got = line ? strtod(strstr(line, "\"mse_nrm\": ") + 11, NULL) : -1, want = strtod(gm + 11, NULL);
-        CHECK_MSG(fabs(got - want) <= 1e-4 * want, "CLI score row %d: mse_nrm %.7f vs golden %.7f", k, got, want);
+    CHECK_EQ(run("./nla reconstruct " G
+                 "ar --jsonl tests/tmp/golden_expl.jsonl --out tests/tmp/r.npy" TOK ERR),
+             0);
+    float *r = npy_2d("tests/tmp/r.npy", 3, D), *gr = npy_load(G "ar_recon.npy", &nd, sh),
+          api_r[3 * D];
+    nla_session_new(ar, NULL, &s);
+    CHECK_EQ(nla_reconstruct(s, gx, 3, api_r), NLA_OK);
+    nla_session_free(s);
+    if (r && gr) {
+        CHECK_MSG(rel_err(r, gr, 3 * D) <= 1e-4, "CLI reconstruct differs from the golden");
+        CHECK_MSG(!memcmp(r, api_r, sizeof api_r), "CLI reconstruct differs from nla_reconstruct");
     }
-    CHECK(sc && strstr(sc, "\"summary\": true") && strstr(sc, "\"baseline_kind\": \"training\""));
-    free(sc);
-    CHECK_EQ(run("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline own > tests/tmp/score.jsonl"), 0);
-    /* explain end to end, JSONL */
-    CHECK_EQ(run("./nla explain " G "target " G "av " G "ar --text 'The quick brown fox' --positions 1,3 --max-new 12 --jsonl" TOK
-                 " > tests/tmp/explain.jsonl 2> tests/tmp/err.txt"), 0);
-    char *xp = slurp("tests/tmp/explain.jsonl", NULL);
-    CHECK(xp && strstr(xp, "\"position\": 1, \"token_id\": 818, \"token\": \"The\"") && strstr(xp, "\"position\": 3"));
+    /* score: each row and the summary equal nla_score's, and the golden
+       metrics of (position 1, text 0), (7, 1), (14, 2) */
+    const char *base[2] = {"", " --baseline own"};
+    for (int own = 0; own < 2 && v && r; own++) {
+        char cmd[256];
+        snprintf(cmd, sizeof cmd,
+                 "./nla score tests/tmp/v.npy tests/tmp/r.npy%s > tests/tmp/score.jsonl",
+                 base[own]);
+        CHECK_EQ(run(cmd), 0);
+        char *sc = slurp("tests/tmp/score.jsonl", NULL), *sum = line_of(sc, 3);
+        double B = 0.0302, mse = 0, cs = 0;
+        if (own) CHECK_EQ(nla_baseline(v, 3, D, 4.0, &B), NLA_OK);
+        const char *gm = strstr(golden, "\"metrics\"");
+        for (int k = 0; k < 3; k++) {
+            char *line = line_of(sc, k);
+            nla_scores want;
+            nla_score(v + k * D, r + k * D, D, 4.0, B, &want);
+            mse += want.mse_nrm;
+            cs += want.cos;
+            gm = strstr(gm + 1, "\"mse_nrm\": ");
+            const double gmse = strtod(gm + 11, NULL);
+            CHECK_MSG(num_of(line, "row") == k && same(num_of(line, "mse_nrm"), want.mse_nrm) &&
+                          same(num_of(line, "cos"), want.cos) &&
+                          same(num_of(line, "fve_nrm"), want.fve_nrm),
+                      "score%s row %d: '%s' vs API mse_nrm %.9g cos %.9g fve_nrm %.9g", base[own],
+                      k, line, want.mse_nrm, want.cos, want.fve_nrm);
+            CHECK_MSG(fabs(num_of(line, "mse_nrm") - gmse) <= 1e-4 * gmse,
+                      "score row %d: mse_nrm vs golden %.7f", k, gmse);
+            free(line);
+        }
+        CHECK_MSG(
+            sum && strstr(sum, "\"summary\": true") && num_of(sum, "n") == 3 &&
+                same(num_of(sum, "mse_nrm"), mse / 3) && same(num_of(sum, "cos"), cs / 3) &&
+                same(num_of(sum, "fve_nrm"), 1 - mse / 3 / B) && same(num_of(sum, "baseline"), B) &&
+                strstr(sum, own ? "\"baseline_kind\": \"own\"" : "\"baseline_kind\": \"training\""),
+            "score%s summary '%s' (API: baseline %.9g)", base[own], sum, B);
+        CHECK(!line_of(sc, 4));
+        free(sum);
+        free(sc);
+    }
+    for (int k = 0; k < 3; k++) free(api_ex[k]);
+    free(v);
+    free(gk);
+    free(r);
+    free(gr);
+    free(golden);
+}
+
+/* explain, JSONL and table, against the API's pipeline on the same text */
+static void test_explain(nla_model *target, nla_model *av, nla_model *ar) {
+    CHECK_EQ(run("./nla explain " G "target " G "av " G
+                 "ar --text 'The quick brown fox' --positions 1,3 --max-new 12 "
+                 "--jsonl" TOK " > tests/tmp/explain.jsonl" ERR),
+             0);
+    CHECK_EQ(run("./nla explain " G "target " G "av " G
+                 "ar --text 'The quick brown fox' --positions 1,3 --max-new 12" TOK
+                 " > tests/tmp/explain.txt" ERR),
+             0);
+    char *xp = slurp("tests/tmp/explain.jsonl", NULL), *tab = slurp("tests/tmp/explain.txt", NULL);
+    nla_meta am, rm;
+    nla_model_get_meta(av, &am);
+    nla_model_get_meta(ar, &rm);
+    int32_t ids[16], pos[2] = {1, 3};
+    int T = 0;
+    nla_tokenize(nla_model_tokenizer(target), "The quick brown fox", 19, NLA_TOKENIZE_BOS, ids, 16,
+                 &T);
+    float v[2 * D], rec[2 * D];
+    nla_session *s;
+    nla_session_new(target, NULL, &s);
+    CHECK_EQ(nla_extract(s, ids, T, am.layer, pos, 2, v), NLA_OK);
+    nla_session_free(s);
+    char *ex[2], *raw[2];
+    int parsed[2];
+    for (int k = 0; k < 2; k++) ex[k] = api_explain(av, v + k * D, 12, &raw[k], &parsed[k]);
+    nla_session_new(ar, NULL, &s);
+    CHECK_EQ(nla_reconstruct(s, (const char *const *)ex, 2, rec), NLA_OK);
+    nla_session_free(s);
+    CHECK(xp && tab && !line_of(xp, 2));
+    for (int k = 0; xp && tab && k < 2; k++) {
+        char *line = line_of(xp, k),
+             *got = line ? json_string_after(line, "explanation", NULL) : NULL;
+        nla_scores want;
+        nla_score(v + k * D, rec + k * D, D, rm.mse_scale, am.fve_baseline, &want);
+        double nv = 0;
+        for (int i = 0; i < D; i++) nv += (double)v[k * D + i] * v[k * D + i];
+        CHECK_MSG(line && num_of(line, "position") == pos[k] &&
+                      num_of(line, "token_id") == ids[pos[k]],
+                  "explain line %d: %s", k, line);
+        CHECK_MSG(got && !strcmp(got, ex[k]), "explain position %d: explanation '%s', API '%s'",
+                  pos[k], got, ex[k]);
+        CHECK_MSG(same(num_of(line, "mse_nrm"), want.mse_nrm) &&
+                      same(num_of(line, "cos"), want.cos) &&
+                      same(num_of(line, "fve_nrm"), want.fve_nrm) &&
+                      same(num_of(line, "vec_norm"), sqrt(nv)),
+                  "explain position %d: '%s' vs API mse_nrm %.9g cos %.9g", pos[k], line,
+                  want.mse_nrm, want.cos);
+        CHECK(line && strstr(line, parsed[k] ? "\"parsed\": true" : "\"parsed\": false"));
+        /* the table: one row per position with the same numbers, rounded */
+        char *row = line_of(tab, k + 1), want_row[128];
+        snprintf(want_row, sizeof want_row, "%8.4f  %8.4f  %8.3f  ", want.mse_nrm, want.cos,
+                 want.fve_nrm);
+        CHECK_MSG(row && atoi(row) == pos[k] && strstr(row, want_row),
+                  "explain table row %d: '%s' lacks '%s'", k, row, want_row);
+        free(line);
+        free(got);
+        free(row);
+        free(ex[k]);
+        free(raw[k]);
+    }
+    CHECK_MSG(tab && line_of(tab, 3) && strstr(tab, "fve_nrm against the training-set baseline"),
+              "table: %s", tab);
     free(xp);
-    /* errors: exit status 1 and a message naming the problem */
-    CHECK_EQ(run("./nla verbalize " G "target tests/tmp/v.npy" TOK " 2> tests/tmp/err.txt"), 1);
-    char *er = slurp("tests/tmp/err.txt", NULL);
-    CHECK(er && strstr(er, "not an AV"));
-    free(er);
+    free(tab);
+}
+
+/* forward, generate, tokenize and detokenize against the API */
+static void test_model_commands(nla_model *target) {
+    nla_model_info in;
+    nla_model_get_info(target, &in);
+    const int32_t ids[3] = {2, 818, 5279};
+    CHECK_EQ(run("./nla forward " G
+                 "target --ids 2,818,5279 --logits tests/tmp/l.npy --hidden tests/tmp/h.npy" ERR),
+             0);
+    float *lg = npy_2d("tests/tmp/l.npy", 3, in.vocab_size);
+    int nd = 0;
+    long long sh[4] = {0, 0, 0, 0};
+    float *hd = npy_load("tests/tmp/h.npy", &nd, sh);
+    CHECK_MSG(hd && nd == 3 && sh[0] == in.n_layers && sh[1] == 3 && sh[2] == D,
+              "h.npy: %d-D [%lld, %lld, %lld]", nd, sh[0], sh[1], sh[2]);
+    float *want_l = (float *)malloc(sizeof(float) * 3 * (size_t)in.vocab_size);
+    float *want_h = (float *)malloc(sizeof(float) * 3 * (size_t)in.n_layers * D);
+    nla_session *s;
+    nla_session_new(target, NULL, &s);
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = 3;
+    b.ids = ids;
+    b.logits = want_l;
+    b.all_logits = 1;
+    b.hidden = want_h;
+    CHECK_EQ(nla_forward(s, &b), NLA_OK);
+    CHECK_MSG(lg && !memcmp(lg, want_l, sizeof(float) * 3 * (size_t)in.vocab_size),
+              "forward --logits differ");
+    CHECK_MSG(hd && nd == 3 && sh[0] == in.n_layers &&
+                  !memcmp(hd, want_h, sizeof(float) * 3 * (size_t)in.n_layers * D),
+              "forward --hidden differs");
+    /* without outputs: the top 5 of the last row, the best first */
+    CHECK_EQ(run("./nla forward " G "target --ids 2,818,5279 > tests/tmp/top.txt" ERR), 0);
+    char *top = slurp("tests/tmp/top.txt", NULL), *l1 = line_of(top, 1);
+    int best = 0;
+    for (int i = 1; i < in.vocab_size; i++)
+        best = want_l[2 * (size_t)in.vocab_size + i] > want_l[2 * (size_t)in.vocab_size + best]
+            ? i
+            : best;
+    CHECK_MSG(top && strstr(top, "top 5 after position 2") && l1 && atoi(l1) == best,
+              "forward top 5: %s (best %d)", top, best);
+    free(top);
+    free(l1);
+    /* generate: greedy ids, then as text */
+    nla_generate_params gp;
+    memset(&gp, 0, sizeof gp);
+    gp.max_new = 6;
+    int32_t out[6];
+    int n_out = 0;
+    nla_session_reset(s);
+    CHECK_EQ(nla_generate(s, ids, 3, &gp, out, &n_out), NLA_OK);
+    char want[128] = "";
+    for (int i = 0; i < n_out; i++)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%d", i ? "," : "", out[i]);
+    strcat(want, "\n");
+    CHECK_EQ(run("./nla generate " G "target --ids 2,818,5279 -n 6 > tests/tmp/gen.txt" ERR), 0);
+    char *gen = slurp("tests/tmp/gen.txt", NULL);
+    CHECK_MSG(gen && !strcmp(gen, want), "generate printed '%s', the API gives '%s'", gen, want);
+    free(gen);
+    /* tokenize and detokenize */
+    int32_t tk[32];
+    int n_tk = 0;
+    nla_tokenize(nla_model_tokenizer(target), "The quick brown fox", 19, NLA_TOKENIZE_BOS, tk, 32,
+                 &n_tk);
+    want[0] = 0;
+    for (int i = 0; i < n_tk; i++)
+        snprintf(want + strlen(want), sizeof want - strlen(want), "%s%d", i ? "," : "", tk[i]);
+    CHECK_EQ(run("./nla tokenize " TOKJSON " --bos 'The quick brown fox' > tests/tmp/tok.txt" ERR),
+             0);
+    char *got = slurp("tests/tmp/tok.txt", NULL), cmd[256];
+    strcat(want, "\n");
+    CHECK_MSG(got && !strcmp(got, want), "tokenize printed '%s', the API gives '%s'", got, want);
+    free(got);
+    want[strlen(want) - 1] = 0;
+    snprintf(cmd, sizeof cmd, "./nla detokenize " TOKJSON " %s > tests/tmp/detok.txt" ERR, want);
+    CHECK_EQ(run(cmd), 0);
+    got = slurp("tests/tmp/detok.txt", NULL);
+    CHECK_MSG(got && !strcmp(got, "<bos>The quick brown fox\n"), "detokenize printed '%s'", got);
+    free(got);
+    nla_session_free(s);
+    free(lg);
+    free(hd);
+    free(want_l);
+    free(want_h);
+}
+
+/* refused commands: exit status 1 and the message naming the problem */
+static void test_refusals(void) {
+    refused("./nla verbalize " G "target tests/tmp/v.npy" TOK, "not an AV");
     spit("tests/tmp/bad.npy", "\x93NUMPY\x01\x00\x10\x00{'descr': '<f8'}", 26);
-    CHECK_EQ(run("./nla score tests/tmp/bad.npy tests/tmp/r.npy 2> tests/tmp/err.txt"), 1);
-    er = slurp("tests/tmp/err.txt", NULL);
-    CHECK(er && strstr(er, "bad.npy"));
-    free(er);
-    CHECK_EQ(run("./nla extract " G "target --text hi --positions 9 --out tests/tmp/x.npy" TOK " 2> /dev/null"), 1);
-    CHECK_EQ(run("./nla explain " G "target " G "av 2> /dev/null"), 1);
-    CHECK_EQ(run("./nla nonsense 2> /dev/null"), 1);
+    refused("./nla score tests/tmp/bad.npy tests/tmp/r.npy", "bad.npy");
+    refused("./nla score tests/tmp/v.npy tests/tmp/l.npy",
+            "is [3, 16] but tests/tmp/l.npy is [3, ");
+    refused("./nla extract " G "target --text hi --positions 9 --out tests/tmp/x.npy" TOK,
+            "9 is past the last token (1)");
+    refused("./nla explain " G "target " G "av", "give three folders");
+    refused("./nla nonsense", "unknown command 'nonsense'");
+    refused("./nla reconstruct " G "ar --text hi" TOK, "--out FILE is required");
+    refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline -1",
+            "a positive number or 'own'");
+    refused("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8",
+            "--type q8_0|q4 is required");
+}
+
+int main(void) {
+    mkdir("tests/tmp", 0755);
+    nla_model *target = open_api(G "target"), *av = open_api(G "av"), *ar = open_api(G "ar");
+    if (!target || !av || !ar) return test_report();
+    test_nla_steps(target, av, ar);
+    test_explain(target, av, ar);
+    test_model_commands(target);
+    test_refusals();
     /* nla quantize --type, and the saved folder opens */
-    CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 --type q8_0 2> /dev/null"), 0);
+    CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 --type q8_0 2> "
+                 "/dev/null"),
+             0);
     CHECK_EQ(run("./nla info tests/tmp/gqa-q8 > tests/tmp/info.txt"), 0);
-    er = slurp("tests/tmp/info.txt", NULL);
+    char *er = slurp("tests/tmp/info.txt", NULL);
     CHECK(er && strstr(er, "q8_0"));
     free(er);
-    CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 2> /dev/null"), 1); /* no --type */
     CHECK_EQ(run("./nla explain --help > /dev/null"), 0);
-    free(v); free(gk); free(r); free(gr); free(golden);
+    nla_model_close(target);
+    nla_model_close(av);
+    nla_model_close(ar);
     return test_report();
 }
