@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 #define NLA_VERSION_MAJOR 0 /* bumped on breaking API changes */
-#define NLA_VERSION_MINOR 2 /* bumped on compatible additions */
+#define NLA_VERSION_MINOR 3 /* bumped on compatible additions */
 #define NLA_VERSION_PATCH 0 /* bumped on fixes */
 #define NLA_VERSION_NUMBER (NLA_VERSION_MAJOR * 10000 + NLA_VERSION_MINOR * 100 + NLA_VERSION_PATCH)
 
@@ -62,7 +62,9 @@ typedef enum {
     NLA_ERR_RANGE = 6,            /* a value is out of range (token id, context) */
     NLA_ERR_BUFFER_TOO_SMALL = 7, /* caller buffer too small; required size written */
     NLA_ERR_BUSY = 8,             /* the model still has live sessions */
-    NLA_ERR_CANCELLED = 9         /* a callback asked to stop */
+    NLA_ERR_CANCELLED = 9,        /* a callback asked to stop */
+    NLA_ERR_NONFINITE = 10        /* a NaN or Inf in an input vector, or produced by
+                                     the forward pass (the message names the row or block) */
 } nla_status;
 
 /* Static text for a status code; never NULL. */
@@ -299,7 +301,10 @@ typedef struct {
 } nla_batch;
 
 /* Runs the batch through the model, appending its keys and values to the
-   session's KV cache. Batched prefill and one-token decode are the same call. */
+   session's KV cache. Batched prefill and one-token decode are the same call.
+   NLA_ERR_NONFINITE when embeds hold a NaN or Inf (the message names the
+   row), or when the residual stream after a block or the logits do (it names
+   the block and the position; the session is reset). */
 nla_status nla_forward(nla_session *s, const nla_batch *batch);
 
 /* ---- Tokenizer ---------------------------------------------------------- */
@@ -471,7 +476,8 @@ typedef struct {
    max_new), stopping on <eos> or <end_of_turn> (kept as the last id). The
    session must belong to an AV model with a tokenizer. The prompt rows
    before the marker are computed once per session and reused. Decode the
-   ids with nla_detokenize, then nla_parse_explanation. */
+   ids with nla_detokenize, then nla_parse_explanation. A vector holding a
+   NaN or Inf is refused (NLA_ERR_NONFINITE; the message names it). */
 nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params,
                          int32_t *ids, int cap, int *n_ids);
 
@@ -534,12 +540,14 @@ nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[
 nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape,
                          char *errbuf, size_t errbuf_size);
 
-/* Scores reconstruction r against the original v, both [d]. */
+/* Scores reconstruction r against the original v, both [d]. NLA_ERR_NONFINITE
+   when v or r holds a NaN or Inf; NLA_ERR_ARG for a non-finite baseline. */
 nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline,
                      nla_scores *out);
 
 /* The variance baseline of a set of n vectors [n, d]: each rescaled to L2 =
-   mse_scale, B = sum |v_n - mean|^2 / (n d). */
+   mse_scale, B = sum |v_n - mean|^2 / (n d). NLA_ERR_NONFINITE when a vector
+   holds a NaN or Inf. */
 nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out);
 
 /* ---- NLA questions: steer a vector, cross-score explanations ----------- */

@@ -17,8 +17,8 @@ static void test_contract(void) {
     CHECK_EQ(nla_session_n_past(NULL), 0);
     CHECK(nla_session_errmsg(NULL) != NULL);
     for (int st = 0; st <= 10; st++) CHECK(nla_strerror((nla_status)st) != NULL && nla_strerror((nla_status)st)[0]);
-    CHECK(strcmp(nla_version(), "0.2.0") == 0);
-    CHECK_EQ(NLA_VERSION_NUMBER, 200);
+    CHECK(strcmp(nla_version(), "0.3.0") == 0);
+    CHECK_EQ(NLA_VERSION_NUMBER, 300);
 
     char err[512] = "junk";
     nla_model *m = (nla_model *)&err; /* must be overwritten with NULL */

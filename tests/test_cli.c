@@ -399,6 +399,114 @@ static void test_model_commands(nla_model *target) {
     free(want_h);
 }
 
+/* A hook that writes a NaN into row 1 of the residual after block 1. */
+static int nan_hook(void *user, int layer, int pos0, int n_rows, int d_model, float *resid) {
+    (void)user; (void)pos0;
+    if (layer == 1 && n_rows > 1) resid[d_model + 3] = NAN;
+    return 0;
+}
+
+/* Non-finite values: input vectors with a NaN or Inf are refused naming the
+   row (API and CLI), a model whose forward produces one names the block,
+   and no JSON output holds nan or inf. */
+static void test_nonfinite(nla_model *target, nla_model *av) {
+    float v[2 * D], r[2 * D];
+    for (int i = 0; i < 2 * D; i++) v[i] = r[i] = (float)(i % 5) - 2;
+    nla_scores sc;
+    double B;
+    CHECK_EQ(nla_score(v, r, D, 4.0, 0.0302, &sc), NLA_OK);
+    CHECK_EQ(nla_score(v, r, D, 4.0, INFINITY, &sc), NLA_ERR_ARG);
+    r[D + 3] = NAN;
+    CHECK_EQ(nla_score(v + D, r + D, D, 4.0, 0.0302, &sc), NLA_ERR_NONFINITE);
+    CHECK_EQ(nla_baseline(r, 2, D, 4.0, &B), NLA_ERR_NONFINITE);
+    r[D + 3] = INFINITY;
+    CHECK_EQ(nla_score(r + D, v + D, D, 4.0, 0.0302, &sc), NLA_ERR_NONFINITE);
+    nla_session_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_seq = 2;
+    nla_session *s;
+    nla_session_new(av, &sp, &s);
+    int32_t ids[2 * 8];
+    int n_ids[2];
+    nla_verbalize_params vp;
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = 8;
+    CHECK_EQ(nla_verbalize_batch(s, r, 2, &vp, ids, 8, n_ids), NLA_ERR_NONFINITE);
+    CHECK_MSG(strstr(nla_session_errmsg(s), "vector 1 holds a non-finite value (inf at element 3)"), "%s",
+              nla_session_errmsg(s));
+    nla_session_free(s);
+    /* the forward: NaN input rows, and a NaN that appears after block 1 in
+       a row that is not the last */
+    nla_session_new(target, NULL, &s);
+    float e[3 * D];
+    const int32_t tk[3] = {2, 818, 5279};
+    nla_embed_tokens(target, tk, 3, e);
+    e[D + 7] = NAN;
+    nla_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_tokens = 3;
+    b.embeds = e;
+    CHECK_EQ(nla_forward(s, &b), NLA_ERR_NONFINITE);
+    CHECK_MSG(strstr(nla_session_errmsg(s), "embeds row 1"), "%s", nla_session_errmsg(s));
+    b.embeds = NULL;
+    b.ids = tk;
+    b.hook = nan_hook;
+    CHECK_EQ(nla_forward(s, &b), NLA_ERR_NONFINITE);
+    CHECK_MSG(strstr(nla_session_errmsg(s), "block 1 produced a non-finite value (nan) at position 1"),
+              "%s", nla_session_errmsg(s));
+    CHECK_EQ(nla_session_n_past(s), 0);
+    nla_session_free(s);
+    /* a checkpoint with a NaN weight in block 1 (the first value of its
+       down_proj): every command that runs it names the block */
+    mkdir("tests/tmp/nan-target", 0755);
+    copy_file(G "target/config.json", "tests/tmp/nan-target/config.json");
+    copy_file(G "target/generation_config.json", "tests/tmp/nan-target/generation_config.json");
+    size_t n;
+    char *st = slurp(G "target/model.safetensors", &n);
+    const char *t = st ? strstr(st + 8, "\"model.layers.1.mlp.down_proj.weight\"") : NULL;
+    const char *off = t ? strstr(t, "\"data_offsets\":") : NULL;
+    CHECK(off != NULL);
+    if (off) {
+        uint64_t hl = 0;
+        for (int i = 0; i < 8; i++) hl |= (uint64_t)(unsigned char)st[i] << (8 * i);
+        size_t at = 8 + (size_t)hl + (size_t)strtoull(strchr(off, '[') + 1, NULL, 10);
+        st[at] = (char)0xc0; /* bf16 0x7fc0: NaN */
+        st[at + 1] = 0x7f;
+        spit("tests/tmp/nan-target/model.safetensors", st, n);
+    }
+    free(st);
+    refused("./nla forward tests/tmp/nan-target --ids 2,818,5279",
+            "block 1 produced a non-finite value (nan) at position 0");
+    refused("./nla extract tests/tmp/nan-target --text 'The quick brown fox' --layer 3 --out tests/tmp/x.npy" TOK,
+            "block 1 produced a non-finite value");
+    refused("./nla explain tests/tmp/nan-target " G "av " G "ar --text 'The quick brown fox'" TOK,
+            "block 1 produced a non-finite value");
+    CHECK_MSG(access("tests/tmp/x.npy", F_OK) != 0, "a failed extract wrote tests/tmp/x.npy");
+    /* vectors files with a NaN or Inf: refused naming the row */
+    float *gv = npy_2d("tests/tmp/v.npy", 3, D);
+    if (gv) {
+        FILE *f = fopen("tests/tmp/v.npy", "rb");
+        char hdr[128];
+        CHECK(f && fread(hdr, 1, 128, f) == 128);
+        if (f) fclose(f);
+        gv[2 * D + 5] = NAN;
+        char buf[128 + 3 * D * 4];
+        memcpy(buf, hdr, 128);
+        memcpy(buf + 128, gv, 3 * D * 4);
+        spit("tests/tmp/nan.npy", buf, sizeof buf);
+        refused("./nla score tests/tmp/nan.npy tests/tmp/r.npy", "nan.npy: row 2 holds a non-finite value (nan at column 5)");
+        refused("./nla verbalize " G "av tests/tmp/nan.npy" TOK, "nan.npy: row 2 holds a non-finite value");
+        gv[2 * D + 5] = -INFINITY;
+        memcpy(buf + 128, gv, 3 * D * 4);
+        spit("tests/tmp/nan.npy", buf, sizeof buf);
+        refused("./nla score tests/tmp/r.npy tests/tmp/nan.npy --baseline own", "row 2 holds a non-finite value (-inf");
+        free(gv);
+    }
+    refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline inf", "a positive number or 'own'");
+    refused("./nla generate " G "target --ids 2,818 -n 3 --temp inf", "bad value 'inf' for --temp");
+    refused("./nla explain " G "target " G "av " G "ar --text hi --temp nan" TOK, "bad value 'nan' for --temp");
+}
+
 /* refused commands: exit status 1 and the message naming the problem */
 static void test_refusals(void) {
     refused("./nla verbalize " G "target tests/tmp/v.npy" TOK, "not an AV");
@@ -425,6 +533,7 @@ int main(void) {
     test_explain(target, av, ar);
     test_model_commands(target);
     test_refusals();
+    test_nonfinite(target, av);
     /* nla quantize --type, and the saved folder opens */
     CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 --type q8_0 2> "
                  "/dev/null"),
