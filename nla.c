@@ -8955,6 +8955,24 @@ static int parse_int(const char *s, int *out) {
     return 1;
 }
 
+/* The CLI's bounds: explanation tokens and threads (a session's limit). */
+#define CLI_MAX_NEW 4096
+#define CLI_MAX_THREADS 1024
+
+/* "bad value" for an option, with what the option takes. */
+static int cli_bad_value(const char *v, const char *opt) {
+    static const char *const want[][2] = {
+        {"--max-new", "an integer in 1..4096"}, {"--threads", "an integer in 0..1024 (0: all)"},
+        {"--batch", "an integer in 1..256"}, {"--shard", "I/N with 1 <= I <= N"},
+        {"--temp", "a finite number >= 0"}, {"--top-p", "a number in 0..1"},
+        {"--top-k", "an integer >= 0"}, {"-n", "a positive integer"},
+        {"--baseline", "a finite number > 0"}, {"--best-of", "an integer in 1..256"}};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        if (!strcmp(opt, want[i][0]))
+            return cli_error("bad value '%s' for %s: %s", v, opt, want[i][1]);
+    return cli_error("bad value '%s' for %s", v, opt);
+}
+
 /* A finite number (inf and nan are refused, as are values past float's range). */
 static int parse_float(const char *s, float *out) {
     char *end;
@@ -9113,7 +9131,8 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--baseline")) o->baseline = v;
         else if (!strcmp(a, "--role")) o->role = v;
         else if (!strcmp(a, "--shape")) o->shape = v;
-        else if (!strcmp(a, "--max-new")) ok = parse_int(v, &o->max_new) && o->max_new > 0;
+        else if (!strcmp(a, "--max-new"))
+            ok = parse_int(v, &o->max_new) && o->max_new > 0 && o->max_new <= CLI_MAX_NEW;
         else if (!strcmp(a, "--batch"))
             ok = parse_int(v, &o->batch) && o->batch > 0 && o->batch <= 256;
         else if (!strcmp(a, "--best-of"))
@@ -9121,7 +9140,8 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--layer")) ok = parse_int(v, &o->layer) && o->layer >= 0;
         else if (!strcmp(a, "-n")) ok = parse_int(v, &o->n) && o->n > 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &o->top_k) && o->top_k >= 0;
-        else if (!strcmp(a, "--threads")) ok = parse_int(v, &o->threads) && o->threads >= 0;
+        else if (!strcmp(a, "--threads"))
+            ok = parse_int(v, &o->threads) && o->threads >= 0 && o->threads <= CLI_MAX_THREADS;
         else if (!strcmp(a, "--seed")) ok = parse_int(v, &o->seed);
         else if (!strcmp(a, "--temp")) ok = parse_float(v, &o->temp) && o->temp >= 0;
         else if (!strcmp(a, "--top-p"))
@@ -9138,7 +9158,7 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
             else if (!strcmp(v, "exact")) o->es = NLA_EMBED_SCALE_EXACT;
             else ok = 0;
         } else return cli_error("unknown option '%s' (see --help)", a);
-        if (!ok) return cli_error("bad value '%s' for %s", v, a);
+        if (!ok) return cli_bad_value(v, a);
     }
     if (!o->dir) { fputs(usage, stderr); return 1; }
     return 0;
@@ -9684,7 +9704,6 @@ static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *
     vp.temperature = o->temp;
     vp.top_k = o->top_k;
     vp.top_p = o->top_p;
-    if (vp.max_new > 4096) return cli_error("--max-new is at most 4096");
     int32_t *ids = (int32_t *)NLA_MALLOC(sizeof(int32_t) * (size_t)B * (size_t)vp.max_new);
     int *n_ids = (int *)NLA_MALLOC(sizeof(int) * (size_t)B);
     nla_status rc =
@@ -10399,12 +10418,14 @@ static int cmd_eval(int argc, char **argv) {
             ok = end != v && !*end && s >= 0;
             p.seed = (uint64_t)s;
         } else if (!strcmp(a, "--chunk")) ok = parse_int(v, &p.chunk) && p.chunk > 0;
-        else if (!strcmp(a, "--max-new")) ok = parse_int(v, &p.max_new) && p.max_new > 0;
+        else if (!strcmp(a, "--max-new"))
+            ok = parse_int(v, &p.max_new) && p.max_new > 0 && p.max_new <= CLI_MAX_NEW;
         else if (!strcmp(a, "--best-of"))
             ok = parse_int(v, &p.best_of) && p.best_of > 0 && p.best_of <= 256;
         else if (!strcmp(a, "--batch"))
             ok = parse_int(v, &p.batch) && p.batch > 0 && p.batch <= 256;
-        else if (!strcmp(a, "--threads")) ok = parse_int(v, &p.n_threads) && p.n_threads >= 0;
+        else if (!strcmp(a, "--threads"))
+            ok = parse_int(v, &p.n_threads) && p.n_threads >= 0 && p.n_threads <= CLI_MAX_THREADS;
         else if (!strcmp(a, "--temp")) ok = parse_float(v, &p.temperature) && p.temperature >= 0;
         else if (!strcmp(a, "--top-k")) ok = parse_int(v, &p.top_k) && p.top_k >= 0;
         else if (!strcmp(a, "--top-p"))
@@ -10416,15 +10437,17 @@ static int cmd_eval(int argc, char **argv) {
             float b;
             ok = parse_float(v, &b) && b > 0;
             rp.baseline = b;
-        } else if (!strcmp(a, "--shard"))
-            ok = sscanf(v, "%d/%d", &p.shard_index, &p.shard_count) == 2 && p.shard_count > 0 &&
-                 p.shard_index >= 1 && p.shard_index <= p.shard_count;
+        } else if (!strcmp(a, "--shard")) {
+            int end = 0; /* I/N and nothing after it: 1/2/3 is refused */
+            ok = sscanf(v, "%d/%d%n", &p.shard_index, &p.shard_count, &end) == 2 && !v[end] &&
+                 p.shard_count > 0 && p.shard_index >= 1 && p.shard_index <= p.shard_count;
+        }
         else if (!strcmp(a, "--quant")) {
             if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) p.quant = NLA_QUANT_Q8_0;
             else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) p.quant = NLA_QUANT_Q4_0;
             else ok = !strcmp(v, "none");
         } else return cli_error("unknown option '%s' (see nla eval --help)", a);
-        if (!ok) return cli_error("bad value '%s' for %s", v, a);
+        if (!ok) return cli_bad_value(v, a);
     }
     rp.warn = cli_eval_warn;
     if (merge) {

@@ -14,6 +14,7 @@
 #define TOK " --tokenizer " TOKJSON
 #define D 16
 #define ERR " 2> tests/tmp/err.txt"
+#define EVAL "./nla eval " G "target " G "av " G "ar --docs x.jsonl --out tests/tmp/ev"
 
 /* Runs a shell command; returns its exit status. */
 static int run(const char *cmd) {
@@ -518,6 +519,17 @@ static void test_refusals(void) {
             "9 is past the last token (1)");
     refused("./nla explain " G "target " G "av", "give three folders");
     refused("./nla nonsense", "unknown command 'nonsense'");
+    /* option values out of range say what the option takes */
+    refused("./nla explain " G "target " G "av " G "ar --text hi --threads 100000" TOK,
+            "bad value '100000' for --threads: an integer in 0..1024");
+    refused("./nla verbalize " G "av tests/tmp/v.npy --max-new 2147483647" TOK,
+            "bad value '2147483647' for --max-new: an integer in 1..4096");
+    refused(EVAL " --shard 1/2/3",
+            "bad value '1/2/3' for --shard: I/N with 1 <= I <= N");
+    refused(EVAL " --threads 100000",
+            "for --threads: an integer in 0..1024");
+    refused(EVAL " --temp inf",
+            "bad value 'inf' for --temp: a finite number >= 0");
     refused("./nla reconstruct " G "ar --text hi" TOK, "--out FILE is required");
     refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline -1",
             "a positive number or 'own'");
