@@ -7049,202 +7049,158 @@ static nla_status ev_read(const char *dir, const char *name, char **buf, size_t 
     return rc;
 }
 
-/* A merge's state: the shards' texts and where each sample's row is. */
-typedef struct {
-    const char *const *dirs; /* [n] the shard folders */
-    int n, d;
-    long S;                  /* samples of the study */
-    char **params, **res;    /* [n] each shard's params.json and results.jsonl */
-    char *tokens;            /* tokens.jsonl, the same in every shard */
-    size_t tn;
-    const char *cut0;        /* where params[0]'s shard line starts */
-    const char **line;       /* [S] each sample's row, in res[owner] */
-    size_t *len;             /* [S] its length with the newline */
-    int *owner;              /* [S] the shard holding it */
-} ev_merge;
-
-/* The same study: params.json equal up to the shard line, shards 1..n once
-   each; then S and d from it. */
-static nla_status ev_merge_params(ev_merge *m, errbuf *e) {
+nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, char *errbuf_out,
+                          size_t errbuf_size) {
+    errbuf e;
+    char **params = NULL, **res = NULL, *tokens = NULL, *other = NULL, *path = NULL;
+    const char **line = NULL, *cut0 = NULL;
+    size_t *len = NULL, tn = 0, on = 0;
+    int *owner = NULL, d = 0, si, sn;
+    long S = 0;
+    float *row = NULL;
+    ev_npy *in = NULL, out[2]; /* in: [n, 2] each shard's activations and reconstructions */
+    jdoc doc;
     nla_status rc = NLA_OK;
-    int si, sn;
-    for (int k = 0; k < m->n && !rc; k++) {
-        const char *cut, *const *dirs = m->dirs;
-        char **params = m->params;
-        if ((rc = ev_read(dirs[k], "params.json", &params[k], NULL, e)) != NLA_OK) break;
+    e.msg[0] = 0;
+    if (!out_dir || !dirs || n < 1)
+        rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
+    if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) ||
+                !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
+        rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+    /* the same study: params.json equal up to the shard line, shards 1..n once each */
+    for (int k = 0; k < n && !rc; k++) {
+        const char *cut;
+        if ((rc = ev_read(dirs[k], "params.json", &params[k], NULL, &e)) != NLA_OK) break;
         if (!(cut = ev_shard_line(params[k], &si, &sn)))
-            rc = fail(e, NLA_ERR_FORMAT, "%s/params.json: no shard line", dirs[k]);
-        else if (sn != m->n)
-            rc = fail(e, NLA_ERR_ARG, "%s is shard %d/%d, but %d folders were given", dirs[k], si,
-                      sn, m->n);
-        else if (!k) m->cut0 = cut;
-        else if (cut - params[k] != m->cut0 - params[0] ||
-                 memcmp(params[k], params[0], (size_t)(m->cut0 - params[0])))
+            rc = fail(&e, NLA_ERR_FORMAT, "%s/params.json: no shard line", dirs[k]);
+        else if (sn != n)
+            rc = fail(&e, NLA_ERR_ARG, "%s is shard %d/%d, but %d folders were given", dirs[k], si,
+                      sn, n);
+        else if (!k) cut0 = cut;
+        else if (cut - params[k] != cut0 - params[0] ||
+                 memcmp(params[k], params[0], (size_t)(cut0 - params[0])))
             rc = ev_params_differ(dirs[k], params[k], params[0],
-                                  "these are not shards of one study", e);
+                                  "these are not shards of one study", &e);
         for (int j = 0; j < k && !rc; j++) {
             int sj, nj;
             ev_shard_line(params[j], &sj, &nj);
             if (sj == si)
-                rc = fail(e, NLA_ERR_ARG, "%s and %s are both shard %d/%d", dirs[j], dirs[k], si,
-                          m->n);
+                rc = fail(&e, NLA_ERR_ARG, "%s and %s are both shard %d/%d", dirs[j], dirs[k], si,
+                          n);
         }
     }
-    jdoc doc;
-    if (!rc &&
-        (rc = json_parse(&doc, m->params[0], strlen(m->params[0]), e, m->dirs[0])) == NLA_OK) {
+    /* S rows of d floats */
+    if (!rc && (rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) == NLA_OK) {
         uint64_t us = 0;
         if (!json_u64(&doc, json_get(&doc, 0, "samples"), &us) ||
-            !json_int(&doc, json_get(&doc, 0, "d_model"), &m->d) || m->d < 1 ||
-            us > (uint64_t)LONG_MAX / 4 / (uint64_t)m->d || us > SIZE_MAX / 4 / (size_t)m->d)
-            rc = fail(e, NLA_ERR_FORMAT,
-                      "%s/params.json: no samples and d_model that fit this platform", m->dirs[0]);
+            !json_int(&doc, json_get(&doc, 0, "d_model"), &d) || d < 1 ||
+            us > (uint64_t)LONG_MAX / 4 / (uint64_t)d || us > SIZE_MAX / 4 / (size_t)d)
+            rc = fail(&e, NLA_ERR_FORMAT,
+                      "%s/params.json: no samples and d_model that fit this platform", dirs[0]);
         json_free(&doc);
-        m->S = (long)us;
+        S = (long)us;
     }
-    return rc;
-}
-
-/* The rows: tokens.jsonl the same in every shard, each sample's row in
-   exactly one shard's results.jsonl, none missing. */
-static nla_status ev_merge_rows(ev_merge *m, errbuf *e) {
-    nla_status rc = NLA_OK;
-    char *other = NULL;
-    size_t on = 0;
-    jdoc doc;
-    for (int k = 0; k < m->n && !rc; k++) {
-        const char *dir = m->dirs[k];
+    memset(out, 0, sizeof out);
+    if (!rc && (!(line = (const char **)xcalloc((size_t)S + 1, sizeof(char *))) ||
+                !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
+                !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) ||
+                !(row = (float *)xmalloc((size_t)d, sizeof(float))) ||
+                !(in = (ev_npy *)xcalloc((size_t)n * 2, sizeof(ev_npy)))))
+        rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+    /* rows: each sample exactly once; tokens.jsonl the same in every shard */
+    for (int k = 0; k < n && !rc; k++) {
         size_t rn = 0;
-        if ((rc = ev_read(dir, "tokens.jsonl", k ? &other : &m->tokens, k ? &on : &m->tn, e)) !=
+        if ((rc = ev_read(dirs[k], "tokens.jsonl", k ? &other : &tokens, k ? &on : &tn, &e)) !=
             NLA_OK)
             break;
-        if (k && (on != m->tn || memcmp(other, m->tokens, m->tn)))
-            rc = fail(e, NLA_ERR_FORMAT, "%s/tokens.jsonl differs from %s's", dir, m->dirs[0]);
+        if (k && (on != tn || memcmp(other, tokens, tn)))
+            rc = fail(&e, NLA_ERR_FORMAT, "%s/tokens.jsonl differs from %s's", dirs[k], dirs[0]);
         NLA_FREE(other);
         other = NULL;
-        if (rc || (rc = ev_read(dir, "results.jsonl", &m->res[k], &rn, e)) != NLA_OK) break;
-        for (const char *s = m->res[k]; s < m->res[k] + rn && !rc;) {
-            const char *nl = (const char *)memchr(s, '\n', (size_t)(m->res[k] + rn - s));
+        if (rc || (rc = ev_read(dirs[k], "results.jsonl", &res[k], &rn, &e)) != NLA_OK) break;
+        for (const char *s = res[k]; s < res[k] + rn && !rc;) {
+            const char *nl = (const char *)memchr(s, '\n', (size_t)(res[k] + rn - s));
             uint64_t idx = 0;
             if (!nl) {
-                rc = fail(e, NLA_ERR_FORMAT,
-                          "%s: the last row is torn: rerun the shard to finish it", dir);
+                rc = fail(&e, NLA_ERR_FORMAT,
+                          "%s: the last row is torn: rerun the shard to finish it", dirs[k]);
                 break;
             }
-            if ((rc = json_parse(&doc, s, (size_t)(nl - s), e, dir)) != NLA_OK) break;
-            if (!json_u64(&doc, json_get(&doc, 0, "sample_idx"), &idx) || idx >= (uint64_t)m->S ||
-                m->line[idx])
-                rc = fail(e, NLA_ERR_FORMAT,
-                          "%s/results.jsonl: a row without a new sample_idx below %ld", dir, m->S);
+            if ((rc = json_parse(&doc, s, (size_t)(nl - s), &e, dirs[k])) != NLA_OK) break;
+            if (!json_u64(&doc, json_get(&doc, 0, "sample_idx"), &idx) || idx >= (uint64_t)S ||
+                line[idx])
+                rc = fail(&e, NLA_ERR_FORMAT,
+                          "%s/results.jsonl: a row without a new sample_idx below %ld", dirs[k], S);
             else {
-                m->line[idx] = s;
-                m->len[idx] = (size_t)(nl - s) + 1;
-                m->owner[idx] = k;
+                line[idx] = s;
+                len[idx] = (size_t)(nl - s) + 1;
+                owner[idx] = k;
             }
             json_free(&doc);
             s = nl + 1;
         }
     }
-    for (long i = 0; !rc && i < m->S; i++)
-        if (!m->line[i])
-            rc = fail(e, NLA_ERR_ARG,
+    for (long i = 0; !rc && i < S; i++)
+        if (!line[i])
+            rc = fail(&e, NLA_ERR_ARG,
                       "eval merge: sample %ld is in no shard's results: finish every shard first",
                       i);
-    return rc;
-}
-
-/* The vectors, a row at a time from the shard that owns it (memory: one
-   row), into out_dir's fresh .npy files. */
-static nla_status ev_merge_vectors(const ev_merge *m, const char *out_dir, errbuf *e) {
-    const int n = m->n;
-    float *row = (float *)xmalloc((size_t)m->d, sizeof(float));
-    ev_npy *in = (ev_npy *)xcalloc((size_t)n * 2, sizeof(ev_npy)), out[2]; /* in: [n, 2] */
-    nla_status rc = row && in ? NLA_OK : fail(e, NLA_ERR_NOMEM, "eval merge: out of memory");
-    memset(out, 0, sizeof out);
+    /* the vectors, a row at a time from the shard that owns it (memory: one row) */
     for (int k = 0; k <= n && !rc; k++)
         for (int f = 0; f < 2 && !rc; f++) {
-            char *path = path_join(k < n ? m->dirs[k] : out_dir,
-                                   f ? "reconstructions.npy" : "activations.npy");
-            if (!path) rc = fail(e, NLA_ERR_NOMEM, "eval merge: out of memory");
+            if (!(path = path_join(k < n ? dirs[k] : out_dir,
+                                   f ? "reconstructions.npy" : "activations.npy")))
+                rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
             else {
                 if (k == n) remove(path); /* a fresh file, whatever an earlier merge left */
-                rc = ev_npy_open(k < n ? &in[2 * k + f] : &out[f], path, m->S, m->d, k == n, e);
+                rc = ev_npy_open(k < n ? &in[2 * k + f] : &out[f], path, S, d, k == n, &e);
             }
             NLA_FREE(path);
+            path = NULL;
         }
-    for (long i = 0; i < m->S && !rc; i++)
+    for (long i = 0; i < S && !rc; i++)
         for (int f = 0; f < 2 && !rc; f++)
-            if (!ev_npy_get(&in[2 * m->owner[i] + f], i, row) || !ev_npy_put(&out[f], i, row, 0))
-                rc = fail(e, NLA_ERR_IO, "eval merge: cannot copy row %ld of %s's %s", i,
-                          m->dirs[m->owner[i]], f ? "reconstructions" : "activations");
+            if (!ev_npy_get(&in[2 * owner[i] + f], i, row) || !ev_npy_put(&out[f], i, row, 0))
+                rc = fail(&e, NLA_ERR_IO, "eval merge: cannot copy row %ld of %s's %s", i,
+                          dirs[owner[i]], f ? "reconstructions" : "activations");
     for (int f = 0; f < 2 && !rc; f++)
         if (!ev_sync(out[f].f))
-            rc = fail(e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
+            rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
+    /* the merged folder: as one unsharded run writes it */
+    if (!rc) {
+        const size_t k = (size_t)(cut0 - params[0]);
+        size_t total = 0;
+        char *text;
+        for (long i = 0; i < S; i++) total += len[i];
+        if (!(text = (char *)NLA_MALLOC(total + k + 32)))
+            rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+        else { /* results.jsonl: the rows in sample_idx order */
+            total = 0;
+            for (long i = 0; i < S; i++) {
+                memcpy(text + total, line[i], len[i]);
+                total += len[i];
+            }
+            rc = ev_write_in(out_dir, "results.jsonl", text, total, &e);
+        }
+        if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", tokens, tn, &e);
+        if (!rc) { /* params.json: the shards' with the shard line of an unsharded run */
+            memcpy(text, params[0], k);
+            rc = ev_write_in(out_dir, "params.json", text,
+                             k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
+        }
+        NLA_FREE(text);
+    }
+    for (int k = 0; k < n; k++) {
+        if (params) NLA_FREE(params[k]);
+        if (res) NLA_FREE(res[k]);
+    }
     for (int k = 0; in && k < 2 * n; k++)
         if (in[k].f) fclose(in[k].f);
     for (int f = 0; f < 2; f++)
         if (out[f].f && fclose(out[f].f) && !rc)
-            rc = fail(e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
-    NLA_FREE(row);
-    NLA_FREE(in);
-    return rc;
-}
-
-/* The merged folder's texts, as one unsharded run writes them: the rows in
-   sample_idx order, tokens.jsonl, and params.json with the shard line of an
-   unsharded run. */
-static nla_status ev_merge_texts(const ev_merge *m, const char *out_dir, errbuf *e) {
-    const size_t k = (size_t)(m->cut0 - m->params[0]);
-    size_t total = 0;
-    nla_status rc = NLA_OK;
-    char *text;
-    for (long i = 0; i < m->S; i++) total += m->len[i];
-    if (!(text = (char *)NLA_MALLOC(total + k + 32)))
-        return fail(e, NLA_ERR_NOMEM, "eval merge: out of memory");
-    total = 0;
-    for (long i = 0; i < m->S; i++) {
-        memcpy(text + total, m->line[i], m->len[i]);
-        total += m->len[i];
-    }
-    rc = ev_write_in(out_dir, "results.jsonl", text, total, e);
-    if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", m->tokens, m->tn, e);
-    if (!rc) {
-        memcpy(text, m->params[0], k);
-        rc = ev_write_in(out_dir, "params.json", text,
-                         k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), e);
-    }
-    NLA_FREE(text);
-    return rc;
-}
-
-nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, char *errbuf_out,
-                          size_t errbuf_size) {
-    errbuf e;
-    ev_merge m;
-    nla_status rc = NLA_OK;
-    e.msg[0] = 0;
-    memset(&m, 0, sizeof m);
-    m.dirs = dirs;
-    m.n = n;
-    if (!out_dir || !dirs || n < 1)
-        rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
-    if (!rc && (!(m.params = (char **)xcalloc((size_t)n, sizeof(char *))) ||
-                !(m.res = (char **)xcalloc((size_t)n, sizeof(char *)))))
-        rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-    if (!rc) rc = ev_merge_params(&m, &e);
-    if (!rc && (!(m.line = (const char **)xcalloc((size_t)m.S + 1, sizeof(char *))) ||
-                !(m.len = (size_t *)xcalloc((size_t)m.S + 1, sizeof(size_t))) ||
-                !(m.owner = (int *)xcalloc((size_t)m.S + 1, sizeof(int)))))
-        rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-    if (!rc) rc = ev_merge_rows(&m, &e);
-    if (!rc) rc = ev_merge_vectors(&m, out_dir, &e);
-    if (!rc) rc = ev_merge_texts(&m, out_dir, &e);
-    for (int k = 0; k < n; k++) {
-        if (m.params) NLA_FREE(m.params[k]);
-        if (m.res) NLA_FREE(m.res[k]);
-    }
-    NLA_FREE(m.params); NLA_FREE(m.res); NLA_FREE(m.tokens); NLA_FREE(m.line); NLA_FREE(m.len);
-    NLA_FREE(m.owner);
+            rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
+    NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len);
+    NLA_FREE(owner); NLA_FREE(row); NLA_FREE(in);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
