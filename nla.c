@@ -111,14 +111,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
 #ifndef NLA_NO_MMAP
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #endif
 #ifndef _WIN32
-#include <unistd.h> /* fsync: nla eval's commit records */
+#include <fcntl.h>    /* open, fcntl: mapping, the results folder's lock */
+#include <sys/stat.h> /* fstat, stat: file sizes, same-file checks */
+#include <unistd.h>   /* fsync: atomic writes, nla eval's commit records */
 #endif
 /* NLA_NO_REGEX: no POSIX regular expressions (nla_study_search's regex). */
 #if defined(_WIN32) && !defined(NLA_NO_REGEX)
@@ -181,7 +181,7 @@ const char *nla_strerror(nla_status st) {
     case NLA_ERR_ARG: return "invalid argument";
     case NLA_ERR_RANGE: return "value out of range";
     case NLA_ERR_BUFFER_TOO_SMALL: return "buffer too small";
-    case NLA_ERR_BUSY: return "model still has live sessions";
+    case NLA_ERR_BUSY: return "busy";
     case NLA_ERR_CANCELLED: return "cancelled by a callback";
     case NLA_ERR_NONFINITE: return "non-finite value (NaN or Inf)";
     }
@@ -6347,6 +6347,68 @@ static int ev_sync(FILE *f) {
 #endif
 }
 
+/* One writer per results folder: an exclusive fcntl lock on dir/eval.lock,
+   which the kernel drops when the holder ends, however it ends (kill -9
+   included); the file holds the holder's PID and host for the refusal.
+   The lock is per process (two runs in one process are not told apart);
+   without fcntl (Windows) there is none. *fd: the lock's descriptor, or
+   -1; ev_unlock releases it. */
+static nla_status ev_lock(const char *dir, int *fd, errbuf *e) {
+    *fd = -1;
+#ifndef _WIN32
+    char *path = path_join(dir, "eval.lock"), who[300];
+    struct flock fl;
+    nla_status rc = NLA_OK;
+    if (!path) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if ((*fd = open(path, O_RDWR | O_CREAT, 0666)) < 0)
+        rc = fail(e, NLA_ERR_IO, "eval: %s: cannot open (%s)", path, strerror(errno));
+    else if (fcntl(*fd, F_SETLK, &fl)) {
+        const int busy = errno == EACCES || errno == EAGAIN, err = errno;
+        long pid = 0;
+        char host[256] = "?";
+        ssize_t n = busy ? pread(*fd, who, sizeof who - 1, 0) : 0;
+        who[n > 0 ? n : 0] = 0;
+        if (sscanf(who, "%ld %255s", &pid, host) < 1) pid = 0;
+        if (!busy) rc = fail(e, NLA_ERR_IO, "eval: %s: cannot lock (%s)", path, strerror(err));
+        else if (pid > 0)
+            rc = fail(e, NLA_ERR_BUSY,
+                      "eval: %s is held by PID %ld on host %s: another nla eval is writing %s",
+                      path, pid, host, dir);
+        else
+            rc = fail(e, NLA_ERR_BUSY,
+                      "eval: %s is held by another process: another nla eval is writing %s", path,
+                      dir);
+    } else {
+        char host[256];
+        int n;
+        if (gethostname(host, sizeof host)) strcpy(host, "?");
+        host[sizeof host - 1] = 0;
+        n = snprintf(who, sizeof who, "%ld %s\n", (long)getpid(), host);
+        if (ftruncate(*fd, 0) || pwrite(*fd, who, (size_t)n, 0) != n)
+            rc = fail(e, NLA_ERR_IO, "eval: %s: cannot write (%s)", path, strerror(errno));
+    }
+    if (rc && *fd >= 0) close(*fd);
+    if (rc) *fd = -1;
+    NLA_FREE(path);
+    return rc;
+#else
+    (void)dir;
+    (void)e;
+    return NLA_OK;
+#endif
+}
+
+static void ev_unlock(int fd) {
+#ifndef _WIN32
+    if (fd >= 0) close(fd); /* the lock goes with the descriptor */
+#else
+    (void)fd;
+#endif
+}
+
 /* Writes n bytes to path atomically (path.tmp, synced, then renamed over it). */
 static nla_status ev_write_file(const char *path, const char *data, size_t n, errbuf *e) {
     char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
@@ -6754,6 +6816,7 @@ typedef struct {
     int32_t *pos;        /* [chunk] positions */
     ev_npy act, recon;
     FILE *res;
+    int lock;            /* ev_lock's descriptor */
     const nla_tokenizer *tok;
 } ev_run;
 
@@ -6957,6 +7020,7 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     nla_status rc;
     e.msg[0] = 0;
     memset(&x, 0, sizeof x);
+    x.lock = -1;
     if (counts) memset(counts, 0, sizeof *counts);
     rc = ev_defaults(params, &x.p, &e);
     x.sp.n_cand = x.p.best_of ? x.p.best_of : 1;
@@ -6969,6 +7033,7 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     x.sp.seed = x.p.seed;
     if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir))
         rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
+    if (!rc) rc = ev_lock(x.p.out_dir, &x.lock, &e);
     if (!rc)
         rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg,
                                 sizeof e.msg);
@@ -7018,6 +7083,7 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     NLA_FREE(x.done); NLA_FREE(x.todo);
     ev_plan_free(&x.pl);
     nla_tokenizer_close(tok);
+    ev_unlock(x.lock);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
@@ -7055,7 +7121,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     char **params = NULL, **res = NULL, *tokens = NULL, *other = NULL, *path = NULL;
     const char **line = NULL, *cut0 = NULL;
     size_t *len = NULL, tn = 0, on = 0;
-    int *owner = NULL, d = 0, si, sn;
+    int *owner = NULL, d = 0, si, sn, lock = -1;
     long S = 0;
     float *row = NULL;
     ev_npy *in = NULL, out[2]; /* in: [n, 2] each shard's activations and reconstructions */
@@ -7064,6 +7130,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     e.msg[0] = 0;
     if (!out_dir || !dirs || n < 1)
         rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
+    if (!rc) rc = ev_lock(out_dir, &lock, &e);
     if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) ||
                 !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
         rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
@@ -7201,6 +7268,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
     NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len);
     NLA_FREE(owner); NLA_FREE(row); NLA_FREE(in);
+    ev_unlock(lock);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
 }
@@ -10322,6 +10390,14 @@ static int cli_mkdir(const char *dir) {
     return 0;
 }
 
+/* An eval error as "nla eval: ..." (the library's say "eval: ..." or
+   "eval merge: ..." themselves). */
+static int cli_eval_error(const char *err, nla_status rc) {
+    fprintf(stderr, "nla %s%s (%s)\n", strncmp(err, "eval", 4) ? "eval: " : "", err,
+            nla_strerror(rc));
+    return 1;
+}
+
 static int cmd_eval(int argc, char **argv) {
     nla_eval_params p;
     nla_eval_report_params rp;
@@ -10411,13 +10487,13 @@ static int cmd_eval(int argc, char **argv) {
         if (cli_mkdir(merge)) return 1;
         if ((rc = nla_eval_merge(merge, (const char *const *)(argv + first_dir), argc - first_dir,
                                  err, sizeof err)) != NLA_OK)
-            return cli_error("%s (%s)", err, nla_strerror(rc));
+            return cli_eval_error(err, rc);
         fprintf(stderr, "nla: merged %d shards into %s\n", argc - first_dir, merge);
         return 0;
     }
     if (summary) {
         rc = nla_eval_summary(summary, &rp, cli_write, stdout, err, sizeof err);
-        return rc ? cli_error("%s (%s)", err, nla_strerror(rc)) : 0;
+        return rc ? cli_eval_error(err, rc) : 0;
     }
     if (compare) {
         if (n_arg != 1)
@@ -10428,7 +10504,7 @@ static int cmd_eval(int argc, char **argv) {
     if (html) {
         if (n_arg != 1) return cli_error("give the results: nla eval --html report.html RESULTS");
         rc = nla_eval_report_html(arg[0], html, &rp, err, sizeof err);
-        if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+        if (rc) return cli_eval_error(err, rc);
         fprintf(stderr, "nla: wrote %s\n", html);
         return 0;
     }
@@ -10448,7 +10524,7 @@ static int cmd_eval(int argc, char **argv) {
         if (open_tokenizer(p.tokenizer ? p.tokenizer : p.target, &tok)) return 1;
         rc = nla_eval_plan(&p, tok, &c, err, sizeof err);
         nla_tokenizer_close(tok);
-        if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+        if (rc) return cli_eval_error(err, rc);
         printf("records %d, bad records %d, rows %ld, rows of shard %d/%d: %ld\n", c.records,
                c.bad_records, c.samples, p.shard_index ? p.shard_index : 1,
                p.shard_count ? p.shard_count : 1, c.shard_samples);
@@ -10457,7 +10533,7 @@ static int cmd_eval(int argc, char **argv) {
     if (!p.out_dir) return cli_error("--out DIR is required");
     if (cli_mkdir(p.out_dir)) return 1;
     rc = nla_eval_run(&p, &c, err, sizeof err);
-    if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+    if (rc) return cli_eval_error(err, rc);
     if (!ui.quiet)
         fprintf(stderr,
                 "nla: %ld rows in %s (%ld resumed, %ld new in %.1f s); %d records, %d skipped\n",

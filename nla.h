@@ -61,7 +61,7 @@ typedef enum {
     NLA_ERR_ARG = 5,              /* invalid argument from the caller */
     NLA_ERR_RANGE = 6,            /* a value is out of range (token id, context) */
     NLA_ERR_BUFFER_TOO_SMALL = 7, /* caller buffer too small; required size written */
-    NLA_ERR_BUSY = 8,             /* the model still has live sessions */
+    NLA_ERR_BUSY = 8,             /* in use: a model with live sessions, a locked results folder */
     NLA_ERR_CANCELLED = 9,        /* a callback asked to stop */
     NLA_ERR_NONFINITE = 10        /* a NaN or Inf in an input vector, or produced by
                                      the forward pass (the message names the row or block) */
@@ -686,13 +686,16 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
    loses at most the rows not yet committed; a torn last line is cut off on
    resume. A folder made with other arguments is refused (NLA_ERR_ARG,
    naming the first difference). Bad input records (and repeated ids) are
-   reported to params->warn and skipped. counts may be NULL. */
+   reported to params->warn and skipped. counts may be NULL. The run holds
+   an exclusive lock on out_dir/eval.lock (fcntl; the kernel releases it
+   when the process ends, however it ends): while another process holds
+   it, NLA_ERR_BUSY with the holder's PID and host. */
 nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf,
                         size_t errbuf_size);
 
 /* Merges the complete results folders of shards 1/n .. n/n (any order)
    into out_dir (which must exist): the same files, byte for byte, as one
-   unsharded run. */
+   unsharded run. It holds out_dir's lock as nla_eval_run does. */
 nla_status nla_eval_merge(const char *out_dir, const char *const *shard_dirs, int n, char *errbuf,
                           size_t errbuf_size);
 

@@ -78,6 +78,8 @@ static void spit_str(const char *path, const char *s) { spit(path, s, strlen(s))
 static void rm_dir(const char *dir) {
     char p[256];
     for (int i = 0; i < 5; i++) { snprintf(p, sizeof p, "%s/%s", dir, files[i]); unlink(p); }
+    snprintf(p, sizeof p, "%s/eval.lock", dir);
+    unlink(p);
     rmdir(dir);
 }
 
@@ -192,6 +194,39 @@ int main(void) {
     stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
     CHECK(stderr_text && strstr(stderr_text, "other arguments") && strstr(stderr_text, "\"seed\": 7"));
     free(stderr_text);
+
+    /* one writer per folder: while a run holds eval.lock (stopped with
+       SIGSTOP, so it holds it for sure), a second is refused naming the
+       holder's PID and host; after kill -9 of the holder the lock is free */
+    {
+        const char *ld = "tests/tmp/eval_lock", *lock_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", ld, OPTS, NULL};
+        char want[640], host[256], lock_path[256];
+        rm_dir(ld);
+        mkdir(ld, 0755);
+        snprintf(lock_path, sizeof lock_path, "%s/eval.lock", ld);
+        pid_t holder = spawn(lock_args, "tests/tmp/eval_err_holder.txt");
+        snprintf(want, sizeof want, "%ld ", (long)holder);
+        for (int t = 0; t < 5000; t++) { /* until the holder has written its PID */
+            char *l = slurp(lock_path, NULL);
+            int mine = l && !strncmp(l, want, strlen(want));
+            free(l);
+            if (mine || waitpid(holder, NULL, WNOHANG) != 0) break;
+            sleep_ms(2);
+        }
+        kill(holder, SIGSTOP);
+        gethostname(host, sizeof host);
+        CHECK_EQ(run_nla(lock_args, "tests/tmp/eval_err.txt"), 1);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        snprintf(want, sizeof want, "nla eval: %s is held by PID %ld on host %s", lock_path, (long)holder, host);
+        CHECK_MSG(stderr_text && !strncmp(stderr_text, want, strlen(want)), "second writer: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        kill(holder, SIGKILL);
+        waitpid(holder, NULL, 0);
+        CHECK_EQ(run_nla(lock_args, "tests/tmp/eval_err.txt"), 0);
+        CHECK_EQ(count_lines("tests/tmp/eval_lock/results.jsonl"), 14);
+        CHECK_MSG(same_files(ld, ref), "the run after the lock holder's kill differs from the uninterrupted one");
+        rm_dir(ld);
+    }
 
     /* SIGKILL after k committed rows, and at fixed-seed random delays; then
        a plain rerun finishes: the files equal the uninterrupted run's */
