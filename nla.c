@@ -865,6 +865,85 @@ static nla_status read_file(const char *path, char **out, size_t *n_out, size_t 
     return NLA_OK;
 }
 
+/* Every file is written atomically: into path.tmp beside it, synced to the
+   disk, then renamed over it, so that a full disk, a kill or a crash leaves
+   the old file whole (or none). A failure names the file and gives the
+   system's reason. Use: out_open, out_write (or fprintf to o.f), then
+   out_commit, which also cleans up after a failure. */
+typedef struct {
+    FILE *f;
+    char *tmp;
+    const char *path;
+    int err; /* errno of the first failure; 0 none */
+} out_file;
+
+static nla_status out_open(out_file *o, const char *path, errbuf *e) {
+    memset(o, 0, sizeof *o);
+    o->path = path;
+    if (!(o->tmp = (char *)NLA_MALLOC(strlen(path) + 5)))
+        return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
+    sprintf(o->tmp, "%s.tmp", path);
+    if ((o->f = fopen(o->tmp, "wb")) != NULL) return NLA_OK;
+    o->err = errno;
+    NLA_FREE(o->tmp);
+    o->tmp = NULL;
+    return fail(e, NLA_ERR_IO, "%s: cannot write (%s)", path, strerror(o->err));
+}
+
+/* n bytes at the end; a failure is kept for out_commit. */
+static void out_write(out_file *o, const void *p, size_t n) {
+    if (!o->err && n && fwrite(p, 1, n, o->f) != n) o->err = errno ? errno : EIO;
+}
+
+/* Syncs and closes the file and renames it over path; after a failure
+   (o->err, which a caller may set too) removes it and says why. */
+static nla_status out_commit(out_file *o, errbuf *e) {
+    if (!o->f) return NLA_OK;
+    errno = 0;
+    if (!o->err && (fflush(o->f) || ferror(o->f))) o->err = errno ? errno : EIO;
+#ifndef _WIN32
+    if (!o->err && fsync(fileno(o->f))) o->err = errno;
+#endif
+    if (fclose(o->f) && !o->err) o->err = errno ? errno : EIO;
+    o->f = NULL;
+    if (!o->err && rename(o->tmp, o->path)) o->err = errno;
+    if (o->err) remove(o->tmp);
+    NLA_FREE(o->tmp);
+    o->tmp = NULL;
+    return o->err ? fail(e, NLA_ERR_IO, "%s: cannot write (%s)", o->path, strerror(o->err))
+                  : NLA_OK;
+}
+
+/* Writes n bytes as path, atomically. */
+static nla_status write_file(const char *path, const void *data, size_t n, errbuf *e) {
+    out_file o;
+    nla_status rc = out_open(&o, path, e);
+    if (!rc) out_write(&o, data, n);
+    return rc ? rc : out_commit(&o, e);
+}
+
+/* Are a and b the same existing file or folder (device and inode; the same
+   name where there is no stat)? Outputs are checked against inputs with it. */
+static int same_file(const char *a, const char *b) {
+#ifndef _WIN32
+    struct stat x, y;
+    return a && b && !stat(a, &x) && !stat(b, &y) && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+#else
+    return a && b && !strcmp(a, b);
+#endif
+}
+
+nla_status nla_file_write(const char *path, const void *data, size_t n, char *errbuf_out,
+                          size_t errbuf_size) {
+    errbuf e;
+    nla_status rc;
+    e.msg[0] = 0;
+    rc = path && (data || !n) ? write_file(path, data, n, &e)
+                              : fail(&e, NLA_ERR_ARG, "nla_file_write: path and data are required");
+    copy_err(errbuf_out, errbuf_size, e.msg);
+    return rc;
+}
+
 static void st_file_free(st_file *f) {
     if (f->map) {
 #ifndef NLA_NO_MMAP
@@ -1368,20 +1447,24 @@ static void st_header(sbuf *b, const nla_tensor *t, int n, const char *const *me
     while (b->len % 8) sb_put(b, " ", 1);
 }
 
-/* Writes tensor i's bytes: from t->data, or chunk by chunk from fill. */
-static int st_write_data(FILE *f, const nla_tensor *t, int i, nla_fill_fn fill, void *user) {
-    if (t->data || !t->nbytes)
-        return !t->nbytes || fwrite(t->data, 1, (size_t)t->nbytes, f) == t->nbytes;
+/* Tensor i's bytes, from t->data or from fill in chunks: NLA_ERR_NOMEM, or
+   NLA_ERR_CANCELLED when fill stops it (write errors stay in o). */
+static nla_status st_write_data(out_file *o, const nla_tensor *t, int i, nla_fill_fn fill,
+                                void *user) {
+    if (t->data || !t->nbytes) {
+        out_write(o, t->data, (size_t)t->nbytes);
+        return NLA_OK;
+    }
     const size_t chunk = (size_t)1 << 26;
-    unsigned char *buf =
-        fill ? (unsigned char *)NLA_MALLOC(t->nbytes < chunk ? (size_t)t->nbytes : chunk) : NULL;
-    int ok = buf != NULL;
-    for (uint64_t off = 0; ok && off < t->nbytes; off += chunk) {
+    unsigned char *buf = (unsigned char *)NLA_MALLOC(t->nbytes < chunk ? (size_t)t->nbytes : chunk);
+    nla_status rc = buf ? NLA_OK : NLA_ERR_NOMEM;
+    for (uint64_t off = 0; !rc && !o->err && off < t->nbytes; off += chunk) {
         size_t len = t->nbytes - off < chunk ? (size_t)(t->nbytes - off) : chunk;
-        ok = fill(user, i, off, buf, len) == 0 && fwrite(buf, 1, len, f) == len;
+        if (fill(user, i, off, buf, len)) rc = NLA_ERR_CANCELLED;
+        else out_write(o, buf, len);
     }
     NLA_FREE(buf);
-    return ok;
+    return rc;
 }
 
 nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta,
@@ -1420,25 +1503,22 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
         if (!(h.out = (char *)NLA_MALLOC(h.cap))) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
         else st_header(&h, t, n, meta, n_meta);
     }
-    /* written beside the target and renamed, so a crash leaves no half file */
-    char *tmp = rc ? NULL : (char *)NLA_MALLOC(strlen(path) + 5);
-    FILE *f = NULL;
-    if (!rc && !tmp) rc = fail(&e, NLA_ERR_NOMEM, "out of memory");
-    if (!rc) {
-        snprintf(tmp, strlen(path) + 5, "%s.tmp", path);
-        if (!(f = fopen(tmp, "wb"))) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", tmp);
-    }
-    if (!rc) {
+    out_file o;
+    if (!rc && !(rc = out_open(&o, path, &e))) {
         unsigned char len8[8];
         for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
-        int ok = fwrite(len8, 1, 8, f) == 8 && fwrite(h.out, 1, h.len, f) == h.len;
-        for (int i = 0; i < n && ok; i++) ok = st_write_data(f, &t[i], i, fill, user);
-        if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
-            remove(tmp);
-            rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
-        }
+        out_write(&o, len8, 8);
+        out_write(&o, h.out, h.len);
+        for (int i = 0; i < n && !o.err && !rc; i++)
+            if ((rc = st_write_data(&o, &t[i], i, fill, user)) != NLA_OK) {
+                rc = rc == NLA_ERR_NOMEM
+                         ? fail(&e, rc, "%s: out of memory", path)
+                         : fail(&e, NLA_ERR_IO, "%s: the fill callback failed at tensor '%s'", path,
+                                t[i].name);
+                o.err = ECANCELED; /* no file */
+            }
+        if (out_commit(&o, rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
     }
-    NLA_FREE(tmp);
     NLA_FREE(h.out);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
@@ -2702,11 +2782,7 @@ static nla_status copy_file(const char *from, const char *to, errbuf *e) {
     char *buf = NULL;
     size_t n = 0;
     nla_status rc = read_file(from, &buf, &n, SIZE_MAX / 2, e);
-    if (!rc) {
-        FILE *f = fopen(to, "wb");
-        int ok = f && fwrite(buf, 1, n, f) == n;
-        if ((f && fclose(f) != 0) || !ok) rc = fail(e, NLA_ERR_IO, "%s: cannot write", to);
-    }
+    if (!rc) rc = write_file(to, buf, n, e);
     NLA_FREE(buf);
     return rc;
 }
@@ -2731,7 +2807,7 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
          "chat_template.jinja",   "nla_meta.yaml",           "value_head.safetensors"};
     errbuf e;
     e.msg[0] = 0;
-    if (!m || !dir || !strcmp(dir, m->dir)) {
+    if (!m || !dir || !strcmp(dir, m->dir) || same_file(dir, m->dir)) {
         copy_err(errbuf_out, errbuf_size,
                  "nla_model_save: a model and a folder other than its own are required");
         return NLA_ERR_ARG;
@@ -4335,13 +4411,12 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
     }
     char hdr[256];
     size_t hl = npy_header(hdr, ndim, shape);
-    FILE *f = fopen(path, "wb");
-    nla_status rc = NLA_OK;
-    if (!f) rc = fail(&e, NLA_ERR_IO, "%s: cannot create", path);
-    else {
-        int ok =
-            fwrite(hdr, 1, hl, f) == hl && fwrite(data, sizeof(float), (size_t)count, f) == count;
-        if (fclose(f) != 0 || !ok) rc = fail(&e, NLA_ERR_IO, "%s: write failed", path);
+    out_file o;
+    nla_status rc = out_open(&o, path, &e);
+    if (!rc) {
+        out_write(&o, hdr, hl);
+        out_write(&o, data, (size_t)count * sizeof(float));
+        rc = out_commit(&o, &e);
     }
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
@@ -5554,12 +5629,15 @@ static void ev_render_string(sbuf *b, const void *s) {
 /* s as a heap JSON string literal (NULL when out of memory). */
 static char *ev_json_string(const char *s) { return ev_render(ev_render_string, s, NULL); }
 
-/* 64-bit FNV-1a of a buffer: the fingerprint of an input file in params.json. */
-static uint64_t ev_fnv(const char *s, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+/* 64-bit FNV-1a of a buffer, continued from h: the fingerprint of an
+   input in params.json and of a row's vectors. */
+static uint64_t ev_fnv_more(uint64_t h, const void *p, size_t n) {
+    const unsigned char *s = (const unsigned char *)p;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ull;
     return h;
 }
+
+static uint64_t ev_fnv(const char *s, size_t n) { return ev_fnv_more(0xcbf29ce484222325ull, s, n); }
 
 /* --- the plan: records, tokens, sampled positions */
 
@@ -6409,39 +6487,20 @@ static void ev_unlock(int fd) {
 #endif
 }
 
-/* Writes n bytes to path atomically (path.tmp, synced, then renamed over it). */
-static nla_status ev_write_file(const char *path, const char *data, size_t n, errbuf *e) {
-    char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
-    FILE *f;
-    int ok;
-    if (!tmp) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    sprintf(tmp, "%s.tmp", path);
-    f = fopen(tmp, "wb");
-    ok = f && fwrite(data, 1, n, f) == n && ev_sync(f);
-    if (f && fclose(f) != 0) ok = 0;
-    ok = ok && rename(tmp, path) == 0;
-    if (!ok) remove(tmp);
-    NLA_FREE(tmp);
-    return ok ? NLA_OK : fail(e, NLA_ERR_IO, "%s: cannot write", path);
-}
-
 /* What decides the results, one key per line with "shard" last, so that a
    rerun, a resume and the shards of one study can be compared line by line. */
 typedef struct {
     const nla_eval_params *p;
     const ev_plan *pl;
-    const uint64_t *fnv;
+    const uint64_t *fnv, *fp; /* the inputs'; the models' and tokenizer's (ev_run.fp) */
     int d, layer;
     double mse_scale, baseline;
 } ev_params_ctx;
 
 static void ev_put_path(sbuf *b, const char *key, const char *v) {
-    sb_str(b, "\"");
     sb_str(b, key);
-    sb_str(b, "\": ");
     if (v) json_put_string(b, v, strlen(v));
     else sb_str(b, "null");
-    sb_str(b, ",\n");
 }
 
 static void ev_params_render(sbuf *b, const void *ctx) {
@@ -6450,12 +6509,20 @@ static void ev_params_render(sbuf *b, const void *ctx) {
     const nla_eval_params *p = x->p;
     char t[1024];
     sb_str(b, "{\"nla_eval\": 1,\n");
-    ev_put_path(b, "target", p->target);
-    ev_put_path(b, "av", p->av);
-    ev_put_path(b, "ar", p->ar);
-    ev_put_path(b, "tokenizer", p->tokenizer);
-    ev_put_path(b, "docs", p->docs);
-    ev_put_path(b, "chats", p->chats);
+    /* the paths as given: information only (ev_params_cmp) */
+    ev_put_path(b, "\"paths\": {\"target\": ", p->target);
+    ev_put_path(b, ", \"av\": ", p->av);
+    ev_put_path(b, ", \"ar\": ", p->ar);
+    ev_put_path(b, ", \"tokenizer\": ", p->tokenizer);
+    ev_put_path(b, ", \"docs\": ", p->docs);
+    ev_put_path(b, ", \"chats\": ", p->chats);
+    snprintf(t, sizeof t,
+             "},\n\"models_fnv1a64\": {\"target\": \"%016llx\", \"av\": \"%016llx\", \"ar\": "
+             "\"%016llx\", "
+             "\"tokenizer\": \"%016llx\"},\n",
+             (unsigned long long)x->fp[0], (unsigned long long)x->fp[1],
+             (unsigned long long)x->fp[2], (unsigned long long)x->fp[3]);
+    sb_str(b, t);
     snprintf(t, sizeof t,
              "\"inputs_fnv1a64\": [\"%016llx\", \"%016llx\"],\n\"records\": %d,\n\"bad_records\": "
              "%d,\n\"samples\": %ld,\n"
@@ -6476,18 +6543,29 @@ static void ev_params_render(sbuf *b, const void *ctx) {
     sb_str(b, t);
 }
 
-/* The first line where params.json texts have and want differ, into e,
-   with what to do about it (hint). */
-static nla_status ev_params_differ(const char *path, const char *have, const char *want,
-                                   const char *hint, errbuf *e) {
-    while (*have && *have == *want) {
-        const char *na = strchr(have, '\n'), *nb = strchr(want, '\n');
-        if (!na || !nb || na - have != nb - want || memcmp(have, want, (size_t)(na - have))) break;
-        have = na + 1;
-        want = nb + 1;
+/* Do params.json texts have and want differ, leaving out the "paths"
+   line (information only) and, with `shards`, the "shard" line? Then a
+   message in e names the first differing lines, with what to do (hint). */
+static int ev_params_cmp(const char *path, const char *have, const char *want, int shards,
+                         const char *hint, errbuf *e) {
+    for (;;) {
+        const char *ln[2] = {have, want};
+        for (int k = 0; k < 2; k++)
+            while (!strncmp(ln[k], "\"paths\": ", 9) ||
+                   (shards && !strncmp(ln[k], "\"shard\": ", 9)))
+                ln[k] += strcspn(ln[k], "\n") + (ln[k][strcspn(ln[k], "\n")] == '\n');
+        const int nh = (int)strcspn(ln[0], "\n"), nw = (int)strcspn(ln[1], "\n");
+        if (!*ln[0] && !*ln[1]) return 0;
+        if (nh != nw || memcmp(ln[0], ln[1], (size_t)nh) ||
+            !ln[0][nh] != !ln[1][nw]) { /* each line shown without its comma */
+            fail(e, NLA_ERR_ARG, "%s: made with other arguments (it has %.*s, not %.*s): %s", path,
+                 nh - (nh && ln[0][nh - 1] == ','), ln[0], nw - (nw && ln[1][nw - 1] == ','), ln[1],
+                 hint);
+            return 1;
+        }
+        have = ln[0] + nh + (ln[0][nh] == '\n');
+        want = ln[1] + nw + (ln[1][nw] == '\n');
     }
-    return fail(e, NLA_ERR_ARG, "%s: made with other arguments (it has %.*s, not %.*s): %s", path,
-                (int)strcspn(have, "\n"), have, (int)strcspn(want, "\n"), want, hint);
 }
 
 /* tokens.jsonl: one line per record, for the report. */
@@ -6553,52 +6631,8 @@ static nla_status ev_write_tokens(const char *path, const ev_plan *pl, const nla
     x.tok = tok;
     if (!(text = ev_render(ev_tokens_render, &x, &n)))
         return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    rc = ev_write_file(path, text, n, e);
+    rc = write_file(path, text, n, e);
     NLA_FREE(text);
-    return rc;
-}
-
-/* Reads results.jsonl: marks the rows done, cuts a torn last line (a kill
-   mid-write) off the file, and refuses rows that cannot be there. */
-static nla_status ev_load_done(const char *path, const nla_eval_params *p, const ev_plan *pl,
-                               unsigned char *done, long *n_done, errbuf *e) {
-    char *buf = NULL;
-    size_t n = 0, at = 0;
-    long prev = -1;
-    int line = 0;
-    nla_status rc = NLA_OK;
-    *n_done = 0;
-    if (!file_exists(path)) return NLA_OK; /* a fresh run */
-    if ((rc = read_file(path, &buf, &n, SIZE_MAX / 2, e)) != NLA_OK) return rc;
-    while (at < n && !rc) {
-        const char *s = buf + at, *nl = (const char *)memchr(s, '\n', n - at);
-        jdoc d;
-        uint64_t idx = 0;
-        if (!nl) break; /* torn: cut below */
-        line++;
-        if (json_parse(&d, s, (size_t)(nl - s), e, path) != NLA_OK)
-            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d is not JSON (the file was changed by hand?)",
-                      path, line);
-        else {
-            if (!json_u64(&d, json_get(&d, 0, "sample_idx"), &idx) ||
-                idx >= (uint64_t)pl->n_samples)
-                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d has no sample_idx below %ld", path, line,
-                          pl->n_samples);
-            else if ((long)idx <= prev || !ev_owns(p, pl->sample_rec[idx]))
-                rc = fail(e, NLA_ERR_FORMAT,
-                          "%s: line %d: sample %ld is out of order or not of shard %d/%d", path,
-                          line, (long)idx, p->shard_index, p->shard_count);
-            json_free(&d);
-        }
-        if (!rc) {
-            done[idx] = 1;
-            prev = (long)idx;
-            (*n_done)++;
-            at = (size_t)(nl - buf) + 1;
-        }
-    }
-    if (!rc && at < n) rc = ev_write_file(path, buf, at, e);
-    NLA_FREE(buf);
     return rc;
 }
 
@@ -6623,18 +6657,17 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, int cr
         return fail(e, NLA_ERR_RANGE, "%s: too large for this platform's file offsets", path);
     end = (long)hl + S * d * 4;
     if (!(v->f = fopen(path, "r+b")) && !create)
-        return fail(e, NLA_ERR_IO, "%s: cannot open", path);
+        return fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
     if (!v->f) { /* made whole under another name, then renamed: a kill leaves no half file */
-        char *tmp = (char *)NLA_MALLOC(strlen(path) + 5);
-        if (!tmp) return fail(e, NLA_ERR_NOMEM, "out of memory");
-        FILE *f = fopen(strcat(strcpy(tmp, path), ".tmp"), "wb");
-        int ok = f && fwrite(want, 1, hl, f) == hl &&
-                 (!S || (!fseek(f, end - 1, SEEK_SET) && fputc(0, f) != EOF)) && ev_sync(f);
-        if (f && fclose(f)) ok = 0;
-        ok = ok && !rename(tmp, path);
-        NLA_FREE(tmp);
-        if (!ok || !(v->f = fopen(path, "r+b")))
-            return fail(e, NLA_ERR_IO, "%s: cannot create", path);
+        out_file o;
+        nla_status rc = out_open(&o, path, e);
+        if (rc) return rc;
+        out_write(&o, want, hl);
+        if (S && !o.err && fseek(o.f, end - 1, SEEK_SET)) o.err = errno;
+        out_write(&o, "", S ? 1 : 0);
+        if ((rc = out_commit(&o, e)) != NLA_OK) return rc;
+        if (!(v->f = fopen(path, "r+b")))
+            return fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
     }
     if (fread(have, 1, hl, v->f) != hl || memcmp(have, want, hl))
         return fail(e, NLA_ERR_FORMAT, "%s: not the float32 [%ld, %d] array of this run", path, S,
@@ -6656,6 +6689,31 @@ static int ev_npy_get(ev_npy *v, long row, float *x) {
            fread(x, sizeof(float), (size_t)v->d, v->f) == (size_t)v->d;
 }
 
+/* A row's vectors' checksum: 64-bit FNV-1a of its float32 bytes. */
+static uint64_t ev_vec_sum(const float *v, int d) {
+    return ev_fnv((const char *)v, (size_t)d * sizeof(float));
+}
+
+/* A row's "vectors_fnv1a64": [activation, reconstruction] checksums, as
+   16 hex digits each; 0 when absent or malformed. */
+static int ev_row_sums(const jdoc *d, uint64_t sum[2]) {
+    int k = json_get(d, 0, "vectors_fnv1a64");
+    if (k < 0 || d->node[k].type != J_ARR || d->node[k].n != 2) return 0;
+    k++;
+    for (int f = 0; f < 2; f++, k = (int)d->node[k].end) {
+        const jnode *n = &d->node[k];
+        if (n->type != J_STR || n->len != 16) return 0;
+        sum[f] = 0;
+        for (size_t i = 0; i < 16; i++) {
+            const char c = d->src[n->off + i];
+            const int h = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (h < 0) return 0;
+            sum[f] = sum[f] << 4 | (uint64_t)h;
+        }
+    }
+    return 1;
+}
+
 /* One row of results.jsonl (the published field names, then ours). */
 typedef struct {
     long sample_idx;
@@ -6665,6 +6723,7 @@ typedef struct {
     const ex_cand *c; /* the chosen explanation */
     double vec_norm;
     ex_extra extra;
+    uint64_t sum[2]; /* ev_vec_sum of the activation and of the reconstruction */
 } ev_row_out;
 
 static void ev_put_num(sbuf *b, const char *key, double v) {
@@ -6748,7 +6807,9 @@ static void ev_row_render(sbuf *b, const void *ctx) {
     ev_put_num(b, "cos", x->c->sc.cos);
     ev_put_num(b, "fve_nrm", x->c->sc.fve_nrm);
     ex_extra_render(b, &x->extra);
-    sb_str(b, "}\n");
+    snprintf(t, sizeof t, ", \"vectors_fnv1a64\": [\"%016llx\", \"%016llx\"]}\n",
+             (unsigned long long)x->sum[0], (unsigned long long)x->sum[1]);
+    sb_str(b, t);
 }
 
 /* A session of n_seq sequences of n_ctx positions (0: the default) on m. */
@@ -6817,8 +6878,113 @@ typedef struct {
     ev_npy act, recon;
     FILE *res;
     int lock;            /* ev_lock's descriptor */
+    uint64_t fp[4];      /* fingerprints of the target, AV, AR and tokenizer (ev_model_fp) */
+    long last;           /* the last sample_idx resumed; -1 none */
     const nla_tokenizer *tok;
 } ev_run;
+
+/* A line of results.jsonl: its sample and its bytes. */
+typedef struct {
+    long idx;
+    size_t off, len;
+} ev_line;
+
+static int ev_cmp_line(const void *a, const void *b) {
+    const long x = ((const ev_line *)a)->idx, y = ((const ev_line *)b)->idx;
+    return (x > y) - (x < y);
+}
+
+/* Reads results.jsonl and refuses rows that cannot be there. With
+   `resume`, marks the rows done whose vectors in the .npy files match
+   their checksums; the others are redone (and reported). The file is
+   rewritten (atomically) in sample_idx order, without a torn last line (a
+   kill mid-write) or the rows to redo, when it has any of these. */
+static nla_status ev_load_done(ev_run *x, const char *path, int resume, errbuf *e) {
+    char *buf = NULL, *text = NULL;
+    size_t n = 0, at = 0, n_text = 0;
+    ev_line *ln = NULL;
+    long n_ln = 0, n_nl = 0, bad = 0, first_bad = -1;
+    int line = 0, sorted = 1;
+    unsigned char *seen = NULL;
+    float *row = NULL;
+    const int d = x->av.d_model;
+    nla_status rc = NLA_OK;
+    if (!file_exists(path)) return NLA_OK; /* a fresh run */
+    if ((rc = read_file(path, &buf, &n, SIZE_MAX / 2, e)) != NLA_OK) return rc;
+    for (size_t i = 0; i < n; i++) n_nl += buf[i] == '\n';
+    if (!(ln = (ev_line *)xmalloc((size_t)n_nl + 1, sizeof *ln)) ||
+        !(seen = (unsigned char *)xcalloc((size_t)x->pl.n_samples + 1, 1)) ||
+        !(row = (float *)xmalloc((size_t)d, sizeof(float))))
+        rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    while (!rc && at < n) {
+        const char *s = buf + at, *nl = (const char *)memchr(s, '\n', n - at);
+        jdoc dd;
+        uint64_t idx = 0, sum[2];
+        int ok = 0;
+        if (!nl) break; /* torn: cut below */
+        line++;
+        if (json_parse(&dd, s, (size_t)(nl - s), e, path) != NLA_OK)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d is not JSON (the file was changed by hand?)",
+                      path, line);
+        else {
+            if (!json_u64(&dd, json_get(&dd, 0, "sample_idx"), &idx) ||
+                idx >= (uint64_t)x->pl.n_samples)
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d has no sample_idx below %ld", path, line,
+                          x->pl.n_samples);
+            else if (!ev_owns(&x->p, x->pl.sample_rec[idx]))
+                rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: sample %ld is not of shard %d/%d", path,
+                          line, (long)idx, x->p.shard_index, x->p.shard_count);
+            else if (seen[idx])
+                rc = fail(
+                    e, NLA_ERR_FORMAT,
+                    "%s: line %d: sample %ld is there twice (two runs wrote the folder at once?)",
+                    path, line, (long)idx);
+            else ok = ev_row_sums(&dd, sum);
+            json_free(&dd);
+        }
+        if (!rc && resume) /* the vectors the line vouches for are there */
+            ok = ok && ev_npy_get(&x->act, (long)idx, row) && ev_vec_sum(row, d) == sum[0] &&
+                 ev_npy_get(&x->recon, (long)idx, row) && ev_vec_sum(row, d) == sum[1];
+        if (!rc && resume && !ok) {
+            bad++;
+            if (first_bad < 0 || (long)idx < first_bad) first_bad = (long)idx;
+        } else if (!rc) {
+            seen[idx] = 1;
+            sorted &= !n_ln || ln[n_ln - 1].idx < (long)idx;
+            ln[n_ln].idx = (long)idx;
+            ln[n_ln].off = (size_t)(s - buf);
+            ln[n_ln++].len = (size_t)(nl - s) + 1;
+            if (resume) {
+                x->done[idx] = 1;
+                x->resumed++;
+                if ((long)idx > x->last) x->last = (long)idx;
+            }
+        }
+        if (!rc) at = (size_t)(nl - buf) + 1;
+    }
+    if (!rc && (at < n || bad || !sorted)) {
+        qsort(ln, (size_t)n_ln, sizeof *ln, ev_cmp_line);
+        if (!(text = (char *)NLA_MALLOC(at + 1)))
+            rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        for (long i = 0; !rc && i < n_ln; i++) {
+            memcpy(text + n_text, buf + ln[i].off, ln[i].len);
+            n_text += ln[i].len;
+        }
+        if (!rc) rc = write_file(path, text, n_text, e);
+    }
+    if (!rc && bad)
+        ev_warn(&x->p,
+                "%s: %ld committed rows (the first: sample %ld) have vectors in activations.npy or "
+                "reconstructions.npy that "
+                "are missing or differ from their checksums: they are redone",
+                path, bad, first_bad);
+    NLA_FREE(buf);
+    NLA_FREE(text);
+    NLA_FREE(ln);
+    NLA_FREE(seen);
+    NLA_FREE(row);
+    return rc;
+}
 
 /* Extracts the target's vectors of todo[0..nc), record by record. */
 static nla_status ev_phase_extract(ev_run *x, const long *todo, int nc, errbuf *e) {
@@ -6916,14 +7082,17 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
                       (r->role && r->role[row.pos] != CHAT_USER && r->role[row.pos] != CHAT_ASST);
             row.extra.flags = ex_flags(row.c->ex, row.c->raw, row.c->parsed, row.c->truncated,
                                        special, row.c->sc.cos);
+            row.sum[0] = ev_vec_sum(v, d);
+            row.sum[1] = ev_vec_sum(rec, d);
             if (!(line = ev_render(ev_row_render, &row, &n_line))) {
                 rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
                 break;
             }
             /* the commit: both vectors on the disk before the line that says they are there */
             if (!ev_npy_put(&x->act, todo[i], v, 1) || !ev_npy_put(&x->recon, todo[i], rec, 1) ||
-                fwrite(line, 1, n_line, x->res) != n_line || !ev_sync(x->res))
-                rc = fail(e, NLA_ERR_IO, "%s: cannot write the results", x->p.out_dir);
+                (errno = 0, fwrite(line, 1, n_line, x->res) != n_line) || !ev_sync(x->res))
+                rc = fail(e, NLA_ERR_IO, "%s: cannot write the results (%s)", x->p.out_dir,
+                          strerror(errno ? errno : EIO));
             NLA_FREE(line);
             if (!rc) x->n_done++;
             if (!rc &&
@@ -6935,21 +7104,62 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
     return rc;
 }
 
-/* Reads the AV's and AR's sidecars (opened as stored: mapping is cheap). */
+/* FNV-1a of file dir/name (name NULL: dir is the file) continued from *h;
+   a missing file adds nothing. */
+static nla_status ev_fp_file(const char *dir, const char *name, uint64_t *h, errbuf *e) {
+    char *p = name ? path_join(dir, name) : xstrndup(dir, strlen(dir)), *buf = NULL;
+    size_t n = 0;
+    nla_status rc = !p               ? fail(e, NLA_ERR_NOMEM, "eval: out of memory")
+                    : file_exists(p) ? read_file(p, &buf, &n, SIZE_MAX / 2, e)
+                                     : NLA_OK;
+    if (!rc) *h = ev_fnv_more(*h, buf, n);
+    NLA_FREE(p);
+    NLA_FREE(buf);
+    return rc;
+}
+
+/* A model's identity in params.json, whatever path names it: FNV-1a of
+   its config.json, nla_meta.yaml and value_head.safetensors, and of each
+   weights file's size and safetensors header (the weights are not read). */
+static nla_status ev_model_fp(const nla_model *m, uint64_t *h, errbuf *e) {
+    static const char *const side[3] = {"config.json", "nla_meta.yaml", "value_head.safetensors"};
+    nla_status rc = NLA_OK;
+    *h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < 3 && !rc; i++) rc = ev_fp_file(m->dir, side[i], h, e);
+    for (int i = 0; i < m->st->n_files && !rc; i++) {
+        const st_file *f = &m->st->files[i];
+        uint64_t hl = 0, size = f->size;
+        for (int k = 0; k < 8; k++) hl |= (uint64_t)f->map[k] << (8 * k);
+        *h = ev_fnv_more(ev_fnv_more(*h, &size, sizeof size), f->map,
+                         (size_t)(8 + hl)); /* st_parse checked 8 + hl <= size */
+    }
+    return rc;
+}
+
+/* Reads the AV's and AR's sidecars and fingerprints the models and the
+   tokenizer (models opened as stored: mapping is cheap). */
 static nla_status ev_metas(ev_run *x, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     nla_model_info in;
+    const char *tp = x->p.tokenizer ? x->p.tokenizer : x->p.target;
+    char *tf = is_dir(tp) ? path_join(tp, "tokenizer.json") : xstrndup(tp, strlen(tp));
     nla_status rc = ev_open(x->p.av, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e);
-    if (!rc) nla_model_get_meta(m, &x->av);
+    if (!rc && !(rc = ev_model_fp(m, &x->fp[1], e))) nla_model_get_meta(m, &x->av);
     ev_close(&m, &s);
-    if (!rc && (rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK)
+    if (!rc && !(rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) &&
+        !(rc = ev_model_fp(m, &x->fp[2], e)))
         nla_model_get_meta(m, &x->ar);
     ev_close(&m, &s);
-    if (!rc &&
-        (rc = ev_open(x->p.target, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) == NLA_OK)
+    if (!rc && !(rc = ev_open(x->p.target, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) &&
+        !(rc = ev_model_fp(m, &x->fp[0], e)))
         nla_model_get_info(m, &in);
     ev_close(&m, &s);
+    x->fp[3] = 0xcbf29ce484222325ull;
+    if (!rc)
+        rc =
+            tf ? ev_fp_file(tf, NULL, &x->fp[3], e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    NLA_FREE(tf);
     if (rc) return rc;
     if (strcmp(x->av.role, "av") || !x->av.av_prompt)
         return fail(e, NLA_ERR_ARG,
@@ -6979,22 +7189,24 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     pc.p = &x->p;
     pc.pl = &x->pl;
     pc.fnv = fnv;
+    pc.fp = x->fp;
     pc.d = x->av.d_model;
     pc.layer = x->av.layer;
     pc.mse_scale = x->ar.mse_scale;
     pc.baseline = x->baseline;
     if (!rc && !(want = ev_render(ev_params_render, &pc, &n_want)))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    if (!rc && !file_exists(pp)) rc = ev_write_file(pp, want, n_want, e);
-    else if (!rc && (rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK && strcmp(have, want))
-        rc = ev_params_differ(pp, have, want, "use the same arguments to resume, or another folder",
-                              e);
+    if (!rc && !file_exists(pp)) rc = write_file(pp, want, n_want, e);
+    else if (!rc && (rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK &&
+             ev_params_cmp(pp, have, want, 0,
+                           "use the same arguments and models to resume, or another folder", e))
+        rc = NLA_ERR_ARG;
     if (!rc) rc = ev_write_tokens(tp, &x->pl, x->tok, e);
     if (!rc && !(x->done = (unsigned char *)xcalloc((size_t)x->pl.n_samples, 1)))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    if (!rc) rc = ev_load_done(rp, &x->p, &x->pl, x->done, &x->resumed, e);
     if (!rc) rc = ev_npy_open(&x->act, ap, x->pl.n_samples, x->av.d_model, 1, e);
     if (!rc) rc = ev_npy_open(&x->recon, cp, x->pl.n_samples, x->av.d_model, 1, e);
+    if (!rc) rc = ev_load_done(x, rp, 1, e);
     if (!rc && !(x->res = fopen(rp, "ab")))
         rc = fail(e, NLA_ERR_IO, "%s: cannot open for appending", rp);
     if (!rc && !(x->todo = (long *)xmalloc((size_t)x->pl.n_samples, sizeof(long))))
@@ -7021,6 +7233,7 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     e.msg[0] = 0;
     memset(&x, 0, sizeof x);
     x.lock = -1;
+    x.last = -1;
     if (counts) memset(counts, 0, sizeof *counts);
     rc = ev_defaults(params, &x.p, &e);
     x.sp.n_cand = x.p.best_of ? x.p.best_of : 1;
@@ -7033,6 +7246,19 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     x.sp.seed = x.p.seed;
     if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir))
         rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
+    for (int i = 0; i < 6 && !rc; i++) { /* no input is one of the folder's files */
+        static const char *const out[6] = {"params.json",         "tokens.jsonl",
+                                           "results.jsonl",       "activations.npy",
+                                           "reconstructions.npy", "eval.lock"};
+        const char *in[3] = {x.p.docs, x.p.chats, x.p.tokenizer};
+        char *o = path_join(x.p.out_dir, out[i]);
+        if (!o) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+        for (int k = 0; k < 3 && !rc; k++)
+            if (same_file(o, in[k]))
+                rc = fail(&e, NLA_ERR_ARG,
+                          "eval: the input %s is the output %s: give another folder", in[k], o);
+        NLA_FREE(o);
+    }
     if (!rc) rc = ev_lock(x.p.out_dir, &x.lock, &e);
     if (!rc)
         rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg,
@@ -7060,6 +7286,17 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
         rc = ev_phase_extract(&x, x.todo + c0, nc, &e);
         if (!rc) rc = ev_phase_verbalize(&x, x.todo + c0, nc, &e);
         if (!rc) rc = ev_phase_reconstruct(&x, x.todo + c0, nc, &e);
+    }
+    if (!rc && x.n_todo &&
+        x.todo[0] < x.last) { /* rows redone before the last resumed one: back in order */
+        char *rp = path_join(x.p.out_dir, "results.jsonl");
+        if (fclose(x.res))
+            rc = fail(&e, NLA_ERR_IO, "%s: cannot close results.jsonl (%s)", x.p.out_dir,
+                      strerror(errno));
+        x.res = NULL;
+        if (!rc)
+            rc = rp ? ev_load_done(&x, rp, 0, &e) : fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+        NLA_FREE(rp);
     }
     if (counts) {
         counts->records = x.pl.n_rec;
@@ -7096,12 +7333,12 @@ static const char *ev_shard_line(const char *params, int *i, int *n) {
     return s && sscanf(s, "\n\"shard\": \"%d/%d\"", i, n) == 2 ? s : NULL;
 }
 
-/* Writes n bytes as dir/name (ev_write_file). */
+/* Writes n bytes as dir/name (atomically). */
 static nla_status ev_write_in(const char *dir, const char *name, const char *data, size_t n,
                               errbuf *e) {
     char *path = path_join(dir, name);
     nla_status rc =
-        path ? ev_write_file(path, data, n, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        path ? write_file(path, data, n, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     NLA_FREE(path);
     return rc;
 }
@@ -7118,18 +7355,26 @@ static nla_status ev_read(const char *dir, const char *name, char **buf, size_t 
 nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, char *errbuf_out,
                           size_t errbuf_size) {
     errbuf e;
-    char **params = NULL, **res = NULL, *tokens = NULL, *other = NULL, *path = NULL;
+    char **params = NULL, **res = NULL, *tokens = NULL, *other = NULL, *path = NULL,
+         *mpath[2] = {NULL, NULL};
     const char **line = NULL, *cut0 = NULL;
     size_t *len = NULL, tn = 0, on = 0;
     int *owner = NULL, d = 0, si, sn, lock = -1;
     long S = 0;
     float *row = NULL;
-    ev_npy *in = NULL, out[2]; /* in: [n, 2] each shard's activations and reconstructions */
+    uint64_t *sum = NULL;           /* [S, 2] each row's checksums */
+    unsigned char *has_sum = NULL; /* [S] */
+    ev_npy *in = NULL; /* [n, 2] each shard's activations and reconstructions */
+    out_file out[2];   /* the merged ones */
     jdoc doc;
     nla_status rc = NLA_OK;
     e.msg[0] = 0;
     if (!out_dir || !dirs || n < 1)
         rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
+    for (int k = 0; k < n && !rc; k++)
+        if (same_file(out_dir, dirs[k]))
+            rc = fail(&e, NLA_ERR_ARG, "eval merge: the output folder %s is the shard folder %s",
+                      out_dir, dirs[k]);
     if (!rc) rc = ev_lock(out_dir, &lock, &e);
     if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) ||
                 !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
@@ -7144,10 +7389,9 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             rc = fail(&e, NLA_ERR_ARG, "%s is shard %d/%d, but %d folders were given", dirs[k], si,
                       sn, n);
         else if (!k) cut0 = cut;
-        else if (cut - params[k] != cut0 - params[0] ||
-                 memcmp(params[k], params[0], (size_t)(cut0 - params[0])))
-            rc = ev_params_differ(dirs[k], params[k], params[0],
-                                  "these are not shards of one study", &e);
+        else if (ev_params_cmp(dirs[k], params[k], params[0], 1,
+                               "these are not shards of one study", &e))
+            rc = NLA_ERR_ARG;
         for (int j = 0; j < k && !rc; j++) {
             int sj, nj;
             ev_shard_line(params[j], &sj, &nj);
@@ -7172,7 +7416,9 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
                 !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
                 !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) ||
                 !(row = (float *)xmalloc((size_t)d, sizeof(float))) ||
-                !(in = (ev_npy *)xcalloc((size_t)n * 2, sizeof(ev_npy)))))
+                !(in = (ev_npy *)xcalloc((size_t)n * 2, sizeof(ev_npy))) ||
+                !(sum = (uint64_t *)xcalloc((size_t)S + 1, 2 * sizeof(uint64_t))) ||
+                !(has_sum = (unsigned char *)xcalloc((size_t)S + 1, 1))))
         rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
     /* rows: each sample exactly once; tokens.jsonl the same in every shard */
     for (int k = 0; k < n && !rc; k++) {
@@ -7202,6 +7448,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
                 line[idx] = s;
                 len[idx] = (size_t)(nl - s) + 1;
                 owner[idx] = k;
+                has_sum[idx] = (unsigned char)ev_row_sums(&doc, sum + 2 * idx);
             }
             json_free(&doc);
             s = nl + 1;
@@ -7212,27 +7459,43 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             rc = fail(&e, NLA_ERR_ARG,
                       "eval merge: sample %ld is in no shard's results: finish every shard first",
                       i);
-    /* the vectors, a row at a time from the shard that owns it (memory: one row) */
-    for (int k = 0; k <= n && !rc; k++)
+    /* the vectors, a row at a time from the shard that owns it (memory: one
+       row), into new files renamed over the old ones at the end */
+    for (int k = 0; k < n && !rc; k++)
         for (int f = 0; f < 2 && !rc; f++) {
-            if (!(path = path_join(k < n ? dirs[k] : out_dir,
-                                   f ? "reconstructions.npy" : "activations.npy")))
+            if (!(path = path_join(dirs[k], f ? "reconstructions.npy" : "activations.npy")))
                 rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-            else {
-                if (k == n) remove(path); /* a fresh file, whatever an earlier merge left */
-                rc = ev_npy_open(k < n ? &in[2 * k + f] : &out[f], path, S, d, k == n, &e);
-            }
+            else rc = ev_npy_open(&in[2 * k + f], path, S, d, 0, &e);
             NLA_FREE(path);
             path = NULL;
         }
+    for (int f = 0; f < 2 && !rc; f++) {
+        char hdr[256];
+        const int64_t shape[2] = {S, d};
+        const size_t hl = npy_header(hdr, 2, shape);
+        if (!(mpath[f] = path_join(out_dir, f ? "reconstructions.npy" : "activations.npy")))
+            rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+        else if ((rc = out_open(&out[f], mpath[f], &e)) == NLA_OK) out_write(&out[f], hdr, hl);
+    }
     for (long i = 0; i < S && !rc; i++)
-        for (int f = 0; f < 2 && !rc; f++)
-            if (!ev_npy_get(&in[2 * owner[i] + f], i, row) || !ev_npy_put(&out[f], i, row, 0))
-                rc = fail(&e, NLA_ERR_IO, "eval merge: cannot copy row %ld of %s's %s", i,
+        for (int f = 0; f < 2 && !rc; f++) {
+            if (!ev_npy_get(&in[2 * owner[i] + f], i, row))
+                rc = fail(&e, NLA_ERR_IO, "eval merge: cannot read row %ld of %s's %s", i,
                           dirs[owner[i]], f ? "reconstructions" : "activations");
-    for (int f = 0; f < 2 && !rc; f++)
-        if (!ev_sync(out[f].f))
-            rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
+            else if (!has_sum[i] || ev_vec_sum(row, d) != sum[2 * i + f])
+                rc = fail(&e, NLA_ERR_FORMAT,
+                          "eval merge: %s: the %s of sample %ld %s: rerun nla eval on that folder "
+                          "to redo it",
+                          dirs[owner[i]], f ? "reconstruction" : "activation", i,
+                          has_sum[i] ? "differs from its checksum in results.jsonl"
+                                     : "has no checksum in results.jsonl");
+            else out_write(&out[f], row, (size_t)d * sizeof(float));
+        }
+    for (int f = 0; f < 2; f++) {
+        if (rc && out[f].f) out[f].err = ECANCELED; /* no file */
+        if (out_commit(&out[f], rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
+        NLA_FREE(mpath[f]);
+    }
     /* the merged folder: as one unsharded run writes it */
     if (!rc) {
         const size_t k = (size_t)(cut0 - params[0]);
@@ -7263,11 +7526,9 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     }
     for (int k = 0; in && k < 2 * n; k++)
         if (in[k].f) fclose(in[k].f);
-    for (int f = 0; f < 2; f++)
-        if (out[f].f && fclose(out[f].f) && !rc)
-            rc = fail(&e, NLA_ERR_IO, "%s: cannot write the merged vectors", out_dir);
     NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len);
     NLA_FREE(owner); NLA_FREE(row); NLA_FREE(in);
+    NLA_FREE(sum); NLA_FREE(has_sum);
     ev_unlock(lock);
     copy_err(errbuf_out, errbuf_size, e.msg);
     return rc;
@@ -7432,7 +7693,8 @@ typedef struct {
     long sample_idx; /* -1: absent (then no vector) */
     double mse, cos;
     char *source, *role, *expl, *raw, *token, *preview;
-    int parsed, position, kind;
+    int parsed, position, kind, has_sum;
+    uint64_t sum[2];     /* "vectors_fnv1a64", where has_sum */
     unsigned flags;      /* F_* bits */
     double norm;         /* vec_norm, NaN when absent */
     double greedy[2];    /* the greedy text's mse_nrm and cos, NaN when absent */
@@ -7571,6 +7833,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
                             ? (long)u
                             : -1;
         r->position = json_int(&d, json_get(&d, 0, "position"), &r->position) ? r->position : -1;
+        r->has_sum = ev_row_sums(&d, r->sum);
         k = json_get(&d, 0, "av_parsed");
         r->parsed = k < 0 || d.node[k].type != J_FALSE;
         k = json_get(&d, 0, "role");
@@ -7629,6 +7892,17 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         /* absent or unreadable: no fve against own means */
         if (ar) { NLA_FREE(s->act); s->act = NULL; }
         if (ar == NLA_ERR_NOMEM) rc = fail(e, ar, "eval: out of memory");
+        for (int i = 0; !rc && s->act && i < s->n;
+             i++) { /* each row's vector is the one it was scored with */
+            const ev_srow *r = &s->row[i];
+            if (r->has_sum && r->sample_idx >= 0 && r->sample_idx < s->n_act &&
+                ev_vec_sum(s->act + (size_t)r->sample_idx * s->d, s->d) != r->sum[0])
+                rc = fail(e, NLA_ERR_FORMAT,
+                          "%s: the vector of sample %ld differs from its checksum in results.jsonl "
+                          "(the file was "
+                          "changed or made again): rerun nla eval on %s to redo it",
+                          ap, r->sample_idx, s->dir);
+        }
         NLA_FREE(ap);
     }
     NLA_FREE(path); NLA_FREE(buf); NLA_FREE(pj);
@@ -8264,7 +8538,8 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     ev_text sum;
     nla_eval_report_params p;
     ev_out o;
-    FILE *f = NULL;
+    out_file of;
+    FILE *f = NULL; /* of.f */
     char *tokens = NULL;
     size_t tn = 0;
     double lo = 0, hi = 0;
@@ -8280,8 +8555,19 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     o.user = &sum;
     o.oom = 0;
     rc = results && html_path
-             ? ev_set_load(results, &p, 1, &s, &e)
+             ? NLA_OK
              : fail(&e, NLA_ERR_ARG, "nla_eval_report_html: results and html_path are required");
+    for (int i = 0; i < 5 && !rc; i++) { /* the report is none of its inputs */
+        static const char *const in[5] = {"", "results.jsonl", "tokens.jsonl", "params.json",
+                                          "activations.npy"};
+        char *q = path_join(results, in[i]);
+        if (!q) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+        else if (same_file(html_path, i ? q : results))
+            rc = fail(&e, NLA_ERR_ARG, "eval: the report %s is the input %s: give another file",
+                      html_path, i ? q : results);
+        NLA_FREE(q);
+    }
+    if (!rc) rc = ev_set_load(results, &p, 1, &s, &e);
     if (rc) { copy_err(errbuf_out, errbuf_size, e.msg); return rc; }
     rc = ev_summary_write(&s, 0, &o, &e);
     if (!rc && sum.oom) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
@@ -8292,8 +8578,8 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     }
     if (!rc && !(order = ev_rows_by_idx(&s, &n_order)))
         rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
-    if (!rc && !(f = fopen(html_path, "wb")))
-        rc = fail(&e, NLA_ERR_IO, "%s: cannot create", html_path);
+    of.f = NULL;
+    if (!rc && (rc = out_open(&of, html_path, &e)) == NLA_OK) f = of.f;
     if (!rc) {
         fputs("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
               "<title>nla eval report</title>\n<style>\n"
@@ -8376,8 +8662,8 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
             "document.getElementById('nflag').textContent=fs.value?k+' tokens':'';});\n"
             "})();\n</script>\n</body></html>\n",
             s.n, shown);
-        if ((ferror(f) | fclose(f)) && !rc)
-            rc = fail(&e, NLA_ERR_IO, "%s: write failed", html_path);
+        if (rc) of.err = ECANCELED; /* no file */
+        if (out_commit(&of, rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
     }
     NLA_FREE(tokens);
     NLA_FREE(order);
@@ -8854,6 +9140,7 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
    messages go to stderr. */
 #ifdef NLA_MAIN
 #ifndef _WIN32
+#include <dirent.h>   /* opendir: nla random-model's check for a model */
 #include <sys/stat.h> /* mkdir */
 #include <unistd.h>   /* link, isatty */
 #endif
@@ -9109,13 +9396,38 @@ typedef struct {
     const char *arg[3];      /* positional arguments (dir = arg[0], text = arg[1]) */
     int n_arg;
     const char *out, *positions, *text_opt, *baseline, *role, *shape;
-    int all, max_new, batch, best_of, with_greedy, parts;
+    int all, max_new, batch, best_of, with_greedy, parts, force;
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
     nla_embed_scale es;
     nla_quant quant;
     const nla_tokenizer *shared_tok; /* set by explain: one tokenizer for the three models */
 } cli_opts;
+
+/* An output file that is one of the command's inputs (a file, or a model's
+   .json, .yaml or .safetensors file in a model folder given) or the other
+   output would destroy it: refused. */
+static int cli_out_clash(const cli_opts *o) {
+    const char *out[3] = {o->out, o->logits, o->hidden},
+               *in[6] = {o->arg[0], o->arg[1], o->arg[2], o->tokenizer, o->logits, o->hidden};
+    for (int i = 0; i < 3; i++) {
+        char *od = out[i] ? dir_of(out[i]) : NULL;
+        const char *base = out[i] ? path_base(out[i]) : "", *dot = strrchr(base, '.');
+        const int model_file =
+            dot && (!strcmp(dot, ".json") || !strcmp(dot, ".yaml") || !strcmp(dot, ".safetensors"));
+        int clash = -1;
+        for (int k = 0; k < 6 && out[i] && clash < 0; k++)
+            if (in[k] && in[k] != out[i] &&
+                (!strcmp(out[i], in[k]) || same_file(out[i], in[k]) ||
+                 (model_file && same_file(od, in[k]))))
+                clash = k;
+        NLA_FREE(od);
+        if (clash >= 0)
+            return cli_error("%s: the output would overwrite the input %s: give another path",
+                             out[i], in[clash]);
+    }
+    return 0;
+}
 
 /* Shared option parser of forward and generate; returns 0, or 1 after
    printing an error, or 2 after printing help. */
@@ -9132,6 +9444,7 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         if (!strcmp(a, "--all")) { o->all = 1; continue; }
         if (!strcmp(a, "--with-greedy")) { o->with_greedy = 1; continue; }
         if (!strcmp(a, "--parts")) { o->parts = 1; continue; }
+        if (!strcmp(a, "--force")) { o->force = 1; continue; }
         if (a[0] != '-' || !a[1]) {
             if (o->n_arg == 3) return cli_error("unexpected argument '%s'", a);
             o->arg[o->n_arg++] = a;
@@ -9185,7 +9498,7 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         if (!ok) return cli_bad_value(v, a);
     }
     if (!o->dir) { fputs(usage, stderr); return 1; }
-    return 0;
+    return cli_out_clash(o);
 }
 
 static int cmd_forward(int argc, char **argv) {
@@ -10385,7 +10698,8 @@ static void cli_write(void *user, const char *s, size_t n) { fwrite(s, 1, n, (FI
 
 static int cli_mkdir(const char *dir) {
 #ifndef _WIN32
-    if (mkdir(dir, 0777) && errno != EEXIST) return cli_error("%s: cannot create the folder", dir);
+    if (mkdir(dir, 0777) && errno != EEXIST)
+        return cli_error("%s: cannot create the folder (%s)", dir, strerror(errno));
 #endif
     return 0;
 }
@@ -10582,14 +10896,15 @@ static int cmd_quantize(int argc, char **argv) {
 static const char *const usage_random =
     "usage: nla random-model DIR [--role trio|target|av|ar] [--shape tiny|1b|12b|27b] "
     "[--quant q8_0|q4]\n"
-    "                        [--seed S] [--tokenizer FILE]\n"
+    "                        [--seed S] [--tokenizer FILE] [--force]\n"
     "\n"
     "Writes Gemma 3 checkpoints with RANDOM weights, for trying the pipeline and for benchmarks:\n"
     "their outputs are meaningless. --shape tiny (default: d_model 16, 4 layers) or the real\n"
     "shapes of Gemma 3 1B, 12B, 27B, all with the real 262k vocabulary. --quant writes the\n"
     "matrices as quantized blocks directly (a 12B-shaped bf16 trio would not fit most disks).\n"
     "--role trio (default) writes DIR/target, DIR/av and DIR/ar: an NLA trio with sidecars and\n"
-    "the AR's value head. --tokenizer links that tokenizer.json into each folder.\n";
+    "the AR's value head. --tokenizer links that tokenizer.json into each folder. A folder that\n"
+    "already holds a model (config.json or a .safetensors file) is refused unless --force.\n";
 
 typedef struct {
     const char *name;
@@ -10645,13 +10960,11 @@ static int random_fill(void *user, int index, uint64_t offset, void *buf, size_t
 }
 
 static int write_text(const char *dir, const char *name, const char *text) {
-    char *p = path_join(dir, name);
-    FILE *f = p ? fopen(p, "wb") : NULL;
-    int ok = f && fputs(text, f) >= 0;
-    if (f && fclose(f) != 0) ok = 0;
-    if (!ok) cli_error("%s: cannot write", p ? p : name);
+    char *p = path_join(dir, name), err[512];
+    nla_status rc = p ? nla_file_write(p, text, strlen(text), err, sizeof err) : NLA_ERR_NOMEM;
+    if (rc) cli_error("%s", p ? err : "out of memory");
     NLA_FREE(p);
-    return !ok;
+    return rc != NLA_OK;
 }
 
 /* A tensor of the checkpoint being invented. */
@@ -10810,6 +11123,29 @@ out:
     return ret;
 }
 
+/* The first file of a model in dir (config.json or *.safetensors) into
+   what; 0 when there is none. */
+static int cli_holds_model(const char *dir, char *what, size_t cap) {
+    char *p = path_join(dir, "config.json");
+    int found = p && file_exists(p);
+    NLA_FREE(p);
+    if (found) snprintf(what, cap, "config.json");
+#ifndef _WIN32
+    DIR *d = found ? NULL : opendir(dir);
+    for (struct dirent *en; d && !found && (en = readdir(d)) != NULL;) {
+        const size_t n = strlen(en->d_name);
+        if ((found = n > 12 && !strcmp(en->d_name + n - 12, ".safetensors")) != 0)
+            snprintf(what, cap, "%s", en->d_name);
+    }
+    if (d) closedir(d);
+#else
+    if (!found && (p = path_join(dir, "model.safetensors")) != NULL && file_exists(p))
+        found = snprintf(what, cap, "model.safetensors") > 0;
+    NLA_FREE(p);
+#endif
+    return found;
+}
+
 static int cmd_random_model(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_random, &o);
@@ -10824,6 +11160,19 @@ static int cmd_random_model(int argc, char **argv) {
                         : o.quant == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0
                                                     : NLA_DTYPE_BF16;
     const uint64_t seed = (uint64_t)(int64_t)o.seed;
+    const int trio = !strcmp(role, "trio");
+    for (int i = 0; i < (trio ? 3 : 1) && !o.force;
+         i++) { /* random weights over a checkpoint would destroy it */
+        static const char *const sub[3] = {"target", "av", "ar"};
+        char *dir = trio ? path_join(o.dir, sub[i]) : NULL, what[256];
+        const int held = cli_holds_model(trio ? (dir ? dir : o.dir) : o.dir, what, sizeof what);
+        if (held)
+            cli_error(
+                "%s already holds a model (%s): give --force to replace it with random weights",
+                trio && dir ? dir : o.dir, what);
+        NLA_FREE(dir);
+        if (held) return 1;
+    }
     if (!strcmp(role, "target"))
         return write_random_model(o.dir, sh, sh->layers, NULL, q, seed, o.tokenizer);
     if (!strcmp(role, "av"))

@@ -107,9 +107,16 @@ typedef int (*nla_fill_fn)(void *user, int index, uint64_t offset, void *buf, si
    ignored) as one safetensors file, laid out in the order given, with
    __metadata__ from n_meta (key, value) string pairs in meta. A tensor with
    data NULL is produced in chunks by fill (for files larger than memory).
-   The file appears whole or not at all (written to path.tmp, renamed). */
+   The file appears whole or not at all (as nla_file_write writes). */
 nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta,
                         int n_meta, nla_fill_fn fill, void *user, char *errbuf, size_t errbuf_size);
+
+/* Writes n bytes as the file path atomically, as every file this library
+   writes: into path.tmp beside it, synced to the disk, then renamed over
+   it, so that a failure (a full disk, a kill) leaves the old file as it
+   was. The message names the file and the system's reason. */
+nla_status nla_file_write(const char *path, const void *data, size_t n, char *errbuf,
+                          size_t errbuf_size);
 
 /* ---- Model -------------------------------------------------------------- */
 
@@ -534,7 +541,8 @@ nla_status nla_score_parts(nla_session *s, const float *v, const char *explanati
    [n, d]. nla_npy_read writes the shape and, when cap (floats) suffices,
    the data; NLA_ERR_BUFFER_TOO_SMALL otherwise (call again with a bigger
    buffer). Other dtypes, Fortran order or other ranks are refused.
-   nla_npy_write also writes 3-D arrays (hidden states [L, T, d]). */
+   nla_npy_write also writes 3-D arrays (hidden states [L, T, d]), and
+   atomically, as nla_file_write does. */
 nla_status nla_npy_read(const char *path, float *out, size_t cap, int64_t shape[2], int *ndim,
                         char *errbuf, size_t errbuf_size);
 nla_status nla_npy_write(const char *path, const float *data, int ndim, const int64_t *shape,
@@ -684,8 +692,12 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
    and reconstructs them with the AR, appending one committed row at a time
    (vectors, then the JSONL line, flushed and synced). A kill at any point
    loses at most the rows not yet committed; a torn last line is cut off on
-   resume. A folder made with other arguments is refused (NLA_ERR_ARG,
-   naming the first difference). Bad input records (and repeated ids) are
+   resume. Each row carries checksums of its vectors: a resume redoes the
+   rows whose vectors are missing or differ (reported to params->warn) and
+   leaves results.jsonl in sample_idx order. A folder made with other
+   arguments or models (known by content, not by path) is refused
+   (NLA_ERR_ARG, naming the first difference); so is an input that is one
+   of the folder's files. Bad input records (and repeated ids) are
    reported to params->warn and skipped. counts may be NULL. The run holds
    an exclusive lock on out_dir/eval.lock (fcntl; the kernel releases it
    when the process ends, however it ends): while another process holds
