@@ -1,12 +1,20 @@
 /* test.h - the whole test framework: CHECK macros, a pass/fail tally, and
-   the closing line "N passed, N failed". Include once per test program. */
+   the closing line "N passed, N failed" (", K skipped" added when a check
+   could not run here, counted by SKIP). Include once per test program. */
 #ifndef TEST_H
 #define TEST_H
 #undef NDEBUG
 #include <math.h>
 #include <stdio.h>
 
-static int test_passed, test_failed;
+static int test_passed, test_failed, test_skipped;
+
+/* A check that cannot run on this machine: said, and counted apart. */
+#define SKIP(why)                                  \
+    do {                                           \
+        test_skipped++;                            \
+        printf("skipped: %s\n", why);              \
+    } while (0)
 
 #define CHECK(cond) CHECK_MSG(cond, "%s", #cond)
 #define CHECK_MSG(cond, ...)                                          \
@@ -24,7 +32,9 @@ static int test_passed, test_failed;
     CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%s ~ %s (%g vs %g, tol %g)", #a, #b, (double)(a), (double)(b), (double)(tol))
 
 static int test_report(void) {
-    printf("%d passed, %d failed\n", test_passed, test_failed);
+    if (test_skipped)
+        printf("%d passed, %d failed, %d skipped\n", test_passed, test_failed, test_skipped);
+    else printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed != 0;
 }
 #endif

@@ -255,8 +255,15 @@ static void make_shards(void) {
                           "{\"record_id\": \"b\", \"source\": \"s\", \"first_sample\": 1, \"positions\": [1], \"tokens\": [\"y\", \"z\"]}\n";
         spit(p, tok, strlen(tok));
         snprintf(p, sizeof p, "%s/results.jsonl", shard[k]);
-        char row[200];
-        snprintf(row, sizeof row, "{\"sample_idx\": %d, \"source\": \"s\", \"token_str\": \"x\", \"explanation\": \"e\", \"mse_nrm\": 0.0%d}\n", k, k + 1);
+        char row[300];
+        uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a of row k's floats: both files hold v */
+        for (int i = 0; i < 16; i++)
+            h = (h ^ ((const unsigned char *)(v + 4 * k))[i]) * 0x100000001b3ull;
+        snprintf(
+            row, sizeof row,
+            "{\"sample_idx\": %d, \"source\": \"s\", \"token_str\": \"x\", \"explanation\": \"e\", "
+            "\"mse_nrm\": 0.0%d, \"vectors_fnv1a64\": [\"%016llx\", \"%016llx\"]}\n",
+            k, k + 1, (unsigned long long)h, (unsigned long long)h);
         spit(p, row, strlen(row));
         snprintf(p, sizeof p, "%s/activations.npy", shard[k]);
         CHECK(nla_npy_write(p, v, 2, shape, err, sizeof err) == NLA_OK);
@@ -279,9 +286,70 @@ out:
     return rc;
 }
 
+/* nla_eval_run on a 2-row study of the golden trio (one document, two
+   positions, 3 new tokens), into dir */
+static const char *const ev_files[6] = {"params.json",     "tokens.jsonl",        "results.jsonl",
+                                        "activations.npy", "reconstructions.npy", "eval.lock"};
+static char ev_dir[300], ev_ref[300], ev_docs[300];
+static nla_status eval_run_in(const char *dir) {
+    nla_eval_params ep;
+    char err[256];
+    memset(&ep, 0, sizeof ep);
+    ep.target = "tests/data/nla/target";
+    ep.av = "tests/data/nla/av";
+    ep.ar = "tests/data/nla/ar";
+    ep.tokenizer = "weights/tokenizer.json"; /* the AV writes ids anywhere in the vocabulary */
+    ep.docs = ev_docs;
+    ep.out_dir = dir;
+    ep.max_new = 3;
+    ep.chunk = 1; /* two chunks: a failure can land between committed rows */
+    ep.n_threads = 1;
+    return nla_eval_run(&ep, NULL, err, sizeof err);
+}
+
+static void clear_dir(const char *dir) {
+    char p[400];
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, ev_files[i]);
+        unlink(p);
+    }
+}
+
+/* The files of dir equal those of the undisturbed run (ev_ref). */
+static int same_as_ref(const char *dir) {
+    int same = 1;
+    for (int i = 0; i < 5; i++) {
+        char a[400], b[400];
+        size_t na = 0, nb = 0;
+        snprintf(a, sizeof a, "%s/%s", dir, ev_files[i]);
+        snprintf(b, sizeof b, "%s/%s", ev_ref, ev_files[i]);
+        char *x = slurp(a, &na), *y = slurp(b, &nb);
+        same &= x && y && na == nb && !memcmp(x, y, na);
+        free(x);
+        free(y);
+    }
+    return same;
+}
+
+/* A fresh run whose k-th allocation fails, then a plain rerun (a resume)
+   of what it left: NLA_ERR_NOMEM with nothing live, then the files of an
+   undisturbed run. */
+static nla_status sc_eval_run(void) {
+    clear_dir(ev_dir);
+    return eval_run_in(ev_dir);
+}
+
+static int eval_rerun_same(void) {
+    const long at = fa_fail_at;
+    fa_fail_at = 0;
+    const int ok = eval_run_in(ev_dir) == NLA_OK && same_as_ref(ev_dir);
+    fa_fail_at = at;
+    return ok;
+}
+
 /* ---- the sweep ---- */
 
-static void sweep(const char *name, nla_status (*fn)(void)) {
+static void sweep(const char *name, nla_status (*fn)(void), int (*after)(void)) {
     fa_fail_at = 0;
     fa_count = 0;
     fa_live = 0;
@@ -289,7 +357,7 @@ static void sweep(const char *name, nla_status (*fn)(void)) {
     long n = fa_count;
     CHECK_MSG(rc == NLA_OK, "%s: %s without failures (line %d)", name, nla_strerror(rc), fail_line);
     CHECK_MSG(fa_live == 0, "%s: %ld blocks live after a clean run", name, fa_live);
-    int nomem = 0, leaks = 0;
+    int nomem = 0, leaks = 0, redone = 0;
     for (long k = 1; k <= n; k++) {
         fa_fail_at = k;
         fa_count = 0;
@@ -299,10 +367,14 @@ static void sweep(const char *name, nla_status (*fn)(void)) {
             fprintf(stderr, "%s: allocation %ld failing gives %s (line %d)\n", name, k, nla_strerror(rc), fail_line);
         nomem += rc == NLA_ERR_NOMEM;
         if (fa_live && !leaks++) fprintf(stderr, "%s: allocation %ld failing leaves %ld blocks live\n", name, k, fa_live);
+        if (after && !after() && !redone++)
+            fprintf(stderr, "%s: after allocation %ld failed, a rerun differs\n", name, k);
     }
     fa_fail_at = 0;
     CHECK_MSG(nomem == n, "%s: %ld of %ld failing allocations were not reported as out of memory", name, n - nomem, n);
     CHECK_MSG(leaks == 0, "%s: %d of %ld runs leak", name, leaks, n);
+    CHECK_MSG(redone == 0, "%s: %d of %ld reruns after a failure differ from the undisturbed run",
+              name, redone, n);
     printf("  %-10s %4ld allocations; failing each one gives NLA_ERR_NOMEM %d times, leaks %d times\n", name, n, nomem, leaks);
 }
 
@@ -311,13 +383,24 @@ int main(void) {
     tmp_dir(tmp, sizeof tmp, "alloc");
     snprintf(q, sizeof q, "%s/q", tmp);
     mkdir(q, 0755); /* where model-q8 saves */
-    sweep("tokenizer", sc_tokenizer);
-    sweep("files", sc_files);
-    sweep("model", sc_model);
-    sweep("model-q8", sc_model_q8);
-    sweep("nla", sc_nla);
-    sweep("eval", sc_eval);
+    sweep("tokenizer", sc_tokenizer, NULL);
+    sweep("files", sc_files, NULL);
+    sweep("model", sc_model, NULL);
+    sweep("model-q8", sc_model_q8, NULL);
+    sweep("nla", sc_nla, NULL);
+    sweep("eval", sc_eval, NULL);
     make_shards();
-    sweep("merge", sc_merge);
+    sweep("merge", sc_merge, NULL);
+    snprintf(ev_dir, sizeof ev_dir, "%s/run", tmp);
+    snprintf(ev_ref, sizeof ev_ref, "%s/run_ref", tmp);
+    snprintf(ev_docs, sizeof ev_docs, "%s/doc.jsonl", tmp);
+    mkdir(ev_dir, 0755);
+    mkdir(ev_ref, 0755);
+    const char *doc = "{\"id\": \"d\", \"text\": \"The quick brown fox jumps over the lazy dog.\", "
+                      "\"positions\": [2, 5]}\n";
+    spit(ev_docs, doc, strlen(doc));
+    clear_dir(ev_ref);
+    CHECK_EQ(eval_run_in(ev_ref), NLA_OK); /* the undisturbed run */
+    sweep("eval-run", sc_eval_run, eval_rerun_same);
     return test_report();
 }

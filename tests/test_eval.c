@@ -75,6 +75,25 @@ static int same_files(const char *a, const char *b) {
 
 static void spit_str(const char *path, const char *s) { spit(path, s, strlen(s)); }
 
+/* A fresh copy of results folder a as b. */
+static void copy_results(const char *a, const char *b) {
+    mkdir(b, 0755);
+    for (int i = 0; i < 5; i++) {
+        char pa[256], pb[256];
+        snprintf(pa, sizeof pa, "%s/%s", a, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, files[i]);
+        copy_file(pa, pb);
+    }
+}
+
+/* Zeros row `row` of a float32 [S, 16] .npy (a header of 128 bytes). */
+static void zero_row(const char *path, long row) {
+    static const float z[16];
+    FILE *f = fopen(path, "r+b");
+    if (f && !fseek(f, 128 + row * 16 * 4, SEEK_SET)) fwrite(z, 4, 16, f);
+    if (f) fclose(f);
+}
+
 static void rm_dir(const char *dir) {
     char p[256];
     for (int i = 0; i < 5; i++) { snprintf(p, sizeof p, "%s/%s", dir, files[i]); unlink(p); }
@@ -195,11 +214,61 @@ int main(void) {
     CHECK(stderr_text && strstr(stderr_text, "other arguments") && strstr(stderr_text, "\"seed\": 7"));
     free(stderr_text);
 
+    /* the same run named by absolute paths from another folder resumes (the
+       models are known by content); a model changed under its path (its
+       nla_meta.yaml) is refused, naming the fingerprints */
+    {
+        char cwd[512], cmd[8192];
+        CHECK(getcwd(cwd, sizeof cwd) != NULL);
+        snprintf(
+            cmd, sizeof cmd,
+            "cd / && %s/nla eval %s/weights/tiny/target %s/weights/tiny/av/ %s/weights/tiny/ar "
+            "--docs %s/tests/data/eval/docs.jsonl --chats %s/tests/data/eval/chats.jsonl --out "
+            "%s/%s "
+            "--min-position 10 --positions-per-record 2 --max-new 8 --chunk 4 --threads 1 "
+            "2> %s/tests/tmp/eval_err.txt",
+            cwd, cwd, cwd, cwd, cwd, cwd, cwd, ref, cwd);
+        int rc = system(cmd);
+        CHECK_EQ(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, 0);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "(14 resumed, 0 new"), "absolute paths: %s",
+                  stderr_text ? stderr_text : "");
+        free(stderr_text);
+        const char *av2 = "tests/tmp/eval_av2";
+        const char *names[4] = {"config.json", "model.safetensors", "nla_meta.yaml",
+                                "tokenizer.json"};
+        mkdir(av2, 0755);
+        for (int i = 0; i < 4; i++) {
+            char a[256], b[256];
+            snprintf(a, sizeof a, "weights/tiny/av/%s", names[i]);
+            snprintf(b, sizeof b, "%s/%s", av2, names[i]);
+            unlink(b);
+            if (i == 1 || i == 3) CHECK_EQ(link(a, b), 0);
+            else copy_file(a, b);
+        }
+        FILE *f = fopen("tests/tmp/eval_av2/nla_meta.yaml", "ab");
+        if (f) {
+            fputs("# changed\n", f);
+            fclose(f);
+        }
+        const char *changed[] = {
+            "./nla", "eval", "weights/tiny/target", av2, "weights/tiny/ar", SAMPLE, "--out", ref,
+            OPTS,    NULL};
+        CHECK_EQ(run_nla(changed, "tests/tmp/eval_err.txt"), 1);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text &&
+                      strstr(stderr_text, "made with other arguments (it has \"models_fnv1a64\"") &&
+                      !strstr(stderr_text, ",,"),
+                  "changed model: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+    }
+
     /* one writer per folder: while a run holds eval.lock (stopped with
        SIGSTOP, so it holds it for sure), a second is refused naming the
        holder's PID and host; after kill -9 of the holder the lock is free */
     {
-        const char *ld = "tests/tmp/eval_lock", *lock_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", ld, OPTS, NULL};
+        const char *ld = "tests/tmp/eval_lock",
+                   *lock_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", ld, OPTS, NULL};
         char want[640], host[256], lock_path[256];
         rm_dir(ld);
         mkdir(ld, 0755);
@@ -217,14 +286,17 @@ int main(void) {
         gethostname(host, sizeof host);
         CHECK_EQ(run_nla(lock_args, "tests/tmp/eval_err.txt"), 1);
         stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-        snprintf(want, sizeof want, "nla eval: %s is held by PID %ld on host %s", lock_path, (long)holder, host);
-        CHECK_MSG(stderr_text && !strncmp(stderr_text, want, strlen(want)), "second writer: %s", stderr_text ? stderr_text : "");
+        snprintf(want, sizeof want, "nla eval: %s is held by PID %ld on host %s", lock_path,
+                 (long)holder, host);
+        CHECK_MSG(stderr_text && !strncmp(stderr_text, want, strlen(want)), "second writer: %s",
+                  stderr_text ? stderr_text : "");
         free(stderr_text);
         kill(holder, SIGKILL);
         waitpid(holder, NULL, 0);
         CHECK_EQ(run_nla(lock_args, "tests/tmp/eval_err.txt"), 0);
         CHECK_EQ(count_lines("tests/tmp/eval_lock/results.jsonl"), 14);
-        CHECK_MSG(same_files(ld, ref), "the run after the lock holder's kill differs from the uninterrupted one");
+        CHECK_MSG(same_files(ld, ref),
+                  "the run after the lock holder's kill differs from the uninterrupted one");
         rm_dir(ld);
     }
 
@@ -250,25 +322,30 @@ int main(void) {
         landed += n < 14;
     }
     printf("  SIGKILL landed mid-run %d times of 4 (after rows 1, 5, 9, 12)\n", landed);
+    /* each kill at a random delay keeps every row committed before it, and
+       the killed run had met no refusal (a lock left behind, a folder it
+       could not resume) */
     uint64_t rng = 12345;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0, before = count_lines("tests/tmp/eval_kill/results.jsonl"); i < 3; i++) {
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         pid_t pid = spawn(kill_args, "tests/tmp/eval_err.txt");
         sleep_ms(200 + (long)((rng >> 33) % 1500));
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
+        const int n = count_lines("tests/tmp/eval_kill/results.jsonl");
+        CHECK_MSG(n >= before && n <= 14, "random kill %d: %d rows committed, %d before it", i, n,
+                  before);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && !strstr(stderr_text, "nla eval:"), "random kill %d: %s", i,
+                  stderr_text ? stderr_text : "");
+        free(stderr_text);
+        before = n;
     }
     CHECK_EQ(run_nla(kill_args, "tests/tmp/eval_err.txt"), 0);
     CHECK_MSG(same_files(kd, ref), "killed and resumed run differs from the uninterrupted one");
 
     /* a torn last line (and vectors written for rows without a line) */
-    mkdir(td, 0755);
-    for (int i = 0; i < 5; i++) {
-        char a[256], b[256];
-        snprintf(a, sizeof a, "%s/%s", ref, files[i]);
-        snprintf(b, sizeof b, "%s/%s", td, files[i]);
-        copy_file(a, b);
-    }
+    copy_results(ref, td);
     {
         size_t n;
         char path[256], *r;
@@ -284,6 +361,61 @@ int main(void) {
         CHECK_MSG(same_files(td, ref), "a torn results.jsonl was not redone exactly");
     }
 
+    /* committed rows whose vectors are gone (activations.npy deleted) or
+       changed (a row of reconstructions.npy zeroed) are redone, with a
+       warning, never taken as zeros; --summary refuses changed vectors */
+    {
+        const char *zd = "tests/tmp/eval_zero",
+                   *zero_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", zd, OPTS, NULL};
+        nla_eval_report_params rp;
+        text t = {NULL, 0};
+        rm_dir(zd);
+        copy_results(ref, zd);
+        unlink("tests/tmp/eval_zero/activations.npy");
+        CHECK_EQ(run_nla(zero_args, "tests/tmp/eval_err.txt"), 0);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text &&
+                      strstr(stderr_text, "14 committed rows (the first: sample 0) have vectors") &&
+                      strstr(stderr_text, "they are redone"),
+                  "no warning of the missing vectors: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        CHECK_MSG(same_files(zd, ref), "rows with deleted vectors were not redone exactly");
+        zero_row("tests/tmp/eval_zero/reconstructions.npy", 6);
+        CHECK_EQ(run_nla(zero_args, "tests/tmp/eval_err.txt"), 0);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "1 committed rows (the first: sample 6)"),
+                  "zeroed row: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        CHECK_MSG(same_files(zd, ref), "a row with changed vectors was not redone exactly");
+        zero_row("tests/tmp/eval_zero/activations.npy", 3);
+        memset(&rp, 0, sizeof rp);
+        CHECK_EQ(nla_eval_summary(zd, &rp, collect, &t, err, sizeof err), NLA_ERR_FORMAT);
+        CHECK_MSG(strstr(err, "activations.npy: the vector of sample 3 differs from its checksum"),
+                  "summary: %s", err);
+        free(t.p);
+        rm_dir(zd);
+    }
+
+    /* a line deleted from the middle of results.jsonl: the row is redone and
+       the file is back in sample_idx order */
+    {
+        const char *od = "tests/tmp/eval_order",
+                   *order_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", od, OPTS, NULL};
+        size_t n;
+        rm_dir(od);
+        copy_results(ref, od);
+        char *r = slurp("tests/tmp/eval_order/results.jsonl", &n), *l5 = r, *l6;
+        for (int k = 0; k < 4 && l5; k++) l5 = strchr(l5, '\n') + 1;
+        l6 = strchr(l5, '\n') + 1;
+        memmove(l5, l6, n - (size_t)(l6 - r));
+        spit("tests/tmp/eval_order/results.jsonl", r, n - (size_t)(l6 - l5));
+        free(r);
+        CHECK_EQ(count_lines("tests/tmp/eval_order/results.jsonl"), 13);
+        CHECK_EQ(run_nla(order_args, "tests/tmp/eval_err.txt"), 0);
+        CHECK_MSG(same_files(od, ref), "a deleted middle row was not redone in sample_idx order");
+        rm_dir(od);
+    }
+
     /* shards 1/3, 2/3, 3/3 merged == the unsharded run */
     {
         const char *sd[3] = {"tests/tmp/eval_s1", "tests/tmp/eval_s2", "tests/tmp/eval_s3"};
@@ -296,6 +428,17 @@ int main(void) {
         const char *two[] = {"./nla", "eval", "--merge", md, sd[0], sd[1], NULL};
         CHECK(run_nla(two, "tests/tmp/eval_err.txt") != 0); /* shard 3 missing */
         const char *all[] = {"./nla", "eval", "--merge", md, sd[2], sd[0], sd[1], NULL};
+        zero_row("tests/tmp/eval_s2/activations.npy", 2); /* sample 2 is record 1's: shard 2's */
+        CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 1);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text &&
+                      strstr(stderr_text,
+                             "eval_s2: the activation of sample 2 differs from its checksum"),
+                  "merge: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        const char *redo[] = {"./nla", "eval", TRIO,      SAMPLE,   "--out",
+                              sd[1],   OPTS,   "--shard", shard[1], NULL};
+        CHECK_EQ(run_nla(redo, "tests/tmp/eval_err.txt"), 0);
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
         CHECK_MSG(same_files(md, ref), "merged shards differ from the unsharded run");
         for (int i = 0; i < 3; i++) rm_dir(sd[i]);
@@ -440,7 +583,7 @@ int main(void) {
             CHECK(dom && strstr(dom, "mse_nrm by chat role") && strstr(dom, "role=asst_content"));
             free(dom);
         } else {
-            printf("skipped: chromium not installed\n");
+            SKIP("the report's rendering in headless Chromium: /usr/bin/chromium is not installed");
         }
     }
     return test_report();
