@@ -41,138 +41,6 @@ static void refused(const char *cmd, const char *msg) {
    against the expected shape), or NULL. */
 static float *npy_2d(const char *path, long long rows, long long cols) {
     int nd = 0;
-
-/* Runs cmd with files limited to `limit` bytes (RLIMIT_FSIZE, SIGXFSZ
-   ignored: a write past it fails with EFBIG, as on a full disk), stderr to
-   tests/tmp/err.txt; returns its exit status. */
-static int run_limited(const char *cmd, long limit) {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid == 0) {
-        struct rlimit rl;
-        rl.rlim_cur = rl.rlim_max = (rlim_t)limit;
-        signal(SIGXFSZ, SIG_IGN);
-        if (!freopen("tests/tmp/err.txt", "wb", stderr) || setrlimit(RLIMIT_FSIZE, &rl)) _exit(127);
-        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-        _exit(127);
-    }
-    int st = 0;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* Does file a hold exactly the bytes of file b? */
-static int same_bytes(const char *a, const char *b) {
-    size_t na = 0, nb = 0;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
-    int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
-}
-
-/* stderr (tests/tmp/err.txt) holds every one of the strings (NULL-ended). */
-static int err_has(const char *first, ...) {
-    char *er = slurp("tests/tmp/err.txt", NULL);
-    int ok = er != NULL;
-    va_list ap;
-    va_start(ap, first);
-    for (const char *s = first; s && ok; s = va_arg(ap, const char *)) ok = strstr(er, s) != NULL;
-    va_end(ap);
-    if (!ok) fprintf(stderr, "  stderr: %s\n", er ? er : "(none)");
-    free(er);
-    return ok;
-}
-
-/* A full disk (a 200-byte file-size limit): every output command fails,
-   saying why and naming the file, and leaves the old file as it was;
-   outputs that are inputs are refused; random-model keeps a checkpoint. */
-static void full_disk(void) {
-    static const struct {
-        const char *cmd, *file;
-    } out[] = {
-        {"./nla extract " G
-         "target --text 'The quick brown fox' --positions 1,3 --out tests/tmp/fd/keep.npy" TOK,
-         "tests/tmp/fd/keep.npy"},
-        {"./nla forward " G "target --ids 2,818 --logits tests/tmp/fd/keep.npy",
-         "tests/tmp/fd/keep.npy"},
-        {"./nla forward " G "target --ids 2,818 --hidden tests/tmp/fd/keep.npy",
-         "tests/tmp/fd/keep.npy"},
-        {"./nla reconstruct " G
-         "ar --jsonl tests/tmp/golden_expl.jsonl --out tests/tmp/fd/keep.npy" TOK,
-         "tests/tmp/fd/keep.npy"},
-        {"./nla eval --html tests/tmp/fd/keep.html tests/tmp/fd/ev", "tests/tmp/fd/keep.html"},
-        {"./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/fd/q --type q8_0",
-         "tests/tmp/fd/q/model.safetensors"},
-        {"./nla eval " G "target " G "av " G
-         "ar --docs tests/tmp/fd/docs.jsonl --out tests/tmp/fd/ev --max-new 4 --quiet" TOK,
-         "tests/tmp/fd/ev/tokens.jsonl"}};
-    mkdir("tests/tmp/fd", 0755);
-    mkdir("tests/tmp/fd/q", 0755);
-    mkdir("tests/tmp/fd/ev", 0755);
-    for (int i = 0; i < 6; i++) { /* a fresh results folder */
-        static const char *const f[6] = {"params",      "tokens",          "results",
-                                         "activations", "reconstructions", "eval"};
-        char p[128];
-        snprintf(p, sizeof p, "tests/tmp/fd/ev/%s.%s", f[i],
-                 i < 3   ? (i ? "jsonl" : "json")
-                 : i < 5 ? "npy"
-                         : "lock");
-        unlink(p);
-    }
-    const char *doc = "{\"id\": 1, \"text\": \"The quick brown fox jumps over the lazy dog because "
-                      "it was bored. The quick brown "
-                      "fox jumps over the lazy dog because it was bored.\", \"positions\": [2]}\n";
-    spit("tests/tmp/fd/docs.jsonl", doc, strlen(doc));
-    /* a finished results folder: its rerun rewrites tokens.jsonl, over the limit */
-    CHECK_EQ(run(out[6].cmd), 0);
-    for (size_t i = 0; i < sizeof out / sizeof *out; i++) {
-        if (i < 6) spit(out[i].file, "the old file", 12);
-        copy_file(out[i].file, "tests/tmp/fd/before");
-        CHECK_MSG(run_limited(out[i].cmd, 200) == 1, "%s: not exit 1 on a full disk", out[i].cmd);
-        CHECK_MSG(err_has(out[i].file, "File too large", NULL),
-                  "%s: no file and reason in the message", out[i].cmd);
-        CHECK_MSG(same_bytes(out[i].file, "tests/tmp/fd/before"), "%s: the old %s was changed",
-                  out[i].cmd, out[i].file);
-    }
-    /* an output that is an input, or a model's file */
-    CHECK_EQ(
-        run("./nla eval --html tests/tmp/fd/ev/results.jsonl tests/tmp/fd/ev 2> tests/tmp/err.txt"),
-        1);
-    CHECK(err_has("the report tests/tmp/fd/ev/results.jsonl is the input", NULL));
-    CHECK_EQ(run("./nla reconstruct " G
-                 "ar --jsonl tests/tmp/fd/docs.jsonl --out tests/tmp/fd/docs.jsonl" TOK
-                 " 2> tests/tmp/err.txt"),
-             1);
-    CHECK(err_has("tests/tmp/fd/docs.jsonl: the output would overwrite the input", NULL));
-    mkdir("tests/tmp/fd/target", 0755); /* a copy: a build without the check would overwrite it */
-    copy_file(G "target/config.json", "tests/tmp/fd/target/config.json");
-    copy_file(G "target/model.safetensors", "tests/tmp/fd/target/model.safetensors");
-    CHECK_EQ(run("./nla extract tests/tmp/fd/target --text hi --positions 1 --out "
-                 "tests/tmp/fd/target/config.json" TOK " 2> tests/tmp/err.txt"),
-             1);
-    CHECK(err_has("tests/tmp/fd/target/config.json: the output would overwrite the input", NULL));
-    CHECK_EQ(run("./nla eval " G "target " G "av " G
-                 "ar --docs tests/tmp/fd/ev/tokens.jsonl --out tests/tmp/fd/ev" TOK
-                 " 2> tests/tmp/err.txt"),
-             1);
-    CHECK(err_has("the input tests/tmp/fd/ev/tokens.jsonl is the output", NULL));
-    /* random-model over a checkpoint: refused unless --force */
-    CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --force 2> /dev/null"), 0);
-    copy_file("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before");
-    CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --seed 5 2> tests/tmp/err.txt"),
-             1);
-    CHECK(err_has("tests/tmp/fd/rm already holds a model (config.json): give --force", NULL));
-    CHECK(same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
-    CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --seed 5 --force 2> /dev/null"),
-             0);
-    CHECK(!same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
-}
-
-int main(void) {
-    mkdir("tests/tmp", 0755);
-    char *golden = slurp(G "golden.json", NULL);
-    int nd;
     long long sh[4] = {0, 0, 0, 0};
     float *x = npy_load(path, &nd, sh);
     CHECK_MSG(x && nd == 2 && sh[0] == rows && sh[1] == cols,
@@ -644,6 +512,133 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     refused("./nla explain " G "target " G "av " G "ar --text hi --temp nan" TOK, "bad value 'nan' for --temp");
 }
 
+/* Runs cmd with files limited to `limit` bytes (RLIMIT_FSIZE, SIGXFSZ
+   ignored: a write past it fails with EFBIG, as on a full disk), stderr to
+   tests/tmp/err.txt; returns its exit status. */
+static int run_limited(const char *cmd, long limit) {
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit rl;
+        rl.rlim_cur = rl.rlim_max = (rlim_t)limit;
+        signal(SIGXFSZ, SIG_IGN);
+        if (!freopen("tests/tmp/err.txt", "wb", stderr) || setrlimit(RLIMIT_FSIZE, &rl)) _exit(127);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Does file a hold exactly the bytes of file b? */
+static int same_bytes(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* stderr (tests/tmp/err.txt) holds every one of the strings (NULL-ended). */
+static int err_has(const char *first, ...) {
+    char *er = slurp("tests/tmp/err.txt", NULL);
+    int ok = er != NULL;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *s = first; s && ok; s = va_arg(ap, const char *)) ok = strstr(er, s) != NULL;
+    va_end(ap);
+    if (!ok) fprintf(stderr, "  stderr: %s\n", er ? er : "(none)");
+    free(er);
+    return ok;
+}
+
+/* A full disk (a 200-byte file-size limit): every output command fails,
+   saying why and naming the file, and leaves the old file as it was;
+   outputs that are inputs are refused; random-model keeps a checkpoint. */
+static void full_disk(void) {
+    static const struct {
+        const char *cmd, *file;
+    } out[] = {
+        {"./nla extract " G
+         "target --text 'The quick brown fox' --positions 1,3 --out tests/tmp/fd/keep.npy" TOK,
+         "tests/tmp/fd/keep.npy"},
+        {"./nla forward " G "target --ids 2,818 --logits tests/tmp/fd/keep.npy",
+         "tests/tmp/fd/keep.npy"},
+        {"./nla forward " G "target --ids 2,818 --hidden tests/tmp/fd/keep.npy",
+         "tests/tmp/fd/keep.npy"},
+        {"./nla reconstruct " G
+         "ar --jsonl tests/tmp/golden_expl.jsonl --out tests/tmp/fd/keep.npy" TOK,
+         "tests/tmp/fd/keep.npy"},
+        {"./nla eval --html tests/tmp/fd/keep.html tests/tmp/fd/ev", "tests/tmp/fd/keep.html"},
+        {"./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/fd/q --type q8_0",
+         "tests/tmp/fd/q/model.safetensors"},
+        {"./nla eval " G "target " G "av " G
+         "ar --docs tests/tmp/fd/docs.jsonl --out tests/tmp/fd/ev --max-new 4 --quiet" TOK,
+         "tests/tmp/fd/ev/tokens.jsonl"}};
+    mkdir("tests/tmp/fd", 0755);
+    mkdir("tests/tmp/fd/q", 0755);
+    mkdir("tests/tmp/fd/ev", 0755);
+    for (int i = 0; i < 6; i++) { /* a fresh results folder */
+        static const char *const f[6] = {"params",      "tokens",          "results",
+                                         "activations", "reconstructions", "eval"};
+        char p[128];
+        snprintf(p, sizeof p, "tests/tmp/fd/ev/%s.%s", f[i],
+                 i < 3   ? (i ? "jsonl" : "json")
+                 : i < 5 ? "npy"
+                         : "lock");
+        unlink(p);
+    }
+    const char *doc = "{\"id\": 1, \"text\": \"The quick brown fox jumps over the lazy dog because "
+                      "it was bored. The quick brown "
+                      "fox jumps over the lazy dog because it was bored.\", \"positions\": [2]}\n";
+    spit("tests/tmp/fd/docs.jsonl", doc, strlen(doc));
+    /* a finished results folder: its rerun rewrites tokens.jsonl, over the limit */
+    CHECK_EQ(run(out[6].cmd), 0);
+    for (size_t i = 0; i < sizeof out / sizeof *out; i++) {
+        if (i < 6) spit(out[i].file, "the old file", 12);
+        copy_file(out[i].file, "tests/tmp/fd/before");
+        CHECK_MSG(run_limited(out[i].cmd, 200) == 1, "%s: not exit 1 on a full disk", out[i].cmd);
+        CHECK_MSG(err_has(out[i].file, "File too large", NULL),
+                  "%s: no file and reason in the message", out[i].cmd);
+        CHECK_MSG(same_bytes(out[i].file, "tests/tmp/fd/before"), "%s: the old %s was changed",
+                  out[i].cmd, out[i].file);
+    }
+    /* an output that is an input, or a model's file */
+    CHECK_EQ(
+        run("./nla eval --html tests/tmp/fd/ev/results.jsonl tests/tmp/fd/ev 2> tests/tmp/err.txt"),
+        1);
+    CHECK(err_has("the report tests/tmp/fd/ev/results.jsonl is the input", NULL));
+    CHECK_EQ(run("./nla reconstruct " G
+                 "ar --jsonl tests/tmp/fd/docs.jsonl --out tests/tmp/fd/docs.jsonl" TOK
+                 " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/docs.jsonl: the output would overwrite the input", NULL));
+    mkdir("tests/tmp/fd/target", 0755); /* a copy: a build without the check would overwrite it */
+    copy_file(G "target/config.json", "tests/tmp/fd/target/config.json");
+    copy_file(G "target/model.safetensors", "tests/tmp/fd/target/model.safetensors");
+    CHECK_EQ(run("./nla extract tests/tmp/fd/target --text hi --positions 1 --out "
+                 "tests/tmp/fd/target/config.json" TOK " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/target/config.json: the output would overwrite the input", NULL));
+    CHECK_EQ(run("./nla eval " G "target " G "av " G
+                 "ar --docs tests/tmp/fd/ev/tokens.jsonl --out tests/tmp/fd/ev" TOK
+                 " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("the input tests/tmp/fd/ev/tokens.jsonl is the output", NULL));
+    /* random-model over a checkpoint: refused unless --force */
+    CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --force 2> /dev/null"), 0);
+    copy_file("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before");
+    CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --seed 5 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/rm already holds a model (config.json): give --force", NULL));
+    CHECK(same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
+    CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --seed 5 --force 2> /dev/null"),
+             0);
+    CHECK(!same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
+}
+
 /* refused commands: exit status 1 and the message naming the problem */
 static void test_refusals(void) {
     refused("./nla verbalize " G "target tests/tmp/v.npy" TOK, "not an AV");
@@ -682,6 +677,7 @@ int main(void) {
     test_model_commands(target);
     test_refusals();
     test_nonfinite(target, av);
+    full_disk();
     /* nla quantize --type, and the saved folder opens */
     CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 --type q8_0 2> "
                  "/dev/null"),
@@ -694,8 +690,5 @@ int main(void) {
     nla_model_close(target);
     nla_model_close(av);
     nla_model_close(ar);
-
-    full_disk();
-    free(v); free(gk); free(r); free(gr); free(golden);
     return test_report();
 }
