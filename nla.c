@@ -10618,6 +10618,8 @@ static const char *const usage_eval =
     "  --skip-special         never draw special tokens (<bos>, <start_of_turn>, ...)\n"
     "  --seed S               drawing seed (default 0)\n"
     "  --shard I/N            take part I of N (1-based) of the records, for N machines\n"
+    "  --shard auto           I/N from a Slurm job array (SLURM_ARRAY_TASK_ID, _MIN, _COUNT)\n"
+    "                         or a Kubernetes indexed job (JOB_COMPLETION_INDEX, with --shards N)\n"
     "  --chunk C              samples per extract/verbalize/reconstruct round (default 256)\n"
     "  --max-new N            AV tokens per explanation (default 200)\n"
     "  --batch B              vectors the AV decodes together (default 8)\n"
@@ -10712,6 +10714,50 @@ static int cli_eval_error(const char *err, nla_status rc) {
     return 1;
 }
 
+/* An integer from the environment: 1 when name is set to one. */
+static int env_int(const char *name, int *v) {
+    const char *s = getenv(name);
+    return s && parse_int(s, v);
+}
+
+/* --shard auto: this task's part I/N from the scheduler's environment. A
+   Slurm job array (--array=A-B or A-B:S) sets the task's id, the first id,
+   the count and the step; a Kubernetes indexed job sets the 0-based
+   JOB_COMPLETION_INDEX, and N comes from --shards. shards is 0 when not given. */
+static int cli_shard_auto(int shards, int *i, int *n) {
+    int t, lo, count, step = 1;
+    if (getenv("SLURM_ARRAY_TASK_ID")) {
+        if (!env_int("SLURM_ARRAY_TASK_ID", &t) || !env_int("SLURM_ARRAY_TASK_MIN", &lo) ||
+            !env_int("SLURM_ARRAY_TASK_COUNT", &count) || count < 1 ||
+            (getenv("SLURM_ARRAY_TASK_STEP") &&
+             (!env_int("SLURM_ARRAY_TASK_STEP", &step) || step < 1)))
+            return cli_error("--shard auto: SLURM_ARRAY_TASK_ID is set, but SLURM_ARRAY_TASK_MIN, "
+                             "_COUNT or _STEP is missing or not a number");
+        if (t < lo || (t - lo) % step || (t - lo) / step >= count)
+            return cli_error("--shard auto: array task %d is not one of %d evenly spaced tasks "
+                             "from %d (submit with --array=A-B or A-B:S)", t, count, lo);
+        if (shards && shards != count)
+            return cli_error("--shard auto: the job array has %d tasks, but --shards says %d",
+                             count, shards);
+        *i = (t - lo) / step + 1;
+        *n = count;
+        return 0;
+    }
+    if (getenv("JOB_COMPLETION_INDEX")) {
+        if (!shards)
+            return cli_error("--shard auto: JOB_COMPLETION_INDEX is set; "
+                             "give the number of shards with --shards N");
+        if (!env_int("JOB_COMPLETION_INDEX", &t) || t < 0 || t >= shards)
+            return cli_error("--shard auto: JOB_COMPLETION_INDEX=%s is not an index in 0..%d",
+                             getenv("JOB_COMPLETION_INDEX"), shards - 1);
+        *i = t + 1;
+        *n = shards;
+        return 0;
+    }
+    return cli_error("--shard auto: neither SLURM_ARRAY_TASK_ID (a Slurm job array) nor "
+                     "JOB_COMPLETION_INDEX (a Kubernetes indexed job) is set; give --shard I/N");
+}
+
 static int cmd_eval(int argc, char **argv) {
     nla_eval_params p;
     nla_eval_report_params rp;
@@ -10719,7 +10765,7 @@ static int cmd_eval(int argc, char **argv) {
     cli_eval_ui ui;
     const char *arg[3] = {NULL, NULL, NULL}, *merge = NULL, *summary = NULL, *html = NULL,
                *compare = NULL;
-    int n_arg = 0, plan = 0, first_dir = -1;
+    int n_arg = 0, plan = 0, first_dir = -1, shard_auto = 0, shards = 0;
     char err[512];
     nla_status rc;
     memset(&p, 0, sizeof p);
@@ -10783,11 +10829,12 @@ static int cmd_eval(int argc, char **argv) {
             float b;
             ok = parse_float(v, &b) && b > 0;
             rp.baseline = b;
-        } else if (!strcmp(a, "--shard")) {
+        } else if (!strcmp(a, "--shard")) { /* the last --shard wins */
             int end = 0; /* I/N and nothing after it: 1/2/3 is refused */
-            ok = sscanf(v, "%d/%d%n", &p.shard_index, &p.shard_count, &end) == 2 && !v[end] &&
-                 p.shard_count > 0 && p.shard_index >= 1 && p.shard_index <= p.shard_count;
-        }
+            ok = (shard_auto = !strcmp(v, "auto")) ||
+                 (sscanf(v, "%d/%d%n", &p.shard_index, &p.shard_count, &end) == 2 && !v[end] &&
+                  p.shard_count > 0 && p.shard_index >= 1 && p.shard_index <= p.shard_count);
+        } else if (!strcmp(a, "--shards")) ok = parse_int(v, &shards) && shards > 0;
         else if (!strcmp(a, "--quant")) {
             if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) p.quant = NLA_QUANT_Q8_0;
             else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) p.quant = NLA_QUANT_Q4_0;
@@ -10795,6 +10842,8 @@ static int cmd_eval(int argc, char **argv) {
         } else return cli_error("unknown option '%s' (see nla eval --help)", a);
         if (!ok) return cli_bad_value(v, a);
     }
+    if (shards && !shard_auto) return cli_error("--shards N goes with --shard auto");
+    if (shard_auto && cli_shard_auto(shards, &p.shard_index, &p.shard_count)) return 1;
     rp.warn = cli_eval_warn;
     if (merge) {
         if (first_dir < 0) return cli_error("--merge OUT_DIR needs the shard folders after it");

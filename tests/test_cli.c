@@ -3,7 +3,8 @@
    tokenize and detokenize is read back (the .npy files' shapes from the
    files themselves) and equals what the API gives for the same inputs (and
    the golden data); refused commands exit 1 with the expected message on
-   stderr. Runs ./nla (make builds it first). */
+   stderr; eval --shard auto reads a Slurm array's or a Kubernetes indexed
+   job's environment. Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 #include <stdarg.h>
@@ -687,6 +688,47 @@ int main(void) {
     CHECK(er && strstr(er, "q8_0"));
     free(er);
     CHECK_EQ(run("./nla explain --help > /dev/null"), 0);
+    /* eval --shard auto: I/N from a Slurm job array's environment or a
+       Kubernetes indexed job's (--plan prints the shard and its rows), and
+       a clear refusal when the environment does not give one */
+    {
+#define NO_ENV "env -u SLURM_ARRAY_TASK_ID -u SLURM_ARRAY_TASK_MIN -u SLURM_ARRAY_TASK_COUNT " \
+               "-u SLURM_ARRAY_TASK_STEP -u JOB_COMPLETION_INDEX "
+#define PLAN "./nla eval " G "target " G "av " G "ar --docs tests/data/eval/docs.jsonl " \
+             "--chats tests/data/eval/chats.jsonl --min-position 10 --positions-per-record 2 " \
+             "--plan" TOK
+#define ERRF "tests/tmp/err.txt"
+#define ARRAY "SLURM_ARRAY_TASK_MIN=1 SLURM_ARRAY_TASK_COUNT=3 SLURM_ARRAY_TASK_ID="
+        static const struct { const char *env, *args, *want; int rc; } sa[] = {
+            {ARRAY "2", "", "rows of shard 2/3: 4", 0},
+            {"SLURM_ARRAY_TASK_ID=0 SLURM_ARRAY_TASK_MIN=0 SLURM_ARRAY_TASK_COUNT=3", "--shards 3",
+             "rows of shard 1/3: 6", 0},
+            {"SLURM_ARRAY_TASK_STEP=2 " ARRAY "5", "", "rows of shard 3/3: 4", 0},
+            {"JOB_COMPLETION_INDEX=3", "--shards 4", "rows of shard 4/4: 2", 0},
+            {"", "", "neither SLURM_ARRAY_TASK_ID (a Slurm job array) nor JOB_COMPLETION_INDEX", 1},
+            {"SLURM_ARRAY_TASK_ID=2", "", "SLURM_ARRAY_TASK_MIN, _COUNT or _STEP is missing", 1},
+            {ARRAY "4", "", "array task 4 is not one of 3 evenly spaced tasks from 1", 1},
+            {ARRAY "2", "--shards 4", "the job array has 3 tasks, but --shards says 4", 1},
+            {"JOB_COMPLETION_INDEX=0", "", "give the number of shards with --shards N", 1},
+            {"JOB_COMPLETION_INDEX=4", "--shards 4", "=4 is not an index in 0..3",
+             1},
+            {"", "--shard 2/3 --shards 3", "--shards N goes with --shard auto", 1},
+            {"", "--shard auto --shard 2/3", "rows of shard 2/3: 4", 0}}; /* the last one */
+        for (size_t k = 0; k < sizeof sa / sizeof *sa; k++) {
+            char cmd[1024];
+            snprintf(cmd, sizeof cmd, NO_ENV "%s " PLAN " %s%s > tests/tmp/plan.txt 2> " ERRF,
+                     sa[k].env, strstr(sa[k].args, "--shard ") ? "" : "--shard auto ", sa[k].args);
+            CHECK_EQ(run(cmd), sa[k].rc);
+            er = slurp(sa[k].rc ? ERRF : "tests/tmp/plan.txt", NULL);
+            CHECK_MSG(er && strstr(er, sa[k].want), "--shard auto with '%s %s': %s", sa[k].env,
+                      sa[k].args, er ? er : "(no output)");
+            free(er);
+        }
+#undef NO_ENV
+#undef PLAN
+#undef ARRAY
+#undef ERRF
+    }
     nla_model_close(target);
     nla_model_close(av);
     nla_model_close(ar);
