@@ -251,3 +251,13 @@ symbols: nla.o
 	echo "symbols: no mutable file-scope state (no object in .data or .bss)"
 
 .PHONY: fuzz fuzz-smoke symbols
+
+# The README's Slurm script (tests/slurm/study.sbatch) on a real Slurm: one
+# node on localhost, as root, loopback only; a job array of 3 with a task
+# requeued mid-run and the merge as a dependent job, checked byte for byte
+# against an unsharded run. Installs slurm-wlm, munge, slurmdbd (for sacct)
+# and mariadb-server when missing. About a minute once they are installed.
+slurm-test: nla weights/tiny/ar/nla_meta.yaml
+	tests/slurm/run.sh
+
+.PHONY: slurm-test

@@ -4,7 +4,8 @@
    files themselves) and equals what the API gives for the same inputs (and
    the golden data); refused commands exit 1 with the expected message on
    stderr; eval --shard auto reads a Slurm array's or a Kubernetes indexed
-   job's environment. Runs ./nla (make builds it first). */
+   job's environment; the README shows tests/slurm/study.sbatch verbatim.
+   Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
 #include <stdarg.h>
@@ -728,6 +729,15 @@ int main(void) {
 #undef PLAN
 #undef ARRAY
 #undef ERRF
+    }
+    /* the README shows tests/slurm/study.sbatch (which make slurm-test runs) verbatim */
+    {
+        char *readme = slurp("README.md", NULL), *script = slurp("tests/slurm/study.sbatch", NULL);
+        char *block = script ? malloc(strlen(script) + 9) : NULL;
+        if (block) sprintf(block, "```\n%s```\n", script);
+        CHECK_MSG(readme && block && strstr(readme, block), "README.md does not show %s verbatim",
+                  "tests/slurm/study.sbatch");
+        free(readme); free(script); free(block);
     }
     nla_model_close(target);
     nla_model_close(av);
