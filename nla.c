@@ -9037,7 +9037,8 @@ static void st_dots(const float *x, const float *q, int d, double *xq, double *x
 nla_status nla_study_search(const nla_study *st, const nla_search_params *params,
                             nla_search_hit *hits, int cap, int *n_hits, int *n_match,
                             char *errbuf_out, size_t errbuf_size) {
-    static const nla_search_params none;
+    nla_search_params none;
+    memset(&none, 0, sizeof none);
     const nla_search_params *p = params ? params : &none;
     errbuf e;
     nla_search_hit *all = NULL;
@@ -11362,6 +11363,7 @@ static int cmd_steer(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
         nv = 0, dv = 0, rnd = 0;
+    double B; /* the fve baseline, set in step 5 */
     if (r) return r == 2 ? 0 : 1;
     if (o.n_arg != 3) return cli_error("give three folders: nla steer TARGET AV AR");
     if (!!toward + !!npy != 1)
@@ -11456,7 +11458,7 @@ static int cmd_steer(int argc, char **argv) {
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
                         "are meaningless\n");
     /* 5. scores against v' and against v */
-    const double B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
+    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
     fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
             toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
     if (!o.jsonl)
@@ -11585,12 +11587,15 @@ static int cmd_search(int argc, char **argv) {
     nla_search_params sp;
     float *q = NULL;
     char err[512];
+    int d = 0, n = 0, row = -1; /* the study's width and rows, --near's row */
+    double t1 = 0, t2 = 0;      /* when the study was open, the search done */
     const double t0 = cli_now();
     nla_status rc = nla_study_open(o.dir, cli_eval_warn, NULL, &st, err, sizeof err);
     if (rc) { cli_error("%s (%s)", err, nla_strerror(rc)); goto out; }
-    const int d = nla_study_dim(st), n = nla_study_count(st),
-              row = near_a ? nla_study_find(st, near) : -1;
-    const double t1 = cli_now();
+    d = nla_study_dim(st);
+    n = nla_study_count(st);
+    row = near_a ? nla_study_find(st, near) : -1;
+    t1 = cli_now();
     memset(&sp, 0, sizeof sp);
     if (!hits || !(q = (float *)xmalloc((size_t)d, sizeof(float)))) {
         cli_error("out of memory");
@@ -11605,7 +11610,7 @@ static int cmd_search(int argc, char **argv) {
     sp.query = query || near_a ? q : NULL;
     sp.regex = grep;
     sp.icase = !!icase;
-    const double t2 = cli_now();
+    t2 = cli_now();
     if ((rc = nla_study_search(st, &sp, hits, top, &n_hits, &n_match, err, sizeof err))) {
         cli_error("%s", err);
         goto out;

@@ -184,6 +184,13 @@ echo "slurm-test: array job $job, merge job $merge"
 #    time, which StartTime=now releases, and resumes
 rows() { [ -f "results.1/results.jsonl" ] && [ "$(wc -l < results.1/results.jsonl)" -ge 1 ]; }
 until_ok 120 rows || fail "task 1 committed no row in 120 s"
+# a duplicate of the running task (a requeue racing its first run) is
+# refused by the results folder's lock
+SLURM_ARRAY_TASK_ID=1 SLURM_ARRAY_TASK_MIN=1 SLURM_ARRAY_TASK_COUNT=3 ./nla eval target av ar \
+    --docs docs.jsonl --chats chats.jsonl --out results.1 --shard auto --threads 1 --chunk 32 \
+    $STUDY 2> dup.err && fail "a duplicate of task 1 was not refused"
+grep -q 'results.1/eval.lock is held by PID' dup.err || fail "duplicate refused: $(cat dup.err)"
+echo "slurm-test: duplicate of ${job}_1 refused: $(cat dup.err)"
 scontrol requeue "${job}_1"
 echo "slurm-test: requeued ${job}_1 after $(wc -l < results.1/results.jsonl) rows"
 pending() { [ "$(squeue -h -j "${job}_1" -o %T)" = PENDING ]; }
