@@ -169,7 +169,7 @@
 
 /* ==== 2 Utilities: errors, allocation, float formats ==================== */
 
-const char *nla_version(void) { return "0.3.0"; }
+const char *nla_version(void) { return NLA_VERSION; }
 
 const char *nla_strerror(nla_status st) {
     switch (st) {
@@ -1620,6 +1620,13 @@ static void cfg_eos(const jdoc *d, int v, gemma_cfg *c) {
     }
 }
 
+/* 1 if id is one of the model's stop ids (eos_token_id). */
+static int cfg_is_eos(const gemma_cfg *c, int32_t id) {
+    for (int k = 0; k < c->n_eos; k++)
+        if (id == c->eos[k]) return 1;
+    return 0;
+}
+
 /* The fields of a parsed config.json (HF defaults for those absent),
    checked against each other. */
 static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, errbuf *e) {
@@ -3019,7 +3026,9 @@ struct nla_session {
     int *past;            /* [n_seq] positions each sequence holds in the cache */
     int *hi;              /* [n_seq] highest position written since the reset, or -1 */
     int kv_layers;        /* layers whose cache holds all past positions */
-    int av_prefix;        /* NLA: rows of the AV prompt prefix held by sequence 0 */
+    const void *prefix;   /* names what sequence 0's cache starts with, for the caller
+                             that put it there and wants it again (section 13: the AV
+                             prompt); NULL after every reset, rewind and forward */
     int *cap;             /* [L] ring capacity per layer */
     float **kc, **vc;     /* [L] -> [n_seq, cap, KV*hd] keys (normed, rotated) and values */
     int *pos, *seq;       /* [B] position and sequence of each row of the chunk */
@@ -3077,7 +3086,7 @@ void nla_session_reset(nla_session *s) {
         s->past[q] = 0;
         s->hi[q] = -1;
     }
-    s->av_prefix = 0;
+    s->prefix = NULL;
     s->kv_layers = s->m->cfg.n_layers;
 }
 
@@ -3121,7 +3130,7 @@ nla_status nla_session_rewind(nla_session *s, int n) {
                     "nla_session_rewind: cannot go back to %d of %d positions "
                     "(the sliding-window ring no longer holds the keys before it)",
                     n, s->past[0]);
-    s->av_prefix = 0;
+    s->prefix = NULL;
     return NLA_OK;
 }
 
@@ -3398,7 +3407,7 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
                     bad_in / h, (double)b->embeds[bad_in], bad_in % h);
 
     int next_sel = 0;
-    s->av_prefix = 0; /* the cache now holds what the caller put there */
+    s->prefix = NULL; /* the cache now holds what the caller put there */
     for (int q = 0; q < s->n_seq; q++) s->next[q] = s->past[q];
     for (int r0 = 0; r0 < T; r0 += s->n_batch) {
         const int n = T - r0 < s->n_batch ? T - r0 : s->n_batch;
@@ -4359,16 +4368,17 @@ nla_status nla_generate(nla_session *s, const int32_t *prompt, int n_prompt,
                  token 246566 between 236813 and 954) is replaced by
                  v * injection_scale / |v| (no sqrt(d): it replaces a row that
                  is already scaled), then decodes (greedy by default, at most
-                 200 tokens, stop on 1 or 106); the explanation is the text
-                 inside <explanation>...</explanation>, trimmed;
+                 200 tokens, stop on the AV's eos ids: <eos> and <end_of_turn>
+                 in the released generation_config.json); the explanation is
+                 the text inside <explanation>...</explanation>, trimmed;
      reconstruct the AR reads <bos> + "Summary of the following text:
                  <text>{explanation}</text> <summary>", runs its K+1 blocks
                  without a final norm, and maps the last row through the d x d
                  value head (y = W h, no bias);
      score       both vectors rescaled to L2 = mse_scale (sqrt(d)): mse_nrm =
                  mean squared difference = 2 (1 - cos); fve_nrm = 1 - mse_nrm/B
-                 with B the variance of normalised vectors (training set:
-                 0.0302 for 12B, 0.0579 for 27B; or a set of the user's).
+                 with B the variance of normalised vectors (the training
+                 set's, in nla_releases below; or a set of the user's).
    Every constant comes from the model's nla_meta.yaml sidecar, read here by
    a small YAML reader (the subset the released sidecars use); missing
    values fall back to the released 12B/27B pairs when the width matches. */
@@ -4808,10 +4818,26 @@ typedef struct {
     double injection_scale, mse_scale, baseline;
 } nla_release;
 
+/* The released pairs' constants: the one home of the training-set baselines
+   (Var of the normalised training vectors) that fve_nrm is measured against. */
 static const nla_release nla_releases[] = {
     {3840, 32, 80000.0, 61.96773353931867, 0.0302}, /* kitft/nla-gemma3-12b-L32-{av,ar} */
     {5376, 41, 60000.0, 73.32121111929344, 0.0579}, /* kitft/nla-gemma3-27b-L41-{av,ar} */
 };
+
+/* The released pair of width d, or NULL. */
+static const nla_release *release_of(int d) {
+    for (size_t i = 0; i < sizeof nla_releases / sizeof *nla_releases; i++)
+        if (nla_releases[i].d == d) return &nla_releases[i];
+    return NULL;
+}
+
+/* The training-set baseline of fve_nrm for d-wide vectors: the released
+   pair's of that width, else the 12B pair's. */
+static double release_baseline(int d) {
+    const nla_release *r = release_of(d);
+    return r ? r->baseline : nla_releases[0].baseline;
+}
 
 struct nla_sidecar {
     nla_meta pub;        /* what nla_model_get_meta copies out */
@@ -4964,9 +4990,7 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
     nla_status rc = NLA_OK;
     nla_meta *m = &sc->pub;
     const int d = mdl->cfg.d;
-    const nla_release *rel = NULL;
-    for (size_t i = 0; i < sizeof nla_releases / sizeof *nla_releases; i++)
-        if (nla_releases[i].d == d) rel = &nla_releases[i];
+    const nla_release *rel = release_of(d);
     m->present = 1;
     char *role;
     if (!meta_str(yd, "role", NULL, &role)) return fail(e, NLA_ERR_NOMEM, "out of memory");
@@ -5011,7 +5035,7 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
         else if (!strcmp(m->role, "ar"))
             rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a number for an AR", fn);
     }
-    m->fve_baseline = rel ? rel->baseline : 0.0302;
+    m->fve_baseline = release_baseline(d);
     note_default(m, "fve_baseline");
     m->marker_id = 246566; m->marker_left_id = 236813; m->marker_right_id = 954;
     static const char *const tok_keys[3] = {"tokens.injection_token_id",
@@ -5174,6 +5198,23 @@ nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer,
 
 /* --- verbalize */
 
+/* The AV prompt cache: the prompt's rows before the marker (0..P-1) are the
+   same for every vector, so a session computes them once. Its sequence 0
+   keeps them between calls, named by the session's prefix tag (the sidecar's
+   AV prompt), which anything else that writes the cache clears. Leaves
+   sequence 0 holding exactly those P rows: cut back to them when they are
+   there, prefilled again when not. */
+static nla_status av_prefix_fill(nla_session *s, const struct nla_sidecar *sc) {
+    const int P = sc->pub.av_marker_index;
+    if (s->prefix == sc->av_prompt && session_truncate(s, 0, P)) return NLA_OK;
+    nla_session_reset(s);
+    nla_batch bt;
+    memset(&bt, 0, sizeof bt);
+    bt.n_tokens = P;
+    bt.ids = sc->av_prompt;
+    return P ? nla_forward(s, &bt) : NLA_OK;
+}
+
 nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
                                const nla_verbalize_params *params, int32_t *ids, int cap,
                                int *n_ids) {
@@ -5241,16 +5282,7 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
         for (int i = 0; i < R; i++) seq[(size_t)q * R + i] = q;
         sel[q] = (q + 1) * R - 1; /* logits at each vector's last prompt row */
     }
-    /* rows 0..P-1 are the same for every vector: prefill them once per session
-       (sequence 0), and copy them to the other sequences */
-    if (!rc && !(s->av_prefix == P && session_truncate(s, 0, P))) {
-        nla_session_reset(s);
-        nla_batch bt;
-        memset(&bt, 0, sizeof bt);
-        bt.n_tokens = P;
-        bt.ids = sc->av_prompt;
-        rc = P ? nla_forward(s, &bt) : NLA_OK;
-    }
+    if (!rc) rc = av_prefix_fill(s, sc);
     for (int q = 1; q < B && !rc; q++) session_copy_seq(s, 0, q);
     if (!rc) {
         nla_batch bt;
@@ -5273,8 +5305,8 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
             int32_t tok = sample(s, s->logits + (size_t)q * V, &g, p.seeds ? &rng[q] : &s->rng);
             ids[(size_t)q * cap + n_ids[q]++] = tok;
             /* the callback first: it sees every token, the last one too */
-            int stop = (B == 1 && p.on_token && p.on_token(p.user, tok)) || tok == 1 ||
-                       tok == 106 || n_ids[q] == p.max_new;
+            int stop = (B == 1 && p.on_token && p.on_token(p.user, tok)) ||
+                       cfg_is_eos(&m->cfg, tok) || n_ids[q] == p.max_new;
             if (stop) { n_ids[q] = -n_ids[q]; live--; continue; }
             seq[n] = q; /* the next batch: one row per unfinished vector */
             sel[n++] = tok;
@@ -5297,7 +5329,8 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
     NLA_FREE(rows);
     NLA_FREE(rng);
     NLA_FREE(seq);
-    s->av_prefix = rc ? 0 : P; /* nla_forward cleared it; sequence 0 still starts with the prefix */
+    /* nla_forward cleared the tag; sequence 0 still starts with the prefix */
+    s->prefix = rc ? NULL : sc->av_prompt;
     return rc;
 }
 
@@ -5319,6 +5352,17 @@ int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n)
     *start = (size_t)(a - raw);
     *n = (size_t)(b - a);
     return parsed;
+}
+
+nla_status nla_explanation_decode(const nla_model *av, const int32_t *ids, int n_ids, char *raw,
+                                  size_t cap, nla_explanation *out) {
+    if (out) memset(out, 0, sizeof *out);
+    if (!av || !av->tok || !out || n_ids < 0 || (n_ids && !ids) || (cap && !raw))
+        return NLA_ERR_ARG;
+    if (n_ids > 0 && cfg_is_eos(&av->cfg, ids[n_ids - 1])) n_ids--; /* the text without it */
+    nla_status rc = nla_detokenize(av->tok, ids, n_ids, raw, cap, &out->raw_len);
+    if (!rc) out->parsed = nla_parse_explanation(raw, out->raw_len, &out->start, &out->len);
+    return rc;
 }
 
 /* --- reconstruct */
@@ -6107,23 +6151,23 @@ static uint64_t ex_seed(uint64_t seed, long idx, int c) {
     return (seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)idx + (uint64_t)c * 0xbf58476d1ce4e5b9ull;
 }
 
-/* c from n AV ids (max_new at most): the text without a final stop
-   token, and the explanation parsed out of it. */
-static nla_status ex_from_ids(const nla_tokenizer *tok, const int32_t *id, int n, int max_new,
+/* c from n ids of the AV av (max_new at most): the explanation step
+   (nla_explanation_decode), the explanation copied out of the text. */
+static nla_status ex_from_ids(const nla_model *av, const int32_t *id, int n, int max_new,
                               ex_cand *c, errbuf *e) {
-    const int stopped = n > 0 && (id[n - 1] == 1 || id[n - 1] == 106);
-    size_t len = 0, a = 0, k = 0;
+    nla_explanation x;
     ex_cand_free(c);
-    c->truncated = !stopped && n >= max_new;
-    n -= stopped;
-    nla_detokenize(tok, id, n, NULL, 0, &len);
-    if (!(c->raw = (char *)NLA_MALLOC(len + 1))) return fail(e, NLA_ERR_NOMEM, "out of memory");
-    if (nla_detokenize(tok, id, n, c->raw, len + 1, &len))
+    c->truncated = n >= max_new && !cfg_is_eos(&av->cfg, id[n - 1]);
+    nla_explanation_decode(av, id, n, NULL, 0, &x);
+    if (!(c->raw = (char *)NLA_MALLOC(x.raw_len + 1)))
+        return fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (nla_explanation_decode(av, id, n, c->raw, x.raw_len + 1, &x))
         return fail(e, NLA_ERR_RANGE, "the AV wrote an id outside the vocabulary");
-    c->raw_len = len;
-    c->parsed = nla_parse_explanation(c->raw, len, &a, &k);
-    return (c->ex = xstrndup(c->raw + a, k)) != NULL ? NLA_OK
-                                                     : fail(e, NLA_ERR_NOMEM, "out of memory");
+    c->raw_len = x.raw_len;
+    c->parsed = x.parsed;
+    return (c->ex = xstrndup(c->raw + x.start, x.len)) != NULL
+               ? NLA_OK
+               : fail(e, NLA_ERR_NOMEM, "out of memory");
 }
 
 /* Called with the texts done of all; nonzero stops (NLA_ERR_CANCELLED). */
@@ -6133,9 +6177,9 @@ typedef int (*ex_progress_fn)(void *user, int done, int total);
    cand [n * M], decoded by the AV session s up to sp->batch at a time:
    the greedy texts first, then the sampled ones (a batch shares one
    temperature), each sampled one from its own stream. */
-static nla_status ex_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v,
-                               const long *idx, int n, const ex_spec *sp, ex_cand *cand,
-                               ex_progress_fn progress, void *user, errbuf *e) {
+static nla_status ex_verbalize(nla_session *s, const float *v, const long *idx, int n,
+                               const ex_spec *sp, ex_cand *cand, ex_progress_fn progress,
+                               void *user, errbuf *e) {
     const int d = s->m->cfg.d, M = sp->n_cand + sp->greedy, B = sp->batch, W = sp->max_new;
     /* [B, d] the batch's vectors */
     float *vb = (float *)xmalloc((size_t)B, (size_t)d * sizeof(float));
@@ -6163,7 +6207,7 @@ static nla_status ex_verbalize(nla_session *s, const nla_tokenizer *tok, const f
             if ((rc = nla_verbalize_batch(s, vb, nb, &vp, ids, W, n_ids)) != NLA_OK)
                 rc = fail(e, rc, "%s", nla_session_errmsg(s));
             for (int q = 0; q < nb && !rc; q++)
-                rc = ex_from_ids(tok, ids + (size_t)q * W, n_ids[q], W, &cand[item[q]], e);
+                rc = ex_from_ids(s->m, ids + (size_t)q * W, n_ids[q], W, &cand[item[q]], e);
             done += nb;
             if (!rc && progress && progress(user, done, n * M))
                 rc = fail(e, NLA_ERR_CANCELLED, "cancelled");
@@ -7023,7 +7067,7 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
     sp.batch = sp.batch < n_texts ? sp.batch : n_texts;
     rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, sp.batch, x->av.av_prompt_len + x->p.max_new,
                  &m, &s, e);
-    if (!rc && (rc = ex_verbalize(s, x->tok, x->v, todo, nc, &sp, x->cand, ev_verbalize_progress, x,
+    if (!rc && (rc = ex_verbalize(s, x->v, todo, nc, &sp, x->cand, ev_verbalize_progress, x,
                                   &why)) != NLA_OK)
         rc = fail(e, rc, "eval: %s", why.msg);
     ev_close(&m, &s);
@@ -7171,7 +7215,7 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
         return fail(e, NLA_ERR_ARG,
                     "eval: the target %s (d %d, %d blocks) does not fit the AV (d %d, layer %d)",
                     x->p.target, in.d_model, in.n_layers, x->av.d_model, x->av.layer);
-    x->baseline = x->av.fve_baseline > 0 ? x->av.fve_baseline : 0.0302;
+    x->baseline = x->av.fve_baseline > 0 ? x->av.fve_baseline : release_baseline(x->av.d_model);
     return NLA_OK;
 }
 
@@ -7874,7 +7918,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         if (pr == NLA_ERR_NOMEM) rc = fail(e, pr, "eval: out of memory");
     }
     if (!(s->baseline > 0) || !isfinite(s->baseline)) {
-        s->baseline = 0.0302;
+        s->baseline = release_baseline(0);
         s->baseline_kind = "training set (12B default)";
     }
     if (!rc && s->dir && vectors) { /* the vectors, for fve against each group's own mean */
@@ -9862,8 +9906,9 @@ static const char *const usage_score =
     "\n"
     "Scores each reconstruction (row of r.npy) against its original (row of v.npy): one JSON\n"
     "object per row {\"row\", \"mse_nrm\", \"cos\", \"fve_nrm\"}, then a summary object.\n"
-    "  --baseline B    the variance baseline of fve_nrm; default the training set's: 0.0579\n"
-    "                  for d = 5376 (27B), else 0.0302 (12B); 'own' computes it from v.npy\n"
+    "  --baseline B    the variance baseline of fve_nrm; default the training set's of the\n"
+    "                  released NLA of that width (27B: d = 5376; else 12B's); 'own' computes\n"
+    "                  it from v.npy\n"
     "--cross scores every reconstruction i against every vector j: the share of reconstructions\n"
     "whose own vector is the closest, the mean rank of the own vector (1 = closest; ties count\n"
     "against it), and for n <= 12 the matrix of mse_nrm as a table.\n"
@@ -10027,14 +10072,14 @@ out:
 /* One explanation: verbalize v, decode, parse; writes the JSON fields
    "explanation", "raw", "parsed" and "ids" (without braces) to stdout. */
 typedef struct {
-    char *raw;
-    size_t raw_len, ex_start, ex_len;
-    int parsed, n_ids;
+    char *raw;          /* the AV's text */
+    nla_explanation ex; /* the explanation's span in raw */
+    int n_ids;
     int32_t ids[4096];
 } cli_expl;
 
-/* Explains B vectors together (the session holds B sequences). */
-static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *v, int B,
+/* Explains B vectors together (the session, on the AV av, holds B sequences). */
+static int cli_verbalize(nla_session *s, const nla_model *av, const float *v, int B,
                          const cli_opts *o, cli_expl *x) {
     nla_verbalize_params vp;
     memset(&vp, 0, sizeof vp);
@@ -10046,26 +10091,22 @@ static int cli_verbalize(nla_session *s, const nla_tokenizer *tok, const float *
     int *n_ids = (int *)NLA_MALLOC(sizeof(int) * (size_t)B);
     nla_status rc =
         ids && n_ids ? nla_verbalize_batch(s, v, B, &vp, ids, vp.max_new, n_ids) : NLA_ERR_NOMEM;
+    const char *why = rc == NLA_ERR_NOMEM ? "out of memory" : nla_session_errmsg(s);
     for (int q = 0; q < B && !rc; q++) {
         cli_expl *e = &x[q];
         e->n_ids = n_ids[q];
         memcpy(e->ids, ids + (size_t)q * vp.max_new, sizeof(int32_t) * (size_t)e->n_ids);
-        /* the text without the final stop token */
-        int n = e->n_ids > 0 && (e->ids[e->n_ids - 1] == 1 || e->ids[e->n_ids - 1] == 106)
-                    ? e->n_ids - 1
-                    : e->n_ids;
-        nla_detokenize(tok, e->ids, n, NULL, 0, &e->raw_len);
+        nla_explanation_decode(av, e->ids, e->n_ids, NULL, 0, &e->ex);
         NLA_FREE(e->raw);
-        if (!(e->raw = (char *)NLA_MALLOC(e->raw_len + 1))) rc = NLA_ERR_NOMEM;
-        else nla_detokenize(tok, e->ids, n, e->raw, e->raw_len + 1, &e->raw_len);
-        if (!rc) e->parsed = nla_parse_explanation(e->raw, e->raw_len, &e->ex_start, &e->ex_len);
+        if (!(e->raw = (char *)NLA_MALLOC(e->ex.raw_len + 1)))
+            rc = NLA_ERR_NOMEM, why = "out of memory";
+        else if ((rc = nla_explanation_decode(av, e->ids, e->n_ids, e->raw, e->ex.raw_len + 1,
+                                              &e->ex)))
+            why = "the AV wrote an id outside the vocabulary";
     }
     NLA_FREE(ids);
     NLA_FREE(n_ids);
-    if (rc)
-        return cli_error("%s (%s)", rc == NLA_ERR_NOMEM ? "out of memory" : nla_session_errmsg(s),
-                         nla_strerror(rc));
-    return 0;
+    return rc ? cli_error("%s (%s)", why, nla_strerror(rc)) : 0;
 }
 
 /* An AV session for batches of up to B vectors: B sequences, each as long
@@ -10118,10 +10159,10 @@ static int cli_ar_session_texts(nla_model *m, const char *dir, const cli_opts *o
 
 static void print_expl_fields(const cli_expl *x) {
     printf("\"explanation\": ");
-    cli_json(x->raw + x->ex_start, x->ex_len);
+    cli_json(x->raw + x->ex.start, x->ex.len);
     printf(", \"raw\": ");
-    cli_json(x->raw, x->raw_len);
-    printf(", \"parsed\": %s, \"ids\": [", x->parsed ? "true" : "false");
+    cli_json(x->raw, x->ex.raw_len);
+    printf(", \"parsed\": %s, \"ids\": [", x->ex.parsed ? "true" : "false");
     for (int i = 0; i < x->n_ids; i++) printf("%s%d", i ? "," : "", x->ids[i]);
     printf("]");
 }
@@ -10150,7 +10191,7 @@ static int cmd_verbalize(int argc, char **argv) {
     if (cli_av_session(m, &o, n < B ? n : B, &s)) goto out;
     for (int i = 0; i < n; i += B) {
         const int nb = n - i < B ? n - i : B;
-        if (cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, &o, x)) goto out;
+        if (cli_verbalize(s, m, v + (size_t)i * d, nb, &o, x)) goto out;
         for (int q = 0; q < nb; q++) {
             printf("{\"row\": %d, ", i + q);
             print_expl_fields(&x[q]);
@@ -10264,7 +10305,7 @@ static int cli_baseline(const char *arg, const float *v, int n, int d, double *B
         return 0;
     }
     *kind = "training";
-    *B = d == 5376 ? 0.0579 : 0.0302;
+    *B = release_baseline(d);
     return 0;
 }
 
@@ -10494,7 +10535,7 @@ static int cmd_explain(int argc, char **argv) {
     if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
         cli_av_session(m, &o, n_pos * M < nbatch ? n_pos * M : nbatch, &s))
         goto out;
-    if (ex_verbalize(s, tok, v, idx, n_pos, &sp, cand, NULL, NULL, &e)) {
+    if (ex_verbalize(s, v, idx, n_pos, &sp, cand, NULL, NULL, &e)) {
         cli_error("%s", e.msg);
         goto out;
     }
@@ -10511,7 +10552,7 @@ static int cmd_explain(int argc, char **argv) {
                   ar_meta.d_model, ar_meta.layer, d, K);
         goto out;
     }
-    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
+    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : release_baseline(d);
     if (ex_choose(s, v, n_pos, &sp, cand, ar_meta.mse_scale, B, best, rec, &e) ||
         (o.parts && ex_score_parts(s, v, n_pos, cand, M, best, ar_meta.mse_scale, B, parts, &e))) {
         cli_error("%s", e.msg);
@@ -11275,10 +11316,10 @@ static int cli_explain_vectors(nla_model *m, const cli_opts *o, const float *v, 
     int ret = !x ? cli_error("out of memory") : cli_av_session(m, o, n < B ? n : B, &s);
     for (int i = 0; !ret && i < n; i += B) {
         const int nb = n - i < B ? n - i : B;
-        ret = cli_verbalize(s, nla_model_tokenizer(m), v + (size_t)i * d, nb, o, x);
+        ret = cli_verbalize(s, m, v + (size_t)i * d, nb, o, x);
         for (int q = 0; !ret && q < nb; q++) {
-            parsed[i + q] = x[q].parsed;
-            if (!(ex[i + q] = xstrndup(x[q].raw + x[q].ex_start, x[q].ex_len)))
+            parsed[i + q] = x[q].ex.parsed;
+            if (!(ex[i + q] = xstrndup(x[q].raw + x[q].ex.start, x[q].ex.len)))
                 ret = cli_error("out of memory");
         }
     }
@@ -11458,7 +11499,7 @@ static int cmd_steer(int argc, char **argv) {
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
                         "are meaningless\n");
     /* 5. scores against v' and against v */
-    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : 0.0302;
+    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : release_baseline(d);
     fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
             toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
     if (!o.jsonl)

@@ -10,12 +10,16 @@
    nla_model_open and a session made for each with nla_session_new):
 
        int32_t ids[64], out[200]; int n, n_out; float v[3840], r[3840];
+       char raw[4096]; nla_explanation ex; nla_meta mt; nla_scores sc;
+       nla_model_get_meta(ar, &mt);                    // K, mse_scale, baseline
        nla_tokenize(nla_model_tokenizer(t), text, len, NLA_TOKENIZE_BOS, ids, 64, &n);
-       nla_extract(st, ids, n, 32, &pos, 1, v);       // block 32 at `pos`
+       nla_extract(st, ids, n, mt.layer, &pos, 1, v);  // block K at `pos`
        nla_verbalize(sav, v, NULL, out, 200, &n_out);  // AV: ids of the text
-       ... nla_detokenize, nla_parse_explanation -> expl ...
+       nla_explanation_decode(av, out, n_out, raw, sizeof raw, &ex);
+       raw[ex.start + ex.len] = 0;                     // the explanation alone
+       const char *expl = raw + ex.start;
        nla_reconstruct(sar, &expl, 1, r);              // AR: back to a vector
-       nla_scores sc; nla_score(v, r, 3840, sqrt(3840.0), 0.0302, &sc);
+       nla_score(v, r, mt.d_model, mt.mse_scale, mt.fve_baseline, &sc);
 
    Rules.
    - Ownership: anything made by nla_X_open/new is released by nla_X_close/
@@ -31,7 +35,7 @@
      No global mutable state.
    - Params structs: zero means default; pass NULL for all defaults.
 
-   Version 0.1.0. MIT licence (see LICENSE). */
+   Version 0.3.0. MIT licence (see LICENSE). */
 #ifndef NLA_H
 #define NLA_H
 
@@ -42,12 +46,21 @@
 extern "C" {
 #endif
 
+/* The version's one home: these three numbers (the comment at the top of
+   this file and README.md repeat them; tests/test_api.c checks both). */
 #define NLA_VERSION_MAJOR 0 /* bumped on breaking API changes */
 #define NLA_VERSION_MINOR 3 /* bumped on compatible additions */
 #define NLA_VERSION_PATCH 0 /* bumped on fixes */
 #define NLA_VERSION_NUMBER (NLA_VERSION_MAJOR * 10000 + NLA_VERSION_MINOR * 100 + NLA_VERSION_PATCH)
+#define NLA_VERSION_STR_(x) #x
+#define NLA_VERSION_STR(x) NLA_VERSION_STR_(x)
+/* The version as a string literal: "0.3.0". */
+#define NLA_VERSION                                                                   \
+    NLA_VERSION_STR(NLA_VERSION_MAJOR) "." NLA_VERSION_STR(NLA_VERSION_MINOR) "." \
+        NLA_VERSION_STR(NLA_VERSION_PATCH)
 
-/* Runtime version string, e.g. "0.1.0": lets a caller catch a mismatched build. */
+/* Runtime version string (NLA_VERSION of the build): lets a caller catch a
+   mismatched build. */
 const char *nla_version(void);
 
 /* ---- Errors ------------------------------------------------------------- */
@@ -480,11 +493,12 @@ typedef struct {
 } nla_verbalize_params;
 
 /* AV: the explanation of vector v [d_model] as token ids (capacity cap >=
-   max_new), stopping on <eos> or <end_of_turn> (kept as the last id). The
-   session must belong to an AV model with a tokenizer. The prompt rows
-   before the marker are computed once per session and reused. Decode the
-   ids with nla_detokenize, then nla_parse_explanation. A vector holding a
-   NaN or Inf is refused (NLA_ERR_NONFINITE; the message names it). */
+   max_new), stopping on one of the AV's eos ids (<eos> or <end_of_turn>
+   for the released AVs; kept as the last id). The session must belong to an
+   AV model with a tokenizer. The prompt rows before the marker are computed
+   once per session and reused. nla_explanation_decode turns the ids into
+   the explanation. A vector holding a NaN or Inf is refused
+   (NLA_ERR_NONFINITE; the message names it). */
 nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_params *params,
                          int32_t *ids, int cap, int *n_ids);
 
@@ -503,6 +517,24 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
    the trimmed text inside. Returns 1 if both tags were found; otherwise 0,
    and *start / *n give the whole raw text, trimmed. */
 int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n);
+
+/* The text of one explanation, as nla_explanation_decode finds it. */
+typedef struct {
+    size_t raw_len;    /* bytes of the AV's text (a NUL follows it in raw) */
+    size_t start, len; /* the explanation: raw[start .. start + len) */
+    int parsed;        /* 1: found inside <explanation>...</explanation>; 0: the
+                          whole text, trimmed (the output is unparsed) */
+} nla_explanation;
+
+/* The explanation step: the ids nla_verbalize wrote for one vector -> text.
+   Drops the last id when it is one of the AV's stop ids (its eos ids, from
+   config.json / generation_config.json), detokenizes the rest into raw
+   (capacity cap, NUL-terminated) with the AV's tokenizer, and finds the
+   explanation in it (nla_parse_explanation). NLA_ERR_BUFFER_TOO_SMALL, with
+   out->raw_len set, when cap <= raw_len: call with raw NULL and cap 0 to
+   size the buffer. NLA_ERR_RANGE for an id outside the vocabulary. */
+nla_status nla_explanation_decode(const nla_model *av, const int32_t *ids, int n_ids, char *raw,
+                                  size_t cap, nla_explanation *out);
 
 /* AR: reconstructs n vectors (out [n, d_model]) from n NUL-terminated
    explanations: <bos> + the AR template around the trimmed explanation,

@@ -467,6 +467,89 @@ static void test_parse(void) {
     CHECK(n == 1 && r4[a] == 'a');
 }
 
+/* A copy of the AV folder (weights linked) whose generation_config.json
+   names other stop ids: eos, as JSON. */
+static nla_model *av_with_eos(const char *eos) {
+    const char *dir = "tests/tmp/av_eos";
+    char p[512], src[512];
+    mkdir("tests/tmp", 0755);
+    mkdir(dir, 0755);
+    static const char *const files[] = {"config.json", "model.safetensors", "nla_meta.yaml"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        snprintf(src, sizeof src, "../../data/nla/av/%s", files[i]);
+        remove(p);
+        CHECK(symlink(src, p) == 0);
+    }
+    snprintf(p, sizeof p, "%s/generation_config.json", dir);
+    snprintf(src, sizeof src, "{\"bos_token_id\": 2, \"eos_token_id\": %s}\n", eos);
+    CHECK(spit(p, src, strlen(src)) == 0);
+    return open_nla(dir);
+}
+
+/* The explanation step: the last id dropped when it is one of the AV's own
+   stop ids (config / generation_config), detokenized, the tags parsed; and
+   nla_verbalize stops on the same ids. */
+static void test_explanation(nla_model *av) {
+    const char *text = "<explanation>\nTopic: x.\n</explanation>";
+    int32_t ids[64];
+    int n = 0;
+    CHECK_EQ(nla_tokenize(nla_model_tokenizer(av), text, strlen(text), 0, ids, 60, &n), NLA_OK);
+    char raw[256];
+    nla_explanation ex;
+    for (int k = 0; k < 3; k++) { /* no stop id, then <eos> (1), then <end_of_turn> (106) */
+        ids[n] = k == 1 ? 1 : 106;
+        CHECK_EQ(nla_explanation_decode(av, ids, n + (k > 0), raw, sizeof raw, &ex), NLA_OK);
+        CHECK_MSG(ex.raw_len == strlen(text) && !strcmp(raw, text), "stop id %d: raw '%s'", k ? ids[n] : -1, raw);
+        CHECK(ex.parsed == 1 && ex.len == 9 && !memcmp(raw + ex.start, "Topic: x.", 9));
+    }
+    /* sizing: the length without a buffer, then exactly enough room */
+    CHECK_EQ(nla_explanation_decode(av, ids, n + 1, NULL, 0, &ex), NLA_ERR_BUFFER_TOO_SMALL);
+    CHECK_EQ(ex.raw_len, strlen(text));
+    CHECK_EQ(nla_explanation_decode(av, ids, n + 1, raw, strlen(text), &ex), NLA_ERR_BUFFER_TOO_SMALL);
+    CHECK_EQ(nla_explanation_decode(av, ids, n + 1, raw, strlen(text) + 1, &ex), NLA_OK);
+    /* a stop id inside the text stays; an id outside the vocabulary is an error */
+    int32_t mid[3] = {106, ids[0], 106};
+    CHECK_EQ(nla_explanation_decode(av, mid, 3, raw, sizeof raw, &ex), NLA_OK);
+    CHECK_MSG(!strncmp(raw, "<end_of_turn>", 13) && ex.parsed == 0, "raw '%s'", raw);
+    int32_t bad = 300000;
+    CHECK_EQ(nla_explanation_decode(av, &bad, 1, raw, sizeof raw, &ex), NLA_ERR_RANGE);
+    CHECK_EQ(nla_explanation_decode(NULL, ids, n, raw, sizeof raw, &ex), NLA_ERR_ARG);
+
+    /* another model's stop ids: only <eos> stops, <end_of_turn> is text */
+    nla_model *other = av_with_eos("[1]");
+    if (!other) return;
+    ids[n] = 106;
+    CHECK_EQ(nla_explanation_decode(other, ids, n + 1, raw, sizeof raw, &ex), NLA_OK);
+    CHECK_MSG(ex.raw_len == strlen(text) + 13 && !strcmp(raw + strlen(text), "<end_of_turn>"), "raw '%s'", raw);
+    nla_model_close(other);
+
+    /* nla_verbalize stops on the model's ids: make the 4th greedy token a stop id */
+    long long rows = 0;
+    float *vk = load(G "target_blockK.npy", &rows);
+    nla_session *s = NULL;
+    int32_t out[10], out2[10];
+    int n_out = 0, n_out2 = 0;
+    nla_verbalize_params vp;
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = 10;
+    CHECK_EQ(nla_session_new(av, NULL, &s), NLA_OK);
+    CHECK_EQ(nla_verbalize(s, vk + D, &vp, out, 10, &n_out), NLA_OK);
+    nla_session_free(s);
+    char eos[32];
+    snprintf(eos, sizeof eos, "[%d]", out[3]);
+    other = av_with_eos(eos);
+    CHECK_EQ(nla_session_new(other, NULL, &s), NLA_OK);
+    CHECK_EQ(nla_verbalize(s, vk + D, &vp, out2, 10, &n_out2), NLA_OK);
+    int first = 0;
+    while (out[first] != out[3]) first++;
+    CHECK_MSG(n_out == 10 && n_out2 == first + 1 && !memcmp(out, out2, sizeof(int32_t) * (size_t)n_out2),
+              "stop id %d: %d ids, want %d", out[3], n_out2, first + 1);
+    nla_session_free(s);
+    nla_model_close(other);
+    free(vk);
+}
+
 int main(void) {
     FILE *f = fopen(TOKJSON, "rb");
     if (!f) { printf("%s is missing: run 'make weights/tokenizer.json'\n0 passed, 1 failed\n", TOKJSON); return 1; }
@@ -478,6 +561,7 @@ int main(void) {
         test_sidecar_errors();
         test_pipeline(target, av, ar);
         test_parse();
+        test_explanation(av);
         test_npy();
     }
     nla_model_close(target); nla_model_close(av); nla_model_close(ar);
