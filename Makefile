@@ -139,15 +139,19 @@ bench-anchor: tests/bench weights/tokenizer.json weights/bench-1b-q8_0 weights/b
 	  echo "== nla.c $$q"; NLA_BENCH_NO_TOKENIZER=1 ./tests/bench weights/bench-1b-$$q; done
 
 # The tests again on the portable fallbacks: stdio instead of mmap, the
-# scalar kernels instead of the SIMD ones, and on x86-64 the plain AVX2
-# kernel (x86-64-v3: no VNNI, no AVX-512) that -march=native skips on a
-# newer machine.
+# scalar kernels instead of the SIMD ones, the library without section 14
+# (NLA_NO_EVAL: test_eval then only checks that eval is absent, and the
+# other tests skip what needs nla eval), and on x86-64 the plain AVX2 kernel
+# (x86-64-v3: no VNNI, no AVX-512) that -march=native skips on a newer
+# machine.
 X86_V3 = $(shell $(CC) -march=x86-64-v3 -x c -c /dev/null -o /dev/null 2>/dev/null && echo -march=x86-64-v3)
 variants:
 	$(MAKE) clean
 	$(MAKE) test CFLAGS="-O2 -g -DNLA_NO_MMAP"
 	$(MAKE) clean
 	$(MAKE) test CFLAGS="-O2 -g $(NATIVE) -DNLA_NO_SIMD"
+	$(MAKE) clean
+	$(MAKE) test CFLAGS="-O2 -g $(NATIVE) -DNLA_NO_EVAL"
 	$(MAKE) clean
 	$(if $(X86_V3),$(MAKE) test CFLAGS="-O2 -g $(X86_V3)" && $(MAKE) clean)
 

@@ -19,7 +19,7 @@
     11  Tokenizer: tokenizer.json BPE, added tokens, chat template
     12  Decoding: sampling and the generate loop
     13  NLA: sidecar, extract, verbalize, reconstruct, score
-    14  Evaluation: the pretraining-vs-chat study
+    14  Evaluation: the pretraining-vs-chat study (not with -DNLA_NO_EVAL)
     15  CLI (only with -DNLA_MAIN)
 
    Conventions. Matrices are row-major; a weight W of shape [out, in] (as HF
@@ -34,7 +34,9 @@
 /* ==== 1 Portability and compile-time options ============================ */
 
 /* NLA_NO_MMAP: read weights with stdio instead of mmap (non-POSIX systems).
-   NLA_NO_SIMD: the scalar kernels only. */
+   NLA_NO_SIMD: the scalar kernels only.
+   NLA_NO_EVAL: leaves out section 14 (nla eval, the study search) and its
+   nla.h block, for programs that want the engine and the NLA only. */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
 #define _POSIX_C_SOURCE 200809L
 #endif
@@ -5468,6 +5470,7 @@ nla_status nla_reconstruct(nla_session *s, const char *const *explanations, int 
     return rc;
 }
 
+#ifndef NLA_NO_EVAL /* used by the study search only (section 14) */
 /* The shape of the .npy file at path and the offset of its data, from its
    header alone (for arrays too large to read whole). */
 static nla_status npy_probe(const char *path, int64_t shape[2], int *ndim, long *data_off,
@@ -5496,6 +5499,7 @@ static nla_status npy_probe(const char *path, int64_t shape[2], int *ndim, long 
     NLA_FREE(buf);
     return rc;
 }
+#endif
 
 /* --- score */
 
@@ -5608,12 +5612,526 @@ nla_status nla_score_cross(const float *v, const float *r, int n, int d, double 
     return NLA_OK;
 }
 
+/* --- explanations: best of N, per-part scores, trust flags (nla explain and nla eval)
+
+   Best of N: N sampled explanations per vector, each reconstructed by the
+   AR; the one of lowest mse_nrm is kept. The AR that picks is the AR that
+   scores, so the chosen score is optimistic against an independent judge.
+   Each text is decoded from its own stream (ex_seed: the run's seed, the
+   sample and the candidate), so batches, resumes and shards agree. */
+
+/* The next paragraph of [*p, end) (a run of lines that are not blank) as
+   [b, *e); NULL when there is none. Moves *p past it. */
+static const char *ev_paragraph(const char **p, const char *end, const char **e) {
+    const char *b = *p, *q;
+    while (b < end && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) b++;
+    if (b == end) return NULL;
+    for (*e = b; *e < end; (*e)++) {
+        if (**e != '\n') continue;
+        for (q = *e + 1; q < end && (*q == ' ' || *q == '\t' || *q == '\r'); q++) {}
+        if (q == end || *q == '\n') break;
+    }
+    *p = *e;
+    return b;
+}
+
+/* One AV text of a vector: the raw decoded text (without the stop token),
+   the explanation in it (trimmed) and its scores. */
+typedef struct {
+    char *raw, *ex;
+    size_t raw_len;
+    int parsed;    /* <explanation>...</explanation> found */
+    int truncated; /* max_new ids without a stop token */
+    nla_scores sc;
+} ex_cand;
+
+/* Reconstructs texts ex[0..n) with the AR session s, G = n_seq at a time
+   into rec [G, d], and scores text t against vector v[of[t]] into *sc[t];
+   after each group, keep(user, t0, g, rec) (optional) sees the group. */
+typedef void (*ex_keep_fn)(void *user, int t0, int g, const float *rec);
+static nla_status ex_score_texts(nla_session *s, const char *const *ex, int n, const float *v,
+                                 const int *of, nla_scores *const *sc, double mse_scale,
+                                 double baseline, ex_keep_fn keep, void *user, errbuf *e) {
+    const int d = s->m->cfg.d, G = s->n_seq;
+    float *rec = (float *)xmalloc((size_t)G, (size_t)d * sizeof(float));
+    nla_status rc = rec ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    for (int t0 = 0; t0 < n && !rc; t0 += G) {
+        const int g = n - t0 < G ? n - t0 : G;
+        if ((rc = nla_reconstruct(s, ex + t0, g, rec)) != NLA_OK)
+            rc = fail(e, rc, "%s", nla_session_errmsg(s));
+        for (int q = 0; q < g && !rc; q++)
+            nla_score(v + (size_t)of[t0 + q] * d, rec + (size_t)q * d, d, mse_scale, baseline,
+                      sc[t0 + q]);
+        if (!rc && keep) keep(user, t0, g, rec);
+    }
+    NLA_FREE(rec);
+    return rc;
+}
+
+/* Per-part scores (nla_part_scores): an explanation's paragraphs
+   (ev_paragraph), each reconstructed alone, and each prefix. The whole
+   text (the last prefix; the part of a one-paragraph text) keeps the score
+   it has. */
+#define EX_MAX_PARTS NLA_MAX_PARTS
+typedef nla_part_scores ex_parts;
+
+/* The spans [b[j], e[j]) of the parts of ex; returns their number. */
+static int ex_split(const char *ex, const char **b, const char **e) {
+    const char *p = ex, *end = ex + strlen(ex), *pb, *pe = NULL;
+    int n = 0;
+    while ((pb = ev_paragraph(&p, end, &pe)) != NULL) {
+        if (n == EX_MAX_PARTS) e[n - 1] = pe;
+        else { b[n] = pb; e[n++] = pe; }
+    }
+    return n;
+}
+
+/* The parts of the chosen explanation of each of n vectors v [n, d]
+   (cand[i * M + best[i]]) into out[i], reconstructed by the AR session s. */
+static nla_status ex_score_parts(nla_session *s, const float *v, int n, const ex_cand *cand, int M,
+                                 const int *best, double mse_scale, double baseline, ex_parts *out,
+                                 errbuf *e) {
+    const size_t cap = (size_t)n * (2 * EX_MAX_PARTS - 1);
+    char **txt = (char **)xcalloc(cap + 1, sizeof(char *));
+    nla_scores **sc = (nla_scores **)xmalloc(cap + 1, sizeof(nla_scores *));
+    int *of = (int *)xmalloc(cap + 1, sizeof(int)), T = 0;
+    nla_status rc = txt && sc && of ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n && !rc; i++) {
+        const char *b[EX_MAX_PARTS], *en[EX_MAX_PARTS];
+        const ex_cand *c = &cand[i * M + best[i]];
+        ex_parts *p = &out[i];
+        p->n = ex_split(c->ex, b, en);
+        for (int j = 0; j < p->n && !rc; j++) {
+            p->part[j] = p->prefix[j] = c->sc;
+            for (int k = 0; k < 2 && p->n > 1; k++) { /* part j alone; the prefix through j */
+                const char *from = k ? b[0] : b[j];
+                if (k && j == p->n - 1) continue; /* the last prefix is the whole */
+                if (!(txt[T] = xstrndup(from, (size_t)(en[j] - from)))) {
+                    rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                sc[T] = k ? &p->prefix[j] : &p->part[j];
+                of[T++] = i;
+            }
+        }
+    }
+    if (!rc && T)
+        rc = ex_score_texts(s, (const char *const *)txt, T, v, of, sc, mse_scale, baseline, NULL,
+                            NULL, e);
+    for (size_t t = 0; txt && t < cap; t++) NLA_FREE(txt[t]);
+    NLA_FREE(txt);
+    NLA_FREE(sc);
+    NLA_FREE(of);
+    return rc;
+}
+
+nla_status nla_score_parts(nla_session *s, const float *v, const char *explanation, double baseline,
+                           nla_part_scores *out) {
+    ex_cand c;
+    nla_scores *sc = &c.sc;
+    const int of = 0, best = 0;
+    const struct nla_sidecar *sc_ar = s ? s->m->nla : NULL;
+    if (!s) return NLA_ERR_ARG;
+    if (!v || !explanation || !out)
+        return fail(&s->err, NLA_ERR_ARG, "nla_score_parts: v, explanation and out are required");
+    if (!sc_ar || strcmp(sc_ar->pub.role, "ar"))
+        return fail(&s->err, NLA_ERR_ARG, "nla_score_parts: %s is not an AR", s->m->dir);
+    errbuf e; /* the session's message is read while composing this one */
+    memset(&c, 0, sizeof c);
+    c.ex = (char *)(uintptr_t)explanation;
+    nla_status rc = ex_score_texts(s, &explanation, 1, v, &of, &sc, sc_ar->pub.mse_scale, baseline,
+                                   NULL, NULL, &e);
+    if (!rc) rc = ex_score_parts(s, v, 1, &c, 1, &best, sc_ar->pub.mse_scale, baseline, out, &e);
+    return rc ? fail(&s->err, rc, "nla_score_parts: %s", e.msg) : NLA_OK;
+}
+
+#if !defined(NLA_NO_EVAL) || defined(NLA_MAIN) /* the rest: nla explain and nla eval */
+
+/* Text made by render(b, ctx) into an sbuf, as a heap string: rendered once
+   to measure, once to write. *len (when not NULL) gets its length; NULL
+   when out of memory. */
+typedef void (*ev_render_fn)(sbuf *b, const void *ctx);
+static char *ev_render(ev_render_fn render, const void *ctx, size_t *len) {
+    sbuf b = {NULL, 0, 0};
+    render(&b, ctx);
+    b.cap = b.len + 1;
+    if (!(b.out = (char *)NLA_MALLOC(b.cap))) return NULL;
+    b.len = 0;
+    render(&b, ctx);
+    b.out[b.len] = 0;
+    if (len) *len = b.len;
+    return b.out;
+}
+
+/* A C string rendered as a JSON string literal (ev_render's ctx is the string). */
+/* Special tokens (never sampled with skip_special): added tokens written
+   <...> (<bos>, <start_of_turn>, <unused0>), not the added newline runs. */
+static int ev_special(const nla_tokenizer *t, int32_t id) {
+    if (id < 0 || id >= t->n_ids || !(t->flags[id] & TOK_ADDED)) return 0;
+    const char *p = t->arena + t->piece[id].off;
+    const uint32_t n = t->piece[id].len;
+    return n >= 3 && p[0] == '<' && p[n - 1] == '>';
+}
+
+/* The degenerate templates and failures the released AVs are known for
+   (README.md, nla eval, describes them). */
+enum { T_SINK, T_FALLBACK, T_CJK, T_NEWLINES, T_UNPARSED, T_COUNT };
+static int ev_is_cjk(uint32_t c) {
+    return (c >= 0x2e80 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) ||
+           (c >= 0xf900 && c <= 0xfaff) || (c >= 0xff00 && c <= 0xffef);
+}
+
+static void ev_templates(const char *ex, const char *raw, int parsed, int *flag) {
+    const char *t = *ex ? ex : raw;
+    size_t n = strlen(t);
+    int cjk = 0, other = 0;
+    for (size_t i = 0; i < n;) {
+        int k = utf8_char_len((const unsigned char *)t + i, n - i);
+        if (k < 1) { i++; other++; continue; }
+        if (ev_is_cjk(utf8_cp((const unsigned char *)t + i, k))) cjk++;
+        else if (!py_space(utf8_cp((const unsigned char *)t + i, k))) other++;
+        i += (size_t)k;
+    }
+    flag[T_SINK] = strstr(ex, "Fragmented, incoherent academic text") != NULL;
+    flag[T_FALLBACK] =
+        strstr(ex, "research paper") || strstr(ex, "Fibonacci") || strstr(ex, "Kalman");
+    flag[T_CJK] = cjk > 0 && cjk >= other;
+    flag[T_NEWLINES] = strstr(raw, "\n\n\n") != NULL;
+    flag[T_UNPARSED] = !parsed;
+}
+
+
+static void ex_cand_free(ex_cand *c) {
+    NLA_FREE(c->raw);
+    NLA_FREE(c->ex);
+    c->raw = c->ex = NULL;
+}
+
+/* What is decoded for each vector: n_cand sampled candidates (c = 0 ..
+   n_cand-1), then, when `greedy`, the greedy explanation (c = n_cand):
+   M = n_cand + greedy texts, at cand[i * M + c]. */
+typedef struct {
+    int n_cand, greedy, batch, max_new, top_k;
+    float temperature, top_p;
+    uint64_t seed;
+} ex_spec;
+
+/* The stream of candidate c of sample idx in a run seeded with seed
+   (candidate 0: the one stream per sample of a run without best-of). */
+static uint64_t ex_seed(uint64_t seed, long idx, int c) {
+    return (seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)idx + (uint64_t)c * 0xbf58476d1ce4e5b9ull;
+}
+
+/* c from n ids of the AV av (max_new at most): the explanation step
+   (nla_explanation_decode), the explanation copied out of the text. */
+static nla_status ex_from_ids(const nla_model *av, const int32_t *id, int n, int max_new,
+                              ex_cand *c, errbuf *e) {
+    nla_explanation x;
+    ex_cand_free(c);
+    c->truncated = n >= max_new && !cfg_is_eos(&av->cfg, id[n - 1]);
+    nla_explanation_decode(av, id, n, NULL, 0, &x);
+    if (!(c->raw = (char *)NLA_MALLOC(x.raw_len + 1)))
+        return fail(e, NLA_ERR_NOMEM, "out of memory");
+    if (nla_explanation_decode(av, id, n, c->raw, x.raw_len + 1, &x))
+        return fail(e, NLA_ERR_RANGE, "the AV wrote an id outside the vocabulary");
+    c->raw_len = x.raw_len;
+    c->parsed = x.parsed;
+    return (c->ex = xstrndup(c->raw + x.start, x.len)) != NULL
+               ? NLA_OK
+               : fail(e, NLA_ERR_NOMEM, "out of memory");
+}
+
+/* Called with the texts done of all; nonzero stops (NLA_ERR_CANCELLED). */
+typedef int (*ex_progress_fn)(void *user, int done, int total);
+
+/* The M texts of each of n vectors v [n, d] (sample numbers idx[n]) into
+   cand [n * M], decoded by the AV session s up to sp->batch at a time:
+   the greedy texts first, then the sampled ones (a batch shares one
+   temperature), each sampled one from its own stream. */
+static nla_status ex_verbalize(nla_session *s, const float *v, const long *idx, int n,
+                               const ex_spec *sp, ex_cand *cand, ex_progress_fn progress,
+                               void *user, errbuf *e) {
+    const int d = s->m->cfg.d, M = sp->n_cand + sp->greedy, B = sp->batch, W = sp->max_new;
+    /* [B, d] the batch's vectors */
+    float *vb = (float *)xmalloc((size_t)B, (size_t)d * sizeof(float));
+    uint64_t *seeds = (uint64_t *)xmalloc((size_t)B, sizeof(uint64_t));
+    int32_t *ids = (int32_t *)xmalloc((size_t)B, (size_t)W * sizeof(int32_t)); /* [B, W] */
+    int *n_ids = (int *)xmalloc((size_t)B, 2 * sizeof(int)), *item = n_ids ? n_ids + B : NULL;
+    nla_verbalize_params vp;
+    nla_status rc = vb && seeds && ids && n_ids ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    memset(&vp, 0, sizeof vp);
+    vp.max_new = W;
+    vp.top_k = sp->top_k;
+    vp.top_p = sp->top_p;
+    vp.seeds = seeds;
+    for (int pass = !sp->greedy, done = 0; pass < 2 && !rc; pass++) {
+        const int per = pass ? sp->n_cand : 1; /* texts per vector in this pass */
+        vp.temperature = pass ? sp->temperature : 0;
+        for (int k0 = 0; k0 < n * per && !rc; k0 += B) {
+            const int nb = n * per - k0 < B ? n * per - k0 : B;
+            for (int q = 0; q < nb; q++) {
+                const int i = (k0 + q) / per, c = pass ? (k0 + q) % per : sp->n_cand;
+                item[q] = i * M + c;
+                seeds[q] = ex_seed(sp->seed, idx[i], c);
+                memcpy(vb + (size_t)q * d, v + (size_t)i * d, (size_t)d * sizeof(float));
+            }
+            if ((rc = nla_verbalize_batch(s, vb, nb, &vp, ids, W, n_ids)) != NLA_OK)
+                rc = fail(e, rc, "%s", nla_session_errmsg(s));
+            for (int q = 0; q < nb && !rc; q++)
+                rc = ex_from_ids(s->m, ids + (size_t)q * W, n_ids[q], W, &cand[item[q]], e);
+            done += nb;
+            if (!rc && progress && progress(user, done, n * M))
+                rc = fail(e, NLA_ERR_CANCELLED, "cancelled");
+        }
+    }
+    NLA_FREE(vb);
+    NLA_FREE(seeds);
+    NLA_FREE(ids);
+    NLA_FREE(n_ids);
+    return rc;
+}
+
+/* The choice of each vector's candidate as its texts' scores arrive. */
+typedef struct {
+    ex_cand *cand;
+    int n_cand, M, d;
+    int *best;  /* [n] the chosen candidate */
+    float *rec; /* [n, d] its reconstruction */
+} ex_choice;
+
+static void ex_keep_best(void *user, int t0, int g, const float *rec) {
+    ex_choice *x = (ex_choice *)user;
+    for (int q = 0; q < g; q++) {
+        const int t = t0 + q, i = t / x->M, c = t % x->M;
+        if (c >= x->n_cand ||
+            (c && !(x->cand[t].sc.mse_nrm < x->cand[i * x->M + x->best[i]].sc.mse_nrm)))
+            continue;
+        x->best[i] = c;
+        memcpy(x->rec + (size_t)i * x->d, rec + (size_t)q * x->d, (size_t)x->d * sizeof(float));
+    }
+}
+
+/* Reconstructs and scores the M texts of each of n vectors v [n, d] with
+   the AR session s, and picks per vector the sampled candidate of lowest
+   mse_nrm (the first of equals): best[i], its reconstruction in rec [n, d]. */
+static nla_status ex_choose(nla_session *s, const float *v, int n, const ex_spec *sp, ex_cand *cand,
+                            double mse_scale, double baseline, int *best, float *rec, errbuf *e) {
+    const int M = sp->n_cand + sp->greedy;
+    const char **ex = (const char **)xmalloc((size_t)n * M, sizeof(char *));
+    nla_scores **sc = (nla_scores **)xmalloc((size_t)n * M, sizeof(nla_scores *));
+    int *of = (int *)xmalloc((size_t)n * M, sizeof(int));
+    ex_choice x = {cand, sp->n_cand, M, s->m->cfg.d, best, rec};
+    nla_status rc = ex && sc && of ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
+    for (int t = 0; t < n * M && !rc; t++) {
+        ex[t] = cand[t].ex;
+        sc[t] = &cand[t].sc;
+        of[t] = t / M;
+    }
+    for (int i = 0; i < n; i++) best[i] = 0;
+    if (!rc) rc = ex_score_texts(s, ex, n * M, v, of, sc, mse_scale, baseline, ex_keep_best, &x, e);
+    NLA_FREE(ex);
+    NLA_FREE(sc);
+    NLA_FREE(of);
+    return rc;
+}
+
+/* The longest AR input of the texts cand[0..n) and, with parts, of their
+   parts and prefixes, in tokens: the AR session's n_ctx. m: the AR. */
+static nla_status ex_ar_ctx(const nla_model *m, const ex_cand *cand, int n, int parts, int *n_ctx,
+                            errbuf *e) {
+    nla_status rc = NLA_OK;
+    *n_ctx = 1;
+    for (int t = 0; t < n && !rc; t++) {
+        const char *b[EX_MAX_PARTS], *en[EX_MAX_PARTS];
+        const int np = parts ? ex_split(cand[t].ex, b, en) : 0;
+        for (int j = -1; j < 2 * np && !rc; j++) { /* the whole, then part and prefix j / 2 */
+            const char *from = j < 0 ? cand[t].ex : j & 1 ? b[0] : b[j / 2];
+            char *txt = j < 0 ? NULL : xstrndup(from, (size_t)(en[j / 2] - from));
+            int32_t *ids = NULL;
+            int k = 0;
+            if (j >= 0 && !txt) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
+            else if ((rc = ar_tokens(m, txt ? txt : from, t, &ids, &k, e)) == NLA_OK && k > *n_ctx)
+                *n_ctx = k;
+            NLA_FREE(ids);
+            NLA_FREE(txt);
+        }
+    }
+    return rc;
+}
+
+/* Trust flags of a row (README, "Trust flags"). */
+enum {
+    F_UNPARSED,
+    F_TRUNCATED,
+    F_TEMPLATE,
+    F_CJK,
+    F_REPETITION,
+    F_SPECIAL,
+    F_NORM,
+    F_LOW,
+    F_COUNT
+};
+static const char *const ex_flag_name[F_COUNT] = {"unparsed",     "truncated",  "template",
+                                                  "cjk",          "repetition", "special_token",
+                                                  "norm_outlier", "low_score"};
+#define EX_LOW_COS 0.5       /* low_score: cos below this */
+#define EX_NORM_Z 3.5        /* norm_outlier: |robust z| above this (Iglewicz and Hoaglin) */
+#define EX_NORM_MIN_ROWS 8   /* norm_outlier: only among at least this many norms */
+#define EX_REPEAT_WORDS 4    /* repetition: a run of this many words ... */
+#define EX_REPEAT_TIMES 3    /* ... occurring this many times */
+
+/* Does a run of EX_REPEAT_WORDS words (split at spaces) occur
+   EX_REPEAT_TIMES times or more in s? The first 1024 words are read. */
+static int ex_repeats(const char *s) {
+    enum { MAXW = 1024 };
+    const char *w[MAXW];
+    size_t len[MAXW];
+    int n = 0;
+    for (const char *p = s; *p && n < MAXW;) {
+        while (*p && py_space((unsigned char)*p)) p++;
+        if (!*p) break;
+        w[n] = p;
+        while (*p && !py_space((unsigned char)*p)) p++;
+        len[n] = (size_t)(p - w[n]);
+        n++;
+    }
+    for (int i = 0; i + EX_REPEAT_WORDS <= n; i++) {
+        int times = 1;
+        for (int j = i + 1; j + EX_REPEAT_WORDS <= n && times < EX_REPEAT_TIMES; j++) {
+            int k = 0;
+            while (k < EX_REPEAT_WORDS && len[i + k] == len[j + k] &&
+                   !memcmp(w[i + k], w[j + k], len[i + k]))
+                k++;
+            times += k == EX_REPEAT_WORDS;
+        }
+        if (times >= EX_REPEAT_TIMES) return 1;
+    }
+    return 0;
+}
+
+/* The flags (bits F_*) of a row but norm_outlier, which needs the others. */
+static unsigned ex_flags(const char *ex, const char *raw, int parsed, int truncated, int special,
+                         double cos) {
+    int t[T_COUNT];
+    ev_templates(ex, raw, parsed, t);
+    return (unsigned)!parsed << F_UNPARSED | (unsigned)!!truncated << F_TRUNCATED |
+           (unsigned)(t[T_SINK] || t[T_FALLBACK]) << F_TEMPLATE | (unsigned)t[T_CJK] << F_CJK |
+           (unsigned)(t[T_NEWLINES] || ex_repeats(ex)) << F_REPETITION |
+           (unsigned)!!special << F_SPECIAL | (unsigned)(cos < EX_LOW_COS) << F_LOW;
+}
+
+/* A row's fields after its scores: "candidates" and "chosen" (best of N),
+   "greedy", "parts", "flags". */
+typedef struct {
+    const ex_cand *cand; /* the vector's M texts */
+    int best_of, n_cand, greedy, best;
+    const ex_parts *parts; /* NULL: no parts */
+    unsigned flags;
+} ex_extra;
+
+static void ev_put_num(sbuf *b, const char *key, double v) {
+    char t[96], num[32];
+    json_put_num(num, sizeof num, v, 9);
+    snprintf(t, sizeof t, ", \"%s\": %s", key, num);
+    sb_str(b, t);
+}
+
+static void ex_put_scored(sbuf *b, const ex_cand *c) {
+    sb_str(b, "{\"explanation\": ");
+    json_put_string(b, c->ex, strlen(c->ex));
+    ev_put_num(b, "mse_nrm", c->sc.mse_nrm);
+    ev_put_num(b, "cos", c->sc.cos);
+    sb_str(b, "}");
+}
+
+static void ex_extra_render(sbuf *b, const void *ctx) {
+    const ex_extra *x = (const ex_extra *)ctx;
+    char t[64];
+    if (x->best_of) {
+        sb_str(b, ", \"candidates\": [");
+        for (int c = 0; c < x->n_cand; c++) {
+            if (c) sb_str(b, ", ");
+            ex_put_scored(b, &x->cand[c]);
+        }
+        snprintf(t, sizeof t, "], \"chosen\": %d", x->best);
+        sb_str(b, t);
+    }
+    if (x->greedy) {
+        sb_str(b, ", \"greedy\": ");
+        ex_put_scored(b, &x->cand[x->n_cand]);
+    }
+    if (x->parts) {
+        sb_str(b, ", \"parts\": [");
+        for (int j = 0; j < x->parts->n; j++) {
+            snprintf(t, sizeof t, "%s{\"part\": %d", j ? ", " : "", j + 1);
+            sb_str(b, t);
+            ev_put_num(b, "mse_nrm", x->parts->part[j].mse_nrm);
+            ev_put_num(b, "cos", x->parts->part[j].cos);
+            ev_put_num(b, "prefix_mse_nrm", x->parts->prefix[j].mse_nrm);
+            ev_put_num(b, "prefix_cos", x->parts->prefix[j].cos);
+            sb_str(b, "}");
+        }
+        sb_str(b, "]");
+    }
+    sb_str(b, ", \"flags\": [");
+    for (int f = 0, k = 0; f < F_COUNT; f++)
+        if (x->flags >> f & 1) {
+            snprintf(t, sizeof t, "%s\"%s\"", k++ ? ", " : "", ex_flag_name[f]);
+            sb_str(b, t);
+        }
+    sb_str(b, "]");
+}
+
+static int ev_cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* numpy's default percentile: linear interpolation between the order
+   statistics around q (n-1), computed as numpy's _lerp does (from the upper
+   neighbour when the fraction is >= 1/2), so that results agree to the bit. */
+static double ev_quantile(const double *sorted, int n, double q) {
+    const double at = q * (n - 1);
+    const int i = (int)floor(at);
+    const double t = at - i;
+    double a, b;
+    if (i + 1 >= n) return sorted[n - 1];
+    a = sorted[i];
+    b = sorted[i + 1];
+    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
+}
+
+/* Sets F_NORM in flags[i] for the norms far from the others': robust z =
+   0.6745 (norm - median) / MAD over the n finite norms (NaN: none). */
+static nla_status ex_norm_outliers(const double *norm, int n, unsigned *flags) {
+    double *x = (double *)xmalloc((size_t)n + 1, 2 * sizeof(double)), *dev = x ? x + n + 1 : NULL,
+           med, mad;
+    int m = 0;
+    if (!x) return NLA_ERR_NOMEM;
+    for (int i = 0; i < n; i++)
+        if (isfinite(norm[i])) x[m++] = norm[i];
+    qsort(x, (size_t)m, sizeof(double), ev_cmp_dbl);
+    med = m ? ev_quantile(x, m, 0.5) : 0;
+    for (int i = 0; i < m; i++) dev[i] = fabs(x[i] - med);
+    qsort(dev, (size_t)m, sizeof(double), ev_cmp_dbl);
+    mad = m ? ev_quantile(dev, m, 0.5) : 0;
+    for (int i = 0; i < n && m >= EX_NORM_MIN_ROWS && mad > 0; i++)
+        if (isfinite(norm[i]) && fabs(0.6745 * (norm[i] - med) / mad) > EX_NORM_Z)
+            flags[i] |= 1u << F_NORM;
+    NLA_FREE(x);
+    return NLA_OK;
+}
+#endif
+
 /* ==== 14 Evaluation: the pretraining-vs-chat study ====================== */
+
+#ifndef NLA_NO_EVAL /* left out by -DNLA_NO_EVAL (section 1) */
 
 /* nla eval: explanations and reconstruction errors of
    tokens drawn from documents and chat conversations, then summaries of the
    errors by source, chat role and token kind, of the explanations'
-   three-part structure, and of the known degenerate templates (§3.6).
+   three-part structure, and of the known degenerate templates (README.md,
+   nla eval, describes them).
    The plan is a pure function of the inputs and the parameters: records in
    file order (documents, then chats), each tokenized (chats through the
    chat template, every token labelled with its role), cut to max_tokens,
@@ -5649,23 +6167,6 @@ static void ev_warn(const nla_eval_params *p, const char *fmt, ...) {
     p->warn(p->user, msg);
 }
 
-/* Text made by render(b, ctx) into an sbuf, as a heap string: rendered once
-   to measure, once to write. *len (when not NULL) gets its length; NULL
-   when out of memory. */
-typedef void (*ev_render_fn)(sbuf *b, const void *ctx);
-static char *ev_render(ev_render_fn render, const void *ctx, size_t *len) {
-    sbuf b = {NULL, 0, 0};
-    render(&b, ctx);
-    b.cap = b.len + 1;
-    if (!(b.out = (char *)NLA_MALLOC(b.cap))) return NULL;
-    b.len = 0;
-    render(&b, ctx);
-    b.out[b.len] = 0;
-    if (len) *len = b.len;
-    return b.out;
-}
-
-/* A C string rendered as a JSON string literal (ev_render's ctx is the string). */
 static void ev_render_string(sbuf *b, const void *s) {
     json_put_string(b, (const char *)s, strlen((const char *)s));
 }
@@ -5720,15 +6221,6 @@ static void ev_plan_free(ev_plan *pl) {
 
 static const char *const ev_role_name[] = {"bos", "role_marker", "user_content", "asst_content",
                                            "end_of_turn"};
-
-/* Special tokens (never sampled with skip_special): added tokens written
-   <...> (<bos>, <start_of_turn>, <unused0>), not the added newline runs. */
-static int ev_special(const nla_tokenizer *t, int32_t id) {
-    if (id < 0 || id >= t->n_ids || !(t->flags[id] & TOK_ADDED)) return 0;
-    const char *p = t->arena + t->piece[id].off;
-    const uint32_t n = t->piece[id].len;
-    return n >= 3 && p[0] == '<' && p[n - 1] == '>';
-}
 
 static int ev_cmp_i32(const void *a, const void *b) {
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
@@ -6059,405 +6551,6 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
     return rc;
 }
 
-/* --- explanations: best of N, per-part scores, trust flags (eval and explain)
-
-   Best of N: N sampled explanations per vector, each reconstructed by the
-   AR; the one of lowest mse_nrm is kept. The AR that picks is the AR that
-   scores, so the chosen score is optimistic against an independent judge.
-   Each text is decoded from its own stream (ex_seed: the run's seed, the
-   sample and the candidate), so batches, resumes and shards agree. */
-
-/* The next paragraph of [*p, end) (a run of lines that are not blank) as
-   [b, *e); NULL when there is none. Moves *p past it. */
-static const char *ev_paragraph(const char **p, const char *end, const char **e) {
-    const char *b = *p, *q;
-    while (b < end && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) b++;
-    if (b == end) return NULL;
-    for (*e = b; *e < end; (*e)++) {
-        if (**e != '\n') continue;
-        for (q = *e + 1; q < end && (*q == ' ' || *q == '\t' || *q == '\r'); q++) {}
-        if (q == end || *q == '\n') break;
-    }
-    *p = *e;
-    return b;
-}
-
-/* The degenerate templates and failures the released AVs are known for
-   (README.md, nla eval, describes them). */
-enum { T_SINK, T_FALLBACK, T_CJK, T_NEWLINES, T_UNPARSED, T_COUNT };
-static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic",
-                                                  "fallback_research_paper", "cjk_output",
-                                                  "newline_repetition", "unparsed"};
-static const char *const ev_tmpl_what[T_COUNT] = {
-    "\"Fragmented, incoherent academic text pattern\" (high-norm sink)",
-    "\"research paper\" / Fibonacci / Kalman fallback (low-norm title repeat)",
-    "mostly CJK text (injection missed or wrong scale)",
-    "\\n\\n\\n repetition (injected rows dropped)",
-    "no <explanation>...</explanation> (truncated or drifted)"};
-
-static int ev_is_cjk(uint32_t c) {
-    return (c >= 0x2e80 && c <= 0x9fff) || (c >= 0xac00 && c <= 0xd7af) ||
-           (c >= 0xf900 && c <= 0xfaff) || (c >= 0xff00 && c <= 0xffef);
-}
-
-static void ev_templates(const char *ex, const char *raw, int parsed, int *flag) {
-    const char *t = *ex ? ex : raw;
-    size_t n = strlen(t);
-    int cjk = 0, other = 0;
-    for (size_t i = 0; i < n;) {
-        int k = utf8_char_len((const unsigned char *)t + i, n - i);
-        if (k < 1) { i++; other++; continue; }
-        if (ev_is_cjk(utf8_cp((const unsigned char *)t + i, k))) cjk++;
-        else if (!py_space(utf8_cp((const unsigned char *)t + i, k))) other++;
-        i += (size_t)k;
-    }
-    flag[T_SINK] = strstr(ex, "Fragmented, incoherent academic text") != NULL;
-    flag[T_FALLBACK] =
-        strstr(ex, "research paper") || strstr(ex, "Fibonacci") || strstr(ex, "Kalman");
-    flag[T_CJK] = cjk > 0 && cjk >= other;
-    flag[T_NEWLINES] = strstr(raw, "\n\n\n") != NULL;
-    flag[T_UNPARSED] = !parsed;
-}
-
-
-/* One AV text of a vector: the raw decoded text (without the stop token),
-   the explanation in it (trimmed) and its scores. */
-typedef struct {
-    char *raw, *ex;
-    size_t raw_len;
-    int parsed;    /* <explanation>...</explanation> found */
-    int truncated; /* max_new ids without a stop token */
-    nla_scores sc;
-} ex_cand;
-
-static void ex_cand_free(ex_cand *c) {
-    NLA_FREE(c->raw);
-    NLA_FREE(c->ex);
-    c->raw = c->ex = NULL;
-}
-
-/* What is decoded for each vector: n_cand sampled candidates (c = 0 ..
-   n_cand-1), then, when `greedy`, the greedy explanation (c = n_cand):
-   M = n_cand + greedy texts, at cand[i * M + c]. */
-typedef struct {
-    int n_cand, greedy, batch, max_new, top_k;
-    float temperature, top_p;
-    uint64_t seed;
-} ex_spec;
-
-/* The stream of candidate c of sample idx in a run seeded with seed
-   (candidate 0: the one stream per sample of a run without best-of). */
-static uint64_t ex_seed(uint64_t seed, long idx, int c) {
-    return (seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)idx + (uint64_t)c * 0xbf58476d1ce4e5b9ull;
-}
-
-/* c from n ids of the AV av (max_new at most): the explanation step
-   (nla_explanation_decode), the explanation copied out of the text. */
-static nla_status ex_from_ids(const nla_model *av, const int32_t *id, int n, int max_new,
-                              ex_cand *c, errbuf *e) {
-    nla_explanation x;
-    ex_cand_free(c);
-    c->truncated = n >= max_new && !cfg_is_eos(&av->cfg, id[n - 1]);
-    nla_explanation_decode(av, id, n, NULL, 0, &x);
-    if (!(c->raw = (char *)NLA_MALLOC(x.raw_len + 1)))
-        return fail(e, NLA_ERR_NOMEM, "out of memory");
-    if (nla_explanation_decode(av, id, n, c->raw, x.raw_len + 1, &x))
-        return fail(e, NLA_ERR_RANGE, "the AV wrote an id outside the vocabulary");
-    c->raw_len = x.raw_len;
-    c->parsed = x.parsed;
-    return (c->ex = xstrndup(c->raw + x.start, x.len)) != NULL
-               ? NLA_OK
-               : fail(e, NLA_ERR_NOMEM, "out of memory");
-}
-
-/* Called with the texts done of all; nonzero stops (NLA_ERR_CANCELLED). */
-typedef int (*ex_progress_fn)(void *user, int done, int total);
-
-/* The M texts of each of n vectors v [n, d] (sample numbers idx[n]) into
-   cand [n * M], decoded by the AV session s up to sp->batch at a time:
-   the greedy texts first, then the sampled ones (a batch shares one
-   temperature), each sampled one from its own stream. */
-static nla_status ex_verbalize(nla_session *s, const float *v, const long *idx, int n,
-                               const ex_spec *sp, ex_cand *cand, ex_progress_fn progress,
-                               void *user, errbuf *e) {
-    const int d = s->m->cfg.d, M = sp->n_cand + sp->greedy, B = sp->batch, W = sp->max_new;
-    /* [B, d] the batch's vectors */
-    float *vb = (float *)xmalloc((size_t)B, (size_t)d * sizeof(float));
-    uint64_t *seeds = (uint64_t *)xmalloc((size_t)B, sizeof(uint64_t));
-    int32_t *ids = (int32_t *)xmalloc((size_t)B, (size_t)W * sizeof(int32_t)); /* [B, W] */
-    int *n_ids = (int *)xmalloc((size_t)B, 2 * sizeof(int)), *item = n_ids ? n_ids + B : NULL;
-    nla_verbalize_params vp;
-    nla_status rc = vb && seeds && ids && n_ids ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
-    memset(&vp, 0, sizeof vp);
-    vp.max_new = W;
-    vp.top_k = sp->top_k;
-    vp.top_p = sp->top_p;
-    vp.seeds = seeds;
-    for (int pass = !sp->greedy, done = 0; pass < 2 && !rc; pass++) {
-        const int per = pass ? sp->n_cand : 1; /* texts per vector in this pass */
-        vp.temperature = pass ? sp->temperature : 0;
-        for (int k0 = 0; k0 < n * per && !rc; k0 += B) {
-            const int nb = n * per - k0 < B ? n * per - k0 : B;
-            for (int q = 0; q < nb; q++) {
-                const int i = (k0 + q) / per, c = pass ? (k0 + q) % per : sp->n_cand;
-                item[q] = i * M + c;
-                seeds[q] = ex_seed(sp->seed, idx[i], c);
-                memcpy(vb + (size_t)q * d, v + (size_t)i * d, (size_t)d * sizeof(float));
-            }
-            if ((rc = nla_verbalize_batch(s, vb, nb, &vp, ids, W, n_ids)) != NLA_OK)
-                rc = fail(e, rc, "%s", nla_session_errmsg(s));
-            for (int q = 0; q < nb && !rc; q++)
-                rc = ex_from_ids(s->m, ids + (size_t)q * W, n_ids[q], W, &cand[item[q]], e);
-            done += nb;
-            if (!rc && progress && progress(user, done, n * M))
-                rc = fail(e, NLA_ERR_CANCELLED, "cancelled");
-        }
-    }
-    NLA_FREE(vb);
-    NLA_FREE(seeds);
-    NLA_FREE(ids);
-    NLA_FREE(n_ids);
-    return rc;
-}
-
-/* Reconstructs texts ex[0..n) with the AR session s, G = n_seq at a time
-   into rec [G, d], and scores text t against vector v[of[t]] into *sc[t];
-   after each group, keep(user, t0, g, rec) (optional) sees the group. */
-typedef void (*ex_keep_fn)(void *user, int t0, int g, const float *rec);
-static nla_status ex_score_texts(nla_session *s, const char *const *ex, int n, const float *v,
-                                 const int *of, nla_scores *const *sc, double mse_scale,
-                                 double baseline, ex_keep_fn keep, void *user, errbuf *e) {
-    const int d = s->m->cfg.d, G = s->n_seq;
-    float *rec = (float *)xmalloc((size_t)G, (size_t)d * sizeof(float));
-    nla_status rc = rec ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
-    for (int t0 = 0; t0 < n && !rc; t0 += G) {
-        const int g = n - t0 < G ? n - t0 : G;
-        if ((rc = nla_reconstruct(s, ex + t0, g, rec)) != NLA_OK)
-            rc = fail(e, rc, "%s", nla_session_errmsg(s));
-        for (int q = 0; q < g && !rc; q++)
-            nla_score(v + (size_t)of[t0 + q] * d, rec + (size_t)q * d, d, mse_scale, baseline,
-                      sc[t0 + q]);
-        if (!rc && keep) keep(user, t0, g, rec);
-    }
-    NLA_FREE(rec);
-    return rc;
-}
-
-/* The choice of each vector's candidate as its texts' scores arrive. */
-typedef struct {
-    ex_cand *cand;
-    int n_cand, M, d;
-    int *best;  /* [n] the chosen candidate */
-    float *rec; /* [n, d] its reconstruction */
-} ex_choice;
-
-static void ex_keep_best(void *user, int t0, int g, const float *rec) {
-    ex_choice *x = (ex_choice *)user;
-    for (int q = 0; q < g; q++) {
-        const int t = t0 + q, i = t / x->M, c = t % x->M;
-        if (c >= x->n_cand ||
-            (c && !(x->cand[t].sc.mse_nrm < x->cand[i * x->M + x->best[i]].sc.mse_nrm)))
-            continue;
-        x->best[i] = c;
-        memcpy(x->rec + (size_t)i * x->d, rec + (size_t)q * x->d, (size_t)x->d * sizeof(float));
-    }
-}
-
-/* Reconstructs and scores the M texts of each of n vectors v [n, d] with
-   the AR session s, and picks per vector the sampled candidate of lowest
-   mse_nrm (the first of equals): best[i], its reconstruction in rec [n, d]. */
-static nla_status ex_choose(nla_session *s, const float *v, int n, const ex_spec *sp, ex_cand *cand,
-                            double mse_scale, double baseline, int *best, float *rec, errbuf *e) {
-    const int M = sp->n_cand + sp->greedy;
-    const char **ex = (const char **)xmalloc((size_t)n * M, sizeof(char *));
-    nla_scores **sc = (nla_scores **)xmalloc((size_t)n * M, sizeof(nla_scores *));
-    int *of = (int *)xmalloc((size_t)n * M, sizeof(int));
-    ex_choice x = {cand, sp->n_cand, M, s->m->cfg.d, best, rec};
-    nla_status rc = ex && sc && of ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
-    for (int t = 0; t < n * M && !rc; t++) {
-        ex[t] = cand[t].ex;
-        sc[t] = &cand[t].sc;
-        of[t] = t / M;
-    }
-    for (int i = 0; i < n; i++) best[i] = 0;
-    if (!rc) rc = ex_score_texts(s, ex, n * M, v, of, sc, mse_scale, baseline, ex_keep_best, &x, e);
-    NLA_FREE(ex);
-    NLA_FREE(sc);
-    NLA_FREE(of);
-    return rc;
-}
-
-/* Per-part scores (nla_part_scores): an explanation's paragraphs
-   (ev_paragraph), each reconstructed alone, and each prefix. The whole
-   text (the last prefix; the part of a one-paragraph text) keeps the score
-   it has. */
-#define EX_MAX_PARTS NLA_MAX_PARTS
-typedef nla_part_scores ex_parts;
-
-/* The spans [b[j], e[j]) of the parts of ex; returns their number. */
-static int ex_split(const char *ex, const char **b, const char **e) {
-    const char *p = ex, *end = ex + strlen(ex), *pb, *pe = NULL;
-    int n = 0;
-    while ((pb = ev_paragraph(&p, end, &pe)) != NULL) {
-        if (n == EX_MAX_PARTS) e[n - 1] = pe;
-        else { b[n] = pb; e[n++] = pe; }
-    }
-    return n;
-}
-
-/* The parts of the chosen explanation of each of n vectors v [n, d]
-   (cand[i * M + best[i]]) into out[i], reconstructed by the AR session s. */
-static nla_status ex_score_parts(nla_session *s, const float *v, int n, const ex_cand *cand, int M,
-                                 const int *best, double mse_scale, double baseline, ex_parts *out,
-                                 errbuf *e) {
-    const size_t cap = (size_t)n * (2 * EX_MAX_PARTS - 1);
-    char **txt = (char **)xcalloc(cap + 1, sizeof(char *));
-    nla_scores **sc = (nla_scores **)xmalloc(cap + 1, sizeof(nla_scores *));
-    int *of = (int *)xmalloc(cap + 1, sizeof(int)), T = 0;
-    nla_status rc = txt && sc && of ? NLA_OK : fail(e, NLA_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < n && !rc; i++) {
-        const char *b[EX_MAX_PARTS], *en[EX_MAX_PARTS];
-        const ex_cand *c = &cand[i * M + best[i]];
-        ex_parts *p = &out[i];
-        p->n = ex_split(c->ex, b, en);
-        for (int j = 0; j < p->n && !rc; j++) {
-            p->part[j] = p->prefix[j] = c->sc;
-            for (int k = 0; k < 2 && p->n > 1; k++) { /* part j alone; the prefix through j */
-                const char *from = k ? b[0] : b[j];
-                if (k && j == p->n - 1) continue; /* the last prefix is the whole */
-                if (!(txt[T] = xstrndup(from, (size_t)(en[j] - from)))) {
-                    rc = fail(e, NLA_ERR_NOMEM, "out of memory");
-                    break;
-                }
-                sc[T] = k ? &p->prefix[j] : &p->part[j];
-                of[T++] = i;
-            }
-        }
-    }
-    if (!rc && T)
-        rc = ex_score_texts(s, (const char *const *)txt, T, v, of, sc, mse_scale, baseline, NULL,
-                            NULL, e);
-    for (size_t t = 0; txt && t < cap; t++) NLA_FREE(txt[t]);
-    NLA_FREE(txt);
-    NLA_FREE(sc);
-    NLA_FREE(of);
-    return rc;
-}
-
-nla_status nla_score_parts(nla_session *s, const float *v, const char *explanation, double baseline,
-                           nla_part_scores *out) {
-    ex_cand c;
-    nla_scores *sc = &c.sc;
-    const int of = 0, best = 0;
-    const struct nla_sidecar *sc_ar = s ? s->m->nla : NULL;
-    if (!s) return NLA_ERR_ARG;
-    if (!v || !explanation || !out)
-        return fail(&s->err, NLA_ERR_ARG, "nla_score_parts: v, explanation and out are required");
-    if (!sc_ar || strcmp(sc_ar->pub.role, "ar"))
-        return fail(&s->err, NLA_ERR_ARG, "nla_score_parts: %s is not an AR", s->m->dir);
-    errbuf e; /* the session's message is read while composing this one */
-    memset(&c, 0, sizeof c);
-    c.ex = (char *)(uintptr_t)explanation;
-    nla_status rc = ex_score_texts(s, &explanation, 1, v, &of, &sc, sc_ar->pub.mse_scale, baseline,
-                                   NULL, NULL, &e);
-    if (!rc) rc = ex_score_parts(s, v, 1, &c, 1, &best, sc_ar->pub.mse_scale, baseline, out, &e);
-    return rc ? fail(&s->err, rc, "nla_score_parts: %s", e.msg) : NLA_OK;
-}
-
-/* The longest AR input of the texts cand[0..n) and, with parts, of their
-   parts and prefixes, in tokens: the AR session's n_ctx. m: the AR. */
-static nla_status ex_ar_ctx(const nla_model *m, const ex_cand *cand, int n, int parts, int *n_ctx,
-                            errbuf *e) {
-    nla_status rc = NLA_OK;
-    *n_ctx = 1;
-    for (int t = 0; t < n && !rc; t++) {
-        const char *b[EX_MAX_PARTS], *en[EX_MAX_PARTS];
-        const int np = parts ? ex_split(cand[t].ex, b, en) : 0;
-        for (int j = -1; j < 2 * np && !rc; j++) { /* the whole, then part and prefix j / 2 */
-            const char *from = j < 0 ? cand[t].ex : j & 1 ? b[0] : b[j / 2];
-            char *txt = j < 0 ? NULL : xstrndup(from, (size_t)(en[j / 2] - from));
-            int32_t *ids = NULL;
-            int k = 0;
-            if (j >= 0 && !txt) rc = fail(e, NLA_ERR_NOMEM, "out of memory");
-            else if ((rc = ar_tokens(m, txt ? txt : from, t, &ids, &k, e)) == NLA_OK && k > *n_ctx)
-                *n_ctx = k;
-            NLA_FREE(ids);
-            NLA_FREE(txt);
-        }
-    }
-    return rc;
-}
-
-/* Trust flags of a row (README, "Trust flags"). */
-enum {
-    F_UNPARSED,
-    F_TRUNCATED,
-    F_TEMPLATE,
-    F_CJK,
-    F_REPETITION,
-    F_SPECIAL,
-    F_NORM,
-    F_LOW,
-    F_COUNT
-};
-static const char *const ex_flag_name[F_COUNT] = {"unparsed",     "truncated",  "template",
-                                                  "cjk",          "repetition", "special_token",
-                                                  "norm_outlier", "low_score"};
-#define EX_LOW_COS 0.5       /* low_score: cos below this */
-#define EX_NORM_Z 3.5        /* norm_outlier: |robust z| above this (Iglewicz and Hoaglin) */
-#define EX_NORM_MIN_ROWS 8   /* norm_outlier: only among at least this many norms */
-#define EX_REPEAT_WORDS 4    /* repetition: a run of this many words ... */
-#define EX_REPEAT_TIMES 3    /* ... occurring this many times */
-
-/* Does a run of EX_REPEAT_WORDS words (split at spaces) occur
-   EX_REPEAT_TIMES times or more in s? The first 1024 words are read. */
-static int ex_repeats(const char *s) {
-    enum { MAXW = 1024 };
-    const char *w[MAXW];
-    size_t len[MAXW];
-    int n = 0;
-    for (const char *p = s; *p && n < MAXW;) {
-        while (*p && py_space((unsigned char)*p)) p++;
-        if (!*p) break;
-        w[n] = p;
-        while (*p && !py_space((unsigned char)*p)) p++;
-        len[n] = (size_t)(p - w[n]);
-        n++;
-    }
-    for (int i = 0; i + EX_REPEAT_WORDS <= n; i++) {
-        int times = 1;
-        for (int j = i + 1; j + EX_REPEAT_WORDS <= n && times < EX_REPEAT_TIMES; j++) {
-            int k = 0;
-            while (k < EX_REPEAT_WORDS && len[i + k] == len[j + k] &&
-                   !memcmp(w[i + k], w[j + k], len[i + k]))
-                k++;
-            times += k == EX_REPEAT_WORDS;
-        }
-        if (times >= EX_REPEAT_TIMES) return 1;
-    }
-    return 0;
-}
-
-/* The flags (bits F_*) of a row but norm_outlier, which needs the others. */
-static unsigned ex_flags(const char *ex, const char *raw, int parsed, int truncated, int special,
-                         double cos) {
-    int t[T_COUNT];
-    ev_templates(ex, raw, parsed, t);
-    return (unsigned)!parsed << F_UNPARSED | (unsigned)!!truncated << F_TRUNCATED |
-           (unsigned)(t[T_SINK] || t[T_FALLBACK]) << F_TEMPLATE | (unsigned)t[T_CJK] << F_CJK |
-           (unsigned)(t[T_NEWLINES] || ex_repeats(ex)) << F_REPETITION |
-           (unsigned)!!special << F_SPECIAL | (unsigned)(cos < EX_LOW_COS) << F_LOW;
-}
-
-/* A row's fields after its scores: "candidates" and "chosen" (best of N),
-   "greedy", "parts", "flags". */
-typedef struct {
-    const ex_cand *cand; /* the vector's M texts */
-    int best_of, n_cand, greedy, best;
-    const ex_parts *parts; /* NULL: no parts */
-    unsigned flags;
-} ex_extra;
-
 /* --- the results folder */
 
 /* Flushes f and syncs it to the disk (fsync, where there is one); 0 on failure. */
@@ -6769,59 +6862,6 @@ typedef struct {
     ex_extra extra;
     uint64_t sum[2]; /* ev_vec_sum of the activation and of the reconstruction */
 } ev_row_out;
-
-static void ev_put_num(sbuf *b, const char *key, double v) {
-    char t[96], num[32];
-    json_put_num(num, sizeof num, v, 9);
-    snprintf(t, sizeof t, ", \"%s\": %s", key, num);
-    sb_str(b, t);
-}
-
-static void ex_put_scored(sbuf *b, const ex_cand *c) {
-    sb_str(b, "{\"explanation\": ");
-    json_put_string(b, c->ex, strlen(c->ex));
-    ev_put_num(b, "mse_nrm", c->sc.mse_nrm);
-    ev_put_num(b, "cos", c->sc.cos);
-    sb_str(b, "}");
-}
-
-static void ex_extra_render(sbuf *b, const void *ctx) {
-    const ex_extra *x = (const ex_extra *)ctx;
-    char t[64];
-    if (x->best_of) {
-        sb_str(b, ", \"candidates\": [");
-        for (int c = 0; c < x->n_cand; c++) {
-            if (c) sb_str(b, ", ");
-            ex_put_scored(b, &x->cand[c]);
-        }
-        snprintf(t, sizeof t, "], \"chosen\": %d", x->best);
-        sb_str(b, t);
-    }
-    if (x->greedy) {
-        sb_str(b, ", \"greedy\": ");
-        ex_put_scored(b, &x->cand[x->n_cand]);
-    }
-    if (x->parts) {
-        sb_str(b, ", \"parts\": [");
-        for (int j = 0; j < x->parts->n; j++) {
-            snprintf(t, sizeof t, "%s{\"part\": %d", j ? ", " : "", j + 1);
-            sb_str(b, t);
-            ev_put_num(b, "mse_nrm", x->parts->part[j].mse_nrm);
-            ev_put_num(b, "cos", x->parts->part[j].cos);
-            ev_put_num(b, "prefix_mse_nrm", x->parts->prefix[j].mse_nrm);
-            ev_put_num(b, "prefix_cos", x->parts->prefix[j].cos);
-            sb_str(b, "}");
-        }
-        sb_str(b, "]");
-    }
-    sb_str(b, ", \"flags\": [");
-    for (int f = 0, k = 0; f < F_COUNT; f++)
-        if (x->flags >> f & 1) {
-            snprintf(t, sizeof t, "%s\"%s\"", k++ ? ", " : "", ex_flag_name[f]);
-            sb_str(b, t);
-        }
-    sb_str(b, "]");
-}
 
 static void ev_row_render(sbuf *b, const void *ctx) {
     const ev_row_out *x = (const ev_row_out *)ctx;
@@ -7580,6 +7620,17 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
 
 /* --- summary: statistics, token kinds, structure, degenerate templates */
 
+/* The degenerate templates (T_*, section 13) by name and what they look like. */
+static const char *const ev_tmpl_name[T_COUNT] = {"sink_fragmented_academic",
+                                                  "fallback_research_paper", "cjk_output",
+                                                  "newline_repetition", "unparsed"};
+static const char *const ev_tmpl_what[T_COUNT] = {
+    "\"Fragmented, incoherent academic text pattern\" (high-norm sink)",
+    "\"research paper\" / Fibonacci / Kalman fallback (low-norm title repeat)",
+    "mostly CJK text (injection missed or wrong scale)",
+    "\\n\\n\\n repetition (injected rows dropped)",
+    "no <explanation>...</explanation> (truncated or drifted)"};
+
 /* Token kinds of the blog's analysis, from the token's text. */
 enum {
     K_CAP_NO_SPACE, K_WHITESPACE, K_DIGITS, K_SINGLE, K_PUNCT, K_SUBWORD, K_CAP_WORD, K_LOWER_WORD,
@@ -7690,46 +7741,6 @@ static void ev_structure(const char *ex, ev_shape *sh) {
     if (ev_starts_nocase(last_b, last_e, "the ")) last_b += 4;
     sh->final_tok = sh->paras > 1 && ev_starts_nocase(last_b, last_e, "final token");
     sh->quoted = quoted_before_last || (!sh->final_tok && ev_has_quote(last_b, last_e));
-}
-
-static int ev_cmp_dbl(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* numpy's default percentile: linear interpolation between the order
-   statistics around q (n-1), computed as numpy's _lerp does (from the upper
-   neighbour when the fraction is >= 1/2), so that results agree to the bit. */
-static double ev_quantile(const double *sorted, int n, double q) {
-    const double at = q * (n - 1);
-    const int i = (int)floor(at);
-    const double t = at - i;
-    double a, b;
-    if (i + 1 >= n) return sorted[n - 1];
-    a = sorted[i];
-    b = sorted[i + 1];
-    return t >= 0.5 ? b - (b - a) * (1 - t) : a + (b - a) * t;
-}
-
-/* Sets F_NORM in flags[i] for the norms far from the others': robust z =
-   0.6745 (norm - median) / MAD over the n finite norms (NaN: none). */
-static nla_status ex_norm_outliers(const double *norm, int n, unsigned *flags) {
-    double *x = (double *)xmalloc((size_t)n + 1, 2 * sizeof(double)), *dev = x ? x + n + 1 : NULL,
-           med, mad;
-    int m = 0;
-    if (!x) return NLA_ERR_NOMEM;
-    for (int i = 0; i < n; i++)
-        if (isfinite(norm[i])) x[m++] = norm[i];
-    qsort(x, (size_t)m, sizeof(double), ev_cmp_dbl);
-    med = m ? ev_quantile(x, m, 0.5) : 0;
-    for (int i = 0; i < m; i++) dev[i] = fabs(x[i] - med);
-    qsort(dev, (size_t)m, sizeof(double), ev_cmp_dbl);
-    mad = m ? ev_quantile(dev, m, 0.5) : 0;
-    for (int i = 0; i < n && m >= EX_NORM_MIN_ROWS && mad > 0; i++)
-        if (isfinite(norm[i]) && fabs(0.6745 * (norm[i] - med) / mad) > EX_NORM_Z)
-            flags[i] |= 1u << F_NORM;
-    NLA_FREE(x);
-    return NLA_OK;
 }
 
 /* One results row, as the summary reads it. */
@@ -9162,6 +9173,8 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
     return rc;
 }
 
+#endif /* NLA_NO_EVAL */
+
 /* ==== 15 CLI (only with -DNLA_MAIN) ===================================== */
 
 /* The command-line tool. It drives the library through nla.h, so it doubles
@@ -9188,6 +9201,7 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
 #include <dirent.h>   /* opendir: nla random-model's check for a model */
 #include <sys/stat.h> /* mkdir */
 #include <unistd.h>   /* link, isatty */
+#include <sys/ioctl.h> /* the terminal's width */
 #endif
 #include <errno.h>
 
@@ -9214,10 +9228,12 @@ static const char *const usage_main =
     "apart?\n"
     "  steer TARGET AV AR (--text TEXT | --chat FILE) (--toward TEXT2 | --toward-npy F)\n"
     "                                move an activation along another's direction, explain each\n"
+#ifndef NLA_NO_EVAL
     "  search RESULTS_DIR (--query TEXT --ar AR | --near ROW | --grep REGEX)\n"
     "                                the tokens of a study closest in meaning\n"
     "  eval TARGET AV AR [--docs FILE] [--chats FILE] --out DIR   the pretraining-vs-chat study,\n"
     "                                resumable and shardable; eval --merge / --summary / --html\n"
+#endif
     "  random-model DIR              a tiny NLA trio with random weights, for trying it out\n"
     "  quantize IN_DIR OUT_DIR --quant q8_0|q4   save a quantized copy that loads by mapping\n"
     "\n"
@@ -9923,7 +9939,8 @@ static const char *const usage_explain =
     "\n"
     "Extracts the target's activations at block K (from the AV's sidecar), explains each with the\n"
     "AV, reconstructs it from the explanation with the AR, and scores the reconstruction.\n"
-    "One model is in memory at a time.\n"
+    "One model is in memory at a time. On a terminal (or with COLUMNS set) the table cuts each\n"
+    "explanation to the width; written to a file or a pipe, or with --jsonl, the text is whole.\n"
     "  --positions I,J   token positions (default: every position after <bos>)\n"
     "  --jsonl           one JSON object per position instead of the table\n"
     "  --max-new N       tokens per explanation at most (default 200)\n"
@@ -10428,6 +10445,62 @@ out:
     return ret;
 }
 
+/* The width the explain table is cut to: $COLUMNS when it is set, else the
+   terminal's when stdout is one, else 0: no cut (a file or a pipe gets every
+   explanation whole). */
+static int cli_columns(void) {
+    const char *env = getenv("COLUMNS");
+    int n;
+    if (env && parse_int(env, &n) && n > 0) return n;
+#ifndef _WIN32
+    struct winsize ws;
+    if (isatty(STDOUT_FILENO) && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col;
+#endif
+    return 0;
+}
+
+/* Terminal columns of the UTF-8 character at s (its byte count in *len):
+   2 for the East Asian wide ranges, else 1 (combining marks counted as 1
+   too, so a line is never wider than counted). */
+static int cli_char_cols(const char *s, int *len) {
+    const unsigned char *u = (const unsigned char *)s;
+    uint32_t c = u[0];
+    *len = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    for (int i = 1; i < *len; i++) {
+        if ((u[i] & 0xc0) != 0x80) { *len = 1; return 1; } /* not UTF-8: one byte, one column */
+        c = c << 6 | (u[i] & 0x3f);
+    }
+    c &= *len == 2 ? 0x7ff : *len == 3 ? 0xffff : 0x1fffff;
+    static const uint32_t wide[9][2] = {{0x1100, 0x115f}, {0x2e80, 0xa4cf},   {0xac00, 0xd7a3},
+                                        {0xf900, 0xfaff}, {0xfe30, 0xfe4f},   {0xff00, 0xff60},
+                                        {0xffe0, 0xffe6}, {0x1f300, 0x1faff}, {0x20000, 0x3fffd}};
+    for (int i = 0; i < 9; i++)
+        if (c >= wide[i][0] && c <= wide[i][1]) return 2;
+    return 1;
+}
+
+/* Columns of the text s. */
+static int cli_text_cols(const char *s) {
+    int cols = 0, len;
+    for (; *s; s += len) cols += cli_char_cols(s, &len);
+    return cols;
+}
+
+/* Prints s on one line (newlines as spaces); with max > 0, cut to max
+   columns, the cut marked with an ellipsis. */
+static void cli_put_line(const char *s, int max) {
+    int cols = 0, len, c;
+    const int cut = max > 0 && cli_text_cols(s) > max;
+    for (; *s && (!cut || cols + (c = cli_char_cols(s, &len)) <= max - 1); s += len) {
+        if (!cut) cli_char_cols(s, &len);
+        else cols += c;
+        if (*s == '\n') putchar(' ');
+        else fwrite(s, 1, (size_t)len, stdout);
+    }
+    if (cut) fputs("\xe2\x80\xa6", stdout); /* U+2026 */
+}
+
 /* The names of the flags set, comma-separated, into out ("-" when none). */
 static void cli_flags(unsigned flags, char *out, size_t cap) {
     size_t n = 0;
@@ -10571,6 +10644,7 @@ static int cmd_explain(int argc, char **argv) {
     if (random_weights)
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
                         "are meaningless\n");
+    const int width = o.jsonl ? 0 : cli_columns();
     if (!o.jsonl)
         printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos",
                "fve_nrm", "explanation  [flags]");
@@ -10599,15 +10673,19 @@ static int cmd_explain(int argc, char **argv) {
             printf("%s}\n", extra);
             NLA_FREE(extra);
         } else {
-            char shown[15], fl[128];
+            char shown[15], fl[128], row[160], tail[136];
             size_t k = 0;
             for (const char *p = tk; *p && k < 12; p++) shown[k++] = *p == '\n' ? ' ' : *p;
             shown[k] = 0;
             cli_flags(flags[i], fl, sizeof fl);
-            printf("%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown, norm[i],
-                   c->sc.mse_nrm, c->sc.cos, c->sc.fve_nrm);
-            for (const char *p = c->ex; *p; p++) putchar(*p == '\n' ? ' ' : *p);
-            printf("  [%s]\n", fl);
+            snprintf(row, sizeof row, "%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown,
+                     norm[i], c->sc.mse_nrm, c->sc.cos, c->sc.fve_nrm);
+            snprintf(tail, sizeof tail, "  [%s]", fl);
+            fputs(row, stdout);
+            /* the explanation gets what the terminal has left (6 columns at least) */
+            const int room = width - cli_text_cols(row) - cli_text_cols(tail);
+            cli_put_line(c->ex, width > 0 ? (room > 6 ? room : 6) : 0);
+            printf("%s\n", tail);
             for (int j = 0; o.parts && j < parts[i].n; j++)
                 printf("%5s  part %d alone: mse_nrm %.4f cos %.4f; parts 1-%d: mse_nrm %.4f cos "
                        "%.4f\n",
@@ -10636,6 +10714,7 @@ out:
     return ret;
 }
 
+#ifndef NLA_NO_EVAL
 static const char *const usage_eval =
     "usage: nla eval TARGET AV AR [--docs FILE] [--chats FILE] --out DIR [options]\n"
     "       nla eval --merge OUT_DIR SHARD_DIR...\n"
@@ -10946,6 +11025,8 @@ static int cmd_eval(int argc, char **argv) {
                 c.bad_records);
     return 0;
 }
+
+#endif /* NLA_NO_EVAL */
 
 static const char *const usage_quantize =
     "usage: nla quantize IN_DIR OUT_DIR --type q8_0|q4     (--quant is the same)\n"
@@ -11553,6 +11634,7 @@ out:
     return ret;
 }
 
+#ifndef NLA_NO_EVAL
 static const char *const usage_search =
     "usage: nla search RESULTS_DIR (--query TEXT --ar AR | --near ROW | --grep REGEX) [options]\n"
     "\n"
@@ -11695,6 +11777,8 @@ out:
     return ret;
 }
 
+#endif /* NLA_NO_EVAL */
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(usage_main, argc < 2 ? stderr : stdout);
@@ -11712,8 +11796,10 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "score")) return cmd_score(argc - 2, argv + 2);
     if (!strcmp(argv[1], "explain")) return cmd_explain(argc - 2, argv + 2);
     if (!strcmp(argv[1], "steer")) return cmd_steer(argc - 2, argv + 2);
+#ifndef NLA_NO_EVAL
     if (!strcmp(argv[1], "search")) return cmd_search(argc - 2, argv + 2);
     if (!strcmp(argv[1], "eval")) return cmd_eval(argc - 2, argv + 2);
+#endif
     if (!strcmp(argv[1], "random-model")) return cmd_random_model(argc - 2, argv + 2);
     if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc - 2, argv + 2);
     return cli_error("unknown command '%s' (try nla --help)", argv[1]);

@@ -626,8 +626,12 @@ nla_status nla_score_cross(const float *v, const float *r, int n, int d, double 
 
 /* ---- Evaluation: the pretraining-vs-chat study (nla eval) -------------- */
 
+#ifndef NLA_NO_EVAL /* -DNLA_NO_EVAL (when building nla.c and its users) leaves it out,
+                      with the study search below */
+
 /* Explanations and reconstruction errors of tokens drawn from documents and
-   chat conversations (NLA_SPEC.md §6), written as a results folder that a
+   chat conversations (the study of the blog post "Some observations about
+   NLA explanations"), written as a results folder that a
    rerun resumes and that shards merge into:
      params.json          the arguments that decide the results
      tokens.jsonl         each record's tokens, roles and sampled positions
@@ -765,7 +769,7 @@ typedef struct {
    Count, mean, median, p10, p90, p99 of mse_nrm, mean cos, fve_nrm against
    the training baseline and the group's own mean, share with cos < 0.5;
    overall and by source, chat role and token kind; the explanations'
-   three-part structure; the degenerate templates of NLA_SPEC.md §3.6.
+   three-part structure; the degenerate templates (README.md lists them).
    Output goes to write as text tables or JSON. */
 nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params,
                             nla_write_fn write, void *user, char *errbuf, size_t errbuf_size);
@@ -846,6 +850,8 @@ typedef struct {
 nla_status nla_study_search(const nla_study *study, const nla_search_params *params,
                             nla_search_hit *hits, int cap, int *n_hits, int *n_match, char *errbuf,
                             size_t errbuf_size);
+
+#endif /* NLA_NO_EVAL */
 
 /* ---- Kernel checks (NLA_EXPERIMENTAL) ---------------------------------- */
 

@@ -208,6 +208,7 @@ out:
     return rc;
 }
 
+#ifndef NLA_NO_EVAL /* built without section 14: no eval scenarios */
 static void drop(void *user, const char *text, size_t len) { (void)user, (void)text, (void)len; }
 
 /* the eval's readers: input records (plan), results (summary, report) */
@@ -346,6 +347,7 @@ static int eval_rerun_same(void) {
     fa_fail_at = at;
     return ok;
 }
+#endif
 
 /* ---- the sweep ---- */
 
@@ -394,6 +396,7 @@ int main(void) {
     sweep("model", sc_model, NULL, 1);
     sweep("model-q8", sc_model_q8, NULL, 1);
     sweep("nla", sc_nla, NULL, 1);
+#ifndef NLA_NO_EVAL
     sweep("eval", sc_eval, NULL, 1);
     make_shards();
     sweep("merge", sc_merge, NULL, 1);
@@ -410,5 +413,6 @@ int main(void) {
     /* about 1 s of CPU a run (the real tokenizer's 33 MB): the suite fails
        every 40th allocation, NLA_ALLOC_FULL=1 every one */
     sweep("eval-run", sc_eval_run, eval_rerun_same, getenv("NLA_ALLOC_FULL") ? 1 : 40);
+#endif
     return test_report();
 }

@@ -670,12 +670,43 @@ static void test_refusals(void) {
             "--type q8_0|q4 is required");
 }
 
+/* nla explain's table cut to $COLUMNS; whole without it */
+static void test_table_width(void) {
+    /* the table: cut to $COLUMNS (each row at most 110 columns, the cut ending in an
+       ellipsis before the flags); to a file without it, whole */
+    CHECK_EQ(run("COLUMNS=110 ./nla explain " G "target " G "av " G "ar --text 'The quick brown fox' --max-new 12" TOK
+                 " > tests/tmp/explain_cut.txt 2> /dev/null"), 0);
+    CHECK_EQ(run("env -u COLUMNS ./nla explain " G "target " G "av " G "ar --text 'The quick brown fox' --max-new 12" TOK
+                 " > tests/tmp/explain_whole.txt 2> /dev/null"), 0);
+    char *cut = slurp("tests/tmp/explain_cut.txt", NULL), *whole = slurp("tests/tmp/explain_whole.txt", NULL);
+    const size_t n_cut = cut ? strlen(cut) : 0;
+    int rows = 0, widest = 0, marked = 0;
+    for (char *line = cut; line && *line; rows++) {
+        char *nl = strchr(line, '\n');
+        if (!nl) break;
+        int chars = 0; /* UTF-8 characters: a wide one takes 2 columns, which the cut counts */
+        for (char *p = line; p < nl; p++) chars += ((unsigned char)*p & 0xc0) != 0x80;
+        if (chars > widest) widest = chars;
+        *nl = 0;
+        marked += strstr(line, "\xe2\x80\xa6  [unparsed,") != NULL && nl[-1] == ']';
+        line = nl + 1;
+    }
+    CHECK_MSG(rows == 6 && widest == 110 && marked == 4, "cut table: %d lines, widest %d characters, %d cut rows", rows,
+              widest, marked);
+    CHECK_MSG(whole && !strstr(whole, "\xe2\x80\xa6") && strstr(whole, "  [unparsed,") &&
+                  strlen(whole) > n_cut + 100,
+              "the table without COLUMNS is not whole");
+    free(cut);
+    free(whole);
+}
+
 int main(void) {
     mkdir("tests/tmp", 0755);
     nla_model *target = open_api(G "target"), *av = open_api(G "av"), *ar = open_api(G "ar");
     if (!target || !av || !ar) return test_report();
     test_nla_steps(target, av, ar);
     test_explain(target, av, ar);
+    test_table_width();
     test_model_commands(target);
     test_refusals();
     test_nonfinite(target, av);

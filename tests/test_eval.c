@@ -18,8 +18,6 @@
 #define SAMPLE "--docs", "tests/data/eval/docs.jsonl", "--chats", "tests/data/eval/chats.jsonl"
 #define OPTS "--min-position", "10", "--positions-per-record", "2", "--max-new", "8", "--chunk", "4", "--threads", "1", "--quiet"
 
-static const char *const files[] = {"params.json", "tokens.jsonl", "results.jsonl", "activations.npy", "reconstructions.npy"};
-
 /* Starts ./nla with args (NULL-terminated), stderr to err_path. */
 static pid_t spawn(const char *const *args, const char *err_path) {
     fflush(stdout); /* or the child's freopen writes this process's buffered output again */
@@ -39,6 +37,25 @@ static int wait_rc(pid_t pid) {
 }
 
 static int run_nla(const char *const *args, const char *err_path) { return wait_rc(spawn(args, err_path)); }
+
+#ifdef NLA_NO_EVAL
+/* Built with -DNLA_NO_EVAL: nla.h declares no eval API (NLA_EVAL_FROM_BOS is
+   its first definition) and ./nla has no eval command. */
+int main(void) {
+    const char *args[] = {"./nla", "eval", "--summary", "tests/data/eval/fixed_results.jsonl", NULL};
+    mkdir("tests/tmp", 0755);
+#ifdef NLA_EVAL_FROM_BOS
+    CHECK_MSG(0, "nla.h declares the eval API under NLA_NO_EVAL");
+#endif
+    CHECK_EQ(run_nla(args, "tests/tmp/noeval.err"), 1);
+    char *err = slurp("tests/tmp/noeval.err", NULL);
+    CHECK_MSG(err && strstr(err, "unknown command 'eval'"), "stderr: %s", err ? err : "(none)");
+    free(err);
+    printf("built with NLA_NO_EVAL: the eval tests are not built; checked that eval is absent\n");
+    return test_report();
+}
+#else
+static const char *const files[] = {"params.json", "tokens.jsonl", "results.jsonl", "activations.npy", "reconstructions.npy"};
 
 static int count_lines(const char *path) {
     size_t n;
@@ -588,3 +605,4 @@ int main(void) {
     }
     return test_report();
 }
+#endif /* NLA_NO_EVAL */

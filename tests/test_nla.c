@@ -3,7 +3,7 @@
    the real tokenizer): extracted vectors, the AV's first logits after the
    injection and its greedy continuation, the AR's reconstructions, the
    metrics and the own-set baseline; the sidecar reader; and the failure
-   smells of NLA_SPEC 3.6, each shown to be caught. */
+   smells of the NLA recipe, each shown to be caught. */
 #define _POSIX_C_SOURCE 200809L
 #include "../nla.h"
 #include "test.h"

@@ -162,7 +162,7 @@ static void test_chat(const nla_tokenizer *t) {
 static void test_edges(const nla_tokenizer *t) {
     int32_t ids[64];
     int n;
-    /* AR prompt example (NLA_SPEC 4.1): BOS + template around an explanation */
+    /* AR prompt example: BOS + template around an explanation */
     const char *ar = "Summary of the following text: <text>Hello world.</text> <summary>";
     static const int32_t ar_ids[] = {2, 24355, 529, 506, 2269, 1816, 236787, 655, 1005, 236813, 9259, 1902, 9047, 1005, 236813, 655, 6011, 236813};
     CHECK_EQ(nla_tokenize(t, ar, strlen(ar), NLA_TOKENIZE_BOS, ids, 64, &n), NLA_OK);
