@@ -10513,6 +10513,7 @@ static void cli_flags(unsigned flags, char *out, size_t cap) {
 }
 
 static int cmd_explain(int argc, char **argv) {
+    int width = 0; /* the table's columns; 0: no cut */
     cli_opts o;
     int r = parse_opts(argc, argv, usage_explain, &o), ret = 1, n_pos = 0, T = 0;
     if (r) return r == 2 ? 0 : 1;
@@ -10644,7 +10645,7 @@ static int cmd_explain(int argc, char **argv) {
     if (random_weights)
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
                         "are meaningless\n");
-    const int width = o.jsonl ? 0 : cli_columns();
+    width = o.jsonl ? 0 : cli_columns();
     if (!o.jsonl)
         printf("%5s  %-14s %10s  %8s  %8s  %8s  %s\n", "pos", "token", "|v|", "mse_nrm", "cos",
                "fve_nrm", "explanation  [flags]");
