@@ -314,8 +314,9 @@ static void test_explain(nla_model *target, nla_model *av, nla_model *ar) {
         free(ex[k]);
         free(raw[k]);
     }
-    CHECK_MSG(tab && line_of(tab, 3) && strstr(tab, "fve_nrm against the training-set baseline"),
-              "table: %s", tab);
+    char *row3 = tab ? line_of(tab, 3) : NULL;
+    CHECK_MSG(row3 && strstr(tab, "fve_nrm against the training-set baseline"), "table: %s", tab);
+    free(row3);
     free(xp);
     free(tab);
 }
