@@ -11412,9 +11412,10 @@ static int cli_explain_vectors(nla_model *m, const cli_opts *o, const float *v, 
 }
 
 /* The AR of folder dir reconstructs n explanations into rec [n, d] once its
-   sidecar (copied to *meta) says it pairs with d and layer K. */
+   sidecar (copied to *meta, whose strings are gone with the model: *random
+   says whether its base checkpoint was a random one) pairs with d and K. */
 static int cli_reconstruct_all(const char *dir, const cli_opts *o, char **ex, int n, int d, int K,
-                               float *rec, nla_meta *meta) {
+                               float *rec, nla_meta *meta, int *random) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     nla_status rc;
@@ -11422,6 +11423,8 @@ static int cli_reconstruct_all(const char *dir, const cli_opts *o, char **ex, in
               cli_ar_session_texts(m, dir, o, ex, n, &s);
     if (!ret) {
         nla_model_get_meta(m, meta);
+        *random = meta->base_checkpoint && strstr(meta->base_checkpoint, "random");
+        meta->base_checkpoint = NULL;
         if (meta->d_model != d || meta->layer != K)
             ret = cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)",
                             meta->d_model, meta->layer, d, K);
@@ -11486,7 +11489,8 @@ static int cmd_steer(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, usage_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
         nv = 0, dv = 0, rnd = 0;
-    double B; /* the fve baseline, set in step 5 */
+    double B;       /* the fve baseline, set in step 5 */
+    int ar_rnd = 0; /* the AR's base checkpoint is a random one */
     if (r) return r == 2 ? 0 : 1;
     if (o.n_arg != 3) return cli_error("give three folders: nla steer TARGET AV AR");
     if (!!toward + !!npy != 1)
@@ -11575,8 +11579,9 @@ static int cmd_steer(int argc, char **argv) {
         cli_explain_vectors(m, &o, vs, n, d, ex, parsed))
         goto out;
     nla_model_close(m); m = NULL;
-    if (cli_reconstruct_all(o.arg[2], &o, ex, n, d, av_meta.layer, rec, &ar_meta)) goto out;
-    rnd |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
+    if (cli_reconstruct_all(o.arg[2], &o, ex, n, d, av_meta.layer, rec, &ar_meta, &ar_rnd))
+        goto out;
+    rnd |= ar_rnd;
     if (rnd)
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
                         "are meaningless\n");
