@@ -10501,6 +10501,29 @@ static void cli_put_line(const char *s, int max) {
     if (cut) fputs("\xe2\x80\xa6", stdout); /* U+2026 */
 }
 
+/* The start of explain and steer, whose three folders are TARGET AV AR:
+   one tokenizer for the three (an NLA's AV and AR keep their base model's),
+   parsed once from --tokenizer, else the target's, into *tok and
+   o->shared_tok (the caller frees it); and the AV's sidecar into *av_meta,
+   the AV opened as stored (mapping is cheap, quantizing twice would not
+   be). *random becomes 1 when its base checkpoint is a random one (the
+   sidecar's strings go with the model, so this is decided here). */
+static int cli_trio_start(cli_opts *o, nla_tokenizer **tok, nla_meta *av_meta, int *random) {
+    nla_model *m = NULL;
+    char terr[512];
+    if (nla_tokenizer_open(o->tokenizer ? o->tokenizer : o->arg[0], tok, terr, sizeof terr))
+        return cli_error("%s", terr);
+    o->shared_tok = *tok;
+    if (open_model(o->arg[1], o->es, NLA_QUANT_NONE, o->tokenizer, *tok, &m)) return 1;
+    nla_model_get_meta(m, av_meta);
+    *random |= av_meta->base_checkpoint && strstr(av_meta->base_checkpoint, "random");
+    av_meta->base_checkpoint = NULL;
+    nla_model_close(m);
+    if (strcmp(av_meta->role, "av"))
+        return cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o->arg[1]);
+    return 0;
+}
+
 /* The names of the flags set, comma-separated, into out ("-" when none). */
 static void cli_flags(unsigned flags, char *out, size_t cap) {
     size_t n = 0;
@@ -10545,26 +10568,9 @@ static int cmd_explain(int argc, char **argv) {
     sp.top_p = o.top_p;
     sp.seed = (uint64_t)(int64_t)o.seed;
     const int M = sp.n_cand + sp.greedy;
-    /* 0. one tokenizer for the three models (an NLA's AV and AR keep their
-       base model's), parsed once: --tokenizer, else the target's */
+    /* 1. one tokenizer for the three; the AV's sidecar says which layer */
     nla_tokenizer *tok = NULL;
-    char terr[512];
-    if (nla_tokenizer_open(o.tokenizer ? o.tokenizer : o.arg[0], &tok, terr, sizeof terr)) {
-        cli_error("%s", terr);
-        goto out;
-    }
-    o.shared_tok = tok;
-    /* 1. the AV's sidecar says which layer (opened as stored: mapping is
-       cheap, quantizing twice would not be) */
-    if (open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, tok, &m)) goto out;
-    nla_model_get_meta(m, &av_meta);
-    random_weights |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
-    nla_model_close(m);
-    m = NULL;
-    if (strcmp(av_meta.role, "av")) {
-        cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.arg[1]);
-        goto out;
-    }
+    if (cli_trio_start(&o, &tok, &av_meta, &random_weights)) goto out;
     d = av_meta.d_model;
     K = av_meta.layer;
     /* 2. target: extract block K at the chosen positions */
@@ -11511,24 +11517,11 @@ static int cmd_steer(int argc, char **argv) {
     nla_session *s = NULL;
     nla_meta av_meta, ar_meta;
     float *v = NULL, *dir = NULL, *vs = NULL, *rec = NULL, *file = NULL;
-    char **ex = (char **)NLA_CALLOC((size_t)n, sizeof *ex), terr[512];
+    char **ex = (char **)NLA_CALLOC((size_t)n, sizeof *ex);
     int *parsed = (int *)NLA_CALLOC((size_t)n, sizeof *parsed), d;
     if (!ex || !parsed) { cli_error("out of memory"); goto out; }
     /* 1. one tokenizer for the three; the AV's sidecar says which block */
-    if (nla_tokenizer_open(o.tokenizer ? o.tokenizer : o.arg[0], &tok, terr, sizeof terr)) {
-        cli_error("%s", terr);
-        goto out;
-    }
-    o.shared_tok = tok;
-    if (open_model(o.arg[1], o.es, NLA_QUANT_NONE, o.tokenizer, tok, &m)) goto out;
-    nla_model_get_meta(m, &av_meta);
-    rnd |= av_meta.base_checkpoint && strstr(av_meta.base_checkpoint, "random");
-    nla_model_close(m);
-    m = NULL;
-    if (strcmp(av_meta.role, "av")) {
-        cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o.arg[1]);
-        goto out;
-    }
+    if (cli_trio_start(&o, &tok, &av_meta, &rnd)) goto out;
     d = av_meta.d_model;
     if (!(v = (float *)xmalloc(2 * (size_t)n + 2, sizeof(float) * (size_t)d))) {
         cli_error("out of memory");
