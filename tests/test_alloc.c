@@ -317,20 +317,7 @@ static void clear_dir(const char *dir) {
 }
 
 /* The files of dir equal those of the undisturbed run (ev_ref). */
-static int same_as_ref(const char *dir) {
-    int same = 1;
-    for (int i = 0; i < 5; i++) {
-        char a[400], b[400];
-        size_t na = 0, nb = 0;
-        snprintf(a, sizeof a, "%s/%s", dir, ev_files[i]);
-        snprintf(b, sizeof b, "%s/%s", ev_ref, ev_files[i]);
-        char *x = slurp(a, &na), *y = slurp(b, &nb);
-        same &= x && y && na == nb && !memcmp(x, y, na);
-        free(x);
-        free(y);
-    }
-    return same;
-}
+static int same_as_ref(const char *dir) { return same_files(dir, ev_ref, ev_files, 5); }
 
 /* A fresh run whose k-th allocation fails, then a plain rerun (a resume)
    of what it left: NLA_ERR_NOMEM with nothing live, then the files of an

@@ -33,18 +33,6 @@ static double num_after(const char *line, const char *key) {
     return p ? strtod(p + strlen(pat), NULL) : NAN;
 }
 
-/* Line k (0-based) of text, as a heap copy, or NULL. */
-static char *line_of(const char *text, int k) {
-    for (; text && k > 0; k--) text = (text = strchr(text, '\n')) ? text + 1 : NULL;
-    if (!text || !*text) return NULL;
-    const char *e = strchr(text, '\n');
-    size_t n = e ? (size_t)(e - text) : strlen(text);
-    char *out = (char *)malloc(n + 1);
-    memcpy(out, text, n);
-    out[n] = 0;
-    return out;
-}
-
 /* Exit status 1 and stderr holding `want`. */
 static void fails_with(const char *cmd, const char *want) {
     char full[1024];

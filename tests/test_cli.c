@@ -54,18 +54,6 @@ static float *npy_2d(const char *path, long long rows, long long cols) {
     return x;
 }
 
-/* Line k (0-based) of text, as a heap string; NULL past the end. */
-static char *line_of(const char *text, int k) {
-    for (; text && k > 0; k--) text = (text = strchr(text, '\n')) ? text + 1 : NULL;
-    if (!text || !*text) return NULL;
-    const char *nl = strchr(text, '\n');
-    size_t n = nl ? (size_t)(nl - text) : strlen(text);
-    char *out = (char *)malloc(n + 1);
-    memcpy(out, text, n);
-    out[n] = 0;
-    return out;
-}
-
 /* The number after "key": in a JSON line; NAN when missing or not a number. */
 static double num_of(const char *line, const char *key) {
     char pat[64];
@@ -532,16 +520,6 @@ static int run_limited(const char *cmd, long limit) {
     int st = 0;
     waitpid(pid, &st, 0);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* Does file a hold exactly the bytes of file b? */
-static int same_bytes(const char *a, const char *b) {
-    size_t na = 0, nb = 0;
-    char *x = slurp(a, &na), *y = slurp(b, &nb);
-    int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
 }
 
 /* stderr (tests/tmp/err.txt) holds every one of the strings (NULL-ended). */

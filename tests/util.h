@@ -192,4 +192,44 @@ static inline int copy_file(const char *from, const char *to) {
     free(b);
     return rc;
 }
+/* Does file a hold exactly the bytes of file b (both readable)? */
+static inline int same_bytes(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = slurp(a, &na), *y = slurp(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Files names[0..n) of folder a equal b's, byte for byte; each one that
+   differs is named on stderr. */
+static inline int same_files(const char *a, const char *b, const char *const *names, int n) {
+    int same = 1;
+    for (int i = 0; i < n; i++) {
+        char pa[512], pb[512];
+        snprintf(pa, sizeof pa, "%s/%s", a, names[i]);
+        snprintf(pb, sizeof pb, "%s/%s", b, names[i]);
+        if (!same_bytes(pa, pb)) {
+            fprintf(stderr, "  %s differs from %s\n", pa, pb);
+            same = 0;
+        }
+    }
+    return same;
+}
+
+/* Line k (0-based) of text, as a heap copy; NULL past the end. */
+static inline char *line_of(const char *text, int k) {
+    for (; text && k > 0; k--) text = (text = strchr(text, '\n')) ? text + 1 : NULL;
+    if (!text || !*text) return NULL;
+    const char *nl = strchr(text, '\n');
+    size_t n = nl ? (size_t)(nl - text) : strlen(text);
+    char *out = (char *)malloc(n + 1);
+    if (out) {
+        memcpy(out, text, n);
+        out[n] = 0;
+    }
+    return out;
+}
+
 #endif
