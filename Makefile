@@ -43,7 +43,7 @@ weights/tokenizer.json:
 # NLA_TEST_NATIVE: built for this machine, so test_quant expects the best
 # kernel its CPU features allow.
 TEST_NATIVE = $(if $(findstring -march=native,$(CFLAGS)),-DNLA_TEST_NATIVE)
-tests/%: tests/%.c tests/test.h nla.o
+tests/%: tests/%.c tests/test.h tests/util.h nla.o
 	$(CC) $(CFLAGS) $(TEST_NATIVE) $(WARN) -Werror $(OMP) -o $@ $< nla.o $(LDLIBS) -lpthread
 
 # The allocation-failure test links nla.c built with its counting allocator.
