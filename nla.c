@@ -894,6 +894,7 @@ static nla_status out_open(out_file *o, const char *path, errbuf *e) {
 
 /* n bytes at the end; a failure is kept for out_commit. */
 static void out_write(out_file *o, const void *p, size_t n) {
+    errno = 0;
     if (!o->err && n && fwrite(p, 1, n, o->f) != n) o->err = errno ? errno : EIO;
 }
 
@@ -5563,15 +5564,15 @@ nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mod
                      float *out) {
     if (!v || !dir || !out || d < 1 || (unsigned)mode > NLA_STEER_SUBTRACT || !isfinite(r))
         return NLA_ERR_ARG;
+    if (mode == NLA_STEER_PATCH) {
+        memmove(out, dir, sizeof(float) * (size_t)d);
+        return NLA_OK;
+    }
     double vv = 0, dd = 0, vd = 0;
     for (int i = 0; i < d; i++) {
         vv += (double)v[i] * v[i];
         dd += (double)dir[i] * dir[i];
         vd += (double)v[i] * dir[i];
-    }
-    if (mode == NLA_STEER_PATCH) {
-        memmove(out, dir, sizeof(float) * (size_t)d);
-        return NLA_OK;
     }
     if (!(dd > 0) || !isfinite(dd)) return NLA_ERR_ARG;
     /* out = v + k dir: add k = r |v| / |dir|; subtract k = -(v . dir) / |dir|^2 */
@@ -5582,7 +5583,10 @@ nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mod
 
 nla_status nla_score_cross(const float *v, const float *r, int n, int d, double mse_scale,
                            float *matrix, int *rank, nla_cross_scores *out) {
-    if (!v || !r || !out || n < 1 || d < 1 || !(mse_scale > 0)) return NLA_ERR_ARG;
+    if (!v || !r || !out || n < 1 || d < 1 || !(mse_scale > 0) || !isfinite(mse_scale))
+        return NLA_ERR_ARG;
+    if (first_nonfinite(v, (size_t)n * d) >= 0 || first_nonfinite(r, (size_t)n * d) >= 0)
+        return NLA_ERR_NONFINITE;
     /* every vector normalised once [n, d], one reconstruction at a time [d] */
     double *b = (double *)xmalloc((size_t)n + 1, sizeof(double) * (size_t)d),
            *a = b + (size_t)n * d;
@@ -5660,8 +5664,10 @@ static nla_status ex_score_texts(nla_session *s, const char *const *ex, int n, c
         if ((rc = nla_reconstruct(s, ex + t0, g, rec)) != NLA_OK)
             rc = fail(e, rc, "%s", nla_session_errmsg(s));
         for (int q = 0; q < g && !rc; q++)
-            nla_score(v + (size_t)of[t0 + q] * d, rec + (size_t)q * d, d, mse_scale, baseline,
-                      sc[t0 + q]);
+            if ((rc = nla_score(v + (size_t)of[t0 + q] * d, rec + (size_t)q * d, d, mse_scale,
+                                baseline, sc[t0 + q])) != NLA_OK)
+                rc = fail(e, rc, "text %d: cannot be scored (%s: a non-finite vector, "
+                                 "reconstruction or baseline)", t0 + q, nla_strerror(rc));
         if (!rc && keep) keep(user, t0, g, rec);
     }
     NLA_FREE(rec);

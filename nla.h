@@ -620,7 +620,8 @@ typedef struct {
    row i). The rank of v_i for r_i is 1 + the number of other v_j at most as
    far (ties count against it, so identical reconstructions rank last);
    rank (optional, out [n]) gets them. O(n^2 d) time; allocates n d
-   doubles (NLA_ERR_NOMEM). Any thread; NLA_ERR_ARG for bad sizes. */
+   doubles (NLA_ERR_NOMEM). Any thread; NLA_ERR_ARG for bad sizes or a
+   non-finite mse_scale, NLA_ERR_NONFINITE for a NaN or Inf in v or r. */
 nla_status nla_score_cross(const float *v, const float *r, int n, int d, double mse_scale,
                            float *matrix, int *rank, nla_cross_scores *out);
 

@@ -116,6 +116,8 @@ static void test_cross_math(void) {
     CHECK_NEAR(cs.own_closest, 0, 0);
     CHECK_NEAR(cs.mean_rank, N, 0);
     CHECK_EQ(nla_score_cross(v, r, 0, D, 4, NULL, NULL, &cs), NLA_ERR_ARG);
+    r[3] = NAN; /* refused like nla_score, not ranked */
+    CHECK_EQ(nla_score_cross(v, r, N, D, 4, NULL, NULL, &cs), NLA_ERR_NONFINITE);
 }
 
 /* nla steer against nla explain, and its errors. */

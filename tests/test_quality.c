@@ -399,6 +399,8 @@ static void test_parts(void) {
         CHECK_EQ(nla_score(v, r, D, 4.0, 0.0302, &sc), NLA_OK);
         CHECK_MSG(ps.part[15].mse_nrm == sc.mse_nrm, "the 16th part is not paragraphs 16-20");
     }
+    CHECK_EQ(nla_score_parts(s, v, ex, NAN, &ps), NLA_ERR_ARG); /* a baseline nla_score refuses */
+    CHECK(strstr(nla_session_errmsg(s), "cannot be scored") != NULL);
     CHECK_EQ(nla_score_parts(s_av, v, ex, 0.0302, &ps), NLA_ERR_ARG);
     CHECK(strstr(nla_session_errmsg(s_av), "not an AR") != NULL);
     printf("  parts: 3 parts and 3 prefixes equal to reconstructing them alone (max |diff| %g)\n",
