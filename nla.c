@@ -5753,6 +5753,16 @@ nla_status nla_score_parts(nla_session *s, const float *v, const char *explanati
 
 #if !defined(NLA_NO_EVAL) || defined(NLA_MAIN) /* the rest: nla explain and nla eval */
 
+/* A copy of a model's sidecar that outlives the model: its borrowed
+   pointers (templates, prompt ids, base checkpoint) go with the model, so
+   they are cleared; *random (when not NULL) becomes 1 where the base
+   checkpoint names a random one. */
+static void meta_detach(nla_meta *m, int *random) {
+    if (random) *random |= m->base_checkpoint && strstr(m->base_checkpoint, "random");
+    m->injection_char = m->av_template = m->ar_template = m->base_checkpoint = NULL;
+    m->av_prompt = NULL;
+}
+
 /* Text made by render(b, ctx) into an sbuf, as a heap string: rendered once
    to measure, once to write. *len (when not NULL) gets its length; NULL
    when out of memory. */
@@ -7236,10 +7246,12 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
     char *tf = is_dir(tp) ? path_join(tp, "tokenizer.json") : xstrndup(tp, strlen(tp));
     nla_status rc = ev_open(x->p.av, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e);
     if (!rc && !(rc = ev_model_fp(m, &x->fp[1], e))) nla_model_get_meta(m, &x->av);
+    meta_detach(&x->av, NULL);
     ev_close(&m, &s);
     if (!rc && !(rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) &&
         !(rc = ev_model_fp(m, &x->fp[2], e)))
         nla_model_get_meta(m, &x->ar);
+    meta_detach(&x->ar, NULL);
     ev_close(&m, &s);
     if (!rc && !(rc = ev_open(x->p.target, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) &&
         !(rc = ev_model_fp(m, &x->fp[0], e)))
@@ -7251,7 +7263,7 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
             tf ? ev_fp_file(tf, NULL, &x->fp[3], e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     NLA_FREE(tf);
     if (rc) return rc;
-    if (strcmp(x->av.role, "av") || !x->av.av_prompt)
+    if (strcmp(x->av.role, "av") || x->av.av_prompt_len < 1)
         return fail(e, NLA_ERR_ARG,
                     "eval: %s is not an AV with a tokenizer (nla_meta.yaml role: av)", x->p.av);
     if (strcmp(x->ar.role, "ar") || x->ar.d_model != x->av.d_model || x->ar.layer != x->av.layer)
@@ -7261,7 +7273,7 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
         return fail(e, NLA_ERR_ARG,
                     "eval: the target %s (d %d, %d blocks) does not fit the AV (d %d, layer %d)",
                     x->p.target, in.d_model, in.n_layers, x->av.d_model, x->av.layer);
-    x->baseline = x->av.fve_baseline > 0 ? x->av.fve_baseline : release_baseline(x->av.d_model);
+    x->baseline = x->av.fve_baseline;
     return NLA_OK;
 }
 
@@ -7454,7 +7466,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     float *row = NULL;
     uint64_t *sum = NULL;           /* [S, 2] each row's checksums */
     unsigned char *has_sum = NULL; /* [S] */
-    ev_npy *in = NULL; /* [n, 2] each shard's activations and reconstructions */
+    ev_npy in[2];      /* one shard's activations and reconstructions at a time */
     out_file out[2];   /* the merged ones */
     jdoc doc;
     nla_status rc = NLA_OK;
@@ -7502,11 +7514,11 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         S = (long)us;
     }
     memset(out, 0, sizeof out);
+    memset(in, 0, sizeof in);
     if (!rc && (!(line = (const char **)xcalloc((size_t)S + 1, sizeof(char *))) ||
                 !(len = (size_t *)xcalloc((size_t)S + 1, sizeof(size_t))) ||
                 !(owner = (int *)xcalloc((size_t)S + 1, sizeof(int))) ||
                 !(row = (float *)xmalloc((size_t)d, sizeof(float))) ||
-                !(in = (ev_npy *)xcalloc((size_t)n * 2, sizeof(ev_npy))) ||
                 !(sum = (uint64_t *)xcalloc((size_t)S + 1, 2 * sizeof(uint64_t))) ||
                 !(has_sum = (unsigned char *)xcalloc((size_t)S + 1, 1))))
         rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
@@ -7549,38 +7561,46 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             rc = fail(&e, NLA_ERR_ARG,
                       "eval merge: sample %ld is in no shard's results: finish every shard first",
                       i);
-    /* the vectors, a row at a time from the shard that owns it (memory: one
-       row), into new files renamed over the old ones at the end */
-    for (int k = 0; k < n && !rc; k++)
-        for (int f = 0; f < 2 && !rc; f++) {
-            if (!(path = path_join(dirs[k], f ? "reconstructions.npy" : "activations.npy")))
-                rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-            else rc = ev_npy_open(&in[2 * k + f], path, S, d, 0, &e);
-            NLA_FREE(path);
-            path = NULL;
-        }
+    /* the vectors into new files, renamed over the old ones at the end: one
+       shard at a time (two of its files open, memory one row), each row it
+       owns written at its place */
+    char hdr[256];
+    const int64_t shape[2] = {S, d};
+    const size_t hl = npy_header(hdr, 2, shape);
     for (int f = 0; f < 2 && !rc; f++) {
-        char hdr[256];
-        const int64_t shape[2] = {S, d};
-        const size_t hl = npy_header(hdr, 2, shape);
         if (!(mpath[f] = path_join(out_dir, f ? "reconstructions.npy" : "activations.npy")))
             rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
         else if ((rc = out_open(&out[f], mpath[f], &e)) == NLA_OK) out_write(&out[f], hdr, hl);
     }
-    for (long i = 0; i < S && !rc; i++)
+    for (int k = 0; k < n && !rc; k++) {
         for (int f = 0; f < 2 && !rc; f++) {
-            if (!ev_npy_get(&in[2 * owner[i] + f], i, row))
-                rc = fail(&e, NLA_ERR_IO, "eval merge: cannot read row %ld of %s's %s", i,
-                          dirs[owner[i]], f ? "reconstructions" : "activations");
-            else if (!has_sum[i] || ev_vec_sum(row, d) != sum[2 * i + f])
-                rc = fail(&e, NLA_ERR_FORMAT,
-                          "eval merge: %s: the %s of sample %ld %s: rerun nla eval on that folder "
-                          "to redo it",
-                          dirs[owner[i]], f ? "reconstruction" : "activation", i,
-                          has_sum[i] ? "differs from its checksum in results.jsonl"
-                                     : "has no checksum in results.jsonl");
-            else out_write(&out[f], row, (size_t)d * sizeof(float));
+            if (!(path = path_join(dirs[k], f ? "reconstructions.npy" : "activations.npy")))
+                rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+            else rc = ev_npy_open(&in[f], path, S, d, 0, &e);
+            NLA_FREE(path);
+            path = NULL;
         }
+        for (long i = 0; i < S && !rc; i++)
+            for (int f = 0; f < 2 && !rc && owner[i] == k; f++) {
+                if (!ev_npy_get(&in[f], i, row))
+                    rc = fail(&e, NLA_ERR_IO, "eval merge: cannot read row %ld of %s's %s", i,
+                              dirs[k], f ? "reconstructions" : "activations");
+                else if (!has_sum[i] || ev_vec_sum(row, d) != sum[2 * i + f])
+                    rc = fail(&e, NLA_ERR_FORMAT,
+                              "eval merge: %s: the %s of sample %ld %s: rerun nla eval on that "
+                              "folder to redo it",
+                              dirs[k], f ? "reconstruction" : "activation", i,
+                              has_sum[i] ? "differs from its checksum in results.jsonl"
+                                         : "has no checksum in results.jsonl");
+                else if (!out[f].err && fseek(out[f].f, (long)hl + i * d * 4, SEEK_SET))
+                    out[f].err = errno ? errno : EIO;
+                else out_write(&out[f], row, (size_t)d * sizeof(float));
+            }
+        for (int f = 0; f < 2; f++) {
+            if (in[f].f) fclose(in[f].f);
+            in[f].f = NULL;
+        }
+    }
     for (int f = 0; f < 2; f++) {
         if (rc && out[f].f) out[f].err = ECANCELED; /* no file */
         if (out_commit(&out[f], rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
@@ -7614,10 +7634,10 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         if (params) NLA_FREE(params[k]);
         if (res) NLA_FREE(res[k]);
     }
-    for (int k = 0; in && k < 2 * n; k++)
-        if (in[k].f) fclose(in[k].f);
+    for (int f = 0; f < 2; f++)
+        if (in[f].f) fclose(in[f].f);
     NLA_FREE(params); NLA_FREE(res); NLA_FREE(tokens); NLA_FREE(line); NLA_FREE(len);
-    NLA_FREE(owner); NLA_FREE(row); NLA_FREE(in);
+    NLA_FREE(owner); NLA_FREE(row);
     NLA_FREE(sum); NLA_FREE(has_sum);
     ev_unlock(lock);
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -9496,6 +9516,15 @@ static int cli_out_clash(const cli_opts *o) {
     return 0;
 }
 
+/* A --quant value: q8_0 (q8), q4_0 (q4) or none; 0 for anything else. */
+static int parse_quant(const char *v, nla_quant *q) {
+    if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) *q = NLA_QUANT_Q8_0;
+    else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) *q = NLA_QUANT_Q4_0;
+    else if (!strcmp(v, "none")) *q = NLA_QUANT_NONE;
+    else return 0;
+    return 1;
+}
+
 /* Shared option parser of forward and generate; returns 0, or 1 after
    printing an error, or 2 after printing help. */
 static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
@@ -9550,13 +9579,9 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--temp")) ok = parse_float(v, &o->temp) && o->temp >= 0;
         else if (!strcmp(a, "--top-p"))
             ok = parse_float(v, &o->top_p) && o->top_p >= 0 && o->top_p <= 1;
-        else if (!strcmp(a, "--quant") || !strcmp(a, "--type")) {
-            /* --type: nla quantize's own spelling */
-            if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) o->quant = NLA_QUANT_Q8_0;
-            else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) o->quant = NLA_QUANT_Q4_0;
-            else if (!strcmp(v, "none")) o->quant = NLA_QUANT_NONE;
-            else ok = 0;
-        } else if (!strcmp(a, "--embed-scale")) {
+        else if (!strcmp(a, "--quant") || !strcmp(a, "--type")) /* --type: quantize's word */
+            ok = parse_quant(v, &o->quant);
+        else if (!strcmp(a, "--embed-scale")) {
             if (!strcmp(v, "bf16")) o->es = NLA_EMBED_SCALE_BF16;
             else if (!strcmp(v, "stored")) o->es = NLA_EMBED_SCALE_STORED;
             else if (!strcmp(v, "exact")) o->es = NLA_EMBED_SCALE_EXACT;
@@ -10172,11 +10197,11 @@ static int cli_ar_session(nla_model *m, const char *dir, const cli_opts *o, cons
 /* cli_ar_session for the n plain texts ex[0..n). */
 static int cli_ar_session_texts(nla_model *m, const char *dir, const cli_opts *o, char **ex, int n,
                                 nla_session **s) {
-    ex_cand *cand = (ex_cand *)calloc((size_t)n, sizeof *cand);
+    ex_cand *cand = (ex_cand *)NLA_CALLOC((size_t)n, sizeof *cand);
     if (!cand) return cli_error("out of memory");
     for (int t = 0; t < n; t++) cand[t].ex = ex[t];
     const int ret = cli_ar_session(m, dir, o, cand, n, s);
-    free(cand);
+    NLA_FREE(cand);
     return ret;
 }
 
@@ -10280,15 +10305,9 @@ static int cmd_reconstruct(int argc, char **argv) {
     float *rec = NULL;
     nla_status rc;
     int64_t sh[2];
-    ex_cand *cand = (ex_cand *)NLA_CALLOC(
-        (size_t)n + 1, sizeof *cand); /* the texts, as cli_ar_session reads them */
-    for (int i = 0; cand && i < n; i++) cand[i].ex = ex[i];
-    if (!ex || n < 1 || !cand || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m) ||
-        cli_ar_session(m, o.dir, &o, cand, n, &s)) {
-        NLA_FREE(cand);
+    if (!ex || n < 1 || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m) ||
+        cli_ar_session_texts(m, o.dir, &o, ex, n, &s))
         goto out;
-    }
-    NLA_FREE(cand);
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (!(rec = (float *)NLA_MALLOC(sizeof(float) * (size_t)n * (size_t)in.d_model))) {
@@ -10507,26 +10526,45 @@ static void cli_put_line(const char *s, int max) {
     if (cut) fputs("\xe2\x80\xa6", stdout); /* U+2026 */
 }
 
+/* The sidecar of the model in folder dir, read from a mapped open of the
+   model as stored (cheap at any size, whatever NLA_READ_WEIGHTS says) and
+   detached from it (meta_detach). */
+static int cli_meta(const char *dir, const nla_tokenizer *tok, nla_meta *meta, int *random) {
+    nla_model *m = NULL;
+    nla_model_params mp;
+    char err[512];
+    memset(&mp, 0, sizeof mp);
+    mp.shared_tokenizer = tok;
+    if (nla_model_open(dir, &mp, &m, err, sizeof err))
+        return cli_error("%s", err);
+    nla_model_get_meta(m, meta);
+    meta_detach(meta, random);
+    nla_model_close(m);
+    return 0;
+}
+
 /* The start of explain and steer, whose three folders are TARGET AV AR:
    one tokenizer for the three (an NLA's AV and AR keep their base model's),
    parsed once from --tokenizer, else the target's, into *tok and
-   o->shared_tok (the caller frees it); and the AV's sidecar into *av_meta,
-   the AV opened as stored (mapping is cheap, quantizing twice would not
-   be). *random becomes 1 when its base checkpoint is a random one (the
-   sidecar's strings go with the model, so this is decided here). */
-static int cli_trio_start(cli_opts *o, nla_tokenizer **tok, nla_meta *av_meta, int *random) {
-    nla_model *m = NULL;
+   o->shared_tok (the caller frees it); the AV's and the AR's sidecars,
+   checked to be a pair before any work is done. *random becomes 1 when a
+   base checkpoint is a random one. */
+static int cli_trio_start(cli_opts *o, nla_tokenizer **tok, nla_meta *av_meta, nla_meta *ar_meta,
+                          int *random) {
     char terr[512];
     if (nla_tokenizer_open(o->tokenizer ? o->tokenizer : o->arg[0], tok, terr, sizeof terr))
         return cli_error("%s", terr);
     o->shared_tok = *tok;
-    if (open_model(o->arg[1], o->es, NLA_QUANT_NONE, o->tokenizer, *tok, &m)) return 1;
-    nla_model_get_meta(m, av_meta);
-    *random |= av_meta->base_checkpoint && strstr(av_meta->base_checkpoint, "random");
-    av_meta->base_checkpoint = NULL;
-    nla_model_close(m);
+    if (cli_meta(o->arg[1], *tok, av_meta, random) || cli_meta(o->arg[2], *tok, ar_meta, random))
+        return 1;
     if (strcmp(av_meta->role, "av"))
         return cli_error("%s is not an AV (its nla_meta.yaml must say role: av)", o->arg[1]);
+    if (strcmp(ar_meta->role, "ar") || ar_meta->d_model != av_meta->d_model ||
+        ar_meta->layer != av_meta->layer)
+        return cli_error("%s is not the AR of %s (role ar, d %d, layer %d; it has %s, d %d, "
+                         "layer %d)",
+                         o->arg[2], o->arg[1], av_meta->d_model, av_meta->layer, ar_meta->role,
+                         ar_meta->d_model, ar_meta->layer);
     return 0;
 }
 
@@ -10576,7 +10614,7 @@ static int cmd_explain(int argc, char **argv) {
     const int M = sp.n_cand + sp.greedy;
     /* 1. one tokenizer for the three; the AV's sidecar says which layer */
     nla_tokenizer *tok = NULL;
-    if (cli_trio_start(&o, &tok, &av_meta, &random_weights)) goto out;
+    if (cli_trio_start(&o, &tok, &av_meta, &ar_meta, &random_weights)) goto out;
     d = av_meta.d_model;
     K = av_meta.layer;
     /* 2. target: extract block K at the chosen positions */
@@ -10631,14 +10669,7 @@ static int cmd_explain(int argc, char **argv) {
     if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, tok, &m) ||
         cli_ar_session(m, o.arg[2], &o, cand, n_pos * M, &s))
         goto out;
-    nla_model_get_meta(m, &ar_meta);
-    random_weights |= ar_meta.base_checkpoint && strstr(ar_meta.base_checkpoint, "random");
-    if (ar_meta.d_model != d || ar_meta.layer != K) {
-        cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)",
-                  ar_meta.d_model, ar_meta.layer, d, K);
-        goto out;
-    }
-    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : release_baseline(d);
+    B = av_meta.fve_baseline;
     if (ex_choose(s, v, n_pos, &sp, cand, ar_meta.mse_scale, B, best, rec, &e) ||
         (o.parts && ex_score_parts(s, v, n_pos, cand, M, best, ar_meta.mse_scale, B, parts, &e))) {
         cli_error("%s", e.msg);
@@ -10969,11 +11000,8 @@ static int cmd_eval(int argc, char **argv) {
                  (sscanf(v, "%d/%d%n", &p.shard_index, &p.shard_count, &end) == 2 && !v[end] &&
                   p.shard_count > 0 && p.shard_index >= 1 && p.shard_index <= p.shard_count);
         } else if (!strcmp(a, "--shards")) ok = parse_int(v, &shards) && shards > 0;
-        else if (!strcmp(a, "--quant")) {
-            if (!strcmp(v, "q8_0") || !strcmp(v, "q8")) p.quant = NLA_QUANT_Q8_0;
-            else if (!strcmp(v, "q4_0") || !strcmp(v, "q4")) p.quant = NLA_QUANT_Q4_0;
-            else ok = !strcmp(v, "none");
-        } else return cli_error("unknown option '%s' (see nla eval --help)", a);
+        else if (!strcmp(a, "--quant")) ok = parse_quant(v, &p.quant);
+        else return cli_error("unknown option '%s' (see nla eval --help)", a);
         if (!ok) return cli_bad_value(v, a);
     }
     if (shards && !shard_auto) return cli_error("--shards N goes with --shard auto");
@@ -11423,26 +11451,16 @@ static int cli_explain_vectors(nla_model *m, const cli_opts *o, const float *v, 
     return ret;
 }
 
-/* The AR of folder dir reconstructs n explanations into rec [n, d] once its
-   sidecar (copied to *meta, whose strings are gone with the model: *random
-   says whether its base checkpoint was a random one) pairs with d and K. */
-static int cli_reconstruct_all(const char *dir, const cli_opts *o, char **ex, int n, int d, int K,
-                               float *rec, nla_meta *meta, int *random) {
+/* The AR of folder dir (checked by cli_trio_start) reconstructs n
+   explanations into rec [n, d]. */
+static int cli_reconstruct_all(const char *dir, const cli_opts *o, char **ex, int n, float *rec) {
     nla_model *m = NULL;
     nla_session *s = NULL;
     nla_status rc;
     int ret = open_model(dir, o->es, o->quant, o->tokenizer, o->shared_tok, &m) ||
               cli_ar_session_texts(m, dir, o, ex, n, &s);
-    if (!ret) {
-        nla_model_get_meta(m, meta);
-        *random = meta->base_checkpoint && strstr(meta->base_checkpoint, "random");
-        meta->base_checkpoint = NULL;
-        if (meta->d_model != d || meta->layer != K)
-            ret = cli_error("the AR (d %d, layer %d) does not pair with the AV (d %d, layer %d)",
-                            meta->d_model, meta->layer, d, K);
-        else if ((rc = nla_reconstruct(s, (const char *const *)ex, n, rec)))
-            ret = cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
-    }
+    if (!ret && (rc = nla_reconstruct(s, (const char *const *)ex, n, rec)))
+        ret = cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -11502,7 +11520,6 @@ static int cmd_steer(int argc, char **argv) {
     int r = parse_opts(argc, argv, usage_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
         nv = 0, dv = 0, rnd = 0;
     double B;       /* the fve baseline, set in step 5 */
-    int ar_rnd = 0; /* the AR's base checkpoint is a random one */
     if (r) return r == 2 ? 0 : 1;
     if (o.n_arg != 3) return cli_error("give three folders: nla steer TARGET AV AR");
     if (!!toward + !!npy != 1)
@@ -11527,7 +11544,7 @@ static int cmd_steer(int argc, char **argv) {
     int *parsed = (int *)NLA_CALLOC((size_t)n, sizeof *parsed), d;
     if (!ex || !parsed) { cli_error("out of memory"); goto out; }
     /* 1. one tokenizer for the three; the AV's sidecar says which block */
-    if (cli_trio_start(&o, &tok, &av_meta, &rnd)) goto out;
+    if (cli_trio_start(&o, &tok, &av_meta, &ar_meta, &rnd)) goto out;
     d = av_meta.d_model;
     if (!(v = (float *)xmalloc(2 * (size_t)n + 2, sizeof(float) * (size_t)d))) {
         cli_error("out of memory");
@@ -11578,14 +11595,12 @@ static int cmd_steer(int argc, char **argv) {
         cli_explain_vectors(m, &o, vs, n, d, ex, parsed))
         goto out;
     nla_model_close(m); m = NULL;
-    if (cli_reconstruct_all(o.arg[2], &o, ex, n, d, av_meta.layer, rec, &ar_meta, &ar_rnd))
-        goto out;
-    rnd |= ar_rnd;
+    if (cli_reconstruct_all(o.arg[2], &o, ex, n, rec)) goto out;
     if (rnd)
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
                         "are meaningless\n");
     /* 5. scores against v' and against v */
-    B = av_meta.fve_baseline > 0 ? av_meta.fve_baseline : release_baseline(d);
+    B = av_meta.fve_baseline;
     fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
             toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
     if (!o.jsonl)
@@ -11733,7 +11748,10 @@ static int cmd_search(int argc, char **argv) {
         cli_error("--near %d: %s has no row with that sample_idx (%d rows)", near, o.dir, n);
         goto out;
     }
-    if (near_a) nla_study_vector(st, row, q);
+    if (near_a && (rc = nla_study_vector(st, row, q)) != NLA_OK) {
+        cli_error("%s: cannot read the vector of row %d (%s)", o.dir, near, nla_strerror(rc));
+        goto out;
+    }
     if (query && cli_query_vector(ar, &o, query, d, q)) goto out;
     sp.query = query || near_a ? q : NULL;
     sp.regex = grep;

@@ -159,6 +159,8 @@ static void test_steer_cli(void) {
     CHECK(patch && e2 && num_after(patch, "mse_nrm") == num_after(e2, "mse_nrm"));
     free(patch); free(st); free(e2);
     fails_with("./nla steer " TRIO " --text " TEXT1 " --position 40 --toward " TEXT2 OPTS, "--position 40 is past the last token (9)");
+    fails_with("./nla steer weights/tiny/target weights/tiny/av weights/tiny/av --text " TEXT1
+               " --toward " TEXT2 OPTS, "weights/tiny/av is not the AR of weights/tiny/av");
     fails_with("./nla steer " TRIO " --text " TEXT1 " --toward-npy tests/tmp/ask_dir.npy --row 2" OPTS,
                "--row 2: tests/tmp/ask_dir.npy has rows 0..1");
     fails_with("./nla steer " TRIO " --text " TEXT1 OPTS, "give one direction: --toward TEXT2 or --toward-npy FILE");

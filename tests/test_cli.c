@@ -640,6 +640,8 @@ static void test_refusals(void) {
     refused("./nla extract " G "target --text hi --positions 9 --out tests/tmp/x.npy" TOK,
             "9 is past the last token (1)");
     refused("./nla explain " G "target " G "av", "give three folders");
+    refused("./nla explain " G "target " G "av " G "av --text hi" TOK,
+            "tests/data/nla/av is not the AR of tests/data/nla/av");
     refused("./nla nonsense", "unknown command 'nonsense'");
     /* option values out of range say what the option takes */
     refused("./nla explain " G "target " G "av " G "ar --text hi --threads 100000" TOK,

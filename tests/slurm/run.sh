@@ -185,12 +185,15 @@ echo "slurm-test: array job $job, merge job $merge"
 rows() { [ -f "results.1/results.jsonl" ] && [ "$(wc -l < results.1/results.jsonl)" -ge 1 ]; }
 until_ok 120 rows || fail "task 1 committed no row in 120 s"
 # a duplicate of the running task (a requeue racing its first run) is
-# refused by the results folder's lock
+# refused by the results folder's lock; task 1 is suspended meanwhile (a
+# stopped process keeps its lock), so it cannot finish first
+scontrol suspend "${job}_1"
 SLURM_ARRAY_TASK_ID=1 SLURM_ARRAY_TASK_MIN=1 SLURM_ARRAY_TASK_COUNT=3 ./nla eval target av ar \
     --docs docs.jsonl --chats chats.jsonl --out results.1 --shard auto --threads 1 --chunk 32 \
     $STUDY 2> dup.err && fail "a duplicate of task 1 was not refused"
 grep -q 'results.1/eval.lock is held by PID' dup.err || fail "duplicate refused: $(cat dup.err)"
 echo "slurm-test: duplicate of ${job}_1 refused: $(cat dup.err)"
+scontrol resume "${job}_1"
 scontrol requeue "${job}_1"
 echo "slurm-test: requeued ${job}_1 after $(wc -l < results.1/results.jsonl) rows"
 pending() { [ "$(squeue -h -j "${job}_1" -o %T)" = PENDING ]; }
