@@ -174,7 +174,7 @@ static void test_best_of(void) {
     char *res1 = slurp("tests/tmp/q_best1/results.jsonl", NULL);
     int rows = 0, checked = 0, differ = 0;
     for (const char *l = res; (l = line_at(res, rows)) != NULL; rows++) {
-        cand c[8], g[1], one[2];
+        cand c[8], g[1], one[2] = {{NULL, 0, 0}, {NULL, 0, 0}};
         const int n = row_cands(l, "\"candidates\": [", "\"chosen\": ", c, 8),
                   ng = row_cands(l, "\"greedy\": ", "\"flags\": ", g, 1);
         const char *gl = line_at(gres, rows), *l1 = line_at(res1, rows);
@@ -203,7 +203,7 @@ static void test_best_of(void) {
                       num_after(l1, "mse_nrm") == num_after(gl, "mse_nrm") &&
                       num_after(l1, "cos") == num_after(gl, "cos"),
                   "row %d: best of 1 at temperature 0 is not the greedy path", rows);
-        if (l1) free(one[0].ex);
+        free(one[0].ex);
         /* every candidate (and the greedy text) of a row: reconstruct --text + score */
         if (rows == 1) {
             activation_row(bo, rows);
