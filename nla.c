@@ -835,12 +835,10 @@ static char *dir_of(const char *path) {
     return xstrndup(path, (size_t)(base - path - 1));
 }
 
-/* Reads a whole small file (config.json, index files) into a NUL-terminated
-   heap buffer. */
-static nla_status read_file(const char *path, char **out, size_t *n_out, size_t max, errbuf *e) {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(e, NLA_ERR_IO, "%s: cannot open", path);
+/* Reads stream f (named `path` in messages) to its end into a NUL-terminated
+   heap buffer, at most max bytes. */
+static nla_status read_stream(FILE *f, const char *path, char **out, size_t *n_out, size_t max,
+                              errbuf *e) {
     size_t cap = 4096, n = 0;
     char *buf = (char *)NLA_MALLOC(cap + 1);
     while (buf) {
@@ -848,7 +846,6 @@ static nla_status read_file(const char *path, char **out, size_t *n_out, size_t 
         n += got;
         if (n < cap) break;
         if (cap >= max) {
-            fclose(f);
             NLA_FREE(buf);
             return fail(e, NLA_ERR_FORMAT, "%s: larger than %zu bytes", path, max);
         }
@@ -857,14 +854,29 @@ static nla_status read_file(const char *path, char **out, size_t *n_out, size_t 
         buf = nb;
         cap *= 2;
     }
-    int bad = ferror(f);
-    fclose(f);
+    const int bad = ferror(f) ? (errno ? errno : EIO) : 0;
     if (!buf) return fail(e, NLA_ERR_NOMEM, "%s: out of memory reading it", path);
-    if (bad) { NLA_FREE(buf); return fail(e, NLA_ERR_IO, "%s: read error", path); }
+    if (bad) {
+        NLA_FREE(buf);
+        return fail(e, NLA_ERR_IO, "%s: cannot read (%s)", path, strerror(bad));
+    }
     buf[n] = 0;
     *out = buf;
     if (n_out) *n_out = n;
     return NLA_OK;
+}
+
+/* Reads a whole small file (config.json, index files) into a NUL-terminated
+   heap buffer. */
+static nla_status read_file(const char *path, char **out, size_t *n_out, size_t max, errbuf *e) {
+    *out = NULL;
+    errno = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    errno = 0;
+    const nla_status rc = read_stream(f, path, out, n_out, max, e);
+    fclose(f);
+    return rc;
 }
 
 /* Every file is written atomically: into path.tmp beside it, synced to the
@@ -3369,12 +3381,14 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
             return fail(&s->err, NLA_ERR_ARG,
                         "nla_forward: row %d names sequence %d; the session has %d", i, q,
                         s->n_seq);
-        if (s->next[q]++ >= s->n_ctx)
+        s->next[q]++;
+    }
+    for (int q = 0; q < s->n_seq; q++)
+        if (s->next[q] > s->n_ctx)
             return fail(&s->err, NLA_ERR_RANGE,
                         "nla_forward: %d cached + %d new tokens of sequence %d "
-                        "exceed the context of %d",
+                        "exceed the session's context of %d",
                         s->past[q], s->next[q] - s->past[q], q, s->n_ctx);
-    }
     if (b->seq && b->hook)
         return fail(&s->err, NLA_ERR_ARG,
                     "nla_forward: rows of several sequences run without a hook");
@@ -4435,16 +4449,78 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
     return rc;
 }
 
-/* The value of 'key': in a .npy header dict (a Python literal), or NULL. */
-static const char *npy_field(const char *h, size_t n, const char *key) {
-    size_t kl = strlen(key);
-    for (size_t i = 0; i + kl + 2 < n; i++)
-        if ((h[i] == '\'' || h[i] == '"') && !memcmp(h + i + 1, key, kl) && h[i + 1 + kl] == h[i]) {
-            const char *p = h + i + kl + 2;
-            while (p < h + n && (*p == ' ' || *p == ':')) p++;
-            return p;
+static const char *npy_ws(const char *p, const char *end) {
+    while (p < end && *p == ' ') p++;
+    return p;
+}
+
+/* A .npy header h[0..n): a Python dict literal of exactly 'descr' ('<f4'),
+   'fortran_order' (False) and 'shape' (a tuple of one or two sizes), in any
+   order, then spaces and a newline. Anything else is refused. */
+static nla_status npy_dict(const char *path, const char *h, size_t n, int64_t shape[2], int *ndim,
+                           errbuf *e) {
+    static const char *const key[3] = {"descr", "fortran_order", "shape"};
+    const char *p = npy_ws(h, h + n), *end = h + n;
+    unsigned seen = 0;
+    if (p == end || *p++ != '{')
+        return fail(e, NLA_ERR_FORMAT, "%s: the header is not a dict", path);
+    for (p = npy_ws(p, end); p < end && *p != '}';) {
+        const char q = *p, *k = ++p;
+        if (q != '\'' && q != '"')
+            return fail(e, NLA_ERR_FORMAT, "%s: a header key is not a string", path);
+        while (p < end && *p != q) p++;
+        const int kl = (int)(p - k);
+        int i = 0;
+        while (i < 3 && ((size_t)kl != strlen(key[i]) || memcmp(k, key[i], (size_t)kl))) i++;
+        if (p == end || i == 3 || seen >> i & 1)
+            return fail(e, NLA_ERR_FORMAT, "%s: header key '%.*s' is %s", path, kl, k,
+                        p == end ? "not closed" : i == 3 ? "not one of a .npy's" : "given twice");
+        seen |= 1u << i;
+        p = npy_ws(p + 1, end);
+        if (p == end || *p++ != ':')
+            return fail(e, NLA_ERR_FORMAT, "%s: no ':' after header key '%s'", path, key[i]);
+        p = npy_ws(p, end);
+        if (i == 0) {
+            if (end - p < 5 || (memcmp(p, "'<f4'", 5) && memcmp(p, "\"<f4\"", 5)))
+                return fail(e, NLA_ERR_UNSUPPORTED,
+                            "%s: dtype must be little-endian float32 ('<f4')", path);
+            p += 5;
+        } else if (i == 1) {
+            if (end - p < 5 || memcmp(p, "False", 5))
+                return fail(e, NLA_ERR_UNSUPPORTED, "%s: Fortran order is not supported", path);
+            p += 5;
+        } else {
+            if (p == end || *p++ != '(')
+                return fail(e, NLA_ERR_FORMAT, "%s: the shape is not a tuple", path);
+            for (p = npy_ws(p, end); p < end && *p != ')'; p = npy_ws(p, end)) {
+                uint64_t v = 0;
+                const char *d = p;
+                while (p < end && *p >= '0' && *p <= '9' && v < ((uint64_t)1 << 40))
+                    v = v * 10 + (uint64_t)(*p++ - '0');
+                if (p == d || *ndim == 2 || v >= ((uint64_t)1 << 40))
+                    return fail(e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path);
+                shape[(*ndim)++] = (int64_t)v;
+                p = npy_ws(p, end);
+                if (p < end && *p == ',') p++;
+                else if (p < end && *p != ')') break;
+            }
+            if (p == end || *p++ != ')')
+                return fail(e, NLA_ERR_FORMAT, "%s: the shape tuple is not closed", path);
         }
-    return NULL;
+        p = npy_ws(p, end);
+        if (p < end && *p == ',') p = npy_ws(p + 1, end);
+        else if (p < end && *p != '}') break;
+    }
+    if (p == end || *p++ != '}')
+        return fail(e, NLA_ERR_FORMAT, "%s: the header dict is not closed", path);
+    if (seen != 7)
+        return fail(e, NLA_ERR_FORMAT, "%s: the header has no '%s'", path,
+                    key[!(seen & 1) ? 0 : !(seen & 2) ? 1 : 2]);
+    p = npy_ws(p, end);
+    if (p < end && *p == '\n') p++;
+    if (p != end)
+        return fail(e, NLA_ERR_FORMAT, "%s: the header has bytes after its dict", path);
+    return NLA_OK;
 }
 
 /* The array in a .npy file's bytes buf[0..n) (float32, C order, 1-D or
@@ -4461,29 +4537,8 @@ static nla_status npy_parse(const char *path, const char *buf, size_t n, float *
     }
     if (hl > n - off)
         return fail(e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path);
-    const char *h = buf + off, *d = npy_field(h, hl, "descr"),
-               *fo = npy_field(h, hl, "fortran_order"), *sh = npy_field(h, hl, "shape");
-    if (!d || h + hl - d < 5 || (memcmp(d, "'<f4'", 5) && memcmp(d, "\"<f4\"", 5))) {
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: dtype must be little-endian float32 ('<f4')",
-                    path);
-    }
-    if (!fo || h + hl - fo < 5 || memcmp(fo, "False", 5))
-        return fail(e, NLA_ERR_UNSUPPORTED, "%s: Fortran order is not supported", path);
-    if (!sh || *sh != '(') return fail(e, NLA_ERR_FORMAT, "%s: no shape in the header", path);
-    for (const char *p = sh + 1;;) {
-        while (p < h + hl && *p == ' ') p++;
-        if (p < h + hl && *p == ')') break;
-        uint64_t v = 0;
-        const char *q = p;
-        while (q < h + hl && *q >= '0' && *q <= '9' && v < ((uint64_t)1 << 40))
-            v = v * 10 + (uint64_t)(*q++ - '0');
-        if (q == p || *ndim == 2 || v >= ((uint64_t)1 << 40))
-            return fail(e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path);
-        shape[(*ndim)++] = (int64_t)v;
-        p = q;
-        while (p < h + hl && *p == ' ') p++;
-        if (p < h + hl && *p == ',') p++;
-    }
+    nla_status rc = npy_dict(path, buf + off, hl, shape, ndim, e);
+    if (rc) return rc;
     if (*ndim == 0) return fail(e, NLA_ERR_UNSUPPORTED, "%s: a 0-D array is not a vector", path);
     uint64_t count = 0;
     if (!mul_u64((uint64_t)shape[0], (uint64_t)(*ndim == 2 ? shape[1] : 1), &count) ||
@@ -5181,14 +5236,17 @@ nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer,
                     c->n_layers - 1);
     if (!ids || n < 1 || !out || (positions && n_pos < 1))
         return fail(&s->err, NLA_ERR_ARG, "nla_extract: ids, positions and out are required");
-    for (int i = 0; positions && i < n_pos; i++)
+    int run = positions ? 0 : n; /* tokens to run: the rows after the last position wait */
+    for (int i = 0; positions && i < n_pos; i++) {
         if (positions[i] < 0 || positions[i] >= n)
             return fail(&s->err, NLA_ERR_RANGE, "nla_extract: position %d is outside 0..%d",
                         positions[i], n - 1);
+        if (positions[i] >= run) run = positions[i] + 1;
+    }
     extract_ctx x = {layer, positions ? n_pos : n, c->d, positions, out};
     nla_batch b;
     memset(&b, 0, sizeof b);
-    b.n_tokens = n;
+    b.n_tokens = run;
     b.ids = ids;
     b.n_blocks = layer + 1; /* nothing after block K is computed */
     b.hook = extract_hook;
@@ -6307,7 +6365,8 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
         if (node < 0 || d.node[node].type != J_STR)
             rc = fail(why, NLA_ERR_FORMAT, "missing \"text\" (a string)");
         else if (!(text = json_strdup(&d, node))) rc = NLA_ERR_NOMEM;
-        else if (!(tl = strlen(text))) rc = fail(why, NLA_ERR_FORMAT, "empty \"text\"");
+        else if (!(tl = json_str(&d, node, NULL, 0))) /* a \u0000 is kept, as in chats */
+            rc = fail(why, NLA_ERR_FORMAT, "empty \"text\"");
     } else if (!rc) { /* a conversation: {"id", "messages": [{"role", "content"}...]} */
         node = json_get(&d, 0, "messages");
         if (node < 0)
@@ -6353,11 +6412,14 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
         else if (!(r->pos = (int32_t *)xmalloc((size_t)n, sizeof(int32_t)))) rc = NLA_ERR_NOMEM;
         for (int i = 0; !rc && i < n; i++, k = (int)d.node[k].end) {
             int v;
-            if (!json_int(&d, k, &v) || v < 0 || v >= r->n_ids)
+            if (!json_int(&d, k, &v))
+                rc = fail(why, NLA_ERR_FORMAT, "\"positions\"[%d] is not an integer", i);
+            else if (v < 0 || v >= r->n_ids)
                 rc = fail(why, NLA_ERR_FORMAT,
-                          "position %d is not one of the record's %d tokens "
-                          "(0..%d after max_tokens)",
-                          i, r->n_ids, r->n_ids - 1);
+                          "position %d (\"positions\"[%d]) is not one of the record's %d "
+                          "tokens (0..%d%s)",
+                          v, i, r->n_ids, r->n_ids - 1,
+                          n_all > r->n_ids ? ", cut to max_tokens" : "");
             else r->pos[i] = v;
         }
         if (!rc) {
@@ -7864,6 +7926,10 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
     if (f) fclose(f);
     if (!path || (f && !(s->dir = xstrndup(results, strlen(results)))))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    else if (!f && is_dir(results))
+        rc = fail(e, NLA_ERR_IO,
+                  "%s is not a study: it has no results.jsonl (nla eval --out writes one)",
+                  results);
     else rc = read_file(f ? path : results, &buf, &n, SIZE_MAX / 2, e);
     for (size_t at = 0; !rc && at < n;) {
         const char *b = buf + at, *nl = (const char *)memchr(b, '\n', n - at);
@@ -7932,6 +7998,10 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         json_free(&d);
         if (oom) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
     }
+    if (!rc && !s->n)
+        rc = fail(e, NLA_ERR_FORMAT,
+                  "%s: no rows of results (JSON lines with mse_nrm or cos, as nla eval writes)",
+                  f ? path : results);
     if (!rc) { /* norm_outlier: each row's norm against all rows' */
         double *norm = (double *)xmalloc((size_t)s->n + 1, sizeof(double));
         unsigned *flags = (unsigned *)xcalloc((size_t)s->n + 1, sizeof(unsigned));
@@ -9244,15 +9314,17 @@ static const char *const usage_main =
     "  detokenize DIR|tokenizer.json I,J,...          token ids -> text\n"
     "\n"
     "NLA commands (vectors are float32 .npy [n, d]; records are JSONL):\n"
-    "  explain TARGET AV AR (--text TEXT | --chat FILE) [--positions I,J]\n"
+    "  explain TARGET AV AR (--text TEXT | --text-file F | --chat FILE) [--positions I,J]\n"
     "                                explain the target's activations: AV -> text -> AR -> score\n"
-    "  extract TARGET (--text TEXT | --chat FILE) [--positions I,J | --all] --out v.npy\n"
+    "  extract TARGET (--text TEXT | --text-file F | --chat FILE) [--positions I,J | --all]\n"
+    "                                --out v.npy\n"
     "  verbalize AV v.npy            one explanation per vector\n"
     "  reconstruct AR (--text E | --jsonl FILE) --out r.npy\n"
     "  score v.npy r.npy [--baseline B | --baseline own]\n"
     "  score --cross v.npy r.npy     every reconstruction against every vector: are they told "
     "apart?\n"
-    "  steer TARGET AV AR (--text TEXT | --chat FILE) (--toward TEXT2 | --toward-npy F)\n"
+    "  steer TARGET AV AR (--text TEXT | --text-file F | --chat FILE)\n"
+    "                                (--toward TEXT2 | --toward-npy F)\n"
     "                                move an activation along another's direction, explain each\n"
 #ifndef NLA_NO_EVAL
     "  search RESULTS_DIR (--query TEXT --ar AR | --near ROW | --grep REGEX)\n"
@@ -9482,7 +9554,7 @@ typedef struct {
     const char *dir, *logits, *hidden, *ids_arg, *stop_arg, *prompt, *chat, *tokenizer, *text;
     const char *arg[3];      /* positional arguments (dir = arg[0], text = arg[1]) */
     int n_arg;
-    const char *out, *positions, *text_opt, *baseline, *role, *shape;
+    const char *out, *positions, *text_opt, *text_file, *baseline, *role, *shape;
     int all, max_new, batch, best_of, with_greedy, parts, force;
     int layer, n, top_k, threads, seed, bos, pieces, jsonl, no_special;
     float temp, top_p;
@@ -9561,6 +9633,7 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
         else if (!strcmp(a, "--out")) o->out = v;
         else if (!strcmp(a, "--positions")) o->positions = v;
         else if (!strcmp(a, "--text")) o->text_opt = v;
+        else if (!strcmp(a, "--text-file")) o->text_file = v;
         else if (!strcmp(a, "--baseline")) o->baseline = v;
         else if (!strcmp(a, "--role")) o->role = v;
         else if (!strcmp(a, "--shape")) o->shape = v;
@@ -9699,18 +9772,24 @@ static int print_token(void *user, int32_t tok) {
 }
 
 /* A whole file (the library's reader), or NULL after printing why. */
+/* A whole file into a NUL-terminated heap buffer; "-" is standard input. */
 static char *cli_slurp(const char *path, size_t *n) {
-    char *buf;
+    char *buf = NULL;
     errbuf e;
-    if (read_file(path, &buf, n, SIZE_MAX / 2, &e)) { cli_error("%s", e.msg); return NULL; }
+    errno = 0;
+    if (strcmp(path, "-") ? read_file(path, &buf, n, SIZE_MAX / 2, &e)
+                          : read_stream(stdin, "standard input", &buf, n, SIZE_MAX / 2, &e)) {
+        cli_error("%s", e.msg);
+        return NULL;
+    }
     return buf;
 }
 
-/* The prompt of nla generate as ids: --ids as given, --prompt tokenized with
-   BOS, --chat rendered with the chat template. */
+/* The prompt of nla generate as ids: --ids as given, --prompt (or the text
+   of --text-file) tokenized with BOS, --chat rendered with the chat template. */
 static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids) {
-    if (!!o->ids_arg + !!o->prompt + !!o->chat != 1)
-        return cli_error("give exactly one of --ids, --prompt, --chat");
+    if (!!o->ids_arg + !!o->prompt + !!o->text_file + !!o->chat != 1)
+        return cli_error("give exactly one of --ids, --prompt, --text-file, --chat");
     if (o->ids_arg) {
         int n = parse_ids(o->ids_arg, ids);
         return n < 1 ? cli_error("--ids: expected comma-separated non-negative integers"), -1 : n;
@@ -9729,6 +9808,8 @@ static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids
             rc = nla_chat_render_json(json, jl, 1, text, len + 1, &len, err, sizeof err);
         NLA_FREE(json);
         if (rc) { NLA_FREE(text); return cli_error("%s: %s", o->chat, err), -1; }
+    } else if (o->text_file) {
+        if (!(text = cli_slurp(o->text_file, &len))) return -1;
     } else {
         len = strlen(o->prompt);
         text = (char *)NLA_MALLOC(len + 1);
@@ -9912,10 +9993,11 @@ static int cmd_detokenize(int argc, char **argv) {
 /* ---- the NLA commands ---- */
 
 static const char *const usage_extract =
-    "usage: nla extract TARGET (--text TEXT | --chat FILE) "
+    "usage: nla extract TARGET (--text TEXT | --text-file F | --chat FILE) "
     "[--positions 1,7,14 | --all] --out v.npy\n"
     "\n"
     "  --text TEXT       plain text, tokenized with BOS\n"
+    "  --text-file F     the text of file F (-: standard input)\n"
     "  --chat FILE       a JSON list of {\"role\", \"content\"}, rendered with the chat template\n"
     "  --positions I,J   token positions to take (0 is <bos>); default --all: every position\n"
     "  --layer K         block whose output is taken (default: 2/3 of the depth, as the NLAs)\n"
@@ -9940,7 +10022,8 @@ static const char *const usage_reconstruct =
     "\n"
     "  --text TEXT     one explanation\n"
     "  --jsonl FILE    one JSON object per line with an \"explanation\" field (what nla verbalize\n"
-    "                  writes), or a JSON string per line\n"
+    "                  writes), or a JSON string per line; row i of --out is line i (blank\n"
+    "                  lines skipped, any other line an error); FILE - is standard input\n"
     "  --out FILE      float32 .npy [n, d]: the AR's reconstructions\n"
     "  --batch B       explanations read together, sharing each weight read (default 8)\n"
     "  --tokenizer F   tokenizer.json (default: AR/tokenizer.json)\n"
@@ -9966,7 +10049,8 @@ static const char *const usage_score =
     "\"chance_rank\"}\n";
 
 static const char *const usage_explain =
-    "usage: nla explain TARGET AV AR (--text TEXT | --chat FILE) [--positions I,J,...] [--jsonl]\n"
+    "usage: nla explain TARGET AV AR (--text TEXT | --text-file F | --chat FILE)\n"
+    "                   [--positions I,J,...] [--jsonl]\n"
     "\n"
     "Extracts the target's activations at block K (from the AV's sidecar), explains each with the\n"
     "AV, reconstructs it from the explanation with the AR, and scores the reconstruction.\n"
@@ -10026,20 +10110,31 @@ static float *cli_vectors(const char *path, int *n, int *d) {
     return v;
 }
 
-static int cli_open(const char *dir, const cli_opts *o, nla_model **m, nla_session **s) {
-    *s = NULL;
-    if (open_model(dir, o->es, o->quant, o->tokenizer, o->shared_tok, m)) return 1;
+/* The target's activations at block K of ids[0..T) at pos[0..n_pos) into v,
+   in a session of m sized to the tokens up to the last position (nla_extract
+   runs no further), up to the model's max_position_embeddings. */
+static int cli_extract(const nla_model *m, const cli_opts *o, const int32_t *ids, int T, int K,
+                       const int32_t *pos, int n_pos, float *v) {
+    nla_model_info in;
+    nla_model_get_info(m, &in);
+    int need = 0;
+    for (int i = 0; i < n_pos; i++)
+        if (pos[i] >= need) need = pos[i] + 1;
+    if (need > in.max_position_embeddings)
+        return cli_error("position %d of the text's %d tokens is past the model's context of %d "
+                         "(max_position_embeddings)",
+                         need - 1, T, in.max_position_embeddings);
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o->threads;
-    sp.seed = (uint64_t)(int64_t)o->seed;
-    nla_status rc = nla_session_new(*m, &sp, s);
-    if (rc) {
-        nla_model_close(*m);
-        *m = NULL;
-        return cli_error("cannot create a session: %s", nla_strerror(rc));
-    }
-    return 0;
+    sp.n_ctx = need;
+    nla_session *s = NULL;
+    nla_status rc = nla_session_new(m, &sp, &s);
+    if (rc) return cli_error("cannot create a session of %d tokens: %s", need, nla_strerror(rc));
+    if ((rc = nla_extract(s, ids, T, K, pos, n_pos, v)) != NLA_OK)
+        cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
+    nla_session_free(s);
+    return rc != NLA_OK;
 }
 
 /* The target's input ids from --text (with BOS) or --chat. */
@@ -10047,7 +10142,8 @@ static int cli_target_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t *
     cli_opts p = *o;
     p.ids_arg = NULL;
     p.prompt = o->text_opt;
-    if (!o->text_opt && !o->chat) return cli_error("give --text TEXT or --chat FILE"), -1;
+    if (!!o->text_opt + !!o->text_file + !!o->chat != 1)
+        return cli_error("give one of --text TEXT, --text-file FILE, --chat FILE"), -1;
     return prompt_ids(&p, tok, ids);
 }
 
@@ -10081,13 +10177,11 @@ static int cmd_extract(int argc, char **argv) {
     if (!o.out) return cli_error("--out FILE is required");
     if (o.positions && o.all) return cli_error("--positions and --all exclude each other");
     nla_model *m = NULL;
-    nla_session *s = NULL;
     int32_t *ids = NULL, *pos = NULL;
     float *v = NULL;
     int T, K;
-    nla_status rc;
     int64_t sh[2];
-    if (cli_open(o.dir, &o, &m, &s)) goto out;
+    if (open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     T = cli_target_ids(&o, nla_model_tokenizer(m), &ids);
@@ -10102,8 +10196,7 @@ static int cmd_extract(int argc, char **argv) {
         cli_error("out of memory");
         goto out;
     }
-    rc = nla_extract(s, ids, T, K, pos, n_pos, v);
-    if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    if (cli_extract(m, &o, ids, T, K, pos, n_pos, v)) goto out;
     sh[0] = n_pos;
     sh[1] = in.d_model;
     if (cli_npy_write(o.out, v, 2, sh)) goto out;
@@ -10112,7 +10205,6 @@ static int cmd_extract(int argc, char **argv) {
     ret = 0;
 out:
     NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v);
-    nla_session_free(s);
     nla_model_close(m);
     return ret;
 }
@@ -10257,7 +10349,8 @@ out:
 }
 
 /* Explanations from --text, or from --jsonl: each line an object with an
-   "explanation" string, or a string. Heap strings, count in *n. */
+   "explanation" string, or a string (blank lines skipped; any other line is
+   an error). Heap strings, count in *n. */
 static char **cli_explanations(const cli_opts *o, int *n) {
     *n = 0;
     if (!!o->text_opt + !!o->jsonl != 1) {
@@ -10272,25 +10365,44 @@ static char **cli_explanations(const cli_opts *o, int *n) {
     if (!o->text) { NLA_FREE(out); cli_error("--jsonl needs a file"); return NULL; }
     size_t len;
     char *all = cli_slurp(o->text, &len), *line = all;
+    const char *name = strcmp(o->text, "-") ? o->text : "standard input";
     long lineno = 0;
-    while (all && out && line < all + len) {
+    if (!all || !out) {
+        if (all) cli_error("out of memory");
+        NLA_FREE(all); NLA_FREE(out);
+        return NULL;
+    }
+    int oom = 0, bad = 0;
+    while (!oom && !bad && line < all + len) {
         char *nl = (char *)memchr(line, '\n', (size_t)(all + len - line));
         size_t ll = nl ? (size_t)(nl - line) : (size_t)(all + len - line);
         lineno++;
         jdoc d;
         errbuf e;
-        int ok = ll && json_parse(&d, line, ll, &e, o->text) == NLA_OK;
+        int ok = ll && json_parse(&d, line, ll, &e, name) == NLA_OK;
         int node = !ok ? -1 : d.node[0].type == J_STR ? 0 : json_get(&d, 0, "explanation");
         if (ok && node >= 0 && d.node[node].type == J_STR) {
             char **grown = (char **)NLA_REALLOC(out, sizeof(char *) * (size_t)(*n + 1));
-            if (grown) { out = grown; out[(*n)++] = json_strdup(&d, node); }
-        } else if (ll) {
-            cli_error("%s: line %ld has no \"explanation\" string; skipped", o->text, lineno);
+            if (grown) out = grown;
+            if (!grown || !(out[*n] = json_strdup(&d, node))) oom = 1;
+            else ++*n;
+        } else if (ll) { /* a row skipped would shift every later one */
+            cli_error("%s: line %ld has no \"explanation\" string", name, lineno);
+            bad = 1;
         }
         if (ok) json_free(&d);
         line += ll + 1;
     }
     NLA_FREE(all);
+    if (oom || bad || !*n) {
+        if (oom) cli_error("out of memory");
+        else if (!bad)
+            cli_error("%s: no explanations (one per line: a JSON string, or an object with an "
+                      "\"explanation\" string)", name);
+        while (*n) NLA_FREE(out[--*n]);
+        NLA_FREE(out);
+        out = NULL;
+    }
     return out;
 }
 
@@ -10593,7 +10705,6 @@ static int cmd_explain(int argc, char **argv) {
     const int nbatch = o.batch ? o.batch : 8;
     nla_meta av_meta, ar_meta;
     int d = 0, K = 0, random_weights = 0, *best = NULL;
-    nla_status rc;
     double B, *norm = NULL;
     ex_spec sp;
     ex_cand *cand = NULL;
@@ -10618,7 +10729,7 @@ static int cmd_explain(int argc, char **argv) {
     d = av_meta.d_model;
     K = av_meta.layer;
     /* 2. target: extract block K at the chosen positions */
-    if (cli_open(o.arg[0], &o, &m, &s)) goto out;
+    if (open_model(o.arg[0], o.es, o.quant, o.tokenizer, tok, &m)) goto out;
     if ((T = cli_target_ids(&o, nla_model_tokenizer(m), &ids)) < 1 ||
         (n_pos = cli_positions(&o, T, T > 1 ? 1 : 0, &pos)) < 1)
         goto out;
@@ -10641,8 +10752,7 @@ static int cmd_explain(int argc, char **argv) {
         cli_error("out of memory");
         goto out;
     }
-    rc = nla_extract(s, ids, T, K, pos, n_pos, v);
-    if (rc) { cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc)); goto out; }
+    if (cli_extract(m, &o, ids, T, K, pos, n_pos, v)) goto out;
     for (int i = 0; i < n_pos; i++) {
         size_t len = 0;
         int32_t id = ids[pos[i]];
@@ -11467,7 +11577,7 @@ static int cli_reconstruct_all(const char *dir, const cli_opts *o, char **ex, in
 }
 
 static const char *const usage_steer =
-    "usage: nla steer TARGET AV AR (--text TEXT | --chat FILE) [--position P]\n"
+    "usage: nla steer TARGET AV AR (--text TEXT | --text-file F | --chat FILE) [--position P]\n"
     "                 (--toward TEXT2 [--toward-position Q] | --toward-npy F [--row R])\n"
     "                 [--scales R1,R2,...] [--patch] [--subtract] [--jsonl]\n"
     "\n"
@@ -11485,21 +11595,18 @@ static const char *const usage_steer =
     "  --max-new N --batch B --temp T --top-k K --top-p P --seed S --tokenizer F --threads N\n"
     "                      --quant q8_0|q4   as for nla explain\n";
 
-/* The target's activation at block K of the text in o (--text or --chat) at
-   position *pos (-1: the last token; what was taken is written back); the
-   option's name is for messages. */
-static int cli_activation(nla_session *s, const cli_opts *o, const nla_tokenizer *tok, int K,
+/* The target m's activation at block K of the text in o (--text, --text-file
+   or --chat) at position *pos (-1: the last token; what was taken is written
+   back); the option's name is for messages. */
+static int cli_activation(const nla_model *m, const cli_opts *o, const nla_tokenizer *tok, int K,
                           const char *opt, int *pos, float *v) {
     int32_t *ids = NULL;
     const int T = cli_target_ids(o, tok, &ids);
-    nla_status rc;
     int ret = 1;
     if (T < 1) return 1;
     if (*pos < 0) *pos = T - 1;
     if (*pos >= T) cli_error("%s %d is past the last token (%d)", opt, *pos, T - 1);
-    else if ((rc = nla_extract(s, ids, T, K, pos, 1, v)))
-        cli_error("%s (%s)", nla_session_errmsg(s), nla_strerror(rc));
-    else ret = 0;
+    else ret = cli_extract(m, o, ids, T, K, pos, 1, v);
     NLA_FREE(ids);
     return ret;
 }
@@ -11554,7 +11661,7 @@ static int cmd_steer(int argc, char **argv) {
     vs = dir + d;
     rec = vs + (size_t)n * d;
     /* 2. the target's v and, with --toward, the direction */
-    if (cli_open(o.arg[0], &o, &m, &s)) goto out;
+    if (open_model(o.arg[0], o.es, o.quant, o.tokenizer, tok, &m)) goto out;
     nla_model_info in;
     nla_model_get_info(m, &in);
     if (in.d_model != d || av_meta.layer >= in.n_layers) {
@@ -11562,14 +11669,13 @@ static int cmd_steer(int argc, char **argv) {
                   in.n_layers, d, av_meta.layer);
         goto out;
     }
-    if (cli_activation(s, &o, tok, av_meta.layer, "--position", &P, v)) goto out;
+    if (cli_activation(m, &o, tok, av_meta.layer, "--position", &P, v)) goto out;
     if (toward) {
         cli_opts o2 = o;
         o2.text_opt = toward;
-        o2.chat = NULL;
-        if (cli_activation(s, &o2, tok, av_meta.layer, "--toward-position", &Q, dir)) goto out;
+        o2.text_file = o2.chat = NULL;
+        if (cli_activation(m, &o2, tok, av_meta.layer, "--toward-position", &Q, dir)) goto out;
     }
-    nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
     if (npy) {
         if (!(file = cli_vectors(npy, &nv, &dv))) goto out;

@@ -474,7 +474,10 @@ void nla_model_get_meta(const nla_model *model, nla_meta *meta);
    nla_chat_render) and writes the raw residual after block `layer` (HF
    hidden_states[layer+1]) at each of n_pos positions into out [n_pos,
    d_model]; positions NULL means every row (out [n, d_model]). The forward
-   stops after that block. The session's cache is emptied before and after. */
+   runs the tokens up to the last position only (later ones cannot change the
+   earlier rows), so the session's n_ctx need only reach that position + 1,
+   and stops after that block. The session's cache is emptied before and
+   after. */
 nla_status nla_extract(nla_session *s, const int32_t *ids, int n, int layer,
                        const int32_t *positions, int n_pos, float *out);
 

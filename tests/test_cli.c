@@ -657,10 +657,109 @@ static void test_refusals(void) {
             "bad value 'inf' for --temp: a finite number >= 0");
 #endif
     refused("./nla reconstruct " G "ar --text hi" TOK, "--out FILE is required");
+    refused("./nla reconstruct " G "ar --jsonl /dev/null --out tests/tmp/x.npy" TOK,
+            "/dev/null: no explanations (one per line");
+    refused("printf '\"a\"\\n{\"x\": 1}\\n' | ./nla reconstruct " G
+            "ar --jsonl - --out tests/tmp/x.npy" TOK,
+            "standard input: line 2 has no \"explanation\" string");
+#ifndef NLA_NO_EVAL
+    /* --summary of what is not a study; a record's positions named by value */
+    spit("tests/tmp/notres.jsonl", "{\"a\": 1}\n", 9);
+    refused("./nla eval --summary tests/tmp/notres.jsonl",
+            "tests/tmp/notres.jsonl: no rows of results");
+    refused("./nla eval --summary tests", "tests is not a study: it has no results.jsonl");
+    refused("./nla eval --html tests/tmp/x.html tests/tmp/notres.jsonl", "no rows of results");
+    {
+        /* a \u0000 is a character of a document as of a chat message: the
+           positions past it exist in both */
+        const char docs[] = "{\"id\": 1, \"text\": \"one two\\u0000 three four five six\", "
+                            "\"positions\": [6]}\n"
+                            "{\"id\": 2, \"text\": \"one two\", \"positions\": [99999]}\n",
+                   chats[] = "{\"id\": 3, \"messages\": [{\"role\": \"user\", \"content\": "
+                             "\"one two\\u0000 three four five six\"}], \"positions\": [10]}\n";
+        spit("tests/tmp/nul_docs.jsonl", docs, sizeof docs - 1);
+        spit("tests/tmp/nul_chats.jsonl", chats, sizeof chats - 1);
+        CHECK_EQ(run("./nla eval " G "target " G "av " G "ar --docs tests/tmp/nul_docs.jsonl "
+                     "--chats tests/tmp/nul_chats.jsonl --plan > tests/tmp/plan.txt" TOK ERR),
+                 0);
+        char *plan = slurp("tests/tmp/plan.txt", NULL), *er = slurp("tests/tmp/err.txt", NULL);
+        CHECK_MSG(plan && strstr(plan, "records 2, bad records 1, rows 2"), "plan: %s", plan);
+        CHECK_MSG(er && strstr(er, "nul_docs.jsonl:2: skipped: position 99999 "
+                                   "(\"positions\"[0]) is not one of the record's 3 tokens"),
+                  "stderr: %s", er);
+        free(plan);
+        free(er);
+    }
+#endif
     refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline -1",
             "a positive number or 'own'");
     refused("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8",
             "--type q8_0|q4 is required");
+}
+
+/* Texts from a file or standard input, longer than the default context of
+   4096: the target runs to the last position asked for, in a context sized to
+   it, up to max_position_embeddings (32768 here). */
+static void test_long_text(nla_model *target) {
+    FILE *f = fopen("tests/tmp/long.txt", "wb");
+    for (int i = 0; f && i < 4200; i++) fputs(" hello", f);
+    if (f) fclose(f);
+    char *text = slurp("tests/tmp/long.txt", NULL);
+    int32_t *ids = malloc(sizeof(int32_t) * 8192), pos[2] = {5, 4200};
+    int T = 0;
+    nla_meta am;
+    nla_model_get_meta(target, &am);
+    CHECK(text && ids && nla_tokenize(nla_model_tokenizer(target), text, strlen(text),
+                                      NLA_TOKENIZE_BOS, ids, 8192, &T) == NLA_OK && T == 4201);
+    float api[2 * D];
+    nla_session_params sp = {0};
+    sp.n_ctx = 4201;
+    nla_session *s = NULL;
+    CHECK_EQ(nla_session_new(target, &sp, &s), NLA_OK);
+    CHECK_EQ(nla_extract(s, ids, T, 2, pos, 2, api), NLA_OK);
+    nla_session_free(s);
+    /* the library runs only to the last position: 6 tokens fit a context of 6 */
+    float first[D];
+    sp.n_ctx = 6;
+    CHECK_EQ(nla_session_new(target, &sp, &s), NLA_OK);
+    CHECK_EQ(nla_extract(s, ids, T, 2, pos, 1, first), NLA_OK);
+    nla_session_free(s);
+    CHECK(!memcmp(first, api, sizeof first));
+    CHECK_EQ(run("./nla extract " G "target --text-file tests/tmp/long.txt --positions 5,4200 "
+                 "--layer 2 --out tests/tmp/long.npy" TOK ERR),
+             0);
+    float *v = npy_2d("tests/tmp/long.npy", 2, D);
+    CHECK_MSG(v && !memcmp(v, api, sizeof api), "extract --text-file differs from nla_extract");
+    free(v);
+    char *er = slurp("tests/tmp/err.txt", NULL);
+    CHECK_MSG(er && strstr(er, "of 4201 tokens"), "extract says: %s", er);
+    free(er);
+    CHECK_EQ(run("./nla extract " G "target --text-file - --positions 5,4200 --layer 2 "
+                 "--out tests/tmp/long2.npy < tests/tmp/long.txt" TOK ERR),
+             0);
+    v = npy_2d("tests/tmp/long2.npy", 2, D);
+    CHECK_MSG(v && !memcmp(v, api, sizeof api), "extract --text-file - differs from nla_extract");
+    free(v);
+    /* explain at position 4200 of the same text */
+    CHECK_EQ(run("./nla explain " G "target " G "av " G "ar --text-file tests/tmp/long.txt "
+                 "--positions 4200 --max-new 4 --jsonl > tests/tmp/long.jsonl" TOK ERR),
+             0);
+    er = slurp("tests/tmp/long.jsonl", NULL);
+    CHECK_MSG(er && strstr(er, "\"position\": 4200"), "explain at 4200: %s", er);
+    free(er);
+    /* past max_position_embeddings: the real count in the message */
+    f = fopen("tests/tmp/long.txt", "wb");
+    for (int i = 0; f && i < 33000; i++) fputs(" hello", f);
+    if (f) fclose(f);
+    refused("./nla extract " G "target --text-file tests/tmp/long.txt --out tests/tmp/x.npy" TOK,
+            "position 33000 of the text's 33001 tokens is past the model's context of 32768");
+    refused("./nla extract " G "target --text-file tests/tmp/none.txt --out tests/tmp/x.npy" TOK,
+            "tests/tmp/none.txt: cannot open (No such file or directory)");
+    refused("./nla extract " G "target --text hi --text-file tests/tmp/long.txt "
+            "--out tests/tmp/x.npy" TOK,
+            "give one of --text TEXT, --text-file FILE, --chat FILE");
+    free(ids);
+    free(text);
 }
 
 /* nla explain's table cut to $COLUMNS; whole without it */
@@ -702,6 +801,7 @@ int main(void) {
     test_table_width();
     test_model_commands(target);
     test_refusals();
+    test_long_text(target);
     test_nonfinite(target, av);
     full_disk();
     /* nla quantize --type, and the saved folder opens */

@@ -427,7 +427,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     free(gk);
 }
 
-/* .npy reading: a shape whose element count overflows is refused. */
+/* .npy reading: a shape whose element count overflows is refused; the header
+   dict is read whole. */
 static void test_npy(void) {
     const char hdr[] = "{'descr': '<f4', 'fortran_order': False, 'shape': (549755813888, 33554432), }";
     char buf[128] = "\x93NUMPY\x01\x00";
@@ -449,6 +450,37 @@ static void test_npy(void) {
     CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 6, sh, &nd, err, sizeof err), NLA_OK);
     CHECK(nd == 2 && sh[0] == 2 && sh[1] == 3 && !memcmp(v, r, sizeof v));
     CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 5, sh, &nd, err, sizeof err), NLA_ERR_BUFFER_TOO_SMALL);
+    /* the header dict, whole: how numpy and others spell it is read; anything
+       else (bytes after the dict, other or missing keys) is refused */
+    static const struct { const char *h; int rows, ok; } hs[] = {
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 2, 1},
+        {"{\"shape\": (3,2),\"descr\": \"<f4\", \"fortran_order\": False}", 3, 1},
+        {"{'descr':'<f4','fortran_order':False,'shape':(6,)}", 6, 1},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }garbage", 2, 0},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)} }", 2, 0},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'x': 1}", 2, 0},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'descr': '<f4'}", 2, 0},
+        {"{'descr': '<f4', 'shape': (2, 3)}", 2, 0},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2 3)}", 2, 0},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", 2, 0},
+        {"{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3)}", 2, 0},
+        {"{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3)}", 2, 0},
+    };
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
+        char f[256] = "\x93NUMPY\x01\x00";
+        const size_t n = strlen(hs[i].h);
+        f[8] = (char)(n + 1);
+        f[9] = 0;
+        memcpy(f + 10, hs[i].h, n);
+        f[10 + n] = '\n';
+        memcpy(f + 11 + n, v, sizeof v);
+        spit("tests/tmp/hdr.npy", f, 11 + n + sizeof v);
+        memset(r, 0, sizeof r);
+        const nla_status rc = nla_npy_read("tests/tmp/hdr.npy", r, 6, sh, &nd, err, sizeof err);
+        CHECK_MSG(hs[i].ok ? rc == NLA_OK && sh[0] == hs[i].rows && !memcmp(v, r, sizeof v)
+                           : rc != NLA_OK && strstr(err, "tests/tmp/hdr.npy"),
+                  "header %s: %s (%s)", hs[i].h, nla_strerror(rc), err);
+    }
 }
 
 /* Explanation parsing: the first <explanation>...</explanation>, trimmed. */
