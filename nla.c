@@ -2014,12 +2014,14 @@ static float dot(const float *a, const float *b, int n) {
    once. Where a vector holds fewer than 16 rows (VL < QG), a pass over the
    group's blocks for 1 or 2 inputs (decode) serves QH slices of VL rows,
    so each 64-byte chunk is read whole in one pass. */
+#if (defined(__AVX2__) || (defined(__ARM_NEON) && defined(__aarch64__))) && !defined(NLA_NO_SIMD)
 /* 4 bytes at p as one int32 (any alignment). */
 static inline int32_t ld_i32(const void *p) {
     int32_t v;
     memcpy(&v, p, 4);
     return v;
 }
+#endif
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
     !defined(NLA_NO_SIMD)
@@ -5365,9 +5367,10 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
             if (n_ids[q] < 0) continue; /* finished (marked negative) */
             int32_t tok = sample(s, s->logits + (size_t)q * V, &g, p.seeds ? &rng[q] : &s->rng);
             ids[(size_t)q * cap + n_ids[q]++] = tok;
-            /* the callback first: it sees every token, the last one too */
+            /* the callbacks see every token, the last one too */
             int stop = (B == 1 && p.on_token && p.on_token(p.user, tok)) ||
                        cfg_is_eos(&m->cfg, tok) || n_ids[q] == p.max_new;
+            if (p.on_seq_token && p.on_seq_token(p.user, q, tok, stop)) stop = 1;
             if (stop) { n_ids[q] = -n_ids[q]; live--; continue; }
             seq[n] = q; /* the next batch: one row per unfinished vector */
             sel[n++] = tok;
@@ -5915,15 +5918,29 @@ static nla_status ex_from_ids(const nla_model *av, const int32_t *id, int n, int
                : fail(e, NLA_ERR_NOMEM, "out of memory");
 }
 
-/* Called with the texts done of all; nonzero stops (NLA_ERR_CANCELLED). */
-typedef int (*ex_progress_fn)(void *user, int done, int total);
+/* Called with each token of text `item` (its place in cand) as it is
+   decoded, `last` on its final one; nonzero cancels (NLA_ERR_CANCELLED). */
+typedef int (*ex_token_fn)(void *user, int item, int32_t token, int last);
+
+typedef struct {
+    ex_token_fn fn;
+    void *user;
+    const int *item; /* [B] the batch's texts */
+    int cancel;      /* fn asked to stop: every sequence stops at its next token */
+} ex_relay;
+
+static int ex_relay_token(void *user, int q, int32_t token, int last) {
+    ex_relay *r = (ex_relay *)user;
+    if (!r->cancel && r->fn(r->user, r->item[q], token, last)) r->cancel = 1;
+    return r->cancel;
+}
 
 /* The M texts of each of n vectors v [n, d] (sample numbers idx[n]) into
    cand [n * M], decoded by the AV session s up to sp->batch at a time:
    the greedy texts first, then the sampled ones (a batch shares one
    temperature), each sampled one from its own stream. */
 static nla_status ex_verbalize(nla_session *s, const float *v, const long *idx, int n,
-                               const ex_spec *sp, ex_cand *cand, ex_progress_fn progress,
+                               const ex_spec *sp, ex_cand *cand, ex_token_fn on_token,
                                void *user, errbuf *e) {
     const int d = s->m->cfg.d, M = sp->n_cand + sp->greedy, B = sp->batch, W = sp->max_new;
     /* [B, d] the batch's vectors */
@@ -5938,7 +5955,12 @@ static nla_status ex_verbalize(nla_session *s, const float *v, const long *idx, 
     vp.top_k = sp->top_k;
     vp.top_p = sp->top_p;
     vp.seeds = seeds;
-    for (int pass = !sp->greedy, done = 0; pass < 2 && !rc; pass++) {
+    ex_relay relay = {on_token, user, item, 0};
+    if (on_token) {
+        vp.on_seq_token = ex_relay_token;
+        vp.user = &relay;
+    }
+    for (int pass = !sp->greedy; pass < 2 && !rc; pass++) {
         const int per = pass ? sp->n_cand : 1; /* texts per vector in this pass */
         vp.temperature = pass ? sp->temperature : 0;
         for (int k0 = 0; k0 < n * per && !rc; k0 += B) {
@@ -5951,11 +5973,9 @@ static nla_status ex_verbalize(nla_session *s, const float *v, const long *idx, 
             }
             if ((rc = nla_verbalize_batch(s, vb, nb, &vp, ids, W, n_ids)) != NLA_OK)
                 rc = fail(e, rc, "%s", nla_session_errmsg(s));
+            if (!rc && relay.cancel) rc = fail(e, NLA_ERR_CANCELLED, "cancelled");
             for (int q = 0; q < nb && !rc; q++)
                 rc = ex_from_ids(s->m, ids + (size_t)q * W, n_ids[q], W, &cand[item[q]], e);
-            done += nb;
-            if (!rc && progress && progress(user, done, n * M))
-                rc = fail(e, NLA_ERR_CANCELLED, "cancelled");
         }
     }
     NLA_FREE(vb);
@@ -7009,20 +7029,6 @@ static void ev_close(nla_model **m, nla_session **s) {
     *m = NULL;
 }
 
-/* Reports progress; nonzero when the caller asks to stop. */
-static int ev_progress(const nla_eval_params *p, const char *phase, int done, int total,
-                       long rows_done, long rows_total, long resumed) {
-    nla_eval_progress pr;
-    if (!p->progress) return 0;
-    pr.phase = phase;
-    pr.done = done;
-    pr.total = total;
-    pr.rows_done = rows_done;
-    pr.rows_total = rows_total;
-    pr.rows_resumed = resumed;
-    return p->progress(p->user, &pr);
-}
-
 /* The run's state between phases. */
 typedef struct {
     nla_eval_params p;
@@ -7043,7 +7049,29 @@ typedef struct {
     uint64_t fp[4];      /* fingerprints of the target, AV, AR and tokenizer (ev_model_fp) */
     long last;           /* the last sample_idx resumed; -1 none */
     const nla_tokenizer *tok;
+    int chunk;           /* rows of the chunk under way */
+    int texts_done;      /* verbalize: texts of the chunk decoded */
+    long tokens;         /* verbalize: AV tokens of the chunk decoded */
 } ev_run;
+
+/* Reports progress; nonzero when the caller asks to stop. */
+static int ev_progress(const ev_run *x, const char *phase, int done, int total) {
+    nla_eval_progress pr;
+    if (!x->p.progress) return 0;
+    memset(&pr, 0, sizeof pr);
+    pr.phase = phase;
+    pr.done = done;
+    pr.total = total;
+    pr.rows_done = x->n_done;
+    pr.rows_total = x->n_shard;
+    pr.rows_resumed = x->resumed;
+    pr.chunk_rows = x->chunk;
+    if (!strcmp(phase, "verbalize")) {
+        pr.tokens = x->tokens;
+        pr.tokens_max = (long)total * x->sp.max_new;
+    }
+    return x->p.progress(x->p.user, &pr);
+}
 
 /* A line of results.jsonl: its sample and its bytes. */
 typedef struct {
@@ -7161,16 +7189,21 @@ static nla_status ev_phase_extract(ev_run *x, const long *todo, int nc, errbuf *
         if ((rc = nla_extract(s, r->ids, r->n_ids, x->av.layer, x->pos, j - i,
                               x->v + (size_t)i * d)) != NLA_OK)
             rc = fail(e, rc, "eval: record %s: %s", r->id, nla_session_errmsg(s));
-        else if (ev_progress(&x->p, "extract", j, nc, x->n_done, x->n_shard, x->resumed))
+        else if (ev_progress(x, "extract", j, nc))
             rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
     }
     ev_close(&m, &s);
     return rc;
 }
 
-static int ev_verbalize_progress(void *user, int done, int total) {
-    const ev_run *x = (const ev_run *)user;
-    return ev_progress(&x->p, "verbalize", done, total, x->n_done, x->n_shard, x->resumed);
+/* Each AV token of the chunk's texts: counted, and reported. */
+static int ev_verbalize_token(void *user, int item, int32_t token, int last) {
+    ev_run *x = (ev_run *)user;
+    (void)item;
+    (void)token;
+    x->tokens++;
+    x->texts_done += last;
+    return ev_progress(x, "verbalize", x->texts_done, x->chunk * (x->sp.n_cand + x->sp.greedy));
 }
 
 /* Explains the vectors: each one's texts (x->sp), --batch decoded together,
@@ -7185,7 +7218,8 @@ static nla_status ev_phase_verbalize(ev_run *x, const long *todo, int nc, errbuf
     sp.batch = sp.batch < n_texts ? sp.batch : n_texts;
     rc = ev_open(x->p.av, &x->p, x->tok, x->p.quant, sp.batch, x->av.av_prompt_len + x->p.max_new,
                  &m, &s, e);
-    if (!rc && (rc = ex_verbalize(s, x->v, todo, nc, &sp, x->cand, ev_verbalize_progress, x,
+    x->tokens = x->texts_done = 0;
+    if (!rc && (rc = ex_verbalize(s, x->v, todo, nc, &sp, x->cand, ev_verbalize_token, x,
                                   &why)) != NLA_OK)
         rc = fail(e, rc, "eval: %s", why.msg);
     ev_close(&m, &s);
@@ -7258,7 +7292,7 @@ static nla_status ev_phase_reconstruct(ev_run *x, const long *todo, int nc, errb
             NLA_FREE(line);
             if (!rc) x->n_done++;
             if (!rc &&
-                ev_progress(&x->p, "reconstruct", i + 1, nc, x->n_done, x->n_shard, x->resumed))
+                ev_progress(x, "reconstruct", i + 1, nc))
                 rc = fail(e, NLA_ERR_CANCELLED, "eval: cancelled");
         }
     }
@@ -7447,6 +7481,7 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     /* chunk by chunk, one model in memory at a time */
     for (long c0 = 0; !rc && c0 < x.n_todo; c0 += C) {
         const int nc = x.n_todo - c0 < C ? (int)(x.n_todo - c0) : C;
+        x.chunk = nc;
         rc = ev_phase_extract(&x, x.todo + c0, nc, &e);
         if (!rc) rc = ev_phase_verbalize(&x, x.todo + c0, nc, &e);
         if (!rc) rc = ev_phase_reconstruct(&x, x.todo + c0, nc, &e);
@@ -9771,8 +9806,8 @@ static int print_token(void *user, int32_t tok) {
     return 0;
 }
 
-/* A whole file (the library's reader), or NULL after printing why. */
-/* A whole file into a NUL-terminated heap buffer; "-" is standard input. */
+/* A whole file into a NUL-terminated heap buffer ("-": standard input), or
+   NULL after printing why. */
 static char *cli_slurp(const char *path, size_t *n) {
     char *buf = NULL;
     errbuf e;
@@ -10056,6 +10091,7 @@ static const char *const usage_explain =
     "AV, reconstructs it from the explanation with the AR, and scores the reconstruction.\n"
     "One model is in memory at a time. On a terminal (or with COLUMNS set) the table cuts each\n"
     "explanation to the width; written to a file or a pipe, or with --jsonl, the text is whole.\n"
+    "A terminal on stderr shows each explanation as the AV writes it.\n"
     "  --positions I,J   token positions (default: every position after <bos>)\n"
     "  --jsonl           one JSON object per position instead of the table\n"
     "  --max-new N       tokens per explanation at most (default 200)\n"
@@ -10624,6 +10660,16 @@ static int cli_text_cols(const char *s) {
     return cols;
 }
 
+/* Writes s[0..n) to f, each byte that is not part of a valid UTF-8
+   character as U+FFFD (as the JSON output has it). */
+static void cli_put_valid(FILE *f, const char *s, size_t n) {
+    for (size_t i = 0, k; i < n; i += k ? k : 1) {
+        k = (size_t)utf8_char_len((const unsigned char *)s + i, n - i);
+        if (k) fwrite(s + i, 1, k, f);
+        else fputs("\xef\xbf\xbd", f);
+    }
+}
+
 /* Prints s on one line (newlines as spaces); with max > 0, cut to max
    columns, the cut marked with an ellipsis. */
 static void cli_put_line(const char *s, int max) {
@@ -10633,7 +10679,7 @@ static void cli_put_line(const char *s, int max) {
         if (!cut) cli_char_cols(s, &len);
         else cols += c;
         if (*s == '\n') putchar(' ');
-        else fwrite(s, 1, (size_t)len, stdout);
+        else cli_put_valid(stdout, s, (size_t)len);
     }
     if (cut) fputs("\xe2\x80\xa6", stdout); /* U+2026 */
 }
@@ -10691,6 +10737,73 @@ static void cli_flags(unsigned flags, char *out, size_t cap) {
     if (!n) snprintf(out, cap, "-");
 }
 
+/* nla explain on a terminal: each text on stderr as the AV writes it, in
+   the order the AV takes them (the greedy texts, then each position's
+   candidates); a text decoded beside the one shown waits for it, held. */
+typedef struct {
+    const nla_tokenizer *tok;
+    const int32_t *pos;
+    char *const *tok_str;
+    int n, n_cand, greedy, max_new;
+    int live;              /* the text shown now (by order); those before it are done */
+    int head;              /* its header is out */
+    char **held;           /* [n M] the text of each one after `live`, so far */
+    size_t *n_held;        /* [n M] its bytes */
+    int *count;            /* [n M] its tokens */
+    unsigned char *done;   /* [n M] its last token came */
+    nla_detok_state *st;   /* [n M] */
+} cli_stream;
+
+static void cli_stream_head(const cli_stream *c, int ord) {
+    const int i = ord < c->greedy * c->n ? ord : (ord - c->greedy * c->n) / c->n_cand,
+              k = ord < c->greedy * c->n ? -1 : (ord - c->greedy * c->n) % c->n_cand;
+    fprintf(stderr, "nla: position %d '%s'", c->pos[i], c->tok_str[i] ? c->tok_str[i] : "");
+    if (k < 0 && c->n_cand > 0 && c->greedy) fputs(" (greedy)", stderr);
+    else if (c->n_cand > 1) fprintf(stderr, " (candidate %d of %d)", k + 1, c->n_cand);
+    fputs(": ", stderr);
+}
+
+static int cli_stream_token(void *user, int item, int32_t token, int last) {
+    cli_stream *c = (cli_stream *)user;
+    const int M = c->n_cand + c->greedy, i = item / M, k = item % M, all = c->n * M;
+    const int ord = k == c->n_cand ? i : c->greedy * c->n + i * c->n_cand + k;
+    char piece[128];
+    size_t len = 0, more = 0;
+    /* a stop token ends the text without being part of it */
+    if ((!last || c->count[ord] + 1 == c->max_new) &&
+        nla_detokenize_next(c->tok, &c->st[ord], token, piece, sizeof piece, &len) != NLA_OK)
+        len = 0;
+    if (last && nla_detokenize_next(c->tok, &c->st[ord], -1, piece + len, sizeof piece - len,
+                                    &more) == NLA_OK) /* what the state held back */
+        len += more;
+    c->count[ord]++;
+    c->done[ord] = (unsigned char)last;
+    if (ord == c->live) {
+        if (!c->head) cli_stream_head(c, ord);
+        c->head = 1;
+        cli_put_valid(stderr, piece, len);
+    } else if (len) {
+        char *g = (char *)NLA_REALLOC(c->held[ord], c->n_held[ord] + len);
+        if (!g) return 1;
+        memcpy(g + c->n_held[ord], piece, len);
+        c->held[ord] = g;
+        c->n_held[ord] += len;
+    }
+    while (c->live < all && c->done[c->live]) { /* the next text: what it holds, then live */
+        fputc('\n', stderr);
+        c->head = 0;
+        if (++c->live < all && c->count[c->live] > 0) {
+            cli_stream_head(c, c->live);
+            c->head = 1;
+            cli_put_valid(stderr, c->held[c->live], c->n_held[c->live]);
+            NLA_FREE(c->held[c->live]);
+            c->held[c->live] = NULL;
+        }
+    }
+    fflush(stderr);
+    return 0;
+}
+
 static int cmd_explain(int argc, char **argv) {
     int width = 0; /* the table's columns; 0: no cut */
     cli_opts o;
@@ -10723,6 +10836,8 @@ static int cmd_explain(int argc, char **argv) {
     sp.top_p = o.top_p;
     sp.seed = (uint64_t)(int64_t)o.seed;
     const int M = sp.n_cand + sp.greedy;
+    cli_stream cs;
+    memset(&cs, 0, sizeof cs);
     /* 1. one tokenizer for the three; the AV's sidecar says which layer */
     nla_tokenizer *tok = NULL;
     if (cli_trio_start(&o, &tok, &av_meta, &ar_meta, &random_weights)) goto out;
@@ -10769,7 +10884,27 @@ static int cmd_explain(int argc, char **argv) {
     if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
         cli_av_session(m, &o, n_pos * M < nbatch ? n_pos * M : nbatch, &s))
         goto out;
-    if (ex_verbalize(s, v, idx, n_pos, &sp, cand, NULL, NULL, &e)) {
+#ifndef _WIN32
+    if (isatty(2)) { /* on a terminal, each text as it is written */
+        const size_t nt = (size_t)n_pos * M;
+        cs.tok = tok;
+        cs.pos = pos;
+        cs.tok_str = tok_str;
+        cs.n = n_pos;
+        cs.n_cand = sp.n_cand;
+        cs.greedy = sp.greedy;
+        cs.max_new = sp.max_new;
+        if (!(cs.held = (char **)NLA_CALLOC(nt, sizeof *cs.held)) ||
+            !(cs.n_held = (size_t *)NLA_CALLOC(nt, sizeof *cs.n_held)) ||
+            !(cs.count = (int *)NLA_CALLOC(nt, sizeof *cs.count)) ||
+            !(cs.done = (unsigned char *)NLA_CALLOC(nt, 1)) ||
+            !(cs.st = (nla_detok_state *)NLA_CALLOC(nt, sizeof *cs.st))) {
+            cli_error("out of memory");
+            goto out;
+        }
+    }
+#endif
+    if (ex_verbalize(s, v, idx, n_pos, &sp, cand, cs.st ? cli_stream_token : NULL, &cs, &e)) {
         cli_error("%s", e.msg);
         goto out;
     }
@@ -10862,6 +10997,8 @@ out:
     for (int t = 0; cand && t < n_pos * M; t++) ex_cand_free(&cand[t]);
     NLA_FREE(cand); NLA_FREE(parts); NLA_FREE(idx); NLA_FREE(best); NLA_FREE(norm); NLA_FREE(flags);
     NLA_FREE(tok_str); NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v); NLA_FREE(rec);
+    for (int t = 0; cs.held && t < n_pos * M; t++) NLA_FREE(cs.held[t]);
+    NLA_FREE(cs.held); NLA_FREE(cs.n_held); NLA_FREE(cs.count); NLA_FREE(cs.done); NLA_FREE(cs.st);
     nla_session_free(s);
     nla_model_close(m);
     nla_tokenizer_close(tok);
@@ -10931,37 +11068,84 @@ static double cli_now(void) {
 static double cli_now(void) { return (double)clock() / CLOCKS_PER_SEC; }
 #endif
 
-/* Progress on stderr: a bar redrawn in place on a terminal, else a line
-   per finished phase and at most one every 10 s. */
+/* A duration as people read it: 42 s, 7 min 05 s, 3 h 20 min. */
+static void cli_duration(double sec, char *out, size_t cap) {
+    const long t = sec > 0 ? (long)(sec + 0.5) : 0;
+    if (t >= 3600) snprintf(out, cap, "%ld h %02ld min", t / 3600, t % 3600 / 60);
+    else if (t >= 60) snprintf(out, cap, "%ld min %02ld s", t / 60, t % 60);
+    else snprintf(out, cap, "%ld s", t);
+}
+
+/* Progress on stderr: a bar redrawn in place on a terminal (at most 10 times
+   a second), else a line per finished phase and at most one every 10 s.
+   The ETA comes from each phase's own pace: the seconds it has spent per
+   row of work (extract: vectors, verbalize: AV tokens, reconstruct: rows),
+   times the rows it still has to do, summed over the phases; until every
+   phase has been timed once it is a lower bound (">="). */
 typedef struct {
     int quiet, tty;
-    double t0, last;
+    double t0, last, t_cb;  /* start, last line drawn, last callback */
+    double spent[3], rows[3]; /* per phase: seconds, rows of work done */
+    int phase;              /* the phase of the last callback (-1: none) */
+    double frac;            /* its share of the chunk done */
 } cli_eval_ui;
 
 static int cli_eval_progress(void *user, const nla_eval_progress *p) {
+    static const char *const names[3] = {"extract", "verbalize", "reconstruct"};
     cli_eval_ui *u = (cli_eval_ui *)user;
     const double t = cli_now(), el = t - u->t0;
     const long fresh = p->rows_done - p->rows_resumed;
     const int end = p->total && p->done == p->total;
-    char eta[32] = "?";
-    if (u->quiet || !p->total) return 0;
-    if (!u->tty && !end && t - u->last < 10) return 0;
+    int ph = 0;
+    while (ph < 3 && strcmp(p->phase, names[ph])) ph++;
+    if (ph < 3 && p->total) { /* the time since the last callback was this phase's */
+        double frac = (double)p->done / p->total;
+        if (ph == 1 && p->tokens_max > 0) { /* tokens of those expected: texts so far */
+            const double per = p->done ? (double)p->tokens / p->done : 0;
+            const double want = p->done && per * p->total < (double)p->tokens_max
+                                    ? per * p->total
+                                    : (double)p->tokens_max;
+            frac = want > 0 ? (double)p->tokens / want : 0;
+        }
+        if (ph != u->phase) u->frac = 0;
+        if (frac > u->frac) {
+            u->rows[ph] += (frac - u->frac) * p->chunk_rows;
+            u->frac = frac;
+        }
+        u->spent[ph] += t - u->t_cb;
+        u->phase = ph;
+    }
+    u->t_cb = t;
+    if (u->quiet || !p->total || ph == 3) return 0;
+    if (!end && t - u->last < (u->tty ? 0.1 : 10)) return 0;
     u->last = t;
-    if (fresh > 0)
-        snprintf(eta, sizeof eta, "%.0f s",
-                 (double)(p->rows_total - p->rows_done) * el / (double)fresh);
+    /* rows each phase still has to do: the shard's uncommitted rows, less
+       the part of the chunk under way that it has done */
+    const double left = (double)(p->rows_total - p->rows_done);
+    double eta = 0;
+    int bound = 0;
+    for (int k = 0; k < 3; k++) {
+        const double todo = k < ph ? left - p->chunk_rows
+                            : k == ph ? left - u->frac * p->chunk_rows
+                                      : left;
+        if (u->rows[k] > 0) eta += u->spent[k] / u->rows[k] * (todo > 0 ? todo : 0);
+        else bound |= todo > 0;
+    }
+    char dur[32], eta_s[40];
+    cli_duration(eta, dur, sizeof dur);
+    snprintf(eta_s, sizeof eta_s, "%s%s", bound ? ">= " : "", dur);
     if (u->tty) {
         char bar[21];
-        const int k = (int)(20L * p->done / p->total);
+        const int k = (int)(20 * u->frac);
         for (int i = 0; i < 20; i++) bar[i] = i < k ? '#' : '.';
         bar[20] = 0;
         fprintf(stderr, "\r%-11s [%s] %d/%d | rows %ld/%ld, %.2f rows/s, ETA %s   ", p->phase, bar,
                 p->done, p->total, p->rows_done, p->rows_total, el > 0 ? (double)fresh / el : 0.0,
-                eta);
-        if (end && !strcmp(p->phase, "reconstruct")) fputc('\n', stderr);
+                eta_s);
+        if (end && ph == 2) fputc('\n', stderr);
     } else {
         fprintf(stderr, "nla: %s %d/%d; rows %ld/%ld, %.2f rows/s, ETA %s\n", p->phase, p->done,
-                p->total, p->rows_done, p->rows_total, el > 0 ? (double)fresh / el : 0.0, eta);
+                p->total, p->rows_done, p->rows_total, el > 0 ? (double)fresh / el : 0.0, eta_s);
     }
     return 0;
 }
@@ -11153,7 +11337,8 @@ static int cmd_eval(int argc, char **argv) {
 #ifndef _WIN32
     ui.tty = isatty(2);
 #endif
-    ui.t0 = ui.last = cli_now();
+    ui.t0 = ui.last = ui.t_cb = cli_now();
+    ui.phase = -1;
     if (plan) {
         nla_tokenizer *tok = NULL;
         if (open_tokenizer(p.tokenizer ? p.tokenizer : p.target, &tok)) return 1;

@@ -419,6 +419,10 @@ nla_status nla_chat_render_json(const char *json, size_t json_len, int add_gener
    kept in the output). */
 typedef int (*nla_token_fn)(void *user, int32_t token);
 
+/* The same for sequence `seq` of a batch: `last` is 1 when the token ends
+   that sequence (a stop id, or max_new reached); nonzero stops it alone. */
+typedef int (*nla_seq_token_fn)(void *user, int seq, int32_t token, int last);
+
 typedef struct {
     int max_new;           /* tokens to generate at most; required (> 0) */
     float temperature;     /* 0 (default) = greedy */
@@ -487,12 +491,14 @@ typedef struct {
     int top_k;           /* default 0: no cut */
     float top_p;         /* default 0: no cut */
     float *first_logits; /* optional out [vocab]: the logits after the prompt */
-    nla_token_fn on_token; /* optional streaming callback */
-    void *user;
+    nla_token_fn on_token; /* optional streaming callback (B = 1 only) */
+    void *user;            /* passed to on_token and on_seq_token */
     const uint64_t *seeds; /* optional [B]: vector q samples from its own stream,
                               seeded with seeds[q] (as nla_session_seed), so its
                               explanation is the same in any batch; NULL: every
                               vector draws from the session's stream */
+    nla_seq_token_fn on_seq_token; /* optional: each vector q's tokens, in
+                              order, for any B (streaming a batch) */
 } nla_verbalize_params;
 
 /* AV: the explanation of vector v [d_model] as token ids (capacity cap >=
@@ -510,8 +516,8 @@ nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_par
    explanations cost little more than one while decoding is bound by memory
    bandwidth. Vector q's ids go to ids[q * cap ...], their count to n_ids[q];
    first_logits, if set, receives [B, vocab]; on_token is called only when
-   B is 1. Greedy results are identical to B calls of nla_verbalize, and so
-   are sampled ones with seeds. */
+   B is 1, on_seq_token for every B (seq = q). Greedy results are identical
+   to B calls of nla_verbalize, and so are sampled ones with seeds. */
 nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
                                const nla_verbalize_params *params, int32_t *ids, int cap,
                                int *n_ids);
@@ -660,6 +666,11 @@ typedef struct {
     long rows_done;     /* rows of this shard committed, earlier runs included */
     long rows_total;    /* rows of this shard */
     long rows_resumed;  /* rows found done when the run started */
+    int chunk_rows;     /* rows of the current chunk (0 in plan) */
+    long tokens;        /* verbalize: AV tokens of the chunk decoded so far; its
+                           callback comes with every token */
+    long tokens_max;    /* verbalize: the most the chunk's texts can take
+                           (texts x max_new; a text ends sooner at a stop id) */
 } nla_eval_progress;
 
 /* Progress callback: a nonzero return stops the run (NLA_ERR_CANCELLED);

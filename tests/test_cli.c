@@ -762,6 +762,63 @@ static void test_long_text(nla_model *target) {
     free(text);
 }
 
+/* nla explain on a terminal (script(1) gives it one) shows each text as
+   the AV writes it, in order, texts of one batch held for the one before;
+   to a file, no such lines. nla eval's progress gives an ETA from the first
+   phase on. */
+static void test_stream(void) {
+    if (run("command -v script > /dev/null")) {
+        SKIP("no script(1): nla explain's terminal output not checked");
+        return;
+    }
+    CHECK_EQ(run("script -qec \"./nla explain " G "target " G "av " G "ar --text 'The quick brown "
+                 "fox jumps' --max-new 9 --batch 2 --best-of 2 --with-greedy --jsonl" TOK
+                 " > tests/tmp/st.jsonl\" /dev/null > tests/tmp/tty.txt"),
+             0);
+    char *tty = slurp("tests/tmp/tty.txt", NULL), *js = slurp("tests/tmp/st.jsonl", NULL);
+    const char *at = tty;
+    /* the order the AV takes them: the greedy texts, then each position's candidates */
+    for (int k = 0; tty && js && k < 15; k++) {
+        const int i = k < 5 ? k : (k - 5) / 2, c = k < 5 ? -1 : (k - 5) % 2;
+        char *line = line_of(js, i), head[64], *want = NULL;
+        if (c < 0) {
+            snprintf(head, sizeof head, "nla: position %d ", i + 1);
+            want = line ? json_string_after(strstr(line, "\"greedy\""), "explanation", NULL)
+                        : NULL;
+        } else {
+            snprintf(head, sizeof head, "(candidate %d of 2): ", c + 1);
+            const char *cands = line ? strstr(line, "\"candidates\"") : NULL;
+            for (int j = 0; cands && j <= c; j++) cands = strstr(cands + 1, "\"explanation\"");
+            want = cands ? json_string_after(cands - 1, "explanation", NULL) : NULL;
+        }
+        const char *h = at ? strstr(at, head) : NULL, *t = h ? strstr(h, want ? want : "") : NULL;
+        CHECK_MSG(h && want && t && !memchr(h, '\n', (size_t)(t - h)),
+                  "text %d ('%s' then '%s') not next on the terminal", k, head, want);
+        if (h) at = h + 1;
+        free(line);
+        free(want);
+    }
+    free(tty);
+    free(js);
+    CHECK_EQ(run("./nla explain " G "target " G "av " G "ar --text 'The quick' --max-new 4" TOK
+                 " > /dev/null" ERR),
+             0);
+    char *er = slurp("tests/tmp/err.txt", NULL);
+    CHECK_MSG(er && !strstr(er, "nla: position 1 "), "to a file, no streamed texts: %s", er);
+    free(er);
+#ifndef NLA_NO_EVAL
+    CHECK_EQ(run("rm -rf tests/tmp/evs && ./nla eval " G "target " G "av " G "ar --docs "
+                 "tests/data/eval/docs.jsonl --min-position 10 --max-new 6 --chunk 2 "
+                 "--out tests/tmp/evs" TOK ERR),
+             0);
+    er = slurp("tests/tmp/err.txt", NULL);
+    CHECK_MSG(er && strstr(er, "nla: extract 2/2; rows 0/4, 0.00 rows/s, ETA >= ") &&
+                  strstr(er, "nla: reconstruct 2/2; rows 2/4, ") && !strstr(er, "ETA ?"),
+              "eval's progress: %s", er);
+    free(er);
+#endif
+}
+
 /* nla explain's table cut to $COLUMNS; whole without it */
 static void test_table_width(void) {
     /* the table: cut to $COLUMNS (each row at most 110 columns, the cut ending in an
@@ -802,6 +859,7 @@ int main(void) {
     test_model_commands(target);
     test_refusals();
     test_long_text(target);
+    test_stream();
     test_nonfinite(target, av);
     full_disk();
     /* nla quantize --type, and the saved folder opens */

@@ -127,6 +127,35 @@ static double after(const char *json, const char *key) {
     return f ? strtod(f + strlen(key), NULL) : NAN;
 }
 
+/* What nla_eval_run's progress callback saw, checked as it comes. */
+typedef struct {
+    int chunks, rows, texts, in_extract, cancel_at, bad;
+    long tokens, chunk_tokens;
+    char why[160];
+} prog_log;
+
+static int log_progress(void *user, const nla_eval_progress *p) {
+    prog_log *g = (prog_log *)user;
+    const char *why = NULL;
+    if (!strcmp(p->phase, "extract")) {
+        if (!g->in_extract) { g->chunks++; g->chunk_tokens = 0; } /* a chunk's first */
+        if (p->chunk_rows != p->total) why = "extract: chunk_rows is not the vectors' count";
+    } else if (!strcmp(p->phase, "verbalize")) {
+        g->tokens++;
+        if (p->tokens != ++g->chunk_tokens) why = "verbalize: not one callback per token";
+        if (p->tokens_max != (long)p->total * 8 || p->tokens > p->tokens_max)
+            why = "verbalize: tokens_max is not texts x max_new";
+        if (p->done == p->total && p->total == p->chunk_rows) g->texts += p->total;
+        if (g->cancel_at && g->tokens == g->cancel_at) return 1;
+    } else if (!strcmp(p->phase, "reconstruct")) {
+        g->rows++;
+        if (p->tokens || p->chunk_rows != p->total) why = "reconstruct: tokens or chunk_rows";
+    }
+    g->in_extract = !strcmp(p->phase, "extract");
+    if (why && !g->bad) { g->bad = 1; snprintf(g->why, sizeof g->why, "%s", why); }
+    return 0;
+}
+
 static char warned[1024];
 static void keep_warning(void *user, const char *msg) { snprintf((char *)user, sizeof warned, "%s", msg); }
 
@@ -203,6 +232,50 @@ int main(void) {
         float *v = npy_load("tests/tmp/eval_ref/activations.npy", &nd, sh);
         CHECK(v && nd == 2 && sh[0] == 14 && sh[1] == 16);
         free(v);
+    }
+
+    /* progress through the API: extract per vector, verbalize per AV token
+       (counted, within texts x max_new), reconstruct per row; a cancel from
+       the callback mid-verbalize stops the run, and the rerun resumes to the
+       files of the uninterrupted one */
+    {
+        const char *pd = "tests/tmp/eval_prog";
+        prog_log pg;
+        nla_eval_params p;
+        nla_eval_counts c;
+        memset(&p, 0, sizeof p);
+        memset(&pg, 0, sizeof pg);
+        p.target = "weights/tiny/target";
+        p.av = "weights/tiny/av";
+        p.ar = "weights/tiny/ar";
+        p.docs = "tests/data/eval/docs.jsonl";
+        p.chats = "tests/data/eval/chats.jsonl";
+        p.out_dir = pd;
+        p.min_position = 10;
+        p.positions_per_record = 2;
+        p.max_new = 8;
+        p.chunk = 4;
+        p.n_threads = 1;
+        p.progress = log_progress;
+        p.user = &pg;
+        rm_dir(pd);
+        mkdir(pd, 0755);
+        CHECK_EQ(nla_eval_run(&p, &c, err, sizeof err), NLA_OK);
+        CHECK_MSG(!pg.bad && pg.chunks == 4 && pg.rows == 14 && pg.texts == 14 &&
+                      pg.tokens >= 14 && pg.tokens <= 14 * 8,
+                  "progress: %s; %d chunks, %d rows, %d texts, %ld tokens", pg.why, pg.chunks,
+                  pg.rows, pg.texts, pg.tokens);
+        CHECK(same_files(pd, ref, files, 5));
+        rm_dir(pd);
+        mkdir(pd, 0755);
+        memset(&pg, 0, sizeof pg);
+        pg.cancel_at = 40; /* 4 texts x 8 tokens a chunk: the second chunk */
+        CHECK_EQ(nla_eval_run(&p, &c, err, sizeof err), NLA_ERR_CANCELLED);
+        CHECK_EQ(count_lines("tests/tmp/eval_prog/results.jsonl"), 4);
+        memset(&pg, 0, sizeof pg);
+        CHECK_EQ(nla_eval_run(&p, &c, err, sizeof err), NLA_OK);
+        CHECK(c.resumed == 4 && same_files(pd, ref, files, 5));
+        rm_dir(pd);
     }
 
     /* other arguments on the same folder are refused, naming the difference */

@@ -159,6 +159,21 @@ static int log_token(void *user, int32_t token) {
     return lg->stop_after && lg->n >= lg->stop_after;
 }
 
+/* An on_seq_token callback: each sequence's tokens and where `last` came;
+   stops sequence stop_seq after stop_after tokens. */
+typedef struct {
+    int32_t ids[3][200];
+    int n[3], lasts[3], last_at[3], stop_seq, stop_after;
+} seq_log;
+
+static int log_seq_token(void *user, int seq, int32_t token, int last) {
+    seq_log *sl = (seq_log *)user;
+    if (seq < 0 || seq > 2 || sl->n[seq] >= 200) return 1;
+    if (last) { sl->lasts[seq]++; sl->last_at[seq] = sl->n[seq]; }
+    sl->ids[seq][sl->n[seq]++] = token;
+    return seq == sl->stop_seq && sl->n[seq] >= sl->stop_after;
+}
+
 static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     /* tokenize the target text (BOS added) */
     size_t tl = 0;
@@ -296,6 +311,32 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
                 CHECK_EQ(nla_verbalize(sb, v3r + k * D, &vp, one, 200, &n1), NLA_OK);
                 CHECK_MSG(bn[k] == n1 && !memcmp(bids + k * 200, one, sizeof(int32_t) * (size_t)n1), "batched vector %d differs (%d vs %d ids)", k, bn[k], n1);
                 CHECK_MSG(!memcmp(blog + (size_t)k * V, again, sizeof(float) * V), "batched first logits of vector %d differ", k);
+            }
+        }
+        /* on_seq_token streams each vector of the batch: its tokens in order,
+           `last` on the final one (not on one the callback stops); stopping
+           one vector leaves the others */
+        for (int stop = 0; stop < 2; stop++) {
+            static seq_log sl;
+            static int32_t sids[3 * 200];
+            int sn[3];
+            nla_verbalize_params vp;
+            memset(&vp, 0, sizeof vp);
+            memset(&sl, 0, sizeof sl);
+            sl.stop_seq = stop ? 1 : -1;
+            sl.stop_after = 2;
+            vp.on_seq_token = log_seq_token;
+            vp.user = &sl;
+            CHECK_EQ(nla_verbalize_batch(sbat, v3r, 3, &vp, sids, 200, sn), NLA_OK);
+            for (int k = 0; k < 3; k++) {
+                const int cut = stop && k == 1, nw = cut ? 2 : bn[k];
+                CHECK_MSG(sn[k] == nw && sl.n[k] == nw &&
+                              !memcmp(sl.ids[k], bids + k * 200, sizeof(int32_t) * (size_t)nw) &&
+                              !memcmp(sids + k * 200, bids + k * 200,
+                                      sizeof(int32_t) * (size_t)nw) &&
+                              sl.lasts[k] == !cut && (cut || sl.last_at[k] == nw - 1),
+                          "on_seq_token, vector %d (stop %d): %d ids, saw %d, last %d times at %d",
+                          k, stop, sn[k], sl.n[k], sl.lasts[k], sl.last_at[k]);
             }
         }
         CHECK_EQ(nla_verbalize_batch(sbat, v3r, 4, NULL, bids, 200, bn), NLA_ERR_ARG); /* more vectors than sequences */
