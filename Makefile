@@ -109,6 +109,8 @@ BENCH_MODELS ?= weights/bench-1b-q8_0 weights/bench-1b-q4_0
 BENCH_NLA    ?= weights/bench-nla-1b-q4
 weights/bench-1b-%: nla
 	./nla random-model $@ --force --role target --shape 1b --quant $*
+weights/bench-12b-%: nla
+	./nla random-model $@ --force --role target --shape 12b --quant $*
 weights/bench-nla-1b-q4/ar/nla_meta.yaml: nla weights/tokenizer.json
 	./nla random-model weights/bench-nla-1b-q4 --force --shape 1b --quant q4 \
 	  --tokenizer weights/tokenizer.json
@@ -126,17 +128,31 @@ bench-search: tests/bench nla
 
 # llama.cpp side by side (optional; README.md, Performance, says what
 # ANCHOR_REF holds: node-llama-cpp's prebuilt libllama, a bench_llama
-# program on it, the GGUF files of the 1B shapes). For each of 1B Q8_0
-# and Q4_0: llama.cpp's pp512/tg64 at 1 and 2 threads, then ours on the same
-# shape right after, so both ratios come from one moment of a noisy host.
-ANCHOR_REF ?= $(HOME)/ref
-ANCHOR_BINS = $(ANCHOR_REF)/nlc/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
-bench-anchor: tests/bench weights/tokenizer.json weights/bench-1b-q8_0 weights/bench-1b-q4_0
-	@for q in q8_0 q4_0; do g=$(ANCHOR_REF)/anchor-models/gemma3-1b-random-$$q.gguf; \
+# program on it, the GGUF files of the shapes). For each shape of
+# ANCHOR_SHAPES (1b, 12b) and type of ANCHOR_TYPES: llama.cpp's pp512/tg64
+# at 1 and 2 threads, then ours on the same shape right after, so both come
+# from one moment of a noisy host, and the ratios nla.c / llama.cpp.
+ANCHOR_REF    ?= $(HOME)/ref
+ANCHOR_BINS    = $(ANCHOR_REF)/nlc/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
+ANCHOR_SHAPES ?= 1b
+ANCHOR_TYPES  ?= q8_0 q4_0
+# the medians of bench_llama's SUMMARY lines against tests/bench's table
+ANCHOR_RATIO   = awk '/ SUMMARY pp/ { lp[$$2] = $$9; lt[$$2] = $$18 } \
+  /^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+ % / { np[$$1] = $$2; nt[$$1] = $$6 } \
+  END { for (t in np) if (t in lp && lp[t] > 0 && lt[t] > 0) \
+    printf "nla.c / llama.cpp at %s thread(s): prefill %.2fx, decode %.2fx\n", \
+      t, np[t] / lp[t], nt[t] / lt[t] }'
+bench-anchor: tests/bench weights/tokenizer.json \
+              $(foreach s,$(ANCHOR_SHAPES),$(ANCHOR_TYPES:%=weights/bench-$(s)-%))
+	@mkdir -p tests/tmp; for s in $(ANCHOR_SHAPES); do for q in $(ANCHOR_TYPES); do \
+	  g=$(ANCHOR_REF)/anchor-models/gemma3-$$s-random-$$q.gguf; \
 	  [ -f $$g ] || { echo "bench-anchor: $$g is missing (README.md, Performance, says what ANCHOR_REF holds)"; exit 1; }; \
-	  echo "== llama.cpp $$q"; cat $$g > /dev/null; \
-	  $(ANCHOR_REF)/anchor-build/bench_llama --model $$g --bins $(ANCHOR_BINS) --threads 1,2 --pp 512 --tg 64 --reps 1 2>&1 | grep -v '^load_backend'; \
-	  echo "== nla.c $$q"; NLA_BENCH_NO_TOKENIZER=1 ./tests/bench weights/bench-1b-$$q; done
+	  echo "== llama.cpp $$s $$q"; cat $$g > /dev/null; \
+	  $(ANCHOR_REF)/anchor-build/bench_llama --model $$g --bins $(ANCHOR_BINS) --threads 1,2 \
+	    --pp 512 --tg 64 --reps 1 2>&1 | grep -v '^load_backend' | tee tests/tmp/anchor-llama.txt; \
+	  echo "== nla.c $$s $$q"; NLA_BENCH_NO_TOKENIZER=1 ./tests/bench weights/bench-$$s-$$q | \
+	    tee tests/tmp/anchor-nla.txt; \
+	  $(ANCHOR_RATIO) tests/tmp/anchor-llama.txt tests/tmp/anchor-nla.txt; done; done
 
 # The tests again on the portable fallbacks: stdio instead of mmap, the
 # scalar kernels instead of the SIMD ones, the library without section 14
