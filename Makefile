@@ -107,9 +107,9 @@ sanitize:
 # NLA_BENCH_THREADS, NLA_BENCH_B and NLA_BENCH_AV_TOKENS: see tests/bench.c.
 BENCH_MODELS ?= weights/bench-1b-q8_0 weights/bench-1b-q4_0
 BENCH_NLA    ?= weights/bench-nla-1b-q4
-weights/bench-1b-%: nla
+weights/bench-1b-%: | nla
 	./nla random-model $@ --force --role target --shape 1b --quant $*
-weights/bench-12b-%: nla
+weights/bench-12b-%: | nla
 	./nla random-model $@ --force --role target --shape 12b --quant $*
 weights/bench-nla-1b-q4/ar/nla_meta.yaml: nla weights/tokenizer.json
 	./nla random-model weights/bench-nla-1b-q4 --force --shape 1b --quant q4 \
