@@ -130,12 +130,13 @@ bench-search: tests/bench nla
 # ANCHOR_REF holds: node-llama-cpp's prebuilt libllama, a bench_llama
 # program on it, the GGUF files of the shapes). For each shape of
 # ANCHOR_SHAPES (1b, 12b) and type of ANCHOR_TYPES: llama.cpp's pp512/tg64
-# at 1 and 2 threads, then ours on the same shape right after, so both come
+# at ANCHOR_THREADS (1 and 2), then ours on the same shape right after, so both come
 # from one moment of a noisy host, and the ratios nla.c / llama.cpp.
 ANCHOR_REF    ?= $(HOME)/ref
 ANCHOR_BINS    = $(ANCHOR_REF)/nlc/node_modules/@node-llama-cpp/linux-x64/bins/linux-x64
 ANCHOR_SHAPES ?= 1b
 ANCHOR_TYPES  ?= q8_0 q4_0
+ANCHOR_THREADS ?= 1 2
 # the medians of bench_llama's SUMMARY lines against tests/bench's table
 ANCHOR_RATIO   = awk '/ SUMMARY pp/ { lp[$$2] = $$9; lt[$$2] = $$18 } \
   /^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9]+ % / { np[$$1] = $$2; nt[$$1] = $$6 } \
@@ -148,10 +149,11 @@ bench-anchor: tests/bench weights/tokenizer.json \
 	  g=$(ANCHOR_REF)/anchor-models/gemma3-$$s-random-$$q.gguf; \
 	  [ -f $$g ] || { echo "bench-anchor: $$g is missing (README.md, Performance, says what ANCHOR_REF holds)"; exit 1; }; \
 	  echo "== llama.cpp $$s $$q"; cat $$g > /dev/null; \
-	  $(ANCHOR_REF)/anchor-build/bench_llama --model $$g --bins $(ANCHOR_BINS) --threads 1,2 \
-	    --pp 512 --tg 64 --reps 1 2>&1 | grep -v '^load_backend' | tee tests/tmp/anchor-llama.txt; \
-	  echo "== nla.c $$s $$q"; NLA_BENCH_NO_TOKENIZER=1 ./tests/bench weights/bench-$$s-$$q | \
-	    tee tests/tmp/anchor-nla.txt; \
+	  $(ANCHOR_REF)/anchor-build/bench_llama --model $$g --bins $(ANCHOR_BINS) \
+	    --threads $$(echo $(ANCHOR_THREADS) | tr ' ' ,) --pp 512 --tg 64 --reps 1 2>&1 | \
+	    grep -v '^load_backend' | tee tests/tmp/anchor-llama.txt; \
+	  echo "== nla.c $$s $$q"; NLA_BENCH_NO_TOKENIZER=1 NLA_BENCH_THREADS="$(ANCHOR_THREADS)" \
+	    ./tests/bench weights/bench-$$s-$$q | tee tests/tmp/anchor-nla.txt; \
 	  $(ANCHOR_RATIO) tests/tmp/anchor-llama.txt tests/tmp/anchor-nla.txt; done; done
 
 # The tests again on the portable fallbacks: stdio instead of mmap, the
