@@ -7961,11 +7961,15 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
     if (f) fclose(f);
     if (!path || (f && !(s->dir = xstrndup(results, strlen(results)))))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    else if (!f && is_dir(results))
+    else if ((rc = read_file(f ? path : results, &buf, &n, SIZE_MAX / 2, e)) == NLA_ERR_IO &&
+             !f) { /* a folder (or anything) without results.jsonl that is no readable file */
+        char why[sizeof e->msg];
+        snprintf(why, sizeof why, "%s", e->msg);
         rc = fail(e, NLA_ERR_IO,
-                  "%s is not a study: it has no results.jsonl (nla eval --out writes one)",
-                  results);
-    else rc = read_file(f ? path : results, &buf, &n, SIZE_MAX / 2, e);
+                  "%s is not a study: no results.jsonl in it (nla eval --out writes one), and "
+                  "not a results file (%s)",
+                  results, why);
+    }
     for (size_t at = 0; !rc && at < n;) {
         const char *b = buf + at, *nl = (const char *)memchr(b, '\n', n - at);
         size_t len = nl ? (size_t)(nl - b) : n - at;

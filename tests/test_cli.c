@@ -667,7 +667,7 @@ static void test_refusals(void) {
     spit("tests/tmp/notres.jsonl", "{\"a\": 1}\n", 9);
     refused("./nla eval --summary tests/tmp/notres.jsonl",
             "tests/tmp/notres.jsonl: no rows of results");
-    refused("./nla eval --summary tests", "tests is not a study: it has no results.jsonl");
+    refused("./nla eval --summary tests", "tests is not a study: no results.jsonl in it");
     refused("./nla eval --html tests/tmp/x.html tests/tmp/notres.jsonl", "no rows of results");
     {
         /* a \u0000 is a character of a document as of a chat message: the
