@@ -46,6 +46,7 @@ mount -t tmpfs -o mode=755 nla-slurm "$T"
 export SLURM_CONF=$T/slurm.conf
 DAEMONS="slurmd slurmctld slurmdbd mariadbd munged"
 ok=0
+why="" # the reason of a failure, printed again after the logs
 
 stop() { # stop PIDFILE: TERM, then KILL after 10 s
     [ -f "$1" ] || return 0
@@ -71,11 +72,11 @@ cleanup() {
     [ $ok = 1 ] || logs
     for d in $DAEMONS; do stop "$T/run/$d.pid"; done
     umount "$T" && rmdir "$T"
-    [ $ok = 1 ] && echo "slurm-test: passed" || echo "slurm-test: FAILED"
+    [ $ok = 1 ] && echo "slurm-test: passed" || echo "slurm-test: FAILED${why:+: $why}"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-fail() { echo "slurm-test: $*"; exit 1; }
+fail() { why="$*"; echo "slurm-test: $*"; exit 1; }
 # until SECONDS CMD...: retries CMD every 0.2 s; fails after SECONDS
 until_ok() {
     local end=$((SECONDS + $1))
@@ -204,8 +205,12 @@ scontrol update JobId="${job}_1" StartTime=now
 done_() { [ -z "$(squeue -h -j "$job,$merge")" ]; }
 until_ok 300 done_ || fail "the jobs did not finish in 300 s"
 echo "slurm-test: array and merge done in $((SECONDS - t0)) s"
-state=$(sacct -n -X -j "$merge" -o State | tr -d ' ')
-[ "$state" = COMPLETED ] || fail "merge job $merge: $state"
+# slurmdbd may record the end a moment after squeue forgets the job
+merge_state() { sacct -n -X -j "$merge" -o State | tr -d ' '; }
+ended() { case "$(merge_state)" in ""|PENDING|RUNNING|COMPLETING) return 1;; esac; }
+until_ok 30 ended || true
+state=$(merge_state)
+[ "$state" = COMPLETED ] || fail "merge job $merge: ${state:-no sacct record}"
 grep -q -E '\([1-9][0-9]* resumed' "slurm-${job}_1.out" ||
     fail "task 1 did not resume after its requeue"
 grep -E ' rows in results\.1 ' "slurm-${job}_1.out"
