@@ -10756,6 +10756,7 @@ typedef struct {
     int *count;            /* [n M] its tokens */
     unsigned char *done;   /* [n M] its last token came */
     nla_detok_state *st;   /* [n M] */
+    int off;               /* out of memory: nothing more is shown */
 } cli_stream;
 
 static void cli_stream_head(const cli_stream *c, int ord) {
@@ -10773,6 +10774,7 @@ static int cli_stream_token(void *user, int item, int32_t token, int last) {
     const int ord = k == c->n_cand ? i : c->greedy * c->n + i * c->n_cand + k;
     char piece[128];
     size_t len = 0, more = 0;
+    if (c->off) return 0;
     /* a stop token ends the text without being part of it */
     if ((!last || c->count[ord] + 1 == c->max_new) &&
         nla_detokenize_next(c->tok, &c->st[ord], token, piece, sizeof piece, &len) != NLA_OK)
@@ -10788,10 +10790,16 @@ static int cli_stream_token(void *user, int item, int32_t token, int last) {
         cli_put_valid(stderr, piece, len);
     } else if (len) {
         char *g = (char *)NLA_REALLOC(c->held[ord], c->n_held[ord] + len);
-        if (!g) return 1;
-        memcpy(g + c->n_held[ord], piece, len);
-        c->held[ord] = g;
-        c->n_held[ord] += len;
+        if (g) {
+            memcpy(g + c->n_held[ord], piece, len);
+            c->held[ord] = g;
+            c->n_held[ord] += len;
+        } else { /* out of memory: the display stops, the decoding goes on */
+            fputs("\nnla: (out of memory: the texts are no longer shown as they are written)\n",
+                  stderr);
+            c->off = 1;
+            return 0;
+        }
     }
     while (c->live < all && c->done[c->live]) { /* the next text: what it holds, then live */
         fputc('\n', stderr);
@@ -10802,6 +10810,7 @@ static int cli_stream_token(void *user, int item, int32_t token, int last) {
             cli_put_valid(stderr, c->held[c->live], c->n_held[c->live]);
             NLA_FREE(c->held[c->live]);
             c->held[c->live] = NULL;
+            c->n_held[c->live] = 0;
         }
     }
     fflush(stderr);

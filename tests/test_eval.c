@@ -100,16 +100,6 @@ static void rm_dir(const char *dir) {
     rmdir(dir);
 }
 
-/* The summary JSON collected from nla_eval_summary. */
-typedef struct { char *p; size_t n; } text;
-static void collect(void *user, const char *s, size_t n) {
-    text *t = (text *)user;
-    t->p = (char *)realloc(t->p, t->n + n + 1);
-    memcpy(t->p + t->n, s, n);
-    t->n += n;
-    t->p[t->n] = 0;
-}
-
 /* The number after "field": on the line of group g ("source=chat", "all"). */
 static double group_num(const char *json, const char *g, const char *field) {
     char pat[128], key[64];
@@ -439,7 +429,7 @@ int main(void) {
         const char *zd = "tests/tmp/eval_zero",
                    *zero_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", zd, OPTS, NULL};
         nla_eval_report_params rp;
-        text t = {NULL, 0};
+        text_buf t = {NULL, 0};
         rm_dir(zd);
         copy_results(ref, zd);
         unlink("tests/tmp/eval_zero/activations.npy");
@@ -540,7 +530,7 @@ int main(void) {
             {"\"sink_fragmented_academic\": {\"n\": ", 1}, {"\"fallback_research_paper\": {\"n\": ", 1}, {"\"cjk_output\": {\"n\": ", 1},
             {"\"newline_repetition\": {\"n\": ", 2}, {"\"unparsed\": {\"n\": ", 1}};
         nla_eval_report_params rp;
-        text t = {NULL, 0};
+        text_buf t = {NULL, 0};
         memset(&rp, 0, sizeof rp);
         rp.json = 1;
         CHECK_EQ(nla_eval_summary("tests/data/eval/fixed_results.jsonl", &rp, collect, &t, err, sizeof err), NLA_OK);
@@ -592,7 +582,7 @@ int main(void) {
         fprintf(f, "{\"record_id\": 7, \"source\": \"x\", \"first_sample\": 18446744073709551615, \"positions\": [0, 0, -1], \"tokens\": [\"a\", \"b\"]}\n");
         fclose(f);
         nla_eval_report_params rp;
-        text t = {NULL, 0};
+        text_buf t = {NULL, 0};
         memset(&rp, 0, sizeof rp);
         rp.json = 1;
         CHECK_EQ(nla_eval_summary(hd, &rp, collect, &t, err, sizeof err), NLA_OK);

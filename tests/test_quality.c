@@ -250,24 +250,10 @@ static void test_best_of(void) {
     rm_dir(b1);
 }
 
-/* The summary JSON collected from nla_eval_summary. */
-typedef struct {
-    char *p;
-    size_t n;
-} text;
-
-static void collect(void *user, const char *s, size_t n) {
-    text *t = (text *)user;
-    t->p = (char *)realloc(t->p, t->n + n + 1);
-    memcpy(t->p + t->n, s, n);
-    t->n += n;
-    t->p[t->n] = 0;
-}
-
 /* The summary of results as JSON (free it). */
 static char *summary_json(const char *results) {
     nla_eval_report_params rp;
-    text t = {NULL, 0};
+    text_buf t = {NULL, 0};
     char err[512];
     memset(&rp, 0, sizeof rp);
     rp.json = 1;
@@ -535,7 +521,7 @@ static void test_compare(void) {
     const char *a = "tests/tmp/q_greedy", *q8 = "tests/tmp/q_q8", *c = "tests/tmp/q_other";
     const char *q8_args[] = {GOLDEN, SAMPLE, OPTS, TOK, "--quant", "q8_0", NULL};
     nla_eval_report_params rp;
-    text self = {NULL, 0}, quant = {NULL, 0}, tab = {NULL, 0};
+    text_buf self = {NULL, 0}, quant = {NULL, 0}, tab = {NULL, 0};
     char err[512], pa[256], pc[256];
     memset(&rp, 0, sizeof rp);
     rp.json = 1;

@@ -24,6 +24,23 @@ static inline char *slurp(const char *path, size_t *n) {
     return b;
 }
 
+/* Text handed over in pieces (nla_eval_summary's and nla_eval_compare's
+   writer), gathered NUL-terminated in p (free it). */
+typedef struct {
+    char *p;
+    size_t n;
+} text_buf;
+
+static inline void collect(void *user, const char *s, size_t n) {
+    text_buf *t = (text_buf *)user;
+    char *g = (char *)realloc(t->p, t->n + n + 1);
+    if (!g) abort();
+    t->p = g;
+    memcpy(t->p + t->n, s, n);
+    t->n += n;
+    t->p[t->n] = 0;
+}
+
 static inline int spit(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
