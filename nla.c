@@ -973,26 +973,40 @@ static void st_file_free(st_file *f) {
     memset(f, 0, sizeof *f);
 }
 
+/* Asks the kernel to back the n bytes at p, not touched yet, with huge
+   pages where it can (Linux's transparent huge pages): weights streamed
+   once per token then take far fewer TLB misses. */
+static void advise_huge(void *p, size_t n) {
+#if !defined(NLA_NO_MMAP) && defined(MADV_HUGEPAGE)
+    const uintptr_t hp = (uintptr_t)2 << 20, a = ((uintptr_t)p + hp - 1) & ~(hp - 1),
+                    b = ((uintptr_t)p + n) & ~(hp - 1);
+    if (b > a) madvise((void *)a, (size_t)(b - a), MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
 /* Maps (or reads) the whole file. */
 static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
 #ifndef NLA_NO_MMAP
+    int fd = open(f->path, O_RDONLY);
+    if (fd < 0) return fail(e, NLA_ERR_IO, "%s: cannot open (%s)", f->path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fail(e, NLA_ERR_IO, "%s: not a regular file", f->path);
+    }
+    if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX / 2) {
+        close(fd);
+        return fail(e, NLA_ERR_IO, "%s: too large to map", f->path);
+    }
+    f->size = (size_t)sb.st_size;
+    if (f->size == 0) {
+        close(fd);
+        return fail(e, NLA_ERR_FORMAT, "%s: empty file, not safetensors", f->path);
+    }
     if (!no_mmap) {
-        int fd = open(f->path, O_RDONLY);
-        if (fd < 0) return fail(e, NLA_ERR_IO, "%s: cannot open", f->path);
-        struct stat sb;
-        if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-            close(fd);
-            return fail(e, NLA_ERR_IO, "%s: not a regular file", f->path);
-        }
-        if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX) {
-            close(fd);
-            return fail(e, NLA_ERR_IO, "%s: too large to map", f->path);
-        }
-        f->size = (size_t)sb.st_size;
-        if (f->size == 0) {
-            close(fd);
-            return fail(e, NLA_ERR_FORMAT, "%s: empty file, not safetensors", f->path);
-        }
         void *p = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
         close(fd);
         if (p == MAP_FAILED) return fail(e, NLA_ERR_IO, "%s: mmap failed", f->path);
@@ -1000,7 +1014,32 @@ static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
         f->mapped = 1;
         return NLA_OK;
     }
-#endif
+    /* read whole, into memory advised for huge pages before it is filled */
+    unsigned char *buf = (unsigned char *)NLA_MALLOC(f->size);
+    size_t got = 0;
+    int err = 0; /* errno of a failed read; -1: the file ended early */
+    if (!buf) {
+        close(fd);
+        return fail(e, NLA_ERR_NOMEM, "%s: out of memory for its %zu bytes", f->path, f->size);
+    }
+    advise_huge(buf, f->size);
+    while (got < f->size && !err) {
+        const size_t want = f->size - got < ((size_t)1 << 30) ? f->size - got : (size_t)1 << 30;
+        const ssize_t r = read(fd, buf + got, want);
+        if (r > 0) got += (size_t)r;
+        else if (r == 0) err = -1;
+        else if (errno != EINTR) err = errno;
+    }
+    close(fd);
+    if (err) {
+        NLA_FREE(buf);
+        return fail(e, NLA_ERR_IO, "%s: cannot read (%s)", f->path,
+                    err < 0 ? "shorter than when opened" : strerror(err));
+    }
+    f->map = buf;
+    f->mapped = 0;
+    return NLA_OK;
+#else
     (void)no_mmap;
     char *buf;
     size_t n;
@@ -1010,6 +1049,7 @@ static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
     f->size = n;
     f->mapped = 0;
     return NLA_OK;
+#endif
 }
 
 static int st_cmp_begin(const void *a, const void *b) {
@@ -2753,6 +2793,7 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
         return fail(e, NLA_ERR_NOMEM, "out of memory for %.2f GB of quantized weights",
                     (double)total / 1e9);
     }
+    advise_huge(m->qmem, (size_t)total);
     unsigned char *dst = m->qmem;
     for (int i = 0; i < n_mats; i++) {
         wmat *w = mats[i];
