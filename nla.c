@@ -369,7 +369,7 @@ static void json_put_num(char *out, size_t cap, double v, int digits) {
 /* Index of the first NaN or Inf among x[0..n), or -1. The first pass only
    ORs a test of each value's exponent bits (all ones: not finite), which
    vectorizes: about one instruction per 8 or 16 floats. */
-static long first_nonfinite(const float *x, size_t n) {
+static ptrdiff_t first_nonfinite(const float *x, size_t n) {
     uint32_t bad = 0;
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
@@ -377,7 +377,7 @@ static long first_nonfinite(const float *x, size_t n) {
         bad |= (u & 0x7f800000u) == 0x7f800000u;
     }
     for (size_t i = 0; bad && i < n; i++)
-        if (!isfinite(x[i])) return (long)i;
+        if (!isfinite(x[i])) return (ptrdiff_t)i;
     return -1;
 }
 
@@ -3460,10 +3460,10 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
                 return fail(&s->err, NLA_ERR_RANGE,
                             "nla_forward: token id %d at row %d is outside 0..%d", b->ids[i], i,
                             c->vocab - 1);
-    const long bad_in = b->embeds ? first_nonfinite(b->embeds, (size_t)T * h) : -1;
+    const ptrdiff_t bad_in = b->embeds ? first_nonfinite(b->embeds, (size_t)T * h) : -1;
     if (bad_in >= 0)
         return fail(&s->err, NLA_ERR_NONFINITE,
-                    "nla_forward: embeds row %ld holds a non-finite value (%g at column %ld)",
+                    "nla_forward: embeds row %td holds a non-finite value (%g at column %td)",
                     bad_in / h, (double)b->embeds[bad_in], bad_in % h);
 
     int next_sel = 0;
@@ -3490,7 +3490,7 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
             /* every row of the residual stream after every block: n d
                exponent tests, next to the block's n d (4 d + 3 d_ff) and more
                multiply-adds */
-            const long bad = first_nonfinite(s->x, (size_t)n * h);
+            const ptrdiff_t bad = first_nonfinite(s->x, (size_t)n * h);
             if (bad >= 0) {
                 const int t = (int)(bad / h);
                 nla_session_reset(s);
@@ -3506,12 +3506,12 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
         }
         const int sel0 = next_sel;
         if (want_logits || b->residual) chunk_outputs(s, b, r0, n, &next_sel);
-        const long bad = want_logits ? first_nonfinite(b->logits + (size_t)sel0 * c->vocab,
+        const ptrdiff_t bad = want_logits ? first_nonfinite(b->logits + (size_t)sel0 * c->vocab,
                                                        (size_t)(next_sel - sel0) * c->vocab) : -1;
         if (bad >= 0) {
             nla_session_reset(s);
             return fail(&s->err, NLA_ERR_NONFINITE,
-                        "nla_forward: the logits of output row %ld are not finite (%g); the "
+                        "nla_forward: the logits of output row %td are not finite (%g); the "
                         "session was reset",
                         sel0 + bad / c->vocab, (double)b->logits[(size_t)sel0 * c->vocab + bad]);
         }
@@ -5368,10 +5368,10 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
     for (int q = 0; q < B && !rc; q++) {
         float *r = rows + (size_t)q * R * d;
         const float *vq = v + (size_t)q * d;
-        const long bad = first_nonfinite(vq, (size_t)d);
+        const ptrdiff_t bad = first_nonfinite(vq, (size_t)d);
         if (bad >= 0) {
             rc = fail(&s->err, NLA_ERR_NONFINITE,
-                      "nla_verbalize: vector %d holds a non-finite value (%g at element %ld)", q,
+                      "nla_verbalize: vector %d holds a non-finite value (%g at element %td)", q,
                       (double)vq[bad], bad);
             break;
         }
@@ -10181,9 +10181,9 @@ static float *cli_vectors(const char *path, int *n, int *d) {
         return NULL;
     }
     if (*n < 1 || *d < 1) { NLA_FREE(v); cli_error("%s: no vectors", path); return NULL; }
-    const long bad = first_nonfinite(v, (size_t)*n * (size_t)*d);
+    const ptrdiff_t bad = first_nonfinite(v, (size_t)*n * (size_t)*d);
     if (bad >= 0) {
-        cli_error("%s: row %ld holds a non-finite value (%g at column %ld)", path, bad / *d,
+        cli_error("%s: row %td holds a non-finite value (%g at column %td)", path, bad / *d,
                   (double)v[bad], bad % *d);
         NLA_FREE(v);
         return NULL;
