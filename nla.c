@@ -9381,6 +9381,19 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
 #endif
 #include <errno.h>
 
+/* A command of parse_opts: its name, its usage (--help), and the options
+   it takes, each of them named in the usage (test_cli checks the two
+   against each other, so that no option is silently ignored). */
+typedef struct {
+    const char *name, *usage, *opts;
+} cli_spec;
+
+/* The options of every command that loads a model, in its usage. */
+#define USAGE_LOAD                                                                      \
+    "  --quant q8_0|q4   quantize the matrices at load (8.5 or 4.5 bits per weight)\n" \
+    "  --embed-scale bf16|stored|exact   rounding of sqrt(hidden) (default bf16)\n"
+#define OPTS_LOAD " --quant --embed-scale"
+
 static const char *const usage_main =
     "usage: nla <command> [options]\n"
     "\n"
@@ -9426,16 +9439,18 @@ static const char *const usage_forward =
     "  --hidden FILE   write float32 [L, T, d] block outputs before the final norm (.npy);\n"
     "                  with --layer K: [T, d], the output of block K alone\n"
     "  --layer K       stop after block K (0-based; = HF hidden_states[K+1])\n"
-    "  --threads N     threads (default: all)\n"
-    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
-    "  --embed-scale bf16|stored|exact   rounding of sqrt(hidden) (default bf16)\n"
+    "  --threads N     threads (default: all)\n" USAGE_LOAD
     "Without --logits or --hidden, prints the top 5 next tokens after the last position.\n";
+static const cli_spec spec_forward = {"forward", usage_forward,
+                                      "--ids --logits --hidden --layer --threads" OPTS_LOAD};
 
 static const char *const usage_generate =
-    "usage: nla generate DIR (--ids 2,818,5279 | --prompt TEXT | --chat FILE) -n N [options]\n"
+    "usage: nla generate DIR (--ids 2,818,5279 | --prompt TEXT | --text-file F | --chat FILE)\n"
+    "                    -n N [options]\n"
     "\n"
     "  --ids I,J,...   prompt token ids (include the BOS id 2 yourself); prints ids\n"
     "  --prompt TEXT   prompt text, tokenized with BOS; prints text\n"
+    "  --text-file F   the prompt text of file F (-: standard input); prints text\n"
     "  --chat FILE     a JSON list of {\"role\", \"content\"} rendered with the Gemma 3 chat\n"
     "                  template and a generation prompt; prints text\n"
     "  -n N            tokens to generate at most\n"
@@ -9445,9 +9460,12 @@ static const char *const usage_generate =
     "  --seed S        RNG seed (default 0)\n"
     "  --stop I,J,...  stop ids (default: eos ids of generation_config.json)\n"
     "  --tokenizer F   tokenizer.json to use (default: DIR/tokenizer.json)\n"
-    "  --threads N     threads (default: all)\n"
-    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
+    "  --threads N     threads (default: all)\n" USAGE_LOAD
     "Output is streamed as it is produced: ids comma-separated, or text.\n";
+static const cli_spec spec_generate = {
+    "generate", usage_generate,
+    "--ids --prompt --text-file --chat -n --temp --top-k --top-p --seed --stop --tokenizer "
+    "--threads" OPTS_LOAD};
 
 static const char *const usage_tokenize =
     "usage: nla tokenize DIR|tokenizer.json [--bos] [--pieces] [--no-special] TEXT\n"
@@ -9458,10 +9476,13 @@ static const char *const usage_tokenize =
     "  --no-special   treat added tokens written in the text (<bos>, <start_of_turn>) as text\n"
     "  --jsonl        read one JSON string per line on stdin, write one JSON array of ids per\n"
     "                 line (null, with a message on stderr, for a line that is not a string)\n"
-    "Prints the ids comma-separated, ready for --ids.\n";
+    "Prints the ids comma-separated, ready for nla forward and nla generate.\n";
+static const cli_spec spec_tokenize = {"tokenize", usage_tokenize,
+                                       "--bos --pieces --no-special --jsonl"};
 
 static const char *const usage_detokenize =
     "usage: nla detokenize DIR|tokenizer.json 2,818,5279\n\nPrints the text of the ids.\n";
+static const cli_spec spec_detokenize = {"detokenize", usage_detokenize, ""};
 
 static const char *const usage_info = "usage: nla info DIR\n\nPrints the architecture, layer "
                                       "pattern, dimensions, dtype, parameter count and bytes.\n";
@@ -9677,14 +9698,27 @@ static int parse_quant(const char *v, nla_quant *q) {
     return 1;
 }
 
-/* Shared option parser of forward and generate; returns 0, or 1 after
-   printing an error, or 2 after printing help. */
-static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
+/* Whether the space-separated list names option a. */
+static int opt_listed(const char *list, const char *a) {
+    const size_t n = strlen(a);
+    for (const char *p = list; (p = strstr(p, a)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || !p[n])) return 1;
+    return 0;
+}
+
+static int cli_no_option(const cli_spec *c, const char *a) {
+    return cli_error("%s has no option '%s' (see nla %s --help)", c->name, a, c->name);
+}
+
+/* The option parser of the commands but eval: the options of c only;
+   returns 0, or 1 after printing an error, or 2 after printing help. */
+static int parse_opts(int argc, char **argv, const cli_spec *c, cli_opts *o) {
     memset(o, 0, sizeof *o);
     o->layer = -1;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); return 2; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(c->usage, stdout); return 2; }
+        if (a[0] == '-' && a[1] && !opt_listed(c->opts, a)) return cli_no_option(c, a);
         if (!strcmp(a, "--bos")) { o->bos = 1; continue; }
         if (!strcmp(a, "--pieces")) { o->pieces = 1; continue; }
         if (!strcmp(a, "--jsonl")) { o->jsonl = 1; continue; }
@@ -9739,16 +9773,16 @@ static int parse_opts(int argc, char **argv, const char *usage, cli_opts *o) {
             else if (!strcmp(v, "stored")) o->es = NLA_EMBED_SCALE_STORED;
             else if (!strcmp(v, "exact")) o->es = NLA_EMBED_SCALE_EXACT;
             else ok = 0;
-        } else return cli_error("unknown option '%s' (see --help)", a);
+        } else return cli_error("unknown option '%s' (see nla %s --help)", a, c->name);
         if (!ok) return cli_bad_value(v, a);
     }
-    if (!o->dir) { fputs(usage, stderr); return 1; }
+    if (!o->dir) { fputs(c->usage, stderr); return 1; }
     return cli_out_clash(o);
 }
 
 static int cmd_forward(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_forward, &o);
+    int r = parse_opts(argc, argv, &spec_forward, &o);
     if (r) return r == 2 ? 0 : 1;
     if (o.text) return cli_error("unexpected argument '%s'", o.text);
     if (!o.ids_arg) return cli_error("--ids is required");
@@ -9906,7 +9940,7 @@ static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids
 
 static int cmd_generate(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_generate, &o);
+    int r = parse_opts(argc, argv, &spec_generate, &o);
     if (r) return r == 2 ? 0 : 1;
     if (o.text) return cli_error("unexpected argument '%s'", o.text);
     if (o.n < 1) return cli_error("-n N is required");
@@ -9998,7 +10032,7 @@ static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t l
 
 static int cmd_tokenize(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_tokenize, &o);
+    int r = parse_opts(argc, argv, &spec_tokenize, &o);
     if (r) return r == 2 ? 0 : 1;
     if (!o.jsonl && !o.text) return cli_error("nothing to tokenize (give TEXT or --jsonl)");
     if (o.jsonl && o.text) return cli_error("--jsonl reads stdin; drop '%s'", o.text);
@@ -10050,7 +10084,7 @@ static int cmd_tokenize(int argc, char **argv) {
 
 static int cmd_detokenize(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_detokenize, &o);
+    int r = parse_opts(argc, argv, &spec_detokenize, &o);
     if (r) return r == 2 ? 0 : 1;
     int32_t *ids;
     int n = o.text ? parse_ids(o.text, &ids) : -1;
@@ -10083,22 +10117,26 @@ static const char *const usage_extract =
     "  --layer K         block whose output is taken (default: 2/3 of the depth, as the NLAs)\n"
     "  --out FILE        float32 .npy [n, d]: the raw residual after block K\n"
     "  --tokenizer F     tokenizer.json (default: TARGET/tokenizer.json)\n"
-    "  --threads N       threads (default: all)\n";
+    "  --threads N       threads (default: all)\n" USAGE_LOAD;
+static const cli_spec spec_extract = {
+    "extract", usage_extract,
+    "--text --text-file --chat --positions --all --layer --out --tokenizer --threads" OPTS_LOAD};
 
 static const char *const usage_verbalize =
     "usage: nla verbalize AV v.npy [--max-new N] [--temp T] [--top-k K] [--top-p P] [--seed S]\n"
-    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "Explains every row of v.npy ([n, d] float32) with the AV model. Greedy by default.\n"
     "Writes one JSON object per row: {\"row\", \"explanation\", \"raw\", \"parsed\", \"ids\"}.\n"
     "  --max-new N     tokens per explanation at most (default 200)\n"
     "  --batch B       vectors decoded together, sharing each weight read (default 8)\n"
     "  --tokenizer F   tokenizer.json (default: AV/tokenizer.json)\n"
-    "  --threads N     threads (default: all)\n";
+    "  --threads N     threads (default: all)\n" USAGE_LOAD;
+static const cli_spec spec_verbalize = {
+    "verbalize", usage_verbalize,
+    "--max-new --temp --top-k --top-p --seed --batch --tokenizer --threads" OPTS_LOAD};
 
 static const char *const usage_reconstruct =
     "usage: nla reconstruct AR (--text EXPLANATION | --jsonl FILE) --out r.npy\n"
-    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "  --text TEXT     one explanation\n"
     "  --jsonl FILE    one JSON object per line with an \"explanation\" field (what nla verbalize\n"
@@ -10107,12 +10145,14 @@ static const char *const usage_reconstruct =
     "  --out FILE      float32 .npy [n, d]: the AR's reconstructions\n"
     "  --batch B       explanations read together, sharing each weight read (default 8)\n"
     "  --tokenizer F   tokenizer.json (default: AR/tokenizer.json)\n"
-    "  --threads N     threads (default: all)\n";
+    "  --threads N     threads (default: all)\n" USAGE_LOAD;
+static const cli_spec spec_reconstruct = {
+    "reconstruct", usage_reconstruct,
+    "--text --jsonl --out --batch --tokenizer --threads" OPTS_LOAD};
 
 static const char *const usage_score =
     "usage: nla score v.npy r.npy [--baseline B | --baseline own]\n"
     "       nla score --cross v.npy r.npy [--out M.npy] [--jsonl]\n"
-    "  --quant q8_0|q4  quantize the matrices at load (8.5 or 4.5 bits per weight)\n"
     "\n"
     "Scores each reconstruction (row of r.npy) against its original (row of v.npy): one JSON\n"
     "object per row {\"row\", \"mse_nrm\", \"cos\", \"fve_nrm\"}, then a summary object.\n"
@@ -10127,6 +10167,7 @@ static const char *const usage_score =
     "\"mse_nrm_closest\"},\n"
     "                  then {\"summary\": true, \"n\", \"own_closest\", \"mean_rank\", "
     "\"chance_rank\"}\n";
+static const cli_spec spec_score = {"score", usage_score, "--baseline --cross --out --jsonl"};
 
 static const char *const usage_explain =
     "usage: nla explain TARGET AV AR (--text TEXT | --text-file F | --chat FILE)\n"
@@ -10149,7 +10190,11 @@ static const char *const usage_explain =
     "  --with-greedy     also the greedy explanation's scores\n"
     "  --parts           scores of each paragraph alone and of each prefix of paragraphs\n"
     "  --tokenizer F     tokenizer.json for all three (default: each folder's)\n"
-    "  --threads N       threads (default: all)\n";
+    "  --threads N       threads (default: all)\n" USAGE_LOAD;
+static const cli_spec spec_explain = {
+    "explain", usage_explain,
+    "--text --text-file --chat --positions --jsonl --max-new --batch --temp --top-k --top-p "
+    "--seed --best-of --with-greedy --parts --tokenizer --threads" OPTS_LOAD};
 
 
 /* Prints s[0..n) as a JSON string literal on stdout. */
@@ -10252,7 +10297,7 @@ static int cli_positions(const cli_opts *o, int T, int first, int32_t **pos) {
 
 static int cmd_extract(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_extract, &o), ret = 1, n_pos = 0;
+    int r = parse_opts(argc, argv, &spec_extract, &o), ret = 1, n_pos = 0;
     if (r) return r == 2 ? 0 : 1;
     if (o.text) return cli_error("unexpected argument '%s'", o.text);
     if (!o.out) return cli_error("--out FILE is required");
@@ -10390,7 +10435,7 @@ static void print_expl_fields(const cli_expl *x) {
 
 static int cmd_verbalize(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_verbalize, &o), ret = 1, n = 0, d = 0;
+    int r = parse_opts(argc, argv, &spec_verbalize, &o), ret = 1, n = 0, d = 0;
     if (r) return r == 2 ? 0 : 1;
     if (!o.text) return cli_error("give the vectors: nla verbalize AV v.npy");
     nla_model *m = NULL;
@@ -10489,7 +10534,7 @@ static char **cli_explanations(const cli_opts *o, int *n) {
 
 static int cmd_reconstruct(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_reconstruct, &o), ret = 1, n = 0;
+    int r = parse_opts(argc, argv, &spec_reconstruct, &o), ret = 1, n = 0;
     if (r) return r == 2 ? 0 : 1;
     if (!o.out) return cli_error("--out FILE is required");
     char **ex = cli_explanations(&o, &n);
@@ -10619,9 +10664,11 @@ static int cmd_score(int argc, char **argv) {
     cli_opts o;
     const char *cross = NULL;
     if (cli_take(&argc, argv, "--cross", 1, &cross)) return 1;
-    int r = parse_opts(argc, argv, usage_score, &o), n = 0, d = 0, n2 = 0, d2 = 0, ret = 1;
+    int r = parse_opts(argc, argv, &spec_score, &o), n = 0, d = 0, n2 = 0, d2 = 0, ret = 1;
     if (r) return r == 2 ? 0 : 1;
     if (!o.text) return cli_error("give two files: nla score v.npy r.npy");
+    if (!cross && (o.out || o.jsonl)) return cli_error("--out and --jsonl go with --cross");
+    if (cross && o.baseline) return cli_error("--baseline does not go with --cross");
     float *v = cli_vectors(o.dir, &n, &d), *rv = v ? cli_vectors(o.text, &n2, &d2) : NULL;
     double B, sum_mse = 0, sum_cos = 0;
     const char *kind;
@@ -10861,7 +10908,7 @@ static int cli_stream_token(void *user, int item, int32_t token, int last) {
 static int cmd_explain(int argc, char **argv) {
     int width = 0; /* the table's columns; 0: no cut */
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_explain, &o), ret = 1, n_pos = 0, T = 0;
+    int r = parse_opts(argc, argv, &spec_explain, &o), ret = 1, n_pos = 0, T = 0;
     if (r) return r == 2 ? 0 : 1;
     if (o.n_arg != 3) return cli_error("give three folders: nla explain TARGET AV AR");
     nla_model *m = NULL;
@@ -11104,11 +11151,17 @@ static const char *const usage_eval =
     "structure and degenerate templates, for a results folder or a JSONL file with the\n"
     "published field names; --json for JSON; --baseline B sets the training-set baseline.\n"
     "--cross-sample N adds, per group, the share of N sampled rows whose reconstruction is\n"
-    "closest to its own vector and the own vector's mean rank (nla score --cross).\n"
+    "closest to its own vector and the own vector's mean rank (as nla score's cross-scoring).\n"
     "--html writes a self-contained report (tables, histograms, coloured texts).\n"
     "--compare sets two runs of one study side by side (e.g. without and with --quant): per row\n"
     "the change of mse_nrm and cos, identical explanations, the cos between the runs'\n"
     "activations and reconstructions; the means and the 20 rows that changed most.\n";
+static const cli_spec spec_eval = {
+    "eval", usage_eval,
+    "--docs --chats --out --merge --summary --html --compare --json --baseline --cross-sample "
+    "--max-texts --positions-per-record --min-position --max-tokens --skip-special --seed "
+    "--shard --shards --chunk --max-new --batch --temp --top-k --top-p --best-of --with-greedy "
+    "--parts --tokenizer --threads --quant --plan --quiet"};
 
 #ifndef _WIN32
 #include <time.h>
@@ -11300,6 +11353,7 @@ static int cmd_eval(int argc, char **argv) {
             arg[n_arg++] = a;
             continue;
         }
+        if (!opt_listed(spec_eval.opts, a)) return cli_no_option(&spec_eval, a);
         if (!v) return cli_error("%s needs a value", a);
         i++;
         if (!strcmp(a, "--docs")) p.docs = v;
@@ -11424,10 +11478,11 @@ static const char *const usage_quantize =
     "Writes a copy of the checkpoint with its matrices quantized (Q8_0: 8.5 bits per weight,\n"
     "Q4_0: 4.5; widths that are not a multiple of 32 stay as stored) as a safetensors file,\n"
     "with config, tokenizer and NLA files copied. It loads by mapping, with no conversion.\n";
+static const cli_spec spec_quantize = {"quantize", usage_quantize, "--type --quant"};
 
 static int cmd_quantize(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_quantize, &o);
+    int r = parse_opts(argc, argv, &spec_quantize, &o);
     if (r) return r == 2 ? 0 : 1;
     if (!o.text)
         return cli_error("give the output folder: nla quantize IN_DIR OUT_DIR --type q8_0|q4");
@@ -11467,6 +11522,8 @@ static const char *const usage_random =
     "--role trio (default) writes DIR/target, DIR/av and DIR/ar: an NLA trio with sidecars and\n"
     "the AR's value head. --tokenizer links that tokenizer.json into each folder. A folder that\n"
     "already holds a model (config.json or a .safetensors file) is refused unless --force.\n";
+static const cli_spec spec_random = {"random-model", usage_random,
+                                     "--role --shape --quant --seed --tokenizer --force"};
 
 typedef struct {
     const char *name;
@@ -11710,7 +11767,7 @@ static int cli_holds_model(const char *dir, char *what, size_t cap) {
 
 static int cmd_random_model(int argc, char **argv) {
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_random, &o);
+    int r = parse_opts(argc, argv, &spec_random, &o);
     if (r) return r == 2 ? 0 : 1;
     if (o.text) return cli_error("unexpected argument '%s'", o.text);
     const char *role = o.role ? o.role : "trio", *shape = o.shape ? o.shape : "tiny";
@@ -11832,7 +11889,12 @@ static const char *const usage_steer =
     "  --subtract          also v' = v minus its component along d\n"
     "  --jsonl             one JSON object per v' instead of the table\n"
     "  --max-new N --batch B --temp T --top-k K --top-p P --seed S --tokenizer F --threads N\n"
-    "                      --quant q8_0|q4   as for nla explain\n";
+    "                      as for nla explain\n" USAGE_LOAD;
+/* (the options of steer's own are taken out before parse_opts) */
+static const cli_spec spec_steer = {
+    "steer", usage_steer,
+    "--text --text-file --chat --jsonl --max-new --batch --temp --top-k --top-p --seed "
+    "--tokenizer --threads" OPTS_LOAD};
 
 /* The target m's activation at block K of the text in o (--text, --text-file
    or --chat) at position *pos (-1: the last token; what was taken is written
@@ -11863,7 +11925,7 @@ static int cmd_steer(int argc, char **argv) {
         cli_take(&argc, argv, "--patch", 1, &patch) || cli_take(&argc, argv, "--subtract", 1, &sub))
         return 1;
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
+    int r = parse_opts(argc, argv, &spec_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
         nv = 0, dv = 0, rnd = 0;
     double B;       /* the fve baseline, set in step 5 */
     if (r) return r == 2 ? 0 : 1;
@@ -12014,8 +12076,10 @@ static const char *const usage_search =
     "  --top K         rows shown (default 10)\n"
     "  --jsonl         one JSON object per row: rank, sample_idx, token, cos (to the query),\n"
     "                  mse_nrm (the study's), explanation, text_preview\n"
-    "  --tokenizer F --threads N --quant q8_0|q4   for the AR\n"
+    "  --tokenizer F --threads N   for the AR, and\n" USAGE_LOAD
     "Prints rank, row, token, cos and explanation, and under each the opening of its text.\n";
+static const cli_spec spec_search = {"search", usage_search,
+                                     "--jsonl --tokenizer --threads" OPTS_LOAD};
 
 /* s as one line: newlines and tabs as spaces, at most max bytes (then "..."). */
 static void cli_line(const char *s, size_t max) {
@@ -12055,7 +12119,7 @@ static int cmd_search(int argc, char **argv) {
         cli_take(&argc, argv, "--ignore-case", 1, &icase))
         return 1;
     cli_opts o;
-    int r = parse_opts(argc, argv, usage_search, &o), ret = 1, top = 10, near = -1, n_hits = 0,
+    int r = parse_opts(argc, argv, &spec_search, &o), ret = 1, top = 10, near = -1, n_hits = 0,
         n_match = 0;
     if (r) return r == 2 ? 0 : 1;
     if (o.text) return cli_error("unexpected argument '%s'", o.text);

@@ -849,6 +849,60 @@ static void test_table_width(void) {
     free(whole);
 }
 
+/* Every command takes exactly the options its --help names: each option
+   named in any command's help is given to every command (alone, without a
+   value or a folder, so nothing runs) and refused with "has no option" iff
+   that command's help does not name it. */
+static void test_options(void) {
+    static const char *const cmds[] = {"forward", "generate", "tokenize", "detokenize", "extract",
+                                       "verbalize", "reconstruct", "score", "explain", "steer",
+                                       "quantize", "random-model",
+#ifndef NLA_NO_EVAL
+                                       "search", "eval",
+#endif
+    };
+    enum { NC = sizeof cmds / sizeof *cmds, MAXO = 128 };
+    char *help[NC], *opt[MAXO], cmd[256];
+    int n_opt = 0;
+    for (int c = 0; c < NC; c++) {
+        snprintf(cmd, sizeof cmd, "./nla %s --help > tests/tmp/help.txt", cmds[c]);
+        CHECK_EQ(run(cmd), 0);
+        help[c] = slurp("tests/tmp/help.txt", NULL);
+        /* an option: -x or --word at the start of a word */
+        for (const char *p = help[c] ? help[c] : ""; *p; p++) {
+            if (*p != '-' || (p > help[c] && !strchr(" ([|\n", p[-1]))) continue;
+            const char *e = p + 1 + (p[1] == '-');
+            if (*e < 'a' || *e > 'z') continue;
+            while ((*e >= 'a' && *e <= 'z') || *e == '-') e++;
+            int known = 0;
+            for (int k = 0; k < n_opt && !known; k++)
+                known = strlen(opt[k]) == (size_t)(e - p) && !strncmp(opt[k], p, (size_t)(e - p));
+            if (!known && n_opt < MAXO) opt[n_opt++] = strndup(p, (size_t)(e - p));
+            p = e - 1;
+        }
+    }
+    CHECK(n_opt > 40);
+    for (int c = 0; c < NC; c++)
+        for (int k = 0; k < n_opt; k++) {
+            snprintf(cmd, sizeof cmd, "./nla %s %s < /dev/null > /dev/null" ERR, cmds[c], opt[k]);
+            run(cmd);
+            char *er = slurp("tests/tmp/err.txt", NULL);
+            int listed = 0; /* named as a word: not only as the start of a longer one */
+            for (const char *p = help[c]; p && (p = strstr(p, opt[k])); p++) {
+                const char t = p[strlen(opt[k])];
+                listed |= (p == help[c] || strchr(" ([|\n", p[-1])) && t != '-' &&
+                          (t < 'a' || t > 'z');
+            }
+            const int refused_it = er && strstr(er, "has no option");
+            CHECK_MSG(listed != !!refused_it, "nla %s %s: its help %s it, and it is %s (%s)",
+                      cmds[c], opt[k], listed ? "names" : "does not name",
+                      refused_it ? "refused" : "taken", er ? er : "");
+            free(er);
+        }
+    for (int c = 0; c < NC; c++) free(help[c]);
+    for (int k = 0; k < n_opt; k++) free(opt[k]);
+}
+
 int main(void) {
     mkdir("tests/tmp", 0755);
     nla_model *target = open_api(G "target"), *av = open_api(G "av"), *ar = open_api(G "ar");
@@ -858,6 +912,7 @@ int main(void) {
     test_table_width();
     test_model_commands(target);
     test_refusals();
+    test_options();
     test_long_text(target);
     test_stream();
     test_nonfinite(target, av);
