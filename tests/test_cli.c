@@ -695,6 +695,11 @@ static void test_refusals(void) {
             "a positive number or 'own'");
     refused("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8",
             "--type q8_0|q4 is required");
+    /* options of score that belong to the other form */
+    refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --jsonl", "go with --cross");
+    refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --out tests/tmp/m.npy", "go with --cross");
+    refused("./nla score --cross tests/tmp/v.npy tests/tmp/r.npy --baseline own",
+            "--baseline does not go with --cross");
 }
 
 /* Texts from a file or standard input, longer than the default context of
