@@ -999,7 +999,7 @@ static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX / 2) {
         close(fd);
-        return fail(e, NLA_ERR_IO, "%s: too large to map", f->path);
+        return fail(e, NLA_ERR_IO, "%s: too large for this platform's memory", f->path);
     }
     f->size = (size_t)sb.st_size;
     if (f->size == 0) {
@@ -9706,6 +9706,7 @@ static int opt_listed(const char *list, const char *a) {
     return 0;
 }
 
+/* The refusal of an option that command c does not take. */
 static int cli_no_option(const cli_spec *c, const char *a) {
     return cli_error("%s has no option '%s' (see nla %s --help)", c->name, a, c->name);
 }
