@@ -981,6 +981,13 @@ static void advise_huge(void *p, size_t n) {
     const uintptr_t hp = (uintptr_t)2 << 20, a = ((uintptr_t)p + hp - 1) & ~(hp - 1),
                     b = ((uintptr_t)p + n) & ~(hp - 1);
     if (b > a) madvise((void *)a, (size_t)(b - a), MADV_HUGEPAGE);
+#ifdef MADV_POPULATE_WRITE
+    /* fault it all in now, while free memory is in one piece: filled later by
+       read(), it would compete with the page cache for free blocks and get
+       small pages where no 2 MB block is left (a slower decode, more TLB
+       misses); a kernel before 5.14 refuses the advice, which changes nothing */
+    if (b > a) madvise((void *)a, (size_t)(b - a), MADV_POPULATE_WRITE);
+#endif
 #else
     (void)p;
     (void)n;
@@ -5746,6 +5753,8 @@ static const char *ev_paragraph(const char **p, const char *end, const char **e)
 typedef struct {
     char *raw, *ex;
     size_t raw_len;
+    int32_t *ids;  /* [n_ids] the ids the AV wrote (a stop token included) */
+    int n_ids;
     int parsed;    /* <explanation>...</explanation> found */
     int truncated; /* max_new ids without a stop token */
     nla_scores sc;
@@ -5922,7 +5931,9 @@ static void ev_templates(const char *ex, const char *raw, int parsed, int *flag)
 static void ex_cand_free(ex_cand *c) {
     NLA_FREE(c->raw);
     NLA_FREE(c->ex);
+    NLA_FREE(c->ids);
     c->raw = c->ex = NULL;
+    c->ids = NULL;
 }
 
 /* What is decoded for each vector: n_cand sampled candidates (c = 0 ..
@@ -5940,19 +5951,22 @@ static uint64_t ex_seed(uint64_t seed, long idx, int c) {
     return (seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)idx + (uint64_t)c * 0xbf58476d1ce4e5b9ull;
 }
 
-/* c from n ids of the AV av (max_new at most): the explanation step
-   (nla_explanation_decode), the explanation copied out of the text. */
+/* c from n ids of the AV av (max_new at most): the ids, the explanation
+   step (nla_explanation_decode), the explanation copied out of the text. */
 static nla_status ex_from_ids(const nla_model *av, const int32_t *id, int n, int max_new,
                               ex_cand *c, errbuf *e) {
     nla_explanation x;
     ex_cand_free(c);
     c->truncated = n >= max_new && !cfg_is_eos(&av->cfg, id[n - 1]);
     nla_explanation_decode(av, id, n, NULL, 0, &x);
-    if (!(c->raw = (char *)NLA_MALLOC(x.raw_len + 1)))
+    if (!(c->raw = (char *)NLA_MALLOC(x.raw_len + 1)) ||
+        !(c->ids = (int32_t *)xmalloc((size_t)n + 1, sizeof(int32_t))))
         return fail(e, NLA_ERR_NOMEM, "out of memory");
+    memcpy(c->ids, id, (size_t)n * sizeof(int32_t));
     if (nla_explanation_decode(av, id, n, c->raw, x.raw_len + 1, &x))
         return fail(e, NLA_ERR_RANGE, "the AV wrote an id outside the vocabulary");
     c->raw_len = x.raw_len;
+    c->n_ids = n;
     c->parsed = x.parsed;
     return (c->ex = xstrndup(c->raw + x.start, x.len)) != NULL
                ? NLA_OK
@@ -10130,6 +10144,8 @@ static const char *const usage_verbalize =
     "Writes one JSON object per row: {\"row\", \"explanation\", \"raw\", \"parsed\", \"ids\"}.\n"
     "  --max-new N     tokens per explanation at most (default 200)\n"
     "  --batch B       vectors decoded together, sharing each weight read (default 8)\n"
+    "  --temp T --top-k K --top-p P --seed S   sampling (default greedy); each row draws\n"
+    "                  from its own stream (--seed and the row's number), whatever --batch\n"
     "  --tokenizer F   tokenizer.json (default: AV/tokenizer.json)\n"
     "  --threads N     threads (default: all)\n" USAGE_LOAD;
 static const cli_spec spec_verbalize = {
@@ -10336,44 +10352,21 @@ out:
     return ret;
 }
 
-/* One explanation: verbalize v, decode, parse; writes the JSON fields
-   "explanation", "raw", "parsed" and "ids" (without braces) to stdout. */
-typedef struct {
-    char *raw;          /* the AV's text */
-    nla_explanation ex; /* the explanation's span in raw */
-    int n_ids;
-    int32_t ids[4096];
-} cli_expl;
-
-/* Explains B vectors together (the session, on the AV av, holds B sequences). */
-static int cli_verbalize(nla_session *s, const nla_model *av, const float *v, int B,
-                         const cli_opts *o, cli_expl *x) {
-    nla_verbalize_params vp;
-    memset(&vp, 0, sizeof vp);
-    vp.max_new = o->max_new ? o->max_new : 200;
-    vp.temperature = o->temp;
-    vp.top_k = o->top_k;
-    vp.top_p = o->top_p;
-    int32_t *ids = (int32_t *)NLA_MALLOC(sizeof(int32_t) * (size_t)B * (size_t)vp.max_new);
-    int *n_ids = (int *)NLA_MALLOC(sizeof(int) * (size_t)B);
-    nla_status rc =
-        ids && n_ids ? nla_verbalize_batch(s, v, B, &vp, ids, vp.max_new, n_ids) : NLA_ERR_NOMEM;
-    const char *why = rc == NLA_ERR_NOMEM ? "out of memory" : nla_session_errmsg(s);
-    for (int q = 0; q < B && !rc; q++) {
-        cli_expl *e = &x[q];
-        e->n_ids = n_ids[q];
-        memcpy(e->ids, ids + (size_t)q * vp.max_new, sizeof(int32_t) * (size_t)e->n_ids);
-        nla_explanation_decode(av, e->ids, e->n_ids, NULL, 0, &e->ex);
-        NLA_FREE(e->raw);
-        if (!(e->raw = (char *)NLA_MALLOC(e->ex.raw_len + 1)))
-            rc = NLA_ERR_NOMEM, why = "out of memory";
-        else if ((rc = nla_explanation_decode(av, e->ids, e->n_ids, e->raw, e->ex.raw_len + 1,
-                                              &e->ex)))
-            why = "the AV wrote an id outside the vocabulary";
-    }
-    NLA_FREE(ids);
-    NLA_FREE(n_ids);
-    return rc ? cli_error("%s (%s)", why, nla_strerror(rc)) : 0;
+/* What the AV writes per vector, from the options: --best-of sampled
+   texts (1 without it: greedy unless --temp) and --with-greedy's. */
+static ex_spec cli_ex_spec(const cli_opts *o) {
+    ex_spec sp;
+    memset(&sp, 0, sizeof sp);
+    sp.n_cand = o->best_of ? o->best_of : 1;
+    sp.greedy = o->with_greedy;
+    sp.batch = o->batch ? o->batch : 8;
+    sp.max_new = o->max_new ? o->max_new : 200;
+    sp.top_k = o->top_k;
+    sp.temperature =
+        o->best_of > 1 && o->temp == 0 ? 1 : o->temp; /* N greedy texts would be one text */
+    sp.top_p = o->top_p;
+    sp.seed = (uint64_t)(int64_t)o->seed;
+    return sp;
 }
 
 /* An AV session for batches of up to B vectors: B sequences, each as long
@@ -10424,16 +10417,6 @@ static int cli_ar_session_texts(nla_model *m, const char *dir, const cli_opts *o
     return ret;
 }
 
-static void print_expl_fields(const cli_expl *x) {
-    printf("\"explanation\": ");
-    cli_json(x->raw + x->ex.start, x->ex.len);
-    printf(", \"raw\": ");
-    cli_json(x->raw, x->ex.raw_len);
-    printf(", \"parsed\": %s, \"ids\": [", x->ex.parsed ? "true" : "false");
-    for (int i = 0; i < x->n_ids; i++) printf("%s%d", i ? "," : "", x->ids[i]);
-    printf("]");
-}
-
 static int cmd_verbalize(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, &spec_verbalize, &o), ret = 1, n = 0, d = 0;
@@ -10441,10 +10424,16 @@ static int cmd_verbalize(int argc, char **argv) {
     if (!o.text) return cli_error("give the vectors: nla verbalize AV v.npy");
     nla_model *m = NULL;
     nla_session *s = NULL;
-    const int B = o.batch ? o.batch : 8;
-    cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)B, sizeof *x);
+    const ex_spec sp = cli_ex_spec(&o);
+    const int B = sp.batch;
+    ex_cand *cand = (ex_cand *)NLA_CALLOC((size_t)B, sizeof *cand);
+    long *idx = (long *)NLA_CALLOC((size_t)B, sizeof *idx);
+    errbuf e;
     float *v = cli_vectors(o.text, &n, &d);
-    if (!v || !x || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) goto out;
+    if (!v || !cand || !idx || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) {
+        if (v && (!cand || !idx)) cli_error("out of memory");
+        goto out;
+    }
     nla_meta meta;
     nla_model_get_meta(m, &meta);
     if (strcmp(meta.role, "av")) {
@@ -10456,20 +10445,28 @@ static int cmd_verbalize(int argc, char **argv) {
         goto out;
     }
     if (cli_av_session(m, &o, n < B ? n : B, &s)) goto out;
-    for (int i = 0; i < n; i += B) {
+    for (int i = 0; i < n; i += B) { /* B rows at a time, each row's text from its own stream */
         const int nb = n - i < B ? n - i : B;
-        if (cli_verbalize(s, m, v + (size_t)i * d, nb, &o, x)) goto out;
+        for (int q = 0; q < nb; q++) idx[q] = i + q;
+        if (ex_verbalize(s, v + (size_t)i * d, idx, nb, &sp, cand, NULL, NULL, &e)) {
+            cli_error("%s", e.msg);
+            goto out;
+        }
         for (int q = 0; q < nb; q++) {
-            printf("{\"row\": %d, ", i + q);
-            print_expl_fields(&x[q]);
-            printf("}\n");
+            printf("{\"row\": %d, \"explanation\": ", i + q);
+            cli_json(cand[q].ex, strlen(cand[q].ex));
+            printf(", \"raw\": ");
+            cli_json(cand[q].raw, cand[q].raw_len);
+            printf(", \"parsed\": %s, \"ids\": [", cand[q].parsed ? "true" : "false");
+            for (int k = 0; k < cand[q].n_ids; k++) printf("%s%d", k ? "," : "", cand[q].ids[k]);
+            printf("]}\n");
         }
         fflush(stdout);
     }
     ret = 0;
 out:
-    for (int q = 0; x && q < B; q++) NLA_FREE(x[q].raw);
-    NLA_FREE(x); NLA_FREE(v);
+    for (int q = 0; cand && q < B; q++) ex_cand_free(&cand[q]);
+    NLA_FREE(cand); NLA_FREE(idx); NLA_FREE(v);
     nla_session_free(s);
     nla_model_close(m);
     return ret;
@@ -10830,13 +10827,13 @@ static void cli_flags(unsigned flags, char *out, size_t cap) {
     if (!n) snprintf(out, cap, "-");
 }
 
-/* nla explain on a terminal: each text on stderr as the AV writes it, in
-   the order the AV takes them (the greedy texts, then each position's
-   candidates); a text decoded beside the one shown waits for it, held. */
+/* nla explain and steer on a terminal: each text on stderr as the AV
+   writes it, under its vector's label, in the order the AV takes them (the
+   greedy texts, then each vector's candidates); a text decoded beside the
+   one shown waits for it, held. */
 typedef struct {
     const nla_tokenizer *tok;
-    const int32_t *pos;
-    char *const *tok_str;
+    char **label;          /* [n] each vector's ("position 3 'fox'", "r=0.5") */
     int n, n_cand, greedy, max_new;
     int live;              /* the text shown now (by order); those before it are done */
     int head;              /* its header is out */
@@ -10848,10 +10845,53 @@ typedef struct {
     int off;               /* out of memory: nothing more is shown */
 } cli_stream;
 
+/* A stream for the texts of n vectors (sp's candidates each), labels to be
+   set by the caller; nonzero when out of memory. */
+static int cli_stream_new(cli_stream *c, const nla_tokenizer *tok, int n, const ex_spec *sp) {
+    const size_t nt = (size_t)n * (size_t)(sp->n_cand + sp->greedy);
+    memset(c, 0, sizeof *c);
+    c->tok = tok;
+    c->n = n;
+    c->n_cand = sp->n_cand;
+    c->greedy = sp->greedy;
+    c->max_new = sp->max_new;
+    return !(c->label = (char **)NLA_CALLOC((size_t)n, sizeof *c->label)) ||
+           !(c->held = (char **)NLA_CALLOC(nt, sizeof *c->held)) ||
+           !(c->n_held = (size_t *)NLA_CALLOC(nt, sizeof *c->n_held)) ||
+           !(c->count = (int *)NLA_CALLOC(nt, sizeof *c->count)) ||
+           !(c->done = (unsigned char *)NLA_CALLOC(nt, 1)) ||
+           !(c->st = (nla_detok_state *)NLA_CALLOC(nt, sizeof *c->st));
+}
+
+static void cli_stream_free(cli_stream *c) {
+    const int nt = c->n * (c->n_cand + c->greedy);
+    for (int i = 0; c->label && i < c->n; i++) NLA_FREE(c->label[i]);
+    for (int t = 0; c->held && t < nt; t++) NLA_FREE(c->held[t]);
+    NLA_FREE(c->label); NLA_FREE(c->held); NLA_FREE(c->n_held); NLA_FREE(c->count);
+    NLA_FREE(c->done); NLA_FREE(c->st);
+    memset(c, 0, sizeof *c);
+}
+
+/* A heap string as printf writes it (NULL when out of memory). */
+static char *cli_strf(const char *fmt, ...) PRINTF_LIKE(1, 2);
+static char *cli_strf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    const int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *t = n >= 0 ? (char *)NLA_MALLOC((size_t)n + 1) : NULL;
+    if (t) {
+        va_start(ap, fmt);
+        vsnprintf(t, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    return t;
+}
+
 static void cli_stream_head(const cli_stream *c, int ord) {
     const int i = ord < c->greedy * c->n ? ord : (ord - c->greedy * c->n) / c->n_cand,
               k = ord < c->greedy * c->n ? -1 : (ord - c->greedy * c->n) % c->n_cand;
-    fprintf(stderr, "nla: position %d '%s'", c->pos[i], c->tok_str[i] ? c->tok_str[i] : "");
+    fprintf(stderr, "nla: %s", c->label[i] ? c->label[i] : "");
     if (k < 0 && c->n_cand > 0 && c->greedy) fputs(" (greedy)", stderr);
     else if (c->n_cand > 1) fprintf(stderr, " (candidate %d of %d)", k + 1, c->n_cand);
     fputs(": ", stderr);
@@ -10906,6 +10946,18 @@ static int cli_stream_token(void *user, int item, int32_t token, int last) {
     return 0;
 }
 
+#include <time.h>
+/* Seconds of wall time (on Windows clock() counts them since the start). */
+static double cli_now(void) {
+#ifndef _WIN32
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+#else
+    return (double)clock() / CLOCKS_PER_SEC;
+#endif
+}
+
 static int cmd_explain(int argc, char **argv) {
     int width = 0; /* the table's columns; 0: no cut */
     cli_opts o;
@@ -10917,27 +10969,17 @@ static int cmd_explain(int argc, char **argv) {
     int32_t *ids = NULL, *pos = NULL;
     float *v = NULL, *rec = NULL;
     char **tok_str = NULL;
-    const int nbatch = o.batch ? o.batch : 8;
     nla_meta av_meta, ar_meta;
     int d = 0, K = 0, random_weights = 0, *best = NULL;
-    double B, *norm = NULL;
-    ex_spec sp;
+    double B, *norm = NULL, t0, t1, t2;
+    const ex_spec sp = cli_ex_spec(&o);
     ex_cand *cand = NULL;
     ex_parts *parts = NULL;
     long *idx = NULL;
     unsigned *flags = NULL;
     errbuf e;
-    memset(&sp, 0, sizeof sp);
-    sp.n_cand = o.best_of ? o.best_of : 1;
-    sp.greedy = o.with_greedy;
-    sp.batch = nbatch;
-    sp.max_new = o.max_new ? o.max_new : 200;
-    sp.top_k = o.top_k;
-    sp.temperature =
-        o.best_of > 1 && o.temp == 0 ? 1 : o.temp; /* N greedy texts would be one text */
-    sp.top_p = o.top_p;
-    sp.seed = (uint64_t)(int64_t)o.seed;
     const int M = sp.n_cand + sp.greedy;
+    int av_b = 0; /* texts the AV decodes together */
     cli_stream cs;
     memset(&cs, 0, sizeof cs);
     /* 1. one tokenizer for the three; the AV's sidecar says which layer */
@@ -10946,7 +10988,9 @@ static int cmd_explain(int argc, char **argv) {
     d = av_meta.d_model;
     K = av_meta.layer;
     /* 2. target: extract block K at the chosen positions */
+    t0 = cli_now();
     if (open_model(o.arg[0], o.es, o.quant, o.tokenizer, tok, &m)) goto out;
+    t1 = cli_now();
     if ((T = cli_target_ids(&o, nla_model_tokenizer(m), &ids)) < 1 ||
         (n_pos = cli_positions(&o, T, T > 1 ? 1 : 0, &pos)) < 1)
         goto out;
@@ -10978,50 +11022,58 @@ static int cmd_explain(int argc, char **argv) {
             nla_detokenize(nla_model_tokenizer(m), &id, 1, tok_str[i], len + 1, &len);
         idx[i] = pos[i]; /* the position numbers its texts' streams */
     }
+    t2 = cli_now();
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
     fprintf(stderr, "nla: explaining %d position%s of %d tokens (block %d)\n", n_pos,
             n_pos == 1 ? "" : "s", T, K);
+    fprintf(stderr, "nla: target: %d tokens in %.1f s (model opened in %.1f s)\n", T, t2 - t1,
+            t1 - t0);
     /* 3. AV: each vector's texts, --batch decoded together */
+    av_b = n_pos * M < sp.batch ? n_pos * M : sp.batch;
+    t0 = cli_now();
     if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
-        cli_av_session(m, &o, n_pos * M < nbatch ? n_pos * M : nbatch, &s))
+        cli_av_session(m, &o, av_b, &s))
         goto out;
+    t1 = cli_now();
 #ifndef _WIN32
     if (isatty(2)) { /* on a terminal, each text as it is written */
-        const size_t nt = (size_t)n_pos * M;
-        cs.tok = tok;
-        cs.pos = pos;
-        cs.tok_str = tok_str;
-        cs.n = n_pos;
-        cs.n_cand = sp.n_cand;
-        cs.greedy = sp.greedy;
-        cs.max_new = sp.max_new;
-        if (!(cs.held = (char **)NLA_CALLOC(nt, sizeof *cs.held)) ||
-            !(cs.n_held = (size_t *)NLA_CALLOC(nt, sizeof *cs.n_held)) ||
-            !(cs.count = (int *)NLA_CALLOC(nt, sizeof *cs.count)) ||
-            !(cs.done = (unsigned char *)NLA_CALLOC(nt, 1)) ||
-            !(cs.st = (nla_detok_state *)NLA_CALLOC(nt, sizeof *cs.st))) {
-            cli_error("out of memory");
-            goto out;
-        }
+        int oom = cli_stream_new(&cs, tok, n_pos, &sp);
+        for (int i = 0; i < n_pos && !oom; i++)
+            oom = !(cs.label[i] =
+                        cli_strf("position %d '%s'", pos[i], tok_str[i] ? tok_str[i] : ""));
+        if (oom) { cli_error("out of memory"); goto out; }
     }
 #endif
     if (ex_verbalize(s, v, idx, n_pos, &sp, cand, cs.st ? cli_stream_token : NULL, &cs, &e)) {
         cli_error("%s", e.msg);
         goto out;
     }
+    t2 = cli_now();
     nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
+    {
+        long n_ids = 0;
+        for (int t = 0; t < n_pos * M; t++) n_ids += cand[t].n_ids;
+        fprintf(stderr, "nla: AV: %d text%s, %ld tokens in %.1f s = %.2f tokens/s, %d at a "
+                        "time (model opened in %.1f s)\n",
+                n_pos * M, n_pos * M == 1 ? "" : "s", n_ids, t2 - t1,
+                t2 > t1 ? n_ids / (t2 - t1) : 0, av_b, t1 - t0);
+    }
     /* 4. AR: reconstruct every text, keep each vector's best candidate, score its parts */
+    t0 = cli_now();
     if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, tok, &m) ||
         cli_ar_session(m, o.arg[2], &o, cand, n_pos * M, &s))
         goto out;
+    t1 = cli_now();
     B = av_meta.fve_baseline;
     if (ex_choose(s, v, n_pos, &sp, cand, ar_meta.mse_scale, B, best, rec, &e) ||
         (o.parts && ex_score_parts(s, v, n_pos, cand, M, best, ar_meta.mse_scale, B, parts, &e))) {
         cli_error("%s", e.msg);
         goto out;
     }
+    fprintf(stderr, "nla: AR: %d text%s in %.1f s (model opened in %.1f s)\n", n_pos * M,
+            n_pos * M == 1 ? "" : "s", cli_now() - t1, t1 - t0);
     /* 5. flags (norm_outlier among the explained positions), then the report */
     for (int i = 0; i < n_pos; i++) {
         const ex_cand *c = &cand[i * M + best[i]];
@@ -11099,8 +11151,7 @@ out:
     for (int t = 0; cand && t < n_pos * M; t++) ex_cand_free(&cand[t]);
     NLA_FREE(cand); NLA_FREE(parts); NLA_FREE(idx); NLA_FREE(best); NLA_FREE(norm); NLA_FREE(flags);
     NLA_FREE(tok_str); NLA_FREE(ids); NLA_FREE(pos); NLA_FREE(v); NLA_FREE(rec);
-    for (int t = 0; cs.held && t < n_pos * M; t++) NLA_FREE(cs.held[t]);
-    NLA_FREE(cs.held); NLA_FREE(cs.n_held); NLA_FREE(cs.count); NLA_FREE(cs.done); NLA_FREE(cs.st);
+    cli_stream_free(&cs);
     nla_session_free(s);
     nla_model_close(m);
     nla_tokenizer_close(tok);
@@ -11163,18 +11214,6 @@ static const cli_spec spec_eval = {
     "--max-texts --positions-per-record --min-position --max-tokens --skip-special --seed "
     "--shard --shards --chunk --max-new --batch --temp --top-k --top-p --best-of --with-greedy "
     "--parts --tokenizer --threads --quant --plan --quiet"};
-
-#ifndef _WIN32
-#include <time.h>
-static double cli_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-#else
-#include <time.h>
-static double cli_now(void) { return (double)clock() / CLOCKS_PER_SEC; }
-#endif
 
 /* A duration as people read it: 42 s, 7 min 05 s, 3 h 20 min. */
 static void cli_duration(double sec, char *out, size_t cap) {
@@ -11835,29 +11874,6 @@ static int parse_floats(const char *s, double **out) {
     return n;
 }
 
-/* The AV (model m) explains n vectors v [n, d], --batch at a time: heap
-   strings into ex[0..n), whether each had <explanation> tags into parsed. */
-static int cli_explain_vectors(nla_model *m, const cli_opts *o, const float *v, int n, int d,
-                               char **ex, int *parsed) {
-    const int B = o->batch ? o->batch : 8;
-    nla_session *s = NULL;
-    cli_expl *x = (cli_expl *)NLA_CALLOC((size_t)B, sizeof *x);
-    int ret = !x ? cli_error("out of memory") : cli_av_session(m, o, n < B ? n : B, &s);
-    for (int i = 0; !ret && i < n; i += B) {
-        const int nb = n - i < B ? n - i : B;
-        ret = cli_verbalize(s, m, v + (size_t)i * d, nb, o, x);
-        for (int q = 0; !ret && q < nb; q++) {
-            parsed[i + q] = x[q].ex.parsed;
-            if (!(ex[i + q] = xstrndup(x[q].raw + x[q].ex.start, x[q].ex.len)))
-                ret = cli_error("out of memory");
-        }
-    }
-    for (int q = 0; x && q < B; q++) NLA_FREE(x[q].raw);
-    NLA_FREE(x);
-    nla_session_free(s);
-    return ret;
-}
-
 /* The AR of folder dir (checked by cli_trio_start) reconstructs n
    explanations into rec [n, d]. */
 static int cli_reconstruct_all(const char *dir, const cli_opts *o, char **ex, int n, float *rec) {
@@ -11927,7 +11943,7 @@ static int cmd_steer(int argc, char **argv) {
         return 1;
     cli_opts o;
     int r = parse_opts(argc, argv, &spec_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
-        nv = 0, dv = 0, rnd = 0;
+        nv = 0, dv = 0, rnd = 0, oom, tty = 0;
     double B;       /* the fve baseline, set in step 5 */
     if (r) return r == 2 ? 0 : 1;
     if (o.n_arg != 3) return cli_error("give three folders: nla steer TARGET AV AR");
@@ -11949,9 +11965,15 @@ static int cmd_steer(int argc, char **argv) {
     nla_session *s = NULL;
     nla_meta av_meta, ar_meta;
     float *v = NULL, *dir = NULL, *vs = NULL, *rec = NULL, *file = NULL;
+    const ex_spec sp = cli_ex_spec(&o);
+    ex_cand *cand = (ex_cand *)NLA_CALLOC((size_t)n, sizeof *cand);
     char **ex = (char **)NLA_CALLOC((size_t)n, sizeof *ex);
-    int *parsed = (int *)NLA_CALLOC((size_t)n, sizeof *parsed), d;
-    if (!ex || !parsed) { cli_error("out of memory"); goto out; }
+    long *idx = (long *)NLA_CALLOC((size_t)n, sizeof *idx);
+    int d;
+    cli_stream cs;
+    errbuf e;
+    memset(&cs, 0, sizeof cs);
+    if (!cand || !ex || !idx) { cli_error("out of memory"); goto out; }
     /* 1. one tokenizer for the three; the AV's sidecar says which block */
     if (cli_trio_start(&o, &tok, &av_meta, &ar_meta, &rnd)) goto out;
     d = av_meta.d_model;
@@ -11998,25 +12020,42 @@ static int cmd_steer(int argc, char **argv) {
             goto out;
         }
     }
-    /* 4. the AV explains each v', the AR reconstructs it */
+    /* 4. the AV explains each v' (on a terminal, as it writes), the AR reconstructs it */
+    fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
+            toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
+    oom = cli_stream_new(&cs, tok, n, &sp); /* its labels name the table's rows too */
+    for (int i = 0; i < n && !oom; i++) {
+        idx[i] = i; /* v' number i samples from its own stream */
+        oom = !(cs.label[i] = i < n_sc           ? cli_strf("r=%g", sc[i])
+                              : i == n_sc && patch ? cli_strf("patch")
+                                                   : cli_strf("subtract"));
+    }
+    if (oom) { cli_error("out of memory"); goto out; }
+#ifndef _WIN32
+    tty = isatty(2);
+#endif
     if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
-        cli_explain_vectors(m, &o, vs, n, d, ex, parsed))
+        cli_av_session(m, &o, n < sp.batch ? n : sp.batch, &s))
         goto out;
+    if (ex_verbalize(s, vs, idx, n, &sp, cand, tty ? cli_stream_token : NULL, &cs, &e)) {
+        cli_error("%s", e.msg);
+        goto out;
+    }
+    nla_session_free(s); s = NULL;
     nla_model_close(m); m = NULL;
+    for (int i = 0; i < n; i++) ex[i] = cand[i].ex;
     if (cli_reconstruct_all(o.arg[2], &o, ex, n, rec)) goto out;
     if (rnd)
         fprintf(stderr, "nla: note: these models have RANDOM weights (test data): the explanations "
                         "are meaningless\n");
     /* 5. scores against v' and against v */
     B = av_meta.fve_baseline;
-    fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
-            toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
     if (!o.jsonl)
         printf("%-10s %9s %9s  %8s %8s  %8s %8s  %s\n", "v'", "|v'|", "cos(v',v)", "mse_nrm", "cos",
                "mse(v)", "cos(v)", "explanation");
     for (int i = 0; i < n; i++) {
         const float *x = vs + (size_t)i * d, *y = rec + (size_t)i * d;
-        const char *mode = i < n_sc ? "add" : i == n_sc && patch ? "patch" : "subtract";
+        const char *mode = i < n_sc ? "add" : cs.label[i];
         nla_scores own, orig, moved;
         if (nla_score(x, y, d, ar_meta.mse_scale, B, &own) ||
             nla_score(v, y, d, ar_meta.mse_scale, B, &orig) ||
@@ -12033,7 +12072,7 @@ static int cmd_steer(int argc, char **argv) {
             print_num("cos_to_v", moved.cos);
             printf(", \"explanation\": ");
             cli_json(ex[i], strlen(ex[i]));
-            printf(", \"parsed\": %s, ", parsed[i] ? "true" : "false");
+            printf(", \"parsed\": %s, ", cand[i].parsed ? "true" : "false");
             print_num("mse_nrm", own.mse_nrm); printf(", ");
             print_num("cos", own.cos); printf(", ");
             print_num("fve_nrm", own.fve_nrm); printf(", ");
@@ -12041,21 +12080,19 @@ static int cmd_steer(int argc, char **argv) {
             print_num("cos_v", orig.cos);
             printf("}\n");
         } else {
-            char label[32];
-            if (i < n_sc) snprintf(label, sizeof label, "r=%g", sc[i]);
-            else snprintf(label, sizeof label, "%s", mode);
-            printf("%-10s %9.4g %9.4f  %8.4f %8.4f  %8.4f %8.4f  ", label, sqrt(norm), moved.cos,
-                   own.mse_nrm, own.cos, orig.mse_nrm, orig.cos);
+            printf("%-10s %9.4g %9.4f  %8.4f %8.4f  %8.4f %8.4f  ", cs.label[i], sqrt(norm),
+                   moved.cos, own.mse_nrm, own.cos, orig.mse_nrm, orig.cos);
             for (const char *p = ex[i]; *p; p++) putchar(*p == '\n' ? ' ' : *p);
-            printf("%s\n", parsed[i] ? "" : "  [no <explanation> tags]");
+            printf("%s\n", cand[i].parsed ? "" : "  [no <explanation> tags]");
         }
     }
     if (!o.jsonl)
         printf("mse_nrm, cos: the reconstruction against v'; mse(v), cos(v): against v\n");
     ret = 0;
 out:
-    for (int i = 0; ex && i < n; i++) NLA_FREE(ex[i]);
-    NLA_FREE(ex); NLA_FREE(parsed); NLA_FREE(sc); NLA_FREE(v); NLA_FREE(file);
+    for (int i = 0; cand && i < n; i++) ex_cand_free(&cand[i]);
+    NLA_FREE(cand); NLA_FREE(ex); NLA_FREE(idx); NLA_FREE(sc); NLA_FREE(v); NLA_FREE(file);
+    cli_stream_free(&cs);
     nla_session_free(s);
     nla_model_close(m);
     nla_tokenizer_close(tok);

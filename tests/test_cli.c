@@ -39,6 +39,19 @@ static void refused(const char *cmd, const char *msg) {
     free(er);
 }
 
+/* stderr (tests/tmp/err.txt) holds every one of the strings (NULL-ended). */
+static int err_has(const char *first, ...) {
+    char *er = slurp("tests/tmp/err.txt", NULL);
+    int ok = er != NULL;
+    va_list ap;
+    va_start(ap, first);
+    for (const char *s = first; s && ok; s = va_arg(ap, const char *)) ok = strstr(er, s) != NULL;
+    va_end(ap);
+    if (!ok) fprintf(stderr, "  stderr: %s\n", er ? er : "(none)");
+    free(er);
+    return ok;
+}
+
 /* A .npy the CLI wrote: float32 [rows, cols] as its header says (checked
    against the expected shape), or NULL. */
 static float *npy_2d(const char *path, long long rows, long long cols) {
@@ -79,8 +92,10 @@ static nla_model *open_api(const char *dir) {
 }
 
 /* The API's explanation of v: greedy, max_new ids, the text without the
-   final stop id, parsed. *raw gets the whole text (heap). */
-static char *api_explain(nla_model *av, const float *v, int max_new, char **raw, int *parsed) {
+   final stop id, parsed. *raw gets the whole text (heap), *n_ids (unless
+   NULL) the ids the AV wrote, a stop id included. */
+static char *api_explain(nla_model *av, const float *v, int max_new, char **raw, int *parsed,
+                         int *n_ids) {
     nla_session *s;
     nla_session_new(av, NULL, &s);
     nla_verbalize_params vp;
@@ -90,6 +105,7 @@ static char *api_explain(nla_model *av, const float *v, int max_new, char **raw,
     int n = 0;
     CHECK_EQ(nla_verbalize(s, v, &vp, ids, 256, &n), NLA_OK);
     nla_session_free(s);
+    if (n_ids) *n_ids = n;
     if (n > 0 && (ids[n - 1] == 1 || ids[n - 1] == 106)) n--;
     size_t len = 0, st = 0, el = 0;
     nla_detokenize(nla_model_tokenizer(av), ids, n, NULL, 0, &len);
@@ -150,7 +166,7 @@ static void test_nla_steps(nla_model *target, nla_model *av, nla_model *ar) {
         json_nums_after(gav, "\"greedy\"", g, 16);
         CHECK_MSG(n == 10 && !memcmp(got, g, sizeof(double) * 10),
                   "CLI verbalize row %d ids differ", k);
-        api_ex[k] = api_explain(av, v + k * D, 10, &raw, &parsed);
+        api_ex[k] = api_explain(av, v + k * D, 10, &raw, &parsed, NULL);
         got_ex = line ? json_string_after(line, "explanation", NULL) : NULL;
         got_raw = line ? json_string_after(line, "raw", NULL) : NULL;
         CHECK_MSG(line && num_of(line, "row") == k, "verbalize line %d: %s", k, line);
@@ -165,6 +181,17 @@ static void test_nla_steps(nla_model *target, nla_model *av, nla_model *ar) {
         free(got_raw);
     }
     free(ex);
+    /* sampled: each row from its own stream, so the texts do not depend on --batch */
+    CHECK_EQ(run("./nla verbalize " G "av tests/tmp/v.npy --max-new 10 --temp 1 --seed 5 --batch 1"
+                 TOK " > tests/tmp/expl1.jsonl" ERR), 0);
+    CHECK_EQ(run("./nla verbalize " G "av tests/tmp/v.npy --max-new 10 --temp 1 --seed 5 --batch 3"
+                 TOK " > tests/tmp/expl3.jsonl" ERR), 0);
+    CHECK_EQ(run("./nla verbalize " G "av tests/tmp/v.npy --max-new 10 --temp 1 --seed 6 --batch 3"
+                 TOK " > tests/tmp/expl6.jsonl" ERR), 0);
+    CHECK_MSG(same_bytes("tests/tmp/expl1.jsonl", "tests/tmp/expl3.jsonl"),
+              "sampled verbalize differs between --batch 1 and 3");
+    CHECK_MSG(!same_bytes("tests/tmp/expl3.jsonl", "tests/tmp/expl6.jsonl"),
+              "sampled verbalize: --seed 5 and 6 gave the same texts");
     /* reconstruct: the golden explanations, as JSONL objects and a string */
     FILE *f = fopen("tests/tmp/golden_expl.jsonl", "wb");
     const char *gx[3] = {
@@ -265,8 +292,9 @@ static void test_explain(nla_model *target, nla_model *av, nla_model *ar) {
     CHECK_EQ(nla_extract(s, ids, T, am.layer, pos, 2, v), NLA_OK);
     nla_session_free(s);
     char *ex[2], *raw[2];
-    int parsed[2];
-    for (int k = 0; k < 2; k++) ex[k] = api_explain(av, v + k * D, 12, &raw[k], &parsed[k]);
+    int parsed[2], n_ids[2];
+    for (int k = 0; k < 2; k++)
+        ex[k] = api_explain(av, v + k * D, 12, &raw[k], &parsed[k], &n_ids[k]);
     nla_session_new(ar, NULL, &s);
     CHECK_EQ(nla_reconstruct(s, (const char *const *)ex, 2, rec), NLA_OK);
     nla_session_free(s);
@@ -305,6 +333,11 @@ static void test_explain(nla_model *target, nla_model *av, nla_model *ar) {
     char *row3 = tab ? line_of(tab, 3) : NULL;
     CHECK_MSG(row3 && strstr(tab, "fve_nrm against the training-set baseline"), "table: %s", tab);
     free(row3);
+    /* each phase's time on stderr, with the work done: the AV's ids counted as the API's */
+    char av_line[96];
+    snprintf(av_line, sizeof av_line, "nla: AV: 2 texts, %d tokens in ", n_ids[0] + n_ids[1]);
+    CHECK(err_has("nla: target: 5 tokens in ", av_line, "2 at a time", "nla: AR: 2 texts in ",
+                  "(model opened in ", (const char *)NULL));
     free(xp);
     free(tab);
 }
@@ -522,18 +555,6 @@ static int run_limited(const char *cmd, long limit) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* stderr (tests/tmp/err.txt) holds every one of the strings (NULL-ended). */
-static int err_has(const char *first, ...) {
-    char *er = slurp("tests/tmp/err.txt", NULL);
-    int ok = er != NULL;
-    va_list ap;
-    va_start(ap, first);
-    for (const char *s = first; s && ok; s = va_arg(ap, const char *)) ok = strstr(er, s) != NULL;
-    va_end(ap);
-    if (!ok) fprintf(stderr, "  stderr: %s\n", er ? er : "(none)");
-    free(er);
-    return ok;
-}
 
 /* A full disk (a 200-byte file-size limit): every output command fails,
    saying why and naming the file, and leaves the old file as it was;
@@ -767,6 +788,15 @@ static void test_long_text(nla_model *target) {
     free(text);
 }
 
+/* The terminal's output from `at` on holds head, then text k (`want`) on
+   the same line; returns where text k + 1 is to be looked for. */
+static const char *tty_next(const char *at, const char *head, const char *want, int k) {
+    const char *h = at ? strstr(at, head) : NULL, *t = h ? strstr(h, want ? want : "") : NULL;
+    CHECK_MSG(h && want && t && !memchr(h, '\n', (size_t)(t - h)),
+              "text %d ('%s' then '%s') not next on the terminal", k, head, want);
+    return h ? h + 1 : at;
+}
+
 /* nla explain on a terminal (script(1) gives it one) shows each text as
    the AV writes it, in order, texts of one batch held for the one before;
    to a file, no such lines. nla eval's progress gives an ETA from the first
@@ -796,10 +826,25 @@ static void test_stream(void) {
             for (int j = 0; cands && j <= c; j++) cands = strstr(cands + 1, "\"explanation\"");
             want = cands ? json_string_after(cands - 1, "explanation", NULL) : NULL;
         }
-        const char *h = at ? strstr(at, head) : NULL, *t = h ? strstr(h, want ? want : "") : NULL;
-        CHECK_MSG(h && want && t && !memchr(h, '\n', (size_t)(t - h)),
-                  "text %d ('%s' then '%s') not next on the terminal", k, head, want);
-        if (h) at = h + 1;
+        at = tty_next(at, head, want, k);
+        free(line);
+        free(want);
+    }
+    free(tty);
+    free(js);
+    /* steer the same way, each text under its v' */
+    CHECK_EQ(run("script -qec \"./nla steer " G "target " G "av " G "ar --text 'The quick brown "
+                 "fox jumps' --toward 'a lazy dog' --scales 0,1 --patch --max-new 9 --batch 2 "
+                 "--jsonl" TOK " > tests/tmp/st.jsonl\" /dev/null > tests/tmp/tty.txt"),
+             0);
+    tty = slurp("tests/tmp/tty.txt", NULL);
+    js = slurp("tests/tmp/st.jsonl", NULL);
+    at = tty;
+    for (int k = 0; tty && js && k < 3; k++) {
+        const char *head = k == 0 ? "nla: r=0: " : k == 1 ? "nla: r=1: " : "nla: patch: ";
+        char *line = line_of(js, k), *want = line ? json_string_after(line, "explanation", NULL)
+                                                  : NULL;
+        at = tty_next(at, head, want, k);
         free(line);
         free(want);
     }
