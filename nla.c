@@ -11929,6 +11929,12 @@ static int cli_activation(const nla_model *m, const cli_opts *o, const nla_token
     return ret;
 }
 
+/* v' number i of nla steer: the n_sc scales, then --patch's, then --subtract's. */
+static nla_steer_mode cli_steer_mode(int i, int n_sc, int patch) {
+    return i < n_sc ? NLA_STEER_ADD : i == n_sc && patch ? NLA_STEER_PATCH : NLA_STEER_SUBTRACT;
+}
+static const char *const steer_name[] = {"add", "patch", "subtract"}; /* by nla_steer_mode */
+
 static int cmd_steer(int argc, char **argv) {
     const char *pos_a = NULL, *toward = NULL, *tpos_a = NULL, *npy = NULL, *row_a = NULL,
                *scales_a = "0,0.5,1,2";
@@ -11943,7 +11949,7 @@ static int cmd_steer(int argc, char **argv) {
         return 1;
     cli_opts o;
     int r = parse_opts(argc, argv, &spec_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
-        nv = 0, dv = 0, rnd = 0, oom, tty = 0;
+        nv = 0, dv = 0, rnd = 0, tty = 0;
     double B;       /* the fve baseline, set in step 5 */
     if (r) return r == 2 ? 0 : 1;
     if (o.n_arg != 3) return cli_error("give three folders: nla steer TARGET AV AR");
@@ -12010,27 +12016,25 @@ static int cmd_steer(int argc, char **argv) {
         if (R >= nv) { cli_error("--row %d: %s has rows 0..%d", R, npy, nv - 1); goto out; }
         memcpy(dir, file + (size_t)R * d, sizeof(float) * (size_t)d);
     }
-    /* 3. v' for each scale, then the patch and the subtraction */
+    /* 3. v' for each scale, then the patch and the subtraction, each with its
+       label (on the terminal and in the table) */
+    if (cli_stream_new(&cs, tok, n, &sp)) { cli_error("out of memory"); goto out; }
     for (int i = 0; i < n; i++) {
-        const nla_steer_mode mode = i < n_sc             ? NLA_STEER_ADD
-                                    : i == n_sc && patch ? NLA_STEER_PATCH
-                                                         : NLA_STEER_SUBTRACT;
+        const nla_steer_mode mode = cli_steer_mode(i, n_sc, patch != NULL);
         if (nla_steer(v, dir, d, mode, i < n_sc ? sc[i] : 0, vs + (size_t)i * d)) {
             cli_error("the direction is zero or not finite: nothing to steer along");
+            goto out;
+        }
+        idx[i] = i; /* v' number i samples from its own stream */
+        if (!(cs.label[i] = mode == NLA_STEER_ADD ? cli_strf("r=%g", sc[i])
+                                                  : cli_strf("%s", steer_name[mode]))) {
+            cli_error("out of memory");
             goto out;
         }
     }
     /* 4. the AV explains each v' (on a terminal, as it writes), the AR reconstructs it */
     fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
             toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
-    oom = cli_stream_new(&cs, tok, n, &sp); /* its labels name the table's rows too */
-    for (int i = 0; i < n && !oom; i++) {
-        idx[i] = i; /* v' number i samples from its own stream */
-        oom = !(cs.label[i] = i < n_sc           ? cli_strf("r=%g", sc[i])
-                              : i == n_sc && patch ? cli_strf("patch")
-                                                   : cli_strf("subtract"));
-    }
-    if (oom) { cli_error("out of memory"); goto out; }
 #ifndef _WIN32
     tty = isatty(2);
 #endif
@@ -12055,7 +12059,7 @@ static int cmd_steer(int argc, char **argv) {
                "mse(v)", "cos(v)", "explanation");
     for (int i = 0; i < n; i++) {
         const float *x = vs + (size_t)i * d, *y = rec + (size_t)i * d;
-        const char *mode = i < n_sc ? "add" : cs.label[i];
+        const char *mode = steer_name[cli_steer_mode(i, n_sc, patch != NULL)];
         nla_scores own, orig, moved;
         if (nla_score(x, y, d, ar_meta.mse_scale, B, &own) ||
             nla_score(v, y, d, ar_meta.mse_scale, B, &orig) ||
