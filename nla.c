@@ -358,6 +358,17 @@ static int utf8_valid(const unsigned char *s, size_t n) {
     return 1;
 }
 
+/* Length of the UTF-8 character at s[0..n) if it is well formed, else 0. */
+static int utf8_char_len(const unsigned char *s, size_t n) {
+    int k = s[0] < 0x80                    ? 1
+            : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
+            : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+            : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4
+                                           : 0;
+    if (!k || (size_t)k > n) return 0;
+    return utf8_valid(s, (size_t)k) ? k : 0;
+}
+
 /* The JSON text of number v with `digits` significant digits into out:
    every JSON number the library and the CLI write goes through here. JSON
    has no NaN or Inf: those are written as null. */
@@ -625,15 +636,11 @@ static size_t json_str(const jdoc *d, int i, char *dst, size_t cap) {
 static void json_put_string(sbuf *b, const char *s, size_t n) {
     sb_put(b, "\"", 1);
     for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        int k = c < 0x80 ? 1 : 0;
+        const unsigned char c = (unsigned char)s[i];
+        const int k = utf8_char_len((const unsigned char *)s + i, n - i);
         if (!k) {
-            k = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-            if ((size_t)k > n - i || !utf8_valid((const unsigned char *)s + i, (size_t)k)) {
-                sb_str(b, "\xef\xbf\xbd");
-                i++;
-                continue;
-            }
+            sb_str(b, "\xef\xbf\xbd"); /* one byte that is not UTF-8 */
+        } else if (k > 1) {
             sb_put(b, s + i, (size_t)k);
         } else if (c == '"' || c == '\\') {
             char esc[2] = {'\\', (char)c};
@@ -650,7 +657,7 @@ static void json_put_string(sbuf *b, const char *s, size_t n) {
         } else {
             sb_put(b, s + i, 1);
         }
-        i += (size_t)k;
+        i += k ? (size_t)k : 1;
     }
     sb_put(b, "\"", 1);
 }
@@ -897,7 +904,18 @@ static nla_status out_open(out_file *o, const char *path, errbuf *e) {
     if (!(o->tmp = (char *)NLA_MALLOC(strlen(path) + 5)))
         return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
     sprintf(o->tmp, "%s.tmp", path);
-    if ((o->f = fopen(o->tmp, "wb")) != NULL) return NLA_OK;
+    /* a file left there (or a link to another file): its name goes, never what it holds */
+    remove(o->tmp);
+#ifndef _WIN32
+    const int fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL, 0666);
+    if (fd >= 0 && (o->f = fdopen(fd, "wb")) == NULL) {
+        close(fd);
+        remove(o->tmp);
+    }
+#else
+    o->f = fopen(o->tmp, "wb");
+#endif
+    if (o->f) return NLA_OK;
     o->err = errno;
     NLA_FREE(o->tmp);
     o->tmp = NULL;
@@ -1272,6 +1290,15 @@ static int file_exists(const char *path) {
     FILE *f = fopen(path, "rb");
     if (f) fclose(f);
     return f != NULL;
+}
+
+/* Is there something at path, a file this process may not read included? */
+static int path_present(const char *path) {
+    errno = 0;
+    FILE *f = fopen(path, "rb");
+    const int present = f != NULL || errno != ENOENT;
+    if (f) fclose(f);
+    return present;
 }
 
 /* dir + "/" + name into a fresh string. */
@@ -2211,16 +2238,26 @@ static inline void vf_store(float *y, vf v, int n) {
 #endif
 
 #ifdef VL
-/* s + the sums of a block's 8 chunks, codes u[k] x the input's bytes
-   4k..4k+3 at q; small: the codes are below 16 (Q4_0), which a target may
-   sum another way (VI_BLOCK_SMALL) with the same exact result. */
-static inline vi vi_block(vi s, const vi *u, const int8_t *q, int small) {
+/* Adds to s[c] the sums of a block's 8 chunks, codes u[k] x the bytes
+   4k..4k+3 of input c's block x[c * nb], for c < C: chunk by chunk, the
+   inputs interleaved, so that no dot product waits on the one before.
+   small: the codes are below 16 (Q4_0), which a target may sum another
+   way, input by input (VI_BLOCK_SMALL), with the same exact result. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+vi_blocks(vi *s, const vi *u, const blk_a8 *x, int nb, int C, int small) {
 #ifdef VI_BLOCK_SMALL
-    if (small) return vi_block_small(s, u, q);
+    if (small) {
+        for (int c = 0; c < C; c++) s[c] = vi_block_small(s[c], u, x[(size_t)c * nb].q);
+        return;
+    }
 #endif
     (void)small;
-    for (int k = 0; k < 8; k++) s = vi_dp(s, u[k], vi_set1(ld_i32(q + 4 * k)));
-    return s;
+    for (int k = 0; k < 8; k++)
+        for (int c = 0; c < C; c++)
+            s[c] = vi_dp(s[c], u[k], vi_set1(ld_i32(x[(size_t)c * nb].q + 4 * k)));
 }
 
 /* y[t * ys + r] = row r of the group at g . input t of the C at x (nb
@@ -2255,11 +2292,11 @@ q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
                     }
                 }
                 const vf dw = vf_scales(p + 2 * l);
-                for (int c = 0; c < C; c++) {
-                    const blk_a8 *xb = x + (size_t)c * nb + b;
-                    const vi s = vi_block(vi_set1(-z * xb->sum), u, xb->q, dt == NLA_DTYPE_Q4_0);
-                    acc[h][c] = vf_step(acc[h][c], s, dw, xb->d);
-                }
+                vi s[8];
+                for (int c = 0; c < C; c++) s[c] = vi_set1(-z * x[(size_t)c * nb + b].sum);
+                vi_blocks(s, u, x + b, nb, C, dt == NLA_DTYPE_Q4_0);
+                for (int c = 0; c < C; c++)
+                    acc[h][c] = vf_step(acc[h][c], s[c], dw, x[(size_t)c * nb + b].d);
             }
         }
         for (int h = 0, l = l0; h < H && l < nr; h++, l += VL)
@@ -3877,17 +3914,6 @@ const char *nla_tokenizer_piece(const nla_tokenizer *t, int32_t id, size_t *len)
     if (!t || id < 0 || id >= t->n_ids || !t->piece[id].len) return NULL;
     if (len) *len = t->piece[id].len;
     return t->arena + t->piece[id].off;
-}
-
-/* Length of the UTF-8 character at s[0..n) if it is well formed, else 0. */
-static int utf8_char_len(const unsigned char *s, size_t n) {
-    int k = s[0] < 0x80                    ? 1
-            : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
-            : s[0] >= 0xe0 && s[0] <= 0xef ? 3
-            : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4
-                                           : 0;
-    if (!k || (size_t)k > n) return 0;
-    return utf8_valid(s, (size_t)k) ? k : 0;
 }
 
 /* BPE scratch for one encode call: symbols in a linked list, a min-heap of
@@ -5890,7 +5916,23 @@ static char *ev_render(ev_render_fn render, const void *ctx, size_t *len) {
     return b.out;
 }
 
-/* A C string rendered as a JSON string literal (ev_render's ctx is the string). */
+typedef struct {
+    const char *s;
+    size_t n;
+} str_span;
+
+static void render_json_literal(sbuf *b, const void *ctx) {
+    const str_span *x = (const str_span *)ctx;
+    json_put_string(b, x->s, x->n);
+}
+
+/* s[0..n) as a heap JSON string literal, its length in *len (when not
+   NULL); NULL when out of memory. */
+static char *json_literal(const char *s, size_t n, size_t *len) {
+    const str_span x = {s, n};
+    return ev_render(render_json_literal, &x, len);
+}
+
 /* Special tokens (never sampled with skip_special): added tokens written
    <...> (<bos>, <start_of_turn>, <unused0>), not the added newline runs. */
 static int ev_special(const nla_tokenizer *t, int32_t id) {
@@ -6316,22 +6358,21 @@ static void ev_warn(const nla_eval_params *p, const char *fmt, ...) {
     p->warn(p->user, msg);
 }
 
-static void ev_render_string(sbuf *b, const void *s) {
-    json_put_string(b, (const char *)s, strlen((const char *)s));
-}
-
 /* s as a heap JSON string literal (NULL when out of memory). */
-static char *ev_json_string(const char *s) { return ev_render(ev_render_string, s, NULL); }
+static char *ev_json_string(const char *s) { return json_literal(s, strlen(s), NULL); }
+
+#define FNV_OFFSET 0xcbf29ce484222325ull /* FNV-1a 64: the start, and the prime */
+#define FNV_PRIME 0x100000001b3ull
 
 /* 64-bit FNV-1a of a buffer, continued from h: the fingerprint of an
    input in params.json and of a row's vectors. */
 static uint64_t ev_fnv_more(uint64_t h, const void *p, size_t n) {
     const unsigned char *s = (const unsigned char *)p;
-    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * FNV_PRIME;
     return h;
 }
 
-static uint64_t ev_fnv(const char *s, size_t n) { return ev_fnv_more(0xcbf29ce484222325ull, s, n); }
+static uint64_t ev_fnv(const char *s, size_t n) { return ev_fnv_more(FNV_OFFSET, s, n); }
 
 /* --- the plan: records, tokens, sampled positions */
 
@@ -6417,8 +6458,12 @@ static nla_status ev_parse_record(const char *line, size_t len, int chat, int r_
     }
     if (d.node[0].type != J_OBJ) rc = fail(why, NLA_ERR_FORMAT, "not a JSON object");
     node = json_get(&d, 0, "id");
+    double num;
     if (!rc && (node < 0 || (d.node[node].type != J_STR && d.node[node].type != J_NUM)))
         rc = fail(why, NLA_ERR_FORMAT, "missing \"id\" (a string or a number)");
+    else if (!rc && d.node[node].type == J_NUM && !(json_num(&d, node, &num) && isfinite(num)))
+        rc = fail(why, NLA_ERR_FORMAT, "\"id\" %.*s is not a finite number", (int)d.node[node].len,
+                  d.src + d.node[node].off);
     if (!rc) {
         if (d.node[node].type == J_NUM)
             r->id = xstrndup(d.src + d.node[node].off, d.node[node].len);
@@ -6706,6 +6751,23 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
 
 /* --- the results folder */
 
+/* The files of a results folder (see the top of this section). */
+#define EV_N_FILES 6
+static const char *const ev_files[EV_N_FILES] = {
+    "params.json", "tokens.jsonl", "results.jsonl", "activations.npy", "reconstructions.npy",
+    "eval.lock"};
+
+/* Is path the folder dir's file `name`: that file, or (not there yet)
+   that name in that folder? 1 yes, 0 no, -1 out of memory. */
+static int ev_is_file(const char *dir, const char *name, const char *path) {
+    char *p = path_join(dir, name), *pd = dir_of(path);
+    const int is = !p || !pd ? -1
+                   : same_file(p, path) || (!strcmp(path_base(path), name) && same_file(pd, dir));
+    NLA_FREE(p);
+    NLA_FREE(pd);
+    return is;
+}
+
 /* Flushes f and syncs it to the disk (fsync, where there is one); 0 on failure. */
 static int ev_sync(FILE *f) {
 #ifndef _WIN32
@@ -6984,6 +7046,22 @@ static uint64_t ev_vec_sum(const float *v, int d) {
     return ev_fnv((const char *)v, (size_t)d * sizeof(float));
 }
 
+/* ev_vec_sum of each of the n vectors x [n, d] into sum [n]: eight at a
+   time, their chains interleaved (each is one long chain of multiplies). */
+static void ev_vec_sums(const float *x, long n, int d, uint64_t *sum) {
+    const size_t nb = (size_t)d * sizeof(float);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const unsigned char *b = (const unsigned char *)(x + (size_t)i * d);
+        uint64_t h[8];
+        for (int j = 0; j < 8; j++) h[j] = FNV_OFFSET;
+        for (size_t k = 0; k < nb; k++)
+            for (int j = 0; j < 8; j++) h[j] = (h[j] ^ b[j * nb + k]) * FNV_PRIME;
+        memcpy(sum + i, h, sizeof h);
+    }
+    for (; i < n; i++) sum[i] = ev_vec_sum(x + (size_t)i * d, d);
+}
+
 /* A row's "vectors_fnv1a64": [activation, reconstruction] checksums, as
    16 hex digits each; 0 when absent or malformed. */
 static int ev_row_sums(const jdoc *d, uint64_t sum[2]) {
@@ -7002,6 +7080,21 @@ static int ev_row_sums(const jdoc *d, uint64_t sum[2]) {
         }
     }
     return 1;
+}
+
+/* Is x [d] the vector whose checksum (k: 0 activation, 1 reconstruction)
+   a row of results.jsonl holds in sum (has_sum: it has them)? Yes where
+   the row has none. */
+static int ev_vec_ok(int has_sum, const uint64_t sum[2], int k, const float *x, int d) {
+    return !has_sum || ev_vec_sum(x, d) == sum[k];
+}
+
+/* The refusal of a vector that fails ev_vec_ok. */
+static nla_status ev_vec_fail(errbuf *e, const char *path, long idx) {
+    return fail(e, NLA_ERR_FORMAT,
+                "%s: the vector of sample %ld differs from its checksum in results.jsonl (the "
+                "file was changed, or the row never written): rerun nla eval to redo it",
+                path, idx);
 }
 
 /* One row of results.jsonl (the published field names, then ours). */
@@ -7375,7 +7468,7 @@ static nla_status ev_fp_file(const char *dir, const char *name, uint64_t *h, err
 static nla_status ev_model_fp(const nla_model *m, uint64_t *h, errbuf *e) {
     static const char *const side[3] = {"config.json", "nla_meta.yaml", "value_head.safetensors"};
     nla_status rc = NLA_OK;
-    *h = 0xcbf29ce484222325ull;
+    *h = FNV_OFFSET;
     for (int i = 0; i < 3 && !rc; i++) rc = ev_fp_file(m->dir, side[i], h, e);
     for (int i = 0; i < m->st->n_files && !rc; i++) {
         const st_file *f = &m->st->files[i];
@@ -7408,7 +7501,7 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
         !(rc = ev_model_fp(m, &x->fp[0], e)))
         nla_model_get_info(m, &in);
     ev_close(&m, &s);
-    x->fp[3] = 0xcbf29ce484222325ull;
+    x->fp[3] = FNV_OFFSET;
     if (!rc)
         rc =
             tf ? ev_fp_file(tf, NULL, &x->fp[3], e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
@@ -7499,18 +7592,17 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     x.sp.seed = x.p.seed;
     if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir))
         rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
-    for (int i = 0; i < 6 && !rc; i++) { /* no input is one of the folder's files */
-        static const char *const out[6] = {"params.json",         "tokens.jsonl",
-                                           "results.jsonl",       "activations.npy",
-                                           "reconstructions.npy", "eval.lock"};
+    for (int i = 0; i < EV_N_FILES && !rc; i++) { /* no input is one of the folder's files */
         const char *in[3] = {x.p.docs, x.p.chats, x.p.tokenizer};
-        char *o = path_join(x.p.out_dir, out[i]);
-        if (!o) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
-        for (int k = 0; k < 3 && !rc; k++)
-            if (same_file(o, in[k]))
-                rc = fail(&e, NLA_ERR_ARG,
-                          "eval: the input %s is the output %s: give another folder", in[k], o);
-        NLA_FREE(o);
+        for (int k = 0; k < 3 && !rc; k++) {
+            const int is = in[k] ? ev_is_file(x.p.out_dir, ev_files[i], in[k]) : 0;
+            if (is)
+                rc = is < 0 ? fail(&e, NLA_ERR_NOMEM, "eval: out of memory")
+                            : fail(&e, NLA_ERR_ARG,
+                                   "eval: the input %s is the output %s of %s: give another "
+                                   "folder",
+                                   in[k], ev_files[i], x.p.out_dir);
+        }
     }
     if (!rc) rc = ev_lock(x.p.out_dir, &x.lock, &e);
     if (!rc)
@@ -8126,27 +8218,29 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         char *ap = path_join(s->dir, "activations.npy");
         int64_t sh[2];
         int nd = 0;
-        nla_status ar = ap ? nla_npy_read(ap, NULL, 0, sh, &nd, NULL, 0) : NLA_ERR_NOMEM;
+        char why[ERR_CAP] = "";
+        nla_status ar = ap ? nla_npy_read(ap, NULL, 0, sh, &nd, why, sizeof why) : NLA_ERR_NOMEM;
         if (ar == NLA_ERR_BUFFER_TOO_SMALL && nd == 2) {
             s->act = (float *)xmalloc((size_t)(sh[0] * sh[1]), sizeof(float));
-            ar = s->act ? nla_npy_read(ap, s->act, (size_t)(sh[0] * sh[1]), sh, &nd, NULL, 0)
+            ar = s->act ? nla_npy_read(ap, s->act, (size_t)(sh[0] * sh[1]), sh, &nd, why,
+                                       sizeof why)
                         : NLA_ERR_NOMEM;
             s->n_act = ar ? 0 : (long)sh[0];
             s->d = ar ? 0 : (int)sh[1];
+        } else if (ar == NLA_ERR_BUFFER_TOO_SMALL) {
+            ar = fail(e, NLA_ERR_FORMAT, "%s: vectors [S, d] expected", ap);
+            snprintf(why, sizeof why, "%s", e->msg);
         }
-        /* absent or unreadable: no fve against own means */
+        /* absent: no fve against own means; there but unreadable: refused */
         if (ar) { NLA_FREE(s->act); s->act = NULL; }
         if (ar == NLA_ERR_NOMEM) rc = fail(e, ar, "eval: out of memory");
+        else if (ar && path_present(ap)) rc = fail(e, ar, "%s (the study's activations)", why);
         for (int i = 0; !rc && s->act && i < s->n;
              i++) { /* each row's vector is the one it was scored with */
             const ev_srow *r = &s->row[i];
-            if (r->has_sum && r->sample_idx >= 0 && r->sample_idx < s->n_act &&
-                ev_vec_sum(s->act + (size_t)r->sample_idx * s->d, s->d) != r->sum[0])
-                rc = fail(e, NLA_ERR_FORMAT,
-                          "%s: the vector of sample %ld differs from its checksum in results.jsonl "
-                          "(the file was "
-                          "changed or made again): rerun nla eval on %s to redo it",
-                          ap, r->sample_idx, s->dir);
+            if (r->sample_idx >= 0 && r->sample_idx < s->n_act &&
+                !ev_vec_ok(r->has_sum, r->sum, 0, s->act + (size_t)r->sample_idx * s->d, s->d))
+                rc = ev_vec_fail(e, ap, r->sample_idx);
         }
         NLA_FREE(ap);
     }
@@ -8364,7 +8458,7 @@ static int ev_quality_write(const ev_set *s, int json, ev_out *o) {
         ev_json_num(o, "cos_mean_chosen", MEAN(gr[1], n_gr), 0);
         ev_json_num(o, "mse_mean_greedy", MEAN(gr[2], n_gr), 0);
         ev_json_num(o, "cos_mean_greedy", MEAN(gr[3], n_gr), 1);
-        ev_printf(o, "}}\n");
+        ev_printf(o, "}");
     } else {
         ev_printf(o, "\ntrust flags (a row may have several):\n");
         for (int f = 0; f < F_COUNT; f++)
@@ -8518,12 +8612,15 @@ static nla_status ev_cross_write(const ev_set *s, int N, int json, ev_out *o, er
             nla_cross_scores cs;
             char label[40];
             for (int t = 0; !rc && t < k; t++) { /* row t of the sample: the group's row t m / k */
-                const long idx = s->row[key[i + (int)((long)t * m / k)].row].sample_idx;
+                const ev_srow *w = &s->row[key[i + (int)((long)t * m / k)].row];
+                const long idx = w->sample_idx;
                 if (idx < 0 || idx >= s->n_act)
                     rc = fail(e, NLA_ERR_FORMAT, "%s: a row has no sample_idx below %ld", s->dir,
                               s->n_act);
                 else if (!ev_npy_get(&rec, idx, r + (size_t)t * d))
                     rc = fail(e, NLA_ERR_IO, "%s: cannot read row %ld", path, idx);
+                else if (!ev_vec_ok(w->has_sum, w->sum, 1, r + (size_t)t * d, d))
+                    rc = ev_vec_fail(e, path, idx);
                 else memcpy(v + (size_t)t * d, s->act + (size_t)idx * d, sizeof(float) * (size_t)d);
             }
             if (!rc && (rc = nla_score_cross(v, r, k, d, sqrt((double)d), NULL, NULL, &cs)))
@@ -8802,15 +8899,16 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     rc = results && html_path
              ? NLA_OK
              : fail(&e, NLA_ERR_ARG, "nla_eval_report_html: results and html_path are required");
-    for (int i = 0; i < 5 && !rc; i++) { /* the report is none of its inputs */
-        static const char *const in[5] = {"", "results.jsonl", "tokens.jsonl", "params.json",
-                                          "activations.npy"};
-        char *q = path_join(results, in[i]);
-        if (!q) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
-        else if (same_file(html_path, i ? q : results))
-            rc = fail(&e, NLA_ERR_ARG, "eval: the report %s is the input %s: give another file",
-                      html_path, i ? q : results);
-        NLA_FREE(q);
+    if (!rc && same_file(html_path, results))
+        rc = fail(&e, NLA_ERR_ARG, "eval: the report %s is the input %s: give another file",
+                  html_path, results);
+    for (int i = 0; i < EV_N_FILES && !rc; i++) { /* nor one of the results folder's files */
+        const int is = ev_is_file(results, ev_files[i], html_path);
+        if (is)
+            rc = is < 0 ? fail(&e, NLA_ERR_NOMEM, "eval: out of memory")
+                        : fail(&e, NLA_ERR_ARG,
+                               "eval: the report %s is %s of %s: give another file", html_path,
+                               ev_files[i], results);
     }
     if (!rc) rc = ev_set_load(results, &p, 1, &s, &e);
     if (rc) { copy_err(errbuf_out, errbuf_size, e.msg); return rc; }
@@ -8982,9 +9080,12 @@ static nla_status ev_same_study(const char *a, const char *b, errbuf *e) {
     return rc;
 }
 
-/* A folder's reconstructions.npy [S, d] into a heap array (NULL: failed, said in e). */
-static float *ev_recons(const char *dir, long S, int d, errbuf *e) {
-    char *path = path_join(dir, "reconstructions.npy");
+/* A folder's reconstructions.npy [S, d] into a heap array, each row of s
+   checked against its checksum (NULL: failed, said in e). */
+static float *ev_recons(const ev_set *s, errbuf *e) {
+    const long S = s->n_act;
+    const int d = s->d;
+    char *path = path_join(s->dir, "reconstructions.npy");
     int64_t sh[2];
     int nd = 0;
     float *r = (float *)xmalloc((size_t)S + 1, (size_t)d * sizeof(float));
@@ -8992,6 +9093,12 @@ static float *ev_recons(const char *dir, long S, int d, errbuf *e) {
                               : fail(e, NLA_ERR_NOMEM, "out of memory");
     if (!rc && (nd != 2 || sh[0] != S || sh[1] != d))
         rc = fail(e, NLA_ERR_FORMAT, "%s: not [%ld, %d] like its activations.npy", path, S, d);
+    for (int i = 0; !rc && i < s->n; i++) { /* each row's is the one it was scored with */
+        const ev_srow *w = &s->row[i];
+        if (w->sample_idx >= 0 && w->sample_idx < S &&
+            !ev_vec_ok(w->has_sum, w->sum, 1, r + (size_t)w->sample_idx * d, d))
+            rc = ev_vec_fail(e, path, w->sample_idx);
+    }
     NLA_FREE(path);
     if (rc) NLA_FREE(r);
     return rc ? NULL : r;
@@ -9121,8 +9228,7 @@ nla_status nla_eval_compare(const char *results_a, const char *results_b,
     if (!rc && (!A.act || !B.act || A.n_act != B.n_act || A.d != B.d))
         rc = fail(&e, NLA_ERR_ARG, "%s and %s: both need activations.npy of one shape", results_a,
                   results_b);
-    if (!rc && (!(ra = ev_recons(results_a, A.n_act, A.d, &e)) ||
-                !(rb = ev_recons(results_b, B.n_act, B.d, &e))))
+    if (!rc && (!(ra = ev_recons(&A, &e)) || !(rb = ev_recons(&B, &e))))
         rc = NLA_ERR_FORMAT;
     if (!rc && (!(order = ev_rows_by_idx(&B, &n_order)) ||
                 !(pr = (ev_pair *)xmalloc((size_t)A.n + 1, sizeof *pr))))
@@ -9252,7 +9358,10 @@ nla_status nla_study_vector(const nla_study *st, int i, float *out) {
     FILE *f = fopen(st->npy, "rb");
     const int ok = f && st_read_rows(st, f, st->s.row[i].sample_idx, 1, out);
     if (f) fclose(f);
-    return ok ? NLA_OK : NLA_ERR_IO;
+    const ev_srow *r = &st->s.row[i]; /* the vector it was scored with, or refused */
+    return !ok                                        ? NLA_ERR_IO
+           : ev_vec_ok(r->has_sum, r->sum, 0, out, st->d) ? NLA_OK
+                                                          : NLA_ERR_FORMAT;
 }
 
 /* Highest cosine first, then row order. */
@@ -9290,6 +9399,7 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
     unsigned char *keep = NULL;
     float *buf = NULL;
     FILE *f = NULL;
+    uint64_t sum[SEARCH_ROWS]; /* the checksums of the rows read */
     double qq = 0, ign;
     int n = 0, d = st ? st->d : 0;
     nla_status rc = NLA_OK;
@@ -9339,11 +9449,18 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
             rc = fail(&e, NLA_ERR_IO, "%s: read error", st->npy);
             break;
         }
+        ev_vec_sums(buf, rows, d, sum);
         for (; k < st->n_order && st->order[k].rank < first + rows; k++) {
             const int i = st->order[k].row;
+            const ev_srow *r = &st->s.row[i];
+            const float *x = buf + (size_t)(st->order[k].rank - first) * d;
             double xq, xx;
             if (!keep[i]) continue;
-            st_dots(buf + (size_t)(st->order[k].rank - first) * d, p->query, d, &xq, &xx);
+            if (r->has_sum && sum[st->order[k].rank - first] != r->sum[0]) {
+                rc = ev_vec_fail(&e, st->npy, r->sample_idx);
+                break;
+            }
+            st_dots(x, p->query, d, &xq, &xx);
             const double c =
                 xx > 0 ? xq / sqrt(xx * qq) : 0; /* as nla_score: a zero vector has cos 0 */
             if (!isfinite(c)) continue;
@@ -9683,14 +9800,15 @@ typedef struct {
    output would destroy it: refused. */
 static int cli_out_clash(const cli_opts *o) {
     const char *out[3] = {o->out, o->logits, o->hidden},
-               *in[6] = {o->arg[0], o->arg[1], o->arg[2], o->tokenizer, o->logits, o->hidden};
+               *in[8] = {o->arg[0],  o->arg[1], o->arg[2],    o->tokenizer,
+                         o->logits,  o->hidden, o->text_file, o->chat};
     for (int i = 0; i < 3; i++) {
         char *od = out[i] ? dir_of(out[i]) : NULL;
         const char *base = out[i] ? path_base(out[i]) : "", *dot = strrchr(base, '.');
         const int model_file =
             dot && (!strcmp(dot, ".json") || !strcmp(dot, ".yaml") || !strcmp(dot, ".safetensors"));
         int clash = -1;
-        for (int k = 0; k < 6 && out[i] && clash < 0; k++)
+        for (int k = 0; k < 8 && out[i] && clash < 0; k++)
             if (in[k] && in[k] != out[i] &&
                 (!strcmp(out[i], in[k]) || same_file(out[i], in[k]) ||
                  (model_file && same_file(od, in[k]))))
@@ -10216,15 +10334,10 @@ static const cli_spec spec_explain = {
 
 /* Prints s[0..n) as a JSON string literal on stdout. */
 static void cli_json(const char *s, size_t n) {
-    sbuf b = {NULL, 0, 0};
-    json_put_string(&b, s, n);
-    if ((b.out = (char *)NLA_MALLOC(b.len + 1)) != NULL) {
-        b.cap = b.len + 1;
-        b.len = 0;
-        json_put_string(&b, s, n);
-        fwrite(b.out, 1, b.len, stdout);
-    }
-    NLA_FREE(b.out);
+    size_t len;
+    char *t = json_literal(s, n, &len);
+    if (t) fwrite(t, 1, len, stdout);
+    NLA_FREE(t);
 }
 
 /* A .npy of vectors [n, d] (a 1-D file is one vector) into a heap buffer. */
@@ -10774,6 +10887,15 @@ static void cli_put_line(const char *s, int max) {
     if (cut) fputs("\xe2\x80\xa6", stdout); /* U+2026 */
 }
 
+/* A table row: row, then text on one line in what is left of width
+   columns (6 at least; width 0: whole), then tail and a newline. */
+static void cli_table_row(const char *row, const char *text, const char *tail, int width) {
+    const int room = width - cli_text_cols(row) - cli_text_cols(tail);
+    fputs(row, stdout);
+    cli_put_line(text, width > 0 ? (room > 6 ? room : 6) : 0);
+    printf("%s\n", tail);
+}
+
 /* The sidecar of the model in folder dir, read from a mapped open of the
    model as stored (cheap at any size, whatever NLA_READ_WEIGHTS says) and
    detached from it (meta_detach). */
@@ -10958,6 +11080,45 @@ static double cli_now(void) {
 #endif
 }
 
+/* The AV step of explain and steer: the AV (folder o->arg[1]) writes the
+   texts of the n vectors v [n, d] into cand (sp's texts each; vector i
+   samples from stream idx[i]), --batch texts at a time; on a terminal
+   each text as it is written (when cs is set up); then says on stderr what
+   it did and in how long. The model is closed before it returns. */
+static int cli_av_step(const cli_opts *o, nla_tokenizer *tok, const float *v, const long *idx,
+                       int n, const ex_spec *sp, ex_cand *cand, cli_stream *cs) {
+    const int M = sp->n_cand + sp->greedy, B = n * M < sp->batch ? n * M : sp->batch;
+    nla_model *m = NULL;
+    nla_session *s = NULL;
+    errbuf e;
+    int tty = 0, ret = 1;
+    long n_ids = 0;
+    double t0 = cli_now(), t1, t2;
+#ifndef _WIN32
+    tty = isatty(2);
+#endif
+    if (open_model(o->arg[1], o->es, o->quant, o->tokenizer, tok, &m) ||
+        cli_av_session(m, o, B, &s))
+        goto out;
+    t1 = cli_now();
+    if (ex_verbalize(s, v, idx, n, sp, cand, tty && cs->st ? cli_stream_token : NULL, cs, &e)) {
+        cli_error("%s", e.msg);
+        goto out;
+    }
+    t2 = cli_now();
+    for (int t = 0; t < n * M; t++) n_ids += cand[t].n_ids;
+    fprintf(stderr,
+            "nla: AV: %d text%s, %ld tokens in %.1f s = %.2f tokens/s, %d at a time "
+            "(model opened in %.1f s)\n",
+            n * M, n * M == 1 ? "" : "s", n_ids, t2 - t1, t2 > t1 ? n_ids / (t2 - t1) : 0, B,
+            t1 - t0);
+    ret = 0;
+out:
+    nla_session_free(s);
+    nla_model_close(m);
+    return ret;
+}
+
 static int cmd_explain(int argc, char **argv) {
     int width = 0; /* the table's columns; 0: no cut */
     cli_opts o;
@@ -10979,7 +11140,6 @@ static int cmd_explain(int argc, char **argv) {
     unsigned *flags = NULL;
     errbuf e;
     const int M = sp.n_cand + sp.greedy;
-    int av_b = 0; /* texts the AV decodes together */
     cli_stream cs;
     memset(&cs, 0, sizeof cs);
     /* 1. one tokenizer for the three; the AV's sidecar says which layer */
@@ -11030,12 +11190,6 @@ static int cmd_explain(int argc, char **argv) {
     fprintf(stderr, "nla: target: %d tokens in %.1f s (model opened in %.1f s)\n", T, t2 - t1,
             t1 - t0);
     /* 3. AV: each vector's texts, --batch decoded together */
-    av_b = n_pos * M < sp.batch ? n_pos * M : sp.batch;
-    t0 = cli_now();
-    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
-        cli_av_session(m, &o, av_b, &s))
-        goto out;
-    t1 = cli_now();
 #ifndef _WIN32
     if (isatty(2)) { /* on a terminal, each text as it is written */
         int oom = cli_stream_new(&cs, tok, n_pos, &sp);
@@ -11045,21 +11199,7 @@ static int cmd_explain(int argc, char **argv) {
         if (oom) { cli_error("out of memory"); goto out; }
     }
 #endif
-    if (ex_verbalize(s, v, idx, n_pos, &sp, cand, cs.st ? cli_stream_token : NULL, &cs, &e)) {
-        cli_error("%s", e.msg);
-        goto out;
-    }
-    t2 = cli_now();
-    nla_session_free(s); s = NULL;
-    nla_model_close(m); m = NULL;
-    {
-        long n_ids = 0;
-        for (int t = 0; t < n_pos * M; t++) n_ids += cand[t].n_ids;
-        fprintf(stderr, "nla: AV: %d text%s, %ld tokens in %.1f s = %.2f tokens/s, %d at a "
-                        "time (model opened in %.1f s)\n",
-                n_pos * M, n_pos * M == 1 ? "" : "s", n_ids, t2 - t1,
-                t2 > t1 ? n_ids / (t2 - t1) : 0, av_b, t1 - t0);
-    }
+    if (cli_av_step(&o, tok, v, idx, n_pos, &sp, cand, &cs)) goto out;
     /* 4. AR: reconstruct every text, keep each vector's best candidate, score its parts */
     t0 = cli_now();
     if (open_model(o.arg[2], o.es, o.quant, o.tokenizer, tok, &m) ||
@@ -11124,11 +11264,7 @@ static int cmd_explain(int argc, char **argv) {
             snprintf(row, sizeof row, "%5d  %-14s %10.4g  %8.4f  %8.4f  %8.3f  ", pos[i], shown,
                      norm[i], c->sc.mse_nrm, c->sc.cos, c->sc.fve_nrm);
             snprintf(tail, sizeof tail, "  [%s]", fl);
-            fputs(row, stdout);
-            /* the explanation gets what the terminal has left (6 columns at least) */
-            const int room = width - cli_text_cols(row) - cli_text_cols(tail);
-            cli_put_line(c->ex, width > 0 ? (room > 6 ? room : 6) : 0);
-            printf("%s\n", tail);
+            cli_table_row(row, c->ex, tail, width);
             for (int j = 0; o.parts && j < parts[i].n; j++)
                 printf("%5s  part %d alone: mse_nrm %.4f cos %.4f; parts 1-%d: mse_nrm %.4f cos "
                        "%.4f\n",
@@ -11764,16 +11900,20 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
         NLA_FREE(path);
         if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
     }
-    if (tokenizer) { /* a copy of the tokenizer, hard-linked where the system allows */
-        char *p = path_join(dir, "tokenizer.json");
-        remove(p);
-        int linked = 0;
+    if (tokenizer) { /* a copy of the tokenizer (none when it is the folder's own) */
+        char *p = path_join(dir, "tokenizer.json"), *tmp = p ? cli_strf("%s.tmp", p) : NULL;
+        int ok = tmp && same_file(tokenizer, p);
 #ifndef _WIN32
-        linked = p && link(tokenizer, p) == 0;
+        if (tmp && !ok) { /* hard-linked where the system allows, renamed into place */
+            remove(tmp);
+            ok = link(tokenizer, tmp) == 0 && rename(tmp, p) == 0;
+            if (!ok) remove(tmp);
+        }
 #endif
         errbuf e;
-        int ok = linked || (p && copy_file(tokenizer, p, &e) == NLA_OK);
+        ok = ok || (tmp && copy_file(tokenizer, p, &e) == NLA_OK);
         NLA_FREE(p);
+        NLA_FREE(tmp);
         if (!ok) { cli_error("%s: cannot copy it into %s", tokenizer, dir); goto out; }
     }
     ret = 0;
@@ -11896,7 +12036,8 @@ static const char *const usage_steer =
     "\n"
     "Moves the target's activation v at position P (block K, from the AV's sidecar) along the\n"
     "direction d of another activation, and asks the NLA about each result v': the AV's\n"
-    "explanation of v', and its reconstruction's scores against v' and against v.\n"
+    "explanation of v', and its reconstruction's scores against v' and against v. The table\n"
+    "cuts each explanation to the terminal's width (COLUMNS) as explain's does.\n"
     "  --position P        the token of TEXT (default: the last)\n"
     "  --toward TEXT2      d = the target's activation in TEXT2 at --toward-position Q\n"
     "                      (default: its last token)\n"
@@ -11949,7 +12090,7 @@ static int cmd_steer(int argc, char **argv) {
         return 1;
     cli_opts o;
     int r = parse_opts(argc, argv, &spec_steer, &o), ret = 1, P = -1, Q = -1, R = 0, n_sc, n,
-        nv = 0, dv = 0, rnd = 0, tty = 0;
+        nv = 0, dv = 0, rnd = 0, width;
     double B;       /* the fve baseline, set in step 5 */
     if (r) return r == 2 ? 0 : 1;
     if (o.n_arg != 3) return cli_error("give three folders: nla steer TARGET AV AR");
@@ -11968,7 +12109,6 @@ static int cmd_steer(int argc, char **argv) {
     n = n_sc + !!patch + !!sub;
     nla_tokenizer *tok = NULL;
     nla_model *m = NULL;
-    nla_session *s = NULL;
     nla_meta av_meta, ar_meta;
     float *v = NULL, *dir = NULL, *vs = NULL, *rec = NULL, *file = NULL;
     const ex_spec sp = cli_ex_spec(&o);
@@ -11977,7 +12117,6 @@ static int cmd_steer(int argc, char **argv) {
     long *idx = (long *)NLA_CALLOC((size_t)n, sizeof *idx);
     int d;
     cli_stream cs;
-    errbuf e;
     memset(&cs, 0, sizeof cs);
     if (!cand || !ex || !idx) { cli_error("out of memory"); goto out; }
     /* 1. one tokenizer for the three; the AV's sidecar says which block */
@@ -12035,18 +12174,7 @@ static int cmd_steer(int argc, char **argv) {
     /* 4. the AV explains each v' (on a terminal, as it writes), the AR reconstructs it */
     fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
             toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
-#ifndef _WIN32
-    tty = isatty(2);
-#endif
-    if (open_model(o.arg[1], o.es, o.quant, o.tokenizer, tok, &m) ||
-        cli_av_session(m, &o, n < sp.batch ? n : sp.batch, &s))
-        goto out;
-    if (ex_verbalize(s, vs, idx, n, &sp, cand, tty ? cli_stream_token : NULL, &cs, &e)) {
-        cli_error("%s", e.msg);
-        goto out;
-    }
-    nla_session_free(s); s = NULL;
-    nla_model_close(m); m = NULL;
+    if (cli_av_step(&o, tok, vs, idx, n, &sp, cand, &cs)) goto out;
     for (int i = 0; i < n; i++) ex[i] = cand[i].ex;
     if (cli_reconstruct_all(o.arg[2], &o, ex, n, rec)) goto out;
     if (rnd)
@@ -12054,6 +12182,7 @@ static int cmd_steer(int argc, char **argv) {
                         "are meaningless\n");
     /* 5. scores against v' and against v */
     B = av_meta.fve_baseline;
+    width = o.jsonl ? 0 : cli_columns();
     if (!o.jsonl)
         printf("%-10s %9s %9s  %8s %8s  %8s %8s  %s\n", "v'", "|v'|", "cos(v',v)", "mse_nrm", "cos",
                "mse(v)", "cos(v)", "explanation");
@@ -12084,10 +12213,11 @@ static int cmd_steer(int argc, char **argv) {
             print_num("cos_v", orig.cos);
             printf("}\n");
         } else {
-            printf("%-10s %9.4g %9.4f  %8.4f %8.4f  %8.4f %8.4f  ", cs.label[i], sqrt(norm),
-                   moved.cos, own.mse_nrm, own.cos, orig.mse_nrm, orig.cos);
-            for (const char *p = ex[i]; *p; p++) putchar(*p == '\n' ? ' ' : *p);
-            printf("%s\n", cand[i].parsed ? "" : "  [no <explanation> tags]");
+            char row[128];
+            snprintf(row, sizeof row, "%-10s %9.4g %9.4f  %8.4f %8.4f  %8.4f %8.4f  ",
+                     cs.label[i], sqrt(norm), moved.cos, own.mse_nrm, own.cos, orig.mse_nrm,
+                     orig.cos);
+            cli_table_row(row, ex[i], cand[i].parsed ? "" : "  [no <explanation> tags]", width);
         }
     }
     if (!o.jsonl)
@@ -12097,7 +12227,6 @@ out:
     for (int i = 0; cand && i < n; i++) ex_cand_free(&cand[i]);
     NLA_FREE(cand); NLA_FREE(ex); NLA_FREE(idx); NLA_FREE(sc); NLA_FREE(v); NLA_FREE(file);
     cli_stream_free(&cs);
-    nla_session_free(s);
     nla_model_close(m);
     nla_tokenizer_close(tok);
     return ret;
@@ -12200,7 +12329,11 @@ static int cmd_search(int argc, char **argv) {
         goto out;
     }
     if (near_a && (rc = nla_study_vector(st, row, q)) != NLA_OK) {
-        cli_error("%s: cannot read the vector of row %d (%s)", o.dir, near, nla_strerror(rc));
+        if (rc == NLA_ERR_FORMAT)
+            cli_error("%s: the vector of row %d differs from its checksum in results.jsonl: "
+                      "rerun nla eval to redo it",
+                      o.dir, near);
+        else cli_error("%s: cannot read the vector of row %d (%s)", o.dir, near, nla_strerror(rc));
         goto out;
     }
     if (query && cli_query_vector(ar, &o, query, d, q)) goto out;

@@ -785,7 +785,11 @@ typedef struct {
    the training baseline and the group's own mean, share with cos < 0.5;
    overall and by source, chat role and token kind; the explanations'
    three-part structure; the degenerate templates (README.md lists them).
-   Output goes to write as text tables or JSON. */
+   Output goes to write as text tables or JSON. A vector read (activations,
+   and reconstructions for cross_sample) that differs from its row's
+   checksum, or an activations.npy there but unreadable, is refused with
+   NLA_ERR_FORMAT (or the read's error), never summarised. nla_eval_compare
+   checks both folders' vectors the same way. */
 nla_status nla_eval_summary(const char *results, const nla_eval_report_params *params,
                             nla_write_fn write, void *user, char *errbuf, size_t errbuf_size);
 
@@ -839,7 +843,9 @@ nla_status nla_study_get(const nla_study *study, int i, nla_study_row *out);
 /* The row whose sample_idx is idx, or -1. */
 int nla_study_find(const nla_study *study, long idx);
 /* Row i's activation into out [d] (read from activations.npy);
-   NLA_ERR_RANGE for a row out of range, NLA_ERR_IO when it cannot be read. */
+   NLA_ERR_RANGE for a row out of range, NLA_ERR_IO when it cannot be read,
+   NLA_ERR_FORMAT when it is not the vector the row was scored with (its
+   checksum in results.jsonl). nla_study_search refuses such a row too. */
 nla_status nla_study_vector(const nla_study *study, int i, float *out);
 
 typedef struct {
@@ -861,7 +867,8 @@ typedef struct {
    number of rows that match (the regex) to *n_match (may be NULL). A row
    whose activation is not finite never matches a query. NLA_ERR_ARG for
    a zero or non-finite query or a regex that does not compile (errbuf
-   says why). Any thread. */
+   says why); with a query, NLA_ERR_FORMAT for a row whose activation
+   differs from its checksum in results.jsonl. Any thread. */
 nla_status nla_study_search(const nla_study *study, const nla_search_params *params,
                             nla_search_hit *hits, int cap, int *n_hits, int *n_match, char *errbuf,
                             size_t errbuf_size);

@@ -324,8 +324,10 @@ out:
 
 /* nla search's speed: a study of 40000 rows of d = 3840 (random vectors and
    explanations of about 300 characters, written in the results layout under
-   dir on the first run: 615 MB), opened, then searched by cosine to a random
-   vector and by a regular expression over the explanations. */
+   dir on the first run: 615 MB; each row with its activation's FNV-1a
+   checksum, as nla eval writes it, which the search checks), opened, then
+   searched by cosine to a random vector and by a regular expression over
+   the explanations. */
 #define SEARCH_ROWS 40000
 #define SEARCH_D 3840
 static void bench_search(const char *dir) {
@@ -337,19 +339,26 @@ static void bench_search(const char *dir) {
     else { /* the study: activations.npy, then results.jsonl (it is what marks the folder done) */
         const int64_t sh[2] = {SEARCH_ROWS, SEARCH_D};
         float *v = (float *)malloc(sizeof(float) * SEARCH_ROWS * SEARCH_D);
+        uint64_t *sum = (uint64_t *)malloc(sizeof(uint64_t) * SEARCH_ROWS);
         static const char *const words[] = {"Narrative", "prose", "about", "a", "ferry", "harbour", "code", "loop", "list",
                                             "token", "ends", "the", "clause", "formal", "English", "setting", "question"};
-        if (!v) { printf("search: out of memory\n"); return; }
+        if (!v || !sum) { printf("search: out of memory\n"); free(v); free(sum); return; }
         mkdir(dir, 0755);
         for (size_t i = 0; i < (size_t)SEARCH_ROWS * SEARCH_D; i++) {
             x ^= x << 13, x ^= x >> 7, x ^= x << 17;
             v[i] = (float)((int64_t)(x >> 11) - (1ll << 52)) / (float)(1ll << 52);
         }
+        for (int i = 0; i < SEARCH_ROWS; i++) { /* FNV-1a 64 of the row's bytes */
+            const unsigned char *b = (const unsigned char *)(v + (size_t)i * SEARCH_D);
+            sum[i] = 0xcbf29ce484222325ull;
+            for (size_t k = 0; k < sizeof(float) * SEARCH_D; k++) sum[i] = (sum[i] ^ b[k]) * 0x100000001b3ull;
+        }
         snprintf(path, sizeof path, "%s/activations.npy", dir);
-        if (nla_npy_write(path, v, 2, sh, err, sizeof err)) { printf("search: %s\n", err); free(v); return; }
+        const nla_status wr = nla_npy_write(path, v, 2, sh, err, sizeof err);
         free(v);
+        if (wr) { printf("search: %s\n", err); free(sum); return; }
         snprintf(path, sizeof path, "%s/results.jsonl", dir);
-        if (!(f = fopen(path, "wb"))) { printf("search: cannot create %s\n", path); return; }
+        if (!(f = fopen(path, "wb"))) { printf("search: cannot create %s\n", path); free(sum); return; }
         for (int i = 0; i < SEARCH_ROWS; i++) {
             fprintf(f, "{\"sample_idx\": %d, \"token_str\": \" the\", \"text_preview\": \"The ferry left the harbour an hour "
                        "late.\", \"explanation\": \"", i);
@@ -357,8 +366,10 @@ static void bench_search(const char *dir) {
                 x ^= x << 13, x ^= x >> 7, x ^= x << 17;
                 fprintf(f, "%s%s", w ? " " : "", words[x % (sizeof words / sizeof *words)]);
             }
-            fprintf(f, "\", \"mse_nrm\": 0.5, \"cos\": 0.75}\n");
+            fprintf(f, "\", \"mse_nrm\": 0.5, \"cos\": 0.75, \"vectors_fnv1a64\": [\"%016llx\", "
+                       "\"0000000000000000\"]}\n", (unsigned long long)sum[i]);
         }
+        free(sum);
         if (fclose(f)) { printf("search: cannot write %s\n", path); return; }
     }
     nla_study *st;

@@ -215,6 +215,8 @@ static void test_cross_cli(const float *v, const float *r, int S, int d) {
     /* nla eval --summary --cross-sample 4: "all" samples rows 0, 3, 7, 10 (t 14 / 4) */
     CHECK_EQ(run("./nla eval --summary " STUDY " --cross-sample 4 --json > tests/tmp/ask_sum.json"), 0);
     char *js = slurp("tests/tmp/ask_sum.json", NULL);
+    CHECK_MSG(json_whole(js), "--summary --cross-sample 4 --json: not one JSON object: %s",
+              js ? js : "");
     const char *all = js ? strstr(js, "\"cross\": {\"sample\": 4, \"groups\": [\n  {\"group\": \"\", \"name\": \"all\"") : NULL;
     CHECK(all != NULL);
     if (all) {
@@ -358,6 +360,43 @@ static void test_study_api(int S, int d) {
 
 #endif
 
+#ifndef NLA_NO_EVAL
+/* Zeroes row `row` of the float32 [S, d] .npy at path (a version 1 header). */
+static void zero_npy_row(const char *path, int row, int d) {
+    FILE *f = fopen(path, "r+b");
+    unsigned char h[10];
+    const float zero[64] = {0};
+    if (f && fread(h, 1, 10, f) == 10 && d <= 64 &&
+        !fseek(f, 10 + (h[8] | h[9] << 8) + (long)row * d * 4, SEEK_SET))
+        CHECK_EQ(fwrite(zero, sizeof(float), (size_t)d, f), (size_t)d);
+    else
+        CHECK_MSG(0, "%s: cannot zero row %d", path, row);
+    if (f) fclose(f);
+}
+
+/* A vector changed after the run (here: zeroed, as a row never written
+   reads) is refused wherever it is read, never scored as cos 0. */
+static void test_changed_vectors(int d) {
+    CHECK_EQ(run("rm -rf tests/tmp/ask_za tests/tmp/ask_zr && cp -r " STUDY " tests/tmp/ask_za && "
+                 "cp -r " STUDY " tests/tmp/ask_zr"),
+             0);
+    zero_npy_row("tests/tmp/ask_za/activations.npy", 3, d);
+    zero_npy_row("tests/tmp/ask_zr/reconstructions.npy", 3, d);
+    const char *bad = "the vector of sample 3 differs from its checksum in results.jsonl";
+    fails_with("./nla search tests/tmp/ask_za --near 0", bad);
+    fails_with("./nla search tests/tmp/ask_za --near 3",
+               "the vector of row 3 differs from its checksum in results.jsonl");
+    fails_with("./nla eval --summary tests/tmp/ask_za", bad);
+    fails_with("./nla eval --summary tests/tmp/ask_zr --cross-sample 14", bad);
+    fails_with("./nla eval --compare " STUDY " tests/tmp/ask_zr", bad);
+    fails_with("./nla eval --compare tests/tmp/ask_zr " STUDY, bad);
+    CHECK_EQ(run("./nla search tests/tmp/ask_za --grep . > /dev/null 2>&1"), 0); /* no vectors read */
+    /* activations.npy cut short: refused, not read as a study without vectors */
+    CHECK_EQ(truncate("tests/tmp/ask_za/activations.npy", 500), 0);
+    fails_with("./nla eval --summary tests/tmp/ask_za", "the shape needs 896 (the study's activations)");
+}
+#endif
+
 int main(void) {
     mkdir("tests/tmp", 0755);
     test_steer_math();
@@ -375,6 +414,7 @@ int main(void) {
         test_cross_cli(v, r, 14, 16);
         test_search_cli(v, 14, 16);
         test_study_api(14, 16);
+        test_changed_vectors(16);
     }
     free(v); free(r);
 #else

@@ -306,7 +306,7 @@ static void test_explain(nla_model *target, nla_model *av, nla_model *ar) {
         nla_score(v + k * D, rec + k * D, D, rm.mse_scale, am.fve_baseline, &want);
         double nv = 0;
         for (int i = 0; i < D; i++) nv += (double)v[k * D + i] * v[k * D + i];
-        CHECK_MSG(line && num_of(line, "position") == pos[k] &&
+        CHECK_MSG(line && json_whole(line) && num_of(line, "position") == pos[k] &&
                       num_of(line, "token_id") == ids[pos[k]],
                   "explain line %d: %s", k, line);
         CHECK_MSG(got && !strcmp(got, ex[k]), "explain position %d: explanation '%s', API '%s'",
@@ -340,6 +340,14 @@ static void test_explain(nla_model *target, nla_model *av, nla_model *ar) {
                   "(model opened in ", (const char *)NULL));
     free(xp);
     free(tab);
+    /* a token that is one byte of no UTF-8 character: U+FFFD in the JSON, which stays valid */
+    CHECK_EQ(run("./nla explain " G "target " G "av " G "ar --text \"$(printf 'x\\377y')\" "
+                 "--positions 2 --max-new 2 --jsonl" TOK " > tests/tmp/explain_byte.jsonl" ERR),
+             0);
+    char *xb = slurp("tests/tmp/explain_byte.jsonl", NULL);
+    CHECK_MSG(xb && json_whole(xb) && strstr(xb, "\"token\": \"\xef\xbf\xbd\", "),
+              "explain of byte 0xff: %s", xb);
+    free(xb);
 }
 
 /* forward, generate, tokenize and detokenize against the API */
@@ -618,7 +626,18 @@ static void full_disk(void) {
         CHECK_EQ(run("./nla eval --html tests/tmp/fd/ev/results.jsonl tests/tmp/fd/ev"
                      " 2> tests/tmp/err.txt"),
                  1);
-        CHECK(err_has("the report tests/tmp/fd/ev/results.jsonl is the input", NULL));
+        CHECK(err_has("the report tests/tmp/fd/ev/results.jsonl is results.jsonl of", NULL));
+        /* nor any other file of the folder, there or not yet (the lock of a run) */
+        remove("tests/tmp/fd/ev/eval.lock");
+        const char *study[2] = {"reconstructions.npy", "eval.lock"};
+        for (int k = 0; k < 2; k++) {
+            char cmd[160], msg[96];
+            snprintf(cmd, sizeof cmd, "./nla eval --html tests/tmp/fd/ev/%s tests/tmp/fd/ev"
+                     " 2> tests/tmp/err.txt", study[k]);
+            snprintf(msg, sizeof msg, "is %s of tests/tmp/fd/ev", study[k]);
+            CHECK_MSG(run(cmd) == 1 && err_has(msg, NULL), "--html over %s", study[k]);
+        }
+        CHECK(access("tests/tmp/fd/ev/eval.lock", F_OK) != 0);
     }
     CHECK_EQ(run("./nla reconstruct " G
                  "ar --jsonl tests/tmp/fd/docs.jsonl --out tests/tmp/fd/docs.jsonl" TOK
@@ -632,12 +651,30 @@ static void full_disk(void) {
                  "tests/tmp/fd/target/config.json" TOK " 2> tests/tmp/err.txt"),
              1);
     CHECK(err_has("tests/tmp/fd/target/config.json: the output would overwrite the input", NULL));
+    /* the text or chat read is an input too */
+    spit("tests/tmp/fd/t.txt", "some text", 9);
+    CHECK_EQ(run("./nla extract " G "target --text-file tests/tmp/fd/t.txt --out tests/tmp/fd/t.txt"
+                 TOK " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/t.txt: the output would overwrite the input", NULL));
+    CHECK_EQ(run("./nla extract " G "target --chat tests/tmp/fd/t.txt --out tests/tmp/fd/t.txt"
+                 TOK " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/t.txt: the output would overwrite the input", NULL));
+    /* a link left where the temporary file goes: replaced, what it points to untouched */
+    CHECK_EQ(symlink("t.txt", "tests/tmp/fd/v.npy.tmp"), 0);
+    CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v.npy" TOK
+                 " 2> tests/tmp/err.txt"),
+             0);
+    char *kept = slurp("tests/tmp/fd/t.txt", NULL);
+    CHECK_MSG(kept && !strcmp(kept, "some text"), "the file behind v.npy.tmp: '%s'", kept);
+    free(kept);
     if (has_eval) {
         CHECK_EQ(run("./nla eval " G "target " G "av " G
                      "ar --docs tests/tmp/fd/ev/tokens.jsonl --out tests/tmp/fd/ev" TOK
                      " 2> tests/tmp/err.txt"),
                  1);
-        CHECK(err_has("the input tests/tmp/fd/ev/tokens.jsonl is the output", NULL));
+        CHECK(err_has("the input tests/tmp/fd/ev/tokens.jsonl is the output tokens.jsonl of", NULL));
     }
     /* random-model over a checkpoint: refused unless --force */
     CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --force 2> /dev/null"), 0);
@@ -649,6 +686,13 @@ static void full_disk(void) {
     CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --seed 5 --force 2> /dev/null"),
              0);
     CHECK(!same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
+    /* the tokenizer to copy in is already the folder's: kept as it is */
+    CHECK_EQ(run("rm -rf tests/tmp/fd/rmt && mkdir tests/tmp/fd/rmt"), 0);
+    copy_file(TOKJSON, "tests/tmp/fd/rmt/tokenizer.json");
+    CHECK_EQ(run("./nla random-model tests/tmp/fd/rmt --role target --tokenizer "
+                 "tests/tmp/fd/rmt/tokenizer.json 2> tests/tmp/err.txt"),
+             0);
+    CHECK(same_bytes("tests/tmp/fd/rmt/tokenizer.json", TOKJSON));
 }
 
 /* refused commands: exit status 1 and the message naming the problem */
@@ -830,6 +874,8 @@ static void test_stream(void) {
         free(line);
         free(want);
     }
+    CHECK_MSG(tty && strstr(tty, "nla: AV: 15 texts, ") && strstr(tty, " tokens/s, 2 at a time"),
+              "the AV's line counts every candidate: %s", tty);
     free(tty);
     free(js);
     /* steer the same way, each text under its v' */
@@ -869,7 +915,45 @@ static void test_stream(void) {
 #endif
 }
 
-/* nla explain's table cut to $COLUMNS; whole without it */
+/* Terminal columns of the UTF-8 text p[0..n): 2 for a character of the
+   East Asian wide ranges, else 1. */
+static int text_columns(const char *p, size_t n) {
+    static const unsigned wide[][2] = {{0x1100, 0x115f}, {0x2e80, 0xa4cf},   {0xac00, 0xd7a3},
+                                       {0xf900, 0xfaff}, {0xfe30, 0xfe4f},   {0xff00, 0xff60},
+                                       {0xffe0, 0xffe6}, {0x1f300, 0x1faff}, {0x20000, 0x3fffd}};
+    int cols = 0;
+    for (size_t i = 0; i < n;) {
+        const unsigned char c = (unsigned char)p[i];
+        const int k = c < 0xc0 ? 1 : c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+        unsigned cp = k == 1 ? c : c & (0x7f >> k);
+        for (int j = 1; j < k && i + j < n; j++) cp = cp << 6 | ((unsigned char)p[i + j] & 0x3f);
+        int w = 1;
+        for (size_t r = 0; r < sizeof wide / sizeof *wide; r++)
+            if (cp >= wide[r][0] && cp <= wide[r][1]) w = 2;
+        cols += w;
+        i += (size_t)k;
+    }
+    return cols;
+}
+
+/* The lines of a table in text: how many, the most columns in one, how
+   many hold tail after a cut (an ellipsis) and end in ']'. */
+static void table_shape(char *text, const char *tail, int *rows, int *widest, int *cut) {
+    char mark[64];
+    snprintf(mark, sizeof mark, "\xe2\x80\xa6%s", tail);
+    *rows = *widest = *cut = 0;
+    for (char *line = text; line && *line; ++*rows) {
+        char *nl = strchr(line, '\n');
+        if (!nl) break;
+        const int cols = text_columns(line, (size_t)(nl - line));
+        if (cols > *widest) *widest = cols;
+        *nl = 0;
+        *cut += strstr(line, mark) != NULL && nl[-1] == ']';
+        line = nl + 1;
+    }
+}
+
+/* nla explain's and nla steer's tables cut to $COLUMNS; whole without it */
 static void test_table_width(void) {
     /* the table: cut to $COLUMNS (each row at most 110 columns, the cut ending in an
        ellipsis before the flags); to a file without it, whole */
@@ -879,22 +963,31 @@ static void test_table_width(void) {
                  " > tests/tmp/explain_whole.txt 2> /dev/null"), 0);
     char *cut = slurp("tests/tmp/explain_cut.txt", NULL), *whole = slurp("tests/tmp/explain_whole.txt", NULL);
     const size_t n_cut = cut ? strlen(cut) : 0;
-    int rows = 0, widest = 0, marked = 0;
-    for (char *line = cut; line && *line; rows++) {
-        char *nl = strchr(line, '\n');
-        if (!nl) break;
-        int chars = 0; /* UTF-8 characters: a wide one takes 2 columns, which the cut counts */
-        for (char *p = line; p < nl; p++) chars += ((unsigned char)*p & 0xc0) != 0x80;
-        if (chars > widest) widest = chars;
-        *nl = 0;
-        marked += strstr(line, "\xe2\x80\xa6  [unparsed,") != NULL && nl[-1] == ']';
-        line = nl + 1;
-    }
+    int rows, widest, marked;
+    table_shape(cut, "  [unparsed,", &rows, &widest, &marked);
     CHECK_MSG(rows == 6 && widest == 110 && marked == 4, "cut table: %d lines, widest %d characters, %d cut rows", rows,
               widest, marked);
     CHECK_MSG(whole && !strstr(whole, "\xe2\x80\xa6") && strstr(whole, "  [unparsed,") &&
                   strlen(whole) > n_cut + 100,
               "the table without COLUMNS is not whole");
+    free(cut);
+    free(whole);
+    /* steer's table the same way (its four v' explained: the AV says so on stderr) */
+    CHECK_EQ(run("COLUMNS=110 ./nla steer " G "target " G "av " G "ar --text 'The quick brown fox' "
+                 "--toward 'a lazy dog' --max-new 12" TOK " > tests/tmp/steer_cut.txt" ERR),
+             0);
+    CHECK(err_has("nla: AV: 4 texts, ", " tokens in ", "4 at a time", (const char *)NULL));
+    CHECK_EQ(run("env -u COLUMNS ./nla steer " G "target " G "av " G "ar --text 'The quick brown "
+                 "fox' --toward 'a lazy dog' --max-new 12" TOK
+                 " > tests/tmp/steer_whole.txt 2> /dev/null"),
+             0);
+    cut = slurp("tests/tmp/steer_cut.txt", NULL);
+    whole = slurp("tests/tmp/steer_whole.txt", NULL);
+    table_shape(cut, "  [no <explanation> tags]", &rows, &widest, &marked);
+    CHECK_MSG(rows == 6 && widest >= 109 && widest <= 110 && marked == 4, "steer's cut table: %d lines, widest %d, %d cut",
+              rows, widest, marked);
+    CHECK_MSG(whole && !strstr(whole, "\xe2\x80\xa6") && strlen(whole) > (cut ? strlen(cut) : 0) + 100,
+              "steer's table without COLUMNS is not whole");
     free(cut);
     free(whole);
 }

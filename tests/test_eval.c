@@ -194,6 +194,13 @@ int main(void) {
         CHECK_EQ(c.records, 2);
         CHECK_EQ(c.bad_records, 1);
         CHECK_MSG(strstr(warned, "eval_dup.jsonl:3: skipped: id \"a\" is already the id of tests/tmp/eval_dup.jsonl:1"), "warning: %s", warned);
+        /* an id no JSON reader can hold (it would come back as inf) is a bad record */
+        const char huge[] = "{\"id\": 7, \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n"
+                            "{\"id\": -1e400, \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n";
+        CHECK_EQ(spit("tests/tmp/eval_dup.jsonl", huge, sizeof huge - 1), 0);
+        CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_OK);
+        CHECK(c.records == 1 && c.bad_records == 1);
+        CHECK_MSG(strstr(warned, "eval_dup.jsonl:2: skipped: \"id\" -1e400 is not a finite number"), "warning: %s", warned);
         nla_tokenizer_close(tok);
     }
 
@@ -540,6 +547,7 @@ int main(void) {
         for (size_t i = 0; t.p && i < sizeof shape / sizeof *shape; i++)
             CHECK_MSG(fabs(after(t.p, shape[i].key) - shape[i].want) <= 1e-9, "%s%g, want %g", shape[i].key, after(t.p, shape[i].key), shape[i].want);
         CHECK(t.p && strstr(t.p, "\"fve_own_mean\": null")); /* no vectors beside a bare JSONL file */
+        CHECK_MSG(json_whole(t.p), "the JSON summary is not one JSON object: %s", t.p ? t.p : "");
         free(t.p);
         /* the text tables, and a results folder (with its vectors) */
         rp.json = 0;

@@ -235,6 +235,76 @@ static inline int same_files(const char *a, const char *b, const char *const *na
     return same;
 }
 
+/* The digits at *p, *p moved past them: how many. */
+static inline int json_digits(const char **p) {
+    const char *s = *p;
+    while (*s >= '0' && *s <= '9') s++;
+    const int n = (int)(s - *p);
+    *p = s;
+    return n;
+}
+
+/* A JSON value at *p (RFC 8259: objects, arrays, strings, numbers, true,
+   false, null; nothing else, so no NaN or Infinity), *p moved past it and
+   the white space after; 0 if there is none. depth: nesting so far. */
+static inline int json_value_at(const char **p, int depth) {
+    const char *s = *p;
+    int ok = 1;
+    if (depth > 64) return 0;
+    if (*s == '{' || *s == '[') {
+        const char close = *s == '{' ? '}' : ']';
+        for (s++; *s == ' ' || *s == '\n' || *s == '\r' || *s == '\t';) s++;
+        for (int first = 1; ok && *s != close; first = 0) {
+            if (!first && *s++ != ',') return 0;
+            for (; *s == ' ' || *s == '\n' || *s == '\r' || *s == '\t';) s++;
+            if (close == '}') {
+                ok = *s == '"' && json_value_at(&s, depth + 1) && *s++ == ':';
+                for (; *s == ' ' || *s == '\n' || *s == '\r' || *s == '\t';) s++;
+            }
+            ok = ok && json_value_at(&s, depth + 1);
+        }
+        if (!ok) return 0;
+        s++;
+    } else if (*s == '"') {
+        for (s++; *s != '"'; s++) {
+            if ((unsigned char)*s < 0x20) return 0;
+            if (*s == '\\') { /* an escape: \u takes 4 hex digits */
+                if (!*++s || !strchr("\"\\/bfnrtu", *s)) return 0;
+                for (int k = 1; *s == 'u' && k <= 4; k++)
+                    if (!s[k] || !strchr("0123456789abcdefABCDEF", s[k])) return 0;
+            }
+        }
+        s++;
+    } else if (!strncmp(s, "true", 4) || !strncmp(s, "null", 4)) {
+        s += 4;
+    } else if (!strncmp(s, "false", 5)) {
+        s += 5;
+    } else {
+        if (*s == '-') s++;
+        if (*s == '0' && s[1] >= '0' && s[1] <= '9') return 0;
+        ok = json_digits(&s);
+        if (*s == '.') {
+            s++;
+            ok = ok && json_digits(&s);
+        }
+        if (*s == 'e' || *s == 'E') {
+            if (*++s == '+' || *s == '-') s++;
+            ok = ok && json_digits(&s);
+        }
+        if (!ok) return 0;
+    }
+    for (; *s == ' ' || *s == '\n' || *s == '\r' || *s == '\t';) s++;
+    *p = s;
+    return 1;
+}
+
+/* 1 if text is exactly one JSON value (with white space around it). */
+static inline int json_whole(const char *text) {
+    if (!text) return 0;
+    for (; *text == ' ' || *text == '\n' || *text == '\r' || *text == '\t';) text++;
+    return json_value_at(&text, 0) && !*text;
+}
+
 /* Line k (0-based) of text, as a heap copy; NULL past the end. */
 static inline char *line_of(const char *text, int k) {
     for (; text && k > 0; k--) text = (text = strchr(text, '\n')) ? text + 1 : NULL;
