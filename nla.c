@@ -147,11 +147,15 @@
 #include <arm_neon.h>
 #endif
 
-/* Lets the compiler check the format strings of printf-like helpers. */
+/* Lets the compiler check the format strings of printf-like helpers;
+   PREFETCH asks for the cache line at p ahead of its use (a hint: any
+   address, never a fault). */
 #if defined(__GNUC__) || defined(__clang__)
 #define PRINTF_LIKE(fmt, first) __attribute__((format(printf, fmt, first)))
+#define PREFETCH(p) __builtin_prefetch(p)
 #else
 #define PRINTF_LIKE(fmt, first)
+#define PREFETCH(p) ((void)(p))
 #endif
 
 /* Session counting on a shared model is the one thing that changes on an
@@ -991,24 +995,29 @@ static void st_file_free(st_file *f) {
     memset(f, 0, sizeof *f);
 }
 
-/* Asks the kernel to back the n bytes at p, not touched yet, with huge
-   pages where it can (Linux's transparent huge pages): weights streamed
-   once per token then take far fewer TLB misses. */
-static void advise_huge(void *p, size_t n) {
+/* Asks the kernel to back the n bytes at p with huge pages where it can
+   (Linux's transparent huge pages): weights streamed once per token then
+   take far fewer TLB misses, and the hardware prefetcher is not stopped at
+   every 4 KB page. For a mapped file this holds for the pages read from the
+   disk from then on (a file already cached keeps the pages it has). fill:
+   the memory is the process's own and not touched yet; it is faulted in at
+   once, while free memory is in one piece (filled later by read(), it would
+   compete with the page cache for free blocks and get small pages where no
+   2 MB block is left); a kernel before 5.14 refuses that advice, which
+   changes nothing. */
+static void advise_huge(void *p, size_t n, int fill) {
 #if !defined(NLA_NO_MMAP) && defined(MADV_HUGEPAGE)
     const uintptr_t hp = (uintptr_t)2 << 20, a = ((uintptr_t)p + hp - 1) & ~(hp - 1),
                     b = ((uintptr_t)p + n) & ~(hp - 1);
     if (b > a) madvise((void *)a, (size_t)(b - a), MADV_HUGEPAGE);
 #ifdef MADV_POPULATE_WRITE
-    /* fault it all in now, while free memory is in one piece: filled later by
-       read(), it would compete with the page cache for free blocks and get
-       small pages where no 2 MB block is left (a slower decode, more TLB
-       misses); a kernel before 5.14 refuses the advice, which changes nothing */
-    if (b > a) madvise((void *)a, (size_t)(b - a), MADV_POPULATE_WRITE);
+    if (fill && b > a) madvise((void *)a, (size_t)(b - a), MADV_POPULATE_WRITE);
 #endif
+    (void)fill;
 #else
     (void)p;
     (void)n;
+    (void)fill;
 #endif
 }
 
@@ -1037,6 +1046,7 @@ static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
         if (p == MAP_FAILED) return fail(e, NLA_ERR_IO, "%s: mmap failed", f->path);
         f->map = (unsigned char *)p;
         f->mapped = 1;
+        advise_huge(p, f->size, 0);
         return NLA_OK;
     }
     /* read whole, into memory advised for huge pages before it is filled */
@@ -1047,7 +1057,7 @@ static nla_status st_map(st_file *f, int no_mmap, errbuf *e) {
         close(fd);
         return fail(e, NLA_ERR_NOMEM, "%s: out of memory for its %zu bytes", f->path, f->size);
     }
-    advise_huge(buf, f->size);
+    advise_huge(buf, f->size, 1);
     while (got < f->size && !err) {
         const size_t want = f->size - got < ((size_t)1 << 30) ? f->size - got : (size_t)1 << 30;
         const ssize_t r = read(fd, buf + got, want);
@@ -2260,6 +2270,8 @@ vi_blocks(vi *s, const vi *u, const blk_a8 *x, int nb, int C, int small) {
             s[c] = vi_dp(s[c], u[k], vi_set1(ld_i32(x[(size_t)c * nb].q + 4 * k)));
 }
 
+#define Q_AHEAD 4096 /* bytes of the weights q_lanes prefetches ahead */
+
 /* y[t * ys + r] = row r of the group at g . input t of the C at x (nb
    blocks apart), for rows r < nr; dt and C are constants where it is
    inlined, so each format and width gets its own loop. */
@@ -2278,6 +2290,9 @@ q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
             for (int c = 0; c < C; c++) acc[h][c] = vf_zero();
         const unsigned char *p = g;
         for (int b = 0; b < nb; b++, p += bs) {
+            /* the weights Q_AHEAD bytes on, asked for now: the hardware's own
+               prefetch alone leaves Q4_0 decode 5-10 % slower (AMD Zen 5) */
+            for (size_t o = 0; o < bs; o += 64) PREFETCH(p + Q_AHEAD + o);
             for (int h = 0, l = l0; h < H; h++, l += VL) {
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
                 for (int k = 0; k < 4; k++) {
@@ -2837,7 +2852,7 @@ static nla_status quantize_model(nla_model *m, nla_dtype dt, int mapped, errbuf 
         return fail(e, NLA_ERR_NOMEM, "out of memory for %.2f GB of quantized weights",
                     (double)total / 1e9);
     }
-    advise_huge(m->qmem, (size_t)total);
+    advise_huge(m->qmem, (size_t)total, 1);
     unsigned char *dst = m->qmem;
     for (int i = 0; i < n_mats; i++) {
         wmat *w = mats[i];
