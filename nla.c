@@ -1012,8 +1012,9 @@ static void advise_huge(void *p, size_t n, int fill) {
     if (b > a) madvise((void *)a, (size_t)(b - a), MADV_HUGEPAGE);
 #ifdef MADV_POPULATE_WRITE
     if (fill && b > a) madvise((void *)a, (size_t)(b - a), MADV_POPULATE_WRITE);
-#endif
+#else
     (void)fill;
+#endif
 #else
     (void)p;
     (void)n;
