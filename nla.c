@@ -892,9 +892,12 @@ static nla_status read_file(const char *path, char **out, size_t *n_out, size_t 
 
 /* Every file is written atomically: into path.tmp beside it, synced to the
    disk, then renamed over it, so that a full disk, a kill or a crash leaves
-   the old file whole (or none). A failure names the file and gives the
-   system's reason. Use: out_open, out_write (or fprintf to o.f), then
-   out_commit, which also cleans up after a failure. */
+   the old file whole (or none). One writer per path: the temporary file is
+   locked (an fcntl lock, which the kernel drops when its holder ends,
+   however it ends) from its opening until it has its name, and a second
+   writer, in another process, is refused. A failure names the file and
+   gives the system's reason. Use: out_open, out_write (or fprintf to o.f),
+   then out_commit, which also cleans up after a failure. */
 typedef struct {
     FILE *f;
     char *tmp;
@@ -902,25 +905,71 @@ typedef struct {
     int err; /* errno of the first failure; 0 none */
 } out_file;
 
+/* The temporary file path is written as (malloc'd; NULL when memory runs out). */
+static char *tmp_path(const char *path) {
+    char *t = (char *)NLA_MALLOC(strlen(path) + 5);
+    if (t) sprintf(t, "%s.tmp", path);
+    return t;
+}
+
+#ifndef _WIN32
+/* Opens o->tmp, locked and empty, into o->f; 1 when another process holds
+   it. A file left there by a writer that ended is taken over; a link left
+   there (to another file) loses its name, never what it holds; a file that
+   gets its final name between the opening and the lock is let go. */
+static int out_open_locked(out_file *o) {
+    for (int tries = 0; tries < 8 && !o->f && !o->err; tries++) {
+        const int fd = open(o->tmp, O_WRONLY | O_CREAT | O_NOFOLLOW, 0666);
+        struct stat at, named;
+        struct flock fl;
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        if (fd < 0) {
+            if (errno == ELOOP) remove(o->tmp); /* a symbolic link */
+            else o->err = errno;
+            continue;
+        }
+        if (fcntl(fd, F_SETLK, &fl) && (errno == EACCES || errno == EAGAIN)) {
+            close(fd);
+            return 1;
+        } /* (a file system without locks: written unlocked) */
+        const int moved = fstat(fd, &at) || lstat(o->tmp, &named) ||
+                          at.st_dev != named.st_dev || at.st_ino != named.st_ino;
+        if (moved || at.st_nlink > 1) {
+            if (!moved) remove(o->tmp); /* a hard link to another file: its name goes */
+            close(fd);
+            continue;
+        }
+        if (ftruncate(fd, 0) || (o->f = fdopen(fd, "wb")) == NULL) {
+            o->err = errno;
+            remove(o->tmp);
+            close(fd);
+        }
+    }
+    if (!o->f && !o->err) o->err = EAGAIN;
+    return 0;
+}
+#endif
+
 static nla_status out_open(out_file *o, const char *path, errbuf *e) {
     memset(o, 0, sizeof *o);
     o->path = path;
-    if (!(o->tmp = (char *)NLA_MALLOC(strlen(path) + 5)))
-        return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
-    sprintf(o->tmp, "%s.tmp", path);
-    /* a file left there (or a link to another file): its name goes, never what it holds */
-    remove(o->tmp);
+    if (!(o->tmp = tmp_path(path))) return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
 #ifndef _WIN32
-    const int fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL, 0666);
-    if (fd >= 0 && (o->f = fdopen(fd, "wb")) == NULL) {
-        close(fd);
-        remove(o->tmp);
+    if (out_open_locked(o)) {
+        nla_status rc = fail(e, NLA_ERR_BUSY, "%s: another process is writing it (%s is locked)",
+                             path, o->tmp);
+        NLA_FREE(o->tmp);
+        o->tmp = NULL;
+        return rc;
     }
 #else
+    remove(o->tmp);
     o->f = fopen(o->tmp, "wb");
+    if (!o->f) o->err = errno;
 #endif
     if (o->f) return NLA_OK;
-    o->err = errno;
     NLA_FREE(o->tmp);
     o->tmp = NULL;
     return fail(e, NLA_ERR_IO, "%s: cannot write (%s)", path, strerror(o->err));
@@ -932,19 +981,25 @@ static void out_write(out_file *o, const void *p, size_t n) {
     if (!o->err && n && fwrite(p, 1, n, o->f) != n) o->err = errno ? errno : EIO;
 }
 
-/* Syncs and closes the file and renames it over path; after a failure
-   (o->err, which a caller may set too) removes it and says why. */
+/* Syncs the file and renames it over path, then closes it (where the
+   system allows renaming an open file: its lock holds until it has its
+   name); after a failure (o->err, which a caller may set too) removes it
+   and says why. */
 static nla_status out_commit(out_file *o, errbuf *e) {
     if (!o->f) return NLA_OK;
     errno = 0;
     if (!o->err && (fflush(o->f) || ferror(o->f))) o->err = errno ? errno : EIO;
 #ifndef _WIN32
     if (!o->err && fsync(fileno(o->f))) o->err = errno;
-#endif
-    if (fclose(o->f) && !o->err) o->err = errno ? errno : EIO;
-    o->f = NULL;
     if (!o->err && rename(o->tmp, o->path)) o->err = errno;
     if (o->err) remove(o->tmp);
+    if (fclose(o->f) && !o->err) o->err = errno ? errno : EIO;
+#else
+    if (fclose(o->f) && !o->err) o->err = errno ? errno : EIO;
+    if (!o->err && rename(o->tmp, o->path)) o->err = errno;
+    if (o->err) remove(o->tmp);
+#endif
+    o->f = NULL;
     NLA_FREE(o->tmp);
     o->tmp = NULL;
     return o->err ? fail(e, NLA_ERR_IO, "%s: cannot write (%s)", o->path, strerror(o->err))
@@ -9813,7 +9868,8 @@ typedef struct {
 
 /* An output file that is one of the command's inputs (a file, or a model's
    .json, .yaml or .safetensors file in a model folder given) or the other
-   output would destroy it: refused. */
+   output would destroy it, and so would an output whose temporary file
+   (tmp_path) is an input: refused. */
 static int cli_out_clash(const cli_opts *o) {
     const char *out[3] = {o->out, o->logits, o->hidden},
                *in[8] = {o->arg[0],  o->arg[1], o->arg[2],    o->tokenizer,
@@ -9823,16 +9879,21 @@ static int cli_out_clash(const cli_opts *o) {
         const char *base = out[i] ? path_base(out[i]) : "", *dot = strrchr(base, '.');
         const int model_file =
             dot && (!strcmp(dot, ".json") || !strcmp(dot, ".yaml") || !strcmp(dot, ".safetensors"));
-        int clash = -1;
-        for (int k = 0; k < 8 && out[i] && clash < 0; k++)
-            if (in[k] && in[k] != out[i] &&
-                (!strcmp(out[i], in[k]) || same_file(out[i], in[k]) ||
-                 (model_file && same_file(od, in[k]))))
+        char *tmp = out[i] ? tmp_path(out[i]) : NULL;
+        int clash = -1, via_tmp = 0;
+        for (int k = 0; k < 8 && out[i] && clash < 0; k++) {
+            if (!in[k] || in[k] == out[i]) continue;
+            via_tmp = tmp && (!strcmp(tmp, in[k]) || same_file(tmp, in[k]));
+            if (via_tmp || !strcmp(out[i], in[k]) || same_file(out[i], in[k]) ||
+                (model_file && same_file(od, in[k])))
                 clash = k;
+        }
         NLA_FREE(od);
+        NLA_FREE(tmp);
         if (clash >= 0)
-            return cli_error("%s: the output would overwrite the input %s: give another path",
-                             out[i], in[clash]);
+            return cli_error("%s: the output would %s the input %s%s: give another path", out[i],
+                             via_tmp ? "remove" : "overwrite", in[clash],
+                             via_tmp ? " (its temporary file while it is written)" : "");
     }
     return 0;
 }
@@ -11917,7 +11978,7 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
         if (rc) { cli_error("%s", rc == NLA_ERR_NOMEM ? "out of memory" : err); goto out; }
     }
     if (tokenizer) { /* a copy of the tokenizer (none when it is the folder's own) */
-        char *p = path_join(dir, "tokenizer.json"), *tmp = p ? cli_strf("%s.tmp", p) : NULL;
+        char *p = path_join(dir, "tokenizer.json"), *tmp = p ? tmp_path(p) : NULL;
         int ok = tmp && same_file(tokenizer, p);
 #ifndef _WIN32
         if (tmp && !ok) { /* hard-linked where the system allows, renamed into place */

@@ -74,7 +74,8 @@ typedef enum {
     NLA_ERR_ARG = 5,              /* invalid argument from the caller */
     NLA_ERR_RANGE = 6,            /* a value is out of range (token id, context) */
     NLA_ERR_BUFFER_TOO_SMALL = 7, /* caller buffer too small; required size written */
-    NLA_ERR_BUSY = 8,             /* in use: a model with live sessions, a locked results folder */
+    NLA_ERR_BUSY = 8,             /* in use: a model with live sessions, a locked results folder
+                                     or output file */
     NLA_ERR_CANCELLED = 9,        /* a callback asked to stop */
     NLA_ERR_NONFINITE = 10        /* a NaN or Inf in an input vector, or produced by
                                      the forward pass (the message names the row or block) */
@@ -127,7 +128,9 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
 /* Writes n bytes as the file path atomically, as every file this library
    writes: into path.tmp beside it, synced to the disk, then renamed over
    it, so that a failure (a full disk, a kill) leaves the old file as it
-   was. The message names the file and the system's reason. */
+   was. The message names the file and the system's reason. path.tmp is
+   locked while it is written (POSIX fcntl): NLA_ERR_BUSY while another
+   process writes path (two writers in one process are not told apart). */
 nla_status nla_file_write(const char *path, const void *data, size_t n, char *errbuf,
                           size_t errbuf_size);
 

@@ -7,6 +7,7 @@
    job's environment; the README shows tests/slurm/study.sbatch verbatim.
    Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <sys/resource.h>
@@ -661,6 +662,45 @@ static void full_disk(void) {
                  TOK " 2> tests/tmp/err.txt"),
              1);
     CHECK(err_has("tests/tmp/fd/t.txt: the output would overwrite the input", NULL));
+    /* an input where the output's temporary file goes: refused, never removed */
+    remove("tests/tmp/fd/w");
+    spit("tests/tmp/fd/w.tmp", "more text", 9);
+    CHECK_EQ(run("./nla extract " G "target --text-file tests/tmp/fd/w.tmp --out tests/tmp/fd/w"
+                 TOK " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/w: the output would remove the input tests/tmp/fd/w.tmp (its "
+                  "temporary file while it is written)", NULL));
+    CHECK(access("tests/tmp/fd/w.tmp", F_OK) == 0 && access("tests/tmp/fd/w", F_OK) != 0);
+    /* one writer per output: a second process is refused while the first
+       holds the temporary file, and takes it over once the first has ended */
+    remove("tests/tmp/fd/v2.npy");
+    remove("tests/tmp/fd/v3.npy.tmp");
+    int held = open("tests/tmp/fd/v2.npy.tmp", O_WRONLY | O_CREAT, 0666);
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    CHECK(held >= 0 && fcntl(held, F_SETLK, &fl) == 0);
+    CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v2.npy"
+                 TOK " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/v2.npy: another process is writing it "
+                  "(tests/tmp/fd/v2.npy.tmp is locked)", NULL));
+    CHECK(access("tests/tmp/fd/v2.npy", F_OK) != 0);
+    if (held >= 0) close(held);
+    CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v2.npy"
+                 TOK " 2> tests/tmp/err.txt"),
+             0);
+    CHECK(access("tests/tmp/fd/v2.npy", F_OK) == 0 && access("tests/tmp/fd/v2.npy.tmp", F_OK) != 0);
+    /* a hard link left where the temporary file goes: its name goes, the file it shares stays */
+    CHECK_EQ(link("tests/tmp/fd/t.txt", "tests/tmp/fd/v3.npy.tmp"), 0);
+    CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v3.npy" TOK
+                 " 2> tests/tmp/err.txt"),
+             0);
+    char *shared = slurp("tests/tmp/fd/t.txt", NULL);
+    CHECK_MSG(shared && !strcmp(shared, "some text"), "the file linked as v3.npy.tmp: '%s'",
+              shared);
+    free(shared);
     /* a link left where the temporary file goes: replaced, what it points to untouched */
     CHECK_EQ(symlink("t.txt", "tests/tmp/fd/v.npy.tmp"), 0);
     CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v.npy" TOK
