@@ -2467,31 +2467,67 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
     return 1;
 }
 
-/* y [n, w.rows] = x [n, w.cols] . W^T. A float weight row is converted
-   once and met by all n inputs; a quantized one meets the n inputs
-   quantized once to A8. Rows are split across threads. */
-static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scratch *sc) {
-    const int rows = w->rows, cols = w->cols, nb = cols / QK;
+/* gelu_pytorch_tanh: 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715
+   x^3), written as x / (1 + exp(-2u)) (the same function: one expf instead
+   of tanhf's expm1f, and no cancellation in 1 + tanh(u) for negative x). */
+static float gelu(float x) {
+    return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
+}
+
+/* Rows r0 .. r0+nr of y [n, w.rows] = x [n, w.cols] . W^T: a group of a
+   quantized matrix against the n inputs quantized at xq, or float rows
+   converted one at a time into the thread's buffer f and met by all n. */
+static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x, const blk_a8 *xq,
+                    int n, float *f) {
+    const int rows = w->rows, cols = w->cols;
     if (is_quant(w->dt)) {
-        PARALLEL_FOR(sc->nt, n > 1)
-        for (int t = 0; t < n; t++)
-            a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * nb, cols);
-        const int groups = (rows + QG - 1) / QG;
-        const size_t gb = group_bytes(w->dt, cols);
-        PARALLEL_FOR(sc->nt, 1)
-        for (int g = 0; g < groups; g++) {
-            const int r = g * QG, nr = rows - r < QG ? rows - r : QG;
-            q_group(y + r, (size_t)rows, w->p + (size_t)g * gb, w->dt, nr, sc->xq, n, nb);
-        }
+        q_group(y + r0, (size_t)rows, w->p + (size_t)(r0 / QG) * group_bytes(w->dt, cols), w->dt,
+                nr, xq, n, cols / QK);
         return;
     }
-    const size_t rb = row_bytes(w->dt, cols);
-    PARALLEL_FOR(sc->nt, 1)
-    for (int r = 0; r < rows; r++) {
-        float *f = sc->rowbuf + (size_t)thread_id() * (size_t)cols;
-        to_f32(f, w->p + (size_t)r * rb, w->dt, cols);
+    for (int r = r0; r < r0 + nr; r++) {
+        wmat_row(w, r, f);
         for (int t = 0; t < n; t++) y[(size_t)t * rows + r] = dot(x + (size_t)t * cols, f, cols);
     }
+}
+
+/* y[j] [n, w[j].rows] = x [n, cols] . W_j^T for the k <= 3 matrices that
+   read the same input: the input is quantized once, and the threads split
+   the matrices' groups of QG rows among them in one loop, so that they meet
+   once, not k times. glu (k = 2, two matrices of equal rows): group g of
+   both is one task, which then sets y[0] = gelu(y[0]) * y[1] on its rows
+   (Gemma's gated feed-forward). */
+static void matmuls(float *const *y, const float *x, int n, const wmat *const *w, int k, int glu,
+                    const mm_scratch *sc) {
+    const int cols = w[0]->cols;
+    int first[4] = {0}, quant = 0; /* first[j]: the task of matrix j's group 0 */
+    for (int j = 0; j < k; j++) {
+        first[j + 1] = first[j] + (glu && j ? 0 : (w[j]->rows + QG - 1) / QG);
+        quant |= is_quant(w[j]->dt);
+    }
+    if (quant) {
+        PARALLEL_FOR(sc->nt, n > 1)
+        for (int t = 0; t < n; t++)
+            a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * (cols / QK), cols);
+    }
+    PARALLEL_FOR(sc->nt, 1)
+    for (int task = 0; task < first[k]; task++) {
+        int j = 0;
+        while (task >= first[j + 1]) j++;
+        const int r0 = (task - first[j]) * QG, rows = w[j]->rows;
+        const int nr = rows - r0 < QG ? rows - r0 : QG;
+        float *f = sc->rowbuf + (size_t)thread_id() * (size_t)cols;
+        for (int i = j; i < (glu ? k : j + 1); i++) mm_rows(y[i], w[i], r0, nr, x, sc->xq, n, f);
+        if (glu)
+            for (int t = 0; t < n; t++)
+                for (size_t i = (size_t)t * rows + r0; i < (size_t)t * rows + r0 + nr; i++)
+                    y[0][i] = gelu(y[0][i]) * y[1][i];
+    }
+}
+
+/* y [n, w.rows] = x [n, w.cols] . W^T: the one-matrix case. */
+static void matmul(float *y, const float *x, int n, const wmat *w, const mm_scratch *sc) {
+    matmuls(&y, x, n, &w, 1, 0, sc);
 }
 
 /* The kernel check of nla.h: the model's matmul, or the scalar reference row by row. */
@@ -2541,13 +2577,6 @@ static void rope(float *x, const float *cs, int hd) {
         x[i] = a * c - b * s;
         x[i + h2] = b * c + a * s;
     }
-}
-
-/* gelu_pytorch_tanh: 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715
-   x^3), written as x / (1 + exp(-2u)) (the same function: one expf instead
-   of tanhf's expm1f, and no cancellation in 1 + tanh(u) for negative x). */
-static float gelu(float x) {
-    return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
 /* Softmax attention of G query heads (q [G, hd]) that share one KV head,
@@ -3400,8 +3429,7 @@ static void block_forward(nla_session *s, int l, int n) {
     const nla_model *m = s->m;
     const gemma_cfg *c = &m->cfg;
     const layer_w *w = &m->layer[l];
-    const int h = c->d, hd = c->hd, H = c->n_heads, KV = c->n_kv, qw = H * hd, kvw = KV * hd,
-              I = c->d_ff;
+    const int h = c->d, hd = c->hd, H = c->n_heads, KV = c->n_kv, qw = H * hd, kvw = KV * hd;
     const int glob = c->is_global[l], cap = s->cap[l];
     const float scale = (float)(1.0 / sqrt((double)c->qpas));
 
@@ -3410,9 +3438,9 @@ static void block_forward(nla_session *s, int l, int n) {
     PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++)
         rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);
-    matmul(s->q, s->xb, n, &w->q, &s->mm);
-    matmul(s->k, s->xb, n, &w->k, &s->mm);
-    matmul(s->v, s->xb, n, &w->v, &s->mm);
+    float *const qkv[3] = {s->q, s->k, s->v}, *const gu[2] = {s->g, s->u};
+    const wmat *const w_qkv[3] = {&w->q, &w->k, &w->v}, *const w_gu[2] = {&w->gate, &w->up};
+    matmuls(qkv, s->xb, n, w_qkv, 3, 0, &s->mm);
     PARALLEL_FOR(s->nt, n > 1) /* cap >= n: a chunk's rows have their own ring slots */
     for (int t = 0; t < n; t++) {
         const float *cs = s->cs + ((size_t)t * 2 + glob) * hd;
@@ -3454,12 +3482,7 @@ static void block_forward(nla_session *s, int l, int n) {
         for (int i = 0; i < h; i++) x[i] += y[i];
         rmsnorm(s->xb + (size_t)t * h, x, w->pre_ffw, h, c->eps);
     }
-    matmul(s->g, s->xb, n, &w->gate, &s->mm);
-    matmul(s->u, s->xb, n, &w->up, &s->mm);
-    PARALLEL_FOR(s->nt, n > 1)
-    for (int t = 0; t < n; t++)
-        for (size_t i = (size_t)t * I; i < (size_t)(t + 1) * I; i++)
-            s->g[i] = gelu(s->g[i]) * s->u[i];
+    matmuls(gu, s->xb, n, w_gu, 2, 1, &s->mm); /* g = gelu(g) * u */
     matmul(s->y, s->g, n, &w->down, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++) {
