@@ -7939,12 +7939,22 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             in[f].f = NULL;
         }
     }
+    /* results.jsonl, which every reader needs, goes before the first file
+       is replaced and comes back last: a merge stopped in between leaves a
+       folder without results, never one whose files are of two merges */
+    if (!rc && !(path = path_join(out_dir, "results.jsonl")))
+        rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+    if (!rc && remove(path) && errno != ENOENT)
+        rc = fail(&e, NLA_ERR_IO, "eval merge: %s: cannot remove (%s)", path, strerror(errno));
+    NLA_FREE(path);
+    path = NULL;
     for (int f = 0; f < 2; f++) {
         if (rc && out[f].f) out[f].err = ECANCELED; /* no file */
         if (out_commit(&out[f], rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
         NLA_FREE(mpath[f]);
     }
     /* the merged folder: as one unsharded run writes it */
+    if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", tokens, tn, &e);
     if (!rc) {
         const size_t k = (size_t)(cut0 - params[0]);
         size_t total = 0;
@@ -7952,19 +7962,18 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         for (long i = 0; i < S; i++) total += len[i];
         if (!(text = (char *)NLA_MALLOC(total + k + 32)))
             rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
-        else { /* results.jsonl: the rows in sample_idx order */
+        else { /* params.json: the shards' with the shard line of an unsharded run */
+            memcpy(text, params[0], k);
+            rc = ev_write_in(out_dir, "params.json", text,
+                             k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
+        }
+        if (!rc) { /* results.jsonl: the rows in sample_idx order */
             total = 0;
             for (long i = 0; i < S; i++) {
                 memcpy(text + total, line[i], len[i]);
                 total += len[i];
             }
             rc = ev_write_in(out_dir, "results.jsonl", text, total, &e);
-        }
-        if (!rc) rc = ev_write_in(out_dir, "tokens.jsonl", tokens, tn, &e);
-        if (!rc) { /* params.json: the shards' with the shard line of an unsharded run */
-            memcpy(text, params[0], k);
-            rc = ev_write_in(out_dir, "params.json", text,
-                             k + (size_t)sprintf(text + k, "\n\"shard\": \"1/1\"}\n"), &e);
         }
         NLA_FREE(text);
     }

@@ -761,7 +761,9 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
 
 /* Merges the complete results folders of shards 1/n .. n/n (any order)
    into out_dir (which must exist): the same files, byte for byte, as one
-   unsharded run. It holds out_dir's lock as nla_eval_run does. */
+   unsharded run. It holds out_dir's lock as nla_eval_run does. results.jsonl
+   is removed before the first file is replaced and written last: a merge
+   that fails or is killed part way leaves out_dir without it. */
 nla_status nla_eval_merge(const char *out_dir, const char *const *shard_dirs, int n, char *errbuf,
                           size_t errbuf_size);
 
