@@ -895,7 +895,7 @@ static nla_status read_file(const char *path, char **out, size_t *n_out, size_t 
    the old file whole (or none). One writer per path: the temporary file is
    locked (an fcntl lock, which the kernel drops when its holder ends,
    however it ends) from its opening until it has its name, and a second
-   writer, in another process, is refused. A failure names the file and
+   writer is refused (lock_file). A failure names the file and
    gives the system's reason. Use: out_open, out_write (or fprintf to o.f),
    then out_commit, which also cleans up after a failure. */
 typedef struct {
@@ -913,24 +913,42 @@ static char *tmp_path(const char *path) {
 }
 
 #ifndef _WIN32
-/* Opens o->tmp, locked and empty, into o->f; 1 when another process holds
+#if defined(__linux__) && !defined(F_OFD_SETLK)
+#define F_OFD_SETLK 37 /* Linux 3.15 on; <fcntl.h> names it only with _GNU_SOURCE */
+#endif
+
+/* An exclusive lock on the whole of fd's file, not waiting: 0, or -1 with
+   errno EAGAIN or EACCES when another writer holds it. The lock belongs to
+   the open file (an OFD lock, where the kernel has them), so that two
+   writers in one process exclude each other too; elsewhere it is the
+   process's (fcntl's classic lock). The kernel drops it when the file's
+   last descriptor closes, however the process ends. */
+static int lock_file(int fd) {
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+#ifdef F_OFD_SETLK
+    if (!fcntl(fd, F_OFD_SETLK, &fl)) return 0;
+    if (errno != EINVAL) return -1; /* EINVAL: a kernel without them */
+#endif
+    return fcntl(fd, F_SETLK, &fl);
+}
+
+/* Opens o->tmp, locked and empty, into o->f; 1 when another writer holds
    it. A file left there by a writer that ended is taken over; a link left
    there (to another file) loses its name, never what it holds; a file that
    gets its final name between the opening and the lock is let go. */
 static int out_open_locked(out_file *o) {
     for (int tries = 0; tries < 8 && !o->f && !o->err; tries++) {
-        const int fd = open(o->tmp, O_WRONLY | O_CREAT | O_NOFOLLOW, 0666);
+        const int fd = open(o->tmp, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0666);
         struct stat at, named;
-        struct flock fl;
-        memset(&fl, 0, sizeof fl);
-        fl.l_type = F_WRLCK;
-        fl.l_whence = SEEK_SET;
         if (fd < 0) {
             if (errno == ELOOP) remove(o->tmp); /* a symbolic link */
             else o->err = errno;
             continue;
         }
-        if (fcntl(fd, F_SETLK, &fl) && (errno == EACCES || errno == EAGAIN)) {
+        if (lock_file(fd) && (errno == EACCES || errno == EAGAIN)) {
             close(fd);
             return 1;
         } /* (a file system without locks: written unlocked) */
@@ -958,7 +976,7 @@ static nla_status out_open(out_file *o, const char *path, errbuf *e) {
     if (!(o->tmp = tmp_path(path))) return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
 #ifndef _WIN32
     if (out_open_locked(o)) {
-        nla_status rc = fail(e, NLA_ERR_BUSY, "%s: another process is writing it (%s is locked)",
+        nla_status rc = fail(e, NLA_ERR_BUSY, "%s: another writer has it open (%s is locked)",
                              path, o->tmp);
         NLA_FREE(o->tmp);
         o->tmp = NULL;
@@ -6874,22 +6892,18 @@ static int ev_sync(FILE *f) {
 /* One writer per results folder: an exclusive fcntl lock on dir/eval.lock,
    which the kernel drops when the holder ends, however it ends (kill -9
    included); the file holds the holder's PID and host for the refusal.
-   The lock is per process (two runs in one process are not told apart);
-   without fcntl (Windows) there is none. *fd: the lock's descriptor, or
-   -1; ev_unlock releases it. */
+   Two runs in one process exclude each other where the kernel has
+   open-file locks (lock_file); without fcntl (Windows) there is none.
+   *fd: the lock's descriptor, or -1; ev_unlock releases it. */
 static nla_status ev_lock(const char *dir, int *fd, errbuf *e) {
     *fd = -1;
 #ifndef _WIN32
     char *path = path_join(dir, "eval.lock"), who[300];
-    struct flock fl;
     nla_status rc = NLA_OK;
     if (!path) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    if ((*fd = open(path, O_RDWR | O_CREAT, 0666)) < 0)
+    if ((*fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666)) < 0)
         rc = fail(e, NLA_ERR_IO, "eval: %s: cannot open (%s)", path, strerror(errno));
-    else if (fcntl(*fd, F_SETLK, &fl)) {
+    else if (lock_file(*fd)) {
         const int busy = errno == EACCES || errno == EAGAIN, err = errno;
         long pid = 0;
         char host[256] = "?";

@@ -130,7 +130,8 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
    it, so that a failure (a full disk, a kill) leaves the old file as it
    was. The message names the file and the system's reason. path.tmp is
    locked while it is written (POSIX fcntl): NLA_ERR_BUSY while another
-   process writes path (two writers in one process are not told apart). */
+   writer has it, another process or, on Linux (open-file locks), another
+   thread of this one. */
 nla_status nla_file_write(const char *path, const void *data, size_t n, char *errbuf,
                           size_t errbuf_size);
 
@@ -754,8 +755,9 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
    of the folder's files. Bad input records (and repeated ids) are
    reported to params->warn and skipped. counts may be NULL. The run holds
    an exclusive lock on out_dir/eval.lock (fcntl; the kernel releases it
-   when the process ends, however it ends): while another process holds
-   it, NLA_ERR_BUSY with the holder's PID and host. */
+   when the process ends, however it ends): while another run holds it
+   (another process, or on Linux another thread of this one), NLA_ERR_BUSY
+   with the holder's PID and host. */
 nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, char *errbuf,
                         size_t errbuf_size);
 

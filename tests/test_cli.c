@@ -684,9 +684,16 @@ static void full_disk(void) {
     CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v2.npy"
                  TOK " 2> tests/tmp/err.txt"),
              1);
-    CHECK(err_has("tests/tmp/fd/v2.npy: another process is writing it "
+    CHECK(err_has("tests/tmp/fd/v2.npy: another writer has it open "
                   "(tests/tmp/fd/v2.npy.tmp is locked)", NULL));
     CHECK(access("tests/tmp/fd/v2.npy", F_OK) != 0);
+#ifdef __linux__
+    /* in this process too (the held lock is this process's): open-file locks */
+    char why[512];
+    CHECK_EQ(nla_file_write("tests/tmp/fd/v2.npy", "x", 1, why, sizeof why), NLA_ERR_BUSY);
+    CHECK_MSG(strstr(why, "another writer has it open"), "nla_file_write: %s", why);
+    CHECK(access("tests/tmp/fd/v2.npy", F_OK) != 0);
+#endif
     if (held >= 0) close(held);
     CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v2.npy"
                  TOK " 2> tests/tmp/err.txt"),

@@ -7,6 +7,7 @@
    tests/data/gen/eval_fixed.py; the HTML report renders in headless
    Chromium where it is installed. Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -520,6 +521,20 @@ int main(void) {
         remove("tests/tmp/eval_params");
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
         CHECK_MSG(same_files(md, ref, files, 5), "merged again, the shards differ from the run");
+#ifdef __linux__
+        /* a second writer inside this process is refused too (open-file locks) */
+        int held = open("tests/tmp/eval_merged/eval.lock", O_RDWR | O_CREAT, 0666);
+        struct flock fl;
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        CHECK(held >= 0 && fcntl(held, F_SETLK, &fl) == 0);
+        const char *const sds[3] = {sd[0], sd[1], sd[2]};
+        char why[512];
+        CHECK_EQ(nla_eval_merge(md, sds, 3, why, sizeof why), NLA_ERR_BUSY);
+        CHECK_MSG(strstr(why, "another nla eval is writing"), "merge: %s", why);
+        if (held >= 0) close(held);
+#endif
         for (int i = 0; i < 3; i++) rm_dir(sd[i]);
     }
 
