@@ -918,7 +918,7 @@ static char *tmp_path(const char *path) {
 #endif
 
 /* An exclusive lock on the whole of fd's file, not waiting: 0, or -1 with
-   errno EAGAIN or EACCES when another writer holds it. The lock belongs to
+   errno (EAGAIN or EACCES: another writer holds it). The lock belongs to
    the open file (an OFD lock, where the kernel has them), so that two
    writers in one process exclude each other too; elsewhere it is the
    process's (fcntl's classic lock). The kernel drops it when the file's
