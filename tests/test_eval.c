@@ -670,7 +670,8 @@ int main(void) {
         CHECK(h && !strstr(h, "http:") && !strstr(h, "https:") && !strstr(h, "src=") && strstr(h, "<svg") && strstr(h, "class=\"s\""));
         free(h);
         if (access("/usr/bin/chromium", X_OK) == 0) {
-            int rc = system("timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu --dump-dom "
+            int rc = system("timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu "
+                            "--user-data-dir=\"$PWD/tests/tmp/chromium\" --dump-dom "
                             "\"file://$PWD/tests/tmp/eval_report.html\" > tests/tmp/eval_dom.html 2>/dev/null");
             char *dom = slurp("tests/tmp/eval_dom.html", NULL);
             CHECK_EQ(rc, 0);
