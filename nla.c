@@ -919,10 +919,13 @@ static char *tmp_path(const char *path) {
 
 /* An exclusive lock on the whole of fd's file, not waiting: 0, or -1 with
    errno (EAGAIN or EACCES: another writer holds it). The lock belongs to
-   the open file (an OFD lock, where the kernel has them), so that two
-   writers in one process exclude each other too; elsewhere it is the
-   process's (fcntl's classic lock). The kernel drops it when the file's
-   last descriptor closes, however the process ends. */
+   the open file (an OFD lock), so that two writers in one process exclude
+   each other too; where the kernel or the file system refuses those (an
+   old kernel, some NFS, FUSE), it is fcntl's classic lock, the process's.
+   An OFD lock is dropped when the last descriptor of the open file closes
+   (a child forked meanwhile holds one; exec closes it: O_CLOEXEC), a
+   classic one when the process closes any descriptor of the file; both
+   when the process ends, however it ends. */
 static int lock_file(int fd) {
     struct flock fl;
     memset(&fl, 0, sizeof fl);
@@ -930,7 +933,7 @@ static int lock_file(int fd) {
     fl.l_whence = SEEK_SET;
 #ifdef F_OFD_SETLK
     if (!fcntl(fd, F_OFD_SETLK, &fl)) return 0;
-    if (errno != EINVAL) return -1; /* EINVAL: a kernel without them */
+    if (errno == EAGAIN || errno == EACCES) return -1;
 #endif
     return fcntl(fd, F_SETLK, &fl);
 }
@@ -3451,8 +3454,8 @@ static void block_forward(nla_session *s, int l, int n) {
     const int glob = c->is_global[l], cap = s->cap[l];
     const float scale = (float)(1.0 / sqrt((double)c->qpas));
 
-    /* the rows' own steps (norms, RoPE, the cache, GELU) run in parallel
-       over rows when there are several */
+    /* the rows' own steps (norms, RoPE, the cache) run in parallel over
+       rows when there are several; the GELU runs in the gate/up loop */
     PARALLEL_FOR(s->nt, n > 1)
     for (int t = 0; t < n; t++)
         rmsnorm(s->xb + (size_t)t * h, s->x + (size_t)t * h, w->in_norm, h, c->eps);

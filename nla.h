@@ -765,7 +765,8 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
    into out_dir (which must exist): the same files, byte for byte, as one
    unsharded run. It holds out_dir's lock as nla_eval_run does. results.jsonl
    is removed before the first file is replaced and written last: a merge
-   that fails or is killed part way leaves out_dir without it. */
+   that fails or is killed after it has begun to replace files leaves
+   out_dir without it (one refused by its checks leaves out_dir as it was). */
 nla_status nla_eval_merge(const char *out_dir, const char *const *shard_dirs, int n, char *errbuf,
                           size_t errbuf_size);
 

@@ -27,12 +27,15 @@ static int test_passed, test_failed, test_skipped;
             fputc('\n', stderr);                                      \
         }                                                             \
     } while (0)
-/* a and b (integers, enums) are evaluated once, also when the check fails */
-#define CHECK_EQ(a, b)                                                                 \
-    do {                                                                               \
-        const long long check_a_ = (long long)(a), check_b_ = (long long)(b);          \
-        CHECK_MSG(check_a_ == check_b_, "%s == %s (%lld vs %lld)", #a, #b, check_a_,   \
-                  check_b_);                                                           \
+/* a and b (integers, enums) are evaluated once, also when the check fails;
+   a floating-point one does not compile (CHECK_NEAR compares those) */
+#define CHECK_INT(a) \
+    _Generic((a), float: (void)0, double: (void)0, long double: (void)0, default: (a))
+#define CHECK_EQ(a, b)                                                                       \
+    do {                                                                                     \
+        const long long check_a_ = (long long)CHECK_INT(a), check_b_ = (long long)CHECK_INT(b); \
+        CHECK_MSG(check_a_ == check_b_, "%s == %s (%lld vs %lld)", #a, #b, check_a_,         \
+                  check_b_);                                                                 \
     } while (0)
 #define CHECK_NEAR(a, b, tol) \
     CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%s ~ %s (%g vs %g, tol %g)", #a, #b, (double)(a), (double)(b), (double)(tol))

@@ -688,7 +688,9 @@ static void full_disk(void) {
                   "(tests/tmp/fd/v2.npy.tmp is locked)", NULL));
     CHECK(access("tests/tmp/fd/v2.npy", F_OK) != 0);
 #ifdef __linux__
-    /* in this process too (the held lock is this process's): open-file locks */
+    /* in this process too (the held lock is this process's): open-file locks.
+       Closing its descriptor after the refusal drops this process's classic
+       lock, so this check comes last while it is held */
     char why[512];
     CHECK_EQ(nla_file_write("tests/tmp/fd/v2.npy", "x", 1, why, sizeof why), NLA_ERR_BUSY);
     CHECK_MSG(strstr(why, "another writer has it open"), "nla_file_write: %s", why);

@@ -522,7 +522,8 @@ int main(void) {
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
         CHECK_MSG(same_files(md, ref, files, 5), "merged again, the shards differ from the run");
 #ifdef __linux__
-        /* a second writer inside this process is refused too (open-file locks) */
+        /* a second writer inside this process is refused too (open-file locks;
+           the merge's closing of its descriptor drops the held lock: checked last) */
         int held = open("tests/tmp/eval_merged/eval.lock", O_RDWR | O_CREAT, 0666);
         struct flock fl;
         memset(&fl, 0, sizeof fl);
