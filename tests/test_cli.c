@@ -675,12 +675,8 @@ static void full_disk(void) {
        holds the temporary file, and takes it over once the first has ended */
     remove("tests/tmp/fd/v2.npy");
     remove("tests/tmp/fd/v3.npy.tmp");
-    int held = open("tests/tmp/fd/v2.npy.tmp", O_WRONLY | O_CREAT, 0666);
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    CHECK(held >= 0 && fcntl(held, F_SETLK, &fl) == 0);
+    int held = hold_lock("tests/tmp/fd/v2.npy.tmp");
+    CHECK(held >= 0);
     CHECK_EQ(run("./nla extract " G "target --text hi --positions 1 --out tests/tmp/fd/v2.npy"
                  TOK " 2> tests/tmp/err.txt"),
              1);

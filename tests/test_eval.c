@@ -7,7 +7,6 @@
    tests/data/gen/eval_fixed.py; the HTML report renders in headless
    Chromium where it is installed. Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
-#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -524,12 +523,8 @@ int main(void) {
 #ifdef __linux__
         /* a second writer inside this process is refused too (open-file locks;
            the merge's closing of its descriptor drops the held lock: checked last) */
-        int held = open("tests/tmp/eval_merged/eval.lock", O_RDWR | O_CREAT, 0666);
-        struct flock fl;
-        memset(&fl, 0, sizeof fl);
-        fl.l_type = F_WRLCK;
-        fl.l_whence = SEEK_SET;
-        CHECK(held >= 0 && fcntl(held, F_SETLK, &fl) == 0);
+        int held = hold_lock("tests/tmp/eval_merged/eval.lock");
+        CHECK(held >= 0);
         const char *const sds[3] = {sd[0], sd[1], sd[2]};
         char why[512];
         CHECK_EQ(nla_eval_merge(md, sds, 3, why, sizeof why), NLA_ERR_BUSY);

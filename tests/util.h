@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -193,6 +194,18 @@ static inline int st_write(const char *path, const wtensor *t, int n, const char
     free(h);
     free(buf);
     return rc;
+}
+
+/* Opens path (created if missing) and takes this process's classic fcntl
+   write lock on it, as another writer would hold it: the descriptor, or -1. */
+static inline int hold_lock(const char *path) {
+    struct flock fl;
+    int fd = open(path, O_RDWR | O_CREAT, 0666);
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    if (fd >= 0 && fcntl(fd, F_SETLK, &fl)) { close(fd); fd = -1; }
+    return fd;
 }
 
 /* A fresh empty folder under tests/tmp/. */
