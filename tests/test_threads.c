@@ -4,8 +4,14 @@
    for bit. The work: a bf16 forward over 40 tokens and a sampled
    generation, the same on a Q8_0 model, tokenization, and the NLA round
    trip (extract, batched verbalize, reconstruct) on the golden trio.
-   `make tsan` runs this program under ThreadSanitizer. */
+   The same work on sessions of 3 threads must give the same bits too, also
+   where OpenMP gives each session's loops a team of one thread (sessions
+   inside the caller's own parallel region). `make tsan` runs this program
+   under ThreadSanitizer. */
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "../nla.h"
 #include "test.h"
@@ -27,6 +33,7 @@ typedef struct {
 
 typedef struct {
     const shared *sh;
+    int n_threads; /* of each session; 0: 1 */
     nla_status rc;
     float logits[2][40 * 1024];
     int32_t gen[2][16];
@@ -37,11 +44,11 @@ typedef struct {
     int n_expl[2];
 } job;
 
-static nla_session *session(const nla_model *m, int n_seq, nla_status *rc) {
+static nla_session *session(const nla_model *m, int n_seq, const job *j, nla_status *rc) {
     nla_session_params sp;
     nla_session *s = NULL;
     memset(&sp, 0, sizeof sp);
-    sp.n_threads = 1;
+    sp.n_threads = j->n_threads ? j->n_threads : 1;
     sp.n_ctx = 160;
     sp.n_seq = n_seq;
     if (!*rc) *rc = nla_session_new(m, &sp, &s);
@@ -52,7 +59,7 @@ static void *work(void *arg) {
     job *j = (job *)arg;
     const shared *sh = j->sh;
     for (int q = 0; q < 2; q++) { /* forward, then a seeded sampled generation */
-        nla_session *s = session(sh->gqa[q], 1, &j->rc);
+        nla_session *s = session(sh->gqa[q], 1, j, &j->rc);
         nla_batch b;
         memset(&b, 0, sizeof b);
         b.n_tokens = 40;
@@ -74,17 +81,17 @@ static void *work(void *arg) {
     const char *text = "Threads share the model; each has its own session.";
     if (!j->rc) j->rc = nla_tokenize(nla_model_tokenizer(sh->target), text, strlen(text), NLA_TOKENIZE_BOS, j->tok, 64, &j->n_tok);
     const int32_t pos[2] = {j->n_tok - 2, j->n_tok - 1};
-    nla_session *s = session(sh->target, 1, &j->rc);
+    nla_session *s = session(sh->target, 1, j, &j->rc);
     if (!j->rc) j->rc = nla_extract(s, j->tok, j->n_tok, 2, pos, 2, j->v);
     nla_session_free(s);
-    s = session(sh->av, 2, &j->rc);
+    s = session(sh->av, 2, j, &j->rc);
     nla_verbalize_params vp;
     memset(&vp, 0, sizeof vp);
     vp.max_new = 8;
     if (!j->rc) j->rc = nla_verbalize_batch(s, j->v, 2, &vp, j->expl, 8, j->n_expl);
     nla_session_free(s);
     const char *ex[2] = {"a fox in a sentence about threads", "<explanation>sessions</explanation>"};
-    s = session(sh->ar, 1, &j->rc);
+    s = session(sh->ar, 1, j, &j->rc);
     if (!j->rc) j->rc = nla_reconstruct(s, ex, 2, j->rec);
     nla_session_free(s);
     return NULL;
@@ -126,6 +133,32 @@ int main(void) {
     }
     CHECK_EQ(same, N_THREADS);
     printf("  %d threads sharing 5 models (bf16, Q8_0, NLA trio) and a tokenizer: results identical to the serial run\n", N_THREADS);
+    /* sessions of 3 threads: alone, then two at once inside a parallel
+       region, where OpenMP (nesting off) runs their loops on one thread */
+    memset(par, 0, N_THREADS * sizeof *par); /* padding too: whole jobs are compared */
+    par[0].sh = &sh;
+    par[0].n_threads = 3;
+    work(&par[0]);
+    CHECK_EQ(par[0].rc, NLA_OK);
+    par[0].n_threads = 0;
+    CHECK(!memcmp(&par[0], serial, sizeof *serial));
+#ifdef _OPENMP
+    int team = 0;
+#pragma omp parallel num_threads(2) reduction(+ : team)
+    {
+        job *j = &par[1 + omp_get_thread_num()];
+        j->sh = &sh;
+        j->n_threads = 3;
+        work(j);
+        team += 1;
+    }
+    for (int i = 1; i <= team; i++) {
+        CHECK_EQ(par[i].rc, NLA_OK);
+        par[i].n_threads = 0;
+        CHECK(!memcmp(&par[i], serial, sizeof *serial));
+    }
+    printf("  sessions of 3 threads, alone and in %d threads of a parallel region: identical too\n", team);
+#endif
     free(serial);
     free(par);
     for (int i = 0; i < 5; i++) CHECK_EQ(nla_model_close(m[i]), NLA_OK);
