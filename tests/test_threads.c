@@ -144,6 +144,7 @@ int main(void) {
     CHECK(!memcmp(&par[0], serial, sizeof *serial));
 #ifdef _OPENMP
     int team = 0;
+    omp_set_max_active_levels(1); /* whatever OMP_MAX_ACTIVE_LEVELS says */
 #pragma omp parallel num_threads(2) reduction(+ : team)
     {
         job *j = &par[1 + omp_get_thread_num()];
