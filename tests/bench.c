@@ -6,7 +6,8 @@
    command line: load time, prefill tokens/s (512 tokens) and GFLOP/s
    against the peak, decode tokens/s (64 tokens) and decode as a share of
    the bandwidth bound (weight bytes read per token / measured bandwidth),
-   at 1 and 2 threads (or NLA_BENCH_THREADS="1 2 4 ..."); and with
+   at 1 and 2 threads (or NLA_BENCH_THREADS="1 2 4 ..."), then how much of
+   the mapped weights is in 2 MB pages (Linux); and with
    --nla DIR (a trio: DIR/target, DIR/av, DIR/ar) the NLA round trip at the
    most threads: B vectors extracted from a 64-token text, verbalized
    together (NLA_BENCH_AV_TOKENS new tokens each, default 150) and
@@ -118,6 +119,21 @@ static nla_model_params bench_model_params(void) {
     return mp;
 }
 
+/* GB of this process's file mappings resident (*file) and of those in 2 MB
+   pages (*huge), from Linux's /proc/self/smaps_rollup (Pss_File,
+   FilePmdMapped); 0 where that is not known. */
+static int mapped_gb(double *file, double *huge) {
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    int got = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        if (!strncmp(line, "Pss_File:", 9)) { *file = atof(line + 9) * 1024 / 1e9; got |= 1; }
+        if (!strncmp(line, "FilePmdMapped:", 14)) { *huge = atof(line + 14) * 1024 / 1e9; got |= 2; }
+    }
+    if (f) fclose(f);
+    return got == 3;
+}
+
 /* The peak of nla.c's quantized matmul, per thread: two int8 dot-product
    instructions per cycle, as wide as the kernel nla.c was built with (512
    bits: 64 multiply-adds each); 0 for the scalar build. */
@@ -182,6 +198,10 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
         free(logits);
         nla_session_free(s);
     }
+    /* the weights' stream needs huge pages: a file cached in 4 KB pages decodes far slower */
+    double file = 0, huge = 0;
+    if (!mp.no_mmap && mapped_gb(&file, &huge))
+        printf("  mapped weights resident: %.2f GB, %.0f %% of it in 2 MB pages\n", file, file > 0 ? 100 * huge / file : 0.0);
     free(ids);
     nla_model_close(m);
 }
