@@ -2472,7 +2472,7 @@ static int thread_id(void) {
 #define PARALLEL_FOR_CYCLIC(nt)
 #endif
 
-#define CLAIM_STRIDE 16 /* ints: each thread's claim counter on its own cache line */
+#define CLAIM_STRIDE 32 /* ints: each claim counter on its own cache line (up to 128 bytes) */
 
 /* Scratch of a matmul: converted weight rows, quantized activations, and
    the counters of the threads' claims on tasks. */
@@ -2548,19 +2548,20 @@ static void mm_task(float *const *y, const float *x, int n, const wmat *const *w
    both is one task, which then sets y[0] = gelu(y[0]) * y[1] on its rows
    (Gemma's gated feed-forward).
    Schedule: thread i owns the i-th of nt equal ranges of tasks and claims
-   them in order, ch at a time (about 128 K weights: a claim costs an atomic
-   add); when its range is done it claims from the others' ranges, so a
-   thread the host slows for a while no longer holds the others at the join
-   (12B Q4_0 decode on 2 threads of a shared AMD Zen 5: 3-5 % faster than
-   equal static halves; OpenMP's dynamic schedule, which deals chunks from
-   one counter, was 6-14 % slower: the threads no longer stream through
-   memory in long runs). A team smaller than nt (a session run inside the
-   caller's own parallel region) still does every task. Which thread
-   computes a task never changes its result. */
+   them in order, ch at a time (about 128 K weights of each matrix, at least
+   one group: a claim costs an atomic add); when its range is done it claims
+   from the others' ranges, so a thread the host slows for a while no
+   longer holds the others at the join (12B Q4_0 decode on 2 threads of a
+   shared AMD Zen 5: 3-5 % faster than equal static halves; OpenMP's dynamic
+   schedule, which deals chunks from one counter, was 6-14 % slower: the
+   threads no longer stream through memory in long runs). A team smaller
+   than nt (a session run inside the caller's own parallel region) still
+   does every task. Which thread computes a task never changes its result. */
 static void matmuls(float *const *y, const float *x, int n, const wmat *const *w, int k, int glu,
                     const mm_scratch *sc) {
     const int cols = w[0]->cols, nt = sc->nt;
-    const int ch = (1 << 17) / (QG * cols) > 1 ? (1 << 17) / (QG * cols) : 1;
+    const long long gw = (long long)QG * cols; /* weights in a group of one matrix */
+    const int ch = gw < (1 << 17) ? (int)((1 << 17) / gw) : 1;
     int first[4] = {0}, quant = 0; /* first[j]: the task of matrix j's group 0 */
     for (int j = 0; j < k; j++) {
         first[j + 1] = first[j] + (glu && j ? 0 : (w[j]->rows + QG - 1) / QG);
@@ -3314,7 +3315,7 @@ struct nla_session {
     float *q, *k, *v;     /* [B, H*hd], [B, KV*hd], [B, KV*hd] */
     float *g, *u;         /* [B, I] MLP gate and up */
     float *cs;            /* [B, 2, hd] cos/sin for local and global RoPE */
-    mm_scratch mm;        /* converted weight rows, quantized activations */
+    mm_scratch mm;        /* converted weight rows, quantized activations, claims */
     float *sc;            /* [nt, scores_per_thread] attention scores */
     float *logits;        /* [V] last logits in generate */
     smp_cand *cand;       /* [V] sampling candidates */

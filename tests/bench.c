@@ -201,7 +201,7 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
     /* the weights' stream needs huge pages: a file cached in 4 KB pages decodes far slower */
     double file = 0, huge = 0;
     if (!mp.no_mmap && mapped_gb(&file, &huge))
-        printf("  mapped weights resident: %.2f GB, %.0f %% of it in 2 MB pages\n", file, file > 0 ? 100 * huge / file : 0.0);
+        printf("  file mappings: %.2f GB resident, %.2f GB in 2 MB pages\n", file, huge);
     free(ids);
     nla_model_close(m);
 }

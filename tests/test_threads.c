@@ -4,9 +4,9 @@
    for bit. The work: a bf16 forward over 40 tokens and a sampled
    generation, the same on a Q8_0 model, tokenization, and the NLA round
    trip (extract, batched verbalize, reconstruct) on the golden trio.
-   The same work on sessions of 3 threads must give the same bits too, also
-   where OpenMP gives each session's loops a team of one thread (sessions
-   inside the caller's own parallel region). `make tsan` runs this program
+   With OpenMP, the same work on sessions of 3 threads must give the same
+   bits too, also where OpenMP gives each session's loops a team of one
+   thread (sessions inside the caller's own parallel region). `make tsan` runs this program
    under ThreadSanitizer. */
 #include <pthread.h>
 #ifdef _OPENMP
