@@ -2373,7 +2373,7 @@ q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
         for (int b = 0; b < nb; b++, p += bs) {
             /* the weights Q_AHEAD and Q_FAR bytes on, asked for now (AMD Zen 5,
                Q4_0 decode: the hardware's own prefetch alone is 5-10 % slower;
-               the L2 request adds 10 % on 12B, costs 5 % on 1B) */
+               the L2 request adds 10 % on 12B Q4_0, costs 5 % on 1B) */
             for (size_t o = 0; o < bs; o += 64) {
                 PREFETCH(p + Q_AHEAD + o);
                 PREFETCH_FAR(p + Q_FAR + o);

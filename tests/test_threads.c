@@ -6,8 +6,8 @@
    trip (extract, batched verbalize, reconstruct) on the golden trio.
    With OpenMP, the same work on sessions of 3 threads must give the same
    bits too, also where OpenMP gives each session's loops a team of one
-   thread (sessions inside the caller's own parallel region). `make tsan` runs this program
-   under ThreadSanitizer. */
+   thread (sessions inside the caller's own parallel region). `make tsan`
+   runs this program under ThreadSanitizer. */
 #include <pthread.h>
 #ifdef _OPENMP
 #include <omp.h>
