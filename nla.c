@@ -101,6 +101,11 @@
 #define NLA_REALLOC(p, n) realloc(p, n)
 #define NLA_FREE(p) free(p)
 #endif
+/* NLA_FSYNC(fd): every sync to the disk goes through it (the test of
+   failing syncs fails the k-th one). */
+#ifndef NLA_FSYNC
+#define NLA_FSYNC(fd) fsync(fd)
+#endif
 
 #define NLA_EXPERIMENTAL /* the kernel-check declarations of nla.h */
 #include "nla.h"
@@ -1005,18 +1010,40 @@ static void out_write(out_file *o, const void *p, size_t n) {
     if (!o->err && n && fwrite(p, 1, n, o->f) != n) o->err = errno ? errno : EIO;
 }
 
-/* Syncs the file and renames it over path, then closes it (where the
-   system allows renaming an open file: its lock holds until it has its
-   name); after a failure (o->err, which a caller may set too) removes it
-   and says why. */
+/* Syncs the folder that holds path, so that a name just given there (a
+   rename, a new file or folder) survives a crash as the file's bytes do:
+   0, or an errno. A folder this process may not read, a file system that
+   cannot sync folders (EINVAL), or a system without fsync leaves nothing
+   more to do: 0. */
+static int sync_dir_of(const char *path) {
+#ifndef _WIN32
+    char *d = dir_of(path);
+    if (!d) return ENOMEM;
+    const int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    NLA_FREE(d);
+    if (fd < 0) return errno == EACCES ? 0 : errno;
+    const int err = NLA_FSYNC(fd) && errno != EINVAL ? errno : 0;
+    close(fd);
+    return err;
+#else
+    (void)path;
+    return 0;
+#endif
+}
+
+/* Syncs the file, renames it over path and syncs the folder, then closes
+   it (where the system allows renaming an open file: its lock holds until
+   it has its name); after a failure (o->err, which a caller may set too)
+   removes it and says why. */
 static nla_status out_commit(out_file *o, errbuf *e) {
     if (!o->f) return NLA_OK;
     errno = 0;
     if (!o->err && (fflush(o->f) || ferror(o->f))) o->err = errno ? errno : EIO;
 #ifndef _WIN32
-    if (!o->err && fsync(fileno(o->f))) o->err = errno;
+    if (!o->err && NLA_FSYNC(fileno(o->f))) o->err = errno;
     if (!o->err && rename(o->tmp, o->path)) o->err = errno;
     if (o->err) remove(o->tmp);
+    else o->err = sync_dir_of(o->path);
     if (fclose(o->f) && !o->err) o->err = errno ? errno : EIO;
 #else
     if (fclose(o->f) && !o->err) o->err = errno ? errno : EIO;
@@ -1026,7 +1053,8 @@ static nla_status out_commit(out_file *o, errbuf *e) {
     o->f = NULL;
     NLA_FREE(o->tmp);
     o->tmp = NULL;
-    return o->err ? fail(e, NLA_ERR_IO, "%s: cannot write (%s)", o->path, strerror(o->err))
+    return o->err ? fail(e, o->err == ENOMEM ? NLA_ERR_NOMEM : NLA_ERR_IO, "%s: cannot write (%s)",
+                         o->path, strerror(o->err))
                   : NLA_OK;
 }
 
@@ -1696,7 +1724,8 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
                                 t[i].name);
                 o.err = ECANCELED; /* no file */
             }
-        if (out_commit(&o, rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
+        const nla_status committed = out_commit(&o, rc ? NULL : &e);
+        if (!rc) rc = committed;
     }
     NLA_FREE(h.out);
     copy_err(errbuf_out, errbuf_size, e.msg);
@@ -6938,7 +6967,7 @@ static int ev_is_file(const char *dir, const char *name, const char *path) {
 /* Flushes f and syncs it to the disk (fsync, where there is one); 0 on failure. */
 static int ev_sync(FILE *f) {
 #ifndef _WIN32
-    return !fflush(f) && !fsync(fileno(f));
+    return !fflush(f) && !NLA_FSYNC(fileno(f));
 #else
     return !fflush(f);
 #endif
@@ -7718,6 +7747,10 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     if (!rc) rc = ev_load_done(x, rp, 1, e);
     if (!rc && !(x->res = fopen(rp, "ab")))
         rc = fail(e, NLA_ERR_IO, "%s: cannot open for appending", rp);
+    const int serr = rc ? 0 : sync_dir_of(rp); /* its name, when it was made just now */
+    if (serr)
+        rc = fail(e, serr == ENOMEM ? NLA_ERR_NOMEM : NLA_ERR_IO, "%s: cannot write (%s)", rp,
+                  strerror(serr));
     if (!rc && !(x->todo = (long *)xmalloc((size_t)x->pl.n_samples, sizeof(long))))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     for (long i = 0; !rc && i < x->pl.n_samples; i++) {
@@ -8019,7 +8052,8 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     path = NULL;
     for (int f = 0; f < 2; f++) {
         if (rc && out[f].f) out[f].err = ECANCELED; /* no file */
-        if (out_commit(&out[f], rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
+        const nla_status committed = out_commit(&out[f], rc ? NULL : &e);
+        if (!rc) rc = committed;
         NLA_FREE(mpath[f]);
     }
     /* the merged folder: as one unsharded run writes it */
@@ -9178,7 +9212,8 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
             "})();\n</script>\n</body></html>\n",
             s.n, shown);
         if (rc) of.err = ECANCELED; /* no file */
-        if (out_commit(&of, rc ? NULL : &e) && !rc) rc = NLA_ERR_IO;
+        const nla_status committed = out_commit(&of, rc ? NULL : &e);
+        if (!rc) rc = committed;
     }
     NLA_FREE(tokens);
     NLA_FREE(order);
@@ -11618,9 +11653,10 @@ static void cli_eval_warn(void *user, const char *msg) {
 
 static void cli_write(void *user, const char *s, size_t n) { fwrite(s, 1, n, (FILE *)user); }
 
+/* Creates the folder dir unless it exists (its name synced to the disk). */
 static int cli_mkdir(const char *dir) {
 #ifndef _WIN32
-    if (mkdir(dir, 0777) && errno != EEXIST)
+    if (mkdir(dir, 0777) ? errno != EEXIST : (errno = sync_dir_of(dir)) != 0)
         return cli_error("%s: cannot create the folder (%s)", dir, strerror(errno));
 #endif
     return 0;
@@ -12084,7 +12120,7 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
 #ifndef _WIN32
         if (tmp && !ok) { /* hard-linked where the system allows, renamed into place */
             remove(tmp);
-            ok = link(tokenizer, tmp) == 0 && rename(tmp, p) == 0;
+            ok = link(tokenizer, tmp) == 0 && rename(tmp, p) == 0 && !sync_dir_of(p);
             if (!ok) remove(tmp);
         }
 #endif

@@ -127,8 +127,9 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
 
 /* Writes n bytes as the file path atomically, as every file this library
    writes: into path.tmp beside it, synced to the disk, then renamed over
-   it, so that a failure (a full disk, a kill) leaves the old file as it
-   was. The message names the file and the system's reason. path.tmp is
+   it, and its folder synced (POSIX), so that a failure (a full disk, a
+   kill) leaves the old file as it was, and the new name outlives a power
+   cut. The message names the file and the system's reason. path.tmp is
    locked while it is written (POSIX fcntl): NLA_ERR_BUSY while another
    writer has it, another process or, on Linux (open-file locks), another
    thread of this one. */

@@ -5,9 +5,14 @@
    its allocations, N;
    then it runs again N times, the k-th allocation failing on run k. Every
    such run must end in NLA_ERR_NOMEM (never a success that swallowed the
-   failure, never another error), with no crash and no block left live. nla.c is
-   compiled with tests/failalloc.h for this program (see the Makefile); under
-   `make sanitize` ASan checks the same runs for leaks and bad accesses. */
+   failure, never another error), with no crash and no block left live.
+   Syncs to the disk are swept the same way where files are written: a
+   failing one must end in NLA_ERR_IO (the files: no temporary file left;
+   the eval run: a rerun equals the undisturbed run), and every file made
+   has its folder synced too (its name). nla.c is compiled with tests/failalloc.h for this
+   program (see the Makefile); under `make sanitize` ASan checks the same
+   runs for leaks and bad accesses. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -44,6 +49,20 @@ void *fa_realloc(void *p, size_t n) {
 void fa_free(void *p) {
     fa_live -= p != NULL;
     free(p);
+}
+
+/* ---- the sync: counts (folders apart), fails the k-th with EIO ---- */
+
+static long fs_count, fs_fail_at, fs_dirs; /* fs_fail_at 0: never fail */
+
+int fa_fsync(int fd) {
+    struct stat st;
+    fs_dirs += !fstat(fd, &st) && S_ISDIR(st.st_mode);
+    if (++fs_count == fs_fail_at) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
 }
 
 /* ---- scenarios: each frees everything it made and returns the first
@@ -212,6 +231,18 @@ out:
 static void drop(void *user, const char *text, size_t len) { (void)user, (void)text, (void)len; }
 
 /* the eval's readers: input records (plan), results (summary, report) */
+/* sc_files left no temporary file (a failed write removes its own) */
+static int files_no_tmp(void) {
+    char p[300];
+    struct stat st;
+    int left = 0;
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/alloc.%s.tmp", tmp, i ? "safetensors" : "npy");
+        left += stat(p, &st) == 0;
+    }
+    return !left;
+}
+
 static nla_status sc_eval(void) {
     nla_tokenizer *t = NULL;
     nla_eval_params ep;
@@ -328,48 +359,59 @@ static nla_status sc_eval_run(void) {
 }
 
 static int eval_rerun_same(void) {
-    const long at = fa_fail_at;
-    fa_fail_at = 0;
+    const long at = fa_fail_at, sat = fs_fail_at;
+    fa_fail_at = fs_fail_at = 0;
     const int ok = eval_run_in(ev_dir) == NLA_OK && same_as_ref(ev_dir);
     fa_fail_at = at;
+    fs_fail_at = sat;
     return ok;
 }
 #endif
 
 /* ---- the sweep ---- */
 
-/* Fails allocations 1, 1 + stride, 1 + 2 stride, ... (stride 1: every one); after,
-   where given, checks what a plain rerun then gives. */
-static void sweep(const char *name, nla_status (*fn)(void), int (*after)(void), long stride) {
-    fa_fail_at = 0;
-    fa_count = 0;
+/* A fault to inject: its counters, and the status a run it breaks must end in. */
+typedef struct {
+    const char *what;
+    long *count, *fail_at;
+    nla_status want;
+} fault;
+static const fault ALLOC = {"allocation", &fa_count, &fa_fail_at, NLA_ERR_NOMEM};
+static const fault SYNC = {"sync", &fs_count, &fs_fail_at, NLA_ERR_IO};
+
+/* Makes the f's 1st, 1 + stride-th, 1 + 2 stride-th, ... fail (stride 1:
+   every one); after, where given, checks what a plain rerun then gives. */
+static void sweep(const fault *f, const char *name, nla_status (*fn)(void), int (*after)(void),
+                  long stride) {
+    *f->fail_at = 0;
+    *f->count = 0;
     fa_live = 0;
     nla_status rc = fn();
-    long n = fa_count, runs = 0;
+    long n = *f->count, runs = 0;
     CHECK_MSG(rc == NLA_OK, "%s: %s without failures (line %d)", name, nla_strerror(rc), fail_line);
     CHECK_MSG(fa_live == 0, "%s: %ld blocks live after a clean run", name, fa_live);
-    int nomem = 0, leaks = 0, redone = 0;
+    int want = 0, leaks = 0, redone = 0;
     for (long k = 1; k <= n; k += stride, runs++) {
-        fa_fail_at = k;
-        fa_count = 0;
+        *f->fail_at = k;
+        *f->count = 0;
         fa_live = 0;
         rc = fn();
-        if (rc != NLA_ERR_NOMEM && nomem == runs) /* the first such run */
-            fprintf(stderr, "%s: allocation %ld failing gives %s (line %d)\n", name, k, nla_strerror(rc), fail_line);
-        nomem += rc == NLA_ERR_NOMEM;
-        if (fa_live && !leaks++) fprintf(stderr, "%s: allocation %ld failing leaves %ld blocks live\n", name, k, fa_live);
+        if (rc != f->want && want == runs) /* the first such run */
+            fprintf(stderr, "%s: %s %ld failing gives %s (line %d)\n", name, f->what, k, nla_strerror(rc), fail_line);
+        want += rc == f->want;
+        if (fa_live && !leaks++) fprintf(stderr, "%s: %s %ld failing leaves %ld blocks live\n", name, f->what, k, fa_live);
         if (after && !after() && !redone++)
-            fprintf(stderr, "%s: after allocation %ld failed, a rerun differs\n", name, k);
+            fprintf(stderr, "%s: after %s %ld failed, a rerun differs\n", name, f->what, k);
     }
-    fa_fail_at = 0;
-    CHECK_MSG(nomem == runs, "%s: %ld of %ld failing allocations were not reported as out of memory",
-              name, runs - nomem, runs);
+    *f->fail_at = 0;
+    CHECK_MSG(want == runs, "%s: %ld of %ld failing %ss were not reported as %s", name,
+              runs - want, runs, f->what, nla_strerror(f->want));
     CHECK_MSG(leaks == 0, "%s: %d of %ld runs leak", name, leaks, runs);
     CHECK_MSG(redone == 0, "%s: %d of %ld reruns after a failure differ from the undisturbed run",
               name, redone, runs);
-    printf("  %-10s %4ld allocations; failing %ld of them (every %ld%s) gives NLA_ERR_NOMEM %d "
-           "times, leaks %d times%s\n", name, n, runs, stride,
-           stride == 1 ? "" : ", NLA_ALLOC_FULL=1 for all", nomem, leaks,
+    printf("  %-10s %4ld %ss; failing %ld of them (every %ld%s) gives %s %d "
+           "times, leaks %d times%s\n", name, n, f->what, runs, stride,
+           stride == 1 ? "" : ", NLA_ALLOC_FULL=1 for all", nla_strerror(f->want), want, leaks,
            !after ? "" : redone ? "; a rerun differs" : "; each rerun equals the undisturbed run");
 }
 
@@ -378,15 +420,20 @@ int main(void) {
     tmp_dir(tmp, sizeof tmp, "alloc");
     snprintf(q, sizeof q, "%s/q", tmp);
     mkdir(q, 0755); /* where model-q8 saves */
-    sweep("tokenizer", sc_tokenizer, NULL, 1);
-    sweep("files", sc_files, NULL, 1);
-    sweep("model", sc_model, NULL, 1);
-    sweep("model-q8", sc_model_q8, NULL, 1);
-    sweep("nla", sc_nla, NULL, 1);
+    sweep(&ALLOC, "tokenizer", sc_tokenizer, NULL, 1);
+    sweep(&ALLOC, "files", sc_files, files_no_tmp, 1);
+    fs_dirs = 0;
+    CHECK_EQ(sc_files(), NLA_OK);
+    CHECK_MSG(fs_dirs == 2, "files: %ld folder syncs for 2 files written", fs_dirs);
+    sweep(&SYNC, "files", sc_files, files_no_tmp, 1);
+    sweep(&ALLOC, "model", sc_model, NULL, 1);
+    sweep(&ALLOC, "model-q8", sc_model_q8, NULL, 1);
+    sweep(&ALLOC, "nla", sc_nla, NULL, 1);
 #ifndef NLA_NO_EVAL
-    sweep("eval", sc_eval, NULL, 1);
+    sweep(&ALLOC, "eval", sc_eval, NULL, 1);
     make_shards();
-    sweep("merge", sc_merge, NULL, 1);
+    sweep(&ALLOC, "merge", sc_merge, NULL, 1);
+    sweep(&SYNC, "merge", sc_merge, NULL, 1);
     snprintf(ev_dir, sizeof ev_dir, "%s/run", tmp);
     snprintf(ev_ref, sizeof ev_ref, "%s/run_ref", tmp);
     snprintf(ev_docs, sizeof ev_docs, "%s/doc.jsonl", tmp);
@@ -399,7 +446,11 @@ int main(void) {
     CHECK_EQ(eval_run_in(ev_ref), NLA_OK); /* the undisturbed run */
     /* about 1 s of CPU a run (the real tokenizer's 33 MB): the suite fails
        every 40th allocation, NLA_ALLOC_FULL=1 every one */
-    sweep("eval-run", sc_eval_run, eval_rerun_same, getenv("NLA_ALLOC_FULL") ? 1 : 40);
+    sweep(&ALLOC, "eval-run", sc_eval_run, eval_rerun_same, getenv("NLA_ALLOC_FULL") ? 1 : 40);
+    fs_dirs = 0; /* the names of params.json, tokens.jsonl, the two .npy files, results.jsonl */
+    CHECK_EQ(sc_eval_run(), NLA_OK);
+    CHECK_MSG(fs_dirs == 5, "eval-run: %ld folder syncs for 5 files made", fs_dirs);
+    sweep(&SYNC, "eval-run", sc_eval_run, eval_rerun_same, 1);
 #endif
     return test_report();
 }
