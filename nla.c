@@ -2682,17 +2682,16 @@ static void rope(float *x, const float *cs, int hd) {
 }
 
 /* Softmax attention of G query heads (q [G, hd]) that share one KV head,
-   over keys lo..p of a cache laid out [cap, kv_width] (position j in slot
-   j % cap, the head at offset off): out [G, hd]. Each key and value row is
-   read once for the G heads; each head's sums run in the same order as
-   for G = 1. sc holds G (p-lo+2) floats. */
+   over keys lo..p of that head's cache, laid out [cap, hd] (position j in
+   slot j % cap): out [G, hd]. Each key and value row is read once for the
+   G heads; each head's sums run in the same order as for G = 1. sc holds
+   G (p-lo+2) floats. */
 static void attend(float *out, const float *q, int G, const float *kc, const float *vc, int cap,
-                   int kv_width, int off, int lo, int p, int hd, float scale, float softcap,
-                   float *sc) {
+                   int lo, int p, int hd, float scale, float softcap, float *sc) {
     const int nk = p - lo + 1;
     float *sum = sc + (size_t)G * nk;
     for (int j = lo; j <= p; j++) {
-        const float *k = kc + (size_t)(j % cap) * kv_width + off;
+        const float *k = kc + (size_t)(j % cap) * hd;
         for (int g = 0; g < G; g++) {
             float s = dot(q + (size_t)g * hd, k, hd) * scale;
             if (softcap > 0) s = softcap * tanhf(s / softcap);
@@ -2707,7 +2706,7 @@ static void attend(float *out, const float *q, int G, const float *kc, const flo
         for (int i = 0; i < hd; i++) out[(size_t)g * hd + i] = 0;
     }
     for (int j = lo; j <= p; j++) {
-        const float *v = vc + (size_t)(j % cap) * kv_width + off;
+        const float *v = vc + (size_t)(j % cap) * hd;
         for (int g = 0; g < G; g++) {
             const float pj = sc[(size_t)g * nk + (j - lo)] / sum[g];
             float *o = out + (size_t)g * hd;
@@ -3334,7 +3333,7 @@ struct nla_session {
                              that put it there and wants it again (section 13: the AV
                              prompt); NULL after every reset, rewind and forward */
     int *cap;             /* [L] ring capacity per layer */
-    float **kc, **vc;     /* [L] -> [n_seq, cap, KV*hd] keys (normed, rotated) and values */
+    float **kc, **vc;     /* [L] -> [n_seq, KV, cap, hd] keys (normed, rotated) and values */
     int *pos, *seq;       /* [B] position and sequence of each row of the chunk */
     int *next;            /* [n_seq] next position of each sequence in a batch */
     /* activations for one chunk of B = n_batch rows */
@@ -3412,14 +3411,16 @@ static int session_truncate(nla_session *s, int q, int n) {
 
 /* Makes sequence dst a copy of sequence src (its cache rows and length). */
 static void session_copy_seq(nla_session *s, int src, int dst) {
-    const size_t kvw = (size_t)s->m->cfg.n_kv * s->m->cfg.hd;
+    const size_t KV = (size_t)s->m->cfg.n_kv, hd = (size_t)s->m->cfg.hd;
     for (int l = 0; l < s->m->cfg.n_layers; l++) {
         const size_t cap = (size_t)s->cap[l],
                      used = (size_t)(s->hi[src] + 1) < cap ? (size_t)(s->hi[src] + 1) : cap;
-        memcpy(s->kc[l] + (size_t)dst * cap * kvw, s->kc[l] + (size_t)src * cap * kvw,
-               used * kvw * sizeof(float));
-        memcpy(s->vc[l] + (size_t)dst * cap * kvw, s->vc[l] + (size_t)src * cap * kvw,
-               used * kvw * sizeof(float));
+        for (size_t hh = 0; hh < KV; hh++) { /* the rows in use of each KV head */
+            const size_t to = ((size_t)dst * KV + hh) * cap * hd,
+                         from = ((size_t)src * KV + hh) * cap * hd;
+            memcpy(s->kc[l] + to, s->kc[l] + from, used * hd * sizeof(float));
+            memcpy(s->vc[l] + to, s->vc[l] + from, used * hd * sizeof(float));
+        }
     }
     s->past[dst] = s->past[src];
     s->hi[dst] = s->hi[src];
@@ -3555,11 +3556,12 @@ static void block_forward(nla_session *s, int l, int n) {
             float *k = s->k + (size_t)t * kvw + (size_t)hh * hd;
             rmsnorm(k, k, w->k_norm, hd, c->eps);
             rope(k, cs, hd);
+            /* the head's key and value into its ring slot, in the row's sequence */
+            const size_t at = (((size_t)s->seq[t] * KV + hh) * cap + (size_t)(s->pos[t] % cap)) *
+                              (size_t)hd;
+            memcpy(s->kc[l] + at, k, (size_t)hd * sizeof(float));
+            memcpy(s->vc[l] + at, s->v + (k - s->k), (size_t)hd * sizeof(float));
         }
-        /* the row's sequence, ring slot */
-        const size_t slot = (size_t)s->seq[t] * cap + (size_t)(s->pos[t] % cap);
-        memcpy(s->kc[l] + slot * kvw, s->k + (size_t)t * kvw, (size_t)kvw * sizeof(float));
-        memcpy(s->vc[l] + slot * kvw, s->v + (size_t)t * kvw, (size_t)kvw * sizeof(float));
     }
     /* attention: every (row, KV head) pair is independent, and with several
        rows one task serves the G query heads that share a KV head (one row
@@ -3571,10 +3573,10 @@ static void block_forward(nla_session *s, int l, int n) {
     for (int th = 0; th < n * tasks; th++) {
         const int t = th / tasks, h0 = th % tasks * G, p = s->pos[t];
         const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
-        const size_t base = (size_t)s->seq[t] * cap * kvw, at = (size_t)t * qw + (size_t)h0 * hd;
-        attend(s->xb + at, s->q + at, G, s->kc[l] + base, s->vc[l] + base, cap, kvw,
-               (h0 / (H / KV)) * hd, lo, p, hd, scale, c->attn_softcap,
-               s->sc + (size_t)thread_id() * scores_per_thread(c, s->n_ctx));
+        const size_t base = ((size_t)s->seq[t] * KV + (size_t)(h0 / (H / KV))) * cap * hd,
+                     at = (size_t)t * qw + (size_t)h0 * hd;
+        attend(s->xb + at, s->q + at, G, s->kc[l] + base, s->vc[l] + base, cap, lo, p, hd, scale,
+               c->attn_softcap, s->sc + (size_t)thread_id() * scores_per_thread(c, s->n_ctx));
     }
     matmul(s->y, s->xb, n, &w->o, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)

@@ -174,6 +174,75 @@ static int log_seq_token(void *user, int seq, int32_t token, int last) {
     return seq == sl->stop_seq && sl->n[seq] >= sl->stop_after;
 }
 
+/* Verbalizing the 3 vectors v3 together in sbat (n_seq >= 3), twice (the
+   second time from the cached prefix), gives each one's ids (into ids[k *
+   200], n[k]) and first logits as verbalizing it alone in one does. */
+static void batched_as_alone(nla_session *sbat, nla_session *one, const float *v3, int32_t *ids,
+                             int *n, const char *what) {
+    static int32_t alone[200];
+    static float blog[3 * V], again[V];
+    int n1;
+    for (int rep = 0; rep < 2; rep++) {
+        nla_verbalize_params vp;
+        memset(&vp, 0, sizeof vp);
+        vp.first_logits = blog;
+        CHECK_EQ(nla_verbalize_batch(sbat, v3, 3, &vp, ids, 200, n), NLA_OK);
+        for (int k = 0; k < 3; k++) {
+            vp.first_logits = again;
+            nla_session_reset(one);
+            CHECK_EQ(nla_verbalize(one, v3 + k * D, &vp, alone, 200, &n1), NLA_OK);
+            CHECK_MSG(n[k] == n1 && !memcmp(ids + k * 200, alone, sizeof(int32_t) * (size_t)n1),
+                      "%s: batched vector %d differs (%d vs %d ids)", what, k, n[k], n1);
+            CHECK_MSG(!memcmp(blog + (size_t)k * V, again, sizeof(float) * V),
+                      "%s: batched first logits of vector %d differ", what, k);
+        }
+    }
+}
+
+/* The tiny AV with two KV heads instead of one: its k and v projections
+   stacked over their negation, so that the heads differ (written under
+   tests/tmp into dir); NULL with err set on failure. */
+static nla_model *make_gqa_av(char *dir, size_t cap) {
+    nla_st *st = NULL;
+    char path[128];
+    size_t cl = 0;
+    if (nla_st_open(G "av/model.safetensors", 0, &st, err, sizeof err)) return NULL;
+    const int nt = nla_st_count(st);
+    wtensor *w = (wtensor *)calloc((size_t)nt, sizeof *w);
+    unsigned char *kv = (unsigned char *)malloc((size_t)nt * 2 * 8 * D * 2); /* [2 * hd, D] bf16 */
+    char *config = slurp(G "av/config.json", &cl), *one = config ? strstr(config, "\"num_key_value_heads\": 1") : NULL;
+    nla_model *m = NULL;
+    for (int i = 0; w && kv && i < nt; i++) {
+        nla_tensor t;
+        nla_st_get(st, i, &t);
+        w[i] = (wtensor){t.name, t.dtype, t.ndim, {t.shape[0], t.shape[1]}, t.data, (size_t)t.nbytes};
+        if (strstr(t.name, "k_proj.weight") || strstr(t.name, "v_proj.weight")) {
+            unsigned char *two = kv + (size_t)i * 2 * t.nbytes;
+            memcpy(two, t.data, t.nbytes);
+            memcpy(two + t.nbytes, t.data, t.nbytes);
+            for (size_t b = 1; b < t.nbytes; b += 2) two[t.nbytes + b] ^= 0x80; /* bf16 sign bits */
+            w[i].shape[0] *= 2;
+            w[i].data = two;
+            w[i].nbytes *= 2;
+        }
+    }
+    tmp_dir(dir, cap, "gqa_av");
+    if (one) one[sizeof "\"num_key_value_heads\": " - 1] = '2';
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int bad = !w || !kv || !one || st_write(path, w, nt, NULL);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    bad = bad || spit(path, config, cl);
+    snprintf(path, sizeof path, "%s/nla_meta.yaml", dir);
+    bad = bad || copy_file(G "av/nla_meta.yaml", path);
+    if (bad) snprintf(err, sizeof err, "cannot write it under %s", dir);
+    else m = open_nla(dir);
+    free(w);
+    free(kv);
+    free(config);
+    nla_st_close(st);
+    return m;
+}
+
 static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     /* tokenize the target text (BOS added) */
     size_t tl = 0;
@@ -297,22 +366,24 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
         CHECK_EQ(nla_session_new(av, &bp, &sbat), NLA_OK);
         float v3r[3 * D];
         for (int k = 0; k < 3; k++) memcpy(v3r + k * D, vk + (size_t)pos[k] * D, D * sizeof(float));
-        static int32_t bids[3 * 200], one[200];
-        static float blog[3 * V];
-        int bn[3], n1;
-        for (int rep = 0; rep < 2; rep++) { /* rep 1 reuses the cached prefix */
-            nla_verbalize_params vp;
-            memset(&vp, 0, sizeof vp);
-            vp.first_logits = blog;
-            CHECK_EQ(nla_verbalize_batch(sbat, v3r, 3, &vp, bids, 200, bn), NLA_OK);
-            for (int k = 0; k < 3; k++) {
-                vp.first_logits = again;
-                nla_session_reset(sb);
-                CHECK_EQ(nla_verbalize(sb, v3r + k * D, &vp, one, 200, &n1), NLA_OK);
-                CHECK_MSG(bn[k] == n1 && !memcmp(bids + k * 200, one, sizeof(int32_t) * (size_t)n1), "batched vector %d differs (%d vs %d ids)", k, bn[k], n1);
-                CHECK_MSG(!memcmp(blog + (size_t)k * V, again, sizeof(float) * V), "batched first logits of vector %d differ", k);
-            }
-        }
+        static int32_t bids[3 * 200];
+        int bn[3];
+        batched_as_alone(sbat, sb, v3r, bids, bn, "the AV");
+        /* the same with a copy of the AV that has two KV heads: the cached
+           prefix is copied head by head to each vector's sequence */
+        char gdir[64];
+        nla_model *gav2 = make_gqa_av(gdir, sizeof gdir);
+        nla_session *gbat = NULL, *gone = NULL;
+        if (gav2 && nla_session_new(gav2, &bp, &gbat) == NLA_OK &&
+            nla_session_new(gav2, NULL, &gone) == NLA_OK) {
+            static int32_t gids[3 * 200];
+            int gn[3];
+            batched_as_alone(gbat, gone, v3r, gids, gn, "the AV with two KV heads");
+        } else
+            CHECK_MSG(0, "the AV with two KV heads: %s", err);
+        nla_session_free(gbat);
+        nla_session_free(gone);
+        nla_model_close(gav2);
         /* on_seq_token streams each vector of the batch: its tokens in order,
            `last` on the final one (not on one the callback stops); stopping
            one vector leaves the others */
