@@ -127,6 +127,18 @@ out:
     return rc;
 }
 
+/* sc_files left no temporary file (a failed write removes its own) */
+static int files_no_tmp(void) {
+    char p[300];
+    struct stat st;
+    int left = 0;
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/alloc.%s.tmp", tmp, i ? "safetensors" : "npy");
+        left += stat(p, &st) == 0;
+    }
+    return !left;
+}
+
 /* Opens GQA (quantized or not), prefills, generates 3 tokens on 2
    sequences; a quantized model is also saved and opened again. */
 static nla_status model_run(nla_quant q) {
@@ -231,18 +243,6 @@ out:
 static void drop(void *user, const char *text, size_t len) { (void)user, (void)text, (void)len; }
 
 /* the eval's readers: input records (plan), results (summary, report) */
-/* sc_files left no temporary file (a failed write removes its own) */
-static int files_no_tmp(void) {
-    char p[300];
-    struct stat st;
-    int left = 0;
-    for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "%s/alloc.%s.tmp", tmp, i ? "safetensors" : "npy");
-        left += stat(p, &st) == 0;
-    }
-    return !left;
-}
-
 static nla_status sc_eval(void) {
     nla_tokenizer *t = NULL;
     nla_eval_params ep;
