@@ -2174,18 +2174,75 @@ static void wmat_row(const wmat *w, int r, float *dst) {
     to_f32(dst, w->p + (size_t)r * row_bytes(w->dt, w->cols), w->dt, w->cols);
 }
 
-/* 32 independent partial sums: the compiler keeps them in vector registers
-   (no -ffast-math needed) and the adds do not wait on each other. */
+/* out[d] = a_d . b_d for d < m, where a_d = a + d as and b_d = b + d bs
+   (a stride of 0 reuses one vector): each sum in 32 independent partial
+   sums that the compiler keeps in vector registers (no -ffast-math needed),
+   added pairwise at the end. The m sums are interleaved, so the adds run at
+   the vector units' rate, not at one chain's latency; a sum's value does
+   not depend on m or on which sums run beside it. */
 #define DOT_LANES 32
-static float dot(const float *a, const float *b, int n) {
-    float s[DOT_LANES] = {0}, r = 0;
+#define DOTS_MAX 4 /* sums interleaved at once, at most */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void
+dots_m(float *out, const float *a, size_t as, const float *b, size_t bs, int n, const int m) {
+    float s[DOTS_MAX][DOT_LANES] = {{0}}, r[DOTS_MAX] = {0};
     int i = 0;
     for (; i + DOT_LANES <= n; i += DOT_LANES)
-        for (int k = 0; k < DOT_LANES; k++) s[k] += a[i + k] * b[i + k];
-    for (; i < n; i++) r += a[i] * b[i];
-    for (int w = DOT_LANES / 2; w > 0; w /= 2)
-        for (int k = 0; k < w; k++) s[k] += s[k + w];
-    return s[0] + r;
+        for (int d = 0; d < m; d++)
+            for (int k = 0; k < DOT_LANES; k++) s[d][k] += a[d * as + i + k] * b[d * bs + i + k];
+    for (; i < n; i++)
+        for (int d = 0; d < m; d++) r[d] += a[d * as + i] * b[d * bs + i];
+    for (int d = 0; d < m; d++) {
+        for (int w = DOT_LANES / 2; w > 0; w /= 2)
+            for (int k = 0; k < w; k++) s[d][k] += s[d][k + w];
+        out[d] = s[d][0] + r[d];
+    }
+}
+
+static void dots(float *out, const float *a, size_t as, const float *b, size_t bs, int m, int n) {
+    for (int d = 0; d < m;) {
+        const int c = m - d >= 4 ? 4 : m - d >= 2 ? 2 : 1;
+        const float *ad = a + d * as, *bd = b + d * bs;
+        switch (c) {
+        case 4: dots_m(out + d, ad, as, bd, bs, n, 4); break;
+        case 2: dots_m(out + d, ad, as, bd, bs, n, 2); break;
+        default: dots_m(out + d, ad, as, bd, bs, n, 1); break;
+        }
+        d += c;
+    }
+}
+
+static float dot(const float *a, const float *b, int n) {
+    float r;
+    dots(&r, a, 0, b, 0, 1, n);
+    return r;
+}
+
+/* o[i] += w[d] v_d[i] for d < m in order (v_d = v + d n): each o[i] is held
+   while the m terms are added to it, as m passes of one would add them. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void axpys_m(float *o, const float *w, const float *v, int n, const int m) {
+    for (int i = 0; i < n; i++) {
+        float t = o[i];
+        for (int d = 0; d < m; d++) t += w[d] * v[(size_t)d * n + i];
+        o[i] = t;
+    }
+}
+
+static void axpys(float *o, const float *w, const float *v, int m, int n) {
+    for (int d = 0; d < m;) {
+        const int c = m - d >= 4 ? 4 : m - d >= 2 ? 2 : 1;
+        switch (c) {
+        case 4: axpys_m(o, w + d, v + (size_t)d * n, n, 4); break;
+        case 2: axpys_m(o, w + d, v + (size_t)d * n, n, 2); break;
+        default: axpys_m(o, w + d, v + (size_t)d * n, n, 1); break;
+        }
+        d += c;
+    }
 }
 
 /* The quantized matmul kernel. One body (q_lanes) serves every SIMD target
@@ -2681,36 +2738,53 @@ static void rope(float *x, const float *cs, int hd) {
     }
 }
 
-/* Softmax attention of G query heads (q [G, hd]) that share one KV head,
-   over keys lo..p of that head's cache, laid out [cap, hd] (position j in
-   slot j % cap): out [G, hd]. Each key and value row is read once for the
-   G heads; each head's sums run in the same order as for G = 1. sc holds
-   G (p-lo+2) floats. */
-static void attend(float *out, const float *q, int G, const float *kc, const float *vc, int cap,
-                   int lo, int p, int hd, float scale, float softcap, float *sc) {
-    const int nk = p - lo + 1;
-    float *sum = sc + (size_t)G * nk;
-    for (int j = lo; j <= p; j++) {
-        const float *k = kc + (size_t)(j % cap) * hd;
-        for (int g = 0; g < G; g++) {
-            float s = dot(q + (size_t)g * hd, k, hd) * scale;
-            if (softcap > 0) s = softcap * tanhf(s / softcap);
-            sc[(size_t)g * nk + (j - lo)] = s;
-        }
-    }
-    for (int g = 0; g < G; g++) {
-        float *sg = sc + (size_t)g * nk, mx = -INFINITY;
-        for (int j = 0; j < nk; j++) mx = sg[j] > mx ? sg[j] : mx;
-        sum[g] = 0;
-        for (int j = 0; j < nk; j++) sum[g] += sg[j] = expf(sg[j] - mx);
-        for (int i = 0; i < hd; i++) out[(size_t)g * hd + i] = 0;
-    }
-    for (int j = lo; j <= p; j++) {
-        const float *v = vc + (size_t)(j % cap) * hd;
-        for (int g = 0; g < G; g++) {
-            const float pj = sc[(size_t)g * nk + (j - lo)] / sum[g];
-            float *o = out + (size_t)g * hd;
-            for (int i = 0; i < hd; i++) o[i] += pj * v[i];
+#define ATT_ROWS 8 /* rows of one sequence that attend together, at most */
+
+/* Softmax attention of R rows of one sequence, G query heads each that
+   share one KV head: row r's heads q_r [G, hd] at q + r qs attend to keys
+   lo[r]..p[r] of that head's cache, laid out [cap, hd] (position j in slot
+   j % cap), into out + r qs [G, hd]. The keys and values are taken
+   DOTS_MAX positions at a time (fewer where the ring wraps) and each is met
+   by every row and head that sees it while it is in cache. A head's sums
+   run in the same order whatever R and G and however the keys are taken, so
+   a row's result is the same alone or beside others. sc holds R G (nk + 1)
+   floats, nk = p[R-1] - lo[0] + 1 (rows in increasing position). */
+static void attend(float *out, const float *q, size_t qs, int R, const int *lo, const int *p,
+                   int G, const float *kc, const float *vc, int cap, int hd, float scale,
+                   float softcap, float *sc) {
+    const int j0 = lo[0], nk = p[R - 1] - j0 + 1;
+    float *sum = sc + (size_t)R * G * nk;
+    for (int pass = 0; pass < 2; pass++) { /* the scores; then the softmax and the values */
+        for (int r = 0; pass && r < R; r++)
+            for (int g = 0; g < G; g++) {
+                float *sg = sc + ((size_t)r * G + g) * nk + (lo[r] - j0), mx = -INFINITY;
+                float *sm = &sum[r * G + g], *o = out + r * qs + (size_t)g * hd;
+                for (int j = 0; j <= p[r] - lo[r]; j++) mx = sg[j] > mx ? sg[j] : mx;
+                *sm = 0;
+                for (int j = 0; j <= p[r] - lo[r]; j++) *sm += sg[j] = expf(sg[j] - mx);
+                for (int i = 0; i < hd; i++) o[i] = 0;
+            }
+        for (int j = j0, m; j <= p[R - 1]; j += m) {
+            m = p[R - 1] - j + 1 < DOTS_MAX ? p[R - 1] - j + 1 : DOTS_MAX;
+            m = cap - j % cap < m ? cap - j % cap : m;
+            for (int r = 0; r < R; r++) {
+                /* the keys a..b of this run that row r sees, in slots a % cap .. */
+                const int a = j > lo[r] ? j : lo[r], b = j + m - 1 < p[r] ? j + m - 1 : p[r];
+                for (int g = 0; a <= b && g < G; g++) {
+                    float *sg = sc + ((size_t)r * G + g) * nk + (a - j0), w[DOTS_MAX];
+                    const size_t row = (size_t)(a % cap) * hd;
+                    if (pass) {
+                        for (int d = 0; d <= b - a; d++) w[d] = sg[d] / sum[r * G + g];
+                        axpys(out + r * qs + (size_t)g * hd, w, vc + row, b - a + 1, hd);
+                        continue;
+                    }
+                    dots(sg, q + r * qs + (size_t)g * hd, 0, kc + row, (size_t)hd, b - a + 1, hd);
+                    for (int d = 0; d <= b - a; d++) {
+                        sg[d] *= scale;
+                        if (softcap > 0) sg[d] = softcap * tanhf(sg[d] / softcap);
+                    }
+                }
+            }
         }
     }
 }
@@ -3335,6 +3409,7 @@ struct nla_session {
     int *cap;             /* [L] ring capacity per layer */
     float **kc, **vc;     /* [L] -> [n_seq, KV, cap, hd] keys (normed, rotated) and values */
     int *pos, *seq;       /* [B] position and sequence of each row of the chunk */
+    int *tile;            /* [B + 1] first row of each attention tile of the chunk, then B */
     int *next;            /* [n_seq] next position of each sequence in a batch */
     /* activations for one chunk of B = n_batch rows */
     float *x;             /* [B, h] residual stream */
@@ -3357,7 +3432,8 @@ static void session_free_bufs(nla_session *s) {
         if (s->vc) NLA_FREE(s->vc[l]);
     }
     NLA_FREE(s->kc); NLA_FREE(s->vc); NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi);
-    NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->next); NLA_FREE(s->x); NLA_FREE(s->xb);
+    NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->tile); NLA_FREE(s->next);
+    NLA_FREE(s->x); NLA_FREE(s->xb);
     NLA_FREE(s->y); NLA_FREE(s->q); NLA_FREE(s->k); NLA_FREE(s->v); NLA_FREE(s->g); NLA_FREE(s->u);
     NLA_FREE(s->cs); mm_scratch_free(&s->mm); NLA_FREE(s->sc); NLA_FREE(s->logits);
     NLA_FREE(s->cand);
@@ -3444,7 +3520,7 @@ const char *nla_session_errmsg(const nla_session *s) { return s ? s->err.msg : "
 /* Floats of attention scratch per thread: the scores of the query heads
    that share a KV head over n_ctx keys, and their sums (attend). */
 static size_t scores_per_thread(const gemma_cfg *c, int n_ctx) {
-    return (size_t)(c->n_heads / c->n_kv) * ((size_t)n_ctx + 1);
+    return (size_t)(c->n_heads / c->n_kv) * ATT_ROWS * ((size_t)n_ctx + 1);
 }
 
 nla_status nla_session_new(const nla_model *model, const nla_session_params *params,
@@ -3510,7 +3586,8 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
         (s->sc = (float *)xmalloc((size_t)s->nt * scores_per_thread(c, s->n_ctx), sizeof(float))) &&
         (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) &&
         (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
-        (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int)));
+        (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int))) &&
+        (s->tile = (int *)xmalloc(B + 1, sizeof(int)));
     if (!ok) {
         nla_session_free(s);
         return NLA_ERR_NOMEM;
@@ -3566,17 +3643,28 @@ static void block_forward(nla_session *s, int l, int n) {
     /* attention: every (row, KV head) pair is independent, and with several
        rows one task serves the G query heads that share a KV head (one row
        alone keeps a task per query head, so that its heads spread over the
-       threads); xb receives [n, H*hd]. Later rows see more keys, so the
-       tasks are dealt out in turn. */
+       threads) for a tile of up to ATT_ROWS rows of one sequence, which
+       share the keys they read; xb receives [n, H*hd]. Later rows see more
+       keys, so the tasks are dealt out in turn. */
     const int G = n > 1 ? H / KV : 1, tasks = H / G;
+    int ntile = 0; /* tile i: rows tile[i] .. tile[i+1]-1 */
+    for (int t = 0; t < n; t++)
+        if (!t || s->seq[t] != s->seq[t - 1] || t - s->tile[ntile - 1] == ATT_ROWS)
+            s->tile[ntile++] = t;
+    s->tile[ntile] = n;
     PARALLEL_FOR_CYCLIC(s->nt)
-    for (int th = 0; th < n * tasks; th++) {
-        const int t = th / tasks, h0 = th % tasks * G, p = s->pos[t];
-        const int lo = glob || p - c->window + 1 < 0 ? 0 : p - c->window + 1;
+    for (int th = 0; th < ntile * tasks; th++) {
+        const int t = s->tile[th / tasks], R = s->tile[th / tasks + 1] - t, h0 = th % tasks * G;
+        int lo[ATT_ROWS], p[ATT_ROWS];
+        for (int r = 0; r < R; r++) {
+            p[r] = s->pos[t + r];
+            lo[r] = glob || p[r] - c->window + 1 < 0 ? 0 : p[r] - c->window + 1;
+        }
         const size_t base = ((size_t)s->seq[t] * KV + (size_t)(h0 / (H / KV))) * cap * hd,
                      at = (size_t)t * qw + (size_t)h0 * hd;
-        attend(s->xb + at, s->q + at, G, s->kc[l] + base, s->vc[l] + base, cap, lo, p, hd, scale,
-               c->attn_softcap, s->sc + (size_t)thread_id() * scores_per_thread(c, s->n_ctx));
+        attend(s->xb + at, s->q + at, (size_t)qw, R, lo, p, G, s->kc[l] + base, s->vc[l] + base,
+               cap, hd, scale, c->attn_softcap,
+               s->sc + (size_t)thread_id() * scores_per_thread(c, s->n_ctx));
     }
     matmul(s->y, s->xb, n, &w->o, &s->mm);
     PARALLEL_FOR(s->nt, n > 1)

@@ -44,6 +44,20 @@ static nla_model *open_or_fail(const char *path) {
     return m;
 }
 
+/* The model of golden case cs, its prompts into p and its vocabulary size into *V. */
+static nla_model *open_case(const char *cs, prompt *p, int *V) {
+    char path[2048];
+    snprintf(path, sizeof path, DATA "%s/model", cs);
+    nla_model *m = open_or_fail(path);
+    if (m) {
+        nla_model_info in;
+        nla_model_get_info(m, &in);
+        *V = in.vocab_size;
+    }
+    load_prompts(cs, p);
+    return m;
+}
+
 /* Full forward of one prompt; returns logits [T, V] and hidden [L, T, d]. */
 static int run(nla_model *m, const nla_session_params *sp, const int32_t *ids, int T, float *logits, float *hidden) {
     nla_session *s;
@@ -147,16 +161,12 @@ static void test_golden_case(const char *cs) {
 /* Prefill the first P tokens, then decode the rest one at a time: the logits
    must equal one prefill of all T (same arithmetic, so to float rounding). */
 static void test_kv_consistency(const char *cs, int P, int n_batch) {
-    char path[2048];
-    snprintf(path, sizeof path, DATA "%s/model", cs);
-    nla_model *m = open_or_fail(path);
-    if (!m) return;
-    nla_model_info in;
-    nla_model_get_info(m, &in);
     prompt p[4];
-    load_prompts(cs, p);
+    int V = 0;
+    nla_model *m = open_case(cs, p, &V);
+    if (!m) return;
     const prompt *lp = &p[2]; /* the long prompt: past the sliding window */
-    const int T = lp->T, V = in.vocab_size;
+    const int T = lp->T;
     float *full = (float *)malloc(sizeof(float) * (size_t)T * V), *step = (float *)malloc(sizeof(float) * (size_t)T * V);
     CHECK_EQ(run(m, NULL, lp->ids, T, full, NULL), NLA_OK);
     nla_session_params sp;
@@ -381,6 +391,59 @@ static void test_hook(void) {
     nla_model_close(tail);
 }
 
+/* Three prompts as three sequences in one batch, their rows in runs that
+   alternate (runs longer and shorter than an attention tile, chunks that
+   cut through them): every row's logits are the bits of its prompt run
+   alone. */
+static void test_interleaved(const char *cs) {
+    prompt p[4];
+    int V = 0;
+    nla_model *m = open_case(cs, p, &V);
+    if (!m) return;
+    const int run_len[3] = {5, 11, 3};
+    int n = 0, at[3] = {0, 0, 0};
+    int32_t ids[3 * 64], seq[3 * 64], src[3 * 64]; /* src: row of its prompt */
+    float *alone[3], *all = (float *)malloc(sizeof(float) * 3 * 64 * (size_t)V);
+    for (int q = 0; q < 3; q++) {
+        alone[q] = (float *)malloc(sizeof(float) * (size_t)p[q].T * V);
+        CHECK_EQ(run(m, NULL, p[q].ids, p[q].T, alone[q], NULL), NLA_OK);
+    }
+    while (at[0] < p[0].T || at[1] < p[1].T || at[2] < p[2].T)
+        for (int q = 0; q < 3; q++)
+            for (int k = 0; k < run_len[q] && at[q] < p[q].T; k++, n++) {
+                ids[n] = p[q].ids[at[q]];
+                seq[n] = q;
+                src[n] = at[q]++;
+            }
+    const int batches[2] = {0, 7};
+    for (int v = 0; v < 2; v++) {
+        nla_session_params sp;
+        memset(&sp, 0, sizeof sp);
+        sp.n_seq = 3;
+        sp.n_batch = batches[v];
+        nla_session *s;
+        CHECK_EQ(nla_session_new(m, &sp, &s), NLA_OK);
+        nla_batch b;
+        memset(&b, 0, sizeof b);
+        b.n_tokens = n;
+        b.ids = ids;
+        b.seq = seq;
+        b.logits = all;
+        b.all_logits = 1;
+        CHECK_EQ(nla_forward(s, &b), NLA_OK);
+        int differ = 0;
+        for (int t = 0; t < n; t++)
+            differ += memcmp(all + (size_t)t * V, alone[seq[t]] + (size_t)src[t] * V,
+                             sizeof(float) * V) != 0;
+        CHECK_MSG(!differ, "%s: %d of %d interleaved rows (n_batch %d) differ from their prompt alone",
+                  cs, differ, n, batches[v]);
+        nla_session_free(s);
+    }
+    for (int q = 0; q < 3; q++) free(alone[q]);
+    free(all);
+    nla_model_close(m);
+}
+
 /* Rows given as embeddings (nla_embed_tokens) equal rows given as ids. */
 static void test_embeds(void) {
     nla_model *m = open_or_fail(DATA "mqa-f32/model");
@@ -432,6 +495,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         test_kv_consistency(cases[i], 10, 256);
         test_kv_consistency(cases[i], 1, 4);
+        test_interleaved(cases[i]);
     }
     test_hook();
     test_embeds();
