@@ -3518,7 +3518,8 @@ nla_status nla_session_rewind(nla_session *s, int n) {
 const char *nla_session_errmsg(const nla_session *s) { return s ? s->err.msg : "session is NULL"; }
 
 /* Floats of attention scratch per thread: the scores of the query heads
-   that share a KV head over n_ctx keys, and their sums (attend). */
+   that share a KV head, for a tile of ATT_ROWS rows, over n_ctx keys, and
+   their sums (attend). */
 static size_t scores_per_thread(const gemma_cfg *c, int n_ctx) {
     return (size_t)(c->n_heads / c->n_kv) * ATT_ROWS * ((size_t)n_ctx + 1);
 }
