@@ -2588,11 +2588,38 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
     return 1;
 }
 
+/* e^t within 1.5 ulp (0 below -87, e^88 above 88), in arithmetic
+   that the compiler vectorizes (a call to expf in a loop is one element at
+   a time): t = n ln 2 + r with n = round(t / ln 2), |r| <= ln 2 / 2 (ln 2
+   in two parts so that n ln2_hi is exact), e^r by its series to r^7
+   (truncation below 6e-9), times 2^n made from its exponent bits. */
+static inline float exp_f(float t) {
+    const float tc = t < -87.0f ? -87.0f : t > 88.0f ? 88.0f : t;
+    /* adding 1.5 * 2^23 leaves no bits below the units: the sum, stored as a
+       float, is rounded to an integer (the form that the compiler vectorizes) */
+    const float big = tc * 1.44269504f + 12582912.0f, n = big - 12582912.0f;
+    const float r = (tc - n * 0.693145752f) - n * 1.42860677e-6f;
+    const float e =
+        1 + r * (1 + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+        r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return t < -87.0f ? 0.0f : e * scale;
+}
+
+/* The exponential check of nla.h. */
+void nla_kernel_exp(const float *x, int n, float *out) {
+    for (int i = 0; i < n; i++) out[i] = exp_f(x[i]);
+}
+
 /* gelu_pytorch_tanh: 0.5 x (1 + tanh(u)) with u = sqrt(2/pi) (x + 0.044715
-   x^3), written as x / (1 + exp(-2u)) (the same function: one expf instead
-   of tanhf's expm1f, and no cancellation in 1 + tanh(u) for negative x). */
+   x^3), written as x / (1 + exp(-2u)) (the same function: one exponential
+   instead of tanhf's expm1f, and no cancellation in 1 + tanh(u) for
+   negative x). Below x = -10, where -2u passes 88, the result is
+   x / (1 + e^88), below |x| / 1.6e38 (not -0 or a subnormal). */
 static float gelu(float x) {
-    return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
+    return x / (1.0f + exp_f(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
 /* Rows r0 .. r0+nr of y [n, w.rows] = x [n, w.cols] . W^T: a group of a
@@ -2761,7 +2788,8 @@ static void attend(float *out, const float *q, size_t qs, int R, const int *lo, 
                 float *sm = &sum[r * G + g], *o = out + r * qs + (size_t)g * hd;
                 for (int j = 0; j <= p[r] - lo[r]; j++) mx = sg[j] > mx ? sg[j] : mx;
                 *sm = 0;
-                for (int j = 0; j <= p[r] - lo[r]; j++) *sm += sg[j] = expf(sg[j] - mx);
+                for (int j = 0; j <= p[r] - lo[r]; j++) sg[j] = exp_f(sg[j] - mx);
+                for (int j = 0; j <= p[r] - lo[r]; j++) *sm += sg[j];
                 for (int i = 0; i < hd; i++) o[i] = 0;
             }
         for (int j = j0, m; j <= p[R - 1]; j += m) {

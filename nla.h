@@ -895,6 +895,11 @@ nla_status nla_study_search(const nla_study *study, const nla_search_params *par
 nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int rows, int n_x, int n,
                              int simd, float *out);
 
+/* out[i] = e^x[i] for i < n as the model's softmax and GELU compute it:
+   within 1.5 ulp of the exact value for -87 <= x <= 88, 0 below -87, e^88
+   above 88, NaN for NaN. For tests of the kernels. */
+void nla_kernel_exp(const float *x, int n, float *out);
+
 /* The SIMD kernel this build uses: "avx512-vnni", "avx2-vnni", "avx2",
    "neon-dotprod", "neon" or "none" (the scalar reference). */
 const char *nla_kernel_simd(void);

@@ -458,7 +458,46 @@ static void test_quantized_embedding(void) {
     nla_st_close(st);
 }
 
+/* The largest error in ulp of the model's exponential at x[0..n) against
+   exp in double (rounded to float for the ulp), and where (*at). */
+static double exp_worst(const float *x, int n, float *at) {
+    static float y[1 << 16];
+    double worst = 0;
+    nla_kernel_exp(x, n, y);
+    for (int i = 0; i < n; i++) {
+        const double e = exp((double)x[i]);
+        const float f = (float)e;
+        const double err = fabs(y[i] - e) / (nextafterf(f, INFINITY) - f);
+        if (!(err <= worst)) worst = err, *at = x[i];
+    }
+    return worst;
+}
+
+/* The model's exponential (softmax, GELU): 2^21 points evenly from -87 to
+   88, 2^16 near 0 and 88 itself within 1.5 ulp (the series' last term,
+   r^7 / 7!, is worth up to 2 ulp); 0 below -87, e^88 above 88, NaN through. */
+static void test_exp(void) {
+    enum { N = 1 << 16, M = 1 << 21 };
+    static float x[N], y[5];
+    double worst = 0, w;
+    float at = 0, a = 0;
+    for (int k = 0; k < M / N; k++) {
+        for (int i = 0; i < N; i++) x[i] = (float)(-87 + 175.0 * (k * N + i) / M);
+        if ((w = exp_worst(x, N, &a)) > worst) worst = w, at = a;
+    }
+    for (int i = 0; i < N; i++) x[i] = (float)ldexp(i & 1 ? i : -i, -40);
+    x[0] = 88;
+    if ((w = exp_worst(x, N, &a)) > worst) worst = w, at = a;
+    CHECK_MSG(worst <= 1.5, "exp: %.2f ulp at %.9g", worst, at);
+    const float ends[5] = {-87.5f, -1e30f, 88.5f, 1e30f, NAN};
+    nla_kernel_exp(ends, 5, y);
+    CHECK(y[0] == 0 && y[1] == 0);
+    CHECK(y[2] == y[3] && fabs(y[2] / exp(88.0) - 1) < 1e-6);
+    CHECK(isnan(y[4]));
+}
+
 int main(void) {
+    test_exp();
     test_kernels();
     test_models();
     test_save();
