@@ -201,6 +201,19 @@ static void test_kernels(void) {
     check_kernels(w, x, N, "huge values");
     for (int i = 0; i < N; i++) { w[i] = i % 32 == 5 ? 100.0f : 0.01f; x[i] = i % 32 == 9 ? -1e4f : 1.0f; } /* outliers */
     check_kernels(w, x, N, "outliers");
+    /* a NaN or an Inf in an input makes all of that input's results NaN, in
+       both kernels (not a code of 0 in a finite sum); input 0 keeps its own */
+    for (int i = 0; i < 4 * 64; i++) { w[i] = (float)(urand() * 2 - 1); x[i] = (float)(urand() * 2 - 1); }
+    x[64 + 37] = NAN;
+    x[128 + 3] = -INFINITY;
+    for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++)
+        for (int simd = 0; simd < 2; simd++) {
+            float o[3 * 4];
+            CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, 4, 3, 64, simd, o), NLA_OK);
+            for (int r = 0; r < 4; r++)
+                CHECK_MSG(isfinite(o[r]) && isnan(o[4 + r]) && isnan(o[8 + r]), "NaN/Inf input, %s, simd %d, row %d: %g %g %g",
+                          dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", simd, r, o[r], o[4 + r], o[8 + r]);
+        }
     float out;
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 33, 0, &out), NLA_ERR_ARG);
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_BF16, w, x, 1, 1, 32, 0, &out), NLA_ERR_ARG);
