@@ -203,7 +203,10 @@ static void test_kernels(void) {
     check_kernels(w, x, N, "outliers");
     /* a NaN or an Inf in an input makes all of that input's results NaN, in
        both kernels (not a code of 0 in a finite sum); input 0 keeps its own */
-    for (int i = 0; i < 4 * 64; i++) { w[i] = (float)(urand() * 2 - 1); x[i] = (float)(urand() * 2 - 1); }
+    for (int i = 0; i < 4 * 64; i++) {
+        w[i] = (float)(urand() * 2 - 1);
+        x[i] = (float)(urand() * 2 - 1);
+    }
     x[64 + 37] = NAN;
     x[128 + 3] = -INFINITY;
     for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++)
@@ -211,8 +214,10 @@ static void test_kernels(void) {
             float o[3 * 4];
             CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, 4, 3, 64, simd, o), NLA_OK);
             for (int r = 0; r < 4; r++)
-                CHECK_MSG(isfinite(o[r]) && isnan(o[4 + r]) && isnan(o[8 + r]), "NaN/Inf input, %s, simd %d, row %d: %g %g %g",
-                          dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", simd, r, o[r], o[4 + r], o[8 + r]);
+                CHECK_MSG(isfinite(o[r]) && isnan(o[4 + r]) && isnan(o[8 + r]),
+                          "NaN/Inf input, %s, simd %d, row %d: %g %g %g",
+                          dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", simd, r, o[r], o[4 + r],
+                          o[8 + r]);
         }
     float out;
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 33, 0, &out), NLA_ERR_ARG);
@@ -480,15 +485,17 @@ static double exp_worst(const float *x, int n, float *at) {
     for (int i = 0; i < n; i++) {
         const double e = exp((double)x[i]);
         const float f = (float)e;
-        const double err = fabs(y[i] - e) / (nextafterf(f, INFINITY) - f);
-        if (!(err <= worst)) worst = err, *at = x[i];
+        double err = fabs(y[i] - e) / (nextafterf(f, INFINITY) - f);
+        err = isnan(err) ? INFINITY : err; /* a NaN result is the worst */
+        if (err > worst) worst = err, *at = x[i];
     }
     return worst;
 }
 
 /* The model's exponential (softmax, GELU): 2^21 points evenly from -87 to
-   88, 2^16 near 0 and 88 itself within 1.5 ulp (the series' last term,
-   r^7 / 7!, is worth up to 2 ulp); 0 below -87, e^88 above 88, NaN through. */
+   88, 2^16 of magnitudes 2^-1 .. 2^-40 and 88 itself within 1.5 ulp (the
+   series' last term, r^7 / 7!, is worth up to 2 ulp); 0 below -87, e^88
+   above 88, NaN through. */
 static void test_exp(void) {
     enum { N = 1 << 16, M = 1 << 21 };
     static float x[N], y[5];
@@ -498,7 +505,7 @@ static void test_exp(void) {
         for (int i = 0; i < N; i++) x[i] = (float)(-87 + 175.0 * (k * N + i) / M);
         if ((w = exp_worst(x, N, &a)) > worst) worst = w, at = a;
     }
-    for (int i = 0; i < N; i++) x[i] = (float)ldexp(i & 1 ? i : -i, -40);
+    for (int i = 0; i < N; i++) x[i] = (float)ldexp((i & 1 ? 1 : -1) * (1 + urand()), -1 - i % 40);
     x[0] = 88;
     if ((w = exp_worst(x, N, &a)) > worst) worst = w, at = a;
     CHECK_MSG(worst <= 1.5, "exp: %.2f ulp at %.9g", worst, at);
