@@ -3636,10 +3636,12 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
         if (ok) kv_floats += 2 * rows * kvw;
     }
     ok = ok && (s->kv = (float *)xmalloc(kv_floats, sizeof(float)));
+    float *next_kv = s->kv; /* layer l's keys, then its values, then layer l + 1's */
     for (int l = 0; ok && l < c->n_layers; l++) {
         const size_t per = (size_t)s->n_seq * (size_t)s->cap[l] * kvw;
-        s->kc[l] = l ? s->vc[l - 1] + (size_t)s->n_seq * (size_t)s->cap[l - 1] * kvw : s->kv;
-        s->vc[l] = s->kc[l] + per;
+        s->kc[l] = next_kv;
+        s->vc[l] = next_kv + per;
+        next_kv += 2 * per;
     }
     if (ok) advise_huge(s->kv, kv_floats * sizeof(float), 0);
     ok =
