@@ -256,6 +256,8 @@ fuzz_run = mkdir -p tests/fuzz_bin/corpus/$(1) && cp tests/fuzz/$(1)/* tests/fuz
 	else tail -n 60 tests/fuzz_bin/$(1).log; fail="$$fail $(1)"; fi
 fuzz: $(FUZZ_TARGETS:%=tests/fuzz_bin/fuzz_%) weights/tokenizer.json
 	@fail=""; $(foreach t,$(FUZZ_TARGETS),$(call fuzz_run,$(t));) \
+	for t in $$fail; do echo "fuzz_$$t:"; \
+	  grep -m5 -E 'check failed|ERROR:|SUMMARY:|Test unit written|^Base64:' tests/fuzz_bin/$$t.log; done; \
 	if [ -n "$$fail" ]; then echo "fuzz: crashed:$$fail (logs and reproducers in tests/fuzz_bin/)"; exit 1; fi; \
 	echo "fuzz: $(words $(FUZZ_TARGETS)) targets, no crash"
 fuzz-smoke:

@@ -1758,6 +1758,9 @@ typedef struct {
     unsigned char is_global[NLA_MAX_LAYERS];
 } gemma_cfg;
 
+/* Whether v is a number a float holds (finite there: not NaN, |v| <= FLT_MAX). */
+static int is_float(double v) { return fabs(v) <= FLT_MAX; }
+
 /* Reads key from object o (or the fallback object o2 when absent there):
    absent or null leaves *out at its default; anything but a number is an
    error naming the key. */
@@ -1796,14 +1799,14 @@ static nla_status cfg_rope(const jdoc *d, int o, float *theta, float *factor, er
     double v = *theta, f = 1.0;
     nla_status rc;
     if ((rc = cfg_num(d, o, -1, "rope_theta", &v, e, fn))) return rc;
-    if (!(v > 1 && isfinite(v)))
-        return fail(e, NLA_ERR_RANGE, "%s: %s rope_theta must be a finite number above 1", fn,
+    if (!(v > 1 && is_float(v)))
+        return fail(e, NLA_ERR_RANGE, "%s: %s rope_theta must be a float above 1", fn,
                     what);
     *theta = (float)v;
     if (!strcmp(type, "linear")) {
         if ((rc = cfg_num(d, o, -1, "factor", &f, e, fn))) return rc;
-        if (!(f > 0 && isfinite(f)))
-            return fail(e, NLA_ERR_RANGE, "%s: %s factor must be a finite positive number", fn,
+        if (!(f > 0 && is_float(f)))
+            return fail(e, NLA_ERR_RANGE, "%s: %s factor must be a positive float", fn,
                         what);
         *factor = (float)f;
     } else if (strcmp(type, "default")) {
@@ -1890,12 +1893,13 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
     }
     if (c->hd % 2)
         return fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd);
-    if (!(eps > 0 && eps < 1) || !(qpas > 0 && isfinite(qpas)) || !(th_g > 1 && isfinite(th_g)) ||
-        !(th_l > 1 && isfinite(th_l)) || !(fcap >= 0 && isfinite(fcap)) ||
-        !(acap >= 0 && isfinite(acap))) {
+    /* each a float once read (a double beyond FLT_MAX would become Inf) */
+    if (!(eps >= FLT_MIN && eps < 1) || !(qpas > 0 && is_float(qpas)) ||
+        !(th_g > 1 && is_float(th_g)) || !(th_l > 1 && is_float(th_l)) ||
+        !(fcap >= 0 && is_float(fcap)) || !(acap >= 0 && is_float(acap))) {
         return fail(e, NLA_ERR_RANGE,
-                    "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range",
-                    fn);
+                    "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range"
+                    " (each a float: eps in [FLT_MIN, 1), the others at most FLT_MAX)", fn);
     }
     c->eps = (float)eps; c->qpas = (float)qpas; c->final_softcap = (float)fcap;
     c->attn_softcap = (float)acap;
@@ -10052,7 +10056,7 @@ static int cli_bad_value(const char *v, const char *opt) {
 static int parse_float(const char *s, float *out) {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || *end || !isfinite((float)v)) return 0;
+    if (end == s || *end || !is_float(v)) return 0;
     *out = (float)v;
     return 1;
 }

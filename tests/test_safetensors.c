@@ -231,6 +231,12 @@ static void test_config_and_binding(void) {
     expect_config("\"hidden_size\": 64,", "\"hidden_size\": 64", NLA_ERR_FORMAT, "config.json: invalid JSON at line");
     expect_config("\"hidden_size\": 64", "\"hidden_size\": \"64\"", NLA_ERR_FORMAT, "hidden_size");
     expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 1e400", NLA_ERR_RANGE, "softcaps");
+    /* finite as doubles but past a float's range (an Inf once read) */
+    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 3e40", NLA_ERR_RANGE, "softcaps");
+    expect_config("\"attn_logit_softcapping\": null", "\"attn_logit_softcapping\": 1e39", NLA_ERR_RANGE, "softcaps");
+    expect_config("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e-50", NLA_ERR_RANGE, "rms_norm_eps");
+    expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e39", NLA_ERR_RANGE, "rope");
+    expect_config("\"factor\": 8.0", "\"factor\": 1e39", NLA_ERR_RANGE, "factor");
     expect_config("\"factor\": 8.0", "\"factor\": 1e999", NLA_ERR_RANGE, "factor");
     expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e309", NLA_ERR_RANGE, "rope");
     expect_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"silu\"", NLA_ERR_UNSUPPORTED, "silu");
