@@ -5523,9 +5523,9 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
         m->injection_scale = rel->injection_scale;
         note_default(m, "injection_scale");
     }
-    if (!rc && !(m->injection_scale >= 0 && isfinite(m->injection_scale)))
+    if (!rc && !(m->injection_scale >= 0 && is_float(m->injection_scale)))
         rc = fail(e, NLA_ERR_FORMAT,
-                  "%s: extraction.injection_scale must be a finite positive number", fn);
+                  "%s: extraction.injection_scale must be a positive number a float holds", fn);
     if (!rc && !(rc = meta_num(yd, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && set &&
         !(m->mse_scale > 0 && isfinite(m->mse_scale)))
         rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a finite positive number",

@@ -117,6 +117,7 @@ static void test_sidecar_errors(void) {
         expect_variant("d_model: 16", deep, "nesting deeper than 16");
     }
     expect_variant("  injection_scale: 17.0", "  injection_scale: seventeen", "injection_scale must be a number");
+    expect_variant("  injection_scale: 17.0", "  injection_scale: 1e39", "injection_scale must be a positive number a float");
     expect_variant("injection_char: \xe3\x88\x9c", "injection_char: \xe3\x88\x9c!", "tokenizes to 2 ids");
     expect_variant("injection_token_id: 246566", "injection_token_id: 246567", "injection_token_id is 246567");
     expect_variant("injection_left_neighbor_id: 236813", "injection_left_neighbor_id: 5", "exactly one marker");
