@@ -96,7 +96,7 @@ tsan:
 # The same tests under AddressSanitizer + UBSan, built without OpenMP.
 sanitize:
 	$(MAKE) clean
-	$(MAKE) test OMP= CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+	$(MAKE) test OMP= CFLAGS="-O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all"
 	$(MAKE) clean
 
 # Speed and memory (never a test): bandwidth probe, tokenizer, the 1B-shaped
