@@ -159,10 +159,11 @@ bench-anchor: tests/bench weights/tokenizer.json \
 # The tests again on the portable fallbacks: stdio instead of mmap, the
 # scalar kernels instead of the SIMD ones, the library without section 14
 # (NLA_NO_EVAL: test_eval then only checks that eval is absent, and the
-# other tests skip what needs nla eval), and on x86-64 the plain AVX2 kernel
+# other tests skip what needs nla eval), on x86-64 the plain AVX2 kernel
 # (x86-64-v3: no VNNI, no AVX-512) that -march=native skips on a newer
-# machine.
+# machine, and on a CPU with AMX the AVX-512 VNNI kernel alone (NLA_NO_AMX).
 X86_V3 = $(shell $(CC) -march=x86-64-v3 -x c -c /dev/null -o /dev/null 2>/dev/null && echo -march=x86-64-v3)
+AMX    = $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo -DNLA_NO_AMX)
 variants:
 	$(MAKE) clean
 	$(MAKE) test CFLAGS="-O2 -g -DNLA_NO_MMAP"
@@ -172,6 +173,7 @@ variants:
 	$(MAKE) test CFLAGS="-O2 -g $(NATIVE) -DNLA_NO_EVAL"
 	$(MAKE) clean
 	$(if $(X86_V3),$(MAKE) test CFLAGS="-O2 -g $(X86_V3)" && $(MAKE) clean)
+	$(if $(AMX),$(MAKE) test CFLAGS="-O2 -g $(NATIVE) $(AMX)" && $(MAKE) clean)
 
 clean:
 	rm -f nla nla.o $(TESTS) tests/bench tests/nla_failalloc.o

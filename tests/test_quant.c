@@ -91,11 +91,13 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
     }
 }
 
-/* The same data as one long row and one input, and as a whole group of
-   16 rows met by 8 inputs at once (the widest kernel step). */
+/* The same data as one long row and one input, as a whole group of 16
+   rows met by 8 inputs at once (the widest SIMD step), and by 32 inputs
+   (the AMX kernel's tiles, where it runs). */
 static void check_kernels(const float *w, const float *x, int n, const char *what) {
     check_matmul(w, x, 1, 1, n, what);
     check_matmul(w, x, 16, 8, n / 16, what);
+    check_matmul(w, x, 16, 32, n / 32, what);
 }
 
 /* The kernel nla.c picks for the target this file is compiled for (the
@@ -119,6 +121,18 @@ static const char *target_kernel(void) {
 #endif
 }
 
+/* 1 where nla.c builds its AMX kernel in (its rule in section 1). */
+static int amx_built(void) {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && \
+    defined(__x86_64__) && defined(__linux__) && !defined(NLA_NO_SIMD) && !defined(NLA_NO_AMX) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || \
+     (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* 1 if the word is in the /proc/cpuinfo feature line */
 static int has_flag(const char *line, const char *flag) {
     const size_t n = strlen(flag);
@@ -129,8 +143,8 @@ static int has_flag(const char *line, const char *flag) {
 
 /* The best kernel this machine runs, from its /proc/cpuinfo features (the
    architecture's own line), or NULL where there is none to read (another
-   OS, or qemu-user showing the host's). */
-static const char *machine_kernel(void) {
+   OS, or qemu-user showing the host's); *amx: 1 if it has AMX-INT8. */
+static const char *machine_kernel(int *amx) {
 #if defined(__x86_64__) || defined(__aarch64__)
 #ifdef __x86_64__
     const char *key = "flags";
@@ -145,6 +159,7 @@ static const char *machine_kernel(void) {
 #ifdef __x86_64__
         const int vnni = has_flag(line, "avx512_vnni");
         const int vl_vnni = (vnni && has_flag(line, "avx512vl")) || has_flag(line, "avx_vnni");
+        *amx = has_flag(line, "amx_tile") && has_flag(line, "amx_int8");
         best = has_flag(line, "avx512f") && has_flag(line, "avx512bw") && vnni ? "avx512-vnni"
              : has_flag(line, "avx2") && vl_vnni ? "avx2-vnni"
              : has_flag(line, "avx2") ? "avx2" : "none";
@@ -160,18 +175,30 @@ static const char *machine_kernel(void) {
 #endif
 }
 
-/* The kernel that runs is the one the compile target allows; on a
+/* The kernel that runs is the one the compile target allows, with "+amx"
+   where the build has the AMX kernel and the machine AMX-INT8; on a
    -march=native build (NLA_TEST_NATIVE, set by the Makefile) with SIMD on it
-   is the best one this machine's features allow. */
+   is the best one this machine's features allow. Without AMX the checks
+   that meet 32 inputs at once run the SIMD kernel, and the AMX kernel's
+   checks count as skipped. */
 static void test_kernel_choice(void) {
-    const char *ran = nla_kernel_simd(), *target = target_kernel(), *machine = machine_kernel();
-    printf("  SIMD kernel: %s (compile target: %s; this machine's best: %s)\n", ran, target,
-           machine ? machine : "unknown");
-    CHECK_MSG(!strcmp(ran, target), "kernel %s ran, the compile target selects %s", ran, target);
+    int machine_amx = 0;
+    const char *ran = nla_kernel_simd(), *target = target_kernel();
+    const char *machine = machine_kernel(&machine_amx);
+    printf("  SIMD kernel: %s (compile target: %s; this machine's best: %s%s)\n", ran, target,
+           machine ? machine : "unknown", machine_amx ? ", AMX-INT8" : "");
+    const size_t n = strlen(target);
+    const int amx = !strncmp(ran, target, n) && !strcmp(ran + n, "+amx");
+    CHECK_MSG(!strcmp(ran, target) || (amx && amx_built()),
+              "kernel %s ran, the compile target selects %s", ran, target);
+    if (machine && amx_built())
+        CHECK_MSG(amx == machine_amx, "kernel %s ran; this machine %s AMX-INT8", ran,
+                  machine_amx ? "has" : "has no");
+    if (!amx) SKIP("the AMX kernel's checks: no AMX-INT8 here, or a build without it");
 #if defined(NLA_TEST_NATIVE) && !defined(NLA_NO_SIMD)
     if (machine)
-        CHECK_MSG(!strcmp(ran, machine), "a -march=native build ran %s; this machine's best is %s",
-                  ran, machine);
+        CHECK_MSG(!strncmp(ran, machine, strlen(machine)),
+                  "a -march=native build ran %s; this machine's best is %s", ran, machine);
     else printf("  (no /proc/cpuinfo feature line: the machine's kernel is not checked)\n");
 #endif
 }
@@ -222,10 +249,14 @@ static void test_kernels(void) {
     float out;
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 33, 0, &out), NLA_ERR_ARG);
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_BF16, w, x, 1, 1, 32, 0, &out), NLA_ERR_ARG);
-    /* groups of 16 rows, whole and padded (rows % 16), and inputs met 8, 4,
-       2 and 1 at a time (n_x = 15 = 8 + 4 + 2 + 1) */
+    /* groups of 16 rows, whole and padded (rows % 16), inputs met 8, 4, 2
+       and 1 at a time (n_x = 15 = 8 + 4 + 2 + 1), and in tiles of 16 from 32
+       inputs on, the last one partly filled, with 1 to 5 blocks (AMX: 4 at
+       a time) */
     static const int shape[][3] = {{1, 1, 32}, {4, 4, 64}, {5, 3, 96}, {3, 5, 32}, {9, 9, 160}, {8, 17, 64}, {16, 2, 256},
-                                   {2, 40, 96}, {16, 8, 32}, {17, 15, 64}, {33, 6, 96}, {48, 13, 32}}; /* rows n_x n; n_x n <= N */
+                                   {2, 40, 96}, {16, 8, 32}, {17, 15, 64}, {33, 6, 96}, {48, 13, 32},
+                                   {16, 32, 128}, {17, 33, 96}, {1, 47, 32}, {33, 48, 64}, {5, 35, 160},
+                                   {64, 64, 64}}; /* rows n_x n; n_x n <= N, rows n_x <= 64 64 */
     for (size_t k = 0; k < sizeof shape / sizeof *shape; k++) {
         const int rows = shape[k][0], nx = shape[k][1], n = shape[k][2];
         for (int i = 0; i < rows * n; i++) w[i] = (float)(urand() * 2 - 1);
