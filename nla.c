@@ -2660,6 +2660,10 @@ q_group_amx(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, c
         const int m = n - t0 < QG ? n - t0 : QG;
         const int8_t *xat = xa + (size_t)t0 * nb * QK;
         const float *xdt = xd + (size_t)t0 * nb;
+        /* the output rows' lines, asked for now: a store that misses holds
+           back every store after it, the tiles' included, which the float
+           steps wait for (1B shapes, 432 groups: 1.9x slower without) */
+        for (int i = 0; i < m; i++) PREFETCH(y + (size_t)(t0 + i) * ys);
         vf acc[QG];
         for (int i = 0; i < QG; i++) acc[i] = vf_zero();
         amx_sums(c[0], wc, xat, 0, nb < 4 ? nb : 4);
@@ -2672,10 +2676,9 @@ q_group_amx(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, c
 #if __GNUC__ >= 8
 #pragma GCC unroll 16
 #endif
-                for (int i = 0; i < QG; i++)
-                    if (i < m)
-                        acc[i] = vf_step(acc[i], _mm512_load_si512((const void *)c[h][j][i]),
-                                         dw, dx[i]);
+                for (int i = 0; i < QG; i++) /* past n: codes and scales 0, acc stays 0 */
+                    acc[i] = vf_step(acc[i], _mm512_load_si512((const void *)c[h][j][i]), dw,
+                                     dx[i]);
             }
         }
         for (int i = 0; i < m; i++) vf_store(y + (size_t)(t0 + i) * ys, acc[i], nr);
@@ -3669,11 +3672,15 @@ struct nla_session {
                              prompt); NULL after every reset, rewind and forward */
     int *cap;             /* [L] ring capacity per layer */
     float **kc, **vc;     /* [L] -> [n_seq, KV, cap, hd] keys (normed, rotated) and values */
-    float *kv;            /* the block that holds every layer's kc and vc */
+    float *kv;            /* the block that holds every layer's kc and vc (64 bytes to spare) */
     int *pos, *seq;       /* [B] position and sequence of each row of the chunk */
     int *tile;            /* [B + 1] first row of each attention tile of the chunk, then B */
     int *next;            /* [n_seq] next position of each sequence in a batch */
-    /* activations for one chunk of B = n_batch rows */
+    /* activations for one chunk of B = n_batch rows, each array on a cache
+       line of its own block act: a matmul's outputs, 64 bytes per group
+       row, then never straddle two lines (1B Q4_0 prefill in AMX tiles 1.27x
+       faster, Intel Xeon, 1 thread) */
+    float *act;           /* the block (64 bytes to spare) */
     float *x;             /* [B, h] residual stream */
     float *xb;            /* [B, max(h, H*hd)] normed input / attention output */
     float *y;             /* [B, h] block branch output */
@@ -3682,7 +3689,7 @@ struct nla_session {
     float *cs;            /* [B, 2, hd] cos/sin for local and global RoPE */
     mm_scratch mm;        /* converted weight rows, quantized activations, claims */
     float *sc;            /* [nt, scores_per_thread] attention scores */
-    float *logits;        /* [V] last logits in generate */
+    float *logits;        /* [n_seq, V] the last logits */
     smp_cand *cand;       /* [V] sampling candidates */
     uint64_t rng;
     errbuf err;
@@ -3692,9 +3699,7 @@ static void session_free_bufs(nla_session *s) {
     NLA_FREE(s->kv); NLA_FREE(s->kc); NLA_FREE(s->vc);
     NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi);
     NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->tile); NLA_FREE(s->next);
-    NLA_FREE(s->x); NLA_FREE(s->xb);
-    NLA_FREE(s->y); NLA_FREE(s->q); NLA_FREE(s->k); NLA_FREE(s->v); NLA_FREE(s->g); NLA_FREE(s->u);
-    NLA_FREE(s->cs); mm_scratch_free(&s->mm); NLA_FREE(s->sc); NLA_FREE(s->logits);
+    NLA_FREE(s->act); mm_scratch_free(&s->mm); NLA_FREE(s->sc);
     NLA_FREE(s->cand);
 }
 
@@ -3842,8 +3847,10 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
              2 * rows * kvw <= SIZE_MAX / sizeof(float) - kv_floats;
         if (ok) kv_floats += 2 * rows * kvw;
     }
-    ok = ok && (s->kv = (float *)xmalloc(kv_floats, sizeof(float)));
-    float *next_kv = s->kv; /* layer l's keys, then its values, then layer l + 1's */
+    ok = ok && kv_floats < SIZE_MAX / sizeof(float) - 16 &&
+         (s->kv = (float *)xmalloc(kv_floats + 16, sizeof(float)));
+    /* layer l's keys, then its values, then layer l + 1's, from a cache line on */
+    float *next_kv = ok ? (float *)align64(s->kv) : NULL;
     for (int l = 0; ok && l < c->n_layers; l++) {
         const size_t per = (size_t)s->n_seq * (size_t)s->cap[l] * kvw;
         s->kc[l] = next_kv;
@@ -3851,19 +3858,23 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
         next_kv += 2 * per;
     }
     if (ok) advise_huge(s->kv, kv_floats * sizeof(float), 0);
-    ok =
-        ok && (s->x = (float *)xmalloc(B * h, sizeof(float))) &&
-        (s->xb = (float *)xmalloc(B * (h > qw ? h : qw), sizeof(float))) &&
-        (s->y = (float *)xmalloc(B * h, sizeof(float))) &&
-        (s->q = (float *)xmalloc(B * qw, sizeof(float))) &&
-        (s->k = (float *)xmalloc(B * kvw, sizeof(float))) &&
-        (s->v = (float *)xmalloc(B * kvw, sizeof(float))) &&
-        (s->g = (float *)xmalloc(B * I, sizeof(float))) &&
-        (s->u = (float *)xmalloc(B * I, sizeof(float))) &&
-        (s->cs = (float *)xmalloc(B * 2 * (size_t)c->hd, sizeof(float))) &&
-        mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
+    float **arr[10] = {&s->x, &s->xb, &s->y, &s->q, &s->k, &s->v, &s->g, &s->u, &s->cs,
+                       &s->logits};
+    const size_t len[10] = {B * h, B * (h > qw ? h : qw), B * h, B * qw, B * kvw, B * kvw,
+                            B * I, B * I, B * 2 * (size_t)c->hd, V * (size_t)s->n_seq};
+    size_t act = 16; /* floats, each array rounded up to 16 (64 bytes) */
+    for (int i = 0; i < 10; i++) {
+        ok = ok && len[i] < SIZE_MAX / 8 - act;
+        act += ok ? (len[i] + 15) / 16 * 16 : 0;
+    }
+    ok = ok && (s->act = (float *)xmalloc(act, sizeof(float)));
+    float *next_act = ok ? (float *)align64(s->act) : NULL;
+    for (int i = 0; ok && i < 10; i++) {
+        *arr[i] = next_act;
+        next_act += (len[i] + 15) / 16 * 16;
+    }
+    ok = ok && mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
         (s->sc = (float *)xmalloc((size_t)s->nt * scores_per_thread(c, s->n_ctx), sizeof(float))) &&
-        (s->logits = (float *)xmalloc(V, (size_t)s->n_seq * sizeof(float))) &&
         (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
         (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int))) &&
         (s->tile = (int *)xmalloc(B + 1, sizeof(int)));
