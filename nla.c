@@ -2550,19 +2550,21 @@ q_group_fmt(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int
    [16 inputs, 16 rows] of int32 sums, where B's row k holds 4 bytes of each
    of 16 columns: the layout of a group block's chunks (section 6). So B is
    a group block with its codes made signed, w = u - z (Q4_0's 4 chunks
-   split into 8 of whole bytes, low nibbles then high), done once per group
-   for all its blocks into the thread's buffer; A is 16 inputs' codes of one
-   block, packed side by side once per matmul (amx_pack). Each sum is the
+   split into 8 of whole bytes, low nibbles then high), into the thread's
+   buffer, 8 blocks ahead of the tiles that read them while the first 16
+   inputs go through (so the weights stream in while the tiles and the
+   float steps work: a pass of its own first made 16 inputs 10 % slower
+   than the VNNI kernel); A is 16 inputs' codes of one block, packed side
+   by side once per matmul (amx_pack). Each sum is the
    VNNI kernel's exactly and meets the same float step block after block,
    so a result is bit-identical to the VNNI kernel's at any batch width.
    Linux hands the tile state to a process that asks (arch_prctl
    ARCH_REQ_XCOMP_PERM); each thread sets the tiles' shapes before a matmul
    and releases them after. */
-#define AMX_MIN 32 /* inputs from which a matmul meets them in tiles */
+#define AMX_MIN 16 /* inputs from which a matmul meets them in tiles: fewer fill a tile partly */
 /* (Intel Xeon with AMX-INT8, 2 threads, against the VNNI kernel: 12B Q4_0
-   forward passes of 32, 64 and 256 tokens 13, 23 and 30 % faster, of 16
-   tokens 8-12 % slower, where one block of inputs pays for making the
-   group's codes signed alone; 1B Q4_0 and Q8_0 of 64 tokens 14 and 5 %.) */
+   forward pass of 16 tokens 1.2-1.3x faster, of 256 1.3x; 1B Q4_0 batched
+   AV decoding of 16 sequences 1.13-1.28x.) */
 
 /* 1 when the CPU has AMX-INT8 and Linux lets this process use the tiles. */
 static int amx_usable(void) {
@@ -2625,17 +2627,11 @@ amx_sums(int32_t (*c)[QG][QG], const int8_t (*w)[8][64], const int8_t *xa, int b
     AMX_SUMS(3, 3, 5, 7);
 }
 
-/* y[t * ys + r] = row r < nr of the group at g . input t < n, for the
-   inputs packed 16 at a time (amx_pack: chunk i's codes at xa + i nb 512,
-   its scales at xd + i nb 16); w: the thread's buffer, [nb][8][64]. Four
-   blocks' sums go into one half of c while the float steps of the four
-   before read the other. */
-__attribute__((target("amx-tile,amx-int8"))) static void
-q_group_amx(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, const int8_t *xa,
-            const float *xd, int n, int nb, int8_t (*w)[8][64]) {
+/* Blocks b0 .. b1 - 1 of the group at g into w, their codes as signed bytes. */
+static inline void amx_codes(int8_t (*w)[8][64], const unsigned char *g, nla_dtype dt, int b0,
+                             int b1) {
     const size_t bs = QG * blk_bytes(dt);
-    int32_t c[2][4][QG][QG] __attribute__((aligned(64))); /* C: [half][block][input][row] */
-    for (int b = 0; b < nb; b++) {
+    for (int b = b0; b < b1; b++) {
         const unsigned char *p = g + b * bs;
         for (size_t o = 0; o < bs; o += 64) { /* as in q_lanes */
             PREFETCH(p + Q_AHEAD + o);
@@ -2655,7 +2651,20 @@ q_group_amx(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, c
             _mm512_storeu_si512((void *)w[b][k + 4], hi);
         }
     }
+}
+
+/* y[t * ys + r] = row r < nr of the group at g . input t < n, for the
+   inputs packed 16 at a time (amx_pack: chunk i's codes at xa + i nb 512,
+   its scales at xd + i nb 16); w: the thread's buffer, [nb][8][64]. Four
+   blocks' sums go into one half of c while the float steps of the four
+   before read the other. */
+__attribute__((target("amx-tile,amx-int8"))) static void
+q_group_amx(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, const int8_t *xa,
+            const float *xd, int n, int nb, int8_t (*w)[8][64]) {
+    const size_t bs = QG * blk_bytes(dt);
+    int32_t c[2][4][QG][QG] __attribute__((aligned(64))); /* C: [half][block][input][row] */
     const int8_t(*wc)[8][64] = (const int8_t(*)[8][64])w;
+    amx_codes(w, g, dt, 0, nb < 8 ? nb : 8);
     for (int t0 = 0; t0 < n; t0 += QG) {
         const int m = n - t0 < QG ? n - t0 : QG;
         const int8_t *xat = xa + (size_t)t0 * nb * QK;
@@ -2669,6 +2678,7 @@ q_group_amx(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, c
         amx_sums(c[0], wc, xat, 0, nb < 4 ? nb : 4);
         for (int b = 0, h = 0; b < nb; b += 4, h ^= 1) {
             const int nj = nb - b < 4 ? nb - b : 4;
+            if (t0 == 0 && b + 8 < nb) amx_codes(w, g, dt, b + 8, nb - b - 8 < 4 ? nb : b + 12);
             if (b + 4 < nb) amx_sums(c[h ^ 1], wc, xat, b + 4, nb - b - 4 < 4 ? nb - b - 4 : 4);
             for (int j = 0; j < nj; j++) {
                 const vf dw = vf_scales(g + (b + j) * bs);

@@ -902,7 +902,7 @@ void nla_kernel_exp(const float *x, int n, float *out);
 
 /* The SIMD kernel this build uses: "avx512-vnni", "avx2-vnni", "avx2",
    "neon-dotprod", "neon" or "none" (the scalar reference); "avx512-vnni+amx"
-   where the CPU's AMX tiles also run the matmuls of 32 inputs or more
+   where the CPU's AMX tiles also run the matmuls of 16 inputs or more
    (x86-64 Linux; not with -DNLA_NO_AMX). */
 const char *nla_kernel_simd(void);
 #endif
