@@ -2553,11 +2553,11 @@ q_group_fmt(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int
    split into 8 of whole bytes, low nibbles then high), into the thread's
    buffer, 8 blocks ahead of the tiles that read them while the first 16
    inputs go through (so the weights stream in while the tiles and the
-   float steps work: a pass of its own first made 16 inputs 10 % slower
+   float steps work: a pass of its own first made 16 inputs 8-12 % slower
    than the VNNI kernel); A is 16 inputs' codes of one block, packed side
-   by side once per matmul (amx_pack). Each sum is the
-   VNNI kernel's exactly and meets the same float step block after block,
-   so a result is bit-identical to the VNNI kernel's at any batch width.
+   by side once per matmul (amx_pack). Each sum is the VNNI kernel's
+   exactly and meets the same float step block after block, so a result
+   is bit-identical to the VNNI kernel's at any batch width.
    Linux hands the tile state to a process that asks (arch_prctl
    ARCH_REQ_XCOMP_PERM); each thread sets the tiles' shapes before a matmul
    and releases them after. */
@@ -2764,7 +2764,7 @@ static int thread_id(void) {
 typedef struct {
     float *rowbuf; /* [nt, BUF_FLOATS max cols + 16] (+ 16: room to align to 64 bytes) */
     blk_a8 *xq;    /* [max rows, max cols / 32] */
-    void *amx;     /* where xa and xd lie (64 bytes to spare), or NULL */
+    void *amx;     /* where xa and xd lie (room to align them), or NULL */
     int8_t *xa;    /* AMX: [ceil(max rows / 16), max cols / 32, 16, 32] */
     float *xd;     /* AMX: [ceil(max rows / 16), max cols / 32, 16] */
     int *claimed;  /* [nt * CLAIM_STRIDE] */
@@ -2793,8 +2793,8 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
     sc->claimed = (int *)xmalloc((size_t)nt * CLAIM_STRIDE, sizeof(int));
     if (!sc->rowbuf || !sc->xq || !sc->claimed) { mm_scratch_free(sc); return 0; }
     if (n_rows <= INT_MAX && use_amx((int)n_rows)) {
-        const size_t padded = (n_rows + QG - 1) / QG * QG; /* both sizes fit: xq's does */
-        sc->amx = xmalloc(padded * max_cols + padded * (max_cols / QK) * sizeof(float) + 64, 1);
+        const size_t padded = (n_rows + QG - 1) / QG * QG; /* + 2 rows: room to align */
+        sc->amx = xmalloc(padded + 2, max_cols + max_cols / QK * sizeof(float));
         if (!sc->amx) { mm_scratch_free(sc); return 0; }
         sc->xa = (int8_t *)align64(sc->amx);
         sc->xd = (float *)(void *)(sc->xa + padded * max_cols);
