@@ -2566,18 +2566,13 @@ q_group_fmt(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int
    forward pass of 16 tokens 1.2-1.3x faster, of 256 1.3x; 1B Q4_0 batched
    AV decoding of 16 sequences 1.13-1.28x.) */
 
-/* 1 when the CPU has AMX-INT8 and Linux lets this process use the tiles. */
+/* 1 when the CPU has AMX-INT8 and Linux lets this process use the tiles
+   (asked once per session, when its scratch is set up: mm_scratch_init). */
 static int amx_usable(void) {
-    static int state; /* 0 not asked yet, 1 usable, -1 not */
-    int s = __atomic_load_n(&state, __ATOMIC_RELAXED);
-    if (!s) {
-        unsigned a, b, c, d; /* leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8 */
-        const int cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 3) == 3;
-        /* ARCH_REQ_XCOMP_PERM for XTILEDATA, state component 18 */
-        s = cpu && syscall(SYS_arch_prctl, 0x1023, 18) == 0 ? 1 : -1;
-        __atomic_store_n(&state, s, __ATOMIC_RELAXED);
-    }
-    return s > 0;
+    unsigned a, b, c, d; /* leaf 7: EDX bit 24 AMX-TILE, bit 25 AMX-INT8 */
+    const int cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 3) == 3;
+    /* ARCH_REQ_XCOMP_PERM for XTILEDATA, state component 18 */
+    return cpu && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 }
 
 /* Tiles 0-3: C [16, 64 bytes] of 4 blocks; 4, 5: A [16, 32 bytes]; 6, 7: B [8, 64 bytes]. */
@@ -2697,15 +2692,6 @@ q_group_amx(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr, c
 }
 #endif
 
-/* 1 when a matmul of n inputs runs in AMX tiles. */
-static int use_amx(int n) {
-#ifdef NLA_AMX
-    return n >= AMX_MIN && amx_usable();
-#else
-    (void)n;
-    return 0;
-#endif
-}
 
 const char *nla_kernel_simd(void) {
 #ifdef NLA_AMX
@@ -2793,15 +2779,23 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
     sc->xq = (blk_a8 *)xmalloc(n_rows * (max_cols / QK + 1), sizeof(blk_a8));
     sc->claimed = (int *)xmalloc((size_t)nt * CLAIM_STRIDE, sizeof(int));
     if (!sc->rowbuf || !sc->xq || !sc->claimed) { mm_scratch_free(sc); return 0; }
-    if (n_rows <= INT_MAX && use_amx((int)n_rows)) {
+#ifdef NLA_AMX
+    if (n_rows >= AMX_MIN && amx_usable()) {
         const size_t padded = (n_rows + QG - 1) / QG * QG; /* + 2 rows: room to align */
         sc->amx = xmalloc(padded + 2, max_cols + max_cols / QK * sizeof(float));
         if (!sc->amx) { mm_scratch_free(sc); return 0; }
         sc->xa = (int8_t *)align64(sc->amx);
         sc->xd = (float *)(void *)(sc->xa + padded * max_cols);
     }
+#endif
     return 1;
 }
+
+#ifdef NLA_AMX
+/* 1 when a matmul of n inputs with the scratch sc runs in AMX tiles: the
+   CPU has them (sc holds their inputs) and n is at least AMX_MIN. */
+static int use_amx(const mm_scratch *sc, int n) { return sc->xa && n >= AMX_MIN; }
+#endif
 
 /* e^t within 1.5 ulp (0 below -87, e^88 above 88, NaN for NaN), in
    arithmetic that the compiler vectorizes (a call to expf in a loop is one
@@ -2844,7 +2838,7 @@ static float gelu(float x) {
 
 /* Rows r0 .. r0+nr of y [n, w.rows] = x [n, w.cols] . W^T: a group of a
    quantized matrix against the n inputs quantized in sc (in AMX tiles or
-   not: use_amx), or float rows converted one at a time into the thread's
+   not), or float rows converted one at a time into the thread's
    buffer f and met by all n. */
 static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x,
                     const mm_scratch *sc, int n, float *f) {
@@ -2852,7 +2846,7 @@ static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x,
     if (is_quant(w->dt)) {
         const unsigned char *g = w->p + (size_t)(r0 / QG) * group_bytes(w->dt, cols);
 #ifdef NLA_AMX
-        if (use_amx(n)) {
+        if (use_amx(sc, n)) {
             q_group_amx(y + r0, (size_t)rows, g, w->dt, nr, sc->xa, sc->xd, n, cols / QK,
                         (int8_t(*)[8][64])align64(f));
             return;
@@ -2913,7 +2907,7 @@ static void matmuls(float *const *y, const float *x, int n, const wmat *const *w
         for (int t = 0; t < n; t++)
             a8_quantize(x + (size_t)t * cols, sc->xq + (size_t)t * (cols / QK), cols);
 #ifdef NLA_AMX
-        if (use_amx(n)) {
+        if (use_amx(sc, n)) {
             PARALLEL_FOR(nt, n > QG)
             for (int t0 = 0; t0 < n; t0 += QG)
                 amx_pack(sc->xa + (size_t)t0 * cols, sc->xd + (size_t)t0 * (cols / QK), sc->xq,
@@ -2931,7 +2925,7 @@ static void matmuls(float *const *y, const float *x, int n, const wmat *const *w
         const int me = thread_id();
         float *f = sc->rowbuf + (size_t)me * (BUF_FLOATS * (size_t)cols + 16);
 #ifdef NLA_AMX
-        if (quant && use_amx(n)) amx_begin();
+        if (quant && use_amx(sc, n)) amx_begin();
 #endif
         for (int v = 0; v < nt; v++) { /* its own range, then the others' */
             const int i = (me + v) % nt, lo = (int)(ntask * i / nt);
@@ -2948,7 +2942,7 @@ static void matmuls(float *const *y, const float *x, int n, const wmat *const *w
             }
         }
 #ifdef NLA_AMX
-        if (quant && use_amx(n)) amx_end();
+        if (quant && use_amx(sc, n)) amx_end();
 #endif
     }
 }
