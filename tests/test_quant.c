@@ -145,6 +145,7 @@ static int has_flag(const char *line, const char *flag) {
    architecture's own line), or NULL where there is none to read (another
    OS, or qemu-user showing the host's); *amx: 1 if it has AMX-INT8. */
 static const char *machine_kernel(int *amx) {
+    *amx = 0;
 #if defined(__x86_64__) || defined(__aarch64__)
 #ifdef __x86_64__
     const char *key = "flags";
