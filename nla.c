@@ -2292,7 +2292,14 @@ static void axpys(float *o, const float *w, const float *v, int m, int n) {
    does not depend on the batch or on how many inputs the kernel met at
    once. Where a vector holds fewer than 16 rows (VL < QG), a pass over the
    group's blocks for 1 or 2 inputs (decode) serves QH slices of VL rows,
-   so each 64-byte chunk is read whole in one pass. */
+   so each 64-byte chunk is read whole in one pass. One input (decoding)
+   meets up to QS groups in one pass, each slice with its own loads: a
+   load instruction that steps through one group finds its stride in the
+   core's prefetcher, and QS streams keep more lines in flight than one
+   (Intel Xeon with AMX, 2 threads, 12B Q4_0 decode from weights read into
+   memory, alternating: 4 groups 4.48-4.59 tok/s, 1 group 4.26-4.38; with
+   no software prefetch, 4 groups 4.45-4.66, and 3.54-3.65 in a loop where
+   one load instruction served all 4). */
 #if (defined(__AVX2__) || (defined(__ARM_NEON) && defined(__aarch64__))) && !defined(NLA_NO_SIMD)
 /* 4 bytes at p as one int32 (any alignment). */
 static inline int32_t ld_i32(const void *p) {
@@ -2307,6 +2314,7 @@ static inline int32_t ld_i32(const void *p) {
 #define NLA_SIMD_NAME "avx512-vnni"
 #define VL 16
 #define QH 1
+#define QS 4 /* groups one input meets at once, at most */
 #define QC 8 /* inputs met at once, at most */
 #define Q8_SIGNED 0
 typedef __m512i vi;
@@ -2332,6 +2340,7 @@ static inline void vf_store(float *y, vf v, int n) {
 #elif defined(__AVX2__) && !defined(NLA_NO_SIMD)
 #define VL 8
 #define QH 2
+#define QS 1 /* 2 made the x86-64-v3 build's 1B Q4_0 decode 10 % slower (Intel Xeon) */
 #define QC 4
 typedef __m256i vi;
 typedef __m256 vf;
@@ -2399,6 +2408,7 @@ static inline void vf_store(float *y, vf v, int n) {
 #elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(NLA_NO_SIMD)
 #define VL 4
 #define QH 1
+#define QS 1
 #define QC 8
 #define Q8_SIGNED 1
 typedef int32x4_t vi;
@@ -2442,6 +2452,10 @@ static inline void vf_store(float *y, vf v, int n) {
 }
 #endif
 
+#ifndef QS
+#define QS 1 /* the scalar reference: one group at a time */
+#endif
+
 #ifdef VL
 /* Adds to s[c] the sums of a block's 8 chunks, codes u[k] x the bytes
    4k..4k+3 of input c's block x[c * nb], for c < C: chunk by chunk, the
@@ -2468,47 +2482,61 @@ vi_blocks(vi *s, const vi *u, const blk_a8 *x, int nb, int C, int small) {
 #define Q_AHEAD 4096 /* bytes of the weights q_lanes asks for ahead, into L1 */
 #define Q_FAR 8192   /* and into L2 */
 
-/* y[t * ys + r] = row r of the group at g . input t of the C at x (nb
-   blocks apart), for rows r < nr; dt and C are constants where it is
-   inlined, so each format and width gets its own loop. */
+/* Asks for the weights Q_AHEAD bytes past the n at p into L1, and Q_FAR
+   bytes past them into L2 when far, once per 64-byte line: the lines that
+   start in [p, p + n). (AMD Zen 5, 2 threads, one group at a time,
+   distances alternating in one process: 12B Q4_0 decode with the
+   hardware's own prefetch alone is 7 % slower, with the L1 request alone 2
+   %, the L2 request 8 KB on 2-3 % faster than 16 KB on; 1B within 1 %.
+   Intel Xeon with AMX: once per line, not once per 64 bytes from p, 1.04x;
+   with QS groups streaming at once, the L2 requests made it 4-5 % slower.) */
+static inline void q_prefetch(const unsigned char *p, size_t n, int far) {
+    const size_t first = (64 - (uintptr_t)p % 64) % 64;
+    for (size_t o = first; o < n; o += 64) {
+        PREFETCH(p + o + Q_AHEAD);
+        if (far) PREFETCH_FAR(p + o + Q_FAR);
+    }
+}
+
+/* y[t * ys + r] = row r of the groups at g (gb bytes apart) . input t of
+   the C at x (nb blocks apart), for rows r < nr (nr <= QS QG for one input,
+   else QG); dt and C are constants where it is inlined, so each format and
+   width gets its own loop. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline void
-q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr, const blk_a8 *x,
-        int nb, const int C) {
+q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
+        const blk_a8 *x, int nb, const int C) {
     const size_t bs = QG * blk_bytes(dt);
     const int z = dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
-    const int H = C <= 2 ? QH : 1; /* slices of VL rows per pass */
+    const int H = C == 1 ? QH * QS : C == 2 ? QH : 1; /* slices of VL rows per pass */
     for (int l0 = 0; l0 < nr; l0 += VL * H) {
-        vf acc[QH][8];
+        vf acc[QH * QS][8];
         for (int h = 0; h < H; h++)
             for (int c = 0; c < C; c++) acc[h][c] = vf_zero();
-        const unsigned char *p = g;
-        for (int b = 0; b < nb; b++, p += bs) {
-            /* the weights Q_AHEAD and Q_FAR bytes on, asked for now (AMD Zen 5,
-               2 threads, distances alternating in one process: 12B Q4_0 decode
-               with the hardware's own prefetch alone is 7 % slower, with the L1
-               request alone 2 %, the L2 request 8 KB on 2-3 % faster than 16 KB
-               on; 1B within 1 %) */
-            for (size_t o = 0; o < bs; o += 64) {
-                PREFETCH(p + Q_AHEAD + o);
-                PREFETCH_FAR(p + Q_FAR + o);
-            }
-            for (int h = 0, l = l0; h < H; h++, l += VL) {
+        for (int b = 0; b < nb; b++) {
+#if __GNUC__ >= 8
+#pragma GCC unroll 8
+#endif
+            for (int h = 0; h < H; h++) {
+                const int l = l0 + h * VL, lg = l % QG; /* row l is row lg of group l / QG */
+                if (l >= nr) break;
+                const unsigned char *p = g + (size_t)(l / QG) * gb + (size_t)b * bs;
+                if (h == 0 || lg == 0) q_prefetch(p, bs, C > 1 || QS == 1);
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
                 for (int k = 0; k < 4; k++) {
                     if (dt == NLA_DTYPE_Q8_0) {
-                        u[k] = vi_load(p + Q_CHUNK(k, l));
-                        u[k + 4] = vi_load(p + Q_CHUNK(k + 4, l));
+                        u[k] = vi_load(p + Q_CHUNK(k, lg));
+                        u[k + 4] = vi_load(p + Q_CHUNK(k + 4, lg));
                         if (Q8_SIGNED) { u[k] = vi_flip(u[k]); u[k + 4] = vi_flip(u[k + 4]); }
                     } else {
-                        const vi raw = vi_load(p + Q_CHUNK(k, l));
+                        const vi raw = vi_load(p + Q_CHUNK(k, lg));
                         u[k] = vi_nibbles(raw, 0);
                         u[k + 4] = vi_nibbles(raw, 1);
                     }
                 }
-                const vf dw = vf_scales(p + 2 * l);
+                const vf dw = vf_scales(p + 2 * lg);
                 vi s[8];
                 for (int c = 0; c < C; c++) s[c] = vi_set1(-z * x[(size_t)c * nb + b].sum);
                 vi_blocks(s, u, x + b, nb, C, dt == NLA_DTYPE_Q4_0);
@@ -2522,22 +2550,23 @@ q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
     }
 }
 
-/* The group against n inputs: up to QC at a time, then 4, 2, 1. */
+/* The groups at g (gb bytes apart) against n inputs: up to QC at a time,
+   then 4, 2, 1. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline void
-q_group_fmt(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
+q_group_fmt(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
             const blk_a8 *x, int n, int nb) {
     for (int t = 0; t < n;) {
         const int c = n - t >= 8 && QC >= 8 ? 8 : n - t >= 4 ? 4 : n - t >= 2 ? 2 : 1;
         float *yt = y + (size_t)t * ys;
         const blk_a8 *xt = x + (size_t)t * nb;
         switch (c) {
-        case 8: q_lanes(yt, ys, g, dt, nr, xt, nb, 8); break;
-        case 4: q_lanes(yt, ys, g, dt, nr, xt, nb, 4); break;
-        case 2: q_lanes(yt, ys, g, dt, nr, xt, nb, 2); break;
-        default: q_lanes(yt, ys, g, dt, nr, xt, nb, 1); break;
+        case 8: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 8); break;
+        case 4: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 4); break;
+        case 2: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 2); break;
+        default: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 1); break;
         }
         t += c;
     }
@@ -2628,10 +2657,7 @@ static inline void amx_codes(int8_t (*w)[8][64], const unsigned char *g, nla_dty
     const size_t bs = QG * blk_bytes(dt);
     for (int b = b0; b < b1; b++) {
         const unsigned char *p = g + b * bs;
-        for (size_t o = 0; o < bs; o += 64) { /* as in q_lanes */
-            PREFETCH(p + Q_AHEAD + o);
-            PREFETCH_FAR(p + Q_FAR + o);
-        }
+        q_prefetch(p, bs, 1);
         for (int k = 0; k < 4; k++) {
             vi lo, hi;
             if (dt == NLA_DTYPE_Q8_0) {
@@ -2703,17 +2729,19 @@ const char *nla_kernel_simd(void) {
 #endif
 }
 
-/* y[t * ys + r] = row r < nr of the group at g . input t of the n at x
-   (nb blocks apart): the SIMD kernel, or the scalar reference. */
-static void q_group(float *y, size_t ys, const unsigned char *g, nla_dtype dt, int nr,
+/* y[t * ys + r] = row r < nr of the groups at g (gb bytes apart) . input t
+   of the n at x (nb blocks apart): the SIMD kernel, or the scalar
+   reference. */
+static void q_group(float *y, size_t ys, const unsigned char *g, size_t gb, nla_dtype dt, int nr,
                     const blk_a8 *x, int n, int nb) {
 #ifdef VL
-    if (dt == NLA_DTYPE_Q8_0) q_group_fmt(y, ys, g, NLA_DTYPE_Q8_0, nr, x, n, nb);
-    else q_group_fmt(y, ys, g, NLA_DTYPE_Q4_0, nr, x, n, nb);
+    if (dt == NLA_DTYPE_Q8_0) q_group_fmt(y, ys, g, gb, NLA_DTYPE_Q8_0, nr, x, n, nb);
+    else q_group_fmt(y, ys, g, gb, NLA_DTYPE_Q4_0, nr, x, n, nb);
 #else
     for (int t = 0; t < n; t++)
         for (int r = 0; r < nr; r++)
-            y[(size_t)t * ys + r] = q_dot_ref(g, dt, r, x + (size_t)t * nb, nb);
+            y[(size_t)t * ys + r] =
+                q_dot_ref(g + (size_t)(r / QG) * gb, dt, r % QG, x + (size_t)t * nb, nb);
 #endif
 }
 
@@ -2836,15 +2864,16 @@ static float gelu(float x) {
     return x / (1.0f + exp_f(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
-/* Rows r0 .. r0+nr of y [n, w.rows] = x [n, w.cols] . W^T: a group of a
-   quantized matrix against the n inputs quantized in sc (in AMX tiles or
-   not), or float rows converted one at a time into the thread's
-   buffer f and met by all n. */
+/* Rows r0 .. r0+nr of y [n, w.rows] = x [n, w.cols] . W^T: groups of a
+   quantized matrix (one, or up to QS for one input) against the n inputs
+   quantized in sc (in AMX tiles or not), or float rows converted one at a
+   time into the thread's buffer f and met by all n. */
 static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x,
                     const mm_scratch *sc, int n, float *f) {
     const int rows = w->rows, cols = w->cols;
     if (is_quant(w->dt)) {
-        const unsigned char *g = w->p + (size_t)(r0 / QG) * group_bytes(w->dt, cols);
+        const size_t gb = group_bytes(w->dt, cols);
+        const unsigned char *g = w->p + (size_t)(r0 / QG) * gb;
 #ifdef NLA_AMX
         if (use_amx(sc, n)) {
             q_group_amx(y + r0, (size_t)rows, g, w->dt, nr, sc->xa, sc->xd, n, cols / QK,
@@ -2852,7 +2881,7 @@ static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x,
             return;
         }
 #endif
-        q_group(y + r0, (size_t)rows, g, w->dt, nr, sc->xq, n, cols / QK);
+        q_group(y + r0, (size_t)rows, g, gb, w->dt, nr, sc->xq, n, cols / QK);
         return;
     }
     for (int r = r0; r < r0 + nr; r++) {
@@ -2861,14 +2890,17 @@ static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x,
     }
 }
 
+/* Rows of a matmul's task: QS groups for one input (decoding), else one. */
+static int task_rows(int n) { return n == 1 ? QS * QG : QG; }
+
 /* Task `task` of matmuls below: rows r0 .. r0+nr of matrix j (and of the
    matrices after it when glu), into f the thread's row buffer. */
 static void mm_task(float *const *y, const float *x, int n, const wmat *const *w, int k, int glu,
                     const int *first, int task, const mm_scratch *sc, float *f) {
     int j = 0;
     while (task >= first[j + 1]) j++;
-    const int r0 = (task - first[j]) * QG, rows = w[j]->rows;
-    const int nr = rows - r0 < QG ? rows - r0 : QG;
+    const int tr = task_rows(n), r0 = (task - first[j]) * tr, rows = w[j]->rows;
+    const int nr = rows - r0 < tr ? rows - r0 : tr;
     for (int i = j; i < (glu ? k : j + 1); i++) mm_rows(y[i], w[i], r0, nr, x, sc, n, f);
     if (glu)
         for (int t = 0; t < n; t++)
@@ -2878,13 +2910,13 @@ static void mm_task(float *const *y, const float *x, int n, const wmat *const *w
 
 /* y[j] [n, w[j].rows] = x [n, cols] . W_j^T for the k <= 3 matrices that
    read the same input: the input is quantized once, and the threads split
-   the matrices' groups of QG rows among them in one loop, so that they meet
-   once, not k times. glu (k = 2, two matrices of equal rows): group g of
-   both is one task, which then sets y[0] = gelu(y[0]) * y[1] on its rows
-   (Gemma's gated feed-forward).
+   the matrices' rows among them in one loop, in tasks of task_rows, so
+   that they meet once, not k times. glu (k = 2, two matrices of equal
+   rows): task t of both is one task, which then sets y[0] = gelu(y[0]) *
+   y[1] on its rows (Gemma's gated feed-forward).
    Schedule: thread i owns the i-th of nt equal ranges of tasks and claims
    them in order, ch at a time (about 128 K weights of each matrix, at least
-   one group: a claim costs an atomic add); when its range is done it claims
+   one task: a claim costs an atomic add); when its range is done it claims
    from the others' ranges, so a thread the host slows for a while no
    longer holds the others at the join (12B Q4_0 decode on 2 threads of a
    shared AMD Zen 5: 3-5 % faster than equal static halves; OpenMP's dynamic
@@ -2895,11 +2927,12 @@ static void mm_task(float *const *y, const float *x, int n, const wmat *const *w
 static void matmuls(float *const *y, const float *x, int n, const wmat *const *w, int k, int glu,
                     const mm_scratch *sc) {
     const int cols = w[0]->cols, nt = sc->nt;
-    const long long gw = (long long)QG * cols; /* weights in a group of one matrix */
+    const int tr = task_rows(n);
+    const long long gw = (long long)tr * cols; /* weights in a task of one matrix */
     const int ch = gw < (1 << 17) ? (int)((1 << 17) / gw) : 1;
     int first[4] = {0}, quant = 0; /* first[j]: the task of matrix j's group 0 */
     for (int j = 0; j < k; j++) {
-        first[j + 1] = first[j] + (glu && j ? 0 : (w[j]->rows + QG - 1) / QG);
+        first[j + 1] = first[j] + (glu && j ? 0 : (w[j]->rows + tr - 1) / tr);
         quant |= is_quant(w[j]->dt);
     }
     if (quant) {
