@@ -2511,6 +2511,7 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype 
     const size_t bs = QG * blk_bytes(dt);
     const int z = dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
     const int H = C == 1 ? QH * QS : C == 2 ? QH : 1; /* slices of VL rows per pass */
+    const int far = VL * H <= QG; /* a pass streams one group: L2 requests too (q_prefetch) */
     for (int l0 = 0; l0 < nr; l0 += VL * H) {
         vf acc[QH * QS][8];
         for (int h = 0; h < H; h++)
@@ -2523,7 +2524,7 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype 
                 const int l = l0 + h * VL, lg = l % QG; /* row l is row lg of group l / QG */
                 if (l >= nr) break;
                 const unsigned char *p = g + (size_t)(l / QG) * gb + (size_t)b * bs;
-                if (h == 0 || lg == 0) q_prefetch(p, bs, C > 1 || QS == 1);
+                if (h == 0 || lg == 0) q_prefetch(p, bs, far);
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
                 for (int k = 0; k < 4; k++) {
                     if (dt == NLA_DTYPE_Q8_0) {
