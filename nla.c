@@ -2814,8 +2814,8 @@ static void mm_scratch_free(mm_scratch *sc) {
 
 /* The bytes of a group from which one input (decoding) meets QS groups at
    once, not one. On AMD's CPUs 32 KB: 4 streams of a 1B model's groups
-   (10 KB in Q4_0, 18 KB in Q8_0, but for the down projection's) lost to one
-   stream, while 12B's (35 KB on) gained (AMD Zen 5, 2 threads, weights read
+   (10 KB in Q4_0 and 18 KB in Q8_0, the down projection's apart) lost to
+   one stream, while 12B's (35 KB on) gained (AMD Zen 5, 2 threads, weights read
    into memory, one process alternating every 30-40 steps, medians of 12-20
    pairs: 1B Q4_0 decode 1.07x at 1 thread, 1.05x at 2; Q8_0 1.04x / 1.06x;
    one group for every size: 12B Q4_0 0.92x). Elsewhere every size: on the
