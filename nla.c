@@ -2930,13 +2930,13 @@ static int task_rows(int n, const wmat *const *w, const mm_scratch *sc) {
     return many ? QS * QG : QG;
 }
 
-/* Task `task` of matmuls below: rows r0 .. r0+nr of matrix j (and of the
-   matrices after it when glu), into f the thread's row buffer. */
+/* Task `task` of matmuls below, of tr rows: rows r0 .. r0+nr of matrix j
+   (and of the matrices after it when glu), into f the thread's row buffer. */
 static void mm_task(float *const *y, const float *x, int n, const wmat *const *w, int k, int glu,
-                    const int *first, int task, const mm_scratch *sc, float *f) {
+                    const int *first, int tr, int task, const mm_scratch *sc, float *f) {
     int j = 0;
     while (task >= first[j + 1]) j++;
-    const int tr = task_rows(n, w, sc), r0 = (task - first[j]) * tr, rows = w[j]->rows;
+    const int r0 = (task - first[j]) * tr, rows = w[j]->rows;
     const int nr = rows - r0 < tr ? rows - r0 : tr;
     for (int i = j; i < (glu ? k : j + 1); i++) mm_rows(y[i], w[i], r0, nr, x, sc, n, f);
     if (glu)
@@ -3008,7 +3008,7 @@ static void matmuls(float *const *y, const float *x, int n, const wmat *const *w
                 c = claimed[i * CLAIM_STRIDE]++;
                 if (c >= (hi - lo + ch - 1) / ch) break;
                 for (int t = lo + c * ch; t < hi && t < lo + (c + 1) * ch; t++)
-                    mm_task(y, x, n, w, k, glu, first, t, sc, f);
+                    mm_task(y, x, n, w, k, glu, first, tr, t, sc, f);
             }
         }
 #ifdef NLA_AMX
