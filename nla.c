@@ -2506,10 +2506,10 @@ static inline void q_prefetch(const unsigned char *p, size_t n, int far) {
    the C at x (nb blocks apart), for rows r < nr (nr <= QS QG for one input,
    else QG); dt and C are constants where it is inlined, so each format and
    width gets its own loop. ask: this is the first of the passes that meet
-   these groups, so it asks for the weights ahead (q_prefetch) in the pass
-   over each group's first slice, which touches every line of the group;
-   later passes find the lines in the caches, where asking again only
-   spends instructions (AMD Zen 5, 2 threads, prefill of 512 tokens from
+   these groups, so it asks for the weights ahead (q_prefetch: whole
+   blocks) in the pass over each group's first slice of rows; later passes
+   find the lines in the caches, where asking again only spends
+   instructions (AMD Zen 5, 2 threads, prefill of 512 tokens from
    weights read into memory, alternating in one process: 1B Q8_0 1.11x
    faster, Q4_0 1.05x, the same in -march=x86-64-v3 builds; 12B Q4_0 of 256
    tokens 1.04x). */
