@@ -2493,7 +2493,8 @@ vi_blocks(vi *s, const vi *u, const blk_a8 *x, int nb, int C, int small) {
    hardware's own prefetch alone is 7 % slower, with the L1 request alone 2
    %, the L2 request 8 KB on 2-3 % faster than 16 KB on; 1B within 1 %.
    Intel Xeon with AMX: once per line, not once per 64 bytes from p, 1.04x;
-   with QS groups streaming at once, the L2 requests made it 4-5 % slower.) */
+   with QS groups streaming at once, the L2 requests made it 4-5 % slower;
+   on Zen 5 12 % slower, 12B Q4_0 decode.) */
 static inline void q_prefetch(const unsigned char *p, size_t n, int far) {
     const size_t first = (64 - (uintptr_t)p % 64) % 64;
     for (size_t o = first; o < n; o += 64) {
@@ -2966,7 +2967,9 @@ static void mm_task(float *const *y, const float *x, int n, const wmat *const *w
    longer holds the others at the join (12B Q4_0 decode on 2 threads of a
    shared AMD Zen 5: 3-5 % faster than equal static halves; OpenMP's dynamic
    schedule, which deals chunks from one counter, was 6-14 % slower: the
-   threads no longer stream through memory in long runs). A team smaller
+   threads no longer stream through memory in long runs; the last claim of
+   each range split into single groups, so that the threads meet within
+   one group's time, left 12B Q4_0 decode as it was). A team smaller
    than nt (a session run inside the caller's own parallel region) still
    does every task. Which thread computes a task never changes its result. */
 static void matmuls(float *const *y, const float *x, int n, const wmat *const *w, int k, int glu,
