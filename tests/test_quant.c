@@ -251,9 +251,10 @@ static void test_kernels(void) {
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_Q8_0, w, x, 1, 1, 33, 0, &out), NLA_ERR_ARG);
     CHECK_EQ(nla_kernel_matmul(NLA_DTYPE_BF16, w, x, 1, 1, 32, 0, &out), NLA_ERR_ARG);
     /* groups of 16 rows, whole and padded (rows % 16), inputs met 8, 4, 2
-       and 1 at a time (n_x = 15 = 8 + 4 + 2 + 1), and in tiles of 16 from 32
-       inputs on, the last one partly filled, with 1 to 5 blocks (AMX: 4 at
-       a time) */
+       and 1 at a time (n_x = 15 = 8 + 4 + 2 + 1), more than 8 by two groups
+       at once where the kernel does (4 + 4 + 4 + 2 + 1, and a last group
+       alone: 17, 33 rows), and in tiles of 16 from 32 inputs on, the last
+       one partly filled, with 1 to 5 blocks (AMX: 4 at a time) */
     static const int shape[][3] = {{1, 1, 32}, {4, 4, 64}, {5, 3, 96}, {3, 5, 32}, {9, 9, 160}, {8, 17, 64}, {16, 2, 256},
                                    {2, 40, 96}, {16, 8, 32}, {17, 15, 64}, {33, 6, 96}, {48, 13, 32},
                                    {16, 32, 128}, {17, 33, 96}, {1, 47, 32}, {33, 48, 64}, {5, 25, 160},
