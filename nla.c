@@ -2508,6 +2508,12 @@ static inline void q_prefetch(const unsigned char *p, size_t n, int far) {
     }
 }
 
+/* The zero point the codes of dt carry in the kernel: the sums start at -z
+   (sum of x). */
+static inline int q_zero(nla_dtype dt) {
+    return dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
+}
+
 /* The codes of rows lg.. of the block at p that meet an input's bytes 4k..4k+3
    (*lo) and 4k+16..4k+19 (*hi), k < 4: Q8_0's chunks k and k + 4, Q4_0's
    chunk k split into low and high nibbles. */
@@ -2545,7 +2551,7 @@ static inline void
 q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
         const blk_a8 *x, int nb, const int C, int ask) {
     const size_t bs = QG * blk_bytes(dt);
-    const int z = dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
+    const int z = q_zero(dt);
     const int H = C == 1 ? QH * QS : C == 2 ? QH : 1; /* slices of VL rows per pass */
     const int far = nr <= QG; /* a pass streams one group: L2 requests too (q_prefetch) */
     for (int l0 = 0; l0 < nr; l0 += VL * H) {
@@ -2607,7 +2613,7 @@ static inline void
 q_wide(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
        const blk_a8 *x, int nb, const int C, int ask) {
     const size_t bs = QG * blk_bytes(dt);
-    const int z = dt == NLA_DTYPE_Q4_0 ? 8 : Q8_SIGNED ? 0 : 128;
+    const int z = q_zero(dt);
     vf acc[QW][4];
     for (int j = 0; j < QW; j++)
         for (int c = 0; c < C; c++) acc[j][c] = vf_zero();
@@ -2653,24 +2659,20 @@ __attribute__((always_inline))
 static inline void
 q_group_fmt(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
             const blk_a8 *x, int n, int nb) {
+    const int wide = QW > 1 && n > QC && nr > (QW - 1) * QG;
+    for (int t = 0; t < n;) {
+        const int c = n - t >= 8 && QC >= 8 && !wide ? 8 : n - t >= 4 ? 4 : n - t >= 2 ? 2 : 1;
+        float *yt = y + (size_t)t * ys;
+        const blk_a8 *xt = x + (size_t)t * nb;
 #if QW > 1
-    if (n > QC && nr > (QW - 1) * QG) {
-        for (int t = 0; t < n;) {
-            const int c = n - t >= 4 ? 4 : n - t >= 2 ? 2 : 1;
-            float *yt = y + (size_t)t * ys;
-            const blk_a8 *xt = x + (size_t)t * nb;
+        if (wide) {
             if (c == 4) q_wide(yt, ys, g, gb, dt, nr, xt, nb, 4, t == 0);
             else if (c == 2) q_wide(yt, ys, g, gb, dt, nr, xt, nb, 2, t == 0);
             else q_wide(yt, ys, g, gb, dt, nr, xt, nb, 1, t == 0);
             t += c;
+            continue;
         }
-        return;
-    }
 #endif
-    for (int t = 0; t < n;) {
-        const int c = n - t >= 8 && QC >= 8 ? 8 : n - t >= 4 ? 4 : n - t >= 2 ? 2 : 1;
-        float *yt = y + (size_t)t * ys;
-        const blk_a8 *xt = x + (size_t)t * nb;
         switch (c) {
         case 8: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 8, t == 0); break;
         case 4: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 4, t == 0); break;
