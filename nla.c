@@ -2323,6 +2323,7 @@ static inline int32_t ld_i32(const void *p) {
 #define QC 8 /* inputs met at once, at most */
 #define QW 2 /* groups a pass of several inputs meets at once (q_wide) */
 #define Q8_SIGNED 0
+#define Q_ONE_L1(dt) ((dt) == NLA_DTYPE_Q8_0) /* see q_prefetch */
 typedef __m512i vi;
 typedef __m512 vf;
 static inline vi vi_load(const unsigned char *p) { return _mm512_loadu_si512((const void *)p); }
@@ -2361,6 +2362,7 @@ static inline vi vi_flip(vi v) { return _mm256_xor_si256(v, _mm256_set1_epi8((ch
 #if (defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)
 #define NLA_SIMD_NAME "avx2-vnni"
 #define Q8_SIGNED 0
+#define Q_ONE_L1(dt) ((dt) == NLA_DTYPE_Q8_0)
 static inline vi vi_dp(vi s, vi u, vi x) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
     return _mm256_dpbusd_epi32(s, u, x);
@@ -2373,6 +2375,7 @@ static inline vi vi_dp(vi s, vi u, vi x) {
    most 2 x 128 x 127, no saturation), then pairs to int32. */
 #define NLA_SIMD_NAME "avx2"
 #define Q8_SIGNED 1
+#define Q_ONE_L1(dt) 0
 static inline vi vi_dp(vi s, vi w, vi x) {
     const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
     return _mm256_add_epi32(s, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
@@ -2464,6 +2467,9 @@ static inline void vf_store(float *y, vf v, int n) {
 #ifndef QW
 #define QW 1
 #endif
+#ifndef Q_ONE_L1
+#define Q_ONE_L1(dt) 1 /* NEON: not measured */
+#endif
 
 #ifdef VL
 /* Adds to s[c] the sums of a block's 8 chunks, codes u[k] x the bytes
@@ -2491,20 +2497,27 @@ vi_blocks(vi *s, const vi *u, const blk_a8 *x, int nb, int C, int small) {
 #define Q_AHEAD 4096 /* bytes of the weights q_lanes asks for ahead, into L1 */
 #define Q_FAR 8192   /* and into L2 */
 
-/* Asks for the weights Q_AHEAD bytes past the n at p into L1, and Q_FAR
-   bytes past them into L2 when far, once per 64-byte line: the lines that
-   start in [p, p + n). (AMD Zen 5, 2 threads, one group at a time,
+/* Asks for the weights Q_AHEAD bytes past the n at p into L1 when l1, and
+   Q_FAR bytes past them into L2 when l2, once per 64-byte line: the lines
+   that start in [p, p + n). (AMD Zen 5, 2 threads, one group at a time,
    distances alternating in one process: 12B Q4_0 decode with the
    hardware's own prefetch alone is 7 % slower, with the L1 request alone 2
    %, the L2 request 8 KB on 2-3 % faster than 16 KB on; 1B within 1 %.
    Intel Xeon with AMX: once per line, not once per 64 bytes from p, 1.04x;
    with QS groups streaming at once, the L2 requests made it 4-5 % slower;
-   on Zen 5 12 % slower, 12B Q4_0 decode.) */
-static inline void q_prefetch(const unsigned char *p, size_t n, int far) {
+   on Zen 5 12 % slower, 12B Q4_0 decode.) A pass over one group asks into
+   L2, and into L1 as well only where Q_ONE_L1(dt): Q8_0 on a target with a
+   byte dot product, whose loop spends the fewest instructions per byte
+   read; elsewhere the L1 requests cost the loop more than they save (AMD
+   Zen 5, 1B decode from weights read into memory, one process
+   alternating, 12 pairs each: without them the avx2 kernel's Q4_0 1.15x
+   faster at 1 thread and at 2, its Q8_0 1.04x; avx2-vnni Q4_0 1.09x, Q8_0
+   0.99x; avx512-vnni Q4_0 1.06x / 1.02x, Q8_0 0.95x; prefill within 3 %). */
+static inline void q_prefetch(const unsigned char *p, size_t n, int l1, int l2) {
     const size_t first = (64 - (uintptr_t)p % 64) % 64;
     for (size_t o = first; o < n; o += 64) {
-        PREFETCH(p + o + Q_AHEAD);
-        if (far) PREFETCH_FAR(p + o + Q_FAR);
+        if (l1) PREFETCH(p + o + Q_AHEAD);
+        if (l2) PREFETCH_FAR(p + o + Q_FAR);
     }
 }
 
@@ -2553,7 +2566,7 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype 
     const size_t bs = QG * blk_bytes(dt);
     const int z = q_zero(dt);
     const int H = C == 1 ? QH * QS : C == 2 ? QH : 1; /* slices of VL rows per pass */
-    const int far = nr <= QG; /* a pass streams one group: L2 requests too (q_prefetch) */
+    const int one = nr <= QG; /* a pass streams one group: it asks into L2 (q_prefetch) */
     for (int l0 = 0; l0 < nr; l0 += VL * H) {
         const int first = ask && l0 % QG == 0; /* the pass over the groups' first slices */
         vf acc[QH * QS][8];
@@ -2573,8 +2586,8 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype 
                    Q4_0 decode, whose groups are 10 KB, weights read into
                    memory, alternating: 1.04-1.08x at 2 threads, 1.01-1.03x
                    at 1; 12B within noise) */
-                const size_t on = !far && (size_t)b * bs + Q_AHEAD >= gb ? (QS - 1) * gb : 0;
-                if (first && (h == 0 || lg == 0)) q_prefetch(p + on, bs, far);
+                const size_t on = !one && (size_t)b * bs + Q_AHEAD >= gb ? (QS - 1) * gb : 0;
+                if (first && (h == 0 || lg == 0)) q_prefetch(p + on, bs, !one || Q_ONE_L1(dt), one);
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
                 for (int k = 0; k < 4; k++) q_codes(&u[k], &u[k + 4], p, dt, k, lg);
                 const vf dw = vf_scales(p + 2 * lg);
@@ -2619,7 +2632,7 @@ q_wide(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype d
         for (int c = 0; c < C; c++) acc[j][c] = vf_zero();
     for (int b = 0; b < nb; b++) {
         const unsigned char *p = g + (size_t)b * bs; /* group j's block b: p + j gb */
-        for (int j = 0; ask && j < QW; j++) q_prefetch(p + j * gb, bs, 0);
+        for (int j = 0; ask && j < QW; j++) q_prefetch(p + j * gb, bs, 1, 0);
         vi s[QW][4];
         for (int c = 0; c < C; c++) {
             const vi s0 = vi_set1(-z * x[(size_t)c * nb + b].sum);
@@ -2768,7 +2781,7 @@ static inline void amx_codes(int8_t (*w)[8][64], const unsigned char *g, nla_dty
     const size_t bs = QG * blk_bytes(dt);
     for (int b = b0; b < b1; b++) {
         const unsigned char *p = g + b * bs;
-        q_prefetch(p, bs, 1);
+        q_prefetch(p, bs, 1, 1);
         for (int k = 0; k < 4; k++) {
             vi lo, hi;
             if (dt == NLA_DTYPE_Q8_0) {
