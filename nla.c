@@ -2925,19 +2925,21 @@ static void mm_scratch_free(mm_scratch *sc) {
 }
 
 /* The bytes of a group from which one input (decoding) meets QS groups at
-   once, not one. On AMD's CPUs 32 KB: 4 streams of a 1B model's groups
-   (10 KB in Q4_0 and 18 KB in Q8_0, the down projection's apart) lost to
-   one stream, while 12B's (35 KB on) gained (AMD Zen 5, 2 threads, weights read
-   into memory, one process alternating every 30-40 steps, medians of 12-20
-   pairs: 1B Q4_0 decode 1.07x at 1 thread, 1.05x at 2; Q8_0 1.04x / 1.06x;
-   one group for every size: 12B Q4_0 0.92x). Elsewhere every size: on the
-   Intel Xeon with AMX, 4 groups with the next task's group asked for ahead
-   decoded 1B 1-8 % faster than one. */
+   once, not one. On AMD's CPUs 16 KB: 4 streams of a 1B model's Q4_0
+   groups (10 KB, the down projection's apart) lose to one stream, while
+   its Q8_0 groups (17-20 KB) and 12B's (35 KB on) gain (AMD Zen 5, weights
+   read into memory, one process alternating every 32 steps, 12-16 pairs:
+   1B Q4_0 decode in 4 streams 0.96x at 2 threads; 1B Q8_0 1.11-1.14x at 1
+   thread, in three runs, 1.09x at 2, where the LM head read 1.16x faster;
+   separate processes alternating, 1 thread: 1.05x; one group for every
+   size: 12B Q4_0 0.92x). Elsewhere every size: on the Intel Xeon with AMX,
+   4 groups with the next task's group asked for ahead decoded 1B 1-8 %
+   faster than one. */
 static size_t qs_min_bytes(void) {
 #ifdef NLA_CPUID
     unsigned a = 0, b = 0, c = 0, d = 0; /* leaf 0: the maker in EBX EDX ECX, "AuthenticAMD" */
     if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163)
-        return 32768;
+        return 16384;
 #endif
     return 0;
 }
