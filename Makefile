@@ -109,6 +109,8 @@ BENCH_MODELS ?= weights/bench-1b-q8_0 weights/bench-1b-q4_0
 BENCH_NLA    ?= weights/bench-nla-1b-q4
 weights/bench-1b-%: | nla
 	./nla random-model $@ --force --role target --shape 1b --quant $*
+weights/bench-4b-%: | nla
+	./nla random-model $@ --force --role target --shape 4b --quant $*
 weights/bench-12b-%: | nla
 	./nla random-model $@ --force --role target --shape 12b --quant $*
 weights/bench-nla-1b-q4/ar/nla_meta.yaml: nla weights/tokenizer.json
@@ -129,7 +131,7 @@ bench-search: tests/bench nla
 # llama.cpp side by side (optional; README.md, Performance, says what
 # ANCHOR_REF holds: node-llama-cpp's prebuilt libllama, a bench_llama
 # program on it, the GGUF files of the shapes). For each shape of
-# ANCHOR_SHAPES (1b, 12b) and type of ANCHOR_TYPES: llama.cpp's pp512/tg64
+# ANCHOR_SHAPES (1b, 4b, 12b) and type of ANCHOR_TYPES: llama.cpp's pp512/tg64
 # at ANCHOR_THREADS (1 and 2), then ours on the same shape right after, so both come
 # from one moment of a noisy host, and the ratios nla.c / llama.cpp.
 ANCHOR_REF    ?= $(HOME)/ref

@@ -12486,13 +12486,12 @@ static int cmd_quantize(int argc, char **argv) {
 #define RT_EOS_IDS "[1, 106]"
 
 static const char *const usage_random =
-    "usage: nla random-model DIR [--role trio|target|av|ar] [--shape tiny|1b|12b|27b] "
-    "[--quant q8_0|q4]\n"
-    "                        [--seed S] [--tokenizer FILE] [--force]\n"
+    "usage: nla random-model DIR [--role trio|target|av|ar] [--shape tiny|1b|4b|12b|27b]\n"
+    "                        [--quant q8_0|q4] [--seed S] [--tokenizer FILE] [--force]\n"
     "\n"
     "Writes Gemma 3 checkpoints with RANDOM weights, for trying the pipeline and for benchmarks:\n"
     "their outputs are meaningless. --shape tiny (default: d_model 16, 4 layers) or the real\n"
-    "shapes of Gemma 3 1B, 12B, 27B, all with the real 262k vocabulary. --quant writes the\n"
+    "shapes of Gemma 3 1B, 4B, 12B, 27B, all with the real 262k vocabulary. --quant writes the\n"
     "matrices as quantized blocks directly (a 12B-shaped bf16 trio would not fit most disks).\n"
     "--role trio (default) writes DIR/target, DIR/av and DIR/ar: an NLA trio with sidecars and\n"
     "the AR's value head. --tokenizer links that tokenizer.json into each folder. A folder that\n"
@@ -12510,6 +12509,7 @@ typedef struct {
 static const rshape rshapes[] = {
     {"tiny", 16, 32, 4, 2, 1, 8, 262144, 32, 8, 2, 2, 8.0f, 40.0},
     {"1b", 1152, 6912, 26, 4, 1, 256, 262144, 512, 256, 6, 17, 1.0f, 1000.0},
+    {"4b", 2560, 10240, 34, 8, 4, 256, 262208, 1024, 256, 6, 22, 8.0f, 80000.0},
     {"12b", 3840, 15360, 48, 16, 8, 256, 262208, 1024, 256, 6, 32, 8.0f, 80000.0},
     {"27b", 5376, 21504, 62, 32, 16, 128, 262208, 1024, 168, 6, 41, 8.0f, 60000.0},
 };
@@ -12753,7 +12753,7 @@ static int cmd_random_model(int argc, char **argv) {
     const rshape *sh = NULL;
     for (size_t i = 0; i < sizeof rshapes / sizeof *rshapes; i++)
         if (!strcmp(shape, rshapes[i].name)) sh = &rshapes[i];
-    if (!sh) return cli_error("--shape: tiny, 1b, 12b or 27b");
+    if (!sh) return cli_error("--shape: tiny, 1b, 4b, 12b or 27b");
     const nla_dtype q = o.quant == NLA_QUANT_Q8_0   ? NLA_DTYPE_Q8_0
                         : o.quant == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0
                                                     : NLA_DTYPE_BF16;
