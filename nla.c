@@ -2298,13 +2298,14 @@ static void axpys(float *o, const float *w, const float *v, int m, int n) {
    once. Where a vector holds fewer than 16 rows (VL < QG), a pass over the
    group's blocks for 1 or 2 inputs (decode) serves QH slices of VL rows,
    so each 64-byte chunk is read whole in one pass. One input (decoding)
-   meets up to QS groups in one pass, each slice with its own loads: a
-   load instruction that steps through one group finds its stride in the
-   core's prefetcher, and QS streams keep more lines in flight than one
-   (Intel Xeon with AMX, 2 threads, 12B Q4_0 decode from weights read into
-   memory, alternating: 4 groups 4.48-4.59 tok/s, 1 group 4.26-4.38; with
-   no software prefetch, 4 groups 4.45-4.66, and 3.54-3.65 in a loop where
-   one load instruction served all 4). */
+   meets up to QS groups in one pass (adjacent, or apart: mm_task), each
+   slice with its own loads: a load instruction that steps through one
+   group finds its stride in the core's prefetcher, and QS streams keep
+   more lines in flight than one (Intel Xeon with AMX, 2 threads, 12B Q4_0
+   decode from weights read into memory, alternating: 4 groups 4.48-4.59
+   tok/s, 1 group 4.26-4.38; with no software prefetch, 4 groups
+   4.45-4.66, and 3.54-3.65 in a loop where one load instruction served
+   all 4). */
 #if (defined(__AVX2__) || (defined(__ARM_NEON) && defined(__aarch64__))) && !defined(NLA_NO_SIMD)
 /* 4 bytes at p as one int32 (any alignment). */
 static inline int32_t ld_i32(const void *p) {
@@ -2547,8 +2548,9 @@ static inline void q_codes(vi *lo, vi *hi, const unsigned char *p, const nla_dty
 }
 
 /* y[t * ys + r] = row r of the groups at g (gb bytes apart) . input t of
-   the C at x (nb blocks apart), for rows r < nr (nr <= QS QG for one input,
-   else QG); dt and C are constants where it is inlined, so each format and
+   the C at x (nb blocks apart), for rows r < nr (nr <= QG, or for one input
+   the rows of QS groups ss groups apart: r < nr in groups 0, ss, .., (QS -
+   1) ss); dt and C are constants where it is inlined, so each format and
    width gets its own loop. ask: this is the first of the passes that meet
    these groups, so it asks for the weights ahead (q_prefetch: whole
    blocks) in the pass over each group's first slice of rows; later passes
@@ -2561,13 +2563,15 @@ static inline void q_codes(vi *lo, vi *hi, const unsigned char *p, const nla_dty
 __attribute__((always_inline))
 #endif
 static inline void
-q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
-        const blk_a8 *x, int nb, const int C, int ask) {
+q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, const nla_dtype dt,
+        int nr, const blk_a8 *x, int nb, const int C, int ask) {
     const size_t bs = QG * blk_bytes(dt);
     const int z = q_zero(dt);
     const int H = C == 1 ? QH * QS : C == 2 ? QH : 1; /* slices of VL rows per pass */
     const int one = nr <= QG; /* a pass streams one group: it asks into L2 (q_prefetch) */
-    for (int l0 = 0; l0 < nr; l0 += VL * H) {
+    const int st = C == 1 ? ss : 1;                   /* groups between a pass's groups */
+#define Q_ROW(h) (l0 + (h) / QH * st * QG + (h) % QH * VL) /* slice h's first row */
+    for (int l0 = 0; l0 < nr; l0 += VL * H * st) {
         const int first = ask && l0 % QG == 0; /* the pass over the groups' first slices */
         vf acc[QH * QS][8];
         for (int h = 0; h < H; h++)
@@ -2577,16 +2581,18 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype 
 #pragma GCC unroll 8
 #endif
             for (int h = 0; h < H; h++) {
-                const int l = l0 + h * VL, lg = l % QG; /* row l is row lg of group l / QG */
+                const int l = Q_ROW(h), lg = l % QG; /* row l is row lg of group l / QG */
                 if (l >= nr) break;
                 const unsigned char *p = g + (size_t)(l / QG) * gb + (size_t)b * bs;
-                /* while QS groups stream, a group's last Q_AHEAD bytes ask
-                   for the slice's group of the next task, QS groups on, the
-                   thread's next claim as a rule (Intel Xeon with AMX, 1B
-                   Q4_0 decode, whose groups are 10 KB, weights read into
-                   memory, alternating: 1.04-1.08x at 2 threads, 1.01-1.03x
-                   at 1; 12B within noise) */
-                const size_t on = !one && (size_t)b * bs + Q_AHEAD >= gb ? (QS - 1) * gb : 0;
+                /* while QS adjacent groups stream (st 1), a group's last
+                   Q_AHEAD bytes ask for the slice's group of the next task,
+                   QS groups on, the thread's next claim as a rule (Intel
+                   Xeon with AMX, 1B Q4_0 decode, whose groups are 10 KB,
+                   weights read into memory, alternating: 1.04-1.08x at 2
+                   threads, 1.01-1.03x at 1; 12B within noise); apart, the
+                   next task's group is the next one */
+                const size_t on =
+                    !one && st == 1 && (size_t)b * bs + Q_AHEAD >= gb ? (QS - 1) * gb : 0;
                 if (first && (h == 0 || lg == 0)) q_prefetch(p + on, bs, !one || Q_ONE_L1(dt), one);
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
                 for (int k = 0; k < 4; k++) q_codes(&u[k], &u[k + 4], p, dt, k, lg);
@@ -2598,10 +2604,13 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype 
                     acc[h][c] = vf_step(acc[h][c], s[c], dw, x[(size_t)c * nb + b].d);
             }
         }
-        for (int h = 0, l = l0; h < H && l < nr; h++, l += VL)
-            for (int c = 0; c < C; c++)
+        for (int h = 0; h < H && Q_ROW(h) < nr; h++)
+            for (int c = 0; c < C; c++) {
+                const int l = Q_ROW(h);
                 vf_store(y + (size_t)c * ys + l, acc[h][c], nr - l < VL ? nr - l : VL);
+            }
     }
+#undef Q_ROW
 }
 
 #if QW > 1
@@ -2670,8 +2679,8 @@ q_wide(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype d
 __attribute__((always_inline))
 #endif
 static inline void
-q_group_fmt(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
-            const blk_a8 *x, int n, int nb) {
+q_group_fmt(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, const nla_dtype dt,
+            int nr, const blk_a8 *x, int n, int nb) {
     const int wide = QW > 1 && n > QC && nr > (QW - 1) * QG;
     for (int t = 0; t < n;) {
         const int c = n - t >= 8 && QC >= 8 && !wide ? 8 : n - t >= 4 ? 4 : n - t >= 2 ? 2 : 1;
@@ -2687,10 +2696,10 @@ q_group_fmt(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dt
         }
 #endif
         switch (c) {
-        case 8: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 8, t == 0); break;
-        case 4: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 4, t == 0); break;
-        case 2: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 2, t == 0); break;
-        default: q_lanes(yt, ys, g, gb, dt, nr, xt, nb, 1, t == 0); break;
+        case 8: q_lanes(yt, ys, g, gb, 1, dt, nr, xt, nb, 8, t == 0); break;
+        case 4: q_lanes(yt, ys, g, gb, 1, dt, nr, xt, nb, 4, t == 0); break;
+        case 2: q_lanes(yt, ys, g, gb, 1, dt, nr, xt, nb, 2, t == 0); break;
+        default: q_lanes(yt, ys, g, gb, ss, dt, nr, xt, nb, 1, t == 0); break;
         }
         t += c;
     }
@@ -2855,13 +2864,15 @@ const char *nla_kernel_simd(void) {
 
 /* y[t * ys + r] = row r < nr of the groups at g (gb bytes apart) . input t
    of the n at x (nb blocks apart): the SIMD kernel, or the scalar
-   reference. */
-static void q_group(float *y, size_t ys, const unsigned char *g, size_t gb, nla_dtype dt, int nr,
-                    const blk_a8 *x, int n, int nb) {
+   reference; for one input, the rows of QS groups ss groups apart (ss is
+   1 where QS is). */
+static void q_group(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, nla_dtype dt,
+                    int nr, const blk_a8 *x, int n, int nb) {
 #ifdef VL
-    if (dt == NLA_DTYPE_Q8_0) q_group_fmt(y, ys, g, gb, NLA_DTYPE_Q8_0, nr, x, n, nb);
-    else q_group_fmt(y, ys, g, gb, NLA_DTYPE_Q4_0, nr, x, n, nb);
+    if (dt == NLA_DTYPE_Q8_0) q_group_fmt(y, ys, g, gb, ss, NLA_DTYPE_Q8_0, nr, x, n, nb);
+    else q_group_fmt(y, ys, g, gb, ss, NLA_DTYPE_Q4_0, nr, x, n, nb);
 #else
+    (void)ss;
     for (int t = 0; t < n; t++)
         for (int r = 0; r < nr; r++)
             y[(size_t)t * ys + r] =
@@ -2908,6 +2919,7 @@ typedef struct {
     int *claimed;  /* [nt * CLAIM_STRIDE] */
     int nt;
     size_t qs_min; /* one input meets QS groups at once where a group has this many bytes */
+    int apart;     /* and then groups a quarter of the matrix apart, not adjacent ones */
 } mm_scratch;
 
 /* p rounded up to a multiple of 64 bytes, a cache line, so that rows of 64
@@ -2924,31 +2936,38 @@ static void mm_scratch_free(mm_scratch *sc) {
     memset(sc, 0, sizeof *sc);
 }
 
-/* The bytes of a group from which one input (decoding) meets QS groups at
-   once, not one. On AMD's CPUs 16 KB: 4 streams of a 1B model's Q4_0
-   groups (10 KB, the down projection's apart) lose to one stream, while
-   its Q8_0 groups (17-20 KB) and 12B's (35 KB on) gain (AMD Zen 5, weights
-   read into memory, one process alternating every 32 steps, 12-16 pairs:
-   1B Q4_0 decode in 4 streams 0.96x at 2 threads; 1B Q8_0 1.11-1.14x at 1
-   thread, in three runs, 1.09x at 2, where the LM head read 1.16x faster;
-   separate processes alternating, 1 thread: 1.05x; one group for every
-   size: 12B Q4_0 0.92x). Elsewhere every size: on the Intel Xeon with AMX,
-   4 groups with the next task's group asked for ahead decoded 1B 1-8 %
-   faster than one. */
-static size_t qs_min_bytes(void) {
+/* 1 on AMD's CPUs, whose decoding streams are set apart (mm_scratch_init). */
+static int cpu_is_amd(void) {
 #ifdef NLA_CPUID
     unsigned a = 0, b = 0, c = 0, d = 0; /* leaf 0: the maker in EBX EDX ECX, "AuthenticAMD" */
-    if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163)
-        return 16384;
-#endif
+    return __get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541 && d == 0x69746e65 &&
+           c == 0x444d4163;
+#else
     return 0;
+#endif
 }
 
 /* For matmuls of up to n_rows inputs of up to max_cols; 0 when memory runs out. */
 static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_cols) {
     memset(sc, 0, sizeof *sc);
     sc->nt = nt;
-    sc->qs_min = qs_min_bytes();
+    /* How one input (decoding) meets the groups. On AMD's CPUs QS groups a
+       quarter of the matrix apart (mm_task), so that each of the QS streams
+       runs on from one task into the next, from groups of 16 KB: four
+       adjacent groups, whose streams start afresh at each task, gained
+       nothing over one group at a time in a 4B model (Q4_0, 23 KB groups),
+       four apart 1.11-1.22x (AMD Zen 5, weights read into memory, one
+       process alternating every 24-32 steps, 8-10 pairs: four apart against
+       four adjacent, 4B Q4_0 1.15x / 1.12x at 1 / 2 threads, 12B Q4_0 1.18x
+       at 2, 1B Q8_0 1.06x / 1.06x, 12B Q8_0 mapped 1.04x; four apart against
+       one, 1B Q8_0 1.20x / 1.18x, 4B Q4_0 1.22x / 1.11x), while 1B's Q4_0
+       groups (10 KB, the down projection's apart) stay one at a time (its
+       glu pair in four streams apart 0.79x at 1 thread). Elsewhere four
+       adjacent groups at every size, the next task's asked for ahead (the
+       Intel Xeon with AMX: 1B decoding 1-8 % faster than one group; four
+       apart not measured there). */
+    sc->apart = cpu_is_amd();
+    sc->qs_min = sc->apart ? 16384 : 0;
     sc->rowbuf = (float *)xmalloc((size_t)nt * (BUF_FLOATS * max_cols + 16), sizeof(float));
     sc->xq = (blk_a8 *)xmalloc(n_rows * (max_cols / QK + 1), sizeof(blk_a8));
     sc->claimed = (int *)xmalloc((size_t)nt * CLAIM_STRIDE, sizeof(int));
@@ -3011,10 +3030,11 @@ static float gelu(float x) {
 }
 
 /* Rows r0 .. r0+nr of y [n, w.rows] = x [n, w.cols] . W^T: groups of a
-   quantized matrix (one, or up to QS for one input) against the n inputs
-   quantized in sc (in AMX tiles or not), or float rows converted one at a
-   time into the thread's buffer f and met by all n. */
-static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x,
+   quantized matrix (one, or up to QS for one input, ss groups apart: then
+   only their rows) against the n inputs quantized in sc (in AMX tiles or
+   not), or float rows converted one at a time into the thread's buffer f
+   and met by all n. */
+static void mm_rows(float *y, const wmat *w, int r0, int nr, int ss, const float *x,
                     const mm_scratch *sc, int n, float *f) {
     const int rows = w->rows, cols = w->cols;
     if (is_quant(w->dt)) {
@@ -3027,7 +3047,7 @@ static void mm_rows(float *y, const wmat *w, int r0, int nr, const float *x,
             return;
         }
 #endif
-        q_group(y + r0, (size_t)rows, g, gb, w->dt, nr, sc->xq, n, cols / QK);
+        q_group(y + r0, (size_t)rows, g, gb, ss, w->dt, nr, sc->xq, n, cols / QK);
         return;
     }
     for (int r = r0; r < r0 + nr; r++) {
@@ -3053,19 +3073,28 @@ static int task_rows(int n, const wmat *const *w, const mm_scratch *sc) {
     return many ? QS * QG : QG;
 }
 
-/* Task `task` of matmuls below, of tr rows: rows r0 .. r0+nr of matrix j
-   (and of the matrices after it when glu), into f the thread's row buffer. */
+/* Task `task` of matmuls below, of tr rows of matrix j (and of the
+   matrices after it when glu), into f the thread's row buffer: rows t tr
+   .. (t + 1) tr for the matrix's task t, or where one input meets QS
+   quantized groups set apart (sc->apart), the matrix's groups t, t + m,
+   .., t + (QS - 1) m for m its tasks, so that each of the QS streams runs
+   on in a straight line from one task to the next. */
 static void mm_task(float *const *y, const float *x, int n, const wmat *const *w, int k, int glu,
                     const int *first, int tr, int task, const mm_scratch *sc, float *f) {
     int j = 0;
     while (task >= first[j + 1]) j++;
-    const int r0 = (task - first[j]) * tr, rows = w[j]->rows;
-    const int nr = rows - r0 < tr ? rows - r0 : tr;
-    for (int i = j; i < (glu ? k : j + 1); i++) mm_rows(y[i], w[i], r0, nr, x, sc, n, f);
-    if (glu)
-        for (int t = 0; t < n; t++)
-            for (size_t i = (size_t)t * rows + r0; i < (size_t)t * rows + r0 + nr; i++)
-                y[0][i] = gelu(y[0][i]) * y[1][i];
+    const int rows = w[j]->rows, t = task - first[j], m = first[j + 1] - first[j];
+    const int ss = sc->apart && n == 1 && tr > QG && is_quant(w[j]->dt) ? m : 1;
+    const int r0 = ss > 1 ? t * QG : t * tr, span = ss > 1 ? ((QS - 1) * ss + 1) * QG : tr;
+    const int nr = rows - r0 < span ? rows - r0 : span; /* rows r0 .. r0 + nr hold the task's */
+    for (int i = j; i < (glu ? k : j + 1); i++) mm_rows(y[i], w[i], r0, nr, ss, x, sc, n, f);
+    if (glu) /* the task's rows, QG at a time, ss groups apart */
+        for (int l = r0; l < r0 + nr; l += ss * QG)
+            for (int c = 0; c < n; c++) {
+                float *g = y[0] + (size_t)c * rows;
+                const float *u = y[1] + (size_t)c * rows;
+                for (int i = l; i < l + QG && i < r0 + nr; i++) g[i] = gelu(g[i]) * u[i];
+            }
 }
 
 /* y[j] [n, w[j].rows] = x [n, cols] . W_j^T for the k <= 3 matrices that
@@ -3160,7 +3189,8 @@ nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int r
         NLA_FREE(qw);
         return NLA_ERR_NOMEM;
     }
-    sc.qs_min = 0; /* one input meets QS groups whatever the CPU: the check covers that path */
+    sc.qs_min = 0; /* one input meets QS groups apart whatever the CPU: the check covers */
+    sc.apart = 1;  /* that path, and adjacent ones in a matrix of one task */
     for (int r = 0; r < rows; r++)
         q_put_row(w + (size_t)r * n, qw + (size_t)(r / QG) * gb, r % QG, dt, n);
     const wmat wm = {qw, dt, rows, n};

@@ -45,7 +45,7 @@ static double quant_bound(nla_dtype dt, const float *w, const float *x, int n, d
    rounding); the integer sums are exact in both, only the float
    accumulation order differs. */
 static void check_matmul(const float *w, const float *x, int rows, int n_x, int n, const char *what) {
-    static float ref[64 * 64], simd[64 * 64]; /* rows * n_x */
+    static float ref[64 * 64], simd[64 * 64]; /* rows * n_x <= 4096 */
     for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++) {
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 0, ref), NLA_OK);
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 1, simd), NLA_OK);
@@ -81,7 +81,7 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
                   what, off);
         /* batch invariance: each input alone gives the same bits (decode and
            batched decode, one sequence or many, agree exactly) */
-        static float one[64]; /* rows */
+        static float one[256]; /* rows */
         int differ = 0;
         for (int t = 0; t < n_x; t++) {
             CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x + (size_t)t * n, rows, 1, n, 1, one), NLA_OK);
@@ -205,7 +205,7 @@ static void test_kernel_choice(void) {
 }
 
 static void test_kernels(void) {
-    enum { N = 4096 };
+    enum { N = 8192 };
     static float w[N], x[N];
     test_kernel_choice();
     for (int rep = 0; rep < 20; rep++) {
@@ -254,11 +254,16 @@ static void test_kernels(void) {
        and 1 at a time (n_x = 15 = 8 + 4 + 2 + 1), more than 8 by two groups
        at once where the kernel does (4 + 4 + 4 + 2 + 1, and a last group
        alone: 17, 33 rows), and in tiles of 16 from 32 inputs on, the last
-       one partly filled, with 1 to 5 blocks (AMX: 4 at a time) */
+       one partly filled, with 1 to 5 blocks (AMX: 4 at a time); one input
+       alone (the batch invariance check) meets 4 groups at once, in
+       matrices of more than 64 rows 4 apart, the last one missing or
+       partly filled where the groups are not a multiple of 4 (100, 120,
+       200 rows: 7, 8 and 13 groups) */
     static const int shape[][3] = {{1, 1, 32}, {4, 4, 64}, {5, 3, 96}, {3, 5, 32}, {9, 9, 160}, {8, 17, 64}, {16, 2, 256},
                                    {2, 40, 96}, {16, 8, 32}, {17, 15, 64}, {33, 6, 96}, {48, 13, 32},
                                    {16, 32, 128}, {17, 33, 96}, {1, 47, 32}, {33, 48, 64}, {5, 25, 160},
-                                   {64, 64, 64}}; /* rows n_x n; n_x n <= N, rows n_x <= 64 64 */
+                                   {64, 64, 64}, {100, 3, 32}, {120, 2, 32}, {200, 1, 32},
+                                   {128, 9, 32}}; /* rows n_x n; n_x n, rows n <= N; rows n_x <= 4096 */
     for (size_t k = 0; k < sizeof shape / sizeof *shape; k++) {
         const int rows = shape[k][0], nx = shape[k][1], n = shape[k][2];
         for (int i = 0; i < rows * n; i++) w[i] = (float)(urand() * 2 - 1);
@@ -549,11 +554,102 @@ static void test_exp(void) {
     CHECK(isnan(y[4]));
 }
 
+/* A quantized decode of a model wide enough (d = 2048: Q4_0 groups of 18
+   KB, Q8_0 of 34 KB) that one input meets 4 groups at once, on AMD's CPUs
+   4 apart, in q, k and v (one loop over three matrices), in gate and up
+   (one task computes both, then their GELU product, here over 13 groups,
+   the last one partly filled) and in the LM head: each token decoded alone
+   gives the bits of the same token in one prefill of the prompt. Random
+   bf16 weights, written under tests/tmp (the down projection, 200 wide,
+   stays as stored). */
+static void test_wide_decode(void) {
+    enum { D = 2048, F = 200, HD = 128, V = 512, T = 6 };
+    static const char *const mats[7][2] = {
+        {"self_attn.q_proj", "2"}, {"self_attn.k_proj", "1"}, {"self_attn.v_proj", "1"},
+        {"self_attn.o_proj", "o"}, {"mlp.gate_proj", "f"}, {"mlp.up_proj", "f"},
+        {"mlp.down_proj", "d"}};
+    static const char *const norms[6] = {
+        "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+        "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"};
+    static uint16_t big[V * D];          /* the embedding; every matrix is a slice of it */
+    static const uint16_t zero[D] = {0}; /* norms: Gemma stores the gain minus 1 */
+    static char names[2 * 13][64];
+    wtensor w[2 + 2 * 13];
+    for (int i = 0; i < V * D; i++) { /* bf16 of a uniform value of sd 0.05 */
+        const float f = (float)((urand() * 2 - 1) * 0.0866);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        big[i] = (uint16_t)(u >> 16);
+    }
+    int n = 0;
+    w[n++] = (wtensor){"model.embed_tokens.weight", "BF16", 2, {V, D}, big, sizeof big};
+    w[n++] = (wtensor){"model.norm.weight", "BF16", 1, {D}, zero, sizeof zero};
+    for (int l = 0; l < 2; l++) {
+        for (int k = 0; k < 7; k++) {
+            const char c = mats[k][1][0];
+            const long long r = c == '2' ? 2 * HD : c == '1' ? HD : c == 'f' ? F : D;
+            const long long cols = c == 'o' ? 2 * HD : c == 'd' ? F : D;
+            snprintf(names[n - 2], sizeof names[0], "model.layers.%d.%s.weight", l, mats[k][0]);
+            w[n] = (wtensor){names[n - 2], "BF16", 2, {r, cols}, big + (l * 7 + k) * 1024,
+                             (size_t)(r * cols * 2)};
+            n++;
+        }
+        for (int k = 0; k < 6; k++) {
+            snprintf(names[n - 2], sizeof names[0], "model.layers.%d.%s.weight", l, norms[k]);
+            w[n] = (wtensor){names[n - 2], "BF16", 1, {k < 4 ? D : HD}, zero, (size_t)(k < 4 ? D : HD) * 2};
+            n++;
+        }
+    }
+    char dir[64], cfg[1024], err[512];
+    tmp_dir(dir, sizeof dir, "wide");
+    snprintf(cfg, sizeof cfg,
+             "{\"architectures\": [\"Gemma3ForCausalLM\"], \"model_type\": \"gemma3_text\", "
+             "\"hidden_size\": %d, \"intermediate_size\": %d, \"num_attention_heads\": 2, "
+             "\"num_key_value_heads\": 1, \"head_dim\": %d, \"num_hidden_layers\": 2, "
+             "\"layer_types\": [\"sliding_attention\", \"full_attention\"], \"vocab_size\": %d, "
+             "\"sliding_window\": 4, \"query_pre_attn_scalar\": %d, \"rope_theta\": 1000000.0, "
+             "\"rope_local_base_freq\": 10000.0, \"rms_norm_eps\": 1e-06, "
+             "\"max_position_embeddings\": 64, \"hidden_activation\": \"gelu_pytorch_tanh\", "
+             "\"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\"}",
+             D, F, HD, V, HD);
+    CHECK_EQ(st_write("tests/tmp/wide/model.safetensors", w, n, NULL), 0);
+    CHECK_EQ(spit("tests/tmp/wide/config.json", cfg, strlen(cfg)), 0);
+    static const int32_t ids[T] = {2, 17, 300, 5, 511, 42};
+    for (int q = NLA_QUANT_Q8_0; q <= NLA_QUANT_Q4_0; q++) {
+        float *all = logits_of(dir, (nla_quant)q, ids, T, V, NULL);
+        nla_model_params mp;
+        memset(&mp, 0, sizeof mp);
+        mp.quant = (nla_quant)q;
+        nla_model *m;
+        nla_session *s = NULL;
+        CHECK_EQ(nla_model_open(dir, &mp, &m, err, sizeof err), NLA_OK);
+        if (!all || !m) { free(all); return; }
+        CHECK_EQ(nla_session_new(m, NULL, &s), NLA_OK);
+        int same = 1;
+        for (int t = 0; s && t < T; t++) {
+            float lg[V];
+            nla_batch b;
+            memset(&b, 0, sizeof b);
+            b.n_tokens = 1;
+            b.ids = ids + t;
+            b.logits = lg;
+            CHECK_EQ(nla_forward(s, &b), NLA_OK);
+            same &= !memcmp(lg, all + (size_t)t * V, sizeof lg);
+        }
+        CHECK_MSG(same, "%s, d %d: a token decoded alone differs from its prefill",
+                  q == NLA_QUANT_Q8_0 ? "Q8_0" : "Q4_0", D);
+        nla_session_free(s);
+        nla_model_close(m);
+        free(all);
+    }
+}
+
 int main(void) {
     test_exp();
     test_kernels();
     test_models();
     test_save();
     test_quantized_embedding();
+    test_wide_decode();
     return test_report();
 }
