@@ -2495,12 +2495,13 @@ vi_blocks(vi *s, const vi *u, const blk_a8 *x, int nb, int C, int small) {
             s[c] = vi_dp(s[c], u[k], vi_set1(ld_i32(x[(size_t)c * nb].q + 4 * k)));
 }
 
-#define Q_AHEAD 4096 /* bytes of the weights q_lanes asks for ahead, into L1 */
+#define Q_AHEAD 4096 /* bytes of the weights the kernels ask for ahead, into L1 */
+#define Q_APART 2048 /* the same in a pass over QS groups set apart */
 #define Q_FAR 8192   /* and into L2 */
 
-/* Asks for the weights Q_AHEAD bytes past the n at p into L1 when l1, and
-   Q_FAR bytes past them into L2 when l2, once per 64-byte line: the lines
-   that start in [p, p + n). (AMD Zen 5, 2 threads, one group at a time,
+/* Asks for the weights `ahead` bytes past the n at p into L1 (none when
+   0), and Q_FAR bytes past them into L2 when l2, once per 64-byte line:
+   the lines that start in [p, p + n). (AMD Zen 5, 2 threads, one group at a time,
    distances alternating in one process: 12B Q4_0 decode with the
    hardware's own prefetch alone is 7 % slower, with the L1 request alone 2
    %, the L2 request 8 KB on 2-3 % faster than 16 KB on; 1B within 1 %.
@@ -2513,11 +2514,19 @@ vi_blocks(vi *s, const vi *u, const blk_a8 *x, int nb, int C, int small) {
    Zen 5, 1B decode from weights read into memory, one process
    alternating, 12 pairs each: without them the avx2 kernel's Q4_0 1.15x
    faster at 1 thread and at 2, its Q8_0 1.04x; avx2-vnni Q4_0 1.09x, Q8_0
-   0.99x; avx512-vnni Q4_0 1.06x / 1.02x, Q8_0 0.95x; prefill within 3 %). */
-static inline void q_prefetch(const unsigned char *p, size_t n, int l1, int l2) {
+   0.99x; avx512-vnni Q4_0 1.06x / 1.02x, Q8_0 0.95x; prefill within 3 %).
+   A pass over QS groups set apart asks 2 KB ahead into L1, 8 KB for the
+   four streams together (AMD Zen 5, weights read into memory, one process
+   alternating, 6-10 pairs: against 4 KB, 4B Q4_0 decode 1.07-1.13x at 1
+   thread and 1.09-1.13x at 2, 12B Q4_0 1.10x at 2, 12B Q8_0 mapped 1.07x,
+   1B Q8_0 1.04x / 1.05x, 1B Q4_0, whose down projection alone streams
+   apart, 1.07x / 1.03x;
+   1 KB 0.97x and 3 KB 0.95-1.01x of 2 KB in 4B; 8 KB 0.98x of 4 KB; an
+   L2 request as well 0.89x, the L2 request alone 0.95-0.98x). */
+static inline void q_prefetch(const unsigned char *p, size_t n, size_t ahead, int l2) {
     const size_t first = (64 - (uintptr_t)p % 64) % 64;
     for (size_t o = first; o < n; o += 64) {
-        if (l1) PREFETCH(p + o + Q_AHEAD);
+        if (ahead) PREFETCH(p + o + ahead);
         if (l2) PREFETCH_FAR(p + o + Q_FAR);
     }
 }
@@ -2593,7 +2602,10 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, const nl
                    next task's group is the next one */
                 const size_t on =
                     !one && st == 1 && (size_t)b * bs + Q_AHEAD >= gb ? (QS - 1) * gb : 0;
-                if (first && (h == 0 || lg == 0)) q_prefetch(p + on, bs, !one || Q_ONE_L1(dt), one);
+                const size_t ahead = !one       ? (st > 1 ? Q_APART : Q_AHEAD)
+                                     : Q_ONE_L1(dt) ? Q_AHEAD
+                                                    : 0;
+                if (first && (h == 0 || lg == 0)) q_prefetch(p + on, bs, ahead, one);
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
                 for (int k = 0; k < 4; k++) q_codes(&u[k], &u[k + 4], p, dt, k, lg);
                 const vf dw = vf_scales(p + 2 * lg);
@@ -2641,7 +2653,7 @@ q_wide(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype d
         for (int c = 0; c < C; c++) acc[j][c] = vf_zero();
     for (int b = 0; b < nb; b++) {
         const unsigned char *p = g + (size_t)b * bs; /* group j's block b: p + j gb */
-        for (int j = 0; ask && j < QW; j++) q_prefetch(p + j * gb, bs, 1, 0);
+        for (int j = 0; ask && j < QW; j++) q_prefetch(p + j * gb, bs, Q_AHEAD, 0);
         vi s[QW][4];
         for (int c = 0; c < C; c++) {
             const vi s0 = vi_set1(-z * x[(size_t)c * nb + b].sum);
@@ -2790,7 +2802,7 @@ static inline void amx_codes(int8_t (*w)[8][64], const unsigned char *g, nla_dty
     const size_t bs = QG * blk_bytes(dt);
     for (int b = b0; b < b1; b++) {
         const unsigned char *p = g + b * bs;
-        q_prefetch(p, bs, 1, 1);
+        q_prefetch(p, bs, Q_AHEAD, 1);
         for (int k = 0; k < 4; k++) {
             vi lo, hi;
             if (dt == NLA_DTYPE_Q8_0) {
