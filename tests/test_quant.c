@@ -563,18 +563,20 @@ static void test_exp(void) {
    bf16 weights, written under tests/tmp (the down projection, 200 wide,
    stays as stored). */
 static void test_wide_decode(void) {
-    enum { D = 2048, F = 200, HD = 128, V = 512, T = 6 };
-    static const char *const mats[7][2] = {
-        {"self_attn.q_proj", "2"}, {"self_attn.k_proj", "1"}, {"self_attn.v_proj", "1"},
-        {"self_attn.o_proj", "o"}, {"mlp.gate_proj", "f"}, {"mlp.up_proj", "f"},
-        {"mlp.down_proj", "d"}};
-    static const char *const norms[6] = {
-        "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-        "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"};
+    enum { D = 2048, F = 200, HD = 128, V = 512, T = 6, L = 2 };
+    static const struct {
+        const char *name;
+        int rows, cols; /* 0: a norm's vector */
+    } tensors[13] = {
+        {"self_attn.q_proj", 2 * HD, D}, {"self_attn.k_proj", HD, D}, {"self_attn.v_proj", HD, D},
+        {"self_attn.o_proj", D, 2 * HD}, {"mlp.gate_proj", F, D}, {"mlp.up_proj", F, D},
+        {"mlp.down_proj", D, F}, {"input_layernorm", D, 0}, {"post_attention_layernorm", D, 0},
+        {"pre_feedforward_layernorm", D, 0}, {"post_feedforward_layernorm", D, 0},
+        {"self_attn.q_norm", HD, 0}, {"self_attn.k_norm", HD, 0}};
     static uint16_t big[V * D];          /* the embedding; every matrix is a slice of it */
     static const uint16_t zero[D] = {0}; /* norms: Gemma stores the gain minus 1 */
-    static char names[2 * 13][64];
-    wtensor w[2 + 2 * 13];
+    static char names[L * 13][64];
+    wtensor w[2 + L * 13];
     for (int i = 0; i < V * D; i++) { /* bf16 of a uniform value of sd 0.05 */
         const float f = (float)((urand() * 2 - 1) * 0.0866);
         uint32_t u;
@@ -584,22 +586,13 @@ static void test_wide_decode(void) {
     int n = 0;
     w[n++] = (wtensor){"model.embed_tokens.weight", "BF16", 2, {V, D}, big, sizeof big};
     w[n++] = (wtensor){"model.norm.weight", "BF16", 1, {D}, zero, sizeof zero};
-    for (int l = 0; l < 2; l++) {
-        for (int k = 0; k < 7; k++) {
-            const char c = mats[k][1][0];
-            const long long r = c == '2' ? 2 * HD : c == '1' ? HD : c == 'f' ? F : D;
-            const long long cols = c == 'o' ? 2 * HD : c == 'd' ? F : D;
-            snprintf(names[n - 2], sizeof names[0], "model.layers.%d.%s.weight", l, mats[k][0]);
-            w[n] = (wtensor){names[n - 2], "BF16", 2, {r, cols}, big + (l * 7 + k) * 1024,
-                             (size_t)(r * cols * 2)};
-            n++;
+    for (int l = 0; l < L; l++)
+        for (int k = 0; k < 13; k++, n++) {
+            const long long r = tensors[k].rows, c = tensors[k].cols;
+            snprintf(names[n - 2], sizeof names[0], "model.layers.%d.%s.weight", l, tensors[k].name);
+            w[n] = c ? (wtensor){names[n - 2], "BF16", 2, {r, c}, big + n * 1024, (size_t)(r * c * 2)}
+                     : (wtensor){names[n - 2], "BF16", 1, {r}, zero, (size_t)r * 2};
         }
-        for (int k = 0; k < 6; k++) {
-            snprintf(names[n - 2], sizeof names[0], "model.layers.%d.%s.weight", l, norms[k]);
-            w[n] = (wtensor){names[n - 2], "BF16", 1, {k < 4 ? D : HD}, zero, (size_t)(k < 4 ? D : HD) * 2};
-            n++;
-        }
-    }
     char dir[64], cfg[1024], err[512];
     tmp_dir(dir, sizeof dir, "wide");
     snprintf(cfg, sizeof cfg,
@@ -620,10 +613,10 @@ static void test_wide_decode(void) {
         nla_model_params mp;
         memset(&mp, 0, sizeof mp);
         mp.quant = (nla_quant)q;
-        nla_model *m;
+        nla_model *m = NULL;
         nla_session *s = NULL;
         CHECK_EQ(nla_model_open(dir, &mp, &m, err, sizeof err), NLA_OK);
-        if (!all || !m) { free(all); return; }
+        if (!all || !m) { free(all); nla_model_close(m); return; }
         CHECK_EQ(nla_session_new(m, NULL, &s), NLA_OK);
         int same = 1;
         for (int t = 0; s && t < T; t++) {
