@@ -3041,6 +3041,18 @@ static float gelu(float x) {
     return x / (1.0f + exp_f(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
+/* g[i] = gelu(g[i]) u[i] for i < n (Gemma's gated feed-forward), in a loop
+   that the compiler vectorizes, with the bits of the element-by-element
+   one (checked on 16 M random floats). Written in the matmul's task loop,
+   which the compiler did not vectorize, it took 10 % of a 12B model's
+   batched decoding; here (AMD Zen 5, one process alternating) prefill of
+   512 tokens 1B Q4_0 1.36x faster at 2 threads, Q8_0 1.39x at 1, 12B
+   Q4_0 of 256 1.12x; decoding 16 sequences 1B Q4_0 1.24x, 12B 1.09x; one
+   sequence 1.02-1.03x. */
+static void glu_rows(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) g[i] = gelu(g[i]) * u[i];
+}
+
 /* Rows r0 .. r0+nr of y [n, w.rows] = x [n, w.cols] . W^T: groups of a
    quantized matrix (one, or up to QS for one input, ss groups apart: then
    only their rows) against the n inputs quantized in sc (in AMX tiles or
@@ -3103,9 +3115,8 @@ static void mm_task(float *const *y, const float *x, int n, const wmat *const *w
     if (glu) /* the task's rows, QG at a time, ss groups apart */
         for (int l = r0; l < r0 + nr; l += ss * QG)
             for (int c = 0; c < n; c++) {
-                float *g = y[0] + (size_t)c * rows;
-                const float *u = y[1] + (size_t)c * rows;
-                for (int i = l; i < l + QG && i < r0 + nr; i++) g[i] = gelu(g[i]) * u[i];
+                const size_t o = (size_t)c * rows + (size_t)l;
+                glu_rows(y[0] + o, y[1] + o, r0 + nr - l < QG ? r0 + nr - l : QG);
             }
 }
 
