@@ -3043,12 +3043,12 @@ static float gelu(float x) {
 
 /* g[i] = gelu(g[i]) u[i] for i < n (Gemma's gated feed-forward), in a loop
    that the compiler vectorizes, with the bits of the element-by-element
-   one (checked on 16 M random floats). Written in the matmul's task loop,
-   which the compiler did not vectorize, it took 10 % of a 12B model's
-   batched decoding; here (AMD Zen 5, one process alternating) prefill of
-   512 tokens 1B Q4_0 1.36x faster at 2 threads, Q8_0 1.39x at 1, 12B
-   Q4_0 of 256 1.12x; decoding 16 sequences 1B Q4_0 1.24x, 12B 1.09x; one
-   sequence 1.02-1.03x. */
+   one (checked on 16 M random floats). The same loop written inside the
+   matmul's task loop runs one element at a time, 10 % of a 12B model's
+   batched decoding; against it (AMD Zen 5, one process alternating)
+   prefill of 512 tokens 1B Q4_0 1.36x faster at 2 threads, Q8_0 1.39x at
+   1, 12B Q4_0 of 256 1.12x; decoding 16 sequences 1B Q4_0 1.24x, 12B
+   1.09x; one sequence 1.02-1.03x. */
 static void glu_rows(float *g, const float *u, int n) {
     for (int i = 0; i < n; i++) g[i] = gelu(g[i]) * u[i];
 }
