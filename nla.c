@@ -2268,8 +2268,9 @@ static inline void axpys_m(float *o, const float *w, const float *v, int n, cons
 
 static void axpys(float *o, const float *w, const float *v, int m, int n) {
     for (int d = 0; d < m;) {
-        const int c = m - d >= 4 ? 4 : m - d >= 2 ? 2 : 1;
+        const int c = m - d >= 8 ? 8 : m - d >= 4 ? 4 : m - d >= 2 ? 2 : 1;
         switch (c) {
+        case 8: axpys_m(o, w + d, v + (size_t)d * n, n, 8); break;
         case 4: axpys_m(o, w + d, v + (size_t)d * n, n, 4); break;
         case 2: axpys_m(o, w + d, v + (size_t)d * n, n, 2); break;
         default: axpys_m(o, w + d, v + (size_t)d * n, n, 1); break;
@@ -3252,13 +3253,19 @@ static void rope(float *x, const float *cs, int hd) {
 
 #define ATT_ROWS 8   /* rows of one sequence that attend together, at most */
 #define ATT_AHEAD 8  /* keys on that attention asks for from memory (a key: hd floats) */
+#define ATT_VALUES 8 /* keys the values' pass takes at a time (the scores': DOTS_MAX) */
 
 /* Softmax attention of R rows of one sequence, G query heads each that
    share one KV head: row r's heads q_r [G, hd] at q + r qs attend to keys
    lo[r]..p[r] of that head's cache, laid out [cap, hd] (position j in slot
-   j % cap), into out + r qs [G, hd]. The keys and values are taken
-   DOTS_MAX positions at a time (fewer where the ring wraps) and each is met
-   by every row and head that sees it while it is in cache. A head's sums
+   j % cap), into out + r qs [G, hd]. The keys are taken DOTS_MAX
+   positions at a time, the values ATT_VALUES (fewer where the ring wraps),
+   and each is met by every row and head that sees it while it is in cache;
+   the softmax runs once over each row's scores, in loops the compiler
+   vectorizes (AMD Zen 5, 2 threads, one process alternating, against the
+   values 4 at a time and the scores scaled as they came: prefill of 512
+   tokens 1B Q4_0 1.03x faster, of 2048 1.04x, 12B Q4_0 of 256 1.02x;
+   decoding the same; the values 16 at a time 0.62x). A head's sums
    run in the same order whatever R and G and however the keys are taken, so
    a row's result is the same alone or beside others. sc holds R G (nk + 1)
    floats, nk = p[R-1] - lo[0] + 1 (rows in increasing position). */
@@ -3270,16 +3277,29 @@ static void attend(float *out, const float *q, size_t qs, int R, const int *lo, 
     for (int pass = 0; pass < 2; pass++) { /* the scores; then the softmax and the values */
         for (int r = 0; pass && r < R; r++)
             for (int g = 0; g < G; g++) {
-                float *sg = sc + ((size_t)r * G + g) * nk + (lo[r] - j0), mx = -INFINITY;
-                float *sm = &sum[r * G + g], *o = out + r * qs + (size_t)g * hd;
-                for (int j = 0; j <= p[r] - lo[r]; j++) mx = sg[j] > mx ? sg[j] : mx;
-                *sm = 0;
-                for (int j = 0; j <= p[r] - lo[r]; j++) sg[j] = exp_f(sg[j] - mx);
-                for (int j = 0; j <= p[r] - lo[r]; j++) *sm += sg[j];
+                float *sg = sc + ((size_t)r * G + g) * nk + (lo[r] - j0);
+                float *o = out + r * qs + (size_t)g * hd, mx[16], sm = 0;
+                const int n = p[r] - lo[r] + 1; /* the row's scores, sg[0 .. n) */
+                for (int j = 0; j < n; j++) {
+                    sg[j] *= scale;
+                    if (softcap > 0) sg[j] = softcap * tanhf(sg[j] / softcap);
+                }
+                /* the largest score: mx[k] the largest of scores k, k + 16, ..,
+                   in lanes the compiler vectorizes (a max, NaNs passed over, is
+                   the same in any order) */
+                for (int k = 0; k < 16; k++) mx[k] = -INFINITY;
+                for (int j = 0; j < n; j += 16)
+                    for (int k = 0; k < 16 && j + k < n; k++)
+                        mx[k] = sg[j + k] > mx[k] ? sg[j + k] : mx[k];
+                for (int k = 1; k < 16; k++) mx[0] = mx[k] > mx[0] ? mx[k] : mx[0];
+                for (int j = 0; j < n; j++) sg[j] = exp_f(sg[j] - mx[0]);
+                for (int j = 0; j < n; j++) sm += sg[j];
+                sum[r * G + g] = sm;
                 for (int i = 0; i < hd; i++) o[i] = 0;
             }
         for (int j = j0, m; j <= p[R - 1]; j += m) {
-            m = p[R - 1] - j + 1 < DOTS_MAX ? p[R - 1] - j + 1 : DOTS_MAX;
+            const int run = pass ? ATT_VALUES : DOTS_MAX;
+            m = p[R - 1] - j + 1 < run ? p[R - 1] - j + 1 : run;
             m = cap - j % cap < m ? cap - j % cap : m;
             /* the slots ATT_AHEAD keys on, asked for now (in the ring: up to its end) */
             const int ja = (j + ATT_AHEAD) % cap, ma = cap - ja < m ? cap - ja : m;
@@ -3289,7 +3309,7 @@ static void attend(float *out, const float *q, size_t qs, int R, const int *lo, 
                 /* the keys a..b of this run that row r sees, in slots a % cap .. */
                 const int a = j > lo[r] ? j : lo[r], b = j + m - 1 < p[r] ? j + m - 1 : p[r];
                 for (int g = 0; a <= b && g < G; g++) {
-                    float *sg = sc + ((size_t)r * G + g) * nk + (a - j0), w[DOTS_MAX];
+                    float *sg = sc + ((size_t)r * G + g) * nk + (a - j0), w[ATT_VALUES];
                     const size_t row = (size_t)(a % cap) * hd;
                     if (pass) {
                         for (int d = 0; d <= b - a; d++) w[d] = sg[d] / sum[r * G + g];
@@ -3297,14 +3317,28 @@ static void attend(float *out, const float *q, size_t qs, int R, const int *lo, 
                         continue;
                     }
                     dots(sg, q + r * qs + (size_t)g * hd, 0, kc + row, (size_t)hd, b - a + 1, hd);
-                    for (int d = 0; d <= b - a; d++) {
-                        sg[d] *= scale;
-                        if (softcap > 0) sg[d] = softcap * tanhf(sg[d] / softcap);
-                    }
                 }
             }
         }
     }
+}
+
+/* The attention check of nla.h: attend on the caller's cache. */
+nla_status nla_kernel_attention(const float *q, const float *k, const float *v, int cap, int R,
+                                const int *lo, const int *p, int G, int hd, float scale,
+                                float softcap, float *out) {
+    if (!q || !k || !v || !lo || !p || !out || cap < 1 || R < 1 || G < 1 || hd < 1)
+        return NLA_ERR_ARG;
+    for (int r = 0; r < R; r++)
+        if (lo[r] < 0 || p[r] < lo[r] || p[r] - lo[r] >= cap ||
+            (r && (lo[r] < lo[r - 1] || p[r] < p[r - 1])))
+            return NLA_ERR_ARG;
+    const size_t nk = (size_t)(p[R - 1] - lo[0] + 1);
+    float *sc = (float *)xmalloc((size_t)R * G * (nk + 1), sizeof(float));
+    if (!sc) return NLA_ERR_NOMEM;
+    attend(out, q, (size_t)G * hd, R, lo, p, G, k, v, cap, hd, scale, softcap, sc);
+    NLA_FREE(sc);
+    return NLA_OK;
 }
 
 /* ==== 8 Model: binding tensors, open/close, quantize, save ============== */

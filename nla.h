@@ -900,6 +900,17 @@ nla_status nla_kernel_matmul(nla_dtype dt, const float *w, const float *x, int r
    above 88, NaN for NaN. For tests of the kernels. */
 void nla_kernel_exp(const float *x, int n, float *out);
 
+/* out [R, G, hd] = the model's softmax attention for R query rows of G
+   heads each, q [R, G, hd], that share one key-value head: row r attends to
+   positions lo[r]..p[r], at most cap of them, with lo and p non-decreasing
+   over the rows; position j's key and value are rows j % cap of k [cap, hd]
+   and v [cap, hd] (the cache's ring). A score is q . k scale, then softcap
+   tanh(score / softcap) where softcap > 0. NLA_ERR_ARG for a NULL, a size
+   below 1 or rows out of order. For tests of the kernels. */
+nla_status nla_kernel_attention(const float *q, const float *k, const float *v, int cap, int R,
+                                const int *lo, const int *p, int G, int hd, float scale,
+                                float softcap, float *out);
+
 /* The SIMD kernel this build uses: "avx512-vnni", "avx2-vnni", "avx2",
    "neon-dotprod", "neon" or "none" (the scalar reference); "avx512-vnni+amx"
    where the CPU's AMX tiles also run the matmuls of 16 inputs or more

@@ -1,7 +1,8 @@
 /* test_quant.c - Q8_0 and Q4_0: the SIMD kernel against the scalar
-   reference on random and adversarial blocks, and whole models quantized on
-   load against the golden f32 results: top-1 agreement of the logits and
-   the mse_nrm of block-K vectors. */
+   reference on random and adversarial blocks, the exponential and softmax
+   attention against double, and whole models quantized on load against the
+   golden f32 results: top-1 agreement of the logits and the mse_nrm of
+   block-K vectors. */
 #define NLA_EXPERIMENTAL
 #include "../nla.h"
 #include "test.h"
@@ -554,6 +555,78 @@ static void test_exp(void) {
     CHECK(isnan(y[4]));
 }
 
+/* Softmax attention (nla_kernel_attention) against the same in double: 8
+   rows of 2 heads at consecutive positions that see 8 to 100 keys (the
+   softmax's lanes of 16 and their tails), or the last 24 in a ring of 24
+   slots that wraps; scores of sd 0.3, of sd 270 (where only the largest
+   counts and a maximum taken wrong sends the weights to e^88) and capped
+   (softcap 50); and each row alone gives the bits it has in the batch. */
+static void test_attention(void) {
+    enum { HD = 64, G = 2, R = 8, CAP = 128 };
+    static float q[R * G * HD], k[CAP * HD], v[CAP * HD], out[R * G * HD], one[G * HD];
+    static const int spans[] = {8, 15, 16, 17, 40, 100, 0}; /* 0: the window of 24 */
+    for (int i = 0; i < CAP * HD; i++) {
+        k[i] = (float)(urand() * 2 - 1);
+        v[i] = (float)(urand() * 2 - 1);
+    }
+    for (int i = 0; i < R * G * HD; i++) q[i] = (float)(urand() * 2 - 1);
+    for (int kind = 0; kind < 3; kind++) { /* small scores, large, capped */
+        const float scale = kind == 1 ? 100.0f : 0.125f, cap_at = kind == 2 ? 50.0f : 0;
+        const float qs = kind == 2 ? 400.0f : 1; /* capped: scores of sd 50 before the cap */
+        for (int i = 0; i < R * G * HD; i++) q[i] *= qs;
+        for (unsigned c = 0; c < sizeof spans / sizeof *spans; c++) {
+            const int cap = spans[c] ? CAP : 24;
+            int lo[R], p[R];
+            for (int r = 0; r < R; r++) {
+                p[r] = spans[c] ? spans[c] - R + r : 50 + r;
+                lo[r] = spans[c] ? 0 : p[r] - 23;
+            }
+            CHECK_EQ(nla_kernel_attention(q, k, v, cap, R, lo, p, G, HD, scale, cap_at, out),
+                     NLA_OK);
+            double worst = 0;
+            int same = 1;
+            for (int r = 0; r < R; r++) {
+                for (int g = 0; g < G; g++) {
+                    const float *qh = q + ((size_t)r * G + g) * HD;
+                    double sc[100], mx = -INFINITY, sum = 0, o[HD] = {0};
+                    for (int j = lo[r]; j <= p[r]; j++) {
+                        double d = 0;
+                        for (int i = 0; i < HD; i++) d += (double)qh[i] * k[(j % cap) * HD + i];
+                        d *= scale;
+                        if (cap_at > 0) d = cap_at * tanh(d / cap_at);
+                        sc[j - lo[r]] = d;
+                        mx = d > mx ? d : mx;
+                    }
+                    for (int j = lo[r]; j <= p[r]; j++) {
+                        const double w = exp(sc[j - lo[r]] - mx);
+                        sum += w;
+                        for (int i = 0; i < HD; i++) o[i] += w * v[(j % cap) * HD + i];
+                    }
+                    for (int i = 0; i < HD; i++) {
+                        const double e = fabs(out[((size_t)r * G + g) * HD + i] - o[i] / sum);
+                        worst = e > worst || e != e ? e : worst;
+                    }
+                }
+                const float *qr = q + (size_t)r * G * HD;
+                CHECK_EQ(nla_kernel_attention(qr, k, v, cap, 1, lo + r, p + r, G, HD, scale,
+                                              cap_at, one),
+                         NLA_OK);
+                same &= !memcmp(one, out + (size_t)r * G * HD, sizeof one);
+            }
+            /* scores of tens and hundreds carry their float rounding into the weights */
+            const double tol = kind ? 1e-4 : 1e-5;
+            CHECK_MSG(worst <= tol, "attention, kind %d, span %d: off by %.3g", kind, spans[c],
+                      worst);
+            CHECK_MSG(same, "attention, kind %d, span %d: a row alone differs from the batch", kind,
+                      spans[c]);
+        }
+        for (int i = 0; i < R * G * HD; i++) q[i] /= qs;
+    }
+    const int lo[2] = {0, 0}, p[2] = {3, 2}; /* rows out of order */
+    CHECK_EQ(nla_kernel_attention(q, k, v, CAP, 2, lo, p, G, HD, 1, 0, out), NLA_ERR_ARG);
+    CHECK_EQ(nla_kernel_attention(q, k, v, 2, 1, lo, p, G, HD, 1, 0, out), NLA_ERR_ARG);
+}
+
 /* A quantized decode of a model wide enough (d = 2048: Q4_0 groups of 18
    KB, Q8_0 of 34 KB) that one input meets 4 groups at once, on AMD's CPUs
    4 apart, in q, k and v (one loop over three matrices), in gate and up
@@ -639,6 +712,7 @@ static void test_wide_decode(void) {
 
 int main(void) {
     test_exp();
+    test_attention();
     test_kernels();
     test_models();
     test_save();
