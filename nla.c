@@ -3261,11 +3261,12 @@ static void rope(float *x, const float *cs, int hd) {
    j % cap), into out + r qs [G, hd]. The keys are taken DOTS_MAX
    positions at a time, the values ATT_VALUES (fewer where the ring wraps),
    and each is met by every row and head that sees it while it is in cache;
-   the softmax runs once over each row's scores, in loops the compiler
-   vectorizes (AMD Zen 5, 2 threads, one process alternating, against the
-   values 4 at a time and the scores scaled as they came: prefill of 512
-   tokens 1B Q4_0 1.03x faster, of 2048 1.04x, 12B Q4_0 of 256 1.02x;
-   decoding the same; the values 16 at a time 0.62x). A head's sums
+   the softmax runs once over each row's scores: scaled in one pass, their
+   maximum in 16 chains, their sum in a register (AMD Zen 5, 2 threads, one
+   process alternating, against the values 4 at a time and the scores
+   scaled as they came: prefill of 512 tokens 1B Q4_0 1.03x faster, of 2048
+   1.04x, 12B Q4_0 of 256 1.02x; decoding the same; the values 16 at a
+   time 0.62x). A head's sums
    run in the same order whatever R and G and however the keys are taken, so
    a row's result is the same alone or beside others. sc holds R G (nk + 1)
    floats, nk = p[R-1] - lo[0] + 1 (rows in increasing position). */
@@ -3285,8 +3286,8 @@ static void attend(float *out, const float *q, size_t qs, int R, const int *lo, 
                     if (softcap > 0) sg[j] = softcap * tanhf(sg[j] / softcap);
                 }
                 /* the largest score: mx[k] the largest of scores k, k + 16, ..,
-                   in lanes the compiler vectorizes (a max, NaNs passed over, is
-                   the same in any order) */
+                   16 chains that need not wait for each other's compares (a
+                   max, NaNs passed over, is the same in any order) */
                 for (int k = 0; k < 16; k++) mx[k] = -INFINITY;
                 for (int j = 0; j < n; j += 16)
                     for (int k = 0; k < 16 && j + k < n; k++)
