@@ -572,7 +572,7 @@ static void test_attention(void) {
     for (int i = 0; i < R * G * HD; i++) q[i] = (float)(urand() * 2 - 1);
     for (int kind = 0; kind < 3; kind++) { /* small scores, large, capped */
         const float scale = kind == 1 ? 100.0f : 0.125f, cap_at = kind == 2 ? 50.0f : 0;
-        const float qs = kind == 2 ? 400.0f : 1; /* capped: scores of sd 50 before the cap */
+        const float qs = kind == 2 ? 512.0f : 1; /* capped: scores of sd 170 before the cap */
         for (int i = 0; i < R * G * HD; i++) q[i] *= qs;
         for (unsigned c = 0; c < sizeof spans / sizeof *spans; c++) {
             const int cap = spans[c] ? CAP : 24;
