@@ -556,8 +556,8 @@ static void test_exp(void) {
 }
 
 /* Softmax attention (nla_kernel_attention) against the same in double: 8
-   rows of 2 heads at consecutive positions that see 8 to 100 keys (the
-   softmax's lanes of 16 and their tails), or the last 24 in a ring of 24
+   rows of 2 heads at consecutive positions that see 8 to 100 keys (runs
+   of 4 and 8 keys and their remainders), or the last 24 in a ring of 24
    slots that wraps; scores of sd 0.3, of sd 270 (where only the largest
    counts and a maximum taken wrong sends the weights to e^88) and capped
    (softcap 50); and each row alone gives the bits it has in the batch. */
