@@ -2640,14 +2640,27 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, const nl
    weights while it works, 0.85-0.92x, so they stay there). The sums and
    float steps are q_lanes', block after block, so the results are its
    bits. ask: the first pass, which asks for both groups ahead, into L1
-   only (L2 requests too made batched decoding 4-8 % slower). */
+   only (L2 requests too made batched decoding 4-8 % slower). The passes
+   after it ask for the next task's groups (where they hold at most Q_NEXT
+   bytes) into L2, a share [pf, pf + npf) each, spread over their blocks,
+   so that the next task's first pass finds them there instead of waiting
+   on memory (AMD Zen 5, 2 threads, decoding 16 sequences, alternating in
+   one process: 1B Q4_0 1.14-1.18x faster, Q8_0 1.12-1.17x, at 1 thread
+   1.16x; 4B Q4_0 1.08-1.14x; 12B Q4_0 1.08x, its down projection's 276 KB
+   tasks left out: with them 0.98x of that; 12B Q8_0 0.97x with all its
+   tasks asked for, 1.02x with its 130 KB ones only (noise); 32 sequences
+   of 1B Q4_0 1.09x; prefill of 512 tokens 1B Q4_0 1.01x, of 256 12B Q4_0
+   1.01x; asked for in the first pass as well, 1B 1.11-1.14x, 12B
+   0.95-0.98x). */
+#define Q_NEXT 131072 /* bytes: the largest next task the passes ask for */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
 static inline void
 q_wide(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype dt, int nr,
-       const blk_a8 *x, int nb, const int C, int ask) {
+       const blk_a8 *x, int nb, const int C, int ask, const unsigned char *pf, size_t npf) {
     const size_t bs = QG * blk_bytes(dt);
+    const size_t step = (npf / (size_t)nb + 64) / 64 * 64; /* of [pf, pf + npf) per block */
     const int z = q_zero(dt);
     vf acc[QW][4];
     for (int j = 0; j < QW; j++)
@@ -2655,6 +2668,7 @@ q_wide(float *y, size_t ys, const unsigned char *g, size_t gb, const nla_dtype d
     for (int b = 0; b < nb; b++) {
         const unsigned char *p = g + (size_t)b * bs; /* group j's block b: p + j gb */
         for (int j = 0; ask && j < QW; j++) q_prefetch(p + j * gb, bs, Q_AHEAD, 0);
+        for (size_t o = b * step; o < (b + 1) * step && o < npf; o += 64) PREFETCH_FAR(pf + o);
         vi s[QW][4];
         for (int c = 0; c < C; c++) {
             const vi s0 = vi_set1(-z * x[(size_t)c * nb + b].sum);
@@ -2700,10 +2714,14 @@ q_group_fmt(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, cons
         float *yt = y + (size_t)t * ys;
         const blk_a8 *xt = x + (size_t)t * nb;
 #if QW > 1
-        if (wide) {
-            if (c == 4) q_wide(yt, ys, g, gb, dt, nr, xt, nb, 4, t == 0);
-            else if (c == 2) q_wide(yt, ys, g, gb, dt, nr, xt, nb, 2, t == 0);
-            else q_wide(yt, ys, g, gb, dt, nr, xt, nb, 1, t == 0);
+        if (wide) { /* pass i > 0 of np asks for share i - 1 of the next task's groups */
+            const int i = t / 4, np = (n + 3) / 4;
+            const size_t next = QW * gb, a = i ? next * (i - 1) / (np - 1) : 0;
+            const unsigned char *pf = g + next + a;
+            const size_t npf = i && next <= Q_NEXT ? next * i / (np - 1) - a : 0;
+            if (c == 4) q_wide(yt, ys, g, gb, dt, nr, xt, nb, 4, t == 0, pf, npf);
+            else if (c == 2) q_wide(yt, ys, g, gb, dt, nr, xt, nb, 2, t == 0, pf, npf);
+            else q_wide(yt, ys, g, gb, dt, nr, xt, nb, 1, t == 0, pf, npf);
             t += c;
             continue;
         }
