@@ -2646,13 +2646,15 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, const nl
    so that the next task's first pass finds them there instead of waiting
    on memory (AMD Zen 5, 2 threads, decoding 16 sequences, alternating in
    one process: 1B Q4_0 1.14-1.18x faster, Q8_0 1.12-1.17x, at 1 thread
-   1.16x; 4B Q4_0 1.08-1.14x; 12B Q4_0 1.08x, its down projection's 276 KB
-   tasks left out: with them 0.98x of that; 12B Q8_0 0.97x with all its
-   tasks asked for, 1.02x with its 130 KB ones only (noise); 32 sequences
-   of 1B Q4_0 1.09x; prefill of 512 tokens 1B Q4_0 1.01x, of 256 12B Q4_0
-   1.01x; asked for in the first pass as well, 1B 1.11-1.14x, 12B
-   0.95-0.98x). */
-#define Q_NEXT 131072 /* bytes: the largest next task the passes ask for */
+   1.16x; 4B Q4_0 1.08-1.14x; 12B Q4_0 1.08x, where the down projection's
+   270 KiB tasks do not ask: asking too, 0.98x of that; 12B Q8_0, whose
+   q, k, v, gate and up tasks of 127.5 KiB ask and its output and down
+   projection's of 136 and 510 KiB do not, 1.00x, all asking 0.97x; 32
+   sequences of 1B Q4_0 1.09x; prefill of 512 tokens 1B Q4_0 1.01x, of 256
+   12B Q4_0 1.01x; asked for in the first pass as well, 1B 1.11-1.14x, 12B
+   0.95-0.98x). Larger next tasks would crowd the task's own groups and
+   inputs out of L2. */
+#define Q_NEXT 131072 /* bytes (128 KiB): the largest next task the passes ask for */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
