@@ -2279,10 +2279,11 @@ static void axpys(float *o, const float *w, const float *v, int m, int n) {
     }
 }
 
-/* The quantized matmul kernel. One body (q_lanes) serves every SIMD target
-   through a few primitives on vectors of VL 32-bit lanes, one lane per
-   weight row of a group (section 6), and where 32 registers hold a group
-   per vector, more than QC inputs meet two groups at once (q_wide):
+/* The quantized matmul kernel. Two bodies serve every SIMD target, one for
+   one input (q_one) and one for a batch (q_lanes), through a few
+   primitives on vectors of VL 32-bit lanes, one lane per weight row of a
+   group (section 6), and where 32 registers hold a group per vector, more
+   than QC inputs meet two groups at once (q_wide):
      vi_load    VL chunks of 4 codes, one per row
      vi_dp      s + per lane the sum of 4 byte products, codes x input
      vf_scales  VL f16 scales as floats
@@ -2300,7 +2301,7 @@ static void axpys(float *o, const float *w, const float *v, int m, int n) {
    group's blocks for 1 or 2 inputs (decode) serves QH slices of VL rows,
    so each 64-byte chunk is read whole in one pass. One input (decoding)
    meets up to QS groups in one pass (adjacent, or apart: mm_task), each
-   slice with its own loads: a load instruction that steps through one
+   group with its own loads: a load instruction that steps through one
    group finds its stride in the core's prefetcher, and QS streams keep
    more lines in flight than one (Intel Xeon with AMX, 2 threads, 12B Q4_0
    decode from weights read into memory, alternating: 4 groups 4.48-4.59
@@ -2557,59 +2558,87 @@ static inline void q_codes(vi *lo, vi *hi, const unsigned char *p, const nla_dty
     }
 }
 
-/* y[t * ys + r] = row r of the groups at g (gb bytes apart) . input t of
-   the C at x (nb blocks apart), for rows r < nr (nr <= QG, or for one input
-   the rows of QS groups ss groups apart: r < nr in groups 0, ss, .., (QS -
-   1) ss); dt and C are constants where it is inlined, so each format and
-   width gets its own loop. ask: this is the first of the passes that meet
-   these groups, so it asks for the weights ahead (q_prefetch: whole
-   blocks) in the pass over each group's first slice of rows; later passes
-   find the lines in the caches, where asking again only spends
-   instructions (AMD Zen 5, 2 threads, prefill of 512 tokens from
-   weights read into memory, alternating in one process: 1B Q8_0 1.11x
-   faster, Q4_0 1.05x, the same in -march=x86-64-v3 builds; 12B Q4_0 of 256
-   tokens 1.04x). */
+/* y[r] = row r of the G groups at g, ss groups apart (gb bytes each) .
+   the one input x (nb blocks), for rows r < nr (in groups 0, ss, ..,
+   (G - 1) ss): decoding, where a matmul's task is QS groups (G = QS, all
+   full) or one (G = 1). Each group is a stream of its own load
+   instructions, whose stride the core's prefetcher finds, and QS streams
+   keep more lines in flight than one; a block's 8 input chunks are
+   broadcast once for all the groups. One loop without the batch's cases
+   (AMD Zen 5, weights mapped, one process alternating, 16 rounds: against
+   the batched loop of q_lanes with one input, 12B Q4_0 decode 1.06-1.08x
+   faster at 1 thread, 1.10-1.11x at 2; 4B Q4_0 1.12x; 1B Q4_0 1.12x /
+   1.09x, Q8_0 1.03x / 1.05x; the x86-64-v3 build's 1B Q4_0 1.07x, Q8_0
+   1.03x). ask: the input's first pass (always, for one input alone),
+   which asks for the weights ahead (q_prefetch): four streams apart 2 KB
+   ahead into L1; four adjacent ones 4 KB ahead, a group's last 4 KB
+   asking for the group QS on, the thread's next task as a rule (Intel
+   Xeon with AMX, 1B Q4_0 decode, whose groups are 10 KB, weights read into
+   memory, alternating: 1.04-1.08x at 2 threads, 1.01-1.03x at 1; 12B
+   within noise); one group into L2, and into L1 only where Q_ONE_L1. */
 #if defined(__GNUC__)
 __attribute__((always_inline))
 #endif
-static inline void
-q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, const nla_dtype dt,
-        int nr, const blk_a8 *x, int nb, const int C, int ask) {
+static inline void q_one(float *y, const unsigned char *g, size_t gb, int ss, const nla_dtype dt,
+                         int nr, const blk_a8 *x, int nb, const int G, int ask) {
     const size_t bs = QG * blk_bytes(dt);
     const int z = q_zero(dt);
-    const int H = C == 1 ? QH * QS : C == 2 ? QH : 1; /* slices of VL rows per pass */
-    const int one = nr <= QG; /* a pass streams one group: it asks into L2 (q_prefetch) */
-    const int st = C == 1 ? ss : 1;                   /* groups between a pass's groups */
-#define Q_ROW(h) (l0 + (h) / QH * st * QG + (h) % QH * VL) /* slice h's first row */
-    for (int l0 = 0; l0 < nr; l0 += VL * H * st) {
-        const int first = ask && l0 % QG == 0; /* the pass over the groups' first slices */
-        vf acc[QH * QS][8];
-        for (int h = 0; h < H; h++)
-            for (int c = 0; c < C; c++) acc[h][c] = vf_zero();
-        for (int b = 0; b < nb; b++) {
+    vf acc[QS * QH]; /* acc[j * QH + i]: rows i VL .. (i + 1) VL of group j */
+    for (int h = 0; h < G * QH; h++) acc[h] = vf_zero();
+    for (int b = 0; b < nb; b++) {
 #if __GNUC__ >= 8
 #pragma GCC unroll 8
 #endif
-            for (int h = 0; h < H; h++) {
-                const int l = Q_ROW(h), lg = l % QG; /* row l is row lg of group l / QG */
-                if (l >= nr) break;
-                const unsigned char *p = g + (size_t)(l / QG) * gb + (size_t)b * bs;
-                /* while QS adjacent groups stream (st 1), a group's last
-                   Q_AHEAD bytes ask for the slice's group of the next task,
-                   QS groups on, the thread's next claim as a rule (Intel
-                   Xeon with AMX, 1B Q4_0 decode, whose groups are 10 KB,
-                   weights read into memory, alternating: 1.04-1.08x at 2
-                   threads, 1.01-1.03x at 1; 12B within noise); apart, the
-                   next task's group is the next one */
-                const size_t on =
-                    !one && st == 1 && (size_t)b * bs + Q_AHEAD >= gb ? (QS - 1) * gb : 0;
-                const size_t ahead = !one       ? (st > 1 ? Q_APART : Q_AHEAD)
-                                     : Q_ONE_L1(dt) ? Q_AHEAD
-                                                    : 0;
-                if (first && (h == 0 || lg == 0)) q_prefetch(p + on, bs, ahead, one);
+        for (int j = 0; j < G; j++) {
+            const unsigned char *p = g + (size_t)j * ss * gb + (size_t)b * bs;
+            const size_t on = (size_t)b * bs + Q_AHEAD >= gb ? (QS - 1) * gb : 0;
+            if (ask && G == 1) q_prefetch(p, bs, Q_ONE_L1(dt) ? Q_AHEAD : 0, 1);
+            else if (ask && ss > 1) q_prefetch(p, bs, Q_APART, 0);
+            else if (ask) q_prefetch(p + on, bs, Q_AHEAD, 0);
+            for (int i = 0; i < QH; i++) {
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
-                for (int k = 0; k < 4; k++) q_codes(&u[k], &u[k + 4], p, dt, k, lg);
-                const vf dw = vf_scales(p + 2 * lg);
+                for (int k = 0; k < 4; k++) q_codes(&u[k], &u[k + 4], p, dt, k, i * VL);
+                vi s = vi_set1(-z * x[b].sum);
+                vi_blocks(&s, u, x + b, nb, 1, dt == NLA_DTYPE_Q4_0);
+                acc[j * QH + i] = vf_step(acc[j * QH + i], s, vf_scales(p + 2 * i * VL), x[b].d);
+            }
+        }
+    }
+    for (int h = 0; h < G * QH; h++) {
+        const int r = h / QH * ss * QG + h % QH * VL;
+        if (r < nr) vf_store(y + r, acc[h], nr - r < VL ? nr - r : VL);
+    }
+}
+
+/* y[t * ys + r] = row r < nr <= QG of the group at g . input t of the C
+   (2 or more) at x (nb blocks apart); dt and C are constants where it is
+   inlined, so each format and width gets its own loop. ask: this is the
+   first of the passes that meet the group, so it asks for the weights
+   ahead (q_prefetch, as q_one does for one group: whole blocks) in the
+   pass over the group's first slice of rows; later passes find the lines
+   in the caches, where asking again only spends instructions (AMD Zen 5,
+   2 threads, prefill of 512 tokens from weights read into memory,
+   alternating in one process: 1B Q8_0 1.11x faster, Q4_0 1.05x, the same
+   in -march=x86-64-v3 builds; 12B Q4_0 of 256 tokens 1.04x). */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline void q_lanes(float *y, size_t ys, const unsigned char *g, const nla_dtype dt, int nr,
+                           const blk_a8 *x, int nb, const int C, int ask) {
+    const size_t bs = QG * blk_bytes(dt);
+    const int z = q_zero(dt);
+    const int H = C == 2 ? QH : 1; /* slices of VL rows per pass */
+    for (int l0 = 0; l0 < nr; l0 += VL * H) {
+        vf acc[QH][8];
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < C; c++) acc[h][c] = vf_zero();
+        for (int b = 0; b < nb; b++) {
+            const unsigned char *p = g + (size_t)b * bs;
+            if (ask && l0 == 0) q_prefetch(p, bs, Q_ONE_L1(dt) ? Q_AHEAD : 0, 1);
+            for (int h = 0; h < H && l0 + h * VL < nr; h++) {
+                vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
+                for (int k = 0; k < 4; k++) q_codes(&u[k], &u[k + 4], p, dt, k, l0 + h * VL);
+                const vf dw = vf_scales(p + 2 * (l0 + h * VL));
                 vi s[8];
                 for (int c = 0; c < C; c++) s[c] = vi_set1(-z * x[(size_t)c * nb + b].sum);
                 vi_blocks(s, u, x + b, nb, C, dt == NLA_DTYPE_Q4_0);
@@ -2617,13 +2646,12 @@ q_lanes(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, const nl
                     acc[h][c] = vf_step(acc[h][c], s[c], dw, x[(size_t)c * nb + b].d);
             }
         }
-        for (int h = 0; h < H && Q_ROW(h) < nr; h++)
+        for (int h = 0; h < H && l0 + h * VL < nr; h++)
             for (int c = 0; c < C; c++) {
-                const int l = Q_ROW(h);
+                const int l = l0 + h * VL;
                 vf_store(y + (size_t)c * ys + l, acc[h][c], nr - l < VL ? nr - l : VL);
             }
     }
-#undef Q_ROW
 }
 
 #if QW > 1
@@ -2729,10 +2757,15 @@ q_group_fmt(float *y, size_t ys, const unsigned char *g, size_t gb, int ss, cons
         }
 #endif
         switch (c) {
-        case 8: q_lanes(yt, ys, g, gb, 1, dt, nr, xt, nb, 8, t == 0); break;
-        case 4: q_lanes(yt, ys, g, gb, 1, dt, nr, xt, nb, 4, t == 0); break;
-        case 2: q_lanes(yt, ys, g, gb, 1, dt, nr, xt, nb, 2, t == 0); break;
-        default: q_lanes(yt, ys, g, gb, ss, dt, nr, xt, nb, 1, t == 0); break;
+        case 8: q_lanes(yt, ys, g, dt, nr, xt, nb, 8, t == 0); break;
+        case 4: q_lanes(yt, ys, g, dt, nr, xt, nb, 4, t == 0); break;
+        case 2: q_lanes(yt, ys, g, dt, nr, xt, nb, 2, t == 0); break;
+        default:
+            if (nr == ((QS - 1) * ss + 1) * QG) q_one(yt, g, gb, ss, dt, nr, xt, nb, QS, t == 0);
+            else /* a group, or the last task of a matrix that ends part way */
+                for (int j = 0; j * ss * QG < nr; j++)
+                    q_one(yt + j * ss * QG, g + (size_t)j * ss * gb, gb, 1, dt, nr - j * ss * QG,
+                          xt, nb, 1, t == 0);
         }
         t += c;
     }

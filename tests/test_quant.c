@@ -46,10 +46,15 @@ static double quant_bound(nla_dtype dt, const float *w, const float *x, int n, d
    rounding); the integer sums are exact in both, only the float
    accumulation order differs. */
 static void check_matmul(const float *w, const float *x, int rows, int n_x, int n, const char *what) {
-    static float ref[64 * 64], simd[64 * 64]; /* rows * n_x <= 4096 */
+    /* rows * n_x <= 4096, then 16 floats that the kernels must leave as they are */
+    static float ref[64 * 64 + 16], simd[64 * 64 + 16];
+    const float mark = -7.25f;
     for (int dt = NLA_DTYPE_Q8_0; dt <= NLA_DTYPE_Q4_0; dt++) {
+        int past = 0;
+        for (int i = 0; i < 16; i++) ref[rows * n_x + i] = simd[rows * n_x + i] = mark;
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 0, ref), NLA_OK);
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 1, simd), NLA_OK);
+        for (int i = 0; i < 16; i++) past += ref[rows * n_x + i] != mark || simd[rows * n_x + i] != mark;
         int bad = 0;
         for (int t = 0; t < n_x; t++)
             for (int r = 0; r < rows; r++) {
@@ -82,13 +87,16 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
                   what, off);
         /* batch invariance: each input alone gives the same bits (decode and
            batched decode, one sequence or many, agree exactly) */
-        static float one[256]; /* rows */
+        static float one[256 + 16]; /* rows <= 256, then 16 to leave as they are */
         int differ = 0;
         for (int t = 0; t < n_x; t++) {
+            for (int i = 0; i < 16; i++) one[rows + i] = mark;
             CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x + (size_t)t * n, rows, 1, n, 1, one), NLA_OK);
             differ += memcmp(one, simd + (size_t)t * rows, (size_t)rows * sizeof(float)) != 0;
+            for (int i = 0; i < 16; i++) past += one[rows + i] != mark;
         }
         CHECK_MSG(!differ, "%s [%d x %d x %d]: %d inputs give other bits alone than in the batch", what, rows, n_x, n, differ);
+        CHECK_MSG(!past, "%s [%d x %d x %d]: %d floats written past the output", what, rows, n_x, n, past);
     }
 }
 
