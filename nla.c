@@ -2583,8 +2583,9 @@ static inline void q_one(float *y, const unsigned char *g, size_t gb, int ss, co
                          int nr, const blk_a8 *x, int nb, const int G, int ask) {
     const size_t bs = QG * blk_bytes(dt);
     const int z = q_zero(dt);
-    vf acc[QS * QH]; /* acc[j * QH + i]: rows i VL .. (i + 1) VL of group j */
-    for (int h = 0; h < G * QH; h++) acc[h] = vf_zero();
+    enum { SV = QG / VL }; /* vectors of a group */
+    vf acc[QS * SV]; /* acc[j * SV + i]: rows i VL .. (i + 1) VL of group j */
+    for (int h = 0; h < G * SV; h++) acc[h] = vf_zero();
     for (int b = 0; b < nb; b++) {
 #if __GNUC__ >= 8
 #pragma GCC unroll 8
@@ -2595,17 +2596,17 @@ static inline void q_one(float *y, const unsigned char *g, size_t gb, int ss, co
             if (ask && G == 1) q_prefetch(p, bs, Q_ONE_L1(dt) ? Q_AHEAD : 0, 1);
             else if (ask && ss > 1) q_prefetch(p, bs, Q_APART, 0);
             else if (ask) q_prefetch(p + on, bs, Q_AHEAD, 0);
-            for (int i = 0; i < QH; i++) {
+            for (int i = 0; i < SV; i++) {
                 vi u[8]; /* u[k] meets the input's bytes 4k..4k+3 */
                 for (int k = 0; k < 4; k++) q_codes(&u[k], &u[k + 4], p, dt, k, i * VL);
                 vi s = vi_set1(-z * x[b].sum);
                 vi_blocks(&s, u, x + b, nb, 1, dt == NLA_DTYPE_Q4_0);
-                acc[j * QH + i] = vf_step(acc[j * QH + i], s, vf_scales(p + 2 * i * VL), x[b].d);
+                acc[j * SV + i] = vf_step(acc[j * SV + i], s, vf_scales(p + 2 * i * VL), x[b].d);
             }
         }
     }
-    for (int h = 0; h < G * QH; h++) {
-        const int r = h / QH * ss * QG + h % QH * VL;
+    for (int h = 0; h < G * SV; h++) {
+        const int r = h / SV * ss * QG + h % SV * VL;
         if (r < nr) vf_store(y + r, acc[h], nr - r < VL ? nr - r : VL);
     }
 }
