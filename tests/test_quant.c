@@ -542,10 +542,10 @@ static double exp_worst(const float *x, int n, float *at) {
 /* The model's exponential (softmax, GELU): 2^21 points evenly from -87 to
    88, 2^16 of magnitudes 2^-1 .. 2^-40 and 88 itself within 1.5 ulp (the
    series' last term, r^7 / 7!, is worth up to 2 ulp); 0 below -87, e^88
-   above 88, NaN through. */
+   above 88 (infinities too), NaN through. */
 static void test_exp(void) {
     enum { N = 1 << 16, M = 1 << 21 };
-    static float x[N], y[5];
+    static float x[N], y[7];
     double worst = 0, w;
     float at = 0, a = 0;
     for (int k = 0; k < M / N; k++) {
@@ -556,11 +556,11 @@ static void test_exp(void) {
     x[0] = 88;
     if ((w = exp_worst(x, N, &a)) > worst) worst = w, at = a;
     CHECK_MSG(worst <= 1.5, "exp: %.2f ulp at %.9g", worst, at);
-    const float ends[5] = {-87.5f, -1e30f, 88.5f, 1e30f, NAN};
-    nla_kernel_exp(ends, 5, y);
-    CHECK(y[0] == 0 && y[1] == 0);
-    CHECK(y[2] == y[3] && fabs(y[2] / exp(88.0) - 1) < 1e-6);
-    CHECK(isnan(y[4]));
+    const float ends[7] = {-87.5f, -1e30f, -INFINITY, 88.5f, 1e30f, INFINITY, NAN};
+    nla_kernel_exp(ends, 7, y);
+    CHECK(y[0] == 0 && y[1] == 0 && y[2] == 0 && !signbit(y[2]));
+    CHECK(y[3] == y[4] && y[4] == y[5] && fabs(y[3] / exp(88.0) - 1) < 1e-6);
+    CHECK(isnan(y[6]));
 }
 
 /* Softmax attention (nla_kernel_attention) against the same in double: 8
