@@ -2929,6 +2929,40 @@ const char *nla_kernel_simd(void) {
 #endif
 }
 
+/* The peak loop of nla.h: QP sums, each round's codes the sums of the round
+   before, so that the compiler can hoist nothing and the QP dot products
+   of a round are independent (12 cover the latency of a dot product where
+   two issue per cycle: 4-5 cycles on AMD Zen 5 and Intel's AVX-512 cores;
+   with 16 vector registers, the avx2 targets', some sums spill, so that
+   there the rate is a floor). *sink: a value of the sums, so that the loop
+   is not left out. */
+#define QP 12
+double nla_kernel_dp_rounds(long n, int32_t *sink) {
+    int32_t v = 0;
+    n = n > 0 ? n : 0;
+#ifdef VL
+    vi s[QP];
+    const vi x = vi_set1(0x7f01fe80);
+    for (int i = 0; i < QP; i++) s[i] = vi_set1(i);
+    for (long r = 0; r < n; r++) {
+        const vi s0 = s[0];
+        for (int i = 0; i < QP - 1; i++) s[i] = vi_dp(s[i], s[i + 1], x);
+        s[QP - 1] = vi_dp(s[QP - 1], s0, x);
+    }
+    for (int i = 0; i < QP; i++) {
+        int32_t t[VL];
+        memcpy(t, &s[i], sizeof t);
+        v ^= t[i % VL];
+    }
+    if (sink) *sink = v;
+    return (double)n * QP * VL * 4;
+#else
+    (void)n;
+    if (sink) *sink = v;
+    return 0;
+#endif
+}
+
 /* y[t * ys + r] = row r < nr of the groups at g (gb bytes apart) . input t
    of the n at x (nb blocks apart): the SIMD kernel, or the scalar
    reference; for one input, the rows of QS groups ss groups apart (ss is

@@ -911,6 +911,13 @@ nla_status nla_kernel_attention(const float *q, const float *k, const float *v, 
                                 const int *lo, const int *p, int G, int hd, float scale,
                                 float softcap, float *out);
 
+/* Runs n rounds (none for n <= 0) of this build's int8 dot-product step
+   (the quantized kernel's inner operation: each round 12 independent
+   vector sums of 4-byte products) and returns the multiply-adds done, 0
+   for the scalar reference; *sink (may be NULL) gets a value of the sums.
+   For the benchmark's measured compute peak: the caller times it. */
+double nla_kernel_dp_rounds(long n, int32_t *sink);
+
 /* The SIMD kernel this build uses: "avx512-vnni", "avx2-vnni", "avx2",
    "neon-dotprod", "neon" or "none" (the scalar reference); "avx512-vnni+amx"
    where the CPU's AMX tiles also run the matmuls of 16 inputs or more

@@ -1,6 +1,6 @@
 /* bench.c - `make bench`: speed and memory, never a pass/fail test.
    Prints, in one run on this machine: a streaming-read bandwidth probe and
-   a compute peak estimate (with its assumptions); the tokenizer's load time
+   the compute peak, measured; the tokenizer's load time
    and encode/decode throughput on 8 MB of text (skipped when
    NLA_BENCH_NO_TOKENIZER is set); for each model folder given on the
    command line: load time, prefill tokens/s (512 tokens) and GFLOP/s
@@ -24,7 +24,7 @@
 #include <sys/mman.h>
 #endif
 
-#define NLA_EXPERIMENTAL /* nla_kernel_simd: the peak estimate follows the kernel's width */
+#define NLA_EXPERIMENTAL /* nla_kernel_simd, nla_kernel_dp_rounds: the measured compute peak */
 #include "../nla.h"
 #include "util.h"
 #ifdef _OPENMP
@@ -97,18 +97,6 @@ static void bench_tokenizer(void) {
     nla_tokenizer_close(t);
 }
 
-/* The clock /proc/cpuinfo reports (GHz; 0 where there is none): the
-   nominal one in a VM, boost unknown. */
-static double cpu_ghz(void) {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[256];
-    double mhz = 0;
-    while (f && fgets(line, sizeof line, f) && !mhz)
-        if (!strncmp(line, "cpu MHz", 7) && strchr(line, ':')) mhz = strtod(strchr(line, ':') + 1, NULL);
-    if (f) fclose(f);
-    return mhz / 1e3;
-}
-
 /* The CPU's model name from /proc/cpuinfo ("unknown" where there is none). */
 static void cpu_model(char *out, size_t n) {
     FILE *f = fopen("/proc/cpuinfo", "r");
@@ -150,17 +138,28 @@ static int mapped_gb(double *file, double *huge) {
     return got == 3;
 }
 
-/* The peak of nla.c's quantized matmul, per thread: two int8 dot-product
-   instructions per cycle, as wide as the kernel nla.c was built with (512
-   bits: 64 multiply-adds each); 0 for the scalar build. */
-static double peak_ops_per_cycle(void) {
-    const char *k = nla_kernel_simd();
-    const double bits = !strncmp(k, "avx512", 6) ? 512 : !strncmp(k, "avx2", 4) ? 256 : !strncmp(k, "neon", 4) ? 128 : 0;
-    return 2 * (bits / 8) * 2; /* instructions x multiply-adds x 2 ops */
+/* The compute peak at nt threads, measured: every thread runs the
+   kernel's int8 dot-product step at once (nla_kernel_dp_rounds: 12
+   independent sums), rounds doubled until a run takes 0.2 s; ops per
+   second, 2 per multiply-add (0 for the scalar build). The clock a core
+   keeps under such a load is rarely the nominal one /proc/cpuinfo shows. */
+static double peak_measured(int nt) {
+    for (long n = 1 << 14;; n *= 2) {
+        double macs = 0, t0 = now();
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) reduction(+ : macs)
+#endif
+        for (int i = 0; i < nt; i++) {
+            int32_t sink;
+            macs += nla_kernel_dp_rounds(n, &sink);
+        }
+        const double t = now() - t0;
+        if (macs == 0 || t > 0.2) return macs > 0 ? 2 * macs / t : 0;
+    }
 }
 
 static void bench_model(const char *dir, const int *threads, int n_threads, const uint64_t *pr,
-                        double ghz) {
+                        const double *peak) {
     nla_model *m;
     char err[512];
     double t0 = now();
@@ -229,9 +228,9 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
                 share[j] = share[j - 1];
                 share[j - 1] = x;
             }
-        double tg = TG / t_all, peak = threads[k] * ghz * peak_ops_per_cycle();
+        const double tg = TG / t_all;
         printf("  %7d  %13.1f  %15.1f  %5.0f %%  %12.2f  %11.1f  %13.0f %%\n", threads[k], pp, pp * flops / 1e9,
-               peak > 0 ? 100 * pp * flops / 1e9 / peak : 0.0, tg, tg * gb, 50 * (share[1] + share[2]));
+               peak[k] > 0 ? 100 * pp * flops / peak[k] : 0.0, tg, tg * gb, 50 * (share[1] + share[2]));
         free(logits);
         nla_session_free(s);
     }
@@ -475,15 +474,18 @@ int main(int argc, char **argv) {
     cpu_model(cpu, sizeof cpu);
     printf("cpu: %s, %d logical CPUs; kernel: %s; weights %s\n", cpu, (int)sysconf(_SC_NPROCESSORS_ONLN),
            nla_kernel_simd(), bench_model_params().no_mmap ? "read into memory" : "mapped");
-    const double ghz = cpu_ghz();
     uint64_t *pr = probe_new();
     for (int k = 0; k < n_threads; k++)
         printf("memory bandwidth (streaming read of 1 GiB, %d thread%s, best of 3): %.1f GB/s\n",
                threads[k], threads[k] > 1 ? "s" : "", probe_read(pr, threads[k], 3));
-    printf("compute peak estimate: %.2f GHz (/proc/cpuinfo: nominal, boost unknown) x %.0f int8 ops per cycle per thread\n"
-           "  (two %s dot-product instructions per cycle: the width of nla.c's quantized kernel)\n"
-           "  = %.0f Gop/s per thread; prefill counts 2 flops per matrix weight\n",
-           ghz, peak_ops_per_cycle(), nla_kernel_simd(), ghz * peak_ops_per_cycle());
+    double peak[16];
+    for (int k = 0; k < n_threads; k++) {
+        peak[k] = peak_measured(threads[k]);
+        printf("compute peak (measured: the %s kernel's int8 dot-product step, 12 independent sums "
+               "per thread), %d thread%s: %.0f Gop/s\n",
+               nla_kernel_simd(), threads[k], threads[k] > 1 ? "s" : "", peak[k] / 1e9);
+    }
+    printf("  (prefill counts 2 flops per matrix weight)\n");
     if (!getenv("NLA_BENCH_NO_TOKENIZER")) bench_tokenizer();
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--search") && i + 1 < argc) {
@@ -492,7 +494,7 @@ int main(int argc, char **argv) {
             for (int k = 0; k < nB; k++) Bs[k] = Bs[k] < NLA_MAX_B ? Bs[k] : NLA_MAX_B;
             bench_nla(argv[++i], threads[n_threads - 1], Bs, nB, av_tokens[0]);
         } else {
-            bench_model(argv[i], threads, n_threads, pr, ghz);
+            bench_model(argv[i], threads, n_threads, pr, peak);
         }
     }
     free(pr);

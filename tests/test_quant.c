@@ -205,6 +205,14 @@ static void test_kernel_choice(void) {
         CHECK_MSG(amx == machine_amx, "kernel %s ran; this machine %s AMX-INT8", ran,
                   machine_amx ? "has" : "has no");
     if (!amx) SKIP("the AMX kernel's checks: no AMX-INT8 here, or a build without it");
+    /* the peak loop counts 12 sums of its vectors' 32-bit lanes, 4 products each */
+    const int lanes = !strncmp(ran, "avx512", 6) ? 16 : !strncmp(ran, "avx2", 4) ? 8
+                    : !strncmp(ran, "neon", 4) ? 4 : 0;
+    int32_t sink;
+    CHECK_MSG(nla_kernel_dp_rounds(1000, &sink) == 1000.0 * 12 * lanes * 4,
+              "the peak loop of %s counts %.0f multiply-adds in 1000 rounds", ran,
+              nla_kernel_dp_rounds(1000, NULL));
+    CHECK(nla_kernel_dp_rounds(0, NULL) == 0 && nla_kernel_dp_rounds(-5, NULL) == 0);
 #if defined(NLA_TEST_NATIVE) && !defined(NLA_NO_SIMD)
     if (machine)
         CHECK_MSG(!strncmp(ran, machine, strlen(machine)),
