@@ -3105,10 +3105,11 @@ static int use_amx(const mm_scratch *sc, int n) { return sc->xa && n >= AMX_MIN;
    gives some k, not an undefined conversion). The clamps to [-87, 88] and
    the 0 below take bit masks, not branches: from t < -87 ? -87 : ... GCC
    makes the clamped ends constants and leaves the formula in a branch,
-   where a float multiply might trap, so it vectorized the loops only with
-   AVX-512's masked operations (x86-64-v3 build, 1B Q8_0: the gated
-   feed-forward's gelu 9 % of prefill, one element at a time); every
-   32-bit input gives the same bits as before (NaN for NaN). */
+   where a float multiply might trap, and vectorizes such loops only with
+   AVX-512's masked operations (an x86-64-v3 build would run the gated
+   feed-forward's gelu, 9 % of its 1B Q8_0 prefill, one element at a
+   time); both forms give the same bits for every 32-bit input (NaN for
+   NaN). */
 static inline float exp_f(float t) {
     const uint32_t lo = 0u - (uint32_t)(t < -87.0f), hi = 0u - (uint32_t)(t > 88.0f);
     const float tc = f32_from_bits((f32_bits(t) & ~(lo | hi)) | (f32_bits(-87.0f) & lo) |
