@@ -2939,6 +2939,7 @@ const char *nla_kernel_simd(void) {
 #define QP 12
 double nla_kernel_dp_rounds(long n, int32_t *sink) {
     int32_t v = 0;
+    double macs = 0;
     n = n > 0 ? n : 0;
 #ifdef VL
     vi s[QP];
@@ -2954,13 +2955,10 @@ double nla_kernel_dp_rounds(long n, int32_t *sink) {
         memcpy(t, &s[i], sizeof t);
         v ^= t[i % VL];
     }
-    if (sink) *sink = v;
-    return (double)n * QP * VL * 4;
-#else
-    (void)n;
-    if (sink) *sink = v;
-    return 0;
+    macs = (double)n * QP * VL * 4;
 #endif
+    if (sink) *sink = v;
+    return macs;
 }
 
 /* y[t * ys + r] = row r < nr of the groups at g (gb bytes apart) . input t
