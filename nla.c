@@ -4039,6 +4039,8 @@ typedef struct {
     int32_t id;
 } smp_cand;
 
+#define SMP_CHUNK 16 /* weights per partial sum of a sampled draw (section 12) */
+
 struct nla_session {
     nla_model *m;
     int n_ctx, n_batch, nt, n_seq;
@@ -4068,7 +4070,9 @@ struct nla_session {
     mm_scratch mm;        /* converted weight rows, quantized activations, claims */
     float *sc;            /* [nt, scores_per_thread] attention scores */
     float *logits;        /* [n_seq, V] the last logits */
-    smp_cand *cand;       /* [V] sampling candidates */
+    int ns;               /* sequences that sample at once: min(nt, n_seq) */
+    smp_cand *cand;       /* [ns, V] each one's sampling candidates */
+    double *part;         /* [ns, V / SMP_CHUNK + 1] and its weights' sums */
     uint64_t rng;
     errbuf err;
 };
@@ -4078,7 +4082,7 @@ static void session_free_bufs(nla_session *s) {
     NLA_FREE(s->cap); NLA_FREE(s->past); NLA_FREE(s->hi);
     NLA_FREE(s->pos); NLA_FREE(s->seq); NLA_FREE(s->tile); NLA_FREE(s->next);
     NLA_FREE(s->act); mm_scratch_free(&s->mm); NLA_FREE(s->sc);
-    NLA_FREE(s->cand);
+    NLA_FREE(s->cand); NLA_FREE(s->part);
 }
 
 void nla_session_free(nla_session *s) {
@@ -4192,6 +4196,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
 #else
     s->nt = 1;
 #endif
+    s->ns = s->nt < s->n_seq ? s->nt : s->n_seq;
     nla_session_seed(s, p.seed);
     if (!(s->past = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
         !(s->hi = (int *)xcalloc((size_t)s->n_seq, sizeof(int))) ||
@@ -4253,7 +4258,8 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
     }
     ok = ok && mm_scratch_init(&s->mm, s->nt, B, maxcols) &&
         (s->sc = (float *)xmalloc((size_t)s->nt * scores_per_thread(c, s->n_ctx), sizeof(float))) &&
-        (s->cand = (smp_cand *)xmalloc(V, sizeof(smp_cand))) &&
+        (s->cand = (smp_cand *)xmalloc((size_t)s->ns * V, sizeof(smp_cand))) &&
+        (s->part = (double *)xmalloc((size_t)s->ns * (V / SMP_CHUNK + 1), sizeof(double))) &&
         (s->pos = (int *)xmalloc(B, sizeof(int))) && (s->seq = (int *)xmalloc(B, sizeof(int))) &&
         (s->tile = (int *)xmalloc(B + 1, sizeof(int)));
     if (!ok) {
@@ -5280,6 +5286,36 @@ static double rng_uniform(uint64_t *st) {
     return (double)(rng_next(st) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+#define SMP_LANES 16 /* lanes of the argmax */
+/* A nucleus's candidates: the logits / T within D of the largest, for D
+   the first of these whose candidates hold the nucleus (88: every weight
+   above 0, as exp_f is 0 below -87). */
+static const float smp_within[] = {4, 8, 16, 88};
+
+/* The index of the largest of x[0..n), n >= 1: the lowest on ties, never
+   a NaN (but 0 where x[0] is one), as `if (x[i] > x[best]) best = i`
+   finds it, in SMP_LANES lanes that each keep their largest and where it
+   was, a loop the compiler vectorizes. */
+static int argmax_f(const float *x, int n) {
+    if (isnan(x[0])) return 0;
+    float mv[SMP_LANES];
+    int32_t mi[SMP_LANES];
+    for (int l = 0; l < SMP_LANES; l++) { mv[l] = x[0]; mi[l] = 0; }
+    int i = 0;
+    for (; i + SMP_LANES <= n; i += SMP_LANES)
+        for (int l = 0; l < SMP_LANES; l++) {
+            const int gt = x[i + l] > mv[l];
+            mv[l] = gt ? x[i + l] : mv[l];
+            mi[l] = gt ? i + l : mi[l];
+        }
+    int best = 0;
+    for (int l = 0; l < SMP_LANES; l++)
+        if (mv[l] > x[best] || (mv[l] == x[best] && mi[l] < best)) best = mi[l];
+    for (; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
 /* Descending logit, then ascending id; NaN sorts last. */
 static int cand_cmp(const void *a, const void *b) {
     const smp_cand *x = (const smp_cand *)a, *y = (const smp_cand *)b;
@@ -5304,41 +5340,100 @@ static void cand_sift(smp_cand *h, int n, int i) {
     }
 }
 
-/* One token from logits, drawing from the stream *rng when sampling. */
-static int32_t sample(nla_session *s, const float *logits, const nla_generate_params *p,
-                      uint64_t *rng) {
-    const int V = s->m->cfg.vocab < NLA_TOKENIZER_VOCAB ? s->m->cfg.vocab : NLA_TOKENIZER_VOCAB;
-    int32_t best = 0;
-    for (int i = 1; i < V; i++)
-        if (logits[i] > logits[best]) best = i;
+/* The weights e^(x[j] / T - mx) of x[0..m), m <= SMP_CHUNK, into w (a loop
+   the compiler vectorizes), and their sum in order, in double. */
+static inline double smp_chunk(float *w, const float *x, int m, float T, float mx) {
+    double s = 0;
+    for (int j = 0; j < m; j++) w[j] = exp_f(x[j] / T - mx);
+    for (int j = 0; j < m; j++) s += w[j];
+    return s;
+}
+
+/* A sampled token of logits [V] without top-k or top-p: the weights are
+   summed SMP_CHUNK at a time into part [V / SMP_CHUNK + 1] (sum: the
+   total, chunk after chunk), then r = u sum picks the chunk where the
+   running sum of the chunks passes r, and in it the token where the
+   running sum of its weights does (where rounding leaves r past them all,
+   its last token with a weight). */
+static int32_t draw_all(const float *logits, int V, float T, float mx, const double *part,
+                        double sum, uint64_t *rng) {
+    const int nc = (V + SMP_CHUNK - 1) / SMP_CHUNK;
+    const double r = rng_uniform(rng) * sum;
+    double acc = 0;
+    int c = 0;
+    while (c < nc - 1 && !(r < acc + part[c])) acc += part[c++];
+    float w[SMP_CHUNK];
+    const int j0 = c * SMP_CHUNK, m = V - j0 < SMP_CHUNK ? V - j0 : SMP_CHUNK;
+    smp_chunk(w, logits + j0, m, T, mx);
+    int last = 0;
+    for (int j = 0; j < m; j++) {
+        if (w[j] > 0) last = j;
+        if (r < (acc += w[j])) return j0 + j;
+    }
+    return j0 + last;
+}
+
+/* One token from logits [V], drawing from the stream *rng when sampling;
+   cd [V] and part [V / SMP_CHUNK + 1]: the draw's scratch. A nucleus
+   (top-p without top-k) sorts only the candidates within D of the
+   largest logit / T (smp_within), the first D whose candidates hold p of
+   the total, so that every token of the nucleus is among them. AMD Zen 5,
+   262144 logits, against sorting every one and libm's expf one element at
+   a time: top-p 0.95 at T 0.7 of a sharp distribution 0.61 ms against 53,
+   where nearly all lie within 4 of the largest 53 both; plain T 1 0.41
+   against 1.33; top-k 64 0.30 against 0.52; greedy 0.053 against 0.116. */
+static int32_t sample(const float *logits, int V, const nla_generate_params *p, uint64_t *rng,
+                      smp_cand *cd, double *part) {
+    const int best = argmax_f(logits, V);
+    const float T = p->temperature;
     /* T -> 0 is greedy */
-    if (p->temperature <= 0 || !isfinite(logits[best] / p->temperature)) return best;
-    smp_cand *cd = s->cand;
-    for (int i = 0; i < V; i++) { cd[i].logit = logits[i] / p->temperature; cd[i].id = i; }
+    if (T <= 0 || !isfinite(logits[best] / T)) return best;
+    const float mx = logits[best] / T;
     const int k = p->top_k > 0 && p->top_k < V ? p->top_k : V;
     const float top_p = p->top_p > 0 && p->top_p < 1 ? p->top_p : 1;
-    int n = V;
+    double sum = 0;
+    int n = 0;
     if (k < V) { /* the k best in one pass (a heap whose root is the worst kept), then sorted */
-        for (int i = k / 2 - 1; i >= 0; i--) cand_sift(cd, k, i);
-        for (int i = k; i < V; i++)
-            if (cand_cmp(&cd[i], &cd[0]) < 0) {
-                cd[0] = cd[i];
+        for (int i = 0; i < V; i++) {
+            const smp_cand c = {logits[i] / T, i};
+            if (i < k) cd[n++] = c;
+            if (i == k - 1)
+                for (int j = k / 2 - 1; j >= 0; j--) cand_sift(cd, k, j);
+            if (i >= k && !(c.logit <= cd[0].logit) && cand_cmp(&c, &cd[0]) < 0) {
+                cd[0] = c;
                 cand_sift(cd, k, 0);
             }
-        qsort(cd, (size_t)k, sizeof *cd, cand_cmp);
-        n = k;
-    } else if (top_p < 1) {
-        qsort(cd, (size_t)V, sizeof *cd, cand_cmp);
-    }
-    const float mx = logits[best] / p->temperature;
-    double sum = 0;
-    for (int i = 0; i < n; i++) sum += cd[i].logit = expf(cd[i].logit - mx); /* now a weight */
-    if (top_p < 1) {
-        double acc = 0;
-        for (int i = 0; i < n; i++) {
-            acc += cd[i].logit;
-            if (acc >= top_p * sum) { n = i + 1; break; }
         }
+        qsort(cd, (size_t)k, sizeof *cd, cand_cmp);
+        for (int i = 0; i < k; i++) sum += cd[i].logit = exp_f(cd[i].logit - mx); /* a weight */
+    } else { /* every weight, summed chunk by chunk */
+        float w[SMP_CHUNK];
+        for (int j0 = 0; j0 < V; j0 += SMP_CHUNK)
+            sum += part[j0 / SMP_CHUNK] =
+                smp_chunk(w, logits + j0, V - j0 < SMP_CHUNK ? V - j0 : SMP_CHUNK, T, mx);
+        if (!(sum > 0) || !isfinite(sum)) return best;
+        if (top_p == 1) return draw_all(logits, V, T, mx, part, sum, rng);
+        const int last = (int)(sizeof smp_within / sizeof *smp_within) - 1;
+        for (int l = 0; n == 0; l++) {
+            double mass = 0; /* of the candidates */
+            for (int i = 0; i < V; i++) {
+                const float z = logits[i] / T;
+                if (z - mx >= -smp_within[l]) {
+                    cd[n].logit = z;
+                    cd[n++].id = i;
+                    mass += exp_f(z - mx);
+                }
+            }
+            if (mass < top_p * sum && l < last) { n = 0; continue; }
+            qsort(cd, (size_t)n, sizeof *cd, cand_cmp);
+            for (int i = 0; i < n; i++) cd[i].logit = exp_f(cd[i].logit - mx);
+        }
+    }
+    if (top_p < 1) { /* the smallest prefix whose mass reaches p of the sum */
+        double acc = 0;
+        int cut = 0;
+        while (cut < n && acc < top_p * sum) acc += cd[cut++].logit;
+        n = cut;
         sum = acc;
     }
     if (!(sum > 0) || !isfinite(sum)) return best;
@@ -5348,6 +5443,28 @@ static int32_t sample(nla_session *s, const float *logits, const nla_generate_pa
         if (r < acc) return cd[i].id;
     }
     return cd[n - 1].id;
+}
+
+/* The sampler check of nla.h. */
+int32_t nla_kernel_sample(const float *logits, int n, const nla_generate_params *p,
+                          uint64_t seed) {
+    if (!logits || !p || n < 1 || n > NLA_TOKENIZER_VOCAB) return -1;
+    smp_cand *cd = (smp_cand *)xmalloc((size_t)n, sizeof(smp_cand));
+    double *part = (double *)xmalloc((size_t)n / SMP_CHUNK + 1, sizeof(double));
+    uint64_t rng = rng_seed(seed);
+    const int32_t t = cd && part ? sample(logits, n, p, &rng, cd, part) : -1;
+    NLA_FREE(cd);
+    NLA_FREE(part);
+    return t;
+}
+
+/* sample() on one of the session's rows of logits, with the scratch of
+   sampler t < s->ns. */
+static int32_t session_sample(nla_session *s, const float *logits, const nla_generate_params *p,
+                              uint64_t *rng, int t) {
+    const int V = s->m->cfg.vocab;
+    return sample(logits, V < NLA_TOKENIZER_VOCAB ? V : NLA_TOKENIZER_VOCAB, p, rng,
+                  s->cand + (size_t)t * V, s->part + (size_t)t * (V / SMP_CHUNK + 1));
 }
 
 static nla_status check_generate_params(nla_session *s, const nla_generate_params *p, int32_t *out,
@@ -5372,7 +5489,7 @@ static nla_status generate_from_logits(nla_session *s, const nla_generate_params
     nla_status rc = check_generate_params(s, p, out, n_out);
     *n_out = 0;
     for (int i = 0; !rc; i++) {
-        int32_t tok = sample(s, s->logits, p, &s->rng);
+        int32_t tok = session_sample(s, s->logits, p, &s->rng, 0);
         out[(*n_out)++] = tok;
         int stop_now = (p->on_token && p->on_token(p->user, tok)) || *n_out == p->max_new;
         for (int k = 0; k < n_stop; k++) stop_now |= tok == stop[k];
@@ -6394,11 +6511,18 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
     /* decode every vector together: one row per unfinished sequence, so each
        weight read serves all of them; s->logits holds sequence q's at q * V */
     for (int live = B; !rc && live > 0;) {
+        /* every unfinished sequence's next token (finished ones are marked
+           negative), the sequences in parallel where each has a stream of
+           its own or none (greedy) */
+        PARALLEL_FOR(s->ns, (g.temperature <= 0 || p.seeds) && live > 1)
+        for (int q = 0; q < B; q++)
+            if (n_ids[q] >= 0)
+                ids[(size_t)q * cap + n_ids[q]] = session_sample(
+                    s, s->logits + (size_t)q * V, &g, p.seeds ? &rng[q] : &s->rng, thread_id());
         int n = 0;
         for (int q = 0; q < B; q++) {
-            if (n_ids[q] < 0) continue; /* finished (marked negative) */
-            int32_t tok = sample(s, s->logits + (size_t)q * V, &g, p.seeds ? &rng[q] : &s->rng);
-            ids[(size_t)q * cap + n_ids[q]++] = tok;
+            if (n_ids[q] < 0) continue;
+            const int32_t tok = ids[(size_t)q * cap + n_ids[q]++];
             /* the callbacks see every token, the last one too */
             int stop = (B == 1 && p.on_token && p.on_token(p.user, tok)) ||
                        cfg_is_eos(&m->cfg, tok) || n_ids[q] == p.max_new;

@@ -911,6 +911,14 @@ nla_status nla_kernel_attention(const float *q, const float *k, const float *v, 
                                 const int *lo, const int *p, int G, int hd, float scale,
                                 float softcap, float *out);
 
+/* The token that decoding takes from logits [n], n <= 262144, with p's
+   temperature, top_k and top_p as nla_generate applies them (temperature 0:
+   the largest logit, the lowest index on ties), drawing from the stream
+   that nla_session_seed(seed) starts. -1 for a NULL, n out of range, or
+   memory running out. For tests of the sampler. */
+int32_t nla_kernel_sample(const float *logits, int n, const nla_generate_params *p,
+                          uint64_t seed);
+
 /* Runs n rounds (none for n <= 0) of this build's int8 dot-product step
    (the quantized kernel's inner operation: each round 12 independent
    vector sums of 4-byte products) and returns the multiply-adds done, 0

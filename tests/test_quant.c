@@ -1,8 +1,8 @@
 /* test_quant.c - Q8_0 and Q4_0: the SIMD kernel against the scalar
    reference on random and adversarial blocks, the exponential and softmax
-   attention against double, and whole models quantized on load against the
-   golden f32 results: top-1 agreement of the logits and the mse_nrm of
-   block-K vectors. */
+   attention against double, the sampler against a reference that sorts,
+   and whole models quantized on load against the golden f32 results:
+   top-1 agreement of the logits and the mse_nrm of block-K vectors. */
 #define NLA_EXPERIMENTAL
 #include "../nla.h"
 #include "test.h"
@@ -571,6 +571,153 @@ static void test_exp(void) {
     CHECK(isnan(y[6]));
 }
 
+/* The sampler (nla_kernel_sample) against a reference that sorts every
+   logit and sums in one pass, with the library's stream (splitmix64 seed,
+   xorshift64*) and exponential: greedy against the element-by-element
+   argmax on ties, NaN and infinities; plain, top-k, top-p and both draws
+   for 60 seeds each; and a nucleus at p = 0.999, and a top-k, that need
+   tokens whose weights are below e^-16, drawn with seeds whose uniform
+   lands in them (the sampler's second pass). */
+typedef struct {
+    float z;
+    int id;
+} ref_cand;
+
+static int ref_cmp(const void *a, const void *b) {
+    const ref_cand *x = (const ref_cand *)a, *y = (const ref_cand *)b;
+    if (x->z != y->z) return x->z < y->z ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+/* The first uniform of the stream nla_session_seed(seed) starts. */
+static double ref_uniform(uint64_t seed) {
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    uint64_t x = z ? z : 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return (double)((x * 0x2545f4914f6cdd1dull) >> 11) / 9007199254740992.0;
+}
+
+/* The token of the definition: weights e^(x / T - max) (the library's
+   exponential), the k best by weight (lowest id on ties), the smallest
+   prefix of them whose mass reaches p of the total (of the k, or of all),
+   then u times the kept mass against their running sum; no truncation:
+   in id order. Logits finite. */
+static int ref_sample(const float *x, int n, float T, int k, float p, uint64_t seed) {
+    ref_cand *c = malloc((size_t)n * sizeof *c);
+    float *z = malloc((size_t)n * sizeof *z), *w = malloc((size_t)n * sizeof *w);
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    const float mx = x[best] / T;
+    for (int i = 0; i < n; i++) z[i] = x[i] / T - mx;
+    nla_kernel_exp(z, n, w);
+    double all = 0;
+    for (int i = 0; i < n; i++) all += w[i];
+    const int truncated = (k > 0 && k < n) || (p > 0 && p < 1);
+    for (int i = 0; i < n; i++) {
+        c[i].z = truncated ? z[i] : 0; /* untruncated: id order */
+        c[i].id = i;
+    }
+    qsort(c, (size_t)n, sizeof *c, ref_cmp);
+    int m = k > 0 && k < n ? k : n;
+    double tot = 0;
+    for (int i = 0; i < m; i++) tot += w[c[i].id];
+    if (m == n) tot = all;
+    if (p > 0 && p < 1) {
+        double acc = 0;
+        int cut = 0;
+        while (cut < m && acc < p * tot) acc += w[c[cut++].id];
+        m = cut;
+        tot = acc;
+    }
+    const double r = ref_uniform(seed) * tot;
+    double acc = 0;
+    int t = c[m - 1].id;
+    for (int i = 0; i < m; i++)
+        if (r < (acc += w[c[i].id])) { t = c[i].id; break; }
+    free(c);
+    free(z);
+    free(w);
+    return t;
+}
+
+static void test_sampler(void) {
+    enum { V = 5000, BIG = 262144 };
+    static float x[BIG];
+    nla_generate_params g;
+    memset(&g, 0, sizeof g);
+    /* greedy: values from a small set (ties), NaN, infinities, lengths around the lanes */
+    int same = 1;
+    for (int it = 0; it < 3000; it++) {
+        const int n = 1 + (int)(urand() * (it < 2000 ? 70 : 3000));
+        for (int i = 0; i < n; i++) {
+            const double u = urand();
+            x[i] = u < 0.05 ? NAN : u < 0.1 ? -INFINITY : u < 0.12 && it % 3 ? INFINITY
+                                                                : (float)(int)(urand() * 6);
+        }
+        int best = 0;
+        for (int i = 1; i < n; i++)
+            if (x[i] > x[best]) best = i;
+        same &= nla_kernel_sample(x, n, &g, 1) == best;
+    }
+    CHECK_MSG(same, "greedy: not the element-by-element argmax");
+    for (int i = 0; i < BIG; i++) x[i] = (float)(int)(urand() * 1000);
+    int best = 0;
+    for (int i = 1; i < BIG; i++)
+        if (x[i] > x[best]) best = i;
+    CHECK_EQ(nla_kernel_sample(x, BIG, &g, 1), best);
+    CHECK_EQ(nla_kernel_sample(x, 0, &g, 1), -1);
+    CHECK_EQ(nla_kernel_sample(NULL, 5, &g, 1), -1);
+    CHECK_EQ(nla_kernel_sample(x, BIG + 1, &g, 1), -1);
+    /* draws: logits of sd about 3 */
+    for (int i = 0; i < V; i++) x[i] = (float)(3 * (urand() + urand() + urand() - 1.5) * 2);
+    best = 0;
+    for (int i = 1; i < V; i++)
+        if (x[i] > x[best]) best = i;
+    const struct { float T; int k; float p; } cases[] = {
+        {1, 0, 0}, {0.7f, 40, 0}, {1, 0, 0.9f}, {1.3f, 50, 0.8f}, {2, 0, 0.999f}, {1, 1, 0}};
+    for (size_t j = 0; j < sizeof cases / sizeof *cases; j++) {
+        g.temperature = cases[j].T;
+        g.top_k = cases[j].k;
+        g.top_p = cases[j].p;
+        int agree = 0, seen_other = 0;
+        for (uint64_t seed = 0; seed < 60; seed++) {
+            const int t = nla_kernel_sample(x, V, &g, seed);
+            agree += t == ref_sample(x, V, g.temperature, g.top_k, g.top_p, seed);
+            seen_other |= t != best;
+        }
+        CHECK_MSG(agree == 60 && seen_other == (g.top_k != 1),
+                  "T %g top-k %d top-p %g: %d of 60 draws as the definition's, %s the largest",
+                  (double)g.temperature, g.top_k, (double)g.top_p, agree,
+                  seen_other ? "not always" : "always");
+    }
+    /* past e^-16: one logit at 0, the rest at -16.5 (1.8 % of the mass);
+       a nucleus at p = 0.999, and the k best of all but one, each drawn
+       with seeds whose uniform falls in the last 1.2 % */
+    for (int i = 0; i < BIG; i++) x[i] = i == 7 ? 0 : -16.5f;
+    g.temperature = 1;
+    for (int j = 0; j < 2; j++) {
+        g.top_k = j ? BIG - 1 : 0;
+        g.top_p = j ? 0 : 0.999f;
+        int tried = 0, agree = 0, tail = 0;
+        for (uint64_t seed = 0; tried < 3; seed++) {
+            if (ref_uniform(seed) < 0.988) continue;
+            const int t = nla_kernel_sample(x, BIG, &g, seed);
+            tried++;
+            agree += t == ref_sample(x, BIG, 1, g.top_k, g.top_p, seed);
+            tail += t != 7;
+        }
+        CHECK_MSG(agree == 3 && tail == 3,
+                  "top-k %d top-p %g past e^-16: %d of 3 as the definition's, %d in the tail",
+                  g.top_k, (double)g.top_p, agree, tail);
+    }
+}
+
 /* Softmax attention (nla_kernel_attention) against the same in double: 8
    rows of 2 heads at consecutive positions that see 8 to 100 keys (runs
    of 4 and 8 keys and their remainders), or the last 24 in a ring of 24
@@ -728,6 +875,7 @@ static void test_wide_decode(void) {
 
 int main(void) {
     test_exp();
+    test_sampler();
     test_attention();
     test_kernels();
     test_models();
