@@ -9423,6 +9423,15 @@ static void ev_json_num(ev_out *o, const char *key, double v, int last) {
     ev_printf(o, "\"%s\": %s%s", key, num, last ? "" : ", ");
 }
 
+/* v in a field of `width` with `prec` decimals (as a percentage where pct),
+   or "-" where it does not apply: a share of no rows, a mean of none. */
+static const char *ev_fixed(char *buf, size_t cap, int width, int prec, double v, int pct) {
+    if (!isfinite(v)) snprintf(buf, cap, "%*s", width + pct, "-");
+    else if (pct) snprintf(buf, cap, "%*.*f%%", width, prec, 100 * v);
+    else snprintf(buf, cap, "%*.*f", width, prec, v);
+    return buf;
+}
+
 static void ev_put_stats(ev_out *o, int json, const char *group, const char *name,
                          const ev_stats *st, int first) {
     if (json) {
@@ -9442,13 +9451,12 @@ static void ev_put_stats(ev_out *o, int json, const char *group, const char *nam
         ev_json_num(o, "catastrophic", st->cata, 1);
         ev_printf(o, "}");
     } else {
-        char label[40], own[16];
+        char label[40], fve[16], own[16];
         snprintf(label, sizeof label, "%s%s%.*s", group, *group ? "=" : "", 30, name);
-        if (isnan(st->fve_own)) snprintf(own, sizeof own, "%9s", "-");
-        else snprintf(own, sizeof own, "%9.4f", st->fve_own);
-        ev_printf(o, "%-32s %6d %9.5f %9.5f %9.5f %9.5f %9.5f %8.5f %9.4f %s %6.2f%%\n", label,
-                  st->n, st->mean, st->median, st->p10, st->p90, st->p99, st->cos, st->fve, own,
-                  100 * st->cata);
+        ev_printf(o, "%-32s %6d %9.5f %9.5f %9.5f %9.5f %9.5f %8.5f %s %s %6.2f%%\n", label,
+                  st->n, st->mean, st->median, st->p10, st->p90, st->p99, st->cos,
+                  ev_fixed(fve, sizeof fve, 9, 4, st->fve, 0),
+                  ev_fixed(own, sizeof own, 9, 4, st->fve_own, 0), 100 * st->cata);
     }
 }
 
@@ -9552,10 +9560,12 @@ static int ev_quality_write(const ev_set *s, int json, ev_out *o) {
         ev_json_num(o, "cos_mean_greedy", MEAN(gr[3], n_gr), 1);
         ev_printf(o, "}");
     } else {
+        char mc[32];
         ev_printf(o, "\ntrust flags (a row may have several):\n");
         for (int f = 0; f < F_COUNT; f++)
-            ev_printf(o, "  %-14s %6d  %6.2f%%  mean cos %.4f\n", ex_flag_name[f], nf[f],
-                      100 * MEAN((double)nf[f], s->n), nf[f] ? cf[f] / nf[f] : 0.0);
+            ev_printf(o, "  %-14s %6d  %6.2f%%  mean cos %s\n", ex_flag_name[f], nf[f],
+                      100 * MEAN((double)nf[f], s->n),
+                      ev_fixed(mc, sizeof mc, 0, 4, MEAN(cf[f], nf[f]), 0));
         if (max_parts)
             ev_printf(o, "\nper-part scores: %-6s %6s %10s %9s   %-10s %10s %9s\n", "part", "n",
                       "mse_mean", "cos", "prefix", "mse_mean", "cos");
@@ -9648,18 +9658,21 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
             }
             ev_printf(o, "}");
         } else {
+            char pc[2][32];
             ev_printf(o, "\nstructure of the %d non-empty explanations:\n",
                       n_ex);
             for (int k = 0; k < 5; k++)
-                ev_printf(o, "  %-34s %6d  %6.1f%%\n", shape_what[k], sh_count[k],
-                          100 * SHARE(sh_count[k], n_ex));
-            ev_printf(o, "  %-34s %6.1f%% of %d chat, %.1f%% of %d non-chat (blog: 80%% vs 7%%)\n",
-                      "\"Structured\" by kind", 100 * SHARE(str_chat, n_chat), n_chat,
-                      100 * SHARE(str_non, n_non), n_non);
+                ev_printf(o, "  %-34s %6d  %s\n", shape_what[k], sh_count[k],
+                          ev_fixed(pc[0], sizeof pc[0], 6, 1, SHARE(sh_count[k], n_ex), 1));
+            ev_printf(o, "  %-34s %s of %d chat, %s of %d non-chat (blog: 80%% vs 7%%)\n",
+                      "\"Structured\" by kind",
+                      ev_fixed(pc[0], sizeof pc[0], 6, 1, SHARE(str_chat, n_chat), 1), n_chat,
+                      ev_fixed(pc[1], sizeof pc[1], 0, 1, SHARE(str_non, n_non), 1), n_non);
             ev_printf(o, "\ndegenerate templates and failures:\n");
             for (int t = 0; t < T_COUNT; t++)
-                ev_printf(o, "  %-72s %6d  %6.2f%%  mean cos %.4f\n", ev_tmpl_what[t], tmpl[t],
-                          100 * SHARE(tmpl[t], s->n), tmpl[t] ? tmpl_cos[t] / tmpl[t] : 0.0);
+                ev_printf(o, "  %-72s %6d  %6.2f%%  mean cos %s\n", ev_tmpl_what[t], tmpl[t],
+                          100 * SHARE(tmpl[t], s->n),
+                          ev_fixed(pc[0], sizeof pc[0], 0, 4, SHARE(tmpl_cos[t], tmpl[t]), 0));
         }
 #undef SHARE
     }

@@ -581,6 +581,32 @@ int main(void) {
         CHECK_EQ(nla_eval_summary("tests/tmp/nonexistent", &rp, collect, &t, err, sizeof err), NLA_ERR_IO);
     }
 
+    /* a study of documents only: the chat share, the mean cos of templates
+       and flags no row has, and fve_own (no vectors) do not apply: "-" in
+       the text and the HTML report, never nan */
+    {
+        const char *dj = "tests/tmp/eval_docs_only.jsonl", *dh = "tests/tmp/eval_docs_only.html";
+        nla_eval_report_params rp;
+        text_buf t = {NULL, 0};
+        char *h;
+        memset(&rp, 0, sizeof rp);
+        spit_str(dj, "{\"sample_idx\": 0, \"source\": \"a\", \"token_str\": \"x\", \"mse_nrm\": 0.1, "
+                     "\"cos\": 0.95, \"explanation\": \"Structured prose.\"}\n"
+                     "{\"sample_idx\": 1, \"source\": \"a\", \"token_str\": \"y\", \"mse_nrm\": 0.2, "
+                     "\"cos\": 0.9, \"explanation\": \"Plain prose.\"}\n");
+        CHECK_EQ(nla_eval_summary(dj, &rp, collect, &t, err, sizeof err), NLA_OK);
+        CHECK_MSG(t.p && strstr(t.p, "      - of 0 chat, 50.0% of 2 non-chat"), "summary: %s", t.p ? t.p : "");
+        CHECK_MSG(t.p && !strstr(t.p, "nan") && !strstr(t.p, "inf"), "summary: %s", t.p ? t.p : "");
+        CHECK(t.p && strstr(t.p, "mean cos -\n"));
+        free(t.p);
+        CHECK_EQ(nla_eval_report_html(dj, dh, &rp, err, sizeof err), NLA_OK);
+        h = slurp(dh, NULL);
+        CHECK(h && strstr(h, "- of 0 chat") && !strstr(h, "nan") && !strstr(h, "inf"));
+        free(h);
+        unlink(dj);
+        unlink(dh);
+    }
+
     /* hostile results: markup in every text field (no script or element
        may get into the report), a sample_idx of 10^15, an error of 1e400,
        a 20-paragraph explanation, 3 MB of unclosed curly quotes, a
