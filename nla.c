@@ -9154,10 +9154,19 @@ static char *ev_field(const jdoc *d, const char *key, const char *def) {
     return def ? xstrndup(def, strlen(def)) : NULL;
 }
 
+/* Number field k into *v, NaN when absent or no number; 0 when it is a
+   number beyond a double's range (1e999: not finite data). */
+static int ev_num(const jdoc *d, int k, double *v) {
+    if (!json_num(d, k, v)) *v = NAN;
+    else if (!isfinite(*v)) return 0;
+    return 1;
+}
+
 /* A row's flags, greedy scores and parts from its fields; the flags of a
    row without "flags" (a published file) from its texts, its token (a
-   special one by its text) and role, its cos. 0 when out of memory. */
-static int ev_row_extras(const jdoc *d, ev_srow *r) {
+   special one by its text) and role, its cos. 0 when out of memory; -1
+   when a score is not finite, named in bad. */
+static int ev_row_extras(const jdoc *d, ev_srow *r, char *bad, size_t cap) {
     static const char *const special_roles[3] = {"bos", "role_marker", "end_of_turn"};
     const int fl = json_get(d, 0, "flags"), g = json_get(d, 0, "greedy"),
               pa = json_get(d, 0, "parts");
@@ -9171,19 +9180,27 @@ static int ev_row_extras(const jdoc *d, ev_srow *r) {
                 r->flags |= (unsigned)json_eq(d, (int)k, ex_flag_name[f]) << f;
     }
     r->flags &= ~(1u << F_NORM); /* decided against the other rows */
-    if (!json_num(d, json_get(d, 0, "vec_norm"), &r->norm)) r->norm = NAN;
-    if (!json_num(d, json_get(d, g, "mse_nrm"), &r->greedy[0]) ||
-        !json_num(d, json_get(d, g, "cos"), &r->greedy[1]))
-        r->greedy[0] = r->greedy[1] = NAN;
+    if (!ev_num(d, json_get(d, 0, "vec_norm"), &r->norm)) {
+        snprintf(bad, cap, "vec_norm");
+        return -1;
+    }
+    for (int j = 0; j < 2; j++)
+        if (!ev_num(d, json_get(d, g, j ? "cos" : "mse_nrm"), &r->greedy[j])) {
+            snprintf(bad, cap, "greedy.%s", j ? "cos" : "mse_nrm");
+            return -1;
+        }
+    if (isnan(r->greedy[0]) || isnan(r->greedy[1])) r->greedy[0] = r->greedy[1] = NAN;
     if (pa < 0 || d->node[pa].type != J_ARR || !d->node[pa].n) return 1;
     if (!(r->parts = (double *)xmalloc(d->node[pa].n, 4 * sizeof(double)))) return 0;
+    r->n_parts = (int)d->node[pa].n;
     for (uint32_t i = 0, k = (uint32_t)pa + 1; i < d->node[pa].n; i++, k = d->node[k].end) {
         static const char *const key[4] = {"mse_nrm", "cos", "prefix_mse_nrm", "prefix_cos"};
         for (int j = 0; j < 4; j++)
-            if (!json_num(d, json_get(d, (int)k, key[j]), &r->parts[4 * i + (uint32_t)j]))
-                r->parts[4 * i + (uint32_t)j] = NAN;
+            if (!ev_num(d, json_get(d, (int)k, key[j]), &r->parts[4 * i + (uint32_t)j])) {
+                snprintf(bad, cap, "parts[%u].%s", i, key[j]);
+                return -1;
+            }
     }
-    r->n_parts = (int)d->node[pa].n;
     return 1;
 }
 
@@ -9215,7 +9232,8 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         jdoc d;
         double mse, cos;
         uint64_t u;
-        int has_mse, has_cos, k, oom;
+        int has_mse, has_cos, k, oom, ext;
+        char bad[48];
         nla_status pr;
         at += len + 1;
         line++;
@@ -9254,6 +9272,19 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         /* the chat parquet has no mse_nrm: mse_nrm = 2 (1 - cos) */
         r->mse = has_mse ? mse : 2 * (1 - cos);
         r->cos = has_cos ? cos : 1 - mse / 2;
+        if (!isfinite(r->mse) || !isfinite(r->cos)) {
+            const char *field = has_mse && !isfinite(mse)   ? "mse_nrm"
+                                : has_cos && !isfinite(cos) ? "cos"
+                                                            : NULL;
+            json_free(&d);
+            rc = field ? fail(e, NLA_ERR_FORMAT, "%s: line %d: %s is not a finite number",
+                              f ? path : results, line, field)
+                       : fail(e, NLA_ERR_FORMAT,
+                              "%s: line %d: cos %g gives mse_nrm = 2 (1 - cos) beyond a "
+                              "double's range",
+                              f ? path : results, line, cos);
+            break;
+        }
         r->sample_idx = json_u64(&d, json_get(&d, 0, "sample_idx"), &u) && u <= (uint64_t)LONG_MAX
                             ? (long)u
                             : -1;
@@ -9272,9 +9303,14 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         r->preview = ev_field(&d, "text_preview", "");
         oom |= !r->source || !r->expl || !r->raw || !r->token || !r->preview;
         if (!oom) r->kind = ev_token_kind(r->token);
-        oom = oom || !ev_row_extras(&d, r);
+        ext = oom ? 1 : ev_row_extras(&d, r, bad, sizeof bad);
         json_free(&d);
-        if (oom) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+        if (oom || !ext) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
+        if (ext < 0) {
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: %s is not a finite number",
+                      f ? path : results, line, bad);
+            break;
+        }
     }
     if (!rc && !s->n)
         rc = fail(e, NLA_ERR_FORMAT,

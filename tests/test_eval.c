@@ -607,8 +607,38 @@ int main(void) {
         unlink(dh);
     }
 
+    /* a score beyond a double's range (or one whose mse_nrm = 2 (1 - cos)
+       is) is no data: refused, naming the file, line and field */
+    {
+        static const struct { const char *row, *want; } bad[] = {
+            {"\"mse_nrm\": 1e999, \"cos\": 0.5", "line 2: mse_nrm is not a finite number"},
+            {"\"mse_nrm\": 0.5, \"cos\": -1e999", "line 2: cos is not a finite number"},
+            {"\"cos\": -1e308", "line 2: cos -1e+308 gives mse_nrm = 2 (1 - cos) beyond"},
+            {"\"mse_nrm\": 0.5, \"vec_norm\": 1e999", "line 2: vec_norm is not a finite number"},
+            {"\"mse_nrm\": 0.5, \"greedy\": {\"mse_nrm\": 1e999, \"cos\": 0.5}", "line 2: greedy.mse_nrm is not"},
+            {"\"mse_nrm\": 0.5, \"parts\": [{\"mse_nrm\": 0.5, \"cos\": 0.5, \"prefix_mse_nrm\": 0.5, "
+             "\"prefix_cos\": 0.5}, {\"prefix_cos\": -1e999}]", "line 2: parts[1].prefix_cos is not"}};
+        const char *bj = "tests/tmp/eval_inf.jsonl";
+        nla_eval_report_params rp;
+        memset(&rp, 0, sizeof rp);
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+            char rows[512];
+            text_buf t = {NULL, 0};
+            snprintf(rows, sizeof rows, "{\"sample_idx\": 0, \"mse_nrm\": 0.5, \"cos\": 0.5}\n"
+                     "{\"sample_idx\": 1, %s}\n", bad[i].row);
+            spit_str(bj, rows);
+            CHECK_EQ(nla_eval_summary(bj, &rp, collect, &t, err, sizeof err), NLA_ERR_FORMAT);
+            CHECK_MSG(strstr(err, bj) && strstr(err, bad[i].want), "%s: %s", bad[i].row, err);
+            free(t.p);
+            unlink("tests/tmp/eval_inf.html");
+            CHECK_EQ(nla_eval_report_html(bj, "tests/tmp/eval_inf.html", &rp, err, sizeof err), NLA_ERR_FORMAT);
+            CHECK(access("tests/tmp/eval_inf.html", F_OK) != 0);
+        }
+        unlink(bj);
+    }
+
     /* hostile results: markup in every text field (no script or element
-       may get into the report), a sample_idx of 10^15, an error of 1e400,
+       may get into the report), a sample_idx of 10^15, an error of 1e300,
        a 20-paragraph explanation, 3 MB of unclosed curly quotes, a
        2000-byte source name (whole in the JSON summary) */
     {
@@ -620,7 +650,7 @@ int main(void) {
         snprintf(path, sizeof path, "%s/results.jsonl", hd);
         f = fopen(path, "wb");
         snprintf(row, sizeof row, "{\"sample_idx\": 1000000000000000, \"source\": \"%s\", \"role\": \"%s\", \"token_str\": \"%s\", "
-                 "\"text_preview\": \"%s\", \"explanation\": \"%s\", \"mse_nrm\": 1e400}\n", evil, evil, evil, evil, evil);
+                 "\"text_preview\": \"%s\", \"explanation\": \"%s\", \"mse_nrm\": 1e300}\n", evil, evil, evil, evil, evil);
         fputs(row, f);
         n += (size_t)sprintf(big + n, "{\"sample_idx\": 1, \"source\": \"");
         for (int i = 0; i < 2000; i++) big[n++] = 's';
