@@ -6721,13 +6721,15 @@ static nla_status npy_probe(const char *path, int64_t shape[2], int *ndim, long 
 
 /* --- score */
 
-/* x / max(|x|, 1e-12) * scale into y (double). */
-static void normalise(const float *x, int d, double scale, double *y) {
+/* x / |x| * scale into y (double); 0 when x is all zeros: it has no
+   direction to rescale (a row never written), so it cannot be scored. */
+static int normalise(const float *x, int d, double scale, double *y) {
     double n = 0;
     for (int i = 0; i < d; i++) n += (double)x[i] * x[i];
-    n = sqrt(n);
-    const double k = scale / (n > 1e-12 ? n : 1e-12);
+    if (!(n > 0)) return 0;
+    const double k = scale / sqrt(n);
     for (int i = 0; i < d; i++) y[i] = x[i] * k;
+    return 1;
 }
 
 nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline,
@@ -6740,8 +6742,10 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
     double *a = (double *)xmalloc((size_t)d, 2 * sizeof(double));
     if (!a) return NLA_ERR_NOMEM;
     double *b = a + d, mse = 0, dot = 0, na = 0, nb = 0;
-    normalise(r, d, mse_scale, a);
-    normalise(v, d, mse_scale, b);
+    if (!normalise(r, d, mse_scale, a) || !normalise(v, d, mse_scale, b)) {
+        NLA_FREE(a);
+        return NLA_ERR_ARG;
+    }
     for (int i = 0; i < d; i++) {
         mse += (a[i] - b[i]) * (a[i] - b[i]);
         dot += (double)v[i] * r[i];
@@ -6750,7 +6754,7 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
     }
     NLA_FREE(a);
     out->mse_nrm = mse / d;
-    out->cos = na > 0 && nb > 0 ? dot / sqrt(na * nb) : 0;
+    out->cos = dot / sqrt(na * nb);
     out->fve_nrm = baseline > 0 ? 1 - out->mse_nrm / baseline : NAN;
     return NLA_OK;
 }
@@ -6763,7 +6767,10 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
     if (!mu) return NLA_ERR_NOMEM;
     double *x = mu + d, acc = 0;
     for (int k = 0; k < n; k++) {
-        normalise(v + (size_t)k * d, d, mse_scale, x);
+        if (!normalise(v + (size_t)k * d, d, mse_scale, x)) {
+            NLA_FREE(mu);
+            return NLA_ERR_ARG;
+        }
         for (int i = 0; i < d; i++) mu[i] += x[i] / n;
     }
     for (int k = 0; k < n; k++) {
@@ -6809,7 +6816,12 @@ nla_status nla_score_cross(const float *v, const float *r, int n, int d, double 
            *a = b + (size_t)n * d;
     long closest = 0, ranks = 0;
     if (!b) return NLA_ERR_NOMEM;
-    for (int j = 0; j < n; j++) normalise(v + (size_t)j * d, d, mse_scale, b + (size_t)j * d);
+    for (int j = 0; j < n; j++)
+        if (!normalise(v + (size_t)j * d, d, mse_scale, b + (size_t)j * d) ||
+            !normalise(r + (size_t)j * d, d, mse_scale, a)) {
+            NLA_FREE(b);
+            return NLA_ERR_ARG;
+        }
     for (int i = 0; i < n; i++) {
         double own = 0;
         int k = 1;
@@ -6885,8 +6897,9 @@ static nla_status ex_score_texts(nla_session *s, const char *const *ex, int n, c
         for (int q = 0; q < g && !rc; q++)
             if ((rc = nla_score(v + (size_t)of[t0 + q] * d, rec + (size_t)q * d, d, mse_scale,
                                 baseline, sc[t0 + q])) != NLA_OK)
-                rc = fail(e, rc, "text %d: cannot be scored (%s: a non-finite vector, "
-                                 "reconstruction or baseline)", t0 + q, nla_strerror(rc));
+                rc = fail(e, rc, "text %d: cannot be scored (%s: a vector or reconstruction "
+                                 "all zeros or not finite, or a non-finite baseline)", t0 + q,
+                          nla_strerror(rc));
         if (!rc && keep) keep(user, t0, g, rec);
     }
     NLA_FREE(rec);
@@ -9765,7 +9778,10 @@ static nla_status ev_cross_write(const ev_set *s, int N, int json, ev_out *o, er
                 else memcpy(v + (size_t)t * d, s->act + (size_t)idx * d, sizeof(float) * (size_t)d);
             }
             if (!rc && (rc = nla_score_cross(v, r, k, d, sqrt((double)d), NULL, NULL, &cs)))
-                rc = fail(e, rc, "eval: out of memory");
+                rc = rc == NLA_ERR_NOMEM ? fail(e, rc, "eval: out of memory")
+                                         : fail(e, rc, "%s: a sampled vector or reconstruction "
+                                                       "is all zeros (%s)", s->dir,
+                                                nla_strerror(rc));
             if (rc) break;
             snprintf(label, sizeof label, "%s%s%.*s", group[g], *group[g] ? "=" : "", 30, key[i].v);
             if (json) {
@@ -11488,8 +11504,9 @@ static void cli_json(const char *s, size_t n) {
     NLA_FREE(t);
 }
 
-/* A .npy of vectors [n, d] (a 1-D file is one vector) into a heap buffer. */
-static float *cli_vectors(const char *path, int *n, int *d) {
+/* A .npy of vectors [n, d] (a 1-D file is one vector) into a heap buffer;
+   with `scored`, a row of all zeros (one never written) is refused. */
+static float *cli_vectors(const char *path, int *n, int *d, int scored) {
     int64_t sh[2];
     int nd;
     char err[512];
@@ -11510,6 +11527,16 @@ static float *cli_vectors(const char *path, int *n, int *d) {
                   (double)v[bad], bad % *d);
         NLA_FREE(v);
         return NULL;
+    }
+    for (int i = 0; scored && i < *n; i++) {
+        const float *x = v + (size_t)i * *d;
+        int j = 0;
+        while (j < *d && x[j] == 0) j++;
+        if (j == *d) {
+            cli_error("%s: row %d is all zeros: no vector there to score", path, i);
+            NLA_FREE(v);
+            return NULL;
+        }
     }
     return v;
 }
@@ -11690,7 +11717,7 @@ static int cmd_verbalize(int argc, char **argv) {
     ex_cand *cand = (ex_cand *)NLA_CALLOC((size_t)B, sizeof *cand);
     long *idx = (long *)NLA_CALLOC((size_t)B, sizeof *idx);
     errbuf e;
-    float *v = cli_vectors(o.text, &n, &d);
+    float *v = cli_vectors(o.text, &n, &d, 0);
     if (!v || !cand || !idx || open_model(o.dir, o.es, o.quant, o.tokenizer, NULL, &m)) {
         if (v && (!cand || !idx)) cli_error("out of memory");
         goto out;
@@ -11928,7 +11955,7 @@ static int cmd_score(int argc, char **argv) {
     if (!o.text) return cli_error("give two files: nla score v.npy r.npy");
     if (!cross && (o.out || o.jsonl)) return cli_error("--out and --jsonl go with --cross");
     if (cross && o.baseline) return cli_error("--baseline does not go with --cross");
-    float *v = cli_vectors(o.dir, &n, &d), *rv = v ? cli_vectors(o.text, &n2, &d2) : NULL;
+    float *v = cli_vectors(o.dir, &n, &d, 1), *rv = v ? cli_vectors(o.text, &n2, &d2, 1) : NULL;
     double B, sum_mse = 0, sum_cos = 0;
     const char *kind;
     if (!v || !rv) goto out;
@@ -11943,7 +11970,12 @@ static int cmd_score(int argc, char **argv) {
     if (cli_baseline(o.baseline, v, n, d, &B, &kind)) goto out;
     for (int i = 0; i < n; i++) {
         nla_scores sc;
-        nla_score(v + (size_t)i * d, rv + (size_t)i * d, d, sqrt((double)d), B, &sc);
+        const nla_status sr = nla_score(v + (size_t)i * d, rv + (size_t)i * d, d,
+                                        sqrt((double)d), B, &sc);
+        if (sr) {
+            cli_error("row %d cannot be scored (%s)", i, nla_strerror(sr));
+            goto out;
+        }
         sum_mse += sc.mse_nrm;
         sum_cos += sc.cos;
         printf("{\"row\": %d, ", i);
@@ -13296,7 +13328,7 @@ static int cmd_steer(int argc, char **argv) {
     }
     nla_model_close(m); m = NULL;
     if (npy) {
-        if (!(file = cli_vectors(npy, &nv, &dv))) goto out;
+        if (!(file = cli_vectors(npy, &nv, &dv, 0))) goto out;
         if (dv != d) {
             cli_error("%s holds %d-wide vectors, the AV reads %d", npy, dv, d);
             goto out;

@@ -595,13 +595,15 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
                          char *errbuf, size_t errbuf_size);
 
 /* Scores reconstruction r against the original v, both [d]. NLA_ERR_NONFINITE
-   when v or r holds a NaN or Inf; NLA_ERR_ARG for a non-finite baseline. */
+   when v or r holds a NaN or Inf; NLA_ERR_ARG for a non-finite baseline or
+   when v or r is all zeros (no direction: a row never written, not a vector
+   to score). */
 nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline,
                      nla_scores *out);
 
 /* The variance baseline of a set of n vectors [n, d]: each rescaled to L2 =
    mse_scale, B = sum |v_n - mean|^2 / (n d). NLA_ERR_NONFINITE when a vector
-   holds a NaN or Inf. */
+   holds a NaN or Inf, NLA_ERR_ARG when one is all zeros (none to rescale). */
 nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out);
 
 /* ---- NLA questions: steer a vector, cross-score explanations ----------- */
@@ -634,8 +636,9 @@ typedef struct {
    row i). The rank of v_i for r_i is 1 + the number of other v_j at most as
    far (ties count against it, so identical reconstructions rank last);
    rank (optional, out [n]) gets them. O(n^2 d) time; allocates n d
-   doubles (NLA_ERR_NOMEM). Any thread; NLA_ERR_ARG for bad sizes or a
-   non-finite mse_scale, NLA_ERR_NONFINITE for a NaN or Inf in v or r. */
+   doubles (NLA_ERR_NOMEM). Any thread; NLA_ERR_ARG for bad sizes, a
+   non-finite mse_scale or a vector of v or r all zeros (as nla_score),
+   NLA_ERR_NONFINITE for a NaN or Inf in v or r. */
 nla_status nla_score_cross(const float *v, const float *r, int n, int d, double mse_scale,
                            float *matrix, int *rank, nla_cross_scores *out);
 

@@ -459,6 +459,18 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     CHECK_EQ(nla_baseline(r, 2, D, 4.0, &B), NLA_ERR_NONFINITE);
     r[D + 3] = INFINITY;
     CHECK_EQ(nla_score(r + D, v + D, D, 4.0, 0.0302, &sc), NLA_ERR_NONFINITE);
+    /* a vector of zeros has no direction: no score (not mse_nrm 1 at cos 0), no baseline */
+    {
+        float z[2 * D] = {0};
+        nla_cross_scores cs;
+        memcpy(z, v, D * sizeof(float));
+        CHECK_EQ(nla_score(z + D, v, D, 4.0, 0.0302, &sc), NLA_ERR_ARG);
+        CHECK_EQ(nla_score(v, z + D, D, 4.0, 0.0302, &sc), NLA_ERR_ARG);
+        CHECK_EQ(nla_baseline(z, 2, D, 4.0, &B), NLA_ERR_ARG);
+        CHECK_EQ(nla_score_cross(z, v, 2, D, 4.0, NULL, NULL, &cs), NLA_ERR_ARG);
+        CHECK_EQ(nla_score_cross(v, z, 2, D, 4.0, NULL, NULL, &cs), NLA_ERR_ARG);
+        CHECK_EQ(nla_score_cross(v, v, 2, D, 4.0, NULL, NULL, &cs), NLA_OK);
+    }
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
     sp.n_seq = 2;
@@ -538,6 +550,14 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
         memcpy(buf + 128, gv, 3 * D * 4);
         spit("tests/tmp/nan.npy", buf, sizeof buf);
         refused("./nla score tests/tmp/r.npy tests/tmp/nan.npy --baseline own", "row 2 holds a non-finite value (-inf");
+        /* a row of zeros (one a shard has not written) is no vector: not scored, still verbalized */
+        memset(gv + 2 * D, 0, D * sizeof(float));
+        memcpy(buf + 128, gv, 3 * D * 4);
+        spit("tests/tmp/zero.npy", buf, sizeof buf);
+        refused("./nla score tests/tmp/zero.npy tests/tmp/r.npy", "zero.npy: row 2 is all zeros: no vector there to score");
+        refused("./nla score tests/tmp/r.npy tests/tmp/zero.npy --baseline own", "zero.npy: row 2 is all zeros");
+        refused("./nla score --cross tests/tmp/zero.npy tests/tmp/r.npy", "zero.npy: row 2 is all zeros");
+        CHECK_EQ(run("./nla verbalize " G "av tests/tmp/zero.npy --max-new 2" TOK " > /dev/null 2>&1"), 0);
         free(gv);
     }
     refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline inf", "a positive number or 'own'");
