@@ -6236,8 +6236,10 @@ static nla_status sidecar_fields(nla_model *mdl, struct nla_sidecar *sc, const y
         rc = fail(e, NLA_ERR_FORMAT,
                   "%s: extraction.injection_scale must be a positive number a float holds", fn);
     if (!rc && !(rc = meta_num(yd, "extraction.mse_scale", &m->mse_scale, &set, fn, e)) && set &&
-        !(m->mse_scale > 0 && isfinite(m->mse_scale)))
-        rc = fail(e, NLA_ERR_FORMAT, "%s: extraction.mse_scale must be a finite positive number",
+        !(m->mse_scale > 0 && m->mse_scale <= 1e150))
+        rc = fail(e, NLA_ERR_FORMAT,
+                  "%s: extraction.mse_scale must be a positive number up to 1e150 (so that the "
+                  "scores' squares stay finite)",
                   fn);
     else if (!rc && !set) {
         if (rel) { m->mse_scale = rel->mse_scale; note_default(m, "mse_scale"); }
@@ -6753,9 +6755,11 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
         nb += (double)v[i] * v[i];
     }
     NLA_FREE(a);
+    const double fve = baseline > 0 ? 1 - mse / d / baseline : 0;
+    if (!isfinite(mse) || !isfinite(fve)) return NLA_ERR_NONFINITE; /* a huge mse_scale */
     out->mse_nrm = mse / d;
     out->cos = dot / sqrt(na * nb);
-    out->fve_nrm = baseline > 0 ? 1 - out->mse_nrm / baseline : NAN;
+    out->fve_nrm = baseline > 0 ? fve : NAN;
     return NLA_OK;
 }
 
@@ -6778,6 +6782,7 @@ nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *
         for (int i = 0; i < d; i++) acc += (x[i] - mu[i]) * (x[i] - mu[i]);
     }
     NLA_FREE(mu);
+    if (!isfinite(acc)) return NLA_ERR_NONFINITE; /* a huge mse_scale */
     *out = acc / ((double)n * d);
     return NLA_OK;
 }
@@ -6832,6 +6837,10 @@ nla_status nla_score_cross(const float *v, const float *r, int n, int d, double 
             const double *bj = b + (size_t)j * d;
             double m = 0; /* the sum in nla_score's order: the diagonal is its mse_nrm */
             for (int t = 0; t < d; t++) m += (a[t] - bj[t]) * (a[t] - bj[t]);
+            if (!isfinite(m)) { /* a huge mse_scale */
+                NLA_FREE(b);
+                return NLA_ERR_NONFINITE;
+            }
             if (matrix) matrix[(size_t)i * n + j] = (float)(m / d);
             k += j != i && !(m > own);
         }
@@ -6897,9 +6906,12 @@ static nla_status ex_score_texts(nla_session *s, const char *const *ex, int n, c
         for (int q = 0; q < g && !rc; q++)
             if ((rc = nla_score(v + (size_t)of[t0 + q] * d, rec + (size_t)q * d, d, mse_scale,
                                 baseline, sc[t0 + q])) != NLA_OK)
-                rc = fail(e, rc, "text %d: cannot be scored (%s: a vector or reconstruction "
-                                 "all zeros or not finite, or a non-finite baseline)", t0 + q,
-                          nla_strerror(rc));
+                rc = fail(e, rc, "text %d: cannot be scored (%s: %s)", t0 + q, nla_strerror(rc),
+                          rc == NLA_ERR_NONFINITE
+                              ? "a NaN or Inf in the vector or its reconstruction, or a score "
+                                "beyond a double's range"
+                              : "the vector or its reconstruction is all zeros, or the "
+                                "baseline is not finite");
         if (!rc && keep) keep(user, t0, g, rec);
     }
     NLA_FREE(rec);

@@ -595,7 +595,9 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
                          char *errbuf, size_t errbuf_size);
 
 /* Scores reconstruction r against the original v, both [d]. NLA_ERR_NONFINITE
-   when v or r holds a NaN or Inf; NLA_ERR_ARG for a non-finite baseline or
+   when v or r holds a NaN or Inf, or when a score is not finite (an
+   mse_scale whose square overflows, a tiny baseline): out is then left as
+   it is; NLA_ERR_ARG for a non-finite baseline or
    when v or r is all zeros (no direction: a row never written, not a vector
    to score). */
 nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline,
@@ -603,7 +605,7 @@ nla_status nla_score(const float *v, const float *r, int d, double mse_scale, do
 
 /* The variance baseline of a set of n vectors [n, d]: each rescaled to L2 =
    mse_scale, B = sum |v_n - mean|^2 / (n d). NLA_ERR_NONFINITE when a vector
-   holds a NaN or Inf, NLA_ERR_ARG when one is all zeros (none to rescale). */
+   holds a NaN or Inf or B is not finite, NLA_ERR_ARG when one is all zeros (none to rescale). */
 nla_status nla_baseline(const float *v, int n, int d, double mse_scale, double *out);
 
 /* ---- NLA questions: steer a vector, cross-score explanations ----------- */
@@ -638,7 +640,8 @@ typedef struct {
    rank (optional, out [n]) gets them. O(n^2 d) time; allocates n d
    doubles (NLA_ERR_NOMEM). Any thread; NLA_ERR_ARG for bad sizes, a
    non-finite mse_scale or a vector of v or r all zeros (as nla_score),
-   NLA_ERR_NONFINITE for a NaN or Inf in v or r. */
+   NLA_ERR_NONFINITE for a NaN or Inf in v or r or an mse_nrm that is not
+   finite. */
 nla_status nla_score_cross(const float *v, const float *r, int n, int d, double mse_scale,
                            float *matrix, int *rank, nla_cross_scores *out);
 

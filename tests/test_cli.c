@@ -470,6 +470,18 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
         CHECK_EQ(nla_score_cross(z, v, 2, D, 4.0, NULL, NULL, &cs), NLA_ERR_ARG);
         CHECK_EQ(nla_score_cross(v, z, 2, D, 4.0, NULL, NULL, &cs), NLA_ERR_ARG);
         CHECK_EQ(nla_score_cross(v, v, 2, D, 4.0, NULL, NULL, &cs), NLA_OK);
+        /* a score beyond a double's range (an mse_scale whose square overflows, a tiny
+           baseline) is refused, out left as it is */
+        sc.mse_nrm = -7;
+        CHECK_EQ(nla_score(v, z + D - 1, D, 1e300, 0.0302, &sc), NLA_ERR_NONFINITE);
+        CHECK_EQ(nla_score(v, z + D - 1, D, 4.0, 1e-320, &sc), NLA_ERR_NONFINITE);
+        CHECK(sc.mse_nrm == -7);
+        CHECK_EQ(nla_score(v, z + D - 1, D, 1e150, 0.0302, &sc), NLA_OK);
+        CHECK(isfinite(sc.mse_nrm) && isfinite(sc.fve_nrm));
+        CHECK_EQ(nla_score_cross(v, z + D - 1, 1, D, 1e300, NULL, NULL, &cs), NLA_ERR_NONFINITE);
+        float w[2 * D];
+        for (int i = 0; i < 2 * D; i++) w[i] = i < D ? 1.0f : -1.0f;
+        CHECK_EQ(nla_baseline(w, 2, D, 1e300, &B), NLA_ERR_NONFINITE);
     }
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);

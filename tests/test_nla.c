@@ -136,7 +136,9 @@ static void test_sidecar_errors(void) {
     /* regressions from review: ids past the embedding rows, a zero mse_scale,
        a sidecar far larger than any real one */
     expect_variant("Please provide an explanation.", "Please provide an explanation.<image_soft_token>", "outside the model's");
-    expect_variant("  mse_scale: 4.0", "  mse_scale: 0", "mse_scale must be a finite positive number");
+    expect_variant("  mse_scale: 4.0", "  mse_scale: 0", "mse_scale must be a positive number up to 1e150");
+    expect_variant("  mse_scale: 4.0", "  mse_scale: 1e300", "mse_scale must be a positive number up to 1e150");
+    CHECK_EQ(av_variant("  mse_scale: 4.0", "  mse_scale: 1e150"), NLA_OK);
     char *big = (char *)malloc(200000);
     strcpy(big, "kind: nla_model\n");
     for (int i = 0; i < 10000; i++) sprintf(big + strlen(big), "k%d: 1\n", i);
