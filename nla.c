@@ -1832,18 +1832,39 @@ static nla_status cfg_rope(const jdoc *d, int o, float *theta, float *factor, er
     return NLA_OK;
 }
 
-/* Reads an id or a list of ids (eos_token_id) into c->eos. */
-static void cfg_eos(const jdoc *d, int v, gemma_cfg *c) {
-    int x;
-    if (v < 0) return;
-    if (json_int(d, v, &x)) {
-        c->eos[0] = x;
-        c->n_eos = 1;
-    } else if (d->node[v].type == J_ARR) {
-        c->n_eos = 0;
-        for (uint32_t i = (uint32_t)v + 1, k = 0; k < d->node[v].n; k++, i = d->node[i].end)
-            if (c->n_eos < 8 && json_int(d, (int)i, &x)) c->eos[c->n_eos++] = x;
+/* Reads eos_token_id (node v of fn) into c->eos: an id or a list of at
+   most 8 (nla_model_info's eos_ids), each an integer in [0, vocab_size);
+   absent or null keeps the ids there are. Anything else is refused. */
+static nla_status cfg_eos(const jdoc *d, int v, gemma_cfg *c, const char *fn, errbuf *e) {
+    const int arr = v >= 0 && d->node[v].type == J_ARR;
+    const int n = arr ? (int)d->node[v].n : 1;
+    int eos[8];
+    if (v < 0 || d->node[v].type == J_NULL) return NLA_OK;
+    if (n > 8)
+        return fail(e, NLA_ERR_RANGE, "%s: eos_token_id lists %d ids; at most 8 are supported",
+                    fn, n);
+    for (int k = 0, i = arr ? v + 1 : v; k < n; k++, i = (int)d->node[i].end) {
+        const jnode *x = &d->node[i];
+        const int is_int = json_int(d, i, &eos[k]);
+        char what[64];
+        if (is_int && eos[k] >= 0 && eos[k] < c->vocab) continue;
+        if (x->type == J_NUM || x->type == J_STR)
+            snprintf(what, sizeof what, x->type == J_STR ? "\"%.*s\"" : "%.*s",
+                     (int)(x->len < 40 ? x->len : 40), d->src + x->off);
+        else
+            snprintf(what, sizeof what, "%s",
+                     x->type == J_ARR   ? "(a list)"
+                     : x->type == J_OBJ ? "(an object)"
+                                        : x->type == J_TRUE ? "true" : x->type == J_FALSE ? "false"
+                                                                                          : "null");
+        return fail(e, is_int ? NLA_ERR_RANGE : NLA_ERR_FORMAT,
+                    "%s: eos_token_id %s is not a token id: eos ids are integers in [0, %d) "
+                    "(config.json's vocab_size)",
+                    fn, what, c->vocab);
     }
+    memcpy(c->eos, eos, sizeof(int) * (size_t)n);
+    c->n_eos = n;
+    return NLA_OK;
 }
 
 /* 1 if id is one of the model's stop ids (eos_token_id). */
@@ -1940,8 +1961,9 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
                     "%s: hidden_activation '%s' is not supported (Gemma 3 uses gelu_pytorch_tanh)",
                     fn, act);
     }
-    cfg_eos(d, json_get(d, root, "eos_token_id"), c);
-    if (tc != root) cfg_eos(d, json_get(d, tc, "eos_token_id"), c);
+    if ((rc = cfg_eos(d, json_get(d, root, "eos_token_id"), c, fn, e)) ||
+        (tc != root && (rc = cfg_eos(d, json_get(d, tc, "eos_token_id"), c, fn, e))))
+        return rc;
 
     /* RoPE: old spelling first, then rope_parameters overrides */
     if ((rc = cfg_rope(d, json_get(d, tc, "rope_scaling"), &c->theta[1], &c->factor[1], e, fn,
@@ -2015,7 +2037,7 @@ static nla_status cfg_parse(const char *dir, gemma_cfg *c, errbuf *e) {
                  (rc = read_file(gfn, &gtxt, &gn, NLA_MAX_JSON_FILE, e)) == NLA_OK) {
             jdoc g;
             if ((rc = json_parse(&g, gtxt, gn, e, gfn)) == NLA_OK) {
-                cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c);
+                rc = cfg_eos(&g, json_get(&g, 0, "eos_token_id"), c, gfn, e);
                 json_free(&g);
             }
             NLA_FREE(gtxt);

@@ -615,8 +615,8 @@ static void test_parse(void) {
 }
 
 /* A copy of the AV folder (weights linked) whose generation_config.json
-   names other stop ids: eos, as JSON. */
-static nla_model *av_with_eos(const char *eos) {
+   names other stop ids: eos, as JSON. Returns the open status. */
+static nla_status av_eos_open(const char *eos, nla_model **m) {
     const char *dir = "tests/tmp/av_eos";
     char p[512], src[512];
     mkdir("tests/tmp", 0755);
@@ -631,7 +631,48 @@ static nla_model *av_with_eos(const char *eos) {
     snprintf(p, sizeof p, "%s/generation_config.json", dir);
     snprintf(src, sizeof src, "{\"bos_token_id\": 2, \"eos_token_id\": %s}\n", eos);
     CHECK(spit(p, src, strlen(src)) == 0);
-    return open_nla(dir);
+    nla_model_params mp;
+    memset(&mp, 0, sizeof mp);
+    mp.tokenizer = TOKJSON;
+    *m = NULL;
+    return nla_model_open(dir, &mp, m, err, sizeof err);
+}
+
+static nla_model *av_with_eos(const char *eos) {
+    nla_model *m = NULL;
+    nla_status rc = av_eos_open(eos, &m);
+    CHECK_MSG(rc == NLA_OK, "open with eos %s: %s", eos, err);
+    return m;
+}
+
+/* Stop ids that are no token ids, or more than nla_model_info holds: refused,
+   naming the file, never dropped or cut. */
+static void test_eos_errors(void) {
+    static const struct { const char *eos, *msg; nla_status rc; } bad[] = {
+        {"[-5, \"106\", 99999999]", "eos_token_id -5 is not a token id", NLA_ERR_RANGE},
+        {"[1, \"106\"]", "eos_token_id \"106\" is not a token id", NLA_ERR_FORMAT},
+        {"[1, 262144]", "eos_token_id 262144 is not a token id: eos ids are integers in [0, 262144)",
+         NLA_ERR_RANGE},
+        {"1.5", "eos_token_id 1.5 is not", NLA_ERR_FORMAT},
+        {"[1, [106]]", "eos_token_id (a list) is not", NLA_ERR_FORMAT},
+        {"[1, 2, 3, 4, 5, 6, 7, 8, 9]", "eos_token_id lists 9 ids; at most 8 are supported", NLA_ERR_RANGE}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        nla_model *m = NULL;
+        nla_status rc = av_eos_open(bad[i].eos, &m);
+        CHECK_MSG(rc == bad[i].rc && strstr(err, "av_eos/generation_config.json: ") && strstr(err, bad[i].msg),
+                  "eos %s: %s (%s)", bad[i].eos, nla_strerror(rc), err);
+        nla_model_close(m);
+    }
+    nla_model *m = NULL; /* eight ids, the last of the vocabulary among them; null keeps config.json's */
+    nla_model_info in;
+    CHECK_EQ(av_eos_open("[1, 2, 3, 4, 5, 6, 7, 262143]", &m), NLA_OK);
+    nla_model_get_info(m, &in);
+    CHECK(in.n_eos == 8 && in.eos_ids[7] == 262143);
+    nla_model_close(m);
+    CHECK_EQ(av_eos_open("null", &m), NLA_OK);
+    nla_model_get_info(m, &in);
+    CHECK(in.n_eos == 2 && in.eos_ids[0] == 1 && in.eos_ids[1] == 106);
+    nla_model_close(m);
 }
 
 /* The explanation step: the last id dropped when it is one of the AV's own
@@ -706,6 +747,7 @@ int main(void) {
     if (target && av && ar) {
         test_meta(av, ar);
         test_sidecar_errors();
+        test_eos_errors();
         test_pipeline(target, av, ar);
         test_parse();
         test_explanation(av);

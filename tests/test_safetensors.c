@@ -231,6 +231,7 @@ static void test_config_and_binding(void) {
     expect_config("\"hidden_size\": 64,", "\"hidden_size\": 64", NLA_ERR_FORMAT, "config.json: invalid JSON at line");
     expect_config("\"hidden_size\": 64", "\"hidden_size\": \"64\"", NLA_ERR_FORMAT, "hidden_size");
     expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 1e400", NLA_ERR_RANGE, "softcaps");
+    expect_config("    1,\n    106\n", "    1,\n    1024\n", NLA_ERR_RANGE, "config.json: eos_token_id 1024 is not a token id");
     /* finite as doubles but past a float's range (an Inf once read) */
     expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 3e40", NLA_ERR_RANGE, "softcaps");
     expect_config("\"attn_logit_softcapping\": null", "\"attn_logit_softcapping\": 1e39", NLA_ERR_RANGE, "softcaps");
