@@ -1545,6 +1545,12 @@ static int is_dir(const char *path) {
 #endif
 }
 
+/* Whether path names a sharded checkpoint's index (NAME.index.json). */
+static int is_index_json(const char *path) {
+    const size_t n = strlen(path);
+    return n > 11 && !strcmp(path + n - 11, ".index.json");
+}
+
 static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e) {
     *out = NULL;
     nla_st *st = (nla_st *)NLA_CALLOC(1, sizeof *st);
@@ -1562,7 +1568,7 @@ static nla_status st_open(const char *path, int no_mmap, nla_st **out, errbuf *e
                       path);
         NLA_FREE(idx);
         NLA_FREE(one);
-    } else if (strlen(path) > 11 && !strcmp(path + strlen(path) - 11, ".index.json")) {
+    } else if (is_index_json(path)) {
         char *dir = dir_of(path);
         rc = dir ? st_open_index(st, dir, path, no_mmap, e)
                  : fail(e, NLA_ERR_NOMEM, "out of memory");
@@ -10987,10 +10993,18 @@ typedef struct {
     const nla_tokenizer *shared_tok; /* set by explain: one tokenizer for the three models */
 } cli_opts;
 
+/* The folder of a model given as its .safetensors or .index.json file
+   (malloc'd), or NULL for any other path. */
+static char *model_file_dir(const char *path) {
+    const char *dot = strrchr(path_base(path), '.');
+    return (dot && !strcmp(dot, ".safetensors")) || is_index_json(path) ? dir_of(path) : NULL;
+}
+
 /* An output file that is one of the command's inputs (a file, or a model's
-   .json, .yaml or .safetensors file in a model folder given) or the other
-   output would destroy it, and so would an output whose temporary file
-   (tmp_path) is an input: refused. */
+   .json, .yaml or .safetensors file in a model folder given, or in the
+   folder of a model given as its .safetensors or .index.json file) or the
+   other output would destroy it, and so would an output whose temporary
+   file (tmp_path) is an input: refused. */
 static int cli_out_clash(const cli_opts *o) {
     const char *out[3] = {o->out, o->logits, o->hidden},
                *in[8] = {o->arg[0],  o->arg[1], o->arg[2],    o->tokenizer,
@@ -11004,10 +11018,12 @@ static int cli_out_clash(const cli_opts *o) {
         int clash = -1, via_tmp = 0;
         for (int k = 0; k < 8 && out[i] && clash < 0; k++) {
             if (!in[k] || in[k] == out[i]) continue;
+            char *md = model_file ? model_file_dir(in[k]) : NULL;
             via_tmp = tmp && (!strcmp(tmp, in[k]) || same_file(tmp, in[k]));
             if (via_tmp || !strcmp(out[i], in[k]) || same_file(out[i], in[k]) ||
-                (model_file && same_file(od, in[k])))
+                (model_file && same_file(od, md ? md : in[k])))
                 clash = k;
+            NLA_FREE(md);
         }
         NLA_FREE(od);
         NLA_FREE(tmp);

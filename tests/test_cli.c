@@ -684,6 +684,17 @@ static void full_disk(void) {
                  "tests/tmp/fd/target/config.json" TOK " 2> tests/tmp/err.txt"),
              1);
     CHECK(err_has("tests/tmp/fd/target/config.json: the output would overwrite the input", NULL));
+    /* a model named by its .safetensors file: the files of its folder are inputs too */
+    CHECK_EQ(run("./nla extract tests/tmp/fd/target/model.safetensors --text hi --positions 1 "
+                 "--out tests/tmp/fd/target/config.json" TOK " 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/target/config.json: the output would overwrite the input "
+                  "tests/tmp/fd/target/model.safetensors", NULL));
+    CHECK_EQ(run("./nla forward tests/tmp/fd/target/model.safetensors --ids 2,5 --layer 1 "
+                 "--hidden tests/tmp/fd/target/config.json 2> tests/tmp/err.txt"),
+             1);
+    CHECK(err_has("tests/tmp/fd/target/config.json: the output would overwrite the input", NULL));
+    CHECK(same_bytes("tests/tmp/fd/target/config.json", G "target/config.json"));
     /* the text or chat read is an input too */
     spit("tests/tmp/fd/t.txt", "some text", 9);
     CHECK_EQ(run("./nla extract " G "target --text-file tests/tmp/fd/t.txt --out tests/tmp/fd/t.txt"
