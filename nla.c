@@ -7892,13 +7892,16 @@ static const char *const ev_files[EV_N_FILES] = {
     "params.json", "tokens.jsonl", "results.jsonl", "activations.npy", "reconstructions.npy",
     "eval.lock"};
 
-/* Is path the folder dir's file `name`: that file, or (not there yet)
+/* Is path the folder dir's file `name` (with tmp: the temporary file
+   name.tmp it is written as, see out_open): that file, or (not there yet)
    that name in that folder? 1 yes, 0 no, -1 out of memory. */
-static int ev_is_file(const char *dir, const char *name, const char *path) {
-    char *p = path_join(dir, name), *pd = dir_of(path);
+static int ev_is_file(const char *dir, const char *name, int tmp, const char *path) {
+    char *f = path_join(dir, name), *p = f && tmp ? tmp_path(f) : f, *pd = dir_of(path);
     const int is = !p || !pd ? -1
-                   : same_file(p, path) || (!strcmp(path_base(path), name) && same_file(pd, dir));
-    NLA_FREE(p);
+                   : same_file(p, path) ||
+                         (!strcmp(path_base(path), path_base(p)) && same_file(pd, dir));
+    if (p != f) NLA_FREE(p);
+    NLA_FREE(f);
     NLA_FREE(pd);
     return is;
 }
@@ -8727,16 +8730,20 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
     x.sp.seed = x.p.seed;
     if (!rc && (!x.p.target || !x.p.av || !x.p.ar || !x.p.out_dir))
         rc = fail(&e, NLA_ERR_ARG, "eval: target, av, ar and out_dir are required");
-    for (int i = 0; i < EV_N_FILES && !rc; i++) { /* no input is one of the folder's files */
+    /* no input is one of the folder's files, nor the temporary file of one */
+    for (int i = 0; i < 2 * EV_N_FILES && !rc; i++) {
         const char *in[3] = {x.p.docs, x.p.chats, x.p.tokenizer};
+        const int tmp = i >= EV_N_FILES;
+        const char *name = ev_files[i % EV_N_FILES];
         for (int k = 0; k < 3 && !rc; k++) {
-            const int is = in[k] ? ev_is_file(x.p.out_dir, ev_files[i], in[k]) : 0;
+            const int is = in[k] ? ev_is_file(x.p.out_dir, name, tmp, in[k]) : 0;
             if (is)
                 rc = is < 0 ? fail(&e, NLA_ERR_NOMEM, "eval: out of memory")
                             : fail(&e, NLA_ERR_ARG,
-                                   "eval: the input %s is the output %s of %s: give another "
-                                   "folder",
-                                   in[k], ev_files[i], x.p.out_dir);
+                                   "eval: the input %s is the output %s%s of %s%s: give "
+                                   "another folder",
+                                   in[k], name, tmp ? ".tmp" : "", x.p.out_dir,
+                                   tmp ? " (a temporary file while it is written)" : "");
         }
     }
     if (!rc) rc = ev_lock(x.p.out_dir, &x.lock, &e);
@@ -10099,8 +10106,18 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     if (!rc && same_file(html_path, results))
         rc = fail(&e, NLA_ERR_ARG, "eval: the report %s is the input %s: give another file",
                   html_path, results);
+    if (!rc) { /* nor is its temporary file */
+        char *tmp = tmp_path(html_path);
+        if (!tmp) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+        else if (!strcmp(tmp, results) || same_file(tmp, results))
+            rc = fail(&e, NLA_ERR_ARG,
+                      "eval: the report %s would remove the input %s (its temporary file while "
+                      "it is written): give another file",
+                      html_path, results);
+        NLA_FREE(tmp);
+    }
     for (int i = 0; i < EV_N_FILES && !rc; i++) { /* nor one of the results folder's files */
-        const int is = ev_is_file(results, ev_files[i], html_path);
+        const int is = ev_is_file(results, ev_files[i], 0, html_path);
         if (is)
             rc = is < 0 ? fail(&e, NLA_ERR_NOMEM, "eval: out of memory")
                         : fail(&e, NLA_ERR_ARG,

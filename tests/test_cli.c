@@ -763,6 +763,22 @@ static void full_disk(void) {
                      " 2> tests/tmp/err.txt"),
                  1);
         CHECK(err_has("the input tests/tmp/fd/ev/tokens.jsonl is the output tokens.jsonl of", NULL));
+        /* nor the temporary file of one (in a new folder): refused, never removed */
+        CHECK_EQ(run("rm -rf tests/tmp/fd/evt && mkdir tests/tmp/fd/evt"), 0);
+        copy_file("tests/tmp/fd/docs.jsonl", "tests/tmp/fd/evt/params.json.tmp");
+        CHECK_EQ(run("./nla eval " G "target " G "av " G
+                     "ar --docs tests/tmp/fd/evt/params.json.tmp --out tests/tmp/fd/evt"
+                     " --max-new 4 --quiet" TOK ERR),
+                 1);
+        CHECK(err_has("the input tests/tmp/fd/evt/params.json.tmp is the output params.json.tmp "
+                      "of tests/tmp/fd/evt (a temporary file while it is written)", NULL));
+        CHECK(same_bytes("tests/tmp/fd/evt/params.json.tmp", "tests/tmp/fd/docs.jsonl"));
+        remove("tests/tmp/fd/r");
+        copy_file("tests/tmp/fd/ev/results.jsonl", "tests/tmp/fd/r.tmp");
+        CHECK_EQ(run("./nla eval --html tests/tmp/fd/r tests/tmp/fd/r.tmp" ERR), 1);
+        CHECK(err_has("the report tests/tmp/fd/r would remove the input tests/tmp/fd/r.tmp", NULL));
+        CHECK(same_bytes("tests/tmp/fd/r.tmp", "tests/tmp/fd/ev/results.jsonl"));
+        CHECK(access("tests/tmp/fd/r", F_OK) != 0);
     }
     /* random-model over a checkpoint: refused unless --force */
     CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --force 2> /dev/null"), 0);
