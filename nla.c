@@ -996,9 +996,27 @@ static int out_open_locked(out_file *o) {
 }
 #endif
 
+/* An output replaces a regular file, or a symbolic link (never what it
+   points to), or is new: an existing folder, device, FIFO or socket at path
+   is refused, never replaced. */
+static nla_status out_check(const char *path, errbuf *e) {
+#ifndef _WIN32
+    struct stat sb;
+    if (!lstat(path, &sb) && !S_ISREG(sb.st_mode) && !S_ISLNK(sb.st_mode))
+        return fail(e, NLA_ERR_IO, "%s: not a regular file: give the path of a file to write",
+                    path);
+#else
+    (void)path;
+    (void)e;
+#endif
+    return NLA_OK;
+}
+
 static nla_status out_open(out_file *o, const char *path, errbuf *e) {
     memset(o, 0, sizeof *o);
     o->path = path;
+    const nla_status kind = out_check(path, e);
+    if (kind) return kind;
     if (!(o->tmp = tmp_path(path))) return fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
 #ifndef _WIN32
     if (out_open_locked(o)) {
@@ -7906,6 +7924,17 @@ static int ev_is_file(const char *dir, const char *name, int tmp, const char *pa
     return is;
 }
 
+/* Each of the folder's files is a regular file, or new (out_check). */
+static nla_status ev_out_check(const char *dir, errbuf *e) {
+    nla_status rc = NLA_OK;
+    for (int i = 0; i < EV_N_FILES && !rc; i++) {
+        char *f = path_join(dir, ev_files[i]);
+        rc = f ? out_check(f, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        NLA_FREE(f);
+    }
+    return rc;
+}
+
 /* Flushes f and syncs it to the disk (fsync, where there is one); 0 on failure. */
 static int ev_sync(FILE *f) {
 #ifndef _WIN32
@@ -8746,6 +8775,7 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
                                    tmp ? " (a temporary file while it is written)" : "");
         }
     }
+    if (!rc) rc = ev_out_check(x.p.out_dir, &e);
     if (!rc) rc = ev_lock(x.p.out_dir, &x.lock, &e);
     if (!rc)
         rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg,
@@ -8863,6 +8893,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         if (same_file(out_dir, dirs[k]))
             rc = fail(&e, NLA_ERR_ARG, "eval merge: the output folder %s is the shard folder %s",
                       out_dir, dirs[k]);
+    if (!rc) rc = ev_out_check(out_dir, &e);
     if (!rc) rc = ev_lock(out_dir, &lock, &e);
     if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) ||
                 !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
@@ -10106,6 +10137,7 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
     if (!rc && same_file(html_path, results))
         rc = fail(&e, NLA_ERR_ARG, "eval: the report %s is the input %s: give another file",
                   html_path, results);
+    if (!rc) rc = out_check(html_path, &e);
     if (!rc) { /* nor is its temporary file */
         char *tmp = tmp_path(html_path);
         if (!tmp) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
@@ -11021,12 +11053,15 @@ static char *model_file_dir(const char *path) {
    .json, .yaml or .safetensors file in a model folder given, or in the
    folder of a model given as its .safetensors or .index.json file) or the
    other output would destroy it, and so would an output whose temporary
-   file (tmp_path) is an input: refused. */
+   file (tmp_path) is an input: refused, and so is an output that is not a
+   regular file (out_check), before any work. */
 static int cli_out_clash(const cli_opts *o) {
     const char *out[3] = {o->out, o->logits, o->hidden},
                *in[8] = {o->arg[0],  o->arg[1], o->arg[2],    o->tokenizer,
                          o->logits,  o->hidden, o->text_file, o->chat};
     for (int i = 0; i < 3; i++) {
+        errbuf e;
+        if (out[i] && out_check(out[i], &e)) return cli_error("%s", e.msg);
         char *od = out[i] ? dir_of(out[i]) : NULL;
         const char *base = out[i] ? path_base(out[i]) : "", *dot = strrchr(base, '.');
         const int model_file =

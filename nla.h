@@ -132,7 +132,9 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
    cut. The message names the file and the system's reason. path.tmp is
    locked while it is written (POSIX fcntl): NLA_ERR_BUSY while another
    writer has it, another process or, on Linux (open-file locks), another
-   thread of this one. */
+   thread of this one. An existing path that is not a regular file (a
+   folder, a device, a FIFO; POSIX) is refused with NLA_ERR_IO, never
+   replaced; a symbolic link at path is replaced, not what it points to. */
 nla_status nla_file_write(const char *path, const void *data, size_t n, char *errbuf,
                           size_t errbuf_size);
 

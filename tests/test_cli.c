@@ -757,6 +757,45 @@ static void full_disk(void) {
     char *kept = slurp("tests/tmp/fd/t.txt", NULL);
     CHECK_MSG(kept && !strcmp(kept, "some text"), "the file behind v.npy.tmp: '%s'", kept);
     free(kept);
+    /* an output that is not a regular file (a FIFO) is refused, before any
+       work (the position past the text is not reached), and stays */
+    struct stat sb;
+    remove("tests/tmp/fd/pipe");
+    CHECK_EQ(mkfifo("tests/tmp/fd/pipe", 0644), 0);
+    CHECK_EQ(run("./nla extract " G "target --text hi --positions 99 --out tests/tmp/fd/pipe" TOK
+                 ERR),
+             1);
+    CHECK(err_has("tests/tmp/fd/pipe: not a regular file", NULL));
+    CHECK_EQ(run("./nla forward " G "target --ids 2,5 --logits tests/tmp/fd/pipe" ERR), 1);
+    CHECK(err_has("tests/tmp/fd/pipe: not a regular file", NULL));
+    char why_not[512];
+    CHECK_EQ(nla_file_write("tests/tmp/fd/pipe", "x", 1, why_not, sizeof why_not), NLA_ERR_IO);
+    CHECK_MSG(strstr(why_not, "tests/tmp/fd/pipe: not a regular file"), "nla_file_write: %s",
+              why_not);
+    if (has_eval) { /* timeout: a run that opened the FIFO would wait for a writer */
+        CHECK_EQ(run("timeout 60 ./nla eval --html tests/tmp/fd/pipe tests/tmp/fd/ev" ERR), 1);
+        CHECK(err_has("tests/tmp/fd/pipe: not a regular file", NULL));
+        CHECK_EQ(run("rm -rf tests/tmp/fd/evp && mkdir tests/tmp/fd/evp"), 0);
+        CHECK_EQ(mkfifo("tests/tmp/fd/evp/params.json", 0644), 0);
+        CHECK_EQ(run("timeout 60 ./nla eval " G "target " G "av " G
+                     "ar --docs tests/tmp/fd/docs.jsonl --out tests/tmp/fd/evp --max-new 4 --quiet"
+                     TOK ERR),
+                 1);
+        CHECK(err_has("tests/tmp/fd/evp/params.json: not a regular file", NULL));
+        CHECK(!lstat("tests/tmp/fd/evp/params.json", &sb) && S_ISFIFO(sb.st_mode));
+    }
+#ifndef NLA_NO_EVAL
+    /* a merge into a folder with a FIFO results.jsonl: refused before it reads a shard */
+    const char *shards[1] = {"tests/tmp/fd/ev"};
+    CHECK_EQ(run("rm -rf tests/tmp/fd/evm && mkdir tests/tmp/fd/evm"), 0);
+    CHECK_EQ(mkfifo("tests/tmp/fd/evm/results.jsonl", 0644), 0);
+    CHECK_EQ(nla_eval_merge("tests/tmp/fd/evm", shards, 1, why_not, sizeof why_not), NLA_ERR_IO);
+    CHECK_MSG(strstr(why_not, "tests/tmp/fd/evm/results.jsonl: not a regular file"),
+              "nla_eval_merge: %s", why_not);
+    CHECK(!lstat("tests/tmp/fd/evm/results.jsonl", &sb) && S_ISFIFO(sb.st_mode));
+#endif
+    CHECK(!lstat("tests/tmp/fd/pipe", &sb) && S_ISFIFO(sb.st_mode));
+    CHECK(access("tests/tmp/fd/pipe.tmp", F_OK) != 0);
     if (has_eval) {
         CHECK_EQ(run("./nla eval " G "target " G "av " G
                      "ar --docs tests/tmp/fd/ev/tokens.jsonl --out tests/tmp/fd/ev" TOK

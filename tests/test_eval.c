@@ -510,14 +510,13 @@ int main(void) {
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
         CHECK_MSG(same_files(md, ref, files, 5), "merged shards differ from the unsharded run");
         /* a merge stopped after it replaced the vectors (params.json cannot be
-           replaced: a folder is there) leaves no results.jsonl of the merge before */
-        CHECK_EQ(rename("tests/tmp/eval_merged/params.json", "tests/tmp/eval_params"), 0);
-        CHECK_EQ(mkdir("tests/tmp/eval_merged/params.json", 0755), 0);
+           written: a folder is where its temporary file goes) leaves no
+           results.jsonl of the merge before */
+        CHECK_EQ(mkdir("tests/tmp/eval_merged/params.json.tmp", 0755), 0);
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 1);
         CHECK_MSG(access("tests/tmp/eval_merged/results.jsonl", F_OK) != 0,
                   "a stopped merge left results.jsonl beside vectors of another merge");
-        CHECK_EQ(rmdir("tests/tmp/eval_merged/params.json"), 0);
-        remove("tests/tmp/eval_params");
+        CHECK_EQ(rmdir("tests/tmp/eval_merged/params.json.tmp"), 0);
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
         CHECK_MSG(same_files(md, ref, files, 5), "merged again, the shards differ from the run");
 #ifdef __linux__
