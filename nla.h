@@ -599,9 +599,8 @@ nla_status nla_npy_write(const char *path, const float *data, int ndim, const in
 /* Scores reconstruction r against the original v, both [d]. NLA_ERR_NONFINITE
    when v or r holds a NaN or Inf, or when a score is not finite (an
    mse_scale whose square overflows, a tiny baseline): out is then left as
-   it is; NLA_ERR_ARG for a non-finite baseline or
-   when v or r is all zeros (no direction: a row never written, not a vector
-   to score). */
+   it is; NLA_ERR_ARG for a non-finite baseline or when v or r is all zeros
+   (no direction: a row never written, not a vector to score). */
 nla_status nla_score(const float *v, const float *r, int d, double mse_scale, double baseline,
                      nla_scores *out);
 
