@@ -608,8 +608,8 @@ static double ref_uniform(uint64_t seed) {
    then u times the kept mass against their running sum; no truncation:
    in id order. Logits finite. */
 static int ref_sample(const float *x, int n, float T, int k, float p, uint64_t seed) {
-    ref_cand *c = malloc((size_t)n * sizeof *c);
-    float *z = malloc((size_t)n * sizeof *z), *w = malloc((size_t)n * sizeof *w);
+    ref_cand *c = calloc((size_t)n, sizeof *c);
+    float *z = calloc((size_t)n, sizeof *z), *w = calloc((size_t)n, sizeof *w);
     int best = 0;
     for (int i = 1; i < n; i++)
         if (x[i] > x[best]) best = i;
