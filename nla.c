@@ -9256,7 +9256,7 @@ static int ev_num(const jdoc *d, int k, double *v) {
 /* A row's flags, greedy scores and parts from its fields; the flags of a
    row without "flags" (a published file) from its texts, its token (a
    special one by its text) and role, its cos. 0 when out of memory; -1
-   when a score is not finite, named in bad. */
+   when a score is not finite, or a part lacks one, said in bad. */
 static int ev_row_extras(const jdoc *d, ev_srow *r, char *bad, size_t cap) {
     static const char *const special_roles[3] = {"bos", "role_marker", "end_of_turn"};
     const int fl = json_get(d, 0, "flags"), g = json_get(d, 0, "greedy"),
@@ -9272,12 +9272,12 @@ static int ev_row_extras(const jdoc *d, ev_srow *r, char *bad, size_t cap) {
     }
     r->flags &= ~(1u << F_NORM); /* decided against the other rows */
     if (!ev_num(d, json_get(d, 0, "vec_norm"), &r->norm)) {
-        snprintf(bad, cap, "vec_norm");
+        snprintf(bad, cap, "vec_norm is not a finite number");
         return -1;
     }
     for (int j = 0; j < 2; j++)
         if (!ev_num(d, json_get(d, g, j ? "cos" : "mse_nrm"), &r->greedy[j])) {
-            snprintf(bad, cap, "greedy.%s", j ? "cos" : "mse_nrm");
+            snprintf(bad, cap, "greedy.%s is not a finite number", j ? "cos" : "mse_nrm");
             return -1;
         }
     if (isnan(r->greedy[0]) || isnan(r->greedy[1])) r->greedy[0] = r->greedy[1] = NAN;
@@ -9286,11 +9286,14 @@ static int ev_row_extras(const jdoc *d, ev_srow *r, char *bad, size_t cap) {
     r->n_parts = (int)d->node[pa].n;
     for (uint32_t i = 0, k = (uint32_t)pa + 1; i < d->node[pa].n; i++, k = d->node[k].end) {
         static const char *const key[4] = {"mse_nrm", "cos", "prefix_mse_nrm", "prefix_cos"};
-        for (int j = 0; j < 4; j++)
-            if (!ev_num(d, json_get(d, (int)k, key[j]), &r->parts[4 * i + (uint32_t)j])) {
-                snprintf(bad, cap, "parts[%u].%s", i, key[j]);
+        for (int j = 0; j < 4; j++) {
+            double *v = &r->parts[4 * i + (uint32_t)j];
+            if (!ev_num(d, json_get(d, (int)k, key[j]), v) || isnan(*v)) {
+                snprintf(bad, cap, "parts[%u].%s %s", i, key[j],
+                         isnan(*v) ? "is missing" : "is not a finite number");
                 return -1;
             }
+        }
     }
     return 1;
 }
@@ -9324,7 +9327,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         double mse, cos;
         uint64_t u;
         int has_mse, has_cos, k, oom, ext;
-        char bad[48];
+        char bad[80];
         nla_status pr;
         at += len + 1;
         line++;
@@ -9398,8 +9401,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         json_free(&d);
         if (oom || !ext) { rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory"); break; }
         if (ext < 0) {
-            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: %s is not a finite number",
-                      f ? path : results, line, bad);
+            rc = fail(e, NLA_ERR_FORMAT, "%s: line %d: %s", f ? path : results, line, bad);
             break;
         }
     }

@@ -607,7 +607,8 @@ int main(void) {
     }
 
     /* a score beyond a double's range (or one whose mse_nrm = 2 (1 - cos)
-       is) is no data: refused, naming the file, line and field */
+       is), or a part without one of its scores, is no data: refused,
+       naming the file, line and field */
     {
         static const struct { const char *row, *want; } bad[] = {
             {"\"mse_nrm\": 1e999, \"cos\": 0.5", "line 2: mse_nrm is not a finite number"},
@@ -616,7 +617,9 @@ int main(void) {
             {"\"mse_nrm\": 0.5, \"vec_norm\": 1e999", "line 2: vec_norm is not a finite number"},
             {"\"mse_nrm\": 0.5, \"greedy\": {\"mse_nrm\": 1e999, \"cos\": 0.5}", "line 2: greedy.mse_nrm is not"},
             {"\"mse_nrm\": 0.5, \"parts\": [{\"mse_nrm\": 0.5, \"cos\": 0.5, \"prefix_mse_nrm\": 0.5, "
-             "\"prefix_cos\": 0.5}, {\"prefix_cos\": -1e999}]", "line 2: parts[1].prefix_cos is not"}};
+             "\"prefix_cos\": 0.5}, {\"mse_nrm\": 0.5, \"cos\": 0.5, \"prefix_mse_nrm\": 0.5, "
+             "\"prefix_cos\": -1e999}]", "line 2: parts[1].prefix_cos is not"},
+            {"\"mse_nrm\": 0.5, \"parts\": [{\"mse_nrm\": 0.3}]", "line 2: parts[0].cos is missing"}};
         const char *bj = "tests/tmp/eval_inf.jsonl";
         nla_eval_report_params rp;
         memset(&rp, 0, sizeof rp);
