@@ -696,6 +696,24 @@ static void test_sampler(void) {
                   (double)g.temperature, g.top_k, (double)g.top_p, agree,
                   seen_other ? "not always" : "always");
     }
+    /* a flat nucleus of 262144 (nearly all within 4 of the largest): half
+       the logits from 401 values (ties; 0 as +0 and -0), half spread */
+    for (int i = 0; i < BIG; i++)
+        x[i] = i % 2 ? (float)(4 * urand() - 2)
+                     : (float)((int)(urand() * 401) - 200) / 100 * (urand() < 0.5 ? 1 : -1);
+    g.temperature = 1;
+    g.top_k = 0;
+    g.top_p = 0.9f;
+    int flat = 0;
+    for (uint64_t seed = 0; seed < 8; seed++)
+        flat += nla_kernel_sample(x, BIG, &g, seed) == ref_sample(x, BIG, 1, 0, 0.9f, seed);
+    CHECK_MSG(flat == 8, "a flat nucleus of %d: %d of 8 draws as the definition's", BIG, flat);
+    /* 64 logits of +0 and -0 in turn, equal: a nucleus of half is ids 0-31 */
+    for (int i = 0; i < 64; i++) x[i] = i % 2 ? -0.0f : 0.0f;
+    g.top_p = 0.5f;
+    int low = 0;
+    for (uint64_t seed = 0; seed < 60; seed++) low += nla_kernel_sample(x, 64, &g, seed) < 32;
+    CHECK_MSG(low == 60, "+0 and -0: %d of 60 draws among ids 0-31", low);
     /* past e^-16: one logit at 0, the rest at -16.5 (1.8 % of the mass);
        a nucleus at p = 0.999, and the k best of all but one, each drawn
        with seeds whose uniform falls in the last 1.2 % */
