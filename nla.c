@@ -7084,6 +7084,16 @@ nla_status nla_score_parts(nla_session *s, const float *v, const char *explanati
 
 #if !defined(NLA_NO_EVAL) || defined(NLA_MAIN) /* the rest: nla explain and nla eval */
 
+/* v in a field of `width` with `prec` decimals (as a percentage where pct),
+   or "-" where it does not apply (not finite): a share of no rows, a mean
+   of none, a score of a vector of all zeros. */
+static const char *fixed_or_dash(char *buf, size_t cap, int width, int prec, double v, int pct) {
+    if (!isfinite(v)) snprintf(buf, cap, "%*s", width + pct, "-");
+    else if (pct) snprintf(buf, cap, "%*.*f%%", width, prec, 100 * v);
+    else snprintf(buf, cap, "%*.*f", width, prec, v);
+    return buf;
+}
+
 /* A copy of a model's sidecar that outlives the model: its borrowed
    pointers (templates, prompt ids, base checkpoint) go with the model, so
    they are cleared; *random (when not NULL) becomes 1 where the base
@@ -9593,15 +9603,6 @@ static void ev_json_num(ev_out *o, const char *key, double v, int last) {
     ev_printf(o, "\"%s\": %s%s", key, num, last ? "" : ", ");
 }
 
-/* v in a field of `width` with `prec` decimals (as a percentage where pct),
-   or "-" where it does not apply: a share of no rows, a mean of none. */
-static const char *ev_fixed(char *buf, size_t cap, int width, int prec, double v, int pct) {
-    if (!isfinite(v)) snprintf(buf, cap, "%*s", width + pct, "-");
-    else if (pct) snprintf(buf, cap, "%*.*f%%", width, prec, 100 * v);
-    else snprintf(buf, cap, "%*.*f", width, prec, v);
-    return buf;
-}
-
 static void ev_put_stats(ev_out *o, int json, const char *group, const char *name,
                          const ev_stats *st, int first) {
     if (json) {
@@ -9625,8 +9626,8 @@ static void ev_put_stats(ev_out *o, int json, const char *group, const char *nam
         snprintf(label, sizeof label, "%s%s%.*s", group, *group ? "=" : "", 30, name);
         ev_printf(o, "%-32s %6d %9.5f %9.5f %9.5f %9.5f %9.5f %8.5f %s %s %6.2f%%\n", label,
                   st->n, st->mean, st->median, st->p10, st->p90, st->p99, st->cos,
-                  ev_fixed(fve, sizeof fve, 9, 4, st->fve, 0),
-                  ev_fixed(own, sizeof own, 9, 4, st->fve_own, 0), 100 * st->cata);
+                  fixed_or_dash(fve, sizeof fve, 9, 4, st->fve, 0),
+                  fixed_or_dash(own, sizeof own, 9, 4, st->fve_own, 0), 100 * st->cata);
     }
 }
 
@@ -9735,7 +9736,7 @@ static int ev_quality_write(const ev_set *s, int json, ev_out *o) {
         for (int f = 0; f < F_COUNT; f++)
             ev_printf(o, "  %-14s %6d  %6.2f%%  mean cos %s\n", ex_flag_name[f], nf[f],
                       100 * MEAN((double)nf[f], s->n),
-                      ev_fixed(mc, sizeof mc, 0, 4, MEAN(cf[f], nf[f]), 0));
+                      fixed_or_dash(mc, sizeof mc, 0, 4, MEAN(cf[f], nf[f]), 0));
         if (max_parts)
             ev_printf(o, "\nper-part scores: %-6s %6s %10s %9s   %-10s %10s %9s\n", "part", "n",
                       "mse_mean", "cos", "prefix", "mse_mean", "cos");
@@ -9833,16 +9834,16 @@ static nla_status ev_summary_write(const ev_set *s, int json, ev_out *o, errbuf 
                       n_ex);
             for (int k = 0; k < 5; k++)
                 ev_printf(o, "  %-34s %6d  %s\n", shape_what[k], sh_count[k],
-                          ev_fixed(pc[0], sizeof pc[0], 6, 1, SHARE(sh_count[k], n_ex), 1));
+                          fixed_or_dash(pc[0], sizeof pc[0], 6, 1, SHARE(sh_count[k], n_ex), 1));
             ev_printf(o, "  %-34s %s of %d chat, %s of %d non-chat (blog: 80%% vs 7%%)\n",
                       "\"Structured\" by kind",
-                      ev_fixed(pc[0], sizeof pc[0], 6, 1, SHARE(str_chat, n_chat), 1), n_chat,
-                      ev_fixed(pc[1], sizeof pc[1], 0, 1, SHARE(str_non, n_non), 1), n_non);
+                      fixed_or_dash(pc[0], sizeof pc[0], 6, 1, SHARE(str_chat, n_chat), 1), n_chat,
+                      fixed_or_dash(pc[1], sizeof pc[1], 0, 1, SHARE(str_non, n_non), 1), n_non);
             ev_printf(o, "\ndegenerate templates and failures:\n");
             for (int t = 0; t < T_COUNT; t++)
                 ev_printf(o, "  %-72s %6d  %6.2f%%  mean cos %s\n", ev_tmpl_what[t], tmpl[t],
                           100 * SHARE(tmpl[t], s->n),
-                          ev_fixed(pc[0], sizeof pc[0], 0, 4, SHARE(tmpl_cos[t], tmpl[t]), 0));
+                          fixed_or_dash(pc[0], sizeof pc[0], 0, 4, SHARE(tmpl_cos[t], tmpl[t]), 0));
         }
 #undef SHARE
     }
@@ -13515,15 +13516,16 @@ static int cmd_steer(int argc, char **argv) {
     for (int i = 0; i < n; i++) {
         const float *x = vs + (size_t)i * d, *y = rec + (size_t)i * d;
         const char *mode = steer_name[cli_steer_mode(i, n_sc, patch != NULL)];
-        nla_scores own, orig, moved;
-        if (nla_score(x, y, d, ar_meta.mse_scale, B, &own) ||
-            nla_score(v, y, d, ar_meta.mse_scale, B, &orig) ||
-            nla_score(v, x, d, ar_meta.mse_scale, B, &moved)) {
+        double norm = 0;
+        for (int k = 0; k < d; k++) norm += (double)x[k] * x[k];
+        /* a v' of all zeros (r = -1; v along d, subtracted) has no scores of its own: null */
+        nla_scores own = {NAN, NAN, NAN}, orig, moved = own;
+        if (nla_score(v, y, d, ar_meta.mse_scale, B, &orig) ||
+            (norm > 0 && (nla_score(x, y, d, ar_meta.mse_scale, B, &own) ||
+                          nla_score(v, x, d, ar_meta.mse_scale, B, &moved)))) {
             cli_error("cannot score row %d", i);
             goto out;
         }
-        double norm = 0;
-        for (int k = 0; k < d; k++) norm += (double)x[k] * x[k];
         if (o.jsonl) {
             printf("{\"steer\": \"%s\", ", mode);
             if (i < n_sc) { print_num("scale", sc[i]); printf(", "); }
@@ -13539,10 +13541,11 @@ static int cmd_steer(int argc, char **argv) {
             print_num("cos_v", orig.cos);
             printf("}\n");
         } else {
-            char row[128];
-            snprintf(row, sizeof row, "%-10s %9.4g %9.4f  %8.4f %8.4f  %8.4f %8.4f  ",
-                     cs.label[i], sqrt(norm), moved.cos, own.mse_nrm, own.cos, orig.mse_nrm,
-                     orig.cos);
+            char row[128], f[3][16];
+            snprintf(row, sizeof row, "%-10s %9.4g %s  %s %s  %8.4f %8.4f  ", cs.label[i],
+                     sqrt(norm), fixed_or_dash(f[0], sizeof f[0], 9, 4, moved.cos, 0),
+                     fixed_or_dash(f[1], sizeof f[1], 8, 4, own.mse_nrm, 0),
+                     fixed_or_dash(f[2], sizeof f[2], 8, 4, own.cos, 0), orig.mse_nrm, orig.cos);
             cli_table_row(row, ex[i], cand[i].parsed ? "" : "  [no <explanation> tags]", width);
         }
     }

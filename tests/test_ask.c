@@ -158,6 +158,20 @@ static void test_steer_cli(void) {
     patch = line_of(st, 1);
     CHECK(patch && e2 && num_after(patch, "mse_nrm") == num_after(e2, "mse_nrm"));
     free(patch); free(st); free(e2);
+    /* v moved by -1 times itself, or v minus itself, is all zeros: its own scores are null,
+       those against v numbers */
+    CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1 " --position 4 --toward " TEXT1 " --toward-position 4 --scales -1"
+                 " --subtract --jsonl" OPTS " > tests/tmp/ask_steer3.jsonl 2> /dev/null"), 0);
+    st = slurp("tests/tmp/ask_steer3.jsonl", NULL);
+    for (int i = 0; i < 2; i++) {
+        char *z = st ? line_of(st, i) : NULL;
+        CHECK_MSG(z && strstr(z, "\"vec_norm\": 0,") && strstr(z, "\"cos_to_v\": null") &&
+                      strstr(z, "\"mse_nrm\": null") && strstr(z, "\"cos\": null") &&
+                      strstr(z, "\"fve_nrm\": null") && num_after(z, "mse_nrm_v") > 0,
+                  "a v' of zeros: %s", z ? z : "(no line)");
+        free(z);
+    }
+    free(st);
     fails_with("./nla steer " TRIO " --text " TEXT1 " --position 40 --toward " TEXT2 OPTS, "--position 40 is past the last token (9)");
     fails_with("./nla steer weights/tiny/target weights/tiny/av weights/tiny/av --text " TEXT1
                " --toward " TEXT2 OPTS, "weights/tiny/av is not the AR of weights/tiny/av");
