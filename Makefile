@@ -193,11 +193,14 @@ cxx:
 	$(MAKE) clean
 
 # No warning on gcc or clang, with or without OpenMP (each build is the CLI,
-# which is all of nla.c).
+# which is all of nla.c), nor without nla eval (-DNLA_NO_EVAL: the CLI, and
+# the library alone).
 WERROR_CCS ?= gcc clang
 werror:
 	@for cc in $(WERROR_CCS); do for omp in -fopenmp ""; do \
 	  echo "$$cc $$omp -Werror"; $$cc $(CFLAGS) $(WARN) -Werror $$omp -DNLA_MAIN -o /dev/null nla.c $(LDLIBS) || exit 1; done; done
+	@for m in -DNLA_MAIN -c; do \
+	  echo "$(CC) -DNLA_NO_EVAL $$m -Werror"; $(CC) $(CFLAGS) $(WARN) -Werror -DNLA_NO_EVAL $$m -o /dev/null nla.c $(LDLIBS) || exit 1; done
 
 # arm64: nla.c cross-built for aarch64 with and without the dot-product
 # extension (the NEON kernels), and the tests of the numeric paths run under

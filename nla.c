@@ -399,10 +399,12 @@ static int utf8_char_len(const unsigned char *s, size_t n) {
 /* The JSON text of number v with `digits` significant digits into out:
    every JSON number the library and the CLI write goes through here. JSON
    has no NaN or Inf: those are written as null. */
+#if !defined(NLA_NO_EVAL) || defined(NLA_MAIN) /* nla eval and the CLI */
 static void json_put_num(char *out, size_t cap, double v, int digits) {
     if (isfinite(v)) snprintf(out, cap, "%.*g", digits, v);
     else snprintf(out, cap, "null");
 }
+#endif
 
 /* Index of the first NaN or Inf among x[0..n), or -1. The first pass only
    ORs a test of each value's exponent bits (all ones: not finite), which
@@ -1443,6 +1445,7 @@ static int file_exists(const char *path) {
     return f != NULL;
 }
 
+#ifndef NLA_NO_EVAL /* used by nla eval only (section 14) */
 /* Is there something at path, a file this process may not read included? */
 static int path_present(const char *path) {
     errno = 0;
@@ -1451,6 +1454,7 @@ static int path_present(const char *path) {
     if (f) fclose(f);
     return present;
 }
+#endif
 
 /* dir + "/" + name into a fresh string. */
 static char *path_join(const char *dir, const char *name) {
