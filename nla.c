@@ -396,10 +396,10 @@ static int utf8_char_len(const unsigned char *s, size_t n) {
     return utf8_valid(s, (size_t)k) ? k : 0;
 }
 
+#if !defined(NLA_NO_EVAL) || defined(NLA_MAIN) /* nla eval and the CLI */
 /* The JSON text of number v with `digits` significant digits into out:
    every JSON number the library and the CLI write goes through here. JSON
    has no NaN or Inf: those are written as null. */
-#if !defined(NLA_NO_EVAL) || defined(NLA_MAIN) /* nla eval and the CLI */
 static void json_put_num(char *out, size_t cap, double v, int digits) {
     if (isfinite(v)) snprintf(out, cap, "%.*g", digits, v);
     else snprintf(out, cap, "null");
@@ -5375,8 +5375,8 @@ static int cand_cmp(const void *a, const void *b) {
     return (x->id > y->id) - (x->id < y->id);
 }
 
-/* A nucleus candidate's logit / T (finite) as a key whose unsigned order
-   is cand_cmp's: the largest first, -0 as +0. */
+/* A nucleus candidate's logit / T (finite) as a key whose ascending
+   unsigned order is cand_cmp's: the largest logit first, -0 as +0. */
 static inline uint32_t cand_key(float z) {
     uint32_t u;
     if (z == 0) z = 0;
@@ -5384,9 +5384,10 @@ static inline uint32_t cand_key(float z) {
     return u >> 31 ? u : ~(u | 0x80000000u);
 }
 
-/* Sorts cd[0..n), in ascending id order, as cand_cmp does, through tmp
-   [n]: a stable radix sort of cand_key in passes of 11 bits, skipping a
-   pass where every key has the same digit; ties keep their id order. */
+/* Sorts cd[0..n), collected in ascending id order, into cand_cmp's order
+   through tmp [n]: a stable radix sort of cand_key in passes of 11 bits,
+   skipping a pass where every key has the same digit; ties keep their id
+   order. */
 static void cand_sort(smp_cand *cd, smp_cand *tmp, int n) {
     static const int shift[] = {0, 11, 22};
     uint32_t cnt[3][2048] = {{0}};
