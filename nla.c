@@ -4202,6 +4202,9 @@ int nla_session_n_past(const nla_session *s) { return s ? s->past[0] : 0; }
 
 nla_status nla_session_rewind(nla_session *s, int n) {
     if (!s) return NLA_ERR_ARG;
+    if (n < 0 || n > s->past[0])
+        return fail(&s->err, NLA_ERR_RANGE,
+                    "nla_session_rewind: %d is not a position of the cache (0..%d)", n, s->past[0]);
     if (!session_truncate(s, 0, n))
         return fail(&s->err, NLA_ERR_RANGE,
                     "nla_session_rewind: cannot go back to %d of %d positions "
@@ -4240,7 +4243,7 @@ nla_status nla_session_new(const nla_model *model, const nla_session_params *par
     if (s->n_ctx > c->max_pos) s->n_ctx = c->max_pos;
     s->n_seq = p.n_seq ? p.n_seq : 1;
     s->n_batch = p.n_batch ? p.n_batch : NLA_DEFAULT_BATCH;
-    if (s->n_batch > s->n_ctx * s->n_seq) s->n_batch = s->n_ctx * s->n_seq;
+    if ((int64_t)s->n_batch > (int64_t)s->n_ctx * s->n_seq) s->n_batch = s->n_ctx * s->n_seq;
 #ifdef _OPENMP
     s->nt = p.n_threads ? p.n_threads : omp_get_max_threads();
 #else
@@ -6546,7 +6549,7 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
                     s->n_seq);
     const int d = m->cfg.d, P = sc->pub.av_marker_index, T = sc->pub.av_prompt_len, R = T - P,
               V = m->cfg.vocab;
-    if (T + p.max_new - 1 > s->n_ctx)
+    if ((int64_t)T + p.max_new - 1 > s->n_ctx)
         return fail(&s->err, NLA_ERR_RANGE,
                     "nla_verbalize: %d prompt + %d new tokens exceed the context of %d", T,
                     p.max_new, s->n_ctx);
@@ -7921,6 +7924,9 @@ static nla_status ev_defaults(const nla_eval_params *in, nla_eval_params *p, err
     if (p->shard_count < 1 || p->shard_index < 1 || p->shard_index > p->shard_count)
         return fail(e, NLA_ERR_ARG, "eval: shard %d/%d: the index must be in 1..%d", p->shard_index,
                     p->shard_count, p->shard_count);
+    if (p->n_threads < 0 || p->n_threads > 1024)
+        return fail(e, NLA_ERR_ARG, "eval: n_threads %d: 0 (OpenMP's default) to 1024",
+                    p->n_threads);
     return NLA_OK;
 }
 
@@ -8704,11 +8710,14 @@ static nla_status ev_model_fp(const nla_model *m, uint64_t *h, errbuf *e) {
 static nla_status ev_metas(ev_run *x, errbuf *e) {
     nla_model *m = NULL;
     nla_session *s = NULL;
-    nla_model_info in;
+    nla_model_info in, ai;
     const char *tp = x->p.tokenizer ? x->p.tokenizer : x->p.target;
     char *tf = is_dir(tp) ? path_join(tp, "tokenizer.json") : xstrndup(tp, strlen(tp));
     nla_status rc = ev_open(x->p.av, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e);
-    if (!rc && !(rc = ev_model_fp(m, &x->fp[1], e))) nla_model_get_meta(m, &x->av);
+    if (!rc && !(rc = ev_model_fp(m, &x->fp[1], e))) {
+        nla_model_get_meta(m, &x->av);
+        nla_model_get_info(m, &ai);
+    }
     meta_detach(&x->av, NULL);
     ev_close(&m, &s);
     if (!rc && !(rc = ev_open(x->p.ar, &x->p, x->tok, NLA_QUANT_NONE, 0, 0, &m, &s, e)) &&
@@ -8729,6 +8738,11 @@ static nla_status ev_metas(ev_run *x, errbuf *e) {
     if (strcmp(x->av.role, "av") || x->av.av_prompt_len < 1)
         return fail(e, NLA_ERR_ARG,
                     "eval: %s is not an AV with a tokenizer (nla_meta.yaml role: av)", x->p.av);
+    if ((int64_t)x->av.av_prompt_len + x->p.max_new - 1 > ai.max_position_embeddings)
+        return fail(e, NLA_ERR_RANGE,
+                    "eval: max_new %d: the AV's prompt of %d tokens and the new ones exceed "
+                    "its %d positions",
+                    x->p.max_new, x->av.av_prompt_len, ai.max_position_embeddings);
     if (strcmp(x->ar.role, "ar") || x->ar.d_model != x->av.d_model || x->ar.layer != x->av.layer)
         return fail(e, NLA_ERR_ARG, "eval: %s is not the AR of %s (role ar, d %d, layer %d)",
                     x->p.ar, x->p.av, x->av.d_model, x->av.layer);
@@ -11351,7 +11365,7 @@ static char *cli_slurp(const char *path, size_t *n) {
    of --text-file) tokenized with BOS, --chat rendered with the chat template. */
 static int prompt_ids(const cli_opts *o, const nla_tokenizer *tok, int32_t **ids) {
     if (!!o->ids_arg + !!o->prompt + !!o->text_file + !!o->chat != 1)
-        return cli_error("give exactly one of --ids, --prompt, --text-file, --chat");
+        return cli_error("give exactly one of --ids, --prompt, --text-file, --chat"), -1;
     if (o->ids_arg) {
         int n = parse_ids(o->ids_arg, ids);
         return n < 1 ? cli_error("--ids: expected comma-separated non-negative integers"), -1 : n;
@@ -11407,6 +11421,11 @@ static int cmd_generate(int argc, char **argv) {
     memset(&sp, 0, sizeof sp);
     sp.n_threads = o.threads;
     sp.seed = (uint64_t)(int64_t)o.seed;
+    if ((int64_t)T + o.n - 1 > in.max_position_embeddings) {
+        cli_error("-n %d: the prompt's %d tokens and the new ones exceed the model's %d positions",
+                  o.n, T, in.max_position_embeddings);
+        goto out;
+    }
     sp.n_ctx = T + o.n > in.max_position_embeddings ? in.max_position_embeddings : T + o.n;
     rc = nla_session_new(m, &sp, &s);
     if (rc) { cli_error("cannot create a session: %s", nla_strerror(rc)); goto out; }

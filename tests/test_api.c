@@ -23,6 +23,14 @@ static void test_version(void) {
     free(readme);
 }
 
+/* s (freed) with its first a replaced by b, or NULL where s is NULL or holds no a. */
+static char *replaced(char *s, const char *a, const char *b) {
+    char *at = s ? strstr(s, a) : NULL, *r = at ? malloc(strlen(s) + strlen(b) + 1) : NULL;
+    if (r) sprintf(r, "%.*s%s%s", (int)(at - s), s, b, at + strlen(a));
+    free(s);
+    return r;
+}
+
 static void test_contract(void) {
     CHECK_EQ(nla_model_close(NULL), NLA_OK);
     nla_session_free(NULL);
@@ -77,8 +85,35 @@ static void test_contract(void) {
     CHECK_EQ(nla_forward(s, &b), NLA_OK);
     CHECK_EQ(nla_session_errmsg(s)[0], 0);
     CHECK_EQ(nla_session_n_past(s), 1);
+    CHECK_EQ(nla_session_rewind(s, 5), NLA_ERR_RANGE); /* past the cache: not the ring's fault */
+    CHECK_MSG(strstr(nla_session_errmsg(s), "5 is not a position of the cache (0..1)"), "%s",
+              nla_session_errmsg(s));
     nla_session_reset(s);
     CHECK_EQ(nla_session_n_past(s), 0);
+    nla_session_free(s);
+    CHECK_EQ(nla_model_close(m), NLA_OK);
+
+    /* n_ctx x n_seq past INT_MAX (2^23 x 256, every layer sliding so the cache stays
+       small): the batch stays n_batch, and a forward pass ends */
+    char *cfg = slurp(MODEL "/config.json", NULL);
+    cfg = replaced(replaced(cfg, "\"full_attention\"", "\"sliding_attention\""), "32768", "8388608");
+    CHECK(cfg && strstr(cfg, "8388608") && !strstr(cfg, "full_attention"));
+    tmp_dir(err, sizeof err, "api_long");
+    CHECK_EQ(copy_file(MODEL "/model.safetensors", "tests/tmp/api_long/model.safetensors"), 0);
+    CHECK_EQ(spit("tests/tmp/api_long/config.json", cfg ? cfg : "", cfg ? strlen(cfg) : 0), 0);
+    free(cfg);
+    CHECK_EQ(nla_model_open("tests/tmp/api_long", NULL, &m, err, sizeof err), NLA_OK);
+    nla_session_params lp;
+    memset(&lp, 0, sizeof lp);
+    lp.n_ctx = 1 << 23;
+    lp.n_seq = 256;
+    lp.n_threads = 1;
+    s = NULL;
+    CHECK_EQ(nla_session_new(m, &lp, &s), NLA_OK);
+    b.ids = ids40;
+    b.n_tokens = 3;
+    CHECK_EQ(nla_forward(s, &b), NLA_OK);
+    CHECK_EQ(nla_session_n_past(s), 3);
     nla_session_free(s);
     CHECK_EQ(nla_model_close(m), NLA_OK);
 

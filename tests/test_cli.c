@@ -574,6 +574,18 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     }
     refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline inf", "a positive number or 'own'");
     refused("./nla generate " G "target --ids 2,818 -n 3 --temp inf", "bad value 'inf' for --temp");
+    refused("./nla generate " G "target --ids 2,818 -n 2147483647",
+            "-n 2147483647: the prompt's 2 tokens and the new ones exceed the model's 32768 positions");
+    /* no prompt, or two: one error, nothing on stdout */
+    for (int two = 0; two < 2; two++) {
+        CHECK_EQ(run(two ? "./nla generate " G "target --ids 2 --prompt x -n 2 > tests/tmp/gen0.txt" ERR
+                         : "./nla generate " G "target -n 2 > tests/tmp/gen0.txt" ERR), 1);
+        char *o = slurp("tests/tmp/gen0.txt", NULL), *er = slurp("tests/tmp/err.txt", NULL);
+        CHECK_MSG(o && !o[0] && er && strstr(er, "give exactly one of --ids") && !strstr(er, "empty"),
+                  "stdout '%s', stderr '%s'", o ? o : "", er ? er : "");
+        free(o);
+        free(er);
+    }
     refused("./nla explain " G "target " G "av " G "ar --text hi --temp nan" TOK, "bad value 'nan' for --temp");
 }
 

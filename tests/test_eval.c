@@ -7,6 +7,7 @@
    tests/data/gen/eval_fixed.py; the HTML report renders in headless
    Chromium where it is installed. Runs ./nla (make builds it first). */
 #define _POSIX_C_SOURCE 200809L
+#include <limits.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -272,6 +273,22 @@ int main(void) {
         memset(&pg, 0, sizeof pg);
         CHECK_EQ(nla_eval_run(&p, &c, err, sizeof err), NLA_OK);
         CHECK(c.resumed == 4 && same_files(pd, ref, files, 5));
+        rm_dir(pd);
+        /* refused before any work: max_new past the AV's positions (INT_MAX, whose sum with
+           the prompt overflowed an int), and a thread count OpenMP cannot take */
+        mkdir(pd, 0755);
+        memset(&pg, 0, sizeof pg);
+        p.max_new = INT_MAX;
+        CHECK_EQ(nla_eval_run(&p, &c, err, sizeof err), NLA_ERR_RANGE);
+        CHECK_MSG(strstr(err, "max_new 2147483647: the AV's prompt of") &&
+                      strstr(err, "exceed its 32768 positions") && pg.chunks == 0,
+                  "%s; %d chunks", err, pg.chunks);
+        p.max_new = 8;
+        p.n_threads = -1;
+        CHECK_EQ(nla_eval_run(&p, &c, err, sizeof err), NLA_ERR_ARG);
+        CHECK_MSG(strstr(err, "n_threads -1"), "%s", err);
+        CHECK(pg.chunks == 0 && access("tests/tmp/eval_prog/results.jsonl", F_OK) != 0);
+        p.n_threads = 1;
         rm_dir(pd);
     }
 
