@@ -3888,6 +3888,24 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
                  "nla_model_save: a model and a folder other than its own are required");
         return NLA_ERR_ARG;
     }
+    /* a model there would be replaced in part: its index (read before model.safetensors), a
+       sidecar of another role and its other files would stay */
+    static const char *const held[] = {"config.json", "model.safetensors",
+                                       "model.safetensors.index.json", "nla_meta.yaml"};
+    for (size_t i = 0; i < sizeof held / sizeof *held; i++) {
+        char *p = path_join(dir, held[i]);
+        const nla_status rc = !p               ? fail(&e, NLA_ERR_NOMEM, "out of memory")
+                              : file_exists(p) ? fail(&e, NLA_ERR_ARG,
+                                                      "nla_model_save: %s already holds a model "
+                                                      "(%s): save into an empty or new folder",
+                                                      dir, held[i])
+                                               : NLA_OK;
+        NLA_FREE(p);
+        if (rc) {
+            copy_err(errbuf_out, errbuf_size, e.msg);
+            return rc;
+        }
+    }
     const int L = m->cfg.n_layers, n_max = L * W_PER_LAYER + 3;
     nla_tensor *t = (nla_tensor *)xcalloc((size_t)n_max, sizeof *t);
     char (*names)[96] = (char (*)[96])xcalloc((size_t)n_max, 96);
@@ -13156,6 +13174,14 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
 #ifndef _WIN32
     mkdir(dir, 0755);
 #endif
+    /* files of a model replaced (--force) that would be read instead of, or beside, these */
+    static const char *const stale[] = {"model.safetensors.index.json", "nla_meta.yaml",
+                                        "value_head.safetensors"};
+    for (size_t i = 0; i < sizeof stale / sizeof *stale; i++) {
+        char *p = path_join(dir, stale[i]);
+        if (p) remove(p);
+        NLA_FREE(p);
+    }
     rt_add(t, rt, nm, &n, "model.embed_tokens.weight", sh->vocab, h, sh->d == 16 ? 0.5f : 0.05f,
            NLA_DTYPE_BF16, seed);
     for (int l = 0; l < layers; l++)

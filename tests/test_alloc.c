@@ -170,6 +170,7 @@ static nla_status model_run(nla_quant q) {
     if (q != NLA_QUANT_NONE) {
         char dir[512];
         snprintf(dir, sizeof dir, "%s/q", tmp);
+        empty_dir(dir);
         TRY(nla_model_save(m, dir, err, sizeof err));
         nla_session_free(s);
         nla_model_close(m);

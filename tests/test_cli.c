@@ -658,13 +658,16 @@ static void full_disk(void) {
     if (has_eval) CHECK_EQ(run(out[6].cmd), 0);
     for (size_t i = 0; i < sizeof out / sizeof *out; i++) {
         if (!has_eval && strstr(out[i].cmd, "nla eval")) continue;
-        if (i < 6) spit(out[i].file, "the old file", 12);
+        const int fresh = strstr(out[i].cmd, "quantize") != NULL; /* saves into a new folder */
+        if (fresh) empty_dir("tests/tmp/fd/q");
+        else if (i < 6) spit(out[i].file, "the old file", 12);
         copy_file(out[i].file, "tests/tmp/fd/before");
         CHECK_MSG(run_limited(out[i].cmd, 200) == 1, "%s: not exit 1 on a full disk", out[i].cmd);
         CHECK_MSG(err_has(out[i].file, "File too large", NULL),
                   "%s: no file and reason in the message", out[i].cmd);
-        CHECK_MSG(same_bytes(out[i].file, "tests/tmp/fd/before"), "%s: the old %s was changed",
-                  out[i].cmd, out[i].file);
+        CHECK_MSG(fresh ? access(out[i].file, F_OK) != 0
+                        : same_bytes(out[i].file, "tests/tmp/fd/before"),
+                  "%s: the old %s was changed", out[i].cmd, out[i].file);
     }
     /* an output that is an input, or a model's file */
     if (has_eval) {
@@ -841,6 +844,20 @@ static void full_disk(void) {
     CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --seed 5 --force 2> /dev/null"),
              0);
     CHECK(!same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
+    /* quantize into a folder that holds a model: refused, the model (here sharded, its index
+       read before model.safetensors) left whole */
+    spit("tests/tmp/fd/rm/model.safetensors.index.json", "{}", 2);
+    copy_file("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before");
+    refused("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/fd/rm --type q8_0",
+            "tests/tmp/fd/rm already holds a model (config.json): save into an empty or new folder");
+    CHECK(same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
+    /* random-model --force replaces such a model whole: the index and an AV's sidecar go */
+    copy_file(G "av/nla_meta.yaml", "tests/tmp/fd/rm/nla_meta.yaml");
+    CHECK_EQ(run("./nla random-model tests/tmp/fd/rm --role target --seed 6 --force 2> /dev/null"),
+             0);
+    CHECK(access("tests/tmp/fd/rm/model.safetensors.index.json", F_OK) != 0 &&
+          access("tests/tmp/fd/rm/nla_meta.yaml", F_OK) != 0);
+    CHECK_EQ(run("./nla info tests/tmp/fd/rm > tests/tmp/info.txt 2>&1"), 0);
     /* the tokenizer to copy in is already the folder's: kept as it is */
     CHECK_EQ(run("rm -rf tests/tmp/fd/rmt && mkdir tests/tmp/fd/rmt"), 0);
     copy_file(TOKJSON, "tests/tmp/fd/rmt/tokenizer.json");
@@ -1213,6 +1230,7 @@ int main(void) {
     test_nonfinite(target, av);
     full_disk();
     /* nla quantize --type, and the saved folder opens */
+    CHECK_EQ(run("rm -rf tests/tmp/gqa-q8"), 0);
     CHECK_EQ(run("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/gqa-q8 --type q8_0 2> "
                  "/dev/null"),
              0);

@@ -443,6 +443,7 @@ static void test_save(void) {
             nla_model *a, *b;
             CHECK_EQ(nla_model_open(srcs[k], &mp, &a, err, sizeof err), NLA_OK);
             mkdir("tests/tmp/saved", 0755);
+            empty_dir("tests/tmp/saved");
             CHECK_EQ(nla_model_save(a, "tests/tmp/saved", err, sizeof err), NLA_OK);
             CHECK_EQ(nla_model_open("tests/tmp/saved", NULL, &b, err, sizeof err), NLA_OK);
             if (!b) { nla_model_close(a); continue; }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -209,6 +210,18 @@ static inline int hold_lock(const char *path) {
 }
 
 /* A fresh empty folder under tests/tmp/. */
+/* Removes the files of folder dir (not its subfolders), so that a model can be saved there. */
+static inline void empty_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    char p[1024];
+    for (struct dirent *en; d && (en = readdir(d)) != NULL;) {
+        snprintf(p, sizeof p, "%s/%s", dir, en->d_name);
+        struct stat st;
+        if (!stat(p, &st) && !S_ISDIR(st.st_mode)) unlink(p);
+    }
+    if (d) closedir(d);
+}
+
 static inline void tmp_dir(char *out, size_t cap, const char *name) {
     mkdir("tests/tmp", 0755);
     snprintf(out, cap, "tests/tmp/%s", name);
