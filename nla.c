@@ -1736,7 +1736,8 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
         int shape_ok = 1;
         for (int k = 0; k < t[i].ndim && k < ST_MAX_DIMS; k++)
             shape_ok &= t[i].shape[k] >= 0 && mul_u64(count, (uint64_t)t[i].shape[k], &count);
-        if (!t[i].name || !t[i].name[0] || dt < 0 || t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS ||
+        if (!t[i].name || !t[i].name[0] || !strcmp(t[i].name, "__metadata__") || dt < 0 ||
+            t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS ||
             !shape_ok || !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) ||
             bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data && !fill))
             rc = fail(&e, NLA_ERR_ARG, "%s: tensor %d ('%s') has a bad name, dtype, shape or size",
@@ -1745,6 +1746,10 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
             if (!strcmp(t[i].name, t[j].name))
                 rc = fail(&e, NLA_ERR_ARG, "%s: tensor '%s' given twice", path, t[i].name);
     }
+    for (int i = 0; i < 2 * n_meta && !rc; i++)
+        if (!meta[i])
+            rc = fail(&e, NLA_ERR_ARG, "%s: metadata pair %d has a NULL %s", path, i / 2,
+                      i % 2 ? "value" : "key");
     sbuf h = {NULL, 0, 0};
     if (!rc) {
         st_header(&h, t, n, meta, n_meta); /* measure */
@@ -1970,6 +1975,14 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
     c->theta[0] = (float)th_l; c->theta[1] = (float)th_g; c->factor[0] = c->factor[1] = 1;
 
     int v;
+    /* a flag is true, false or null: "false" or 0 would read as neither */
+    static const char *const flags[] = {"use_bidirectional_attention", "attention_bias",
+                                        "tie_word_embeddings"};
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
+        for (int o = 0; o < 2; o++)
+            if ((v = json_get(d, o ? root : tc, flags[i])) >= 0 && d->node[v].type != J_TRUE &&
+                d->node[v].type != J_FALSE && d->node[v].type != J_NULL)
+                return fail(e, NLA_ERR_FORMAT, "%s: '%s' must be true or false", fn, flags[i]);
     if ((v = json_get(d, tc, "use_bidirectional_attention")) >= 0 && d->node[v].type == J_TRUE) {
         return fail(e, NLA_ERR_UNSUPPORTED,
                     "%s: use_bidirectional_attention (EmbeddingGemma) is not supported", fn);
@@ -6676,6 +6689,11 @@ nla_status nla_verbalize(nla_session *s, const float *v, const nla_verbalize_par
 
 int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n) {
     static const char open[] = "<explanation>", close[] = "</explanation>";
+    if (!raw || !start || !n) {
+        if (start) *start = 0;
+        if (n) *n = 0;
+        return 0;
+    }
     const char *end = raw + len, *a = NULL, *b = NULL;
     for (const char *p = raw; p + sizeof open - 1 <= end && !a; p++)
         if (!memcmp(p, open, sizeof open - 1)) a = p + sizeof open - 1;
@@ -6919,6 +6937,8 @@ nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mod
     if (!(dd > 0) || !isfinite(dd)) return NLA_ERR_ARG;
     /* out = v + k dir: add k = r |v| / |dir|; subtract k = -(v . dir) / |dir|^2 */
     const double k = mode == NLA_STEER_ADD ? r * sqrt(vv) / sqrt(dd) : -vd / dd;
+    for (int i = 0; i < d; i++) /* first: out may be v */
+        if (!isfinite((float)(v[i] + k * dir[i]))) return NLA_ERR_NONFINITE;
     for (int i = 0; i < d; i++) out[i] = (float)(v[i] + k * dir[i]);
     return NLA_OK;
 }
@@ -12918,8 +12938,9 @@ static int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) {
             long long s;
             char *end;
+            errno = 0;
             s = strtoll(v, &end, 10);
-            ok = end != v && !*end && s >= 0;
+            ok = end != v && !*end && s >= 0 && errno != ERANGE;
             p.seed = (uint64_t)s;
         } else if (!strcmp(a, "--chunk")) ok = parse_int(v, &p.chunk) && p.chunk > 0;
         else if (!strcmp(a, "--max-new"))
@@ -13537,7 +13558,12 @@ static int cmd_steer(int argc, char **argv) {
     if (cli_stream_new(&cs, tok, n, &sp)) { cli_error("out of memory"); goto out; }
     for (int i = 0; i < n; i++) {
         const nla_steer_mode mode = cli_steer_mode(i, n_sc, patch != NULL);
-        if (nla_steer(v, dir, d, mode, i < n_sc ? sc[i] : 0, vs + (size_t)i * d)) {
+        const nla_status st = nla_steer(v, dir, d, mode, i < n_sc ? sc[i] : 0, vs + (size_t)i * d);
+        if (st == NLA_ERR_NONFINITE) {
+            cli_error("--scales %g: v' does not fit a float", sc[i]);
+            goto out;
+        }
+        if (st) {
             cli_error("the direction is zero or not finite: nothing to steer along");
             goto out;
         }
@@ -13685,7 +13711,7 @@ static int cmd_search(int argc, char **argv) {
     if (near_a && (!parse_int(near_a, &near) || near < 0))
         return cli_error("bad value '%s' for --near", near_a);
     nla_study *st = NULL;
-    nla_search_hit *hits = (nla_search_hit *)xmalloc((size_t)top, sizeof *hits);
+    nla_search_hit *hits = NULL;
     nla_search_params sp;
     float *q = NULL;
     char err[512];
@@ -13699,6 +13725,8 @@ static int cmd_search(int argc, char **argv) {
     row = near_a ? nla_study_find(st, near) : -1;
     t1 = cli_now();
     memset(&sp, 0, sizeof sp);
+    if (top > n && n > 0) top = n; /* no more hits than rows */
+    hits = (nla_search_hit *)xmalloc((size_t)top, sizeof *hits);
     if (!hits || !(q = (float *)xmalloc((size_t)d, sizeof(float)))) {
         cli_error("out of memory");
         goto out;

@@ -121,7 +121,8 @@ typedef int (*nla_fill_fn)(void *user, int index, uint64_t offset, void *buf, si
    ignored) as one safetensors file, laid out in the order given, with
    __metadata__ from n_meta (key, value) string pairs in meta. A tensor with
    data NULL is produced in chunks by fill (for files larger than memory).
-   The file appears whole or not at all (as nla_file_write writes). */
+   The file appears whole or not at all (as nla_file_write writes).
+   NLA_ERR_ARG for a tensor named "__metadata__" or a NULL key or value. */
 nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char *const *meta,
                         int n_meta, nla_fill_fn fill, void *user, char *errbuf, size_t errbuf_size);
 
@@ -533,7 +534,9 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
 
 /* Finds <explanation>...</explanation> in raw[0..len): *start and *n give
    the trimmed text inside. Returns 1 if both tags were found; otherwise 0,
-   and *start / *n give the whole raw text, trimmed. */
+   and *start / *n give the whole raw text, trimmed (0 and 0 where raw is
+   NULL; start and n may not be NULL, or it returns 0 and writes nothing
+   through them). */
 int nla_parse_explanation(const char *raw, size_t len, size_t *start, size_t *n);
 
 /* The text of one explanation, as nla_explanation_decode finds it. */
@@ -623,7 +626,8 @@ typedef enum {
 /* Writes the steered vector out [d] (which may be v itself). Pure
    arithmetic in double, rounded once to float: any thread, no allocation.
    NLA_ERR_ARG for NULL pointers, d < 1, an unknown mode, a non-finite r, or
-   (add, subtract) a direction of zero or non-finite length. */
+   (add, subtract) a direction of zero or non-finite length; NLA_ERR_NONFINITE
+   (out unchanged) where an element of the result does not fit a float. */
 nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mode, double r,
                      float *out);
 

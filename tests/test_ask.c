@@ -74,6 +74,11 @@ static void test_steer_math(void) {
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_ADD, NAN, out), NLA_ERR_ARG);
     CHECK_EQ(nla_steer(v, dir, 0, NLA_STEER_ADD, 1, out), NLA_ERR_ARG);
     CHECK_EQ(nla_steer(v, dir, d, (nla_steer_mode)3, 1, out), NLA_ERR_ARG);
+    /* a result past float's range: refused, v (here also out) unchanged */
+    float w[5];
+    memcpy(w, v, sizeof v);
+    CHECK_EQ(nla_steer(w, dir, d, NLA_STEER_ADD, 1e38, w), NLA_ERR_NONFINITE);
+    CHECK(!memcmp(w, v, sizeof v));
 }
 
 /* The library's matrix, ranks and figures against the ones computed here
@@ -179,6 +184,7 @@ static void test_steer_cli(void) {
                "--row 2: tests/tmp/ask_dir.npy has rows 0..1");
     fails_with("./nla steer " TRIO " --text " TEXT1 OPTS, "give one direction: --toward TEXT2 or --toward-npy FILE");
     fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 1,x" OPTS, "--scales: expected comma-separated");
+    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 0,1e38" OPTS, "--scales 1e+38: v' does not fit a float");
     fails_with("./nla steer weights/tiny/target weights/tiny/ar weights/tiny/ar --text hi --toward hi", "is not an AV");
 }
 
@@ -300,6 +306,9 @@ static void test_search_cli(const float *v, int S, int d) {
         out = slurp("tests/tmp/ask_q.jsonl", NULL);
     }
     free(out); free(q); free(er);
+    /* a --top past the rows lists them all, as --top 20 does here (not "out of memory") */
+    CHECK_EQ(run("./nla search " STUDY " --near 5 --top 2147483647 --jsonl > tests/tmp/ask_q2.jsonl 2> /dev/null"), 0);
+    CHECK(same_bytes("tests/tmp/ask_q.jsonl", "tests/tmp/ask_q2.jsonl"));
     /* --grep: the rows whose explanation matches, in study order, top K */
     CHECK_EQ(run("./nla search " STUDY " --grep '(Darkness|大于)$' --top 3 --jsonl > tests/tmp/ask_g.jsonl 2> /dev/null"), 0);
     char *res = slurp(STUDY "/results.jsonl", NULL);

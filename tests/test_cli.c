@@ -574,6 +574,11 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     }
     refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline inf", "a positive number or 'own'");
     refused("./nla generate " G "target --ids 2,818 -n 3 --temp inf", "bad value 'inf' for --temp");
+#ifndef NLA_NO_EVAL
+    refused("./nla eval " G "target " G "av " G "ar --docs tests/data/eval/docs.jsonl --out "
+            "tests/tmp/evseed --seed 99999999999999999999",
+            "bad value '99999999999999999999' for --seed"); /* not 2^63 - 1 */
+#endif
     refused("./nla generate " G "target --ids 2,818 -n 2147483647",
             "-n 2147483647: the prompt's 2 tokens and the new ones exceed the model's 32768 positions");
     /* no prompt, or two: one error, nothing on stdout */

@@ -612,6 +612,10 @@ static void test_parse(void) {
     const char *r4 = "x<explanation>a</explanation><explanation>b</explanation>";
     CHECK_EQ(nla_parse_explanation(r4, strlen(r4), &a, &n), 1);
     CHECK(n == 1 && r4[a] == 'a');
+    a = n = 7; /* NULL: nothing found, no crash */
+    CHECK_EQ(nla_parse_explanation(NULL, 5, &a, &n), 0);
+    CHECK(a == 0 && n == 0);
+    CHECK_EQ(nla_parse_explanation(r1, strlen(r1), NULL, NULL), 0);
 }
 
 /* A copy of the AV folder (weights linked) whose generation_config.json

@@ -78,6 +78,15 @@ static void test_valid_and_rules(void) {
     bad.shape[0] = (int64_t)1 << 62;
     CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
     bad.shape[0] = 2; bad.shape[1] = 3; bad.data = a; bad.nbytes = 24;
+    /* a tensor named as the header's metadata, a metadata pair with a NULL: refused, no file */
+    unlink("tests/tmp/bad2.safetensors");
+    bad.name = "__metadata__";
+    CHECK_EQ(nla_st_write("tests/tmp/bad2.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    bad.name = "x";
+    const char *nul_meta[2] = {"key", NULL};
+    CHECK_EQ(nla_st_write("tests/tmp/bad2.safetensors", &bad, 1, nul_meta, 1, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    CHECK_MSG(strstr(err, "metadata pair 0 has a NULL value"), "%s", err);
+    CHECK(access("tests/tmp/bad2.safetensors", F_OK) != 0);
     CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_OK);
     CHECK_EQ(st_try("tests/tmp/bad.safetensors", 0), NLA_OK);
 
@@ -243,6 +252,13 @@ static void test_config_and_binding(void) {
     expect_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"silu\"", NLA_ERR_UNSUPPORTED, "silu");
     expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": true", NLA_ERR_UNSUPPORTED, "bidirectional");
     expect_config("\"full_attention\",", "\"chunked_attention\",", NLA_ERR_UNSUPPORTED, "layer_types[5]");
+    /* a flag given as a string or a number is refused, not read as true or false */
+    expect_config("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": \"false\"", NLA_ERR_FORMAT,
+                  "'tie_word_embeddings' must be true or false");
+    expect_config("\"attention_bias\": false", "\"attention_bias\": 1", NLA_ERR_FORMAT,
+                  "'attention_bias' must be true or false");
+    expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": \"yes\"",
+                  NLA_ERR_FORMAT, "'use_bidirectional_attention' must be true or false");
     /* the input limits (nla.c section 1) */
     expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 513", NLA_ERR_RANGE, "'num_hidden_layers' = 513 is outside 1..512");
     expect_config("\"vocab_size\": 1024", "\"vocab_size\": 16777217", NLA_ERR_RANGE, "'vocab_size' = 16777217 is outside");
