@@ -6614,6 +6614,7 @@ nla_status nla_verbalize_batch(nla_session *s, const float *v, int B,
         double nrm = 0;
         for (int i = 0; i < d; i++) nrm += (double)vq[i] * vq[i];
         nrm = sqrt(nrm);
+        /* the norm clamped at 1e-12, as the reference normalizes: a smaller vector stays small */
         const double k = sc->pub.injection_scale / (nrm > 1e-12 ? nrm : 1e-12);
         if (nla_embed_tokens(m, sc->av_prompt + P, R, r))
             rc = fail(&s->err, NLA_ERR_RANGE,
@@ -12005,7 +12006,13 @@ static char **cli_explanations(const cli_opts *o, int *n) {
             char **grown = (char **)NLA_REALLOC(out, sizeof(char *) * (size_t)(*n + 1));
             if (grown) out = grown;
             if (!grown || !(out[*n] = json_strdup(&d, node))) oom = 1;
-            else ++*n;
+            else if (strlen(out[*n]) != json_str(&d, node, NULL, 0)) { /* cut at the first */
+                cli_error("%s: line %ld: the explanation holds a NUL character (\\u0000)", name,
+                          lineno);
+                NLA_FREE(out[*n]);
+                bad = 1;
+            } else
+                ++*n;
         } else if (ll) { /* a row skipped would shift every later one */
             cli_error("%s: line %ld has no \"explanation\" string", name, lineno);
             bad = 1;
@@ -13309,10 +13316,15 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
         }
 #endif
         errbuf e;
+        e.msg[0] = 0;
         ok = ok || (tmp && copy_file(tokenizer, p, &e) == NLA_OK);
         NLA_FREE(p);
         NLA_FREE(tmp);
-        if (!ok) { cli_error("%s: cannot copy it into %s", tokenizer, dir); goto out; }
+        if (!ok) {
+            cli_error("%s: cannot copy it into %s%s%s", tokenizer, dir, e.msg[0] ? ": " : "",
+                      e.msg);
+            goto out;
+        }
     }
     ret = 0;
 out:
@@ -13358,6 +13370,13 @@ static int cmd_random_model(int argc, char **argv) {
                                                     : NLA_DTYPE_BF16;
     const uint64_t seed = (uint64_t)(int64_t)o.seed;
     const int trio = !strcmp(role, "trio");
+    if (o.tokenizer) { /* one that opens, before any folder is written */
+        nla_tokenizer *tk = NULL;
+        char err[512];
+        const nla_status rc = nla_tokenizer_open(o.tokenizer, &tk, err, sizeof err);
+        nla_tokenizer_close(tk);
+        if (rc) return cli_error("--tokenizer %s (%s)", err, nla_strerror(rc));
+    }
     for (int i = 0; i < (trio ? 3 : 1) && !o.force;
          i++) { /* random weights over a checkpoint would destroy it */
         static const char *const sub[3] = {"target", "av", "ar"};

@@ -863,6 +863,13 @@ static void full_disk(void) {
     CHECK(access("tests/tmp/fd/rm/model.safetensors.index.json", F_OK) != 0 &&
           access("tests/tmp/fd/rm/nla_meta.yaml", F_OK) != 0);
     CHECK_EQ(run("./nla info tests/tmp/fd/rm > tests/tmp/info.txt 2>&1"), 0);
+    /* a tokenizer that does not open is refused before any folder is written */
+    CHECK_EQ(run("rm -rf tests/tmp/fd/rmbad"), 0);
+    refused("./nla random-model tests/tmp/fd/rmbad --tokenizer tests/no/such.json",
+            "--tokenizer tests/no/such.json: cannot open");
+    refused("./nla random-model tests/tmp/fd/rmbad --tokenizer " G "target/config.json",
+            "--tokenizer " G "target/config.json: no \"model\" object");
+    CHECK(access("tests/tmp/fd/rmbad", F_OK) != 0);
     /* the tokenizer to copy in is already the folder's: kept as it is */
     CHECK_EQ(run("rm -rf tests/tmp/fd/rmt && mkdir tests/tmp/fd/rmt"), 0);
     copy_file(TOKJSON, "tests/tmp/fd/rmt/tokenizer.json");
@@ -885,6 +892,9 @@ static void test_refusals(void) {
     refused("./nla explain " G "target " G "av " G "av --text hi" TOK,
             "tests/data/nla/av is not the AR of tests/data/nla/av");
     refused("./nla nonsense", "unknown command 'nonsense'");
+    spit("tests/tmp/nul.jsonl", "\"a\\u0000zzzz\"\n", 14); /* not cut to "a" */
+    refused("./nla reconstruct " G "ar --jsonl tests/tmp/nul.jsonl --out tests/tmp/x.npy" TOK,
+            "tests/tmp/nul.jsonl: line 1: the explanation holds a NUL character");
     /* option values out of range say what the option takes */
     refused("./nla explain " G "target " G "av " G "ar --text hi --threads 100000" TOK,
             "bad value '100000' for --threads: an integer in 0..1024");
