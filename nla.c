@@ -11602,9 +11602,15 @@ static int cmd_detokenize(int argc, char **argv) {
     nla_status rc = nla_detokenize(t, ids, n, NULL, 0, &len);
     if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)NLA_MALLOC(len + 1)))
         rc = nla_detokenize(t, ids, n, text, len + 1, &len);
+    int bad = 0; /* the first id the tokenizer does not hold */
+    for (size_t l; rc == NLA_ERR_RANGE && bad < n - 1 &&
+                   nla_detokenize(t, ids + bad, 1, NULL, 0, &l) != NLA_ERR_RANGE;)
+        bad++;
     if (!rc) fwrite(text, 1, len, stdout), putchar('\n');
+    else if (rc == NLA_ERR_RANGE)
+        cli_error("id %d (number %d of %d) is outside the vocabulary", ids[bad], bad + 1, n);
     else
-        cli_error("%s", rc == NLA_ERR_RANGE ? "an id is outside the vocabulary" : nla_strerror(rc));
+        cli_error("%s", nla_strerror(rc));
     NLA_FREE(text); NLA_FREE(ids);
     nla_tokenizer_close(t);
     return rc != NLA_OK;

@@ -892,6 +892,8 @@ static void test_refusals(void) {
     refused("./nla explain " G "target " G "av " G "av --text hi" TOK,
             "tests/data/nla/av is not the AR of tests/data/nla/av");
     refused("./nla nonsense", "unknown command 'nonsense'");
+    refused("./nla detokenize " TOKJSON " 2,818,262145,5",
+            "id 262145 (number 3 of 4) is outside the vocabulary");
     spit("tests/tmp/nul.jsonl", "\"a\\u0000zzzz\"\n", 14); /* not cut to "a" */
     refused("./nla reconstruct " G "ar --jsonl tests/tmp/nul.jsonl --out tests/tmp/x.npy" TOK,
             "tests/tmp/nul.jsonl: line 1: the explanation holds a NUL character");
