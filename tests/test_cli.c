@@ -539,6 +539,7 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     free(st);
     refused("./nla forward tests/tmp/nan-target --ids 2,818,5279",
             "block 1 produced a non-finite value (nan) at position 0");
+    unlink("tests/tmp/x.npy");
     refused("./nla extract tests/tmp/nan-target --text 'The quick brown fox' --layer 3 --out tests/tmp/x.npy" TOK,
             "block 1 produced a non-finite value");
     refused("./nla explain tests/tmp/nan-target " G "av " G "ar --text 'The quick brown fox'" TOK,
@@ -895,7 +896,7 @@ static void test_refusals(void) {
     refused("./nla detokenize " TOKJSON " 2,818,262145,5",
             "id 262145 (number 3 of 4) is outside the vocabulary");
     spit("tests/tmp/nul.jsonl", "\"a\\u0000zzzz\"\n", 14); /* not cut to "a" */
-    refused("./nla reconstruct " G "ar --jsonl tests/tmp/nul.jsonl --out tests/tmp/x.npy" TOK,
+    refused("./nla reconstruct " G "ar --jsonl tests/tmp/nul.jsonl --out tests/tmp/nul.npy" TOK,
             "tests/tmp/nul.jsonl: line 1: the explanation holds a NUL character");
     /* option values out of range say what the option takes */
     refused("./nla explain " G "target " G "av " G "ar --text hi --threads 100000" TOK,
