@@ -13585,7 +13585,8 @@ static int cmd_steer(int argc, char **argv) {
         const nla_steer_mode mode = cli_steer_mode(i, n_sc, patch != NULL);
         const nla_status st = nla_steer(v, dir, d, mode, i < n_sc ? sc[i] : 0, vs + (size_t)i * d);
         if (st == NLA_ERR_NONFINITE) {
-            cli_error("--scales %g: v' does not fit a float", sc[i]);
+            if (i < n_sc) cli_error("--scales %g: v' does not fit a float", sc[i]);
+            else cli_error("--%s: v' does not fit a float", steer_name[mode]);
             goto out;
         }
         if (st) {
