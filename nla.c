@@ -3888,6 +3888,28 @@ static nla_status copy_side_file(const char *from_dir, const char *to_dir, const
     return rc;
 }
 
+/* The files of a model that saving or writing one into a folder replaces or
+   leaves to be read beside it (an index is read before model.safetensors,
+   a sidecar makes the folder an AV or AR); from the third on, files a new
+   model may not write, which random-model removes. */
+static const char *const model_files[] = {"config.json", "model.safetensors",
+                                          "model.safetensors.index.json", "nla_meta.yaml",
+                                          "value_head.safetensors"};
+#define N_MODEL_FILES (sizeof model_files / sizeof *model_files)
+
+/* The first of model_files that dir holds, or NULL (also where out of memory: *nomem). */
+static const char *model_file_in(const char *dir, int *nomem) {
+    *nomem = 0;
+    for (size_t i = 0; i < N_MODEL_FILES; i++) {
+        char *p = path_join(dir, model_files[i]);
+        const int there = p && file_exists(p);
+        *nomem |= !p;
+        NLA_FREE(p);
+        if (there) return model_files[i];
+    }
+    return NULL;
+}
+
 nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
                           size_t errbuf_size) {
     static const char *const side[] =
@@ -3901,23 +3923,18 @@ nla_status nla_model_save(const nla_model *m, const char *dir, char *errbuf_out,
                  "nla_model_save: a model and a folder other than its own are required");
         return NLA_ERR_ARG;
     }
-    /* a model there would be replaced in part: its index (read before model.safetensors), a
-       sidecar of another role and its other files would stay */
-    static const char *const held[] = {"config.json", "model.safetensors",
-                                       "model.safetensors.index.json", "nla_meta.yaml"};
-    for (size_t i = 0; i < sizeof held / sizeof *held; i++) {
-        char *p = path_join(dir, held[i]);
-        const nla_status rc = !p               ? fail(&e, NLA_ERR_NOMEM, "out of memory")
-                              : file_exists(p) ? fail(&e, NLA_ERR_ARG,
-                                                      "nla_model_save: %s already holds a model "
-                                                      "(%s): save into an empty or new folder",
-                                                      dir, held[i])
-                                               : NLA_OK;
-        NLA_FREE(p);
-        if (rc) {
-            copy_err(errbuf_out, errbuf_size, e.msg);
-            return rc;
-        }
+    /* a model there would be replaced in part (model_files) */
+    int nomem;
+    const char *held = model_file_in(dir, &nomem);
+    if (held || nomem) {
+        const nla_status rc =
+            held ? fail(&e, NLA_ERR_ARG,
+                        "nla_model_save: %s already holds a model (%s): save into an empty or "
+                        "new folder",
+                        dir, held)
+                 : fail(&e, NLA_ERR_NOMEM, "out of memory");
+        copy_err(errbuf_out, errbuf_size, e.msg);
+        return rc;
     }
     const int L = m->cfg.n_layers, n_max = L * W_PER_LAYER + 3;
     nla_tensor *t = (nla_tensor *)xcalloc((size_t)n_max, sizeof *t);
@@ -10854,7 +10871,6 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
    messages go to stderr. */
 #ifdef NLA_MAIN
 #ifndef _WIN32
-#include <dirent.h>   /* opendir: nla random-model's check for a model */
 #include <sys/stat.h> /* mkdir */
 #include <unistd.h>   /* link, isatty */
 #include <sys/ioctl.h> /* the terminal's width */
@@ -11602,9 +11618,10 @@ static int cmd_detokenize(int argc, char **argv) {
     nla_status rc = nla_detokenize(t, ids, n, NULL, 0, &len);
     if (rc == NLA_ERR_BUFFER_TOO_SMALL && (text = (char *)NLA_MALLOC(len + 1)))
         rc = nla_detokenize(t, ids, n, text, len + 1, &len);
-    int bad = 0; /* the first id the tokenizer does not hold */
-    for (size_t l; rc == NLA_ERR_RANGE && bad < n - 1 &&
-                   nla_detokenize(t, ids + bad, 1, NULL, 0, &l) != NLA_ERR_RANGE;)
+    int bad = 0; /* the first id the tokenizer does not hold (the last, if none before) */
+    size_t one;
+    while (rc == NLA_ERR_RANGE && bad < n - 1 &&
+           nla_detokenize(t, ids + bad, 1, NULL, 0, &one) != NLA_ERR_RANGE)
         bad++;
     if (!rc) fwrite(text, 1, len, stdout), putchar('\n');
     else if (rc == NLA_ERR_RANGE)
@@ -13099,7 +13116,8 @@ static const char *const usage_random =
     "matrices as quantized blocks directly (a 12B-shaped bf16 trio would not fit most disks).\n"
     "--role trio (default) writes DIR/target, DIR/av and DIR/ar: an NLA trio with sidecars and\n"
     "the AR's value head. --tokenizer links that tokenizer.json into each folder. A folder that\n"
-    "already holds a model (config.json or a .safetensors file) is refused unless --force.\n";
+    "already holds a model (config.json, model.safetensors, its index, nla_meta.yaml or\n"
+    "value_head.safetensors) is refused unless --force, which replaces that model whole.\n";
 static const cli_spec spec_random = {"random-model", usage_random,
                                      "--role --shape --quant --seed --tokenizer --force"};
 
@@ -13208,11 +13226,8 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
 #ifndef _WIN32
     mkdir(dir, 0755);
 #endif
-    /* files of a model replaced (--force) that would be read instead of, or beside, these */
-    static const char *const stale[] = {"model.safetensors.index.json", "nla_meta.yaml",
-                                        "value_head.safetensors"};
-    for (size_t i = 0; i < sizeof stale / sizeof *stale; i++) {
-        char *p = path_join(dir, stale[i]);
+    for (size_t i = 2; i < N_MODEL_FILES; i++) { /* a model replaced (--force): see model_files */
+        char *p = path_join(dir, model_files[i]);
         if (p) remove(p);
         NLA_FREE(p);
     }
@@ -13338,29 +13353,6 @@ out:
     return ret;
 }
 
-/* The first file of a model in dir (config.json or *.safetensors) into
-   what; 0 when there is none. */
-static int cli_holds_model(const char *dir, char *what, size_t cap) {
-    char *p = path_join(dir, "config.json");
-    int found = p && file_exists(p);
-    NLA_FREE(p);
-    if (found) snprintf(what, cap, "config.json");
-#ifndef _WIN32
-    DIR *d = found ? NULL : opendir(dir);
-    for (struct dirent *en; d && !found && (en = readdir(d)) != NULL;) {
-        const size_t n = strlen(en->d_name);
-        if ((found = n > 12 && !strcmp(en->d_name + n - 12, ".safetensors")) != 0)
-            snprintf(what, cap, "%s", en->d_name);
-    }
-    if (d) closedir(d);
-#else
-    if (!found && (p = path_join(dir, "model.safetensors")) != NULL && file_exists(p))
-        found = snprintf(what, cap, "model.safetensors") > 0;
-    NLA_FREE(p);
-#endif
-    return found;
-}
-
 static int cmd_random_model(int argc, char **argv) {
     cli_opts o;
     int r = parse_opts(argc, argv, &spec_random, &o);
@@ -13386,14 +13378,18 @@ static int cmd_random_model(int argc, char **argv) {
     for (int i = 0; i < (trio ? 3 : 1) && !o.force;
          i++) { /* random weights over a checkpoint would destroy it */
         static const char *const sub[3] = {"target", "av", "ar"};
-        char *dir = trio ? path_join(o.dir, sub[i]) : NULL, what[256];
-        const int held = cli_holds_model(trio ? (dir ? dir : o.dir) : o.dir, what, sizeof what);
+        char *dir = trio ? path_join(o.dir, sub[i]) : NULL;
+        const char *where = dir ? dir : o.dir;
+        int nomem;
+        const char *held = model_file_in(where, &nomem);
         if (held)
             cli_error(
                 "%s already holds a model (%s): give --force to replace it with random weights",
-                trio && dir ? dir : o.dir, what);
+                where, held);
+        else if (nomem)
+            cli_error("out of memory");
         NLA_FREE(dir);
-        if (held) return 1;
+        if (held || nomem) return 1;
     }
     if (!strcmp(role, "target"))
         return write_random_model(o.dir, sh, sh->layers, NULL, q, seed, o.tokenizer);

@@ -201,8 +201,8 @@ nla_status nla_model_close(nla_model *model);
    the tokenizer files, nla_meta.yaml and value_head.safetensors. A
    quantized save loads by mapping, with no conversion, and computes
    exactly what quantizing on load computes. A folder that already holds a
-   model (config.json, model.safetensors, its .index.json or nla_meta.yaml)
-   is refused: NLA_ERR_ARG, nothing written. */
+   model (config.json, model.safetensors, its .index.json, nla_meta.yaml or
+   value_head.safetensors) is refused: NLA_ERR_ARG, nothing written. */
 nla_status nla_model_save(const nla_model *model, const char *dir, char *errbuf,
                           size_t errbuf_size);
 
