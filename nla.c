@@ -1963,13 +1963,19 @@ static nla_status cfg_from_json(const jdoc *d, const char *fn, gemma_cfg *c, err
     if (c->hd % 2)
         return fail(e, NLA_ERR_FORMAT, "%s: head_dim %d must be even for RoPE", fn, c->hd);
     /* each a float once read (a double beyond FLT_MAX would become Inf) */
-    if (!(eps >= FLT_MIN && eps < 1) || !(qpas > 0 && is_float(qpas)) ||
-        !(th_g > 1 && is_float(th_g)) || !(th_l > 1 && is_float(th_l)) ||
-        !(fcap >= 0 && is_float(fcap)) || !(acap >= 0 && is_float(acap))) {
-        return fail(e, NLA_ERR_RANGE,
-                    "%s: rms_norm_eps, query_pre_attn_scalar, rope thetas or softcaps out of range"
-                    " (each a float: eps in [FLT_MIN, 1), the others at most FLT_MAX)", fn);
-    }
+    const struct { const char *name, *want; double v; int ok; } num[] = {
+        {"rms_norm_eps", "in [FLT_MIN, 1)", eps, eps >= FLT_MIN && eps < 1},
+        {"query_pre_attn_scalar", "in (0, FLT_MAX]", qpas, qpas > 0 && is_float(qpas)},
+        {"rope_theta", "in (1, FLT_MAX]", th_g, th_g > 1 && is_float(th_g)},
+        {"rope_local_base_freq", "in (1, FLT_MAX]", th_l, th_l > 1 && is_float(th_l)},
+        {"final_logit_softcapping", "in [0, FLT_MAX] (0: none)", fcap,
+         fcap >= 0 && is_float(fcap)},
+        {"attn_logit_softcapping", "in [0, FLT_MAX] (0: none)", acap,
+         acap >= 0 && is_float(acap)}};
+    for (size_t i = 0; i < sizeof num / sizeof *num; i++)
+        if (!num[i].ok)
+            return fail(e, NLA_ERR_RANGE, "%s: %s %g out of range: must be %s", fn,
+                        num[i].name, num[i].v, num[i].want);
     c->eps = (float)eps; c->qpas = (float)qpas; c->final_softcap = (float)fcap;
     c->attn_softcap = (float)acap;
     c->theta[0] = (float)th_l; c->theta[1] = (float)th_g; c->factor[0] = c->factor[1] = 1;
@@ -5082,7 +5088,8 @@ static int32_t tok_added_match(const nla_tokenizer *t, const char *s, size_t n, 
 nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags,
                         int32_t *ids, int cap, int *n_ids) {
     if (n_ids) *n_ids = 0;
-    if (!t || (!text && len) || !n_ids || cap < 0 || (cap && !ids) || len > (size_t)INT_MAX - 1)
+    if (!t || (!text && len) || !n_ids || cap < 0 || (cap && !ids) || len > (size_t)INT_MAX - 1 ||
+        (flags & ~(NLA_TOKENIZE_BOS | NLA_TOKENIZE_NO_SPECIAL)))
         return NLA_ERR_ARG;
     int count = 0;
     if (flags & NLA_TOKENIZE_BOS) {
@@ -5620,6 +5627,11 @@ static nla_status check_generate_params(nla_session *s, const nla_generate_param
         return fail(&s->err, NLA_ERR_ARG,
                     "generate: temperature >= 0, top_p in [0, 1], top_k >= 0 "
                     "and stop ids required");
+    for (int k = 0; k < p->n_stop_ids; k++)
+        if (p->stop_ids[k] < 0 || p->stop_ids[k] >= s->m->cfg.vocab)
+            return fail(&s->err, NLA_ERR_RANGE,
+                        "generate: stop id %d is not in the vocabulary (%d)", (int)p->stop_ids[k],
+                        s->m->cfg.vocab);
     return NLA_OK;
 }
 
@@ -5791,8 +5803,14 @@ static nla_status npy_dict(const char *path, const char *h, size_t n, int64_t sh
                 const char *d = p;
                 while (p < end && *p >= '0' && *p <= '9' && v < ((uint64_t)1 << 40))
                     v = v * 10 + (uint64_t)(*p++ - '0');
-                if (p == d || *ndim == 2 || v >= ((uint64_t)1 << 40))
+                if (p == d)
+                    return fail(e, NLA_ERR_FORMAT, "%s: a shape dimension is not a number >= 0",
+                                path);
+                if (*ndim == 2)
                     return fail(e, NLA_ERR_UNSUPPORTED, "%s: shape must be 1-D or 2-D", path);
+                if (v >= ((uint64_t)1 << 40))
+                    return fail(e, NLA_ERR_UNSUPPORTED, "%s: a shape dimension is 2^40 or more",
+                                path);
                 shape[(*ndim)++] = (int64_t)v;
                 p = npy_ws(p, end);
                 if (p < end && *p == ',') p++;
@@ -7973,6 +7991,9 @@ static nla_status ev_defaults(const nla_eval_params *in, nla_eval_params *p, err
         return fail(
             e, NLA_ERR_ARG,
             "eval: positions_per_record, max_tokens, max_new, batch and chunk must be positive");
+    if (p->min_position < NLA_EVAL_FROM_BOS)
+        return fail(e, NLA_ERR_ARG, "eval: min_position %d: >= 0, or NLA_EVAL_FROM_BOS (-1)",
+                    p->min_position);
     if (p->best_of < 0)
         return fail(e, NLA_ERR_ARG, "eval: best_of must be 0 (off) or a number of candidates");
     if (p->best_of > 1 && p->temperature == 0)
@@ -10965,13 +10986,14 @@ static const cli_spec spec_generate = {
 
 static const char *const usage_tokenize =
     "usage: nla tokenize DIR|tokenizer.json [--bos] [--pieces] [--no-special] TEXT\n"
-    "       nla tokenize DIR|tokenizer.json --jsonl [--bos] [--no-special] < lines\n"
+    "       nla tokenize DIR|tokenizer.json --jsonl [--bos] [--pieces] [--no-special] < lines\n"
     "\n"
     "  --bos          prepend <bos> (2), as Hugging Face does with add_special_tokens\n"
     "  --pieces       print one 'id piece' line per token instead of the id list\n"
     "  --no-special   treat added tokens written in the text (<bos>, <start_of_turn>) as text\n"
     "  --jsonl        read one JSON string per line on stdin, write one JSON array of ids per\n"
-    "                 line (null, with a message on stderr, for a line that is not a string)\n"
+    "                 line (null, with a message on stderr, for a line that is not a string);\n"
+    "                 with --pieces, of [id,\"piece\"] pairs\n"
     "Prints the ids comma-separated, ready for nla forward and nla generate.\n";
 static const cli_spec spec_tokenize = {"tokenize", usage_tokenize,
                                        "--bos --pieces --no-special --jsonl"};
@@ -11040,11 +11062,19 @@ static int cli_bad_value(const char *v, const char *opt) {
     return cli_error("bad value '%s' for %s", v, opt);
 }
 
-/* A finite number (inf and nan are refused, as are values past float's range). */
+/* A decimal number ("1", "-0.5", "2e-3"): strtod also reads hex ("0x10"
+   is 16), inf, nan and leading spaces, which the CLI refuses. The number
+   at s runs to the first byte of `stop` (or the end). */
+static int is_decimal(const char *s, const char *stop) {
+    const size_t n = strcspn(s, stop);
+    return n && strspn(s, "0123456789+-.eE") == n;
+}
+
+/* A finite decimal number (values past float's range are refused too). */
 static int parse_float(const char *s, float *out) {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || *end || !is_float(v)) return 0;
+    if (!is_decimal(s, "") || end == s || *end || !is_float(v)) return 0;
     *out = (float)v;
     return 1;
 }
@@ -11519,17 +11549,37 @@ static int open_tokenizer(const char *path, nla_tokenizer **t) {
     return rc ? cli_error("%s (%s)", err, nla_strerror(rc)) : 0;
 }
 
-/* Prints ids as "2,818,5279" or as a JSON array. */
-static void print_ids(const int32_t *ids, int n, int json) {
+/* Prints s[0..n) as a JSON string literal on stdout. */
+static void cli_json(const char *s, size_t n) {
+    size_t len;
+    char *t = json_literal(s, n, &len);
+    if (t) fwrite(t, 1, len, stdout);
+    NLA_FREE(t);
+}
+
+/* Prints ids as "2,818,5279" or as a JSON array; with t (--pieces), each
+   id with its piece: "id<TAB>piece" lines, or [id,"piece"] in the array. */
+static void print_ids(const nla_tokenizer *t, const int32_t *ids, int n, int json) {
     if (json) putchar('[');
-    for (int i = 0; i < n; i++) printf("%s%d", i ? "," : "", ids[i]);
-    puts(json ? "]" : "");
+    for (int i = 0; i < n; i++) {
+        size_t pl = 0;
+        const char *p = t ? nla_tokenizer_piece(t, ids[i], &pl) : NULL;
+        if (!t) printf("%s%d", i ? "," : "", ids[i]);
+        else if (!json) printf("%d\t%.*s\n", ids[i], (int)pl, p);
+        else {
+            printf("%s[%d,", i ? "," : "", ids[i]);
+            cli_json(p, pl);
+            putchar(']');
+        }
+    }
+    if (json) puts("]");
+    else if (!t) putchar('\n');
 }
 
 /* One --jsonl line: a JSON string -> its ids, or null. The JSON reader is
    the library's own (this file), not part of the public API. */
 static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t len, int flags,
-                              long lineno) {
+                              int pieces, long lineno) {
     jdoc d;
     errbuf e;
     if (json_parse(&d, line, len, &e, "stdin") || d.node[0].type != J_STR) {
@@ -11546,7 +11596,7 @@ static int tokenize_json_line(const nla_tokenizer *t, const char *line, size_t l
         bad = nla_tokenize(t, text, n, flags, ids, (int)nla_tokenize_bound(n), &n_ids) != NLA_OK;
     }
     if (bad) puts("null");
-    else print_ids(ids, n_ids, 1);
+    else print_ids(pieces ? t : NULL, ids, n_ids, 1);
     NLA_FREE(text); NLA_FREE(ids);
     json_free(&d);
     return bad;
@@ -11570,7 +11620,8 @@ static int cmd_tokenize(int argc, char **argv) {
         while (line) {
             c = getchar();
             if (c == EOF || c == '\n') {
-                if (len || c == '\n') ret |= tokenize_json_line(t, line, len, flags, ++lineno);
+                if (len || c == '\n')
+                    ret |= tokenize_json_line(t, line, len, flags, o.pieces, ++lineno);
                 fflush(stdout);
                 len = 0;
                 if (c == EOF) break;
@@ -11591,13 +11642,7 @@ static int cmd_tokenize(int argc, char **argv) {
         int n_ids = 0;
         if (!ids || nla_tokenize(t, o.text, n, flags, ids, (int)nla_tokenize_bound(n), &n_ids))
             ret = cli_error("cannot tokenize");
-        else if (!o.pieces) print_ids(ids, n_ids, 0);
-        else
-            for (int i = 0; i < n_ids; i++) {
-                size_t pl = 0;
-                const char *p = nla_tokenizer_piece(t, ids[i], &pl);
-                printf("%d\t%.*s\n", ids[i], (int)pl, p);
-            }
+        else print_ids(o.pieces ? t : NULL, ids, n_ids, 0);
         NLA_FREE(ids);
     }
     nla_tokenizer_close(t);
@@ -11727,14 +11772,6 @@ static const cli_spec spec_explain = {
     "--text --text-file --chat --positions --jsonl --max-new --batch --temp --top-k --top-p "
     "--seed --best-of --with-greedy --parts --tokenizer --threads" OPTS_LOAD};
 
-
-/* Prints s[0..n) as a JSON string literal on stdout. */
-static void cli_json(const char *s, size_t n) {
-    size_t len;
-    char *t = json_literal(s, n, &len);
-    if (t) fwrite(t, 1, len, stdout);
-    NLA_FREE(t);
-}
 
 /* A .npy of vectors [n, d] (a 1-D file is one vector) into a heap buffer;
    with `scored`, a row of all zeros (one never written) is refused. */
@@ -13417,7 +13454,7 @@ static int cmd_random_model(int argc, char **argv) {
 
 /* --- the NLA questions: steer, cross-score, search */
 
-/* "0,0.5,-1" -> finite numbers (malloc'd). Returns the count, or -1. */
+/* "0,0.5,-1" -> finite decimal numbers (malloc'd). Returns the count, or -1. */
 static int parse_floats(const char *s, double **out) {
     int n = 1;
     for (const char *p = s; *p; p++) n += *p == ',';
@@ -13426,7 +13463,10 @@ static int parse_floats(const char *s, double **out) {
     for (int i = 0; i < n; i++) {
         char *end;
         x[i] = strtod(s, &end);
-        if (end == s || !isfinite(x[i]) || (*end != ',' && *end != 0)) { NLA_FREE(x); return -1; }
+        if (!is_decimal(s, ",") || end == s || !isfinite(x[i]) || (*end != ',' && *end != 0)) {
+            NLA_FREE(x);
+            return -1;
+        }
         s = end + (*end == ',');
     }
     *out = x;

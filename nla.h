@@ -375,7 +375,7 @@ const char *nla_tokenizer_piece(const nla_tokenizer *t, int32_t id, size_t *len)
    <0xNN>, so any input decodes back byte for byte, except a typed U+2581,
    which decodes as a space (as in Hugging Face). Returns
    NLA_ERR_BUFFER_TOO_SMALL (with the needed count in *n_ids) if cap is too
-   small. flags: NLA_TOKENIZE_*. */
+   small. flags: NLA_TOKENIZE_* (another bit: NLA_ERR_ARG). */
 nla_status nla_tokenize(const nla_tokenizer *t, const char *text, size_t len, int flags,
                         int32_t *ids, int cap, int *n_ids);
 
@@ -438,7 +438,8 @@ typedef struct {
     float temperature;     /* 0 (default) = greedy */
     int top_k;             /* 0 = no top-k cut */
     float top_p;           /* 0 or 1 = no nucleus cut */
-    const int32_t *stop_ids; /* generation stops after one of these; NULL =
+    const int32_t *stop_ids; /* generation stops after one of these (ids of
+                              the vocabulary, else NLA_ERR_RANGE); NULL =
                               the model's eos ids (generation_config.json) */
     int n_stop_ids;
     int no_stop;           /* nonzero: ignore every stop id */
@@ -708,7 +709,8 @@ typedef struct {
     const char *out_dir;       /* the results folder; must exist */
     int positions_per_record;  /* positions drawn per record; default 1 */
     int min_position;          /* drawn positions are >= this; default 50 (as in
-                                  training); NLA_EVAL_FROM_BOS for 0. A record's
+                                  training); NLA_EVAL_FROM_BOS for 0 (below it:
+                                  NLA_ERR_ARG). A record's
                                   "positions" list overrides the drawing. */
     int max_tokens;            /* records are cut to this many tokens; default 512 */
     int skip_special;          /* nonzero: never draw special tokens (<bos>,

@@ -245,6 +245,13 @@ static void test_decoding(void) {
     g.n_stop_ids = 1;
     CHECK_EQ(gen(s, &g, b), first + 1);
     CHECK_EQ(b[first], stop);
+    /* a stop id outside the vocabulary (a typo) is refused, not ignored */
+    const int32_t outside[] = {stop, 999999999, -1};
+    for (int k = 1; k < 3; k++) {
+        g.stop_ids = outside;
+        g.n_stop_ids = k + 1;
+        CHECK_EQ(gen(s, &g, b), -NLA_ERR_RANGE);
+    }
     /* the callback stops generation; its token is kept */
     cb_state cb = {0, 5};
     memset(&g, 0, sizeof g);

@@ -184,6 +184,7 @@ static void test_steer_cli(void) {
                "--row 2: tests/tmp/ask_dir.npy has rows 0..1");
     fails_with("./nla steer " TRIO " --text " TEXT1 OPTS, "give one direction: --toward TEXT2 or --toward-npy FILE");
     fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 1,x" OPTS, "--scales: expected comma-separated");
+    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 1,0x2" OPTS, "--scales: expected comma-separated");
     fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 0,1e38" OPTS, "--scales 1e+38: v' does not fit a float");
     fails_with("./nla steer weights/tiny/target weights/tiny/ar weights/tiny/ar --text hi --toward hi", "is not an AV");
 }

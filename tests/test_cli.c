@@ -430,6 +430,41 @@ static void test_model_commands(nla_model *target) {
     got = slurp("tests/tmp/detok.txt", NULL);
     CHECK_MSG(got && !strcmp(got, "<bos>The quick brown fox\n"), "detokenize printed '%s'", got);
     free(got);
+    /* --pieces: "id<TAB>piece" lines; --jsonl: a JSON array per line, of [id,"piece"] pairs
+       with --pieces (a piece with a quote escaped) */
+    char pieces[1024] = "", pairs[1024] = "[", ids_json[256] = "[";
+    for (int i = 0; i < n_tk; i++) {
+        size_t pl = 0;
+        const char *pc = nla_tokenizer_piece(nla_model_tokenizer(target), tk[i], &pl);
+        snprintf(pieces + strlen(pieces), sizeof pieces - strlen(pieces), "%d\t%.*s\n", tk[i],
+                 (int)pl, pc);
+        snprintf(pairs + strlen(pairs), sizeof pairs - strlen(pairs), "%s[%d,\"%.*s\"]",
+                 i ? "," : "", tk[i], (int)pl, pc);
+        snprintf(ids_json + strlen(ids_json), sizeof ids_json - strlen(ids_json), "%s%d",
+                 i ? "," : "", tk[i]);
+    }
+    CHECK_EQ(run("./nla tokenize " TOKJSON " --bos --pieces 'The quick brown fox' > tests/tmp/tok.txt"
+                 ERR), 0);
+    got = slurp("tests/tmp/tok.txt", NULL);
+    CHECK_MSG(got && !strcmp(got, pieces), "tokenize --pieces printed '%s', want '%s'", got, pieces);
+    free(got);
+    const char *lines = "\"The quick brown fox\"\n\"\\\"\"\n"; /* the second: a quote */
+    spit("tests/tmp/tok.jsonl", lines, strlen(lines));
+    CHECK_EQ(run("./nla tokenize " TOKJSON " --bos --jsonl < tests/tmp/tok.jsonl > tests/tmp/tok.txt"
+                 ERR), 0);
+    got = slurp("tests/tmp/tok.txt", NULL);
+    snprintf(cmd, sizeof cmd, "%s]\n[2,%d]\n", ids_json, nla_tokenizer_find(
+                 nla_model_tokenizer(target), "\""));
+    CHECK_MSG(got && !strcmp(got, cmd), "tokenize --jsonl printed '%s', want '%s'", got, cmd);
+    free(got);
+    CHECK_EQ(run("./nla tokenize " TOKJSON " --bos --jsonl --pieces < tests/tmp/tok.jsonl"
+                 " > tests/tmp/tok.txt" ERR), 0);
+    got = slurp("tests/tmp/tok.txt", NULL);
+    snprintf(pairs + strlen(pairs), sizeof pairs - strlen(pairs), "]\n[[2,\"<bos>\"],[%d,\"\\\"\"]]\n",
+             nla_tokenizer_find(nla_model_tokenizer(target), "\""));
+    CHECK_MSG(got && !strcmp(got, pairs), "tokenize --jsonl --pieces printed '%s', want '%s'", got,
+              pairs);
+    free(got);
     nla_session_free(s);
     free(lg);
     free(hd);
@@ -575,6 +610,9 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     }
     refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline inf", "a positive number or 'own'");
     refused("./nla generate " G "target --ids 2,818 -n 3 --temp inf", "bad value 'inf' for --temp");
+    refused("./nla generate " G "target --ids 2,818 -n 3 --temp 0x10", "bad value '0x10' for --temp");
+    refused("./nla generate " G "target --ids 2,818 -n 3 --stop 999999999",
+            "stop id 999999999 is not in the vocabulary");
 #ifndef NLA_NO_EVAL
     refused("./nla eval " G "target " G "av " G "ar --docs tests/data/eval/docs.jsonl --out "
             "tests/tmp/evseed --seed 99999999999999999999",

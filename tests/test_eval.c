@@ -289,6 +289,12 @@ int main(void) {
         CHECK_MSG(strstr(err, "n_threads -1"), "%s", err);
         CHECK(pg.chunks == 0 && access("tests/tmp/eval_prog/results.jsonl", F_OK) != 0);
         p.n_threads = 1;
+        const int min_pos = p.min_position; /* below NLA_EVAL_FROM_BOS is no position */
+        p.min_position = -5;
+        CHECK_EQ(nla_eval_run(&p, &c, err, sizeof err), NLA_ERR_ARG);
+        CHECK_MSG(strstr(err, "min_position -5"), "%s", err);
+        CHECK(pg.chunks == 0 && access("tests/tmp/eval_prog/results.jsonl", F_OK) != 0);
+        p.min_position = min_pos;
         rm_dir(pd);
     }
 

@@ -567,19 +567,25 @@ static void test_npy(void) {
     CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 5, sh, &nd, err, sizeof err), NLA_ERR_BUFFER_TOO_SMALL);
     /* the header dict, whole: how numpy and others spell it is read; anything
        else (bytes after the dict, other or missing keys) is refused */
-    static const struct { const char *h; int rows, ok; } hs[] = {
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 2, 1},
-        {"{\"shape\": (3,2),\"descr\": \"<f4\", \"fortran_order\": False}", 3, 1},
-        {"{'descr':'<f4','fortran_order':False,'shape':(6,)}", 6, 1},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }garbage", 2, 0},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)} }", 2, 0},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'x': 1}", 2, 0},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'descr': '<f4'}", 2, 0},
-        {"{'descr': '<f4', 'shape': (2, 3)}", 2, 0},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2 3)}", 2, 0},
-        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", 2, 0},
-        {"{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3)}", 2, 0},
-        {"{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3)}", 2, 0},
+    static const struct { const char *h; int rows, ok; const char *msg; } hs[] = {
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 2, 1, NULL},
+        {"{\"shape\": (3,2),\"descr\": \"<f4\", \"fortran_order\": False}", 3, 1, NULL},
+        {"{'descr':'<f4','fortran_order':False,'shape':(6,)}", 6, 1, NULL},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }garbage", 2, 0, NULL},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)} }", 2, 0, NULL},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'x': 1}", 2, 0, NULL},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'descr': '<f4'}", 2, 0, NULL},
+        {"{'descr': '<f4', 'shape': (2, 3)}", 2, 0, NULL},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2 3)}", 2, 0, NULL},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", 2, 0, NULL},
+        {"{'descr': '<f4' 'fortran_order': False, 'shape': (2, 3)}", 2, 0, NULL},
+        {"{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3)}", 2, 0, NULL},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (-2, 3)}", 0, 0,
+         "a shape dimension is not a number >= 0"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 1)}", 0, 0,
+         "shape must be 1-D or 2-D"},
+        {"{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,)}", 0, 0,
+         "a shape dimension is 2^40 or more"},
     };
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++) {
         char f[256] = "\x93NUMPY\x01\x00";
@@ -593,7 +599,8 @@ static void test_npy(void) {
         memset(r, 0, sizeof r);
         const nla_status rc = nla_npy_read("tests/tmp/hdr.npy", r, 6, sh, &nd, err, sizeof err);
         CHECK_MSG(hs[i].ok ? rc == NLA_OK && sh[0] == hs[i].rows && !memcmp(v, r, sizeof v)
-                           : rc != NLA_OK && strstr(err, "tests/tmp/hdr.npy"),
+                           : rc != NLA_OK && strstr(err, "tests/tmp/hdr.npy") &&
+                                 (!hs[i].msg || strstr(err, hs[i].msg)),
                   "header %s: %s (%s)", hs[i].h, nla_strerror(rc), err);
     }
 }

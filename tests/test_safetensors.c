@@ -239,16 +239,20 @@ static void test_config_and_binding(void) {
     expect_config("\"Gemma3ForCausalLM\"", "\"LlamaForCausalLM\"", NLA_ERR_UNSUPPORTED, "LlamaForCausalLM");
     expect_config("\"hidden_size\": 64,", "\"hidden_size\": 64", NLA_ERR_FORMAT, "config.json: invalid JSON at line");
     expect_config("\"hidden_size\": 64", "\"hidden_size\": \"64\"", NLA_ERR_FORMAT, "hidden_size");
-    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 1e400", NLA_ERR_RANGE, "softcaps");
+    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 1e400", NLA_ERR_RANGE, "final_logit_softcapping inf out of range");
     expect_config("    1,\n    106\n", "    1,\n    1024\n", NLA_ERR_RANGE, "config.json: eos_token_id 1024 is not a token id");
     /* finite as doubles but past a float's range (an Inf once read) */
-    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 3e40", NLA_ERR_RANGE, "softcaps");
-    expect_config("\"attn_logit_softcapping\": null", "\"attn_logit_softcapping\": 1e39", NLA_ERR_RANGE, "softcaps");
-    expect_config("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e-50", NLA_ERR_RANGE, "rms_norm_eps");
-    expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e39", NLA_ERR_RANGE, "rope");
+    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 3e40", NLA_ERR_RANGE, "final_logit_softcapping 3e+40 out of range");
+    expect_config("\"attn_logit_softcapping\": null", "\"attn_logit_softcapping\": 1e39", NLA_ERR_RANGE, "attn_logit_softcapping 1e+39 out of range");
+    expect_config("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e-50", NLA_ERR_RANGE, "rms_norm_eps 1e-50 out of range: must be in [FLT_MIN, 1)");
+    expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e39", NLA_ERR_RANGE, "rope_theta 1e+39");
     expect_config("\"factor\": 8.0", "\"factor\": 1e39", NLA_ERR_RANGE, "factor");
     expect_config("\"factor\": 8.0", "\"factor\": 1e999", NLA_ERR_RANGE, "factor");
     expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e309", NLA_ERR_RANGE, "rope");
+    expect_config("\"rope_local_base_freq\": 10000.0", "\"rope_local_base_freq\": 1", NLA_ERR_RANGE,
+                  "rope_local_base_freq 1 out of range: must be in (1, FLT_MAX]");
+    expect_config("\"query_pre_attn_scalar\": 32", "\"query_pre_attn_scalar\": 0", NLA_ERR_RANGE,
+                  "query_pre_attn_scalar 0 out of range");
     expect_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"silu\"", NLA_ERR_UNSUPPORTED, "silu");
     expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": true", NLA_ERR_UNSUPPORTED, "bidirectional");
     expect_config("\"full_attention\",", "\"chunked_attention\",", NLA_ERR_UNSUPPORTED, "layer_types[5]");

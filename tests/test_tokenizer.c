@@ -172,6 +172,7 @@ static void test_edges(const nla_tokenizer *t) {
     CHECK(n == 1 && ids[0] == 2);
     CHECK_EQ(nla_tokenize(t, "<bos>", 5, NLA_TOKENIZE_NO_SPECIAL, ids, 64, &n), NLA_OK);
     CHECK(n == 3 && ids[0] == 236820 && ids[1] == 46757 && ids[2] == 236813);
+    CHECK_EQ(nla_tokenize(t, "<bos>", 5, 4, ids, 64, &n), NLA_ERR_ARG); /* no such flag */
     /* empty text; buffer too small reports the count */
     CHECK_EQ(nla_tokenize(t, "", 0, NLA_TOKENIZE_BOS, ids, 64, &n), NLA_OK);
     CHECK(n == 1 && ids[0] == 2);
