@@ -75,7 +75,7 @@ LINT_COLUMNS = 100
 lint:
 	@fail=0; \
 	awk -v max=$(LINT_COLUMNS) 'length > max { print FILENAME ":" FNR ": " length " columns (at most " max ")"; bad = 1 } \
-	  END { exit bad }' nla.c nla.h || fail=1; \
+	  END { exit bad }' nla.c nla.h tests/*.c tests/*.h || fail=1; \
 	awk 'function md(t,  n) { while (match(t, /[A-Za-z0-9_.\/-]+\.md/)) { n = substr(t, RSTART, RLENGTH); \
 	    t = substr(t, RSTART + RLENGTH); if (n ~ /^(\.\.|\/)/ || system("test -f \"" n "\"")) { \
 	    print FILENAME ":" FNR ": names " n ", which is not in the repository"; bad = 1 } } } \

@@ -75,7 +75,10 @@ static void bench_tokenizer(void) {
     nla_tokenizer *t;
     char err[512];
     double t0 = now();
-    if (nla_tokenizer_open("weights/tokenizer.json", &t, err, sizeof err)) { printf("tokenizer: %s\n", err); return; }
+    if (nla_tokenizer_open("weights/tokenizer.json", &t, err, sizeof err)) {
+        printf("tokenizer: %s\n", err);
+        return;
+    }
     double load = now() - t0;
     size_t cl = 1;
     char *cases = slurp("tests/data/tokenizer/cases.jsonl", &cl);
@@ -91,8 +94,9 @@ static void bench_tokenizer(void) {
     t0 = now();
     nla_detokenize(t, ids, n_ids, back, n + 1, &got);
     double dec = now() - t0;
-    printf("tokenizer: load %.0f ms; encode %.1f MB/s (%d ids from 8 MB of mixed text); decode %.0f MB/s\n", load * 1e3, n / enc / 1e6,
-           n_ids, n / dec / 1e6);
+    printf("tokenizer: load %.0f ms; encode %.1f MB/s (%d ids from 8 MB of mixed text); decode "
+           "%.0f MB/s\n",
+           load * 1e3, n / enc / 1e6, n_ids, n / dec / 1e6);
     free(cases); free(text); free(back); free(ids);
     nla_tokenizer_close(t);
 }
@@ -132,7 +136,10 @@ static int mapped_gb(double *file, double *huge) {
     int got = 0;
     while (f && fgets(line, sizeof line, f)) {
         if (!strncmp(line, "Pss_File:", 9)) { *file = atof(line + 9) * 1024 / 1e9; got |= 1; }
-        if (!strncmp(line, "FilePmdMapped:", 14)) { *huge = atof(line + 14) * 1024 / 1e9; got |= 2; }
+        if (!strncmp(line, "FilePmdMapped:", 14)) {
+            *huge = atof(line + 14) * 1024 / 1e9;
+            got |= 2;
+        }
     }
     if (f) fclose(f);
     return got == 3;
@@ -174,14 +181,21 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
     /* prefill work per token: 2 flops per weight of the blocks' matrices
        (q, k, v, o; gate, up, down); the embedding is a lookup, the head runs
        for the last row only, attention is left out */
-    const double qkvo = 2.0 * in.d_model * ((double)in.n_heads + in.n_kv_heads) * in.head_dim, mlp = 3.0 * in.d_model * in.d_ff;
+    const double qkvo = 2.0 * in.d_model * ((double)in.n_heads + in.n_kv_heads) * in.head_dim,
+                 mlp = 3.0 * in.d_model * in.d_ff;
     const double flops = 2.0 * in.n_layers * (qkvo + mlp);
-    printf("%s: %d layers, d %d, %s, %.3f GB read per token, %.2f GFLOP per prefill token; load %.2f s\n", dir, in.n_layers,
-           in.d_model, in.dtype == NLA_DTYPE_Q8_0 ? "q8_0" : in.dtype == NLA_DTYPE_Q4_0 ? "q4_0" : "as stored", gb, flops / 1e9, load);
+    printf("%s: %d layers, d %d, %s, %.3f GB read per token, %.2f GFLOP per prefill token; load "
+           "%.2f s\n",
+           dir, in.n_layers, in.d_model,
+           in.dtype == NLA_DTYPE_Q8_0   ? "q8_0"
+           : in.dtype == NLA_DTYPE_Q4_0 ? "q4_0"
+                                        : "as stored",
+           gb, flops / 1e9, load);
     enum { PP = 512, TG = 64 };
     int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * PP);
     for (int i = 0; i < PP; i++) ids[i] = i ? 1000 + (i * 7919) % 200000 : 2;
-    printf("  threads  prefill tok/s  prefill GFLOP/s  of peak  decode tok/s  decode GB/s  decode / bound\n");
+    printf("  threads  prefill tok/s  prefill GFLOP/s  of peak  decode tok/s  decode GB/s  decode "
+           "/ bound\n");
     for (int k = 0; k < n_threads; k++) {
         nla_session_params sp;
         memset(&sp, 0, sizeof sp);
@@ -229,8 +243,9 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
                 share[j - 1] = x;
             }
         const double tg = TG / t_all;
-        printf("  %7d  %13.1f  %15.1f  %5.0f %%  %12.2f  %11.1f  %13.0f %%\n", threads[k], pp, pp * flops / 1e9,
-               peak[k] > 0 ? 100 * pp * flops / peak[k] : 0.0, tg, tg * gb, 50 * (share[1] + share[2]));
+        printf("  %7d  %13.1f  %15.1f  %5.0f %%  %12.2f  %11.1f  %13.0f %%\n", threads[k], pp,
+               pp * flops / 1e9, peak[k] > 0 ? 100 * pp * flops / peak[k] : 0.0, tg, tg * gb,
+               50 * (share[1] + share[2]));
         free(logits);
         nla_session_free(s);
     }
@@ -253,12 +268,16 @@ typedef struct {
 
 /* Opens DIR/sub (as stored) unless *m is open, and a session of n_seq
    sequences, n_ctx long (none for n_seq 0). Nonzero on failure, printed. */
-static int rt_open(const char *dir, const char *sub, nla_model **m, int nt, int n_seq, int n_ctx, nla_session **s) {
+static int rt_open(const char *dir, const char *sub, nla_model **m, int nt, int n_seq, int n_ctx,
+                   nla_session **s) {
     char path[1024], err[512];
     snprintf(path, sizeof path, "%s/%s", dir, sub);
     *s = NULL;
     const nla_model_params mp = bench_model_params();
-    if (!*m && nla_model_open(path, &mp, m, err, sizeof err)) { printf("  %s: %s\n", path, err); return 1; }
+    if (!*m && nla_model_open(path, &mp, m, err, sizeof err)) {
+        printf("  %s: %s\n", path, err);
+        return 1;
+    }
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
     sp.n_threads = nt;
@@ -276,7 +295,8 @@ static int ar_len(const nla_model *m, const char *tmpl, const char *ex) {
     int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * nla_tokenize_bound(n));
     int n_ids = 0;
     snprintf(text, n + 1, "%.*s%s%s", (int)(at - tmpl), tmpl, ex, at + 13);
-    nla_tokenize(nla_model_tokenizer(m), text, strlen(text), NLA_TOKENIZE_BOS, ids, (int)nla_tokenize_bound(n), &n_ids);
+    nla_tokenize(nla_model_tokenizer(m), text, strlen(text), NLA_TOKENIZE_BOS, ids,
+                 (int)nla_tokenize_bound(n), &n_ids);
     free(text);
     free(ids);
     return n_ids;
@@ -291,7 +311,9 @@ static void bench_nla(const char *dir, int nt, const int *Bs, int nB, int av_tok
     for (int k = 0; k < nB; k++) Bmax = Bs[k] > Bmax ? Bs[k] : Bmax;
     rt_row row[16];
     memset(row, 0, sizeof row);
-    printf("NLA round trip %s: %d threads, %d-token text, %d AV tokens per vector (fewer on a stop token)\n", dir, nt, NLA_TEXT, av_tokens);
+    printf("NLA round trip %s: %d threads, %d-token text, %d AV tokens per vector (fewer on a stop "
+           "token)\n",
+           dir, nt, NLA_TEXT, av_tokens);
     /* the AV's sidecar: block K and the prompt length */
     if (rt_open(dir, "av", &m, nt, 0, 0, &s)) return;
     nla_meta meta;
@@ -300,14 +322,16 @@ static void bench_nla(const char *dir, int nt, const int *Bs, int nB, int av_tok
     nla_model_close(m);
     m = NULL;
     /* 1. target: Bmax vectors at the text's last positions, one forward */
-    static const char text[] = "The old lighthouse keeper climbed the spiral stairs every evening, counting the steps "
-                               "as his father had, and lit the lamp that guided fishing boats home through the fog "
-                               "that rolled in from the cold northern sea. On the night of the great storm the "
-                               "lamp failed, and he carried a lantern to the gallery, shielding the flame with his "
-                               "coat until the first grey light showed the harbour and every boat safely moored.";
+    static const char text[] =
+        "The old lighthouse keeper climbed the spiral stairs every evening, counting the steps "
+        "as his father had, and lit the lamp that guided fishing boats home through the fog "
+        "that rolled in from the cold northern sea. On the night of the great storm the "
+        "lamp failed, and he carried a lantern to the gallery, shielding the flame with his "
+        "coat until the first grey light showed the harbour and every boat safely moored.";
     int32_t ids[512], pos[NLA_MAX_B];
     int n_ids = 0;
-    float *v = (float *)malloc(sizeof(float) * (size_t)Bmax * d), *rec = (float *)malloc(sizeof(float) * (size_t)Bmax * d);
+    float *v = (float *)malloc(sizeof(float) * (size_t)Bmax * d),
+          *rec = (float *)malloc(sizeof(float) * (size_t)Bmax * d);
     int32_t *out = (int32_t *)malloc(sizeof(int32_t) * (size_t)Bmax * av_tokens);
     int *n_out = (int *)malloc(sizeof(int) * (size_t)Bmax);
     char **ex = (char **)calloc((size_t)Bmax, sizeof(char *));
@@ -318,7 +342,10 @@ static void bench_nla(const char *dir, int nt, const int *Bs, int nB, int av_tok
     if (n_ids < NLA_TEXT) { printf("\n  the text is only %d tokens\n", n_ids); goto out; }
     for (int q = 0; q < Bmax; q++) pos[q] = NLA_TEXT - 1 - q % (NLA_TEXT - 1);
     t0 = now();
-    if (nla_extract(s, ids, NLA_TEXT, K, pos, Bmax, v)) { printf("\n  extract: %s\n", nla_session_errmsg(s)); goto out; }
+    if (nla_extract(s, ids, NLA_TEXT, K, pos, Bmax, v)) {
+        printf("\n  extract: %s\n", nla_session_errmsg(s));
+        goto out;
+    }
     const double t_extract = now() - t0;
     printf("; extract (%d tokens, blocks 0..%d) %.2f s\n", NLA_TEXT, K, t_extract);
     nla_session_free(s); s = NULL;
@@ -334,14 +361,19 @@ static void bench_nla(const char *dir, int nt, const int *Bs, int nB, int av_tok
         row[k].B = Bs[k];
         row[k].extract = t_extract;
         t0 = now();
-        if (nla_verbalize_batch(s, v, Bs[k], &vp, out, av_tokens, n_out)) { printf("\n  verbalize: %s\n", nla_session_errmsg(s)); goto out; }
+        if (nla_verbalize_batch(s, v, Bs[k], &vp, out, av_tokens, n_out)) {
+            printf("\n  verbalize: %s\n", nla_session_errmsg(s));
+            goto out;
+        }
         row[k].verbalize = now() - t0;
         for (int q = 0; q < Bs[k]; q++) {
             size_t len = 0, a, n;
             row[k].av_tokens += n_out[q];
-            nla_detokenize(nla_model_tokenizer(m), out + (size_t)q * av_tokens, n_out[q], NULL, 0, &len);
+            nla_detokenize(nla_model_tokenizer(m), out + (size_t)q * av_tokens, n_out[q], NULL, 0,
+                           &len);
             char *raw = (char *)malloc(len + 1);
-            nla_detokenize(nla_model_tokenizer(m), out + (size_t)q * av_tokens, n_out[q], raw, len + 1, &len);
+            nla_detokenize(nla_model_tokenizer(m), out + (size_t)q * av_tokens, n_out[q], raw,
+                           len + 1, &len);
             nla_parse_explanation(raw, len, &a, &n); /* random weights: no tags, the whole text */
             memmove(raw, raw + a, n);
             raw[n] = 0;
@@ -359,17 +391,23 @@ static void bench_nla(const char *dir, int nt, const int *Bs, int nB, int av_tok
         if (!k) printf("; load AR %.2f s\n", now() - t0);
         nla_model_get_meta(m, &meta); /* the AR's template */
         t0 = now();
-        if (nla_reconstruct(s, (const char *const *)ex, Bs[k], rec)) { printf("  reconstruct: %s\n", nla_session_errmsg(s)); goto out; }
+        if (nla_reconstruct(s, (const char *const *)ex, Bs[k], rec)) {
+            printf("  reconstruct: %s\n", nla_session_errmsg(s));
+            goto out;
+        }
         row[k].reconstruct = now() - t0;
         for (int q = 0; q < Bs[k]; q++) row[k].ar_tokens += ar_len(m, meta.ar_template, ex[q]);
         nla_session_free(s); s = NULL;
     }
-    printf("     B  AV tokens  verbalize s  AV tok/s  AR tokens  reconstruct s  AR tok/s  round trip s  s per explained token  explained tok/s  vs B=1\n");
+    printf("     B  AV tokens  verbalize s  AV tok/s  AR tokens  reconstruct s  AR tok/s  round "
+           "trip s  s per explained token  explained tok/s  vs B=1\n");
     for (int k = 0; k < nB; k++) {
         const rt_row *r = &row[k];
-        const double total = r->extract + r->verbalize + r->reconstruct, tps = r->B / total, tps1 = row[0].B / (row[0].extract + row[0].verbalize + row[0].reconstruct);
-        printf("  %4d  %9d  %11.2f  %8.2f  %9d  %13.2f  %8.2f  %12.2f  %21.3f  %15.3f  %5.2fx\n", r->B, r->av_tokens, r->verbalize,
-               r->av_tokens / r->verbalize, r->ar_tokens, r->reconstruct, r->ar_tokens / r->reconstruct, total, total / r->B, tps, tps / tps1);
+        const double total = r->extract + r->verbalize + r->reconstruct, tps = r->B / total,
+                     tps1 = row[0].B / (row[0].extract + row[0].verbalize + row[0].reconstruct);
+        printf("  %4d  %9d  %11.2f  %8.2f  %9d  %13.2f  %8.2f  %12.2f  %21.3f  %15.3f  %5.2fx\n",
+               r->B, r->av_tokens, r->verbalize, r->av_tokens / r->verbalize, r->ar_tokens,
+               r->reconstruct, r->ar_tokens / r->reconstruct, total, total / r->B, tps, tps / tps1);
     }
 out:
     for (int q = 0; q < Bmax; q++) free(ex[q]);
@@ -396,8 +434,10 @@ static void bench_search(const char *dir) {
         const int64_t sh[2] = {SEARCH_ROWS, SEARCH_D};
         float *v = (float *)malloc(sizeof(float) * SEARCH_ROWS * SEARCH_D);
         uint64_t *sum = (uint64_t *)malloc(sizeof(uint64_t) * SEARCH_ROWS);
-        static const char *const words[] = {"Narrative", "prose", "about", "a", "ferry", "harbour", "code", "loop", "list",
-                                            "token", "ends", "the", "clause", "formal", "English", "setting", "question"};
+        static const char *const words[] = {"Narrative", "prose",   "about",  "a",      "ferry",
+                                            "harbour",   "code",    "loop",   "list",   "token",
+                                            "ends",      "the",     "clause", "formal", "English",
+                                            "setting",   "question"};
         if (!v || !sum) { printf("search: out of memory\n"); free(v); free(sum); return; }
         mkdir(dir, 0755);
         for (size_t i = 0; i < (size_t)SEARCH_ROWS * SEARCH_D; i++) {
@@ -407,17 +447,25 @@ static void bench_search(const char *dir) {
         for (int i = 0; i < SEARCH_ROWS; i++) { /* FNV-1a 64 of the row's bytes */
             const unsigned char *b = (const unsigned char *)(v + (size_t)i * SEARCH_D);
             sum[i] = 0xcbf29ce484222325ull;
-            for (size_t k = 0; k < sizeof(float) * SEARCH_D; k++) sum[i] = (sum[i] ^ b[k]) * 0x100000001b3ull;
+            for (size_t k = 0; k < sizeof(float) * SEARCH_D; k++)
+                sum[i] = (sum[i] ^ b[k]) * 0x100000001b3ull;
         }
         snprintf(path, sizeof path, "%s/activations.npy", dir);
         const nla_status wr = nla_npy_write(path, v, 2, sh, err, sizeof err);
         free(v);
         if (wr) { printf("search: %s\n", err); free(sum); return; }
         snprintf(path, sizeof path, "%s/results.jsonl", dir);
-        if (!(f = fopen(path, "wb"))) { printf("search: cannot create %s\n", path); free(sum); return; }
+        if (!(f = fopen(path, "wb"))) {
+            printf("search: cannot create %s\n", path);
+            free(sum);
+            return;
+        }
         for (int i = 0; i < SEARCH_ROWS; i++) {
-            fprintf(f, "{\"sample_idx\": %d, \"token_str\": \" the\", \"text_preview\": \"The ferry left the harbour an hour "
-                       "late.\", \"explanation\": \"", i);
+            fprintf(f,
+                    "{\"sample_idx\": %d, \"token_str\": \" the\", \"text_preview\": \"The ferry "
+                    "left the harbour an hour "
+                    "late.\", \"explanation\": \"",
+                    i);
             for (int w = 0; w < 50; w++) {
                 x ^= x << 13, x ^= x >> 7, x ^= x << 17;
                 fprintf(f, "%s%s", w ? " " : "", words[x % (sizeof words / sizeof *words)]);
@@ -434,7 +482,11 @@ static void bench_search(const char *dir) {
     int n_hits, n_match;
     for (int k = 0; k < SEARCH_D; k++) q[k] = (float)sin(k * 0.37);
     double t0 = now();
-    if (nla_study_open(dir, NULL, NULL, &st, err, sizeof err)) { printf("search: %s\n", err); free(q); return; }
+    if (nla_study_open(dir, NULL, NULL, &st, err, sizeof err)) {
+        printf("search: %s\n", err);
+        free(q);
+        return;
+    }
     const double t_open = now() - t0;
     nla_search_params sp = {q, NULL, 0};
     t0 = now();
@@ -446,8 +498,11 @@ static void bench_search(const char *dir) {
     rc = rc ? rc : nla_study_search(st, &sp, hits, 10, &n_hits, &n_match, err, sizeof err);
     const double t_re = now() - t0;
     if (rc) printf("search: %s\n", err);
-    else printf("search %s: %d rows of d = %d; open (results.jsonl + activations.npy) %.3f s, search by cosine %.3f s, "
-                "by regex %.3f s (%d rows match)\n", dir, nla_study_count(st), nla_study_dim(st), t_open, t_cos, t_re, n_match);
+    else
+        printf("search %s: %d rows of d = %d; open (results.jsonl + activations.npy) %.3f s, "
+               "search by cosine %.3f s, "
+               "by regex %.3f s (%d rows match)\n",
+               dir, nla_study_count(st), nla_study_dim(st), t_open, t_cos, t_re, n_match);
     nla_study_close(st);
     free(q);
 }
@@ -467,13 +522,15 @@ static int env_ints(const char *name, int *out, int cap, int n_default) {
 
 int main(int argc, char **argv) {
     int threads[16] = {1, 2}, Bs[16] = {1, 4, 16}, av_tokens[1] = {150};
-    const int n_threads = env_ints("NLA_BENCH_THREADS", threads, 16, 2), nB = env_ints("NLA_BENCH_B", Bs, 16, 3);
+    const int n_threads = env_ints("NLA_BENCH_THREADS", threads, 16, 2),
+              nB = env_ints("NLA_BENCH_B", Bs, 16, 3);
     env_ints("NLA_BENCH_AV_TOKENS", av_tokens, 1, 1);
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines as they come, also into a file */
     char cpu[128];
     cpu_model(cpu, sizeof cpu);
-    printf("cpu: %s, %d logical CPUs; kernel: %s; weights %s\n", cpu, (int)sysconf(_SC_NPROCESSORS_ONLN),
-           nla_kernel_simd(), bench_model_params().no_mmap ? "read into memory" : "mapped");
+    printf("cpu: %s, %d logical CPUs; kernel: %s; weights %s\n", cpu,
+           (int)sysconf(_SC_NPROCESSORS_ONLN), nla_kernel_simd(),
+           bench_model_params().no_mmap ? "read into memory" : "mapped");
     uint64_t *pr = probe_new();
     for (int k = 0; k < n_threads; k++)
         printf("memory bandwidth (streaming read of 1 GiB, %d thread%s, best of 3): %.1f GB/s\n",

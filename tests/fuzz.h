@@ -87,11 +87,17 @@ static inline char *fz_copy(const uint8_t *data, size_t size) {
 
 /* Splits the input at the first `sep`: *n1 bytes before it, *rest after it
    (NULL when absent). Lets one input carry two files. */
-static inline void fz_split(const uint8_t *data, size_t size, const char *sep, size_t *n1, const uint8_t **rest, size_t *n2) {
+static inline void fz_split(const uint8_t *data, size_t size, const char *sep, size_t *n1,
+                            const uint8_t **rest, size_t *n2) {
     size_t ls = strlen(sep);
     *n1 = size; *rest = NULL; *n2 = 0;
     for (size_t i = 0; i + ls <= size; i++)
-        if (!memcmp(data + i, sep, ls)) { *n1 = i; *rest = data + i + ls; *n2 = size - i - ls; return; }
+        if (!memcmp(data + i, sep, ls)) {
+            *n1 = i;
+            *rest = data + i + ls;
+            *n2 = size - i - ls;
+            return;
+        }
 }
 
 /* Reads every byte of every tensor and checks the lookups agree. */

@@ -16,7 +16,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *text = fz_copy(data, size), *want = (char *)malloc(size + 6), *got = (char *)malloc(size * 4 + 16);
+    char *text = fz_copy(data, size), *want = (char *)malloc(size + 6),
+         *got = (char *)malloc(size * 4 + 16);
     int cap = (int)nla_tokenize_bound(size), n, n2;
     int32_t *ids = (int32_t *)malloc(sizeof(int32_t) * (size_t)cap);
     for (int flags = 0; flags < 4; flags++) {
@@ -25,8 +26,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (size_t i = 0; i < size; i++) /* the expected decode: a typed U+2581 becomes a space */
             if (i + 2 < size && !memcmp(text + i, "\xe2\x96\x81", 3)) want[nw++] = ' ', i += 2;
             else want[nw++] = text[i];
-        FZ_CHECK(nla_tokenize(tok, text, size, flags, ids, cap, &n) == NLA_OK && n >= 0 && n <= cap);
-        if (n > 0) FZ_CHECK(nla_tokenize(tok, text, size, flags, ids, n - 1, &n2) == NLA_ERR_BUFFER_TOO_SMALL && n2 == n);
+        FZ_CHECK(nla_tokenize(tok, text, size, flags, ids, cap, &n) == NLA_OK && n >= 0 &&
+                 n <= cap);
+        if (n > 0)
+            FZ_CHECK(nla_tokenize(tok, text, size, flags, ids, n - 1, &n2) ==
+                         NLA_ERR_BUFFER_TOO_SMALL &&
+                     n2 == n);
         for (int i = 0; i < n; i++) FZ_CHECK(ids[i] >= 0 && ids[i] < nla_tokenizer_n_ids(tok));
         FZ_CHECK(nla_detokenize(tok, ids, n, got, size * 4 + 16, &len) == NLA_OK);
         FZ_CHECK(len == nw && !memcmp(got, want, nw));

@@ -12,7 +12,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     char err[256];
     (void)argc;
     (void)argv;
-    FZ_CHECK(nla_tokenizer_open(FUZZ_ROOT "/tests/fuzz/sidecar_tokenizer.json", &tok, err, sizeof err) == NLA_OK);
+    FZ_CHECK(nla_tokenizer_open(FUZZ_ROOT "/tests/fuzz/sidecar_tokenizer.json", &tok, err,
+                                sizeof err) == NLA_OK);
     fz_tmpdir("eval");
     return 0;
 }

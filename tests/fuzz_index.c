@@ -5,7 +5,8 @@
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc, (void)argv;
-    static const char *const files[] = {"config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
+    static const char *const files[] = {"config.json", "model-00001-of-00002.safetensors",
+                                        "model-00002-of-00002.safetensors"};
     char src[256];
     fz_tmpdir("index");
     for (int i = 0; i < 3; i++) {

@@ -18,7 +18,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     float *out = (float *)malloc(count ? count * sizeof(float) : 1);
     FZ_CHECK(nla_npy_read(path, out, count, shape2, &ndim2, err, sizeof err) == NLA_OK);
     FZ_CHECK(ndim2 == ndim && shape2[0] == shape[0] && (ndim == 1 || shape2[1] == shape[1]));
-    FZ_CHECK(count == 0 || !memcmp(out, data + size - count * 4, count * 4)); /* the data is the file's tail */
+    FZ_CHECK(count == 0 ||
+             !memcmp(out, data + size - count * 4, count * 4)); /* the data is the file's tail */
     free(out);
     return 0;
 }

@@ -15,7 +15,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     fz_link("tests/data/nla/av/config.json", "config.json");
     fz_link("tests/data/nla/av/generation_config.json", "generation_config.json");
     fz_link("tests/data/nla/av/model.safetensors", "model.safetensors");
-    fz_link("tests/data/nla/ar/value_head.safetensors", "value_head.safetensors"); /* read for role: ar */
+    fz_link("tests/data/nla/ar/value_head.safetensors",
+            "value_head.safetensors"); /* read for role: ar */
     return 0;
 }
 
@@ -36,7 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(nla_session_new(m, NULL, &s) == NLA_OK);
     float v[16] = {1, -2, 3}, r[16];
     if (!strcmp(meta.role, "av")) {
-        FZ_CHECK(meta.av_prompt && meta.av_marker_index > 0 && meta.av_marker_index + 1 < meta.av_prompt_len);
+        FZ_CHECK(meta.av_prompt && meta.av_marker_index > 0 &&
+                 meta.av_marker_index + 1 < meta.av_prompt_len);
         FZ_CHECK(meta.av_prompt[meta.av_marker_index] == meta.marker_id);
         nla_verbalize_params vp;
         memset(&vp, 0, sizeof vp);

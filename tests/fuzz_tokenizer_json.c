@@ -12,10 +12,12 @@ static void run_text(const nla_tokenizer *t, const char *text, size_t len) {
         nla_status rc = nla_detokenize(t, ids, n, NULL, 0, &need);
         FZ_CHECK(rc == NLA_OK || rc == NLA_ERR_BUFFER_TOO_SMALL);
         char *out = (char *)malloc(need + 1), piece[1100];
-        FZ_CHECK(nla_detokenize(t, ids, n, out, need + 1, &got) == NLA_OK && got == need && out[got] == 0);
+        FZ_CHECK(nla_detokenize(t, ids, n, out, need + 1, &got) == NLA_OK && got == need &&
+                 out[got] == 0);
         nla_detok_state st = {{0}, 0};
         for (int i = 0; i <= n; i++) /* pieces are at most 1024 bytes */
-            FZ_CHECK(nla_detokenize_next(t, &st, i < n ? ids[i] : -1, piece, sizeof piece, &l) == NLA_OK);
+            FZ_CHECK(nla_detokenize_next(t, &st, i < n ? ids[i] : -1, piece, sizeof piece, &l) ==
+                     NLA_OK);
         free(out);
     }
     free(ids);
@@ -43,8 +45,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             FZ_CHECK(nla_tokenizer_find(t, buf) >= 0);
         }
     }
-    static const char *const fixed[] = {"", "Hello world", "  a  b\n\n", "<bos><start_of_turn>user\nhi<end_of_turn>",
-                                        "\xff\xfe\xc3(\xe2\x96\x81\xf0\x9f\x98\x80", "ab ab abab"};
+    static const char *const fixed[] = {"",
+                                        "Hello world",
+                                        "  a  b\n\n",
+                                        "<bos><start_of_turn>user\nhi<end_of_turn>",
+                                        "\xff\xfe\xc3(\xe2\x96\x81\xf0\x9f\x98\x80",
+                                        "ab ab abab"};
     for (size_t i = 0; i < (text ? 1 : sizeof fixed / sizeof *fixed); i++) {
         size_t len = text ? n_text : strlen(fixed[i]);
         char *copy = fz_copy(text ? text : (const uint8_t *)fixed[i], len);

@@ -37,8 +37,9 @@ static int test_passed, test_failed, test_skipped;
         CHECK_MSG(check_a_ == check_b_, "%s == %s (%lld vs %lld)", #a, #b, check_a_,         \
                   check_b_);                                                                 \
     } while (0)
-#define CHECK_NEAR(a, b, tol) \
-    CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%s ~ %s (%g vs %g, tol %g)", #a, #b, (double)(a), (double)(b), (double)(tol))
+#define CHECK_NEAR(a, b, tol)                                                                      \
+    CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%s ~ %s (%g vs %g, tol %g)", #a, #b,      \
+              (double)(a), (double)(b), (double)(tol))
 
 static int test_report(void) {
     if (test_skipped)

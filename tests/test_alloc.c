@@ -121,7 +121,8 @@ static nla_status sc_files(void) {
     TRY(nla_st_open(path, 0, &st, err, sizeof err));
     nla_st_close(st);
     st = NULL;
-    TRY(nla_st_open("tests/data/forward/multimodal-sharded-bf16/model", 1, &st, err, sizeof err)); /* sharded, read */
+    TRY(nla_st_open("tests/data/forward/multimodal-sharded-bf16/model", 1, &st, err,
+                    sizeof err)); /* sharded, read */
 out:
     nla_st_close(st);
     return rc;
@@ -209,13 +210,14 @@ static nla_status sc_nla(void) {
     float v[2 * 16], r[2 * 16];
     int32_t ids[32], out[2 * 4], pos[2];
     int n = 0, n_out[2];
-    const char *ex[2] = {"a fox", "<explanation>a dog</explanation>"}; /* the cut-down tokenizer cannot
-                                   detokenize what the random AV writes */
+    const char *ex[2] = {"a fox", "<explanation>a dog</explanation>"}; /* the cut-down tokenizer
+                                   cannot detokenize what the random AV writes */
     nla_scores sc;
     nla_verbalize_params vp;
     nla_status rc;
     TRY(nla_open("tests/data/nla/target", &m, &s, 1));
-    TRY(nla_tokenize(nla_model_tokenizer(m), "The quick brown fox jumps", 25, NLA_TOKENIZE_BOS, ids, 32, &n));
+    TRY(nla_tokenize(nla_model_tokenizer(m), "The quick brown fox jumps", 25, NLA_TOKENIZE_BOS, ids,
+                     32, &n));
     pos[0] = n - 2;
     pos[1] = n - 1;
     TRY(nla_extract(s, ids, n, 2, pos, 2, v));
@@ -281,11 +283,15 @@ static void make_shards(void) {
         mkdir(shard[k], 0755);
         snprintf(p, sizeof p, "%s/params.json", shard[k]);
         char params[128];
-        snprintf(params, sizeof params, "{\"nla_eval\": 1,\n\"samples\": 2,\n\"d_model\": 4,\n\"shard\": \"%d/2\"}\n", k + 1);
+        snprintf(params, sizeof params,
+                 "{\"nla_eval\": 1,\n\"samples\": 2,\n\"d_model\": 4,\n\"shard\": \"%d/2\"}\n",
+                 k + 1);
         spit(p, params, strlen(params));
         snprintf(p, sizeof p, "%s/tokens.jsonl", shard[k]);
-        const char *tok = "{\"record_id\": \"a\", \"source\": \"s\", \"first_sample\": 0, \"positions\": [0], \"tokens\": [\"x\"]}\n"
-                          "{\"record_id\": \"b\", \"source\": \"s\", \"first_sample\": 1, \"positions\": [1], \"tokens\": [\"y\", \"z\"]}\n";
+        const char *tok = "{\"record_id\": \"a\", \"source\": \"s\", \"first_sample\": 0, "
+                          "\"positions\": [0], \"tokens\": [\"x\"]}\n"
+                          "{\"record_id\": \"b\", \"source\": \"s\", \"first_sample\": 1, "
+                          "\"positions\": [1], \"tokens\": [\"y\", \"z\"]}\n";
         spit(p, tok, strlen(tok));
         snprintf(p, sizeof p, "%s/results.jsonl", shard[k]);
         char row[300];
@@ -398,9 +404,12 @@ static void sweep(const fault *f, const char *name, nla_status (*fn)(void), int 
         fa_live = 0;
         rc = fn();
         if (rc != f->want && want == runs) /* the first such run */
-            fprintf(stderr, "%s: %s %ld failing gives %s (line %d)\n", name, f->what, k, nla_strerror(rc), fail_line);
+            fprintf(stderr, "%s: %s %ld failing gives %s (line %d)\n", name, f->what, k,
+                    nla_strerror(rc), fail_line);
         want += rc == f->want;
-        if (fa_live && !leaks++) fprintf(stderr, "%s: %s %ld failing leaves %ld blocks live\n", name, f->what, k, fa_live);
+        if (fa_live && !leaks++)
+            fprintf(stderr, "%s: %s %ld failing leaves %ld blocks live\n", name, f->what, k,
+                    fa_live);
         if (after && !after() && !redone++)
             fprintf(stderr, "%s: after %s %ld failed, a rerun differs\n", name, f->what, k);
     }

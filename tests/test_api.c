@@ -6,19 +6,25 @@
 #include "util.h"
 
 #define MODEL "tests/data/forward/gqa-bf16/model"
-static const int32_t ids40[] = {2, 107, 461, 409, 554, 430, 352, 1006, 444, 1010, 87, 530, 299, 34, 679, 379, 942, 502, 710, 688,
-                                872, 5, 912, 867, 523, 256, 764, 159, 268, 521, 978, 621, 935, 14, 1001, 750, 360, 143, 87, 628};
+static const int32_t ids40[] = {2,   107, 461, 409, 554,  430, 352, 1006, 444, 1010,
+                                87,  530, 299, 34,  679,  379, 942, 502,  710, 688,
+                                872, 5,   912, 867, 523,  256, 764, 159,  268, 521,
+                                978, 621, 935, 14,  1001, 750, 360, 143,  87,  628};
 
 /* The version: the build's string is the macros' numbers, and the two texts
    that repeat it (nla.h's opening comment, README.md) say the same. */
 static void test_version(void) {
     char want[32], *h = slurp("nla.h", NULL), *readme = slurp("README.md", NULL);
-    snprintf(want, sizeof want, "%d.%d.%d", NLA_VERSION_MAJOR, NLA_VERSION_MINOR, NLA_VERSION_PATCH);
-    CHECK_MSG(!strcmp(nla_version(), want) && !strcmp(NLA_VERSION, want), "nla_version() %s, NLA_VERSION %s, macros %s",
-              nla_version(), NLA_VERSION, want);
-    CHECK_EQ(NLA_VERSION_NUMBER, NLA_VERSION_MAJOR * 10000 + NLA_VERSION_MINOR * 100 + NLA_VERSION_PATCH);
-    CHECK_MSG(h && strstr(h, "   Version " NLA_VERSION ". "), "nla.h's comment does not say Version %s", NLA_VERSION);
-    CHECK_MSG(readme && strstr(readme, "**Version** " NLA_VERSION " "), "README.md does not say **Version** %s", NLA_VERSION);
+    snprintf(want, sizeof want, "%d.%d.%d", NLA_VERSION_MAJOR, NLA_VERSION_MINOR,
+             NLA_VERSION_PATCH);
+    CHECK_MSG(!strcmp(nla_version(), want) && !strcmp(NLA_VERSION, want),
+              "nla_version() %s, NLA_VERSION %s, macros %s", nla_version(), NLA_VERSION, want);
+    CHECK_EQ(NLA_VERSION_NUMBER,
+             NLA_VERSION_MAJOR * 10000 + NLA_VERSION_MINOR * 100 + NLA_VERSION_PATCH);
+    CHECK_MSG(h && strstr(h, "   Version " NLA_VERSION ". "),
+              "nla.h's comment does not say Version %s", NLA_VERSION);
+    CHECK_MSG(readme && strstr(readme, "**Version** " NLA_VERSION " "),
+              "README.md does not say **Version** %s", NLA_VERSION);
     free(h);
     free(readme);
 }
@@ -38,7 +44,8 @@ static void test_contract(void) {
     nla_st_close(NULL);
     CHECK_EQ(nla_session_n_past(NULL), 0);
     CHECK(nla_session_errmsg(NULL) != NULL);
-    for (int st = 0; st <= 10; st++) CHECK(nla_strerror((nla_status)st) != NULL && nla_strerror((nla_status)st)[0]);
+    for (int st = 0; st <= 10; st++)
+        CHECK(nla_strerror((nla_status)st) != NULL && nla_strerror((nla_status)st)[0]);
     test_version();
 
     char err[512] = "junk";
@@ -46,7 +53,8 @@ static void test_contract(void) {
     CHECK_EQ(nla_model_open(NULL, NULL, &m, err, sizeof err), NLA_ERR_ARG);
     CHECK(m == NULL);
     CHECK_EQ(nla_model_open(MODEL, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
-    CHECK_EQ(nla_model_open("tests/no/such/dir", NULL, &m, NULL, 0), NLA_ERR_IO); /* errbuf optional */
+    CHECK_EQ(nla_model_open("tests/no/such/dir", NULL, &m, NULL, 0),
+             NLA_ERR_IO); /* errbuf optional */
     char tiny[8];
     CHECK_EQ(nla_model_open("tests/no/such/dir", NULL, &m, tiny, sizeof tiny), NLA_ERR_IO);
     CHECK_EQ(strlen(tiny), 7u); /* truncated, terminated */
@@ -96,7 +104,8 @@ static void test_contract(void) {
     /* n_ctx x n_seq past INT_MAX (2^23 x 256, every layer sliding so the cache stays
        small): the batch stays n_batch, and a forward pass ends */
     char *cfg = slurp(MODEL "/config.json", NULL);
-    cfg = replaced(replaced(cfg, "\"full_attention\"", "\"sliding_attention\""), "32768", "8388608");
+    cfg =
+        replaced(replaced(cfg, "\"full_attention\"", "\"sliding_attention\""), "32768", "8388608");
     CHECK(cfg && strstr(cfg, "8388608") && !strstr(cfg, "full_attention"));
     tmp_dir(err, sizeof err, "api_long");
     CHECK_EQ(copy_file(MODEL "/model.safetensors", "tests/tmp/api_long/model.safetensors"), 0);
@@ -123,7 +132,8 @@ static void test_contract(void) {
     nla_model_params mp;
     int32_t tid[8];
     int nt = 0;
-    CHECK_EQ(nla_tokenizer_open("tests/fuzz/sidecar_tokenizer.json", &tok, err, sizeof err), NLA_OK);
+    CHECK_EQ(nla_tokenizer_open("tests/fuzz/sidecar_tokenizer.json", &tok, err, sizeof err),
+             NLA_OK);
     memset(&mp, 0, sizeof mp);
     mp.shared_tokenizer = tok;
     mp.tokenizer = "tests/no/such/tokenizer.json"; /* shared_tokenizer wins: this is not read */

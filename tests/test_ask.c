@@ -39,7 +39,8 @@ static void fails_with(const char *cmd, const char *want) {
     snprintf(full, sizeof full, "%s > /dev/null 2> tests/tmp/ask_err.txt", cmd);
     CHECK_MSG(run(full) == 1, "expected exit 1: %s", cmd);
     char *er = slurp("tests/tmp/ask_err.txt", NULL);
-    CHECK_MSG(er && strstr(er, want), "stderr of '%s' lacks '%s': %s", cmd, want, er ? er : "(none)");
+    CHECK_MSG(er && strstr(er, want), "stderr of '%s' lacks '%s': %s", cmd, want,
+              er ? er : "(none)");
     free(er);
 }
 
@@ -61,14 +62,19 @@ static void test_steer_math(void) {
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_ADD, 0, out), NLA_OK);
     CHECK(!memcmp(out, v, sizeof v));
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_ADD, 0.5, out), NLA_OK);
-    for (int k = 0; k < d; k++) { vv += v[k] * v[k]; dd += dir[k] * dir[k]; diff += (out[k] - v[k]) * (out[k] - v[k]); }
+    for (int k = 0; k < d; k++) {
+        vv += v[k] * v[k];
+        dd += dir[k] * dir[k];
+        diff += (out[k] - v[k]) * (out[k] - v[k]);
+    }
     CHECK_NEAR(sqrt(diff), 0.5 * sqrt(vv), 1e-5);
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_PATCH, 0, out), NLA_OK);
     CHECK(!memcmp(out, dir, sizeof dir));
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_SUBTRACT, 0, out), NLA_OK);
     for (int k = 0; k < d; k++) od += out[k] * dir[k];
     CHECK_NEAR(od, 0, 1e-5);
-    for (int k = 0; k < d; k++) CHECK_NEAR(out[k] - v[k], dir[k] * (-(1.0 * -2 + 0.5 * 2 - 4) / dd), 1e-5);
+    for (int k = 0; k < d; k++)
+        CHECK_NEAR(out[k] - v[k], dir[k] * (-(1.0 * -2 + 0.5 * 2 - 4) / dd), 1e-5);
     CHECK_EQ(nla_steer(v, zero, d, NLA_STEER_ADD, 1, out), NLA_ERR_ARG);
     CHECK_EQ(nla_steer(v, zero, d, NLA_STEER_SUBTRACT, 0, out), NLA_ERR_ARG);
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_ADD, NAN, out), NLA_ERR_ARG);
@@ -104,8 +110,8 @@ static void test_cross_math(void) {
         for (int j = 0; j < N; j++) {
             nla_scores sc;
             nla_score(v + j * D, r + i * D, D, 4, 0.03, &sc);
-            CHECK_MSG(m[i * N + j] == (float)sc.mse_nrm, "matrix (%d, %d) %g is not nla_score's %g", i, j, m[i * N + j],
-                      sc.mse_nrm);
+            CHECK_MSG(m[i * N + j] == (float)sc.mse_nrm, "matrix (%d, %d) %g is not nla_score's %g",
+                      i, j, m[i * N + j], sc.mse_nrm);
             CHECK_NEAR(m[i * N + j], mse_nrm(v + j * D, r + i * D, D), 1e-6);
             k += j != i && mse_nrm(v + j * D, r + i * D, D) <= mse_nrm(v + i * D, r + i * D, D);
         }
@@ -127,19 +133,28 @@ static void test_cross_math(void) {
 
 /* nla steer against nla explain, and its errors. */
 static void test_steer_cli(void) {
-    CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1 " --position 4 --toward " TEXT2 " --toward-position 2 --scales 0,1"
-                 " --patch --subtract --jsonl" OPTS " > tests/tmp/ask_steer.jsonl 2> /dev/null"), 0);
-    CHECK_EQ(run("./nla explain " TRIO " --text " TEXT1 " --positions 4 --jsonl" OPTS " > tests/tmp/ask_ex1.jsonl 2> /dev/null"), 0);
-    CHECK_EQ(run("./nla explain " TRIO " --text " TEXT2 " --positions 2 --jsonl" OPTS " > tests/tmp/ask_ex2.jsonl 2> /dev/null"), 0);
-    char *st = slurp("tests/tmp/ask_steer.jsonl", NULL), *e1 = slurp("tests/tmp/ask_ex1.jsonl", NULL);
+    CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1 " --position 4 --toward " TEXT2
+                 " --toward-position 2 --scales 0,1"
+                 " --patch --subtract --jsonl" OPTS " > tests/tmp/ask_steer.jsonl 2> /dev/null"),
+             0);
+    CHECK_EQ(run("./nla explain " TRIO " --text " TEXT1 " --positions 4 --jsonl" OPTS
+                 " > tests/tmp/ask_ex1.jsonl 2> /dev/null"),
+             0);
+    CHECK_EQ(run("./nla explain " TRIO " --text " TEXT2 " --positions 2 --jsonl" OPTS
+                 " > tests/tmp/ask_ex2.jsonl 2> /dev/null"),
+             0);
+    char *st = slurp("tests/tmp/ask_steer.jsonl", NULL),
+         *e1 = slurp("tests/tmp/ask_ex1.jsonl", NULL);
     char *e2 = slurp("tests/tmp/ask_ex2.jsonl", NULL);
     char *r0 = line_of(st, 0), *r1 = line_of(st, 1), *patch = line_of(st, 2), *sub = line_of(st, 3);
     CHECK(r0 && r1 && patch && sub && !line_of(st, 4) && e1 && e2);
     if (r0 && r1 && patch && sub && e1 && e2) {
-        char *x0 = json_string_after(r0, "explanation", NULL), *w1 = json_string_after(e1, "explanation", NULL);
-        char *xp = json_string_after(patch, "explanation", NULL), *w2 = json_string_after(e2, "explanation", NULL);
-        CHECK(strstr(r0, "\"steer\": \"add\", \"scale\": 0,") && strstr(patch, "\"steer\": \"patch\"") &&
-              strstr(sub, "\"steer\": \"subtract\""));
+        char *x0 = json_string_after(r0, "explanation", NULL),
+             *w1 = json_string_after(e1, "explanation", NULL);
+        char *xp = json_string_after(patch, "explanation", NULL),
+             *w2 = json_string_after(e2, "explanation", NULL);
+        CHECK(strstr(r0, "\"steer\": \"add\", \"scale\": 0,") &&
+              strstr(patch, "\"steer\": \"patch\"") && strstr(sub, "\"steer\": \"subtract\""));
         CHECK_MSG(!strcmp(x0, w1), "r = 0 explains '%s', explain says '%s'", x0, w1);
         CHECK_MSG(!strcmp(xp, w2), "--patch explains '%s', explain of the other says '%s'", xp, w2);
         CHECK_NEAR(num_after(r0, "mse_nrm"), num_after(e1, "mse_nrm"), 0);
@@ -154,10 +169,14 @@ static void test_steer_cli(void) {
     }
     free(r0); free(r1); free(patch); free(sub); free(st); free(e1); free(e2);
     /* the direction from a file: row 1 of [v1, v2] patches in as --toward did */
-    CHECK_EQ(run("./nla extract weights/tiny/target --text " TEXT2 " --positions 0,2 --layer 2 --out tests/tmp/ask_dir.npy"
-                 " 2> /dev/null"), 0);
-    CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1 " --position 4 --toward-npy tests/tmp/ask_dir.npy --row 1 --scales 0"
-                 " --patch --jsonl" OPTS " > tests/tmp/ask_steer2.jsonl 2> /dev/null"), 0);
+    CHECK_EQ(run("./nla extract weights/tiny/target --text " TEXT2
+                 " --positions 0,2 --layer 2 --out tests/tmp/ask_dir.npy"
+                 " 2> /dev/null"),
+             0);
+    CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1
+                 " --position 4 --toward-npy tests/tmp/ask_dir.npy --row 1 --scales 0"
+                 " --patch --jsonl" OPTS " > tests/tmp/ask_steer2.jsonl 2> /dev/null"),
+             0);
     st = slurp("tests/tmp/ask_steer2.jsonl", NULL);
     e2 = slurp("tests/tmp/ask_ex2.jsonl", NULL);
     patch = line_of(st, 1);
@@ -165,8 +184,10 @@ static void test_steer_cli(void) {
     free(patch); free(st); free(e2);
     /* v moved by -1 times itself, or v minus itself, is all zeros: its own scores are null,
        those against v numbers */
-    CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1 " --position 4 --toward " TEXT1 " --toward-position 4 --scales -1"
-                 " --subtract --jsonl" OPTS " > tests/tmp/ask_steer3.jsonl 2> /dev/null"), 0);
+    CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1 " --position 4 --toward " TEXT1
+                 " --toward-position 4 --scales -1"
+                 " --subtract --jsonl" OPTS " > tests/tmp/ask_steer3.jsonl 2> /dev/null"),
+             0);
     st = slurp("tests/tmp/ask_steer3.jsonl", NULL);
     for (int i = 0; i < 2; i++) {
         char *z = st ? line_of(st, i) : NULL;
@@ -177,34 +198,51 @@ static void test_steer_cli(void) {
         free(z);
     }
     free(st);
-    fails_with("./nla steer " TRIO " --text " TEXT1 " --position 40 --toward " TEXT2 OPTS, "--position 40 is past the last token (9)");
+    fails_with("./nla steer " TRIO " --text " TEXT1 " --position 40 --toward " TEXT2 OPTS,
+               "--position 40 is past the last token (9)");
     fails_with("./nla steer weights/tiny/target weights/tiny/av weights/tiny/av --text " TEXT1
                " --toward " TEXT2 OPTS, "weights/tiny/av is not the AR of weights/tiny/av");
-    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward-npy tests/tmp/ask_dir.npy --row 2" OPTS,
+    fails_with("./nla steer " TRIO " --text " TEXT1
+               " --toward-npy tests/tmp/ask_dir.npy --row 2" OPTS,
                "--row 2: tests/tmp/ask_dir.npy has rows 0..1");
-    fails_with("./nla steer " TRIO " --text " TEXT1 OPTS, "give one direction: --toward TEXT2 or --toward-npy FILE");
-    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 1,x" OPTS, "--scales: expected comma-separated");
-    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 1,0x2" OPTS, "--scales: expected comma-separated");
-    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 0,1e38" OPTS, "--scales 1e+38: v' does not fit a float");
-    fails_with("./nla steer weights/tiny/target weights/tiny/ar weights/tiny/ar --text hi --toward hi", "is not an AV");
+    fails_with("./nla steer " TRIO " --text " TEXT1 OPTS,
+               "give one direction: --toward TEXT2 or --toward-npy FILE");
+    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 1,x" OPTS,
+               "--scales: expected comma-separated");
+    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 1,0x2" OPTS,
+               "--scales: expected comma-separated");
+    fails_with("./nla steer " TRIO " --text " TEXT1 " --toward hi --scales 0,1e38" OPTS,
+               "--scales 1e+38: v' does not fit a float");
+    fails_with(
+        "./nla steer weights/tiny/target weights/tiny/ar weights/tiny/ar --text hi --toward hi",
+        "is not an AV");
 }
 
 #ifndef NLA_NO_EVAL /* the study these read is nla eval's */
 static double cosine(const float *a, const float *b, int d) {
     double ab = 0, aa = 0, bb = 0;
-    for (int k = 0; k < d; k++) { ab += (double)a[k] * b[k]; aa += (double)a[k] * a[k]; bb += (double)b[k] * b[k]; }
+    for (int k = 0; k < d; k++) {
+        ab += (double)a[k] * b[k];
+        aa += (double)a[k] * a[k];
+        bb += (double)b[k] * b[k];
+    }
     return ab / sqrt(aa * bb);
 }
 
 /* nla score --cross on the study's vectors against nla score. */
 static void test_cross_cli(const float *v, const float *r, int S, int d) {
-    CHECK_EQ(run("./nla score " STUDY "/activations.npy " STUDY "/reconstructions.npy > tests/tmp/ask_score.jsonl"), 0);
-    CHECK_EQ(run("./nla score --cross " STUDY "/activations.npy " STUDY "/reconstructions.npy --out tests/tmp/ask_m.npy --jsonl"
-                 " > tests/tmp/ask_cross.jsonl"), 0);
+    CHECK_EQ(run("./nla score " STUDY "/activations.npy " STUDY
+                 "/reconstructions.npy > tests/tmp/ask_score.jsonl"),
+             0);
+    CHECK_EQ(run("./nla score --cross " STUDY "/activations.npy " STUDY
+                 "/reconstructions.npy --out tests/tmp/ask_m.npy --jsonl"
+                 " > tests/tmp/ask_cross.jsonl"),
+             0);
     int nd;
     long long sh[4];
     float *m = npy_load("tests/tmp/ask_m.npy", &nd, sh);
-    char *sc = slurp("tests/tmp/ask_score.jsonl", NULL), *cr = slurp("tests/tmp/ask_cross.jsonl", NULL);
+    char *sc = slurp("tests/tmp/ask_score.jsonl", NULL),
+         *cr = slurp("tests/tmp/ask_cross.jsonl", NULL);
     CHECK(m && nd == 2 && sh[0] == S && sh[1] == S && sc && cr);
     if (!m || !sc || !cr) { free(m); free(sc); free(cr); return; }
     int closest = 0;
@@ -212,7 +250,8 @@ static void test_cross_cli(const float *v, const float *r, int S, int d) {
     for (int i = 0; i < S; i++) {
         char *ls = line_of(sc, i), *lc = line_of(cr, i);
         const double own = num_after(ls, "mse_nrm");
-        CHECK_MSG(fabs(m[i * S + i] - own) <= 1e-6 * own, "diagonal %d: %.9g vs nla score %.9g", i, m[i * S + i], own);
+        CHECK_MSG(fabs(m[i * S + i] - own) <= 1e-6 * own, "diagonal %d: %.9g vs nla score %.9g", i,
+                  m[i * S + i], own);
         CHECK_NEAR(num_after(lc, "mse_nrm_own"), own, 1e-6 * own);
         int k = 1, best = 0;
         for (int j = 0; j < S; j++) {
@@ -221,8 +260,10 @@ static void test_cross_cli(const float *v, const float *r, int S, int d) {
             k += j != i && x <= mse_nrm(v + (size_t)i * d, r + (size_t)i * d, d);
             if (x < mse_nrm(v + (size_t)best * d, r + (size_t)i * d, d)) best = j;
         }
-        CHECK_MSG(num_after(lc, "rank") == k, "row %d: rank %g, recomputed %d", i, num_after(lc, "rank"), k);
-        CHECK_MSG(num_after(lc, "closest") == best, "row %d: closest %g, recomputed %d", i, num_after(lc, "closest"), best);
+        CHECK_MSG(num_after(lc, "rank") == k, "row %d: rank %g, recomputed %d", i,
+                  num_after(lc, "rank"), k);
+        CHECK_MSG(num_after(lc, "closest") == best, "row %d: closest %g, recomputed %d", i,
+                  num_after(lc, "closest"), best);
         closest += k == 1;
         ranks += k;
         free(ls); free(lc);
@@ -234,11 +275,16 @@ static void test_cross_cli(const float *v, const float *r, int S, int d) {
     CHECK_NEAR(num_after(sum, "chance_rank"), (S + 1) / 2.0, 0);
     free(sum); free(m); free(sc); free(cr);
     /* nla eval --summary --cross-sample 4: "all" samples rows 0, 3, 7, 10 (t 14 / 4) */
-    CHECK_EQ(run("./nla eval --summary " STUDY " --cross-sample 4 --json > tests/tmp/ask_sum.json"), 0);
+    CHECK_EQ(run("./nla eval --summary " STUDY " --cross-sample 4 --json > tests/tmp/ask_sum.json"),
+             0);
     char *js = slurp("tests/tmp/ask_sum.json", NULL);
     CHECK_MSG(json_whole(js), "--summary --cross-sample 4 --json: not one JSON object: %s",
               js ? js : "");
-    const char *all = js ? strstr(js, "\"cross\": {\"sample\": 4, \"groups\": [\n  {\"group\": \"\", \"name\": \"all\"") : NULL;
+    const char *all =
+        js ? strstr(
+                 js,
+                 "\"cross\": {\"sample\": 4, \"groups\": [\n  {\"group\": \"\", \"name\": \"all\"")
+           : NULL;
     CHECK(all != NULL);
     if (all) {
         const int pick[4] = {0, 3, 7, 10};
@@ -258,15 +304,21 @@ static void test_cross_cli(const float *v, const float *r, int S, int d) {
         CHECK(strstr(all, "{\"group\": \"source\", \"name\": \"prose\", \"n\": 2, ") != NULL);
     }
     free(js);
-    fails_with("./nla eval --summary tests/data/eval/fixed_results.jsonl --cross-sample 4", "needs a results folder");
+    fails_with("./nla eval --summary tests/data/eval/fixed_results.jsonl --cross-sample 4",
+               "needs a results folder");
     /* the table for small n */
-    CHECK_EQ(run("./nla extract weights/tiny/target --text " TEXT2 " --positions 1,2,3 --layer 2 --out tests/tmp/ask_v3.npy"
-                 " 2> /dev/null && ./nla score --cross tests/tmp/ask_v3.npy tests/tmp/ask_v3.npy > tests/tmp/ask_table.txt"), 0);
+    CHECK_EQ(run("./nla extract weights/tiny/target --text " TEXT2
+                 " --positions 1,2,3 --layer 2 --out tests/tmp/ask_v3.npy"
+                 " 2> /dev/null && ./nla score --cross tests/tmp/ask_v3.npy tests/tmp/ask_v3.npy > "
+                 "tests/tmp/ask_table.txt"),
+             0);
     char *tb = slurp("tests/tmp/ask_table.txt", NULL);
-    CHECK(tb && strstr(tb, "r0") && strstr(tb, "0.0000*") && strstr(tb, "own vector the closest: 3 of 3 (1.000)") &&
+    CHECK(tb && strstr(tb, "r0") && strstr(tb, "0.0000*") &&
+          strstr(tb, "own vector the closest: 3 of 3 (1.000)") &&
           strstr(tb, "mean rank of the own vector: 1.000 (chance: 2.0)"));
     free(tb);
-    fails_with("./nla score --cross " STUDY "/activations.npy tests/tmp/ask_v3.npy", "is [14, 16] but tests/tmp/ask_v3.npy is [3, 16]");
+    fails_with("./nla score --cross " STUDY "/activations.npy tests/tmp/ask_v3.npy",
+               "is [14, 16] but tests/tmp/ask_v3.npy is [3, 16]");
 }
 
 static int cmp_desc(const void *a, const void *b) {
@@ -276,9 +328,12 @@ static int cmp_desc(const void *a, const void *b) {
 
 /* nla search's order against the cosines computed here. */
 static void test_search_cli(const float *v, int S, int d) {
-    CHECK_EQ(run("./nla search " STUDY " --query 'A ferry leaves the harbour.' --ar weights/tiny/ar --top 100 --jsonl"
-                 " > tests/tmp/ask_q.jsonl 2> tests/tmp/ask_err.txt"), 0);
-    CHECK_EQ(run("./nla reconstruct weights/tiny/ar --text 'A ferry leaves the harbour.' --out tests/tmp/ask_q.npy 2> /dev/null"),
+    CHECK_EQ(run("./nla search " STUDY
+                 " --query 'A ferry leaves the harbour.' --ar weights/tiny/ar --top 100 --jsonl"
+                 " > tests/tmp/ask_q.jsonl 2> tests/tmp/ask_err.txt"),
+             0);
+    CHECK_EQ(run("./nla reconstruct weights/tiny/ar --text 'A ferry leaves the harbour.' --out "
+                 "tests/tmp/ask_q.npy 2> /dev/null"),
              0);
     int nd;
     long long sh[4];
@@ -297,21 +352,28 @@ static void test_search_cli(const float *v, int S, int d) {
         for (int k = 0; k < S; k++) {
             char *l = line_of(out, k);
             CHECK_MSG(l && num_after(l, "rank") == k + 1 && num_after(l, "sample_idx") == c[k][1],
-                      "pass %d rank %d: sample_idx %g, want %g", pass, k + 1, num_after(l, "sample_idx"), c[k][1]);
+                      "pass %d rank %d: sample_idx %g, want %g", pass, k + 1,
+                      num_after(l, "sample_idx"), c[k][1]);
             CHECK_NEAR(num_after(l, "cos"), c[k][0], 1e-7);
             free(l);
         }
         CHECK(!line_of(out, S));
         free(out);
-        CHECK_EQ(run("./nla search " STUDY " --near 5 --top 20 --jsonl > tests/tmp/ask_q.jsonl 2> /dev/null"), 0);
+        CHECK_EQ(run("./nla search " STUDY
+                     " --near 5 --top 20 --jsonl > tests/tmp/ask_q.jsonl 2> /dev/null"),
+                 0);
         out = slurp("tests/tmp/ask_q.jsonl", NULL);
     }
     free(out); free(q); free(er);
     /* a --top past the rows lists them all, as --top 20 does here (not "out of memory") */
-    CHECK_EQ(run("./nla search " STUDY " --near 5 --top 2147483647 --jsonl > tests/tmp/ask_q2.jsonl 2> /dev/null"), 0);
+    CHECK_EQ(run("./nla search " STUDY
+                 " --near 5 --top 2147483647 --jsonl > tests/tmp/ask_q2.jsonl 2> /dev/null"),
+             0);
     CHECK(same_bytes("tests/tmp/ask_q.jsonl", "tests/tmp/ask_q2.jsonl"));
     /* --grep: the rows whose explanation matches, in study order, top K */
-    CHECK_EQ(run("./nla search " STUDY " --grep '(Darkness|大于)$' --top 3 --jsonl > tests/tmp/ask_g.jsonl 2> /dev/null"), 0);
+    CHECK_EQ(run("./nla search " STUDY " --grep '(Darkness|大于)$' --top 3 --jsonl"
+                 " > tests/tmp/ask_g.jsonl 2> /dev/null"),
+             0);
     char *res = slurp(STUDY "/results.jsonl", NULL);
     out = slurp("tests/tmp/ask_g.jsonl", NULL);
     regex_t re;
@@ -321,7 +383,8 @@ static void test_search_cli(const float *v, int S, int d) {
         char *l = line_of(res, i), *ex = json_string_after(l, "explanation", NULL);
         if (!regexec(&re, ex, 0, NULL, 0)) {
             char *o = line_of(out, k++);
-            CHECK_MSG(o && num_after(o, "sample_idx") == i && !strstr(o, "\"cos\""), "grep rank %d is not row %d", k, i);
+            CHECK_MSG(o && num_after(o, "sample_idx") == i && !strstr(o, "\"cos\""),
+                      "grep rank %d is not row %d", k, i);
             free(o);
         }
         free(l); free(ex);
@@ -332,13 +395,15 @@ static void test_search_cli(const float *v, int S, int d) {
     /* the table */
     CHECK_EQ(run("./nla search " STUDY " --near 2 --top 2 > tests/tmp/ask_t.txt 2> /dev/null"), 0);
     out = slurp("tests/tmp/ask_t.txt", NULL);
-    CHECK(out && strstr(out, "rank    row  token") && strstr(out, "   1      2  ") && strstr(out, " 1.0000  ") &&
-          strstr(out, "| def moving_average"));
+    CHECK(out && strstr(out, "rank    row  token") && strstr(out, "   1      2  ") &&
+          strstr(out, " 1.0000  ") && strstr(out, "| def moving_average"));
     free(out);
     /* errors */
-    fails_with("./nla search " STUDY " --near 14", "--near 14: " STUDY " has no row with that sample_idx (14 rows)");
+    fails_with("./nla search " STUDY " --near 14",
+               "--near 14: " STUDY " has no row with that sample_idx (14 rows)");
     fails_with("./nla search " STUDY " --query 'a ferry'", "--query needs --ar AR");
-    fails_with("./nla search tests/data/eval --near 1", "tests/data/eval is not a study: it has no results.jsonl");
+    fails_with("./nla search tests/data/eval --near 1",
+               "tests/data/eval is not a study: it has no results.jsonl");
     fails_with("./nla search " STUDY, "give --query TEXT --ar AR, --near ROW or --grep REGEX");
     fails_with("./nla search " STUDY " --grep 'a(b'", "bad regular expression 'a(b'");
     fails_with("./nla search " STUDY " --query hi --ar weights/tiny/av", "is not an AR");
@@ -374,7 +439,8 @@ static void test_study_api(int S, int d) {
     sp.regex = "LADIES";
     sp.icase = 1;
     CHECK_EQ(nla_study_search(st, &sp, hits, 2, &n, &m, err, sizeof err), NLA_OK);
-    CHECK(n == 2 && m == S - 2 && hits[0].row == 0 && hits[1].row == 1); /* rows 2 and 7 have no "Ladies" */
+    CHECK(n == 2 && m == S - 2 && hits[0].row == 0 &&
+          hits[1].row == 1); /* rows 2 and 7 have no "Ladies" */
     sp.icase = 0;
     CHECK_EQ(nla_study_search(st, &sp, hits, 2, &n, &m, err, sizeof err), NLA_OK);
     CHECK(n == 0 && m == 0);
@@ -414,10 +480,12 @@ static void test_changed_vectors(int d) {
     fails_with("./nla eval --summary tests/tmp/ask_zr --cross-sample 14", bad);
     fails_with("./nla eval --compare " STUDY " tests/tmp/ask_zr", bad);
     fails_with("./nla eval --compare tests/tmp/ask_zr " STUDY, bad);
-    CHECK_EQ(run("./nla search tests/tmp/ask_za --grep . > /dev/null 2>&1"), 0); /* no vectors read */
+    CHECK_EQ(run("./nla search tests/tmp/ask_za --grep . > /dev/null 2>&1"),
+             0); /* no vectors read */
     /* activations.npy cut short: refused, not read as a study without vectors */
     CHECK_EQ(truncate("tests/tmp/ask_za/activations.npy", 500), 0);
-    fails_with("./nla eval --summary tests/tmp/ask_za", "the shape needs 896 (the study's activations)");
+    fails_with("./nla eval --summary tests/tmp/ask_za",
+               "the shape needs 896 (the study's activations)");
 }
 #endif
 
@@ -428,11 +496,15 @@ int main(void) {
     test_steer_cli();
 #ifndef NLA_NO_EVAL
     /* a study of the tiny trio on the sample data: 14 rows of d = 16 */
-    CHECK_EQ(run("rm -rf " STUDY " && ./nla eval " TRIO " --docs tests/data/eval/docs.jsonl --chats tests/data/eval/chats.jsonl"
-                 " --out " STUDY " --min-position 10 --positions-per-record 2 --max-new 8 --threads 1 --quiet 2> /dev/null"), 0);
+    CHECK_EQ(run("rm -rf " STUDY " && ./nla eval " TRIO
+                 " --docs tests/data/eval/docs.jsonl --chats tests/data/eval/chats.jsonl"
+                 " --out " STUDY " --min-position 10 --positions-per-record 2 --max-new 8 "
+                                 "--threads 1 --quiet 2> /dev/null"),
+             0);
     int nd;
     long long sh[4] = {0, 0, 0, 0};
-    float *v = npy_load(STUDY "/activations.npy", &nd, sh), *r = npy_load(STUDY "/reconstructions.npy", &nd, sh);
+    float *v = npy_load(STUDY "/activations.npy", &nd, sh),
+          *r = npy_load(STUDY "/reconstructions.npy", &nd, sh);
     CHECK(v && r && sh[0] == 14 && sh[1] == 16);
     if (v && r) {
         test_cross_cli(v, r, 14, 16);

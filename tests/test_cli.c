@@ -443,15 +443,18 @@ static void test_model_commands(nla_model *target) {
         snprintf(ids_json + strlen(ids_json), sizeof ids_json - strlen(ids_json), "%s%d",
                  i ? "," : "", tk[i]);
     }
-    CHECK_EQ(run("./nla tokenize " TOKJSON " --bos --pieces 'The quick brown fox' > tests/tmp/tok.txt"
-                 ERR), 0);
+    CHECK_EQ(run("./nla tokenize " TOKJSON
+                 " --bos --pieces 'The quick brown fox' > tests/tmp/tok.txt" ERR),
+             0);
     got = slurp("tests/tmp/tok.txt", NULL);
-    CHECK_MSG(got && !strcmp(got, pieces), "tokenize --pieces printed '%s', want '%s'", got, pieces);
+    CHECK_MSG(got && !strcmp(got, pieces), "tokenize --pieces printed '%s', want '%s'", got,
+              pieces);
     free(got);
     const char *lines = "\"The quick brown fox\"\n\"\\\"\"\n"; /* the second: a quote */
     spit("tests/tmp/tok.jsonl", lines, strlen(lines));
-    CHECK_EQ(run("./nla tokenize " TOKJSON " --bos --jsonl < tests/tmp/tok.jsonl > tests/tmp/tok.txt"
-                 ERR), 0);
+    CHECK_EQ(run("./nla tokenize " TOKJSON
+                 " --bos --jsonl < tests/tmp/tok.jsonl > tests/tmp/tok.txt" ERR),
+             0);
     got = slurp("tests/tmp/tok.txt", NULL);
     snprintf(cmd, sizeof cmd, "%s]\n[2,%d]\n", ids_json, nla_tokenizer_find(
                  nla_model_tokenizer(target), "\""));
@@ -460,7 +463,8 @@ static void test_model_commands(nla_model *target) {
     CHECK_EQ(run("./nla tokenize " TOKJSON " --bos --jsonl --pieces < tests/tmp/tok.jsonl"
                  " > tests/tmp/tok.txt" ERR), 0);
     got = slurp("tests/tmp/tok.txt", NULL);
-    snprintf(pairs + strlen(pairs), sizeof pairs - strlen(pairs), "]\n[[2,\"<bos>\"],[%d,\"\\\"\"]]\n",
+    snprintf(pairs + strlen(pairs), sizeof pairs - strlen(pairs),
+             "]\n[[2,\"<bos>\"],[%d,\"\\\"\"]]\n",
              nla_tokenizer_find(nla_model_tokenizer(target), "\""));
     CHECK_MSG(got && !strcmp(got, pairs), "tokenize --jsonl --pieces printed '%s', want '%s'", got,
               pairs);
@@ -529,8 +533,8 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     memset(&vp, 0, sizeof vp);
     vp.max_new = 8;
     CHECK_EQ(nla_verbalize_batch(s, r, 2, &vp, ids, 8, n_ids), NLA_ERR_NONFINITE);
-    CHECK_MSG(strstr(nla_session_errmsg(s), "vector 1 holds a non-finite value (inf at element 3)"), "%s",
-              nla_session_errmsg(s));
+    CHECK_MSG(strstr(nla_session_errmsg(s), "vector 1 holds a non-finite value (inf at element 3)"),
+              "%s", nla_session_errmsg(s));
     nla_session_free(s);
     /* the forward: NaN input rows, and a NaN that appears after block 1 in
        a row that is not the last */
@@ -549,8 +553,9 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     b.ids = tk;
     b.hook = nan_hook;
     CHECK_EQ(nla_forward(s, &b), NLA_ERR_NONFINITE);
-    CHECK_MSG(strstr(nla_session_errmsg(s), "block 1 produced a non-finite value (nan) at position 1"),
-              "%s", nla_session_errmsg(s));
+    CHECK_MSG(
+        strstr(nla_session_errmsg(s), "block 1 produced a non-finite value (nan) at position 1"),
+        "%s", nla_session_errmsg(s));
     CHECK_EQ(nla_session_n_past(s), 0);
     nla_session_free(s);
     /* a checkpoint with a NaN weight in block 1 (the first value of its
@@ -575,7 +580,8 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
     refused("./nla forward tests/tmp/nan-target --ids 2,818,5279",
             "block 1 produced a non-finite value (nan) at position 0");
     unlink("tests/tmp/x.npy");
-    refused("./nla extract tests/tmp/nan-target --text 'The quick brown fox' --layer 3 --out tests/tmp/x.npy" TOK,
+    refused("./nla extract tests/tmp/nan-target --text 'The quick brown fox' --layer 3 --out "
+            "tests/tmp/x.npy" TOK,
             "block 1 produced a non-finite value");
     refused("./nla explain tests/tmp/nan-target " G "av " G "ar --text 'The quick brown fox'" TOK,
             "block 1 produced a non-finite value");
@@ -592,25 +598,36 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
         memcpy(buf, hdr, 128);
         memcpy(buf + 128, gv, 3 * D * 4);
         spit("tests/tmp/nan.npy", buf, sizeof buf);
-        refused("./nla score tests/tmp/nan.npy tests/tmp/r.npy", "nan.npy: row 2 holds a non-finite value (nan at column 5)");
-        refused("./nla verbalize " G "av tests/tmp/nan.npy" TOK, "nan.npy: row 2 holds a non-finite value");
+        refused("./nla score tests/tmp/nan.npy tests/tmp/r.npy",
+                "nan.npy: row 2 holds a non-finite value (nan at column 5)");
+        refused("./nla verbalize " G "av tests/tmp/nan.npy" TOK,
+                "nan.npy: row 2 holds a non-finite value");
         gv[2 * D + 5] = -INFINITY;
         memcpy(buf + 128, gv, 3 * D * 4);
         spit("tests/tmp/nan.npy", buf, sizeof buf);
-        refused("./nla score tests/tmp/r.npy tests/tmp/nan.npy --baseline own", "row 2 holds a non-finite value (-inf");
-        /* a row of zeros (one a shard has not written) is no vector: not scored, still verbalized */
+        refused("./nla score tests/tmp/r.npy tests/tmp/nan.npy --baseline own",
+                "row 2 holds a non-finite value (-inf");
+        /* a row of zeros (one a shard has not written) is no vector: not scored,
+           still verbalized */
         memset(gv + 2 * D, 0, D * sizeof(float));
         memcpy(buf + 128, gv, 3 * D * 4);
         spit("tests/tmp/zero.npy", buf, sizeof buf);
-        refused("./nla score tests/tmp/zero.npy tests/tmp/r.npy", "zero.npy: row 2 is all zeros: no vector there to score");
-        refused("./nla score tests/tmp/r.npy tests/tmp/zero.npy --baseline own", "zero.npy: row 2 is all zeros");
-        refused("./nla score --cross tests/tmp/zero.npy tests/tmp/r.npy", "zero.npy: row 2 is all zeros");
-        CHECK_EQ(run("./nla verbalize " G "av tests/tmp/zero.npy --max-new 2" TOK " > /dev/null 2>&1"), 0);
+        refused("./nla score tests/tmp/zero.npy tests/tmp/r.npy",
+                "zero.npy: row 2 is all zeros: no vector there to score");
+        refused("./nla score tests/tmp/r.npy tests/tmp/zero.npy --baseline own",
+                "zero.npy: row 2 is all zeros");
+        refused("./nla score --cross tests/tmp/zero.npy tests/tmp/r.npy",
+                "zero.npy: row 2 is all zeros");
+        CHECK_EQ(
+            run("./nla verbalize " G "av tests/tmp/zero.npy --max-new 2" TOK " > /dev/null 2>&1"),
+            0);
         free(gv);
     }
-    refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline inf", "a positive number or 'own'");
+    refused("./nla score tests/tmp/v.npy tests/tmp/r.npy --baseline inf",
+            "a positive number or 'own'");
     refused("./nla generate " G "target --ids 2,818 -n 3 --temp inf", "bad value 'inf' for --temp");
-    refused("./nla generate " G "target --ids 2,818 -n 3 --temp 0x10", "bad value '0x10' for --temp");
+    refused("./nla generate " G "target --ids 2,818 -n 3 --temp 0x10",
+            "bad value '0x10' for --temp");
     refused("./nla generate " G "target --ids 2,818 -n 3 --stop 999999999",
             "stop id 999999999 is not in the vocabulary");
 #ifndef NLA_NO_EVAL
@@ -618,19 +635,24 @@ static void test_nonfinite(nla_model *target, nla_model *av) {
             "tests/tmp/evseed --seed 99999999999999999999",
             "bad value '99999999999999999999' for --seed"); /* not 2^63 - 1 */
 #endif
-    refused("./nla generate " G "target --ids 2,818 -n 2147483647",
-            "-n 2147483647: the prompt's 2 tokens and the new ones exceed the model's 32768 positions");
+    refused(
+        "./nla generate " G "target --ids 2,818 -n 2147483647",
+        "-n 2147483647: the prompt's 2 tokens and the new ones exceed the model's 32768 positions");
     /* no prompt, or two: one error, nothing on stdout */
     for (int two = 0; two < 2; two++) {
-        CHECK_EQ(run(two ? "./nla generate " G "target --ids 2 --prompt x -n 2 > tests/tmp/gen0.txt" ERR
-                         : "./nla generate " G "target -n 2 > tests/tmp/gen0.txt" ERR), 1);
+        CHECK_EQ(run(two ? "./nla generate " G
+                           "target --ids 2 --prompt x -n 2 > tests/tmp/gen0.txt" ERR
+                         : "./nla generate " G "target -n 2 > tests/tmp/gen0.txt" ERR),
+                 1);
         char *o = slurp("tests/tmp/gen0.txt", NULL), *er = slurp("tests/tmp/err.txt", NULL);
-        CHECK_MSG(o && !o[0] && er && strstr(er, "give exactly one of --ids") && !strstr(er, "empty"),
+        CHECK_MSG(o && !o[0] && er && strstr(er, "give exactly one of --ids") &&
+                      !strstr(er, "empty"),
                   "stdout '%s', stderr '%s'", o ? o : "", er ? er : "");
         free(o);
         free(er);
     }
-    refused("./nla explain " G "target " G "av " G "ar --text hi --temp nan" TOK, "bad value 'nan' for --temp");
+    refused("./nla explain " G "target " G "av " G "ar --text hi --temp nan" TOK,
+            "bad value 'nan' for --temp");
 }
 
 /* Runs cmd with files limited to `limit` bytes (RLIMIT_FSIZE, SIGXFSZ
@@ -860,7 +882,8 @@ static void full_disk(void) {
                      "ar --docs tests/tmp/fd/ev/tokens.jsonl --out tests/tmp/fd/ev" TOK
                      " 2> tests/tmp/err.txt"),
                  1);
-        CHECK(err_has("the input tests/tmp/fd/ev/tokens.jsonl is the output tokens.jsonl of", NULL));
+        CHECK(
+            err_has("the input tests/tmp/fd/ev/tokens.jsonl is the output tokens.jsonl of", NULL));
         /* nor the temporary file of one (in a new folder): refused, never removed */
         CHECK_EQ(run("rm -rf tests/tmp/fd/evt && mkdir tests/tmp/fd/evt"), 0);
         copy_file("tests/tmp/fd/docs.jsonl", "tests/tmp/fd/evt/params.json.tmp");
@@ -892,8 +915,9 @@ static void full_disk(void) {
        read before model.safetensors) left whole */
     spit("tests/tmp/fd/rm/model.safetensors.index.json", "{}", 2);
     copy_file("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before");
-    refused("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/fd/rm --type q8_0",
-            "tests/tmp/fd/rm already holds a model (config.json): save into an empty or new folder");
+    refused(
+        "./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/fd/rm --type q8_0",
+        "tests/tmp/fd/rm already holds a model (config.json): save into an empty or new folder");
     CHECK(same_bytes("tests/tmp/fd/rm/model.safetensors", "tests/tmp/fd/before"));
     /* random-model --force replaces such a model whole: the index and an AV's sidecar go */
     copy_file(G "av/nla_meta.yaml", "tests/tmp/fd/rm/nla_meta.yaml");
@@ -1185,16 +1209,21 @@ static void table_shape(char *text, const char *tail, int *rows, int *widest, in
 static void test_table_width(void) {
     /* the table: cut to $COLUMNS (each row at most 110 columns, the cut ending in an
        ellipsis before the flags); to a file without it, whole */
-    CHECK_EQ(run("COLUMNS=110 ./nla explain " G "target " G "av " G "ar --text 'The quick brown fox' --max-new 12" TOK
-                 " > tests/tmp/explain_cut.txt 2> /dev/null"), 0);
-    CHECK_EQ(run("env -u COLUMNS ./nla explain " G "target " G "av " G "ar --text 'The quick brown fox' --max-new 12" TOK
-                 " > tests/tmp/explain_whole.txt 2> /dev/null"), 0);
-    char *cut = slurp("tests/tmp/explain_cut.txt", NULL), *whole = slurp("tests/tmp/explain_whole.txt", NULL);
+    CHECK_EQ(run("COLUMNS=110 ./nla explain " G "target " G "av " G
+                 "ar --text 'The quick brown fox' --max-new 12" TOK
+                 " > tests/tmp/explain_cut.txt 2> /dev/null"),
+             0);
+    CHECK_EQ(run("env -u COLUMNS ./nla explain " G "target " G "av " G
+                 "ar --text 'The quick brown fox' --max-new 12" TOK
+                 " > tests/tmp/explain_whole.txt 2> /dev/null"),
+             0);
+    char *cut = slurp("tests/tmp/explain_cut.txt", NULL),
+         *whole = slurp("tests/tmp/explain_whole.txt", NULL);
     const size_t n_cut = cut ? strlen(cut) : 0;
     int rows, widest, marked;
     table_shape(cut, "  [unparsed,", &rows, &widest, &marked);
-    CHECK_MSG(rows == 6 && widest == 110 && marked == 4, "cut table: %d lines, widest %d characters, %d cut rows", rows,
-              widest, marked);
+    CHECK_MSG(rows == 6 && widest == 110 && marked == 4,
+              "cut table: %d lines, widest %d characters, %d cut rows", rows, widest, marked);
     CHECK_MSG(whole && !strstr(whole, "\xe2\x80\xa6") && strstr(whole, "  [unparsed,") &&
                   strlen(whole) > n_cut + 100,
               "the table without COLUMNS is not whole");
@@ -1212,9 +1241,10 @@ static void test_table_width(void) {
     cut = slurp("tests/tmp/steer_cut.txt", NULL);
     whole = slurp("tests/tmp/steer_whole.txt", NULL);
     table_shape(cut, "  [no <explanation> tags]", &rows, &widest, &marked);
-    CHECK_MSG(rows == 6 && widest >= 109 && widest <= 110 && marked == 4, "steer's cut table: %d lines, widest %d, %d cut",
-              rows, widest, marked);
-    CHECK_MSG(whole && !strstr(whole, "\xe2\x80\xa6") && strlen(whole) > (cut ? strlen(cut) : 0) + 100,
+    CHECK_MSG(rows == 6 && widest >= 109 && widest <= 110 && marked == 4,
+              "steer's cut table: %d lines, widest %d, %d cut", rows, widest, marked);
+    CHECK_MSG(whole && !strstr(whole, "\xe2\x80\xa6") &&
+                  strlen(whole) > (cut ? strlen(cut) : 0) + 100,
               "steer's table without COLUMNS is not whole");
     free(cut);
     free(whole);

@@ -17,7 +17,9 @@
 
 #define TRIO "weights/tiny/target", "weights/tiny/av", "weights/tiny/ar"
 #define SAMPLE "--docs", "tests/data/eval/docs.jsonl", "--chats", "tests/data/eval/chats.jsonl"
-#define OPTS "--min-position", "10", "--positions-per-record", "2", "--max-new", "8", "--chunk", "4", "--threads", "1", "--quiet"
+#define OPTS                                                                                       \
+    "--min-position", "10", "--positions-per-record", "2", "--max-new", "8", "--chunk", "4",       \
+        "--threads", "1", "--quiet"
 
 /* Starts ./nla with args (NULL-terminated), stderr to err_path. */
 static pid_t spawn(const char *const *args, const char *err_path) {
@@ -37,13 +39,16 @@ static int wait_rc(pid_t pid) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-static int run_nla(const char *const *args, const char *err_path) { return wait_rc(spawn(args, err_path)); }
+static int run_nla(const char *const *args, const char *err_path) {
+    return wait_rc(spawn(args, err_path));
+}
 
 #ifdef NLA_NO_EVAL
 /* Built with -DNLA_NO_EVAL: nla.h declares no eval API (NLA_EVAL_FROM_BOS is
    its first definition) and ./nla has no eval command. */
 int main(void) {
-    const char *args[] = {"./nla", "eval", "--summary", "tests/data/eval/fixed_results.jsonl", NULL};
+    const char *args[] = {"./nla", "eval", "--summary", "tests/data/eval/fixed_results.jsonl",
+                          NULL};
     mkdir("tests/tmp", 0755);
 #ifdef NLA_EVAL_FROM_BOS
     CHECK_MSG(0, "nla.h declares the eval API under NLA_NO_EVAL");
@@ -56,7 +61,8 @@ int main(void) {
     return test_report();
 }
 #else
-static const char *const files[] = {"params.json", "tokens.jsonl", "results.jsonl", "activations.npy", "reconstructions.npy"};
+static const char *const files[] = {"params.json", "tokens.jsonl", "results.jsonl",
+                                    "activations.npy", "reconstructions.npy"};
 
 static int count_lines(const char *path) {
     size_t n;
@@ -105,7 +111,9 @@ static void rm_dir(const char *dir) {
 static double group_num(const char *json, const char *g, const char *field) {
     char pat[128], key[64];
     const char *eq = strchr(g, '=');
-    if (eq) snprintf(pat, sizeof pat, "\"group\": \"%.*s\", \"name\": \"%s\"", (int)(eq - g), g, eq + 1);
+    if (eq)
+        snprintf(pat, sizeof pat, "\"group\": \"%.*s\", \"name\": \"%s\"", (int)(eq - g), g,
+                 eq + 1);
     else snprintf(pat, sizeof pat, "\"group\": \"\", \"name\": \"%s\"", g);
     const char *l = strstr(json, pat), *f;
     snprintf(key, sizeof key, "\"%s\": ", field);
@@ -148,10 +156,13 @@ static int log_progress(void *user, const nla_eval_progress *p) {
 }
 
 static char warned[1024];
-static void keep_warning(void *user, const char *msg) { snprintf((char *)user, sizeof warned, "%s", msg); }
+static void keep_warning(void *user, const char *msg) {
+    snprintf((char *)user, sizeof warned, "%s", msg);
+}
 
 int main(void) {
-    const char *ref = "tests/tmp/eval_ref", *kd = "tests/tmp/eval_kill", *td = "tests/tmp/eval_torn", *md = "tests/tmp/eval_merged";
+    const char *ref = "tests/tmp/eval_ref", *kd = "tests/tmp/eval_kill",
+               *td = "tests/tmp/eval_torn", *md = "tests/tmp/eval_merged";
     char err[512], *stderr_text;
     mkdir("tests/tmp", 0755);
     rm_dir(ref); rm_dir(kd); rm_dir(td); rm_dir(md);
@@ -174,7 +185,7 @@ int main(void) {
         CHECK_EQ(c.bad_records, 5);
         CHECK_EQ(c.samples, 14);
         CHECK_EQ(c.shard_samples, 4); /* records 1 and 4 */
-        p.max_tokens = 12;            /* too short for position >= 10 when cut: all but two tokens */
+        p.max_tokens = 12; /* too short for position >= 10 when cut: all but two tokens */
         p.positions_per_record = 5;
         CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_OK);
         CHECK_EQ(c.samples, 14); /* 2 positions (10, 11) in each of 7 */
@@ -182,9 +193,12 @@ int main(void) {
         CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_ERR_IO);
         CHECK(strstr(err, "missing.jsonl") != NULL);
         /* a repeated id is a bad record, named with where it was first */
-        const char dup[] = "{\"id\": \"a\", \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n"
-                           "{\"id\": 7, \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n"
-                           "{\"id\": \"a\", \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n";
+        const char dup[] = "{\"id\": \"a\", \"text\": \"one two three four five six seven eight "
+                           "nine ten eleven twelve\"}\n"
+                           "{\"id\": 7, \"text\": \"one two three four five six seven eight nine "
+                           "ten eleven twelve\"}\n"
+                           "{\"id\": \"a\", \"text\": \"one two three four five six seven eight "
+                           "nine ten eleven twelve\"}\n";
         CHECK_EQ(spit("tests/tmp/eval_dup.jsonl", dup, sizeof dup - 1), 0);
         p.docs = "tests/tmp/eval_dup.jsonl";
         p.chats = NULL;
@@ -194,14 +208,19 @@ int main(void) {
         CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_OK);
         CHECK_EQ(c.records, 2);
         CHECK_EQ(c.bad_records, 1);
-        CHECK_MSG(strstr(warned, "eval_dup.jsonl:3: skipped: id \"a\" is already the id of tests/tmp/eval_dup.jsonl:1"), "warning: %s", warned);
+        CHECK_MSG(strstr(warned, "eval_dup.jsonl:3: skipped: id \"a\" is already the id of "
+                                 "tests/tmp/eval_dup.jsonl:1"),
+                  "warning: %s", warned);
         /* an id no JSON reader can hold (it would come back as inf) is a bad record */
-        const char huge[] = "{\"id\": 7, \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n"
-                            "{\"id\": -1e400, \"text\": \"one two three four five six seven eight nine ten eleven twelve\"}\n";
+        const char huge[] = "{\"id\": 7, \"text\": \"one two three four five six seven eight nine "
+                            "ten eleven twelve\"}\n"
+                            "{\"id\": -1e400, \"text\": \"one two three four five six seven eight "
+                            "nine ten eleven twelve\"}\n";
         CHECK_EQ(spit("tests/tmp/eval_dup.jsonl", huge, sizeof huge - 1), 0);
         CHECK_EQ(nla_eval_plan(&p, tok, &c, err, sizeof err), NLA_OK);
         CHECK(c.records == 1 && c.bad_records == 1);
-        CHECK_MSG(strstr(warned, "eval_dup.jsonl:2: skipped: \"id\" -1e400 is not a finite number"), "warning: %s", warned);
+        CHECK_MSG(strstr(warned, "eval_dup.jsonl:2: skipped: \"id\" -1e400 is not a finite number"),
+                  "warning: %s", warned);
         nla_tokenizer_close(tok);
     }
 
@@ -219,11 +238,25 @@ int main(void) {
     CHECK_EQ(count_lines("tests/tmp/eval_ref/results.jsonl"), 14);
     {
         char *r = slurp("tests/tmp/eval_ref/results.jsonl", NULL);
-        const char *fields[] = {"\"sample_idx\": 13,", "\"record_id\": \"chat-3\"", "\"source\": \"chat-code\"", "\"role\": \"asst_content\"",
-                                "\"role\": null", "\"token_id\": ", "\"token_str\": ", "\"position\": ", "\"seq_len\": ", "\"vec_norm\": ",
-                                "\"text_preview\": \"<bos><start_of_turn>user\\n", "\"explanation\": ", "\"raw_av_text\": ",
-                                "\"av_parsed\": ", "\"mse_nrm\": ", "\"cos\": ", "\"fve_nrm\": "};
-        for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) CHECK_MSG(r && strstr(r, fields[i]), "results.jsonl lacks %s", fields[i]);
+        const char *fields[] = {"\"sample_idx\": 13,",
+                                "\"record_id\": \"chat-3\"",
+                                "\"source\": \"chat-code\"",
+                                "\"role\": \"asst_content\"",
+                                "\"role\": null",
+                                "\"token_id\": ",
+                                "\"token_str\": ",
+                                "\"position\": ",
+                                "\"seq_len\": ",
+                                "\"vec_norm\": ",
+                                "\"text_preview\": \"<bos><start_of_turn>user\\n",
+                                "\"explanation\": ",
+                                "\"raw_av_text\": ",
+                                "\"av_parsed\": ",
+                                "\"mse_nrm\": ",
+                                "\"cos\": ",
+                                "\"fve_nrm\": "};
+        for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+            CHECK_MSG(r && strstr(r, fields[i]), "results.jsonl lacks %s", fields[i]);
         free(r);
         int nd;
         long long sh[4];
@@ -299,10 +332,12 @@ int main(void) {
     }
 
     /* other arguments on the same folder are refused, naming the difference */
-    const char *other_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", ref, OPTS, "--seed", "7", NULL};
+    const char *other_args[] = {"./nla", "eval", TRIO,     SAMPLE, "--out",
+                                ref,     OPTS,   "--seed", "7",    NULL};
     CHECK(run_nla(other_args, "tests/tmp/eval_err.txt") != 0);
     stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-    CHECK(stderr_text && strstr(stderr_text, "other arguments") && strstr(stderr_text, "\"seed\": 7"));
+    CHECK(stderr_text && strstr(stderr_text, "other arguments") &&
+          strstr(stderr_text, "\"seed\": 7"));
     free(stderr_text);
 
     /* the same run named by absolute paths from another folder resumes (the
@@ -405,11 +440,15 @@ int main(void) {
         char res[256];
         pid_t pid = spawn(kill_args, "tests/tmp/eval_err.txt");
         snprintf(res, sizeof res, "%s/results.jsonl", kd);
-        for (int t = 0; t < 30000 && count_lines(res) < at_rows[i] && waitpid(pid, NULL, WNOHANG) == 0; t++) sleep_ms(2);
+        for (int t = 0;
+             t < 30000 && count_lines(res) < at_rows[i] && waitpid(pid, NULL, WNOHANG) == 0; t++)
+            sleep_ms(2);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         int n = count_lines(res);
-        if (i < 3) CHECK_MSG(n >= at_rows[i] && n < 14, "kill %d: %d rows committed, wanted %d..13", i, n, at_rows[i]);
+        if (i < 3)
+            CHECK_MSG(n >= at_rows[i] && n < 14, "kill %d: %d rows committed, wanted %d..13", i, n,
+                      at_rows[i]);
         landed += n < 14;
     }
     printf("  SIGKILL landed mid-run %d times of 4 (after rows 1, 5, 9, 12)\n", landed);
@@ -433,7 +472,8 @@ int main(void) {
         before = n;
     }
     CHECK_EQ(run_nla(kill_args, "tests/tmp/eval_err.txt"), 0);
-    CHECK_MSG(same_files(kd, ref, files, 5), "killed and resumed run differs from the uninterrupted one");
+    CHECK_MSG(same_files(kd, ref, files, 5),
+              "killed and resumed run differs from the uninterrupted one");
 
     /* a torn last line (and vectors written for rows without a line) */
     copy_results(ref, td);
@@ -470,14 +510,16 @@ int main(void) {
                       strstr(stderr_text, "they are redone"),
                   "no warning of the missing vectors: %s", stderr_text ? stderr_text : "");
         free(stderr_text);
-        CHECK_MSG(same_files(zd, ref, files, 5), "rows with deleted vectors were not redone exactly");
+        CHECK_MSG(same_files(zd, ref, files, 5),
+                  "rows with deleted vectors were not redone exactly");
         zero_row("tests/tmp/eval_zero/reconstructions.npy", 6);
         CHECK_EQ(run_nla(zero_args, "tests/tmp/eval_err.txt"), 0);
         stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
         CHECK_MSG(stderr_text && strstr(stderr_text, "1 committed rows (the first: sample 6)"),
                   "zeroed row: %s", stderr_text ? stderr_text : "");
         free(stderr_text);
-        CHECK_MSG(same_files(zd, ref, files, 5), "a row with changed vectors was not redone exactly");
+        CHECK_MSG(same_files(zd, ref, files, 5),
+                  "a row with changed vectors was not redone exactly");
         zero_row("tests/tmp/eval_zero/activations.npy", 3);
         memset(&rp, 0, sizeof rp);
         CHECK_EQ(nla_eval_summary(zd, &rp, collect, &t, err, sizeof err), NLA_ERR_FORMAT);
@@ -503,7 +545,8 @@ int main(void) {
         free(r);
         CHECK_EQ(count_lines("tests/tmp/eval_order/results.jsonl"), 13);
         CHECK_EQ(run_nla(order_args, "tests/tmp/eval_err.txt"), 0);
-        CHECK_MSG(same_files(od, ref, files, 5), "a deleted middle row was not redone in sample_idx order");
+        CHECK_MSG(same_files(od, ref, files, 5),
+                  "a deleted middle row was not redone in sample_idx order");
         rm_dir(od);
     }
 
@@ -512,7 +555,8 @@ int main(void) {
         const char *sd[3] = {"tests/tmp/eval_s1", "tests/tmp/eval_s2", "tests/tmp/eval_s3"};
         const char *shard[3] = {"1/3", "2/3", "3/3"};
         for (int i = 0; i < 3; i++) {
-            const char *args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", sd[i], OPTS, "--shard", shard[i], NULL};
+            const char *args[] = {"./nla", "eval", TRIO,      SAMPLE,   "--out",
+                                  sd[i],   OPTS,   "--shard", shard[i], NULL};
             rm_dir(sd[i]);
             CHECK_EQ(run_nla(args, "tests/tmp/eval_err.txt"), 0);
         }
@@ -558,39 +602,73 @@ int main(void) {
 
     /* the summary of a fixed results file against tests/data/gen/eval_fixed.py */
     {
-        static const struct { const char *group, *field; double want; } exp[] = {
-            {"all", "n", 12}, {"all", "mse_mean", 0.12833333333333333}, {"all", "mse_median", 0.013049999999999999},
-            {"all", "mse_p10", 0.0013000000000000006}, {"all", "mse_p90", 0.135}, {"all", "mse_p99", 1.0833120000000007},
-            {"all", "cos_mean", 0.9358333333333334}, {"all", "fve_nrm", -3.2494481236203088}, {"all", "catastrophic", 0.08333333333333333},
-            {"source=chat", "n", 6}, {"source=chat", "mse_mean", 0.22806666666666664}, {"source=chat", "mse_p90", 0.6696},
-            {"source=chat", "mse_p99", 1.1469600000000002}, {"source=chat", "catastrophic", 0.16666666666666666},
-            {"source=pretraining", "mse_mean", 0.0286}, {"source=pretraining", "mse_median", 0.0175},
-            {"source=pretraining", "mse_p10", 0.0050000000000000044}, {"source=pretraining", "cos_mean", 0.9857},
-            {"source=pretraining", "fve_nrm", 0.052980132450331174},
-            {"role=asst_content", "n", 2}, {"role=asst_content", "mse_p10", 0.00771}, {"role=bos", "mse_mean", 0.0006},
-            {"role=end_of_turn", "catastrophic", 1.0}, {"role=role_marker", "mse_mean", 0.1392}, {"role=user_content", "cos_mean", 0.99385},
-            {"token_kind=cap_no_space", "mse_mean", 0.0972}, {"token_kind=lower_word", "n", 2}, {"token_kind=whitespace", "mse_mean", 0.0294},
-            {"token_kind=digits", "mse_mean", 0.0}, {"token_kind=single_letter", "mse_mean", 0.0123}, {"token_kind=special", "n", 2},
-            {"token_kind=special", "mse_p90", 0.12534}, {"token_kind=punctuation", "mse_mean", 1.2}, {"token_kind=subword", "mse_mean", 0.0138},
-            {"token_kind=cap_word", "cos_mean", 0.995}, {"token_kind=other", "mse_mean", 0.0212}};
-        static const struct { const char *key; double want; } shape[] = {
-            {"\"explanations\": ", 11}, {"\"two_or_three_paragraphs\": ", 0.45454545454545453},
-            {"\"first_kind_colon_topic\": ", 0.6363636363636364}, {"\"first_word_structured\": ", 0.2727272727272727},
-            {"\"quoted_context\": ", 0.2727272727272727}, {"\"final_token_paragraph\": ", 0.45454545454545453},
-            {"\"structured_chat\": ", 0.6}, {"\"structured_nonchat\": ", 0.0},
-            {"\"sink_fragmented_academic\": {\"n\": ", 1}, {"\"fallback_research_paper\": {\"n\": ", 1}, {"\"cjk_output\": {\"n\": ", 1},
-            {"\"newline_repetition\": {\"n\": ", 2}, {"\"unparsed\": {\"n\": ", 1}};
+        static const struct { const char *group, *field; double want;
+        } exp[] = {{"all", "n", 12},
+                   {"all", "mse_mean", 0.12833333333333333},
+                   {"all", "mse_median", 0.013049999999999999},
+                   {"all", "mse_p10", 0.0013000000000000006},
+                   {"all", "mse_p90", 0.135},
+                   {"all", "mse_p99", 1.0833120000000007},
+                   {"all", "cos_mean", 0.9358333333333334},
+                   {"all", "fve_nrm", -3.2494481236203088},
+                   {"all", "catastrophic", 0.08333333333333333},
+                   {"source=chat", "n", 6},
+                   {"source=chat", "mse_mean", 0.22806666666666664},
+                   {"source=chat", "mse_p90", 0.6696},
+                   {"source=chat", "mse_p99", 1.1469600000000002},
+                   {"source=chat", "catastrophic", 0.16666666666666666},
+                   {"source=pretraining", "mse_mean", 0.0286},
+                   {"source=pretraining", "mse_median", 0.0175},
+                   {"source=pretraining", "mse_p10", 0.0050000000000000044},
+                   {"source=pretraining", "cos_mean", 0.9857},
+                   {"source=pretraining", "fve_nrm", 0.052980132450331174},
+                   {"role=asst_content", "n", 2},
+                   {"role=asst_content", "mse_p10", 0.00771},
+                   {"role=bos", "mse_mean", 0.0006},
+                   {"role=end_of_turn", "catastrophic", 1.0},
+                   {"role=role_marker", "mse_mean", 0.1392},
+                   {"role=user_content", "cos_mean", 0.99385},
+                   {"token_kind=cap_no_space", "mse_mean", 0.0972},
+                   {"token_kind=lower_word", "n", 2},
+                   {"token_kind=whitespace", "mse_mean", 0.0294},
+                   {"token_kind=digits", "mse_mean", 0.0},
+                   {"token_kind=single_letter", "mse_mean", 0.0123},
+                   {"token_kind=special", "n", 2},
+                   {"token_kind=special", "mse_p90", 0.12534},
+                   {"token_kind=punctuation", "mse_mean", 1.2},
+                   {"token_kind=subword", "mse_mean", 0.0138},
+                   {"token_kind=cap_word", "cos_mean", 0.995},
+                   {"token_kind=other", "mse_mean", 0.0212}};
+        static const struct { const char *key; double want;
+        } shape[] = {{"\"explanations\": ", 11},
+                     {"\"two_or_three_paragraphs\": ", 0.45454545454545453},
+                     {"\"first_kind_colon_topic\": ", 0.6363636363636364},
+                     {"\"first_word_structured\": ", 0.2727272727272727},
+                     {"\"quoted_context\": ", 0.2727272727272727},
+                     {"\"final_token_paragraph\": ", 0.45454545454545453},
+                     {"\"structured_chat\": ", 0.6},
+                     {"\"structured_nonchat\": ", 0.0},
+                     {"\"sink_fragmented_academic\": {\"n\": ", 1},
+                     {"\"fallback_research_paper\": {\"n\": ", 1},
+                     {"\"cjk_output\": {\"n\": ", 1},
+                     {"\"newline_repetition\": {\"n\": ", 2},
+                     {"\"unparsed\": {\"n\": ", 1}};
         nla_eval_report_params rp;
         text_buf t = {NULL, 0};
         memset(&rp, 0, sizeof rp);
         rp.json = 1;
-        CHECK_EQ(nla_eval_summary("tests/data/eval/fixed_results.jsonl", &rp, collect, &t, err, sizeof err), NLA_OK);
+        CHECK_EQ(nla_eval_summary("tests/data/eval/fixed_results.jsonl", &rp, collect, &t, err,
+                                  sizeof err),
+                 NLA_OK);
         for (size_t i = 0; t.p && i < sizeof exp / sizeof *exp; i++)
-            CHECK_MSG(fabs(group_num(t.p, exp[i].group, exp[i].field) - exp[i].want) <= 1e-7, "%s %s: %g, want %g", exp[i].group,
-                      exp[i].field, group_num(t.p, exp[i].group, exp[i].field), exp[i].want);
+            CHECK_MSG(fabs(group_num(t.p, exp[i].group, exp[i].field) - exp[i].want) <= 1e-7,
+                      "%s %s: %g, want %g", exp[i].group, exp[i].field,
+                      group_num(t.p, exp[i].group, exp[i].field), exp[i].want);
         for (size_t i = 0; t.p && i < sizeof shape / sizeof *shape; i++)
-            CHECK_MSG(fabs(after(t.p, shape[i].key) - shape[i].want) <= 1e-9, "%s%g, want %g", shape[i].key, after(t.p, shape[i].key), shape[i].want);
-        CHECK(t.p && strstr(t.p, "\"fve_own_mean\": null")); /* no vectors beside a bare JSONL file */
+            CHECK_MSG(fabs(after(t.p, shape[i].key) - shape[i].want) <= 1e-9, "%s%g, want %g",
+                      shape[i].key, after(t.p, shape[i].key), shape[i].want);
+        CHECK(t.p &&
+              strstr(t.p, "\"fve_own_mean\": null")); /* no vectors beside a bare JSONL file */
         CHECK_MSG(json_whole(t.p), "the JSON summary is not one JSON object: %s", t.p ? t.p : "");
         free(t.p);
         /* the text tables, and a results folder (with its vectors) */
@@ -598,9 +676,11 @@ int main(void) {
         t.p = NULL;
         t.n = 0;
         CHECK_EQ(nla_eval_summary(ref, &rp, collect, &t, err, sizeof err), NLA_OK);
-        CHECK(t.p && strstr(t.p, "14 rows") && strstr(t.p, "role=asst_content") && strstr(t.p, "structure of the"));
+        CHECK(t.p && strstr(t.p, "14 rows") && strstr(t.p, "role=asst_content") &&
+              strstr(t.p, "structure of the"));
         free(t.p);
-        CHECK_EQ(nla_eval_summary("tests/tmp/nonexistent", &rp, collect, &t, err, sizeof err), NLA_ERR_IO);
+        CHECK_EQ(nla_eval_summary("tests/tmp/nonexistent", &rp, collect, &t, err, sizeof err),
+                 NLA_ERR_IO);
     }
 
     /* a study of documents only: the chat share, the mean cos of templates
@@ -612,12 +692,14 @@ int main(void) {
         text_buf t = {NULL, 0};
         char *h;
         memset(&rp, 0, sizeof rp);
-        spit_str(dj, "{\"sample_idx\": 0, \"source\": \"a\", \"token_str\": \"x\", \"mse_nrm\": 0.1, "
-                     "\"cos\": 0.95, \"explanation\": \"Structured prose.\"}\n"
-                     "{\"sample_idx\": 1, \"source\": \"a\", \"token_str\": \"y\", \"mse_nrm\": 0.2, "
-                     "\"cos\": 0.9, \"explanation\": \"Plain prose.\"}\n");
+        spit_str(dj,
+                 "{\"sample_idx\": 0, \"source\": \"a\", \"token_str\": \"x\", \"mse_nrm\": 0.1, "
+                 "\"cos\": 0.95, \"explanation\": \"Structured prose.\"}\n"
+                 "{\"sample_idx\": 1, \"source\": \"a\", \"token_str\": \"y\", \"mse_nrm\": 0.2, "
+                 "\"cos\": 0.9, \"explanation\": \"Plain prose.\"}\n");
         CHECK_EQ(nla_eval_summary(dj, &rp, collect, &t, err, sizeof err), NLA_OK);
-        CHECK_MSG(t.p && strstr(t.p, "      - of 0 chat, 50.0% of 2 non-chat"), "summary: %s", t.p ? t.p : "");
+        CHECK_MSG(t.p && strstr(t.p, "      - of 0 chat, 50.0% of 2 non-chat"), "summary: %s",
+                  t.p ? t.p : "");
         CHECK_MSG(t.p && !strstr(t.p, "nan") && !strstr(t.p, "inf"), "summary: %s", t.p ? t.p : "");
         CHECK(t.p && strstr(t.p, "mean cos -\n"));
         free(t.p);
@@ -633,16 +715,21 @@ int main(void) {
        is), or a part without one of its scores, is no data: refused,
        naming the file, line and field */
     {
-        static const struct { const char *row, *want; } bad[] = {
+        static const struct { const char *row, *want;
+        } bad[] = {
             {"\"mse_nrm\": 1e999, \"cos\": 0.5", "line 2: mse_nrm is not a finite number"},
             {"\"mse_nrm\": 0.5, \"cos\": -1e999", "line 2: cos is not a finite number"},
             {"\"cos\": -1e308", "line 2: cos -1e+308 gives mse_nrm = 2 (1 - cos) beyond"},
             {"\"mse_nrm\": 0.5, \"vec_norm\": 1e999", "line 2: vec_norm is not a finite number"},
-            {"\"mse_nrm\": 0.5, \"greedy\": {\"mse_nrm\": 1e999, \"cos\": 0.5}", "line 2: greedy.mse_nrm is not"},
-            {"\"mse_nrm\": 0.5, \"parts\": [{\"mse_nrm\": 0.5, \"cos\": 0.5, \"prefix_mse_nrm\": 0.5, "
+            {"\"mse_nrm\": 0.5, \"greedy\": {\"mse_nrm\": 1e999, \"cos\": 0.5}",
+             "line 2: greedy.mse_nrm is not"},
+            {"\"mse_nrm\": 0.5, \"parts\": [{\"mse_nrm\": 0.5, \"cos\": 0.5, \"prefix_mse_nrm\": "
+             "0.5, "
              "\"prefix_cos\": 0.5}, {\"mse_nrm\": 0.5, \"cos\": 0.5, \"prefix_mse_nrm\": 0.5, "
-             "\"prefix_cos\": -1e999}]", "line 2: parts[1].prefix_cos is not"},
-            {"\"mse_nrm\": 0.5, \"parts\": [{\"mse_nrm\": 0.3}]", "line 2: parts[0].cos is missing"}};
+             "\"prefix_cos\": -1e999}]",
+             "line 2: parts[1].prefix_cos is not"},
+            {"\"mse_nrm\": 0.5, \"parts\": [{\"mse_nrm\": 0.3}]",
+             "line 2: parts[0].cos is missing"}};
         const char *bj = "tests/tmp/eval_inf.jsonl";
         nla_eval_report_params rp;
         memset(&rp, 0, sizeof rp);
@@ -656,7 +743,8 @@ int main(void) {
             CHECK_MSG(strstr(err, bj) && strstr(err, bad[i].want), "%s: %s", bad[i].row, err);
             free(t.p);
             unlink("tests/tmp/eval_inf.html");
-            CHECK_EQ(nla_eval_report_html(bj, "tests/tmp/eval_inf.html", &rp, err, sizeof err), NLA_ERR_FORMAT);
+            CHECK_EQ(nla_eval_report_html(bj, "tests/tmp/eval_inf.html", &rp, err, sizeof err),
+                     NLA_ERR_FORMAT);
             CHECK(access("tests/tmp/eval_inf.html", F_OK) != 0);
         }
         unlink(bj);
@@ -667,30 +755,39 @@ int main(void) {
        a 20-paragraph explanation, 3 MB of unclosed curly quotes, a
        2000-byte source name (whole in the JSON summary) */
     {
-        const char *hd = "tests/tmp/eval_hostile", *evil = "</script><script>alert(1)</script><img src=x onerror=alert(2)>";
+        const char *hd = "tests/tmp/eval_hostile",
+                   *evil = "</script><script>alert(1)</script><img src=x onerror=alert(2)>";
         char path[256], row[1024], *big = (char *)malloc(8u << 20), *h;
         size_t n = 0;
         FILE *f;
         mkdir(hd, 0755);
         snprintf(path, sizeof path, "%s/results.jsonl", hd);
         f = fopen(path, "wb");
-        snprintf(row, sizeof row, "{\"sample_idx\": 1000000000000000, \"source\": \"%s\", \"role\": \"%s\", \"token_str\": \"%s\", "
-                 "\"text_preview\": \"%s\", \"explanation\": \"%s\", \"mse_nrm\": 1e300}\n", evil, evil, evil, evil, evil);
+        snprintf(row, sizeof row,
+                 "{\"sample_idx\": 1000000000000000, \"source\": \"%s\", \"role\": \"%s\", "
+                 "\"token_str\": \"%s\", "
+                 "\"text_preview\": \"%s\", \"explanation\": \"%s\", \"mse_nrm\": 1e300}\n",
+                 evil, evil, evil, evil, evil);
         fputs(row, f);
         n += (size_t)sprintf(big + n, "{\"sample_idx\": 1, \"source\": \"");
         for (int i = 0; i < 2000; i++) big[n++] = 's';
         n += (size_t)sprintf(big + n, "\", \"mse_nrm\": 0.01, \"explanation\": \"");
-        for (int i = 0; i < 19; i++) n += (size_t)sprintf(big + n, "Part %d: \\\"quoted\\\" text.\\n\\n", i);
-        n += (size_t)sprintf(big + n, "Final token \\\"x\\\" ends it.\"}\n{\"sample_idx\": 2, \"mse_nrm\": 0.02, \"explanation\": \"");
+        for (int i = 0; i < 19; i++)
+            n += (size_t)sprintf(big + n, "Part %d: \\\"quoted\\\" text.\\n\\n", i);
+        n += (size_t)sprintf(big + n, "Final token \\\"x\\\" ends it.\"}\n{\"sample_idx\": 2, "
+                                      "\"mse_nrm\": 0.02, \"explanation\": \"");
         for (int i = 0; i < 1000000; i++) n += (size_t)sprintf(big + n, "\\u201c");
         n += (size_t)sprintf(big + n, "\"}\n");
         fwrite(big, 1, n, f);
         fclose(f);
         snprintf(path, sizeof path, "%s/tokens.jsonl", hd);
         f = fopen(path, "wb");
-        fprintf(f, "{\"record_id\": \"%s\", \"source\": \"%s\", \"first_sample\": 1000000000000000, \"positions\": [0], \"tokens\": [\"%s\"]}\n",
+        fprintf(f,
+                "{\"record_id\": \"%s\", \"source\": \"%s\", \"first_sample\": 1000000000000000, "
+                "\"positions\": [0], \"tokens\": [\"%s\"]}\n",
                 evil, evil, evil);
-        fprintf(f, "{\"record_id\": 7, \"source\": \"x\", \"first_sample\": 18446744073709551615, \"positions\": [0, 0, -1], \"tokens\": [\"a\", \"b\"]}\n");
+        fprintf(f, "{\"record_id\": 7, \"source\": \"x\", \"first_sample\": 18446744073709551615, "
+                   "\"positions\": [0, 0, -1], \"tokens\": [\"a\", \"b\"]}\n");
         fclose(f);
         nla_eval_report_params rp;
         text_buf t = {NULL, 0};
@@ -698,7 +795,8 @@ int main(void) {
         rp.json = 1;
         CHECK_EQ(nla_eval_summary(hd, &rp, collect, &t, err, sizeof err), NLA_OK);
         CHECK(t.p && after(t.p, "\"rows\": ") == 3);
-        CHECK_MSG(t.p && fabs(after(t.p, "\"final_token_paragraph\": ") - 1.0 / 3) < 1e-9, "the last of 20 paragraphs is the final-token one");
+        CHECK_MSG(t.p && fabs(after(t.p, "\"final_token_paragraph\": ") - 1.0 / 3) < 1e-9,
+                  "the last of 20 paragraphs is the final-token one");
         CHECK(t.p && fabs(after(t.p, "\"quoted_context\": ") - 1.0 / 3) < 1e-9);
         memset(big, 's', 2000);
         big[2000] = 0;
@@ -707,11 +805,13 @@ int main(void) {
         snprintf(path, sizeof path, "%s/report.html", hd);
         CHECK_EQ(nla_eval_report_html(hd, path, &rp, err, sizeof err), NLA_OK);
         h = slurp(path, NULL);
-        CHECK(h && !strstr(h, "<img") && !strstr(h, "alert(1)</script>") && strstr(h, "&lt;img src=x onerror=alert(2)&gt;"));
+        CHECK(h && !strstr(h, "<img") && !strstr(h, "alert(1)</script>") &&
+              strstr(h, "&lt;img src=x onerror=alert(2)&gt;"));
         int n_open = 0, n_close = 0;
         for (const char *q = h; q && (q = strstr(q, "<script")) != NULL; q++) n_open++;
         for (const char *q = h; q && (q = strstr(q, "</script")) != NULL; q++) n_close++;
-        CHECK_MSG(n_open == 1 && n_close == 1, "the report has %d <script and %d </script, not its own one", n_open, n_close);
+        CHECK_MSG(n_open == 1 && n_close == 1,
+                  "the report has %d <script and %d </script, not its own one", n_open, n_close);
         free(h);
         free(big);
         unlink(path);
@@ -742,17 +842,21 @@ int main(void) {
     {
         nla_eval_report_params rp;
         memset(&rp, 0, sizeof rp);
-        CHECK_EQ(nla_eval_report_html(ref, "tests/tmp/eval_report.html", &rp, err, sizeof err), NLA_OK);
+        CHECK_EQ(nla_eval_report_html(ref, "tests/tmp/eval_report.html", &rp, err, sizeof err),
+                 NLA_OK);
         char *h = slurp("tests/tmp/eval_report.html", NULL);
-        CHECK(h && !strstr(h, "http:") && !strstr(h, "https:") && !strstr(h, "src=") && strstr(h, "<svg") && strstr(h, "class=\"s\""));
+        CHECK(h && !strstr(h, "http:") && !strstr(h, "https:") && !strstr(h, "src=") &&
+              strstr(h, "<svg") && strstr(h, "class=\"s\""));
         free(h);
         if (access("/usr/bin/chromium", X_OK) == 0) {
-            int rc = system("timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu "
-                            "--user-data-dir=\"$PWD/tests/tmp/chromium\" --dump-dom "
-                            "\"file://$PWD/tests/tmp/eval_report.html\" > tests/tmp/eval_dom.html 2>/dev/null");
+            int rc = system(
+                "timeout 120 /usr/bin/chromium --headless --no-sandbox --disable-gpu "
+                "--user-data-dir=\"$PWD/tests/tmp/chromium\" --dump-dom "
+                "\"file://$PWD/tests/tmp/eval_report.html\" > tests/tmp/eval_dom.html 2>/dev/null");
             char *dom = slurp("tests/tmp/eval_dom.html", NULL);
             CHECK_EQ(rc, 0);
-            CHECK_MSG(dom && strstr(dom, "report ready: 14 rows, 14 tokens shown in 7 texts"), "the report's script did not run in Chromium");
+            CHECK_MSG(dom && strstr(dom, "report ready: 14 rows, 14 tokens shown in 7 texts"),
+                      "the report's script did not run in Chromium");
             CHECK(dom && strstr(dom, "mse_nrm by chat role") && strstr(dom, "role=asst_content"));
             free(dom);
         } else {

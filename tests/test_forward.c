@@ -59,7 +59,8 @@ static nla_model *open_case(const char *cs, prompt *p, int *V) {
 }
 
 /* Full forward of one prompt; returns logits [T, V] and hidden [L, T, d]. */
-static int run(nla_model *m, const nla_session_params *sp, const int32_t *ids, int T, float *logits, float *hidden) {
+static int run(nla_model *m, const nla_session_params *sp, const int32_t *ids, int T, float *logits,
+               float *hidden) {
     nla_session *s;
     if (nla_session_new(m, sp, &s)) return -1;
     nla_batch b;
@@ -97,7 +98,8 @@ static void test_golden_case(const char *cs) {
         const int T = p[i].T, V = in.vocab_size, d = in.d_model, L = in.n_layers;
         CHECK_EQ(shl[0], T);
         CHECK_EQ(shh[0], L);
-        float *lg = (float *)malloc(sizeof(float) * (size_t)T * V), *hd = (float *)malloc(sizeof(float) * (size_t)L * T * d);
+        float *lg = (float *)malloc(sizeof(float) * (size_t)T * V),
+              *hd = (float *)malloc(sizeof(float) * (size_t)L * T * d);
         CHECK_EQ(run(m, NULL, p[i].ids, T, lg, hd), NLA_OK);
         double worst_block = 0, el = rel_err(lg, gl, (size_t)T * V);
         for (int l = 0; l < L; l++) {
@@ -120,7 +122,8 @@ static void test_golden_case(const char *cs) {
             free(lr);
             nla_model_close(mr);
         }
-        printf("  %-24s %-4s T=%-3d max rel err: blocks %.2e, logits %.2e\n", cs, p[i].name, T, worst_block, el);
+        printf("  %-24s %-4s T=%-3d max rel err: blocks %.2e, logits %.2e\n", cs, p[i].name, T,
+               worst_block, el);
 
         /* the same prompt in chunks of 3 rows (ring buffers wrap inside a prefill) */
         nla_session_params sp;
@@ -135,7 +138,8 @@ static void test_golden_case(const char *cs) {
         snprintf(path, sizeof path, DATA "%s/%s.greedy.json", cs, p[i].name);
         char *gj = slurp(path, NULL);
         double want[8], margin[8];
-        int nw = json_nums_after(gj, "\"greedy\"", want, 8), nm = json_nums_after(gj, "\"top1_top2_margin\"", margin, 8);
+        int nw = json_nums_after(gj, "\"greedy\"", want, 8),
+            nm = json_nums_after(gj, "\"top1_top2_margin\"", margin, 8);
         CHECK(nw == 8 && nm == 8);
         nla_session *s;
         int32_t got[8];
@@ -148,8 +152,10 @@ static void test_golden_case(const char *cs) {
         CHECK_EQ(nla_generate(s, p[i].ids, T, &gp, got, &n_got), NLA_OK);
         CHECK_EQ(n_got, 8);
         for (int k = 0; k < 8 && k < n_got; k++) {
-            if (got[k] != want[k] && margin[k] <= 1e-3) break; /* a near-tie: either pick is right */
-            CHECK_MSG(got[k] == want[k], "%s %s greedy step %d: %d vs golden %.0f", cs, p[i].name, k, got[k], want[k]);
+            if (got[k] != want[k] && margin[k] <= 1e-3)
+                break; /* a near-tie: either pick is right */
+            CHECK_MSG(got[k] == want[k], "%s %s greedy step %d: %d vs golden %.0f", cs, p[i].name,
+                      k, got[k], want[k]);
             if (got[k] != want[k]) break;
         }
         nla_session_free(s);
@@ -167,7 +173,8 @@ static void test_kv_consistency(const char *cs, int P, int n_batch) {
     if (!m) return;
     const prompt *lp = &p[2]; /* the long prompt: past the sliding window */
     const int T = lp->T;
-    float *full = (float *)malloc(sizeof(float) * (size_t)T * V), *step = (float *)malloc(sizeof(float) * (size_t)T * V);
+    float *full = (float *)malloc(sizeof(float) * (size_t)T * V),
+          *step = (float *)malloc(sizeof(float) * (size_t)T * V);
     CHECK_EQ(run(m, NULL, lp->ids, T, full, NULL), NLA_OK);
     nla_session_params sp;
     memset(&sp, 0, sizeof sp);
@@ -191,7 +198,8 @@ static void test_kv_consistency(const char *cs, int P, int n_batch) {
     }
     CHECK_EQ(nla_session_n_past(s), T);
     double e = rel_err(step, full, (size_t)T * V);
-    CHECK_MSG(e <= 1e-6, "%s prefill %d + decode %d (n_batch %d): rel err %.3g", cs, P, T - P, n_batch, e);
+    CHECK_MSG(e <= 1e-6, "%s prefill %d + decode %d (n_batch %d): rel err %.3g", cs, P, T - P,
+              n_batch, e);
     /* the context is full now: one more token is a range error, not a crash */
     memset(&b, 0, sizeof b);
     b.n_tokens = 1;
@@ -232,7 +240,8 @@ static void test_rewind(void) {
         b.ids = ids + back;
         b.logits = part;
         CHECK_EQ(nla_forward(s, &b), NLA_OK);
-        CHECK_MSG(!memcmp(part, full + (size_t)(T - 1) * 1024, sizeof part), "rewind variant %d: logits differ", variant);
+        CHECK_MSG(!memcmp(part, full + (size_t)(T - 1) * 1024, sizeof part),
+                  "rewind variant %d: logits differ", variant);
         if (variant) { /* position 30 needs key 23, long gone from a ring of 10 */
             CHECK_EQ(nla_session_rewind(s, 30), NLA_ERR_RANGE);
             CHECK_EQ(nla_session_n_past(s), 40);
@@ -257,7 +266,8 @@ static int overwrite_hook(void *user, int layer, int pos0, int n_rows, int d_mod
     if (layer != h->K) return 0;
     for (int t = 0; t < n_rows; t++)
         for (int i = 0; i < d_model; i++) {
-            float v = h->golden_k[(size_t)(pos0 + t) * d_model + i] + h->delta * (float)((i * 7 + t * 3) % 11 - 5);
+            float v = h->golden_k[(size_t)(pos0 + t) * d_model + i] +
+                      h->delta * (float)((i * 7 + t * 3) % 11 - 5);
             resid[(size_t)t * d_model + i] = v;
             h->seen[(size_t)(pos0 + t) * d_model + i] = v;
         }
@@ -273,7 +283,8 @@ static int cancel_hook(void *user, int layer, int pos0, int n_rows, int d_model,
    tail model (its blocks 3..6, made by tests/data/gen/make_tail.py) computes
    from the overwritten rows: blocks K+1.. and the logits. */
 static void test_hook(void) {
-    nla_model *m = open_or_fail(DATA "gqa-bf16/model"), *tail = open_or_fail(DATA "gqa-bf16-tail/model");
+    nla_model *m = open_or_fail(DATA "gqa-bf16/model"),
+              *tail = open_or_fail(DATA "gqa-bf16-tail/model");
     if (!m || !tail) return;
     prompt p[4];
     load_prompts("gqa-bf16", p);
@@ -282,8 +293,10 @@ static void test_hook(void) {
     int nd;
     long long sh[4] = {0, 0, 0, 0};
     float *gh = npy_load(DATA "gqa-bf16/t40.hidden.npy", &nd, sh);
-    float *hid = (float *)malloc(sizeof(float) * (size_t)L * T * d), *lg = (float *)malloc(sizeof(float) * (size_t)T * V);
-    float *thid = (float *)malloc(sizeof(float) * 4 * (size_t)T * d), *tlg = (float *)malloc(sizeof(float) * (size_t)T * V);
+    float *hid = (float *)malloc(sizeof(float) * (size_t)L * T * d),
+          *lg = (float *)malloc(sizeof(float) * (size_t)T * V);
+    float *thid = (float *)malloc(sizeof(float) * 4 * (size_t)T * d),
+          *tlg = (float *)malloc(sizeof(float) * (size_t)T * V);
     float *seen = (float *)malloc(sizeof(float) * (size_t)T * d);
     for (int pass = 0; pass < 2; pass++) {
         hook_state hs = {K, T, d, 0, gh + (size_t)K * T * d, pass ? 0.05f : 0.0f, seen};
@@ -311,12 +324,15 @@ static void test_hook(void) {
         b.all_logits = 1;
         b.hidden = thid;
         CHECK_EQ(nla_forward(ts, &b), NLA_OK);
-        double eh = rel_err(hid + (size_t)(K + 1) * T * d, thid, (size_t)4 * T * d), el = rel_err(lg, tlg, (size_t)T * V);
-        CHECK_MSG(eh <= 1e-6 && el <= 1e-6, "hook pass %d vs tail model: blocks %.3g logits %.3g", pass, eh, el);
+        double eh = rel_err(hid + (size_t)(K + 1) * T * d, thid, (size_t)4 * T * d),
+               el = rel_err(lg, tlg, (size_t)T * V);
+        CHECK_MSG(eh <= 1e-6 && el <= 1e-6, "hook pass %d vs tail model: blocks %.3g logits %.3g",
+                  pass, eh, el);
         double eb = rel_err(hid + (size_t)K * T * d, seen, (size_t)T * d);
         CHECK_MSG(eb == 0, "hidden[K] must be the overwritten residual (%.3g)", eb);
         if (pass == 1) { /* a real change: later blocks moved away from the golden */
-            double moved = rel_err(hid + (size_t)(K + 1) * T * d, gh + (size_t)(K + 1) * T * d, (size_t)T * d);
+            double moved =
+                rel_err(hid + (size_t)(K + 1) * T * d, gh + (size_t)(K + 1) * T * d, (size_t)T * d);
             CHECK_MSG(moved > 1e-3, "the overwrite changed nothing downstream (%.3g)", moved);
         }
         nla_session_free(s);
@@ -343,7 +359,8 @@ static void test_hook(void) {
         sp2.n_batch = 16; /* chunks cut through both copies */
         nla_session *s2;
         CHECK_EQ(nla_session_new(m, &sp2, &s2), NLA_OK);
-        int32_t *ids2 = (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)T), *seq2 = ids2 ? (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)T) : NULL;
+        int32_t *ids2 = (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)T),
+                *seq2 = ids2 ? (int32_t *)malloc(sizeof(int32_t) * 2 * (size_t)T) : NULL;
         int32_t rows[3] = {3, T - 1, 2 * T - 1};
         float res[3 * 64];
         for (int i = 0; i < 2 * T; i++) { ids2[i] = lp->ids[i % T]; seq2[i] = i / T; }
@@ -435,8 +452,9 @@ static void test_interleaved(const char *cs) {
         for (int t = 0; t < n; t++)
             differ += memcmp(all + (size_t)t * V, alone[seq[t]] + (size_t)src[t] * V,
                              sizeof(float) * V) != 0;
-        CHECK_MSG(!differ, "%s: %d of %d interleaved rows (n_batch %d) differ from their prompt alone",
-                  cs, differ, n, batches[v]);
+        CHECK_MSG(!differ,
+                  "%s: %d of %d interleaved rows (n_batch %d) differ from their prompt alone", cs,
+                  differ, n, batches[v]);
         nla_session_free(s);
     }
     for (int q = 0; q < 3; q++) free(alone[q]);
@@ -451,7 +469,8 @@ static void test_embeds(void) {
     prompt p[4];
     load_prompts("mqa-f32", p);
     const int T = p[1].T, V = 1024, d = 48;
-    float *e = (float *)malloc(sizeof(float) * (size_t)T * d), *a = (float *)malloc(sizeof(float) * (size_t)T * V);
+    float *e = (float *)malloc(sizeof(float) * (size_t)T * d),
+          *a = (float *)malloc(sizeof(float) * (size_t)T * V);
     float *b2 = (float *)malloc(sizeof(float) * (size_t)T * V);
     CHECK_EQ(nla_embed_tokens(m, p[1].ids, T, e), NLA_OK);
     int32_t bad = 1024;
@@ -479,7 +498,8 @@ static void test_embeds(void) {
     b.logit_rows = rows;
     b.n_logit_rows = 2;
     CHECK_EQ(nla_forward(s, &b), NLA_OK);
-    CHECK(memcmp(two, a + V, sizeof(float) * V) == 0 && memcmp(two + V, a + 3 * V, sizeof(float) * V) == 0);
+    CHECK(memcmp(two, a + V, sizeof(float) * V) == 0 &&
+          memcmp(two + V, a + 3 * V, sizeof(float) * V) == 0);
     int32_t unsorted[2] = {3, 1};
     nla_session_reset(s);
     b.logit_rows = unsorted;
@@ -490,7 +510,8 @@ static void test_embeds(void) {
 }
 
 int main(void) {
-    printf("golden forward cases (max |ours - golden| / max |golden| per tensor; bound %.0e):\n", TOL);
+    printf("golden forward cases (max |ours - golden| / max |golden| per tensor; bound %.0e):\n",
+           TOL);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) test_golden_case(cases[i]);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         test_kv_consistency(cases[i], 10, 256);

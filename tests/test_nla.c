@@ -45,9 +45,13 @@ static void test_meta(nla_model *av, nla_model *ar) {
     CHECK(m.injection_scale == 17.0 && m.mse_scale == 4.0);
     CHECK(m.marker_id == 246566 && m.marker_left_id == 236813 && m.marker_right_id == 954);
     CHECK(m.injection_char && !strcmp(m.injection_char, "\xe3\x88\x9c"));
-    CHECK(m.av_template && strstr(m.av_template, "<concept>{injection_char}</concept>\n\nPlease provide an explanation.") &&
+    CHECK(m.av_template &&
+          strstr(m.av_template,
+                 "<concept>{injection_char}</concept>\n\nPlease provide an explanation.") &&
           m.av_template[strlen(m.av_template) - 1] == '.'); /* |- strips the final newline */
-    CHECK(m.ar_template && !strcmp(m.ar_template, "Summary of the following text: <text>{explanation}</text> <summary>"));
+    CHECK(m.ar_template &&
+          !strcmp(m.ar_template,
+                  "Summary of the following text: <text>{explanation}</text> <summary>"));
     CHECK_EQ(m.n_critic_suffix, 0); /* null in the AV sidecar */
     double want[128];
     int nw = json_nums_after(golden, "\"av_prompt_ids\"", want, 128);
@@ -55,9 +59,11 @@ static void test_meta(nla_model *av, nla_model *ar) {
     int same = m.av_prompt != NULL;
     for (int i = 0; same && i < nw; i++) same = m.av_prompt[i] == (int32_t)want[i];
     CHECK_MSG(same, "the AV prompt ids differ from the golden 108");
-    CHECK(strstr(m.defaulted, "fve_baseline") != NULL && strstr(m.defaulted, "injection_scale") == NULL);
+    CHECK(strstr(m.defaulted, "fve_baseline") != NULL &&
+          strstr(m.defaulted, "injection_scale") == NULL);
     nla_model_get_meta(ar, &m);
-    CHECK(m.present && !strcmp(m.role, "ar") && m.layer == 2 && m.mse_scale == 4.0 && m.has_value_head);
+    CHECK(m.present && !strcmp(m.role, "ar") && m.layer == 2 && m.mse_scale == 4.0 &&
+          m.has_value_head);
     static const int32_t suffix[5] = {1005, 236813, 655, 6011, 236813};
     CHECK(m.n_critic_suffix == 5 && !memcmp(m.critic_suffix_ids, suffix, sizeof suffix));
     nla_model_info in;
@@ -71,7 +77,8 @@ static nla_status av_variant(const char *find, const char *repl) {
     char dir[256] = "tests/tmp/avx", p[512];
     mkdir("tests/tmp", 0755);
     mkdir(dir, 0755);
-    static const char *const files[] = {"config.json", "generation_config.json", "model.safetensors"};
+    static const char *const files[] = {"config.json", "generation_config.json",
+                                        "model.safetensors"};
     for (int i = 0; i < 3; i++) {
         char src[512];
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
@@ -102,7 +109,8 @@ static nla_status av_variant(const char *find, const char *repl) {
 
 static void expect_variant(const char *find, const char *repl, const char *mention) {
     nla_status rc = av_variant(find, repl);
-    CHECK_MSG(rc != NLA_OK && strstr(err, mention), "sidecar '%s' -> '%s': %s (%s)", find, repl, nla_strerror(rc), err);
+    CHECK_MSG(rc != NLA_OK && strstr(err, mention), "sidecar '%s' -> '%s': %s (%s)", find, repl,
+              nla_strerror(rc), err);
 }
 
 static void test_sidecar_errors(void) {
@@ -112,19 +120,28 @@ static void test_sidecar_errors(void) {
     expect_variant("d_model: 16", "d_model 16", "line 4: expected 'key: value'");
     { /* 17 nested maps: one past NLA_YAML_MAX_DEPTH */
         char deep[1024] = "d_model: 16\n";
-        for (int i = 0; i < 17; i++) snprintf(deep + strlen(deep), sizeof deep - strlen(deep), "%*sk%d:\n", 2 * i, "", i);
+        for (int i = 0; i < 17; i++)
+            snprintf(deep + strlen(deep), sizeof deep - strlen(deep), "%*sk%d:\n", 2 * i, "", i);
         snprintf(deep + strlen(deep), sizeof deep - strlen(deep), "%*sv: 1", 34, "");
         expect_variant("d_model: 16", deep, "nesting deeper than 16");
     }
-    expect_variant("  injection_scale: 17.0", "  injection_scale: seventeen", "injection_scale must be a number");
-    expect_variant("  injection_scale: 17.0", "  injection_scale: 1e39", "injection_scale must be a positive number a float");
-    expect_variant("injection_char: \xe3\x88\x9c", "injection_char: \xe3\x88\x9c!", "tokenizes to 2 ids");
-    expect_variant("injection_token_id: 246566", "injection_token_id: 246567", "injection_token_id is 246567");
-    expect_variant("injection_left_neighbor_id: 236813", "injection_left_neighbor_id: 5", "exactly one marker");
-    expect_variant("<concept>{injection_char}</concept>", "<concept>{injection_char}</concept> <concept>{injection_char}</concept>",
+    expect_variant("  injection_scale: 17.0", "  injection_scale: seventeen",
+                   "injection_scale must be a number");
+    expect_variant("  injection_scale: 17.0", "  injection_scale: 1e39",
+                   "injection_scale must be a positive number a float");
+    expect_variant("injection_char: \xe3\x88\x9c", "injection_char: \xe3\x88\x9c!",
+                   "tokenizes to 2 ids");
+    expect_variant("injection_token_id: 246566", "injection_token_id: 246567",
+                   "injection_token_id is 246567");
+    expect_variant("injection_left_neighbor_id: 236813", "injection_left_neighbor_id: 5",
                    "exactly one marker");
-    expect_variant("<concept>{injection_char}</concept>", "<concept></concept>", "no {injection_char}");
-    expect_variant("  av: |-\n    You are", "  avx: |-\n    You are", "prompt_templates.av is missing");
+    expect_variant("<concept>{injection_char}</concept>",
+                   "<concept>{injection_char}</concept> <concept>{injection_char}</concept>",
+                   "exactly one marker");
+    expect_variant("<concept>{injection_char}</concept>", "<concept></concept>",
+                   "no {injection_char}");
+    expect_variant("  av: |-\n    You are", "  avx: |-\n    You are",
+                   "prompt_templates.av is missing");
     expect_variant("You are a meticulous", "<bos>You are a meticulous", "exactly one <bos>");
     expect_variant("role: av", "role: judge", "role must be av or ar");
     expect_variant("role: av", "role: av\nrole: ar", "duplicate key");
@@ -135,9 +152,12 @@ static void test_sidecar_errors(void) {
     expect_variant("<summary>\"", "<summary>", "unterminated quoted string");
     /* regressions from review: ids past the embedding rows, a zero mse_scale,
        a sidecar far larger than any real one */
-    expect_variant("Please provide an explanation.", "Please provide an explanation.<image_soft_token>", "outside the model's");
-    expect_variant("  mse_scale: 4.0", "  mse_scale: 0", "mse_scale must be a positive number up to 1e150");
-    expect_variant("  mse_scale: 4.0", "  mse_scale: 1e300", "mse_scale must be a positive number up to 1e150");
+    expect_variant("Please provide an explanation.",
+                   "Please provide an explanation.<image_soft_token>", "outside the model's");
+    expect_variant("  mse_scale: 4.0", "  mse_scale: 0",
+                   "mse_scale must be a positive number up to 1e150");
+    expect_variant("  mse_scale: 4.0", "  mse_scale: 1e300",
+                   "mse_scale must be a positive number up to 1e150");
     CHECK_EQ(av_variant("  mse_scale: 4.0", "  mse_scale: 1e150"), NLA_OK);
     char *big = (char *)malloc(200000);
     strcpy(big, "kind: nla_model\n");
@@ -213,12 +233,14 @@ static nla_model *make_gqa_av(char *dir, size_t cap) {
     const int nt = nla_st_count(st);
     wtensor *w = (wtensor *)calloc((size_t)nt, sizeof *w);
     unsigned char *kv = (unsigned char *)malloc((size_t)nt * 2 * 8 * D * 2); /* [2 * hd, D] bf16 */
-    char *config = slurp(G "av/config.json", &cl), *one = config ? strstr(config, "\"num_key_value_heads\": 1") : NULL;
+    char *config = slurp(G "av/config.json", &cl),
+         *one = config ? strstr(config, "\"num_key_value_heads\": 1") : NULL;
     nla_model *m = NULL;
     for (int i = 0; w && kv && i < nt; i++) {
         nla_tensor t;
         nla_st_get(st, i, &t);
-        w[i] = (wtensor){t.name, t.dtype, t.ndim, {t.shape[0], t.shape[1]}, t.data, (size_t)t.nbytes};
+        w[i] =
+            (wtensor){t.name, t.dtype, t.ndim, {t.shape[0], t.shape[1]}, t.data, (size_t)t.nbytes};
         if (strstr(t.name, "k_proj.weight") || strstr(t.name, "v_proj.weight")) {
             unsigned char *two = kv + (size_t)i * 2 * t.nbytes;
             memcpy(two, t.data, t.nbytes);
@@ -253,7 +275,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     double want[64];
     int nt = json_nums_after(golden, "\"target_ids\"", want, 64), n = 0;
     int32_t ids[64];
-    CHECK_EQ(nla_tokenize(nla_model_tokenizer(target), text, tl, NLA_TOKENIZE_BOS, ids, 64, &n), NLA_OK);
+    CHECK_EQ(nla_tokenize(nla_model_tokenizer(target), text, tl, NLA_TOKENIZE_BOS, ids, 64, &n),
+             NLA_OK);
     int same = n == nt;
     for (int i = 0; same && i < n; i++) same = ids[i] == (int32_t)want[i];
     CHECK_MSG(same, "target ids differ");
@@ -271,7 +294,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     int32_t pos[3] = {1, 7, 14};
     float v3[3 * D];
     CHECK_EQ(nla_extract(s, ids, n, 2, pos, 3, v3), NLA_OK);
-    CHECK(!memcmp(v3, vk + 1 * D, D * sizeof(float)) && !memcmp(v3 + 2 * D, vk + 14 * D, D * sizeof(float)));
+    CHECK(!memcmp(v3, vk + 1 * D, D * sizeof(float)) &&
+          !memcmp(v3 + 2 * D, vk + 14 * D, D * sizeof(float)));
     /* smell: an off-by-one layer is caught by the same comparison */
     float off[64 * D];
     CHECK_EQ(nla_extract(s, ids, n, 1, NULL, 0, off), NLA_OK);
@@ -313,14 +337,16 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
         CHECK_EQ(n_out, 10);
         for (int i = 0; i < n_out; i++) {
             if (out[i] != (int32_t)g[i] && mg[i] <= 1e-3) break;
-            CHECK_MSG(out[i] == (int32_t)g[i], "AV greedy pos %d step %d: %d vs %.0f", pos[k], i, out[i], g[i]);
+            CHECK_MSG(out[i] == (int32_t)g[i], "AV greedy pos %d step %d: %d vs %.0f", pos[k], i,
+                      out[i], g[i]);
             if (out[i] != (int32_t)g[i]) break;
         }
         /* a fresh session (no cached prefix) gives the same */
         vp.first_logits = again;
         nla_session_reset(sb);
         CHECK_EQ(nla_verbalize(sb, vk + (size_t)pos[k] * D, &vp, out2, 10, &n_out2), NLA_OK);
-        CHECK(n_out2 == n_out && !memcmp(out, out2, sizeof(int32_t) * (size_t)n_out) && !memcmp(logits, again, sizeof(float) * V));
+        CHECK(n_out2 == n_out && !memcmp(out, out2, sizeof(int32_t) * (size_t)n_out) &&
+              !memcmp(logits, again, sizeof(float) * V));
 
         if (k == 0) { /* smells, each caught by the golden logits check */
             nla_meta m;
@@ -335,13 +361,21 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
             for (int variant = 0; variant < 3; variant++) {
                 int32_t pr[109];
                 int T = m.av_prompt_len, mk = m.av_marker_index;
-                if (variant == 2) { pr[0] = 2; memcpy(pr + 1, m.av_prompt, sizeof(int32_t) * (size_t)T); T++; mk++; } /* second BOS */
-                else memcpy(pr, m.av_prompt, sizeof(int32_t) * (size_t)T);
+                if (variant == 2) {
+                    pr[0] = 2;
+                    memcpy(pr + 1, m.av_prompt, sizeof(int32_t) * (size_t)T);
+                    T++;
+                    mk++;
+                } /* second BOS */
+                else
+                    memcpy(pr, m.av_prompt, sizeof(int32_t) * (size_t)T);
                 nla_embed_tokens(av, pr, T, e);
                 if (variant == 1) /* sqrt(d) not applied to the token rows */
                     for (int i = 0; i < T * D; i++) e[i] /= in.embed_scale;
                 for (int i = 0; i < D; i++)
-                    e[(size_t)mk * D + i] = (float)(v[i] * m.injection_scale / nv) * (variant == 0 ? in.embed_scale : 1.0f); /* 0: sqrt(d) twice */
+                    e[(size_t)mk * D + i] =
+                        (float)(v[i] * m.injection_scale / nv) *
+                        (variant == 0 ? in.embed_scale : 1.0f); /* 0: sqrt(d) twice */
                 nla_session *w;
                 nla_session_new(av, NULL, &w);
                 nla_batch b;
@@ -350,7 +384,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
                 b.embeds = e;
                 b.logits = again;
                 CHECK_EQ(nla_forward(w, &b), NLA_OK);
-                CHECK_MSG(rel_err(again, gl, V) > 1e-2, "smell %d would pass the golden check", variant);
+                CHECK_MSG(rel_err(again, gl, V) > 1e-2, "smell %d would pass the golden check",
+                          variant);
                 nla_session_free(w);
             }
             free(e);
@@ -413,7 +448,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
                           k, stop, sn[k], sl.n[k], sl.lasts[k], sl.last_at[k]);
             }
         }
-        CHECK_EQ(nla_verbalize_batch(sbat, v3r, 4, NULL, bids, 200, bn), NLA_ERR_ARG); /* more vectors than sequences */
+        CHECK_EQ(nla_verbalize_batch(sbat, v3r, 4, NULL, bids, 200, bn),
+                 NLA_ERR_ARG); /* more vectors than sequences */
         nla_session_free(sbat);
     }
     /* the streaming callback sees each token in order and stops the decode */
@@ -466,7 +502,9 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
         ar_ids_at = strchr(ar_ids_at + 1, '['); /* the i-th inner list */
         int nw = json_nums_after(ar_ids_at, "[", w, 128), nx = 0;
         int32_t x[128];
-        CHECK_EQ(nla_tokenize(nla_model_tokenizer(ar), ar_text[i], al[i], NLA_TOKENIZE_BOS, x, 128, &nx), NLA_OK);
+        CHECK_EQ(
+            nla_tokenize(nla_model_tokenizer(ar), ar_text[i], al[i], NLA_TOKENIZE_BOS, x, 128, &nx),
+            NLA_OK);
         int ok = nx == nw;
         for (int j = 0; ok && j < nx; j++) ok = x[j] == (int32_t)w[j];
         CHECK_MSG(ok, "AR text %d tokenizes differently (%d vs %d ids)", i, nx, nw);
@@ -476,13 +514,15 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     CHECK_EQ(nla_reconstruct(sr, (const char *const *)ex, 3, rec), NLA_OK);
     double er = rel_err(rec, gr, 3 * D);
     CHECK_MSG(er <= 1e-4, "reconstruct: rel err %.3g", er);
-    CHECK_EQ(nla_reconstruct(sr, (const char *const *)padded, 3, rec2), NLA_OK); /* trimmed like training */
+    CHECK_EQ(nla_reconstruct(sr, (const char *const *)padded, 3, rec2),
+             NLA_OK); /* trimmed like training */
     CHECK(!memcmp(rec, rec2, sizeof rec));
     /* batched: explanations in one forward (sequences of 3, 2 + 1, and
        chunks of 5 rows that cut through them) give the bits of one at a
        time, as do groups made of explanations of different lengths */
     float one[3 * D];
-    for (int i = 0; i < 3; i++) CHECK_EQ(nla_reconstruct(sr, (const char *const *)ex + i, 1, one + i * D), NLA_OK);
+    for (int i = 0; i < 3; i++)
+        CHECK_EQ(nla_reconstruct(sr, (const char *const *)ex + i, 1, one + i * D), NLA_OK);
     CHECK(!memcmp(rec, one, sizeof rec));
     const int seqs[3] = {3, 2, 3}, batches[3] = {0, 0, 5};
     for (int k = 0; k < 3; k++) {
@@ -494,7 +534,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
         CHECK_EQ(nla_session_new(ar, &bp, &sbat), NLA_OK);
         memset(rec2, 0, sizeof rec2);
         CHECK_EQ(nla_reconstruct(sbat, (const char *const *)ex, 3, rec2), NLA_OK);
-        CHECK_MSG(!memcmp(rec2, one, sizeof rec2), "batched reconstruct (n_seq %d, n_batch %d) differs", seqs[k], batches[k]);
+        CHECK_MSG(!memcmp(rec2, one, sizeof rec2),
+                  "batched reconstruct (n_seq %d, n_batch %d) differs", seqs[k], batches[k]);
         const char *bad[3] = {ex[0], NULL, ex[2]};
         CHECK_EQ(nla_reconstruct(sbat, bad, 3, rec2), NLA_ERR_ARG);
         CHECK(strstr(nla_session_errmsg(sbat), "explanation 1 is NULL") != NULL);
@@ -506,7 +547,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
     CHECK(strstr(nla_session_errmsg(st), "not an AR") != NULL);
     nla_session_free(st);
     nla_session_free(sr);
-    printf("  reconstruct: 3 explanations, max rel err %.2e; batched (n_seq 2, 3) bit-identical\n", er);
+    printf("  reconstruct: 3 explanations, max rel err %.2e; batched (n_seq 2, 3) bit-identical\n",
+           er);
 
     /* metrics against the golden, and the identity mse_nrm = 2 (1 - cos) */
     const char *mt = strstr(golden, "\"metrics\"");
@@ -522,21 +564,25 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
         mt++;
         nla_scores sc;
         CHECK_EQ(nla_score(vk + (size_t)p_ * D, rec + (size_t)i_ * D, D, 4.0, 0.0302, &sc), NLA_OK);
-        double e1 = fabs(sc.mse_nrm - mse) / fabs(mse), e2 = fabs(sc.cos - cs) / fabs(cs), e3 = fabs(sc.fve_nrm - fve) / fabs(fve);
+        double e1 = fabs(sc.mse_nrm - mse) / fabs(mse), e2 = fabs(sc.cos - cs) / fabs(cs),
+               e3 = fabs(sc.fve_nrm - fve) / fabs(fve);
         double e = e1 > e2 ? e1 : e2;
         e = e > e3 ? e : e3;
         if (e > worst_m) worst_m = e;
-        CHECK_MSG(e <= 1e-4, "metrics %d: mse %.6f/%.6f cos %.6f/%.6f fve %.4f/%.4f", k, sc.mse_nrm, mse, sc.cos, cs, sc.fve_nrm, fve);
+        CHECK_MSG(e <= 1e-4, "metrics %d: mse %.6f/%.6f cos %.6f/%.6f fve %.4f/%.4f", k, sc.mse_nrm,
+                  mse, sc.cos, cs, sc.fve_nrm, fve);
         CHECK_NEAR(sc.mse_nrm, 2 * (1 - sc.cos), 1e-9);
     }
-    double B, gB = strtod(strstr(golden, "\"own_set_baseline_B_over_all_target_positions\": ") + 48, NULL);
+    double B, gB = strtod(strstr(golden, "\"own_set_baseline_B_over_all_target_positions\": ") + 48,
+                          NULL);
     CHECK_EQ(nla_baseline(vk, n, D, 4.0, &B), NLA_OK);
     CHECK_MSG(fabs(B - gB) / gB <= 1e-4, "own-set baseline %.7f vs %.7f", B, gB);
     nla_scores sc;
     CHECK_EQ(nla_score(vk, vk, D, 4.0, 0, &sc), NLA_OK);
     CHECK(sc.mse_nrm < 1e-12 && fabs(sc.cos - 1) < 1e-9 && isnan(sc.fve_nrm));
     CHECK_EQ(nla_score(vk, vk, D, 0, 0, &sc), NLA_ERR_ARG);
-    printf("  metrics: 3 pairs, max rel err %.2e; own-set baseline %.7f (golden %.7f)\n", worst_m, B, gB);
+    printf("  metrics: 3 pairs, max rel err %.2e; own-set baseline %.7f (golden %.7f)\n", worst_m,
+           B, gB);
     for (int i = 0; i < 3; i++) { free(ar_text[i]); free(ex[i]); free(padded[i]); }
     free(gr);
     free(gk);
@@ -545,7 +591,8 @@ static void test_pipeline(nla_model *target, nla_model *av, nla_model *ar) {
 /* .npy reading: a shape whose element count overflows is refused; the header
    dict is read whole. */
 static void test_npy(void) {
-    const char hdr[] = "{'descr': '<f4', 'fortran_order': False, 'shape': (549755813888, 33554432), }";
+    const char hdr[] =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (549755813888, 33554432), }";
     char buf[128] = "\x93NUMPY\x01\x00";
     size_t hl = sizeof hdr - 1;
     buf[8] = (char)(hl + 1);
@@ -564,7 +611,8 @@ static void test_npy(void) {
     CHECK_EQ(nla_npy_write("tests/tmp/v23.npy", v, 2, s2, err, sizeof err), NLA_OK);
     CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 6, sh, &nd, err, sizeof err), NLA_OK);
     CHECK(nd == 2 && sh[0] == 2 && sh[1] == 3 && !memcmp(v, r, sizeof v));
-    CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 5, sh, &nd, err, sizeof err), NLA_ERR_BUFFER_TOO_SMALL);
+    CHECK_EQ(nla_npy_read("tests/tmp/v23.npy", r, 5, sh, &nd, err, sizeof err),
+             NLA_ERR_BUFFER_TOO_SMALL);
     /* the header dict, whole: how numpy and others spell it is read; anything
        else (bytes after the dict, other or missing keys) is refused */
     static const struct { const char *h; int rows, ok; const char *msg; } hs[] = {
@@ -659,22 +707,26 @@ static nla_model *av_with_eos(const char *eos) {
 /* Stop ids that are no token ids, or more than nla_model_info holds: refused,
    naming the file, never dropped or cut. */
 static void test_eos_errors(void) {
-    static const struct { const char *eos, *msg; nla_status rc; } bad[] = {
-        {"[-5, \"106\", 99999999]", "eos_token_id -5 is not a token id", NLA_ERR_RANGE},
-        {"[1, \"106\"]", "eos_token_id \"106\" is not a token id", NLA_ERR_FORMAT},
-        {"[1, 262144]", "eos_token_id 262144 is not a token id: eos ids are integers in [0, 262144)",
-         NLA_ERR_RANGE},
-        {"1.5", "eos_token_id 1.5 is not", NLA_ERR_FORMAT},
-        {"[1, [106]]", "eos_token_id (a list) is not", NLA_ERR_FORMAT},
-        {"[1, 2, 3, 4, 5, 6, 7, 8, 9]", "eos_token_id lists 9 ids; at most 8 are supported", NLA_ERR_RANGE}};
+    static const struct { const char *eos, *msg; nla_status rc;
+    } bad[] = {{"[-5, \"106\", 99999999]", "eos_token_id -5 is not a token id", NLA_ERR_RANGE},
+               {"[1, \"106\"]", "eos_token_id \"106\" is not a token id", NLA_ERR_FORMAT},
+               {"[1, 262144]",
+                "eos_token_id 262144 is not a token id: eos ids are integers in [0, 262144)",
+                NLA_ERR_RANGE},
+               {"1.5", "eos_token_id 1.5 is not", NLA_ERR_FORMAT},
+               {"[1, [106]]", "eos_token_id (a list) is not", NLA_ERR_FORMAT},
+               {"[1, 2, 3, 4, 5, 6, 7, 8, 9]", "eos_token_id lists 9 ids; at most 8 are supported",
+                NLA_ERR_RANGE}};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         nla_model *m = NULL;
         nla_status rc = av_eos_open(bad[i].eos, &m);
-        CHECK_MSG(rc == bad[i].rc && strstr(err, "av_eos/generation_config.json: ") && strstr(err, bad[i].msg),
+        CHECK_MSG(rc == bad[i].rc && strstr(err, "av_eos/generation_config.json: ") &&
+                      strstr(err, bad[i].msg),
                   "eos %s: %s (%s)", bad[i].eos, nla_strerror(rc), err);
         nla_model_close(m);
     }
-    nla_model *m = NULL; /* eight ids, the last of the vocabulary among them; null keeps config.json's */
+    nla_model *m =
+        NULL; /* eight ids, the last of the vocabulary among them; null keeps config.json's */
     nla_model_info in;
     CHECK_EQ(av_eos_open("[1, 2, 3, 4, 5, 6, 7, 262143]", &m), NLA_OK);
     nla_model_get_info(m, &in);
@@ -699,13 +751,15 @@ static void test_explanation(nla_model *av) {
     for (int k = 0; k < 3; k++) { /* no stop id, then <eos> (1), then <end_of_turn> (106) */
         ids[n] = k == 1 ? 1 : 106;
         CHECK_EQ(nla_explanation_decode(av, ids, n + (k > 0), raw, sizeof raw, &ex), NLA_OK);
-        CHECK_MSG(ex.raw_len == strlen(text) && !strcmp(raw, text), "stop id %d: raw '%s'", k ? ids[n] : -1, raw);
+        CHECK_MSG(ex.raw_len == strlen(text) && !strcmp(raw, text), "stop id %d: raw '%s'",
+                  k ? ids[n] : -1, raw);
         CHECK(ex.parsed == 1 && ex.len == 9 && !memcmp(raw + ex.start, "Topic: x.", 9));
     }
     /* sizing: the length without a buffer, then exactly enough room */
     CHECK_EQ(nla_explanation_decode(av, ids, n + 1, NULL, 0, &ex), NLA_ERR_BUFFER_TOO_SMALL);
     CHECK_EQ(ex.raw_len, strlen(text));
-    CHECK_EQ(nla_explanation_decode(av, ids, n + 1, raw, strlen(text), &ex), NLA_ERR_BUFFER_TOO_SMALL);
+    CHECK_EQ(nla_explanation_decode(av, ids, n + 1, raw, strlen(text), &ex),
+             NLA_ERR_BUFFER_TOO_SMALL);
     CHECK_EQ(nla_explanation_decode(av, ids, n + 1, raw, strlen(text) + 1, &ex), NLA_OK);
     /* a stop id inside the text stays; an id outside the vocabulary is an error */
     int32_t mid[3] = {106, ids[0], 106};
@@ -720,7 +774,8 @@ static void test_explanation(nla_model *av) {
     if (!other) return;
     ids[n] = 106;
     CHECK_EQ(nla_explanation_decode(other, ids, n + 1, raw, sizeof raw, &ex), NLA_OK);
-    CHECK_MSG(ex.raw_len == strlen(text) + 13 && !strcmp(raw + strlen(text), "<end_of_turn>"), "raw '%s'", raw);
+    CHECK_MSG(ex.raw_len == strlen(text) + 13 && !strcmp(raw + strlen(text), "<end_of_turn>"),
+              "raw '%s'", raw);
     nla_model_close(other);
 
     /* nla_verbalize stops on the model's ids: make the 4th greedy token a stop id */
@@ -742,7 +797,8 @@ static void test_explanation(nla_model *av) {
     CHECK_EQ(nla_verbalize(s, vk + D, &vp, out2, 10, &n_out2), NLA_OK);
     int first = 0;
     while (out[first] != out[3]) first++;
-    CHECK_MSG(n_out == 10 && n_out2 == first + 1 && !memcmp(out, out2, sizeof(int32_t) * (size_t)n_out2),
+    CHECK_MSG(n_out == 10 && n_out2 == first + 1 &&
+                  !memcmp(out, out2, sizeof(int32_t) * (size_t)n_out2),
               "stop id %d: %d ids, want %d", out[3], n_out2, first + 1);
     nla_session_free(s);
     nla_model_close(other);
@@ -751,7 +807,10 @@ static void test_explanation(nla_model *av) {
 
 int main(void) {
     FILE *f = fopen(TOKJSON, "rb");
-    if (!f) { printf("%s is missing: run 'make weights/tokenizer.json'\n0 passed, 1 failed\n", TOKJSON); return 1; }
+    if (!f) {
+        printf("%s is missing: run 'make weights/tokenizer.json'\n0 passed, 1 failed\n", TOKJSON);
+        return 1;
+    }
     fclose(f);
     golden = slurp(G "golden.json", NULL);
     nla_model *target = open_nla(G "target"), *av = open_nla(G "av"), *ar = open_nla(G "ar");

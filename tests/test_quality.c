@@ -533,7 +533,8 @@ static void test_compare(void) {
     for (int k = 0; k < 5; k++)
         CHECK_MSG(num_after(self.p, zero[k]) == 0, "self: %s %g", zero[k],
                   num_after(self.p, zero[k]));
-    CHECK_MSG(json_whole(self.p) && json_whole(quant.p), "compare's JSON: %s", quant.p ? quant.p : "");
+    CHECK_MSG(json_whole(self.p) && json_whole(quant.p), "compare's JSON: %s",
+              quant.p ? quant.p : "");
     CHECK(num_after(self.p, "rows") == 7 && num_after(self.p, "unmatched") == 0 &&
           num_after(self.p, "same_explanation") == 1);
     CHECK(num_after(self.p, "act_cos_min") == 1 && num_after(self.p, "rec_cos_min") == 1);

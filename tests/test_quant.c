@@ -45,7 +45,8 @@ static double quant_bound(nla_dtype dt, const float *w, const float *x, int n, d
    [n_x, n]: each |simd - ref| relative to the sum of |w_i x_i| (the scale of
    rounding); the integer sums are exact in both, only the float
    accumulation order differs. */
-static void check_matmul(const float *w, const float *x, int rows, int n_x, int n, const char *what) {
+static void check_matmul(const float *w, const float *x, int rows, int n_x, int n,
+                         const char *what) {
     /* rows * n_x <= 4096, then 16 floats that the kernels must leave as they are */
     static float ref[64 * 64 + 16], simd[64 * 64 + 16];
     const float mark = -7.25f;
@@ -54,15 +55,17 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
         for (int i = 0; i < 16; i++) ref[rows * n_x + i] = simd[rows * n_x + i] = mark;
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 0, ref), NLA_OK);
         CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x, rows, n_x, n, 1, simd), NLA_OK);
-        for (int i = 0; i < 16; i++) past += ref[rows * n_x + i] != mark || simd[rows * n_x + i] != mark;
+        for (int i = 0; i < 16; i++)
+            past += ref[rows * n_x + i] != mark || simd[rows * n_x + i] != mark;
         int bad = 0;
         for (int t = 0; t < n_x; t++)
             for (int r = 0; r < rows; r++) {
                 double mag = 0, a = simd[t * rows + r], b = ref[t * rows + r];
-                for (int i = 0; i < n; i++) mag += fabs((double)w[(size_t)r * n + i] * x[(size_t)t * n + i]);
+                for (int i = 0; i < n; i++)
+                    mag += fabs((double)w[(size_t)r * n + i] * x[(size_t)t * n + i]);
                 if (!(isfinite(a) && isfinite(b) && fabs(a - b) <= 1e-5 * mag + 1e-30) && !bad++)
-                    fprintf(stderr, "%s %s [%d x %d x %d]: row %d of input %d: simd %g vs ref %g\n", what,
-                            dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", rows, n_x, n, r, t, a, b);
+                    fprintf(stderr, "%s %s [%d x %d x %d]: row %d of input %d: simd %g vs ref %g\n",
+                            what, dt == NLA_DTYPE_Q8_0 ? "q8_0" : "q4_0", rows, n_x, n, r, t, a, b);
             }
         CHECK_MSG(!bad, "%s: %d of %d outputs differ", what, bad, rows * n_x);
         /* both against the exact product: within the quantization bound, and
@@ -91,12 +94,15 @@ static void check_matmul(const float *w, const float *x, int rows, int n_x, int 
         int differ = 0;
         for (int t = 0; t < n_x; t++) {
             for (int i = 0; i < 16; i++) one[rows + i] = mark;
-            CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x + (size_t)t * n, rows, 1, n, 1, one), NLA_OK);
+            CHECK_EQ(nla_kernel_matmul((nla_dtype)dt, w, x + (size_t)t * n, rows, 1, n, 1, one),
+                     NLA_OK);
             differ += memcmp(one, simd + (size_t)t * rows, (size_t)rows * sizeof(float)) != 0;
             for (int i = 0; i < 16; i++) past += one[rows + i] != mark;
         }
-        CHECK_MSG(!differ, "%s [%d x %d x %d]: %d inputs give other bits alone than in the batch", what, rows, n_x, n, differ);
-        CHECK_MSG(!past, "%s [%d x %d x %d]: %d floats written past the output", what, rows, n_x, n, past);
+        CHECK_MSG(!differ, "%s [%d x %d x %d]: %d inputs give other bits alone than in the batch",
+                  what, rows, n_x, n, differ);
+        CHECK_MSG(!past, "%s [%d x %d x %d]: %d floats written past the output", what, rows, n_x, n,
+                  past);
     }
 }
 
@@ -226,14 +232,20 @@ static void test_kernels(void) {
     static float w[N], x[N];
     test_kernel_choice();
     for (int rep = 0; rep < 20; rep++) {
-        for (int i = 0; i < N; i++) { w[i] = (float)(urand() * 2 - 1); x[i] = (float)((urand() * 2 - 1) * 50); }
+        for (int i = 0; i < N; i++) {
+            w[i] = (float)(urand() * 2 - 1);
+            x[i] = (float)((urand() * 2 - 1) * 50);
+        }
         check_kernels(w, x, N, "random");
     }
     memset(w, 0, sizeof w);
     check_kernels(w, x, N, "all-zero weights");
     memset(x, 0, sizeof x);
     check_kernels(w, x, N, "all-zero");
-    for (int i = 0; i < N; i++) { w[i] = (i % 7 ? 1e-40f : -3e-39f); x[i] = (float)(urand() - 0.5); } /* denormals */
+    for (int i = 0; i < N; i++) {
+        w[i] = (i % 7 ? 1e-40f : -3e-39f);
+        x[i] = (float)(urand() - 0.5);
+    } /* denormals */
     check_kernels(w, x, N, "denormal weights");
     for (int i = 0; i < N; i++) {
         w[i] = (float)(urand() * 2 - 1);
@@ -242,9 +254,15 @@ static void test_kernels(void) {
     check_kernels(w, x, N, "tiny inputs"); /* max|x| / 127 subnormal: 1 / d overflows */
     for (int i = 0; i < N; i++) { w[i] = (float)(urand() * 2 - 1); x[i] = i % 32 ? 0 : 2e-37f; }
     check_kernels(w, x, N, "tiny among zeros");
-    for (int i = 0; i < N; i++) { w[i] = (float)(urand() - 0.5) * 6e4f; x[i] = (float)(urand() - 0.5) * 1e30f; } /* f16 range edge, huge x */
+    for (int i = 0; i < N; i++) {
+        w[i] = (float)(urand() - 0.5) * 6e4f;
+        x[i] = (float)(urand() - 0.5) * 1e30f;
+    } /* f16 range edge, huge x */
     check_kernels(w, x, N, "huge values");
-    for (int i = 0; i < N; i++) { w[i] = i % 32 == 5 ? 100.0f : 0.01f; x[i] = i % 32 == 9 ? -1e4f : 1.0f; } /* outliers */
+    for (int i = 0; i < N; i++) {
+        w[i] = i % 32 == 5 ? 100.0f : 0.01f;
+        x[i] = i % 32 == 9 ? -1e4f : 1.0f;
+    } /* outliers */
     check_kernels(w, x, N, "outliers");
     /* a NaN or an Inf in an input makes all of that input's results NaN, in
        both kernels (not a code of 0 in a finite sum); input 0 keeps its own */
@@ -276,11 +294,12 @@ static void test_kernels(void) {
        matrices of more than 64 rows 4 apart, the last one missing or
        partly filled where the groups are not a multiple of 4 (100, 120,
        200 rows: 7, 8 and 13 groups) */
-    static const int shape[][3] = {{1, 1, 32}, {4, 4, 64}, {5, 3, 96}, {3, 5, 32}, {9, 9, 160}, {8, 17, 64}, {16, 2, 256},
-                                   {2, 40, 96}, {16, 8, 32}, {17, 15, 64}, {33, 6, 96}, {48, 13, 32},
-                                   {16, 32, 128}, {17, 33, 96}, {1, 47, 32}, {33, 48, 64}, {5, 25, 160},
-                                   {64, 64, 64}, {100, 3, 32}, {120, 2, 32}, {200, 1, 32},
-                                   {128, 9, 32}}; /* rows n_x n; n_x n, rows n <= N; rows n_x <= 4096 */
+    static const int shape[][3] = {
+        {1, 1, 32},    {4, 4, 64},   {5, 3, 96},   {3, 5, 32},   {9, 9, 160},  {8, 17, 64},
+        {16, 2, 256},  {2, 40, 96},  {16, 8, 32},  {17, 15, 64}, {33, 6, 96},  {48, 13, 32},
+        {16, 32, 128}, {17, 33, 96}, {1, 47, 32},  {33, 48, 64}, {5, 25, 160}, {64, 64, 64},
+        {100, 3, 32},  {120, 2, 32}, {200, 1, 32}, {128, 9, 32}}; /* rows n_x n; n_x n, rows n <= N;
+                                                                     rows n_x <= 4096 */
     for (size_t k = 0; k < sizeof shape / sizeof *shape; k++) {
         const int rows = shape[k][0], nx = shape[k][1], n = shape[k][2];
         for (int i = 0; i < rows * n; i++) w[i] = (float)(urand() * 2 - 1);
@@ -316,16 +335,22 @@ static void test_kernels(void) {
     }
 }
 
-static float *logits_of(const char *dir, nla_quant q, const int32_t *ids, int T, int V, float *hidden) {
+static float *logits_of(const char *dir, nla_quant q, const int32_t *ids, int T, int V,
+                        float *hidden) {
     nla_model_params mp;
     memset(&mp, 0, sizeof mp);
     mp.quant = q;
     nla_model *m;
     char err[512];
-    if (nla_model_open(dir, &mp, &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); return NULL; }
+    if (nla_model_open(dir, &mp, &m, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return NULL;
+    }
     nla_model_info in;
     nla_model_get_info(m, &in);
-    CHECK_EQ(in.dtype, q == NLA_QUANT_Q8_0 ? NLA_DTYPE_Q8_0 : q == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0 : NLA_DTYPE_BF16);
+    CHECK_EQ(in.dtype, q == NLA_QUANT_Q8_0   ? NLA_DTYPE_Q8_0
+                       : q == NLA_QUANT_Q4_0 ? NLA_DTYPE_Q4_0
+                                             : NLA_DTYPE_BF16);
     CHECK(q == NLA_QUANT_NONE ? in.quant_bytes == 0 : in.quant_bytes > 0);
     nla_session *s;
     nla_session_new(m, NULL, &s);
@@ -354,7 +379,11 @@ static double mean_mse_nrm(const float *a, const float *b, int rows, int d) {
     double tot = 0;
     for (int r = 0; r < rows; r++) {
         double na = 0, nb = 0, dt = 0;
-        for (int i = 0; i < d; i++) { na += (double)a[r * d + i] * a[r * d + i]; nb += (double)b[r * d + i] * b[r * d + i]; dt += (double)a[r * d + i] * b[r * d + i]; }
+        for (int i = 0; i < d; i++) {
+            na += (double)a[r * d + i] * a[r * d + i];
+            nb += (double)b[r * d + i] * b[r * d + i];
+            dt += (double)a[r * d + i] * b[r * d + i];
+        }
         tot += 2 * (1 - dt / sqrt(na * nb));
     }
     return tot / rows;
@@ -393,14 +422,19 @@ static void test_models(void) {
                 agree += argmax(lg + (size_t)t * V, V) == argmax(gl + (size_t)t * V, V);
                 total++;
             }
-            for (int i = 0; i < T * V; i++) { if (fabs(gl[i]) > mx) mx = fabs(gl[i]); if (fabs(lg[i] - gl[i]) > e) e = fabs(lg[i] - gl[i]); }
+            for (int i = 0; i < T * V; i++) {
+                if (fabs(gl[i]) > mx) mx = fabs(gl[i]);
+                if (fabs(lg[i] - gl[i]) > e) e = fabs(lg[i] - gl[i]);
+            }
             if (e / mx > worst_logit) worst_logit = e / mx;
             double mse = mean_mse_nrm(hid + (size_t)K * T * d, gh + (size_t)K * T * d, T, d);
             if (mse > worst_mse) worst_mse = mse;
             free(gl); free(gh); free(pj); free(hid); free(lg);
         }
-        printf("  %s on gqa-bf16: top-1 agreement %d/%d (%.1f %%), block-%d mse_nrm vs f32 %.2e, max logit err %.2e of max |logit|\n",
-               q == NLA_QUANT_Q8_0 ? "Q8_0" : "Q4_0", agree, total, 100.0 * agree / total, K, worst_mse, worst_logit);
+        printf("  %s on gqa-bf16: top-1 agreement %d/%d (%.1f %%), block-%d mse_nrm vs f32 %.2e, "
+               "max logit err %.2e of max |logit|\n",
+               q == NLA_QUANT_Q8_0 ? "Q8_0" : "Q4_0", agree, total, 100.0 * agree / total, K,
+               worst_mse, worst_logit);
         /* Bounds measured on this model (random weights, rms 0.13 in 64-wide
            rows: every block moves the residual a lot, so errors compound):
            Q8_0 48/51 and 4.0e-4 (its weights alone, with float activations,
@@ -408,10 +442,12 @@ static void test_models(void) {
            for 8-bit blocks). They guard against regressions; they are not
            the accuracy a trained Gemma 3 gets. */
         if (q == NLA_QUANT_Q8_0) {
-            CHECK_MSG(agree * 100 >= 90 * total, "Q8_0 top-1 agreement %d/%d below 90 %%", agree, total);
+            CHECK_MSG(agree * 100 >= 90 * total, "Q8_0 top-1 agreement %d/%d below 90 %%", agree,
+                      total);
             CHECK_MSG(worst_mse <= 6e-4, "Q8_0 block-K mse_nrm %.3g above 6e-4", worst_mse);
         } else {
-            CHECK_MSG(agree * 100 >= 65 * total, "Q4_0 top-1 agreement %d/%d below 65 %%", agree, total);
+            CHECK_MSG(agree * 100 >= 65 * total, "Q4_0 top-1 agreement %d/%d below 65 %%", agree,
+                      total);
             CHECK_MSG(worst_mse <= 6e-2, "Q4_0 block-K mse_nrm %.3g above 6e-2", worst_mse);
         }
     }
@@ -432,7 +468,8 @@ static void test_models(void) {
    bits, so the same logits, with no conversion at load. */
 static void test_save(void) {
     static const int32_t ids[8] = {2, 84, 578, 476, 220, 642, 86, 284};
-    const char *srcs[2] = {"tests/data/forward/gqa-bf16/model", "tests/data/forward/multimodal-sharded-bf16/model"};
+    const char *srcs[2] = {"tests/data/forward/gqa-bf16/model",
+                           "tests/data/forward/multimodal-sharded-bf16/model"};
     char err[512];
     mkdir("tests/tmp", 0755);
     for (int k = 0; k < 2; k++)
@@ -464,7 +501,9 @@ static void test_save(void) {
             CHECK_EQ(nla_forward(sa, &bt), NLA_OK);
             bt.logits = lb;
             CHECK_EQ(nla_forward(sb, &bt), NLA_OK);
-            CHECK_MSG(!memcmp(la, lb, sizeof la), "%s %s: saved model differs from quantize-on-load", srcs[k], q == 1 ? "q8_0" : "q4_0");
+            CHECK_MSG(!memcmp(la, lb, sizeof la),
+                      "%s %s: saved model differs from quantize-on-load", srcs[k],
+                      q == 1 ? "q8_0" : "q4_0");
             nla_session_free(sa); nla_session_free(sb);
             nla_model_close(a); nla_model_close(b);
         }
@@ -473,12 +512,14 @@ static void test_save(void) {
     nla_tensor t;
     CHECK_EQ(nla_st_open("tests/tmp/saved/model.safetensors", 0, &st, err, sizeof err), NLA_OK);
     CHECK_EQ(nla_st_get(st, nla_st_find(st, "model.layers.0.mlp.down_proj.weight"), &t), NLA_OK);
-    CHECK(!strcmp(t.dtype, "U8") && t.ndim == 2 && t.shape[0] == 80 / 16 && t.shape[1] == 160 / 32 * 16 * 18);
+    CHECK(!strcmp(t.dtype, "U8") && t.ndim == 2 && t.shape[0] == 80 / 16 &&
+          t.shape[1] == 160 / 32 * 16 * 18);
     nla_st_close(st);
     /* a format the loader does not know is refused, naming it; the
        row-by-row layout of earlier versions is named as such */
     size_t n;
-    char *raw = slurp("tests/tmp/saved/model.safetensors", &n), *at = raw ? strstr(raw + 8, "\"q4_0x16\"") : NULL;
+    char *raw = slurp("tests/tmp/saved/model.safetensors", &n),
+         *at = raw ? strstr(raw + 8, "\"q4_0x16\"") : NULL;
     CHECK(at != NULL);
     if (at) {
         nla_model *m;
@@ -500,7 +541,9 @@ static void test_save(void) {
 static void test_quantized_embedding(void) {
     char err[512], dir[64];
     nla_st *st;
-    CHECK_EQ(nla_st_open("tests/data/forward/gqa-bf16/model/model.safetensors", 0, &st, err, sizeof err), NLA_OK);
+    CHECK_EQ(
+        nla_st_open("tests/data/forward/gqa-bf16/model/model.safetensors", 0, &st, err, sizeof err),
+        NLA_OK);
     if (!st) return;
     const int n = nla_st_count(st);
     wtensor *w = (wtensor *)calloc((size_t)n, sizeof *w);
@@ -523,8 +566,11 @@ static void test_quantized_embedding(void) {
         }
     }
     tmp_dir(dir, sizeof dir, "qembed");
-    CHECK_EQ(st_write("tests/tmp/qembed/model.safetensors", w, n, "{\"nla.quant\":\"q8_0x16\"}"), 0);
-    CHECK_EQ(copy_file("tests/data/forward/gqa-bf16/model/config.json", "tests/tmp/qembed/config.json"), 0);
+    CHECK_EQ(st_write("tests/tmp/qembed/model.safetensors", w, n, "{\"nla.quant\":\"q8_0x16\"}"),
+             0);
+    CHECK_EQ(
+        copy_file("tests/data/forward/gqa-bf16/model/config.json", "tests/tmp/qembed/config.json"),
+        0);
     nla_model *m;
     CHECK_EQ(nla_model_open(dir, NULL, &m, err, sizeof err), NLA_ERR_FORMAT);
     CHECK_MSG(strstr(err, "embed_tokens") && strstr(err, "quantized"), "error: %s", err);
@@ -844,9 +890,11 @@ static void test_wide_decode(void) {
     for (int l = 0; l < L; l++)
         for (int k = 0; k < 13; k++, n++) {
             const long long r = tensors[k].rows, c = tensors[k].cols;
-            snprintf(names[n - 2], sizeof names[0], "model.layers.%d.%s.weight", l, tensors[k].name);
-            w[n] = c ? (wtensor){names[n - 2], "BF16", 2, {r, c}, big + n * 1024, (size_t)(r * c * 2)}
-                     : (wtensor){names[n - 2], "BF16", 1, {r}, zero, (size_t)r * 2};
+            snprintf(names[n - 2], sizeof names[0], "model.layers.%d.%s.weight", l,
+                     tensors[k].name);
+            w[n] =
+                c ? (wtensor){names[n - 2], "BF16", 2, {r, c}, big + n * 1024, (size_t)(r * c * 2)}
+                  : (wtensor){names[n - 2], "BF16", 1, {r}, zero, (size_t)r * 2};
         }
     char dir[64], cfg[1024], err[512];
     tmp_dir(dir, sizeof dir, "wide");

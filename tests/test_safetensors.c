@@ -45,8 +45,11 @@ static void expect_header(const char *header, size_t data_len, nla_status want, 
     const char *path = "tests/tmp/h.safetensors";
     write_raw(path, header, strlen(header), data_len);
     nla_status rc = st_try(path, 0);
-    CHECK_MSG(rc == want, "%s: got %s (%s), want %s", what, nla_strerror(rc), err, nla_strerror(want));
-    if (want != NLA_OK) CHECK_MSG(strstr(err, "h.safetensors") != NULL, "%s: message must name the file: %s", what, err);
+    CHECK_MSG(rc == want, "%s: got %s (%s), want %s", what, nla_strerror(rc), err,
+              nla_strerror(want));
+    if (want != NLA_OK)
+        CHECK_MSG(strstr(err, "h.safetensors") != NULL, "%s: message must name the file: %s", what,
+                  err);
 }
 
 static void test_valid_and_rules(void) {
@@ -61,7 +64,8 @@ static void test_valid_and_rules(void) {
         int ia = nla_st_find(st, "a");
         nla_tensor ta;
         CHECK_EQ(nla_st_get(st, ia, &ta), NLA_OK);
-        CHECK(!strcmp(ta.dtype, "F32") && ta.ndim == 2 && ta.shape[0] == 2 && ta.shape[1] == 3 && ta.nbytes == 24);
+        CHECK(!strcmp(ta.dtype, "F32") && ta.ndim == 2 && ta.shape[0] == 2 && ta.shape[1] == 3 &&
+              ta.nbytes == 24);
         CHECK(memcmp(ta.data, a, 24) == 0);
         CHECK_EQ(nla_st_find(st, "nope"), -1);
         CHECK(nla_st_metadata(st, "format") && !strcmp(nla_st_metadata(st, "format"), "pt"));
@@ -74,20 +78,30 @@ static void test_valid_and_rules(void) {
     nla_tensor bad;
     memset(&bad, 0, sizeof bad);
     bad.name = "x"; bad.dtype = "F32"; bad.ndim = 2; bad.shape[0] = -1; bad.shape[1] = 4;
-    CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    CHECK_EQ(
+        nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err),
+        NLA_ERR_ARG);
     bad.shape[0] = (int64_t)1 << 62;
-    CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    CHECK_EQ(
+        nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err),
+        NLA_ERR_ARG);
     bad.shape[0] = 2; bad.shape[1] = 3; bad.data = a; bad.nbytes = 24;
     /* a tensor named as the header's metadata, a metadata pair with a NULL: refused, no file */
     unlink("tests/tmp/bad2.safetensors");
     bad.name = "__metadata__";
-    CHECK_EQ(nla_st_write("tests/tmp/bad2.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    CHECK_EQ(
+        nla_st_write("tests/tmp/bad2.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err),
+        NLA_ERR_ARG);
     bad.name = "x";
     const char *nul_meta[2] = {"key", NULL};
-    CHECK_EQ(nla_st_write("tests/tmp/bad2.safetensors", &bad, 1, nul_meta, 1, NULL, NULL, err, sizeof err), NLA_ERR_ARG);
+    CHECK_EQ(nla_st_write("tests/tmp/bad2.safetensors", &bad, 1, nul_meta, 1, NULL, NULL, err,
+                          sizeof err),
+             NLA_ERR_ARG);
     CHECK_MSG(strstr(err, "metadata pair 0 has a NULL value"), "%s", err);
     CHECK(access("tests/tmp/bad2.safetensors", F_OK) != 0);
-    CHECK_EQ(nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err), NLA_OK);
+    CHECK_EQ(
+        nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err),
+        NLA_OK);
     CHECK_EQ(st_try("tests/tmp/bad.safetensors", 0), NLA_OK);
 
     /* truncation at every length: all fail, cleanly */
@@ -117,38 +131,60 @@ static void test_valid_and_rules(void) {
     expect_header(h, 4, NLA_OK, "0-rank tensor");
     snprintf(h, sizeof h, "{\"z\":{%s,\"shape\":[0,5],\"data_offsets\":[0,0]}}", F);
     expect_header(h, 0, NLA_OK, "zero-size tensor");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}      ", 8, NLA_OK, "space padding");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}      ", 8,
+                  NLA_OK, "space padding");
     expect_header("[1,2]", 0, NLA_ERR_FORMAT, "not an object");
     expect_header(" {}", 0, NLA_ERR_FORMAT, "leading space");
     expect_header("{\"a\":", 0, NLA_ERR_FORMAT, "invalid JSON");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8, NLA_ERR_FORMAT, "trailing junk");
-    expect_header("{\"a\":{\"dtype\":\"Q9\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, NLA_ERR_FORMAT, "unknown dtype");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8, NLA_ERR_FORMAT, "negative dim");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", 8, NLA_ERR_FORMAT, "fractional dim");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[\"2\"],\"data_offsets\":[0,8]}}", 8, NLA_ERR_FORMAT, "string dim");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", 8, NLA_ERR_FORMAT, "one offset");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, NLA_ERR_FORMAT, "end < begin");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, NLA_ERR_FORMAT, "shape x dtype != bytes");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, NLA_ERR_FORMAT, "offset past the end");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}} x", 8,
+                  NLA_ERR_FORMAT, "trailing junk");
+    expect_header("{\"a\":{\"dtype\":\"Q9\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8,
+                  NLA_ERR_FORMAT, "unknown dtype");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[-2],\"data_offsets\":[0,8]}}", 8,
+                  NLA_ERR_FORMAT, "negative dim");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2.0],\"data_offsets\":[0,8]}}", 8,
+                  NLA_ERR_FORMAT, "fractional dim");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[\"2\"],\"data_offsets\":[0,8]}}", 8,
+                  NLA_ERR_FORMAT, "string dim");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0]}}", 8,
+                  NLA_ERR_FORMAT, "one offset");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8,
+                  NLA_ERR_FORMAT, "end < begin");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8,
+                  NLA_ERR_FORMAT, "shape x dtype != bytes");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4,
+                  NLA_ERR_FORMAT, "offset past the end");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{"
+                  "\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[4,12]}}",
                   12, NLA_ERR_FORMAT, "overlap");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{"
+                  "\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
                   8, NLA_ERR_FORMAT, "same range twice");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, NLA_ERR_FORMAT, "gap at the start");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8,
+                  NLA_ERR_FORMAT, "gap at the start");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{"
+                  "\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                   8, NLA_ERR_FORMAT, "duplicate name");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,8]}}", 8,
-                  NLA_ERR_FORMAT, "shape product overflows");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904],\"data_offsets\":[0,8]}}", 8, NLA_ERR_FORMAT,
-                  "bits overflow");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999],\"data_offsets\":[0,8]}}", 8, NLA_ERR_FORMAT,
-                  "dim too large for u64");
-    expect_header("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}", 1, NLA_ERR_FORMAT, "sub-byte size");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_"
+                  "offsets\":[0,8]}}",
+                  8, NLA_ERR_FORMAT, "shape product overflows");
+    expect_header(
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904],\"data_offsets\":[0,8]}}", 8,
+        NLA_ERR_FORMAT, "bits overflow");
+    expect_header(
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[99999999999999999999],\"data_offsets\":[0,8]}}", 8,
+        NLA_ERR_FORMAT, "dim too large for u64");
+    expect_header("{\"a\":{\"dtype\":\"F4\",\"shape\":[3],\"data_offsets\":[0,1]}}", 1,
+                  NLA_ERR_FORMAT, "sub-byte size");
     expect_header("{\"__metadata__\":{\"k\":1}}", 0, NLA_ERR_FORMAT, "metadata value not a string");
     expect_header("{\"__metadata__\":[]}", 0, NLA_ERR_FORMAT, "metadata not an object");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4, NLA_ERR_FORMAT, "rank 9");
-    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":1}}", 4, NLA_ERR_FORMAT, "extra field");
-    expect_header("{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4, NLA_ERR_FORMAT, "invalid UTF-8");
+    expect_header(
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
+        NLA_ERR_FORMAT, "rank 9");
+    expect_header("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":1}}", 4,
+                  NLA_ERR_FORMAT, "extra field");
+    expect_header("{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+                  NLA_ERR_FORMAT, "invalid UTF-8");
     expect_header("{\"a\":\"\\x\"}", 0, NLA_ERR_FORMAT, "bad escape");
     char deep[300];
     memset(deep, '[', 200);
@@ -179,8 +215,11 @@ static void test_valid_and_rules(void) {
 
 /* A copy of a golden model folder, so tests can edit config and files. */
 static void copy_model(const char *from, const char *to_name, char *to, size_t cap) {
-    static const char *const files[] = {"config.json", "generation_config.json", "model.safetensors",
-                                        "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+    static const char *const files[] = {"config.json",
+                                        "generation_config.json",
+                                        "model.safetensors",
+                                        "model.safetensors.index.json",
+                                        "model-00001-of-00002.safetensors",
                                         "model-00002-of-00002.safetensors"};
     tmp_dir(to, cap, to_name);
     for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
@@ -216,7 +255,8 @@ static nla_status model_try(const char *dir) {
     return rc;
 }
 
-static void expect_config(const char *find, const char *repl, nla_status want, const char *mention) {
+static void expect_config(const char *find, const char *repl, nla_status want,
+                          const char *mention) {
     char dir[512];
     copy_model("tests/data/forward/gqa-bf16/model", "cfg", dir, sizeof dir);
     edit_config(dir, find, repl);
@@ -226,26 +266,41 @@ static void expect_config(const char *find, const char *repl, nla_status want, c
 }
 
 static void test_config_and_binding(void) {
-    expect_config("\"hidden_size\": 64", "\"hidden_size\": 65", NLA_ERR_FORMAT, "model.safetensors");
+    expect_config("\"hidden_size\": 64", "\"hidden_size\": 65", NLA_ERR_FORMAT,
+                  "model.safetensors");
     expect_config("\"hidden_size\": 64", "\"hidden_size\": 65", NLA_ERR_FORMAT, "[1024, 64]");
-    expect_config("\"num_attention_heads\": 4", "\"num_attention_heads\": 2", NLA_ERR_FORMAT, "q_proj");
-    expect_config("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3", NLA_ERR_FORMAT, "num_key_value_heads");
+    expect_config("\"num_attention_heads\": 4", "\"num_attention_heads\": 2", NLA_ERR_FORMAT,
+                  "q_proj");
+    expect_config("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3", NLA_ERR_FORMAT,
+                  "num_key_value_heads");
     expect_config("\"head_dim\": 32", "\"head_dim\": 16", NLA_ERR_FORMAT, "q_proj");
-    expect_config("\"intermediate_size\": 128", "\"intermediate_size\": 100", NLA_ERR_FORMAT, "gate_proj");
+    expect_config("\"intermediate_size\": 128", "\"intermediate_size\": 100", NLA_ERR_FORMAT,
+                  "gate_proj");
     expect_config("\"vocab_size\": 1024", "\"vocab_size\": 1000", NLA_ERR_FORMAT, "embed_tokens");
-    expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 6", NLA_ERR_FORMAT, "layer_types");
-    expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 8", NLA_ERR_FORMAT, "layer_types");
-    expect_config("\"rope_type\": \"linear\"", "\"rope_type\": \"yarn\"", NLA_ERR_UNSUPPORTED, "yarn");
-    expect_config("\"Gemma3ForCausalLM\"", "\"LlamaForCausalLM\"", NLA_ERR_UNSUPPORTED, "LlamaForCausalLM");
-    expect_config("\"hidden_size\": 64,", "\"hidden_size\": 64", NLA_ERR_FORMAT, "config.json: invalid JSON at line");
+    expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 6", NLA_ERR_FORMAT,
+                  "layer_types");
+    expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 8", NLA_ERR_FORMAT,
+                  "layer_types");
+    expect_config("\"rope_type\": \"linear\"", "\"rope_type\": \"yarn\"", NLA_ERR_UNSUPPORTED,
+                  "yarn");
+    expect_config("\"Gemma3ForCausalLM\"", "\"LlamaForCausalLM\"", NLA_ERR_UNSUPPORTED,
+                  "LlamaForCausalLM");
+    expect_config("\"hidden_size\": 64,", "\"hidden_size\": 64", NLA_ERR_FORMAT,
+                  "config.json: invalid JSON at line");
     expect_config("\"hidden_size\": 64", "\"hidden_size\": \"64\"", NLA_ERR_FORMAT, "hidden_size");
-    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 1e400", NLA_ERR_RANGE, "final_logit_softcapping inf out of range");
-    expect_config("    1,\n    106\n", "    1,\n    1024\n", NLA_ERR_RANGE, "config.json: eos_token_id 1024 is not a token id");
+    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 1e400",
+                  NLA_ERR_RANGE, "final_logit_softcapping inf out of range");
+    expect_config("    1,\n    106\n", "    1,\n    1024\n", NLA_ERR_RANGE,
+                  "config.json: eos_token_id 1024 is not a token id");
     /* finite as doubles but past a float's range (an Inf once read) */
-    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 3e40", NLA_ERR_RANGE, "final_logit_softcapping 3e+40 out of range");
-    expect_config("\"attn_logit_softcapping\": null", "\"attn_logit_softcapping\": 1e39", NLA_ERR_RANGE, "attn_logit_softcapping 1e+39 out of range");
-    expect_config("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e-50", NLA_ERR_RANGE, "rms_norm_eps 1e-50 out of range: must be in [FLT_MIN, 1)");
-    expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e39", NLA_ERR_RANGE, "rope_theta 1e+39");
+    expect_config("\"final_logit_softcapping\": null", "\"final_logit_softcapping\": 3e40",
+                  NLA_ERR_RANGE, "final_logit_softcapping 3e+40 out of range");
+    expect_config("\"attn_logit_softcapping\": null", "\"attn_logit_softcapping\": 1e39",
+                  NLA_ERR_RANGE, "attn_logit_softcapping 1e+39 out of range");
+    expect_config("\"rms_norm_eps\": 1e-06", "\"rms_norm_eps\": 1e-50", NLA_ERR_RANGE,
+                  "rms_norm_eps 1e-50 out of range: must be in [FLT_MIN, 1)");
+    expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e39", NLA_ERR_RANGE,
+                  "rope_theta 1e+39");
     expect_config("\"factor\": 8.0", "\"factor\": 1e39", NLA_ERR_RANGE, "factor");
     expect_config("\"factor\": 8.0", "\"factor\": 1e999", NLA_ERR_RANGE, "factor");
     expect_config("\"rope_theta\": 1000000.0", "\"rope_theta\": 1e309", NLA_ERR_RANGE, "rope");
@@ -253,19 +308,25 @@ static void test_config_and_binding(void) {
                   "rope_local_base_freq 1 out of range: must be in (1, FLT_MAX]");
     expect_config("\"query_pre_attn_scalar\": 32", "\"query_pre_attn_scalar\": 0", NLA_ERR_RANGE,
                   "query_pre_attn_scalar 0 out of range");
-    expect_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"silu\"", NLA_ERR_UNSUPPORTED, "silu");
-    expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": true", NLA_ERR_UNSUPPORTED, "bidirectional");
-    expect_config("\"full_attention\",", "\"chunked_attention\",", NLA_ERR_UNSUPPORTED, "layer_types[5]");
+    expect_config("\"hidden_activation\": \"gelu_pytorch_tanh\"", "\"hidden_activation\": \"silu\"",
+                  NLA_ERR_UNSUPPORTED, "silu");
+    expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": true",
+                  NLA_ERR_UNSUPPORTED, "bidirectional");
+    expect_config("\"full_attention\",", "\"chunked_attention\",", NLA_ERR_UNSUPPORTED,
+                  "layer_types[5]");
     /* a flag given as a string or a number is refused, not read as true or false */
-    expect_config("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": \"false\"", NLA_ERR_FORMAT,
-                  "'tie_word_embeddings' must be true or false");
+    expect_config("\"tie_word_embeddings\": true", "\"tie_word_embeddings\": \"false\"",
+                  NLA_ERR_FORMAT, "'tie_word_embeddings' must be true or false");
     expect_config("\"attention_bias\": false", "\"attention_bias\": 1", NLA_ERR_FORMAT,
                   "'attention_bias' must be true or false");
-    expect_config("\"use_bidirectional_attention\": false", "\"use_bidirectional_attention\": \"yes\"",
-                  NLA_ERR_FORMAT, "'use_bidirectional_attention' must be true or false");
+    expect_config("\"use_bidirectional_attention\": false",
+                  "\"use_bidirectional_attention\": \"yes\"", NLA_ERR_FORMAT,
+                  "'use_bidirectional_attention' must be true or false");
     /* the input limits (nla.c section 1) */
-    expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 513", NLA_ERR_RANGE, "'num_hidden_layers' = 513 is outside 1..512");
-    expect_config("\"vocab_size\": 1024", "\"vocab_size\": 16777217", NLA_ERR_RANGE, "'vocab_size' = 16777217 is outside");
+    expect_config("\"num_hidden_layers\": 7", "\"num_hidden_layers\": 513", NLA_ERR_RANGE,
+                  "'num_hidden_layers' = 513 is outside 1..512");
+    expect_config("\"vocab_size\": 1024", "\"vocab_size\": 16777217", NLA_ERR_RANGE,
+                  "'vocab_size' = 16777217 is outside");
     {
         size_t big = ((size_t)1 << 24) + 1; /* NLA_MAX_JSON_FILE + 1 */
         char *pad = (char *)malloc(big + 32);
@@ -312,7 +373,8 @@ static void test_config_and_binding(void) {
     snprintf(p, sizeof p, "%s/model.safetensors.index.json", dir);
     char *idx = slurp(p, NULL);
     CHECK_EQ(model_try(dir), NLA_OK);
-    char *q = strstr(idx, "\"language_model.model.norm.weight\": \"model-00002-of-00002.safetensors\"");
+    char *q =
+        strstr(idx, "\"language_model.model.norm.weight\": \"model-00002-of-00002.safetensors\"");
     CHECK(q != NULL);
     if (q) {
         char *f = strstr(q, "00002-of");
@@ -328,7 +390,8 @@ static void test_config_and_binding(void) {
     free(idx);
     snprintf(p, sizeof p, "%s/model-00002-of-00002.safetensors", dir);
     remove(p);
-    copy_file("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json", "tests/tmp/shard/model.safetensors.index.json");
+    copy_file("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json",
+              "tests/tmp/shard/model.safetensors.index.json");
     CHECK_EQ(model_try(dir), NLA_ERR_IO);
     CHECK(strstr(err, "model-00002-of-00002.safetensors") != NULL);
 }
@@ -409,7 +472,8 @@ static void test_layouts(void) {
     int n = load_tensors("tests/data/forward/gqa-bf16/model/model.safetensors", t, 256);
     CHECK(n > 90);
     char dir[512], p[1024];
-    /* 1. model.language_model.* names, rope_parameters, layer_types absent, explicit lm_head (untied) */
+    /* 1. model.language_model.* names, rope_parameters, layer_types absent, explicit lm_head
+     * (untied) */
     copy_model("tests/data/forward/gqa-bf16/model", "layout", dir, sizeof dir);
     int emb = -1;
     for (int i = 0; i < n; i++) {
@@ -424,8 +488,10 @@ static void test_layouts(void) {
     snprintf(t2[n].name, sizeof t2[n].name, "lm_head.weight");
     snprintf(p, sizeof p, "%s/model.safetensors", dir);
     save_tensors(p, t2, n + 1);
-    edit_config(dir, "\"rope_scaling\": {\n    \"factor\": 8.0,\n    \"rope_type\": \"linear\"\n  },",
-                "\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"linear\", \"factor\": 8.0, \"rope_theta\": 1000000.0},"
+    edit_config(dir,
+                "\"rope_scaling\": {\n    \"factor\": 8.0,\n    \"rope_type\": \"linear\"\n  },",
+                "\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"linear\", \"factor\": "
+                "8.0, \"rope_theta\": 1000000.0},"
                 " \"sliding_attention\": {\"rope_type\": \"default\", \"rope_theta\": 10000.0}},");
     edit_config(dir, "\"rope_theta\": 1000000.0,", "\"rope_theta\": 5.0,"); /* must be overridden */
     edit_config(dir, "\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false");
@@ -433,10 +499,15 @@ static void test_layouts(void) {
     snprintf(p, sizeof p, "%s/config.json", dir);
     cfg = slurp(p, NULL);
     char *lt = strstr(cfg, "\"layer_types\""), *end = lt ? strchr(lt, ']') : NULL;
-    if (lt && end) { memmove(lt, end + 3, strlen(end + 3) + 1); spit(p, cfg, strlen(cfg)); } /* pattern 6 gives the same */
+    if (lt && end) {
+        memmove(lt, end + 3, strlen(end + 3) + 1);
+        spit(p, cfg, strlen(cfg));
+    } /* pattern 6 gives the same */
     free(cfg);
     double e1 = logits_err(dir, NLA_EMBED_SCALE_BF16);
-    CHECK_MSG(e1 <= 1e-4, "model.language_model.* + rope_parameters + lm_head + no layer_types: rel err %.3g", e1);
+    CHECK_MSG(e1 <= 1e-4,
+              "model.language_model.* + rope_parameters + lm_head + no layer_types: rel err %.3g",
+              e1);
     nla_model *m;
     CHECK_EQ(nla_model_open(dir, NULL, &m, err, sizeof err), NLA_OK);
     nla_model_info in;
@@ -468,7 +539,8 @@ static void test_layouts(void) {
             if (f == 0) h = (uint16_t)sign;
             else if (ex <= 0) {
                 int sh = 14 - ex;
-                uint32_t mm = man | 0x800000, q = sh < 32 ? mm >> sh : 0, rest = sh < 32 ? mm & ((1u << sh) - 1) : mm,
+                uint32_t mm = man | 0x800000, q = sh < 32 ? mm >> sh : 0,
+                         rest = sh < 32 ? mm & ((1u << sh) - 1) : mm,
                          half = sh < 33 ? 1u << (sh - 1) : 0;
                 if (rest > half || (rest == half && (q & 1))) q++;
                 h = (uint16_t)(sign | q);
@@ -499,9 +571,15 @@ static void test_layouts(void) {
     free(t);
 
     /* 3. one .safetensors file path instead of the folder */
-    CHECK_NEAR(logits_err("tests/data/forward/gqa-bf16/model/model.safetensors", NLA_EMBED_SCALE_BF16), 0, 1e-4);
-    CHECK_EQ(model_try("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json"), NLA_OK);
-    CHECK_EQ(st_try("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json", 0), NLA_OK);
+    CHECK_NEAR(
+        logits_err("tests/data/forward/gqa-bf16/model/model.safetensors", NLA_EMBED_SCALE_BF16), 0,
+        1e-4);
+    CHECK_EQ(
+        model_try("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json"),
+        NLA_OK);
+    CHECK_EQ(
+        st_try("tests/data/forward/multimodal-sharded-bf16/model/model.safetensors.index.json", 0),
+        NLA_OK);
     /* 4. the embed scale of mqa-f32 (h = 48): bf16 6.9375 vs exact 6.9282 */
     memset(&mp, 0, sizeof mp);
     CHECK_EQ(nla_model_open("tests/data/forward/mqa-f32/model", &mp, &m, err, sizeof err), NLA_OK);

@@ -23,8 +23,10 @@
 #define NLA_DIR "tests/data/nla/"
 #define D 16 /* the trio's d_model */
 
-static const int32_t ids40[] = {2, 107, 461, 409, 554, 430, 352, 1006, 444, 1010, 87, 530, 299, 34, 679, 379, 942, 502, 710, 688,
-                                872, 5, 912, 867, 523, 256, 764, 159, 268, 521, 978, 621, 935, 14, 1001, 750, 360, 143, 87, 628};
+static const int32_t ids40[] = {2,   107, 461, 409, 554,  430, 352, 1006, 444, 1010,
+                                87,  530, 299, 34,  679,  379, 942, 502,  710, 688,
+                                872, 5,   912, 867, 523,  256, 764, 159,  268, 521,
+                                978, 621, 935, 14,  1001, 750, 360, 143,  87,  628};
 
 typedef struct {
     const nla_model *gqa[2]; /* bf16, Q8_0 */
@@ -79,7 +81,9 @@ static void *work(void *arg) {
         nla_session_free(s);
     }
     const char *text = "Threads share the model; each has its own session.";
-    if (!j->rc) j->rc = nla_tokenize(nla_model_tokenizer(sh->target), text, strlen(text), NLA_TOKENIZE_BOS, j->tok, 64, &j->n_tok);
+    if (!j->rc)
+        j->rc = nla_tokenize(nla_model_tokenizer(sh->target), text, strlen(text), NLA_TOKENIZE_BOS,
+                             j->tok, 64, &j->n_tok);
     const int32_t pos[2] = {j->n_tok - 2, j->n_tok - 1};
     nla_session *s = session(sh->target, 1, j, &j->rc);
     if (!j->rc) j->rc = nla_extract(s, j->tok, j->n_tok, 2, pos, 2, j->v);
@@ -90,7 +94,8 @@ static void *work(void *arg) {
     vp.max_new = 8;
     if (!j->rc) j->rc = nla_verbalize_batch(s, j->v, 2, &vp, j->expl, 8, j->n_expl);
     nla_session_free(s);
-    const char *ex[2] = {"a fox in a sentence about threads", "<explanation>sessions</explanation>"};
+    const char *ex[2] = {"a fox in a sentence about threads",
+                         "<explanation>sessions</explanation>"};
     s = session(sh->ar, 1, j, &j->rc);
     if (!j->rc) j->rc = nla_reconstruct(s, ex, 2, j->rec);
     nla_session_free(s);
@@ -111,7 +116,8 @@ static nla_model *open_model(const char *dir, nla_quant q, const char *tok) {
 
 int main(void) {
     nla_model *m[5] = {open_model(GQA, NLA_QUANT_NONE, NULL), open_model(GQA, NLA_QUANT_Q8_0, NULL),
-                       open_model(NLA_DIR "target", NLA_QUANT_NONE, TOK), open_model(NLA_DIR "av", NLA_QUANT_NONE, TOK),
+                       open_model(NLA_DIR "target", NLA_QUANT_NONE, TOK),
+                       open_model(NLA_DIR "av", NLA_QUANT_NONE, TOK),
                        open_model(NLA_DIR "ar", NLA_QUANT_NONE, TOK)};
     if (!m[0] || !m[1] || !m[2] || !m[3] || !m[4]) return test_report();
     shared sh = {{m[0], m[1]}, m[2], m[3], m[4]};
@@ -132,7 +138,9 @@ int main(void) {
         same += !memcmp(&par[i], serial, sizeof *serial); /* every output field, bit for bit */
     }
     CHECK_EQ(same, N_THREADS);
-    printf("  %d threads sharing 5 models (bf16, Q8_0, NLA trio) and a tokenizer: results identical to the serial run\n", N_THREADS);
+    printf("  %d threads sharing 5 models (bf16, Q8_0, NLA trio) and a tokenizer: results "
+           "identical to the serial run\n",
+           N_THREADS);
     /* sessions of 3 threads: alone, then two at once inside a parallel
        region, where OpenMP (nesting off) runs their loops on one thread */
     memset(par, 0, N_THREADS * sizeof *par); /* padding too: whole jobs are compared */
@@ -158,7 +166,8 @@ int main(void) {
         par[i].n_threads = 0;
         CHECK(!memcmp(&par[i], serial, sizeof *serial));
     }
-    printf("  sessions of 3 threads, alone and in %d threads of a parallel region: identical too\n", team);
+    printf("  sessions of 3 threads, alone and in %d threads of a parallel region: identical too\n",
+           team);
 #endif
     free(serial);
     free(par);

@@ -38,7 +38,8 @@ static void test_cases(const nla_tokenizer *t) {
         nl = strchr(line, '\n');
         if (nl) *nl = 0;
         size_t tl = 0, dl = 0;
-        char *text = json_string_after(line, "text", &tl), *dec = json_string_after(line, "decoded", &dl);
+        char *text = json_string_after(line, "text", &tl),
+             *dec = json_string_after(line, "decoded", &dl);
         if (!text || !dec) { free(text); free(dec); continue; }
         n_case++;
         int n, nw = json_nums_after(line, "\"ids\"", want, 70000);
@@ -66,18 +67,23 @@ static void test_cases(const nla_tokenizer *t) {
         char piece[128];
         int whole = 1;
         for (int i = 0; i <= nw; i++) {
-            if (nla_detokenize_next(t, &st, i < nw ? ids[i] : -1, piece, sizeof piece, &k)) { whole = 0; break; }
-            if (i < nw && k && ((unsigned char)piece[k - 1] >= 0xc0)) whole = 0; /* never ends on a lead byte */
+            if (nla_detokenize_next(t, &st, i < nw ? ids[i] : -1, piece, sizeof piece, &k)) {
+                whole = 0;
+                break;
+            }
+            if (i < nw && k && ((unsigned char)piece[k - 1] >= 0xc0))
+                whole = 0; /* never ends on a lead byte */
             memcpy(out + o, piece, k);
             o += k;
         }
-        CHECK_MSG(whole && o == dl && !memcmp(out, dec, dl), "case %d streaming decode differs", n_case);
+        CHECK_MSG(whole && o == dl && !memcmp(out, dec, dl), "case %d streaming decode differs",
+                  n_case);
         free(out); free(text); free(dec);
     }
     free(all);
     CHECK_EQ(n_case, 448);
-    printf("  cases.jsonl: %d texts; ids %d/%d, ids_bos %d/%d, decoded %d/%d identical\n", n_case, ok_ids, n_case, ok_bos, n_case,
-           ok_dec, n_case);
+    printf("  cases.jsonl: %d texts; ids %d/%d, ids_bos %d/%d, decoded %d/%d identical\n", n_case,
+           ok_ids, n_case, ok_bos, n_case, ok_dec, n_case);
 }
 
 /* The raw JSON array after "messages": (bracket-matched, strings skipped). */
@@ -116,7 +122,8 @@ static void test_chat(const nla_tokenizer *t) {
         if (!msgs || !text) { free(msgs); free(text); continue; }
         n_conv++;
         char out[8192], err[256];
-        nla_status rc = nla_chat_render_json(msgs, ml, add_gen, out, sizeof out, &got, err, sizeof err);
+        nla_status rc =
+            nla_chat_render_json(msgs, ml, add_gen, out, sizeof out, &got, err, sizeof err);
         int good = rc == NLA_OK && got == tl && !memcmp(out, text, tl);
         CHECK_MSG(good, "conversation %d renders differently: %s", n_conv, rc ? err : out);
         int n, nw = json_nums_after(line, "\"ids\"", want, 4096);
@@ -140,20 +147,25 @@ static void test_chat(const nla_tokenizer *t) {
     char out[512], err[256];
     size_t len;
     CHECK_EQ(nla_chat_render(m, 3, 1, out, sizeof out, &len, err, sizeof err), NLA_OK);
-    CHECK(!strcmp(out, "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+    CHECK(!strcmp(out, "<bos><start_of_turn>user\nBe "
+                       "brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
                        "<start_of_turn>model\n"));
     nla_chat_message bad[2] = {{"user", "a"}, {"user", "b"}};
     CHECK_EQ(nla_chat_render(bad, 2, 1, out, sizeof out, &len, err, sizeof err), NLA_ERR_ARG);
     CHECK(strstr(err, "alternate") != NULL);
     nla_chat_message asst_first[1] = {{"assistant", "a"}};
-    CHECK_EQ(nla_chat_render(asst_first, 1, 1, out, sizeof out, &len, err, sizeof err), NLA_ERR_ARG);
+    CHECK_EQ(nla_chat_render(asst_first, 1, 1, out, sizeof out, &len, err, sizeof err),
+             NLA_ERR_ARG);
     CHECK_EQ(nla_chat_render(m, 3, 1, out, 10, &len, err, sizeof err), NLA_ERR_BUFFER_TOO_SMALL);
     CHECK(len > 10);
-    const char *badjson[] = {"[{\"role\": \"user\"}]", "{\"role\": \"user\", \"content\": \"x\"}", "[{\"role\": \"user\", \"content\": 5}]",
+    const char *badjson[] = {"[{\"role\": \"user\"}]", "{\"role\": \"user\", \"content\": \"x\"}",
+                             "[{\"role\": \"user\", \"content\": 5}]",
                              "[{\"role\": \"user\", \"content\": \"x\"", "[\"x\"]"};
     for (size_t i = 0; i < sizeof badjson / sizeof *badjson; i++) {
-        nla_status rc = nla_chat_render_json(badjson[i], strlen(badjson[i]), 1, out, sizeof out, &len, err, sizeof err);
-        CHECK_MSG(rc == NLA_ERR_FORMAT && strstr(err, "chat"), "bad chat JSON %zu: %s (%s)", i, nla_strerror(rc), err);
+        nla_status rc = nla_chat_render_json(badjson[i], strlen(badjson[i]), 1, out, sizeof out,
+                                             &len, err, sizeof err);
+        CHECK_MSG(rc == NLA_ERR_FORMAT && strstr(err, "chat"), "bad chat JSON %zu: %s (%s)", i,
+                  nla_strerror(rc), err);
     }
     CHECK_EQ(nla_chat_render_json("[]", 2, 0, out, sizeof out, &len, err, sizeof err), NLA_OK);
     CHECK(!strcmp(out, "<bos>"));
@@ -164,7 +176,8 @@ static void test_edges(const nla_tokenizer *t) {
     int n;
     /* AR prompt example: BOS + template around an explanation */
     const char *ar = "Summary of the following text: <text>Hello world.</text> <summary>";
-    static const int32_t ar_ids[] = {2, 24355, 529, 506, 2269, 1816, 236787, 655, 1005, 236813, 9259, 1902, 9047, 1005, 236813, 655, 6011, 236813};
+    static const int32_t ar_ids[] = {2,      24355, 529,  506,  2269, 1816,   236787, 655,  1005,
+                                     236813, 9259,  1902, 9047, 1005, 236813, 655,    6011, 236813};
     CHECK_EQ(nla_tokenize(t, ar, strlen(ar), NLA_TOKENIZE_BOS, ids, 64, &n), NLA_OK);
     CHECK(n == 18 && !memcmp(ids, ar_ids, sizeof ar_ids));
     /* specials parsed by default, kept as text on request */
@@ -178,7 +191,8 @@ static void test_edges(const nla_tokenizer *t) {
     CHECK(n == 1 && ids[0] == 2);
     CHECK_EQ(nla_tokenize(t, "", 0, 0, NULL, 0, &n), NLA_OK);
     CHECK_EQ(n, 0);
-    CHECK_EQ(nla_tokenize(t, ar, strlen(ar), NLA_TOKENIZE_BOS, ids, 5, &n), NLA_ERR_BUFFER_TOO_SMALL);
+    CHECK_EQ(nla_tokenize(t, ar, strlen(ar), NLA_TOKENIZE_BOS, ids, 5, &n),
+             NLA_ERR_BUFFER_TOO_SMALL);
     CHECK_EQ(n, 18);
     CHECK_EQ(nla_tokenize(t, ar, strlen(ar), 0, NULL, 0, &n), NLA_OK + NLA_ERR_BUFFER_TOO_SMALL);
     /* invalid UTF-8 becomes byte tokens and decodes back byte for byte */
@@ -212,7 +226,11 @@ static void test_edges(const nla_tokenizer *t) {
         CHECK_EQ(nla_tokenize(t, s, 10000, 0, bid, (int)big, &n), NLA_OK);
         CHECK_EQ(nla_detokenize(t, bid, n, dec, big, &got), NLA_OK);
         CHECK(got == 10000 && !memcmp(dec, s, 10000));
-        printf("  10,000 x %-4s -> %5d ids in %.1f ms\n", r == 0 ? "' '" : r == 1 ? "\\n" : "'a'", n, (now() - t0) * 1e3);
+        printf("  10,000 x %-4s -> %5d ids in %.1f ms\n",
+               r == 0   ? "' '"
+               : r == 1 ? "\\n"
+                        : "'a'",
+               n, (now() - t0) * 1e3);
     }
     /* 1 MB of mixed text: the golden texts repeated */
     char *cases = slurp("tests/data/tokenizer/cases.jsonl", NULL);
@@ -227,7 +245,8 @@ static void test_edges(const nla_tokenizer *t) {
     CHECK(got == big && !memcmp(dec, s, big));
     printf("  1 MB mixed text -> %d ids in %.0f ms (%.1f MB/s)\n", n, dt * 1e3, 1.0 / dt);
     /* the same text without a single added token: one 1 MB BPE word */
-    for (size_t i = 0; i < big; i++) if (s[i] == '\n' || s[i] == '\t' || s[i] == '<' || s[i] == '[') s[i] = ' ';
+    for (size_t i = 0; i < big; i++)
+        if (s[i] == '\n' || s[i] == '\t' || s[i] == '<' || s[i] == '[') s[i] = ' ';
     t0 = now();
     CHECK_EQ(nla_tokenize(t, s, big, NLA_TOKENIZE_NO_SPECIAL, bid, (int)big + 1, &n), NLA_OK);
     dt = now() - t0;
@@ -243,14 +262,19 @@ static void test_open_errors(void) {
     CHECK_EQ(nla_tokenizer_open("tests/tmp/none.json", &t, err, sizeof err), NLA_ERR_IO);
     CHECK(t == NULL && strstr(err, "none.json"));
     mkdir("tests/tmp", 0755);
-    const char *bad[] = {"{", "{\"model\": 1}", "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}, \"merges\": []}}",
-                         "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": []}}", /* no byte tokens */
-                         "{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"vocab\": {\"a\": 0}, \"merges\": []}}",
-                         "{\"model\": {\"vocab\": {\"a\": -1}, \"merges\": []}}"};
+    const char *bad[] = {
+        "{",
+        "{\"model\": 1}",
+        "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}, \"merges\": []}}",
+        "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": []}}", /* no byte tokens */
+        "{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"vocab\": {\"a\": 0}, \"merges\": "
+        "[]}}",
+        "{\"model\": {\"vocab\": {\"a\": -1}, \"merges\": []}}"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         spit("tests/tmp/tok.json", bad[i], strlen(bad[i]));
         nla_status rc = nla_tokenizer_open("tests/tmp/tok.json", &t, err, sizeof err);
-        CHECK_MSG(rc != NLA_OK && t == NULL && strstr(err, "tok.json"), "bad tokenizer %zu: %s", i, err);
+        CHECK_MSG(rc != NLA_OK && t == NULL && strstr(err, "tok.json"), "bad tokenizer %zu: %s", i,
+                  err);
     }
     nla_tokenizer_close(NULL);
 }

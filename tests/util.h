@@ -110,15 +110,24 @@ static inline char *json_decode_string(const char *p, size_t *len, const char **
                 p += 6;
             }
             if (cp < 0x80) out[o++] = (char)cp;
-            else if (cp < 0x800) { out[o++] = (char)(0xc0 | cp >> 6); out[o++] = (char)(0x80 | (cp & 0x3f)); }
-            else if (cp < 0x10000) {
-                out[o++] = (char)(0xe0 | cp >> 12); out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[o++] = (char)(0x80 | (cp & 0x3f));
+            else if (cp < 0x800) {
+                out[o++] = (char)(0xc0 | cp >> 6);
+                out[o++] = (char)(0x80 | (cp & 0x3f));
+            } else if (cp < 0x10000) {
+                out[o++] = (char)(0xe0 | cp >> 12);
+                out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                out[o++] = (char)(0x80 | (cp & 0x3f));
             } else {
                 out[o++] = (char)(0xf0 | cp >> 18); out[o++] = (char)(0x80 | ((cp >> 12) & 0x3f));
                 out[o++] = (char)(0x80 | ((cp >> 6) & 0x3f)); out[o++] = (char)(0x80 | (cp & 0x3f));
             }
         } else {
-            out[o++] = c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c == 'b' ? '\b' : c == 'f' ? '\f' : c;
+            out[o++] = c == 'n'   ? '\n'
+                       : c == 't' ? '\t'
+                       : c == 'r' ? '\r'
+                       : c == 'b' ? '\b'
+                       : c == 'f' ? '\f'
+                                  : c;
         }
     }
     out[o] = 0;
@@ -139,7 +148,8 @@ static inline char *json_string_after(const char *text, const char *key, size_t 
 }
 
 /* The strings of the JSON list that follows `key` in text. Returns the count. */
-static inline int json_strings_after(const char *text, const char *key, char **out, size_t *lens, int cap) {
+static inline int json_strings_after(const char *text, const char *key, char **out, size_t *lens,
+                                     int cap) {
     const char *p = strstr(text, key);
     if (!p || !(p = strchr(p, '['))) return 0;
     int n = 0;
@@ -156,7 +166,8 @@ static inline int json_strings_after(const char *text, const char *key, char **o
 static inline double rel_err(const float *a, const float *b, size_t n) {
     double e = 0, m = 0;
     for (size_t i = 0; i < n; i++) {
-        double d = a[i] > b[i] ? (double)a[i] - b[i] : (double)b[i] - a[i], g = b[i] < 0 ? -(double)b[i] : b[i];
+        double d = a[i] > b[i] ? (double)a[i] - b[i] : (double)b[i] - a[i],
+               g = b[i] < 0 ? -(double)b[i] : b[i];
         if (d > e) e = d;
         if (g > m) m = g;
     }
@@ -176,11 +187,16 @@ static inline int st_write(const char *path, const wtensor *t, int n, const char
     size_t cap = 4096 + (size_t)n * 256, len = 0, off = 0, total = 0;
     char *h = (char *)malloc(cap);
     len += (size_t)snprintf(h + len, cap - len, "{");
-    if (metadata_json) len += (size_t)snprintf(h + len, cap - len, "\"__metadata__\":%s%s", metadata_json, n ? "," : "");
+    if (metadata_json)
+        len += (size_t)snprintf(h + len, cap - len, "\"__metadata__\":%s%s", metadata_json,
+                                n ? "," : "");
     for (int i = 0; i < n; i++) {
-        len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", t[i].name, t[i].dtype);
-        for (int k = 0; k < t[i].ndim; k++) len += (size_t)snprintf(h + len, cap - len, "%s%lld", k ? "," : "", t[i].shape[k]);
-        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%zu,%zu]}", off, off + t[i].nbytes);
+        len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[",
+                                i ? "," : "", t[i].name, t[i].dtype);
+        for (int k = 0; k < t[i].ndim; k++)
+            len += (size_t)snprintf(h + len, cap - len, "%s%lld", k ? "," : "", t[i].shape[k]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%zu,%zu]}", off,
+                                off + t[i].nbytes);
         off += t[i].nbytes;
     }
     len += (size_t)snprintf(h + len, cap - len, "}");
