@@ -8579,7 +8579,13 @@ static nla_status ev_load_done(ev_run *x, const char *path, int resume, errbuf *
                     e, NLA_ERR_FORMAT,
                     "%s: line %d: sample %ld is there twice (two runs wrote the folder at once?)",
                     path, line, (long)idx);
-            else ok = ev_row_sums(&dd, sum);
+            else {
+                const ev_record *r = &x->pl.rec[x->pl.sample_rec[idx]];
+                int pos = -1; /* a row at another position than the plan's: redone */
+                ok = ev_row_sums(&dd, sum) &&
+                     json_int(&dd, json_get(&dd, 0, "position"), &pos) &&
+                     pos == r->pos[(long)idx - r->first];
+            }
             json_free(&dd);
         }
         if (!rc && resume) /* the vectors the line vouches for are there */
@@ -8614,9 +8620,9 @@ static nla_status ev_load_done(ev_run *x, const char *path, int resume, errbuf *
     }
     if (!rc && bad)
         ev_warn(&x->p,
-                "%s: %ld committed rows (the first: sample %ld) have vectors in activations.npy or "
-                "reconstructions.npy that "
-                "are missing or differ from their checksums: they are redone",
+                "%s: %ld committed rows (the first: sample %ld) are at another position than "
+                "the plan's, or have vectors in activations.npy or reconstructions.npy that are "
+                "missing or differ from their checksums: they are redone",
                 path, bad, first_bad);
     NLA_FREE(buf);
     NLA_FREE(text);
@@ -8852,7 +8858,13 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     pc.baseline = x->baseline;
     if (!rc && !(want = ev_render(ev_params_render, &pc, &n_want)))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    if (!rc && !file_exists(pp)) rc = write_file(pp, want, n_want, e);
+    struct stat rs;
+    if (!rc && !file_exists(pp) && stat(rp, &rs) == 0 && rs.st_size > 0)
+        rc = fail(e, NLA_ERR_ARG,
+                  "%s holds rows but no params.json, so nothing says what made them: restore "
+                  "params.json, or use another folder",
+                  rp);
+    else if (!rc && !file_exists(pp)) rc = write_file(pp, want, n_want, e);
     else if (!rc && (rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK &&
              ev_params_cmp(pp, have, want, 0,
                            "use the same arguments and models to resume, or another folder", e))

@@ -506,7 +506,7 @@ int main(void) {
         CHECK_EQ(run_nla(zero_args, "tests/tmp/eval_err.txt"), 0);
         stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
         CHECK_MSG(stderr_text &&
-                      strstr(stderr_text, "14 committed rows (the first: sample 0) have vectors") &&
+                      strstr(stderr_text, "14 committed rows (the first: sample 0) are at") &&
                       strstr(stderr_text, "they are redone"),
                   "no warning of the missing vectors: %s", stderr_text ? stderr_text : "");
         free(stderr_text);
@@ -547,6 +547,26 @@ int main(void) {
         CHECK_EQ(run_nla(order_args, "tests/tmp/eval_err.txt"), 0);
         CHECK_MSG(same_files(od, ref, files, 5),
                   "a deleted middle row was not redone in sample_idx order");
+        /* a row whose position is not the plan's (an edit by hand) is redone */
+        r = slurp("tests/tmp/eval_order/results.jsonl", &n);
+        char *pos = strstr(strchr(r, '\n'), "\"position\": ") + 12; /* the second row's */
+        *pos = *pos == '9' ? '8' : '9';
+        spit("tests/tmp/eval_order/results.jsonl", r, n);
+        free(r);
+        CHECK_EQ(run_nla(order_args, "tests/tmp/eval_err.txt"), 0);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "1 committed rows (the first: sample 1)"),
+                  "a row at another position: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        CHECK_MSG(same_files(od, ref, files, 5), "a row at another position was not redone");
+        /* rows without params.json: nothing says what made them, so no resume */
+        unlink("tests/tmp/eval_order/params.json");
+        CHECK_EQ(run_nla(order_args, "tests/tmp/eval_err.txt"), 1);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "results.jsonl holds rows but no params.json"),
+                  "rows without params.json: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        CHECK(access("tests/tmp/eval_order/params.json", F_OK) != 0);
         rm_dir(od);
     }
 
