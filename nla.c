@@ -8385,18 +8385,22 @@ static int ev_row_sums(const jdoc *d, uint64_t sum[2]) {
 }
 
 /* Is x [d] the vector whose checksum (k: 0 activation, 1 reconstruction)
-   a row of results.jsonl holds in sum (has_sum: it has them)? Yes where
-   the row has none. */
+   a row of results.jsonl holds in sum (has_sum: it has them)? Where the
+   row has none, yes unless x is all zeros (a row never written). */
 static int ev_vec_ok(int has_sum, const uint64_t sum[2], int k, const float *x, int d) {
-    return !has_sum || ev_vec_sum(x, d) == sum[k];
+    if (has_sum) return ev_vec_sum(x, d) == sum[k];
+    for (int i = 0; i < d; i++)
+        if (x[i] != 0) return 1;
+    return 0;
 }
 
 /* The refusal of a vector that fails ev_vec_ok. */
-static nla_status ev_vec_fail(errbuf *e, const char *path, long idx) {
+static nla_status ev_vec_fail(errbuf *e, const char *path, long idx, int has_sum) {
     return fail(e, NLA_ERR_FORMAT,
-                "%s: the vector of sample %ld differs from its checksum in results.jsonl (the "
-                "file was changed, or the row never written): rerun nla eval to redo it",
-                path, idx);
+                "%s: the vector of sample %ld %s (the file was changed, or the row never "
+                "written): rerun nla eval to redo it",
+                path, idx,
+                has_sum ? "differs from its checksum in results.jsonl" : "is all zeros");
 }
 
 /* One row of results.jsonl (the published field names, then ours). */
@@ -8935,13 +8939,18 @@ nla_status nla_eval_run(const nla_eval_params *params, nla_eval_counts *counts, 
         }
     }
     if (!rc) rc = ev_out_check(x.p.out_dir, &e);
-    if (!rc) rc = ev_lock(x.p.out_dir, &x.lock, &e);
     if (!rc)
         rc = nla_tokenizer_open(x.p.tokenizer ? x.p.tokenizer : x.p.target, &tok, e.msg,
                                 sizeof e.msg);
     x.tok = tok;
     if (!rc) rc = ev_metas(&x, &e);
     if (!rc) rc = ev_plan_build(&x.p, tok, &x.pl, fnv, &e);
+    if (!rc && !x.pl.n_samples)
+        rc = fail(&e, NLA_ERR_FORMAT,
+                  "eval: no position to explain: %d records, %d skipped (the warnings say why)",
+                  x.pl.n_rec, x.pl.n_bad);
+    /* the inputs read: the folder is locked, then read and written */
+    if (!rc) rc = ev_lock(x.p.out_dir, &x.lock, &e);
     if (!rc) rc = ev_prepare(&x, fnv, &e);
     if (!rc) {
         d = x.av.d_model;
@@ -9053,7 +9062,6 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
             rc = fail(&e, NLA_ERR_ARG, "eval merge: the output folder %s is the shard folder %s",
                       out_dir, dirs[k]);
     if (!rc) rc = ev_out_check(out_dir, &e);
-    if (!rc) rc = ev_lock(out_dir, &lock, &e);
     if (!rc && (!(params = (char **)xcalloc((size_t)n, sizeof(char *))) ||
                 !(res = (char **)xcalloc((size_t)n, sizeof(char *)))))
         rc = fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
@@ -9078,6 +9086,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
                           n);
         }
     }
+    if (!rc) rc = ev_lock(out_dir, &lock, &e); /* the shards checked: nothing written before */
     /* S rows of d floats */
     if (!rc && (rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) == NLA_OK) {
         uint64_t us = 0;
@@ -9358,6 +9367,7 @@ static void ev_structure(const char *ex, ev_shape *sh) {
 /* One results row, as the summary reads it. */
 typedef struct {
     long sample_idx; /* -1: absent (then no vector) */
+    int line;        /* of results.jsonl (or the results file) */
     double mse, cos;
     char *source, *role, *expl, *raw, *token, *preview;
     int parsed, position, kind, has_sum;
@@ -9457,6 +9467,27 @@ static int ev_row_extras(const jdoc *d, ev_srow *r, char *bad, size_t cap) {
     return 1;
 }
 
+/* A study's rows name each sample once (a file joined twice would count
+   its rows twice). */
+static nla_status ev_rows_once(const ev_set *s, const char *path, errbuf *e) {
+    ev_line *ln = (ev_line *)xmalloc((size_t)s->n + 1, sizeof *ln);
+    nla_status rc = ln ? NLA_OK : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+    int n = 0;
+    for (int i = 0; ln && i < s->n; i++) /* off: the row's line */
+        if (s->row[i].sample_idx >= 0) {
+            ln[n].idx = s->row[i].sample_idx;
+            ln[n++].off = (size_t)s->row[i].line;
+        }
+    if (ln) qsort(ln, (size_t)n, sizeof *ln, ev_cmp_line);
+    for (int i = 1; !rc && i < n; i++)
+        if (ln[i].idx == ln[i - 1].idx)
+            rc = fail(e, NLA_ERR_FORMAT, "%s: lines %zu and %zu are both sample %ld", path,
+                      ln[i - 1].off < ln[i].off ? ln[i - 1].off : ln[i].off,
+                      ln[i - 1].off < ln[i].off ? ln[i].off : ln[i - 1].off, ln[i].idx);
+    NLA_FREE(ln);
+    return rc;
+}
+
 /* Reads a results folder or JSONL file, with its activations.npy if `vectors`. */
 static nla_status ev_set_load(const char *results, const nla_eval_report_params *p, int vectors,
                               ev_set *s, errbuf *e) {
@@ -9497,8 +9528,9 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         }
         if (pr) {
             if (p->warn) {
-                char m[128];
-                snprintf(m, sizeof m, "%s: line %d is not JSON; skipped", results, line);
+                char m[ERR_CAP];
+                snprintf(m, sizeof m, "%s: line %d is not JSON; skipped", f ? path : results,
+                         line);
                 p->warn(p->user, m);
             }
             continue;
@@ -9507,8 +9539,9 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         has_cos = json_num(&d, json_get(&d, 0, "cos"), &cos);
         if (d.node[0].type != J_OBJ || (!has_mse && !has_cos)) {
             if (p->warn) {
-                char m[128];
-                snprintf(m, sizeof m, "%s: line %d has no mse_nrm or cos; skipped", results, line);
+                char m[ERR_CAP];
+                snprintf(m, sizeof m, "%s: line %d has no mse_nrm or cos; skipped",
+                         f ? path : results, line);
                 p->warn(p->user, m);
             }
             json_free(&d);
@@ -9522,6 +9555,7 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         }
         ev_srow *r = &s->row[s->n++];
         memset(r, 0, sizeof *r);
+        r->line = line;
         /* the chat parquet has no mse_nrm: mse_nrm = 2 (1 - cos) */
         r->mse = has_mse ? mse : 2 * (1 - cos);
         r->cos = has_cos ? cos : 1 - mse / 2;
@@ -9536,6 +9570,15 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
                               "%s: line %d: cos %g gives mse_nrm = 2 (1 - cos) beyond a "
                               "double's range",
                               f ? path : results, line, cos);
+            break;
+        }
+        if ((has_mse && mse < 0) || (has_cos && !(fabs(cos) <= 1 + 1e-6))) {
+            json_free(&d);
+            rc = has_mse && mse < 0
+                     ? fail(e, NLA_ERR_FORMAT, "%s: line %d: mse_nrm %g is negative",
+                            f ? path : results, line, mse)
+                     : fail(e, NLA_ERR_FORMAT, "%s: line %d: cos %g is outside [-1, 1]",
+                            f ? path : results, line, cos);
             break;
         }
         r->sample_idx = json_u64(&d, json_get(&d, 0, "sample_idx"), &u) && u <= (uint64_t)LONG_MAX
@@ -9578,17 +9621,36 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         NLA_FREE(norm);
         NLA_FREE(flags);
     }
+    if (!rc && s->dir) rc = ev_rows_once(s, path, e);
     s->baseline = p->baseline;
     s->baseline_kind = "given";
-    if (!rc && s->dir && !(p->baseline > 0)) { /* params.json's; none readable: the default below */
+    if (!rc && s->dir) { /* params.json's baseline (none readable: the default below), samples */
         jdoc d;
+        double b = 0, planned = 0;
         nla_status pr = ev_read(s->dir, "params.json", &pj, NULL, &ign);
         if (!pr && !(pr = json_parse(&d, pj, strlen(pj), NULL, "params"))) {
-            if (json_num(&d, json_get(&d, 0, "fve_baseline"), &s->baseline))
+            if (!(p->baseline > 0) && json_num(&d, json_get(&d, 0, "fve_baseline"), &b)) {
+                s->baseline = b;
                 s->baseline_kind = "training set (params.json)";
+            }
+            if (json_num(&d, json_get(&d, 0, "samples"), &planned) && planned > s->n &&
+                p->warn) {
+                char m[ERR_CAP];
+                snprintf(m, sizeof m,
+                         "%s: %d of the %.0f planned rows (a run not finished, or one shard: "
+                         "nla eval --merge joins the shards)",
+                         path, s->n, planned);
+                p->warn(p->user, m);
+            }
             json_free(&d);
         }
         if (pr == NLA_ERR_NOMEM) rc = fail(e, pr, "eval: out of memory");
+        else if (pr == NLA_ERR_FORMAT && p->warn) {
+            char m[ERR_CAP];
+            snprintf(m, sizeof m, "%s/params.json is not JSON: its baseline is not used",
+                     s->dir);
+            p->warn(p->user, m);
+        }
     }
     if (!(s->baseline > 0) || !isfinite(s->baseline)) {
         s->baseline = release_baseline(0);
@@ -9618,9 +9680,13 @@ static nla_status ev_set_load(const char *results, const nla_eval_report_params 
         for (int i = 0; !rc && s->act && i < s->n;
              i++) { /* each row's vector is the one it was scored with */
             const ev_srow *r = &s->row[i];
-            if (r->sample_idx >= 0 && r->sample_idx < s->n_act &&
-                !ev_vec_ok(r->has_sum, r->sum, 0, s->act + (size_t)r->sample_idx * s->d, s->d))
-                rc = ev_vec_fail(e, ap, r->sample_idx);
+            if (r->sample_idx < 0 || r->sample_idx >= s->n_act)
+                rc = fail(e, NLA_ERR_FORMAT,
+                          "%s: line %d has no sample_idx below %ld (the rows of %s)", path,
+                          r->line, s->n_act, ap);
+            else if (!ev_vec_ok(r->has_sum, r->sum, 0, s->act + (size_t)r->sample_idx * s->d,
+                                s->d))
+                rc = ev_vec_fail(e, ap, r->sample_idx, r->has_sum);
         }
         NLA_FREE(ap);
     }
@@ -10004,14 +10070,13 @@ static nla_status ev_cross_write(const ev_set *s, int N, int json, ev_out *o, er
                 else if (!ev_npy_get(&rec, idx, r + (size_t)t * d))
                     rc = fail(e, NLA_ERR_IO, "%s: cannot read row %ld", path, idx);
                 else if (!ev_vec_ok(w->has_sum, w->sum, 1, r + (size_t)t * d, d))
-                    rc = ev_vec_fail(e, path, idx);
+                    rc = ev_vec_fail(e, path, idx, w->has_sum);
                 else memcpy(v + (size_t)t * d, s->act + (size_t)idx * d, sizeof(float) * (size_t)d);
             }
             if (!rc && (rc = nla_score_cross(v, r, k, d, sqrt((double)d), NULL, NULL, &cs)))
                 rc = rc == NLA_ERR_NOMEM ? fail(e, rc, "eval: out of memory")
                                          : fail(e, rc, "%s: a sampled vector or reconstruction "
-                                                       "is all zeros (%s)", s->dir,
-                                                nla_strerror(rc));
+                                                       "is all zeros", s->dir);
             if (rc) break;
             snprintf(label, sizeof label, "%s%s%.*s", group[g], *group[g] ? "=" : "", 30, key[i].v);
             if (json) {
@@ -10496,7 +10561,7 @@ static float *ev_recons(const ev_set *s, errbuf *e) {
         const ev_srow *w = &s->row[i];
         if (w->sample_idx >= 0 && w->sample_idx < S &&
             !ev_vec_ok(w->has_sum, w->sum, 1, r + (size_t)w->sample_idx * d, d))
-            rc = ev_vec_fail(e, path, w->sample_idx);
+            rc = ev_vec_fail(e, path, w->sample_idx, w->has_sum);
     }
     NLA_FREE(path);
     if (rc) NLA_FREE(r);
@@ -10855,8 +10920,9 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
             const float *x = buf + (size_t)(st->order[k].rank - first) * d;
             double xq, xx;
             if (!keep[i]) continue;
-            if (r->has_sum && sum[st->order[k].rank - first] != r->sum[0]) {
-                rc = ev_vec_fail(&e, st->npy, r->sample_idx);
+            if (r->has_sum ? sum[st->order[k].rank - first] != r->sum[0]
+                           : !ev_vec_ok(0, r->sum, 0, x, d)) {
+                rc = ev_vec_fail(&e, st->npy, r->sample_idx, r->has_sum);
                 break;
             }
             st_dots(x, p->query, d, &xq, &xx);
@@ -12907,13 +12973,27 @@ static void cli_eval_warn(void *user, const char *msg) {
 
 static void cli_write(void *user, const char *s, size_t n) { fwrite(s, 1, n, (FILE *)user); }
 
-/* Creates the folder dir unless it exists (its name synced to the disk). */
-static int cli_mkdir(const char *dir) {
+/* Creates the folder dir unless it exists (its name synced to the disk);
+   *made: whether it was made now. */
+static int cli_mkdir(const char *dir, int *made) {
+    *made = 0;
 #ifndef _WIN32
-    if (mkdir(dir, 0777) ? errno != EEXIST : (errno = sync_dir_of(dir)) != 0)
+    if (!mkdir(dir, 0777)) *made = 1;
+    if (*made ? (errno = sync_dir_of(dir)) != 0 : errno != EEXIST)
         return cli_error("%s: cannot create the folder (%s)", dir, strerror(errno));
 #endif
     return 0;
+}
+
+/* Removes the folder dir that cli_mkdir made (*made) for a run that failed,
+   where the run wrote nothing in it (else it stays, with what it holds). */
+static void cli_unmake(const char *dir, int made) {
+#ifndef _WIN32
+    if (made) rmdir(dir);
+#else
+    (void)dir;
+    (void)made;
+#endif
 }
 
 /* An eval error as "nla eval: ..." (the library's say "eval: ..." or
@@ -12975,7 +13055,7 @@ static int cmd_eval(int argc, char **argv) {
     cli_eval_ui ui;
     const char *arg[3] = {NULL, NULL, NULL}, *merge = NULL, *summary = NULL, *html = NULL,
                *compare = NULL;
-    int n_arg = 0, plan = 0, first_dir = -1, shard_auto = 0, shards = 0;
+    int n_arg = 0, plan = 0, first_dir = -1, shard_auto = 0, shards = 0, made = 0;
     char err[512];
     nla_status rc;
     memset(&p, 0, sizeof p);
@@ -13056,10 +13136,12 @@ static int cmd_eval(int argc, char **argv) {
     rp.warn = cli_eval_warn;
     if (merge) {
         if (first_dir < 0) return cli_error("--merge OUT_DIR needs the shard folders after it");
-        if (cli_mkdir(merge)) return 1;
+        if (cli_mkdir(merge, &made)) return 1;
         if ((rc = nla_eval_merge(merge, (const char *const *)(argv + first_dir), argc - first_dir,
-                                 err, sizeof err)) != NLA_OK)
+                                 err, sizeof err)) != NLA_OK) {
+            cli_unmake(merge, made);
             return cli_eval_error(err, rc);
+        }
         fprintf(stderr, "nla: merged %d shards into %s\n", argc - first_dir, merge);
         return 0;
     }
@@ -13104,8 +13186,9 @@ static int cmd_eval(int argc, char **argv) {
         return 0;
     }
     if (!p.out_dir) return cli_error("--out DIR is required");
-    if (cli_mkdir(p.out_dir)) return 1;
+    if (cli_mkdir(p.out_dir, &made)) return 1;
     rc = nla_eval_run(&p, &c, err, sizeof err);
+    if (rc) cli_unmake(p.out_dir, made);
     if (rc) return cli_eval_error(err, rc);
     if (!ui.quiet)
         fprintf(stderr,

@@ -414,7 +414,7 @@ int main(void) {
         stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
         snprintf(want, sizeof want, "nla eval: %s is held by PID %ld on host %s", lock_path,
                  (long)holder, host);
-        CHECK_MSG(stderr_text && !strncmp(stderr_text, want, strlen(want)), "second writer: %s",
+        CHECK_MSG(stderr_text && strstr(stderr_text, want), "second writer: %s",
                   stderr_text ? stderr_text : "");
         free(stderr_text);
         kill(holder, SIGKILL);
@@ -570,6 +570,86 @@ int main(void) {
         rm_dir(od);
     }
 
+    /* the readers (summary, html, search) refuse what the resume refuses or redoes, naming
+       the file and line: a row twice, a sample_idx past the vectors, a vector of zeros with
+       no checksum, a score that cannot be; they warn of planned rows that are not there */
+    {
+        const char *rd = "tests/tmp/eval_read";
+        const char *sum_args[] = {"./nla", "eval", "--summary", rd, NULL},
+                   *search_args[] = {"./nla", "search", rd, "--near", "0", NULL};
+        static const struct { const char *edit, *want; } bad[] = {
+            {"dup", "results.jsonl: lines 3 and 15 are both sample 2"},
+            {"idx", "results.jsonl: line 3 has no sample_idx below 14 (the rows of"},
+            {"zero", "activations.npy: the vector of sample 3 is all zeros"},
+            {"mse", "results.jsonl: line 2: mse_nrm -0.5 is negative"},
+            {"cos", "results.jsonl: line 2: cos 1.5 is outside [-1, 1]"}};
+        for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+            size_t n = 0;
+            rm_dir(rd);
+            copy_results(ref, rd);
+            char *r = slurp("tests/tmp/eval_read/results.jsonl", &n);
+            const size_t cap = n + 4096;
+            char *l2 = strchr(r, '\n') + 1, *l3 = strchr(l2, '\n') + 1, *l4 = strchr(l3, '\n') + 1,
+                 *out = (char *)malloc(cap);
+            const int e = bad[i].edit[0];
+            if (e == 'd') snprintf(out, cap, "%s%.*s", r, (int)(l4 - l3), l3);
+            else if (e == 'i')
+                snprintf(out, cap, "%.*s{\"sample_idx\": 99,%s", (int)(l3 - r), r,
+                         strchr(l3, ',') + 1);
+            else if (e == 'z') { /* line 4 (sample 3) without its checksums, its vector zeros */
+                char *c = strstr(l4, ", \"vectors_fnv1a64\""), *c1 = strchr(c, ']') + 1;
+                snprintf(out, cap, "%.*s%s", (int)(c - r), r, c1);
+                zero_row("tests/tmp/eval_read/activations.npy", 3);
+            } else {
+                char *f = strstr(l2, e == 'm' ? "\"mse_nrm\": " : "\"cos\": ");
+                char *f1 = strpbrk(f + 8, ",}");
+                snprintf(out, cap, "%.*s%s%s", (int)(f - r), r,
+                         e == 'm' ? "\"mse_nrm\": -0.5" : "\"cos\": 1.5", f1);
+            }
+            spit_str("tests/tmp/eval_read/results.jsonl", out);
+            free(out);
+            free(r);
+            CHECK_EQ(run_nla(sum_args, "tests/tmp/eval_err.txt"), 1);
+            stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+            CHECK_MSG(stderr_text && strstr(stderr_text, bad[i].want), "summary, %s: %s",
+                      bad[i].edit, stderr_text ? stderr_text : "");
+            free(stderr_text);
+            CHECK_MSG(run_nla(search_args, "tests/tmp/eval_err.txt") == 1, "search, %s",
+                      bad[i].edit);
+        }
+        /* 3 of the 14 rows, and a params.json that is no JSON: said, not silent */
+        rm_dir(rd);
+        copy_results(ref, rd);
+        {
+            size_t n;
+            char *r = slurp("tests/tmp/eval_read/results.jsonl", &n), *c = r;
+            for (int k = 0; k < 3; k++) c = strchr(c, '\n') + 1;
+            spit("tests/tmp/eval_read/results.jsonl", r, (size_t)(c - r));
+            free(r);
+        }
+        CHECK_EQ(run_nla(sum_args, "tests/tmp/eval_err.txt"), 0);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "results.jsonl: 3 of the 14 planned rows"),
+                  "an unfinished run: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        spit_str("tests/tmp/eval_read/params.json", "garbage\n");
+        CHECK_EQ(run_nla(sum_args, "tests/tmp/eval_err.txt"), 0);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "params.json is not JSON"),
+                  "params.json garbage: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        rm_dir(rd);
+        /* inputs with no position to explain: exit 1, and no folder left behind */
+        const char *none[] = {"./nla", "eval", TRIO, SAMPLE, "--out", rd, "--min-position",
+                              "5000", "--quiet", NULL};
+        CHECK_EQ(run_nla(none, "tests/tmp/eval_err.txt"), 1);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "no position to explain: 0 records"),
+                  "no positions: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        CHECK(access(rd, F_OK) != 0);
+    }
+
     /* shards 1/3, 2/3, 3/3 merged == the unsharded run */
     {
         const char *sd[3] = {"tests/tmp/eval_s1", "tests/tmp/eval_s2", "tests/tmp/eval_s3"};
@@ -581,7 +661,9 @@ int main(void) {
             CHECK_EQ(run_nla(args, "tests/tmp/eval_err.txt"), 0);
         }
         const char *two[] = {"./nla", "eval", "--merge", md, sd[0], sd[1], NULL};
+        rm_dir(md);
         CHECK(run_nla(two, "tests/tmp/eval_err.txt") != 0); /* shard 3 missing */
+        CHECK_MSG(access(md, F_OK) != 0, "a refused merge left its folder"); /* nor a lock */
         const char *all[] = {"./nla", "eval", "--merge", md, sd[2], sd[0], sd[1], NULL};
         zero_row("tests/tmp/eval_s2/activations.npy", 2); /* sample 2 is record 1's: shard 2's */
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 1);
