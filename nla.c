@@ -6870,7 +6870,8 @@ static nla_status npy_probe(const char *path, int64_t shape[2], int *ndim, long 
     nla_status rc;
     *ndim = 0;
     if (!buf) rc = fail(e, NLA_ERR_NOMEM, "%s: out of memory", path);
-    else if (!f || size < 0) rc = fail(e, NLA_ERR_IO, "%s: cannot open", path);
+    else if (!f || size < 0)
+        rc = fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
     else if (got >= 10 && buf[6] == 1 &&
              10 + ((unsigned char)buf[8] | (size_t)(unsigned char)buf[9] << 8) > got)
         rc = fail(e, NLA_ERR_FORMAT, "%s: header runs past the end of the file", path);
@@ -9451,6 +9452,10 @@ static int ev_row_extras(const jdoc *d, ev_srow *r, char *bad, size_t cap) {
         }
     if (isnan(r->greedy[0]) || isnan(r->greedy[1])) r->greedy[0] = r->greedy[1] = NAN;
     if (pa < 0 || d->node[pa].type != J_ARR || !d->node[pa].n) return 1;
+    if (d->node[pa].n > EX_MAX_PARTS) { /* nla eval writes at most that many */
+        snprintf(bad, cap, "parts has %u entries, more than %d", d->node[pa].n, EX_MAX_PARTS);
+        return -1;
+    }
     if (!(r->parts = (double *)xmalloc(d->node[pa].n, 4 * sizeof(double)))) return 0;
     r->n_parts = (int)d->node[pa].n;
     for (uint32_t i = 0, k = (uint32_t)pa + 1; i < d->node[pa].n; i++, k = d->node[k].end) {
@@ -10433,6 +10438,11 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
         if (tr == NLA_ERR_NOMEM) rc = tr;
         else if (tr == NLA_OK)
             rc = ev_html_texts(f, &s, order, n_order, tokens, tn, p.max_texts, lo, hi, &shown, &e);
+        else if (p.warn) {
+            char m[ERR_CAP];
+            snprintf(m, sizeof m, "%s; the report shows each row's preview instead", e.msg);
+            p.warn(p.user, m);
+        }
     }
     if (!rc && !tokens) { /* a bare JSONL file: each row's preview and token */
         for (int i = 0; i < s.n && shown < p.max_texts; i++, shown++) {
@@ -10904,7 +10914,8 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
     if (!rc && p->query) {
         if (!(buf = (float *)xmalloc(SEARCH_ROWS, sizeof(float) * (size_t)d)))
             rc = fail(&e, NLA_ERR_NOMEM, "search: out of memory");
-        else if (!(f = fopen(st->npy, "rb"))) rc = fail(&e, NLA_ERR_IO, "%s: cannot open", st->npy);
+        else if (!(f = fopen(st->npy, "rb")))
+            rc = fail(&e, NLA_ERR_IO, "%s: cannot open (%s)", st->npy, strerror(errno));
     }
     for (int k = 0; !rc && p->query && k < st->n_order;) {
         const long first = st->order[k].rank,
@@ -13732,8 +13743,12 @@ static int cmd_steer(int argc, char **argv) {
         }
     }
     /* 4. the AV explains each v' (on a terminal, as it writes), the AR reconstructs it */
-    fprintf(stderr, "nla: steering position %d (block %d) toward %s%s %d\n", P, av_meta.layer,
-            toward ? "position" : "row of ", toward ? "" : npy, toward ? Q : R);
+    if (toward)
+        fprintf(stderr, "nla: steering position %d (block %d) toward position %d\n", P,
+                av_meta.layer, Q);
+    else
+        fprintf(stderr, "nla: steering position %d (block %d) toward row %d of %s\n", P,
+                av_meta.layer, R, npy);
     if (cli_av_step(&o, tok, vs, idx, n, &sp, cand, &cs)) goto out;
     for (int i = 0; i < n; i++) ex[i] = cand[i].ex;
     if (cli_reconstruct_all(o.arg[2], &o, ex, n, rec)) goto out;

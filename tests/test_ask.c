@@ -175,8 +175,12 @@ static void test_steer_cli(void) {
              0);
     CHECK_EQ(run("./nla steer " TRIO " --text " TEXT1
                  " --position 4 --toward-npy tests/tmp/ask_dir.npy --row 1 --scales 0"
-                 " --patch --jsonl" OPTS " > tests/tmp/ask_steer2.jsonl 2> /dev/null"),
+                 " --patch --jsonl" OPTS " > tests/tmp/ask_steer2.jsonl 2> tests/tmp/ask_err.txt"),
              0);
+    char *log = slurp("tests/tmp/ask_err.txt", NULL);
+    CHECK_MSG(log && strstr(log, "toward row 1 of tests/tmp/ask_dir.npy"), "steer's log: %s",
+              log ? log : "(none)");
+    free(log);
     st = slurp("tests/tmp/ask_steer2.jsonl", NULL);
     e2 = slurp("tests/tmp/ask_ex2.jsonl", NULL);
     patch = line_of(st, 1);

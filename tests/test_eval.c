@@ -582,7 +582,8 @@ int main(void) {
             {"idx", "results.jsonl: line 3 has no sample_idx below 14 (the rows of"},
             {"zero", "activations.npy: the vector of sample 3 is all zeros"},
             {"mse", "results.jsonl: line 2: mse_nrm -0.5 is negative"},
-            {"cos", "results.jsonl: line 2: cos 1.5 is outside [-1, 1]"}};
+            {"cos", "results.jsonl: line 2: cos 1.5 is outside [-1, 1]"},
+            {"parts", "results.jsonl: line 2: parts has 17 entries, more than 16"}};
         for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
             size_t n = 0;
             rm_dir(rd);
@@ -600,6 +601,12 @@ int main(void) {
                 char *c = strstr(l4, ", \"vectors_fnv1a64\""), *c1 = strchr(c, ']') + 1;
                 snprintf(out, cap, "%.*s%s", (int)(c - r), r, c1);
                 zero_row("tests/tmp/eval_read/activations.npy", 3);
+            } else if (e == 'p') { /* 17 parts on line 2, more than nla eval writes */
+                int o = snprintf(out, cap, "%.*s, \"parts\": [", (int)(l3 - 2 - r), r);
+                for (int k = 0; k < 17; k++)
+                    o += snprintf(out + o, cap - (size_t)o, "%s{\"mse_nrm\": 0.5, \"cos\": 0.7, "
+                                  "\"prefix_mse_nrm\": 0.5, \"prefix_cos\": 0.7}", k ? ", " : "");
+                snprintf(out + o, cap - (size_t)o, "]}\n%s", l3);
             } else {
                 char *f = strstr(l2, e == 'm' ? "\"mse_nrm\": " : "\"cos\": ");
                 char *f1 = strpbrk(f + 8, ",}");
@@ -637,6 +644,25 @@ int main(void) {
         stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
         CHECK_MSG(stderr_text && strstr(stderr_text, "params.json is not JSON"),
                   "params.json garbage: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        /* no tokens.jsonl: the report shows previews, and says so; no activations.npy:
+           search says why it cannot open it */
+        const char *html_args[] = {"./nla", "eval", "--html", "tests/tmp/eval_read.html", rd,
+                                   NULL},
+                   *near_args[] = {"./nla", "search", rd, "--near", "1", NULL};
+        unlink("tests/tmp/eval_read/tokens.jsonl");
+        CHECK_EQ(run_nla(html_args, "tests/tmp/eval_err.txt"), 0);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "tokens.jsonl: cannot open (No such file") &&
+                      strstr(stderr_text, "the report shows each row's preview instead"),
+                  "html without tokens.jsonl: %s", stderr_text ? stderr_text : "");
+        free(stderr_text);
+        unlink("tests/tmp/eval_read.html");
+        unlink("tests/tmp/eval_read/activations.npy");
+        CHECK_EQ(run_nla(near_args, "tests/tmp/eval_err.txt"), 1);
+        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
+        CHECK_MSG(stderr_text && strstr(stderr_text, "activations.npy: cannot open (No such file"),
+                  "search without activations.npy: %s", stderr_text ? stderr_text : "");
         free(stderr_text);
         rm_dir(rd);
         /* inputs with no position to explain: exit 1, and no folder left behind */
