@@ -10439,7 +10439,7 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
         else if (tr == NLA_OK)
             rc = ev_html_texts(f, &s, order, n_order, tokens, tn, p.max_texts, lo, hi, &shown, &e);
         else if (p.warn) {
-            char m[ERR_CAP];
+            char m[ERR_CAP + 64];
             snprintf(m, sizeof m, "%s; the report shows each row's preview instead", e.msg);
             p.warn(p.user, m);
         }

@@ -196,8 +196,8 @@ static void test_nla_steps(nla_model *target, nla_model *av, nla_model *ar) {
     /* reconstruct: the golden explanations, as JSONL objects and a string */
     FILE *f = fopen("tests/tmp/golden_expl.jsonl", "wb");
     const char *gx[3] = {
-        "Literary narrative pattern: formal English countryside setting, with a medieval tavern "
-        "scene establishing a pastoral, humorous tone.\n\nFinal token \"dog\" ends the clause.",
+        ("Literary narrative pattern: formal English countryside setting, with a medieval tavern "
+         "scene establishing a pastoral, humorous tone.\n\nFinal token \"dog\" ends the clause."),
         "Structured list format with bullet points establishes a game/narrative summary.",
         "A short fable about animals."};
     fputs("{\"row\": 0, \"explanation\": \"Literary narrative pattern: formal English countryside "
@@ -456,9 +456,11 @@ static void test_model_commands(nla_model *target) {
                  " --bos --jsonl < tests/tmp/tok.jsonl > tests/tmp/tok.txt" ERR),
              0);
     got = slurp("tests/tmp/tok.txt", NULL);
-    snprintf(cmd, sizeof cmd, "%s]\n[2,%d]\n", ids_json, nla_tokenizer_find(
-                 nla_model_tokenizer(target), "\""));
-    CHECK_MSG(got && !strcmp(got, cmd), "tokenize --jsonl printed '%s', want '%s'", got, cmd);
+    strcat(ids_json, "]\n[2,");
+    snprintf(ids_json + strlen(ids_json), sizeof ids_json - strlen(ids_json), "%d]\n",
+             nla_tokenizer_find(nla_model_tokenizer(target), "\""));
+    CHECK_MSG(got && !strcmp(got, ids_json), "tokenize --jsonl printed '%s', want '%s'", got,
+              ids_json);
     free(got);
     CHECK_EQ(run("./nla tokenize " TOKJSON " --bos --jsonl --pieces < tests/tmp/tok.jsonl"
                  " > tests/tmp/tok.txt" ERR), 0);

@@ -267,8 +267,8 @@ static void test_open_errors(void) {
         "{\"model\": 1}",
         "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}, \"merges\": []}}",
         "{\"model\": {\"vocab\": {\"a\": 0}, \"merges\": []}}", /* no byte tokens */
-        "{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"vocab\": {\"a\": 0}, \"merges\": "
-        "[]}}",
+        ("{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"vocab\": {\"a\": 0}, \"merges\": "
+         "[]}}"),
         "{\"model\": {\"vocab\": {\"a\": -1}, \"merges\": []}}"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         spit("tests/tmp/tok.json", bad[i], strlen(bad[i]));
