@@ -768,8 +768,10 @@ nla_status nla_eval_plan(const nla_eval_params *params, const nla_tokenizer *tok
    leaves results.jsonl in sample_idx order. A folder made with other
    arguments or models (known by content, not by path) is refused
    (NLA_ERR_ARG, naming the first difference); so is an input that is one
-   of the folder's files. Bad input records (and repeated ids) are
-   reported to params->warn and skipped. counts may be NULL. The run holds
+   of the folder's files, and a folder whose results.jsonl holds rows
+   without its params.json. Bad input records (and repeated ids) are
+   reported to params->warn and skipped; inputs that leave no position to
+   explain are NLA_ERR_FORMAT. counts may be NULL. The run holds
    an exclusive lock on out_dir/eval.lock (fcntl; the kernel releases it
    when the process ends, however it ends): while another run holds it
    (another process, or on Linux another thread of this one), NLA_ERR_BUSY
