@@ -43,6 +43,14 @@ static int run_nla(const char *const *args, const char *err_path) {
     return wait_rc(spawn(args, err_path));
 }
 
+/* The stderr of the last run (tests/tmp/eval_err.txt) holds want; what names the case. */
+#define CHECK_ERR(want, what)                                                                      \
+    do {                                                                                           \
+        char *et_ = slurp("tests/tmp/eval_err.txt", NULL);                                         \
+        CHECK_MSG(et_ && strstr(et_, want), "%s: %s", what, et_ ? et_ : "");                      \
+        free(et_);                                                                                 \
+    } while (0)
+
 #ifdef NLA_NO_EVAL
 /* Built with -DNLA_NO_EVAL: nla.h declares no eval API (NLA_EVAL_FROM_BOS is
    its first definition) and ./nla has no eval command. */
@@ -554,18 +562,12 @@ int main(void) {
         spit("tests/tmp/eval_order/results.jsonl", r, n);
         free(r);
         CHECK_EQ(run_nla(order_args, "tests/tmp/eval_err.txt"), 0);
-        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-        CHECK_MSG(stderr_text && strstr(stderr_text, "1 committed rows (the first: sample 1)"),
-                  "a row at another position: %s", stderr_text ? stderr_text : "");
-        free(stderr_text);
+        CHECK_ERR("1 committed rows (the first: sample 1)", "a row at another position");
         CHECK_MSG(same_files(od, ref, files, 5), "a row at another position was not redone");
         /* rows without params.json: nothing says what made them, so no resume */
         unlink("tests/tmp/eval_order/params.json");
         CHECK_EQ(run_nla(order_args, "tests/tmp/eval_err.txt"), 1);
-        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-        CHECK_MSG(stderr_text && strstr(stderr_text, "results.jsonl holds rows but no params.json"),
-                  "rows without params.json: %s", stderr_text ? stderr_text : "");
-        free(stderr_text);
+        CHECK_ERR("results.jsonl holds rows but no params.json", "rows without params.json");
         CHECK(access("tests/tmp/eval_order/params.json", F_OK) != 0);
         rm_dir(od);
     }
@@ -617,10 +619,7 @@ int main(void) {
             free(out);
             free(r);
             CHECK_EQ(run_nla(sum_args, "tests/tmp/eval_err.txt"), 1);
-            stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-            CHECK_MSG(stderr_text && strstr(stderr_text, bad[i].want), "summary, %s: %s",
-                      bad[i].edit, stderr_text ? stderr_text : "");
-            free(stderr_text);
+            CHECK_ERR(bad[i].want, bad[i].edit);
             CHECK_MSG(run_nla(search_args, "tests/tmp/eval_err.txt") == 1, "search, %s",
                       bad[i].edit);
         }
@@ -635,16 +634,10 @@ int main(void) {
             free(r);
         }
         CHECK_EQ(run_nla(sum_args, "tests/tmp/eval_err.txt"), 0);
-        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-        CHECK_MSG(stderr_text && strstr(stderr_text, "results.jsonl: 3 of the 14 planned rows"),
-                  "an unfinished run: %s", stderr_text ? stderr_text : "");
-        free(stderr_text);
+        CHECK_ERR("results.jsonl: 3 of the 14 planned rows", "an unfinished run");
         spit_str("tests/tmp/eval_read/params.json", "garbage\n");
         CHECK_EQ(run_nla(sum_args, "tests/tmp/eval_err.txt"), 0);
-        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-        CHECK_MSG(stderr_text && strstr(stderr_text, "params.json is not JSON"),
-                  "params.json garbage: %s", stderr_text ? stderr_text : "");
-        free(stderr_text);
+        CHECK_ERR("params.json is not JSON", "params.json garbage");
         /* no tokens.jsonl: the report shows previews, and says so; no activations.npy:
            search says why it cannot open it */
         const char *html_args[] = {"./nla", "eval", "--html", "tests/tmp/eval_read.html", rd,
@@ -660,19 +653,13 @@ int main(void) {
         unlink("tests/tmp/eval_read.html");
         unlink("tests/tmp/eval_read/activations.npy");
         CHECK_EQ(run_nla(near_args, "tests/tmp/eval_err.txt"), 1);
-        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-        CHECK_MSG(stderr_text && strstr(stderr_text, "activations.npy: cannot open (No such file"),
-                  "search without activations.npy: %s", stderr_text ? stderr_text : "");
-        free(stderr_text);
+        CHECK_ERR("activations.npy: cannot open (No such file", "search without activations.npy");
         rm_dir(rd);
         /* inputs with no position to explain: exit 1, and no folder left behind */
         const char *none[] = {"./nla", "eval", TRIO, SAMPLE, "--out", rd, "--min-position",
                               "5000", "--quiet", NULL};
         CHECK_EQ(run_nla(none, "tests/tmp/eval_err.txt"), 1);
-        stderr_text = slurp("tests/tmp/eval_err.txt", NULL);
-        CHECK_MSG(stderr_text && strstr(stderr_text, "no position to explain: 0 records"),
-                  "no positions: %s", stderr_text ? stderr_text : "");
-        free(stderr_text);
+        CHECK_ERR("no position to explain: 0 records", "no positions");
         CHECK(access(rd, F_OK) != 0);
     }
 
