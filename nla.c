@@ -2419,7 +2419,9 @@ static inline void vf_store(float *y, vf v, int n) {
 #elif defined(__AVX2__) && !defined(NLA_NO_SIMD)
 #define VL 8
 #define QH 2
-#define QS 1 /* 2 made the x86-64-v3 build's 1B Q4_0 decode 10 % slower (Intel Xeon) */
+#define QS 4
+#define Q_ADJACENT 0 /* QS groups set apart only (AMD): adjacent ones, 2 at a time, made
+                        the x86-64-v3 build's 1B Q4_0 decode 10 % slower (Intel Xeon) */
 #define QC 4
 typedef __m256i vi;
 typedef __m256 vf;
@@ -2538,6 +2540,9 @@ static inline void vf_store(float *y, vf v, int n) {
 #endif
 #ifndef QW
 #define QW 1
+#endif
+#ifndef Q_ADJACENT
+#define Q_ADJACENT 1 /* one input may meet QS adjacent groups at once (mm_scratch_init) */
 #endif
 #ifndef Q_ONE_L1
 #define Q_ONE_L1(dt) 1 /* NEON: not measured */
@@ -3130,12 +3135,16 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
        at 2, 1B Q8_0 1.06x / 1.06x, 12B Q8_0 mapped 1.04x; four apart against
        one, 1B Q8_0 1.20x / 1.18x, 4B Q4_0 1.22x / 1.11x), while 1B's Q4_0
        groups (10 KB, the down projection's apart) stay one at a time (its
-       glu pair in four streams apart 0.79x at 1 thread). Elsewhere four
-       adjacent groups at every size, the next task's asked for ahead (the
-       Intel Xeon with AMX: 1B decoding 1-8 % faster than one group; four
-       apart not measured there). */
+       glu pair in four streams apart 0.79x at 1 thread); the avx2 kernel
+       the same (AMD Zen 3, separate processes alternating, 48-128 steps:
+       four apart against one, 12B Q4_0 median 1.20x at 2 threads in 11
+       pairs, 1B Q8_0 1.15-1.28x / 1.10-1.30x in 4, 1B Q4_0 0.90-1.11x).
+       Elsewhere four adjacent groups at every size, the next task's asked
+       for ahead (the Intel Xeon with AMX: 1B decoding 1-8 % faster than one
+       group; four apart not measured there), but in the avx2 kernel one
+       group at a time (Q_ADJACENT). */
     sc->apart = cpu_is_amd();
-    sc->qs_min = sc->apart ? 16384 : 0;
+    sc->qs_min = sc->apart ? 16384 : Q_ADJACENT ? 0 : SIZE_MAX;
     sc->rowbuf = (float *)xmalloc((size_t)nt * (BUF_FLOATS * max_cols + 16), sizeof(float));
     sc->xq = (blk_a8 *)xmalloc(n_rows * (max_cols / QK + 1), sizeof(blk_a8));
     sc->claimed = (int *)xmalloc((size_t)nt * CLAIM_STRIDE, sizeof(int));
