@@ -3136,9 +3136,10 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
        one, 1B Q8_0 1.20x / 1.18x, 4B Q4_0 1.22x / 1.11x), while 1B's Q4_0
        groups (10 KB, the down projection's apart) stay one at a time (its
        glu pair in four streams apart 0.79x at 1 thread); the avx2 kernel
-       the same (AMD Zen 3, separate processes alternating, 48-128 steps:
-       four apart against one, 12B Q4_0 median 1.20x at 2 threads in 11
-       pairs, 1B Q8_0 1.15-1.28x / 1.10-1.30x in 4, 1B Q4_0 0.90-1.11x).
+       the same (AMD Zen 3, one process alternating two sessions every
+       16-32 steps, 8 rounds: four apart against one, 12B Q4_0 1.24x at 2
+       threads, 1B Q8_0 1.22x / 1.12x at 1 / 2; separate processes, 1B
+       Q4_0 0.90-1.11x).
        Elsewhere four adjacent groups at every size, the next task's asked
        for ahead (the Intel Xeon with AMX: 1B decoding 1-8 % faster than one
        group; four apart not measured there), but in the avx2 kernel one
