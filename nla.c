@@ -3139,9 +3139,10 @@ static int mm_scratch_init(mm_scratch *sc, int nt, size_t n_rows, size_t max_col
        the same (AMD Zen 3, one process alternating two sessions every
        16-32 steps, 8 rounds: four apart against one, 12B Q4_0 1.24x at 2
        threads, 1B Q8_0 1.22x / 1.12x at 1 / 2; separate processes, 1B
-       Q4_0 0.90-1.11x; on Zen 5, where the avx2 kernel runs only in a
-       -march=x86-64-v3 build, 12B Q4_0 1.04-1.06x at 2 threads but 1B
-       Q8_0 0.95-0.96x at 1 and 2: kept for the larger models).
+       Q4_0 0.90-1.11x). On Zen 5, where the avx2 kernel runs only in a
+       -march=x86-64-v3 build, four apart against one: 12B Q4_0 1.04-1.06x
+       at 2 threads, 1B Q8_0 0.95-0.96x at 1 and 2; the same 16 KB rule
+       kept there (the 12B being the model that matters).
        Elsewhere four adjacent groups at every size, the next task's asked
        for ahead (the Intel Xeon with AMX: 1B decoding 1-8 % faster than one
        group; four apart not measured there), but in the avx2 kernel one

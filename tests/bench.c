@@ -46,7 +46,8 @@ static double now(void) {
    latency.) */
 typedef struct {
     const uint64_t *a;
-    size_t n; /* integers */
+    size_t n;   /* integers */
+    size_t len; /* bytes mapped (a file's pages), or 0 */
 } region;
 
 /* The probe of the machine: 1 GiB of the process's own memory, in 2 MB
@@ -55,7 +56,7 @@ typedef struct {
 enum { PROBE_N = 1 << 27 };
 
 static region probe_new(void) {
-    region r = {NULL, 0};
+    region r = {NULL, 0, 0};
     void *p = NULL;
     if (posix_memalign(&p, (size_t)1 << 21, PROBE_N * sizeof(uint64_t))) return r;
     uint64_t *a = (uint64_t *)p;
@@ -107,9 +108,19 @@ static double probe_read(const region *r, int k, int nt, int reps, int four) {
     return best;
 }
 
-/* The weights' own pages: the .safetensors files of folder dir mapped
-   again, which maps the page cache's pages that the model's mapping reads
-   (up to cap files): how many. Not all of a host's memory is equally
+static void pages_unmap(region *r, int k) {
+#ifdef __linux__
+    for (int j = 0; j < k; j++) munmap((void *)r[j].a, r[j].len);
+#else
+    (void)r;
+    (void)k;
+#endif
+}
+
+/* The weights' own pages: the files model*.safetensors of folder dir (the
+   one file or the shards of a Hugging Face checkpoint) mapped again, which
+   maps the page cache's pages that the model's mapping reads: how many (0
+   where none, or more than cap). Not all of a host's memory is equally
    fast to a guest: eight 512 MB buffers of one process streamed at 27-41
    GB/s from one thread (AMD Zen 5, 2-vCPU guest, each the best of 6 reads
    in turn), so a probe of other memory moves a decode's share of the bound
@@ -119,9 +130,15 @@ static int pages_map(const char *dir, region *r, int cap) {
 #ifdef __linux__
     DIR *d = opendir(dir);
     struct dirent *e;
-    while (d && k < cap && (e = readdir(d))) {
+    while (d && k >= 0 && (e = readdir(d))) {
         const size_t n = strlen(e->d_name);
-        if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors")) continue;
+        if (n < 17 || strncmp(e->d_name, "model", 5) || strcmp(e->d_name + n - 12, ".safetensors"))
+            continue;
+        if (k == cap) { /* too many to probe whole */
+            pages_unmap(r, k);
+            k = -1;
+            break;
+        }
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         const int fd = open(path, O_RDONLY);
@@ -136,7 +153,8 @@ static int pages_map(const char *dir, region *r, int cap) {
         madvise(p, (size_t)sb.st_size, MADV_HUGEPAGE); /* the cached 2 MB pages as such */
 #endif
         r[k].a = (const uint64_t *)p;
-        r[k++].n = (size_t)sb.st_size / sizeof(uint64_t);
+        r[k].n = (size_t)sb.st_size / sizeof(uint64_t);
+        r[k++].len = (size_t)sb.st_size;
     }
     if (d) closedir(d);
 #else
@@ -144,16 +162,7 @@ static int pages_map(const char *dir, region *r, int cap) {
     (void)r;
     (void)cap;
 #endif
-    return k;
-}
-
-static void pages_unmap(region *r, int k) {
-#ifdef __linux__
-    for (int j = 0; j < k; j++) munmap((void *)r[j].a, r[j].n * sizeof(uint64_t));
-#else
-    (void)r;
-    (void)k;
-#endif
+    return k > 0 ? k : 0;
 }
 
 static void bench_tokenizer(void) {
@@ -293,8 +302,8 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
     /* the bound twice: against the 1 GiB probe, and against a read of the
        weights' own pages (mapped weights only: a copy read into memory
        lies elsewhere) */
-    region pg[8];
-    const int npg = mp.no_mmap ? 0 : pages_map(dir, pg, 8);
+    region pg[64];
+    const int npg = mp.no_mmap ? 0 : pages_map(dir, pg, 64);
     printf("  threads  prefill tok/s  prefill GFLOP/s  of peak  decode tok/s  decode GB/s  decode "
            "/ bound  / own pages' bound\n");
     for (int k = 0; k < n_threads; k++) {
@@ -342,7 +351,7 @@ static void bench_model(const char *dir, const int *threads, int n_threads, cons
             pw0 = pw1;
         }
         const double tg = TG / t_all;
-        printf("  %7d  %13.1f  %15.1f  %5.0f %%  %12.2f  %11.1f  %13.0f %%", threads[k], pp,
+        printf("  %7d  %13.1f  %15.1f  %5.0f %%  %12.2f  %11.1f  %12.0f %%", threads[k], pp,
                pp * flops / 1e9, peak[k] > 0 ? 100 * pp * flops / peak[k] : 0.0, tg, tg * gb,
                100 * median4(share));
         if (npg) printf("  %16.0f %%\n", 100 * median4(own));
