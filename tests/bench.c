@@ -130,7 +130,7 @@ static int pages_map(const char *dir, region *r, int cap) {
 #ifdef __linux__
     DIR *d = opendir(dir);
     struct dirent *e;
-    while (d && k >= 0 && (e = readdir(d))) {
+    while (d && (e = readdir(d))) {
         const size_t n = strlen(e->d_name);
         if (n < 17 || strncmp(e->d_name, "model", 5) || strcmp(e->d_name + n - 12, ".safetensors"))
             continue;
