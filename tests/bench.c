@@ -46,8 +46,7 @@ static double now(void) {
    latency.) */
 typedef struct {
     const uint64_t *a;
-    size_t n;   /* integers */
-    size_t len; /* bytes mapped (a file's pages), or 0 */
+    size_t bytes; /* its length (a mapped file's whole); bytes / 8 integers are read */
 } region;
 
 /* The probe of the machine: 1 GiB of the process's own memory, in 2 MB
@@ -56,7 +55,7 @@ typedef struct {
 enum { PROBE_N = 1 << 27 };
 
 static region probe_new(void) {
-    region r = {NULL, 0, 0};
+    region r = {NULL, 0};
     void *p = NULL;
     if (posix_memalign(&p, (size_t)1 << 21, PROBE_N * sizeof(uint64_t))) return r;
     uint64_t *a = (uint64_t *)p;
@@ -65,7 +64,7 @@ static region probe_new(void) {
 #endif
     for (size_t i = 0; i < PROBE_N; i++) a[i] = i & 1023;
     r.a = a;
-    r.n = PROBE_N;
+    r.bytes = PROBE_N * sizeof(uint64_t);
     return r;
 }
 
@@ -97,11 +96,11 @@ static uint64_t probe_sum(const uint64_t *a, size_t n, int nt, int four) {
 static double probe_read(const region *r, int k, int nt, int reps, int four) {
     double best = 0;
     size_t bytes = 0;
-    for (int j = 0; j < k; j++) bytes += r[j].n * sizeof(uint64_t);
+    for (int j = 0; j < k; j++) bytes += r[j].bytes;
     for (int rep = 0; bytes && rep < reps; rep++) {
         double t0 = now();
         uint64_t s = 0;
-        for (int j = 0; j < k; j++) s += probe_sum(r[j].a, r[j].n, nt, four);
+        for (int j = 0; j < k; j++) s += probe_sum(r[j].a, r[j].bytes / sizeof(uint64_t), nt, four);
         double gbs = bytes / (now() - t0) / 1e9;
         if (gbs > best && s > 0) best = gbs;
     }
@@ -110,7 +109,7 @@ static double probe_read(const region *r, int k, int nt, int reps, int four) {
 
 static void pages_unmap(region *r, int k) {
 #ifdef __linux__
-    for (int j = 0; j < k; j++) munmap((void *)r[j].a, r[j].len);
+    for (int j = 0; j < k; j++) munmap((void *)r[j].a, r[j].bytes);
 #else
     (void)r;
     (void)k;
@@ -153,8 +152,7 @@ static int pages_map(const char *dir, region *r, int cap) {
         madvise(p, (size_t)sb.st_size, MADV_HUGEPAGE); /* the cached 2 MB pages as such */
 #endif
         r[k].a = (const uint64_t *)p;
-        r[k].n = (size_t)sb.st_size / sizeof(uint64_t);
-        r[k++].len = (size_t)sb.st_size;
+        r[k++].bytes = (size_t)sb.st_size;
     }
     if (d) closedir(d);
 #else
