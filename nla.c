@@ -1014,6 +1014,69 @@ static nla_status out_check(const char *path, errbuf *e) {
     return NLA_OK;
 }
 
+/* A file updated in place (a results folder's) must be its own: neither a
+   symbolic link, which would be followed to another file, nor a file with
+   other names (hard links), which updating it would change under those
+   names too. NLA_OK where path is such a file or missing. */
+static nla_status own_check(const char *path, errbuf *e) {
+#ifndef _WIN32
+    struct stat sb;
+    if (lstat(path, &sb)) return NLA_OK;
+    if (S_ISLNK(sb.st_mode))
+        return fail(e, NLA_ERR_IO,
+                    "%s: a symbolic link, refused: this file is updated in place, never through a "
+                    "link (remove the link)",
+                    path);
+    if (!S_ISREG(sb.st_mode)) return out_check(path, e);
+    if (sb.st_nlink > 1)
+        return fail(e, NLA_ERR_IO,
+                    "%s: has %lu other name(s) (hard links), refused: updating it in place would "
+                    "change them too (remove them, or this one)",
+                    path, (unsigned long)sb.st_nlink - 1);
+#else
+    (void)path;
+    (void)e;
+#endif
+    return NLA_OK;
+}
+
+#ifndef _WIN32
+/* Opens path to update it in place (flags: O_RDWR, or O_WRONLY | O_APPEND,
+   with O_CREAT to make it when missing), only where it is its own file
+   (own_check: never through a symbolic link): a descriptor, or -1 with the
+   reason in e and in errno (ENOENT: missing). */
+static int open_own(const char *path, int flags, errbuf *e) {
+    const int fd = open(path, flags | O_NOFOLLOW | O_CLOEXEC, 0666);
+    struct stat sb;
+    const int err = fd < 0 ? errno : fstat(fd, &sb) ? errno : sb.st_nlink > 1 ? EMLINK : 0;
+    if (!err) return fd;
+    if (fd >= 0) close(fd);
+    if (!own_check(path, e)) /* (else it said why) */
+        fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(err));
+    errno = err;
+    return -1;
+}
+#endif
+
+/* open_own as a stream ("r+b", or "ab": appends, made when missing). */
+static FILE *fopen_own(const char *path, const char *mode, errbuf *e) {
+#ifndef _WIN32
+    const int fd = open_own(path, mode[0] == 'a' ? O_WRONLY | O_APPEND | O_CREAT : O_RDWR, e);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, mode);
+    if (fd >= 0 && !f) {
+        const int err = errno;
+        close(fd);
+        fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(err));
+        errno = err;
+    }
+    return f;
+#else
+    FILE *f = fopen(path, mode);
+    if (!f) fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    return f;
+#endif
+}
+
 static nla_status out_open(out_file *o, const char *path, errbuf *e) {
     memset(o, 0, sizeof *o);
     o->path = path;
@@ -8077,12 +8140,12 @@ static int ev_is_file(const char *dir, const char *name, int tmp, const char *pa
     return is;
 }
 
-/* Each of the folder's files is a regular file, or new (out_check). */
+/* Each of the folder's files is its own regular file, or new (own_check). */
 static nla_status ev_out_check(const char *dir, errbuf *e) {
     nla_status rc = NLA_OK;
     for (int i = 0; i < EV_N_FILES && !rc; i++) {
         char *f = path_join(dir, ev_files[i]);
-        rc = f ? out_check(f, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
+        rc = f ? own_check(f, e) : fail(e, NLA_ERR_NOMEM, "eval: out of memory");
         NLA_FREE(f);
     }
     return rc;
@@ -8109,8 +8172,7 @@ static nla_status ev_lock(const char *dir, int *fd, errbuf *e) {
     char *path = path_join(dir, "eval.lock"), who[300];
     nla_status rc = NLA_OK;
     if (!path) return fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    if ((*fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666)) < 0)
-        rc = fail(e, NLA_ERR_IO, "eval: %s: cannot open (%s)", path, strerror(errno));
+    if ((*fd = open_own(path, O_RDWR | O_CREAT, e)) < 0) rc = NLA_ERR_IO;
     else if (lock_file(*fd)) {
         const int busy = errno == EACCES || errno == EAGAIN, err = errno;
         long pid = 0;
@@ -8236,6 +8298,28 @@ static int ev_params_cmp(const char *path, const char *have, const char *want, i
     }
 }
 
+/* Is the study of a results folder (pp its params.json, rp its
+   results.jsonl) the one whose params.json is `want` (up to the shard line
+   where `shards`)? NLA_OK, *none where the folder holds no study yet;
+   another study is refused with `hint` (what to do), and so are rows
+   without a params.json, since nothing says what made them. */
+static nla_status ev_study_is(const char *pp, const char *rp, const char *want, int shards,
+                              const char *hint, int *none, errbuf *e) {
+    char *have = NULL;
+    struct stat rs;
+    nla_status rc = NLA_OK;
+    if ((*none = !file_exists(pp)) != 0 && stat(rp, &rs) == 0 && rs.st_size > 0)
+        rc = fail(e, NLA_ERR_ARG,
+                  "%s holds rows but no params.json, so nothing says what made them: restore "
+                  "params.json, or use another folder",
+                  rp);
+    else if (!*none && (rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK &&
+             ev_params_cmp(pp, have, want, shards, hint, e))
+        rc = NLA_ERR_ARG;
+    NLA_FREE(have);
+    return rc;
+}
+
 /* tokens.jsonl: one line per record, for the report. */
 typedef struct {
     const ev_plan *pl;
@@ -8312,9 +8396,10 @@ typedef struct {
     int d;
 } ev_npy;
 
-/* Opens the [S, d] array at path for reading and writing; when it is
-   missing, creates it (zeros) if `create`, else fails. */
-static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, int create, errbuf *e) {
+/* Opens the [S, d] array at path: with `update`, for reading and writing
+   (its own file: open_own), made (zeros) where it is missing; else for
+   reading. */
+static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, int update, errbuf *e) {
     char want[256], have[256];
     const int64_t shape[2] = {S, d};
     size_t hl = npy_header(want, 2, shape);
@@ -8324,8 +8409,9 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, int cr
     if ((double)S * d * 4 + (double)hl > (double)LONG_MAX)
         return fail(e, NLA_ERR_RANGE, "%s: too large for this platform's file offsets", path);
     end = (long)hl + S * d * 4;
-    if (!(v->f = fopen(path, "r+b")) && !create)
+    if (!update && !(v->f = fopen(path, "rb")))
         return fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    if (update && !(v->f = fopen_own(path, "r+b", e)) && errno != ENOENT) return NLA_ERR_IO;
     if (!v->f) { /* made whole under another name, then renamed: a kill leaves no half file */
         out_file o;
         nla_status rc = out_open(&o, path, e);
@@ -8334,8 +8420,7 @@ static nla_status ev_npy_open(ev_npy *v, const char *path, long S, int d, int cr
         if (S && !o.err && fseek(o.f, end - 1, SEEK_SET)) o.err = errno;
         out_write(&o, "", S ? 1 : 0);
         if ((rc = out_commit(&o, e)) != NLA_OK) return rc;
-        if (!(v->f = fopen(path, "r+b")))
-            return fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+        if (!(v->f = fopen_own(path, "r+b", e))) return NLA_ERR_IO;
     }
     if (fread(have, 1, hl, v->f) != hl || memcmp(have, want, hl))
         return fail(e, NLA_ERR_FORMAT, "%s: not the float32 [%ld, %d] array of this run", path, S,
@@ -8861,7 +8946,7 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     char *pp = path_join(dir, "params.json"), *tp = path_join(dir, "tokens.jsonl"),
          *rp = path_join(dir, "results.jsonl");
     char *ap = path_join(dir, "activations.npy"), *cp = path_join(dir, "reconstructions.npy"),
-         *have = NULL, *want = NULL;
+         *want = NULL;
     size_t n_want = 0;
     ev_params_ctx pc;
     nla_status rc =
@@ -8876,25 +8961,19 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
     pc.baseline = x->baseline;
     if (!rc && !(want = ev_render(ev_params_render, &pc, &n_want)))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
-    struct stat rs;
-    if (!rc && !file_exists(pp) && stat(rp, &rs) == 0 && rs.st_size > 0)
-        rc = fail(e, NLA_ERR_ARG,
-                  "%s holds rows but no params.json, so nothing says what made them: restore "
-                  "params.json, or use another folder",
-                  rp);
-    else if (!rc && !file_exists(pp)) rc = write_file(pp, want, n_want, e);
-    else if (!rc && (rc = read_file(pp, &have, NULL, 1 << 20, e)) == NLA_OK &&
-             ev_params_cmp(pp, have, want, 0,
-                           "use the same arguments and models to resume, or another folder", e))
-        rc = NLA_ERR_ARG;
+    int none = 0;
+    if (!rc)
+        rc = ev_study_is(pp, rp, want, 0,
+                         "use the same arguments and models to resume, or another folder", &none,
+                         e);
+    if (!rc && none) rc = write_file(pp, want, n_want, e);
     if (!rc) rc = ev_write_tokens(tp, &x->pl, x->tok, e);
     if (!rc && !(x->done = (unsigned char *)xcalloc((size_t)x->pl.n_samples, 1)))
         rc = fail(e, NLA_ERR_NOMEM, "eval: out of memory");
     if (!rc) rc = ev_npy_open(&x->act, ap, x->pl.n_samples, x->av.d_model, 1, e);
     if (!rc) rc = ev_npy_open(&x->recon, cp, x->pl.n_samples, x->av.d_model, 1, e);
     if (!rc) rc = ev_load_done(x, rp, 1, e);
-    if (!rc && !(x->res = fopen(rp, "ab")))
-        rc = fail(e, NLA_ERR_IO, "%s: cannot open for appending", rp);
+    if (!rc && !(x->res = fopen_own(rp, "ab", e))) rc = NLA_ERR_IO;
     const int serr = rc ? 0 : sync_dir_of(rp); /* its name, when it was made just now */
     if (serr)
         rc = fail(e, serr == ENOMEM ? NLA_ERR_NOMEM : NLA_ERR_IO, "%s: cannot write (%s)", rp,
@@ -8907,7 +8986,7 @@ static nla_status ev_prepare(ev_run *x, const uint64_t fnv[2], errbuf *e) {
         if (!x->done[i]) x->todo[x->n_todo++] = i;
     }
     x->n_done = x->resumed;
-    NLA_FREE(pp); NLA_FREE(tp); NLA_FREE(rp); NLA_FREE(ap); NLA_FREE(cp); NLA_FREE(have);
+    NLA_FREE(pp); NLA_FREE(tp); NLA_FREE(rp); NLA_FREE(ap); NLA_FREE(cp);
     NLA_FREE(want);
     return rc;
 }
@@ -9101,6 +9180,16 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
         }
     }
     if (!rc) rc = ev_lock(out_dir, &lock, &e); /* the shards checked: nothing written before */
+    if (!rc) { /* the folder merged into: no study, or this one (merged again, or unsharded) */
+        char *pp = path_join(out_dir, "params.json"), *rp = path_join(out_dir, "results.jsonl");
+        int none;
+        rc = pp && rp ? ev_study_is(pp, rp, params[0], 1,
+                                    "it holds another study: merge into an empty or new folder",
+                                    &none, &e)
+                      : fail(&e, NLA_ERR_NOMEM, "eval merge: out of memory");
+        NLA_FREE(pp);
+        NLA_FREE(rp);
+    }
     /* S rows of d floats */
     if (!rc && (rc = json_parse(&doc, params[0], strlen(params[0]), &e, dirs[0])) == NLA_OK) {
         uint64_t us = 0;
@@ -9124,6 +9213,7 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     /* rows: each sample exactly once; tokens.jsonl the same in every shard */
     for (int k = 0; k < n && !rc; k++) {
         size_t rn = 0;
+        int ln = 0;
         if ((rc = ev_read(dirs[k], "tokens.jsonl", k ? &other : &tokens, k ? &on : &tn, &e)) !=
             NLA_OK)
             break;
@@ -9140,11 +9230,17 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
                           "%s: the last row is torn: rerun the shard to finish it", dirs[k]);
                 break;
             }
-            if ((rc = json_parse(&doc, s, (size_t)(nl - s), &e, dirs[k])) != NLA_OK) break;
+            ln++;
+            if ((rc = json_parse(&doc, s, (size_t)(nl - s), &e, dirs[k])) != NLA_OK) {
+                if (rc == NLA_ERR_FORMAT)
+                    fail(&e, rc, "%s/results.jsonl: line %d is not JSON", dirs[k], ln);
+                break;
+            }
             if (!json_u64(&doc, json_get(&doc, 0, "sample_idx"), &idx) || idx >= (uint64_t)S ||
                 line[idx])
                 rc = fail(&e, NLA_ERR_FORMAT,
-                          "%s/results.jsonl: a row without a new sample_idx below %ld", dirs[k], S);
+                          "%s/results.jsonl: line %d: a row without a new sample_idx below %ld",
+                          dirs[k], ln, S);
             else {
                 line[idx] = s;
                 len[idx] = (size_t)(nl - s) + 1;
@@ -10052,8 +10148,9 @@ static nla_status ev_cross_write(const ev_set *s, int N, int json, ev_out *o, er
     ev_npy rec = {NULL, 0, 0};
     char *path = s->dir ? path_join(s->dir, "reconstructions.npy") : NULL;
     ev_key *key = (ev_key *)xmalloc((size_t)s->n + 1, sizeof(ev_key));
-    float *v = (float *)xmalloc((size_t)N * 2 * (size_t)d + 1, sizeof(float)),
-          *r = v ? v + (size_t)N * d : NULL;
+    const int M = N < s->n ? N : s->n; /* rows of a sample, at most */
+    float *v = (float *)xmalloc((size_t)M * 2 * (size_t)d + 1, sizeof(float)),
+          *r = v ? v + (size_t)M * d : NULL;
     int first = 1;
     nla_status rc = !s->dir || !s->act
                         ? fail(e, NLA_ERR_ARG,
@@ -10383,14 +10480,20 @@ nla_status nla_eval_report_html(const char *results, const char *html_path,
                       html_path, results);
         NLA_FREE(tmp);
     }
-    for (int i = 0; i < EV_N_FILES && !rc; i++) { /* nor one of the results folder's files */
-        const int is = ev_is_file(results, ev_files[i], 0, html_path);
+    /* nor one of the results folder's files: RESULTS, or the folder of a results file */
+    char *rj = rc ? NULL : path_join(results, "results.jsonl");
+    char *dir = !rj ? NULL : file_exists(rj) ? xstrndup(results, strlen(results)) : dir_of(results);
+    if (!rc && !dir) rc = fail(&e, NLA_ERR_NOMEM, "eval: out of memory");
+    for (int i = 0; i < EV_N_FILES && !rc; i++) {
+        const int is = ev_is_file(dir, ev_files[i], 0, html_path);
         if (is)
             rc = is < 0 ? fail(&e, NLA_ERR_NOMEM, "eval: out of memory")
                         : fail(&e, NLA_ERR_ARG,
                                "eval: the report %s is %s of %s: give another file", html_path,
-                               ev_files[i], results);
+                               ev_files[i], dir);
     }
+    NLA_FREE(rj);
+    NLA_FREE(dir);
     if (!rc) rc = ev_set_load(results, &p, 1, &s, &e);
     if (rc) { copy_err(errbuf_out, errbuf_size, e.msg); return rc; }
     rc = ev_summary_write(&s, 0, &o, &e);
@@ -10543,12 +10646,14 @@ static nla_status ev_same_study(const char *a, const char *b, errbuf *e) {
         eb = (const char *)memchr(lb, '\n', nb - ib);
         ia = ea ? (size_t)(ea - ta) + 1 : na;
         ib = eb ? (size_t)(eb - tb) + 1 : nb;
-        if ((rc = json_parse(&da, la, ea ? (size_t)(ea - la) : na - (size_t)(la - ta), e, a)) !=
-            NLA_OK)
-            break;
-        if ((rc = json_parse(&db, lb, eb ? (size_t)(eb - lb) : nb - (size_t)(lb - tb), e, b)) !=
-            NLA_OK) {
-            json_free(&da);
+        const char *bad = NULL; /* the folder whose line is not JSON */
+        if ((rc = json_parse(&da, la, ea ? (size_t)(ea - la) : na - (size_t)(la - ta), e, a)))
+            bad = a;
+        else if ((rc = json_parse(&db, lb, eb ? (size_t)(eb - lb) : nb - (size_t)(lb - tb), e, b)))
+            bad = b, json_free(&da);
+        if (bad) {
+            if (rc == NLA_ERR_FORMAT)
+                fail(e, rc, "%s/tokens.jsonl: line %d is not JSON", bad, rec + 1);
             break;
         }
         ev_record_key(&da, ka, sizeof ka);
@@ -13242,14 +13347,19 @@ static int cmd_quantize(int argc, char **argv) {
     nla_model *m;
     char err[512];
     if (open_model(o.dir, o.es, o.quant, NULL, NULL, &m)) return 1;
-#ifndef _WIN32
-    mkdir(o.text, 0755);
-#endif
+    int made;
+    if (cli_mkdir(o.text, &made)) {
+        nla_model_close(m);
+        return 1;
+    }
     nla_status rc = nla_model_save(m, o.text, err, sizeof err);
     nla_model_info in;
     nla_model_get_info(m, &in);
     nla_model_close(m);
-    if (rc) return cli_error("%s (%s)", err, nla_strerror(rc));
+    if (rc) {
+        cli_unmake(o.text, made);
+        return cli_error("%s (%s)", err, nla_strerror(rc));
+    }
     fprintf(stderr, "nla: wrote %s: %.3f GB of quantized matrices (from %.3f GB stored)\n", o.text,
             (double)in.quant_bytes / 1e9, (double)in.weight_bytes / 1e9);
     return 0;
@@ -13379,9 +13489,8 @@ static int write_random_model(const char *dir, const rshape *sh, int layers, con
     const char *meta[4] = {"format", "pt", "nla.quant", quant_names[q == NLA_DTYPE_Q4_0]};
     nla_status rc;
     if (!t || !rt || !nm) { cli_error("out of memory"); goto out; }
-#ifndef _WIN32
-    mkdir(dir, 0755);
-#endif
+    int made;
+    if (cli_mkdir(dir, &made)) goto out;
     for (size_t i = 2; i < N_MODEL_FILES; i++) { /* a model replaced (--force): see model_files */
         char *p = path_join(dir, model_files[i]);
         if (p) remove(p);
@@ -13555,10 +13664,8 @@ static int cmd_random_model(int argc, char **argv) {
         return write_random_model(o.dir, sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);
     if (strcmp(role, "trio")) return cli_error("--role: trio, target, av or ar");
     char *sub[3] = {path_join(o.dir, "target"), path_join(o.dir, "av"), path_join(o.dir, "ar")};
-#ifndef _WIN32
-    mkdir(o.dir, 0755);
-#endif
-    int ret = !sub[0] || !sub[1] || !sub[2] ||
+    int made;
+    int ret = !sub[0] || !sub[1] || !sub[2] || cli_mkdir(o.dir, &made) ||
               write_random_model(sub[0], sh, sh->layers, NULL, q, seed, o.tokenizer) ||
               write_random_model(sub[1], sh, sh->layers, "av", q, seed + 1, o.tokenizer) ||
               write_random_model(sub[2], sh, sh->K + 1, "ar", q, seed + 2, o.tokenizer);

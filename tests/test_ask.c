@@ -278,6 +278,13 @@ static void test_cross_cli(const float *v, const float *r, int S, int d) {
     CHECK_NEAR(num_after(sum, "mean_rank"), ranks / S, 1e-8);
     CHECK_NEAR(num_after(sum, "chance_rank"), (S + 1) / 2.0, 0);
     free(sum); free(m); free(sc); free(cr);
+    /* a sample larger than the study takes all its rows (memory for those, not for N) */
+    CHECK_EQ(run("./nla eval --summary " STUDY
+                 " --cross-sample 2147483647 --json > tests/tmp/ask_sum.json"),
+             0);
+    char *jall = slurp("tests/tmp/ask_sum.json", NULL);
+    CHECK(jall && strstr(jall, "{\"group\": \"\", \"name\": \"all\", \"n\": 14,"));
+    free(jall);
     /* nla eval --summary --cross-sample 4: "all" samples rows 0, 3, 7, 10 (t 14 / 4) */
     CHECK_EQ(run("./nla eval --summary " STUDY " --cross-sample 4 --json > tests/tmp/ask_sum.json"),
              0);

@@ -754,6 +754,11 @@ static void full_disk(void) {
             CHECK_MSG(run(cmd) == 1 && err_has(msg, NULL), "--html over %s", study[k]);
         }
         CHECK(access("tests/tmp/fd/ev/eval.lock", F_OK) != 0);
+        /* nor a file of the folder of RESULTS given as its results.jsonl */
+        CHECK_EQ(run("./nla eval --html tests/tmp/fd/ev/activations.npy "
+                     "tests/tmp/fd/ev/results.jsonl 2> tests/tmp/err.txt"),
+                 1);
+        CHECK(err_has("is activations.npy of tests/tmp/fd/ev", NULL));
     }
     CHECK_EQ(run("./nla reconstruct " G
                  "ar --jsonl tests/tmp/fd/docs.jsonl --out tests/tmp/fd/docs.jsonl" TOK
@@ -935,6 +940,11 @@ static void full_disk(void) {
     refused("./nla random-model tests/tmp/fd/rmbad --tokenizer " G "target/config.json",
             "--tokenizer " G "target/config.json: no \"model\" object");
     CHECK(access("tests/tmp/fd/rmbad", F_OK) != 0);
+    /* a folder that cannot be made is named with the system's reason */
+    refused("./nla random-model tests/tmp/fd/t.txt/rm --role target",
+            "tests/tmp/fd/t.txt/rm: cannot create the folder (Not a directory)");
+    refused("./nla quantize tests/data/forward/gqa-bf16/model tests/tmp/fd/t.txt/q --type q8_0",
+            "tests/tmp/fd/t.txt/q: cannot create the folder (Not a directory)");
     /* the tokenizer to copy in is already the folder's: kept as it is */
     CHECK_EQ(run("rm -rf tests/tmp/fd/rmt && mkdir tests/tmp/fd/rmt"), 0);
     copy_file(TOKJSON, "tests/tmp/fd/rmt/tokenizer.json");

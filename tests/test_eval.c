@@ -434,6 +434,34 @@ int main(void) {
         rm_dir(ld);
     }
 
+    /* a results folder's files are its own: a symbolic link or a hard link
+       among those updated in place is refused before any work, and what
+       it points to stays whole (the lock once cut a model's file to its
+       PID line; the rows were appended to a linked file) */
+    {
+        const char *ld = "tests/tmp/eval_links", *kept = "tests/tmp/eval_kept.txt",
+                   *link_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", ld, OPTS, NULL};
+        static const char *const own[3] = {"eval.lock", "results.jsonl", "activations.npy"};
+        char at[256];
+        for (int i = 0; i < 6; i++) {
+            rm_dir(ld);
+            mkdir(ld, 0755);
+            spit_str(kept, "keep me");
+            snprintf(at, sizeof at, "%s/%s", ld, own[i % 3]);
+            CHECK_EQ(i < 3 ? symlink("../eval_kept.txt", at) : link(kept, at), 0);
+            CHECK_EQ(run_nla(link_args, "tests/tmp/eval_err.txt"), 1);
+            CHECK_ERR(i < 3 ? "a symbolic link, refused" : "has 1 other name(s) (hard links)",
+                      own[i % 3]);
+            char *k = slurp(kept, NULL);
+            CHECK_MSG(k && !strcmp(k, "keep me"), "%s: the linked file became '%s'", own[i % 3],
+                      k ? k : "(gone)");
+            free(k);
+            unlink(at);
+        }
+        rm_dir(ld);
+        unlink(kept);
+    }
+
     /* SIGKILL after k committed rows, and at fixed-seed random delays; then
        a plain rerun finishes: the files equal the uninterrupted run's */
     const char *kill_args[] = {"./nla", "eval", TRIO, SAMPLE, "--out", kd, OPTS, NULL};
@@ -701,6 +729,35 @@ int main(void) {
         CHECK_EQ(rmdir("tests/tmp/eval_merged/params.json.tmp"), 0);
         CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
         CHECK_MSG(same_files(md, ref, files, 5), "merged again, the shards differ from the run");
+        /* a shard's files are only read: through a symbolic link too */
+        CHECK_EQ(rename("tests/tmp/eval_s1/activations.npy", "tests/tmp/eval_s1_act.npy"), 0);
+        CHECK_EQ(symlink("../eval_s1_act.npy", "tests/tmp/eval_s1/activations.npy"), 0);
+        CHECK_EQ(run_nla(all, "tests/tmp/eval_err.txt"), 0);
+        CHECK_MSG(same_files(md, ref, files, 5), "merged through a link, the shards differ");
+        /* a folder of another study is not merged over, nor rows that no
+           params.json explains; a merge again or over the unsharded run is */
+        const char *od = "tests/tmp/eval_other";
+        const char *over[] = {"./nla", "eval", "--merge", od, sd[2], sd[0], sd[1], NULL};
+        rm_dir(od);
+        copy_results(ref, od);
+        char *pj = slurp("tests/tmp/eval_other/params.json", NULL),
+             *sk = pj ? strstr(pj, "\"skip_special\": false") : NULL;
+        CHECK(sk != NULL);
+        if (sk) {
+            memcpy(sk + 16, "true ", 5); /* "false" -> "true " */
+            spit_str("tests/tmp/eval_other/params.json", pj);
+        }
+        free(pj);
+        CHECK_EQ(run_nla(over, "tests/tmp/eval_err.txt"), 1);
+        CHECK_ERR("it holds another study", "merge over another study");
+        CHECK_MSG(same_files(od, ref, files + 1, 4), "a refused merge changed the folder");
+        unlink("tests/tmp/eval_other/params.json");
+        CHECK_EQ(run_nla(over, "tests/tmp/eval_err.txt"), 1);
+        CHECK_ERR("results.jsonl holds rows but no params.json", "merge over unexplained rows");
+        copy_file("tests/tmp/eval_ref/params.json", "tests/tmp/eval_other/params.json");
+        CHECK_EQ(run_nla(over, "tests/tmp/eval_err.txt"), 0);
+        CHECK_MSG(same_files(od, ref, files, 5), "merged over the unsharded run, it differs");
+        rm_dir(od);
 #ifdef __linux__
         /* a second writer inside this process is refused too (open-file locks;
            the merge's closing of its descriptor drops the held lock: checked last) */
@@ -713,6 +770,7 @@ int main(void) {
         if (held >= 0) close(held);
 #endif
         for (int i = 0; i < 3; i++) rm_dir(sd[i]);
+        unlink("tests/tmp/eval_s1_act.npy");
     }
 
     /* the summary of a fixed results file against tests/data/gen/eval_fixed.py */
@@ -949,7 +1007,8 @@ int main(void) {
         snprintf(path, sizeof path, "%s/params.json", bd);
         spit_str(path, "{\"samples\": 2, \"d_model\": 16,\n\"shard\": \"1/1\"}\n");
         CHECK_EQ(nla_eval_merge("tests/tmp", dirs, 1, err, sizeof err), NLA_ERR_FORMAT);
-        CHECK_MSG(strstr(err, "eval_badshard") && strstr(err, "invalid JSON"), "merge: %s", err);
+        CHECK_MSG(strstr(err, "eval_badshard/results.jsonl: line 2 is not JSON"), "merge: %s",
+                  err);
         rm_dir(bd);
     }
 
