@@ -1014,69 +1014,6 @@ static nla_status out_check(const char *path, errbuf *e) {
     return NLA_OK;
 }
 
-/* A file updated in place (a results folder's) must be its own: neither a
-   symbolic link, which would be followed to another file, nor a file with
-   other names (hard links), which updating it would change under those
-   names too. NLA_OK where path is such a file or missing. */
-static nla_status own_check(const char *path, errbuf *e) {
-#ifndef _WIN32
-    struct stat sb;
-    if (lstat(path, &sb)) return NLA_OK;
-    if (S_ISLNK(sb.st_mode))
-        return fail(e, NLA_ERR_IO,
-                    "%s: a symbolic link, refused: this file is updated in place, never through a "
-                    "link (remove the link)",
-                    path);
-    if (!S_ISREG(sb.st_mode)) return out_check(path, e);
-    if (sb.st_nlink > 1)
-        return fail(e, NLA_ERR_IO,
-                    "%s: has %lu other name(s) (hard links), refused: updating it in place would "
-                    "change them too (remove them, or this one)",
-                    path, (unsigned long)sb.st_nlink - 1);
-#else
-    (void)path;
-    (void)e;
-#endif
-    return NLA_OK;
-}
-
-#ifndef _WIN32
-/* Opens path to update it in place (flags: O_RDWR, or O_WRONLY | O_APPEND,
-   with O_CREAT to make it when missing), only where it is its own file
-   (own_check: never through a symbolic link): a descriptor, or -1 with the
-   reason in e and in errno (ENOENT: missing). */
-static int open_own(const char *path, int flags, errbuf *e) {
-    const int fd = open(path, flags | O_NOFOLLOW | O_CLOEXEC, 0666);
-    struct stat sb;
-    const int err = fd < 0 ? errno : fstat(fd, &sb) ? errno : sb.st_nlink > 1 ? EMLINK : 0;
-    if (!err) return fd;
-    if (fd >= 0) close(fd);
-    if (!own_check(path, e)) /* (else it said why) */
-        fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(err));
-    errno = err;
-    return -1;
-}
-#endif
-
-/* open_own as a stream ("r+b", or "ab": appends, made when missing). */
-static FILE *fopen_own(const char *path, const char *mode, errbuf *e) {
-#ifndef _WIN32
-    const int fd = open_own(path, mode[0] == 'a' ? O_WRONLY | O_APPEND | O_CREAT : O_RDWR, e);
-    FILE *f = fd < 0 ? NULL : fdopen(fd, mode);
-    if (fd >= 0 && !f) {
-        const int err = errno;
-        close(fd);
-        fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(err));
-        errno = err;
-    }
-    return f;
-#else
-    FILE *f = fopen(path, mode);
-    if (!f) fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
-    return f;
-#endif
-}
-
 static nla_status out_open(out_file *o, const char *path, errbuf *e) {
     memset(o, 0, sizeof *o);
     o->path = path;
@@ -1802,7 +1739,7 @@ nla_status nla_st_write(const char *path, const nla_tensor *t, int n, const char
         if (!t[i].name || !t[i].name[0] || !strcmp(t[i].name, "__metadata__") || dt < 0 ||
             t[i].ndim < 0 || t[i].ndim > ST_MAX_DIMS ||
             !shape_ok || !mul_u64(count, (uint64_t)st_dtypes[dt < 0 ? 0 : dt].bits, &bits) ||
-            bits != t[i].nbytes * 8 || (t[i].nbytes && !t[i].data && !fill))
+            bits % 8 || bits / 8 != t[i].nbytes || (t[i].nbytes && !t[i].data && !fill))
             rc = fail(&e, NLA_ERR_ARG, "%s: tensor %d ('%s') has a bad name, dtype, shape or size",
                       path, i, t[i].name ? t[i].name : "");
         for (int j = 0; j < i && !rc; j++)
@@ -4305,7 +4242,7 @@ static int session_truncate(nla_session *s, int q, int n) {
     /* oldest key the next query sees */
     const int lo = n - c->window + 1 > 0 ? n - c->window + 1 : 0;
     if (n < 0 || n > s->past[q]) return 0;
-    for (int l = 0; l < c->n_layers; l++)
+    for (int l = 0; l < c->n_layers && n > 0; l++) /* (position 0 needs no keys) */
         if (!c->is_global[l] && s->hi[q] - s->cap[l] >= lo) return 0;
     s->past[q] = n;
     return 1;
@@ -4603,7 +4540,12 @@ nla_status nla_forward(nla_session *s, const nla_batch *b) {
     if (nb < 1 || nb > c->n_layers)
         return fail(&s->err, NLA_ERR_ARG, "nla_forward: n_blocks %d is outside 1..%d", b->n_blocks,
                     c->n_layers);
-    /* each row's sequence and position: after what its sequence holds, in order */
+    /* each row's sequence and position: after what its sequence holds, in order
+       (more rows than all the sequences hold would overflow the counts) */
+    if ((int64_t)T > (int64_t)s->n_seq * s->n_ctx)
+        return fail(&s->err, NLA_ERR_RANGE,
+                    "nla_forward: %d new tokens exceed the session's %d sequence(s) of %d", T,
+                    s->n_seq, s->n_ctx);
     int cached = 0;
     for (int q = 0; q < s->n_seq; q++) {
         s->next[q] = s->past[q];
@@ -5930,7 +5872,10 @@ static nla_status npy_parse(const char *path, const char *buf, size_t n, float *
     if (*ndim == 0) return fail(e, NLA_ERR_UNSUPPORTED, "%s: a 0-D array is not a vector", path);
     uint64_t count = 0;
     if (!mul_u64((uint64_t)shape[0], (uint64_t)(*ndim == 2 ? shape[1] : 1), &count) ||
-        count > (n - off - hl) / 4 || (n - off - hl) != count * 4) {
+        count > UINT64_MAX / 4)
+        return fail(e, NLA_ERR_FORMAT, "%s: the shape (%lld, %lld) is larger than any file", path,
+                    (long long)shape[0], (long long)(*ndim == 2 ? shape[1] : 1));
+    if (count > (n - off - hl) / 4 || (n - off - hl) != count * 4) {
         return fail(e, NLA_ERR_FORMAT, "%s: %zu data bytes, the shape needs %llu", path,
                     n - off - hl, (unsigned long long)count * 4);
     }
@@ -7038,6 +6983,7 @@ nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mod
     if (!v || !dir || !out || d < 1 || (unsigned)mode > NLA_STEER_SUBTRACT || !isfinite(r))
         return NLA_ERR_ARG;
     if (mode == NLA_STEER_PATCH) {
+        if (first_nonfinite(dir, (size_t)d) >= 0) return NLA_ERR_NONFINITE;
         memmove(out, dir, sizeof(float) * (size_t)d);
         return NLA_OK;
     }
@@ -8140,6 +8086,69 @@ static int ev_is_file(const char *dir, const char *name, int tmp, const char *pa
     return is;
 }
 
+/* A file updated in place (a results folder's) must be its own: neither a
+   symbolic link, which would be followed to another file, nor a file with
+   other names (hard links), which updating it would change under those
+   names too. NLA_OK where path is such a file or missing. */
+static nla_status own_check(const char *path, errbuf *e) {
+#ifndef _WIN32
+    struct stat sb;
+    if (lstat(path, &sb)) return NLA_OK;
+    if (S_ISLNK(sb.st_mode))
+        return fail(e, NLA_ERR_IO,
+                    "%s: a symbolic link, refused: this file is updated in place, never through a "
+                    "link (remove the link)",
+                    path);
+    if (!S_ISREG(sb.st_mode)) return out_check(path, e);
+    if (sb.st_nlink > 1)
+        return fail(e, NLA_ERR_IO,
+                    "%s: has %lu other name(s) (hard links), refused: updating it in place would "
+                    "change them too (remove them, or this one)",
+                    path, (unsigned long)sb.st_nlink - 1);
+#else
+    (void)path;
+    (void)e;
+#endif
+    return NLA_OK;
+}
+
+#ifndef _WIN32
+/* Opens path to update it in place (flags: O_RDWR, or O_WRONLY | O_APPEND,
+   with O_CREAT to make it when missing), only where it is its own file
+   (own_check: never through a symbolic link): a descriptor, or -1 with the
+   reason in e and in errno (ENOENT: missing). */
+static int open_own(const char *path, int flags, errbuf *e) {
+    const int fd = open(path, flags | O_NOFOLLOW | O_CLOEXEC, 0666);
+    struct stat sb;
+    const int err = fd < 0 ? errno : fstat(fd, &sb) ? errno : sb.st_nlink > 1 ? EMLINK : 0;
+    if (!err) return fd;
+    if (fd >= 0) close(fd);
+    if (!own_check(path, e)) /* (else it said why) */
+        fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(err));
+    errno = err;
+    return -1;
+}
+#endif
+
+/* open_own as a stream ("r+b", or "ab": appends, made when missing). */
+static FILE *fopen_own(const char *path, const char *mode, errbuf *e) {
+#ifndef _WIN32
+    const int fd = open_own(path, mode[0] == 'a' ? O_WRONLY | O_APPEND | O_CREAT : O_RDWR, e);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, mode);
+    if (fd >= 0 && !f) {
+        const int err = errno;
+        close(fd);
+        fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(err));
+        errno = err;
+    }
+    return f;
+#else
+    FILE *f = fopen(path, mode);
+    if (!f) fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    return f;
+#endif
+}
+
 /* Each of the folder's files is its own regular file, or new (own_check). */
 static nla_status ev_out_check(const char *dir, errbuf *e) {
     nla_status rc = NLA_OK;
@@ -9151,7 +9160,8 @@ nla_status nla_eval_merge(const char *out_dir, const char *const *dirs, int n, c
     if (!out_dir || !dirs || n < 1)
         rc = fail(&e, NLA_ERR_ARG, "eval merge: an output folder and shard folders are required");
     for (int k = 0; k < n && !rc; k++)
-        if (same_file(out_dir, dirs[k]))
+        if (!dirs[k]) rc = fail(&e, NLA_ERR_ARG, "eval merge: shard folder %d is NULL", k);
+        else if (same_file(out_dir, dirs[k]))
             rc = fail(&e, NLA_ERR_ARG, "eval merge: the output folder %s is the shard folder %s",
                       out_dir, dirs[k]);
     if (!rc) rc = ev_out_check(out_dir, &e);
@@ -11055,9 +11065,9 @@ nla_status nla_study_search(const nla_study *st, const nla_search_params *params
                 break;
             }
             st_dots(x, p->query, d, &xq, &xx);
+            if (!isfinite(xx)) continue; /* a vector with a NaN or Inf never matches */
             const double c =
                 xx > 0 ? xq / sqrt(xx * qq) : 0; /* as nla_score: a zero vector has cos 0 */
-            if (!isfinite(c)) continue;
             all[n].row = i;
             all[n++].cos = c;
         }
@@ -11221,6 +11231,29 @@ static int cli_error(const char *fmt, ...) {
     fputc('\n', stderr);
     va_end(ap);
     return 1;
+}
+
+/* Creates the folder dir unless it exists (its name synced to the disk);
+   *made: whether it was made now. */
+static int cli_mkdir(const char *dir, int *made) {
+    *made = 0;
+#ifndef _WIN32
+    if (!mkdir(dir, 0777)) *made = 1;
+    if (*made ? (errno = sync_dir_of(dir)) != 0 : errno != EEXIST)
+        return cli_error("%s: cannot create the folder (%s)", dir, strerror(errno));
+#endif
+    return 0;
+}
+
+/* Removes the folder dir that cli_mkdir made (*made) for a run that failed,
+   where the run wrote nothing in it (else it stays, with what it holds). */
+static void cli_unmake(const char *dir, int made) {
+#ifndef _WIN32
+    if (made) rmdir(dir);
+#else
+    (void)dir;
+    (void)made;
+#endif
 }
 
 /* "2,818,5279" -> ids (malloc'd). Returns the count, or -1. */
@@ -13101,29 +13134,6 @@ static void cli_eval_warn(void *user, const char *msg) {
 }
 
 static void cli_write(void *user, const char *s, size_t n) { fwrite(s, 1, n, (FILE *)user); }
-
-/* Creates the folder dir unless it exists (its name synced to the disk);
-   *made: whether it was made now. */
-static int cli_mkdir(const char *dir, int *made) {
-    *made = 0;
-#ifndef _WIN32
-    if (!mkdir(dir, 0777)) *made = 1;
-    if (*made ? (errno = sync_dir_of(dir)) != 0 : errno != EEXIST)
-        return cli_error("%s: cannot create the folder (%s)", dir, strerror(errno));
-#endif
-    return 0;
-}
-
-/* Removes the folder dir that cli_mkdir made (*made) for a run that failed,
-   where the run wrote nothing in it (else it stays, with what it holds). */
-static void cli_unmake(const char *dir, int made) {
-#ifndef _WIN32
-    if (made) rmdir(dir);
-#else
-    (void)dir;
-    (void)made;
-#endif
-}
 
 /* An eval error as "nla eval: ..." (the library's say "eval: ..." or
    "eval merge: ..." themselves). */

@@ -628,7 +628,8 @@ typedef enum {
    arithmetic in double, rounded once to float: any thread, no allocation.
    NLA_ERR_ARG for NULL pointers, d < 1, an unknown mode, a non-finite r, or
    (add, subtract) a direction of zero or non-finite length; NLA_ERR_NONFINITE
-   (out unchanged) where an element of the result does not fit a float. */
+   (out unchanged) where an element of the result does not fit a float (patch:
+   where dir holds a NaN or an Inf). */
 nla_status nla_steer(const float *v, const float *dir, int d, nla_steer_mode mode, double r,
                      float *out);
 

@@ -1,6 +1,9 @@
 /* test_api.c - the API contract: NULL-tolerant frees, status strings,
    model/session lifetime, and decoding (greedy, seeded sampling,
    top-k/top-p, stop ids, the streaming callback). Threads: test_threads.c. */
+#define _DEFAULT_SOURCE /* mmap's MAP_ANONYMOUS and MAP_NORESERVE */
+#include <limits.h>
+#include <sys/mman.h>
 #include "../nla.h"
 #include "test.h"
 #include "util.h"
@@ -93,6 +96,24 @@ static void test_contract(void) {
     CHECK_EQ(nla_forward(s, &b), NLA_OK);
     CHECK_EQ(nla_session_errmsg(s)[0], 0);
     CHECK_EQ(nla_session_n_past(s), 1);
+#ifdef MAP_NORESERVE
+    { /* INT_MAX more tokens after one (valid ids: a mapping of zeros that takes no memory):
+         their count overflowed an int and passed the context check */
+        int32_t *zeros = (int32_t *)mmap(NULL, (size_t)INT_MAX * 4, PROT_READ,
+                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        CHECK(zeros != MAP_FAILED);
+        if (zeros != MAP_FAILED) {
+            nla_batch big = b;
+            big.n_tokens = INT_MAX;
+            big.ids = zeros;
+            CHECK_EQ(nla_forward(s, &big), NLA_ERR_RANGE);
+            CHECK_MSG(strstr(nla_session_errmsg(s), "new tokens exceed"), "%s",
+                      nla_session_errmsg(s));
+            munmap(zeros, (size_t)INT_MAX * 4);
+        }
+        CHECK_EQ(nla_session_n_past(s), 1);
+    }
+#endif
     CHECK_EQ(nla_session_rewind(s, 5), NLA_ERR_RANGE); /* past the cache: not the ring's fault */
     CHECK_MSG(strstr(nla_session_errmsg(s), "5 is not a position of the cache (0..1)"), "%s",
               nla_session_errmsg(s));

@@ -70,6 +70,12 @@ static void test_steer_math(void) {
     CHECK_NEAR(sqrt(diff), 0.5 * sqrt(vv), 1e-5);
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_PATCH, 0, out), NLA_OK);
     CHECK(!memcmp(out, dir, sizeof dir));
+    { /* a patch that is not finite: refused, out unchanged */
+        float nan_dir[5] = {0, 1, NAN, 2, -1}, kept[5];
+        memcpy(kept, out, sizeof kept);
+        CHECK_EQ(nla_steer(v, nan_dir, d, NLA_STEER_PATCH, 0, out), NLA_ERR_NONFINITE);
+        CHECK(!memcmp(out, kept, sizeof kept));
+    }
     CHECK_EQ(nla_steer(v, dir, d, NLA_STEER_SUBTRACT, 0, out), NLA_OK);
     for (int k = 0; k < d; k++) od += out[k] * dir[k];
     CHECK_NEAR(od, 0, 1e-5);
@@ -457,6 +463,25 @@ static void test_study_api(int S, int d) {
     CHECK(n == 0 && m == 0);
     nla_study_close(st);
     nla_study_close(NULL);
+    /* rows without checksums whose vectors hold a NaN or an Inf never match a query (a NaN
+       row once came back as cos 0) */
+    const char rows[] = "{\"sample_idx\": 0, \"cos\": 0.5, \"explanation\": \"a\"}\n"
+                        "{\"sample_idx\": 1, \"cos\": 0.5, \"explanation\": \"b\"}\n"
+                        "{\"sample_idx\": 2, \"cos\": 0.5, \"explanation\": \"c\"}\n";
+    const float act[3][4] = {{1, 2, 3, 4}, {NAN, 1, 1, 1}, {INFINITY, 1, 1, 1}};
+    const int64_t shape[2] = {3, 4};
+    const float q[4] = {1, 0, 0, 0};
+    mkdir("tests/tmp/ask_nan", 0755);
+    spit("tests/tmp/ask_nan/results.jsonl", rows, sizeof rows - 1);
+    CHECK_EQ(nla_npy_write("tests/tmp/ask_nan/activations.npy", &act[0][0], 2, shape, err,
+                           sizeof err),
+             NLA_OK);
+    CHECK_EQ(nla_study_open("tests/tmp/ask_nan", NULL, NULL, &st, err, sizeof err), NLA_OK);
+    nla_search_params qp = {q, NULL, 0};
+    CHECK_EQ(nla_study_search(st, &qp, hits, 4, &n, &m, err, sizeof err), NLA_OK);
+    CHECK_MSG(n == 1 && m == 1 && hits[0].row == 0, "%d hits, %d matches, first row %d", n, m,
+              n > 0 ? hits[0].row : -1);
+    nla_study_close(st);
 }
 
 #endif

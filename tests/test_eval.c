@@ -1009,6 +1009,9 @@ int main(void) {
         CHECK_EQ(nla_eval_merge("tests/tmp", dirs, 1, err, sizeof err), NLA_ERR_FORMAT);
         CHECK_MSG(strstr(err, "eval_badshard/results.jsonl: line 2 is not JSON"), "merge: %s",
                   err);
+        const char *with_null[2] = {NULL, bd};
+        CHECK_EQ(nla_eval_merge("tests/tmp", with_null, 2, err, sizeof err), NLA_ERR_ARG);
+        CHECK_MSG(strstr(err, "shard folder 0 is NULL"), "merge: %s", err);
         rm_dir(bd);
     }
 

@@ -245,6 +245,14 @@ static void test_rewind(void) {
         if (variant) { /* position 30 needs key 23, long gone from a ring of 10 */
             CHECK_EQ(nla_session_rewind(s, 30), NLA_ERR_RANGE);
             CHECK_EQ(nla_session_n_past(s), 40);
+            /* position 0 needs no key: back to the start, as after a reset */
+            CHECK_EQ(nla_session_rewind(s, 0), NLA_OK);
+            CHECK_EQ(nla_session_n_past(s), 0);
+            b.n_tokens = T;
+            b.ids = ids;
+            CHECK_EQ(nla_forward(s, &b), NLA_OK);
+            CHECK_MSG(!memcmp(part, full + (size_t)(T - 1) * 1024, sizeof part),
+                      "after a rewind to 0: logits differ");
         }
         CHECK_EQ(nla_session_rewind(s, 41), NLA_ERR_RANGE);
         nla_session_free(s);

@@ -85,6 +85,13 @@ static void test_valid_and_rules(void) {
     CHECK_EQ(
         nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err),
         NLA_ERR_ARG);
+    /* a size whose bits wrap around to the shape's (2^61 + 3 bytes: 24 bits of U8 [3]) */
+    bad.dtype = "U8"; bad.ndim = 1; bad.shape[0] = 3; bad.data = a;
+    bad.nbytes = ((uint64_t)1 << 61) + 3;
+    CHECK_EQ(
+        nla_st_write("tests/tmp/bad.safetensors", &bad, 1, NULL, 0, NULL, NULL, err, sizeof err),
+        NLA_ERR_ARG);
+    bad.dtype = "F32"; bad.ndim = 2;
     bad.shape[0] = 2; bad.shape[1] = 3; bad.data = a; bad.nbytes = 24;
     /* a tensor named as the header's metadata, a metadata pair with a NULL: refused, no file */
     unlink("tests/tmp/bad2.safetensors");
