@@ -8144,7 +8144,9 @@ static FILE *fopen_own(const char *path, const char *mode, errbuf *e) {
     return f;
 #else
     FILE *f = fopen(path, mode);
-    if (!f) fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    const int err = errno;
+    if (!f) fail(e, NLA_ERR_IO, "%s: cannot open (%s)", path, strerror(err));
+    errno = err;
     return f;
 #endif
 }
