@@ -8319,7 +8319,8 @@ static nla_status ev_study_is(const char *pp, const char *rp, const char *want, 
     char *have = NULL;
     struct stat rs;
     nla_status rc = NLA_OK;
-    if ((*none = !file_exists(pp)) != 0 && stat(rp, &rs) == 0 && rs.st_size > 0)
+    *none = !file_exists(pp);
+    if (*none && stat(rp, &rs) == 0 && rs.st_size > 0)
         rc = fail(e, NLA_ERR_ARG,
                   "%s holds rows but no params.json, so nothing says what made them: restore "
                   "params.json, or use another folder",

@@ -578,9 +578,10 @@ static void test_compare(void) {
         CHECK_EQ(nla_eval_compare(a, c, &rp, collect, &tab, err, sizeof err), NLA_ERR_ARG);
         CHECK_MSG(strstr(err, "tests/tmp/q_greedy has more than 1 records"), "refused: %s", err);
         /* a line that is not JSON, named by its file and line */
-        f = fopen(pc, "ab");
-        if (f) fputs("[1, \"no\"\n", f);
-        if (f) fclose(f);
+        if ((f = fopen(pc, "ab")) != NULL) {
+            fputs("[1, \"no\"\n", f);
+            fclose(f);
+        }
         CHECK_EQ(nla_eval_compare(a, c, &rp, collect, &tab, err, sizeof err), NLA_ERR_FORMAT);
         CHECK_MSG(strstr(err, c) && strstr(err, "/tokens.jsonl: line 2 is not JSON"), "refused: %s",
                   err);
